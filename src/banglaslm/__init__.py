@@ -1,0 +1,28 @@
+"""banglaslm: build a small language model from scratch, Bangla first.
+
+The pipeline, as plain functions (the CLI is a thin layer over them):
+
+    from banglaslm import prepare, build_config, train, load_model, evaluate_file, generate
+    prepare(["my_texts/"], "data")                          # text → tokenizer → token bins
+    train("data", "runs/first", build_config("tiny"))        # → checkpoints, metrics, plot
+    model = load_model("runs/first")                         # best checkpoint
+    print(evaluate_file(model, "held_out.txt"))              # loss, perplexity, bits/char
+    print(generate(model, "একদিন সকালে").text)
+"""
+
+from .config import PRESETS, ModelConfig, RunConfig, TrainConfig, build_config
+from .errors import UserError
+from .evaluate import evaluate_file, evaluate_text
+from .generate import SamplingConfig, generate
+from .normalize import normalize
+from .prepare import prepare
+from .runfolder import load_model
+from .tokenizer import Tokenizer
+from .trainer import train
+
+__all__ = [
+    "PRESETS", "ModelConfig", "RunConfig", "TrainConfig", "build_config", "UserError",
+    "evaluate_file", "evaluate_text", "SamplingConfig", "generate", "normalize", "prepare",
+    "load_model", "Tokenizer", "train",
+]
+__version__ = "0.1.0"

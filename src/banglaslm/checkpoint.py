@@ -1,0 +1,108 @@
+"""Checkpoints: one safetensors file holding everything needed to continue a run exactly.
+
+Tensors: `model.*` (weights), `optim.*` (AdamW moments and step counts), `rng.*` (the torch
+CPU and CUDA generator states as byte tensors). Everything else (config, iteration, optimizer
+hyper-parameters, grad-scaler state, sampler state, loss history, tokenizer hash) is one JSON
+string in the safetensors metadata. Nothing is pickled, so loading a checkpoint from a
+stranger cannot run code.
+
+One file means one atomic rename: after a crash or `kill -9` at any moment, `latest` is the
+previous complete checkpoint or the new complete one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import UserError
+from .fileio import atomic_path
+
+CHECKPOINT_FORMAT = "banglaslm-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with tied (shared) tensors stored once: safetensors forbids aliases."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in model.state_dict().items():
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen:
+            continue
+        seen.add(ptr)
+        out[name] = tensor.detach().cpu().contiguous()
+    return out
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, Any],
+                    optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Write model (+ optimizer, RNG) tensors and the JSON `state` atomically to `path`."""
+    tensors = {f"model.{k}": v for k, v in model_tensors(model).items()}
+    meta = dict(state)
+    if optimizer is not None:
+        opt = optimizer.state_dict()
+        for idx, param_state in opt["state"].items():
+            for key, value in param_state.items():
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+        meta["optimizer_groups"] = opt["param_groups"]
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    header = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
+              "state": json.dumps(meta, ensure_ascii=False)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return {k[len("model."):]: v for k, v in self.tensors.items() if k.startswith("model.")}
+
+    def optimizer_state(self) -> dict[str, Any]:
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in self.tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                per_param.setdefault(int(idx), {})[name] = value
+        return {"state": per_param, "param_groups": self.state["optimizer_groups"]}
+
+    def restore_rng(self) -> None:
+        torch.set_rng_state(self.tensors["rng.torch"])
+        cuda_states = [self.tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())
+                       if f"rng.cuda.{i}" in self.tensors]
+        if cuda_states and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def load_checkpoint(path: str | Path, weights_only: bool = False) -> Checkpoint:
+    """Read a checkpoint; `weights_only` skips the optimizer and RNG tensors (for inference)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            if header.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError("not a banglaslm checkpoint")
+            if int(header.get("version", 0)) > CHECKPOINT_VERSION:
+                raise ValueError("written by a newer banglaslm")
+            state = json.loads(header["state"])
+            keys = [k for k in f.keys() if not weights_only or k.startswith("model.")]
+            tensors = {k: f.get_tensor(k) for k in keys}
+    except (SafetensorError, ValueError, KeyError, OSError, RuntimeError) as exc:
+        raise UserError(f"checkpoint {path} is damaged or truncated ({exc}); "
+                        "use another checkpoint (best/latest) or train again") from None
+    return Checkpoint(path, state, tensors)

@@ -1,0 +1,163 @@
+"""The command line: a thin layer that parses arguments, calls the library, prints results.
+
+A `UserError` (a mistake the user can fix) is printed as one line on stderr with exit code 2;
+Ctrl-C exits with 130 (training saves a checkpoint first). Anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import PRESETS, build_config, describe_fields, load_config_file, parse_set_args
+from .errors import UserError
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="text → tokenizer → train.bin / val.bin / meta.json",
+                       description="Read documents, normalize them, train or load a tokenizer, and write token bins.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help=".txt/.md files, folders, globs, .jsonl/.csv/.parquet files, or hf:NAME[:CONFIG]")
+    p.add_argument("--out", required=True, help="data folder to write")
+    p.add_argument("--tokenizer", default="bpe", help="'bpe' (train byte-level BPE), 'char', or PATH/tokenizer.json")
+    p.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size (default 8000)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out (default 0.05)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the train/val document split (default 42)")
+    p.add_argument("--text-column", default=None, help="column/field holding the text in .jsonl/.csv/.parquet/hf: (default 'text')")
+    p.add_argument("--doc-split", default="file", choices=("file", "paragraph", "line"),
+                   help="what one document is in .txt/.md files (default: the whole file)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "uint16", "uint32"), help="token id storage (default: auto)")
+
+
+def _add_train(sub) -> None:
+    epilog = "config keys (--set KEY=VALUE, or in a --config JSON/TOML file):\n" + describe_fields() + \
+        "\n\npresets: " + ", ".join(PRESETS)
+    p = sub.add_parser("train", help="train a model on a prepared data folder",
+                       description="Train a GPT; defaults are the course setup, presets and --set override them.",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="data folder made by `banglaslm prepare`")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, plot)")
+    p.add_argument("--preset", default=None, help=f"named config: {', '.join(PRESETS)}")
+    p.add_argument("--config", default=None, help="JSON or TOML file with [model] / [train] keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
+    p.add_argument("--max-iters", type=int, default=None, help="shortcut for --set train.max_iters=N")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="loss, perplexity, bits per byte / per character on text files")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--text", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to score")
+    p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    p.add_argument("--stride", type=int, default=None, help="sliding-window step in tokens (default: half the block)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per file")
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="continue a prompt with a trained model")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    p.add_argument("--json", action="store_true", help="print one JSON object: text, prompt, tokens")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="banglaslm", description="Build a small language model from scratch, Bangla first.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_generate(sub)
+    q = sub.add_parser("quickstart", help="prepare the embedded corpus, train `tiny`, evaluate, generate")
+    q.add_argument("--out", default="quickstart", help="folder for data/ and run/ (default: ./quickstart)")
+    q.add_argument("--max-iters", type=int, default=None, help="override the tiny preset's step count")
+    return parser
+
+
+def cmd_prepare(args) -> None:
+    from .prepare import prepare
+
+    result = prepare(args.inputs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                     val_fraction=args.val_fraction, seed=args.seed, text_column=args.text_column,
+                     doc_split=args.doc_split, dtype=args.dtype)
+    print(result.summary())
+
+
+def cmd_train(args) -> None:
+    from .trainer import train
+
+    explicit = args.preset is not None or args.config is not None or args.set
+    overrides = parse_set_args(args.set)
+    config = build_config(args.preset, args.config, overrides) if (explicit or not args.resume) else None
+    result = train(args.data, args.out, config, resume=args.resume, max_iters=args.max_iters)
+    last = result.last_eval
+    print(f"done: {result.iterations} iterations in {result.seconds:.0f} s; "
+          f"last eval train {last.get('train', float('nan')):.4f} val {last.get('val', float('nan')):.4f}; "
+          f"best val {result.best_val_loss:.4f}; run folder {result.run_dir}")
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import evaluate_file
+    from .runfolder import load_model
+
+    loaded = load_model(args.run_dir, args.checkpoint)
+    for path in args.text:
+        r = evaluate_file(loaded, path, stride=args.stride)
+        if args.json:
+            print(json.dumps(r.to_dict(), ensure_ascii=False))
+        else:
+            print(f"{r.file}: loss {r.loss:.4f}  perplexity {r.perplexity:.2f}  bits/byte {r.bits_per_byte:.4f}  "
+                  f"bits/char {r.bits_per_char:.4f}  ({r.tokens:,} tokens, {r.chars:,} characters)")
+
+
+def cmd_generate(args) -> None:
+    from .generate import SamplingConfig, generate
+    from .runfolder import load_model
+
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed)
+    sampling.validate()  # fail on bad options before spending time loading the model
+    loaded = load_model(args.run_dir, args.checkpoint)
+    g = generate(loaded, args.prompt, sampling)
+    if args.json:
+        print(json.dumps({"text": g.text, "prompt": g.prompt, "tokens": g.tokens}, ensure_ascii=False))
+    else:
+        print(g.prompt + g.text)
+
+
+def cmd_quickstart(args) -> None:
+    from .quickstart import quickstart
+
+    quickstart(args.out, max_iters=args.max_iters)
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
+            "quickstart": cmd_quickstart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .trainer import TrainingInterrupted
+
+    try:
+        COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"banglaslm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        print(f"banglaslm {args.command}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"banglaslm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    return 0

@@ -1,0 +1,266 @@
+"""Typed configuration: the only home of defaults.
+
+A run is described by `RunConfig` = `ModelConfig` + `TrainConfig`. The dataclass defaults are
+the course's original setup; named presets (`PRESETS`) override a few fields; a JSON/TOML file
+and `--set section.key=value` pairs override on top, in that order. Each field's `help` text
+is what `banglaslm train --help` prints, so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import UserError
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["gpt", "modern"] = _f(
+        "gpt",
+        "'gpt': the course GPT (learned positions, LayerNorm, GELU MLP, biases, untied head); "
+        "'modern': RoPE, RMSNorm, SwiGLU, tied embeddings, no biases",
+        ("gpt", "modern"),
+    )
+    n_layer: int = _f(8, "transformer blocks")
+    n_head: int = _f(8, "attention heads per block")
+    n_embd: int = _f(512, "model width (must divide by n_head)")
+    block_size: int = _f(128, "context length in tokens")
+    dropout: float = _f(0.2, "dropout probability during training")
+    vocab_size: int = _f(0, "vocabulary size; 0 = take it from the data folder")
+    rope_theta: float = _f(10000.0, "RoPE base frequency (modern arch)")
+    norm_eps: float = _f(1e-5, "epsilon of LayerNorm/RMSNorm")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _f(32, "sequences per micro-batch")
+    grad_accum_steps: int = _f(1, "micro-batches accumulated per optimizer step")
+    max_iters: int = _f(5000, "optimizer steps; also the length of the LR schedule")
+    learning_rate: float = _f(6e-4, "peak learning rate")
+    min_lr_ratio: float = _f(0.1, "cosine decay ends at learning_rate * min_lr_ratio")
+    warmup_iters: int = _f(200, "linear warm-up steps")
+    weight_decay: float = _f(0.1, "AdamW decoupled weight decay on matrices")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 = off")
+    eval_interval: int = _f(250, "evaluate (and checkpoint) every N steps")
+    eval_iters: int = _f(20, "batches averaged per evaluation")
+    checkpoint_interval: int = _f(0, "checkpoint every N steps; 0 = at every evaluation")
+    log_interval: int = _f(10, "write a metrics record every N steps")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+        "auto",
+        "'auto': bf16 where the CPU/GPU has it, fp16 + grad scaler on GPUs without bf16, else fp32",
+        ("auto", "fp32", "bf16", "fp16"),
+    )
+    device: str = _f("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    seed: int = _f(1337, "seed for initialisation, dropout and batch sampling")
+    threads: int = _f(0, "CPU threads for torch; 0 = torch's default")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        cfg = cls()
+        apply_overrides(cfg, _flatten(data, "config"))
+        return cfg
+
+
+# Presets override the defaults above; anything not named keeps the course value.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The README's quick start: a modern-arch model small enough to learn the embedded
+    # corpus on 2 CPU cores in about five minutes (see BENCHMARKS.md for its numbers).
+    "tiny": {
+        "model.arch": "modern", "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128,
+        "model.block_size": 128, "model.dropout": 0.1,
+        "train.batch_size": 16, "train.max_iters": 1500, "train.learning_rate": 2e-3,
+        "train.warmup_iters": 50, "train.eval_interval": 100, "train.eval_iters": 10,
+        "train.log_interval": 10,
+    },
+    # The course: 8 layers, 8 heads, 512 wide, block 128, dropout 0.2, course GPT.
+    "course-58m": {"model.arch": "gpt"},
+    # nanoGPT's shakespeare_char CPU reference setup (char tokenizer).
+    "cpu-ref": {
+        "model.arch": "gpt", "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128,
+        "model.block_size": 64, "model.dropout": 0.0, "train.batch_size": 12,
+        "train.max_iters": 2000, "train.learning_rate": 1e-3, "train.warmup_iters": 100,
+        "train.eval_interval": 250, "train.eval_iters": 20,
+    },
+    # 6 layers, 6 heads, 384 wide, block 256: the size the speed benchmarks compare at.
+    "small": {
+        "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384, "model.block_size": 256,
+        "model.dropout": 0.1, "train.batch_size": 16, "train.learning_rate": 1e-3,
+    },
+}
+
+
+def _flatten(data: dict[str, Any], where: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise UserError(f"{where}: '{section}' must be a table of keys (e.g. model / train)")
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    """Every settable key as 'section.name' -> dataclass field."""
+    out = {}
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        for f in dataclasses.fields(cls):
+            out[f"{section}.{f.name}"] = f
+    return out
+
+
+def _resolve_key(key: str) -> str:
+    fields = config_fields()
+    if key in fields:
+        return key
+    short = [k for k in fields if k.split(".", 1)[1] == key]
+    if len(short) == 1:
+        return short[0]
+    hint = difflib.get_close_matches(key, list(fields) + [k.split(".", 1)[1] for k in fields], 1)
+    suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+    raise UserError(f"unknown config key '{key}'{suggestion}; `banglaslm train --help` lists them")
+
+
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
+    """Turn a CLI string or file value into the field's type, or say what was expected."""
+    choices = f.metadata.get("choices")
+    type_name = f.type if isinstance(f.type, str) else f.type.__name__
+    if choices:
+        if str(value) not in choices:
+            raise UserError(f"bad value {value!r} for {key}: expected one of {', '.join(choices)}")
+        return str(value)
+    try:
+        if type_name == "bool":
+            text = str(value).lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text in ("true", "1", "yes")
+        if isinstance(value, bool):
+            raise ValueError
+        if type_name == "int":
+            number = float(value) if isinstance(value, float) else int(str(value).replace("_", ""))
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if type_name == "float":
+            return float(value)
+        return str(value)
+    except (ValueError, TypeError):
+        raise UserError(f"bad value {value!r} for {key}: expected {_EXPECTED.get(type_name, type_name)}") from None
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> None:
+    fields = config_fields()
+    for raw_key, value in overrides.items():
+        key = _resolve_key(raw_key)
+        section, name = key.split(".", 1)
+        setattr(getattr(cfg, section), name, _coerce(key, fields[key], value))
+
+
+def parse_set_args(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--set expects key=value, got '{pair}' (e.g. --set model.n_layer=4)")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        else:
+            data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a table with 'model' and/or 'train'")
+    return _flatten(data, str(path))
+
+
+def build_config(preset: str | None = None, file: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then preset, then config file, then explicit overrides; then validate."""
+    cfg = RunConfig()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+        apply_overrides(cfg, PRESETS[preset])
+    if file is not None:
+        apply_overrides(cfg, load_config_file(file))
+    apply_overrides(cfg, overrides or {})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    m, t = cfg.model, cfg.train
+    positive = {
+        "model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
+        "model.block_size": m.block_size, "train.batch_size": t.batch_size,
+        "train.grad_accum_steps": t.grad_accum_steps, "train.max_iters": t.max_iters,
+        "train.learning_rate": t.learning_rate, "train.eval_interval": t.eval_interval,
+        "train.eval_iters": t.eval_iters, "train.log_interval": t.log_interval,
+        "model.rope_theta": m.rope_theta, "model.norm_eps": m.norm_eps,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"bad value {value} for {key}: must be > 0")
+    non_negative = {
+        "model.vocab_size": m.vocab_size, "train.warmup_iters": t.warmup_iters,
+        "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
+        "train.checkpoint_interval": t.checkpoint_interval, "train.threads": t.threads,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise UserError(f"bad value {value} for {key}: must be >= 0")
+    if m.n_embd % m.n_head:
+        raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+    if m.arch == "modern" and (m.n_embd // m.n_head) % 2:
+        raise UserError("modern arch needs an even head size (n_embd / n_head) for RoPE")
+    for key, value in {"model.dropout": m.dropout, "train.min_lr_ratio": t.min_lr_ratio}.items():
+        if not 0 <= value <= 1 or (key == "model.dropout" and value == 1):
+            raise UserError(f"bad value {value} for {key}: must be in [0, 1)")
+    for key, value in {"train.beta1": t.beta1, "train.beta2": t.beta2}.items():
+        if not 0 <= value < 1:
+            raise UserError(f"bad value {value} for {key}: must be in [0, 1)")
+    if t.warmup_iters > t.max_iters:
+        raise UserError(f"train.warmup_iters ({t.warmup_iters}) exceeds train.max_iters ({t.max_iters})")
+    if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):
+        raise UserError(f"bad value '{t.device}' for train.device: use auto, cpu, cuda or cuda:N")
+
+
+def describe_fields() -> str:
+    """One line per key with its default and help, for `train --help`."""
+    lines = []
+    for key, f in config_fields().items():
+        lines.append(f"  {key:<26} {f.default!s:<8} {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""Token bins → training batches.
+
+A data folder is read through `DataFolder` (meta.json checked, bins memory-mapped, so a
+corpus far larger than RAM trains with the memory of a small one). `BatchSampler` draws
+random windows with one vectorised gather per batch.
+
+Batch k is a pure function of (seed, rank, stream, k): no sampler state has to be carried
+between steps, a resumed run draws exactly the batches an uninterrupted run would have, and
+a background thread may prepare the next batch early without changing anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .fileio import read_json
+from .prepare import DATA_FORMAT_VERSION
+
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+
+
+class DataFolder:
+    """A prepared data folder: meta.json, tokenizer.json and memory-mapped bins."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise UserError(f"{self.path} is not a prepared data folder (no meta.json); run `banglaslm prepare` first")
+        try:
+            self.meta = read_json(meta_path)
+            if self.meta.get("format") != "banglaslm-data":
+                raise ValueError("not a banglaslm data folder")
+            if self.meta.get("version", 0) > DATA_FORMAT_VERSION:
+                raise ValueError(f"made by a newer banglaslm (version {self.meta['version']})")
+            self.dtype = np.dtype(self.meta["dtype"])
+            self.tokenizer_sha256 = self.meta["tokenizer"]["sha256"]
+            self.vocab_size = int(self.meta["tokenizer"]["vocab_size"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{meta_path} is damaged or unsupported ({exc}); prepare the data again") from None
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / self.meta["tokenizer"]["file"]
+
+    def tokens(self, split: str) -> np.ndarray:
+        path = self.path / self.meta["splits"][split]["file"]
+        expected = int(self.meta["splits"][split]["tokens"])
+        if not path.is_file() or path.stat().st_size != expected * self.dtype.itemsize:
+            raise UserError(f"{path} is missing or truncated (expected {expected:,} tokens); prepare the data again")
+        return np.memmap(path, dtype=self.dtype, mode="r")
+
+
+class BatchSampler:
+    """Random (x, y) windows of `block_size` tokens; y is x shifted by one."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
+                 rank: int = 0, split: str = "train"):
+        if len(tokens) < block_size + 1:
+            raise UserError(
+                f"the {split} split has {len(tokens):,} tokens, fewer than one block of "
+                f"{block_size} + 1; use more text, a larger --val-fraction, or a smaller model.block_size"
+            )
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self._offsets = np.arange(block_size + 1, dtype=np.int64)
+
+    def get(self, step: int, micro: int = 0, stream: int = TRAIN_STREAM) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.rank, stream, step, micro])
+        starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
+        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+    def state(self) -> dict:
+        """Everything needed to reproduce the batch sequence (recorded in checkpoints)."""
+        return {"kind": "stateless-seeded", "seed": self.seed, "rank": self.rank,
+                "block_size": self.block_size, "batch_size": self.batch_size}

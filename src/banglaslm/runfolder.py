@@ -1,0 +1,102 @@
+"""The run folder: the contract between training and everything after it.
+
+    RUN_DIR/
+      config.json            RunConfig (model + train), vocab_size filled in
+      tokenizer.json         the tokenizer the model was trained with
+      data_meta.json         meta.json of the data folder it was trained on
+      checkpoints/latest.safetensors, checkpoints/best.safetensors
+      metrics.jsonl, loss.png
+
+Later stages (eval, generate, export, serve) need nothing outside this folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import RunConfig
+from .errors import UserError
+from .fileio import read_json
+from .model import GPT
+from .tokenizer import Tokenizer
+
+RUN_FORMAT_VERSION = 1
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.json")
+    tokenizer_path = property(lambda self: self.path / "tokenizer.json")
+    data_meta_path = property(lambda self: self.path / "data_meta.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    plot_path = property(lambda self: self.path / "loss.png")
+
+    def checkpoint(self, which: str) -> Path:
+        return self.checkpoints / f"{which}.safetensors"
+
+    def require(self) -> None:
+        if not self.path.is_dir():
+            raise UserError(f"run folder not found: {self.path}")
+        if not self.config_path.is_file() or not self.tokenizer_path.is_file():
+            raise UserError(f"{self.path} is not a banglaslm run folder (no config.json/tokenizer.json); "
+                            "train one with `banglaslm train`")
+
+    def load_config(self) -> RunConfig:
+        try:
+            data = read_json(self.config_path)
+        except ValueError as exc:
+            raise UserError(f"{self.config_path} is not valid JSON ({exc})") from None
+        data.pop("format", None)
+        data.pop("version", None)
+        return RunConfig.from_dict(data)
+
+
+@dataclass
+class LoadedModel:
+    model: GPT
+    tokenizer: Tokenizer
+    config: RunConfig
+    iteration: int
+    checkpoint: Path
+
+
+def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") -> LoadedModel:
+    """Model (in eval mode), tokenizer and config from a run folder, for inference."""
+    run = RunFolder(run_dir)
+    run.require()
+    path = run.checkpoint(which)
+    if which == "best" and not path.is_file():
+        path = run.checkpoint("latest")
+    if not path.is_file():
+        raise UserError(f"{run.path} has no checkpoint yet ({path.name}); train it first")
+    config = run.load_config()
+    tokenizer = Tokenizer.from_file(run.tokenizer_path)
+    ckpt = load_checkpoint(path, weights_only=True)
+    if ckpt.state.get("tokenizer_sha256") != tokenizer.sha256:
+        raise UserError(f"{run.tokenizer_path} does not match the tokenizer {path.name} was trained with; "
+                        "restore the run's original tokenizer.json")
+    model = GPT(config.model)
+    missing, unexpected = model.load_state_dict(ckpt.model_state(), strict=False)
+    tied = {"lm_head.weight"} if config.model.arch == "modern" else set()
+    if set(missing) - tied or unexpected:
+        raise UserError(f"{path} does not fit the model in {run.config_path} "
+                        f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
+    model.to(device).eval()
+    return LoadedModel(model, tokenizer, config, int(ckpt.state.get("iter", 0)), path)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """The autocast context for `precision` ('fp32' means none)."""
+    import contextlib
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

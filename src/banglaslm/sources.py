@@ -1,0 +1,181 @@
+"""Read raw documents from the inputs `prepare` accepts.
+
+An input is a `.txt`/`.md` file, a folder (searched recursively), a glob, a `.jsonl`, `.csv`
+or `.parquet` file, or `hf:NAME[:CONFIG]`, a dataset loaded through the `datasets` library
+(NAME may also be a local folder of data files). Everything is read lazily, one document at a
+time, so a corpus larger than memory streams through.
+
+What a "document" is: one record of a table (JSONL line, CSV row, parquet row, dataset row),
+and for plain text files, by `doc_split`: the whole file ("file"), each blank-line-separated
+paragraph ("paragraph"), or each line ("line").
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+TEXT_SUFFIXES = {".txt", ".md"}
+TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet"}
+DOC_SPLITS = ("file", "paragraph", "line")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One resolved input: a file path (with its kind) or a hub dataset name."""
+
+    kind: str  # "text", "jsonl", "csv", "parquet" or "hf"
+    location: str
+
+
+def resolve_inputs(inputs: list[str]) -> list[Source]:
+    """Expand folders and globs, check every input exists; fail before any work is done."""
+    if not inputs:
+        raise UserError("no input given: pass text files, folders, globs, .jsonl/.csv/.parquet files or hf:NAME")
+    sources: list[Source] = []
+    for item in inputs:
+        if item.startswith("hf:"):
+            if not item[3:]:
+                raise UserError("empty dataset name in 'hf:'; write hf:NAME or hf:NAME:CONFIG")
+            sources.append(Source("hf", item[3:]))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES | TABLE_SUFFIXES)
+            if not files:
+                raise UserError(f"folder {item} holds no .txt/.md/.jsonl/.csv/.parquet files")
+            sources.extend(_file_source(p) for p in files)
+        elif path.is_file():
+            sources.append(_file_source(path))
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise UserError(f"no file matches {item}")
+            sources.extend(_file_source(p) for p in matches)
+        else:
+            raise UserError(f"input not found: {item}")
+    return sources
+
+
+def _file_source(path: Path) -> Source:
+    suffix = path.suffix.lower()
+    kind = suffix.lstrip(".") if suffix in TABLE_SUFFIXES else "text"
+    return Source(kind, str(path))
+
+
+def iter_documents(sources: list[Source], text_column: str | None = None,
+                   doc_split: str = "file") -> Iterator[str]:
+    """Yield the raw (not yet normalized) text of every document, in input order."""
+    if doc_split not in DOC_SPLITS:
+        raise UserError(f"unknown --doc-split '{doc_split}'; choose one of {', '.join(DOC_SPLITS)}")
+    readers = {"text": lambda s: read_text_file(s, doc_split), "jsonl": lambda s: _read_jsonl(s, text_column),
+               "csv": lambda s: _read_csv(s, text_column), "parquet": lambda s: _read_parquet(s, text_column),
+               "hf": lambda s: _read_hf(s, text_column)}
+    for source in sources:
+        yield from readers[source.kind](source.location)
+
+
+def read_text_file(path: str, doc_split: str) -> Iterator[str]:
+    data = Path(path).read_bytes()
+    if b"\x00" in data[:65536]:
+        raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "convert it to UTF-8 first (e.g. iconv -t UTF-8)"
+        ) from None
+    if doc_split == "file":
+        yield text
+    elif doc_split == "line":
+        yield from text.splitlines()
+    else:
+        yield from text.replace("\r\n", "\n").split("\n\n")
+
+
+def _column(available: list[str], wanted: str | None, where: str) -> str:
+    name = wanted or "text"
+    if name not in available:
+        raise UserError(
+            f"{where} has no column '{name}' (it has: {', '.join(map(str, available)) or 'none'}); "
+            "choose one with --text-column"
+        )
+    return name
+
+
+def _as_text(value: object, where: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"{where}: the text column holds {type(value).__name__}, not text; pick another --text-column")
+    return value
+
+
+def _read_jsonl(path: str, text_column: str | None) -> Iterator[str]:
+    with open(path, encoding="utf-8") as fh:
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); each line must be one JSON object") from None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}:{lineno} is not a JSON object; each line must look like {{\"text\": ...}}")
+                key = _column(list(record), text_column, f"{path}:{lineno}")
+                yield _as_text(record[key], f"{path}:{lineno}")
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
+
+
+def _read_csv(path: str, text_column: str | None) -> Iterator[str]:
+    csv.field_size_limit(sys.maxsize)  # news articles easily exceed the 128 KiB default
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        try:
+            reader = csv.DictReader(fh)
+            key = _column(list(reader.fieldnames or []), text_column, path)
+            for row in reader:
+                yield _as_text(row.get(key), path)
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
+        except csv.Error as exc:
+            raise UserError(f"{path} is not a readable CSV file ({exc})") from None
+
+
+def _read_parquet(path: str, text_column: str | None) -> Iterator[str]:
+    import pyarrow.parquet as pq  # installed with `datasets`
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable parquet file ({exc})") from None
+    key = _column(pf.schema_arrow.names, text_column, path)
+    for batch in pf.iter_batches(columns=[key], batch_size=1024):
+        for value in batch.column(0).to_pylist():
+            yield _as_text(value, path)
+
+
+def _read_hf(spec: str, text_column: str | None) -> Iterator[str]:
+    """`NAME[:CONFIG]` through `datasets`, streamed; a local folder of data files works too."""
+    import datasets
+
+    name, _, config = spec.partition(":")
+    try:
+        ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
+    except Exception as exc:  # network, missing dataset, bad config: all user-fixable
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"could not load dataset '{spec}' ({first}); check the name, CONFIG and your connection") from None
+    key: str | None = None
+    for row in ds:
+        if key is None:
+            key = _column(list(row), text_column, f"dataset {spec}")
+        yield _as_text(row[key], f"dataset {spec}")
