@@ -1,0 +1,73 @@
+"""Shared fixtures: real text from ../shared/data (skipped cleanly when absent) and small
+prepared data folders / trained runs built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+LITERATURE = SHARED / "bangla-literature"
+SHAKESPEARE = SHARED / "tinyshakespeare.txt"
+
+# A config small enough to train in a second or two on a CPU, with dropout so that the RNG
+# state matters for exact resume.
+TINY_SETTINGS = {
+    "model.arch": "modern", "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32,
+    "model.block_size": 32, "model.dropout": 0.1, "train.batch_size": 4, "train.max_iters": 40,
+    "train.warmup_iters": 5, "train.eval_interval": 10, "train.eval_iters": 2,
+    "train.log_interval": 5, "train.learning_rate": 3e-3, "train.precision": "fp32",
+}
+
+
+def set_args(settings: dict) -> list[str]:
+    out = []
+    for k, v in settings.items():
+        out += ["--set", f"{k}={v}"]
+    return out
+
+
+def require_literature() -> Path:
+    if not LITERATURE.is_dir():
+        pytest.skip(f"shared Bangla corpus not found at {LITERATURE}")
+    return LITERATURE
+
+
+@pytest.fixture(scope="session")
+def literature() -> Path:
+    return require_literature()
+
+
+@pytest.fixture(scope="session")
+def small_books(literature) -> list[Path]:
+    """Three of the smaller books: a few hundred KB of real Bangla."""
+    names = ["Historic_Charyapad.txt", "MichaelMadhusudanDutta_Poetry_Chaturdashpadi.txt",
+             "RabindranathTagore_Songs_Bhanusimha.txt", "SukumarRay_Poetry_KhaiKhai.txt"]
+    return [literature / n for n in names]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, small_books) -> Path:
+    from banglaslm.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "d"
+    prepare([str(p) for p in small_books], out, vocab_size=600, doc_split="paragraph", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_dir) -> Path:
+    from banglaslm.config import build_config
+    from banglaslm.trainer import train
+
+    run = tmp_path_factory.mktemp("run") / "r"
+    train(data_dir, run, build_config(overrides=TINY_SETTINGS), progress=False)
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _quiet_tokenizers(monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", os.environ.get("TOKENIZERS_PARALLELISM", "true"))

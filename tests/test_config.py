@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from banglaslm.config import PRESETS, RunConfig, build_config, parse_set_args
+from banglaslm.errors import UserError
+
+
+def test_defaults_are_the_course_setup():
+    cfg = build_config()
+    m = cfg.model
+    assert (m.arch, m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == ("gpt", 8, 8, 512, 128, 0.2)
+    assert (cfg.train.beta1, cfg.train.beta2, cfg.train.weight_decay, cfg.train.grad_clip) == (0.9, 0.95, 0.1, 1.0)
+    assert build_config("course-58m").to_dict() == cfg.to_dict()
+
+
+def test_precedence_preset_file_set(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[model]\nn_layer = 3\n[train]\nbatch_size = 5\n", encoding="utf-8")
+    cfg = build_config("tiny", f, parse_set_args(["batch_size=7", "model.dropout=0"]))
+    assert cfg.model.n_layer == 3 and cfg.train.batch_size == 7 and cfg.model.dropout == 0.0
+    assert cfg.model.arch == "modern"  # from the preset
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.n_layr": "2"}, r"unknown config key 'model.n_layr' \(did you mean model.n_layer\?\)"),
+    ({"batch_size": "many"}, "expected an integer"),
+    ({"arch": "llama"}, "expected one of gpt, modern"),
+    ({"n_embd": "100", "n_head": "3"}, "divisible"),
+    ({"dropout": "1"}, r"must be in \[0, 1\)"),
+    ({"learning_rate": "-1"}, "must be > 0"),
+    ({"warmup_iters": "99", "max_iters": "10"}, "exceeds"),
+    ({"device": "tpu"}, "train.device"),
+])
+def test_bad_values(overrides, message):
+    with pytest.raises(UserError, match=message):
+        build_config(overrides=overrides)
+
+
+def test_unknown_preset_and_bad_files(tmp_path):
+    with pytest.raises(UserError, match="unknown preset 'huge'; choose one of: " + ", ".join(PRESETS)):
+        build_config("huge")
+    bad = tmp_path / "c.json"
+    bad.write_text("{", encoding="utf-8")
+    with pytest.raises(UserError, match="not valid json"):
+        build_config(file=bad)
+    with pytest.raises(UserError, match="config file not found"):
+        build_config(file=tmp_path / "none.json")
+    with pytest.raises(UserError, match="key=value"):
+        parse_set_args(["n_layer"])

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from banglaslm.errors import UserError
+from banglaslm.loader import EVAL_STREAM, BatchSampler, DataFolder
+
+
+def test_windows_are_contiguous_and_y_is_x_shifted():
+    tokens = np.arange(1000, dtype=np.uint16)  # token value == position, so windows are checkable
+    s = BatchSampler(tokens, block_size=16, batch_size=8, seed=1)
+    x, y = s.get(step=3)
+    assert x.shape == y.shape == (8, 16) and str(x.dtype) == "torch.int64"
+    assert (y[:, :-1] == x[:, 1:]).all() and (y[:, -1] == x[:, -1] + 1).all()
+    assert ((x[:, 1:] - x[:, :-1]) == 1).all()  # each row is one contiguous window
+    assert int(y.max()) <= 999
+
+
+def test_batches_are_a_pure_function_of_seed_rank_step():
+    tokens = np.arange(5000, dtype=np.uint32)
+    a = BatchSampler(tokens, 8, 4, seed=5)
+    b = BatchSampler(tokens, 8, 4, seed=5)
+    assert (a.get(10)[0] == b.get(10)[0]).all()  # any order, any process: same batch
+    assert not (a.get(10)[0] == a.get(11)[0]).all()
+    assert not (a.get(10)[0] == a.get(10, micro=1)[0]).all()
+    assert not (a.get(10)[0] == a.get(10, stream=EVAL_STREAM)[0]).all()
+    assert not (a.get(10)[0] == BatchSampler(tokens, 8, 4, seed=5, rank=1).get(10)[0]).all()
+
+
+def test_too_few_tokens_for_one_block():
+    with pytest.raises(UserError, match="fewer than one block"):
+        BatchSampler(np.arange(10, dtype=np.uint16), block_size=16, batch_size=2, seed=0, split="val")
+
+
+def test_data_folder_checks(tmp_path, data_dir):
+    with pytest.raises(UserError, match="not a prepared data folder"):
+        DataFolder(tmp_path)
+    folder = DataFolder(data_dir)
+    assert len(folder.tokens("train")) == folder.meta["splits"]["train"]["tokens"]
+    # A truncated bin is detected instead of silently training on less data.
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    with open(copy / "train.bin", "r+b") as fh:
+        fh.truncate(100)
+    with pytest.raises(UserError, match="truncated"):
+        DataFolder(copy).tokens("train")

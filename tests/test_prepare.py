@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pytest
+
+from banglaslm.errors import UserError
+from banglaslm.normalize import normalize
+from banglaslm.prepare import prepare
+from banglaslm.tokenizer import Tokenizer
+
+
+def write_docs(folder, n, text="বাংলা ভাষার একটি ছোট বাক্য। "):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{i:03d}.txt").write_text(f"নথি {i}। " + text * (i % 5 + 1), encoding="utf-8")
+
+
+def test_bins_meta_and_document_structure(tmp_path, small_books):
+    out = tmp_path / "data"
+    result = prepare([str(p) for p in small_books], out, vocab_size=500, doc_split="paragraph", progress=False)
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    tok = Tokenizer.from_file(out / "tokenizer.json")
+    assert meta["tokenizer"]["sha256"] == tok.sha256 and meta["dtype"] == "uint16"
+    train = np.fromfile(out / "train.bin", dtype=np.uint16)
+    val = np.fromfile(out / "val.bin", dtype=np.uint16)
+    for split, arr in (("train", train), ("val", val)):
+        s = meta["splits"][split]
+        assert len(arr) == s["tokens"]
+        assert arr[0] == tok.eod_id and arr[-1] == tok.eod_id
+        assert int((arr == tok.eod_id).sum()) == s["documents"] + 1  # one per doc + the leading one
+    total = meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"]
+    assert meta["splits"]["val"]["documents"] == round(total * 0.05)
+    # Nothing truncated: decoding a bin gives back the documents' characters.
+    decoded = tok.decode(val.tolist())
+    assert len(decoded) >= meta["splits"]["val"]["chars"] - meta["splits"]["val"]["documents"]
+    assert "characters/token" in result.summary()
+
+
+def test_split_is_seeded_reproducible_and_by_document(tmp_path):
+    write_docs(tmp_path / "src", 40)
+    a = prepare([str(tmp_path / "src")], tmp_path / "a", vocab_size=300, seed=7, progress=False)
+    b = prepare([str(tmp_path / "src")], tmp_path / "b", vocab_size=300, seed=7, progress=False)
+    c = prepare([str(tmp_path / "src")], tmp_path / "c", vocab_size=300, seed=8, progress=False)
+    assert (tmp_path / "a" / "val.bin").read_bytes() == (tmp_path / "b" / "val.bin").read_bytes()
+    assert (tmp_path / "a" / "val.bin").read_bytes() != (tmp_path / "c" / "val.bin").read_bytes()
+    assert a.meta["splits"]["val"]["documents"] == 2
+    # Validation documents are whole documents: each val doc text appears intact in the inputs.
+    tok = Tokenizer.from_file(tmp_path / "a" / "tokenizer.json")
+    val = np.fromfile(tmp_path / "a" / "val.bin", dtype=np.uint16).tolist()
+    inputs = {normalize(p.read_text(encoding="utf-8")) for p in (tmp_path / "src").iterdir()}
+    pieces = [tok.decode(x) for x in _split(val, tok.eod_id)]
+    assert pieces and all(p in inputs for p in pieces)
+
+
+def _split(ids, sep):
+    out, cur = [], []
+    for i in ids:
+        if i == sep:
+            if cur:
+                out.append(cur)
+            cur = []
+        else:
+            cur.append(i)
+    return out
+
+
+def test_char_tokenizer_and_existing_tokenizer_json(tmp_path):
+    write_docs(tmp_path / "src", 10)
+    char = prepare([str(tmp_path / "src")], tmp_path / "c", tokenizer="char", progress=False)
+    assert char.meta["tokenizer"]["kind"] == "char"
+    reuse = prepare([str(tmp_path / "src")], tmp_path / "r", tokenizer=str(tmp_path / "c" / "tokenizer.json"), progress=False)
+    assert reuse.meta["tokenizer"]["sha256"] == char.meta["tokenizer"]["sha256"]
+    assert (tmp_path / "c" / "train.bin").read_bytes() == (tmp_path / "r" / "train.bin").read_bytes()
+
+
+def test_uint32_when_vocab_does_not_fit_and_error_when_forced(tmp_path):
+    from banglaslm.prepare import _choose_dtype
+
+    assert _choose_dtype(70000, "auto") == np.uint32 and _choose_dtype(65536, "auto") == np.uint16
+    with pytest.raises(UserError, match="too many for uint16"):
+        _choose_dtype(70000, "uint16")
+
+
+def test_failures_leave_nothing_behind(tmp_path):
+    (tmp_path / "one.txt").write_text("শুধু একটি নথি", encoding="utf-8")
+    with pytest.raises(UserError, match="only 1 document"):
+        prepare([str(tmp_path / "one.txt")], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "empty.txt").write_text("  \n\u200b\n", encoding="utf-8")
+    with pytest.raises(UserError, match="no text"):
+        prepare([str(tmp_path / "empty.txt")], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    # An existing data folder survives a failed re-prepare untouched.
+    write_docs(tmp_path / "src", 5)
+    prepare([str(tmp_path / "src")], tmp_path / "keep", tokenizer="char", progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "keep").iterdir()}
+    (tmp_path / "src" / "zz.txt").write_bytes(b"\xff\xfe bad")
+    with pytest.raises(UserError, match="not UTF-8"):
+        prepare([str(tmp_path / "src")], tmp_path / "keep", tokenizer="char", progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "keep").iterdir()} == before
+
+
+def test_option_validation(tmp_path):
+    write_docs(tmp_path / "src", 3)
+    with pytest.raises(UserError, match="val-fraction"):
+        prepare([str(tmp_path / "src")], tmp_path / "o", val_fraction=1.5, progress=False)
+    with pytest.raises(UserError, match="--tokenizer"):
+        prepare([str(tmp_path / "src")], tmp_path / "o", tokenizer="wordpiece", progress=False)
+    with pytest.raises(UserError, match="vocab-size"):
+        prepare([str(tmp_path / "src")], tmp_path / "o", vocab_size=100, progress=False)

@@ -1,0 +1,103 @@
+import collections
+import re
+
+import pytest
+
+from banglaslm.normalize import normalize
+from banglaslm.tokenizer import EOD, Tokenizer
+from conftest import require_literature
+
+WORD = re.compile(r"[\u0980-\u09ff]+")
+
+
+@pytest.fixture(scope="module")
+def books_text():
+    books = require_literature()
+    names = ["RabindranathTagore_Prose_Lipika.txt", "SukumarRay_Prose_PaglaDashu.txt",
+             "RabindranathTagore_Poetry_Kalpana.txt", "AbanindranathTagore_Prose_BuroAngla.txt"]
+    return [normalize((books / n).read_text(encoding="utf-8")) for n in names]
+
+
+@pytest.fixture(scope="module")
+def bpe(books_text):
+    return Tokenizer.train_bpe(books_text, vocab_size=4000)
+
+
+def test_frequent_bangla_words_are_single_tokens(bpe, books_text):
+    counts = collections.Counter(w for text in books_text for w in WORD.findall(text))
+    frequent = [w for w, _ in counts.most_common(200) if any("\u0980" <= c <= "\u09ff" for c in w)]
+    single = [w for w in frequent if len(bpe.encode(" " + w, normalized=True)) == 1]
+    # With letters+marks kept together, nearly all of the 200 most frequent words are whole.
+    assert len(single) >= 0.95 * len(frequent), [w for w in frequent if w not in single][:20]
+    # Words with vowel signs and conjuncts specifically (what GPT-2 patterns would cut):
+    for word in ("করিয়া", "থেকে", "কিন্তু", "আমার"):
+        if counts[word] > 50:
+            assert len(bpe.encode(" " + word, normalized=True)) == 1, word
+
+
+def test_gpt2_style_split_would_cut_words(bpe):
+    # The reason for the pattern: a vowel sign is a mark, not a letter.
+    import unicodedata
+
+    assert unicodedata.category("\u09bf") == "Mc" and unicodedata.category("\u09cd") == "Mn"
+    pieces = bpe.hf.pre_tokenizer.pre_tokenize_str("আমার কিন্তু")
+    assert len(pieces) == 2  # two words, two pre-tokens (GPT-2's \p{L}+ would give more)
+
+
+def test_round_trip_and_parallel_pieces_identical(bpe, books_text):
+    text = books_text[1][:50000]
+    ids = bpe.encode(text, normalized=True)
+    assert bpe.decode(ids) == text
+    whole = bpe.hf.encode(text, add_special_tokens=False).ids
+    assert bpe.encode_batch([text]) == [whole] == [ids]
+
+
+def test_literal_special_token_text_is_not_a_control_token(bpe):
+    ids = bpe.encode(f"ক {EOD} খ")
+    assert bpe.eod_id not in ids
+    assert bpe.decode(ids) == f"ক {EOD} খ"
+
+
+def test_decode_drops_incomplete_utf8_instead_of_replacement_char(bpe):
+    ids = bpe.encode("বাংলা")
+    # Find a byte-level token that ends inside a character
+    raw = [bpe.token_bytes(i) for i in range(bpe.vocab_size)]
+    partial = next(i for i, b in enumerate(raw) if b and b[0] == 0xE0 and len(b) == 1)
+    text = bpe.decode(ids + [partial])
+    assert "\ufffd" not in text and text == "বাংলা"
+
+
+def test_char_tokenizer_round_trip_and_save_load(tmp_path):
+    text = "First Citizen:\nBefore we proceed any further, hear me speak."
+    tok = Tokenizer.build_char(text)
+    ids = tok.encode(text)
+    assert len(ids) == len(text) and tok.decode(ids) == text
+    tok.save(tmp_path / "tokenizer.json")
+    again = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    assert again.kind == "char" and again.sha256 == tok.sha256 and again.encode(text) == ids
+
+
+def test_external_tokenizer_json_uses_its_eos_and_adds_no_special_tokens(tmp_path):
+    # A SentencePiece-style tokenizer whose post-processor appends </s> (the course's bug).
+    from tokenizers import Tokenizer as HF, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "আমি": 3, "ভাত": 4, "খাই": 5}
+    hf = HF(models.WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.add_special_tokens(["</s>", "<pad>"])
+    hf.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    assert tok.eod_id == 1 and tok.kind.startswith("external")
+    assert tok.encode("আমি ভাত খাই") == [3, 4, 5]  # no trailing </s>
+
+
+def test_bad_tokenizer_files(tmp_path):
+    from banglaslm.errors import UserError
+
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(UserError, match="not a valid tokenizer.json"):
+        Tokenizer.from_file(bad)
+    with pytest.raises(UserError, match="not found"):
+        Tokenizer.from_file(tmp_path / "missing.json")
