@@ -1,0 +1,147 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from banglaslm.config import build_config
+from banglaslm.errors import UserError
+from banglaslm.model import GPT
+from banglaslm.trainer import lr_at, make_optimizer, train
+from conftest import TINY_SETTINGS, set_args
+
+
+def test_lr_schedule_warmup_then_cosine_to_ten_percent():
+    cfg = build_config(overrides={"learning_rate": 1e-3, "warmup_iters": 10, "max_iters": 110}).train
+    lrs = [lr_at(i, cfg) for i in range(111)]
+    assert lrs[0] < lrs[5] < lrs[9] <= 1e-3                   # linear warm-up
+    assert lrs[10] == pytest.approx(1e-3)                        # peak
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))      # then monotone decay
+    assert lrs[60] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))   # cosine midpoint
+    assert lrs[110] == pytest.approx(1e-4)                       # ends at 10% of peak
+
+
+@pytest.mark.parametrize("arch", ["gpt", "modern"])
+def test_weight_decay_only_on_matrices(arch):
+    cfg = build_config(overrides={"arch": arch, "n_layer": 1, "n_head": 2, "n_embd": 16, "vocab_size": 40})
+    model = GPT(cfg.model)
+    decay, no_decay = make_optimizer(model, cfg.train, torch.device("cpu")).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 or p is model.tok_emb.weight for p in no_decay["params"])
+    tied_in_decay = any(p is model.tok_emb.weight for p in decay["params"])
+    assert tied_in_decay == (arch == "gpt")  # a tied embedding is not decayed
+
+
+def test_training_writes_metrics_plot_checkpoints_and_learns(trained_run):
+    records = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "split" not in r]
+    evals = [r for r in records if "split" in r]
+    assert set(steps[0]) == {"iter", "loss", "lr", "tokens_per_s"} and set(evals[0]) == {"iter", "split", "loss"}
+    assert [r["iter"] for r in evals if r["split"] == "val"] == [0, 10, 20, 30, 40]
+    val = [r["loss"] for r in evals if r["split"] == "val"]
+    assert val[-1] < val[0] - 0.5  # it learned something
+    assert (trained_run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (trained_run / "checkpoints" / "latest.safetensors").is_file()
+    assert (trained_run / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_existing_run_needs_resume_and_tokenizer_must_match(trained_run, tmp_path, small_books):
+    with pytest.raises(UserError, match="already holds a run"):
+        train(_data_of(trained_run), trained_run, build_config(overrides=TINY_SETTINGS), progress=False)
+    from banglaslm.prepare import prepare
+
+    other = tmp_path / "other"
+    prepare([str(p) for p in small_books], other, tokenizer="char", doc_split="paragraph", progress=False)
+    with pytest.raises(UserError, match="different tokenizer"):
+        train(other, trained_run, resume=True, progress=False)
+    with pytest.raises(UserError, match="these differ: model.n_layer"):
+        train(_data_of(trained_run), trained_run, build_config(overrides={**TINY_SETTINGS, "n_layer": 3}),
+              resume=True, progress=False)
+
+
+def _data_of(run):
+    from banglaslm.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "checkpoints" / "latest.safetensors").state["data"]["path"]
+
+
+# ---- exact resume -------------------------------------------------------------------------
+
+RESUME_SETTINGS = {**TINY_SETTINGS, "train.max_iters": 60, "train.eval_interval": 10,
+                   "train.checkpoint_interval": 3, "train.grad_accum_steps": 2}
+
+
+def _train_cmd(data, run, resume=False):
+    cmd = [sys.executable, "-m", "banglaslm", "train", "--data", str(data), "--out", str(run), *set_args(RESUME_SETTINGS)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _weights(run):
+    return load_file(str(run / "checkpoints" / "latest.safetensors"))
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, data_dir):
+    run = tmp_path_factory.mktemp("ref") / "run"
+    subprocess.run(_train_cmd(data_dir, run), check=True, env=_env(), capture_output=True)
+    return run
+
+
+def _assert_same_final_state(a, b):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        if key.startswith(("model.", "optim.")):
+            assert torch.equal(wa[key], wb[key]), key
+    ma = [l for l in (a / "metrics.jsonl").read_text().splitlines()]
+    mb = [l for l in (b / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "tokens_per_s"} for l in lines]
+    assert strip(ma) == strip(mb)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference_run, data_dir, tmp_path):
+    run = tmp_path / "run"
+    # Let the first process get going, then kill it hard at several moments (mid-step or
+    # mid-save), resuming each time; finally let it finish.
+    first = True
+    for delay in (0.9, 0.45, 0.7, 0.2):
+        proc = subprocess.Popen(_train_cmd(data_dir, run, resume=not first), env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while not (run / "checkpoints" / "latest.safetensors").exists() and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+        first = False
+    subprocess.run(_train_cmd(data_dir, run, resume=True), check=True, env=_env(), capture_output=True)
+    _assert_same_final_state(reference_run, run)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(reference_run, data_dir, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(data_dir, run), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 8:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at iteration" in err and "--resume" in err and "Traceback" not in err
+    from banglaslm.checkpoint import load_checkpoint
+
+    stopped_at = load_checkpoint(run / "checkpoints" / "latest.safetensors").state["iter"]
+    assert 0 < stopped_at < 60
+    subprocess.run(_train_cmd(data_dir, run, resume=True), check=True, env=_env(), capture_output=True)
+    _assert_same_final_state(reference_run, run)
