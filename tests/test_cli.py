@@ -1,0 +1,119 @@
+"""Bad input through the real command line: one line on stderr, non-zero exit, no traceback,
+nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_SETTINGS, set_args
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "banglaslm", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def assert_user_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_prepare_bad_inputs(tmp_path):
+    out = tmp_path / "out"
+    assert_user_error(cli("prepare", tmp_path / "missing.txt", "--out", out), "input not found")
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    (tmp_path / "empty2.txt").write_text("\n", encoding="utf-8")
+    assert_user_error(cli("prepare", tmp_path / "empty.txt", tmp_path / "empty2.txt", "--out", out), "no text")
+    (tmp_path / "bin.txt").write_bytes(bytes(range(256)))
+    assert_user_error(cli("prepare", tmp_path / "bin.txt", "--out", out), "binary")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    assert_user_error(cli("prepare", tmp_path / "latin1.txt", "--out", out), "not UTF-8")
+    assert not out.exists()
+
+
+def test_vocabulary_too_large_for_dtype(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    vocab = {f"w{i}": i for i in range(70000)}
+    vocab["</s>"] = 70000
+    Tokenizer(models.WordLevel(vocab, unk_token="w0")).save(str(tmp_path / "big.json"))
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text("w1 w2", encoding="utf-8")
+    r = cli("prepare", tmp_path / "0.txt", tmp_path / "1.txt", tmp_path / "2.txt", "--out", tmp_path / "o",
+            "--tokenizer", tmp_path / "big.json", "--dtype", "uint16")
+    assert_user_error(r, "too many for uint16")
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_bad_config(tmp_path, data_dir):
+    run = tmp_path / "run"
+    assert_user_error(cli("train", "--data", data_dir, "--out", run, "--preset", "giant"), "unknown preset 'giant'")
+    assert_user_error(cli("train", "--data", data_dir, "--out", run, "--set", "model.layers=2"), "unknown config key")
+    assert_user_error(cli("train", "--data", data_dir, "--out", run, "--set", "train.batch_size=x"), "expected an integer")
+    assert_user_error(cli("train", "--data", tmp_path, "--out", run), "not a prepared data folder")
+    assert_user_error(cli("train", "--data", data_dir, "--out", run, "--resume"), "nothing to resume")
+    assert not run.exists()
+
+
+def test_corpus_too_small_for_one_block(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text("ছোট", encoding="utf-8")
+    data = tmp_path / "d"
+    assert cli("prepare", *[tmp_path / f"{i}.txt" for i in range(3)], "--out", data, "--tokenizer", "char").returncode == 0
+    r = cli("train", "--data", data, "--out", tmp_path / "run", "--preset", "tiny")
+    assert_user_error(r, "fewer than one block")
+
+
+def test_mismatched_tokenizer_and_damaged_checkpoint(tmp_path, trained_run, small_books):
+    import shutil
+
+    other = tmp_path / "other"
+    assert cli("prepare", *small_books, "--out", other, "--tokenizer", "char", "--doc-split", "paragraph").returncode == 0
+    assert_user_error(cli("train", "--data", other, "--out", trained_run, "--resume"), "different tokenizer")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for name in ("best", "latest"):
+        ckpt = run / "checkpoints" / f"{name}.safetensors"
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    assert_user_error(cli("generate", run, "--prompt", "আমি"), "damaged or truncated")
+    assert_user_error(cli("eval", run, "--text", small_books[0]), "damaged or truncated")
+    # A run folder whose tokenizer.json was swapped no longer matches its checkpoint.
+    run2 = tmp_path / "run2"
+    shutil.copytree(trained_run, run2)
+    shutil.copy(other / "tokenizer.json", run2 / "tokenizer.json")
+    assert_user_error(cli("generate", run2, "--prompt", "আমি"), "does not match")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--prompt", ""], "prompt is empty"),
+    (["--prompt", "আমি", "--temperature", "0"], "temperature must be > 0"),
+    (["--prompt", "আমি", "--top-p", "0"], "top-p must be in (0, 1]"),
+    (["--prompt", "আমি", "--top-p", "2"], "top-p must be in (0, 1]"),
+])
+def test_generate_bad_options(trained_run, args, fragment):
+    assert_user_error(cli("generate", trained_run, *args), fragment)
+
+
+def test_generate_and_eval_json(trained_run, small_books):
+    r = cli("generate", trained_run, "--prompt", "আমার", "--max-new-tokens", "12", "--seed", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out) == {"text", "prompt", "tokens"} and out["prompt"] == "আমার" and 0 <= out["tokens"] <= 12
+    r = cli("eval", trained_run, "--text", small_books[0], small_books[1], "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 2
+    assert set(rows[0]) == {"file", "loss", "perplexity", "bits_per_byte", "bits_per_char", "tokens", "chars"}
+    assert rows[0]["file"] == str(small_books[0]) and rows[0]["tokens"] > 1000
+
+
+def test_train_help_lists_every_config_key():
+    r = cli("train", "--help")
+    assert r.returncode == 0
+    for key in ("model.arch", "model.n_layer", "train.learning_rate", "train.precision", "presets: tiny"):
+        assert key in r.stdout

@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from banglaslm.errors import UserError
+from banglaslm.evaluate import evaluate_file, evaluate_text, score_tokens
+from banglaslm.runfolder import load_model
+
+
+def brute_force_nats(model, ids):
+    """Score token t with the `block` tokens before it (maximal context), one by one."""
+    block = model.config.block_size
+    total = 0.0
+    for t in range(1, len(ids)):
+        ctx = torch.tensor([ids[max(0, t - block):t]])
+        logits, _ = model(ctx)
+        total -= F.log_softmax(logits[0, -1], -1)[ids[t]].item()
+    return total
+
+
+def test_sliding_window_scores_every_token_once(trained_run):
+    loaded = load_model(trained_run)
+    ids = [loaded.tokenizer.eod_id] + loaded.tokenizer.encode("আমার সোনার বাংলা, আমি তোমায় ভালোবাসি। " * 4)
+    assert len(ids) > 2 * loaded.config.model.block_size
+    with torch.no_grad():
+        exact = brute_force_nats(loaded.model, ids)
+        stride1 = score_tokens(loaded.model, ids, stride=1)
+        half = score_tokens(loaded.model, ids, stride=loaded.config.model.block_size // 2)
+    # stride 1 is exactly maximal context for every token
+    assert stride1 == pytest.approx(exact, rel=1e-4)
+    # a coarser stride scores each token once with less context: close, not equal
+    assert half == pytest.approx(exact, rel=0.05)
+
+
+def test_metrics_are_consistent(trained_run, tmp_path):
+    loaded = load_model(trained_run)
+    f = tmp_path / "t.txt"
+    f.write_text("নদীর ধারে একটি ছোট গ্রাম ছিল।\n", encoding="utf-8")
+    r = evaluate_file(loaded, f)
+    nats = r.loss * r.tokens
+    assert r.perplexity == pytest.approx(math.exp(r.loss))
+    assert r.bits_per_char == pytest.approx(nats / math.log(2) / r.chars)
+    assert r.bits_per_byte == pytest.approx(nats / math.log(2) / len("নদীর ধারে একটি ছোট গ্রাম ছিল।".encode()))
+    assert r.chars == len("নদীর ধারে একটি ছোট গ্রাম ছিল।")
+
+
+def test_empty_and_missing_files(trained_run, tmp_path):
+    loaded = load_model(trained_run)
+    (tmp_path / "e.txt").write_text(" \n", encoding="utf-8")
+    with pytest.raises(UserError, match="no text"):
+        evaluate_file(loaded, tmp_path / "e.txt")
+    with pytest.raises(UserError, match="not found"):
+        evaluate_file(loaded, tmp_path / "none.txt")
+    with pytest.raises(UserError, match="stride"):
+        evaluate_text(loaded, "ক খ", stride=10_000)
