@@ -88,10 +88,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # corpus on 2 CPU cores in about five minutes (see BENCHMARKS.md for its numbers).
     "tiny": {
         "model.arch": "modern", "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128,
-        "model.block_size": 128, "model.dropout": 0.1,
-        "train.batch_size": 16, "train.max_iters": 1500, "train.learning_rate": 2e-3,
+        "model.block_size": 128, "model.dropout": 0.25,
+        "train.batch_size": 16, "train.max_iters": 1200, "train.learning_rate": 2e-3,
         "train.warmup_iters": 50, "train.eval_interval": 100, "train.eval_iters": 10,
-        "train.log_interval": 10,
+        "train.checkpoint_interval": 50, "train.log_interval": 10,
     },
     # The course: 8 layers, 8 heads, 512 wide, block 128, dropout 0.2, course GPT.
     "course-58m": {"model.arch": "gpt"},

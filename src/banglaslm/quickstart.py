@@ -19,7 +19,7 @@ from .runfolder import load_model
 from .trainer import train
 
 PROMPTS = ("একদিন সকালে", "আজ বাজারে", "নদীর ধারে", "আমাদের গ্রামে")
-QUICKSTART_VOCAB = 2048
+QUICKSTART_VOCAB = 1024  # small corpus: small vocabulary, more training tokens per character
 
 
 def held_out_text(data_dir: Path) -> str:
