@@ -42,11 +42,24 @@ def literature() -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_books(literature) -> list[Path]:
-    """Three of the smaller books: a few hundred KB of real Bangla."""
-    names = ["Historic_Charyapad.txt", "MichaelMadhusudanDutta_Poetry_Chaturdashpadi.txt",
-             "RabindranathTagore_Songs_Bhanusimha.txt", "SukumarRay_Poetry_KhaiKhai.txt"]
-    return [literature / n for n in names]
+def small_books(tmp_path_factory) -> list[Path]:
+    """Four smaller books (a few hundred KB of real Bangla) from ../shared/data; where that
+    folder is absent, four files made from the embedded corpus's registers instead, so the
+    pipeline tests still run on a user's machine."""
+    if LITERATURE.is_dir():
+        names = ["Historic_Charyapad.txt", "MichaelMadhusudanDutta_Poetry_Chaturdashpadi.txt",
+                 "RabindranathTagore_Songs_Bhanusimha.txt", "SukumarRay_Poetry_KhaiKhai.txt"]
+        return [LITERATURE / n for n in names]
+    from banglaslm.corpus import corpus_dir
+
+    folder = tmp_path_factory.mktemp("embedded_books")
+    books = []
+    for register in ("stories", "essays", "news", "verse"):
+        book = folder / f"{register}.txt"
+        parts = sorted((corpus_dir() / register).glob("*.txt"))
+        book.write_text("\n\n".join(p.read_text(encoding="utf-8") for p in parts), encoding="utf-8")
+        books.append(book)
+    return books
 
 
 @pytest.fixture(scope="session")
