@@ -23,7 +23,12 @@ def test_batches_are_a_pure_function_of_seed_rank_step():
     assert not (a.get(10)[0] == a.get(11)[0]).all()
     assert not (a.get(10)[0] == a.get(10, micro=1)[0]).all()
     assert not (a.get(10)[0] == a.get(10, stream=EVAL_STREAM)[0]).all()
-    assert not (a.get(10)[0] == BatchSampler(tokens, 8, 4, seed=5, rank=1).get(10)[0]).all()
+
+def test_ranks_split_one_global_batch():
+    tokens = np.arange(5000, dtype=np.uint32)
+    whole = BatchSampler(tokens, 8, 6, seed=5).get(7)[0]
+    halves = [BatchSampler(tokens, 8, 3, seed=5, rank=r, world_size=2).get(7)[0] for r in (0, 1)]
+    assert (whole[:3] == halves[0]).all() and (whole[3:] == halves[1]).all()
 
 
 def test_too_few_tokens_for_one_block():

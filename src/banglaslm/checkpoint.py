@@ -42,9 +42,11 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, Any],
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Write model (+ optimizer, RNG) tensors and the JSON `state` atomically to `path`."""
+                    optimizer: torch.optim.Optimizer | None = None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write model (+ optimizer, RNG, `extra_tensors`) and the JSON `state` atomically to `path`."""
     tensors = {f"model.{k}": v for k, v in model_tensors(model).items()}
+    tensors.update(extra_tensors or {})
     meta = dict(state)
     if optimizer is not None:
         opt = optimizer.state_dict()

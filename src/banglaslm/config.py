@@ -65,6 +65,10 @@ class TrainConfig:
     device: str = _f("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     seed: int = _f(1337, "seed for initialisation, dropout and batch sampling")
     threads: int = _f(0, "CPU threads for torch; 0 = torch's default")
+    compile: bool = _f(False, "torch.compile the model; falls back to eager, with a warning, where unavailable")
+    grad_spike_factor: float = _f(
+        10.0, "skip an update whose gradient norm exceeds this x the median of the last 50; 0 = off")
+    max_skipped_updates: int = _f(5, "stop the run after this many skipped (non-finite/outlier) updates in a row")
 
 
 @dataclass
@@ -230,6 +234,7 @@ def validate(cfg: RunConfig) -> None:
         "train.learning_rate": t.learning_rate, "train.eval_interval": t.eval_interval,
         "train.eval_iters": t.eval_iters, "train.log_interval": t.log_interval,
         "model.rope_theta": m.rope_theta, "model.norm_eps": m.norm_eps,
+        "train.max_skipped_updates": t.max_skipped_updates,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -238,6 +243,7 @@ def validate(cfg: RunConfig) -> None:
         "model.vocab_size": m.vocab_size, "train.warmup_iters": t.warmup_iters,
         "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
         "train.checkpoint_interval": t.checkpoint_interval, "train.threads": t.threads,
+        "train.grad_spike_factor": t.grad_spike_factor,
     }
     for key, value in non_negative.items():
         if value < 0:

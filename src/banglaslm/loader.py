@@ -4,9 +4,13 @@ A data folder is read through `DataFolder` (meta.json checked, bins memory-mappe
 corpus far larger than RAM trains with the memory of a small one). `BatchSampler` draws
 random windows with one vectorised gather per batch.
 
-Batch k is a pure function of (seed, rank, stream, k): no sampler state has to be carried
+Batch k is a pure function of (seed, stream, k): no sampler state has to be carried
 between steps, a resumed run draws exactly the batches an uninterrupted run would have, and
 a background thread may prepare the next batch early without changing anything.
+
+Data parallelism: step k draws one *global* batch of `world_size * batch_size` window starts
+and rank r gathers only its own slice. So N processes with batch B/N see exactly the windows
+one process with batch B sees, and their averaged gradient is the same full-batch gradient.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class BatchSampler:
     """Random (x, y) windows of `block_size` tokens; y is x shifted by one."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
-                 rank: int = 0, split: str = "train"):
+                 rank: int = 0, world_size: int = 1, split: str = "train"):
         if len(tokens) < block_size + 1:
             raise UserError(
                 f"the {split} split has {len(tokens):,} tokens, fewer than one block of "
@@ -70,15 +74,17 @@ class BatchSampler:
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
+        self.world_size = world_size
         self._offsets = np.arange(block_size + 1, dtype=np.int64)
 
     def get(self, step: int, micro: int = 0, stream: int = TRAIN_STREAM) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.rank, stream, step, micro])
-        starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
+        rng = np.random.default_rng([self.seed, 0, stream, step, micro])
+        starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size * self.world_size)
+        starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
     def state(self) -> dict:
         """Everything needed to reproduce the batch sequence (recorded in checkpoints)."""
-        return {"kind": "stateless-seeded", "seed": self.seed, "rank": self.rank,
+        return {"kind": "stateless-seeded-global-batch", "seed": self.seed, "world_size": self.world_size,
                 "block_size": self.block_size, "batch_size": self.batch_size}

@@ -1,11 +1,16 @@
 """The training loop: AdamW, warm-up + cosine LR, accumulation, mixed precision, evaluation,
-checkpoints, exact resume, and a clean stop on Ctrl-C.
+checkpoints, exact resume, a clean stop on Ctrl-C, data parallelism under torchrun, and a
+guard that skips poisoned updates.
 
 Order of one iteration `it` (this order is what makes resume exact):
     evaluate if due  →  checkpoint if due  →  stop if asked  →  optimizer step `it`
 A checkpoint written at `it` holds the state *before* step `it`; resuming runs step `it` next
-with the same weights, optimizer moments, RNG state and (stateless) batch, so the resumed run
-is bit-identical to one that never stopped.
+with the same weights, optimizer moments, RNG state(s) and (stateless) batch, so the resumed
+run is bit-identical to one that never stopped.
+
+Under torchrun every rank runs this same loop on its slice of each global batch (see
+`loader`); DDP averages gradients, so all ranks hold identical weights. Only rank 0 writes
+files; collective calls (evaluation means, RNG gathering, the stop flag) keep ranks in step.
 """
 
 from __future__ import annotations
@@ -13,14 +18,20 @@ from __future__ import annotations
 import math
 import shutil
 import signal
+import statistics
+import sys
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, build_config
 from .errors import UserError
@@ -30,6 +41,13 @@ from .metrics import MetricsLog
 from .model import GPT
 from .runfolder import RUN_FORMAT_VERSION, RunFolder, autocast_context
 from .tokenizer import Tokenizer
+
+# Keys that may change when resuming (the rest must match the saved run). Changing any of
+# them but the bookkeeping ones makes the continuation differ from an uninterrupted run.
+RESUME_MUTABLE = {"train.max_iters", "train.eval_interval", "train.eval_iters", "train.log_interval",
+                  "train.checkpoint_interval", "train.threads", "train.device", "train.learning_rate",
+                  "train.compile", "train.max_skipped_updates", "train.grad_spike_factor"}
+NORM_HISTORY = 50
 
 
 class TrainingInterrupted(Exception):
@@ -41,6 +59,10 @@ class TrainingInterrupted(Exception):
         self.iteration = iteration
 
 
+class TrainingDiverged(UserError):
+    """Too many updates in a row had non-finite or outlier gradients."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -49,6 +71,7 @@ class TrainResult:
     last_eval: dict
     tokens_per_s: float
     seconds: float
+    skipped_updates: int = 0
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -95,6 +118,34 @@ def make_optimizer(model: GPT, cfg, device: torch.device) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
+class _Prefetcher:
+    """Gathers the next micro-batch on a background thread while the current one computes.
+
+    Batches are a pure function of (step, micro), so reading ahead changes nothing."""
+
+    def __init__(self, sampler: BatchSampler, device: torch.device):
+        self.sampler, self.device = sampler, device
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self.pending: tuple | None = None
+
+    def _load(self, step: int, micro: int):
+        x, y = self.sampler.get(step, micro)
+        if self.device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def get(self, step: int, micro: int, next_key: tuple[int, int]):
+        if self.pending is not None and self.pending[0] == (step, micro):
+            x, y = self.pending[1].result()
+        else:
+            x, y = self._load(step, micro)
+        self.pending = (next_key, self.pool.submit(self._load, *next_key))
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Trainer:
     def __init__(self, config: RunConfig, data_dir: str | Path, run_dir: str | Path,
                  resume: bool = False, progress: bool | None = None):
@@ -122,64 +173,110 @@ class Trainer:
         tc = config.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.device = resolve_device(tc.device)
+        self.dist, device_spec = distributed.setup(tc.device)
+        self.device = resolve_device(device_spec)
         self.precision = resolve_precision(tc.precision, self.device)
-        torch.manual_seed(tc.seed)
         block, batch = config.model.block_size, tc.batch_size
-        self.train_batches = BatchSampler(self.data.tokens("train"), block, batch, tc.seed, split="train")
-        self.val_batches = BatchSampler(self.data.tokens("val"), block, batch, tc.seed, split="val")
+        rank, world = self.dist.rank, self.dist.world_size
+        self.train_batches = BatchSampler(self.data.tokens("train"), block, batch, tc.seed, rank, world, "train")
+        self.val_batches = BatchSampler(self.data.tokens("val"), block, batch, tc.seed, rank, world, "val")
 
+        torch.manual_seed(tc.seed)  # the same initial weights on every rank
         self.model = GPT(config.model).to(self.device)
+        if self.dist.rank > 0:
+            torch.manual_seed(tc.seed + self.dist.rank)  # but different dropout masks per rank
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.start_iter = 0
         self.best_val = math.inf
         self.history: list[dict] = []
+        self.norms: deque[float] = deque(maxlen=NORM_HISTORY)
+        self.skipped_total = 0
+        self.skipped_in_row = 0
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
+        self.forward_model = self._wrap(self.model)
         self._stop_signal: int | None = None
+
+    # ---- setup helpers -----------------------------------------------------------------
+    def _wrap(self, model: GPT) -> torch.nn.Module:
+        """DDP under torchrun; torch.compile when asked and available."""
+        wrapped: torch.nn.Module = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(model, device_ids=ids)
+        if self.config.train.compile:
+            try:
+                compiled = torch.compile(wrapped)
+                with torch.no_grad():  # compile now, so a missing compiler shows up here
+                    model.eval()
+                    x, _ = self.train_batches.get(0, stream=EVAL_STREAM)
+                    compiled(x[:1].to(self.device))
+                    model.train()
+                wrapped = compiled
+            except Exception as exc:  # no C++ compiler, unsupported platform, ...
+                model.train()
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                self._say(f"warning: torch.compile unavailable ({first[:160]}); training without it")
+        return wrapped
+
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(message, file=sys.stderr)
 
     # ---- state -------------------------------------------------------------------------
     def _restore(self, ckpt) -> None:
         self.model.load_state_dict(ckpt.model_state(), strict=False)
-        opt_state = ckpt.optimizer_state()
-        self.optimizer.load_state_dict(opt_state)
+        self.optimizer.load_state_dict(ckpt.optimizer_state())
         state = ckpt.state
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng()
+        rank_state = ckpt.tensors.get(f"rng.torch.rank{self.dist.rank}")
+        if rank_state is not None and state.get("world_size", 1) == self.dist.world_size:
+            torch.set_rng_state(rank_state)
         self.start_iter = int(state["iter"])
         self.best_val = float(state["best_val"])
         self.history = list(state["history"])
+        self.norms.extend(state.get("grad_norms", []))
+        self.skipped_total = int(state.get("skipped_updates", 0))
 
     def _state(self, it: int) -> dict:
         return {
             "iter": it, "config": self.config.to_dict(), "tokenizer_sha256": self.data.tokenizer_sha256,
             "best_val": self.best_val, "history": self.history, "precision": self.precision,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "sampler": self.train_batches.state(),
+            "sampler": self.train_batches.state(), "world_size": self.dist.world_size,
+            "grad_norms": list(self.norms), "skipped_updates": self.skipped_total,
             "data": {"path": str(self.data.path), "splits": self.data.meta["splits"]},
         }
 
     def _save(self, it: int, improved: bool) -> Path:
+        """Rank 0 writes; every rank contributes its RNG state (a collective call)."""
+        rng_states = distributed.gather_rng_states(self.dist)
         latest = self.run.checkpoint("latest")
-        save_checkpoint(latest, self.model, self._state(it), self.optimizer)
-        if improved:
-            with atomic_path(self.run.checkpoint("best")) as tmp:
-                shutil.copyfile(latest, tmp)
+        if self.dist.is_main:
+            extra = {f"rng.torch.rank{r}": s for r, s in enumerate(rng_states)} if self.dist.enabled else {}
+            save_checkpoint(latest, self.model, self._state(it), self.optimizer, extra_tensors=extra)
+            if improved:
+                with atomic_path(self.run.checkpoint("best")) as tmp:
+                    shutil.copyfile(latest, tmp)
+        distributed.barrier(self.dist)
         return latest
 
     def _write_run_files(self) -> None:
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.run.config_path, {"format": "banglaslm-run", "version": RUN_FORMAT_VERSION,
-                                                 **self.config.to_dict()})
-        Tokenizer.from_file(self.data.tokenizer_path).save(self.run.tokenizer_path)
-        atomic_write_json(self.run.data_meta_path, self.data.meta)
+        if self.dist.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run.config_path, {"format": "banglaslm-run", "version": RUN_FORMAT_VERSION,
+                                                     **self.config.to_dict()})
+            Tokenizer.from_file(self.data.tokenizer_path).save(self.run.tokenizer_path)
+            atomic_write_json(self.run.data_meta_path, self.data.meta)
+        distributed.barrier(self.dist)
 
     # ---- evaluation --------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over the same `eval_iters` fixed batches each time (comparable evals)."""
+        """Mean loss over the same `eval_iters` fixed global batches each time."""
         self.model.eval()
         out = {}
         for split, sampler in (("train", self.train_batches), ("val", self.val_batches)):
@@ -189,54 +286,99 @@ class Trainer:
                 with autocast_context(self.device, self.precision):
                     _, loss = self.model(x.to(self.device), y.to(self.device))
                 total += loss.item()
-            out[split] = total / self.config.train.eval_iters
+            out[split] = distributed.mean(total / self.config.train.eval_iters, self.dist, self.device)
         self.model.train()
         return out
 
-    # ---- the loop ----------------------------------------------------------------------
+    # ---- one optimizer step ------------------------------------------------------------
     def _request_stop(self, signum, frame) -> None:
         if self._stop_signal is not None:  # second Ctrl-C: stop now, the last checkpoint stands
             raise KeyboardInterrupt
         self._stop_signal = signum
 
-    def _step(self, it: int) -> torch.Tensor:
+    def _step(self, it: int, prefetch: _Prefetcher | None = None) -> tuple[torch.Tensor, float, bool]:
+        """Forward/backward over the micro-batches, then update unless the gradient is bad.
+
+        Returns (mean loss tensor, gradient norm, whether the update was applied)."""
         tc = self.config.train
         lr = lr_at(it, tc)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for micro in range(tc.grad_accum_steps):
-            x, y = self.train_batches.get(it, micro)
-            with autocast_context(self.device, self.precision):
-                _, loss = self.model(x.to(self.device), y.to(self.device))
-            loss = loss / tc.grad_accum_steps
-            self.scaler.scale(loss).backward()
+        accum = tc.grad_accum_steps
+        for micro in range(accum):
+            next_key = (it, micro + 1) if micro + 1 < accum else (it + 1, 0)
+            if prefetch is not None:
+                x, y = prefetch.get(it, micro, next_key)
+            else:
+                x, y = (t.to(self.device) for t in self.train_batches.get(it, micro))
+            # DDP: average gradients across ranks only on the last micro-batch.
+            sync = micro == accum - 1 or not isinstance(self.forward_model, DistributedDataParallel)
+            ctx = self.forward_model.no_sync() if not sync else _nullcontext()
+            with ctx:
+                with autocast_context(self.device, self.precision):
+                    _, loss = self.forward_model(x, y)
+                loss = loss / accum
+                self.scaler.scale(loss).backward()
             total += loss.detach()
-        if tc.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.scaler.unscale_(self.optimizer)
+        max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))  # one host sync
+        if self._bad_update(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+            return total, norm, False
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return total
+        return total, norm, True
 
+    def _bad_update(self, norm: float) -> bool:
+        """Non-finite gradient, or a norm far above the recent median: skip, don't poison.
+
+        All ranks see the same (all-reduced) gradient, so they all decide the same way. With
+        fp16 the grad scaler handles overflow itself (and lowers its scale), so inf is normal."""
+        tc = self.config.train
+        if not math.isfinite(norm):
+            if self.precision == "fp16":
+                return False
+            bad = True
+        else:
+            spike = (tc.grad_spike_factor > 0 and len(self.norms) >= 10
+                     and norm > tc.grad_spike_factor * statistics.median(self.norms))
+            bad = spike
+            if not bad:
+                self.norms.append(norm)
+        if bad:
+            self.skipped_total += 1
+            self.skipped_in_row += 1
+            if self.skipped_in_row >= tc.max_skipped_updates:
+                last = self.run.checkpoint("latest")
+                raise TrainingDiverged(
+                    f"{self.skipped_in_row} updates in a row were skipped (last gradient norm {norm:.3g}); "
+                    f"the last good checkpoint is {last}; lower train.learning_rate and continue with --resume"
+                )
+        else:
+            self.skipped_in_row = 0
+        return bad
+
+    # ---- the loop ----------------------------------------------------------------------
     def train(self) -> TrainResult:
         tc = self.config.train
         self._write_run_files()
-        log = MetricsLog(self.run.metrics_path)
-        if self.checkpoint is not None:
-            log.truncate_to(self.start_iter)
-        else:
-            log.reset()
+        log = MetricsLog(self.run.metrics_path) if self.dist.is_main else None
+        if log is not None:
+            log.truncate_to(self.start_iter) if self.checkpoint is not None else log.reset()
         ckpt_every = tc.checkpoint_interval or tc.eval_interval
-        tokens_per_step = tc.batch_size * tc.grad_accum_steps * self.config.model.block_size
+        tokens_per_step = tc.batch_size * tc.grad_accum_steps * self.config.model.block_size * self.dist.world_size
         in_main = threading.current_thread() is threading.main_thread()
         old_handlers = {}
         if in_main:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old_handlers[sig] = signal.signal(sig, self._request_stop)
         bar = tqdm(total=tc.max_iters, initial=self.start_iter, unit="it", desc="training",
-                   disable=not _show(self.progress), dynamic_ncols=True)
+                   disable=not (_show(self.progress) and self.dist.is_main), dynamic_ncols=True)
+        prefetch = _Prefetcher(self.train_batches, self.device)
         started = time.perf_counter()
         window_start, window_steps, tokens_per_s, last_eval = started, 0, 0.0, {}
         it = self.start_iter
@@ -250,38 +392,52 @@ class Trainer:
                     improved = last_eval["val"] < self.best_val
                     self.best_val = min(self.best_val, last_eval["val"])
                     self.history.append({"iter": it, **last_eval})
-                    for split in ("train", "val"):
-                        log.append({"iter": it, "split": split, "loss": last_eval[split]})
-                    log.plot(self.run.plot_path, title=f"{self.run.path.name}")
+                    if log is not None:
+                        for split in ("train", "val"):
+                            log.append({"iter": it, "split": split, "loss": last_eval[split]})
+                        log.plot(self.run.plot_path, title=f"{self.run.path.name}")
                     bar.set_postfix(train=f"{last_eval['train']:.3f}", val=f"{last_eval['val']:.3f}", refresh=False)
                 if fresh and (it % ckpt_every == 0 or it == tc.max_iters or improved):
                     self._save(it, improved)
                 if it >= tc.max_iters:
                     break
-                if self._stop_signal is not None:
+                # A single process checks its flag every step; ranks agree at log steps.
+                check = not self.dist.enabled or it % tc.log_interval == 0
+                if check and distributed.any_rank(self._stop_signal is not None, self.dist, self.device):
                     raise TrainingInterrupted(it, self._save(it, improved=False))
-                loss = self._step(it)
+                loss, norm, applied = self._step(it, prefetch)
                 window_steps += 1
                 if it % tc.log_interval == 0:
-                    now = time.perf_counter()  # loss.item() below is the only host sync per log
+                    now = time.perf_counter()
                     tokens_per_s = window_steps * tokens_per_step / max(now - window_start, 1e-9)
-                    log.append({"iter": it, "loss": loss.item(), "lr": lr_at(it, tc), "tokens_per_s": tokens_per_s})
-                    bar.set_postfix(loss=f"{log.records[-1]['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                    loss_value = distributed.mean(loss.item(), self.dist, self.device)
+                    if log is not None:
+                        log.append({"iter": it, "loss": loss_value, "lr": lr_at(it, tc), "tokens_per_s": tokens_per_s,
+                                    "grad_norm": norm, "skipped_updates": self.skipped_total})
+                    bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
                     window_start, window_steps = now, 0
                 it += 1
                 bar.update(1)
         finally:
+            prefetch.close()
             bar.close()
-            log.close()
+            if log is not None:
+                log.close()
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
         return TrainResult(self.run.path, it, self.best_val, last_eval, tokens_per_s,
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, self.skipped_total)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _show(progress: bool | None) -> bool:
-    import sys
-
     return sys.stderr.isatty() if progress is None else progress
 
 
@@ -290,25 +446,30 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig | None = 
     """Train (or with `resume`, continue) a model on a prepared data folder.
 
     With `resume` and no `config`, the run's saved config is used; a given `config` must
-    equal the saved one (only `max_iters` may change, which stretches the LR schedule).
+    equal the saved one except for the keys in RESUME_MUTABLE (e.g. max_iters, which
+    stretches the LR schedule, or learning_rate after a divergence).
     """
     run = RunFolder(run_dir)
     if resume and run.config_path.is_file():
         saved = run.load_config()
         if config is not None:
             config.model.vocab_size = config.model.vocab_size or saved.model.vocab_size
-            config.train.max_iters = saved.train.max_iters
             diff = _config_diff(saved, config)
-            if diff:
-                raise UserError(f"--resume uses the run's saved config, but these differ: {', '.join(diff)}; "
+            fixed = [d for d in diff if d.split(" ")[0] not in RESUME_MUTABLE]
+            if fixed:
+                raise UserError(f"--resume uses the run's saved config, but these differ: {', '.join(fixed)}; "
                                 "drop them or start a new run")
+            saved.train = config.train
         config = saved
     config = config or build_config()
     if max_iters is not None:
         config.train.max_iters = max_iters
         if config.train.warmup_iters > max_iters:
             raise UserError(f"--max-iters {max_iters} is below train.warmup_iters ({config.train.warmup_iters})")
-    return Trainer(config, data_dir, run_dir, resume=resume, progress=progress).train()
+    try:
+        return Trainer(config, data_dir, run_dir, resume=resume, progress=progress).train()
+    finally:
+        distributed.teardown()
 
 
 def _config_diff(a: RunConfig, b: RunConfig) -> list[str]:

@@ -1,0 +1,90 @@
+"""Data parallelism through PyTorch's own engine: `torchrun` sets RANK / WORLD_SIZE /
+LOCAL_RANK / MASTER_ADDR / MASTER_PORT, and this module turns them into a process group.
+
+    torchrun --nproc_per_node=4 -m banglaslm train --data D --out R ...             # one machine
+    torchrun --nnodes=2 --node_rank=0 --master_addr=HOST --master_port=29500 \\
+             --nproc_per_node=8 -m banglaslm train ...                               # machine 0 of 2
+
+Without those variables everything here is a no-op and training is a plain single process.
+Backends: NCCL for CUDA devices, gloo for CPUs (what the tests use).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device_spec: str) -> tuple[DistEnv, str]:
+    """Join the process group if launched by torchrun; return the env and the device to use."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistEnv(), device_spec
+    env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device_spec.startswith("cuda") or (device_spec == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(env.local_rank)
+        device_spec = f"cuda:{env.local_rank}"
+    elif device_spec == "auto":
+        device_spec = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(minutes=30))
+    return env, device_spec
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean(value: float, env: DistEnv, device: torch.device) -> float:
+    """Average a Python float over all ranks (identity in a single process)."""
+    if not env.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / env.world_size
+
+
+def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
+    """True on every rank if it is true on any rank (e.g. one of them got Ctrl-C)."""
+    if not env.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_rng_states(env: DistEnv) -> list[torch.Tensor]:
+    """Every rank's torch RNG state (dropout differs per rank), collected on all ranks."""
+    state = torch.get_rng_state()
+    if not env.enabled:
+        return [state]
+    states: list = [None] * env.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
