@@ -66,7 +66,7 @@ def measure(preset: str, vocab: int, iters: int, overrides: dict) -> dict:
             trainer._step(it)
         start = time.perf_counter()
         for it in range(iters):
-            loss = trainer._step(it)
+            loss, _, _ = trainer._step(it)
         loss.item()
         seconds = (time.perf_counter() - start) / iters
         tokens = cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.model.block_size
