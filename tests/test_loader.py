@@ -50,3 +50,15 @@ def test_data_folder_checks(tmp_path, data_dir):
         fh.truncate(100)
     with pytest.raises(UserError, match="truncated"):
         DataFolder(copy).tokens("train")
+
+
+def test_token_file_windows_equal_in_memory_gather(tmp_path):
+    from banglaslm.loader import TokenFile
+
+    data = np.random.default_rng(0).integers(0, 60000, 10_000, dtype=np.uint16)
+    data.tofile(tmp_path / "t.bin")
+    f = TokenFile(tmp_path / "t.bin", np.uint16)
+    assert len(f) == 10_000 and (f.read() == data).all()
+    from_file = BatchSampler(f, 32, 8, seed=3).get(5)
+    in_memory = BatchSampler(data, 32, 8, seed=3).get(5)
+    assert all((a == b).all() for a, b in zip(from_file, in_memory))

@@ -28,7 +28,7 @@ def held_out_text(data_dir: Path) -> str:
 
     data = DataFolder(data_dir)
     tok = Tokenizer.from_file(data.tokenizer_path)
-    ids = data.tokens("val").tolist()
+    ids = data.tokens("val").read().tolist()
     docs, current = [], []
     for i in ids:
         if i == tok.eod_id:
