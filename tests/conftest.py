@@ -84,3 +84,14 @@ def trained_run(tmp_path_factory, data_dir) -> Path:
 @pytest.fixture(autouse=True)
 def _quiet_tokenizers(monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", os.environ.get("TOKENIZERS_PARALLELISM", "true"))
+
+
+@pytest.fixture(scope="session")
+def trained_gpt_run(tmp_path_factory, data_dir) -> Path:
+    """Like `trained_run`, with the course "gpt" arch (learned positions, LayerNorm, GELU, untied head)."""
+    from banglaslm.config import build_config
+    from banglaslm.trainer import train
+
+    run = tmp_path_factory.mktemp("gpt_run") / "r"
+    train(data_dir, run, build_config(overrides={**TINY_SETTINGS, "model.arch": "gpt"}), progress=False)
+    return run
