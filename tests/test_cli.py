@@ -117,3 +117,19 @@ def test_train_help_lists_every_config_key():
     assert r.returncode == 0
     for key in ("model.arch", "model.n_layer", "train.learning_rate", "train.precision", "presets: tiny"):
         assert key in r.stdout
+
+
+def test_export_import_round_trip_through_the_cli(trained_run, tmp_path):
+    hf, back = tmp_path / "hf", tmp_path / "back"
+    r = cli("export", trained_run, "--format", "hf", "--out", hf)
+    assert r.returncode == 0, r.stderr
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {p.name for p in hf.iterdir()}
+    assert json.loads((hf / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    r = cli("import", hf, "--out", back)
+    assert r.returncode == 0, r.stderr
+    a = cli("generate", trained_run, "--prompt", "আমার", "--greedy", "--max-new-tokens", "10", "--json")
+    b = cli("generate", back, "--prompt", "আমার", "--greedy", "--max-new-tokens", "10", "--json")
+    assert json.loads(a.stdout)["text"] == json.loads(b.stdout)["text"]
+    assert_user_error(cli("export", trained_run, "--format", "hf", "--out", hf), "")
+    assert_user_error(cli("export", trained_run, "--format", "gguf", "--out", tmp_path / "g"), "GGUF")
+    assert not (tmp_path / "g").exists()

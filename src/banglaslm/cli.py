@@ -76,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_generate(sub)
+    e = sub.add_parser("export", help="write a trained model in another ecosystem's format",
+                       description="Export a run: --format hf writes a transformers checkpoint "
+                                   "(LlamaForCausalLM for the modern arch, GPT2LMHeadModel for the course GPT).")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--format", required=True, choices=("hf", "gguf"))
+    e.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
+    e.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    i = sub.add_parser("import", help="turn a Hugging Face Llama / GPT-2 checkpoint into a run folder")
+    i.add_argument("hf_dir", metavar="HF_DIR", help="local folder with config.json, model.safetensors, tokenizer.json")
+    i.add_argument("--out", required=True, help="run folder to write")
     q = sub.add_parser("quickstart", help="prepare the embedded corpus, train `tiny`, evaluate, generate")
     q.add_argument("--out", default="quickstart", help="folder for data/ and run/ (default: ./quickstart)")
     q.add_argument("--max-iters", type=int, default=None, help="override the tiny preset's step count")
@@ -139,8 +149,25 @@ def cmd_quickstart(args) -> None:
     quickstart(args.out, max_iters=args.max_iters)
 
 
+def cmd_export(args) -> None:
+    if args.format == "gguf":
+        raise UserError("GGUF export is not implemented yet; use --format hf for now")
+    from .export import export_hf
+
+    out = export_hf(args.run_dir, args.out, which=args.checkpoint)
+    print(f"exported {args.run_dir} ({args.checkpoint}) to {out}; load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
+def cmd_import(args) -> None:
+    from .hf_import import import_hf
+
+    out = import_hf(args.hf_dir, args.out)
+    print(f"imported {args.hf_dir} into the run folder {out}; try: banglaslm generate {out} --prompt \"...\"")
+
+
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
-            "quickstart": cmd_quickstart}
+            "quickstart": cmd_quickstart, "export": cmd_export, "import": cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:
