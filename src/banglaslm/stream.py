@@ -1,0 +1,140 @@
+"""Streaming detokenization: token ids in, one at a time; text that is safe to show, out.
+
+Two things make naive streaming (decode each token, print it) wrong for Bangla:
+
+1. A byte-level BPE token can end in the middle of a UTF-8 character (every Bangla letter is
+   three bytes). Decoding such a token alone gives U+FFFD or drops bytes that the next token
+   completes. `StreamDecoder` keeps the bytes in an incremental UTF-8 decoder and only ever
+   sees whole characters.
+2. A whole character can still change what is on screen: a consonant takes a vowel sign
+   (ক + া = কা), a hasanta makes a conjunct with the next consonant (ক + ্ + ষ = ক্ষ), a
+   ZWJ/ZWNJ selects its form. A piece that starts with a vowel sign renders as a dotted
+   circle. So the decoder holds back the last grapheme cluster (it may still grow) and emits
+   text only up to the start of it; `finish()` flushes the rest.
+
+The cut points follow Unicode's extended grapheme clusters (UAX #29) where they matter here,
+erring on the side of holding back: a character joins the one before it when it is a
+combining mark (Mn/Mc/Me), a ZWJ/ZWNJ, an emoji skin-tone modifier, the LF of a CRLF, any
+character after a ZWJ, or a letter after a hasanta/ZWNJ (a conjunct; GB9c). Hangul syllable
+and regional-indicator pairs are not treated specially; at worst they reach the screen in two
+pieces, and the joined text is still exact.
+
+Emitted text never ends in a hasanta or joiner, so the final tidy-up the non-streamed path
+applies (`tidy_end`: drop a dangling hasanta/joiner) only ever touches held-back text, and
+
+    "".join(pieces) == tidy_end(tokenizer.decode(ids))
+
+holds exactly. Special tokens produce no text.
+"""
+
+from __future__ import annotations
+
+import codecs
+import unicodedata
+
+from .normalize import HASANTA, ZWJ, ZWNJ
+from .tokenizer import Tokenizer
+
+# What a cut-off generation may end in while it waits for the next letter.
+DANGLING = HASANTA + ZWJ + ZWNJ
+_MARK_CATEGORIES = ("Mn", "Mc", "Me")
+
+
+def tidy_end(text: str) -> str:
+    """A cut-off generation may end in a hasanta or joiner waiting for the next letter."""
+    return text.rstrip(DANGLING)
+
+
+def joins_previous(text: str, i: int) -> bool:
+    """True when text[i] belongs to the same grapheme cluster as text[i - 1] (i >= 1)."""
+    ch = text[i]
+    if ch in (ZWJ, ZWNJ) or unicodedata.category(ch) in _MARK_CATEGORIES:
+        return True
+    if "\U0001f3fb" <= ch <= "\U0001f3ff":  # emoji skin-tone modifiers
+        return True
+    prev = text[i - 1]
+    if prev == ZWJ:  # emoji ZWJ sequences, র‍্য
+        return True
+    if prev in (HASANTA, ZWNJ):  # a conjunct: consonant + hasanta (+ joiner) + consonant
+        return unicodedata.category(ch).startswith("L")
+    return prev == "\r" and ch == "\n"
+
+
+def safe_cut(text: str, end: int | None = None) -> int:
+    """The largest index <= `end` where `text` may be cut while more text may still follow.
+
+    That is a grapheme cluster boundary before the last cluster (which may still grow), and
+    not right after a hasanta or joiner (which the final tidy-up may remove). `end` is an
+    extra limit (e.g. where a possible stop string begins); the default is the whole text.
+    """
+    end = len(text) if end is None else min(end, len(text))
+    if end == len(text):
+        end -= 1  # the last cluster is always held back: cut before the cluster holding text[-1]
+    while end > 0:
+        while end > 0 and joins_previous(text, end):
+            end -= 1
+        if end > 0 and text[end - 1] in DANGLING:
+            end -= 1  # then back to the start of the cluster holding that hasanta/joiner
+            continue
+        break
+    return max(end, 0)
+
+
+class StreamDecoder:
+    """Turns token ids, fed one at a time, into text pieces that are safe to display.
+
+        dec = StreamDecoder(tokenizer)
+        for token_id in ids:
+            print(dec.push(token_id), end="")
+        print(dec.finish())
+
+    `text` is everything decoded so far (whole characters only), `sent` how much of it has
+    been handed out. For byte-level BPE and char tokenizers the bytes are decoded
+    incrementally (exact); for other tokenizers the whole id list is decoded again after each
+    token, which is exact when their decoding of a prefix is a prefix of the decoding.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.text = ""
+        self.sent = 0
+        self._incremental = tokenizer.byte_level or tokenizer.kind == "char"
+        # errors="ignore" drops bytes that never form a character, exactly as
+        # Tokenizer.decode does for the whole sequence.
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        self._ids: list[int] = []
+        self._finished = False
+
+    def feed(self, token_id: int) -> None:
+        """Add one token to `text` without handing anything out."""
+        if self._finished:
+            raise RuntimeError("StreamDecoder.feed() after finish()")
+        if self._incremental:
+            self.text += self._utf8.decode(self.tokenizer.token_bytes(token_id))
+        else:
+            self._ids.append(token_id)
+            self.text = self.tokenizer.decode(self._ids)
+
+    def take(self, end: int | None = None) -> str:
+        """The text that became safe since the last call (cut no later than `end`)."""
+        cut = safe_cut(self.text, end)
+        if cut <= self.sent:
+            return ""
+        piece, self.sent = self.text[self.sent:cut], cut
+        return piece
+
+    def push(self, token_id: int) -> str:
+        """Feed one token; return the text that is now safe to emit (often '')."""
+        self.feed(token_id)
+        return self.take()
+
+    def finish(self, end: int | None = None) -> str:
+        """Flush: everything not yet handed out, up to `end` (e.g. where a stop string
+        begins), without a dangling hasanta/joiner at the very end."""
+        if not self._finished and self._incremental:
+            self.text += self._utf8.decode(b"", final=True)
+        self._finished = True
+        final = tidy_end(self.text if end is None else self.text[:end])
+        piece = final[self.sent:]
+        self.sent = max(self.sent, len(final))
+        return piece
