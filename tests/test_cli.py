@@ -133,3 +133,13 @@ def test_export_import_round_trip_through_the_cli(trained_run, tmp_path):
     assert_user_error(cli("export", trained_run, "--format", "hf", "--out", hf), "")
     assert_user_error(cli("export", trained_run, "--format", "gguf", "--out", tmp_path / "g"), "GGUF")
     assert not (tmp_path / "g").exists()
+
+
+def test_generate_stream_prints_the_same_text_as_json(trained_run):
+    common = ["--prompt", "আমার", "--max-new-tokens", "25", "--seed", "7", "--temperature", "1.3", "--top-k", "40"]
+    streamed = cli("generate", trained_run, *common, "--stream")
+    whole = cli("generate", trained_run, *common, "--json")
+    assert streamed.returncode == 0 and whole.returncode == 0, streamed.stderr + whole.stderr
+    assert streamed.stdout == "আমার" + json.loads(whole.stdout)["text"] + "\n"
+    assert_user_error(cli("generate", trained_run, *common, "--stream", "--json"), "cannot be combined")
+    assert_user_error(cli("generate", trained_run, "--prompt", "ক", "--min-p", "2"), "--min-p")

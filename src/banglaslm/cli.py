@@ -63,9 +63,15 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already seen (1 = off)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI-style, in [-2, 2]")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI-style, in [-2, 2]")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    p.add_argument("--stream", action="store_true", help="print the text as it is generated")
     p.add_argument("--json", action="store_true", help="print one JSON object: text, prompt, tokens")
 
 
@@ -129,18 +135,33 @@ def cmd_eval(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from .generate import SamplingConfig, generate
+    from .engine import Engine, SamplingParams
     from .runfolder import load_model
 
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed)
-    sampling.validate()  # fail on bad options before spending time loading the model
+    if args.stream and args.json:
+        raise UserError("--stream and --json cannot be combined; --json prints one object at the end")
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                            presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                            stop=args.stop, seed=args.seed, greedy=args.greedy)
+    params.validate()  # fail on bad options before spending time loading the model
     loaded = load_model(args.run_dir, args.checkpoint)
-    g = generate(loaded, args.prompt, sampling)
+    engine = Engine(loaded.model, loaded.tokenizer)
+    engine.encode_prompt(args.prompt)  # an empty prompt fails here, before any output
+    if args.stream:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+        for piece in engine.stream(args.prompt, params):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    completion = engine.generate([args.prompt], params)[0][0]
     if args.json:
-        print(json.dumps({"text": g.text, "prompt": g.prompt, "tokens": g.tokens}, ensure_ascii=False))
+        print(json.dumps({"text": completion.text, "prompt": args.prompt, "tokens": len(completion.token_ids)},
+                         ensure_ascii=False))
     else:
-        print(g.prompt + g.text)
+        print(args.prompt + completion.text)
 
 
 def cmd_quickstart(args) -> None:
