@@ -65,3 +65,13 @@ def test_repeated_failures_stop_with_a_pointer_to_the_last_checkpoint(data_dir, 
     with pytest.raises(TrainingDiverged, match=r"3 updates in a row were skipped.*latest.safetensors.*--resume"):
         trainer.train()
     assert (tmp_path / "run" / "checkpoints" / "latest.safetensors").is_file()
+
+
+def test_compile_falls_back_to_eager_with_a_warning(data_dir, tmp_path, monkeypatch, capsys):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    trainer = make_trainer(data_dir, tmp_path / "run", **{"train.compile": "true", "train.max_iters": 5})
+    assert trainer.forward_model is trainer.model  # eager
+    assert "torch.compile unavailable (no C++ compiler found)" in capsys.readouterr().err
+    assert trainer.train().iterations == 5
