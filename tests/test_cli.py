@@ -143,3 +143,15 @@ def test_generate_stream_prints_the_same_text_as_json(trained_run):
     assert streamed.stdout == "আমার" + json.loads(whole.stdout)["text"] + "\n"
     assert_user_error(cli("generate", trained_run, *common, "--stream", "--json"), "cannot be combined")
     assert_user_error(cli("generate", trained_run, "--prompt", "ক", "--min-p", "2"), "--min-p")
+
+
+def test_report_command(trained_run, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("নদীর ধারে একটি ছোট গ্রাম ছিল। সেখানে সবাই মিলেমিশে থাকত।\n", encoding="utf-8")
+    out = tmp_path / "rep"
+    r = cli("report", trained_run, "--text", text, "--out", out)
+    assert r.returncode == 0, r.stderr
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "loss.png" in card and str(text.name) in card
+    assert (out / "tokenizer.png").read_bytes()[:4] == b"\x89PNG"
+    assert_user_error(cli("report", tmp_path / "nope"), "not found")

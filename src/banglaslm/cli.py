@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("import", help="turn a Hugging Face Llama / GPT-2 checkpoint into a run folder")
     i.add_argument("hf_dir", metavar="HF_DIR", help="local folder with config.json, model.safetensors, tokenizer.json")
     i.add_argument("--out", required=True, help="run folder to write")
+    r = sub.add_parser("report", help="write a model card with plots and tokenizer statistics (RUN_DIR/report/)")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--text", nargs="*", default=[], metavar="FILE", help="text files to evaluate in the report")
+    r.add_argument("--out", default=None, help="report folder (default RUN_DIR/report)")
+    r.add_argument("--checkpoint", default="best", choices=("best", "latest"))
     q = sub.add_parser("quickstart", help="prepare the embedded corpus, train `tiny`, evaluate, generate")
     q.add_argument("--out", default="quickstart", help="folder for data/ and run/ (default: ./quickstart)")
     q.add_argument("--max-iters", type=int, default=None, help="override the tiny preset's step count")
@@ -187,8 +192,16 @@ def cmd_import(args) -> None:
     print(f"imported {args.hf_dir} into the run folder {out}; try: banglaslm generate {out} --prompt \"...\"")
 
 
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    out = write_report(args.run_dir, args.text, out_dir=args.out, which=args.checkpoint)
+    print(f"wrote {out}/README.md (with plots and report.html)")
+
+
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
-            "quickstart": cmd_quickstart, "export": cmd_export, "import": cmd_import}
+            "quickstart": cmd_quickstart, "export": cmd_export, "import": cmd_import,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,220 @@
+"""The run report: folder contents, numbers that agree with `evaluate`, tokenizer-study
+invariants, atomic writes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from banglaslm.errors import UserError
+from banglaslm.evaluate import evaluate_file
+from banglaslm.normalize import normalize
+from banglaslm.report import (cluster_breaks, inside_cluster_ends, sample_documents, tokenizer_stats,
+                              top_bangla_words, write_report)
+from banglaslm.runfolder import load_model
+from banglaslm.tokenizer import Tokenizer
+
+BANGLA = (
+    "আমাদের গ্রামের পাশ দিয়ে একটি ছোট নদী বয়ে গেছে। বর্ষাকালে নদীতে অনেক জল থাকে, "
+    "আর ছেলেমেয়েরা নৌকা নিয়ে খেলা করে।\n\n"
+    "সকালবেলা মা রান্নাঘরে ভাত রাঁধেন, বাবা মাঠে কাজ করতে যান। স্কুলে যাওয়ার আগে আমি বই গুছিয়ে নিই। "
+    "বিকেলে আমরা মাঠে ফুটবল খেলি, সন্ধ্যায় পড়তে বসি।\n"
+)
+PNGS = ("loss.png", "lr.png", "throughput.png", "tokenizer.png")
+FAST = {"bpe_vocab_sizes": (300, 1000)}
+CHEAP = {"bpe_vocab_sizes": (), "prompts": (), "html_page": False}  # for tests of the write itself
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("texts") / "sample.txt"
+    path.write_text(BANGLA, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    return load_model(trained_run)
+
+
+@pytest.fixture(scope="module")
+def report(trained_run, text_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report"
+    return write_report(trained_run, [text_file], out_dir=out, **FAST)
+
+
+def test_report_folder_has_card_plots_and_html(report):
+    assert report.is_dir()
+    for name in PNGS:
+        data = (report / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert len(data) > 5000, name
+    card = (report / "README.md").read_text(encoding="utf-8")
+    for name in PNGS:
+        assert f"]({name})" in card  # relative links
+    for section in ("## Model", "## Training", "## Data", "## Evaluation", "## Samples", "## Tokenizer"):
+        assert section in card
+    page = (report / "report.html").read_text(encoding="utf-8")
+    assert '<img src="loss.png"' in page and "<table>" in page
+    assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_card_numbers_match_the_model_and_evaluate(report, loaded, trained_run, text_file):
+    card = (report / "README.md").read_text(encoding="utf-8")
+    assert f"| parameters | {loaded.model.num_params():,} |" in card
+    assert f"| vocabulary | {loaded.tokenizer.vocab_size:,} |" in card
+    row = next(line for line in card.splitlines() if line.startswith(f"| {text_file.name} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    expected = evaluate_file(loaded, text_file)
+    loss, ppl, bpb, bpc, tokens = map(float, cells[1:6])
+    assert loss == pytest.approx(expected.loss, abs=1e-6)
+    assert ppl == pytest.approx(expected.perplexity, abs=1e-6)
+    assert bpb == pytest.approx(expected.bits_per_byte, abs=1e-6)
+    assert bpc == pytest.approx(expected.bits_per_char, abs=1e-6)
+    assert tokens == expected.tokens
+
+    info = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    assert info["evaluations"][0]["loss"] == pytest.approx(expected.loss, rel=1e-9)
+    meta = json.loads((trained_run / "data_meta.json").read_text(encoding="utf-8"))
+    assert f"| train | {meta['splits']['train']['documents']:,} |" in card
+    assert info["training"]["iterations"] > 0 and info["training"]["tokens_seen"] > 0
+    assert len(info["samples"]) == 3 and all(s["tokens"] >= 1 for s in info["samples"])
+
+
+def test_samples_are_reproducible(report, loaded):
+    from banglaslm.generate import SamplingConfig, generate
+    from banglaslm.report import SAMPLE_SETTINGS
+
+    info = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    for sample in info["samples"]:
+        again = generate(loaded, sample["prompt"], SamplingConfig(seed=sample["seed"], **SAMPLE_SETTINGS))
+        assert again.text == sample["text"]
+    card = (report / "README.md").read_text(encoding="utf-8")
+    assert info["samples"][0]["prompt"] + info["samples"][0]["text"].replace("```", "'''") in card
+
+
+def test_cluster_breaks_bangla_rules():
+    # ক + hasanta + ষ is one conjunct; কি keeps its vowel sign; a space separates clusters.
+    assert cluster_breaks("ক্ষ") == [True, False, False, True]
+    assert cluster_breaks("কি ক") == [True, False, True, True, True]
+    # র + ZWJ + hasanta + য (ra-phala with a joiner): one cluster.
+    assert cluster_breaks("র\u200d্য") == [True, False, False, False, True]
+    # A hasanta before a space does not join anything.
+    assert cluster_breaks("ক্ ক") == [True, False, True, True, True]
+
+
+def test_char_tokenizer_statistics():
+    docs = [normalize(p) for p in BANGLA.split("\n\n")]
+    char = Tokenizer.build_char(ch for d in docs for ch in d)
+    words = top_bangla_words(docs)
+    stats = tokenizer_stats(char, docs, "char", words)
+    assert stats.chars_per_token == 1.0  # EOD excluded
+    assert stats.single_token_words_space == 0.0
+    multi = [w for w in words if len(w) > 1]
+    assert tokenizer_stats(char, docs, "char", multi).single_token_words_bare == 0.0
+    # Every Bangla word here has a vowel sign or a conjunct, so some char tokens end inside one.
+    assert stats.inside_cluster_share > 0
+    # Text with no combining sequences: a char tokenizer never ends inside a cluster.
+    plain = ["অ আ ই এক অথচ", "কখন ঘর"]  # no vowel signs, no conjuncts
+    plain_char = Tokenizer.build_char(ch for d in plain for ch in d)
+    assert tokenizer_stats(plain_char, plain, "char").inside_cluster_share == 0.0
+
+
+def test_byte_level_bpe_ends_inside_characters():
+    plain = ["অ আ ই এক অথচ", "কখন ঘর"]  # no vowel signs, no conjuncts
+    tiny = Tokenizer.train_bpe(plain, 258)  # bytes + one merge: every Bangla letter is 2-3 tokens
+    text = plain[0]
+    ends = inside_cluster_ends(tiny, text, tiny.encode(text, normalized=True))
+    assert ends is not None and ends[0] > 0
+    assert tokenizer_stats(tiny, plain, "bytes").inside_cluster_share > 0.3
+
+
+def test_larger_bpe_vocab_packs_more_characters_per_token():
+    docs = sample_documents(max_chars=20_000)  # every 10th embedded-corpus file
+    assert 0 < sum(map(len, docs)) <= 20_000
+    words = top_bangla_words(docs)
+    assert 0 < len(words) <= 1000
+    cpt = [tokenizer_stats(Tokenizer.train_bpe(docs, v), docs, str(v), words) for v in (300, 600, 1500)]
+    assert all(a.chars_per_token <= b.chars_per_token for a, b in zip(cpt, cpt[1:]))
+    assert all(a.single_token_words_space <= b.single_token_words_space for a, b in zip(cpt, cpt[1:]))
+    assert cpt[-1].chars_per_token > cpt[0].chars_per_token
+
+
+def test_failed_write_leaves_no_report(trained_run, text_file, tmp_path, monkeypatch):
+    import banglaslm.report as report_mod
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(report_mod, "plot_tokenizers", boom)
+    with pytest.raises(RuntimeError):
+        write_report(trained_run, [text_file], out_dir=tmp_path / "rep", **CHEAP)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_rewrite_keeps_the_old_report(report, trained_run, text_file, monkeypatch):
+    import banglaslm.report as report_mod
+
+    before = {p.name: p.read_bytes() for p in report.iterdir()}
+    monkeypatch.setattr(report_mod, "render_markdown", lambda info: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        write_report(trained_run, [text_file], out_dir=report, **CHEAP)
+    assert {p.name: p.read_bytes() for p in report.iterdir()} == before
+    assert sorted(p.name for p in report.parent.iterdir()) == [report.name]
+
+
+def test_bad_inputs_are_user_errors(trained_run, text_file, tmp_path):
+    with pytest.raises(UserError, match="run folder not found"):
+        write_report(tmp_path / "nope", [text_file])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a banglaslm run folder"):
+        write_report(tmp_path / "empty", [text_file])
+    out = tmp_path / "rep"
+    with pytest.raises(UserError, match="text file not found"):
+        write_report(trained_run, [tmp_path / "missing.txt"], out_dir=out)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe abc")
+    with pytest.raises(UserError, match="not UTF-8"):
+        write_report(trained_run, [bad], out_dir=out)
+    empty = tmp_path / "blank.txt"
+    empty.write_text("   \n", encoding="utf-8")
+    with pytest.raises(UserError):
+        write_report(trained_run, [empty], out_dir=out, **CHEAP)
+    assert not out.exists()
+    with pytest.raises(UserError, match="holds the run folder"):
+        write_report(trained_run, [text_file], out_dir=trained_run)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(UserError, match="not a banglaslm report"):
+        write_report(trained_run, [text_file], out_dir=other)
+    assert (other / "keep.txt").read_text(encoding="utf-8") == "mine"
+    for err in (UserError,):
+        try:
+            write_report(tmp_path / "nope")
+        except err as exc:
+            assert "\n" not in str(exc)
+
+
+def test_summary_and_plots_without_metrics(tmp_path):
+    from banglaslm.config import build_config
+    from banglaslm.report import plot_loss, plot_series, training_summary
+
+    cfg = build_config(overrides={"model.block_size": 16, "train.batch_size": 2, "train.grad_accum_steps": 3})
+    summary = training_summary([], cfg, iterations=10)
+    assert summary["tokens_seen"] == 10 * 16 * 2 * 3
+    assert summary["best_val_loss"] is None and summary["median_tokens_per_s"] is None
+    plot_loss([], tmp_path / "loss.png")
+    plot_series([], "lr", "learning rate", "lr", tmp_path / "lr.png")
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    records = [{"iter": 0, "loss": 5.0, "lr": 1e-3, "tokens_per_s": 10.0},
+               {"iter": 5, "loss": 4.0, "lr": 2e-3, "tokens_per_s": 100.0},
+               {"iter": 10, "loss": 3.0, "lr": 2e-3, "tokens_per_s": 300.0},
+               {"iter": 10, "split": "train", "loss": 3.1}, {"iter": 10, "split": "val", "loss": 3.5},
+               {"iter": 20, "split": "val", "loss": 3.6}]
+    summary = training_summary(records, cfg, iterations=20)
+    assert summary["median_tokens_per_s"] == 200.0  # the first step (warm-up) is left out
+    assert summary["best_val_loss"] == 3.5 and summary["final_val_loss"] == 3.6
