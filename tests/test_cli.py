@@ -155,3 +155,38 @@ def test_report_command(trained_run, tmp_path):
     assert "loss.png" in card and str(text.name) in card
     assert (out / "tokenizer.png").read_bytes()[:4] == b"\x89PNG"
     assert_user_error(cli("report", tmp_path / "nope"), "not found")
+
+
+def test_serve_and_chat_commands(trained_run):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "banglaslm", "serve", str(trained_run), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, server.stderr.read() if server.poll() is not None else "timeout"
+                time.sleep(0.3)
+        body = json.dumps({"model": trained_run.name, "prompt": "আমার", "max_tokens": 5, "temperature": 0}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            out = json.loads(r.read())
+        assert out["object"] == "text_completion" and out["usage"]["completion_tokens"] <= 5
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    chat = subprocess.run([sys.executable, "-m", "banglaslm", "chat", str(trained_run), "--seed", "1",
+                           "--max-new-tokens", "8"], input="/temp 0.5\nনমস্কার\n/quit\n", capture_output=True,
+                          text=True, timeout=120)
+    assert chat.returncode == 0 and "Traceback" not in chat.stderr, chat.stderr

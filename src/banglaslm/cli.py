@@ -92,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("import", help="turn a Hugging Face Llama / GPT-2 checkpoint into a run folder")
     i.add_argument("hf_dir", metavar="HF_DIR", help="local folder with config.json, model.safetensors, tokenizer.json")
     i.add_argument("--out", required=True, help="run folder to write")
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web playground at /")
+    sv.add_argument("run_dir", metavar="RUN_DIR")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
+    c = sub.add_parser("chat", help="interactive chat in the terminal (/help lists the commands)")
+    c.add_argument("run_dir", metavar="RUN_DIR")
+    c.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    c.add_argument("--temperature", type=float, default=0.8)
+    c.add_argument("--top-k", type=int, default=50)
+    c.add_argument("--max-new-tokens", type=int, default=200)
+    c.add_argument("--seed", type=int, default=None)
     r = sub.add_parser("report", help="write a model card with plots and tokenizer statistics (RUN_DIR/report/)")
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--text", nargs="*", default=[], metavar="FILE", help="text files to evaluate in the report")
@@ -192,6 +204,26 @@ def cmd_import(args) -> None:
     print(f"imported {args.hf_dir} into the run folder {out}; try: banglaslm generate {out} --prompt \"...\"")
 
 
+def cmd_serve(args) -> None:
+    from .runfolder import RunFolder
+    from .serve import run_server
+
+    RunFolder(args.run_dir).require()
+    print(f"serving {args.run_dir} on http://{args.host}:{args.port}/ (OpenAI API under /v1)", file=sys.stderr)
+    run_server(args.run_dir, host=args.host, port=args.port, api_key=args.api_key)
+
+
+def cmd_chat(args) -> None:
+    from .chat import chat_loop
+    from .engine import SamplingParams
+    from .runfolder import load_model
+
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_k=args.top_k, seed=args.seed)
+    params.validate()
+    chat_loop(load_model(args.run_dir, args.checkpoint), params=params)
+
+
 def cmd_report(args) -> None:
     from .report import write_report
 
@@ -201,7 +233,7 @@ def cmd_report(args) -> None:
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
             "quickstart": cmd_quickstart, "export": cmd_export, "import": cmd_import,
-            "report": cmd_report}
+            "report": cmd_report, "serve": cmd_serve, "chat": cmd_chat}
 
 
 def main(argv: list[str] | None = None) -> int:

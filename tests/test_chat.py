@@ -1,0 +1,131 @@
+"""The chat template and the interactive chat loop, driven by scripted input."""
+
+from __future__ import annotations
+
+import pytest
+
+from banglaslm.chat import chat_loop, chat_stops, clean_answer, render_chat
+from banglaslm.engine import Engine, SamplingParams
+from banglaslm.errors import UserError
+from banglaslm.runfolder import load_model
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    return load_model(trained_run)
+
+
+class Script:
+    """read_line that returns scripted lines (then EOF), remembering the prompts it showed."""
+
+    def __init__(self, lines):
+        self.lines = list(lines)
+        self.prompts = []
+
+    def __call__(self, prompt=""):
+        self.prompts.append(prompt)
+        if not self.lines:
+            raise EOFError
+        line = self.lines.pop(0)
+        if isinstance(line, BaseException):
+            raise line
+        return line
+
+
+class Recorder:
+    def __init__(self):
+        self.parts = []
+
+    def __call__(self, text):
+        self.parts.append(text)
+
+    @property
+    def text(self):
+        return "".join(self.parts)
+
+
+class SpyEngine(Engine):
+    """An engine that records each streamed prompt and its params."""
+
+    def __init__(self, loaded):
+        super().__init__(loaded.model, loaded.tokenizer)
+        self.calls = []
+
+    def stream(self, prompt, params=None):
+        self.calls.append((prompt, params))
+        return super().stream(prompt, params)
+
+
+def test_render_chat_template():
+    messages = [{"role": "system", "content": " ভদ্র হও। "}, {"role": "user", "content": "নমস্কার"},
+                {"role": "assistant", "content": "নমস্কার!"}, {"role": "user", "content": "কেমন আছ?\nবলো"}]
+    assert render_chat(messages) == ("নির্দেশ: ভদ্র হও।\nব্যবহারকারী: নমস্কার\nসহকারী: নমস্কার!\n"
+                                     "ব্যবহারকারী: কেমন আছ?\nবলো\nসহকারী:")
+    assert render_chat([{"role": "user", "content": "hi"}], language="en") == "User: hi\nAssistant:"
+    assert "\nব্যবহারকারী:" in chat_stops() and "\nUser:" in chat_stops("en")
+    assert clean_answer("  উত্তর ") == "উত্তর "
+    with pytest.raises(UserError):
+        render_chat([{"role": "robot", "content": "x"}])
+    with pytest.raises(UserError):
+        render_chat([], language="xx")
+
+
+def test_settings_commands_answer_and_reset(loaded):
+    engine = SpyEngine(loaded)
+    out = Recorder()
+    script = Script(["/temp 0.5", "/topk 20", "/topp 0.9", "/minp 0.05", "/rep 1.2", "/max 15", "/seed 3",
+                     "/greedy on", "/greedy maybe", "/temp hot", "/topk -1", "/nope", "/help", "/settings",
+                     "আমি বাংলায়\\", "গান গাই", "", "আবার বলো", "/reset", "নতুন কথা", "/quit", "never read"])
+    history = chat_loop(loaded, read_line=script, write=out, engine=engine)
+    assert script.lines == ["never read"]
+    assert len(engine.calls) == 3
+    prompt, params = engine.calls[0]
+    assert prompt == "ব্যবহারকারী: আমি বাংলায়\nগান গাই\nসহকারী:"
+    assert (params.temperature, params.top_k, params.top_p, params.min_p, params.repetition_penalty,
+            params.max_new_tokens, params.seed, params.greedy) == (0.5, 20, 0.9, 0.05, 1.2, 15, 3, True)
+    assert all(s in params.stop for s in chat_stops())
+    assert "... " in script.prompts  # the continuation line
+    # the second turn sees the first question and answer
+    second = engine.calls[1][0]
+    assert second.startswith("ব্যবহারকারী: আমি বাংলায়\nগান গাই\nসহকারী:")
+    assert second.endswith("ব্যবহারকারী: আবার বলো\nসহকারী:")
+    # /reset forgot both
+    assert engine.calls[2][0] == "ব্যবহারকারী: নতুন কথা\nসহকারী:"
+    assert [m["role"] for m in history] == ["user", "assistant"] and history[0]["content"] == "নতুন কথা"
+    # greedy with a fixed seed: the answer is what the engine gives for that prompt
+    expected = engine.generate([engine.calls[2][0]], engine.calls[2][1])[0][0].text
+    assert history[1]["content"] == clean_answer(expected)
+    text = out.text
+    assert "/greedy takes on or off" in text and "unknown command /nope" in text and "Commands:" in text
+    assert text.count("error:") == 4  # bad values leave the settings as they were
+
+
+def test_ctrl_c_stops_only_the_answer(loaded):
+    engine = SpyEngine(loaded)
+    state = {"raised": False, "pieces": 0}
+    parts = []
+
+    def write(text):
+        parts.append(text)
+        # The first piece of the first answer: Ctrl-C (after it was shown).
+        if engine.calls and not state["raised"] and text and not text.endswith(": ") and "\n" not in text:
+            state["pieces"] += 1
+            state["raised"] = True
+            raise KeyboardInterrupt
+
+    params = SamplingParams(max_new_tokens=40, temperature=1.0, seed=4)
+    script = Script(["একদিন সকালে", "তারপর কী হলো?"])
+    history = chat_loop(loaded, read_line=script, write=write, params=params, engine=engine)
+    assert state["raised"]
+    assert "".join(parts).count("[stopped]") == 1
+    assert len(engine.calls) == 2  # the chat went on to the next message
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert not loaded.model.training  # the interrupted generation restored the model's mode
+
+
+def test_ctrl_c_and_eof_at_the_prompt_end_the_chat(loaded):
+    out = Recorder()
+    assert chat_loop(loaded, read_line=Script([KeyboardInterrupt()]), write=out) == []
+    assert chat_loop(loaded, read_line=Script([]), write=out) == []
+    history = chat_loop(loaded, read_line=Script([]), write=out, system="ভদ্র হও")
+    assert history == [{"role": "system", "content": "ভদ্র হও"}]

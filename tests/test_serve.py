@@ -1,0 +1,361 @@
+"""The OpenAI-compatible server: in-process (TestClient) and over real HTTP with the official
+`openai` client against uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from banglaslm.chat import chat_stops, render_chat
+from banglaslm.serve import ServerLimits, create_app
+
+KEY = "test-key"
+MODEL = "tiny-bn"
+
+
+@pytest.fixture(scope="module")
+def app(trained_run):
+    return create_app(trained_run, model_name=MODEL, limits=ServerLimits(max_body_bytes=20_000))
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def sse_events(response) -> list:
+    """The JSON payloads of a server-sent-event body, and '[DONE]' last."""
+    events = []
+    for block in response.text.split("\n\n"):
+        if not block.strip():
+            continue
+        assert block.startswith("data: "), block
+        data = block[len("data: "):]
+        events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def assert_openai_error(response, status: int):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
+# ---- in-process ----------------------------------------------------------------------------
+
+def test_health_and_models(client):
+    assert client.get("/health").json()["status"] == "ok"
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list"
+    assert [m["id"] for m in models["data"]] == [MODEL]
+    assert client.get(f"/v1/models/{MODEL}").json()["id"] == MODEL
+
+
+def test_model_id_defaults_to_run_folder_name(trained_run):
+    with TestClient(create_app(trained_run)) as c:
+        assert c.get("/v1/models").json()["data"][0]["id"] == trained_run.name
+
+
+def test_completion_shape_and_stream_equals_plain(client):
+    body = {"model": MODEL, "prompt": "একদিন সকালে", "max_tokens": 24, "temperature": 0.9, "seed": 7}
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["object"] == "text_completion" and out["model"] == MODEL and out["id"].startswith("cmpl-")
+    assert isinstance(out["created"], int)
+    [choice] = out["choices"]
+    assert choice["index"] == 0 and choice["finish_reason"] in {"stop", "length"}
+    u = out["usage"]
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and u["prompt_tokens"] > 0
+    assert 0 < u["completion_tokens"] <= 24 or choice["finish_reason"] == "stop"
+
+    s = client.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(s)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "text_completion" and c["id"] == chunks[0]["id"] for c in chunks)
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    assert text == choice["text"]
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finals) == 1 and finals[0]["choices"][0]["finish_reason"] == choice["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == u
+
+
+def test_n_samples_stop_and_greedy(client):
+    body = {"prompt": ["আমি"], "max_tokens": 12, "n": 3, "seed": 3, "stop": "।"}
+    out = client.post("/v1/completions", json=body).json()
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2]
+    assert all("।" not in c["text"] for c in out["choices"])
+    streamed = sse_events(client.post("/v1/completions", json={**body, "stream": True}))
+    for i, c in enumerate(out["choices"]):
+        assert "".join(e["choices"][0]["text"] for e in streamed[:-1] if e["choices"][0]["index"] == i) == c["text"]
+    greedy = [client.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 10, "temperature": 0}).json()
+              for _ in range(2)]
+    assert greedy[0]["choices"][0]["text"] == greedy[1]["choices"][0]["text"]
+
+
+def test_chat_completion_both_ways(client):
+    messages = [{"role": "system", "content": "তুমি সাহায্য করো।"}, {"role": "user", "content": "তোমার নাম কী?"}]
+    body = {"model": MODEL, "messages": messages, "max_tokens": 30, "seed": 11}
+    out = client.post("/v1/chat/completions", json=body).json()
+    assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
+    [choice] = out["choices"]
+    assert choice["message"]["role"] == "assistant"
+    answer = choice["message"]["content"]
+    assert answer == answer.lstrip()
+    assert not any(s in answer for s in chat_stops())
+    prompt_ids = client.app.state.engine.encode_prompt(render_chat(messages))
+    assert out["usage"]["prompt_tokens"] == len(prompt_ids)
+
+    events = sse_events(client.post("/v1/chat/completions", json={**body, "stream": True}))
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == choice["finish_reason"]
+    assert chunks[-1]["choices"][0]["delta"] == {}
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == answer
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "আমি", "temperature": "hot"}, "temperature"),
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": "আমি", "max_tokens": 2.5}, "max_tokens"),
+    ({"prompt": "আমি", "stream": "yes"}, "stream"),
+    ({"prompt": "আমি", "temperature": 2.5}, "temperature"),
+    ({"prompt": "আমি", "top_p": 1.5}, "top_p"),
+    ({"prompt": "আমি", "max_tokens": 5000}, "max_tokens"),
+    ({"prompt": "আমি", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "আমি", "n": 9}, "n"),
+    ({"prompt": "আমি", "presence_penalty": 3}, "presence_penalty"),
+    ({"prompt": "আমি", "top_k": 0}, "top_k"),
+    ({"prompt": "আমি", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
+    ({}, "prompt"),
+])
+def test_invalid_completion_requests_are_400(client, body, param):
+    error = assert_openai_error(client.post("/v1/completions", json=body), 400)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] is not None and error["param"].split(".")[0] == param
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": []},
+    {"messages": [{"role": "robot", "content": "hi"}]},
+    {"messages": [{"role": "user", "content": 3}]},
+    {"messages": "hi"},
+    {"messages": [{"role": "user", "content": "hi"}], "top_p": -0.1},
+])
+def test_invalid_chat_requests_are_400(client, body):
+    assert_openai_error(client.post("/v1/chat/completions", json=body), 400)
+
+
+def test_malformed_json_unknown_model_and_routes(client):
+    r = client.post("/v1/completions", content=b'{"prompt": "x",', headers={"content-type": "application/json"})
+    assert assert_openai_error(r, 400)["code"] == "invalid_json"
+    error = assert_openai_error(client.post("/v1/completions", content=b"[1, 2]",
+                                            headers={"content-type": "application/json"}), 400)
+    assert "JSON object" in error["message"]
+    assert_openai_error(client.post("/v1/completions", content=b"prompt=x",
+                                    headers={"content-type": "application/x-www-form-urlencoded"}), 400)
+    error = assert_openai_error(client.post("/v1/completions", json={"model": "gpt-4", "prompt": "x"}), 404)
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert_openai_error(client.post("/v1/chat/completions", json={
+        "model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}), 404)
+    assert_openai_error(client.get("/v1/models/gpt-4"), 404)
+    assert_openai_error(client.get("/v1/nothing"), 404)
+    assert_openai_error(client.get("/v1/completions"), 405)
+
+
+def test_oversized_body_is_413_and_server_still_answers(client):
+    big = {"prompt": "ক" * 30_000, "max_tokens": 5}
+    assert assert_openai_error(client.post("/v1/completions", json=big), 413)["code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        data = json.dumps(big).encode()
+        for i in range(0, len(data), 4096):
+            yield data[i:i + 4096]
+    assert_openai_error(client.post("/v1/completions", content=chunks(),
+                                    headers={"content-type": "application/json"}), 413)
+    r = client.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 5})
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in {"stop", "length"}
+
+
+def test_prompt_token_limit(trained_run):
+    with TestClient(create_app(trained_run, limits=ServerLimits(max_prompt_tokens=5))) as c:
+        error = assert_openai_error(c.post("/v1/completions", json={"prompt": "আমি বাংলায় গান গাই " * 3}), 400)
+        assert error["code"] == "context_length_exceeded"
+        assert c.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 3}).status_code == 200
+
+
+def test_timeout_is_408_then_the_server_still_answers(trained_run):
+    with TestClient(create_app(trained_run, limits=ServerLimits(request_timeout_s=0.0))) as c:
+        error = assert_openai_error(c.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 50}), 408)
+        assert error["code"] == "timeout"
+        events = sse_events(c.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 50, "stream": True}))
+        assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
+    with TestClient(create_app(trained_run, limits=ServerLimits(request_timeout_s=60))) as c:
+        assert c.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 5}).status_code == 200
+
+
+def test_bearer_key(trained_run):
+    with TestClient(create_app(trained_run, api_key=KEY)) as c:
+        error = assert_openai_error(c.get("/v1/models"), 401)
+        assert error["type"] == "authentication_error"
+        assert_openai_error(c.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+        assert_openai_error(c.post("/v1/completions", json={"prompt": "x"}), 401)
+        assert c.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        assert c.get("/health").status_code == 200
+
+
+def test_playground_page_and_candidates(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "Noto Sans Bengali" in page and "/v1/completions" in page and "tokens/s" in page
+    for attr in ("src=", "href=", "@import", "url("):
+        assert attr not in page  # everything is inline: no requests outside this server
+    assert "connect-src 'self'" in r.headers["content-security-policy"]
+
+    out = client.post("/v1/internal/candidates", json={"prompt": "আমি", "k": 5, "max_tokens": 3, "seed": 1}).json()
+    assert 1 <= len(out["steps"]) <= 3 and out["prompt_tokens"] > 0
+    for step in out["steps"]:
+        probs = [c["prob"] for c in step["candidates"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert_openai_error(client.post("/v1/internal/candidates", json={"prompt": "আমি", "k": 500}), 400)
+    assert_openai_error(client.post("/v1/internal/candidates", json={"prompt": "আমি", "max_tokens": 100}), 400)
+
+
+# ---- over HTTP with the openai client ------------------------------------------------------
+
+server_app: list = []  # the app behind `server_url`
+
+
+@pytest.fixture(scope="module")
+def server_url(trained_run):
+    app = create_app(trained_run, api_key=KEY, model_name=MODEL)
+    server_app[:] = [app]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def oai(server_url):
+    return openai.OpenAI(base_url=server_url, api_key=KEY, max_retries=0, timeout=60)
+
+
+def test_openai_client_completions(oai):
+    assert [m.id for m in oai.models.list()] == [MODEL]
+    kwargs = dict(model=MODEL, prompt="একদিন সকালে", max_tokens=20, seed=5, temperature=0.8, top_p=0.95,
+                  extra_body={"top_k": 50, "repetition_penalty": 1.1})
+    plain = oai.completions.create(**kwargs)
+    assert plain.object == "text_completion" and plain.usage.total_tokens > 0
+    pieces = [c.choices[0].text for c in oai.completions.create(stream=True, **kwargs) if c.choices]
+    assert "".join(pieces) == plain.choices[0].text
+
+
+def test_openai_client_chat(oai):
+    messages = [{"role": "user", "content": "বাংলা ভাষা নিয়ে কিছু বলো"}]
+    plain = oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=25, seed=2)
+    assert plain.object == "chat.completion" and plain.choices[0].message.role == "assistant"
+    stream = oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=25, seed=2, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_openai_client_errors(oai, server_url):
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server_url, api_key="nope", max_retries=0).models.list()
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.completions.create(model=MODEL, prompt="আমি", temperature=5)
+    assert info.value.body["param"] == "temperature"
+    with pytest.raises(openai.NotFoundError):
+        oai.completions.create(model="gpt-4", prompt="আমি")
+    assert oai.completions.create(model=MODEL, prompt="আমি", max_tokens=3).choices
+
+
+def test_concurrent_requests_match_serial(oai):
+    jobs = [(["আমি", "একদিন", "নদীর ধারে", "বাংলা"][i % 4], 100 + i) for i in range(8)]
+
+    def complete(job):
+        prompt, seed = job
+        return oai.completions.create(model=MODEL, prompt=prompt, max_tokens=20, seed=seed).choices[0].text
+
+    def chat(job):
+        prompt, seed = job
+        return oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                           max_tokens=20, seed=seed, stream=True)
+
+    def chat_text(job):
+        return "".join(c.choices[0].delta.content or "" for c in chat(job) if c.choices)
+
+    serial = [complete(j) for j in jobs]
+    serial_chat = [chat_text(j) for j in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(complete, jobs))
+        parallel_chat = list(pool.map(chat_text, jobs))
+    assert parallel == serial
+    assert parallel_chat == serial_chat
+    assert len(set(serial)) > 1  # different seeds and prompts really differ
+
+
+def test_stream_stops_when_the_client_leaves(server_url, trained_run):
+    """A client that reads one chunk and hangs up: the worker stops that generation."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"prompt": "আমি", "max_tokens": 1000, "temperature": 1.0}
+    with httpx.Client(base_url=server_url, headers=headers, timeout=60) as http:
+        for seed in range(20):  # a seed whose answer is long
+            full = http.post("/completions", json={**body, "seed": seed}).json()["usage"]["completion_tokens"]
+            if full >= 60:
+                break
+        assert full >= 60
+        model = server_app[0].state.engine.model
+        calls = []
+
+        def slow(module, args):  # 20 ms a step: the full answer would take over a second
+            calls.append(1)
+            time.sleep(0.02)
+        hook = model.register_forward_pre_hook(slow)
+        try:
+            with http.stream("POST", "/completions", json={**body, "seed": seed, "stream": True}) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        break
+            time.sleep(1.0)
+            settled = len(calls)
+            time.sleep(0.5)
+            assert len(calls) == settled  # nothing runs any more
+            assert settled < full // 2
+        finally:
+            hook.remove()
+        assert http.post("/completions", json={"prompt": "আমি", "max_tokens": 3}).status_code == 200
