@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .engine import Engine, SamplingParams, filter_logits
-from .errors import UserError
 from .runfolder import LoadedModel
 from .stream import tidy_end as _tidy_end  # noqa: F401  (kept for older imports)
 
@@ -35,14 +34,8 @@ class SamplingConfig:
     seed: int | None = None
 
     def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise UserError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if not self.greedy and not self.temperature > 0:
-            raise UserError(f"--temperature must be > 0 for sampling (got {self.temperature}); use --greedy for argmax decoding")
-        if self.top_k is not None and self.top_k < 1:
-            raise UserError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        """The engine's checks (one place for the rules and their messages)."""
+        self.to_params().validate()
 
     def to_params(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
