@@ -65,3 +65,13 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_json_or_fail(path: str | Path) -> Any:
+    """`read_json`, with unreadable JSON reported as a one-line user error."""
+    from .errors import UserError
+
+    try:
+        return read_json(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc})") from None

@@ -46,6 +46,7 @@ from safetensors import SafetensorError, safe_open
 from .checkpoint import save_checkpoint
 from .config import ModelConfig, RunConfig, TrainConfig, validate
 from .errors import UserError
+from .fileio import read_json_or_fail
 from .export import from_hf_tensors, staged_folder, strip_bangla_normalizer, write_json
 from .model import GPT, swiglu_hidden
 from .runfolder import RUN_FORMAT_VERSION, RunFolder
@@ -59,10 +60,7 @@ NO_EVAL_YET = sys.float_info.max
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path.parent} has no {path.name}; it is not a Hugging Face {what} folder")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc})") from None
+    data = read_json_or_fail(path)
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object")
     return data
@@ -182,10 +180,7 @@ def _read_tokenizer(src: Path, provenance: dict[str, Any]) -> Tokenizer:
     path = src / "tokenizer.json"
     if not path.is_file():
         raise _refuse(f"{src} has no tokenizer.json (only 'fast' tokenizers can be read)")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc})") from None
+    spec = read_json_or_fail(path)
     steps = provenance.get("tokenizer_normalizer_steps")
     spec = strip_bangla_normalizer(spec, steps if isinstance(steps, int) and not isinstance(steps, bool) else None)
     spec["truncation"] = None  # our encode must never cut text silently

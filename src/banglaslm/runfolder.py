@@ -20,7 +20,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .config import RunConfig
 from .errors import UserError
-from .fileio import read_json
+from .fileio import read_json_or_fail
 from .model import GPT
 from .tokenizer import Tokenizer
 
@@ -49,10 +49,7 @@ class RunFolder:
                             "train one with `banglaslm train`")
 
     def load_config(self) -> RunConfig:
-        try:
-            data = read_json(self.config_path)
-        except ValueError as exc:
-            raise UserError(f"{self.config_path} is not valid JSON ({exc})") from None
+        data = read_json_or_fail(self.config_path)
         data.pop("format", None)
         data.pop("version", None)
         return RunConfig.from_dict(data)
