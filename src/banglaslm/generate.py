@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 
 from .engine import Engine, SamplingParams, filter_logits
 from .runfolder import LoadedModel
-from .stream import tidy_end as _tidy_end  # noqa: F401  (kept for older imports)
 
 __all__ = ["SamplingConfig", "Generation", "filter_logits", "generate"]
 

@@ -15,6 +15,7 @@ files; collective calls (evaluation means, RNG gathering, the stop flag) keep ra
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import signal
@@ -314,7 +315,7 @@ class Trainer:
                 x, y = (t.to(self.device) for t in self.train_batches.get(it, micro))
             # DDP: average gradients across ranks only on the last micro-batch.
             sync = micro == accum - 1 or not isinstance(self.forward_model, DistributedDataParallel)
-            ctx = self.forward_model.no_sync() if not sync else _nullcontext()
+            ctx = self.forward_model.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 with autocast_context(self.device, self.precision):
                     _, loss = self.forward_model(x, y)
@@ -427,14 +428,6 @@ class Trainer:
                 signal.signal(sig, handler)
         return TrainResult(self.run.path, it, self.best_val, last_eval, tokens_per_s,
                            time.perf_counter() - started, self.skipped_total)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _show(progress: bool | None) -> bool:
