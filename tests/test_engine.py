@@ -197,20 +197,50 @@ def test_stop_strings(loaded):
     assert "".join(pieces) == c.text and all(stop not in p for p in pieces)
 
 
-def test_stream_equals_generate_and_shows_candidates(loaded):
+def test_stream_steps_equal_generate(loaded):
     engine = Engine(loaded.model, loaded.tokenizer)
     params = SamplingParams(max_new_tokens=40, temperature=0.9, top_k=20, seed=11)
     [[c]] = engine.generate([PROMPTS[2]], params)
     assert "".join(engine.stream(PROMPTS[2], params)) == c.text
-    steps = list(engine.stream_steps(PROMPTS[2], params, top_candidates=5))
+    steps = list(engine.stream_steps(PROMPTS[2], params))
     assert [s.token_id for s in steps if s.token_id != loaded.tokenizer.eod_id] == c.token_ids
     assert "".join(s.text for s in steps) == c.text
     assert steps[-1].finish_reason == c.finish_reason and all(s.finish_reason is None for s in steps[:-1])
-    for s in steps:
-        ps = [cand.prob for cand in s.candidates]
-        assert len(ps) == 5 and ps == sorted(ps, reverse=True) and sum(ps) <= 1 + 1e-6
-    greedy = list(engine.stream_steps(PROMPTS[2], SamplingParams(max_new_tokens=10, greedy=True), top_candidates=3))
-    assert all(s.token_id == s.candidates[0].token_id for s in greedy)
+    assert c.logprobs is None and all(s.logprob is None for s in steps)
+
+
+def test_logprobs_are_the_distribution_each_token_was_drawn_from(loaded):
+    """Each reported probability is recomputed from a plain forward pass over the context:
+    softmax(logits / temperature) restricted to the top-k, as the sampler draws from."""
+    engine = Engine(loaded.model, loaded.tokenizer)
+    plain = SamplingParams(max_new_tokens=20, temperature=0.9, top_k=20, seed=4)  # within the block
+    asked = SamplingParams(**{**plain.__dict__, "logprobs": 5})
+    [[ref]] = engine.generate([PROMPTS[0]], plain)
+    [[c]] = engine.generate([PROMPTS[0]], asked)
+    assert c.token_ids == ref.token_ids and c.text == ref.text  # asking changes nothing drawn
+    assert [e.token_id for e in c.logprobs] == c.token_ids
+    context = engine.encode_prompt(PROMPTS[0])
+    assert len(context) + 20 <= loaded.model.config.block_size and len(c.token_ids) > 3
+    with torch.no_grad():
+        for entry in c.logprobs:
+            logits = loaded.model(torch.tensor([context]))[0][0, -1] / 0.9
+            logits[logits < torch.topk(logits, 20).values[-1]] = float("-inf")
+            probs = torch.softmax(logits, -1)
+            assert entry.prob == pytest.approx(probs[entry.token_id].item(), abs=1e-5)
+            top = torch.topk(probs, 5)
+            assert [cand.token_id for cand in entry.candidates] == top.indices.tolist()
+            assert [cand.prob for cand in entry.candidates] == pytest.approx(top.values.tolist(), abs=1e-5)
+            context.append(entry.token_id)
+    steps = [s for s in engine.stream_steps(PROMPTS[0], asked) if s.token_id != loaded.tokenizer.eod_id]
+    assert [s.logprob for s in steps] == c.logprobs
+    greedy = engine.generate([PROMPTS[2]], SamplingParams(max_new_tokens=10, greedy=True, logprobs=3))[0][0]
+    for entry in greedy.logprobs:
+        assert entry.token_id == entry.candidates[0].token_id and entry.prob == entry.candidates[0].prob
+    # top_k=2 leaves two tokens with probability > 0: no zero-probability candidates are reported.
+    narrow = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=5, top_k=2, seed=1, logprobs=10))[0][0]
+    assert all(len(e.candidates) == 2 and all(x.prob > 0 for x in e.candidates) for e in narrow.logprobs)
+    with pytest.raises(UserError, match="logprobs"):
+        SamplingParams(logprobs=-1).validate()
 
 
 def test_finish_reasons_and_eval_mode(loaded, monkeypatch):

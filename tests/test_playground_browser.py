@@ -1,6 +1,6 @@
 """The web playground in a real headless Chromium (Debian's package, driven by Playwright):
-load the page, type Bangla, generate, watch streamed Bangla text arrive, open the candidates
-view. A screenshot goes to test-artifacts/ (ignored by git)."""
+load the page, type Bangla, generate, watch streamed Bangla text arrive, click a position of
+the output and see the candidates the model chose from there. A screenshot goes to test-artifacts/ (ignored by git)."""
 
 import shutil
 import socket
@@ -66,11 +66,18 @@ def test_playground_generates_streamed_bangla_and_shows_candidates(server_url):
         assert page.inner_text("#output span.prompt") == "নদীর ধারে"
         assert sum("\u0980" <= c <= "\u09ff" for c in generated) > 0, generated
         assert "\ufffd" not in generated
-        page.click("#next")
+        pieces = page.locator("#output span.piece")
+        assert pieces.count() >= 1
+        clicked = pieces.nth(pieces.count() // 2)
+        clicked.click()
         page.wait_for_selector("#cands .bar", timeout=30_000)
+        assert "picked" in clicked.get_attribute("class")
         bars = page.locator("#cands .bar")
-        assert bars.count() >= 2
-        assert "%" in bars.first.inner_text()
+        assert bars.count() >= 2 and "%" in bars.first.inner_text()
+        # Each token of the clicked piece is listed with its probability; at temperature 0.8 and
+        # top-k 40 the chosen token is usually among the top 10 shown, highlighted.
+        headings = page.locator("#cands h3")
+        assert headings.count() >= 1 and "%" in headings.first.inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
         browser.close()

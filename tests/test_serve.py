@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -222,22 +223,76 @@ def test_bearer_key(trained_run):
         assert c.get("/health").status_code == 200
 
 
-def test_playground_page_and_candidates(client):
+def test_playground_page(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     page = r.text
     assert "Noto Sans Bengali" in page and "/v1/completions" in page and "tokens/s" in page
+    assert "logprobs" in page  # the candidates view reads the streamed logprobs
     for attr in ("src=", "href=", "@import", "url("):
         assert attr not in page  # everything is inline: no requests outside this server
     assert "connect-src 'self'" in r.headers["content-security-policy"]
 
-    out = client.post("/v1/internal/candidates", json={"prompt": "আমি", "k": 5, "max_tokens": 3, "seed": 1}).json()
-    assert 1 <= len(out["steps"]) <= 3 and out["prompt_tokens"] > 0
-    for step in out["steps"]:
-        probs = [c["prob"] for c in step["candidates"]]
-        assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
-    assert_openai_error(client.post("/v1/internal/candidates", json={"prompt": "আমি", "k": 500}), 400)
-    assert_openai_error(client.post("/v1/internal/candidates", json={"prompt": "আমি", "max_tokens": 100}), 400)
+
+def token_bytes(token: str) -> bytes:
+    if token.startswith("bytes:"):
+        return bytes(int(h, 16) for h in token[len("bytes:"):].split("\\x")[1:])
+    return token.encode()
+
+
+def test_completion_logprobs_plain_and_streamed(client):
+    body = {"prompt": "একদিন সকালে", "max_tokens": 16, "temperature": 0.9, "top_k": 30, "seed": 5, "logprobs": 4}
+    [choice] = client.post("/v1/completions", json=body).json()["choices"]
+    lp = choice["logprobs"]
+    n = len(lp["tokens"])
+    assert n > 0 and len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == n
+    # The tokens spell the text (the text may stop before a stop string / trailing marks).
+    spelled = b"".join(token_bytes(t) for t in lp["tokens"]).decode("utf-8", errors="replace")
+    assert spelled.startswith(choice["text"].rstrip()) or choice["text"].startswith(spelled[:len(choice["text"])])
+    assert lp["text_offset"] == sorted(lp["text_offset"]) and lp["text_offset"][0] == 0
+    for chosen, top in zip(lp["token_logprobs"], lp["top_logprobs"]):
+        assert chosen <= 0 and 1 <= len(top) <= 4
+        assert max(top.values()) >= chosen - 1e-6  # the best alternative is at least as likely
+        assert sum(math.exp(v) for v in top.values()) <= 1 + 1e-5
+    # Without logprobs the same seed gives the same text: asking changes nothing drawn.
+    plain = client.post("/v1/completions", json={**body, "logprobs": None}).json()["choices"][0]
+    assert plain["text"] == choice["text"] and plain["logprobs"] is None
+
+    events = sse_events(client.post("/v1/completions", json={**body, "stream": True}))[:-1]
+    streamed = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    position = 0
+    for e in events:
+        c = e["choices"][0]
+        for key in streamed:
+            streamed[key] += (c["logprobs"] or {}).get(key, [])
+        if c["text"]:
+            # A piece comes with the tokens whose text starts inside it (what a click shows); a
+            # piece may have none when a token's text runs on from the piece before.
+            offsets = (c["logprobs"] or {}).get("text_offset", [])
+            assert all(position <= o < position + len(c["text"]) for o in offsets), (position, c)
+            position += len(c["text"])
+    assert streamed["tokens"] == lp["tokens"] and streamed["text_offset"] == lp["text_offset"]
+    assert streamed["token_logprobs"] == pytest.approx(lp["token_logprobs"], abs=1e-6)
+    for error_body in ({**body, "logprobs": 21}, {**body, "logprobs": -1}):
+        assert_openai_error(client.post("/v1/completions", json=error_body), 400)
+
+
+def test_chat_logprobs(client):
+    body = {"messages": [{"role": "user", "content": "তোমার নাম কী?"}], "max_tokens": 12, "seed": 3,
+            "logprobs": True, "top_logprobs": 3}
+    out = client.post("/v1/chat/completions", json=body).json()
+    [choice] = out["choices"]
+    content = choice["logprobs"]["content"]
+    assert len(content) == out["usage"]["completion_tokens"]  # one entry per generated token
+    assert content and all(len(e["top_logprobs"]) <= 3 and e["logprob"] <= 0 for e in content)
+    assert all(bytes(e["bytes"]) == token_bytes(e["token"]) for e in content)
+    plain = client.post("/v1/chat/completions", json={**body, "logprobs": None, "top_logprobs": None}).json()
+    assert plain["choices"][0]["message"] == choice["message"] and plain["choices"][0]["logprobs"] is None
+    only = client.post("/v1/chat/completions", json={**body, "top_logprobs": None}).json()["choices"][0]
+    assert all(e["top_logprobs"] == [] for e in only["logprobs"]["content"])
+    assert [e["token"] for e in only["logprobs"]["content"]] == [e["token"] for e in content]
+    assert_openai_error(client.post("/v1/chat/completions", json={**body, "logprobs": False}), 400)
+    assert_openai_error(client.post("/v1/chat/completions", json={**body, "top_logprobs": 50}), 400)
 
 
 # ---- over HTTP with the openai client ------------------------------------------------------
@@ -277,6 +332,15 @@ def test_openai_client_completions(oai):
     assert plain.object == "text_completion" and plain.usage.total_tokens > 0
     pieces = [c.choices[0].text for c in oai.completions.create(stream=True, **kwargs) if c.choices]
     assert "".join(pieces) == plain.choices[0].text
+
+
+def test_openai_client_logprobs(oai):
+    done = oai.completions.create(model=MODEL, prompt="আমি", max_tokens=8, seed=1, logprobs=3)
+    assert len(done.choices[0].logprobs.tokens) == len(done.choices[0].logprobs.top_logprobs) > 0
+    stream = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "আমি"}], max_tokens=8,
+                                         seed=1, logprobs=True, top_logprobs=2, stream=True)
+    entries = [e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert entries and all(len(e.top_logprobs) <= 2 and e.logprob <= 0 for e in entries)
 
 
 def test_openai_client_chat(oai):

@@ -48,6 +48,7 @@ from .stream import StreamDecoder, tidy_end
 from .tokenizer import Tokenizer
 
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
+MAX_LOGPROBS = 50
 
 
 @dataclass
@@ -64,6 +65,8 @@ class SamplingParams:
     seed: int | None = None
     greedy: bool = False
     n: int = 1                       # samples per prompt
+    logprobs: int | None = None      # report each token's probability and the this-many most
+                                     # likely alternatives (0 = the chosen token only); None = off
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -90,10 +93,27 @@ class SamplingParams:
             raise UserError(f"--stop strings must be non-empty text, got {self.stop!r}")
         if self.n < 1:
             raise UserError(f"--n (samples per prompt) must be at least 1, got {self.n}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise UserError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 
     @property
     def uses_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
+
+
+@dataclass
+class Candidate:
+    token_id: int
+    prob: float    # in the distribution the token was drawn from (after penalties, temperature,
+                   # top-k/top-p/min-p; greedy: softmax of the penalized logits), always > 0
+
+
+@dataclass
+class TokenLogprob:
+    """What the model chose at one step and what it was choosing from (`params.logprobs`)."""
+    token_id: int
+    prob: float
+    candidates: list[Candidate]   # the `params.logprobs` most likely tokens, best first
 
 
 @dataclass
@@ -102,13 +122,7 @@ class Completion:
     token_ids: list[int]  # every token sampled, a final end-of-document excepted (the tokens
                           # that spelled a stop string included; the text stops before it)
     finish_reason: str    # "stop" (end of document or a stop string) or "length"
-
-
-@dataclass
-class Candidate:
-    token_id: int
-    text: str      # the token's bytes as text; a partial character shows as \x.. escapes
-    prob: float    # in the distribution the token was drawn from
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry when asked for
 
 
 @dataclass
@@ -116,8 +130,11 @@ class Step:
     """One decoding step of `Engine.stream_steps`."""
     token_id: int
     text: str                          # the text that became safe to show (often '')
-    candidates: list[Candidate]        # the most likely tokens at this step, best first
     finish_reason: str | None = None   # set on the last step
+    logprob: TokenLogprob | None = None  # when `params.logprobs` is set
+    start: int = 0                     # where this token's text begins in the whole
+                                       # continuation (characters; a token that ends inside a
+                                       # character starts where that character will)
 
 
 # ---- sampling (batched: logits (B, V)) ----------------------------------------------------
@@ -197,10 +214,10 @@ class _Sampler:
         if self.generators is not None:
             self.generators = [self.generators[i] for i in keep]
 
-    def __call__(self, logits: torch.Tensor, top_candidates: int = 0):
-        """logits (B, V) → (next ids (B,) tensor, candidates per row or None)."""
+    def __call__(self, logits: torch.Tensor):
+        """logits (B, V) → (next ids (B,) tensor, a TokenLogprob per row or None)."""
         p = self.params
-        if p.greedy and not p.uses_penalties and not top_candidates:
+        if p.greedy and not p.uses_penalties and p.logprobs is None:
             return logits.argmax(-1), None  # the fast path: no softmax, no copies
         logits = adjust_logits(logits.float(), p, self.seen, self.counts)
         probs = None
@@ -210,13 +227,17 @@ class _Sampler:
             probs = torch.softmax(logits, dim=-1).cpu()
             ids = torch.cat([torch.multinomial(probs[b], 1, generator=g)
                              for b, g in enumerate(self.generators)]).to(logits.device)
-        candidates = None
-        if top_candidates:
-            if probs is None:
-                probs = torch.softmax(logits, dim=-1).cpu()
-            top = torch.topk(probs, min(top_candidates, probs.size(-1)), dim=-1)
-            candidates = [list(zip(i.tolist(), v.tolist())) for i, v in zip(top.indices, top.values)]
-        return ids, candidates
+        if p.logprobs is None:
+            return ids, None
+        if probs is None:
+            probs = torch.softmax(logits, dim=-1).cpu()
+        chosen = probs.gather(1, ids.cpu()[:, None])[:, 0].tolist()
+        top = torch.topk(probs, min(p.logprobs, probs.size(-1)), dim=-1)
+        out = []
+        for token, prob, top_ids, top_probs in zip(ids.tolist(), chosen, top.indices.tolist(), top.values.tolist()):
+            # Filtered-out tokens (probability 0) are not candidates: log(0) is not a number.
+            out.append(TokenLogprob(token, prob, [Candidate(i, q) for i, q in zip(top_ids, top_probs) if q > 0]))
+        return ids, out
 
     def update(self, ids: torch.Tensor) -> None:
         """Record the tokens just generated (ids (B,)) for the penalties."""
@@ -237,6 +258,7 @@ class _Row:
     start: int               # where the model's window into `context` begins
     decoder: StreamDecoder
     generated: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     stop_at: int | None = None   # where in decoder.text a stop string begins
 
@@ -285,7 +307,8 @@ class Engine:
                 text = row.decoder.finish(row.stop_at)
             else:
                 text = tidy_end(self.tokenizer.decode(row.generated))
-            out[row.prompt].append(Completion(text, row.generated, row.finish_reason))
+            logprobs = row.logprobs if params.logprobs is not None else None
+            out[row.prompt].append(Completion(text, row.generated, row.finish_reason, logprobs))
         return out
 
     def stream(self, prompt: str, params: SamplingParams | None = None) -> Iterator[str]:
@@ -296,27 +319,24 @@ class Engine:
             if step.text:
                 yield step.text
 
-    def stream_steps(self, prompt: str, params: SamplingParams | None = None,
-                     top_candidates: int = 0) -> Iterator[Step]:
-        """Like `stream`, one `Step` per sampled token, with the `top_candidates` most likely
-        tokens of each step (for a playground that shows the model's choices)."""
+    def stream_steps(self, prompt: str, params: SamplingParams | None = None) -> Iterator[Step]:
+        """Like `stream`, one `Step` per sampled token; with `params.logprobs`, each step also
+        says what the model was choosing from (for a playground that shows the model's choices)."""
         params = params or SamplingParams()
         params.validate()
         if params.n != 1:
             raise UserError(f"streaming gives one sample; set n=1 (got n={params.n})")
         rows = self._rows([self.encode_prompt(prompt)], params)
         row = rows[0]
-        stops = params.stop
-        for ids, candidates in self._run(rows, params, top_candidates, track_text=True):
-            token_id = ids[0]
+        stops, start = params.stop, 0
+        for ids, logprobs in self._run(rows, params, track_text=True):
+            end = len(row.decoder.text)
             if row.finish_reason is not None:
                 text = row.decoder.finish(row.stop_at)
             else:
                 text = row.decoder.take(_stop_holdback(row.decoder.text, stops))
-            cands = []
-            if candidates is not None:
-                cands = [Candidate(i, self._token_text(i), p) for i, p in candidates[0]]
-            yield Step(token_id, text, cands, row.finish_reason)
+            yield Step(ids[0], text, row.finish_reason, logprobs[0] if logprobs else None, start)
+            start = end
 
     # ---- the loop --------------------------------------------------------------------------
     def _rows(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[_Row]:
@@ -325,8 +345,8 @@ class Engine:
 
     # As a decorator, inference_mode is on only while the generator runs, not between steps.
     @torch.inference_mode()
-    def _run(self, rows: list[_Row], params: SamplingParams, top_candidates: int = 0, track_text: bool = False):
-        """Generate into `rows`; yield (sampled ids, candidates) of the active rows per step.
+    def _run(self, rows: list[_Row], params: SamplingParams, track_text: bool = False):
+        """Generate into `rows`; yield (sampled ids, TokenLogprobs or None) of the active rows per step.
         `track_text`: feed each row's stream decoder as tokens come (streaming, stop strings)."""
         eod, stops = self.tokenizer.eod_id, params.stop
         longest_stop = max((len(s) for s in stops), default=0)
@@ -341,7 +361,7 @@ class Engine:
                 logits = logits.repeat_interleave(params.n, dim=0)
             active = list(range(len(rows)))
             while True:
-                next_t, candidates = sampler(logits, top_candidates)
+                next_t, logprobs = sampler(logits)
                 next_ids = next_t.tolist()  # the one sync per step
                 sampler.update(next_t)
                 still: list[int] = []
@@ -352,6 +372,8 @@ class Engine:
                         continue
                     row.generated.append(token)
                     row.context.append(token)
+                    if logprobs is not None:
+                        row.logprobs.append(logprobs[b])
                     if track_text:
                         before = len(row.decoder.text)
                         row.decoder.feed(token)
@@ -363,7 +385,7 @@ class Engine:
                         row.finish_reason = FINISH_LENGTH
                     else:
                         still.append(b)
-                yield next_ids, candidates
+                yield next_ids, logprobs
                 if not still:
                     return
                 if len(still) < len(active):  # finished rows leave the batch
@@ -407,9 +429,6 @@ class Engine:
             yield
         finally:
             self.model.train(was_training)
-
-    def _token_text(self, token_id: int) -> str:
-        return self.tokenizer.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
 
 
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:

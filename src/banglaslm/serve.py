@@ -9,22 +9,26 @@ Routes:
 - GET  /v1/models              one model; its id is `model_name` or the run folder's name
 - POST /v1/completions         prompt (text, or a list of one text), max_tokens, temperature,
                                top_p, n, stop (text or list), seed, presence_penalty,
-                               frequency_penalty, stream, stream_options.include_usage; and,
-                               beyond OpenAI's fields, top_k, min_p, repetition_penalty
+                               frequency_penalty, logprobs (0..20), stream,
+                               stream_options.include_usage; and, beyond OpenAI's fields, top_k,
+                               min_p, repetition_penalty
 - POST /v1/chat/completions    messages [{role: system|user|assistant, content}] and the same
-                               sampling fields. Our models are base models: the messages are
+                               sampling fields (logprobs is true/false, top_logprobs 0..20).
+                               Our models are base models: the messages are
                                rendered with the chat template of `banglaslm.chat`
                                (`render_chat`: one "{label}: {content}" line per message, labels
                                নির্দেশ / ব্যবহারকারী / সহকারী, then "সহকারী:" opened for the
                                model), and the "\\n{label}:" stop strings end the answer at the
                                next turn. The answer has its leading whitespace removed.
-- POST /v1/internal/candidates not OpenAI's: up to 64 sampled steps of a prompt, each with its
-                               k (<= 50) most likely next tokens and their probabilities
 - GET  /                       a playground page (static/playground.html; it makes no requests
                                outside this server)
 
 Bodies follow OpenAI's shapes; `stream: true` answers with server-sent events
-(`data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`). Sampling: temperature 0 (or top_p 0) means
+(`data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`). Logprobs come in OpenAI's shapes (completions:
+tokens / token_logprobs / top_logprobs / text_offset; chat: content [{token, logprob, bytes,
+top_logprobs}]), streamed with the text they belong to; they are the probabilities of the
+distribution each token was drawn from (after penalties, temperature, top-k/top-p/min-p), and a
+token that is not whole UTF-8 shows as "bytes:\\xe0\\xa6". Sampling: temperature 0 (or top_p 0) means
 greedy decoding; with a seed, the same request gives the same text, streamed or not, alone or
 among concurrent requests. n > 1 while streaming sends the choices one after the other.
 
@@ -47,7 +51,9 @@ finish_reason "length").
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import math
 import hmac
 import json
 import queue
@@ -67,7 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .chat import chat_stops, clean_answer, render_chat
-from .engine import Engine, SamplingParams, sample_seed
+from .engine import Engine, SamplingParams, TokenLogprob, sample_seed
 from .errors import UserError
 from .runfolder import load_model
 
@@ -225,15 +231,17 @@ class _Sampling(BaseModel):
     min_p: float | None = None
     repetition_penalty: float | None = None
 
+    def wanted_logprobs(self) -> int | None:
+        return None
+
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
+    logprobs: int | None = None
 
-
-class CandidatesRequest(_Sampling):
-    prompt: str
-    k: int = 10
-    max_tokens: int | None = 1
+    def wanted_logprobs(self) -> int | None:
+        _check_range("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        return self.logprobs
 
 
 class ChatMessage(BaseModel):
@@ -245,6 +253,14 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    def wanted_logprobs(self) -> int | None:
+        _check_range("top_logprobs", self.top_logprobs, 0, MAX_LOGPROBS)
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 def _check_range(name: str, value, low, high, low_open: bool = False) -> None:
@@ -281,7 +297,7 @@ def sampling_params(req: _Sampling, limits: ServerLimits) -> SamplingParams:
         top_k=req.top_k, top_p=req.top_p if req.top_p else None, min_p=req.min_p,
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
-        stop=stop, seed=req.seed, greedy=greedy, n=req.n or 1)
+        stop=stop, seed=req.seed, greedy=greedy, n=req.n or 1, logprobs=req.wanted_logprobs())
     try:
         params.validate()
     except UserError as exc:
@@ -304,6 +320,48 @@ def _message_text(message: ChatMessage, i: int) -> str:
 
 
 # ---- auth and size limit (a plain ASGI middleware: it sees the raw body) ------------------
+
+MAX_LOGPROBS = 20  # OpenAI's own limit for top_logprobs
+
+
+class LogprobFormat:
+    """OpenAI's logprobs shapes for the tokens of one choice, fed in order (streamed or not)."""
+
+    def __init__(self, tokenizer, chat: bool):
+        self.tokenizer, self.chat = tokenizer, chat
+        self._chars = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        self._offset = 0  # characters of the completion before the next token (text_offset)
+
+    def _token(self, token_id: int) -> tuple[str, bytes]:
+        raw = self.tokenizer.token_bytes(token_id)
+        try:
+            return raw.decode("utf-8"), raw
+        except UnicodeDecodeError:  # part of a character: OpenAI's notation for raw bytes
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), raw
+
+    @staticmethod
+    def _log(prob: float) -> float:
+        return math.log(prob) if prob > 0 else -9999.0  # JSON has no -inf
+
+    def _chat_entry(self, token_id: int, prob: float) -> dict:
+        token, raw = self._token(token_id)
+        return {"token": token, "logprob": self._log(prob), "bytes": list(raw)}
+
+    def __call__(self, entries: list[TokenLogprob]) -> dict:
+        if self.chat:
+            return {"content": [{**self._chat_entry(e.token_id, e.prob),
+                                 "top_logprobs": [self._chat_entry(c.token_id, c.prob) for c in e.candidates]}
+                                for e in entries]}
+        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for e in entries:
+            token, raw = self._token(e.token_id)
+            out["tokens"].append(token)
+            out["token_logprobs"].append(self._log(e.prob))
+            out["top_logprobs"].append({self._token(c.token_id)[0]: self._log(c.prob) for c in e.candidates})
+            out["text_offset"].append(self._offset)
+            self._offset += len(self._chars.decode(raw))
+        return out
+
 
 class _BodyTooLarge(HTTPException):
     def __init__(self, max_bytes: int):
@@ -445,8 +503,10 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
         return await worker.run(new_job(work))
 
     async def stream_choices(request: Request, prompt: str, params: SamplingParams, strip_leading: bool):
-        """(index, text piece, finish_reason, tokens) events for every choice, choice after choice;
-        the generation runs on the worker and stops if the client goes away."""
+        """("piece", index, text, logprobs) and ("end", index, finish_reason, tokens, logprobs)
+        events for every choice, choice after choice (logprobs: the TokenLogprobs of the tokens
+        since the last event, [] unless asked for); the generation runs on the worker and stops
+        if the client goes away."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         base_seed = params.seed if params.seed is not None else random.randrange(2**62)
@@ -457,23 +517,31 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
             for index in range(params.n):
                 one = SamplingParams(**{**params.__dict__, "n": 1, "seed": sample_seed(base_seed, index)})
                 tokens, finish, shown = 0, "length", not strip_leading
+                # Logprobs go out with the piece that holds the start of their token's text, so
+                # a click on a piece shows the choices that produced it.
+                sent, pending = 0, []
                 try:
                     for step in engine.stream_steps(prompt, one):
-                        tokens += step.token_id != engine.tokenizer.eod_id  # as Completion.token_ids
+                        if step.token_id != engine.tokenizer.eod_id:  # as Completion.token_ids
+                            tokens += 1
+                            if step.logprob is not None:
+                                pending.append((step.start, step.logprob))
                         text = step.text
+                        sent += len(text)
                         if not shown and text:
                             text = text.lstrip()
                             shown = bool(text)
                         if text:
-                            emit(("piece", index, text))
+                            emit(("piece", index, text, [lp for start, lp in pending if start < sent]))
+                            pending = [(start, lp) for start, lp in pending if start >= sent]
                         if step.finish_reason is not None:
                             finish = step.finish_reason
                 except _Stopped:
                     if not job.timed_out:
                         raise
-                    emit(("end", index, "length", tokens))
+                    emit(("end", index, "length", tokens, [lp for _, lp in pending]))
                     return
-                emit(("end", index, finish, tokens))
+                emit(("end", index, finish, tokens, [lp for _, lp in pending]))
 
         job = new_job(work)
         done = asyncio.Event()
@@ -520,6 +588,11 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
+    def logprobs(completion, chat: bool) -> dict | None:
+        if completion.logprobs is None:
+            return None
+        return LogprobFormat(engine.tokenizer, chat)(completion.logprobs)
+
     def include_usage(req: _Sampling) -> bool:
         return bool((req.stream_options or {}).get("include_usage"))
 
@@ -533,15 +606,19 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
             return {"id": rid, "object": obj, "created": created, "model": model_id,
                     "system_fingerprint": None, "choices": choices, **extra}
 
-        def choice(index: int, content: str | None = None, finish: str | None = None, role: bool = False) -> dict:
+        formats = [LogprobFormat(engine.tokenizer, chat) for _ in range(params.n)]
+
+        def choice(index: int, content: str | None = None, finish: str | None = None, role: bool = False,
+                   logprobs: list[TokenLogprob] | None = None) -> dict:
+            shown = formats[index](logprobs) if logprobs and params.logprobs is not None else None
             if chat:
                 delta: dict = {}
                 if role:
                     delta = {"role": "assistant", "content": ""}
                 elif content is not None:
                     delta = {"content": content}
-                return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {"index": index, "text": content or "", "logprobs": None, "finish_reason": finish}
+                return {"index": index, "delta": delta, "logprobs": shown, "finish_reason": finish}
+            return {"index": index, "text": content or "", "logprobs": shown, "finish_reason": finish}
 
         async def body():
             completion_tokens = 0
@@ -553,10 +630,10 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
                         started.add(index)
                         yield _sse(chunk([choice(index, role=True)]))
                     if kind == "piece":
-                        yield _sse(chunk([choice(index, event[2])]))
+                        yield _sse(chunk([choice(index, event[2], logprobs=event[3])]))
                     else:
                         completion_tokens += event[3]
-                        yield _sse(chunk([choice(index, None if chat else "", finish=event[2])]))
+                        yield _sse(chunk([choice(index, None if chat else "", finish=event[2], logprobs=event[4])]))
             except APIError as exc:
                 yield _sse(error_body(exc.message, exc.type, exc.param, exc.code))
             except UserError as exc:
@@ -595,7 +672,7 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
         if req.stream:
             return await streaming(request, req, prompt, params, chat=False)
         ids, outs = await generate(prompt, params)
-        choices = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+        choices = [{"index": i, "text": c.text, "logprobs": logprobs(c, chat=False), "finish_reason": c.finish_reason}
                    for i, c in enumerate(outs)]
         return {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "created": int(time.time()),
                 "model": model_id, "system_fingerprint": None, "choices": choices,
@@ -613,34 +690,10 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
             return await streaming(request, req, prompt, params, chat=True)
         ids, outs = await generate(prompt, params)
         choices = [{"index": i, "message": {"role": "assistant", "content": clean_answer(c.text)},
-                    "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(outs)]
+                    "logprobs": logprobs(c, chat=True), "finish_reason": c.finish_reason} for i, c in enumerate(outs)]
         return {"id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion", "created": int(time.time()),
                 "model": model_id, "system_fingerprint": None, "choices": choices,
                 "usage": usage(len(ids), sum(len(c.token_ids) for c in outs))}
-
-    @app.post("/v1/internal/candidates")
-    async def candidates(req: CandidatesRequest):
-        """Not OpenAI's: up to max_tokens (<= 64) sampled steps of `prompt`, each with its `k`
-        (<= 50) most likely next tokens and their probabilities (for the playground)."""
-        check_model(req.model)
-        _check_range("k", req.k, 1, 50)
-        _check_range("max_tokens", req.max_tokens, 1, 64)
-        params = sampling_params(req, limits)
-        params.n = 1
-
-        def work(job: _Job):
-            ids = encode(req.prompt)
-            try:
-                steps = list(engine.stream_steps(req.prompt, params, top_candidates=req.k))
-            except UserError as exc:
-                raise APIError(400, str(exc), code="invalid_value") from None
-            return ids, steps
-
-        ids, steps = await worker.run(new_job(work))
-        return {"object": "candidates", "model": model_id, "prompt_tokens": len(ids), "steps": [
-            {"token_id": st.token_id, "text": st.text, "finish_reason": st.finish_reason,
-             "candidates": [{"token_id": c.token_id, "text": c.text, "prob": c.prob} for c in st.candidates]}
-            for st in steps]}
 
     @app.get("/", response_class=HTMLResponse)
     async def playground():
