@@ -190,3 +190,17 @@ def test_serve_and_chat_commands(trained_run):
                            "--max-new-tokens", "8"], input="/temp 0.5\nনমস্কার\n/quit\n", capture_output=True,
                           text=True, timeout=120)
     assert chat.returncode == 0 and "Traceback" not in chat.stderr, chat.stderr
+
+
+def test_lm_eval_task_command(tmp_path):
+    text = tmp_path / "held_out.txt"
+    text.write_text("নদীর ধারে  একটি গ্রাম।\n\n\nসেখানে থাকে এক কৃষক।", encoding="utf-8")
+    out = tmp_path / "task"
+    assert_user_error(cli("lm-eval-task", tmp_path / "missing.txt", "--out", out), "missing.txt")
+    assert not out.exists()
+    done = cli("lm-eval-task", text, "--out", out, "--name", "bn_test")
+    assert done.returncode == 0, done.stderr
+    assert "--tasks bn_test" in done.stdout
+    [doc] = [json.loads(line) for line in (out / "bn_test.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert doc["text"] == "নদীর ধারে একটি গ্রাম।\n\nসেখানে থাকে এক কৃষক।"  # normalized, one document
+    assert "task: bn_test" in (out / "bn_test.yaml").read_text(encoding="utf-8")

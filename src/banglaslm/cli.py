@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("import", help="turn a Hugging Face Llama / GPT-2 checkpoint into a run folder")
     i.add_argument("hf_dir", metavar="HF_DIR", help="local folder with config.json, model.safetensors, tokenizer.json")
     i.add_argument("--out", required=True, help="run folder to write")
+    t = sub.add_parser("lm-eval-task", help="write an lm-evaluation-harness perplexity task from text files",
+                       description="Write NAME.jsonl + NAME.yaml into --out: a loglikelihood_rolling task "
+                                   "over the given files (one document each) for `lm_eval --include_path OUT` "
+                                   "on a model exported with --format hf (docs/lm-eval.md).")
+    t.add_argument("texts", nargs="+", metavar="TEXT", help="text files, one document each")
+    t.add_argument("--out", required=True, help="folder for the task files")
+    t.add_argument("--name", default="bangla_ppl", help="task name (default: bangla_ppl)")
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web playground at /")
     sv.add_argument("run_dir", metavar="RUN_DIR")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -204,6 +211,14 @@ def cmd_import(args) -> None:
     print(f"imported {args.hf_dir} into the run folder {out}; try: banglaslm generate {out} --prompt \"...\"")
 
 
+def cmd_lm_eval_task(args) -> None:
+    from .lm_eval_task import write_perplexity_task
+
+    out = write_perplexity_task(args.texts, args.out, name=args.name)
+    print(f"wrote the task {args.name!r} to {out}; run: lm_eval --model hf --model_args pretrained=EXPORT_DIR "
+          f"--include_path {out} --tasks {args.name}")
+
+
 def cmd_serve(args) -> None:
     from .runfolder import RunFolder
     from .serve import run_server
@@ -233,7 +248,7 @@ def cmd_report(args) -> None:
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
             "quickstart": cmd_quickstart, "export": cmd_export, "import": cmd_import,
-            "report": cmd_report, "serve": cmd_serve, "chat": cmd_chat}
+            "report": cmd_report, "serve": cmd_serve, "chat": cmd_chat, "lm-eval-task": cmd_lm_eval_task}
 
 
 def main(argv: list[str] | None = None) -> int:
