@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +104,29 @@ def test_two_nodes_on_loopback(ddp, data_dir, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
+def kill_9(proc):
+    """SIGKILL a torchrun job: the workers first, then the launcher. torch.distributed.elastic
+    starts each worker in a session of its own, so killing the launcher's process group alone
+    would leave both workers training (and writing checkpoints) as orphans."""
+    workers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in workers):  # gone, or a zombie: no longer writing
+        assert time.time() < deadline
+        time.sleep(0.01)
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
 def test_resume_under_ddp_after_kill_9(ddp, data_dir, tmp_path):
     run = tmp_path / "run"
     cmd = torchrun("--standalone", "--nproc_per_node=2", *train_args(data_dir, run, batch=4))
@@ -113,8 +137,7 @@ def test_resume_under_ddp_after_kill_9(ddp, data_dir, tmp_path):
         if ckpt.exists() and json.loads(__import__("safetensors").safe_open(str(ckpt), "pt").metadata()["state"])["iter"] >= 10:
             break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9(proc)
     r = subprocess.run(torchrun("--standalone", "--nproc_per_node=2", *train_args(data_dir, run, batch=4, resume=True)),
                        env=env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -7,7 +7,8 @@ string in the safetensors metadata. Nothing is pickled, so loading a checkpoint 
 stranger cannot run code.
 
 One file means one atomic rename: after a crash or `kill -9` at any moment, `latest` is the
-previous complete checkpoint or the new complete one.
+previous complete checkpoint or the new complete one. (FSDP runs write one such file per rank,
+holding that rank's shards, and commit them together through a pointer file: see `fsdp`.)
 """
 
 from __future__ import annotations
@@ -41,6 +42,23 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def rng_tensors() -> dict[str, torch.Tensor]:
+    """This process's torch CPU and CUDA generator states, as byte tensors."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return tensors
+
+
+def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """The one writer: `tensors` plus the JSON `state` in the header, renamed into place atomically."""
+    header = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
+              "state": json.dumps(state, ensure_ascii=False)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
@@ -54,14 +72,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, A
             for key, value in param_state.items():
                 tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
         meta["optimizer_groups"] = opt["param_groups"]
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    header = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
-              "state": json.dumps(meta, ensure_ascii=False)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+    tensors.update(rng_tensors())
+    write_checkpoint(path, tensors, meta)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from .config import PRESETS, build_config, describe_fields, load_config_file, parse_set_args
+from .config import PRESETS, build_config, describe_fields, parse_set_args
 from .errors import UserError
 
 

@@ -63,6 +63,12 @@ class TrainConfig:
         ("auto", "fp32", "bf16", "fp16"),
     )
     device: str = _f("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parallel: Literal["ddp", "fsdp"] = _f(
+        "ddp",
+        "under torchrun: 'ddp' keeps a full model copy per process; 'fsdp' shards weights, gradients and "
+        "AdamW state across processes (needs 2+ processes and bf16/fp32; resume with the same count)",
+        ("ddp", "fsdp"),
+    )
     seed: int = _f(1337, "seed for initialisation, dropout and batch sampling")
     threads: int = _f(0, "CPU threads for torch; 0 = torch's default")
     compile: bool = _f(False, "torch.compile the model; falls back to eager, with a warning, where unavailable")

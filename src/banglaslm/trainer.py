@@ -11,6 +11,8 @@ run is bit-identical to one that never stopped.
 Under torchrun every rank runs this same loop on its slice of each global batch (see
 `loader`); DDP averages gradients, so all ranks hold identical weights. Only rank 0 writes
 files; collective calls (evaluation means, RNG gathering, the stop flag) keep ranks in step.
+With `train.parallel=fsdp` (see `fsdp`) the model is sharded in place before the optimizer is
+built, so AdamW holds only this rank's shards; checkpoints are then one file per rank.
 """
 
 from __future__ import annotations
@@ -153,17 +155,13 @@ class Trainer:
         self.run = RunFolder(run_dir)
         self.data = DataFolder(data_dir)
         self.progress = progress
-        latest = self.run.checkpoint("latest")
-        self.checkpoint = None
-        if resume:
-            if not latest.is_file():
-                raise UserError(f"nothing to resume: {latest} does not exist; start without --resume")
-            self.checkpoint = load_checkpoint(latest)
-            if self.checkpoint.state["tokenizer_sha256"] != self.data.tokenizer_sha256:
-                raise UserError(f"the data in {self.data.path} was tokenized with a different tokenizer than "
-                                f"the run in {self.run.path}; resume with the original data folder")
-        elif latest.is_file():
-            raise UserError(f"{self.run.path} already holds a run; add --resume to continue it or choose another --out")
+        tc = config.train
+        self.dist, device_spec = distributed.setup(tc.device)
+        self.fsdp = None  # the fsdp module when sharding, else None
+        if tc.parallel == "fsdp":
+            from . import fsdp  # imported only here: torch's FSDP + DTensor add ~1 s to start-up
+            self.fsdp = fsdp
+        self.checkpoint = self._find_checkpoint(resume)
 
         if config.model.vocab_size == 0:
             config.model.vocab_size = self.data.vocab_size
@@ -171,12 +169,12 @@ class Trainer:
             raise UserError(f"model.vocab_size={config.model.vocab_size} is smaller than the data's "
                             f"vocabulary ({self.data.vocab_size}); leave it at 0 to take it from the data")
         self.config = config
-        tc = config.train
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
-        self.dist, device_spec = distributed.setup(tc.device)
         self.device = resolve_device(device_spec)
         self.precision = resolve_precision(tc.precision, self.device)
+        if self.fsdp:
+            self.fsdp.check_setup(self.dist, self.precision)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
         block, batch = config.model.block_size, tc.batch_size
         rank, world = self.dist.rank, self.dist.world_size
         self.train_batches = BatchSampler(self.data.tokens("train"), block, batch, tc.seed, rank, world, "train")
@@ -184,6 +182,8 @@ class Trainer:
 
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
         self.model = GPT(config.model).to(self.device)
+        if self.fsdp:  # before the optimizer, so that AdamW is built on the shards
+            self.fsdp.shard_model(self.model, self.precision)
         if self.dist.rank > 0:
             torch.manual_seed(tc.seed + self.dist.rank)  # but different dropout masks per rank
         self.optimizer = make_optimizer(self.model, tc, self.device)
@@ -200,10 +200,30 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ---- setup helpers -----------------------------------------------------------------
+    def _find_checkpoint(self, resume: bool):
+        """The checkpoint to resume from (None for a new run), after checking it fits."""
+        latest = self.run.checkpoint("latest")
+        if not resume:
+            if latest.is_file() or (self.fsdp and self.fsdp.read_pointer(self.run) is not None):
+                raise UserError(f"{self.run.path} already holds a run; add --resume to continue it "
+                                "or choose another --out")
+            return None
+        if self.fsdp:
+            ckpt = self.fsdp.load(self.run, self.dist)  # this rank's shards
+        elif latest.is_file():
+            ckpt = load_checkpoint(latest)
+        else:
+            raise UserError(f"nothing to resume: {latest} does not exist; start without --resume")
+        if ckpt.state["tokenizer_sha256"] != self.data.tokenizer_sha256:
+            raise UserError(f"the data in {self.data.path} was tokenized with a different tokenizer than "
+                            f"the run in {self.run.path}; resume with the original data folder")
+        return ckpt
+
     def _wrap(self, model: GPT) -> torch.nn.Module:
-        """DDP under torchrun; torch.compile when asked and available."""
+        """DDP under torchrun (FSDP already sharded the model in place); torch.compile when
+        asked and available."""
         wrapped: torch.nn.Module = model
-        if self.dist.enabled:
+        if self.dist.enabled and not self.fsdp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = DistributedDataParallel(model, device_ids=ids)
         if self.config.train.compile:
@@ -227,8 +247,11 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------
     def _restore(self, ckpt) -> None:
-        self.model.load_state_dict(ckpt.model_state(), strict=False)
-        self.optimizer.load_state_dict(ckpt.optimizer_state())
+        if self.fsdp:
+            self.fsdp.restore(self.model, self.optimizer, ckpt)
+        else:
+            self.model.load_state_dict(ckpt.model_state(), strict=False)
+            self.optimizer.load_state_dict(ckpt.optimizer_state())
         state = ckpt.state
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -253,7 +276,10 @@ class Trainer:
         }
 
     def _save(self, it: int, improved: bool) -> Path:
-        """Rank 0 writes; every rank contributes its RNG state (a collective call)."""
+        """Rank 0 writes; every rank contributes its RNG state (a collective call).
+        Under FSDP every rank writes its own shards instead (see `fsdp.save`)."""
+        if self.fsdp:
+            return self.fsdp.save(self.run, it, self.model, self.optimizer, self._state(it), self.dist, improved)
         rng_states = distributed.gather_rng_states(self.dist)
         latest = self.run.checkpoint("latest")
         if self.dist.is_main:
@@ -313,7 +339,8 @@ class Trainer:
                 x, y = prefetch.get(it, micro, next_key)
             else:
                 x, y = (t.to(self.device) for t in self.train_batches.get(it, micro))
-            # DDP: average gradients across ranks only on the last micro-batch.
+            # DDP: average gradients across ranks only on the last micro-batch. (FSDP reduces
+            # every micro-batch: skipping that would keep full, unsharded gradients on each rank.)
             sync = micro == accum - 1 or not isinstance(self.forward_model, DistributedDataParallel)
             ctx = self.forward_model.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
@@ -324,7 +351,10 @@ class Trainer:
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
         max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))  # one host sync
+        total_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.fsdp:  # a replicated DTensor: the same global norm on every rank, so all skip alike
+            total_norm = total_norm.full_tensor()
+        norm = float(total_norm)  # one host sync
         if self._bad_update(norm):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
