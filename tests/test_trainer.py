@@ -41,7 +41,7 @@ def test_training_writes_metrics_plot_checkpoints_and_learns(trained_run):
     records = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "split" not in r]
     evals = [r for r in records if "split" in r]
-    assert {"iter", "loss", "lr", "tokens_per_s"} <= set(steps[0]) and set(evals[0]) == {"iter", "split", "loss"}
+    assert {"iter", "loss", "lr", "tokens_per_s"} <= set(steps[0]) and set(evals[0]) == {"iter", "split", "loss", "elapsed_s"}
     assert steps[0]["skipped_updates"] == 0 and steps[0]["grad_norm"] > 0
     assert [r["iter"] for r in evals if r["split"] == "val"] == [0, 10, 20, 30, 40]
     val = [r["loss"] for r in evals if r["split"] == "val"]
@@ -105,7 +105,8 @@ def _assert_same_final_state(a, b):
             assert torch.equal(wa[key], wb[key]), key
     ma = [l for l in (a / "metrics.jsonl").read_text().splitlines()]
     mb = [l for l in (b / "metrics.jsonl").read_text().splitlines()]
-    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "tokens_per_s"} for l in lines]
+    timing = {"tokens_per_s", "elapsed_s"}  # wall-clock figures differ between any two runs
+    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k not in timing} for l in lines]
     assert strip(ma) == strip(mb)
 
 
@@ -146,3 +147,35 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(reference_run, da
     assert 0 < stopped_at < 60
     subprocess.run(_train_cmd(data_dir, run, resume=True), check=True, env=_env(), capture_output=True)
     _assert_same_final_state(reference_run, run)
+
+
+def test_time_limit_stops_the_run_and_drives_the_schedule(data_dir, tmp_path):
+    """train.time_limit_min: the run ends when the time is up (with a final evaluation and
+    checkpoint), long before max_iters, and the LR has decayed on the clock to near its floor."""
+    limit_s = 6.0
+    cfg = build_config(overrides={**TINY_SETTINGS, "train.max_iters": 10**9, "train.time_limit_min": limit_s / 60,
+                                  "train.log_interval": 1, "train.eval_interval": 10**6, "train.warmup_iters": 1})
+    result = train(data_dir, tmp_path / "run", cfg, progress=False)
+    assert 3 <= result.iterations < 10**9
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "lr" in r]
+    evals = [r for r in rows if "split" in r]
+    # One evaluation at the start and one where the time ran out (eval_interval is huge).
+    assert [e["iter"] for e in evals] == [0, 0, result.iterations, result.iterations]
+    assert limit_s <= evals[-1]["elapsed_s"] < limit_s + 30
+    peak, floor = cfg.train.learning_rate, cfg.train.learning_rate * cfg.train.min_lr_ratio
+    lrs = [r["lr"] for r in steps if r["iter"] >= cfg.train.warmup_iters]
+    assert lrs == sorted(lrs, reverse=True)  # cosine on the clock only goes down
+    assert lrs[0] > floor + 0.75 * (peak - floor) and lrs[-1] < floor + 0.25 * (peak - floor)
+    state = json.loads(__import__("safetensors").safe_open(
+        str(tmp_path / "run" / "checkpoints" / "latest.safetensors"), "pt").metadata()["state"])
+    assert state["iter"] == result.iterations and state["elapsed_s"] >= limit_s
+
+
+def test_lr_schedule_on_the_clock():
+    cfg = build_config(overrides={"train.warmup_iters": 10, "train.learning_rate": 1e-3, "train.min_lr_ratio": 0.1})
+    tc = cfg.train
+    assert lr_at(5, tc, progress=0.9) == lr_at(5, tc)  # warm-up counts steps either way
+    assert lr_at(50, tc, progress=0.0) == pytest.approx(1e-3)
+    assert lr_at(50, tc, progress=0.5) == pytest.approx(1e-4 + 0.5 * 9e-4)
+    assert lr_at(50, tc, progress=1.0) == lr_at(50, tc, progress=3.0) == pytest.approx(1e-4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import PRESETS, build_config, describe_fields, parse_set_args
@@ -139,6 +140,8 @@ def cmd_train(args) -> None:
     config = build_config(args.preset, args.config, overrides) if (explicit or not args.resume) else None
     result = train(args.data, args.out, config, resume=args.resume, max_iters=args.max_iters)
     last = result.last_eval
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, one summary (rank 0's) is enough
     print(f"done: {result.iterations} iterations in {result.seconds:.0f} s; "
           f"last eval train {last.get('train', float('nan')):.4f} val {last.get('val', float('nan')):.4f}; "
           f"best val {result.best_val_loss:.4f}; run folder {result.run_dir}")

@@ -53,6 +53,9 @@ class TrainConfig:
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 = off")
+    time_limit_min: float = _f(
+        0.0, "stop after this many minutes of training (evaluations included) and run the LR schedule on "
+             "the clock instead of max_iters, which becomes an upper bound; 0 = off")
     eval_interval: int = _f(250, "evaluate (and checkpoint) every N steps")
     eval_iters: int = _f(20, "batches averaged per evaluation")
     checkpoint_interval: int = _f(0, "checkpoint every N steps; 0 = at every evaluation")

@@ -66,6 +66,15 @@ def mean(value: float, env: DistEnv, device: torch.device) -> float:
     return float(t.item()) / env.world_size
 
 
+def from_main(value: float, env: DistEnv, device: torch.device) -> float:
+    """Rank 0's value on every rank (e.g. its clock, so that all ranks decide alike)."""
+    if not env.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
 def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
     """True on every rank if it is true on any rank (e.g. one of them got Ctrl-C)."""
     if not env.enabled:

@@ -49,7 +49,8 @@ from .tokenizer import Tokenizer
 # them but the bookkeeping ones makes the continuation differ from an uninterrupted run.
 RESUME_MUTABLE = {"train.max_iters", "train.eval_interval", "train.eval_iters", "train.log_interval",
                   "train.checkpoint_interval", "train.threads", "train.device", "train.learning_rate",
-                  "train.compile", "train.max_skipped_updates", "train.grad_spike_factor"}
+                  "train.compile", "train.max_skipped_updates", "train.grad_spike_factor",
+                  "train.time_limit_min"}
 NORM_HISTORY = 50
 
 
@@ -97,12 +98,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def lr_at(it: int, cfg) -> float:
-    """Linear warm-up to the peak, then cosine decay to min_lr_ratio * peak at max_iters."""
+def lr_at(it: int, cfg, progress: float | None = None) -> float:
+    """Linear warm-up to the peak, then cosine decay to min_lr_ratio * peak at max_iters, or,
+    in a time-limited run, at the end of the time (`progress`: the fraction of it used)."""
     peak, floor = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
     if it < cfg.warmup_iters:
         return peak * (it + 1) / (cfg.warmup_iters + 1)
-    progress = (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+    if progress is None:
+        progress = (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
     return floor + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (peak - floor)
 
 
@@ -189,6 +192,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.start_iter = 0
+        self.elapsed_before = 0.0  # seconds of training before a resume (for train.time_limit_min)
+        self.progress_in_time: float | None = None  # fraction of the time limit used, if there is one
         self.best_val = math.inf
         self.history: list[dict] = []
         self.norms: deque[float] = deque(maxlen=NORM_HISTORY)
@@ -264,6 +269,7 @@ class Trainer:
         self.history = list(state["history"])
         self.norms.extend(state.get("grad_norms", []))
         self.skipped_total = int(state.get("skipped_updates", 0))
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
 
     def _state(self, it: int) -> dict:
         return {
@@ -271,7 +277,7 @@ class Trainer:
             "best_val": self.best_val, "history": self.history, "precision": self.precision,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "sampler": self.train_batches.state(), "world_size": self.dist.world_size,
-            "grad_norms": list(self.norms), "skipped_updates": self.skipped_total,
+            "grad_norms": list(self.norms), "skipped_updates": self.skipped_total, "elapsed_s": self._elapsed(),
             "data": {"path": str(self.data.path), "splits": self.data.meta["splits"]},
         }
 
@@ -328,7 +334,7 @@ class Trainer:
 
         Returns (mean loss tensor, gradient norm, whether the update was applied)."""
         tc = self.config.train
-        lr = lr_at(it, tc)
+        lr = lr_at(it, tc, self.progress_in_time)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
@@ -393,6 +399,23 @@ class Trainer:
             self.skipped_in_row = 0
         return bad
 
+    # ---- the clock -----------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        """Seconds of training in this run so far, earlier sessions of a resumed run included."""
+        started = getattr(self, "_started", None)
+        return self.elapsed_before + (time.perf_counter() - started if started is not None else 0.0)
+
+    def _check_clock(self, it: int) -> bool:
+        """Update `progress_in_time` and say whether train.time_limit_min is used up. Rank 0's
+        clock decides, at every step alone and at log steps under torchrun, so that every rank
+        uses the same learning rate and stops at the same step."""
+        limit = self.config.train.time_limit_min * 60
+        if limit <= 0:
+            return False
+        if not self.dist.enabled or it % self.config.train.log_interval == 0 or self.progress_in_time is None:
+            self.progress_in_time = distributed.from_main(self._elapsed() / limit, self.dist, self.device)
+        return self.progress_in_time >= 1.0
+
     # ---- the loop ----------------------------------------------------------------------
     def train(self) -> TrainResult:
         tc = self.config.train
@@ -407,10 +430,10 @@ class Trainer:
         if in_main:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old_handlers[sig] = signal.signal(sig, self._request_stop)
-        bar = tqdm(total=tc.max_iters, initial=self.start_iter, unit="it", desc="training",
+        bar = tqdm(total=None if tc.time_limit_min > 0 else tc.max_iters, initial=self.start_iter, unit="it", desc="training",
                    disable=not (_show(self.progress) and self.dist.is_main), dynamic_ncols=True)
         prefetch = _Prefetcher(self.train_batches, self.device)
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         window_start, window_steps, tokens_per_s, last_eval = started, 0, 0.0, {}
         it = self.start_iter
         try:
@@ -418,19 +441,21 @@ class Trainer:
             while True:
                 fresh = it != self.start_iter or self.checkpoint is None
                 improved = False
-                if fresh and (it % tc.eval_interval == 0 or it == tc.max_iters):
+                last = it >= tc.max_iters or self._check_clock(it)
+                if fresh and (it % tc.eval_interval == 0 or last):
                     last_eval = self.evaluate()
                     improved = last_eval["val"] < self.best_val
                     self.best_val = min(self.best_val, last_eval["val"])
                     self.history.append({"iter": it, **last_eval})
                     if log is not None:
                         for split in ("train", "val"):
-                            log.append({"iter": it, "split": split, "loss": last_eval[split]})
+                            log.append({"iter": it, "split": split, "loss": last_eval[split],
+                                        "elapsed_s": round(self._elapsed(), 2)})
                         log.plot(self.run.plot_path, title=f"{self.run.path.name}")
                     bar.set_postfix(train=f"{last_eval['train']:.3f}", val=f"{last_eval['val']:.3f}", refresh=False)
-                if fresh and (it % ckpt_every == 0 or it == tc.max_iters or improved):
+                if fresh and (it % ckpt_every == 0 or last or improved):
                     self._save(it, improved)
-                if it >= tc.max_iters:
+                if last:
                     break
                 # A single process checks its flag every step; ranks agree at log steps.
                 check = not self.dist.enabled or it % tc.log_interval == 0
@@ -443,8 +468,9 @@ class Trainer:
                     tokens_per_s = window_steps * tokens_per_step / max(now - window_start, 1e-9)
                     loss_value = distributed.mean(loss.item(), self.dist, self.device)
                     if log is not None:
-                        log.append({"iter": it, "loss": loss_value, "lr": lr_at(it, tc), "tokens_per_s": tokens_per_s,
-                                    "grad_norm": norm, "skipped_updates": self.skipped_total})
+                        log.append({"iter": it, "loss": loss_value, "lr": lr_at(it, tc, self.progress_in_time),
+                                    "tokens_per_s": tokens_per_s, "grad_norm": norm,
+                                    "skipped_updates": self.skipped_total, "elapsed_s": round(self._elapsed(), 2)})
                     bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
                     window_start, window_steps = now, 0
                 it += 1
