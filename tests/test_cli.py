@@ -131,8 +131,25 @@ def test_export_import_round_trip_through_the_cli(trained_run, tmp_path):
     b = cli("generate", back, "--prompt", "আমার", "--greedy", "--max-new-tokens", "10", "--json")
     assert json.loads(a.stdout)["text"] == json.loads(b.stdout)["text"]
     assert_user_error(cli("export", trained_run, "--format", "hf", "--out", hf), "")
-    assert_user_error(cli("export", trained_run, "--format", "gguf", "--out", tmp_path / "g"), "GGUF")
-    assert not (tmp_path / "g").exists()
+
+
+def test_gguf_export_through_the_cli(trained_run, trained_gpt_run, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    out = tmp_path / "m.gguf"
+    r = cli("export", trained_run, "--format", "gguf", "--out", out, "--gguf-type", "q8_0")
+    assert r.returncode == 0, r.stderr
+    reader = gguf.GGUFReader(str(out))
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "qwen35"
+    assert any(t.tensor_type == gguf.GGMLQuantizationType.Q8_0 for t in reader.tensors)
+    assert_user_error(cli("export", trained_run, "--format", "gguf", "--out", out), "exists")
+    assert cli("export", trained_run, "--format", "gguf", "--out", out, "--overwrite").returncode == 0
+    # The course GPT's exact GELU is not llama.cpp's: refused unless accepted explicitly.
+    g = tmp_path / "gpt.gguf"
+    assert_user_error(cli("export", trained_gpt_run, "--format", "gguf", "--out", g), "GELU")
+    assert not g.exists()
+    r = cli("export", trained_gpt_run, "--format", "gguf", "--out", g, "--approximate-gelu")
+    assert r.returncode == 0 and "note:" in r.stderr and g.is_file()
 
 
 def test_generate_stream_prints_the_same_text_as_json(trained_run):

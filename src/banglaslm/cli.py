@@ -85,11 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     e = sub.add_parser("export", help="write a trained model in another ecosystem's format",
                        description="Export a run: --format hf writes a transformers checkpoint "
-                                   "(LlamaForCausalLM for the modern arch, GPT2LMHeadModel for the course GPT).")
+                                   "(LlamaForCausalLM for the modern arch, GPT2LMHeadModel for the course GPT); "
+                                   "--format gguf writes one GGUF file for llama.cpp (llama / gpt2 architecture).")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--format", required=True, choices=("hf", "gguf"))
-    e.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
+    e.add_argument("--out", required=True, help="hf: folder to write (must not exist or be empty); gguf: the .gguf file")
     e.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    e.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0"),
+                   help="gguf: how weight matrices are stored (default f16; norms stay f32)")
+    e.add_argument("--approximate-gelu", action="store_true",
+                   help="gguf, course GPT only: accept llama.cpp's tanh-approximated GELU (not exact)")
+    e.add_argument("--overwrite", action="store_true", help="gguf: replace an existing file")
     i = sub.add_parser("import", help="turn a Hugging Face Llama / GPT-2 checkpoint into a run folder")
     i.add_argument("hf_dir", metavar="HF_DIR", help="local folder with config.json, model.safetensors, tokenizer.json")
     i.add_argument("--out", required=True, help="run folder to write")
@@ -199,7 +205,15 @@ def cmd_quickstart(args) -> None:
 
 def cmd_export(args) -> None:
     if args.format == "gguf":
-        raise UserError("GGUF export is not implemented yet; use --format hf for now")
+        from .export_gguf import GELU_NOTE, export_gguf
+
+        out = export_gguf(args.run_dir, args.out, dtype=args.gguf_type, which=args.checkpoint,
+                          overwrite=args.overwrite, approximate_gelu=args.approximate_gelu)
+        if args.approximate_gelu:
+            print(f"note: {GELU_NOTE}", file=sys.stderr)
+        print(f"exported {args.run_dir} ({args.checkpoint}) to {out} ({args.gguf_type}); prepend the "
+              f"end-of-document token and normalize prompts with banglaslm.normalize first (see BENCHMARKS.md)")
+        return
     from .export import export_hf
 
     out = export_hf(args.run_dir, args.out, which=args.checkpoint)
