@@ -31,6 +31,11 @@ frequency * count); then greedy takes the argmax, or else logits / temperature �
 top-p → min-p → draw. Each sample has its own random generator: sample j of any prompt uses
 seed `sample_seed(seed, j)`, so the same seed gives the same text whether a prompt runs alone
 or in a batch, and the n samples of a prompt differ.
+
+Logprobs (`SamplingParams.logprobs = k`): every sampled token comes with its probability and the
+k most likely tokens of the distribution it was drawn from (after penalties, temperature and
+the filters; greedy: the softmax of the penalized logits). Asking for them changes nothing that
+is drawn. The server turns them into OpenAI's shapes; the playground shows them per position.
 """
 
 from __future__ import annotations
