@@ -1,10 +1,13 @@
 """Training throughput of the presets on this machine: tokens/s, ms/iter, MFU, peak RSS.
 
     python benchmarks/train_throughput.py [--presets tiny course-58m] [--iters 20] [--vocab 2048]
+    python benchmarks/train_throughput.py --presets small --vocab 8000 --set model.arch=gpt --profile
 
 Runs real optimizer steps (forward, backward, clip, AdamW) on random tokens through the same
 `Trainer._step` the CLI uses. MFU is measured against this machine's own fp32 matmul peak
-(a large square matmul timed here), so the figure is comparable across machines.
+(a large square matmul timed here), so the figure is comparable across machines. `--profile`
+adds where the time of the measured steps goes (torch.profiler, operators by self time,
+grouped into matmuls / attention / activations / norms / optimizer / the rest).
 """
 
 from __future__ import annotations
@@ -54,7 +57,34 @@ def fake_data(folder: Path, vocab: int, n_tokens: int = 2_000_000) -> None:
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def measure(preset: str, vocab: int, iters: int, overrides: dict) -> dict:
+# Operator name fragments → the share of time they stand for (first match wins).
+GROUPS = (("matmuls", ("addmm", "aten::mm", "bmm", "matmul", "linear")),
+          ("loss (log-softmax, NLL)", ("cross_entropy", "nll_loss", "log_softmax")),
+          ("dropout masks", ("bernoulli", "dropout")),
+          ("attention", ("attention", "softmax")),
+          ("activations (GELU/SiLU) and products", ("gelu", "silu", "aten::mul")),
+          ("optimizer (fused AdamW) and clipping", ("adam", "vector_norm", "foreach", "clip")),
+          ("norms", ("norm",)),
+          ("copies and layout", ("copy_", "clone", "contiguous", "cat", "index", "gather", "embedding")))
+
+
+def print_profile(preset: str, prof) -> None:
+    """Self CPU time of five steps, by operator group, then the top operators."""
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    shares: dict[str, float] = {}
+    for e in events:
+        name = e.key.lower()
+        group = next((g for g, keys in GROUPS if any(k in name for k in keys)), "other")
+        shares[group] = shares.get(group, 0.0) + e.self_cpu_time_total / total
+    print(f"  {preset}: where 5 steps spend their time (self CPU)")
+    for group, share in sorted(shares.items(), key=lambda kv: -kv[1]):
+        print(f"    {share:6.1%}  {group}")
+    print("    top operators: " + ", ".join(f"{e.key} {e.self_cpu_time_total / total:.0%}"
+                                        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]))
+
+
+def measure(preset: str, vocab: int, iters: int, overrides: dict, profile: bool = False) -> dict:
     cfg = build_config(preset, overrides=overrides)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -69,6 +99,12 @@ def measure(preset: str, vocab: int, iters: int, overrides: dict) -> dict:
             loss, _, _ = trainer._step(it)
         loss.item()
         seconds = (time.perf_counter() - start) / iters
+        if profile:
+            from torch.profiler import ProfilerActivity
+            with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
+                for it in range(iters, iters + 5):
+                    trainer._step(it)
+            print_profile(preset, prof)
         tokens = cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.model.block_size
         return {"preset": preset, "params_M": trainer.model.num_params() / 1e6, "precision": trainer.precision,
                 "ms_per_iter": seconds * 1e3, "tokens_per_s": tokens / seconds,
@@ -81,6 +117,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--vocab", type=int, default=None, help="default: 2048 for tiny (quick start), 32100 otherwise (BanglaT5)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--profile", action="store_true", help="also print where the time goes")
     args = ap.parse_args()
     overrides = dict(s.split("=", 1) for s in args.set)
     peak = matmul_peak_gflops()
@@ -88,7 +125,7 @@ def main() -> None:
     print(f"{'preset':<12} {'params':>8} {'vocab':>6} {'prec':>5} {'ms/iter':>9} {'tokens/s':>10} {'MFU':>6} {'peak RSS':>9}")
     for preset in args.presets:
         vocab = args.vocab or (2048 if preset == "tiny" else 32100)
-        r = measure(preset, vocab, args.iters, overrides)
+        r = measure(preset, vocab, args.iters, overrides, args.profile)
         mfu = r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e9)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{preset:<12} {r['params_M']:>7.1f}M {vocab:>6} {r['precision']:>5} {r['ms_per_iter']:>9.1f} "

@@ -20,6 +20,10 @@ from .trainer import train
 
 PROMPTS = ("একদিন সকালে", "আজ বাজারে", "নদীর ধারে", "আমাদের গ্রামে")
 QUICKSTART_VOCAB = 1024  # small corpus: small vocabulary, more training tokens per character
+# The `tiny` preset trains without dropout (fastest on a CPU, best on a corpus of millions of
+# characters); 1,200 steps over the ~80 K tokens of the embedded corpus are ~30 passes, where
+# dropout is what keeps the model from memorizing it.
+QUICKSTART_OVERRIDES = {"model.dropout": 0.25}
 
 
 def held_out_text(data_dir: Path) -> str:
@@ -50,7 +54,8 @@ def quickstart(out: str | Path = "quickstart", max_iters: int | None = None,
     say(prepared.summary())
     say(f"2/4 training the 'tiny' preset → {run_dir}  (Ctrl-C saves; rerun to continue)")
     resume = (run_dir / "checkpoints" / "latest.safetensors").is_file()
-    result = train(data_dir, run_dir, build_config("tiny") if not resume else None, resume=resume,
+    config = build_config("tiny", overrides=QUICKSTART_OVERRIDES) if not resume else None
+    result = train(data_dir, run_dir, config, resume=resume,
                    max_iters=max_iters, progress=progress)
     say(f"trained {result.iterations} iterations in {result.seconds:.0f} s, best val loss {result.best_val_loss:.3f}")
     say("3/4 evaluating on the held-out documents")
