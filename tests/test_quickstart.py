@@ -1,0 +1,29 @@
+"""The README's main job, shortened: `quickstart` prepares the embedded corpus, trains the tiny
+preset (with the quick start's own dropout), evaluates on held-out documents and generates;
+run again, it continues the run instead of starting over."""
+
+import dataclasses
+import json
+
+from banglaslm.config import build_config
+from banglaslm.quickstart import PROMPTS, QUICKSTART_OVERRIDES, QUICKSTART_VOCAB, quickstart
+
+
+def test_quickstart_end_to_end_then_continues(tmp_path):
+    lines: list[str] = []
+    out = quickstart(tmp_path / "qs", max_iters=60, say=lines.append, progress=False)
+    run = tmp_path / "qs" / "run"
+    saved = json.loads((run / "config.json").read_text())
+    expected = dataclasses.asdict(build_config("tiny", overrides=QUICKSTART_OVERRIDES).model)
+    assert {**saved["model"], "vocab_size": 0} == expected  # the tiny preset + the quick start's dropout
+    assert saved["model"]["dropout"] == QUICKSTART_OVERRIDES["model.dropout"] != build_config("tiny").model.dropout
+    assert out["prepare"]["tokenizer"]["vocab_size"] == QUICKSTART_VOCAB
+    assert out["train"].iterations == 60
+    ev = out["eval"]
+    assert ev.tokens > 1000 and 0 < ev.bits_per_char < 12  # held-out documents, scored
+    assert len(out["samples"]) == len(PROMPTS)
+    assert [line.split(" ")[0] for line in lines if line[:2] in ("1/", "2/", "3/", "4/")] == ["1/4", "2/4", "3/4", "4/4"]
+    again = quickstart(tmp_path / "qs", max_iters=70, say=lines.append, progress=False)
+    assert again["train"].iterations == 70  # resumed from step 60, not retrained from 0
+    steps = [json.loads(l)["iter"] for l in (run / "metrics.jsonl").read_text().splitlines() if "lr" in l]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
