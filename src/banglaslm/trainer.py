@@ -194,6 +194,7 @@ class Trainer:
         self.start_iter = 0
         self.elapsed_before = 0.0  # seconds of training before a resume (for train.time_limit_min)
         self.progress_in_time: float | None = None  # fraction of the time limit used, if there is one
+        self._started: float | None = None  # perf_counter() when this session's loop began
         self.best_val = math.inf
         self.history: list[dict] = []
         self.norms: deque[float] = deque(maxlen=NORM_HISTORY)
@@ -402,8 +403,9 @@ class Trainer:
     # ---- the clock -----------------------------------------------------------------------
     def _elapsed(self) -> float:
         """Seconds of training in this run so far, earlier sessions of a resumed run included."""
-        started = getattr(self, "_started", None)
-        return self.elapsed_before + (time.perf_counter() - started if started is not None else 0.0)
+        if self._started is None:
+            return self.elapsed_before
+        return self.elapsed_before + time.perf_counter() - self._started
 
     def _check_clock(self, it: int) -> bool:
         """Update `progress_in_time` and say whether train.time_limit_min is used up. Rank 0's
