@@ -31,11 +31,14 @@ def random_model(arch: str, vocab: int, block: int = 32) -> GPT:
     return model
 
 
-@pytest.fixture(scope="module", params=["gpt", "modern", "trained"])
+@pytest.fixture(scope="module", params=[(model, kernel) for model in ("gpt", "modern", "trained")
+                                        for kernel in ("kernel", "torch")], ids="-".join)
 def engine(request, loaded):
-    if request.param == "trained":
-        return Engine(loaded.model, loaded.tokenizer)
-    return Engine(random_model(request.param, loaded.tokenizer.vocab_size), loaded.tokenizer)
+    """Each model with decode steps in the C kernel where it can run (cpu_decode.py), and in
+    PyTorch alone."""
+    name, kernel = request.param
+    model = loaded.model if name == "trained" else random_model(name, loaded.tokenizer.vocab_size)
+    return Engine(model, loaded.tokenizer, use_kernel=kernel == "kernel")
 
 
 def uncached_greedy(engine: Engine, prompt: str, max_new: int) -> list[int]:

@@ -13,7 +13,12 @@ How a batch runs:
   first token, so a prompt in a batch gets the same tokens it would get alone. With n > 1,
   each prompt is prefilled once and its cache copied to its n samples.
 - Decode: one forward pass per step over the batch's newest tokens. Rows that finish (end of
-  document, a stop string, `max_new_tokens`) leave the batch.
+  document, a stop string, `max_new_tokens`) leave the batch. On a CPU in float32 a step is
+  one call into a compiled C kernel (cpu_decode.py) that does `model.forward`'s arithmetic
+  for one token without PyTorch's per-operator overhead (3x transformers at batch 1; see
+  BENCHMARKS.md). It steps aside, and every step goes through `model(...)`, when anything
+  hooks or patches the model's forward, for other devices and dtypes, without a C compiler,
+  with `Engine(..., use_kernel=False)` or with BANGLASLM_KERNEL=torch.
 
 Past the block size (the policy): the model never sees more than `block_size` tokens, and
 its position table ends there. A prompt longer than that is cut to its last `block_size`
@@ -46,6 +51,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .cpu_decode import CpuDecoder
 from .errors import UserError
 from .model import GPT, KVCache
 from .normalize import normalize
@@ -271,8 +277,9 @@ class _Row:
 class Engine:
     """KV-cached generation for one model and its tokenizer (see the module docstring)."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, keep: int | None = None):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, keep: int | None = None, use_kernel: bool = True):
         self.model = model
+        self.use_kernel = use_kernel  # False: never the C decode step (see cpu_decode.py)
         self.tokenizer = tokenizer
         self.block_size = model.config.block_size
         # Tokens a row keeps when its context outgrows the block (the newest one included).
@@ -357,6 +364,9 @@ class Engine:
         longest_stop = max((len(s) for s in stops), default=0)
         with self._eval_mode():
             sampler = _Sampler(params, rows, self.model.config.vocab_size, self.device)
+            # Decode steps in one C call on CPUs when the kernel can run this model exactly
+            # (cpu_decode.py); None: every step through model(...).
+            fused = CpuDecoder.for_model(self.model) if self.use_kernel else None
             # Prefill each prompt once (its n samples share it).
             firsts = rows[::params.n]
             cache = self.model.new_cache(len(firsts))
@@ -400,7 +410,7 @@ class Engine:
                     next_t = next_t.index_select(0, keep_t)
                     active = [active[b] for b in still]
                 if cache.length < self.block_size:
-                    logits = self._forward(cache, next_t[:, None])[:, -1]
+                    logits = fused.step(cache, next_t) if fused else self._forward(cache, next_t[:, None])[:, -1]
                 else:  # the policy past the block size (module docstring)
                     for r in active:
                         row = rows[r]
@@ -420,7 +430,8 @@ class Engine:
         return self._forward(cache, idx)[:, -1]
 
     def _forward(self, cache: KVCache, idx: torch.Tensor) -> torch.Tensor:
-        # Through model(...) → model.forward, so wrappers of forward see every call.
+        # Through model(...) → model.forward, so wrappers of forward see every call (and a
+        # wrapped model never gets the C kernel: CpuDecoder.for_model checks).
         with self.model.use_cache(cache):
             logits, _ = self.model(idx)
         return logits.float()

@@ -1,0 +1,219 @@
+"""A fused one-token decoding step for CPUs: csrc/decode.c, compiled on first use.
+
+Why: at batch 1 a decoding step is bound by reading every weight once, and PyTorch's eager
+mode spends about as long again dispatching the ~120 small operators around the mat-vecs
+(BENCHMARKS.md: "Generation speed"). The C step does the arithmetic of `GPT.forward` with a
+KV cache for one new token per row in one call, so the engine's decode steps cost little more
+than the weight reads. Prefill (many tokens at once) stays in PyTorch, where the matmuls are
+large and eager mode is already efficient.
+
+When the engine uses it (`CpuDecoder.for_model` returns None otherwise and the engine runs
+`model(...)` as before):
+- the model is a plain `GPT` on the CPU in float32, with every tensor contiguous;
+- nothing observes or replaces its forward pass (no forward hooks, no patched `forward`),
+  so anything that wraps the model still sees every step;
+- a C compiler is available (`$CC`, else `cc`) and the build succeeded;
+- the environment does not say `BANGLASLM_KERNEL=torch` (the switch for comparing, or for
+  ruling the kernel out when hunting a bug).
+
+The build: `cc -O3 -march=native -fopenmp -shared`, about a second, cached in
+`$BANGLASLM_CACHE` (default `~/.cache/banglaslm`)/kernels/ under a hash of the source, the
+compiler and this CPU's flags, written to a temporary file and renamed so that concurrent
+first uses never load half a library. The library links the OpenMP runtime PyTorch already
+loaded (same soname), so both share one thread pool. A failed build is reported once on
+stderr, and generation goes on in PyTorch.
+
+Numerics: the same float32 arithmetic in a different summation order, so logits agree with
+PyTorch's to about 1e-5 (tests/test_cpu_decode.py checks both architectures, padded batches
+and a full cache against `model.forward`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .model import GPT, KVCache
+
+SOURCE = Path(__file__).with_name("csrc") / "decode.c"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
+
+_f = ctypes.POINTER(ctypes.c_float)
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(name, _f) for name in (
+        "norm1_w", "norm1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "norm2_w", "norm2_b",
+        "up_w", "up_b", "gate_w", "down_w", "down_b")]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in (
+        "modern", "n_layer", "n_head", "n_embd", "hidden", "vocab", "block")] + [
+        ("eps", ctypes.c_float)] + [(name, _f) for name in (
+        "tok_emb", "pos_emb", "rope_cos", "rope_sin", "normf_w", "normf_b", "head_w")] + [
+        ("layers", ctypes.POINTER(_Layer))]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("BANGLASLM_CACHE") or Path.home() / ".cache" / "banglaslm") / "kernels"
+
+
+def _cpu_flags() -> str:
+    """This CPU's feature flags: -march=native code built on one machine may not run on another
+    that shares the home directory."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build(compiler: str | None = None) -> Path:
+    """Compile csrc/decode.c for this machine (or find it already built); the library's path.
+    Raises RuntimeError with the compiler's message when the build fails."""
+    cc = compiler or os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"no C compiler found ({cc!r}); install gcc or set CC")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), _cpu_flags()]).encode())
+    target = _cache_dir() / f"decode-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {done.stderr.strip()[:500]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+_library: ctypes.CDLL | None = None
+_failure: str | None = None
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, built and loaded once per process; None (reported once) when that
+    is impossible here."""
+    global _library, _failure
+    if _library is None and _failure is None:
+        try:
+            lib = ctypes.CDLL(str(build()))
+            lib.bslm_decode_step.restype = ctypes.c_int
+            lib.bslm_decode_step.argtypes = [
+                ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+            lib.bslm_scratch_floats.restype = ctypes.c_int64
+            lib.bslm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32]
+            _library = lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            _failure = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"banglaslm: the C decoding kernel is unavailable ({_failure}); generating with "
+                  "PyTorch alone (slower at batch 1)", file=sys.stderr)
+    return _library
+
+
+def _observed(model: torch.nn.Module) -> bool:
+    """Whether anything hooks or replaces a forward pass in `model` (then the engine must call it)."""
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in model.modules())
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.cast(t.data_ptr(), _f)
+
+
+class CpuDecoder:
+    """Decode steps of one model through the C kernel; build one per generation run
+    (`for_model`), since it holds pointers to the model's current weights."""
+
+    def __init__(self, model: GPT, lib: ctypes.CDLL):
+        self.lib, self.model = lib, model
+        cfg = model.config
+        self.modern = cfg.arch == "modern"
+        b = model.blocks
+        # Keep the structs (and so the pointers' owners' addresses) alive with the decoder.
+        self.layers = (_Layer * cfg.n_layer)()
+        for layer, block in zip(self.layers, b):
+            a, mlp = block.attn, block.mlp
+            layer.norm1_w, layer.norm1_b = _ptr(block.norm1.weight), _ptr(getattr(block.norm1, "bias", None))
+            layer.qkv_w, layer.qkv_b = _ptr(a.qkv.weight), _ptr(a.qkv.bias)
+            layer.proj_w, layer.proj_b = _ptr(a.proj.weight), _ptr(a.proj.bias)
+            layer.norm2_w, layer.norm2_b = _ptr(block.norm2.weight), _ptr(getattr(block.norm2, "bias", None))
+            layer.up_w, layer.up_b = _ptr(mlp.up.weight), _ptr(mlp.up.bias)
+            layer.gate_w = _ptr(mlp.gate.weight) if self.modern else None
+            layer.down_w, layer.down_b = _ptr(mlp.down.weight), _ptr(mlp.down.bias)
+        hidden = b[0].mlp.down.weight.shape[1]
+        eps = b[0].norm1.eps if b[0].norm1.eps is not None else torch.finfo(torch.float32).eps
+        self.struct = _Model(
+            int(self.modern), cfg.n_layer, cfg.n_head, cfg.n_embd, hidden, cfg.vocab_size, cfg.block_size, eps,
+            _ptr(model.tok_emb.weight), _ptr(model.pos_emb.weight if model.pos_emb is not None else None),
+            _ptr(model.rope_cos if self.modern else None), _ptr(model.rope_sin if self.modern else None),
+            _ptr(model.norm_f.weight), _ptr(getattr(model.norm_f, "bias", None)), _ptr(model.lm_head.weight),
+            self.layers)
+        self.ref = ctypes.byref(self.struct)
+        self.threads = torch.get_num_threads()
+        self.scratch = torch.empty(0)
+        self._cache_lists: tuple | None = None
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module) -> CpuDecoder | None:
+        """A decoder for `model` when the kernel can run it exactly (module docstring), else None."""
+        if os.environ.get("BANGLASLM_KERNEL", "auto") == "torch" or type(model) is not GPT:
+            return None
+        tensors = list(model.parameters()) + list(model.buffers())
+        if any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
+            return None
+        if _observed(model):
+            return None
+        lib = library()
+        return None if lib is None else cls(model, lib)
+
+    def step(self, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, vocab) of the next token after `tokens` (B,), which follow the cache's
+        `length` stored tokens; stores their keys/values and advances the cache, like
+        `model(tokens[:, None])` with the cache attached."""
+        B = tokens.shape[0]
+        tokens = tokens.to(torch.int64).contiguous()
+        pad = cache.pad
+        if pad is not None:
+            pad = pad.to(torch.int64).contiguous()
+        lists = (cache.k, cache.v)
+        if self._cache_lists is None or self._cache_lists[0] is not lists[0] or self._cache_lists[1] is not lists[1]:
+            if not all(t.is_contiguous() and t.dtype == torch.float32 for t in cache.k + cache.v):
+                raise ValueError("the KV cache must be contiguous float32 for the C kernel")
+            self._k = (ctypes.c_void_p * len(cache.k))(*[t.data_ptr() for t in cache.k])
+            self._v = (ctypes.c_void_p * len(cache.v))(*[t.data_ptr() for t in cache.v])
+            self._cache_lists = lists
+        need = self.lib.bslm_scratch_floats(self.ref, B)
+        if self.scratch.numel() < need:
+            self.scratch = torch.empty(need)
+        logits = torch.empty(B, self.struct.vocab)
+        status = self.lib.bslm_decode_step(
+            self.ref, B, cache.length, tokens.data_ptr(), None if pad is None else pad.data_ptr(),
+            self._k, self._v, logits.data_ptr(), self.scratch.data_ptr(), self.threads)
+        if status != 0:  # the engine never asks for these; a bug if it happens
+            raise ValueError(f"C decode step refused its input (status {status}: length {cache.length}, "
+                             f"block {self.struct.block}, tokens {tokens.tolist()})")
+        cache.length += 1
+        return logits

@@ -1,0 +1,261 @@
+/* One decoding step of banglaslm's GPT on a CPU, in fp32: the whole forward pass of one new
+ * token per row of a batch, in a single call.
+ *
+ * Why this exists: at batch 1 a decoding step has to read every weight once (55 MB for a
+ * 13.7 M model), which takes about 1.5-1.9 ms here, and PyTorch's eager mode spends about as
+ * much again dispatching the ~120 small operators around those mat-vecs (norms, attention
+ * over the cache, GELU, adds). This file does the same arithmetic as model.py's
+ * `GPT.forward` with a KVCache, for one token, with no per-operator overhead: one OpenMP
+ * parallel region per step, mat-vecs split by output rows across the threads, and the small
+ * operations fused into the loops that produce their inputs.
+ *
+ * It is compiled on first use by cpu_decode.py (cc -O3 -march=native -fopenmp) and called
+ * through ctypes; model.py stays the reference, and tests/test_cpu_decode.py checks that the
+ * logits agree with it for both architectures, with padding, batches and a full cache.
+ *
+ * Layout conventions (all row-major, contiguous, float32):
+ *   linear weights (out, in) as in torch.nn.Linear; y = W x + b
+ *   KV cache per layer: (B, n_head, block, head_dim); slot `length` receives the new token
+ *   rope tables: (block, head_dim) in the "rotate half" layout
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stddef.h>
+
+typedef struct {
+    const float *norm1_w, *norm1_b;   /* LayerNorm (gpt) or RMSNorm (modern, no bias) */
+    const float *qkv_w, *qkv_b;       /* (3C, C): q, k, v stacked */
+    const float *proj_w, *proj_b;     /* (C, C) */
+    const float *norm2_w, *norm2_b;
+    const float *up_w, *up_b;         /* gpt: (4C, C) GELU; modern: (hidden, C) */
+    const float *gate_w;              /* modern only: (hidden, C), silu(gate) * up */
+    const float *down_w, *down_b;     /* (C, hidden) */
+} Layer;
+
+typedef struct {
+    int32_t modern, n_layer, n_head, n_embd, hidden, vocab, block;
+    float eps;
+    const float *tok_emb;                 /* (vocab, C) */
+    const float *pos_emb;                 /* gpt: (block, C); modern: NULL */
+    const float *rope_cos, *rope_sin;     /* modern: (block, head_dim); gpt: NULL */
+    const float *normf_w, *normf_b;
+    const float *head_w;                  /* (vocab, C); tied to tok_emb in modern */
+    const Layer *layers;
+} Model;
+
+/* Floats of scratch space a step over B rows needs (the caller allocates it). */
+int64_t bslm_scratch_floats(const Model *m, int32_t B) {
+    int64_t C = m->n_embd;
+    return (int64_t)B * (C /* x */ + C /* normed */ + 3 * C /* qkv */ + C /* attention out */
+                         + m->hidden /* mlp */ + (int64_t)m->n_head * m->block /* scores */);
+}
+
+static inline float dot(const float *restrict w, const float *restrict x, int n) {
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int i = 0; i < n; i++) acc += w[i] * x[i];
+    return acc;
+}
+
+/* out[b] = norm(x[b]) for every row; called by one thread (a row is only C floats). */
+static void norm_rows(const Model *m, const float *w, const float *bias, const float *x,
+                      float *out, int B) {
+    const int C = m->n_embd;
+    for (int b = 0; b < B; b++) {
+        const float *xb = x + (int64_t)b * C;
+        float *ob = out + (int64_t)b * C;
+        if (m->modern) { /* RMSNorm */
+            float ss = 0.0f;
+            for (int i = 0; i < C; i++) ss += xb[i] * xb[i];
+            const float r = 1.0f / sqrtf(ss / C + m->eps);
+            for (int i = 0; i < C; i++) ob[i] = xb[i] * r * w[i];
+        } else { /* LayerNorm, biased variance like torch */
+            float mean = 0.0f, var = 0.0f;
+            for (int i = 0; i < C; i++) mean += xb[i];
+            mean /= C;
+            for (int i = 0; i < C; i++) var += (xb[i] - mean) * (xb[i] - mean);
+            const float r = 1.0f / sqrtf(var / C + m->eps);
+            for (int i = 0; i < C; i++) ob[i] = (xb[i] - mean) * r * w[i] + bias[i];
+        }
+    }
+}
+
+enum { STORE, ADD };
+
+/* e^x for x <= 0, vectorizable (libm's expf is not, without -ffast-math): x = n ln2 + r with
+ * |r| <= ln2 / 2, e^r by its Taylor series to r^7 (error < 1e-8), 2^n put in the exponent. */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x; /* e^-87 is 1.6e-38, the smallest normal float's size */
+    const float n = rintf(x * 1.44269504088896341f);
+    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-6f; /* ln2 in two parts */
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
+    return p * two_n.f;
+}
+
+/* The exact (erf) GELU that F.gelu computes. erf by Abramowitz & Stegun 7.1.26 (absolute
+ * error below 1.5e-7, inside float32's own rounding at the sizes that matter); being built
+ * from multiplies and one exponential, a loop over it vectorizes. */
+static inline float gelu(float v) {
+    const float z = fabsf(v) * 0.70710678118654752f;
+    const float t = 1.0f / (1.0f + 0.3275911f * z);
+    const float tail = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    const float erf_z = 1.0f - tail * exp_nonpositive(-z * z);
+    return 0.5f * v * (1.0f + copysignf(erf_z, v));
+}
+
+static inline float finish(float v, int op, const float *dst) {
+    return op == ADD ? *dst + v : v; /* ADD: into the residual stream */
+}
+
+/* y[b, o] (op)= W[o] . x[b] + bias[o] for the rows o this thread gets. Must be called by
+ * every thread of the team (it is an `omp for`, with its barrier at the end). Four rows at a
+ * time: four independent sums keep more loads in flight, and x is read once for all four. */
+static void matvec(const float *W, const float *bias, const float *x, int in, float *y,
+                   int out, int B, int op) {
+#pragma omp for schedule(static) nowait /* the loop below has the barrier */
+    for (int o4 = 0; o4 < out / 4; o4++) {
+        const int o = 4 * o4;
+        const float *w0 = W + (int64_t)o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (int64_t)b * in;
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+            for (int i = 0; i < in; i++) {
+                a0 += w0[i] * xb[i];
+                a1 += w1[i] * xb[i];
+                a2 += w2[i] * xb[i];
+                a3 += w3[i] * xb[i];
+            }
+            float *dst = y + (int64_t)b * out + o;
+            const float acc[4] = {a0, a1, a2, a3};
+            for (int r = 0; r < 4; r++) dst[r] = finish(acc[r] + (bias ? bias[o + r] : 0.0f), op, dst + r);
+        }
+    }
+    /* the last out % 4 rows, if any */
+#pragma omp for schedule(static)
+    for (int o = out - out % 4; o < out; o++)
+        for (int b = 0; b < B; b++) {
+            float *dst = y + (int64_t)b * out + o;
+            *dst = finish(dot(W + (int64_t)o * in, x + (int64_t)b * in, in) + (bias ? bias[o] : 0.0f), op, dst);
+        }
+}
+
+/* SwiGLU's first half: h[b, o] = silu(gate[o] . x[b]) * (up[o] . x[b]). */
+static void swiglu(const float *gate, const float *up, const float *x, int in, float *h, int out,
+                   int B) {
+#pragma omp for schedule(static)
+    for (int o = 0; o < out; o++) {
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (int64_t)b * in;
+            const float g = dot(gate + (int64_t)o * in, xb, in);
+            const float u = dot(up + (int64_t)o * in, xb, in);
+            h[(int64_t)b * out + o] = g / (1.0f + expf(-g)) * u;
+        }
+    }
+}
+
+/* Rotate pairs (v[i], v[i + d/2]) by the angles of position `pos` (model.py's apply_rope). */
+static void rope(const Model *m, float *v, int pos, int d) {
+    const float *c = m->rope_cos + (int64_t)pos * d, *s = m->rope_sin + (int64_t)pos * d;
+    const int half = d / 2;
+    for (int i = 0; i < half; i++) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i + half] + a * s[i + half];
+    }
+}
+
+/* One token per row: rows b = 0..B-1 hold `length` cached slots of which the first pad[b]
+ * are padding; their new tokens are tokens[b] at position length - pad[b]. Writes the new
+ * keys/values into slot `length` of every layer's cache and the logits (B, vocab). */
+int bslm_decode_step(const Model *m, int32_t B, int32_t length, const int64_t *tokens,
+                     const int64_t *pad, float *const *k_cache, float *const *v_cache,
+                     float *logits, float *scratch, int32_t threads) {
+    const int C = m->n_embd, H = m->n_head, d = C / H, S = m->block, F = m->hidden;
+    if (length < 0 || length >= S || B < 1) return 1;
+    for (int b = 0; b < B; b++)
+        if (tokens[b] < 0 || tokens[b] >= m->vocab || (pad && (pad[b] < 0 || pad[b] > length)))
+            return 2;
+    float *x = scratch, *xn = x + (int64_t)B * C, *qkv = xn + (int64_t)B * C;
+    float *att = qkv + (int64_t)B * 3 * C, *h = att + (int64_t)B * C, *scores = h + (int64_t)B * F;
+    const float scale = 1.0f / sqrtf((float)d);
+
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) {
+            const int pos = length - (pad ? (int)pad[b] : 0);
+            const float *te = m->tok_emb + tokens[b] * C;
+            for (int i = 0; i < C; i++)
+                x[(int64_t)b * C + i] = te[i] + (m->pos_emb ? m->pos_emb[(int64_t)pos * C + i] : 0.0f);
+        }
+        for (int l = 0; l < m->n_layer; l++) {
+            const Layer *L = &m->layers[l];
+#pragma omp single
+            norm_rows(m, L->norm1_w, L->norm1_b, x, xn, B);
+            matvec(L->qkv_w, L->qkv_b, xn, C, qkv, 3 * C, B, STORE);
+
+            /* Attention, one (row, head) pair per iteration: the new key/value go into the
+             * cache first, then the query attends to the row's real slots pad..length. */
+#pragma omp for schedule(static)
+            for (int bh = 0; bh < B * H; bh++) {
+                const int b = bh / H, hd = bh % H, first = pad ? (int)pad[b] : 0;
+                float *q = qkv + (int64_t)b * 3 * C + hd * d, *k = q + C, *v = q + 2 * C;
+                if (m->modern) {
+                    rope(m, q, length - first, d);
+                    rope(m, k, length - first, d);
+                }
+                float *kc = k_cache[l] + ((int64_t)bh * S) * d, *vc = v_cache[l] + ((int64_t)bh * S) * d;
+                for (int i = 0; i < d; i++) {
+                    kc[(int64_t)length * d + i] = k[i];
+                    vc[(int64_t)length * d + i] = v[i];
+                }
+                float *sc = scores + (int64_t)bh * S, best = -INFINITY, total = 0.0f;
+                for (int j = first; j <= length; j++) {
+                    sc[j] = dot(q, kc + (int64_t)j * d, d) * scale;
+                    best = sc[j] > best ? sc[j] : best;
+                }
+#pragma omp simd reduction(+ : total)
+                for (int j = first; j <= length; j++) {
+                    sc[j] = exp_nonpositive(sc[j] - best);
+                    total += sc[j];
+                }
+                float *y = att + (int64_t)b * C + hd * d;
+                for (int i = 0; i < d; i++) y[i] = 0.0f;
+                for (int j = first; j <= length; j++) {
+                    const float p = sc[j] / total, *vj = vc + (int64_t)j * d;
+#pragma omp simd
+                    for (int i = 0; i < d; i++) y[i] += p * vj[i];
+                }
+            }
+            matvec(L->proj_w, L->proj_b, att, C, x, C, B, ADD);
+#pragma omp single
+            norm_rows(m, L->norm2_w, L->norm2_b, x, xn, B);
+            if (m->modern)
+                swiglu(L->gate_w, L->up_w, xn, C, h, F, B);
+            else {
+                matvec(L->up_w, L->up_b, xn, C, h, F, B, STORE);
+#pragma omp for simd schedule(static)
+                for (int64_t i = 0; i < (int64_t)B * F; i++) h[i] = gelu(h[i]);
+            }
+            matvec(L->down_w, L->down_b, h, F, x, C, B, ADD);
+        }
+#pragma omp single
+        norm_rows(m, m->normf_w, m->normf_b, x, xn, B);
+        matvec(m->head_w, NULL, xn, C, logits, m->vocab, B, STORE);
+    }
+    return 0;
+}
+
+/* out[i] = gelu(x[i]): the kernel's GELU on its own, for the tests. */
+void bslm_gelu(const float *x, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = gelu(x[i]);
+}

@@ -1,0 +1,157 @@
+"""The C decode step (cpu_decode.py + csrc/decode.c) against PyTorch's model.forward, and the
+rules for when the engine uses it."""
+
+import ctypes
+import os
+import shutil
+
+import pytest
+import torch
+
+from banglaslm import cpu_decode
+from banglaslm.config import build_config
+from banglaslm.cpu_decode import CpuDecoder
+from banglaslm.engine import Engine, SamplingParams
+from banglaslm.model import GPT
+
+if shutil.which(os.environ.get("CC") or "cc") is None:
+    pytest.skip("no C compiler here: the engine runs on PyTorch alone", allow_module_level=True)
+
+
+def model_of(arch: str, block: int = 24, vocab: int = 97) -> GPT:
+    cfg = build_config(overrides={"arch": arch, "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": block,
+                                  "dropout": 0.0, "vocab_size": vocab})
+    torch.manual_seed(0)
+    model = GPT(cfg.model).eval()
+    with torch.no_grad():  # biases and norm weights away from their init, so that they count
+        for name, p in model.named_parameters():
+            if not name.endswith(("qkv.weight", "proj.weight", "up.weight", "down.weight", "gate.weight")):
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("arch", ["gpt", "modern"])
+def test_steps_match_model_forward_with_padding_up_to_a_full_cache(arch):
+    model = model_of(arch)
+    decoder = CpuDecoder.for_model(model)
+    assert decoder is not None
+    block, B = model.config.block_size, 3
+    pad = torch.tensor([0, 2, 5])
+    x = torch.randint(0, 97, (B, block), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ours, ref = model.new_cache(B, pad=pad), model.new_cache(B, pad=pad)
+        model(x[:, :7], cache=ours), model(x[:, :7], cache=ref)  # prefill in PyTorch for both
+        worst = 0.0
+        for t in range(7, block):  # the last step writes the cache's last slot
+            got = decoder.step(ours, x[:, t])
+            want = model(x[:, t:t + 1], cache=ref)[0][:, -1]
+            worst = max(worst, float((got - want).abs().max()))
+            assert ours.length == ref.length == t + 1
+        assert worst < 1e-4, worst
+        for layer in range(model.config.n_layer):  # the same keys and values were stored
+            assert torch.allclose(ours.k[layer], ref.k[layer], atol=1e-5)
+            assert torch.allclose(ours.v[layer], ref.v[layer], atol=1e-5)
+        with pytest.raises(ValueError, match="refused"):  # no slot left: the engine re-prefills first
+            decoder.step(ours, x[:, 0])
+
+
+@pytest.mark.parametrize("arch", ["gpt", "modern"])
+def test_greedy_generation_is_the_same_with_and_without_the_kernel(arch, trained_run):
+    from banglaslm.runfolder import load_model
+
+    tok = load_model(trained_run).tokenizer
+    model = model_of(arch, block=32, vocab=tok.vocab_size)
+    with torch.no_grad():  # peaked, varied distributions: no near-ties for summation order to flip
+        if arch == "gpt":
+            model.tok_emb.weight.mul_(20)
+        else:
+            for linear in (m for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)):
+                linear.weight.mul_(12)
+    params = SamplingParams(max_new_tokens=150, greedy=True)  # past the block: re-prefill, then kernel again
+    prompts = ["আমি", "একদিন সকালে নদীর ধারে"]
+    fast = Engine(model, tok).generate(prompts, params)
+    slow = Engine(model, tok, use_kernel=False).generate(prompts, params)
+    assert [c.token_ids for [c] in fast] == [c.token_ids for [c] in slow]
+    assert all(len(c.token_ids) > 3 * model.config.block_size for [c] in fast)
+
+
+def test_gelu_is_the_exact_one():
+    lib = cpu_decode.library()
+    lib.bslm_gelu.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    x = torch.cat([torch.linspace(-12, 12, 200_001), 1e-3 * torch.randn(10_000),
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-40, 50.0, -50.0, 1e4, -1e4])])
+    out = torch.empty_like(x)
+    lib.bslm_gelu(x.data_ptr(), out.data_ptr(), x.numel())
+    exact = torch.nn.functional.gelu(x.double())
+    bound = 1e-6 * x.double().abs().clamp(min=1.0)  # float32's own rounding is 6e-8 relative
+    assert bool(((out.double() - exact).abs() <= bound).all())
+    # The tanh approximation (what some runtimes use) would not pass: the bound means something.
+    approx = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    assert not bool(((approx - exact).abs() <= bound).all())
+
+
+def count_steps(monkeypatch) -> list:
+    calls = []
+    original = CpuDecoder.step
+
+    def spy(self, cache, tokens):
+        calls.append(tokens.shape[0])
+        return original(self, cache, tokens)
+    monkeypatch.setattr(CpuDecoder, "step", spy)
+    return calls
+
+
+def test_the_engine_uses_it_only_when_it_computes_the_same_thing(trained_run, monkeypatch):
+    from banglaslm.runfolder import load_model
+
+    loaded = load_model(trained_run)
+    params = SamplingParams(max_new_tokens=5, greedy=True)
+    calls = count_steps(monkeypatch)
+    Engine(loaded.model, loaded.tokenizer).generate(["আমি"], params)
+    assert calls == [1] * 4  # the prefill gives the first token; four decode steps
+
+    def used(engine=None, prompt="আমি") -> bool:
+        calls.clear()
+        (engine or Engine(loaded.model, loaded.tokenizer)).generate([prompt], params)
+        return bool(calls)
+
+    assert not used(Engine(loaded.model, loaded.tokenizer, use_kernel=False))
+    hook = loaded.model.blocks[0].register_forward_hook(lambda *a: None)  # someone watches a block
+    try:
+        assert not used()
+    finally:
+        hook.remove()
+    assert used()
+    monkeypatch.setenv("BANGLASLM_KERNEL", "torch")
+    assert not used()
+    monkeypatch.delenv("BANGLASLM_KERNEL")
+    half = GPT(loaded.model.config).to(torch.bfloat16).eval()  # the kernel is float32 only
+    assert not used(Engine(half, loaded.tokenizer))
+
+
+def test_a_missing_or_failing_compiler_falls_back_with_one_line(tmp_path, monkeypatch, capsys, trained_run):
+    from banglaslm.runfolder import load_model
+
+    loaded = load_model(trained_run)
+    params = SamplingParams(max_new_tokens=8, greedy=True)
+    want = Engine(loaded.model, loaded.tokenizer).generate(["আমি"], params)[0][0].token_ids
+    monkeypatch.setenv("BANGLASLM_CACHE", str(tmp_path))
+    for compiler, message in (("no-such-cc", "no C compiler found"), ("false", "failed")):
+        monkeypatch.setattr(cpu_decode, "_library", None)
+        monkeypatch.setattr(cpu_decode, "_failure", None)
+        monkeypatch.setenv("CC", compiler)
+        got = Engine(loaded.model, loaded.tokenizer).generate(["আমি"], params)[0][0].token_ids
+        Engine(loaded.model, loaded.tokenizer).generate(["আমি"], params)  # reported once, not per run
+        err = capsys.readouterr().err
+        assert got == want
+        assert err.count("\n") == 1 and message in err and "PyTorch" in err
+    assert list(tmp_path.rglob("*.so")) == []  # nothing half-built left behind
+
+
+def test_the_build_is_cached_per_source_and_atomic(tmp_path, monkeypatch):
+    monkeypatch.setenv("BANGLASLM_CACHE", str(tmp_path))
+    first = cpu_decode.build()
+    mtime = first.stat().st_mtime_ns
+    assert cpu_decode.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary files
+    ctypes.CDLL(str(first)).bslm_decode_step  # a loadable library with the entry point
