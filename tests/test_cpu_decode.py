@@ -155,3 +155,17 @@ def test_the_build_is_cached_per_source_and_atomic(tmp_path, monkeypatch):
     assert cpu_decode.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary files
     ctypes.CDLL(str(first)).bslm_decode_step  # a loadable library with the entry point
+
+
+def test_the_server_decodes_with_it(trained_run, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from banglaslm.serve import create_app
+
+    calls = count_steps(monkeypatch)
+    with TestClient(create_app(trained_run)) as client:
+        r = client.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 6, "temperature": 0})
+        assert r.status_code == 200
+        tokens = r.json()["usage"]["completion_tokens"]
+    assert len(calls) == tokens - 1 or r.json()["choices"][0]["finish_reason"] == "stop"
+    assert calls  # the cancel / time-out checks do not push it aside

@@ -45,7 +45,7 @@ is drawn. The server turns them into OpenAI's shapes; the playground shows them 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -277,9 +277,13 @@ class _Row:
 class Engine:
     """KV-cached generation for one model and its tokenizer (see the module docstring)."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, keep: int | None = None, use_kernel: bool = True):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, keep: int | None = None, use_kernel: bool = True,
+                 before_step: Callable[[], None] | None = None):
         self.model = model
         self.use_kernel = use_kernel  # False: never the C decode step (see cpu_decode.py)
+        # Called before every prefill and decode step; it may raise to stop the generation
+        # (the server's cancel and time-out checks), whichever path the step takes.
+        self.before_step = before_step or (lambda: None)
         self.tokenizer = tokenizer
         self.block_size = model.config.block_size
         # Tokens a row keeps when its context outgrows the block (the newest one included).
@@ -370,6 +374,7 @@ class Engine:
             # Prefill each prompt once (its n samples share it).
             firsts = rows[::params.n]
             cache = self.model.new_cache(len(firsts))
+            self.before_step()
             logits = self._prefill(cache, firsts)
             cache.repeat_rows(params.n)
             if params.n > 1:
@@ -409,6 +414,7 @@ class Engine:
                     sampler.select(still, keep_t)
                     next_t = next_t.index_select(0, keep_t)
                     active = [active[b] for b in still]
+                self.before_step()
                 if cache.length < self.block_size:
                     logits = fused.step(cache, next_t) if fused else self._forward(cache, next_t[:, None])[:, -1]
                 else:  # the policy past the block size (module docstring)

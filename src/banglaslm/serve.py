@@ -40,7 +40,7 @@ the limit, 408 when a (non-streamed) generation runs past the time-out.
 Concurrency: one dedicated worker thread runs every generation, in arrival order (a FIFO
 queue); torch on a small CPU gains nothing from running requests side by side, and the event
 loop is never blocked. A generation stops when its client goes away (streaming) or when the
-request's time-out passes: the worker checks before every forward pass of the model.
+request's time-out passes: the engine asks the worker before every step of the model.
 
 Safe defaults (`ServerLimits`): bind to 127.0.0.1; optional `Authorization: Bearer KEY`;
 request bodies up to 1 MB; prompts up to 4096 tokens; max_tokens up to 1024 (default 256);
@@ -134,17 +134,17 @@ class _Job:
 
 
 class GenerationWorker:
-    """Runs jobs one at a time, in arrival order, on one thread. A forward pre-hook on the
-    model checks the running job's cancel flag and deadline before every forward pass."""
+    """Runs jobs one at a time, in arrival order, on one thread. The engine calls
+    `check_current` before every step, which stops the running job once it is cancelled or
+    past its deadline."""
 
-    def __init__(self, model):
+    def __init__(self):
         self._queue: queue.Queue = queue.Queue()
         self._current: _Job | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        model.register_forward_pre_hook(self._before_forward)
 
-    def _before_forward(self, module, args):
+    def check_current(self) -> None:
         job = self._current
         if job is not None and threading.current_thread() is self._thread:
             job.check()
@@ -431,8 +431,8 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
     """The FastAPI app serving the model in `run_dir` (see the module docstring)."""
     limits = limits or ServerLimits()
     loaded = load_model(run_dir, which)
-    engine = Engine(loaded.model, loaded.tokenizer)
-    worker = GenerationWorker(loaded.model)
+    worker = GenerationWorker()
+    engine = Engine(loaded.model, loaded.tokenizer, before_step=worker.check_current)
     model_id = model_name or Path(run_dir).resolve().name
     created_at = int(time.time())
 
