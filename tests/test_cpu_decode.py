@@ -75,6 +75,24 @@ def test_greedy_generation_is_the_same_with_and_without_the_kernel(arch, trained
     assert all(len(c.token_ids) > 3 * model.config.block_size for [c] in fast)
 
 
+def test_rows_leaving_and_samples_sharing_a_prompt_give_the_same_tokens(trained_run):
+    """Through the engine: n samples (KVCache.repeat_rows), rows that stop early and leave the
+    batch (KVCache.select), prompts of different lengths (padding), a penalty, past the block."""
+    from banglaslm.runfolder import load_model
+
+    loaded = load_model(trained_run)
+    prompts = ["আমি", "একদিন সকালে নদীর ধারে", "বাংলা"]
+    for params in (SamplingParams(max_new_tokens=70, temperature=1.0, seed=5, n=3, stop=["।"]),
+                   SamplingParams(max_new_tokens=70, greedy=True, n=2, repetition_penalty=1.3)):
+        fast = Engine(loaded.model, loaded.tokenizer).generate(prompts, params)
+        slow = Engine(loaded.model, loaded.tokenizer, use_kernel=False).generate(prompts, params)
+        ids = [[c.token_ids for c in cs] for cs in fast]
+        assert ids == [[c.token_ids for c in cs] for cs in slow]
+        lengths = {len(i) for cs in ids for i in cs}
+        assert len(lengths) > 1 or params.greedy  # sampled rows did leave at different steps
+    assert max(lengths) > loaded.model.config.block_size  # and the last runs went past the block
+
+
 def test_gelu_is_the_exact_one():
     lib = cpu_decode.library()
     lib.bslm_gelu.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
@@ -127,6 +145,22 @@ def test_the_engine_uses_it_only_when_it_computes_the_same_thing(trained_run, mo
     monkeypatch.delenv("BANGLASLM_KERNEL")
     half = GPT(loaded.model.config).to(torch.bfloat16).eval()  # the kernel is float32 only
     assert not used(Engine(half, loaded.tokenizer))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # PyTorch would compute in bf16
+        assert not used()
+    from torch.nn.utils import parametrize
+
+    class Scale(torch.nn.Module):  # weights recomputed on every access, like LoRA by parametrization
+        def forward(self, w):
+            return 2 * w
+    changed = GPT(loaded.model.config).eval()
+    parametrize.register_parametrization(changed.blocks[0].mlp.up, "weight", Scale())
+    assert not used(Engine(changed, loaded.tokenizer))
+    monkeypatch.setattr(torch.nn.LayerNorm, "forward", lambda self, x: x)  # a class-level patch
+    monkeypatch.setattr(torch.nn.RMSNorm, "forward", lambda self, x: x)
+    assert not used()
+    monkeypatch.undo()
+    calls = count_steps(monkeypatch)
+    assert used()
 
 
 def test_a_missing_or_failing_compiler_falls_back_with_one_line(tmp_path, monkeypatch, capsys, trained_run):
@@ -155,6 +189,25 @@ def test_the_build_is_cached_per_source_and_atomic(tmp_path, monkeypatch):
     assert cpu_decode.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary files
     ctypes.CDLL(str(first)).bslm_decode_step  # a loadable library with the entry point
+    assert first.stat().st_mode & 0o777 == 0o755  # loadable by others sharing the cache
+
+
+def test_wrong_shapes_and_torch_defaults(monkeypatch):
+    model = model_of("gpt")
+    decoder = CpuDecoder.for_model(model)
+    with torch.inference_mode():
+        cache = model.new_cache(2)
+        model(torch.zeros(2, 3, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match="do not fit"):  # 3 tokens for a 2-row cache
+            decoder.step(cache, torch.zeros(3, dtype=torch.long))
+        want = model(torch.ones(2, 1, dtype=torch.long), cache=cache)[0][:, -1]
+        cache.length -= 1
+        torch.set_default_dtype(torch.float64)  # buffers must stay float32 whatever the default
+        try:
+            got = decoder.step(cache, torch.ones(2, dtype=torch.long))
+        finally:
+            torch.set_default_dtype(torch.float32)
+        assert got.dtype == torch.float32 and (got - want).abs().max() < 1e-4
 
 
 def test_the_server_decodes_with_it(trained_run, monkeypatch):

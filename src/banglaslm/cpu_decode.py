@@ -10,8 +10,9 @@ large and eager mode is already efficient.
 When the engine uses it (`CpuDecoder.for_model` returns None otherwise and the engine runs
 `model(...)` as before):
 - the model is a plain `GPT` on the CPU in float32, with every tensor contiguous;
-- nothing observes or replaces its forward pass (no forward hooks, no patched `forward`),
-  so anything that wraps the model still sees every step;
+- it is made of the usual modules only, and nothing observes or replaces a forward pass (no
+  forward hooks, no patched `forward`, no parametrizations, no autocast), so anything that
+  wraps or changes the model still sees every step;
 - a C compiler is available (`$CC`, else `cc`) and the build succeeded;
 - the environment does not say `BANGLASLM_KERNEL=torch` (the switch for comparing, or for
   ruling the kernel out when hunting a bug).
@@ -19,8 +20,8 @@ When the engine uses it (`CpuDecoder.for_model` returns None otherwise and the e
 The build: `cc -O3 -march=native -fopenmp -shared`, about a second, cached in
 `$BANGLASLM_CACHE` (default `~/.cache/banglaslm`)/kernels/ under a hash of the source, the
 compiler and this CPU's flags, written to a temporary file and renamed so that concurrent
-first uses never load half a library. The library links the OpenMP runtime PyTorch already
-loaded (same soname), so both share one thread pool. A failed build is reported once on
+first uses never load half a library. The library links libgomp; where PyTorch ships its own
+under that soname (the Linux wheels), the two share one thread pool. A failed build is reported once on
 stderr, and generation goes on in PyTorch.
 
 Numerics: the same float32 arithmetic in a different summation order, so logits agree with
@@ -34,6 +35,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -42,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from .model import GPT, KVCache
+from .model import GPT, MLP, Block, CausalSelfAttention, KVCache
 
 SOURCE = Path(__file__).with_name("csrc") / "decode.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
@@ -83,11 +85,11 @@ def _cpu_flags() -> str:
 def build(compiler: str | None = None) -> Path:
     """Compile csrc/decode.c for this machine (or find it already built); the library's path.
     Raises RuntimeError with the compiler's message when the build fails."""
-    cc = compiler or os.environ.get("CC") or "cc"
-    if shutil.which(cc) is None:
-        raise RuntimeError(f"no C compiler found ({cc!r}); install gcc or set CC")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), _cpu_flags()]).encode())
+    cc = shlex.split(compiler or os.environ.get("CC") or "cc")  # CC may carry arguments ("ccache gcc")
+    if not cc or shutil.which(cc[0]) is None:
+        raise RuntimeError(f"no C compiler found ({' '.join(cc)!r}); install gcc or set CC")
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cc, version, " ".join(FLAGS), _cpu_flags()]).encode())
     target = _cache_dir() / f"decode-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -95,9 +97,11 @@ def build(compiler: str | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        done = subprocess.run([*cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                              timeout=300)
         if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {done.stderr.strip()[:500]}")
+            raise RuntimeError(f"{' '.join(cc)} failed: {done.stderr.strip()[:500]}")
+        os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep others sharing the cache from loading it
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -123,20 +127,33 @@ def library() -> ctypes.CDLL | None:
             lib.bslm_scratch_floats.restype = ctypes.c_int64
             lib.bslm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32]
             _library = lib
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # SubprocessError: a time-out
             _failure = str(e).splitlines()[0] if str(e) else type(e).__name__
             print(f"banglaslm: the C decoding kernel is unavailable ({_failure}); generating with "
                   "PyTorch alone (slower at batch 1)", file=sys.stderr)
     return _library
 
 
-def _observed(model: torch.nn.Module) -> bool:
-    """Whether anything hooks or replaces a forward pass in `model` (then the engine must call it)."""
+# The modules a plain GPT is made of, with the forward each class was defined with: the kernel
+# computes exactly what they compute, and nothing else.
+_PLAIN = {cls: cls.forward for cls in (GPT, Block, CausalSelfAttention, MLP, torch.nn.Linear, torch.nn.Embedding,
+                                        torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.Dropout, torch.nn.ModuleList)}
+
+
+def _plain(model: torch.nn.Module) -> bool:
+    """Whether `model` computes exactly `GPT.forward`: only the usual modules with their own
+    forward methods, nothing hooked, patched or parametrized (e.g. LoRA by parametrization,
+    whose weights are recomputed on every access), and no autocast around the call."""
     from torch.nn.modules import module as nn_module
+    from torch.nn.utils import parametrize
 
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in model.modules())
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    return all(type(m) in _PLAIN and type(m).forward is _PLAIN[type(m)] and "forward" not in vars(m)
+               and not m._forward_hooks and not m._forward_pre_hooks and not parametrize.is_parametrized(m)
+               for m in model.modules())
 
 
 def _ptr(t: torch.Tensor | None):
@@ -149,6 +166,9 @@ class CpuDecoder:
 
     def __init__(self, model: GPT, lib: ctypes.CDLL):
         self.lib, self.model = lib, model
+        # The C side holds raw pointers: keep every tensor they point into alive for as long as
+        # this decoder lives, even if the model's weights are replaced meanwhile.
+        self.tensors = tuple(model.parameters()) + tuple(model.buffers())
         cfg = model.config
         self.modern = cfg.arch == "modern"
         b = model.blocks
@@ -173,7 +193,7 @@ class CpuDecoder:
             self.layers)
         self.ref = ctypes.byref(self.struct)
         self.threads = torch.get_num_threads()
-        self.scratch = torch.empty(0)
+        self.scratch = torch.empty(0, dtype=torch.float32, device="cpu")
         self._cache_lists: tuple | None = None
 
     @classmethod
@@ -184,7 +204,7 @@ class CpuDecoder:
         tensors = list(model.parameters()) + list(model.buffers())
         if any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
             return None
-        if _observed(model):
+        if not _plain(model):
             return None
         lib = library()
         return None if lib is None else cls(model, lib)
@@ -194,21 +214,26 @@ class CpuDecoder:
         `length` stored tokens; stores their keys/values and advances the cache, like
         `model(tokens[:, None])` with the cache attached."""
         B = tokens.shape[0]
-        tokens = tokens.to(torch.int64).contiguous()
+        cfg = self.model.config
+        expected = (B, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        if tokens.dim() != 1 or cache.batch_size != B or tuple(cache.k[0].shape) != expected:
+            raise ValueError(f"tokens {tuple(tokens.shape)} do not fit a cache of shape {tuple(cache.k[0].shape)}")
+        tokens = tokens.to(device="cpu", dtype=torch.int64).contiguous()
         pad = cache.pad
         if pad is not None:
-            pad = pad.to(torch.int64).contiguous()
+            pad = pad.to(device="cpu", dtype=torch.int64).contiguous()
         lists = (cache.k, cache.v)
         if self._cache_lists is None or self._cache_lists[0] is not lists[0] or self._cache_lists[1] is not lists[1]:
-            if not all(t.is_contiguous() and t.dtype == torch.float32 for t in cache.k + cache.v):
+            if not all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu"
+                       and t.shape == cache.k[0].shape for t in cache.k + cache.v):
                 raise ValueError("the KV cache must be contiguous float32 for the C kernel")
             self._k = (ctypes.c_void_p * len(cache.k))(*[t.data_ptr() for t in cache.k])
             self._v = (ctypes.c_void_p * len(cache.v))(*[t.data_ptr() for t in cache.v])
             self._cache_lists = lists
         need = self.lib.bslm_scratch_floats(self.ref, B)
-        if self.scratch.numel() < need:
-            self.scratch = torch.empty(need)
-        logits = torch.empty(B, self.struct.vocab)
+        if self.scratch.numel() < need:  # float32 on the CPU whatever torch's defaults are
+            self.scratch = torch.empty(need, dtype=torch.float32, device="cpu")
+        logits = torch.empty(B, self.struct.vocab, dtype=torch.float32, device="cpu")
         status = self.lib.bslm_decode_step(
             self.ref, B, cache.length, tokens.data_ptr(), None if pad is None else pad.data_ptr(),
             self._k, self._v, logits.data_ptr(), self.scratch.data_ptr(), self.threads)

@@ -85,7 +85,8 @@ enum { STORE, ADD };
 /* e^x for x <= 0, vectorizable (libm's expf is not, without -ffast-math): x = n ln2 + r with
  * |r| <= ln2 / 2, e^r by its Taylor series to r^7 (error < 1e-8), 2^n put in the exponent. */
 static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x; /* e^-87 is 1.6e-38, the smallest normal float's size */
+    x = x >= -87.0f ? x : -87.0f; /* e^-87 is 1.6e-38, about the smallest normal float; also
+                                      * maps NaN to a number, so the int conversion below is defined */
     const float n = rintf(x * 1.44269504088896341f);
     const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-6f; /* ln2 in two parts */
     float p = 1.0f / 5040.0f;
@@ -100,15 +101,16 @@ static inline float exp_nonpositive(float x) {
     return p * two_n.f;
 }
 
-/* The exact (erf) GELU that F.gelu computes. erf by Abramowitz & Stegun 7.1.26 (absolute
- * error below 1.5e-7, inside float32's own rounding at the sizes that matter); being built
- * from multiplies and one exponential, a loop over it vectorizes. */
+/* The exact (erf) GELU that F.gelu computes: 0.5 v (1 + erf(v / sqrt 2)). With z = |v| / sqrt 2,
+ * 1 - erf(z) = tail(z) e^(-z^2) by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7),
+ * so 1 + erf = 2 - tail e^(-z^2) for v >= 0 and tail e^(-z^2) for v < 0 (no cancellation in
+ * the negative tail). Built from multiplies and one exponential, a loop over it vectorizes. */
 static inline float gelu(float v) {
     const float z = fabsf(v) * 0.70710678118654752f;
     const float t = 1.0f / (1.0f + 0.3275911f * z);
     const float tail = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-    const float erf_z = 1.0f - tail * exp_nonpositive(-z * z);
-    return 0.5f * v * (1.0f + copysignf(erf_z, v));
+    const float below = tail * exp_nonpositive(-z * z); /* 1 - erf(z) */
+    return 0.5f * v * (v >= 0.0f ? 2.0f - below : below);
 }
 
 static inline float finish(float v, int op, const float *dst) {
@@ -180,7 +182,7 @@ int bslm_decode_step(const Model *m, int32_t B, int32_t length, const int64_t *t
                      const int64_t *pad, float *const *k_cache, float *const *v_cache,
                      float *logits, float *scratch, int32_t threads) {
     const int C = m->n_embd, H = m->n_head, d = C / H, S = m->block, F = m->hidden;
-    if (length < 0 || length >= S || B < 1) return 1;
+    if (length < 0 || length >= S || B < 1 || threads < 1) return 1;
     for (int b = 0; b < B; b++)
         if (tokens[b] < 0 || tokens[b] >= m->vocab || (pad && (pad[b] < 0 || pad[b] > length)))
             return 2;
