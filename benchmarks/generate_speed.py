@@ -2,7 +2,7 @@
 and with PyTorch alone), of a full forward per token (no cache), and of Hugging Face
 transformers' GPT-2 `generate(use_cache=True)`.
 
-    python benchmarks/generate_speed.py [--new-tokens 200] [--prompt-tokens 16] [--repeats 10] [--threads N]
+    python benchmarks/generate_speed.py [--new-tokens 200] [--prompt-tokens 16] [--repeats 15] [--threads N]
 
 Batch 1, fp32, greedy, random weights, all in this process under torch.inference_mode. Our
 model is the "gpt" arch at 6 layers x 6 heads x 384 wide, vocab 8000, block 256: 13.7 M
@@ -112,7 +112,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
     if args.threads:

@@ -156,6 +156,13 @@ def _plain(model: torch.nn.Module) -> bool:
                for m in model.modules())
 
 
+def _int64(t: torch.Tensor) -> torch.Tensor:
+    """`t` as contiguous int64 on the CPU (usually it already is: then no copy, no call)."""
+    if t.dtype == torch.int64 and t.device.type == "cpu" and t.is_contiguous():
+        return t
+    return t.to(device="cpu", dtype=torch.int64).contiguous()
+
+
 def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.cast(t.data_ptr(), _f)
 
@@ -194,6 +201,9 @@ class CpuDecoder:
         self.ref = ctypes.byref(self.struct)
         self.threads = torch.get_num_threads()
         self.scratch = torch.empty(0, dtype=torch.float32, device="cpu")
+        self._scratch_need: dict[int, int] = {}
+        # What every cache row must look like: (n_head, block, head_dim).
+        self.row_shape = (cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
         self._cache_lists: tuple | None = None
 
     @classmethod
@@ -214,14 +224,11 @@ class CpuDecoder:
         `length` stored tokens; stores their keys/values and advances the cache, like
         `model(tokens[:, None])` with the cache attached."""
         B = tokens.shape[0]
-        cfg = self.model.config
-        expected = (B, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
-        if tokens.dim() != 1 or cache.batch_size != B or tuple(cache.k[0].shape) != expected:
+        if tokens.dim() != 1 or cache.batch_size != B or cache.k[0].shape[1:] != self.row_shape:
             raise ValueError(f"tokens {tuple(tokens.shape)} do not fit a cache of shape {tuple(cache.k[0].shape)}")
-        tokens = tokens.to(device="cpu", dtype=torch.int64).contiguous()
-        pad = cache.pad
+        tokens, pad = _int64(tokens), cache.pad
         if pad is not None:
-            pad = pad.to(device="cpu", dtype=torch.int64).contiguous()
+            pad = _int64(pad)
         lists = (cache.k, cache.v)
         if self._cache_lists is None or self._cache_lists[0] is not lists[0] or self._cache_lists[1] is not lists[1]:
             if not all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu"
@@ -230,7 +237,9 @@ class CpuDecoder:
             self._k = (ctypes.c_void_p * len(cache.k))(*[t.data_ptr() for t in cache.k])
             self._v = (ctypes.c_void_p * len(cache.v))(*[t.data_ptr() for t in cache.v])
             self._cache_lists = lists
-        need = self.lib.bslm_scratch_floats(self.ref, B)
+        if B not in self._scratch_need:
+            self._scratch_need[B] = self.lib.bslm_scratch_floats(self.ref, B)
+        need = self._scratch_need[B]
         if self.scratch.numel() < need:  # float32 on the CPU whatever torch's defaults are
             self.scratch = torch.empty(need, dtype=torch.float32, device="cpu")
         logits = torch.empty(B, self.struct.vocab, dtype=torch.float32, device="cpu")
