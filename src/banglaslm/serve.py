@@ -73,6 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .chat import chat_stops, clean_answer, render_chat
+from .cpu_decode import CpuDecoder
 from .engine import Engine, SamplingParams, TokenLogprob, sample_seed
 from .errors import UserError
 from .runfolder import load_model
@@ -433,6 +434,7 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
     loaded = load_model(run_dir, which)
     worker = GenerationWorker()
     engine = Engine(loaded.model, loaded.tokenizer, before_step=worker.check_current)
+    CpuDecoder.for_model(loaded.model)  # build the C decode step now, not in the first request
     model_id = model_name or Path(run_dir).resolve().name
     created_at = int(time.time())
 
