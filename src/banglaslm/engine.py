@@ -15,7 +15,7 @@ How a batch runs:
 - Decode: one forward pass per step over the batch's newest tokens. Rows that finish (end of
   document, a stop string, `max_new_tokens`) leave the batch. On a CPU in float32 a step is
   one call into a compiled C kernel (cpu_decode.py) that does `model.forward`'s arithmetic
-  for one token without PyTorch's per-operator overhead (3x transformers at batch 1; see
+  for one token without PyTorch's per-operator overhead (about 3x transformers at batch 1,
   BENCHMARKS.md). It steps aside, and every step goes through `model(...)`, when anything
   hooks or patches the model's forward, for other devices and dtypes, without a C compiler,
   with `Engine(..., use_kernel=False)` or with BANGLASLM_KERNEL=torch.
