@@ -403,14 +403,14 @@ def test_stream_stops_when_the_client_leaves(server_url, trained_run):
             if full >= 60:
                 break
         assert full >= 60
-        engine = server_app[0].state.engine
-        calls, check = [], engine.before_step
+        batch = server_app[0].state.worker.batch
+        calls, step = [], batch.step
 
-        def slow():  # 20 ms a step (whichever path the steps take): the answer would take over a second
+        def slow():  # 20 ms a step: the whole answer would take over a second
             calls.append(1)
             time.sleep(0.02)
-            check()
-        engine.before_step = slow
+            step()
+        batch.step = slow
         try:
             with http.stream("POST", "/completions", json={**body, "seed": seed, "stream": True}) as r:
                 for line in r.iter_lines():
@@ -422,5 +422,5 @@ def test_stream_stops_when_the_client_leaves(server_url, trained_run):
             assert len(calls) == settled  # nothing runs any more
             assert settled < full // 2
         finally:
-            engine.before_step = check
+            del batch.step  # the class's own again
         assert http.post("/completions", json={"prompt": "আমি", "max_tokens": 3}).status_code == 200

@@ -123,9 +123,10 @@ def library() -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(str(build()))
             lib.bslm_decode_step.restype = ctypes.c_int
-            lib.bslm_decode_step.argtypes = [
-                ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+            lib.bslm_decode_step.argtypes = [  # model, B, length, pad, slot, cache_rows, tokens,
+                ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,  # k, v, logits,
+                ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,  # scratch, threads
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
             lib.bslm_scratch_floats.restype = ctypes.c_int64
             lib.bslm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32]
             _library = lib
@@ -204,6 +205,7 @@ class CpuDecoder:
         self.threads = torch.get_num_threads()
         self.scratch = torch.empty(0, dtype=torch.float32, device="cpu")
         self._scratch_need: dict[int, int] = {}
+        self._lengths = torch.empty(0, dtype=torch.int64)
         # What every cache row must look like: (n_head, block, head_dim).
         self.row_shape = (cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
         self._cache_lists: tuple | None = None
@@ -228,17 +230,41 @@ class CpuDecoder:
         B = tokens.shape[0]
         if tokens.dim() != 1 or cache.batch_size != B or cache.k[0].shape[1:] != self.row_shape:
             raise ValueError(f"tokens {tuple(tokens.shape)} do not fit a cache of shape {tuple(cache.k[0].shape)}")
-        tokens, pad = _int64(tokens), cache.pad
-        if pad is not None:
-            pad = _int64(pad)
         lists = (cache.k, cache.v)
         if self._cache_lists is None or self._cache_lists[0] is not lists[0] or self._cache_lists[1] is not lists[1]:
-            if not all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu"
-                       and t.shape == cache.k[0].shape for t in cache.k + cache.v):
-                raise ValueError("the KV cache must be contiguous float32 for the C kernel")
-            self._k = (ctypes.c_void_p * len(cache.k))(*[t.data_ptr() for t in cache.k])
-            self._v = (ctypes.c_void_p * len(cache.v))(*[t.data_ptr() for t in cache.v])
+            self._k, self._v = self._pointers(cache.k, cache.v)
             self._cache_lists = lists
+        if self._lengths.numel() != B:
+            self._lengths = torch.empty(B, dtype=torch.int64)
+        self._lengths.fill_(cache.length)
+        logits = self._call(B, self._lengths, cache.pad, None, B, tokens, self._k, self._v)
+        cache.length += 1
+        return logits
+
+    def step_rows(self, keys: list[torch.Tensor], values: list[torch.Tensor], tokens: torch.Tensor,
+                  lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Like `step` for rows that each have their own length and cache row: row b's token
+        `tokens[b]` follows the `lengths[b]` tokens stored in row `slots[b]` of every layer's
+        `keys`/`values` (rows, n_head, block, head_dim), at position lengths[b]. Stores its
+        key/value there (the caller advances its lengths); logits (B, vocab)."""
+        B = tokens.shape[0]
+        if tokens.dim() != 1 or lengths.shape != (B,) or slots.shape != (B,) or keys[0].shape[1:] != self.row_shape:
+            raise ValueError(f"tokens {tuple(tokens.shape)}, lengths {tuple(lengths.shape)} and slots "
+                             f"{tuple(slots.shape)} do not fit caches of shape {tuple(keys[0].shape)}")
+        k, v = self._pointers(keys, values)
+        return self._call(B, lengths, None, slots, keys[0].shape[0], tokens, k, v)
+
+    def _pointers(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        if not all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu"
+                   and t.shape == keys[0].shape for t in keys + values):
+            raise ValueError("the KV cache must be contiguous float32 on the CPU for the C kernel")
+        return ((ctypes.c_void_p * len(keys))(*[t.data_ptr() for t in keys]),
+                (ctypes.c_void_p * len(values))(*[t.data_ptr() for t in values]))
+
+    def _call(self, B: int, lengths, pad, slots, cache_rows: int, tokens, k, v) -> torch.Tensor:
+        tokens, lengths = _int64(tokens), _int64(lengths)
+        pad = None if pad is None else _int64(pad)
+        slots = None if slots is None else _int64(slots)
         if B not in self._scratch_need:
             self._scratch_need[B] = self.lib.bslm_scratch_floats(self.ref, B)
         need = self._scratch_need[B]
@@ -246,10 +272,10 @@ class CpuDecoder:
             self.scratch = torch.empty(need, dtype=torch.float32, device="cpu")
         logits = torch.empty(B, self.struct.vocab, dtype=torch.float32, device="cpu")
         status = self.lib.bslm_decode_step(
-            self.ref, B, cache.length, tokens.data_ptr(), None if pad is None else pad.data_ptr(),
-            self._k, self._v, logits.data_ptr(), self.scratch.data_ptr(), self.threads)
+            self.ref, B, lengths.data_ptr(), None if pad is None else pad.data_ptr(),
+            None if slots is None else slots.data_ptr(), cache_rows, tokens.data_ptr(), k, v,
+            logits.data_ptr(), self.scratch.data_ptr(), self.threads)
         if status != 0:  # the engine never asks for these; a bug if it happens
-            raise ValueError(f"C decode step refused its input (status {status}: length {cache.length}, "
+            raise ValueError(f"C decode step refused its input (status {status}: lengths {lengths.tolist()}, "
                              f"block {self.struct.block}, tokens {tokens.tolist()})")
-        cache.length += 1
         return logits

@@ -45,7 +45,7 @@ is drawn. The server turns them into OpenAI's shapes; the playground shows them 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -195,10 +195,10 @@ def sample_seed(seed: int, sample: int) -> int:
     return (seed * 6364136223846793005 + sample * 1442695040888963407) % (2**63 - 1)
 
 
-class _Sampler:
+class Sampler:
     """Picks the next token of every active row; keeps the per-row penalty state."""
 
-    def __init__(self, params: SamplingParams, rows: list["_Row"], vocab: int, device):
+    def __init__(self, params: SamplingParams, rows: list["Row"], vocab: int, device):
         self.params = params
         B = len(rows)
         self.seen = self.counts = None
@@ -263,7 +263,7 @@ class _Sampler:
 # ---- the engine ----------------------------------------------------------------------------
 
 @dataclass
-class _Row:
+class Row:
     """One sequence being generated: sample `sample` of prompt `prompt`."""
     prompt: int
     sample: int
@@ -279,13 +279,9 @@ class _Row:
 class Engine:
     """KV-cached generation for one model and its tokenizer (see the module docstring)."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, keep: int | None = None, use_kernel: bool = True,
-                 before_step: Callable[[], None] | None = None):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, keep: int | None = None, use_kernel: bool = True):
         self.model = model
         self.use_kernel = use_kernel  # False: never the C decode step (see cpu_decode.py)
-        # Called before every prefill and decode step; it may raise to stop the generation
-        # (the server's cancel and time-out checks), whichever path the step takes.
-        self.before_step = before_step or (lambda: None)
         self.tokenizer = tokenizer
         self.block_size = model.config.block_size
         # Tokens a row keeps when its context outgrows the block (the newest one included).
@@ -321,13 +317,18 @@ class Engine:
             pass
         out: list[list[Completion]] = [[] for _ in contexts]
         for row in rows:
-            if params.stop:  # the decoder followed along: nothing taken yet, finish() is all
-                text = row.decoder.finish(row.stop_at)
-            else:
-                text = tidy_end(self.tokenizer.decode(row.generated))
-            logprobs = row.logprobs if params.logprobs is not None else None
-            out[row.prompt].append(Completion(text, row.generated, row.finish_reason, logprobs))
+            out[row.prompt].append(self.completion(row, params))
         return out
+
+    def completion(self, row: "Row", params: SamplingParams) -> Completion:
+        """The finished `row` as a Completion (its decoder must have followed along if
+        `params.stop`: then nothing has been taken from it yet, and finish() is all)."""
+        if params.stop:
+            text = row.decoder.finish(row.stop_at)
+        else:
+            text = tidy_end(self.tokenizer.decode(row.generated))
+        logprobs = row.logprobs if params.logprobs is not None else None
+        return Completion(text, row.generated, row.finish_reason, logprobs)
 
     def stream(self, prompt: str, params: SamplingParams | None = None) -> Iterator[str]:
         """The continuation of one prompt, as pieces of text that are safe to show as they come
@@ -349,35 +350,29 @@ class Engine:
         stops, start = params.stop, 0
         for ids, logprobs in self._run(rows, params, track_text=True):
             end = len(row.decoder.text)
-            if row.finish_reason is not None:
-                text = row.decoder.finish(row.stop_at)
-            else:
-                text = row.decoder.take(_stop_holdback(row.decoder.text, stops))
-            yield Step(ids[0], text, row.finish_reason, logprobs[0] if logprobs else None, start)
+            yield Step(ids[0], shown_text(row, stops), row.finish_reason, logprobs[0] if logprobs else None, start)
             start = end
 
     # ---- the loop --------------------------------------------------------------------------
-    def _rows(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[_Row]:
-        return [_Row(p, j, list(ids), max(0, len(ids) - self.block_size), StreamDecoder(self.tokenizer))
+    def _rows(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Row]:
+        return [Row(p, j, list(ids), max(0, len(ids) - self.block_size), StreamDecoder(self.tokenizer))
                 for p, ids in enumerate(prompt_ids) for j in range(params.n)]
 
     # As a decorator, inference_mode is on only while the generator runs, not between steps.
     @torch.inference_mode()
-    def _run(self, rows: list[_Row], params: SamplingParams, track_text: bool = False):
+    def _run(self, rows: list[Row], params: SamplingParams, track_text: bool = False):
         """Generate into `rows`; yield (sampled ids, TokenLogprobs or None) of the active rows per step.
         `track_text`: feed each row's stream decoder as tokens come (streaming, stop strings)."""
-        eod, stops = self.tokenizer.eod_id, params.stop
-        longest_stop = max((len(s) for s in stops), default=0)
+        eod = self.tokenizer.eod_id
         with self._eval_mode():
-            sampler = _Sampler(params, rows, self.model.config.vocab_size, self.device)
+            sampler = Sampler(params, rows, self.model.config.vocab_size, self.device)
             # Decode steps in one C call on CPUs when the kernel can run this model exactly
             # (cpu_decode.py); None: every step through model(...).
             fused = CpuDecoder.for_model(self.model) if self.use_kernel else None
             # Prefill each prompt once (its n samples share it).
             firsts = rows[::params.n]
             cache = self.model.new_cache(len(firsts))
-            self.before_step()
-            logits = self._prefill(cache, firsts)
+            logits = self.prefill(cache, firsts)
             cache.repeat_rows(params.n)
             if params.n > 1:
                 logits = logits.repeat_interleave(params.n, dim=0)
@@ -386,27 +381,8 @@ class Engine:
                 next_t, logprobs = sampler(logits)
                 next_ids = next_t.tolist()  # the one sync per step
                 sampler.update(next_t)
-                still: list[int] = []
-                for b, (r, token) in enumerate(zip(active, next_ids)):
-                    row = rows[r]
-                    if token == eod:
-                        row.finish_reason = FINISH_STOP
-                        continue
-                    row.generated.append(token)
-                    row.context.append(token)
-                    if logprobs is not None:
-                        row.logprobs.append(logprobs[b])
-                    if track_text:
-                        before = len(row.decoder.text)
-                        row.decoder.feed(token)
-                        if stops:
-                            row.stop_at = _find_stop(row.decoder.text, stops, before - longest_stop + 1)
-                    if row.stop_at is not None:
-                        row.finish_reason = FINISH_STOP
-                    elif len(row.generated) >= params.max_new_tokens:
-                        row.finish_reason = FINISH_LENGTH
-                    else:
-                        still.append(b)
+                still = [b for b, (r, token) in enumerate(zip(active, next_ids))
+                         if accept_token(rows[r], token, logprobs[b] if logprobs else None, params, eod, track_text)]
                 yield next_ids, logprobs
                 if not still:
                     return
@@ -416,17 +392,16 @@ class Engine:
                     sampler.select(still, keep_t)
                     next_t = next_t.index_select(0, keep_t)
                     active = [active[b] for b in still]
-                self.before_step()
                 if cache.length < self.block_size:
-                    logits = fused.step(cache, next_t) if fused else self._forward(cache, next_t[:, None])[:, -1]
+                    logits = fused.step(cache, next_t) if fused else self.forward(cache, next_t[:, None])[:, -1]
                 else:  # the policy past the block size (module docstring)
                     for r in active:
                         row = rows[r]
                         if len(row.context) - row.start > self.block_size:
                             row.start = len(row.context) - self.keep
-                    logits = self._prefill(cache, [rows[r] for r in active])
+                    logits = self.prefill(cache, [rows[r] for r in active])
 
-    def _prefill(self, cache: KVCache, rows: list[_Row]) -> torch.Tensor:
+    def prefill(self, cache: KVCache, rows: list[Row]) -> torch.Tensor:
         """Refill `cache` from the rows' windows (left-padded); last-position logits (B, V)."""
         windows = [row.context[row.start:] for row in rows]
         width = max(len(w) for w in windows)
@@ -435,9 +410,9 @@ class Engine:
                            dtype=torch.long, device=self.device)
         assert cache.batch_size == len(rows)
         cache.reset(torch.tensor(pad, device=self.device))
-        return self._forward(cache, idx)[:, -1]
+        return self.forward(cache, idx)[:, -1]
 
-    def _forward(self, cache: KVCache, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, cache: KVCache, idx: torch.Tensor) -> torch.Tensor:
         # Through model(...) → model.forward, so wrappers of forward see every call (and a
         # wrapped model never gets the C kernel: CpuDecoder.for_model checks).
         with self.model.use_cache(cache):
@@ -453,6 +428,42 @@ class Engine:
             yield
         finally:
             self.model.train(was_training)
+
+
+def accept_token(row: Row, token: int, logprob: TokenLogprob | None, params: SamplingParams, eod: int,
+                 track_text: bool) -> bool:
+    """Record one sampled token in `row` and decide whether the row goes on: it stops at end of
+    document, at a stop string (when `track_text`: its stream decoder follows the tokens) or at
+    `max_new_tokens`, and `row.finish_reason` says which."""
+    if token == eod:
+        row.finish_reason = FINISH_STOP
+        return False
+    row.generated.append(token)
+    row.context.append(token)
+    if logprob is not None:
+        row.logprobs.append(logprob)
+    if track_text:
+        before = len(row.decoder.text)
+        row.decoder.feed(token)
+        if params.stop:
+            longest = max(len(s) for s in params.stop)
+            row.stop_at = _find_stop(row.decoder.text, params.stop, before - longest + 1)
+    if row.stop_at is not None:
+        row.finish_reason = FINISH_STOP
+    elif len(row.generated) >= params.max_new_tokens:
+        row.finish_reason = FINISH_LENGTH
+    else:
+        return True
+    return False
+
+
+def shown_text(row: Row, stops: list[str]) -> str:
+    """The text of a streamed row that became safe to show since the last call: whole
+    characters and grapheme clusters, nothing that could still grow into a stop string; at
+    the end, everything up to the stop string."""
+    if row.finish_reason is not None:
+        return row.decoder.finish(row.stop_at)
+    return row.decoder.take(_stop_holdback(row.decoder.text, stops))
 
 
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:

@@ -52,7 +52,9 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import collections
 import contextlib
+import functools
 import math
 import hmac
 import json
@@ -72,9 +74,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .batching import Batch, Sequence
 from .chat import chat_stops, clean_answer, render_chat
 from .cpu_decode import CpuDecoder
-from .engine import Engine, SamplingParams, TokenLogprob, sample_seed
+from .engine import Completion, Engine, SamplingParams, Step, TokenLogprob, sample_seed
 from .errors import UserError
 from .runfolder import load_model
 
@@ -87,6 +90,7 @@ class ServerLimits:
     default_max_tokens: int = 256     # when a request does not say
     max_n: int = 8
     max_stop: int = 4
+    max_batch: int = 16               # generations decoded together; more wait their turn
     request_timeout_s: float = 300.0
 
 
@@ -114,6 +118,13 @@ class _Stopped(Exception):
     """Raised inside the worker when a generation is cancelled or out of time."""
 
 
+def _settle(done: Callable[[Any, BaseException | None], None], result, error) -> None:
+    try:
+        done(result, error)
+    except Exception:  # noqa: BLE001 - the request's event loop is gone
+        pass
+
+
 # ---- the worker thread ---------------------------------------------------------------------
 
 class _Job:
@@ -122,6 +133,7 @@ class _Job:
         self.deadline = deadline
         self.cancelled = threading.Event()
         self.timed_out = False
+        self.finished = False  # set when its generations have all ended
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -134,21 +146,27 @@ class _Job:
             raise _Stopped("timed out")
 
 
-class GenerationWorker:
-    """Runs jobs one at a time, in arrival order, on one thread. The engine calls
-    `check_current` before every step, which stops the running job once it is cancelled or
-    past its deadline."""
+class _Admit:
+    """What a job returns to start generations: they join the batch, and the job is done
+    when `settle` is called (by the sequences' callbacks)."""
 
-    def __init__(self):
+    def __init__(self, sequences: list[Sequence]):
+        self.sequences = sequences
+
+
+class GenerationWorker:
+    """One thread runs everything that touches the model, in arrival order: small jobs (prompt
+    encoding) at once, and generations in a continuous batch (batching.py), where each request
+    joins after its prefill and leaves when it ends. Every sequence checks its job's cancel
+    flag and deadline before each step."""
+
+    def __init__(self, batch: Batch):
+        self.batch = batch
         self._queue: queue.Queue = queue.Queue()
-        self._current: _Job | None = None
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._jobs: list[_Job] = []  # jobs with sequences waiting or running
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-
-    def check_current(self) -> None:
-        job = self._current
-        if job is not None and threading.current_thread() is self._thread:
-            job.check()
 
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -158,28 +176,41 @@ class GenerationWorker:
 
     def _loop(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            job, done = item
-            self._current = job
+            busy = not self.batch.idle or bool(self._waiting)
             try:
-                if job.cancelled.is_set():  # its client left while it waited
-                    raise _Stopped("cancelled")
-                result, error = job.fn(job), None
-            except BaseException as exc:  # handed to the request; the worker lives on
-                result, error = None, exc
-            finally:
-                self._current = None
-            try:
-                done(result, error)
-            except Exception:
-                pass  # the request's event loop is gone
+                item = self._queue.get(block=not busy)
+            except queue.Empty:
+                item = None
+            while item is not None:  # everything that arrived, in order
+                self._take(*item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            while self._waiting and not self.batch.full:
+                self.batch.add(self._waiting.popleft())
+            if not self.batch.idle:
+                self.batch.step()
+            self._jobs = [job for job in self._jobs if not job.finished]
+
+    def _take(self, job: _Job, done: Callable[[Any, BaseException | None], None]) -> None:
+        try:
+            if job.cancelled.is_set():  # its client left while it waited
+                raise _Stopped("cancelled")
+            result = job.fn(job)
+        except BaseException as exc:  # handed to the request; the worker lives on
+            _settle(done, None, exc)
+            return
+        if isinstance(result, _Admit):
+            self._jobs.append(job)
+            self._waiting.extend(result.sequences)
+        else:
+            job.finished = True
+            _settle(done, result, None)
 
     def cancel_current(self) -> None:
-        """Stop the running generation (at shutdown); the idle thread itself is a daemon."""
-        job = self._current
-        if job is not None:
+        """Stop every running or waiting generation (at shutdown); the idle thread itself is a daemon."""
+        for job in list(self._jobs):
             job.cancel()
 
     def submit(self, job: _Job, done: Callable[[Any, BaseException | None], None]) -> None:
@@ -427,14 +458,52 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+class _ChoiceStream:
+    """Turns one streamed choice's steps into ("piece", ...) / ("end", ...) events (see
+    `stream_choices` in create_app). Logprobs go out with the piece that holds the start of
+    their token's text, so a click on a piece shows the choices that produced it."""
+
+    def __init__(self, index: int, eod: int, strip_leading: bool, job: _Job,
+                 emit: Callable[[tuple], None], end: Callable[[int, BaseException | None], None]):
+        self.index, self.eod, self.job, self.emit, self.end = index, eod, job, emit, end
+        self.tokens, self.sent, self.shown = 0, 0, not strip_leading
+        self.pending: list[tuple[int, TokenLogprob]] = []
+
+    def sequence(self, ids: list[int], params: SamplingParams) -> Sequence:
+        return Sequence(ids, params, on_step=self.on_step, on_done=self.on_done, check=self.job.check)
+
+    def on_step(self, step: Step) -> None:
+        if step.token_id != self.eod:  # as Completion.token_ids
+            self.tokens += 1
+            if step.logprob is not None:
+                self.pending.append((step.start, step.logprob))
+        text = step.text
+        self.sent += len(text)
+        if not self.shown and text:
+            text = text.lstrip()
+            self.shown = bool(text)
+        if text:
+            self.emit(("piece", self.index, text, [lp for start, lp in self.pending if start < self.sent]))
+            self.pending = [(start, lp) for start, lp in self.pending if start >= self.sent]
+
+    def on_done(self, completion: Completion | None, error: BaseException | None) -> None:
+        rest = [lp for _, lp in self.pending]
+        if completion is not None:
+            self.emit(("end", self.index, completion.finish_reason, self.tokens, rest))
+        elif isinstance(error, _Stopped) and self.job.timed_out:  # out of time: what came is the answer
+            self.emit(("end", self.index, "length", self.tokens, rest))
+            error = None
+        self.end(self.index, error)
+
+
 def create_app(run_dir, api_key: str | None = None, model_name: str | None = None,
                limits: ServerLimits | None = None, which: str = "best") -> FastAPI:
     """The FastAPI app serving the model in `run_dir` (see the module docstring)."""
     limits = limits or ServerLimits()
     loaded = load_model(run_dir, which)
-    worker = GenerationWorker()
-    engine = Engine(loaded.model, loaded.tokenizer, before_step=worker.check_current)
+    engine = Engine(loaded.model, loaded.tokenizer)
     CpuDecoder.for_model(loaded.model)  # build the C decode step now, not in the first request
+    worker = GenerationWorker(Batch(engine, capacity=limits.max_batch))
     model_id = model_name or Path(run_dir).resolve().name
     created_at = int(time.time())
 
@@ -490,14 +559,54 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
     def new_job(fn) -> _Job:
         return _Job(fn, time.monotonic() + limits.request_timeout_s)
 
+    def samples(params: SamplingParams) -> list[SamplingParams]:
+        """One SamplingParams per choice, each with its own seed (as Engine does for n samples)."""
+        base = params.seed if params.seed is not None else random.randrange(2**62)
+        return [SamplingParams(**{**params.__dict__, "n": 1, "seed": sample_seed(base, i)}) for i in range(params.n)]
+
     async def generate(prompt: str, params: SamplingParams):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(result, error):
+            if future.done():
+                return
+            if isinstance(error, _Stopped) and job.timed_out:
+                error = APIError(408, "the generation took longer than the server's time-out",
+                                 type="timeout_error", code="timeout")
+            elif isinstance(error, UserError):
+                error = APIError(400, str(error), code="invalid_value")
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
         def work(job: _Job):
             ids = encode(prompt)
-            try:
-                return ids, engine.generate_ids([ids], params)[0]
-            except UserError as exc:
-                raise APIError(400, str(exc), code="invalid_value") from None
-        return await worker.run(new_job(work))
+            outs: dict[int, Completion] = {}
+
+            def collect(index: int, completion: Completion | None, error: BaseException | None) -> None:
+                if job.finished:
+                    return
+                if error is not None:
+                    job.finished = True
+                    job.cancel()  # the other choices stop too
+                    loop.call_soon_threadsafe(settle, None, error)
+                    return
+                outs[index] = completion
+                if len(outs) == params.n:
+                    job.finished = True
+                    loop.call_soon_threadsafe(settle, (ids, [outs[i] for i in range(params.n)]), None)
+            return _Admit([Sequence(ids, one, check=job.check, on_done=functools.partial(collect, i))
+                           for i, one in enumerate(samples(params))])
+
+        job = new_job(work)
+        worker.submit(job, lambda r, e: loop.call_soon_threadsafe(settle, r, e))
+        try:
+            return await future
+        finally:
+            if not future.done():  # the request was cancelled while waiting
+                job.cancel()
 
     async def prepare_stream(prompt: str) -> int:
         def work(job: _Job):
@@ -506,46 +615,11 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
 
     async def stream_choices(request: Request, prompt: str, params: SamplingParams, strip_leading: bool):
         """("piece", index, text, logprobs) and ("end", index, finish_reason, tokens, logprobs)
-        events for every choice, choice after choice (logprobs: the TokenLogprobs of the tokens
-        since the last event, [] unless asked for); the generation runs on the worker and stops
-        if the client goes away."""
+        events for every choice, the choices generated side by side (logprobs: the TokenLogprobs
+        of the tokens since the last event, [] unless asked for); the generation runs on the
+        worker and stops if the client goes away."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        base_seed = params.seed if params.seed is not None else random.randrange(2**62)
-
-        def work(job: _Job):
-            def emit(item):
-                loop.call_soon_threadsafe(events.put_nowait, item)
-            for index in range(params.n):
-                one = SamplingParams(**{**params.__dict__, "n": 1, "seed": sample_seed(base_seed, index)})
-                tokens, finish, shown = 0, "length", not strip_leading
-                # Logprobs go out with the piece that holds the start of their token's text, so
-                # a click on a piece shows the choices that produced it.
-                sent, pending = 0, []
-                try:
-                    for step in engine.stream_steps(prompt, one):
-                        if step.token_id != engine.tokenizer.eod_id:  # as Completion.token_ids
-                            tokens += 1
-                            if step.logprob is not None:
-                                pending.append((step.start, step.logprob))
-                        text = step.text
-                        sent += len(text)
-                        if not shown and text:
-                            text = text.lstrip()
-                            shown = bool(text)
-                        if text:
-                            emit(("piece", index, text, [lp for start, lp in pending if start < sent]))
-                            pending = [(start, lp) for start, lp in pending if start >= sent]
-                        if step.finish_reason is not None:
-                            finish = step.finish_reason
-                except _Stopped:
-                    if not job.timed_out:
-                        raise
-                    emit(("end", index, "length", tokens, [lp for _, lp in pending]))
-                    return
-                emit(("end", index, finish, tokens, [lp for _, lp in pending]))
-
-        job = new_job(work)
         done = asyncio.Event()
         outcome: dict = {}
 
@@ -555,6 +629,26 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
                 done.set()
             loop.call_soon_threadsafe(settle)
 
+        def emit(item):
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        def work(job: _Job):
+            ids = encode(prompt)
+            ended: set[int] = set()
+
+            def end(index: int, error: BaseException | None) -> None:
+                ended.add(index)
+                if error is not None and not job.finished:
+                    job.finished = True
+                    job.cancel()  # the other choices stop too
+                    finished(None, error)
+                elif len(ended) == params.n and not job.finished:
+                    job.finished = True
+                    finished(None, None)
+            return _Admit([_ChoiceStream(index, engine.tokenizer.eod_id, strip_leading, job, emit, end).sequence(ids, one)
+                           for index, one in enumerate(samples(params))])
+
+        job = new_job(work)
         worker.submit(job, finished)
         checked = time.monotonic()
         try:

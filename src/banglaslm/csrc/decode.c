@@ -15,7 +15,7 @@
  *
  * Layout conventions (all row-major, contiguous, float32):
  *   linear weights (out, in) as in torch.nn.Linear; y = W x + b
- *   KV cache per layer: (B, n_head, block, head_dim); slot `length` receives the new token
+ *   KV cache per layer: (rows, n_head, block, head_dim); slot `length` receives the new token
  *   rope tables: (block, head_dim) in the "rotate half" layout
  */
 #include <math.h>
@@ -175,17 +175,24 @@ static void rope(const Model *m, float *v, int pos, int d) {
     }
 }
 
-/* One token per row: rows b = 0..B-1 hold `length` cached slots of which the first pad[b]
- * are padding; their new tokens are tokens[b] at position length - pad[b]. Writes the new
- * keys/values into slot `length` of every layer's cache and the logits (B, vocab). */
-int bslm_decode_step(const Model *m, int32_t B, int32_t length, const int64_t *tokens,
-                     const int64_t *pad, float *const *k_cache, float *const *v_cache,
-                     float *logits, float *scratch, int32_t threads) {
+/* One token per row. Row b lives in row slot[b] of every layer's cache (slot NULL: row b),
+ * which holds length[b] filled slots, the first pad[b] of them padding (pad NULL: none); its
+ * new token tokens[b] sits at position length[b] - pad[b]. Writes the new keys/values into
+ * slot length[b] of that cache row and the logits (B, vocab). `cache_rows`: how many rows
+ * the cache buffers have. Returns non-zero, touching nothing, for input out of range. */
+int bslm_decode_step(const Model *m, int32_t B, const int64_t *length, const int64_t *pad,
+                     const int64_t *slot, int32_t cache_rows, const int64_t *tokens,
+                     float *const *k_cache, float *const *v_cache, float *logits, float *scratch,
+                     int32_t threads) {
     const int C = m->n_embd, H = m->n_head, d = C / H, S = m->block, F = m->hidden;
-    if (length < 0 || length >= S || B < 1 || threads < 1) return 1;
-    for (int b = 0; b < B; b++)
-        if (tokens[b] < 0 || tokens[b] >= m->vocab || (pad && (pad[b] < 0 || pad[b] > length)))
-            return 2;
+    if (B < 1 || threads < 1) return 1;
+    for (int b = 0; b < B; b++) {
+        if (length[b] < 0 || length[b] >= S || (pad && (pad[b] < 0 || pad[b] > length[b]))) return 1;
+        if (tokens[b] < 0 || tokens[b] >= m->vocab) return 2;
+        if ((slot ? slot[b] : b) < 0 || (slot ? slot[b] : b) >= cache_rows) return 3;
+        for (int a = 0; slot && a < b; a++)
+            if (slot[a] == slot[b]) return 3; /* two rows writing one cache row */
+    }
     float *x = scratch, *xn = x + (int64_t)B * C, *qkv = xn + (int64_t)B * C;
     float *att = qkv + (int64_t)B * 3 * C, *h = att + (int64_t)B * C, *scores = h + (int64_t)B * F;
     const float scale = 1.0f / sqrtf((float)d);
@@ -194,7 +201,7 @@ int bslm_decode_step(const Model *m, int32_t B, int32_t length, const int64_t *t
     {
 #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) {
-            const int pos = length - (pad ? (int)pad[b] : 0);
+            const int pos = (int)length[b] - (pad ? (int)pad[b] : 0);
             const float *te = m->tok_emb + tokens[b] * C;
             for (int i = 0; i < C; i++)
                 x[(int64_t)b * C + i] = te[i] + (m->pos_emb ? m->pos_emb[(int64_t)pos * C + i] : 0.0f);
@@ -209,30 +216,31 @@ int bslm_decode_step(const Model *m, int32_t B, int32_t length, const int64_t *t
              * cache first, then the query attends to the row's real slots pad..length. */
 #pragma omp for schedule(static)
             for (int bh = 0; bh < B * H; bh++) {
-                const int b = bh / H, hd = bh % H, first = pad ? (int)pad[b] : 0;
+                const int b = bh / H, hd = bh % H, first = pad ? (int)pad[b] : 0, len = (int)length[b];
                 float *q = qkv + (int64_t)b * 3 * C + hd * d, *k = q + C, *v = q + 2 * C;
                 if (m->modern) {
-                    rope(m, q, length - first, d);
-                    rope(m, k, length - first, d);
+                    rope(m, q, len - first, d);
+                    rope(m, k, len - first, d);
                 }
-                float *kc = k_cache[l] + ((int64_t)bh * S) * d, *vc = v_cache[l] + ((int64_t)bh * S) * d;
+                const int64_t row = ((slot ? slot[b] : b) * H + hd) * (int64_t)S * d;
+                float *kc = k_cache[l] + row, *vc = v_cache[l] + row;
                 for (int i = 0; i < d; i++) {
-                    kc[(int64_t)length * d + i] = k[i];
-                    vc[(int64_t)length * d + i] = v[i];
+                    kc[(int64_t)len * d + i] = k[i];
+                    vc[(int64_t)len * d + i] = v[i];
                 }
                 float *sc = scores + (int64_t)bh * S, best = -INFINITY, total = 0.0f;
-                for (int j = first; j <= length; j++) {
+                for (int j = first; j <= len; j++) {
                     sc[j] = dot(q, kc + (int64_t)j * d, d) * scale;
                     best = sc[j] > best ? sc[j] : best;
                 }
 #pragma omp simd reduction(+ : total)
-                for (int j = first; j <= length; j++) {
+                for (int j = first; j <= len; j++) {
                     sc[j] = exp_nonpositive(sc[j] - best);
                     total += sc[j];
                 }
                 float *y = att + (int64_t)b * C + hd * d;
                 for (int i = 0; i < d; i++) y[i] = 0.0f;
-                for (int j = first; j <= length; j++) {
+                for (int j = first; j <= len; j++) {
                     const float p = sc[j] / total, *vj = vc + (int64_t)j * d;
 #pragma omp simd
                     for (int i = 0; i < d; i++) y[i] += p * vj[i];
