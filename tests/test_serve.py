@@ -383,12 +383,23 @@ def test_concurrent_requests_match_serial(oai):
 
     serial = [complete(j) for j in jobs]
     serial_chat = [chat_text(j) for j in jobs]
-    with ThreadPoolExecutor(8) as pool:
-        parallel = list(pool.map(complete, jobs))
-        parallel_chat = list(pool.map(chat_text, jobs))
+    batch = server_app[0].state.worker.batch
+    sizes, step = [], batch.step
+
+    def watched():  # how many generations each decode step served
+        sizes.append(len(batch.live))
+        step()
+    batch.step = watched
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            parallel = list(pool.map(complete, jobs))
+            parallel_chat = list(pool.map(chat_text, jobs))
+    finally:
+        del batch.step
     assert parallel == serial
     assert parallel_chat == serial_chat
     assert len(set(serial)) > 1  # different seeds and prompts really differ
+    assert max(sizes) > 1  # the concurrent requests were decoded together
 
 
 def test_stream_stops_when_the_client_leaves(server_url, trained_run):

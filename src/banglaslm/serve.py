@@ -37,10 +37,13 @@ invalid requests (malformed JSON, wrong types, out-of-range values; FastAPI's 42
 401 for a missing or wrong bearer key, 404 for an unknown model or route, 413 for a body over
 the limit, 408 when a (non-streamed) generation runs past the time-out.
 
-Concurrency: one dedicated worker thread runs every generation, in arrival order (a FIFO
-queue); torch on a small CPU gains nothing from running requests side by side, and the event
-loop is never blocked. A generation stops when its client goes away (streaming) or when the
-request's time-out passes: the engine asks the worker before every step of the model.
+Concurrency: one dedicated worker thread runs everything that touches the model, and the event
+loop is never blocked. Generations run in a continuous batch (batching.py): a request's
+choices join after their prefill, share every decode step with whatever else is running (up
+to `max_batch`; more wait their turn in arrival order) and leave when they end, so aggregate
+throughput grows with concurrency while each answer stays exactly what it would be alone
+(same seed, same text). A generation stops when its client goes away (streaming) or when the
+request's time-out passes: each one checks before every step.
 
 Safe defaults (`ServerLimits`): bind to 127.0.0.1; optional `Authorization: Bearer KEY`;
 request bodies up to 1 MB; prompts up to 4096 tokens; max_tokens up to 1024 (default 256);
