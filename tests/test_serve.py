@@ -213,6 +213,21 @@ def test_timeout_is_408_then_the_server_still_answers(trained_run):
         assert c.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 5}).status_code == 200
 
 
+def test_a_failing_step_fails_its_requests_and_the_server_goes_on(trained_run):
+    app = create_app(trained_run)
+    batch = app.state.worker.batch
+
+    def broken():
+        del batch.step  # fails once, then the class's own step again
+        raise RuntimeError("a bug in a decode step")
+    batch.step = broken
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 20, "temperature": 0}).status_code == 500
+        assert batch.idle and len(batch.free) == batch.capacity  # nothing stuck, every slot free
+        r = c.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 5, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
+
+
 def test_bearer_key(trained_run):
     with TestClient(create_app(trained_run, api_key=KEY)) as c:
         error = assert_openai_error(c.get("/v1/models"), 401)

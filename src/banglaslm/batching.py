@@ -156,6 +156,11 @@ class Batch:
                 self.live.remove(live)
                 self._release(live)
 
+    def abort(self, exc: BaseException) -> None:
+        """End every running sequence with `exc` (after an unexpected error in a step)."""
+        for live in list(self.live):
+            self._drop(live, exc)
+
     # ---- inside ----------------------------------------------------------------------------
     def _choose_path(self) -> None:
         """C decode steps over a shared cache when the kernel can run the model; else each

@@ -121,6 +121,17 @@ class _Stopped(Exception):
     """Raised inside the worker when a generation is cancelled or out of time."""
 
 
+def _request_error(error: BaseException, job: "_Job") -> BaseException:
+    """What a request that failed on the worker answers: 408 past its time-out, 400 for
+    settings the engine refused, anything else as it is."""
+    if isinstance(error, _Stopped) and job.timed_out:
+        return APIError(408, "the generation took longer than the server's time-out",
+                        type="timeout_error", code="timeout")
+    if isinstance(error, UserError):
+        return APIError(400, str(error), code="invalid_value")
+    return error
+
+
 def _settle(done: Callable[[Any, BaseException | None], None], result, error) -> None:
     try:
         done(result, error)
@@ -150,8 +161,8 @@ class _Job:
 
 
 class _Admit:
-    """What a job returns to start generations: they join the batch, and the job is done
-    when `settle` is called (by the sequences' callbacks)."""
+    """What a job returns to start generations: the sequences join the batch, and their own
+    callbacks answer the request (the worker does not)."""
 
     def __init__(self, sequences: list[Sequence]):
         self.sequences = sequences
@@ -190,10 +201,13 @@ class GenerationWorker:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
-            while self._waiting and not self.batch.full:
-                self.batch.add(self._waiting.popleft())
-            if not self.batch.idle:
-                self.batch.step()
+            try:
+                while self._waiting and not self.batch.full:
+                    self.batch.add(self._waiting.popleft())
+                if not self.batch.idle:
+                    self.batch.step()
+            except Exception as exc:  # noqa: BLE001 - a bug: fail what runs (500s), keep serving
+                self.batch.abort(exc)
             self._jobs = [job for job in self._jobs if not job.finished]
 
     def _take(self, job: _Job, done: Callable[[Any, BaseException | None], None]) -> None:
@@ -211,7 +225,7 @@ class GenerationWorker:
             job.finished = True
             _settle(done, result, None)
 
-    def cancel_current(self) -> None:
+    def cancel_all(self) -> None:
         """Stop every running or waiting generation (at shutdown); the idle thread itself is a daemon."""
         for job in list(self._jobs):
             job.cancel()
@@ -228,11 +242,8 @@ class GenerationWorker:
         def settle(result, error):
             if future.done():
                 return
-            if isinstance(error, _Stopped) and job.timed_out:
-                error = APIError(408, "the generation took longer than the server's time-out",
-                                 type="timeout_error", code="timeout")
             if error is not None:
-                future.set_exception(error)
+                future.set_exception(_request_error(error, job))
             else:
                 future.set_result(result)
 
@@ -513,7 +524,7 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        worker.cancel_current()
+        worker.cancel_all()
 
     app = FastAPI(title="banglaslm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.engine, app.state.worker, app.state.limits, app.state.model_id = engine, worker, limits, model_id
@@ -574,13 +585,8 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
         def settle(result, error):
             if future.done():
                 return
-            if isinstance(error, _Stopped) and job.timed_out:
-                error = APIError(408, "the generation took longer than the server's time-out",
-                                 type="timeout_error", code="timeout")
-            elif isinstance(error, UserError):
-                error = APIError(400, str(error), code="invalid_value")
             if error is not None:
-                future.set_exception(error)
+                future.set_exception(_request_error(error, job))
             else:
                 future.set_result(result)
 
