@@ -148,6 +148,7 @@ class _Job:
         self.cancelled = threading.Event()
         self.timed_out = False
         self.finished = False  # set when its generations have all ended
+        self.resolve: Callable[[Any, BaseException | None], None] = lambda result, error: None
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -247,7 +248,9 @@ class GenerationWorker:
             else:
                 future.set_result(result)
 
-        self.submit(job, lambda r, e: loop.call_soon_threadsafe(settle, r, e))
+        # A job that starts generations (_Admit) answers through job.resolve when they end.
+        job.resolve = lambda r, e: loop.call_soon_threadsafe(settle, r, e)
+        self.submit(job, job.resolve)
         try:
             return await future
         finally:
@@ -579,17 +582,6 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
         return [SamplingParams(**{**params.__dict__, "n": 1, "seed": sample_seed(base, i)}) for i in range(params.n)]
 
     async def generate(prompt: str, params: SamplingParams):
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-
-        def settle(result, error):
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(_request_error(error, job))
-            else:
-                future.set_result(result)
-
         def work(job: _Job):
             ids = encode(prompt)
             outs: dict[int, Completion] = {}
@@ -600,22 +592,15 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
                 if error is not None:
                     job.finished = True
                     job.cancel()  # the other choices stop too
-                    loop.call_soon_threadsafe(settle, None, error)
+                    job.resolve(None, error)
                     return
                 outs[index] = completion
                 if len(outs) == params.n:
                     job.finished = True
-                    loop.call_soon_threadsafe(settle, (ids, [outs[i] for i in range(params.n)]), None)
+                    job.resolve((ids, [outs[i] for i in range(params.n)]), None)
             return _Admit([Sequence(ids, one, check=job.check, on_done=functools.partial(collect, i))
                            for i, one in enumerate(samples(params))])
-
-        job = new_job(work)
-        worker.submit(job, lambda r, e: loop.call_soon_threadsafe(settle, r, e))
-        try:
-            return await future
-        finally:
-            if not future.done():  # the request was cancelled while waiting
-                job.cancel()
+        return await worker.run(new_job(work))
 
     async def prepare_stream(prompt: str) -> int:
         def work(job: _Job):
