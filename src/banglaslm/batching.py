@@ -107,7 +107,7 @@ class Batch:
             if seq.check:
                 seq.check()
             logits = self._prefill(live)
-        except BaseException as exc:  # noqa: BLE001 - handed to the sequence's owner
+        except Exception as exc:  # noqa: BLE001 - handed to the sequence's owner (Ctrl-C is not)
             if live is not None:
                 self._release(live)
             self._finish(seq, None, exc)
@@ -126,7 +126,7 @@ class Batch:
             try:
                 if live.seq.check:
                     live.seq.check()
-            except BaseException as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
                 self._drop(live, exc)
                 continue
             (decode if live.length < block else refill).append(live)
@@ -149,7 +149,7 @@ class Batch:
                 row.start = len(row.context) - self.engine.keep
             try:
                 logits[id(live)] = self._prefill(live)
-            except BaseException as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
                 self._drop(live, exc)
         for live in decode + refill:
             if id(live) in logits and not self._advance(live, logits[id(live)]):
@@ -205,7 +205,7 @@ class Batch:
                 live.shown.append(text)
                 seq.on_step(Step(token, text, row.finish_reason, logprob, live.start))
                 live.start = end
-        except BaseException as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
             self._finish(seq, None, exc)
             return False
         live.next_token = token
