@@ -230,14 +230,11 @@ class CpuDecoder:
         B = tokens.shape[0]
         if tokens.dim() != 1 or cache.batch_size != B or cache.k[0].shape[1:] != self.row_shape:
             raise ValueError(f"tokens {tuple(tokens.shape)} do not fit a cache of shape {tuple(cache.k[0].shape)}")
-        lists = (cache.k, cache.v)
-        if self._cache_lists is None or self._cache_lists[0] is not lists[0] or self._cache_lists[1] is not lists[1]:
-            self._k, self._v = self._pointers(cache.k, cache.v)
-            self._cache_lists = lists
         if self._lengths.numel() != B:
             self._lengths = torch.empty(B, dtype=torch.int64)
         self._lengths.fill_(cache.length)
-        logits = self._call(B, self._lengths, cache.pad, None, B, tokens, self._k, self._v)
+        k, v = self._pointers(cache.k, cache.v)
+        logits = self._call(B, self._lengths, cache.pad, None, B, tokens, k, v)
         cache.length += 1
         return logits
 
@@ -255,11 +252,16 @@ class CpuDecoder:
         return self._call(B, lengths, None, slots, keys[0].shape[0], tokens, k, v)
 
     def _pointers(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
-        if not all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu"
-                   and t.shape == keys[0].shape for t in keys + values):
-            raise ValueError("the KV cache must be contiguous float32 on the CPU for the C kernel")
-        return ((ctypes.c_void_p * len(keys))(*[t.data_ptr() for t in keys]),
-                (ctypes.c_void_p * len(values))(*[t.data_ptr() for t in values]))
+        """The C arrays of the per-layer cache pointers, checked and built again only when the
+        lists are new (KVCache.select / repeat_rows replace them; storing in place does not)."""
+        if self._cache_lists is None or self._cache_lists[0] is not keys or self._cache_lists[1] is not values:
+            if not all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu"
+                       and t.shape == keys[0].shape for t in keys + values):
+                raise ValueError("the KV cache must be contiguous float32 on the CPU for the C kernel")
+            self._arrays = ((ctypes.c_void_p * len(keys))(*[t.data_ptr() for t in keys]),
+                            (ctypes.c_void_p * len(values))(*[t.data_ptr() for t in values]))
+            self._cache_lists = (keys, values)  # held, so their ids cannot be reused meanwhile
+        return self._arrays
 
     def _call(self, B: int, lengths, pad, slots, cache_rows: int, tokens, k, v) -> torch.Tensor:
         tokens, lengths = _int64(tokens), _int64(lengths)
