@@ -17,7 +17,7 @@ When the engine uses it (`CpuDecoder.for_model` returns None otherwise and the e
 - the environment does not say `BANGLASLM_KERNEL=torch` (the switch for comparing, or for
   ruling the kernel out when hunting a bug).
 
-The build: `cc -O3 -march=native -fopenmp -shared`, about a second, cached in
+The build: `cc -O3 -march=native -fopenmp -shared`, once, cached in
 `$BANGLASLM_CACHE` (default `~/.cache/banglaslm`)/kernels/ under a hash of the source, the
 compiler and this CPU's flags, written to a temporary file and renamed so that concurrent
 first uses never load half a library. The library links libgomp; where PyTorch ships its own
