@@ -29,8 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from banglaslm.config import build_config  # noqa: E402
-from banglaslm.engine import Engine, SamplingParams  # noqa: E402
+from banglaslm.config import (
+    SamplingParams,  # noqa: E402
+    build_config,  # noqa: E402
+)
+from banglaslm.generation.engine import Engine  # noqa: E402
 from banglaslm.model import GPT  # noqa: E402
 from banglaslm.tokenizer import EOD, Tokenizer  # noqa: E402
 
@@ -39,7 +42,8 @@ VOCAB, BLOCK, LAYERS, HEADS, WIDTH = 8000, 256, 6, 6, 384
 
 def fake_tokenizer(vocab: int) -> Tokenizer:
     """A word-level tokenizer with `vocab` ids (the text does not matter for speed)."""
-    from tokenizers import Tokenizer as HFTokenizer, models
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
 
     vocab_map = {f"t{i}": i for i in range(vocab - 1)} | {EOD: vocab - 1}
     return Tokenizer(HFTokenizer(models.WordLevel(vocab_map, unk_token="t0")), "bench")
@@ -139,7 +143,7 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()  # its pad-token advice does not apply to batch 1
-    from banglaslm.cpu_decode import CpuDecoder
+    from banglaslm.generation.cpu_decode import CpuDecoder
 
     if CpuDecoder.for_model(model) is None:
         sys.exit("the C decode kernel is unavailable here (see the line above): nothing to compare")

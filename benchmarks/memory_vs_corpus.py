@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from train_throughput import fake_data  # noqa: E402
 CHILD = """
 import resource, sys
 from banglaslm.config import build_config
-from banglaslm.trainer import train
+from banglaslm.training.trainer import train
 cfg = build_config("tiny", overrides={"train.max_iters": int(sys.argv[3]), "train.eval_interval": 25})
 train(sys.argv[1], sys.argv[2], cfg, progress=False)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

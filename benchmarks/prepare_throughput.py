@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from banglaslm.prepare import prepare  # noqa: E402
+from banglaslm.data.prepare import prepare  # noqa: E402
 
 BOOKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "bangla-literature"
 

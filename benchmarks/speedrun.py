@@ -36,11 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from banglaslm.config import build_config, parse_set_args  # noqa: E402
-from banglaslm.evaluate import score_tokens  # noqa: E402
-from banglaslm.loader import DataFolder  # noqa: E402
-from banglaslm.prepare import prepare  # noqa: E402
+from banglaslm.data.folder import DataFolder  # noqa: E402
+from banglaslm.data.prepare import prepare  # noqa: E402
+from banglaslm.evaluation.perplexity import score_tokens  # noqa: E402
 from banglaslm.runfolder import load_model  # noqa: E402
-from banglaslm.trainer import train  # noqa: E402
+from banglaslm.training.trainer import train  # noqa: E402
 
 LITERATURE = ROOT.parent / "shared" / "data" / "bangla-literature"
 

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from banglaslm.config import build_config  # noqa: E402
-from banglaslm.trainer import Trainer  # noqa: E402
+from banglaslm.training.trainer import Trainer  # noqa: E402
 
 
 def matmul_peak_gflops(dtype=torch.float32, n=2048, reps=10) -> float:

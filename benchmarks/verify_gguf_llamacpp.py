@@ -51,12 +51,15 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from banglaslm.config import build_config  # noqa: E402
-from banglaslm.corpus import corpus_files  # noqa: E402
-from banglaslm.engine import Engine, SamplingParams  # noqa: E402
-from banglaslm.export_gguf import export_gguf  # noqa: E402
-from banglaslm.normalize import normalize  # noqa: E402
+from banglaslm.config import (
+    SamplingParams,  # noqa: E402
+    build_config,  # noqa: E402
+)
+from banglaslm.data.corpus import corpus_files  # noqa: E402
+from banglaslm.generation.engine import Engine  # noqa: E402
+from banglaslm.interop.gguf_export import export_gguf  # noqa: E402
 from banglaslm.runfolder import load_model  # noqa: E402
+from banglaslm.text import normalize  # noqa: E402
 
 LITERATURE = ROOT.parent / "shared" / "data" / "bangla-literature"
 # Normalized before use. They end mid-sentence, so that the continuations run on rather than
@@ -75,8 +78,8 @@ DTYPES = ("f32", "f16", "q8_0")
 
 
 def train_run(arch: str, root: Path, iters: int) -> Path:
-    from banglaslm.prepare import prepare
-    from banglaslm.trainer import train
+    from banglaslm.data.prepare import prepare
+    from banglaslm.training.trainer import train
 
     data = root / "data"
     if not data.exists():

@@ -50,7 +50,7 @@ def small_books(tmp_path_factory) -> list[Path]:
         names = ["Historic_Charyapad.txt", "MichaelMadhusudanDutta_Poetry_Chaturdashpadi.txt",
                  "RabindranathTagore_Songs_Bhanusimha.txt", "SukumarRay_Poetry_KhaiKhai.txt"]
         return [LITERATURE / n for n in names]
-    from banglaslm.corpus import corpus_dir
+    from banglaslm.data.corpus import corpus_dir
 
     folder = tmp_path_factory.mktemp("embedded_books")
     books = []
@@ -64,7 +64,7 @@ def small_books(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory, small_books) -> Path:
-    from banglaslm.prepare import prepare
+    from banglaslm.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("data") / "d"
     prepare([str(p) for p in small_books], out, vocab_size=600, doc_split="paragraph", progress=False)
@@ -74,7 +74,7 @@ def data_dir(tmp_path_factory, small_books) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, data_dir) -> Path:
     from banglaslm.config import build_config
-    from banglaslm.trainer import train
+    from banglaslm.training.trainer import train
 
     run = tmp_path_factory.mktemp("run") / "r"
     train(data_dir, run, build_config(overrides=TINY_SETTINGS), progress=False)
@@ -90,7 +90,7 @@ def _quiet_tokenizers(monkeypatch):
 def trained_gpt_run(tmp_path_factory, data_dir) -> Path:
     """Like `trained_run`, with the course "gpt" arch (learned positions, LayerNorm, GELU, untied head)."""
     from banglaslm.config import build_config
-    from banglaslm.trainer import train
+    from banglaslm.training.trainer import train
 
     run = tmp_path_factory.mktemp("gpt_run") / "r"
     train(data_dir, run, build_config(overrides={**TINY_SETTINGS, "model.arch": "gpt"}), progress=False)

@@ -4,8 +4,9 @@ different times, each with its own settings, give exactly what they give alone."
 import pytest
 import torch
 
-from banglaslm.batching import Batch, Sequence
-from banglaslm.engine import Engine, SamplingParams
+from banglaslm.config import SamplingParams
+from banglaslm.generation.batching import Batch, Sequence
+from banglaslm.generation.engine import Engine
 from banglaslm.runfolder import load_model
 
 PROMPTS = ["আমি", "একদিন সকালে নদীর ধারে", "বাংলা", "আমার সোনার বাংলা " * 3]
@@ -109,12 +110,12 @@ def test_bad_settings_end_only_that_sequence(loaded):
                        on_done=lambda c, e: results.update(good=c)))
     while not batch.idle:
         batch.step()
-    assert "top-p" in str(results["bad"]) and len(results["good"].token_ids) == 3
+    assert "top_p" in str(results["bad"]) and len(results["good"].token_ids) == 3
     assert batch.free == sorted(batch.free, reverse=True) and len(batch.free) == batch.capacity
 
 
 def test_a_batch_step_is_one_kernel_call(loaded, monkeypatch):
-    from banglaslm.cpu_decode import CpuDecoder
+    from banglaslm.generation.cpu_decode import CpuDecoder
 
     calls = []
     original = CpuDecoder.step_rows

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from banglaslm.chat import chat_loop, chat_stops, clean_answer, render_chat
-from banglaslm.engine import Engine, SamplingParams
+from banglaslm.chat import chat_loop
+from banglaslm.config import SamplingParams
 from banglaslm.errors import UserError
+from banglaslm.generation.chat_template import chat_stops, clean_answer, render_chat
+from banglaslm.generation.engine import Engine
 from banglaslm.runfolder import load_model
 
 

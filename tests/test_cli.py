@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-from conftest import TINY_SETTINGS, set_args
-
 
 def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "banglaslm", *map(str, args)], capture_output=True,

@@ -2,8 +2,8 @@
 
 import unicodedata
 
-from banglaslm.corpus import REGISTERS, corpus_dir, corpus_files
-from banglaslm.normalize import normalize
+from banglaslm.data.corpus import REGISTERS, corpus_dir, corpus_files
+from banglaslm.text import normalize
 
 
 def test_size_and_registers():
@@ -25,6 +25,6 @@ def test_text_is_clean_bangla_already_in_normal_form():
 
 
 def test_corpus_dir_is_a_prepare_input():
-    from banglaslm.sources import resolve_inputs
+    from banglaslm.data.sources import resolve_inputs
 
     assert len(resolve_inputs([str(corpus_dir())])) == len(corpus_files())

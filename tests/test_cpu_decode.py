@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from banglaslm import cpu_decode
-from banglaslm.config import build_config
-from banglaslm.cpu_decode import CpuDecoder
-from banglaslm.engine import Engine, SamplingParams
+from banglaslm.config import SamplingParams, build_config
+from banglaslm.generation import cpu_decode
+from banglaslm.generation.cpu_decode import CpuDecoder
+from banglaslm.generation.engine import Engine
 from banglaslm.model import GPT
 
 if shutil.which(os.environ.get("CC") or "cc") is None:
@@ -213,7 +213,7 @@ def test_wrong_shapes_and_torch_defaults(monkeypatch):
 def test_the_server_decodes_with_it(trained_run, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from banglaslm.serve import create_app
+    from banglaslm.server.app import create_app
 
     calls, original = [], CpuDecoder.step_rows
 

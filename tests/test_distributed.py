@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import TINY_SETTINGS, set_args
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 SETTINGS = {**TINY_SETTINGS, "model.dropout": 0.0, "train.max_iters": 30, "train.eval_interval": 10,

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TINY_SETTINGS, set_args
 
 
@@ -38,7 +37,7 @@ def test_prepare_train_eval_generate(tmp_path, literature):
     rows = [json.loads(l) for l in cli("eval", run, "--text", held_out, "--json").splitlines()]
     import math
 
-    from banglaslm.normalize import normalize
+    from banglaslm.text import normalize
 
     alphabet = len(set(normalize(held_out.read_text(encoding="utf-8"))))
     # Well below a uniform guess over the held-out text's own alphabet (about 6.5 bits).

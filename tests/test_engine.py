@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from banglaslm.config import build_config
-from banglaslm.engine import Engine, SamplingParams, adjust_logits, filter_logits
+from banglaslm.config import SamplingParams, build_config
 from banglaslm.errors import UserError
+from banglaslm.generation.engine import Engine
+from banglaslm.generation.sampling import adjust_logits, filter_logits
 from banglaslm.model import GPT
 from banglaslm.runfolder import load_model
 
@@ -280,13 +281,13 @@ def test_finish_reasons_and_eval_mode(loaded, monkeypatch):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"temperature": 0}, "temperature must be > 0"),
-    ({"top_p": 0}, r"top-p must be in \(0, 1\]"),
-    ({"min_p": 1.5}, r"min-p must be in \[0, 1\]"),
-    ({"top_k": 0}, "top-k must be at least 1"),
-    ({"repetition_penalty": 0}, "repetition-penalty must be > 0"),
-    ({"presence_penalty": 3}, r"presence-penalty must be in \[-2, 2\]"),
-    ({"frequency_penalty": -2.5}, r"frequency-penalty must be in \[-2, 2\]"),
-    ({"max_new_tokens": 0}, "max-new-tokens must be at least 1"),
+    ({"top_p": 0}, r"top_p must be in \(0, 1\]"),
+    ({"min_p": 1.5}, r"min_p must be in \[0, 1\]"),
+    ({"top_k": 0}, "top_k must be at least 1"),
+    ({"repetition_penalty": 0}, "repetition_penalty must be > 0"),
+    ({"presence_penalty": 3}, r"presence_penalty must be in \[-2, 2\]"),
+    ({"frequency_penalty": -2.5}, r"frequency_penalty must be in \[-2, 2\]"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
     ({"n": 0}, "n .*must be at least 1"),
     ({"stop": [""]}, "stop strings must be non-empty"),
 ])

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from banglaslm.errors import UserError
-from banglaslm.evaluate import evaluate_file, evaluate_text, score_tokens
+from banglaslm.evaluation.perplexity import evaluate_file, evaluate_text, score_tokens
 from banglaslm.runfolder import load_model
 
 

@@ -17,13 +17,13 @@ from hypothesis import strategies as st  # noqa: E402
 
 from banglaslm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from banglaslm.config import ModelConfig  # noqa: E402
-from banglaslm.corpus import corpus_files  # noqa: E402
+from banglaslm.data.corpus import corpus_files  # noqa: E402
 from banglaslm.errors import UserError  # noqa: E402
-from banglaslm.export import check_exportable, export_hf  # noqa: E402
-from banglaslm.hf_import import import_hf  # noqa: E402
+from banglaslm.interop.hf_export import check_exportable, export_hf  # noqa: E402
+from banglaslm.interop.hf_import import import_hf  # noqa: E402
 from banglaslm.model import swiglu_hidden  # noqa: E402
-from banglaslm.normalize import normalize  # noqa: E402
 from banglaslm.runfolder import load_model  # noqa: E402
+from banglaslm.text import normalize  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -196,7 +196,7 @@ def test_round_trip_is_bit_identical(arch, runs, exported, tmp_path):
 
 
 def test_imported_run_continues_training(exported, data_dir, tmp_path):
-    from banglaslm.trainer import train
+    from banglaslm.training.trainer import train
 
     run = import_hf(exported["modern"], tmp_path / "run")
     result = train(data_dir, run, resume=True, max_iters=5, progress=False)
@@ -291,7 +291,7 @@ def test_export_refuses_unrepresentable_config(trained_run, tmp_path):
 
 
 def test_failed_export_leaves_nothing(trained_run, tmp_path, monkeypatch):
-    import banglaslm.export as export
+    import banglaslm.interop.hf_export as export
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -26,16 +26,16 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from banglaslm.config import build_config  # noqa: E402
-from banglaslm.corpus import corpus_files  # noqa: E402
-from banglaslm.errors import UserError  # noqa: E402
-from banglaslm.export_gguf import export_gguf, gguf_vocab  # noqa: E402
-from banglaslm.model import swiglu_hidden  # noqa: E402
-from banglaslm.normalize import normalize  # noqa: E402
-from banglaslm.runfolder import load_model  # noqa: E402
-from banglaslm.tokenizer import SPLIT_PATTERN, Tokenizer  # noqa: E402
-
 from conftest import LITERATURE, TINY_SETTINGS  # noqa: E402
+
+from banglaslm.config import build_config  # noqa: E402
+from banglaslm.data.corpus import corpus_files  # noqa: E402
+from banglaslm.errors import UserError  # noqa: E402
+from banglaslm.interop.gguf_export import export_gguf, gguf_vocab  # noqa: E402
+from banglaslm.model import swiglu_hidden  # noqa: E402
+from banglaslm.runfolder import load_model  # noqa: E402
+from banglaslm.text import normalize  # noqa: E402
+from banglaslm.tokenizer import SPLIT_PATTERN, Tokenizer  # noqa: E402
 
 T = gguf.GGMLQuantizationType
 DTYPES = ("f32", "f16", "q8_0")
@@ -116,7 +116,7 @@ def expected_tensors(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_permutation_helpers_match_the_index_formula():
-    from banglaslm.export_gguf import permute_qk, unpermute_qk
+    from banglaslm.interop.gguf_export import permute_qk, unpermute_qk
 
     w = torch.randn(3 * 8, 5)  # 3 heads of size 8
     assert torch.equal(permute_qk(w, 3), interleave_rows(w, 3))
@@ -272,7 +272,7 @@ def test_metadata_and_vocabulary(files, runs, arch):
 def test_storage_types():
     """Matrices follow dtype; norms, biases and the position table stay f32; a row length that is
     not a multiple of Q8_0's 32-value block falls back to f16."""
-    from banglaslm.export_gguf import storage_type
+    from banglaslm.interop.gguf_export import storage_type
 
     assert storage_type("blk.0.ffn_up.weight", (96, 64), "q8_0") == T.Q8_0
     assert storage_type("blk.0.ffn_up.weight", (96, 48), "q8_0") == T.F16
@@ -358,8 +358,8 @@ def test_split_matches_qwen35_on_real_literature(trained_run):
 # ---- refusals --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def char_run(tmp_path_factory, small_books) -> Path:
-    from banglaslm.prepare import prepare
-    from banglaslm.trainer import train
+    from banglaslm.data.prepare import prepare
+    from banglaslm.training.trainer import train
 
     root = tmp_path_factory.mktemp("char")
     text = root / "t.txt"

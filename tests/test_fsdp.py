@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import set_args
 from safetensors.torch import load_file
+from test_distributed import SETTINGS, env, evals, kill_9, torchrun, train_args, weights
 
 from banglaslm.cli import main
 from banglaslm.config import build_config
-from banglaslm.trainer import train
-from conftest import set_args
-from test_distributed import SETTINGS, env, evals, kill_9, torchrun, train_args, weights
+from banglaslm.training.trainer import train
 
 pytestmark = pytest.mark.slow
 # A clip below the early gradient norms (~0.6-0.75 here), so that clipping with the all-reduced
@@ -77,7 +77,7 @@ def sharded(tmp_path_factory, data_dir):
 
 
 def test_mixed_precision_policy_follows_train_precision():
-    from banglaslm.fsdp import mixed_precision
+    from banglaslm.training.fsdp import mixed_precision
 
     bf16 = mixed_precision("bf16")
     assert bf16.param_dtype == torch.bfloat16 and bf16.reduce_dtype == torch.float32
@@ -118,12 +118,13 @@ def test_checkpoint_layout_shards_and_consolidated_weights(sharded):
 
 
 def test_consolidated_weights_load_and_generate(sharded):
-    from banglaslm.generate import SamplingConfig, generate
+    from banglaslm.config import SamplingParams
+    from banglaslm.generation.engine import generate
     from banglaslm.runfolder import load_model
 
     loaded = load_model(sharded)
     assert loaded.iteration == 30
-    out = generate(loaded, "আমি", SamplingConfig(max_new_tokens=8, seed=1))
+    out = generate(loaded, "আমি", SamplingParams(max_new_tokens=8, seed=1))
     assert out.tokens > 0 and isinstance(out.text, str)
 
 

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+from banglaslm.config import SamplingParams
 from banglaslm.errors import UserError
-from banglaslm.generate import SamplingConfig, filter_logits, generate
+from banglaslm.generation.engine import generate
+from banglaslm.generation.sampling import filter_logits
 from banglaslm.runfolder import load_model
 
 
@@ -21,12 +23,12 @@ def test_top_k_and_top_p_filters():
 
 
 def test_greedy_is_deterministic_and_seed_reproduces(loaded):
-    a = generate(loaded, "আমি", SamplingConfig(max_new_tokens=20, greedy=True))
-    b = generate(loaded, "আমি", SamplingConfig(max_new_tokens=20, greedy=True))
+    a = generate(loaded, "আমি", SamplingParams(max_new_tokens=20, greedy=True))
+    b = generate(loaded, "আমি", SamplingParams(max_new_tokens=20, greedy=True))
     assert a.text == b.text
-    s1 = generate(loaded, "আমি", SamplingConfig(max_new_tokens=30, temperature=1.5, seed=3))
-    s2 = generate(loaded, "আমি", SamplingConfig(max_new_tokens=30, temperature=1.5, seed=3))
-    s3 = generate(loaded, "আমি", SamplingConfig(max_new_tokens=30, temperature=1.5, seed=4))
+    s1 = generate(loaded, "আমি", SamplingParams(max_new_tokens=30, temperature=1.5, seed=3))
+    s2 = generate(loaded, "আমি", SamplingParams(max_new_tokens=30, temperature=1.5, seed=3))
+    s3 = generate(loaded, "আমি", SamplingParams(max_new_tokens=30, temperature=1.5, seed=4))
     assert s1.text == s2.text and s1.text != s3.text
 
 
@@ -38,7 +40,7 @@ def test_prompt_is_encoded_like_training_text(loaded, monkeypatch):
         seen.append(idx[0].tolist())
         return original(idx, targets)
     monkeypatch.setattr(loaded.model, "forward", spy)
-    generate(loaded, "  নদী\u200b ", SamplingConfig(max_new_tokens=1, greedy=True))
+    generate(loaded, "  নদী\u200b ", SamplingParams(max_new_tokens=1, greedy=True))
     tok = loaded.tokenizer
     # EOD first (how every training document starts), then the normalized prompt, no trailing EOD
     assert seen[0] == [tok.eod_id] + tok.encode("নদী")
@@ -46,7 +48,7 @@ def test_prompt_is_encoded_like_training_text(loaded, monkeypatch):
 
 def test_long_context_is_cropped_and_output_is_clean_utf8(loaded):
     long_prompt = "আমার সোনার বাংলা " * 40
-    g = generate(loaded, long_prompt, SamplingConfig(max_new_tokens=50, temperature=1.2, seed=0))
+    g = generate(loaded, long_prompt, SamplingParams(max_new_tokens=50, temperature=1.2, seed=0))
     assert g.tokens <= 50
     assert "\ufffd" not in g.text and "<|endoftext|>" not in g.text
     g.text.encode("utf-8")
@@ -62,7 +64,7 @@ def test_stops_at_end_of_document(loaded, monkeypatch):
         logits[..., eod] = 0
         return logits, loss
     monkeypatch.setattr(loaded.model, "forward", always_eod)
-    g = generate(loaded, "আমি", SamplingConfig(max_new_tokens=50, greedy=True))
+    g = generate(loaded, "আমি", SamplingParams(max_new_tokens=50, greedy=True))
     assert g.tokens == 0 and g.text == ""
 
 
@@ -70,15 +72,15 @@ def test_stops_at_end_of_document(loaded, monkeypatch):
     ({}, "   ", "prompt is empty"),
     ({"temperature": 0}, "ক", "temperature must be > 0"),
     ({"temperature": -1}, "ক", "temperature must be > 0"),
-    ({"top_p": 0}, "ক", r"top-p must be in \(0, 1\]"),
-    ({"top_p": 1.01}, "ক", r"top-p must be in \(0, 1\]"),
-    ({"top_k": 0}, "ক", "top-k"),
-    ({"max_new_tokens": 0}, "ক", "max-new-tokens"),
+    ({"top_p": 0}, "ক", r"top_p must be in \(0, 1\]"),
+    ({"top_p": 1.01}, "ক", r"top_p must be in \(0, 1\]"),
+    ({"top_k": 0}, "ক", "top_k"),
+    ({"max_new_tokens": 0}, "ক", "max_new_tokens"),
 ])
 def test_bad_options(loaded, kwargs, prompt, message):
     with pytest.raises(UserError, match=message):
-        generate(loaded, prompt, SamplingConfig(**kwargs))
+        generate(loaded, prompt, SamplingParams(**kwargs))
 
 
 def test_greedy_allows_zero_temperature(loaded):
-    assert generate(loaded, "ক", SamplingConfig(max_new_tokens=3, temperature=0, greedy=True)).tokens <= 3
+    assert generate(loaded, "ক", SamplingParams(max_new_tokens=3, temperature=0, greedy=True)).tokens <= 3

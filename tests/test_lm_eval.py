@@ -9,7 +9,7 @@ later window scores the next (up to) L tokens, fed the L tokens that end just be
 one, i.e. the windows do not overlap and the last, shorter one gets extra context. Summed over
 documents, bits_per_byte = -sum(loglikelihood) / ln 2 / sum(UTF-8 bytes of the document).
 
-That is exactly `banglaslm.evaluate.score_tokens` with stride = block_size: it also prepends the
+That is exactly `banglaslm.evaluation.perplexity.score_tokens` with stride = block_size: it also prepends the
 end-of-document token, scores windows of block_size tokens that advance by the stride, and moves
 its last window back to end at the text's end, scoring only the tokens not yet scored. Its
 bytes are those of the normalized text, which is what `write_perplexity_task` stores. So the two
@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 
 from banglaslm.errors import UserError
-from banglaslm.lm_eval_task import write_perplexity_task
-from banglaslm.normalize import normalize
+from banglaslm.evaluation.lm_eval_task import write_perplexity_task
+from banglaslm.text import normalize
 
 TASK = "bangla_ppl_test"
 # Relative tolerance between lm-eval (transformers' LlamaForCausalLM / GPT2LMHeadModel) and
@@ -71,7 +71,7 @@ def task_dir(texts, tmp_path_factory) -> Path:
 def reference_numbers(run: Path, texts: list[Path]) -> dict:
     """banglaslm's own numbers for the same documents: nats per document with stride =
     block_size (lm-eval's windows), and two controls that each change one thing."""
-    from banglaslm.evaluate import evaluate_text, score_tokens
+    from banglaslm.evaluation.perplexity import evaluate_text, score_tokens
     from banglaslm.runfolder import load_model
 
     loaded = load_model(run)
@@ -98,7 +98,7 @@ def reference_numbers(run: Path, texts: list[Path]) -> dict:
 @pytest.fixture(scope="module")
 def prepared(texts, tmp_path_factory):
     """run folder -> (its Hugging Face export, its reference numbers), built once per run."""
-    from banglaslm.export import export_hf
+    from banglaslm.interop.hf_export import export_hf
 
     cache: dict[Path, tuple[Path, dict]] = {}
 

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from banglaslm.data.folder import DataFolder
+from banglaslm.data.loader import EVAL_STREAM, BatchSampler
 from banglaslm.errors import UserError
-from banglaslm.loader import EVAL_STREAM, BatchSampler, DataFolder
 
 
 def test_windows_are_contiguous_and_y_is_x_shifted():
@@ -53,7 +54,7 @@ def test_data_folder_checks(tmp_path, data_dir):
 
 
 def test_token_file_windows_equal_in_memory_gather(tmp_path):
-    from banglaslm.loader import TokenFile
+    from banglaslm.data.folder import TokenFile
 
     data = np.random.default_rng(0).integers(0, 60000, 10_000, dtype=np.uint16)
     data.tofile(tmp_path / "t.bin")

@@ -1,10 +1,10 @@
 import unicodedata
 
+from conftest import require_literature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banglaslm.normalize import normalize
-from conftest import require_literature
+from banglaslm.text import normalize
 
 YA, RRA, RHA = "\u09df", "\u09dc", "\u09dd"
 

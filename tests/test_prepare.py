@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from banglaslm.data.prepare import prepare
 from banglaslm.errors import UserError
-from banglaslm.normalize import normalize
-from banglaslm.prepare import prepare
+from banglaslm.text import normalize
 from banglaslm.tokenizer import Tokenizer
 
 
@@ -74,11 +74,11 @@ def test_char_tokenizer_and_existing_tokenizer_json(tmp_path):
 
 
 def test_uint32_when_vocab_does_not_fit_and_error_when_forced(tmp_path):
-    from banglaslm.prepare import _choose_dtype
+    from banglaslm.data.folder import id_dtype
 
-    assert _choose_dtype(70000, "auto") == np.uint32 and _choose_dtype(65536, "auto") == np.uint16
+    assert id_dtype(70000, "auto") == np.uint32 and id_dtype(65536, "auto") == np.uint16
     with pytest.raises(UserError, match="too many for uint16"):
-        _choose_dtype(70000, "uint16")
+        id_dtype(70000, "uint16")
 
 
 def test_failures_leave_nothing_behind(tmp_path):
@@ -102,9 +102,9 @@ def test_failures_leave_nothing_behind(tmp_path):
 
 def test_option_validation(tmp_path):
     write_docs(tmp_path / "src", 3)
-    with pytest.raises(UserError, match="val-fraction"):
+    with pytest.raises(UserError, match="val_fraction"):
         prepare([str(tmp_path / "src")], tmp_path / "o", val_fraction=1.5, progress=False)
-    with pytest.raises(UserError, match="--tokenizer"):
+    with pytest.raises(UserError, match="tokenizer must be"):
         prepare([str(tmp_path / "src")], tmp_path / "o", tokenizer="wordpiece", progress=False)
-    with pytest.raises(UserError, match="vocab-size"):
+    with pytest.raises(UserError, match="vocab_size"):
         prepare([str(tmp_path / "src")], tmp_path / "o", vocab_size=100, progress=False)

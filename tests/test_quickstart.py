@@ -6,7 +6,12 @@ import dataclasses
 import json
 
 from banglaslm.config import build_config
-from banglaslm.quickstart import PROMPTS, QUICKSTART_OVERRIDES, QUICKSTART_VOCAB, quickstart
+from banglaslm.quickstart import (
+    PROMPTS,
+    QUICKSTART_OVERRIDES,
+    QUICKSTART_VOCAB,
+    quickstart,
+)
 
 
 def test_quickstart_end_to_end_then_continues(tmp_path):

@@ -4,17 +4,21 @@ invariants, atomic writes and one-line errors."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from banglaslm.errors import UserError
-from banglaslm.evaluate import evaluate_file
-from banglaslm.normalize import normalize
-from banglaslm.report import (cluster_breaks, inside_cluster_ends, sample_documents, tokenizer_stats,
-                              top_bangla_words, write_report)
+from banglaslm.evaluation.perplexity import evaluate_file
+from banglaslm.evaluation.tokenizer_study import (
+    inside_cluster_ends,
+    sample_documents,
+    tokenizer_stats,
+    top_bangla_words,
+)
+from banglaslm.report import write_report
 from banglaslm.runfolder import load_model
+from banglaslm.text import cluster_breaks, normalize
 from banglaslm.tokenizer import Tokenizer
 
 BANGLA = (
@@ -85,12 +89,13 @@ def test_card_numbers_match_the_model_and_evaluate(report, loaded, trained_run, 
 
 
 def test_samples_are_reproducible(report, loaded):
-    from banglaslm.generate import SamplingConfig, generate
+    from banglaslm.config import SamplingParams
+    from banglaslm.generation.engine import generate
     from banglaslm.report import SAMPLE_SETTINGS
 
     info = json.loads((report / "report.json").read_text(encoding="utf-8"))
     for sample in info["samples"]:
-        again = generate(loaded, sample["prompt"], SamplingConfig(seed=sample["seed"], **SAMPLE_SETTINGS))
+        again = generate(loaded, sample["prompt"], SamplingParams(seed=sample["seed"], **SAMPLE_SETTINGS))
         assert again.text == sample["text"]
     card = (report / "README.md").read_text(encoding="utf-8")
     assert info["samples"][0]["prompt"] + info["samples"][0]["text"].replace("```", "'''") in card
@@ -201,7 +206,8 @@ def test_bad_inputs_are_user_errors(trained_run, text_file, tmp_path):
 
 def test_summary_and_plots_without_metrics(tmp_path):
     from banglaslm.config import build_config
-    from banglaslm.report import plot_loss, plot_series, training_summary
+    from banglaslm.report import training_summary
+    from banglaslm.training.metrics import plot_loss, plot_series
 
     cfg = build_config(overrides={"model.block_size": 16, "train.batch_size": 2, "train.grad_accum_steps": 3})
     summary = training_summary([], cfg, iterations=10)

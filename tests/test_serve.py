@@ -15,8 +15,9 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from banglaslm.chat import chat_stops, render_chat
-from banglaslm.serve import ServerLimits, create_app
+from banglaslm.generation.chat_template import chat_stops, render_chat
+from banglaslm.server.app import create_app
+from banglaslm.server.schemas import ServerLimits
 
 KEY = "test-key"
 MODEL = "tiny-bn"
@@ -118,7 +119,7 @@ def test_chat_completion_both_ways(client):
     answer = choice["message"]["content"]
     assert answer == answer.lstrip()
     assert not any(s in answer for s in chat_stops())
-    prompt_ids = client.app.state.engine.encode_prompt(render_chat(messages))
+    prompt_ids = client.app.state.service.engine.encode_prompt(render_chat(messages))
     assert out["usage"]["prompt_tokens"] == len(prompt_ids)
 
     events = sse_events(client.post("/v1/chat/completions", json={**body, "stream": True}))
@@ -215,7 +216,7 @@ def test_timeout_is_408_then_the_server_still_answers(trained_run):
 
 def test_a_failing_step_fails_its_requests_and_the_server_goes_on(trained_run):
     app = create_app(trained_run)
-    batch = app.state.worker.batch
+    batch = app.state.service.worker.batch
 
     def broken():
         del batch.step  # fails once, then the class's own step again
@@ -398,7 +399,7 @@ def test_concurrent_requests_match_serial(oai):
 
     serial = [complete(j) for j in jobs]
     serial_chat = [chat_text(j) for j in jobs]
-    batch = server_app[0].state.worker.batch
+    batch = server_app[0].state.service.worker.batch
     sizes, step = [], batch.step
 
     def watched():  # how many generations each decode step served
@@ -429,7 +430,7 @@ def test_stream_stops_when_the_client_leaves(server_url, trained_run):
             if full >= 60:
                 break
         assert full >= 60
-        batch = server_app[0].state.worker.batch
+        batch = server_app[0].state.service.worker.batch
         calls, step = [], batch.step
 
         def slow():  # 20 ms a step: the whole answer would take over a second

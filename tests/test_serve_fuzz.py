@@ -9,7 +9,8 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from banglaslm.serve import ServerLimits, create_app  # noqa: E402
+from banglaslm.server.app import create_app  # noqa: E402
+from banglaslm.server.schemas import ServerLimits  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from banglaslm.data.sources import iter_documents, resolve_inputs
 from banglaslm.errors import UserError
-from banglaslm.sources import iter_documents, resolve_inputs
 
 
 def docs(inputs, **kw):

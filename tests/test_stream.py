@@ -3,9 +3,9 @@ import unicodedata
 
 import pytest
 
-from banglaslm.corpus import corpus_files
-from banglaslm.normalize import HASANTA, ZWJ, normalize
-from banglaslm.stream import StreamDecoder, safe_cut, tidy_end
+from banglaslm.data.corpus import corpus_files
+from banglaslm.generation.stream import StreamDecoder, safe_cut, tidy_end
+from banglaslm.text import HASANTA, ZWJ, normalize
 from banglaslm.tokenizer import Tokenizer
 
 

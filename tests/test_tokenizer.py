@@ -2,10 +2,10 @@ import collections
 import re
 
 import pytest
-
-from banglaslm.normalize import normalize
-from banglaslm.tokenizer import EOD, Tokenizer
 from conftest import require_literature
+
+from banglaslm.text import normalize
+from banglaslm.tokenizer import EOD, Tokenizer
 
 WORD = re.compile(r"[\u0980-\u09ff]+")
 
@@ -79,7 +79,8 @@ def test_char_tokenizer_round_trip_and_save_load(tmp_path):
 
 def test_external_tokenizer_json_uses_its_eos_and_adds_no_special_tokens(tmp_path):
     # A SentencePiece-style tokenizer whose post-processor appends </s> (the course's bug).
-    from tokenizers import Tokenizer as HF, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models, pre_tokenizers, processors
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "আমি": 3, "ভাত": 4, "খাই": 5}
     hf = HF(models.WordLevel(vocab, unk_token="<unk>"))

@@ -7,13 +7,14 @@ import time
 
 import pytest
 import torch
+from conftest import TINY_SETTINGS, set_args
 from safetensors.torch import load_file
 
 from banglaslm.config import build_config
 from banglaslm.errors import UserError
 from banglaslm.model import GPT
-from banglaslm.trainer import lr_at, make_optimizer, train
-from conftest import TINY_SETTINGS, set_args
+from banglaslm.training.optim import lr_at, make_optimizer
+from banglaslm.training.trainer import train
 
 
 def test_lr_schedule_warmup_then_cosine_to_ten_percent():
@@ -30,7 +31,7 @@ def test_lr_schedule_warmup_then_cosine_to_ten_percent():
 def test_weight_decay_only_on_matrices(arch):
     cfg = build_config(overrides={"arch": arch, "n_layer": 1, "n_head": 2, "n_embd": 16, "vocab_size": 40})
     model = GPT(cfg.model)
-    decay, no_decay = make_optimizer(model, cfg.train, torch.device("cpu")).param_groups
+    decay, no_decay = make_optimizer(model, cfg.train).param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 or p is model.tok_emb.weight for p in no_decay["params"])
     tied_in_decay = any(p is model.tok_emb.weight for p in decay["params"])
@@ -54,7 +55,7 @@ def test_training_writes_metrics_plot_checkpoints_and_learns(trained_run):
 def test_existing_run_needs_resume_and_tokenizer_must_match(trained_run, tmp_path, small_books):
     with pytest.raises(UserError, match="already holds a run"):
         train(_data_of(trained_run), trained_run, build_config(overrides=TINY_SETTINGS), progress=False)
-    from banglaslm.prepare import prepare
+    from banglaslm.data.prepare import prepare
 
     other = tmp_path / "other"
     prepare([str(p) for p in small_books], other, tokenizer="char", doc_split="paragraph", progress=False)

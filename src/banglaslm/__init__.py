@@ -10,19 +10,25 @@ The pipeline, as plain functions (the CLI is a thin layer over them):
     print(generate(model, "একদিন সকালে").text)
 """
 
-from .config import PRESETS, ModelConfig, RunConfig, TrainConfig, build_config
+from .config import (
+    PRESETS,
+    ModelConfig,
+    RunConfig,
+    SamplingParams,
+    TrainConfig,
+    build_config,
+)
+from .data.prepare import prepare
 from .errors import UserError
-from .evaluate import evaluate_file, evaluate_text
-from .generate import SamplingConfig, generate
-from .normalize import normalize
-from .prepare import prepare
+from .evaluation.perplexity import evaluate_file, evaluate_text
+from .generation.engine import generate
 from .runfolder import load_model
+from .text import normalize
 from .tokenizer import Tokenizer
-from .trainer import train
+from .training.trainer import train
 
 __all__ = [
-    "PRESETS", "ModelConfig", "RunConfig", "TrainConfig", "build_config", "UserError",
-    "evaluate_file", "evaluate_text", "SamplingConfig", "generate", "normalize", "prepare",
-    "load_model", "Tokenizer", "train",
+    "PRESETS", "ModelConfig", "RunConfig", "TrainConfig", "SamplingParams", "build_config", "UserError",
+    "evaluate_file", "evaluate_text", "generate", "normalize", "prepare", "load_model", "Tokenizer", "train",
 ]
 __version__ = "0.1.0"

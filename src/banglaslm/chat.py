@@ -1,30 +1,8 @@
-"""Chat with a base model: the chat template (shared with the server) and an interactive loop.
+"""`banglaslm chat`: an interactive chat in the terminal, over the chat template.
 
-Our models are *base* models: they were never tuned on conversations, so "chat" is plain text
-continuation of a transcript. The template (version "bn-chat-1"):
-
-    নির্দেশ: {system message}\\n          (only when there is a system message)
-    ব্যবহারকারী: {user message}\\n
-    সহকারী: {assistant message}\\n
-    ...
-    সহকারী:                                (the assistant's turn, opened for the model)
-
-With `language="en"` the labels are "System", "User" and "Assistant". Each message's content is
-stripped of leading/trailing whitespace; a message may span several lines. The prompt goes
-through the same normalization as every prompt (`Engine.encode_prompt`). Generation stops at
-the end of a document or when the model starts the next turn: the stop strings are
-"\\n" + each label + ":" (`chat_stops`). The answer is the generated text with leading
-whitespace removed (`clean_answer`).
-
-The interactive loop (`chat_loop`, behind `banglaslm chat`-style front ends):
-- Type a message and press Enter. A line that ends with a backslash continues on the next line
-  (the backslash becomes a line break), so multi-line messages are possible.
-- Commands start with "/": /temp X, /topk N|off, /topp X|off, /minp X|off, /rep X
-  (repetition penalty), /max N, /seed N|off, /greedy on|off, /settings, /reset (forget the
-  conversation), /help, /quit.
-- The answer streams as it is generated. Ctrl-C during an answer stops that answer (the part
-  already shown stays in the conversation) and returns to the prompt; Ctrl-C or end of input
-  (Ctrl-D) at the prompt ends the chat.
+Type a message and press Enter; a line ending in a backslash continues on the next line.
+Commands start with "/" (/help lists them). The answer streams as it is generated; Ctrl-C
+stops that answer, and Ctrl-C or Ctrl-D at the prompt ends the chat.
 """
 
 from __future__ import annotations
@@ -32,52 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 
-from .engine import Engine, SamplingParams
+from .config import SamplingParams
 from .errors import UserError
+from .generation.chat_template import chat_labels, chat_stops, render_chat
+from .generation.engine import Engine
 
-CHAT_TEMPLATE_VERSION = "bn-chat-1"
-
-CHAT_LABELS: dict[str, dict[str, str]] = {
-    "bn": {"system": "নির্দেশ", "user": "ব্যবহারকারী", "assistant": "সহকারী"},
-    "en": {"system": "System", "user": "User", "assistant": "Assistant"},
-}
-CHAT_ROLES = ("system", "user", "assistant")
-
-
-def _labels(language: str) -> dict[str, str]:
-    try:
-        return CHAT_LABELS[language]
-    except KeyError:
-        raise UserError(f"unknown chat language {language!r}; use one of {sorted(CHAT_LABELS)}") from None
-
-
-def render_chat(messages: Iterable[Mapping[str, str]], language: str = "bn") -> str:
-    """The prompt for `messages` ([{"role": "system"|"user"|"assistant", "content": str}]):
-    one "{label}: {content}" line per message, then the assistant's label, opened for the
-    model to continue (module docstring)."""
-    labels = _labels(language)
-    lines = []
-    for i, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        if role not in labels:
-            raise UserError(f"message {i}: role must be one of {list(CHAT_ROLES)}, got {role!r}")
-        if not isinstance(content, str):
-            raise UserError(f"message {i}: content must be text")
-        lines.append(f"{labels[role]}: {content.strip()}\n")
-    return "".join(lines) + f"{labels['assistant']}:"
-
-
-def chat_stops(language: str = "bn") -> list[str]:
-    """Stop strings that end the assistant's turn: the start of any next turn."""
-    return [f"\n{label}:" for label in _labels(language).values()]
-
-
-def clean_answer(text: str) -> str:
-    """The assistant's answer from the generated text (leading whitespace removed)."""
-    return text.lstrip()
-
+CHAT_DEFAULTS = {"top_k": 50}  # where chat differs from SamplingParams' defaults
 
 # ---- the interactive loop ------------------------------------------------------------------
 
@@ -154,6 +94,25 @@ def _read_message(read_line: Callable[[str], str], prompt: str) -> str:
     return "\n".join(lines)
 
 
+def _answer(engine: Engine, prompt: str, params: SamplingParams, write: Callable[[str], None]) -> str:
+    """Stream the model's answer to `prompt`, leading whitespace dropped; Ctrl-C stops it and
+    what was shown stays the answer."""
+    answer = ""
+    try:
+        with contextlib.closing(engine.stream(prompt, params)) as pieces:
+            for piece in pieces:
+                if not answer:
+                    piece = piece.lstrip()
+                    if not piece:
+                        continue
+                answer += piece
+                write(piece)
+        write("\n")
+    except KeyboardInterrupt:
+        write(" [stopped]\n")
+    return answer
+
+
 def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[str], None] | None = None,
               params: SamplingParams | None = None, language: str = "bn",
               system: str | None = None, engine: Engine | None = None) -> list[dict[str, str]]:
@@ -165,60 +124,54 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
     """
     write = write or _stdout_write
     engine = engine or Engine(loaded.model, loaded.tokenizer)
-    params = dataclasses.replace(params) if params else SamplingParams(max_new_tokens=200, temperature=0.8)
+    params = dataclasses.replace(params) if params else SamplingParams(**CHAT_DEFAULTS)
     params.n = 1
     params.validate()
-    stops = chat_stops(language)
     you = "আপনি> " if language == "bn" else "you> "
-    bot = f"{_labels(language)['assistant']}: "
-    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    fresh = [{"role": "system", "content": system}] if system else []
+    history: list[dict[str, str]] = list(fresh)
     write("Type a message; /help lists the commands.\n")
     while True:
         try:
-            text = _read_message(read_line, you)
+            text = _read_message(read_line, you).strip()
         except (EOFError, KeyboardInterrupt):
             write("\n")
             return history
-        stripped = text.strip()
-        if not stripped:
+        if not text:
             continue
-        if stripped.startswith("/"):
-            name, _, arg = stripped[1:].partition(" ")
+        if text.startswith("/"):
+            name, _, arg = text[1:].partition(" ")
             name, arg = name.lower(), arg.strip()
             if name in {"quit", "exit", "q"}:
                 return history
-            if name == "help":
-                write(HELP + "\n")
-            elif name == "reset":
-                history = [{"role": "system", "content": system}] if system else []
-                write("(conversation cleared)\n")
-            elif name == "settings":
-                write(_settings_text(params) + "\n")
-            else:
-                try:
-                    params = _apply_command(params, name, arg)
-                    write(_settings_text(params) + "\n")
-                except UserError as exc:
-                    write(f"error: {exc}\n")
+            if name == "reset":
+                history = list(fresh)
+            params = _command(params, name, arg, write)
             continue
-        history.append({"role": "user", "content": stripped})
-        turn = dataclasses.replace(params, stop=list(params.stop) + stops)
-        answer = ""
-        write(bot)
+        history.append({"role": "user", "content": text})
+        write(f"{chat_labels(language)['assistant']}: ")
+        turn = dataclasses.replace(params, stop=list(params.stop) + chat_stops(language))
         try:
-            with contextlib.closing(engine.stream(render_chat(history, language), turn)) as pieces:
-                for piece in pieces:
-                    if not answer:
-                        piece = piece.lstrip()
-                        if not piece:
-                            continue
-                    answer += piece
-                    write(piece)
-            write("\n")
-        except KeyboardInterrupt:
-            write(" [stopped]\n")
+            answer = _answer(engine, render_chat(history, language), turn, write)
         except UserError as exc:
             write(f"\nerror: {exc}\n")
             history.pop()
             continue
         history.append({"role": "assistant", "content": answer})
+
+
+def _command(params: SamplingParams, name: str, arg: str, write: Callable[[str], None]) -> SamplingParams:
+    """Run one /command other than /quit; the settings after it."""
+    if name == "help":
+        write(HELP + "\n")
+    elif name == "reset":
+        write("(conversation cleared)\n")
+    elif name == "settings":
+        write(_settings_text(params) + "\n")
+    else:
+        try:
+            params = _apply_command(params, name, arg)
+            write(_settings_text(params) + "\n")
+        except UserError as exc:
+            write(f"error: {exc}\n")
+    return params

@@ -85,6 +85,10 @@ class Checkpoint:
     def model_state(self) -> dict[str, torch.Tensor]:
         return {k[len("model."):]: v for k, v in self.tensors.items() if k.startswith("model.")}
 
+    def has_optimizer_state(self) -> bool:
+        """False for weights alone (e.g. an imported model): training then starts a fresh AdamW."""
+        return "optimizer_groups" in self.state
+
     def optimizer_state(self) -> dict[str, Any]:
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in self.tensors.items():

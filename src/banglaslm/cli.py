@@ -1,35 +1,105 @@
 """The command line: a thin layer that parses arguments, calls the library, prints results.
 
-A `UserError` (a mistake the user can fix) is printed as one line on stderr with exit code 2;
-Ctrl-C exits with 130 (training saves a checkpoint first). Anything else is a bug and keeps
-its traceback.
+Each command's options are built from the library itself (`add_options`): a function's
+`Annotated[T, Opt(help)]` parameters or a dataclass's fields, with their defaults, types and
+choices, so nothing is restated here. A `UserError` is printed as one line on stderr with exit
+code 2 (a parameter named in it is shown as its flag); Ctrl-C exits with 130. Anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import os
+import re
 import sys
+import types
+import typing
+from typing import Any, Literal
 
-from .config import PRESETS, build_config, describe_fields, parse_set_args
+from .config import (
+    PRESETS,
+    Opt,
+    SamplingParams,
+    build_config,
+    describe_fields,
+    parse_set_args,
+)
 from .errors import UserError
 
 
+# ---- options from signatures and dataclasses ------------------------------------------------
+def _documented(source) -> list[tuple[str, Any, Any, Opt]]:
+    """(name, type, default, Opt) of every parameter of `source` that carries command-line help."""
+    hints = typing.get_type_hints(source, include_extras=True)
+    if dataclasses.is_dataclass(source):
+        out = []
+        for f in dataclasses.fields(source):
+            if "help" in f.metadata:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                out.append((f.name, hints[f.name], default, Opt(f.metadata["help"], f.metadata["choices"])))
+        return out
+    out = []
+    for p in inspect.signature(source).parameters.values():
+        hint = hints.get(p.name)
+        opt = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Opt)), None)
+        if opt is not None:
+            out.append((p.name, hint.__origin__, p.default, opt))
+    return out
+
+
+def _base_type(hint) -> Any:
+    """int for `int | None`, the hint itself otherwise."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
+
+
+def add_options(parser: argparse.ArgumentParser, source, skip: tuple[str, ...] = (),
+                flags: dict[str, str] | None = None, defaults: dict[str, Any] | None = None) -> None:
+    """Add a --flag for each documented parameter of `source` (a function or a dataclass) but
+    `skip`; `flags` renames ({"which": "checkpoint"}), `defaults` overrides this command's
+    defaults. The flag of each parameter is remembered, for error messages."""
+    known = dict(parser.get_default("param_flags") or {})
+    for name, hint, default, opt in _documented(source):
+        if name in skip:
+            continue
+        default = (defaults or {}).get(name, default)
+        flag = "--" + (flags or {}).get(name, name.replace("_", "-"))
+        kind = _base_type(hint)
+        shown = "" if default is None or default is False or default == [] else f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": opt.help + shown}
+        if kind is bool:
+            kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is list:
+            kwargs.update(action="append", default=list(default), metavar="TEXT")
+        else:
+            choices = opt.choices or (typing.get_args(kind) if typing.get_origin(kind) is Literal else None)
+            kwargs.update(type=str if choices or typing.get_origin(kind) is Literal else kind, choices=choices)
+        parser.add_argument(flag, **kwargs)
+        known[name] = flag
+    parser.set_defaults(param_flags=known)
+
+
+def picked(args: argparse.Namespace, source, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The parsed values of `source`'s documented parameters, as keyword arguments."""
+    return {name: getattr(args, name) for name, *_ in _documented(source) if name not in skip and hasattr(args, name)}
+
+
+# ---- the commands -------------------------------------------------------------------------
 def _add_prepare(sub) -> None:
+    from .data.prepare import prepare
+
     p = sub.add_parser("prepare", help="text → tokenizer → train.bin / val.bin / meta.json",
                        description="Read documents, normalize them, train or load a tokenizer, and write token bins.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help=".txt/.md files, folders, globs, .jsonl/.csv/.parquet files, or hf:NAME[:CONFIG]")
     p.add_argument("--out", required=True, help="data folder to write")
-    p.add_argument("--tokenizer", default="bpe", help="'bpe' (train byte-level BPE), 'char', or PATH/tokenizer.json")
-    p.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size (default 8000)")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out (default 0.05)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the train/val document split (default 42)")
-    p.add_argument("--text-column", default=None, help="column/field holding the text in .jsonl/.csv/.parquet/hf: (default 'text')")
-    p.add_argument("--doc-split", default="file", choices=("file", "paragraph", "line"),
-                   help="what one document is in .txt/.md files (default: the whole file)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "uint16", "uint32"), help="token id storage (default: auto)")
+    add_options(p, prepare)
 
 
 def _add_train(sub) -> None:
@@ -45,44 +115,36 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--max-iters", type=int, default=None, help="shortcut for --set train.max_iters=N")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.set_defaults(param_flags={"max_iters": "--max-iters", "resume": "--resume"})
 
 
 def _add_eval(sub) -> None:
+    from .evaluation.perplexity import evaluate_file
+    from .runfolder import load_model
+
     p = sub.add_parser("eval", help="loss, perplexity, bits per byte / per character on text files")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--text", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to score")
-    p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
-    p.add_argument("--stride", type=int, default=None, help="sliding-window step in tokens (default: half the block)")
+    add_options(p, load_model, flags={"which": "checkpoint"})
+    add_options(p, evaluate_file)
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
 
 
 def _add_generate(sub) -> None:
+    from .runfolder import load_model
+
     p = sub.add_parser("generate", help="continue a prompt with a trained model")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already seen (1 = off)")
-    p.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI-style, in [-2, 2]")
-    p.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI-style, in [-2, 2]")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
-    p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    add_options(p, SamplingParams, skip=("n", "logprobs"))
+    add_options(p, load_model, flags={"which": "checkpoint"})
     p.add_argument("--stream", action="store_true", help="print the text as it is generated")
     p.add_argument("--json", action="store_true", help="print one JSON object: text, prompt, tokens")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="banglaslm", description="Build a small language model from scratch, Bangla first.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_prepare(sub)
-    _add_train(sub)
-    _add_eval(sub)
-    _add_generate(sub)
+def _add_export(sub) -> None:
+    from .interop.gguf_export import export_gguf
+
     e = sub.add_parser("export", help="write a trained model in another ecosystem's format",
                        description="Export a run: --format hf writes a transformers checkpoint "
                                    "(LlamaForCausalLM for the modern arch, GPT2LMHeadModel for the course GPT); "
@@ -90,12 +152,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--format", required=True, choices=("hf", "gguf"))
     e.add_argument("--out", required=True, help="hf: folder to write (must not exist or be empty); gguf: the .gguf file")
-    e.add_argument("--checkpoint", default="best", choices=("best", "latest"))
-    e.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0"),
-                   help="gguf: how weight matrices are stored (default f16; norms stay f32)")
-    e.add_argument("--approximate-gelu", action="store_true",
-                   help="gguf, course GPT only: accept llama.cpp's tanh-approximated GELU (not exact)")
-    e.add_argument("--overwrite", action="store_true", help="gguf: replace an existing file")
+    add_options(e, export_gguf, flags={"which": "checkpoint", "dtype": "gguf-type"})
+
+
+def _add_serve_and_chat(sub) -> None:
+    from .chat import CHAT_DEFAULTS
+    from .runfolder import load_model
+    from .server.run import run_server
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web playground at /")
+    sv.add_argument("run_dir", metavar="RUN_DIR")
+    add_options(sv, run_server)
+    c = sub.add_parser("chat", help="interactive chat in the terminal (/help lists the commands)")
+    c.add_argument("run_dir", metavar="RUN_DIR")
+    add_options(c, load_model, flags={"which": "checkpoint"})
+    add_options(c, SamplingParams, skip=("n", "logprobs", "stop"), defaults=CHAT_DEFAULTS)
+
+
+def _add_others(sub) -> None:
+    from .evaluation.lm_eval_task import write_perplexity_task
+    from .quickstart import quickstart
+    from .runfolder import load_model
+
     i = sub.add_parser("import", help="turn a Hugging Face Llama / GPT-2 checkpoint into a run folder")
     i.add_argument("hf_dir", metavar="HF_DIR", help="local folder with config.json, model.safetensors, tokenizer.json")
     i.add_argument("--out", required=True, help="run folder to write")
@@ -105,41 +183,32 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on a model exported with --format hf (docs/lm-eval.md).")
     t.add_argument("texts", nargs="+", metavar="TEXT", help="text files, one document each")
     t.add_argument("--out", required=True, help="folder for the task files")
-    t.add_argument("--name", default="bangla_ppl", help="task name (default: bangla_ppl)")
-    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web playground at /")
-    sv.add_argument("run_dir", metavar="RUN_DIR")
-    sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
-    c = sub.add_parser("chat", help="interactive chat in the terminal (/help lists the commands)")
-    c.add_argument("run_dir", metavar="RUN_DIR")
-    c.add_argument("--checkpoint", default="best", choices=("best", "latest"))
-    c.add_argument("--temperature", type=float, default=0.8)
-    c.add_argument("--top-k", type=int, default=50)
-    c.add_argument("--max-new-tokens", type=int, default=200)
-    c.add_argument("--seed", type=int, default=None)
+    add_options(t, write_perplexity_task)
     r = sub.add_parser("report", help="write a model card with plots and tokenizer statistics (RUN_DIR/report/)")
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--text", nargs="*", default=[], metavar="FILE", help="text files to evaluate in the report")
     r.add_argument("--out", default=None, help="report folder (default RUN_DIR/report)")
-    r.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    add_options(r, load_model, flags={"which": "checkpoint"})
     q = sub.add_parser("quickstart", help="prepare the embedded corpus, train `tiny`, evaluate, generate")
-    q.add_argument("--out", default="quickstart", help="folder for data/ and run/ (default: ./quickstart)")
-    q.add_argument("--max-iters", type=int, default=None, help="override the tiny preset's step count")
+    add_options(q, quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="banglaslm", description="Build a small language model from scratch, Bangla first.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_prepare, _add_train, _add_eval, _add_generate, _add_export, _add_serve_and_chat, _add_others):
+        add(sub)
     return parser
 
 
 def cmd_prepare(args) -> None:
-    from .prepare import prepare
+    from .data.prepare import prepare
 
-    result = prepare(args.inputs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                     val_fraction=args.val_fraction, seed=args.seed, text_column=args.text_column,
-                     doc_split=args.doc_split, dtype=args.dtype)
-    print(result.summary())
+    print(prepare(args.inputs, args.out, **picked(args, prepare)).summary())
 
 
 def cmd_train(args) -> None:
-    from .trainer import train
+    from .training.trainer import train
 
     explicit = args.preset is not None or args.config is not None or args.set
     overrides = parse_set_args(args.set)
@@ -154,12 +223,12 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import evaluate_file
+    from .evaluation.perplexity import evaluate_file
     from .runfolder import load_model
 
-    loaded = load_model(args.run_dir, args.checkpoint)
+    loaded = load_model(args.run_dir, **picked(args, load_model))
     for path in args.text:
-        r = evaluate_file(loaded, path, stride=args.stride)
+        r = evaluate_file(loaded, path, **picked(args, evaluate_file))
         if args.json:
             print(json.dumps(r.to_dict(), ensure_ascii=False))
         else:
@@ -168,17 +237,14 @@ def cmd_eval(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from .engine import Engine, SamplingParams
+    from .generation.engine import Engine
     from .runfolder import load_model
 
     if args.stream and args.json:
         raise UserError("--stream and --json cannot be combined; --json prints one object at the end")
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                            presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                            stop=args.stop, seed=args.seed, greedy=args.greedy)
+    params = SamplingParams(**picked(args, SamplingParams))
     params.validate()  # fail on bad options before spending time loading the model
-    loaded = load_model(args.run_dir, args.checkpoint)
+    loaded = load_model(args.run_dir, **picked(args, load_model))
     engine = Engine(loaded.model, loaded.tokenizer)
     engine.encode_prompt(args.prompt)  # an empty prompt fails here, before any output
     if args.stream:
@@ -200,66 +266,63 @@ def cmd_generate(args) -> None:
 def cmd_quickstart(args) -> None:
     from .quickstart import quickstart
 
-    quickstart(args.out, max_iters=args.max_iters)
+    quickstart(**picked(args, quickstart))
 
 
 def cmd_export(args) -> None:
     if args.format == "gguf":
-        from .export_gguf import GELU_NOTE, export_gguf
+        from .interop.gguf_export import GELU_NOTE, export_gguf
 
-        out = export_gguf(args.run_dir, args.out, dtype=args.gguf_type, which=args.checkpoint,
-                          overwrite=args.overwrite, approximate_gelu=args.approximate_gelu)
+        out = export_gguf(args.run_dir, args.out, **picked(args, export_gguf))
         if args.approximate_gelu:
             print(f"note: {GELU_NOTE}", file=sys.stderr)
-        print(f"exported {args.run_dir} ({args.checkpoint}) to {out} ({args.gguf_type}); prepend the "
-              f"end-of-document token and normalize prompts with banglaslm.normalize first (see BENCHMARKS.md)")
+        print(f"exported {args.run_dir} ({args.which}) to {out} ({args.dtype}); prepend the end-of-document "
+              f"token and normalize prompts with banglaslm.text.normalize first (see docs/interop.md)")
         return
-    from .export import export_hf
+    from .interop.hf_export import export_hf
 
-    out = export_hf(args.run_dir, args.out, which=args.checkpoint)
-    print(f"exported {args.run_dir} ({args.checkpoint}) to {out}; load it with "
+    out = export_hf(args.run_dir, args.out, **picked(args, export_hf))
+    print(f"exported {args.run_dir} ({args.which}) to {out}; load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 
 def cmd_import(args) -> None:
-    from .hf_import import import_hf
+    from .interop.hf_import import import_hf
 
     out = import_hf(args.hf_dir, args.out)
     print(f"imported {args.hf_dir} into the run folder {out}; try: banglaslm generate {out} --prompt \"...\"")
 
 
 def cmd_lm_eval_task(args) -> None:
-    from .lm_eval_task import write_perplexity_task
+    from .evaluation.lm_eval_task import write_perplexity_task
 
-    out = write_perplexity_task(args.texts, args.out, name=args.name)
+    out = write_perplexity_task(args.texts, args.out, **picked(args, write_perplexity_task))
     print(f"wrote the task {args.name!r} to {out}; run: lm_eval --model hf --model_args pretrained=EXPORT_DIR "
           f"--include_path {out} --tasks {args.name}")
 
 
 def cmd_serve(args) -> None:
     from .runfolder import RunFolder
-    from .serve import run_server
+    from .server.run import run_server
 
     RunFolder(args.run_dir).require()
     print(f"serving {args.run_dir} on http://{args.host}:{args.port}/ (OpenAI API under /v1)", file=sys.stderr)
-    run_server(args.run_dir, host=args.host, port=args.port, api_key=args.api_key)
+    run_server(args.run_dir, **picked(args, run_server))
 
 
 def cmd_chat(args) -> None:
     from .chat import chat_loop
-    from .engine import SamplingParams
     from .runfolder import load_model
 
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_k=args.top_k, seed=args.seed)
+    params = SamplingParams(**picked(args, SamplingParams))
     params.validate()
-    chat_loop(load_model(args.run_dir, args.checkpoint), params=params)
+    chat_loop(load_model(args.run_dir, **picked(args, load_model)), params=params)
 
 
 def cmd_report(args) -> None:
     from .report import write_report
 
-    out = write_report(args.run_dir, args.text, out_dir=args.out, which=args.checkpoint)
+    out = write_report(args.run_dir, args.text, out_dir=args.out, which=args.which)
     print(f"wrote {out}/README.md (with plots and report.html)")
 
 
@@ -268,14 +331,23 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "gener
             "report": cmd_report, "serve": cmd_serve, "chat": cmd_chat, "lm-eval-task": cmd_lm_eval_task}
 
 
+def _message(exc: UserError, args: argparse.Namespace) -> str:
+    """The error's text, with the parameter it names shown as this command's flag."""
+    text = str(exc)
+    flag = (getattr(args, "param_flags", None) or {}).get(exc.param)
+    if flag and text.startswith(exc.param):
+        text = flag + text[len(exc.param):]
+    return re.sub(r"\s*\n\s*", " ", text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .trainer import TrainingInterrupted
+    from .training.trainer import TrainingInterrupted
 
     try:
         COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"banglaslm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"banglaslm {args.command}: error: {_message(exc, args)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
         print(f"banglaslm {args.command}: {exc}", file=sys.stderr)

@@ -1,9 +1,11 @@
-"""Typed configuration: the only home of defaults.
+"""Typed configuration: a run is `RunConfig` = `ModelConfig` + `TrainConfig`; a generation is
+`SamplingParams`.
 
-A run is described by `RunConfig` = `ModelConfig` + `TrainConfig`. The dataclass defaults are
-the course's original setup; named presets (`PRESETS`) override a few fields; a JSON/TOML file
-and `--set section.key=value` pairs override on top, in that order. Each field's `help` text
-is what `banglaslm train --help` prints, so the documentation cannot drift from the code.
+The dataclass defaults are the course's original setup; named presets (`PRESETS`) override a
+few fields; a JSON/TOML file and `--set section.key=value` pairs override on top, in that
+order. Each field's help is what `banglaslm train --help` prints. `Opt` carries the same
+help for a function's parameters (`Annotated[int, Opt("...")]`), from which the CLI builds
+the other commands' flags, so no default or help text is written twice.
 """
 
 from __future__ import annotations
@@ -11,73 +13,88 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import UserError
+import tomllib
+
+from .errors import UserError, bad_param
 
 
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+@dataclass(frozen=True)
+class Opt:
+    """Command-line metadata of a parameter: `Annotated[T, Opt(help, choices)]`."""
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, factory=None) -> Any:
+    """A dataclass field whose metadata is its command-line help (see `Opt`); `factory` makes
+    a mutable default (e.g. `list`) instead of `default`."""
+    metadata = {"help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 
 
 @dataclass
 class ModelConfig:
-    arch: Literal["gpt", "modern"] = _f(
+    arch: Literal["gpt", "modern"] = option(
         "gpt",
         "'gpt': the course GPT (learned positions, LayerNorm, GELU MLP, biases, untied head); "
         "'modern': RoPE, RMSNorm, SwiGLU, tied embeddings, no biases",
         ("gpt", "modern"),
     )
-    n_layer: int = _f(8, "transformer blocks")
-    n_head: int = _f(8, "attention heads per block")
-    n_embd: int = _f(512, "model width (must divide by n_head)")
-    block_size: int = _f(128, "context length in tokens")
-    dropout: float = _f(0.2, "dropout probability during training")
-    vocab_size: int = _f(0, "vocabulary size; 0 = take it from the data folder")
-    rope_theta: float = _f(10000.0, "RoPE base frequency (modern arch)")
-    norm_eps: float = _f(1e-5, "epsilon of LayerNorm/RMSNorm")
+    n_layer: int = option(8, "transformer blocks")
+    n_head: int = option(8, "attention heads per block")
+    n_embd: int = option(512, "model width (must divide by n_head)")
+    block_size: int = option(128, "context length in tokens")
+    dropout: float = option(0.2, "dropout probability during training")
+    vocab_size: int = option(0, "vocabulary size; 0 = take it from the data folder")
+    rope_theta: float = option(10000.0, "RoPE base frequency (modern arch)")
+    norm_eps: float = option(1e-5, "epsilon of LayerNorm/RMSNorm")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = _f(32, "sequences per micro-batch")
-    grad_accum_steps: int = _f(1, "micro-batches accumulated per optimizer step")
-    max_iters: int = _f(5000, "optimizer steps; also the length of the LR schedule")
-    learning_rate: float = _f(6e-4, "peak learning rate")
-    min_lr_ratio: float = _f(0.1, "cosine decay ends at learning_rate * min_lr_ratio")
-    warmup_iters: int = _f(200, "linear warm-up steps")
-    weight_decay: float = _f(0.1, "AdamW decoupled weight decay on matrices")
-    beta1: float = _f(0.9, "AdamW beta1")
-    beta2: float = _f(0.95, "AdamW beta2")
-    grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 = off")
-    time_limit_min: float = _f(
+    batch_size: int = option(32, "sequences per micro-batch")
+    grad_accum_steps: int = option(1, "micro-batches accumulated per optimizer step")
+    max_iters: int = option(5000, "optimizer steps; also the length of the LR schedule")
+    learning_rate: float = option(6e-4, "peak learning rate")
+    min_lr_ratio: float = option(0.1, "cosine decay ends at learning_rate * min_lr_ratio")
+    warmup_iters: int = option(200, "linear warm-up steps")
+    weight_decay: float = option(0.1, "AdamW decoupled weight decay on matrices")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 = off")
+    time_limit_min: float = option(
         0.0, "stop after this many minutes of training (evaluations included) and run the LR schedule on "
              "the clock instead of max_iters, which becomes an upper bound; 0 = off")
-    eval_interval: int = _f(250, "evaluate (and checkpoint) every N steps")
-    eval_iters: int = _f(20, "batches averaged per evaluation")
-    checkpoint_interval: int = _f(0, "checkpoint every N steps; 0 = at every evaluation")
-    log_interval: int = _f(10, "write a metrics record every N steps")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+    eval_interval: int = option(250, "evaluate (and checkpoint) every N steps")
+    eval_iters: int = option(20, "batches averaged per evaluation")
+    checkpoint_interval: int = option(0, "checkpoint every N steps; 0 = at every evaluation")
+    log_interval: int = option(10, "write a metrics record every N steps")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "auto",
         "'auto': bf16 where the CPU/GPU has it, fp16 + grad scaler on GPUs without bf16, else fp32",
         ("auto", "fp32", "bf16", "fp16"),
     )
-    device: str = _f("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parallel: Literal["ddp", "fsdp"] = _f(
+    device: str = option("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parallel: Literal["ddp", "fsdp"] = option(
         "ddp",
         "under torchrun: 'ddp' keeps a full model copy per process; 'fsdp' shards weights, gradients and "
         "AdamW state across processes (needs 2+ processes and bf16/fp32; resume with the same count)",
         ("ddp", "fsdp"),
     )
-    seed: int = _f(1337, "seed for initialisation, dropout and batch sampling")
-    threads: int = _f(0, "CPU threads for torch; 0 = torch's default")
-    compile: bool = _f(False, "torch.compile the model; falls back to eager, with a warning, where unavailable")
-    grad_spike_factor: float = _f(
+    seed: int = option(1337, "seed for initialisation, dropout and batch sampling")
+    threads: int = option(0, "CPU threads for torch; 0 = torch's default")
+    compile: bool = option(False, "torch.compile the model; falls back to eager, with a warning, where unavailable")
+    grad_spike_factor: float = option(
         10.0, "skip an update whose gradient norm exceeds this x the median of the last 50; 0 = off")
-    max_skipped_updates: int = _f(5, "stop the run after this many skipped (non-finite/outlier) updates in a row")
+    max_skipped_updates: int = option(5, "stop the run after this many skipped (non-finite/outlier) updates in a row")
 
 
 @dataclass
@@ -93,6 +110,59 @@ class RunConfig:
         cfg = cls()
         apply_overrides(cfg, _flatten(data, "config"))
         return cfg
+
+
+MAX_LOGPROBS = 50  # alternatives reported per token, at most
+
+
+@dataclass
+class SamplingParams:
+    """How to generate; each field's help is also its command-line help."""
+    max_new_tokens: int = option(200, "most tokens to generate")
+    temperature: float = option(0.8, "> 1 flattens the distribution, < 1 sharpens it")
+    top_k: int | None = option(None, "sample from the k most likely tokens only")
+    top_p: float | None = option(None, "sample from the smallest set of tokens whose probability reaches p")
+    min_p: float | None = option(None, "drop tokens below min_p x the top probability")
+    repetition_penalty: float = option(1.0, "> 1 discourages tokens already seen (1 = off; 1.1-1.3 is typical)")
+    presence_penalty: float = option(0.0, "OpenAI-style, in [-2, 2]: lowers tokens already generated")
+    frequency_penalty: float = option(0.0, "OpenAI-style, in [-2, 2]: lowers tokens by how often they were generated")
+    stop: list[str] = option(None, "stop before this text (repeatable)", factory=list)
+    seed: int | None = option(None, "same seed, same text")
+    greedy: bool = option(False, "always take the most likely token")
+    n: int = option(1, "samples per prompt")
+    logprobs: int | None = option(None, "report each token's probability and the this-many most likely "
+                                        "alternatives (0 = the chosen token only)")
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+
+    def validate(self) -> None:
+        """UserError naming the first setting out of range (its `param`)."""
+        checks = [
+            ("max_new_tokens", self.max_new_tokens >= 1, f"must be at least 1, got {self.max_new_tokens}"),
+            ("temperature", self.greedy or self.temperature > 0,
+             f"must be > 0 for sampling (got {self.temperature}); use greedy decoding for the argmax"),
+            ("top_k", self.top_k is None or self.top_k >= 1, f"must be at least 1, got {self.top_k}"),
+            ("top_p", self.top_p is None or 0 < self.top_p <= 1, f"must be in (0, 1], got {self.top_p}"),
+            ("min_p", self.min_p is None or 0 <= self.min_p <= 1, f"must be in [0, 1], got {self.min_p}"),
+            ("repetition_penalty", self.repetition_penalty > 0, f"must be > 0 (1 = off), got {self.repetition_penalty}"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, f"must be in [-2, 2] (0 = off), got {self.presence_penalty}"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2,
+             f"must be in [-2, 2] (0 = off), got {self.frequency_penalty}"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), f"strings must be non-empty text, got {self.stop!r}"),
+            ("n", self.n >= 1, f"(samples per prompt) must be at least 1, got {self.n}"),
+            ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+             f"must be in [0, {MAX_LOGPROBS}], got {self.logprobs}"),
+        ]
+        for name, ok, problem in checks:
+            if not ok:
+                raise bad_param(name, problem)
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
 
 
 # Presets override the defaults above; anything not named keeps the course value.

@@ -1,10 +1,24 @@
 """The one error type for mistakes a user can fix.
 
 Functions raise `UserError` for bad input (a missing file, a wrong option, a damaged
-checkpoint); the CLI prints its message as a single line and exits non-zero. Bugs keep
-raising ordinary exceptions so they still show a traceback.
+checkpoint); the CLI prints its message as one line and exits 2, the server answers 400. Bugs
+keep raising ordinary exceptions so they still show a traceback.
 """
+
+from __future__ import annotations
 
 
 class UserError(Exception):
-    """A problem in what the user asked for, with a message that names the fix."""
+    """A problem in what the user asked for, with a message that names the fix.
+
+    `param` is set when one parameter is at fault; the message then starts with its Python
+    name (`top_k must be ...`), which the CLI replaces by the flag (`--top-k must be ...`)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+def bad_param(param: str, problem: str) -> UserError:
+    """`UserError(f"{param} {problem}", param)`, e.g. bad_param("top_k", "must be at least 1, got 0")."""
+    return UserError(f"{param} {problem}", param=param)

@@ -1,17 +1,27 @@
-"""Crash-safe file writes: write a temp file beside the target, fsync, then rename.
-
-`os.replace` is atomic on POSIX and Windows, so a reader (or a run resumed after `kill -9`)
-sees either the old file or the new one, never half of one.
+"""Crash-safe writes: a file or a whole folder is built under a temporary name beside its
+target and renamed into place, so a reader (or a run resumed after `kill -9`) sees the old
+version or the new one, never half of one. `os.replace` / `os.rename` are atomic on POSIX.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from .errors import UserError
+
+
+def umask() -> int:
+    """The process's file-creation mask (reading it means setting it; it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -24,7 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp makes 0600; give the usual permissions
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -32,12 +42,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -52,6 +56,61 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_destination(out: Path, what: str = "output", replaceable: Callable[[Path], bool] | None = None) -> None:
+    """UserError unless `out` is new, an empty folder, or a folder `replaceable` accepts."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; choose another {what} path")
+    if not out.is_dir() or not any(out.iterdir()) or (replaceable is not None and replaceable(out)):
+        return
+    if replaceable is None:
+        raise UserError(f"{out} already exists and is not empty; choose another {what} folder or delete it")
+    raise UserError(f"{out} is a non-empty folder that is not a banglaslm {what}; choose another folder "
+                    f"(an existing {what} there would be replaced)")
+
+
+@contextmanager
+def staged_folder(out_dir: str | Path, what: str = "output",
+                  replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield an empty temp folder beside `out_dir`; on success it becomes `out_dir`, on error
+    it is removed. An existing `out_dir` must be empty, or a folder `replaceable` accepts
+    (e.g. an earlier output of the same kind), which is then replaced as a whole; anything
+    else is a UserError before any work is done."""
+    out = Path(out_dir)
+    check_destination(out, what, replaceable)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an existing `out` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / "previous")
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "previous", out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy `src` to `dst` so that `dst` is always either its old content or a full copy."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -69,8 +128,6 @@ def read_json(path: str | Path) -> Any:
 
 def read_json_or_fail(path: str | Path) -> Any:
     """`read_json`, with unreadable JSON reported as a one-line user error."""
-    from .errors import UserError
-
     try:
         return read_json(path)
     except (ValueError, UnicodeDecodeError) as exc:

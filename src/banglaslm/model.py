@@ -10,14 +10,9 @@ Two variants share every line that can be shared; `ModelConfig.arch` picks the p
 | output head     | its own matrix             | tied to the token embedding     |
 | linear biases   | yes                        | no                              |
 
-Both are pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)). Attention uses PyTorch's
-`scaled_dot_product_attention`, which picks a fused (flash / memory-efficient) kernel where
-the hardware has one. The weight layout follows Hugging Face GPT-2 / Llama naming closely so
-that export is a renaming, not a re-computation.
-
-For generation, a `KVCache` keeps every layer's keys and values, so each new token costs one
-token's work instead of a forward pass over the whole context. Training never uses one: with
-no cache, `forward` is exactly the plain causal pass.
+Both are pre-norm, attend through PyTorch's fused `scaled_dot_product_attention`, and are laid
+out like Hugging Face's GPT-2 / Llama, so export is a renaming. Generation extends a `KVCache`;
+training never uses one.
 """
 
 from __future__ import annotations

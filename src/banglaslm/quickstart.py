@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
-from .config import build_config
-from .corpus import corpus_dir
-from .evaluate import evaluate_text
-from .generate import SamplingConfig, generate
-from .loader import DataFolder
-from .prepare import prepare
+from .config import Opt, SamplingParams, build_config
+from .data.corpus import corpus_dir
+from .data.folder import DataFolder
+from .data.prepare import prepare
+from .evaluation.perplexity import evaluate_text
+from .generation.engine import generate
 from .runfolder import load_model
-from .trainer import train
+from .training.trainer import train
 
 PROMPTS = ("একদিন সকালে", "আজ বাজারে", "নদীর ধারে", "আমাদের গ্রামে")
 QUICKSTART_VOCAB = 1024  # small corpus: small vocabulary, more training tokens per character
@@ -28,10 +29,8 @@ QUICKSTART_OVERRIDES = {"model.dropout": 0.25}
 
 def held_out_text(data_dir: Path) -> str:
     """The validation documents, decoded from val.bin (they never shaped training)."""
-    from .tokenizer import Tokenizer
-
     data = DataFolder(data_dir)
-    tok = Tokenizer.from_file(data.tokenizer_path)
+    tok = data.tokenizer()
     ids = data.tokens("val").read().tolist()
     docs, current = [], []
     for i in ids:
@@ -44,8 +43,10 @@ def held_out_text(data_dir: Path) -> str:
     return "\n\n".join(docs)
 
 
-def quickstart(out: str | Path = "quickstart", max_iters: int | None = None,
+def quickstart(out: Annotated[str, Opt("folder for data/ and run/")] = "quickstart",
+               max_iters: Annotated[int | None, Opt("override the tiny preset's step count")] = None,
                say: Callable[[str], None] = print, progress: bool | None = None) -> dict:
+    """The whole pipeline on the embedded corpus; what each stage produced, as a dict."""
     out = Path(out)
     data_dir, run_dir = out / "data", out / "run"
     say(f"1/4 preparing the embedded Bangla corpus → {data_dir}")
@@ -66,7 +67,7 @@ def quickstart(out: str | Path = "quickstart", max_iters: int | None = None,
     say("4/4 generating")
     samples = []
     for i, prompt in enumerate(PROMPTS):
-        g = generate(loaded, prompt, SamplingConfig(max_new_tokens=60, temperature=0.8, top_k=50, seed=i))
+        g = generate(loaded, prompt, SamplingParams(max_new_tokens=60, temperature=0.8, top_k=50, seed=i))
         samples.append(g)
         say(f"  » {prompt}{g.text}")
     say(f"\nnext: banglaslm generate {run_dir} --prompt \"...\"   |   banglaslm eval {run_dir} --text FILE")

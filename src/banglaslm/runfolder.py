@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Annotated
 
 from .checkpoint import load_checkpoint
-from .config import RunConfig
+from .config import Opt, RunConfig
 from .errors import UserError
-from .fileio import read_json_or_fail
+from .fileio import atomic_write_json, read_json_or_fail
 from .model import GPT
 from .tokenizer import Tokenizer
 
+RUN_FORMAT = "banglaslm-run"
 RUN_FORMAT_VERSION = 1
 
 
@@ -48,6 +48,14 @@ class RunFolder:
             raise UserError(f"{self.path} is not a banglaslm run folder (no config.json/tokenizer.json); "
                             "train one with `banglaslm train`")
 
+    def write_header(self, config: RunConfig, tokenizer: Tokenizer, data_meta: dict | None = None) -> None:
+        """config.json, tokenizer.json and (when known) data_meta.json: what every run starts with."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.config_path, {"format": RUN_FORMAT, "version": RUN_FORMAT_VERSION, **config.to_dict()})
+        tokenizer.save(self.tokenizer_path)
+        if data_meta is not None:
+            atomic_write_json(self.data_meta_path, data_meta)
+
     def load_config(self) -> RunConfig:
         data = read_json_or_fail(self.config_path)
         data.pop("format", None)
@@ -64,7 +72,10 @@ class LoadedModel:
     checkpoint: Path
 
 
-def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") -> LoadedModel:
+def load_model(run_dir: str | Path,
+               which: Annotated[str, Opt("the checkpoint to load: best (lowest validation loss) or latest",
+                                         ("best", "latest"))] = "best",
+               device: str = "cpu") -> LoadedModel:
     """Model (in eval mode), tokenizer and config from a run folder, for inference."""
     run = RunFolder(run_dir)
     run.require()
@@ -88,12 +99,3 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") ->
     model.to(device).eval()
     return LoadedModel(model, tokenizer, config, int(ckpt.state.get("iter", 0)), path)
 
-
-def autocast_context(device: torch.device, precision: str):
-    """The autocast context for `precision` ('fp32' means none)."""
-    import contextlib
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)

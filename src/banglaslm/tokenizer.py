@@ -1,19 +1,11 @@
-"""Tokenizers, all stored as a Hugging Face `tokenizer.json`.
+"""Tokenizers, all stored as a Hugging Face `tokenizer.json`: byte-level BPE trained here
+("bpe"), one token per character ("char"), or any existing tokenizer.json.
 
-Three kinds share one wrapper:
-- "bpe": byte-level BPE trained here. Its pre-tokenizer is llama.cpp's `qwen35` split
-  pattern, which keeps letters *and* combining marks together. GPT-2/GPT-4 patterns use
-  `\\p{L}+`, and Bangla vowel signs and hasanta are `\\p{M}`, so those patterns cut every
-  word at its vowel signs and BPE can never learn whole words. Matching a pattern llama.cpp
-  knows by name also keeps GGUF export exact. ZWJ/ZWNJ (kept by normalization only beside a
-  hasanta) are format characters, so the split puts a word boundary before them; the pieces
-  still round-trip byte for byte.
-- "char": one token per Unicode code point (tiny-shakespeare-style runs).
-- any existing `tokenizer.json` (e.g. a SentencePiece model converted by transformers).
-
-Every kind has one end-of-document token. Text is encoded *without* the tokenizer's own
-special tokens (the course appended a `</s>` to prompts that training never saw), and literal
-special-token strings inside text are encoded as plain text, never as control tokens.
+Why our own split pattern: GPT-2/GPT-4 patterns use `\\p{L}+`, and Bangla vowel signs and
+hasanta are `\\p{M}`, so they cut every word apart and BPE never learns whole words; ours
+(llama.cpp's `qwen35` split) keeps letters and marks together. Every kind has one
+end-of-document token; text is encoded without the tokenizer's own special tokens, and a
+literal special-token string in text stays text. More in docs/data.md.
 """
 
 from __future__ import annotations
@@ -28,9 +20,9 @@ from pathlib import Path
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from .errors import UserError
-from .normalize import normalize
+from .errors import UserError, bad_param
 from .fileio import atomic_write_text
+from .text import normalize
 
 EOD = "<|endoftext|>"
 UNK = "<|unk|>"
@@ -43,11 +35,17 @@ SPLIT_PATTERN = (
 )
 # For our own kinds, no pre-token can span the point just after a run of newlines that is
 # followed by a non-space, so documents may be cut there and encoded in parallel pieces with
-# identical ids (tests/test_tokenizer.py checks this on real text). Foreign tokenizers (e.g.
+# identical ids (tests/core/test_tokenizer.py checks this on real text). Foreign tokenizers (e.g.
 # SentencePiece's metaspace, which marks the start of every piece) are encoded whole.
 _SAFE_CUT = re.compile(r"(?<=\n)(?=\S)")
 # Names other tokenizers use for their end-of-sequence token, tried in order.
 _EOD_CANDIDATES = (EOD, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]")
+MIN_BPE_VOCAB = 256 + 2  # every byte, the end-of-document token and at least one merge
+
+
+def check_bpe_vocab_size(vocab_size: int) -> None:
+    if vocab_size < MIN_BPE_VOCAB:
+        raise bad_param("vocab_size", f"{vocab_size} is too small for byte-level BPE: use at least {MIN_BPE_VOCAB}")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -86,8 +84,7 @@ class Tokenizer:
     def train_bpe(cls, texts: Iterable[str], vocab_size: int, length: int | None = None,
                   show_progress: bool = False) -> "Tokenizer":
         """Train byte-level BPE on already-normalized `texts`."""
-        if vocab_size < 257 + 1:
-            raise UserError(f"--vocab-size {vocab_size} is too small for byte-level BPE: use at least 258")
+        check_bpe_vocab_size(vocab_size)
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),

@@ -15,14 +15,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
-from .normalize import normalize
-from .runfolder import LoadedModel
-from .sources import read_text_file
+from ..config import Opt
+from ..data.sources import read_text_file
+from ..errors import UserError, bad_param
+from ..runfolder import LoadedModel
+from ..text import normalize
 
 
 @dataclass
@@ -68,7 +70,7 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: 
     block = loaded.config.model.block_size
     stride = stride or max(1, block // 2)
     if not 0 < stride <= block:
-        raise UserError(f"--stride must be between 1 and the block size ({block}), got {stride}")
+        raise bad_param("stride", f"must be between 1 and the block size ({block}), got {stride}")
     ids = [loaded.tokenizer.eod_id] + loaded.tokenizer.encode(text, normalized=True)
     nats = score_tokens(loaded.model, ids, stride)
     n_tokens = len(ids) - 1
@@ -81,7 +83,9 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: 
     )
 
 
-def evaluate_file(loaded: LoadedModel, path: str | Path, stride: int | None = None) -> EvalResult:
+def evaluate_file(loaded: LoadedModel, path: str | Path,
+                  stride: Annotated[int | None, Opt("sliding-window step in tokens (default: half the block)")] = None,
+                  ) -> EvalResult:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"text file not found: {path}")

@@ -5,23 +5,9 @@
     while not batch.idle:
         batch.step()
 
-The server runs every request through one `Batch` on its worker thread. A generation (a
-`Sequence`: one sample of one prompt, with its own sampling parameters, seed, stop strings,
-logprobs and callbacks) joins after its own prefill and leaves as soon as it ends, is
-cancelled or runs out of time; the others go on. One decode step then serves every running
-generation: at small batch sizes a step is bound by reading the weights, so B rows cost
-little more than one (BENCHMARKS.md, "Server under load").
-
-Each sequence computes exactly what it would compute alone, so the same seed gives the same
-text alone or among others:
-- every sequence has its own row of the KV cache (a slot) and its own length: no shared
-  length, no padding, so nobody's window or re-prefill depends on anybody else's (the
-  engine's policy past the block size is applied per sequence, when its own row is full);
-- the C decode step (cpu_decode.py) computes each row on its own, in the same order whatever
-  else is in the batch, and prefills run per sequence.
-Without the C step (no compiler, a GPU, another dtype, a hooked model), each sequence keeps its
-own KVCache and the running sequences take their steps in turn through `model(...)`: served
-together and fairly, though not batched.
+A sequence joins after its own prefill and leaves as soon as it ends; each has its own KV-cache
+row and length, so it computes exactly what it would alone (same seed, same text). The server
+runs every request through one `Batch`; docs/generation.md says more.
 """
 
 from __future__ import annotations
@@ -31,9 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import SamplingParams
+from ..model import KVCache
 from .cpu_decode import CpuDecoder
-from .engine import Completion, Engine, Row, Sampler, SamplingParams, Step, accept_token, shown_text
-from .model import KVCache
+from .engine import Completion, Engine, Row, Step, accept_token, shown_text
+from .sampling import Sampler
 from .stream import StreamDecoder
 
 
@@ -144,9 +132,7 @@ class Batch:
                 logits[id(live)] = self.engine.forward(live.cache, token)[:, -1]
                 live.length = live.cache.length
         for live in refill:  # the engine's policy past the block size, for this sequence alone
-            row = live.row
-            if len(row.context) - row.start > block:
-                row.start = len(row.context) - self.engine.keep
+            self.engine.slide(live.row)
             try:
                 logits[id(live)] = self._prefill(live)
             except Exception as exc:  # noqa: BLE001

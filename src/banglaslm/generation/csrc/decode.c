@@ -10,7 +10,7 @@
  * operations fused into the loops that produce their inputs.
  *
  * It is compiled on first use by cpu_decode.py (cc -O3 -march=native -fopenmp) and called
- * through ctypes; model.py stays the reference, and tests/test_cpu_decode.py checks that the
+ * through ctypes; model.py stays the reference, and tests/generation/test_cpu_decode.py checks that the
  * logits agree with it for both architectures, with padding, batches and a full cache.
  *
  * Layout conventions (all row-major, contiguous, float32):

@@ -1,26 +1,10 @@
 """Streaming detokenization: token ids in, one at a time; text that is safe to show, out.
 
-Two things make naive streaming (decode each token, print it) wrong for Bangla:
-
-1. A byte-level BPE token can end in the middle of a UTF-8 character (every Bangla letter is
-   three bytes). Decoding such a token alone gives U+FFFD or drops bytes that the next token
-   completes. `StreamDecoder` keeps the bytes in an incremental UTF-8 decoder and only ever
-   sees whole characters.
-2. A whole character can still change what is on screen: a consonant takes a vowel sign
-   (ক + া = কা), a hasanta makes a conjunct with the next consonant (ক + ্ + ষ = ক্ষ), a
-   ZWJ/ZWNJ selects its form. A piece that starts with a vowel sign renders as a dotted
-   circle. So the decoder holds back the last grapheme cluster (it may still grow) and emits
-   text only up to the start of it; `finish()` flushes the rest.
-
-The cut points follow Unicode's extended grapheme clusters (UAX #29) where they matter here,
-erring on the side of holding back: a character joins the one before it when it is a
-combining mark (Mn/Mc/Me), a ZWJ/ZWNJ, an emoji skin-tone modifier, the LF of a CRLF, any
-character after a ZWJ, or a letter after a hasanta/ZWNJ (a conjunct; GB9c). Hangul syllable
-and regional-indicator pairs are not treated specially; at worst they reach the screen in two
-pieces, and the joined text is still exact.
-
-Emitted text never ends in a hasanta or joiner, so the final tidy-up the non-streamed path
-applies (`tidy_end`: drop a dangling hasanta/joiner) only ever touches held-back text, and
+Naive streaming is wrong for Bangla twice over: a byte-level token can end inside a UTF-8
+character (every Bangla letter is three bytes), and a whole character can still change what is
+on screen (a vowel sign, a hasanta and a following consonant, a joiner). So the decoder keeps
+bytes until they form characters and holds back the last grapheme cluster (`text.joins_previous`)
+until it is complete. Emitted text never ends in a hasanta or joiner, so
 
     "".join(pieces) == tidy_end(tokenizer.decode(ids))
 
@@ -30,34 +14,17 @@ holds exactly. Special tokens produce no text.
 from __future__ import annotations
 
 import codecs
-import unicodedata
 
-from .normalize import HASANTA, ZWJ, ZWNJ
-from .tokenizer import Tokenizer
+from ..text import HASANTA, ZWJ, ZWNJ, joins_previous
+from ..tokenizer import Tokenizer
 
 # What a cut-off generation may end in while it waits for the next letter.
 DANGLING = HASANTA + ZWJ + ZWNJ
-_MARK_CATEGORIES = ("Mn", "Mc", "Me")
 
 
 def tidy_end(text: str) -> str:
     """A cut-off generation may end in a hasanta or joiner waiting for the next letter."""
     return text.rstrip(DANGLING)
-
-
-def joins_previous(text: str, i: int) -> bool:
-    """True when text[i] belongs to the same grapheme cluster as text[i - 1] (i >= 1)."""
-    ch = text[i]
-    if ch in (ZWJ, ZWNJ) or unicodedata.category(ch) in _MARK_CATEGORIES:
-        return True
-    if "\U0001f3fb" <= ch <= "\U0001f3ff":  # emoji skin-tone modifiers
-        return True
-    prev = text[i - 1]
-    if prev == ZWJ:  # emoji ZWJ sequences, র‍্য
-        return True
-    if prev in (HASANTA, ZWNJ):  # a conjunct: consonant + hasanta (+ joiner) + consonant
-        return unicodedata.category(ch).startswith("L")
-    return prev == "\r" and ch == "\n"
 
 
 def safe_cut(text: str, end: int | None = None) -> int:

@@ -1,38 +1,10 @@
 """Fully sharded data parallelism (PyTorch's FSDP2, `fully_shard`) and its sharded checkpoints.
 
-With `train.parallel=fsdp` under torchrun, every parameter becomes a DTensor whose rows are
-split across the N processes: each rank stores 1/N of the weights, gradients and AdamW
-moments, and gathers a block's full weights only while that block computes. Ranks still
-read different slices of the same global batch, so the math is the same as DDP's.
-
-Sharded checkpoint layout (no pickles: torch.distributed.checkpoint pickles its metadata,
-so it is not used here):
-
-    checkpoints/
-      sharded.json               pointer: {"folder": "step-00000040", "iter": 40, "world_size": 2}
-      step-00000040/rank0.safetensors   rank 0's local shards: model.*, optim.*, its RNG + JSON state
-      step-00000040/rank1.safetensors   rank 1's ...
-      latest.safetensors         consolidated full weights + JSON state (no optimizer), for
-      best.safetensors           eval / generate / export, exactly as in a DDP run
-
-Commit protocol, so a `kill -9` at any moment leaves a complete checkpoint behind:
-    1. rank 0 empties the new step folder; barrier
-    2. every rank writes its own file (temp file, fsync, rename), then all gather the full
-       weights (a collective) for step 4; barrier: all shards are on disk
-    3. rank 0 atomically replaces sharded.json to name the new folder  ← the commit point
-    4. rank 0 writes latest/best.safetensors and deletes every other step folder; barrier
-Resume reads only sharded.json, so it never sees a half-written folder (a kill between 3 and
-4 leaves latest.safetensors one save behind, which only eval/generate/export read).
-
-Decisions and limits:
-  * a single process with parallel=fsdp is a UserError: there is nothing to shard over, and
-    an FSDP run folder then always holds sharded checkpoints;
-  * a sharded checkpoint resumes only with the same number of processes (no re-sharding);
-  * fp16 is refused (its GradScaler is per rank, so ranks could disagree on skipping a step);
-    bf16 and fp32 work, bf16 as a MixedPrecisionPolicy (bf16 compute, fp32 gradient reduction);
-  * every rank writes into the run folder, so machines need a shared filesystem;
-  * each rank builds the full model once (same seed) before sharding it: simple, and fine for
-    any model whose fp32 weights fit one process's memory.
+Each rank stores 1/N of the weights, gradients and AdamW moments and gathers a block's full
+weights only while that block computes. Checkpoints are one safetensors file per rank,
+committed together through a pointer file, so a `kill -9` at any moment leaves a complete
+set; the protocol and the limits (same process count on resume, no fp16) are in
+docs/training.md.
 """
 
 from __future__ import annotations
@@ -45,12 +17,12 @@ import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from ..checkpoint import Checkpoint, load_checkpoint, rng_tensors, write_checkpoint
+from ..errors import UserError
+from ..fileio import atomic_copy, atomic_write_json, read_json_or_fail
+from ..runfolder import RunFolder
 from . import distributed
-from .checkpoint import Checkpoint, load_checkpoint, rng_tensors, write_checkpoint
 from .distributed import DistEnv
-from .errors import UserError
-from .fileio import atomic_path, atomic_write_json, read_json_or_fail
-from .runfolder import RunFolder
 
 POINTER = "sharded.json"
 POINTER_FORMAT = "banglaslm-sharded-checkpoint"
@@ -176,8 +148,7 @@ def save(run: RunFolder, it: int, model, optimizer, state: dict[str, Any], env: 
                                                "iter": it, "world_size": env.world_size})
         write_checkpoint(latest, {f"model.{k}": v for k, v in weights.items()}, state)
         if improved:
-            with atomic_path(run.checkpoint("best")) as tmp:
-                shutil.copyfile(latest, tmp)
+            atomic_copy(latest, run.checkpoint("best"))
         for old in run.checkpoints.glob("step-*"):
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)

@@ -1,33 +1,10 @@
-"""Write a perplexity task for EleutherAI's lm-evaluation-harness (`lm_eval`) from text files.
+"""A perplexity task for EleutherAI's lm-evaluation-harness (`lm_eval`) from text files.
 
-    write_perplexity_task([a.txt, b.txt], OUT_DIR, name="bangla_ppl") writes
-      OUT_DIR/bangla_ppl.jsonl   one JSON object per input file: {"text": ..., "source": ...}
-      OUT_DIR/bangla_ppl.yaml    the task: loglikelihood_rolling over "text", with
-                                 word_perplexity, byte_perplexity and bits_per_byte
-
-so that, with a folder from `banglaslm export RUN --format hf --out EXPORT_DIR`,
-
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 lm_eval --model hf \\
-        --model_args pretrained=EXPORT_DIR,dtype=float32 --include_path OUT_DIR --tasks bangla_ppl
-
-scores the model on exactly our text, offline (the YAML names the JSONL by absolute path and
-loads it with the `datasets` "json" builder; nothing is fetched).
-
-Why a task file and not a built-in task: lm-eval's stock perplexity tasks are English
-(wikitext, pile) and download their data. Why this module does not import `lm_eval`: writing
-the task needs only the standard library, and lm-eval (with its large dependency tree) stays
-an optional install; only *running* the task needs it.
-
-One document per input file. `banglaslm eval FILE` also scores a file as one document (its
-whole normalized text after one end-of-document token), so each file's bits per byte from
-lm-eval equals `banglaslm eval FILE --stride BLOCK_SIZE` (see docs/lm-eval.md), and no text is
-dropped: splitting into paragraphs would restart the context at every blank line and leave the
-blank lines themselves (bytes `banglaslm eval` counts) out of both the score and the byte count.
-Split a corpus into files yourself if you want smaller documents.
-
-Every document is passed through `normalize()` here, so lm-eval's byte and word counts are those
-of the normalized text (what `banglaslm eval` counts too); the exported tokenizer normalizes
-again, which changes nothing on normalized text.
+`write_perplexity_task(files, OUT_DIR, name)` writes NAME.jsonl (one normalized document per
+file) and NAME.yaml (a loglikelihood_rolling task over it), so that `lm_eval --include_path
+OUT_DIR --tasks NAME` scores an HF export on exactly our text, offline; each file's bits per
+byte then equals `banglaslm eval FILE --stride BLOCK_SIZE`. Writing the task needs only the
+standard library; only running it needs lm-eval. docs/lm-eval.md has the how and why.
 """
 
 from __future__ import annotations
@@ -35,11 +12,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Annotated
 
-from .errors import UserError
-from .fileio import atomic_path, atomic_write_text
-from .normalize import NORMALIZATION, normalize
-from .sources import read_text_file
+from ..config import Opt
+from ..data.sources import read_text_file
+from ..errors import UserError
+from ..fileio import atomic_path, atomic_write_text
+from ..text import NORMALIZATION, normalize
 
 # lm-eval task names are also file names here and must not look like a path or a glob.
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
@@ -96,7 +75,8 @@ def task_yaml(name: str, jsonl: Path, n_docs: int) -> str:
     ])
 
 
-def write_perplexity_task(texts: list[Path], out_dir: Path, name: str = "bangla_ppl") -> Path:
+def write_perplexity_task(texts: list[Path], out_dir: Path,
+                          name: Annotated[str, Opt("task name")] = "bangla_ppl") -> Path:
     """Write OUT_DIR/NAME.jsonl and OUT_DIR/NAME.yaml (see the module docstring); returns
     OUT_DIR, the folder to pass to `lm_eval --include_path`.
 

@@ -1,34 +1,11 @@
 """A fused one-token decoding step for CPUs: csrc/decode.c, compiled on first use.
 
-Why: at batch 1 a decoding step is bound by reading every weight once, and PyTorch's eager
-mode spends about as long again dispatching the ~120 small operators around the mat-vecs
-(BENCHMARKS.md: "Generation speed"). The C step does the arithmetic of `GPT.forward` with a
-KV cache for one new token per row in one call, so the engine's decode steps cost little more
-than the weight reads. Prefill (many tokens at once) stays in PyTorch, where the matmuls are
-large and eager mode is already efficient.
-
-When the engine uses it (`CpuDecoder.for_model` returns None otherwise and the engine runs
-`model(...)` as before):
-- the model is a plain `GPT` on the CPU in float32, with every tensor contiguous;
-- it is made of the usual modules only, and nothing observes or replaces a forward pass (no
-  forward hooks, no patched `forward`, no parametrizations, no autocast), so anything that
-  wraps or changes the model still sees every step;
-- a C compiler is available (`$CC`, else `cc`) and the build succeeded;
-- the environment does not say `BANGLASLM_KERNEL=torch` (the switch for comparing, or for
-  ruling the kernel out when hunting a bug).
-
-The build: `cc -O3 -march=native -fopenmp -shared`, once, cached in
-`$BANGLASLM_CACHE` (default `~/.cache/banglaslm`)/kernels/ under a hash of the source, the
-compiler and this CPU's flags, written to a temporary file and renamed so that concurrent
-first uses never load half a library. The library links libgomp; where PyTorch ships its own
-under that soname (the Linux wheels), the two share one thread pool. A failed build is
-reported once on stderr, and generation goes on in PyTorch.
-
-Numerics: float32 throughout, summed in a different order than PyTorch's kernels, with exp
-and erf (for the exact GELU) evaluated by short vectorizable formulas accurate to about 1e-7;
-logits agree with PyTorch's to about 1e-6 (tests/test_cpu_decode.py checks both
-architectures, padded batches and a full cache against `model.forward`, and whole greedy and
-sampled generations against the PyTorch path).
+At batch 1 a decoding step is bound by reading every weight once, and PyTorch's eager mode
+spends about as long again dispatching small operators. The C step does `GPT.forward`'s
+arithmetic for one new token per row in one call. It runs only where it computes exactly what
+the model would (a plain float32 `GPT` on the CPU, nothing hooked or patched, a compiler at
+hand, BANGLASLM_KERNEL not "torch"); otherwise the engine uses `model(...)`. The build, the
+numerics and the rules for stepping aside are in docs/generation.md.
 """
 
 from __future__ import annotations
@@ -46,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .model import GPT, MLP, Block, CausalSelfAttention, KVCache
+from ..model import GPT, MLP, Block, CausalSelfAttention, KVCache
 
 SOURCE = Path(__file__).with_name("csrc") / "decode.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError, bad_param
 
 TEXT_SUFFIXES = {".txt", ".md"}
 TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet"}
@@ -74,7 +74,7 @@ def iter_documents(sources: list[Source], text_column: str | None = None,
                    doc_split: str = "file") -> Iterator[str]:
     """Yield the raw (not yet normalized) text of every document, in input order."""
     if doc_split not in DOC_SPLITS:
-        raise UserError(f"unknown --doc-split '{doc_split}'; choose one of {', '.join(DOC_SPLITS)}")
+        raise bad_param("doc_split", f"'{doc_split}' is unknown; choose one of {', '.join(DOC_SPLITS)}")
     readers = {"text": lambda s: read_text_file(s, doc_split), "jsonl": lambda s: _read_jsonl(s, text_column),
                "csv": lambda s: _read_csv(s, text_column), "parquet": lambda s: _read_parquet(s, text_column),
                "hf": lambda s: _read_hf(s, text_column)}
@@ -104,10 +104,8 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
 def _column(available: list[str], wanted: str | None, where: str) -> str:
     name = wanted or "text"
     if name not in available:
-        raise UserError(
-            f"{where} has no column '{name}' (it has: {', '.join(map(str, available)) or 'none'}); "
-            "choose one with --text-column"
-        )
+        raise bad_param("text_column", f"'{name}' not found: {where} has no column '{name}' (it has: "
+                                       f"{', '.join(map(str, available)) or 'none'}); choose one of those")
     return name
 
 
@@ -115,7 +113,7 @@ def _as_text(value: object, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise UserError(f"{where}: the text column holds {type(value).__name__}, not text; pick another --text-column")
+        raise bad_param("text_column", f"names a column of {type(value).__name__}, not text, in {where}; pick another column")
     return value
 
 

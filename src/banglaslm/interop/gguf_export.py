@@ -1,81 +1,30 @@
-"""Export a run to one GGUF file that llama.cpp (and what is built on it) runs as is.
+"""Export a run as one GGUF file that llama.cpp (and what is built on it) runs as is.
 
-    export_gguf(run_dir, "model.gguf", dtype="f16")
-
-GGUF is llama.cpp's single-file format: key/value metadata (architecture, sizes, the whole
-tokenizer) followed by the tensors, each stored as f32, f16 or a block-quantized type. We do not
-invent an architecture; each of ours maps onto one llama.cpp already implements.
-
-"modern" -> GGUF arch `llama`
-- RMSNorm, SwiGLU (`ffn_gate`/`ffn_up`/`ffn_down`), no biases, plain multi-head attention: the
-  same computation as llama.cpp's LLaMA graph, with `llama.rope.freq_base` = rope_theta and
-  `llama.attention.layer_norm_rms_epsilon` = norm_eps.
-- RoPE layout. Ours rotates the pairs (x[i], x[i + d/2]) of each head ("rotate half", what
-  Hugging Face Llama does); llama.cpp's LLaMA rotates (x[2i], x[2i + 1]) ("normal"/interleaved),
-  with the same frequency for pair i. Attention scores are dot products, so reordering the rows
-  of W_q and W_k the same way, per head, changes nothing but the layout: row i goes to 2i and
-  row i + d/2 to 2i + 1. That is the permutation llama.cpp's convert_hf_to_gguf.py applies to
-  Hugging Face Llama checkpoints (its `LlamaModel.permute`; here `permute_qk`, undone by
-  `unpermute_qk`).
-- Tied head: `output.weight` is left out. llama.cpp's LLaMA loader then uses `token_embd.weight`
-  as the output matrix (its "init from the input tok embed" fallback), as our tied model does.
-
-"gpt" -> GGUF arch `gpt2` (only when asked for: see the GELU point)
-- Learned positions (`position_embd`, exactly block_size rows), LayerNorm with bias, biased
-  fused qkv / projections, and an untied `output.weight`: all as llama.cpp's GPT-2 graph has them.
-- Not exact, so refused unless asked for: our MLP uses exact (erf) GELU; llama.cpp's GPT-2
-  calls ggml_gelu, the tanh approximation, which its CPU backend evaluates through an f16
-  lookup table (input and output rounded to f16): per activation up to 4.7e-4 from the formula
-  plus f16 rounding (up to 4e-3 near |x| = 8). No llama.cpp architecture has learned positions,
-  a causal decoder and exact GELU. Measured (BENCHMARKS.md, "GGUF export checked by llama.cpp"):
-  f32 logits differ by up to ~6e-4 (a "modern" run's by ~4e-6), and one greedy continuation in
-  eight took the other side of a near-tie (top-2 gap 4e-5). With llama.cpp's GELU emulated in our
-  model the difference drops to ~1e-4 (a few activations rounding to the other f16 neighbour) and
-  every continuation agrees, so the rest of the mapping is exact. `approximate_gelu=True` exports
-  anyway; `GELU_NOTE` says this in one line for callers to show.
-
-Tokenizer: our byte-level BPE -> `tokenizer.ggml.model = "gpt2"` (llama.cpp's byte-level BPE),
-with the vocabulary (byte-level strings, as in tokenizer.json), the merges in rank order and the
-token types (the end-of-document token is CONTROL: never produced from text, exactly like ours,
-which encodes a literal "<|endoftext|>" as text). `tokenizer.ggml.pre = "qwen35"`: our split
-pattern (tokenizer.SPLIT_PATTERN) is character for character llama.cpp's
-LLAMA_VOCAB_PRE_TYPE_QWEN35 regex (which llama.cpp runs as a hand-written splitter), so
-llama.cpp pre-tokenizes as we do: the benchmark compares its ids with ours on real text. bos = eos = the
-end-of-document id, add_bos_token = false: `banglaslm generate` conditions a prompt on that token,
-so to reproduce it prepend it yourself (llama-cpp-python: `[llm.token_bos()] +
-llm.tokenize(text.encode(), add_bos=False)`). Character and foreign (e.g. SentencePiece)
-tokenizers are refused.
-
-Normalization: llama.cpp does not run `banglaslm.normalize.normalize()` (NFC, nukta letters,
-joiners, spaces). Normalize prompts with it before handing them to llama.cpp, or the same visible
-text can give other tokens. The file records the policy as `banglaslm.normalization`.
-
-dtype: "f32" writes every tensor as f32; "f16" and "q8_0" store the 2-D weight matrices as f16 /
-Q8_0 (blocks of 32 values with one f16 scale) and keep what convert_hf_to_gguf.py keeps in f32:
-norms, biases and the position table. A matrix whose rows are not a multiple of 32 cannot be Q8_0
-and is stored as f16 instead (as convert_hf_to_gguf.py does).
-
-Faithful or refuse: a config or tokenizer llama.cpp cannot represent raises UserError before
-anything is written; the file is written under a temporary name and renamed into place.
+"modern" runs become llama.cpp's `llama` (q/k rows permuted to its interleaved RoPE layout,
+the tied head left to its token-embedding fallback); "gpt" runs become `gpt2` only when the
+caller accepts llama.cpp's tanh-approximated GELU. The tokenizer becomes llama.cpp's
+byte-level BPE with pre-tokenizer `qwen35`, exactly our split. llama.cpp does not run our
+normalization: normalize prompts first. docs/interop.md has the mapping and its checks.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .errors import UserError
-from .export import check_exportable, to_hf_tensors
-from .fileio import atomic_path
-from .model import swiglu_hidden
-from .normalize import NORMALIZATION
-from .runfolder import load_model
-from .tokenizer import SPLIT_PATTERN, Tokenizer
+from ..config import ModelConfig, Opt
+from ..errors import UserError, bad_param
+from ..fileio import atomic_path
+from ..model import swiglu_hidden
+from ..runfolder import load_model
+from ..text import NORMALIZATION
+from ..tokenizer import SPLIT_PATTERN, Tokenizer
+from .hf_export import check_exportable, float32_state
+from .hf_names import to_hf
 
 DTYPES = ("f32", "f16", "q8_0")
 PRE_TOKENIZER = "qwen35"
@@ -106,9 +55,9 @@ def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
 def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Our state dict -> GGUF tensor names (llama.cpp's), float32, in our (out, in) layout.
 
-    Goes through the Hugging Face names of `export.to_hf_tensors`, the same mapping
-    convert_hf_to_gguf.py applies to a Llama / GPT-2 checkpoint."""
-    hf = to_hf_tensors(state, cfg)
+    Goes through the Hugging Face names (`hf_names`), the same mapping convert_hf_to_gguf.py
+    applies to a Llama / GPT-2 checkpoint."""
+    hf = to_hf(state, cfg)
     out: dict[str, torch.Tensor] = {}
     if cfg.arch == "modern":
         out["token_embd.weight"] = hf["model.embed_tokens.weight"]  # also the (tied) output
@@ -250,16 +199,23 @@ def _write_metadata(w, cfg: ModelConfig, dtype: str, name: str) -> None:
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def export_gguf(run_dir: str | Path, out_path: str | Path, dtype: str = "f32", which: str = "best",
-                overwrite: bool = False, *, approximate_gelu: bool = False) -> Path:
+def export_gguf(
+    run_dir: str | Path, out_path: str | Path,
+    dtype: Annotated[str, Opt("how weight matrices are stored (norms stay f32)", DTYPES)] = "f16",
+    which: Annotated[str, Opt("the checkpoint to export", ("best", "latest"))] = "best",
+    overwrite: Annotated[bool, Opt("replace an existing output")] = False,
+    *,
+    approximate_gelu: Annotated[bool, Opt("course GPT only: accept llama.cpp's tanh-approximated GELU "
+                                          "(not exact)")] = False,
+) -> Path:
     """Write the run's `which` checkpoint as one GGUF file for llama.cpp; returns `out_path`.
 
     "modern" runs become GGUF `llama`; "gpt" runs become `gpt2` only with `approximate_gelu=True`
-    (llama.cpp's GELU is not ours; see the module docstring). Raises UserError, writing nothing,
-    for what llama.cpp cannot represent.
+    (llama.cpp's GELU is not ours: `GELU_NOTE`). Raises UserError, writing nothing, for what
+    llama.cpp cannot represent.
     """
     if dtype not in DTYPES:
-        raise UserError(f"GGUF dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise bad_param("dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out_path)
     if out.is_dir():
         raise UserError(f"{out} is a folder; give the path of the .gguf file to write")
@@ -270,11 +226,7 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, dtype: str = "f32", w
     cfg, tok = loaded.config.model, loaded.tokenizer
     check_gguf_exportable(cfg, approximate_gelu)
     vocab = gguf_vocab(tok, cfg.vocab_size)
-    state = {k: v.detach().cpu() for k, v in loaded.model.state_dict().items()}
-    bad = sorted({str(v.dtype) for v in state.values()} - {"torch.float32"})
-    if bad:
-        raise UserError(f"cannot export: weights are {bad[0]}, expected float32")
-    tensors = gguf_tensors(state, cfg)
+    tensors = gguf_tensors(float32_state(loaded.model), cfg)
 
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama" if cfg.arch == "modern" else "gpt2")

@@ -1,40 +1,15 @@
 """Import a local Hugging Face Llama or GPT-2 checkpoint as a banglaslm run folder.
 
-    import_hf(HF_DIR, RUN_DIR) reads HF_DIR/config.json, model.safetensors (or the shards named
-    in model.safetensors.index.json) and tokenizer.json, and writes RUN_DIR/ like the trainer
-    does: config.json (RunConfig), tokenizer.json, checkpoints/latest.safetensors and
-    checkpoints/best.safetensors (the same weights).
-
-What the imported run supports
-- `load_model`, `banglaslm generate`, `banglaslm eval`, and export back to Hugging Face.
-- `train(data_dir, run_dir, resume=True)` continues training from the imported weights (a
-  fine-tune): the checkpoint holds a fresh AdamW state (no moments), iteration 0 and the train
-  settings of the exporting run (or the defaults); the data folder must have been prepared with
-  this very tokenizer, which resume checks by its hash.
-
-Mapping: Llama -> arch "modern", GPT-2 -> arch "gpt" (the inverse of `banglaslm.export`). Weights
-are upcast to float32 (lossless). A checkpoint exported by banglaslm carries its run config, so
-the non-architectural settings (dropout, the train section, rope_theta of a "gpt" run) come back
-too; the architecture always comes from the HF config. The Bangla normalizer that export put into
-tokenizer.json is removed again (our Python `normalize()` runs before every encode), so a round
-trip gives back the original tokenizer and hash; any other normalizer is kept.
-
-Refused with UserError (nothing is written): anything the model in `banglaslm.model` cannot
-compute exactly. For Llama: grouped-query attention (num_key_value_heads != num_attention_heads),
-head_dim != hidden_size / heads, attention or MLP biases, rope scaling or partial rotary,
-an activation other than silu, intermediate_size other than `swiglu_hidden(hidden_size)` (our
-SwiGLU width is fixed by the model width), an untied lm_head. For GPT-2: activations other than
-exact "gelu" (the original GPT-2 uses "gelu_new", the tanh approximation), n_inner != 4 * n_embd,
-unscaled or layer-scaled attention, cross-attention. Also: other model types, checkpoints that are
-not safetensors, non-float tensors, tensors that do not fit the config, a tokenizer larger than
-the embedding. A GPT-2 with a tied head (the usual case) is imported with a copy of `wte` as the
-head: the same function, but training will then update the two matrices separately.
+`import_hf(HF_DIR, RUN_DIR)` reads config.json, model.safetensors (or its shards) and
+tokenizer.json and writes a run folder as training does, with the weights as both checkpoints
+and no optimizer state (training from it starts a fresh AdamW). Llama becomes "modern", GPT-2
+"gpt", through the same name table as export (`hf_names`). Anything `banglaslm.model` cannot
+compute exactly is refused before anything is written; docs/interop.md lists what.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -43,15 +18,15 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .checkpoint import save_checkpoint
-from .config import ModelConfig, RunConfig, TrainConfig, validate
-from .errors import UserError
-from .fileio import read_json_or_fail
-from .export import from_hf_tensors, staged_folder, strip_bangla_normalizer, write_json
-from .model import GPT, swiglu_hidden
-from .runfolder import RUN_FORMAT_VERSION, RunFolder
-from .tokenizer import Tokenizer
-from .trainer import make_optimizer
+from ..checkpoint import save_checkpoint
+from ..config import ModelConfig, RunConfig, TrainConfig, validate
+from ..errors import UserError
+from ..fileio import atomic_copy, read_json_or_fail, staged_folder
+from ..model import GPT, swiglu_hidden
+from ..runfolder import RunFolder
+from ..tokenizer import Tokenizer
+from .hf_export import strip_bangla_normalizer
+from .hf_names import from_hf
 
 # best_val of an imported run: no evaluation has happened yet (JSON has no infinity).
 NO_EVAL_YET = sys.float_info.max
@@ -198,14 +173,10 @@ def _train_config(provenance: dict[str, Any]) -> TrainConfig:
         return TrainConfig()
 
 
-def import_hf(hf_dir: str | Path, out_run_dir: str | Path) -> Path:
-    """Write a banglaslm run folder for the HF checkpoint in `hf_dir`; returns `out_run_dir`."""
-    src = Path(hf_dir)
-    if not src.is_dir():
-        raise UserError(f"Hugging Face model folder not found: {src}")
-    config = _read_json(src / "config.json", "model")
+def _run_config(config: dict[str, Any], provenance: dict[str, Any]) -> tuple[RunConfig, bool]:
+    """The run config for an HF config (a banglaslm export's own settings where it carries
+    them), plus whether the HF head is tied to the embedding."""
     model_cfg, tied = model_config_from_hf(config)
-    provenance = config.get("banglaslm") if isinstance(config.get("banglaslm"), dict) else {}
     saved = (provenance.get("run_config") or {}).get("model") or {}
     if isinstance(saved.get("dropout"), (int, float)) and 0 <= saved["dropout"] < 1:
         model_cfg.dropout = float(saved["dropout"])
@@ -213,47 +184,55 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path) -> Path:
         model_cfg.rope_theta = float(saved["rope_theta"])  # unused by "gpt"; kept for an identical config
     run_config = RunConfig(model=model_cfg, train=_train_config(provenance))
     validate(run_config)
+    return run_config, tied
 
+
+def _model(src: Path, cfg: ModelConfig, tied: bool) -> GPT:
+    """Our model holding the HF checkpoint's weights, or a refusal saying why it cannot."""
     tensors = _read_tensors(src)
     head_key = "lm_head.weight"
-    embed_key = "model.embed_tokens.weight" if model_cfg.arch == "modern" else (
+    embed_key = "model.embed_tokens.weight" if cfg.arch == "modern" else (
         "transformer.wte.weight" if "transformer.wte.weight" in tensors else "wte.weight")
     if tied:
         tensors.pop(head_key, None)  # transformers ties it to the embedding whatever the file holds
     elif head_key not in tensors:
         raise _refuse("tie_word_embeddings is false but the checkpoint has no lm_head.weight")
-    elif model_cfg.arch == "modern":
+    elif cfg.arch == "modern":
         if embed_key not in tensors or not torch.equal(tensors[head_key], tensors[embed_key]):
             raise _refuse("this Llama has an untied lm_head; banglaslm's modern arch ties it to the embedding")
         tensors.pop(head_key)
-    state = from_hf_tensors(tensors, model_cfg)
-    model = GPT(model_cfg)
+    model = GPT(cfg)
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(from_hf(tensors, cfg), strict=False)
     except RuntimeError as exc:
         raise _refuse(f"the tensors do not fit config.json ({str(exc).splitlines()[-1].strip()})") from None
     if set(missing) - {"lm_head.weight"} or unexpected:
         raise _refuse(f"the tensors do not fit config.json (missing {sorted(missing)[:3]})")
-    model.eval()
+    return model.eval()
 
+
+def import_hf(hf_dir: str | Path, out_run_dir: str | Path) -> Path:
+    """Write a banglaslm run folder for the HF checkpoint in `hf_dir`; returns `out_run_dir`."""
+    src = Path(hf_dir)
+    if not src.is_dir():
+        raise UserError(f"Hugging Face model folder not found: {src}")
+    config = _read_json(src / "config.json", "model")
+    provenance = config.get("banglaslm") if isinstance(config.get("banglaslm"), dict) else {}
+    run_config, tied = _run_config(config, provenance)
+    model = _model(src, run_config.model, tied)
     tokenizer = _read_tokenizer(src, provenance)
-    if tokenizer.vocab_size > model_cfg.vocab_size:
+    if tokenizer.vocab_size > run_config.model.vocab_size:
         raise _refuse(f"the tokenizer has {tokenizer.vocab_size} tokens but the embedding only "
-                      f"{model_cfg.vocab_size} rows")
-
-    optimizer = make_optimizer(model, run_config.train, torch.device("cpu"))
+                      f"{run_config.model.vocab_size} rows")
     ckpt_state = {
         "iter": 0, "config": run_config.to_dict(), "tokenizer_sha256": tokenizer.sha256,
-        # a fresh AdamW state (below) so that `train --resume` can continue from these weights
         "best_val": NO_EVAL_YET, "history": [], "precision": "fp32", "scaler": None,
         "imported_from": {"path": str(src.resolve()), "model_type": config.get("model_type"),
                           "banglaslm": {k: v for k, v in provenance.items() if k != "run_config"}},
     }
-    with staged_folder(out_run_dir, what="run") as tmp:
+    with staged_folder(out_run_dir, "run") as tmp:
         run = RunFolder(tmp)
-        write_json(run.config_path, {"format": "banglaslm-run", "version": RUN_FORMAT_VERSION,
-                                     **run_config.to_dict()})
-        tokenizer.save(run.tokenizer_path)
-        save_checkpoint(run.checkpoint("latest"), model, ckpt_state, optimizer)
-        shutil.copyfile(run.checkpoint("latest"), run.checkpoint("best"))
+        run.write_header(run_config, tokenizer)
+        save_checkpoint(run.checkpoint("latest"), model, ckpt_state)  # weights only: a fresh optimizer
+        atomic_copy(run.checkpoint("latest"), run.checkpoint("best"))
     return Path(out_run_dir)

@@ -1,0 +1,1 @@
+"""Data: inputs → normalized documents → a data folder of token bins → training batches."""

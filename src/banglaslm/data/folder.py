@@ -1,0 +1,158 @@
+"""The data folder: the contract between `prepare` and training, written and read only here.
+
+    DATA_DIR/
+      meta.json        format, normalization, tokenizer (file, kind, sha256, vocab size, EOD
+                       id), id dtype, per split {file, documents, tokens, bytes, chars}, and
+                       how the split was made (seed, fraction, doc_split, sources)
+      tokenizer.json   the tokenizer the bins were encoded with
+      train.bin        token ids, one after another; each document followed by EOD, and the
+      val.bin          file starting with one (so every document is seen after an EOD)
+
+A folder with a meta.json is complete: `prepare` builds it under a temporary name (meta.json
+written last) and renames it into place.
+"""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError, bad_param
+from ..fileio import atomic_write_json, read_json
+from ..text import NORMALIZATION
+from ..tokenizer import Tokenizer
+
+DATA_FORMAT = "banglaslm-data"
+DATA_FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+META = "meta.json"
+
+
+def is_data_folder(path: Path) -> bool:
+    """Whether `path` holds a data folder's meta.json (readable or not)."""
+    try:
+        return read_json(Path(path) / META).get("format") == DATA_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class DataFolder:
+    """A prepared data folder: meta.json checked, tokenizer and memory-mapped bins on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / META
+        if not meta_path.is_file():
+            raise UserError(f"{self.path} is not a prepared data folder (no meta.json); run `banglaslm prepare` first")
+        try:
+            self.meta = read_json(meta_path)
+            if self.meta.get("format") != DATA_FORMAT:
+                raise ValueError("not a banglaslm data folder")
+            if self.meta.get("version", 0) > DATA_FORMAT_VERSION:
+                raise ValueError(f"made by a newer banglaslm (version {self.meta['version']})")
+            self.dtype = np.dtype(self.meta["dtype"])
+            self.tokenizer_sha256 = self.meta["tokenizer"]["sha256"]
+            self.vocab_size = int(self.meta["tokenizer"]["vocab_size"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{meta_path} is damaged or unsupported ({exc}); prepare the data again") from None
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / self.meta["tokenizer"]["file"]
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_file(self.tokenizer_path)
+
+    def tokens(self, split: str) -> "TokenFile":
+        path = self.path / self.meta["splits"][split]["file"]
+        expected = int(self.meta["splits"][split]["tokens"])
+        if not path.is_file() or path.stat().st_size != expected * self.dtype.itemsize:
+            raise UserError(f"{path} is missing or truncated (expected {expected:,} tokens); prepare the data again")
+        return TokenFile(path, self.dtype)
+
+
+class TokenFile:
+    """A read-only, memory-mapped bin of token ids that does not stay resident.
+
+    After each read the mapping's resident pages are released (`madvise(MADV_DONTNEED)`): the
+    kernel reads around every fault, so without it a long run's resident memory grows with the
+    corpus (benchmarks/memory_vs_corpus.py). The data stays in the page cache."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path, self.dtype = path, np.dtype(dtype)
+        self._map = np.memmap(path, dtype=self.dtype, mode="r")
+        self._can_release = hasattr(mmap, "MADV_DONTNEED") and getattr(self._map, "_mmap", None) is not None
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def _release(self) -> None:
+        if self._can_release:
+            self._map._mmap.madvise(mmap.MADV_DONTNEED)
+
+    def read(self, start: int = 0, count: int | None = None) -> np.ndarray:
+        stop = len(self) if count is None else start + count
+        out = np.array(self._map[start:stop])
+        self._release()
+        return out
+
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Rows of `length` tokens beginning at each of `starts`, in one vectorised gather."""
+        out = self._map[starts[:, None] + np.arange(length, dtype=np.int64)]
+        self._release()
+        return out
+
+
+def id_dtype(vocab_size: int, dtype: str) -> type:
+    """The bins' id type: "auto" (uint16 when the vocabulary fits), "uint16" or "uint32"."""
+    if dtype == "auto":
+        return np.uint16 if vocab_size <= 2**16 else np.uint32
+    if dtype == "uint16" and vocab_size > 2**16:
+        raise bad_param("dtype", f"uint16 cannot hold this vocabulary: it has {vocab_size:,} tokens, too many for "
+                                 "uint16 (max 65,536); use uint32 or a smaller vocabulary")
+    return np.uint16 if dtype == "uint16" else np.uint32
+
+
+class BinWriter:
+    """Appends encoded documents to a folder's train.bin / val.bin and counts what went in."""
+
+    def __init__(self, folder: Path, tokenizer: Tokenizer, dtype: type):
+        self.folder, self.tokenizer, self.dtype = Path(folder), tokenizer, dtype
+        self.stats = {s: {"file": f"{s}.bin", "documents": 0, "tokens": 1, "bytes": 0, "chars": 0} for s in SPLITS}
+        self.files = {s: open(self.folder / f"{s}.bin", "wb") for s in SPLITS}
+        for f in self.files.values():
+            np.array([tokenizer.eod_id], dtype=dtype).tofile(f)
+
+    def add(self, documents: list[tuple[str, str, list[int]]]) -> None:
+        """Append (split, normalized text, ids) documents, each followed by EOD."""
+        buffers: dict[str, list[int]] = {s: [] for s in SPLITS}
+        for split, text, ids in documents:
+            buffers[split].extend(ids)
+            buffers[split].append(self.tokenizer.eod_id)
+            s = self.stats[split]
+            s["documents"] += 1
+            s["tokens"] += len(ids) + 1
+            s["chars"] += len(text)
+            s["bytes"] += len(text.encode("utf-8"))
+        for split, ids in buffers.items():
+            np.asarray(ids, dtype=self.dtype).tofile(self.files[split])
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def write_meta(folder: Path, tokenizer: Tokenizer, dtype: type, stats: dict, split: dict[str, Any]) -> dict:
+    """Write the tokenizer and meta.json (last: it marks the folder complete); the meta."""
+    tokenizer.save(Path(folder) / "tokenizer.json")
+    meta = {
+        "format": DATA_FORMAT, "version": DATA_FORMAT_VERSION, "normalization": NORMALIZATION,
+        "tokenizer": {"file": "tokenizer.json", "kind": tokenizer.kind, "sha256": tokenizer.sha256,
+                      "vocab_size": tokenizer.vocab_size, "eod_id": tokenizer.eod_id},
+        "dtype": np.dtype(dtype).name, "splits": stats, "split_by": "document", **split,
+    }
+    atomic_write_json(Path(folder) / META, meta)
+    return meta

@@ -1,0 +1,155 @@
+"""Text → a data folder (see `folder`): normalized documents, a tokenizer, token bins.
+
+Three streaming passes keep memory bounded however large the corpus is: read and normalize
+every document into a spool file (slow sources are read once); choose the validation documents
+(seeded, whole documents) and train the tokenizer on the training documents only; encode in
+batches (the `tokenizers` Rust side uses every core) and append the ids to the bins.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import Opt
+from ..errors import UserError, bad_param
+from ..fileio import staged_folder
+from ..text import normalize
+from ..tokenizer import Tokenizer, check_bpe_vocab_size, iter_chunks
+from .folder import SPLITS, BinWriter, id_dtype, is_data_folder, write_meta
+from .sources import DOC_SPLITS, iter_documents, resolve_inputs
+
+ENCODE_BATCH_CHARS = 4_000_000
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    meta: dict
+    seconds: float
+    input_bytes: int
+
+    def summary(self) -> str:
+        lines = [f"prepared {self.out_dir} in {self.seconds:.1f} s "
+                 f"({self.input_bytes / 1e6 / max(self.seconds, 1e-9):.2f} MB/s of normalized text)"]
+        tok = self.meta["tokenizer"]
+        lines.append(f"tokenizer: {tok['kind']}, vocabulary {tok['vocab_size']:,}, ids stored as {self.meta['dtype']}")
+        for split in SPLITS:
+            s = self.meta["splits"][split]
+            lines.append(f"{split:>5}: {s['documents']:,} documents, {s['chars']:,} characters, "
+                         f"{s['tokens']:,} tokens, {s['chars'] / max(s['tokens'], 1):.2f} characters/token")
+        return "\n".join(lines)
+
+
+def prepare(
+    inputs: list[str], out_dir: str | Path,
+    tokenizer: Annotated[str, Opt("'bpe' (train byte-level BPE), 'char', or PATH of a tokenizer.json")] = "bpe",
+    vocab_size: Annotated[int, Opt("BPE vocabulary size")] = 8000,
+    val_fraction: Annotated[float, Opt("share of documents held out for validation")] = 0.05,
+    seed: Annotated[int, Opt("seed of the train/val document split")] = 42,
+    text_column: Annotated[str | None, Opt("column/field holding the text in .jsonl/.csv/.parquet/hf: "
+                                           "(default 'text')")] = None,
+    doc_split: Annotated[str, Opt("what one document is in .txt/.md files", DOC_SPLITS)] = "file",
+    dtype: Annotated[str, Opt("token id storage", ("auto", "uint16", "uint32"))] = "auto",
+    progress: bool | None = None,
+) -> PrepareResult:
+    """Prepare a data folder from `inputs` (files, folders, globs, tables or hf:NAME; see
+    `sources`). `progress=None` shows bars only on a terminal. Raises UserError, leaving any
+    earlier data folder at `out_dir` untouched, for bad options or inputs."""
+    if not 0 < val_fraction < 1:
+        raise bad_param("val_fraction", f"must be between 0 and 1 (exclusive), got {val_fraction}")
+    if dtype not in ("auto", "uint16", "uint32"):
+        raise bad_param("dtype", f"must be auto, uint16 or uint32, got {dtype}")
+    if tokenizer not in ("bpe", "char") and not Path(tokenizer).is_file():
+        raise bad_param("tokenizer", f"must be bpe, char or the path of a tokenizer.json; {tokenizer} is none of these")
+    if tokenizer == "bpe":
+        check_bpe_vocab_size(vocab_size)
+    sources = resolve_inputs(inputs)
+    start = time.perf_counter()
+    with staged_folder(out_dir, "data", replaceable=is_data_folder) as work:
+        spool = work / "documents.jsonl"
+        n_docs, chars, input_bytes = _spool(iter_documents(sources, text_column, doc_split), spool, progress)
+        is_val = _choose_validation(n_docs, val_fraction, seed)
+        tok = _tokenizer(tokenizer, spool, is_val, chars, vocab_size, progress)
+        np_dtype = id_dtype(tok.vocab_size, dtype)
+        stats = _encode(spool, is_val, tok, np_dtype, work, progress)
+        spool.unlink()
+        sources_seen = [s.location for s in sources[:20]] + ([f"... {len(sources) - 20} more"] if len(sources) > 20 else [])
+        meta = write_meta(work, tok, np_dtype, stats, {"val_fraction": val_fraction, "seed": seed,
+                                                       "doc_split": doc_split, "sources": sources_seen})
+    return PrepareResult(Path(out_dir), meta, time.perf_counter() - start, input_bytes)
+
+
+def _show(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _spool(documents: Iterator[str], spool: Path, progress) -> tuple[int, set[str], int]:
+    """Normalize and write non-empty documents, one JSON string per line."""
+    n_docs, chars, n_bytes = 0, set(), 0
+    with open(spool, "w", encoding="utf-8") as fh:
+        for raw in tqdm(documents, desc="reading", unit="doc", disable=not _show(progress)):
+            text = normalize(raw)
+            if not text:
+                continue
+            fh.write(json.dumps(text, ensure_ascii=False))
+            fh.write("\n")
+            chars.update(text)
+            n_bytes += len(text.encode("utf-8"))
+            n_docs += 1
+    return n_docs, chars, n_bytes
+
+
+def _read_spool(spool: Path) -> Iterator[str]:
+    with open(spool, encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def _choose_validation(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Which documents are held out: a seeded choice of whole documents, at least one each side."""
+    if n_docs == 0:
+        raise UserError("the inputs hold no text (every document is empty after normalization)")
+    if n_docs < 2:
+        raise UserError("found only 1 document, but train/val are split by document; "
+                        "add files or split the text with --doc-split paragraph (or line)")
+    n_val = min(max(1, round(n_docs * val_fraction)), n_docs - 1)
+    is_val = np.zeros(n_docs, dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(n_docs)[:n_val]] = True
+    return is_val
+
+
+def _tokenizer(spec: str, spool: Path, is_val: np.ndarray, chars: set[str], vocab_size: int, progress) -> Tokenizer:
+    """BPE trained on the training documents only (validation text never shapes the vocabulary),
+    a char tokenizer over every character seen, or an existing tokenizer.json."""
+    if spec == "bpe":
+        train_docs = (doc for i, doc in enumerate(_read_spool(spool)) if not is_val[i])
+        return Tokenizer.train_bpe(train_docs, vocab_size, length=int((~is_val).sum()), show_progress=_show(progress))
+    if spec == "char":
+        return Tokenizer.build_char(chars)
+    return Tokenizer.from_file(spec)
+
+
+def _encode(spool: Path, is_val: np.ndarray, tok: Tokenizer, np_dtype: type, work: Path, progress) -> dict:
+    """Encode the spooled documents into the folder's bins; their statistics per split."""
+    writer = BinWriter(work, tok, np_dtype)
+    bar = tqdm(total=len(is_val), desc="encoding", unit="doc", disable=not _show(progress))
+    index = 0
+    try:
+        for batch in iter_chunks(_read_spool(spool), max_chars=ENCODE_BATCH_CHARS):
+            splits = ["val" if is_val[index + i] else "train" for i in range(len(batch))]
+            writer.add(list(zip(splits, batch, tok.encode_batch(batch))))
+            index += len(batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        writer.close()
+    return writer.stats

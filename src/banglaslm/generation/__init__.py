@@ -1,0 +1,1 @@
+"""Generation: sampling, the KV-cache engine, streaming, continuous batching, the C decode step and the chat template."""

@@ -1,0 +1,298 @@
+"""The generation engine: KV-cached decoding of batches of prompts.
+
+A prompt is normalized and encoded like training text, after the end-of-document token every
+training document started from. One prefill fills the KV cache (prompts of different lengths
+left-padded, each counting positions from its own first token); then one decode step per
+token, through the C kernel on CPUs (`cpu_decode`) or `model(...)`. Finished rows leave the
+batch. Past the block size a row's window restarts at its last `keep` tokens (`Engine.slide`),
+so the logits at every step are those of a plain forward pass over the current window.
+docs/generation.md has the details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..config import SamplingParams
+from ..errors import UserError, bad_param
+from ..model import GPT, KVCache
+from ..runfolder import LoadedModel
+from ..text import normalize
+from ..tokenizer import Tokenizer
+from .cpu_decode import CpuDecoder
+from .sampling import Sampler, TokenLogprob
+from .stream import StreamDecoder, tidy_end
+
+FINISH_STOP, FINISH_LENGTH = "stop", "length"
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]  # every token sampled, a final end-of-document excepted (the tokens
+                          # that spelled a stop string included; the text stops before it)
+    finish_reason: str    # "stop" (end of document or a stop string) or "length"
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry when asked for
+
+
+@dataclass
+class Step:
+    """One decoding step of `Engine.stream_steps`."""
+    token_id: int
+    text: str                          # the text that became safe to show (often '')
+    finish_reason: str | None = None   # set on the last step
+    logprob: TokenLogprob | None = None  # when `params.logprobs` is set
+    start: int = 0                     # where this token's text begins in the whole
+                                       # continuation (characters; a token that ends inside a
+                                       # character starts where that character will)
+
+
+# ---- sampling (batched: logits (B, V)) ----------------------------------------------------
+
+
+# ---- the engine ----------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One sequence being generated: sample `sample` of prompt `prompt`."""
+    prompt: int
+    sample: int
+    context: list[int]       # [eod] + prompt + generated tokens
+    start: int               # where the model's window into `context` begins
+    decoder: StreamDecoder
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_at: int | None = None   # where in decoder.text a stop string begins
+
+
+class Engine:
+    """KV-cached generation for one model and its tokenizer (see the module docstring)."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, keep: int | None = None, use_kernel: bool = True):
+        self.model = model
+        self.use_kernel = use_kernel  # False: never the C decode step (see cpu_decode.py)
+        self.tokenizer = tokenizer
+        self.block_size = model.config.block_size
+        # Tokens a row keeps when its context outgrows the block (the newest one included).
+        self.keep = max(1, min(keep or self.block_size // 2, self.block_size))
+        self.device = model.tok_emb.weight.device
+
+    # ---- public API ----------------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """[eod] + the normalized prompt's ids: the context every training document starts from."""
+        text = normalize(prompt)
+        if not text:
+            raise bad_param("prompt", "is empty; give some text to continue, e.g. \"আমার সোনার\"")
+        return [self.tokenizer.eod_id] + self.tokenizer.encode(text, normalized=True)
+
+    def generate(self, prompts: list[str], params: SamplingParams | None = None) -> list[list[Completion]]:
+        """`params.n` completions for each prompt, in prompt order."""
+        if isinstance(prompts, str):
+            raise TypeError("Engine.generate takes a list of prompts; use [prompt] for one")
+        params = params or SamplingParams()
+        params.validate()
+        return self.generate_ids([self.encode_prompt(p) for p in prompts], params)
+
+    def generate_ids(self, contexts: list[list[int]], params: SamplingParams | None = None) -> list[list[Completion]]:
+        """Like `generate`, from token ids (each context as `encode_prompt` makes it)."""
+        params = params or SamplingParams()
+        params.validate()
+        if any(not ids for ids in contexts):
+            raise UserError("every context needs at least one token (start it with the end-of-document id)")
+        if not contexts:
+            return []
+        rows = self._rows(contexts, params)
+        for _ in self._run(rows, params, track_text=bool(params.stop)):
+            pass
+        out: list[list[Completion]] = [[] for _ in contexts]
+        for row in rows:
+            out[row.prompt].append(self.completion(row, params))
+        return out
+
+    def completion(self, row: "Row", params: SamplingParams) -> Completion:
+        """The finished `row` as a Completion (its decoder must have followed along if
+        `params.stop`: then nothing has been taken from it yet, and finish() is all)."""
+        if params.stop:
+            text = row.decoder.finish(row.stop_at)
+        else:
+            text = tidy_end(self.tokenizer.decode(row.generated))
+        logprobs = row.logprobs if params.logprobs is not None else None
+        return Completion(text, row.generated, row.finish_reason, logprobs)
+
+    def stream(self, prompt: str, params: SamplingParams | None = None) -> Iterator[str]:
+        """The continuation of one prompt, as pieces of text that are safe to show as they come
+        (whole characters and grapheme clusters, never part of a stop string). The pieces joined
+        equal `generate([prompt], params)[0][0].text`."""
+        for step in self.stream_steps(prompt, params):
+            if step.text:
+                yield step.text
+
+    def stream_steps(self, prompt: str, params: SamplingParams | None = None) -> Iterator[Step]:
+        """Like `stream`, one `Step` per sampled token; with `params.logprobs`, each step also
+        says what the model was choosing from (for a playground that shows the model's choices)."""
+        params = params or SamplingParams()
+        params.validate()
+        if params.n != 1:
+            raise bad_param("n", f"must be 1 for streaming (one sample); set n=1 (got n={params.n})")
+        rows = self._rows([self.encode_prompt(prompt)], params)
+        row = rows[0]
+        stops, start = params.stop, 0
+        for ids, logprobs in self._run(rows, params, track_text=True):
+            end = len(row.decoder.text)
+            yield Step(ids[0], shown_text(row, stops), row.finish_reason, logprobs[0] if logprobs else None, start)
+            start = end
+
+    # ---- the loop --------------------------------------------------------------------------
+    def _rows(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Row]:
+        return [Row(p, j, list(ids), max(0, len(ids) - self.block_size), StreamDecoder(self.tokenizer))
+                for p, ids in enumerate(prompt_ids) for j in range(params.n)]
+
+    # As a decorator, inference_mode is on only while the generator runs, not between steps.
+    @torch.inference_mode()
+    def _run(self, rows: list[Row], params: SamplingParams, track_text: bool = False):
+        """Generate into `rows`; yield (sampled ids, TokenLogprobs or None) of the active rows per step.
+        `track_text`: feed each row's stream decoder as tokens come (streaming, stop strings)."""
+        eod = self.tokenizer.eod_id
+        with self._eval_mode():
+            sampler = Sampler(params, rows, self.model.config.vocab_size, self.device)
+            # Decode steps in one C call on CPUs when the kernel can run this model exactly
+            # (cpu_decode.py); None: every step through model(...).
+            fused = CpuDecoder.for_model(self.model) if self.use_kernel else None
+            # Prefill each prompt once (its n samples share it).
+            firsts = rows[::params.n]
+            cache = self.model.new_cache(len(firsts))
+            logits = self.prefill(cache, firsts)
+            cache.repeat_rows(params.n)
+            if params.n > 1:
+                logits = logits.repeat_interleave(params.n, dim=0)
+            active = list(range(len(rows)))
+            while True:
+                next_t, logprobs = sampler(logits)
+                next_ids = next_t.tolist()  # the one sync per step
+                sampler.update(next_t)
+                still = [b for b, (r, token) in enumerate(zip(active, next_ids))
+                         if accept_token(rows[r], token, logprobs[b] if logprobs else None, params, eod, track_text)]
+                yield next_ids, logprobs
+                if not still:
+                    return
+                if len(still) < len(active):  # finished rows leave the batch
+                    keep_t = torch.tensor(still, device=self.device)
+                    cache.select(keep_t)
+                    sampler.select(still, keep_t)
+                    next_t = next_t.index_select(0, keep_t)
+                    active = [active[b] for b in still]
+                if cache.length < self.block_size:
+                    logits = fused.step(cache, next_t) if fused else self.forward(cache, next_t[:, None])[:, -1]
+                else:  # the policy past the block size
+                    for r in active:
+                        self.slide(rows[r])
+                    logits = self.prefill(cache, [rows[r] for r in active])
+
+    def slide(self, row: Row) -> None:
+        """The policy past the block size, for a row whose cache is full: when its context no
+        longer fits the block, its window restarts at its last `keep` tokens (one half-block
+        prefill every `keep` tokens instead of a full-block forward every token)."""
+        if len(row.context) - row.start > self.block_size:
+            row.start = len(row.context) - self.keep
+
+    def prefill(self, cache: KVCache, rows: list[Row]) -> torch.Tensor:
+        """Refill `cache` from the rows' windows (left-padded); last-position logits (B, V)."""
+        windows = [row.context[row.start:] for row in rows]
+        width = max(len(w) for w in windows)
+        pad = [width - len(w) for w in windows]
+        idx = torch.tensor([[self.tokenizer.eod_id] * p + w for p, w in zip(pad, windows)],
+                           dtype=torch.long, device=self.device)
+        assert cache.batch_size == len(rows)
+        cache.reset(torch.tensor(pad, device=self.device))
+        return self.forward(cache, idx)[:, -1]
+
+    def forward(self, cache: KVCache, idx: torch.Tensor) -> torch.Tensor:
+        # Through model(...) → model.forward, so wrappers of forward see every call (and a
+        # wrapped model never gets the C kernel: CpuDecoder.for_model checks).
+        with self.model.use_cache(cache):
+            logits, _ = self.model(idx)
+        return logits.float()
+
+    @contextmanager
+    def _eval_mode(self):
+        """Dropout off while generating; the model's mode is restored afterwards."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+
+def accept_token(row: Row, token: int, logprob: TokenLogprob | None, params: SamplingParams, eod: int,
+                 track_text: bool) -> bool:
+    """Record one sampled token in `row` and decide whether the row goes on: it stops at end of
+    document, at a stop string (when `track_text`: its stream decoder follows the tokens) or at
+    `max_new_tokens`, and `row.finish_reason` says which."""
+    if token == eod:
+        row.finish_reason = FINISH_STOP
+        return False
+    row.generated.append(token)
+    row.context.append(token)
+    if logprob is not None:
+        row.logprobs.append(logprob)
+    if track_text:
+        before = len(row.decoder.text)
+        row.decoder.feed(token)
+        if params.stop:
+            longest = max(len(s) for s in params.stop)
+            row.stop_at = _find_stop(row.decoder.text, params.stop, before - longest + 1)
+    if row.stop_at is not None:
+        row.finish_reason = FINISH_STOP
+    elif len(row.generated) >= params.max_new_tokens:
+        row.finish_reason = FINISH_LENGTH
+    else:
+        return True
+    return False
+
+
+def shown_text(row: Row, stops: list[str]) -> str:
+    """The text of a streamed row that became safe to show since the last call: whole
+    characters and grapheme clusters, nothing that could still grow into a stop string; at
+    the end, everything up to the stop string."""
+    if row.finish_reason is not None:
+        return row.decoder.finish(row.stop_at)
+    return row.decoder.take(_stop_holdback(row.decoder.text, stops))
+
+
+def _find_stop(text: str, stops: list[str], start: int) -> int | None:
+    """Where the earliest stop string in `text` begins, searching from `start`; or None."""
+    start = max(start, 0)
+    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _stop_holdback(text: str, stops: list[str]) -> int:
+    """Where the earliest suffix of `text` that could still grow into a stop string begins
+    (text from there must not be shown yet); len(text) when there is none."""
+    for i in range(max(0, len(text) - max((len(s) for s in stops), default=0) + 1), len(text)):
+        tail = text[i:]
+        if any(s.startswith(tail) for s in stops):
+            return i
+    return len(text)
+
+
+@dataclass
+class Generation:
+    prompt: str
+    text: str
+    tokens: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def generate(loaded: LoadedModel, prompt: str, params: SamplingParams | None = None) -> Generation:
+    """One continuation of `prompt` by a loaded model: the simplest front of the engine."""
+    [[completion]] = Engine(loaded.model, loaded.tokenizer).generate([prompt], params or SamplingParams())
+    return Generation(prompt=prompt, text=completion.text, tokens=len(completion.token_ids))

@@ -1,0 +1,256 @@
+"""Export a run as a Hugging Face model folder that `transformers` loads with no custom code.
+
+`export_hf(run_dir, out_dir)` writes config.json (LlamaConfig for "modern", GPT2Config for
+"gpt"), model.safetensors (float32, HF names: `hf_names`), generation_config.json, and a
+tokenizer.json that carries our normalization as its `normalizer`, so the HF tokenizer gives
+our ids. Faithful or refuse: what the HF classes cannot represent exactly is a UserError
+before anything is written, and the weights are mapped back and compared bit for bit.
+docs/interop.md has the mapping, the normalizer and the known differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from safetensors.torch import save_file
+
+from ..config import ModelConfig, Opt, SamplingParams
+from ..errors import UserError
+from ..fileio import atomic_write_json, staged_folder
+from ..model import swiglu_hidden
+from ..runfolder import load_model
+from ..text import HASANTA, NORMALIZATION, ZWJ, ZWNJ, character_classes
+from ..tokenizer import UNK, Tokenizer
+from .hf_names import from_hf, to_hf
+
+HF_WEIGHTS = "model.safetensors"
+
+
+# ---- normalization as a tokenizers normalizer -----------------------------------------------
+def _ranges(cps: tuple[int, ...]) -> str:
+    """A regex character-class body for code points `cps`, as literal `a-b` ranges (literal
+    characters read the same in every regex dialect that consumes tokenizer.json)."""
+    out, cps = [], sorted(cps)
+    start = prev = cps[0]
+    for cp in cps[1:] + [None]:
+        if cp is not None and cp == prev + 1:
+            prev = cp
+            continue
+        out.append(chr(start) if start == prev else f"{chr(start)}-{chr(prev)}")
+        if cp is not None:
+            start = prev = cp
+    return "".join(out)
+
+
+def _replace(pattern: str, content: str, regex: bool = True) -> dict[str, Any]:
+    return {"type": "Replace", "pattern": {"Regex" if regex else "String": pattern}, "content": content}
+
+
+def bangla_normalizer() -> dict[str, Any]:
+    """`normalize()` (policy NORMALIZATION) as a tokenizer.json `normalizer` (a Sequence)."""
+    classes = character_classes()
+    newline, space, drop = classes["newline"], classes["space"], classes["drop"]
+    hasanta, joiners = HASANTA, ZWNJ + ZWJ
+    steps = [
+        _replace("\r\n", "\n", regex=False),
+        {"type": "NFC"},
+        # tokenizers' NFC tables predate U+09FE (BENGALI SANDHI MARK, ccc 230) and leave it
+        # in front of a nukta (ccc 7) / hasanta (ccc 9); finish the canonical ordering here.
+        *[_replace(a + b, b + a, regex=False) for _ in range(4)
+          for a, b in (("\u09fe", "\u09bc"), ("\u09fe", "\u09cd"), ("\u09cd", "\u09bc"))],
+        _replace("\u09a1\u09bc", "\u09dc", regex=False),  # ড় ঢ় য় recomposed
+        _replace("\u09a2\u09bc", "\u09dd", regex=False),
+        _replace("\u09af\u09bc", "\u09df", regex=False),
+        _replace("\u09a4\u09cd\u200d", "\u09ce", regex=False),  # old khanda-ta
+        _replace(f"[{_ranges(newline)}]", "\n"),
+        _replace(f"[{_ranges(space)}]", " "),
+        _replace(f"[{_ranges(drop)}]", ""),
+        # normalize() keeps the first joiner of a run; Replace has no back-references, so one
+        # rule per leading joiner (the ZWNJ rule cannot break a ZWJ-led run: see the tests).
+        _replace(f"{ZWNJ}[{joiners}]+", ZWNJ),
+        _replace(f"{ZWJ}[{joiners}]+", ZWJ),
+        _replace(f"(?<!{hasanta})[{joiners}]+(?![{joiners}]*{hasanta})", ""),
+        _replace(" {2,}", " "),
+        _replace(" *\n *", "\n"),
+        _replace("\n{3,}", "\n\n"),
+        {"type": "Strip", "strip_left": True, "strip_right": True},
+    ]
+    return {"type": "Sequence", "normalizers": steps}
+
+
+def _with_normalizer(spec: dict[str, Any]) -> dict[str, Any]:
+    spec = dict(spec)
+    ours = bangla_normalizer()
+    existing = spec.get("normalizer")
+    if existing:
+        ours["normalizers"].append(existing)
+    spec["normalizer"] = ours
+    # Our encode never applies the post-processor (add_special_tokens=False).
+    spec["post_processor"] = None
+    return spec
+
+
+def strip_bangla_normalizer(spec: dict[str, Any], steps_added: int | None = None) -> dict[str, Any]:
+    """Undo `_with_normalizer`'s normalizer (import: our Python normalize() runs anyway).
+
+    `steps_added` is what the exporting banglaslm recorded in config.json (its normalizer may
+    differ from this version's); without it, only this version's exact normalizer is removed."""
+    norm = spec.get("normalizer") or {}
+    steps = norm.get("normalizers") if norm.get("type") == "Sequence" else None
+    ours = bangla_normalizer()["normalizers"]
+    n = len(ours) if steps_added is None else steps_added
+    if not steps or n <= 0 or len(steps) < n:
+        return spec
+    if steps_added is None and json.dumps(steps[:n]) != json.dumps(ours):
+        return spec
+    spec = dict(spec)
+    rest = steps[n:]
+    spec["normalizer"] = rest[0] if len(rest) == 1 else ({"type": "Sequence", "normalizers": rest} if rest else None)
+    return spec
+
+
+# ---- configs --------------------------------------------------------------------------------
+# ModelConfig fields whose meaning export knows; a field added later must be taught here
+# before a run that changes it from its default can be exported.
+_KNOWN_FIELDS = {"arch", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size",
+                 "rope_theta", "norm_eps"}
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+    """Raise UserError for a config the HF classes cannot represent exactly."""
+    for f in dataclasses.fields(cfg):
+        if f.name not in _KNOWN_FIELDS and getattr(cfg, f.name) != f.default:
+            raise UserError(f"cannot export: model.{f.name}={getattr(cfg, f.name)!r} has no Hugging Face "
+                            "equivalent that export knows of")
+    if cfg.arch not in ("gpt", "modern"):
+        raise UserError(f"cannot export arch '{cfg.arch}': only 'modern' (Llama) and 'gpt' (GPT-2) are supported")
+    if cfg.vocab_size <= 0 or cfg.n_head <= 0 or cfg.n_embd % cfg.n_head:
+        raise UserError(f"cannot export: n_embd ({cfg.n_embd}) must divide by n_head ({cfg.n_head}) "
+                        f"and vocab_size ({cfg.vocab_size}) must be set")
+    if cfg.arch == "modern" and (cfg.n_embd // cfg.n_head) % 2:
+        raise UserError("cannot export: RoPE needs an even head size (n_embd / n_head)")
+    if not cfg.norm_eps > 0 or (cfg.arch == "modern" and not cfg.rope_theta > 0):
+        raise UserError("cannot export: norm_eps and rope_theta must be > 0")
+
+
+def hf_config(cfg: ModelConfig, eod_id: int, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """config.json for LlamaForCausalLM ("modern") or GPT2LMHeadModel ("gpt")."""
+    check_exportable(cfg)
+    common = {"vocab_size": cfg.vocab_size, "bos_token_id": eod_id, "eos_token_id": eod_id,
+              "pad_token_id": None, "initializer_range": 0.02, "use_cache": True,
+              "torch_dtype": "float32", "dtype": "float32"}
+    if cfg.arch == "modern":
+        out = {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": cfg.n_embd, "intermediate_size": swiglu_hidden(cfg.n_embd),
+            "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+            "num_key_value_heads": cfg.n_head, "head_dim": cfg.n_embd // cfg.n_head,
+            "hidden_act": "silu", "max_position_embeddings": cfg.block_size,
+            "rms_norm_eps": cfg.norm_eps,
+            # transformers 5 reads rope_parameters; 4.x and converters read rope_theta.
+            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+            "rope_theta": cfg.rope_theta,
+            "tie_word_embeddings": True, "attention_bias": False, "attention_dropout": 0.0,
+            "mlp_bias": False, "pretraining_tp": 1, **common,
+        }
+    else:
+        out = {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+            "n_positions": cfg.block_size, "n_ctx": cfg.block_size, "n_inner": 4 * cfg.n_embd,
+            "activation_function": "gelu", "layer_norm_epsilon": cfg.norm_eps,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False, "add_cross_attention": False,
+            "tie_word_embeddings": False, **common,
+        }
+    if provenance:
+        out["banglaslm"] = provenance
+    return out
+
+
+# ---- export ---------------------------------------------------------------------------------
+def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callable[[Path], None]]:
+    eod = tokenizer.hf.id_to_token(tokenizer.eod_id)
+    spec = _with_normalizer(json.loads(tokenizer.hf.to_str()))
+    added = {str(t_id): {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip,
+                         "normalized": t.normalized, "single_word": t.single_word, "special": t.special}
+             for t_id, t in sorted(tokenizer.hf.get_added_tokens_decoder().items())}
+    tok_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": eod, "eos_token": eod, "pad_token": None,
+        "unk_token": UNK if UNK in tokenizer.hf.get_vocab() else None,
+        "add_bos_token": False, "add_eos_token": False,
+        # ours encodes a literal "<|endoftext|>" in text as text, never as the control token
+        "split_special_tokens": True,
+        "model_max_length": block_size, "clean_up_tokenization_spaces": False,
+        "added_tokens_decoder": added,
+    }
+    return {
+        "tokenizer.json": lambda p: p.write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8"),
+        "tokenizer_config.json": lambda p: atomic_write_json(p, tok_config),
+        "special_tokens_map.json": lambda p: atomic_write_json(p, {"bos_token": eod, "eos_token": eod}),
+    }
+
+
+def float32_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights on the CPU; UserError unless they are all float32."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    bad = sorted({str(v.dtype) for v in state.values()} - {"torch.float32"})
+    if bad:
+        raise UserError(f"cannot export: weights are {bad[0]}, expected float32")
+    return state
+
+
+def _hf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """`to_hf(state)`, checked to map back exactly (or nothing is written)."""
+    tensors = to_hf(state, cfg)
+    back = from_hf(tensors, cfg)
+    for name, value in state.items():
+        if name == "lm_head.weight" and cfg.arch == "modern":
+            value, name = state["tok_emb.weight"], "tok_emb.weight"  # tied: stored once
+        if name not in back or not torch.equal(back[name], value):
+            raise UserError(f"cannot export: tensor {name} does not survive the mapping (a banglaslm bug)")
+    return tensors
+
+
+def export_hf(
+    run_dir: str | Path, out_dir: str | Path,
+    which: Annotated[str, Opt("the checkpoint to export", ("best", "latest"))] = "best",
+    overwrite: Annotated[bool, Opt("replace an existing, non-empty output folder")] = False,
+) -> Path:
+    """Write the run's `which` checkpoint as a Hugging Face model folder; returns `out_dir`.
+
+    "modern" runs become LlamaForCausalLM, "gpt" runs GPT2LMHeadModel. Raises UserError (and
+    writes nothing) when the model cannot be represented exactly.
+    """
+    loaded = load_model(run_dir, which)
+    cfg, tok = loaded.config.model, loaded.tokenizer
+    check_exportable(cfg)
+    if tok.vocab_size > cfg.vocab_size:
+        raise UserError(f"cannot export: the tokenizer has {tok.vocab_size} tokens but the model only "
+                        f"{cfg.vocab_size} rows")
+    tensors = _hf_tensors(float32_state(loaded.model), cfg)
+    provenance = {"format": "banglaslm-hf-export", "version": 1, "normalization": NORMALIZATION,
+                  "tokenizer_normalizer_steps": len(bangla_normalizer()["normalizers"]),
+                  "checkpoint": loaded.checkpoint.name, "iter": loaded.iteration,
+                  "tokenizer_sha256": tok.sha256, "run_config": loaded.config.to_dict()}
+    config = hf_config(cfg, tok.eod_id, provenance)
+    defaults = SamplingParams()  # the same defaults as `banglaslm generate`
+    generation = {"bos_token_id": tok.eod_id, "eos_token_id": tok.eod_id, "pad_token_id": tok.eod_id,
+                  "do_sample": not defaults.greedy, "temperature": defaults.temperature,
+                  "top_k": defaults.top_k or 0, "top_p": defaults.top_p or 1.0,
+                  "max_new_tokens": defaults.max_new_tokens}
+    files = _tokenizer_files(tok, cfg.block_size)
+    with staged_folder(out_dir, "export", replaceable=(lambda folder: True) if overwrite else None) as tmp:
+        atomic_write_json(tmp / "config.json", config)
+        atomic_write_json(tmp / "generation_config.json", generation)
+        save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
+        for name, write in files.items():
+            write(tmp / name)
+    return Path(out_dir)

@@ -1,0 +1,187 @@
+"""The HTTP server: FastAPI routes over `OpenAIService`, a guard for keys and body sizes, the
+playground page, and uvicorn.
+
+    app = create_app("runs/first")   # serve with uvicorn; `run.run_server` does, on 127.0.0.1:8000
+
+Routes: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions
+(`stream: true` answers with server-sent events), GET / (static/playground.html, which makes
+no requests outside this server). Errors are JSON in OpenAI's shape; FastAPI's 422 becomes 400.
+docs/serving.md lists the fields, limits and errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..generation.cpu_decode import CpuDecoder
+from ..generation.engine import Engine
+from ..runfolder import load_model
+from .schemas import APIError, ChatRequest, CompletionRequest, ServerLimits, error_body
+from .service import OpenAIService
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status,
+                        headers=headers)
+
+
+# ---- auth and size limit (a plain ASGI middleware: it sees the raw body) ------------------
+class _BodyTooLarge(HTTPException):
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"request body is larger than {max_bytes} bytes")
+
+
+class GuardMiddleware:
+    """401 for /v1 requests without the bearer key (when one is set); 413 for a body over
+    `max_bytes`, by its Content-Length or by counting a chunked body as it is read."""
+
+    def __init__(self, app, max_bytes: int, api_key: str | None):
+        self.app, self.max_bytes, self.api_key = app, max_bytes, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers", []))
+        if self.api_key is not None and scope.get("path", "").startswith("/v1"):
+            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+                return await error_response(APIError(
+                    401, "missing or wrong API key (send Authorization: Bearer KEY)",
+                    type="authentication_error", code="invalid_api_key"))(scope, receive, send)
+        try:
+            too_big = int(headers.get(b"content-length", b"0")) > self.max_bytes
+        except ValueError:
+            too_big = False
+        if too_big:
+            return await self._reject(scope, receive, send)
+        seen = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope, receive, send):
+        await error_response(APIError(413, f"request body is larger than {self.max_bytes} bytes",
+                                       code="request_too_large"))(scope, receive, send)
+
+
+# ---- the app -------------------------------------------------------------------------------
+def _validation_error(exc: RequestValidationError) -> APIError:
+    """FastAPI's 422 as OpenAI's 400, naming the field."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return APIError(400, "the request body is not valid JSON", code="invalid_json")
+    param = ".".join(loc) or None
+    if param is None and first.get("type") == "model_attributes_type":
+        return APIError(400, "the request body must be a JSON object (Content-Type: application/json)",
+                        code="invalid_type")
+    message = f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid request")
+    return APIError(400, message, param=param, code="invalid_type" if "type" in first.get("type", "") else "invalid_value")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return error_response(_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        code = "request_too_large" if exc.status_code == 413 else None
+        return error_response(APIError(exc.status_code, str(exc.detail), type=kind, code=code))
+
+
+def _answer(result):
+    """A response body as JSON, or server-sent events as a stream."""
+    if isinstance(result, dict):
+        return result
+    return StreamingResponse(result, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def create_app(run_dir, api_key: str | None = None, model_name: str | None = None,
+               limits: ServerLimits | None = None, which: str = "best") -> FastAPI:
+    """The FastAPI app serving the model in `run_dir`."""
+    loaded = load_model(run_dir, which)
+    CpuDecoder.for_model(loaded.model)  # build the C decode step now, not in the first request
+    service = OpenAIService(Engine(loaded.model, loaded.tokenizer), model_name or Path(run_dir).resolve().name,
+                            limits)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()
+
+    app = FastAPI(title="banglaslm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.service = service
+    app.add_middleware(GuardMiddleware, max_bytes=service.limits.max_body_bytes, api_key=api_key)
+    _install_error_handlers(app)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": service.model_id}
+
+    @app.get("/v1/models")
+    async def models():
+        return service.models()
+
+    @app.get("/v1/models/{name}")
+    async def model_info(name: str):
+        return service.model_info(name)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        return _answer(await service.completions(req, request.is_disconnected))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest, request: Request):
+        return _answer(await service.chat_completions(req, request.is_disconnected))
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground():
+        return HTMLResponse(_playground_html(), headers={
+            "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                                       "style-src 'unsafe-inline'; connect-src 'self'"})
+
+    return app
+
+
+def _playground_html() -> str:
+    from importlib import resources
+
+    try:
+        return resources.files("banglaslm").joinpath("server/static/playground.html").read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError):
+        return "<!doctype html><meta charset=utf-8><title>banglaslm</title><p>The playground page is not installed."

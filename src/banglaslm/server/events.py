@@ -1,0 +1,98 @@
+"""What goes over the wire, token by token: OpenAI's logprob shapes, server-sent events, and
+the events of one streamed choice.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+from collections.abc import Callable
+
+from ..config import SamplingParams
+from ..generation.batching import Sequence
+from ..generation.engine import Completion, Step
+from ..generation.sampling import TokenLogprob
+from .worker import Job, Stopped
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event: `data: {json}` (or a literal such as [DONE]) and a blank line."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class LogprobFormat:
+    """OpenAI's logprobs shapes for the tokens of one choice, fed in order (streamed or not)."""
+
+    def __init__(self, tokenizer, chat: bool):
+        self.tokenizer, self.chat = tokenizer, chat
+        self._chars = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        self._offset = 0  # characters of the completion before the next token (text_offset)
+
+    def _token(self, token_id: int) -> tuple[str, bytes]:
+        raw = self.tokenizer.token_bytes(token_id)
+        try:
+            return raw.decode("utf-8"), raw
+        except UnicodeDecodeError:  # part of a character: OpenAI's notation for raw bytes
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), raw
+
+    @staticmethod
+    def _log(prob: float) -> float:
+        return math.log(prob) if prob > 0 else -9999.0  # JSON has no -inf
+
+    def _chat_entry(self, token_id: int, prob: float) -> dict:
+        token, raw = self._token(token_id)
+        return {"token": token, "logprob": self._log(prob), "bytes": list(raw)}
+
+    def __call__(self, entries: list[TokenLogprob]) -> dict:
+        if self.chat:
+            return {"content": [{**self._chat_entry(e.token_id, e.prob),
+                                 "top_logprobs": [self._chat_entry(c.token_id, c.prob) for c in e.candidates]}
+                                for e in entries]}
+        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for e in entries:
+            token, raw = self._token(e.token_id)
+            out["tokens"].append(token)
+            out["token_logprobs"].append(self._log(e.prob))
+            out["top_logprobs"].append({self._token(c.token_id)[0]: self._log(c.prob) for c in e.candidates})
+            out["text_offset"].append(self._offset)
+            self._offset += len(self._chars.decode(raw))
+        return out
+
+
+class ChoiceStream:
+    """Turns one streamed choice's steps into ("piece", index, text, logprobs) and ("end", index,
+    finish_reason, tokens, logprobs) events. Logprobs go out with the piece that holds the start
+    of their token's text, so a click on a piece shows the choices that produced it."""
+
+    def __init__(self, index: int, eod: int, strip_leading: bool, job: Job,
+                 emit: Callable[[tuple], None], end: Callable[[int, BaseException | None], None]):
+        self.index, self.eod, self.job, self.emit, self.end = index, eod, job, emit, end
+        self.tokens, self.sent, self.shown = 0, 0, not strip_leading
+        self.pending: list[tuple[int, TokenLogprob]] = []
+
+    def sequence(self, ids: list[int], params: SamplingParams) -> Sequence:
+        return Sequence(ids, params, on_step=self.on_step, on_done=self.on_done, check=self.job.check)
+
+    def on_step(self, step: Step) -> None:
+        if step.token_id != self.eod:  # as Completion.token_ids
+            self.tokens += 1
+            if step.logprob is not None:
+                self.pending.append((step.start, step.logprob))
+        text = step.text
+        self.sent += len(text)
+        if not self.shown and text:
+            text = text.lstrip()
+            self.shown = bool(text)
+        if text:
+            self.emit(("piece", self.index, text, [lp for start, lp in self.pending if start < self.sent]))
+            self.pending = [(start, lp) for start, lp in self.pending if start >= self.sent]
+
+    def on_done(self, completion: Completion | None, error: BaseException | None) -> None:
+        rest = [lp for _, lp in self.pending]
+        if completion is not None:
+            self.emit(("end", self.index, completion.finish_reason, self.tokens, rest))
+        elif isinstance(error, Stopped) and self.job.timed_out:  # out of time: what came is the answer
+            self.emit(("end", self.index, "length", self.tokens, rest))
+            error = None
+        self.end(self.index, error)

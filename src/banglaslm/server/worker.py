@@ -1,0 +1,163 @@
+"""The worker thread: the one thread that touches the model.
+
+Requests hand it jobs in arrival order: small ones (encoding a prompt) run at once; jobs that
+start generations add their sequences to one continuous batch (`generation.batching`), where
+each joins after its prefill and leaves when it ends. Before every step each sequence checks
+its job's cancel flag and deadline, so a client that leaves or a request past its time-out
+stops its generation. The event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import UserError
+from ..generation.batching import Batch, Sequence
+from .schemas import APIError
+
+
+class Stopped(Exception):
+    """Raised inside the worker when a generation is cancelled or out of time."""
+
+
+def request_error(error: BaseException, job: "Job") -> BaseException:
+    """What a request that failed on the worker answers: 408 past its time-out, 400 for
+    settings the engine refused, anything else as it is."""
+    if isinstance(error, Stopped) and job.timed_out:
+        return APIError(408, "the generation took longer than the server's time-out",
+                        type="timeout_error", code="timeout")
+    if isinstance(error, UserError):
+        return APIError(400, str(error), code="invalid_value")
+    return error
+
+
+def _settle(done: Callable[[Any, BaseException | None], None], result, error) -> None:
+    try:
+        done(result, error)
+    except Exception:  # noqa: BLE001 - the request's event loop is gone
+        pass
+
+
+class Job:
+    """A request's work on the worker: `fn(job)` runs there; `resolve(result, error)` answers."""
+
+    def __init__(self, fn: Callable[["Job"], Any], deadline: float):
+        self.fn = fn
+        self.deadline = deadline
+        self.cancelled = threading.Event()
+        self.timed_out = False
+        self.finished = False  # set when its generations have all ended
+        self.resolve: Callable[[Any, BaseException | None], None] = lambda result, error: None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Stopped("cancelled")
+        if time.monotonic() > self.deadline:
+            self.timed_out = True
+            raise Stopped("timed out")
+
+
+class Admit:
+    """What a job returns to start generations: the sequences join the batch, and their own
+    callbacks answer the request (the worker does not)."""
+
+    def __init__(self, sequences: list[Sequence]):
+        self.sequences = sequences
+
+
+class GenerationWorker:
+    """One thread runs everything that touches the model, in arrival order: small jobs (prompt
+    encoding) at once, and generations in a continuous batch (batching.py), where each request
+    joins after its prefill and leaves when it ends. Every sequence checks its job's cancel
+    flag and deadline before each step."""
+
+    def __init__(self, batch: Batch):
+        self.batch = batch
+        self._queue: queue.Queue = queue.Queue()
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._jobs: list[Job] = []  # jobs with sequences waiting or running
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="banglaslm-generate", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            busy = not self.batch.idle or bool(self._waiting)
+            try:
+                item = self._queue.get(block=not busy)
+            except queue.Empty:
+                item = None
+            while item is not None:  # everything that arrived, in order
+                self._take(*item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            try:
+                while self._waiting and not self.batch.full:
+                    self.batch.add(self._waiting.popleft())
+                if not self.batch.idle:
+                    self.batch.step()
+            except Exception as exc:  # noqa: BLE001 - a bug: fail what runs (500s), keep serving
+                self.batch.abort(exc)
+            self._jobs = [job for job in self._jobs if not job.finished]
+
+    def _take(self, job: Job, done: Callable[[Any, BaseException | None], None]) -> None:
+        try:
+            if job.cancelled.is_set():  # its client left while it waited
+                raise Stopped("cancelled")
+            result = job.fn(job)
+        except BaseException as exc:  # handed to the request; the worker lives on
+            _settle(done, None, exc)
+            return
+        if isinstance(result, Admit):
+            self._jobs.append(job)
+            self._waiting.extend(result.sequences)
+        else:
+            job.finished = True
+            _settle(done, result, None)
+
+    def cancel_all(self) -> None:
+        """Stop every running or waiting generation (at shutdown); the idle thread itself is a daemon."""
+        for job in list(self._jobs):
+            job.cancel()
+
+    def submit(self, job: Job, done: Callable[[Any, BaseException | None], None]) -> None:
+        self._ensure_thread()
+        self._queue.put((job, done))
+
+    async def run(self, job: Job) -> Any:
+        """Run `job` on the worker; its result (or its exception, raised here)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(result, error):
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(request_error(error, job))
+            else:
+                future.set_result(result)
+
+        # A job that starts generations (Admit) answers through job.resolve when they end.
+        job.resolve = lambda r, e: loop.call_soon_threadsafe(settle, r, e)
+        self.submit(job, job.resolve)
+        try:
+            return await future
+        finally:
+            if not future.done():  # the request was cancelled while waiting
+                job.cancel()

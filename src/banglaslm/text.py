@@ -1,0 +1,103 @@
+"""The one text normalization (policy `bn-1`) and the one grapheme-cluster rule.
+
+The same visible Bangla word arrives in several encodings; a model trained on one and prompted
+with another sees different tokens. So every stage that takes text runs `normalize()`, and
+every stage that cuts text (streaming, the tokenizer study) uses `joins_previous()`. The policy,
+rule by rule, is in docs/data.md.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import unicodedata
+from functools import lru_cache
+
+NORMALIZATION = "bn-1"
+
+HASANTA = "\u09cd"
+ZWNJ, ZWJ = "\u200c", "\u200d"
+LINE_BREAKS = "\r\u2028\u2029\x85\x0b\x0c"  # each becomes "\n"
+
+_NUKTA_RECOMPOSE = {"\u09a1\u09bc": "\u09dc", "\u09a2\u09bc": "\u09dd", "\u09af\u09bc": "\u09df"}
+_NUKTA_RE = re.compile("|".join(_NUKTA_RECOMPOSE))
+_KHANDA_TA_RE = re.compile("\u09a4\u09cd\u200d")
+# A joiner survives only when it touches a hasanta; `(?<!...)`/`(?!...)` keep this one pass.
+_STRAY_JOINER_RE = re.compile(f"(?<!{HASANTA})[{ZWNJ}{ZWJ}]+(?![{ZWNJ}{ZWJ}]*{HASANTA})")
+_REPEATED_JOINER_RE = re.compile(f"([{ZWNJ}{ZWJ}])[{ZWNJ}{ZWJ}]+")
+_SPACES_RE = re.compile(r" {2,}")
+_LINE_EDGE_SPACES_RE = re.compile(r" *\n *")
+_MANY_NEWLINES_RE = re.compile(r"\n{3,}")
+
+
+@lru_cache(maxsize=1)
+def character_classes() -> dict[str, tuple[int, ...]]:
+    """The code points `normalize` maps to a line break ("newline"), to a space ("space") and
+    to nothing ("drop"), by Python's `unicodedata`. The Hugging Face export builds its
+    normalizer from these same classes."""
+    classes: dict[str, list[int]] = {"newline": [], "space": [], "drop": []}
+    for cp in range(sys.maxunicode + 1):
+        ch = chr(cp)
+        if ch == "\n":
+            continue
+        category = unicodedata.category(ch)
+        if ch in LINE_BREAKS:
+            classes["newline"].append(cp)
+        elif ch == "\t" or category == "Zs":
+            classes["space"].append(cp)
+        elif category == "Cc" or (category == "Cf" and ch not in (ZWNJ, ZWJ)):
+            classes["drop"].append(cp)
+    return {name: tuple(cps) for name, cps in classes.items()}
+
+
+@lru_cache(maxsize=1)
+def _translation() -> dict[int, str | None]:
+    classes = character_classes()
+    table: dict[int, str | None] = {cp: "\n" for cp in classes["newline"]}
+    table.update({cp: " " for cp in classes["space"]})
+    table.update({cp: None for cp in classes["drop"]})
+    return table
+
+
+def normalize(text: str) -> str:
+    """`text` in the project's canonical form (policy NORMALIZATION, docs/data.md)."""
+    text = text.replace("\r\n", "\n")
+    text = unicodedata.normalize("NFC", text)
+    text = _NUKTA_RE.sub(lambda m: _NUKTA_RECOMPOSE[m.group(0)], text)
+    text = _KHANDA_TA_RE.sub("\u09ce", text)
+    text = text.translate(_translation())
+    text = _REPEATED_JOINER_RE.sub(r"\1", text)
+    text = _STRAY_JOINER_RE.sub("", text)
+    text = _SPACES_RE.sub(" ", text)
+    text = _LINE_EDGE_SPACES_RE.sub("\n", text)
+    text = _MANY_NEWLINES_RE.sub("\n\n", text)
+    return text.strip()
+
+
+# ---- grapheme clusters ---------------------------------------------------------------------
+_MARK_CATEGORIES = ("Mn", "Mc", "Me")
+
+
+def joins_previous(text: str, i: int) -> bool:
+    """True when text[i] belongs to the grapheme cluster of text[i - 1] (i >= 1).
+
+    Unicode's extended grapheme clusters (UAX #29) where they matter here, erring on the side
+    of joining: a combining mark (Mn/Mc/Me), a ZWJ/ZWNJ, an emoji skin-tone modifier, the LF of
+    a CRLF, anything after a ZWJ, and a letter after a hasanta or ZWNJ (a conjunct, GB9c)."""
+    ch = text[i]
+    if ch in (ZWJ, ZWNJ) or unicodedata.category(ch) in _MARK_CATEGORIES:
+        return True
+    if "\U0001f3fb" <= ch <= "\U0001f3ff":  # emoji skin-tone modifiers
+        return True
+    prev = text[i - 1]
+    if prev == ZWJ:  # emoji ZWJ sequences, র‍্য
+        return True
+    if prev in (HASANTA, ZWNJ):  # consonant + hasanta (+ joiner) + consonant
+        return unicodedata.category(ch).startswith("L")
+    return prev == "\r" and ch == "\n"
+
+
+def cluster_breaks(text: str) -> list[bool]:
+    """`breaks[i]` is True when a grapheme-cluster boundary lies before `text[i]`
+    (i = 0 .. len(text)); the start and the end of the text are always boundaries."""
+    return [True] + [not joins_previous(text, i) for i in range(1, len(text))] + ([True] if text else [])

@@ -1,0 +1,70 @@
+"""The optimizer and what governs each update: AdamW, the learning-rate schedule, the device
+and the numeric precision (autocast). Small pure functions, so that the trainer, its tests and
+the benchmarks all use the same rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from ..config import TrainConfig
+from ..errors import UserError
+from ..model import GPT
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' → CUDA when present, else the CPU; 'cuda[:N]' without a GPU is a UserError."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={spec} but no CUDA GPU is available; use device=cpu or auto")
+    return torch.device(spec)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' → bf16 where the hardware computes it natively, fp16 on older GPUs, else fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return "bf16" if native_bf16 else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    return precision
+
+
+def autocast_context(device: torch.device, precision: str):
+    """The autocast context for `precision` ('fp32' means none)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_at(it: int, cfg: TrainConfig, progress: float | None = None) -> float:
+    """Linear warm-up to the peak, then cosine decay to min_lr_ratio * peak at max_iters, or,
+    in a time-limited run, at the end of the time (`progress`: the fraction of it used)."""
+    peak, floor = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
+    if it < cfg.warmup_iters:
+        return peak * (it + 1) / (cfg.warmup_iters + 1)
+    if progress is None:
+        progress = (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (peak - floor)
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: not on norms, biases, or a tied embedding."""
+    tied = model.lm_head.weight is model.tok_emb.weight
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.dim() >= 2 and not (tied and p is model.tok_emb.weight):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel updates all parameters in one pass (CPU and CUDA in torch >= 2.4).
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)

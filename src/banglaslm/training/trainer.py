@@ -1,0 +1,401 @@
+"""The training loop: one loop for one process, DDP and FSDP (`parallel` holds what differs).
+
+Order of one iteration `it`, which is what makes resume exact:
+    evaluate if due  →  checkpoint if due  →  stop if asked  →  optimizer step `it`
+A checkpoint written at `it` holds the state *before* step `it`; resuming runs step `it` next
+with the same weights, optimizer moments, RNG state(s) and (stateless) batch, so the resumed
+run is bit-identical to one that never stopped. More in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..config import RunConfig, build_config
+from ..data.folder import DataFolder
+from ..data.loader import EVAL_STREAM, BatchSampler, Prefetcher
+from ..errors import UserError, bad_param
+from ..model import GPT
+from ..runfolder import RunFolder
+from . import distributed, parallel
+from .guard import UpdateGuard
+from .metrics import MetricsLog, plot_loss
+from .optim import (
+    autocast_context,
+    lr_at,
+    make_optimizer,
+    resolve_device,
+    resolve_precision,
+)
+
+# Keys that may change when resuming (the rest must match the saved run). Changing any of
+# them but the bookkeeping ones makes the continuation differ from an uninterrupted run.
+RESUME_MUTABLE = {"train.max_iters", "train.eval_interval", "train.eval_iters", "train.log_interval",
+                  "train.checkpoint_interval", "train.threads", "train.device", "train.learning_rate",
+                  "train.compile", "train.max_skipped_updates", "train.grad_spike_factor",
+                  "train.time_limit_min"}
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C/SIGTERM once the checkpoint is safely on disk."""
+
+    def __init__(self, iteration: int, checkpoint: Path):
+        super().__init__(f"interrupted at iteration {iteration}; saved {checkpoint}; "
+                         "continue with the same command plus --resume")
+        self.iteration = iteration
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iterations: int
+    best_val_loss: float
+    last_eval: dict
+    tokens_per_s: float
+    seconds: float
+    skipped_updates: int = 0
+
+
+@dataclass
+class Progress:
+    """Where a run stands, besides its weights and optimizer (saved in every checkpoint)."""
+    iter: int = 0
+    best_val: float = math.inf
+    history: list[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0  # seconds of training before this session (for train.time_limit_min)
+
+
+class Clock:
+    """Seconds of training in a run, earlier sessions included, and the share of
+    train.time_limit_min used, which drives the LR schedule of a time-limited run."""
+
+    def __init__(self, limit_min: float, elapsed_before: float):
+        self.limit_s, self.before = limit_min * 60, elapsed_before
+        self.started: float | None = None
+        self.used: float | None = None  # fraction of the limit used; None without one
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.before if self.started is None else self.before + time.perf_counter() - self.started
+
+    def over(self, it: int, env: distributed.DistEnv, device: torch.device, log_interval: int) -> bool:
+        """Whether the time is used up. Rank 0's clock decides, at every step alone and at log
+        steps under torchrun, so that every rank uses the same learning rate and stops together."""
+        if self.limit_s <= 0:
+            return False
+        if not env.enabled or it % log_interval == 0 or self.used is None:
+            self.used = distributed.from_main(self.elapsed() / self.limit_s, env, device)
+        return self.used >= 1.0
+
+
+@dataclass
+class _Session:
+    """What lives only while the loop runs."""
+    log: MetricsLog | None
+    bar: tqdm
+    prefetch: Prefetcher
+    window_start: float = 0.0
+    window_steps: int = 0
+    tokens_per_s: float = 0.0
+    last_eval: dict = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, data_dir: str | Path, run_dir: str | Path,
+                 resume: bool = False, progress: bool | None = None):
+        tc = config.train
+        self.run, self.data, self.show_progress = RunFolder(run_dir), DataFolder(data_dir), progress
+        self.dist, device_spec = distributed.setup(tc.device)
+        self.parallel = parallel.choose(tc.parallel, self.dist, self.run)
+        self.checkpoint = self._find_checkpoint(resume)
+        self.config = _with_vocab(config, self.data.vocab_size)
+        self.device = resolve_device(device_spec)
+        self.precision = resolve_precision(tc.precision, self.device)
+        self.parallel.check(self.precision)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.train_batches, self.val_batches = (
+            BatchSampler(self.data.tokens(split), config.model.block_size, tc.batch_size, tc.seed,
+                         self.dist.rank, self.dist.world_size, split) for split in ("train", "val"))
+        self._build_model()
+        self.state = Progress()
+        self.guard = UpdateGuard(tc, self.precision, self.run.checkpoint("latest"))
+        if self.checkpoint is not None:
+            self._restore(self.checkpoint)
+        self.clock = Clock(tc.time_limit_min, self.state.elapsed_s)
+        self.forward_model = self._compile(self.parallel.wrap(self.model, self.device))
+        self._stop_signal: int | None = None
+
+    # ---- setup -------------------------------------------------------------------------
+    def _find_checkpoint(self, resume: bool):
+        """The checkpoint to resume from (None for a new run), after checking it fits."""
+        if not resume:
+            if self.parallel.has_checkpoint():
+                raise UserError(f"{self.run.path} already holds a run; add --resume to continue it "
+                                "or choose another --out")
+            return None
+        ckpt = self.parallel.load()
+        if ckpt.state["tokenizer_sha256"] != self.data.tokenizer_sha256:
+            raise UserError(f"the data in {self.data.path} was tokenized with a different tokenizer than "
+                            f"the run in {self.run.path}; resume with the original data folder")
+        return ckpt
+
+    def _build_model(self) -> None:
+        """The same initial weights on every rank, sharded (FSDP) before AdamW is built on them."""
+        tc = self.config.train
+        torch.manual_seed(tc.seed)
+        self.model = GPT(self.config.model).to(self.device)
+        self.parallel.shard(self.model, self.precision)
+        if self.dist.rank > 0:
+            torch.manual_seed(tc.seed + self.dist.rank)  # but different dropout masks per rank
+        self.optimizer = make_optimizer(self.model, tc)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def _compile(self, wrapped: torch.nn.Module) -> torch.nn.Module:
+        """torch.compile when asked and available; compiled now, so a missing compiler shows here."""
+        if not self.config.train.compile:
+            return wrapped
+        try:
+            compiled = torch.compile(wrapped)
+            with torch.no_grad():
+                self.model.eval()
+                x, _ = self.train_batches.get(0, stream=EVAL_STREAM)
+                compiled(x[:1].to(self.device))
+            return compiled
+        except Exception as exc:  # no C++ compiler, unsupported platform, ...
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            self._say(f"warning: torch.compile unavailable ({first[:160]}); training without it")
+            return wrapped
+        finally:
+            self.model.train()
+
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(message, file=sys.stderr)
+
+    # ---- state -------------------------------------------------------------------------
+    def _restore(self, ckpt) -> None:
+        self.parallel.restore(self.model, self.optimizer, ckpt)
+        state = ckpt.state
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.state = Progress(int(state["iter"]), float(state["best_val"]), list(state["history"]),
+                              float(state.get("elapsed_s", 0.0)))
+        self.guard.restore(state)
+
+    def _state(self, it: int) -> dict:
+        return {
+            "iter": it, "config": self.config.to_dict(), "tokenizer_sha256": self.data.tokenizer_sha256,
+            "best_val": self.state.best_val, "history": self.state.history, "precision": self.precision,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "sampler": self.train_batches.state(), "world_size": self.dist.world_size,
+            **self.guard.state(), "elapsed_s": self.clock.elapsed(),
+            "data": {"path": str(self.data.path), "splits": self.data.meta["splits"]},
+        }
+
+    def _save(self, it: int, improved: bool) -> Path:
+        return self.parallel.save(it, self.model, self.optimizer, self._state(it), improved)
+
+    def _write_run_files(self) -> None:
+        if self.dist.is_main:
+            self.run.write_header(self.config, self.data.tokenizer(), self.data.meta)
+        distributed.barrier(self.dist)
+
+    # ---- evaluation --------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over the same `eval_iters` fixed global batches each time."""
+        self.model.eval()
+        out = {}
+        for split, sampler in (("train", self.train_batches), ("val", self.val_batches)):
+            total = 0.0
+            for i in range(self.config.train.eval_iters):
+                x, y = sampler.get(i, stream=EVAL_STREAM)
+                with autocast_context(self.device, self.precision):
+                    _, loss = self.model(x.to(self.device), y.to(self.device))
+                total += loss.item()
+            out[split] = distributed.mean(total / self.config.train.eval_iters, self.dist, self.device)
+        self.model.train()
+        return out
+
+    def _evaluate_and_save(self, it: int, last: bool, session: _Session) -> None:
+        """Evaluate when due (every eval_interval and at the end), then checkpoint when due
+        (every checkpoint_interval, at the end, and whenever validation improved)."""
+        tc = self.config.train
+        improved = False
+        if it % tc.eval_interval == 0 or last:
+            result = session.last_eval = self.evaluate()
+            improved = result["val"] < self.state.best_val
+            self.state.best_val = min(self.state.best_val, result["val"])
+            self.state.history.append({"iter": it, **result})
+            if session.log is not None:
+                for split in ("train", "val"):
+                    session.log.append({"iter": it, "split": split, "loss": result[split],
+                                        "elapsed_s": round(self.clock.elapsed(), 2)})
+                plot_loss(session.log.records, self.run.plot_path, title=self.run.path.name)
+            session.bar.set_postfix(train=f"{result['train']:.3f}", val=f"{result['val']:.3f}", refresh=False)
+        if it % (tc.checkpoint_interval or tc.eval_interval) == 0 or last or improved:
+            self._save(it, improved)
+
+    # ---- one optimizer step ------------------------------------------------------------
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # second Ctrl-C: stop now, the last checkpoint stands
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+
+    def _stop_if_asked(self, it: int) -> None:
+        """Save and raise TrainingInterrupted after Ctrl-C/SIGTERM. A single process checks its
+        flag every step; under torchrun the ranks agree at log steps."""
+        if self.dist.enabled and it % self.config.train.log_interval:
+            return
+        if distributed.any_rank(self._stop_signal is not None, self.dist, self.device):
+            raise TrainingInterrupted(it, self._save(it, improved=False))
+
+    def _step(self, it: int, prefetch: Prefetcher) -> tuple[torch.Tensor, float]:
+        """Forward/backward over the micro-batches, then update unless the guard says skip.
+        Returns (mean loss tensor, global gradient norm)."""
+        tc = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(it, tc, self.clock.used)
+        total = torch.zeros((), device=self.device)
+        accum = tc.grad_accum_steps
+        for micro in range(accum):
+            x, y = prefetch.get(it, micro, (it, micro + 1) if micro + 1 < accum else (it + 1, 0))
+            with self.parallel.micro_batch(self.forward_model, last=micro == accum - 1):
+                with autocast_context(self.device, self.precision):
+                    _, loss = self.forward_model(x, y)
+                loss = loss / accum
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        norm = self.parallel.global_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not self.guard.skip(norm):
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, norm
+
+    def _log_step(self, it: int, loss: torch.Tensor, norm: float, session: _Session) -> None:
+        cfg = self.config
+        tokens_per_step = (cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.model.block_size
+                           * self.dist.world_size)
+        now = time.perf_counter()
+        session.tokens_per_s = session.window_steps * tokens_per_step / max(now - session.window_start, 1e-9)
+        session.window_start, session.window_steps = now, 0
+        loss_value = distributed.mean(loss.item(), self.dist, self.device)
+        if session.log is not None:
+            session.log.append({"iter": it, "loss": loss_value, "lr": lr_at(it, cfg.train, self.clock.used),
+                                "tokens_per_s": session.tokens_per_s, "grad_norm": norm,
+                                "skipped_updates": self.guard.skipped_total,
+                                "elapsed_s": round(self.clock.elapsed(), 2)})
+        session.bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{session.tokens_per_s:,.0f}", refresh=False)
+
+    # ---- the loop ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _session(self):
+        """Signal handlers, progress bar, prefetch thread and metrics log for one loop,
+        all put back or closed however the loop ends."""
+        tc = self.config.train
+        with contextlib.ExitStack() as stack:
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    stack.callback(signal.signal, sig, signal.signal(sig, self._request_stop))
+            log = None
+            if self.dist.is_main:
+                log = MetricsLog(self.run.metrics_path)
+                stack.callback(log.close)
+                log.truncate_to(self.state.iter) if self.checkpoint is not None else log.reset()
+            bar = tqdm(total=None if tc.time_limit_min > 0 else tc.max_iters, initial=self.state.iter, unit="it",
+                       desc="training", dynamic_ncols=True,
+                       disable=not (_show(self.show_progress) and self.dist.is_main))
+            stack.callback(bar.close)
+            prefetch = Prefetcher(self.train_batches, self.device)
+            stack.callback(prefetch.close)
+            self.clock.start()
+            yield _Session(log, bar, prefetch, window_start=self.clock.started)
+
+    def train(self) -> TrainResult:
+        tc = self.config.train
+        self._write_run_files()
+        start = it = self.state.iter
+        with self._session() as session:
+            self.model.train()
+            while True:
+                last = it >= tc.max_iters or self.clock.over(it, self.dist, self.device, tc.log_interval)
+                if it != start or self.checkpoint is None:  # a resumed iteration was evaluated already
+                    self._evaluate_and_save(it, last, session)
+                if last:
+                    break
+                self._stop_if_asked(it)
+                loss, norm = self._step(it, session.prefetch)
+                session.window_steps += 1
+                if it % tc.log_interval == 0:
+                    self._log_step(it, loss, norm, session)
+                it += 1
+                session.bar.update(1)
+        return TrainResult(self.run.path, it, self.state.best_val, session.last_eval, session.tokens_per_s,
+                           time.perf_counter() - self.clock.started, self.guard.skipped_total)
+
+
+def _show(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _with_vocab(config: RunConfig, data_vocab: int) -> RunConfig:
+    """`config` with model.vocab_size taken from the data (0), or checked to hold it."""
+    if config.model.vocab_size == 0:
+        config.model.vocab_size = data_vocab
+    elif config.model.vocab_size < data_vocab:
+        raise UserError(f"model.vocab_size={config.model.vocab_size} is smaller than the data's "
+                        f"vocabulary ({data_vocab}); leave it at 0 to take it from the data")
+    return config
+
+
+def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig | None = None,
+          resume: bool = False, max_iters: int | None = None, progress: bool | None = None) -> TrainResult:
+    """Train (or with `resume`, continue) a model on a prepared data folder.
+
+    With `resume` and no `config`, the run's saved config is used; a given `config` must
+    equal the saved one except for the keys in RESUME_MUTABLE (e.g. max_iters, which
+    stretches the LR schedule, or learning_rate after a divergence).
+    """
+    run = RunFolder(run_dir)
+    if resume and run.config_path.is_file():
+        config = _resume_config(run.load_config(), config)
+    config = config or build_config()
+    if max_iters is not None:
+        config.train.max_iters = max_iters
+        if config.train.warmup_iters > max_iters:
+            raise bad_param("max_iters", f"{max_iters} is below train.warmup_iters ({config.train.warmup_iters})")
+    try:
+        return Trainer(config, data_dir, run_dir, resume=resume, progress=progress).train()
+    finally:
+        distributed.teardown()
+
+
+def _resume_config(saved: RunConfig, given: RunConfig | None) -> RunConfig:
+    """The saved config, with the train settings of `given` where only RESUME_MUTABLE keys differ."""
+    if given is None:
+        return saved
+    given.model.vocab_size = given.model.vocab_size or saved.model.vocab_size
+    da, db = saved.to_dict(), given.to_dict()
+    fixed = [f"{s}.{k} ({da[s][k]!r} → {db[s][k]!r})" for s in da for k in da[s]
+             if da[s][k] != db[s][k] and f"{s}.{k}" not in RESUME_MUTABLE]
+    if fixed:
+        raise bad_param("resume", f"uses the run's saved config, but these differ: {', '.join(fixed)}; "
+                        "drop them or start a new run")
+    saved.train = given.train
+    return saved
