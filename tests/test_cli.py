@@ -219,3 +219,47 @@ def test_lm_eval_task_command(tmp_path):
     [doc] = [json.loads(line) for line in (out / "bn_test.jsonl").read_text(encoding="utf-8").splitlines()]
     assert doc["text"] == "নদীর ধারে একটি গ্রাম।\n\nসেখানে থাকে এক কৃষক।"  # normalized, one document
     assert "task: bn_test" in (out / "bn_test.yaml").read_text(encoding="utf-8")
+
+
+def test_cli_defaults_are_the_library_defaults():
+    # Flags are built from the library's signatures and dataclasses: nothing restated, nothing drifts.
+    import inspect
+
+    from banglaslm.chat import CHAT_DEFAULTS
+    from banglaslm.cli import build_parser, picked
+    from banglaslm.config import SamplingParams
+    from banglaslm.data.prepare import prepare
+    from banglaslm.interop.gguf_export import export_gguf
+    from banglaslm.server.run import run_server
+
+    parser = build_parser()
+    args = parser.parse_args(["generate", "RUN", "--prompt", "x"])
+    assert SamplingParams(**picked(args, SamplingParams)) == SamplingParams()
+    args = parser.parse_args(["chat", "RUN"])
+    assert SamplingParams(**picked(args, SamplingParams)) == SamplingParams(**CHAT_DEFAULTS)
+    for argv, function in ((["prepare", "x.txt", "--out", "o"], prepare),
+                           (["export", "RUN", "--format", "gguf", "--out", "o"], export_gguf),
+                           (["serve", "RUN"], run_server)):
+        args = parser.parse_args(argv)
+        chosen = picked(args, function)
+        assert chosen, argv
+        for name, value in chosen.items():
+            assert value == inspect.signature(function).parameters[name].default, (argv, name)
+    assert parser.parse_args(["export", "R", "--format", "gguf", "--out", "o"]).dtype == "f16"
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
+    from banglaslm.config import SamplingParams
+    from banglaslm.data.prepare import prepare
+    from banglaslm.errors import UserError
+
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text("আমার সোনার বাংলা", encoding="utf-8")
+    with pytest.raises(UserError, match=r"^val_fraction must be") as caught:
+        prepare([str(tmp_path)], tmp_path / "o", val_fraction=2)
+    assert caught.value.param == "val_fraction"
+    with pytest.raises(UserError, match=r"^top_k must be at least 1"):
+        SamplingParams(top_k=0).validate()
+    assert_user_error(cli("prepare", tmp_path, "--out", tmp_path / "o", "--val-fraction", "2"), "--val-fraction must be")
+    assert_user_error(cli("prepare", tmp_path, "--out", tmp_path / "o", "--vocab-size", "5"), "--vocab-size 5 is too small")
+    assert not (tmp_path / "o").exists()

@@ -44,7 +44,7 @@ def _yaml_str(value: str) -> str:
 def task_yaml(name: str, jsonl: Path, n_docs: int) -> str:
     """The task definition for `name`, reading documents from the absolute path `jsonl`."""
     return "\n".join([
-        "# Written by banglaslm.lm_eval_task.write_perplexity_task; see docs/lm-eval.md.",
+        "# Written by banglaslm.evaluation.lm_eval_task.write_perplexity_task; see docs/lm-eval.md.",
         f"# {n_docs} document(s), one per input file, normalized with banglaslm policy {NORMALIZATION}.",
         f"task: {name}",
         "dataset_path: json",

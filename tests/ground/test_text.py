@@ -4,7 +4,7 @@ from conftest import require_literature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banglaslm.text import normalize
+from banglaslm.text import cluster_breaks, normalize
 
 YA, RRA, RHA = "\u09df", "\u09dc", "\u09dd"
 
@@ -59,3 +59,25 @@ def test_real_corpus_differs_from_nfc_and_survives(tmp_path):
     # Only whitespace and invisible characters may disappear: the Bengali letters survive.
     bengali = lambda s: sum(1 for c in s if "\u0980" <= c <= "\u09ff")
     assert bengali(out) == bengali(text)
+
+
+def test_cluster_breaks_bangla_rules():
+    # ক + hasanta + ষ is one conjunct; কি keeps its vowel sign; a space separates clusters.
+    assert cluster_breaks("ক্ষ") == [True, False, False, True]
+    assert cluster_breaks("কি ক") == [True, False, True, True, True]
+    # র + ZWJ + hasanta + য (ra-phala with a joiner): one cluster.
+    assert cluster_breaks("র\u200d্য") == [True, False, False, False, True]
+    # A hasanta before a space does not join anything.
+    assert cluster_breaks("ক্ ক") == [True, False, True, True, True]
+
+
+def test_one_grapheme_rule_for_streaming_and_the_tokenizer_study():
+    # The stream decoder's cuts and the tokenizer study's boundaries come from the same rule.
+    from banglaslm.generation.stream import safe_cut
+    from banglaslm.text import joins_previous
+
+    for text in ("ক্ষমা", "র\u200d্যাব", "কি ক", "ক্\u200cষ", "👍🏽 ভালো", "a\r\nb"):
+        breaks = cluster_breaks(text)
+        assert breaks[1:-1] == [not joins_previous(text, i) for i in range(1, len(text))]
+        cut = safe_cut(text)
+        assert breaks[cut], (text, cut)  # the stream only ever cuts at a cluster boundary
