@@ -73,7 +73,10 @@ def _apply_command(params: SamplingParams, name: str, arg: str) -> SamplingParam
         new = dataclasses.replace(params, greedy=arg.lower() == "on")
     else:
         raise UserError(f"unknown command /{name}; type /help")
-    new.validate()
+    try:
+        new.validate()
+    except UserError as exc:  # name the command, not the parameter
+        raise UserError(f"/{name}: {exc}") from None
     return new
 
 

@@ -105,6 +105,17 @@ class Checkpoint:
             torch.cuda.set_rng_state_all(cuda_states)
 
 
+def read_state(path: str | Path) -> dict[str, Any] | None:
+    """The JSON state of a checkpoint from its header alone (no tensors read); None when the
+    file is missing or unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        return json.loads(header["state"]) if header.get("format") == CHECKPOINT_FORMAT else None
+    except (SafetensorError, ValueError, KeyError, OSError, RuntimeError):
+        return None
+
+
 def load_checkpoint(path: str | Path, weights_only: bool = False) -> Checkpoint:
     """Read a checkpoint; `weights_only` skips the optimizer and RNG tensors (for inference)."""
     path = Path(path)

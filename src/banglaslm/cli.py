@@ -115,7 +115,9 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--max-iters", type=int, default=None, help="shortcut for --set train.max_iters=N")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.set_defaults(param_flags={"max_iters": "--max-iters", "resume": "--resume"})
+    p.add_argument("--init-from", default=None, metavar="RUN_DIR",
+                   help="start a new run from the weights and model config of another run (continued pretraining)")
+    p.set_defaults(param_flags={"max_iters": "--max-iters", "resume": "--resume", "init_from": "--init-from"})
 
 
 def _add_eval(sub) -> None:
@@ -208,12 +210,17 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from .runfolder import RunFolder
     from .training.trainer import train
 
-    explicit = args.preset is not None or args.config is not None or args.set
     overrides = parse_set_args(args.set)
-    config = build_config(args.preset, args.config, overrides) if (explicit or not args.resume) else None
-    result = train(args.data, args.out, config, resume=args.resume, max_iters=args.max_iters)
+    run = RunFolder(args.out)
+    # Resuming, --preset / --config / --set change the saved run's config (train() then checks
+    # that only settings a resume may change were changed); otherwise they change the defaults.
+    base = run.load_config() if args.resume and run.config_path.is_file() else None
+    config = build_config(args.preset, args.config, overrides, base=base)
+    result = train(args.data, args.out, config, resume=args.resume, max_iters=args.max_iters,
+                   init_from=args.init_from)
     last = result.last_eval
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, one summary (rank 0's) is enough

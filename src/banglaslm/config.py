@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,12 @@ from typing import Any, Literal
 import tomllib
 
 from .errors import UserError, bad_param
+
+
+MAX_SEED = 2**63 - 1            # torch's and NumPy's generators take any seed in [0, MAX_SEED]
+MAX_LOGPROBS = 50               # alternatives reported per token, at most
+MAX_NEW_TOKENS = 100_000        # tokens one generation may ask for
+GREEDY_BELOW = 1e-5             # a smaller temperature decodes greedily (see SamplingParams)
 
 
 @dataclass(frozen=True)
@@ -93,8 +100,9 @@ class TrainConfig:
     threads: int = option(0, "CPU threads for torch; 0 = torch's default")
     compile: bool = option(False, "torch.compile the model; falls back to eager, with a warning, where unavailable")
     grad_spike_factor: float = option(
-        10.0, "skip an update whose gradient norm exceeds this x the median of the last 50; 0 = off")
-    max_skipped_updates: int = option(5, "stop the run after this many skipped (non-finite/outlier) updates in a row")
+        10.0, "clip an update whose gradient norm exceeds this x the median of the last 50 down to that bound; 0 = off")
+    max_skipped_updates: int = option(
+        5, "stop the run after this many updates in a row with a non-finite gradient (each is skipped)")
 
 
 @dataclass
@@ -112,14 +120,12 @@ class RunConfig:
         return cfg
 
 
-MAX_LOGPROBS = 50  # alternatives reported per token, at most
-
-
 @dataclass
 class SamplingParams:
     """How to generate; each field's help is also its command-line help."""
     max_new_tokens: int = option(200, "most tokens to generate")
-    temperature: float = option(0.8, "> 1 flattens the distribution, < 1 sharpens it")
+    temperature: float = option(0.8, "> 1 flattens the distribution, < 1 sharpens it; below 1e-5 it is "
+                                     "greedy decoding")
     top_k: int | None = option(None, "sample from the k most likely tokens only")
     top_p: float | None = option(None, "sample from the smallest set of tokens whose probability reaches p")
     min_p: float | None = option(None, "drop tokens below min_p x the top probability")
@@ -140,8 +146,13 @@ class SamplingParams:
 
     def validate(self) -> None:
         """UserError naming the first setting out of range (its `param`)."""
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise bad_param(name, f"must be a finite number, got {value}")
         checks = [
-            ("max_new_tokens", self.max_new_tokens >= 1, f"must be at least 1, got {self.max_new_tokens}"),
+            ("max_new_tokens", 1 <= self.max_new_tokens <= MAX_NEW_TOKENS,
+             f"must be in [1, {MAX_NEW_TOKENS:,}], got {self.max_new_tokens}"),
             ("temperature", self.greedy or self.temperature > 0,
              f"must be > 0 for sampling (got {self.temperature}); use greedy decoding for the argmax"),
             ("top_k", self.top_k is None or self.top_k >= 1, f"must be at least 1, got {self.top_k}"),
@@ -152,6 +163,7 @@ class SamplingParams:
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2,
              f"must be in [-2, 2] (0 = off), got {self.frequency_penalty}"),
             ("stop", all(isinstance(s, str) and s for s in self.stop), f"strings must be non-empty text, got {self.stop!r}"),
+            ("seed", self.seed is None or 0 <= self.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}], got {self.seed}"),
             ("n", self.n >= 1, f"(samples per prompt) must be at least 1, got {self.n}"),
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
              f"must be in [0, {MAX_LOGPROBS}], got {self.logprobs}"),
@@ -159,6 +171,12 @@ class SamplingParams:
         for name, ok, problem in checks:
             if not ok:
                 raise bad_param(name, problem)
+
+    @property
+    def decodes_greedily(self) -> bool:
+        """Greedy, or a temperature so small that dividing the logits by it would overflow and the
+        distribution is one-hot to float32 precision anyway (below GREEDY_BELOW)."""
+        return self.greedy or self.temperature < GREEDY_BELOW
 
     @property
     def uses_penalties(self) -> bool:
@@ -254,7 +272,7 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
         if type_name == "float":
             return float(value)
         return str(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise UserError(f"bad value {value!r} for {key}: expected {_EXPECTED.get(type_name, type_name)}") from None
 
 
@@ -293,9 +311,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(preset: str | None = None, file: str | Path | None = None,
-                 overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then preset, then config file, then explicit overrides; then validate."""
-    cfg = RunConfig()
+                 overrides: dict[str, Any] | None = None, base: RunConfig | None = None) -> RunConfig:
+    """Defaults (or a copy of `base`, e.g. a saved run's config), then preset, then config
+    file, then explicit overrides; then validate."""
+    cfg = RunConfig.from_dict(base.to_dict()) if base is not None else RunConfig()
     if preset is not None:
         if preset not in PRESETS:
             raise UserError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
@@ -307,39 +326,36 @@ def build_config(preset: str | None = None, file: str | Path | None = None,
     return cfg
 
 
+def _check(key: str, value: Any, ok: bool, rule: str) -> None:
+    if not ok:
+        raise UserError(f"bad value {value} for {key}: must be {rule}")
+
+
 def validate(cfg: RunConfig) -> None:
+    """UserError for the first setting out of range: every number finite, each in its range."""
     m, t = cfg.model, cfg.train
-    positive = {
-        "model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
-        "model.block_size": m.block_size, "train.batch_size": t.batch_size,
-        "train.grad_accum_steps": t.grad_accum_steps, "train.max_iters": t.max_iters,
-        "train.learning_rate": t.learning_rate, "train.eval_interval": t.eval_interval,
-        "train.eval_iters": t.eval_iters, "train.log_interval": t.log_interval,
-        "model.rope_theta": m.rope_theta, "model.norm_eps": m.norm_eps,
-        "train.max_skipped_updates": t.max_skipped_updates,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"bad value {value} for {key}: must be > 0")
-    non_negative = {
-        "model.vocab_size": m.vocab_size, "train.warmup_iters": t.warmup_iters,
-        "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
-        "train.checkpoint_interval": t.checkpoint_interval, "train.threads": t.threads,
-        "train.grad_spike_factor": t.grad_spike_factor,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise UserError(f"bad value {value} for {key}: must be >= 0")
+    for key, f in config_fields().items():
+        value = getattr(getattr(cfg, key.split(".")[0]), f.name)
+        if isinstance(value, float):
+            _check(key, value, math.isfinite(value), "a finite number")
+    positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.rope_theta",
+                "model.norm_eps", "train.batch_size", "train.grad_accum_steps", "train.max_iters",
+                "train.learning_rate", "train.eval_interval", "train.eval_iters", "train.log_interval",
+                "train.max_skipped_updates"]
+    non_negative = ["model.vocab_size", "train.warmup_iters", "train.weight_decay", "train.grad_clip",
+                    "train.checkpoint_interval", "train.threads", "train.grad_spike_factor", "train.time_limit_min"]
+    for key in positive + non_negative:
+        value = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
+        _check(key, value, value > 0 if key in positive else value >= 0, "> 0" if key in positive else ">= 0")
+    _check("train.seed", t.seed, 0 <= t.seed <= MAX_SEED, f"in [0, {MAX_SEED}]")
+    _check("model.dropout", m.dropout, 0 <= m.dropout < 1, "in [0, 1)")
+    _check("train.min_lr_ratio", t.min_lr_ratio, 0 <= t.min_lr_ratio <= 1, "in [0, 1]")
+    for key, value in {"train.beta1": t.beta1, "train.beta2": t.beta2}.items():
+        _check(key, value, 0 <= value < 1, "in [0, 1)")
     if m.n_embd % m.n_head:
         raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     if m.arch == "modern" and (m.n_embd // m.n_head) % 2:
         raise UserError("modern arch needs an even head size (n_embd / n_head) for RoPE")
-    for key, value in {"model.dropout": m.dropout, "train.min_lr_ratio": t.min_lr_ratio}.items():
-        if not 0 <= value <= 1 or (key == "model.dropout" and value == 1):
-            raise UserError(f"bad value {value} for {key}: must be in [0, 1)")
-    for key, value in {"train.beta1": t.beta1, "train.beta2": t.beta2}.items():
-        if not 0 <= value < 1:
-            raise UserError(f"bad value {value} for {key}: must be in [0, 1)")
     if t.warmup_iters > t.max_iters:
         raise UserError(f"train.warmup_iters ({t.warmup_iters}) exceeds train.max_iters ({t.max_iters})")
     if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):

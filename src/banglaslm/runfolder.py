@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated
 
 from .checkpoint import load_checkpoint
-from .config import Opt, RunConfig
+from .config import Opt, RunConfig, validate
 from .errors import UserError
 from .fileio import atomic_write_json, read_json_or_fail
 from .model import GPT
@@ -58,9 +58,16 @@ class RunFolder:
 
     def load_config(self) -> RunConfig:
         data = read_json_or_fail(self.config_path)
+        if not isinstance(data, dict):
+            raise UserError(f"{self.config_path} must hold a JSON object; restore the run's config.json")
         data.pop("format", None)
         data.pop("version", None)
-        return RunConfig.from_dict(data)
+        try:
+            config = RunConfig.from_dict(data)
+            validate(config)
+        except UserError as exc:
+            raise UserError(f"{self.config_path} is damaged: {exc}") from None
+        return config
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Poisoned updates are skipped and counted; repeated failures stop the run clearly."""
+"""The update guard: non-finite updates are skipped and counted, spikes are clipped and applied,
+and a run stops only on repeated non-finite gradients, with advice that matches the disk."""
 
 import json
 import math
@@ -50,22 +51,73 @@ def test_non_finite_step_is_skipped_and_counted(data_dir, tmp_path, monkeypatch)
     assert all(math.isfinite(r["loss"]) for r in records if "split" in r)  # the model was not poisoned
 
 
-def test_outlier_gradient_norm_is_skipped(tmp_path):
-    guard = UpdateGuard(build_config(overrides=TINY_SETTINGS).train, "fp32", tmp_path / "latest.safetensors")
-    guard.norms.extend([1.0] * 20)
-    assert guard.skip(5.0) is False      # within 10x the median
-    assert guard.skip(50.0) is True      # a spike
-    assert guard.skip(float("inf")) is True
-    assert guard.skipped_total == 2 and guard.skipped_in_row == 2
-    assert guard.skip(1.1) is False and guard.skipped_in_row == 0  # a good step resets the count
+def guard(**overrides) -> UpdateGuard:
+    return UpdateGuard(build_config(overrides={**TINY_SETTINGS, **overrides}).train, "fp32", lambda: "ON DISK")
 
 
-def test_repeated_failures_stop_with_a_pointer_to_the_last_checkpoint(data_dir, tmp_path):
+def test_a_spike_is_clipped_to_its_bound_not_skipped():
+    g = guard(**{"train.grad_clip": 0})
+    g.norms.extend([1.0] * 20)
+    assert g.bound(5.0) == math.inf        # within 10x the median: no clipping (clipping is off)
+    assert g.bound(50.0) == 10.0           # a spike: applied, clipped to 10x the median
+    assert g.clipped_spikes == 1 and g.skipped_total == 0
+    assert guard().bound(0.5) == 1.0       # otherwise the bound is train.grad_clip (1.0)
+
+
+def test_a_run_that_keeps_spiking_is_never_stopped():
+    # The failure this replaces: after one bad update every following gradient was ~80x the
+    # median; skipping them left the weights where they were, and the run stopped at the 5th.
+    g = guard()
+    for norm in [0.5] * 30 + [42.0] * 200:
+        assert g.bound(norm) == min(1.0, 5.0)  # grad_clip 1.0 is below 10x the median (5.0)
+    assert g.skipped_total == 0 and g.clipped_spikes > 0
+
+
+def test_non_finite_gradients_are_skipped_and_stop_after_max_in_a_row():
+    g = guard(**{"train.max_skipped_updates": 3})
+    assert g.bound(float("nan")) is None and g.bound(float("inf")) is None
+    assert g.skipped_total == 2 and g.skipped_in_row == 2
+    assert g.bound(1.1) == 1.0 and g.skipped_in_row == 0  # a good step resets the count
+    g.bound(float("nan"))
+    g.bound(float("nan"))
+    with pytest.raises(TrainingDiverged, match="3 updates in a row had a non-finite gradient.*ON DISK"):
+        g.bound(float("nan"))
+    fp16 = UpdateGuard(build_config(overrides=TINY_SETTINGS).train, "fp16", lambda: "")
+    assert fp16.bound(float("inf")) == math.inf and fp16.skipped_total == 0  # the scaler's business
+
+
+def test_a_loss_spike_mid_run_is_clipped_and_training_goes_on(data_dir, tmp_path, monkeypatch):
+    trainer = make_trainer(data_dir, tmp_path / "run", **{"train.max_iters": 30, "train.log_interval": 1,
+                                                          "train.max_skipped_updates": 2})
+    original = trainer.forward_model.forward
+    calls = {"n": 0}
+
+    def spiking(x, y=None):
+        logits, loss = original(x, y)
+        calls["n"] += trainer.model.training  # training steps only, not evaluations
+        return logits, loss * 1000 if trainer.model.training and 15 <= calls["n"] <= 20 else loss
+    monkeypatch.setattr(trainer.forward_model, "forward", spiking)
+    result = trainer.train()
+    assert result.iterations == 30 and result.skipped_updates == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("clipped_spikes", 0) for r in records) >= 6
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+
+def test_the_stop_message_names_what_is_on_disk(data_dir, tmp_path):
+    # Nothing past iteration 0 on disk: the advice is to start again, not to resume.
     trainer = make_trainer(data_dir, tmp_path / "run", **{"train.learning_rate": 1e6, "train.grad_clip": 0,
                                                           "train.max_skipped_updates": 3, "train.warmup_iters": 0})
-    with pytest.raises(TrainingDiverged, match=r"3 updates in a row were skipped.*latest.safetensors.*--resume"):
+    with pytest.raises(TrainingDiverged, match=r"3 updates in a row .* no checkpoint past iteration 0 .* start again"):
         trainer.train()
-    assert (tmp_path / "run" / "checkpoints" / "latest.safetensors").is_file()
+    # A checkpoint at iteration 10: the advice names it and says how to go on from it.
+    run = tmp_path / "run2"
+    make_trainer(data_dir, run, **{"train.max_iters": 10}).train()
+    trainer = Trainer(build_config(overrides={**TINY_SETTINGS, "train.max_iters": 40, "train.learning_rate": 1e6,
+                                              "train.grad_clip": 0, "train.max_skipped_updates": 3}),
+                      data_dir, run, resume=True, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"latest.safetensors, is from iteration 10.*--resume"):
+        trainer.train()
 
 
 def test_compile_falls_back_to_eager_with_a_warning(data_dir, tmp_path, monkeypatch, capsys):

@@ -14,6 +14,7 @@ written last) and renames it into place.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,9 @@ class BinWriter:
         self.folder, self.tokenizer, self.dtype = Path(folder), tokenizer, dtype
         self.stats = {s: {"file": f"{s}.bin", "documents": 0, "tokens": 1, "bytes": 0, "chars": 0} for s in SPLITS}
         self.files = {s: open(self.folder / f"{s}.bin", "wb") for s in SPLITS}
-        for f in self.files.values():
-            np.array([tokenizer.eod_id], dtype=dtype).tofile(f)
+        self.hashes = {s: hashlib.sha256() for s in SPLITS}
+        for split in SPLITS:
+            self._write(split, np.array([tokenizer.eod_id], dtype=dtype))
 
     def add(self, documents: list[tuple[str, str, list[int]]]) -> None:
         """Append (split, normalized text, ids) documents, each followed by EOD."""
@@ -138,11 +140,18 @@ class BinWriter:
             s["chars"] += len(text)
             s["bytes"] += len(text.encode("utf-8"))
         for split, ids in buffers.items():
-            np.asarray(ids, dtype=self.dtype).tofile(self.files[split])
+            self._write(split, np.asarray(ids, dtype=self.dtype))
+
+    def _write(self, split: str, ids: np.ndarray) -> None:
+        data = ids.tobytes()
+        self.files[split].write(data)
+        self.hashes[split].update(data)
 
     def close(self) -> None:
-        for f in self.files.values():
+        """Close the bins and record each one's sha256 in the stats."""
+        for split, f in self.files.items():
             f.close()
+            self.stats[split]["sha256"] = self.hashes[split].hexdigest()
 
 
 def write_meta(folder: Path, tokenizer: Tokenizer, dtype: type, stats: dict, split: dict[str, Any]) -> dict:
@@ -156,3 +165,17 @@ def write_meta(folder: Path, tokenizer: Tokenizer, dtype: type, stats: dict, spl
     }
     atomic_write_json(Path(folder) / META, meta)
     return meta
+
+
+IDENTITY_KEYS = ("tokens", "documents", "chars", "bytes", "sha256")
+
+
+def same_splits(recorded: dict, current: dict) -> bool:
+    """Whether two meta.json "splits" describe the same bins: equal in every identity key both
+    record (a folder prepared before bins had checksums compares by its counts alone)."""
+    for split in SPLITS:
+        a, b = recorded.get(split) or {}, current.get(split) or {}
+        shared = [k for k in IDENTITY_KEYS if k in a and k in b]
+        if not shared or any(a[k] != b[k] for k in shared):
+            return False
+    return True

@@ -19,7 +19,7 @@ from typing import Annotated
 import numpy as np
 from tqdm import tqdm
 
-from ..config import Opt
+from ..config import MAX_SEED, Opt
 from ..errors import UserError, bad_param
 from ..fileio import staged_folder
 from ..text import normalize
@@ -66,6 +66,8 @@ def prepare(
     earlier data folder at `out_dir` untouched, for bad options or inputs."""
     if not 0 < val_fraction < 1:
         raise bad_param("val_fraction", f"must be between 0 and 1 (exclusive), got {val_fraction}")
+    if not 0 <= seed <= MAX_SEED:
+        raise bad_param("seed", f"must be in [0, {MAX_SEED}], got {seed}")
     if dtype not in ("auto", "uint16", "uint32"):
         raise bad_param("dtype", f"must be auto, uint16 or uint32, got {dtype}")
     if tokenizer not in ("bpe", "char") and not Path(tokenizer).is_file():

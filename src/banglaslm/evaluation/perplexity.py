@@ -68,7 +68,7 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: 
     if not text:
         raise UserError(f"{name} holds no text to evaluate")
     block = loaded.config.model.block_size
-    stride = stride or max(1, block // 2)
+    stride = max(1, block // 2) if stride is None else stride
     if not 0 < stride <= block:
         raise bad_param("stride", f"must be between 1 and the block size ({block}), got {stride}")
     ids = [loaded.tokenizer.eod_id] + loaded.tokenizer.encode(text, normalized=True)

@@ -65,7 +65,7 @@ def adjust_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tens
         logits = torch.where(seen, torch.where(logits > 0, logits / rp, logits * rp), logits)
     if counts is not None and (params.presence_penalty or params.frequency_penalty):
         logits = logits - params.presence_penalty * (counts > 0) - params.frequency_penalty * counts
-    if params.greedy:
+    if params.decodes_greedily:
         return logits
     return filter_logits(logits / params.temperature, params.top_k, params.top_p, params.min_p)
 
@@ -92,7 +92,7 @@ class Sampler:
         if params.presence_penalty or params.frequency_penalty:
             self.counts = torch.zeros(B, vocab, device=device)
         self.generators = None
-        if not params.greedy:
+        if not params.decodes_greedily:
             base = params.seed if params.seed is not None else torch.Generator().seed()
             self.generators = []
             for row in rows:
@@ -111,13 +111,13 @@ class Sampler:
     def __call__(self, logits: torch.Tensor):
         """logits (B, V) → (next ids (B,) tensor, a TokenLogprob per row or None)."""
         p = self.params
-        if p.greedy and not p.uses_penalties and p.logprobs is None:  # the fast path: no softmax, no copies
+        if p.decodes_greedily and not p.uses_penalties and p.logprobs is None:  # the fast path: no softmax, no copies
             if logits.device.type == "cpu":  # NumPy's argmax takes 2 us here, torch's 16 (same ties: the first)
                 return torch.from_numpy(logits.numpy().argmax(-1)), None
             return logits.argmax(-1), None
         logits = adjust_logits(logits.float(), p, self.seen, self.counts)
         probs = None
-        if p.greedy:
+        if p.decodes_greedily:
             ids = logits.argmax(-1)
         else:
             probs = torch.softmax(logits, dim=-1).cpu()

@@ -19,16 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from tqdm import tqdm
 
-from ..config import RunConfig, build_config
-from ..data.folder import DataFolder
+from ..checkpoint import read_state
+from ..config import RunConfig, build_config, validate
+from ..data.folder import DataFolder, same_splits
 from ..data.loader import EVAL_STREAM, BatchSampler, Prefetcher
 from ..errors import UserError, bad_param
 from ..model import GPT
 from ..runfolder import RunFolder
 from . import distributed, parallel
 from .guard import UpdateGuard
+from .memory import check_fits
 from .metrics import MetricsLog, plot_loss
 from .optim import (
     autocast_context,
@@ -37,6 +40,7 @@ from .optim import (
     resolve_device,
     resolve_precision,
 )
+from .warm_start import WarmStart
 
 # Keys that may change when resuming (the rest must match the saved run). Changing any of
 # them but the bookkeeping ones makes the continuation differ from an uninterrupted run.
@@ -114,16 +118,20 @@ class _Session:
 
 class Trainer:
     def __init__(self, config: RunConfig, data_dir: str | Path, run_dir: str | Path,
-                 resume: bool = False, progress: bool | None = None):
+                 resume: bool = False, progress: bool | None = None, init_from: str | Path | None = None):
         tc = config.train
         self.run, self.data, self.show_progress = RunFolder(run_dir), DataFolder(data_dir), progress
         self.dist, device_spec = distributed.setup(tc.device)
         self.parallel = parallel.choose(tc.parallel, self.dist, self.run)
         self.checkpoint = self._find_checkpoint(resume)
+        self.warm_start = WarmStart(init_from, self.data.tokenizer_sha256) if init_from is not None else None
+        if self.warm_start is not None:
+            config = self.warm_start.config(config)
         self.config = _with_vocab(config, self.data.vocab_size)
         self.device = resolve_device(device_spec)
         self.precision = resolve_precision(tc.precision, self.device)
         self.parallel.check(self.precision)
+        check_fits(self.config, self.device, self.dist.world_size if tc.parallel == "fsdp" else 1)
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.train_batches, self.val_batches = (
@@ -131,7 +139,7 @@ class Trainer:
                          self.dist.rank, self.dist.world_size, split) for split in ("train", "val"))
         self._build_model()
         self.state = Progress()
-        self.guard = UpdateGuard(tc, self.precision, self.run.checkpoint("latest"))
+        self.guard = UpdateGuard(tc, self.precision, self._on_disk)
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
         self.clock = Clock(tc.time_limit_min, self.state.elapsed_s)
@@ -148,15 +156,23 @@ class Trainer:
             return None
         ckpt = self.parallel.load()
         if ckpt.state["tokenizer_sha256"] != self.data.tokenizer_sha256:
-            raise UserError(f"the data in {self.data.path} was tokenized with a different tokenizer than "
-                            f"the run in {self.run.path}; resume with the original data folder")
+            raise UserError(f"the data in {self.data.path} was tokenized with a different tokenizer than the run in "
+                            f"{self.run.path}; resume with the original data folder")
+        recorded = (ckpt.state.get("data") or {}).get("splits")
+        if recorded is not None and not same_splits(recorded, self.data.meta["splits"]):
+            raise UserError(f"{self.data.path} is not the data the run in {self.run.path} was trained on; --resume "
+                            "continues a run on its own data. To train its weights on this data, start a new run "
+                            f"from them: banglaslm train --data {self.data.path} --out NEW_RUN --init-from {self.run.path}")
         return ckpt
 
     def _build_model(self) -> None:
         """The same initial weights on every rank, sharded (FSDP) before AdamW is built on them."""
         tc = self.config.train
         torch.manual_seed(tc.seed)
-        self.model = GPT(self.config.model).to(self.device)
+        self.model = GPT(self.config.model)
+        if self.warm_start is not None:
+            self.warm_start.load_into(self.model)
+        self.model.to(self.device)
         self.parallel.shard(self.model, self.precision)
         if self.dist.rank > 0:
             torch.manual_seed(tc.seed + self.dist.rank)  # but different dropout masks per rank
@@ -181,6 +197,16 @@ class Trainer:
         finally:
             self.model.train()
 
+    def _on_disk(self) -> str:
+        """What a stopped run can go on from, as advice (read from the checkpoint itself)."""
+        latest = self.run.checkpoint("latest")
+        state = read_state(latest)
+        if state is None or int(state["iter"]) == 0:
+            return ("no checkpoint past iteration 0 is on disk: start again with a lower train.learning_rate "
+                    "(or check the data and config)")
+        return (f"the last checkpoint, {latest}, is from iteration {state['iter']}: continue from it with "
+                "--resume --set train.learning_rate=<lower>")
+
     def _say(self, message: str) -> None:
         if self.dist.is_main:
             print(message, file=sys.stderr)
@@ -203,6 +229,7 @@ class Trainer:
             "sampler": self.train_batches.state(), "world_size": self.dist.world_size,
             **self.guard.state(), "elapsed_s": self.clock.elapsed(),
             "data": {"path": str(self.data.path), "splits": self.data.meta["splits"]},
+            "init_from": self.warm_start.provenance() if self.warm_start is not None else None,
         }
 
     def _save(self, it: int, improved: bool) -> Path:
@@ -280,9 +307,13 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
-        max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
-        norm = self.parallel.global_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if not self.guard.skip(norm):
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        total_norm = get_total_norm([p.grad for p in params])
+        norm = self.parallel.global_norm(total_norm)
+        bound = self.guard.bound(norm)
+        if bound is not None:
+            if bound < math.inf:
+                clip_grads_with_norm_(params, bound, total_norm)
             self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -300,6 +331,7 @@ class Trainer:
             session.log.append({"iter": it, "loss": loss_value, "lr": lr_at(it, cfg.train, self.clock.used),
                                 "tokens_per_s": session.tokens_per_s, "grad_norm": norm,
                                 "skipped_updates": self.guard.skipped_total,
+                                "clipped_spikes": self.guard.clipped_spikes,
                                 "elapsed_s": round(self.clock.elapsed(), 2)})
         session.bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{session.tokens_per_s:,.0f}", refresh=False)
 
@@ -365,23 +397,29 @@ def _with_vocab(config: RunConfig, data_vocab: int) -> RunConfig:
 
 
 def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig | None = None,
-          resume: bool = False, max_iters: int | None = None, progress: bool | None = None) -> TrainResult:
+          resume: bool = False, max_iters: int | None = None, progress: bool | None = None,
+          init_from: str | Path | None = None) -> TrainResult:
     """Train (or with `resume`, continue) a model on a prepared data folder.
 
     With `resume` and no `config`, the run's saved config is used; a given `config` must
     equal the saved one except for the keys in RESUME_MUTABLE (e.g. max_iters, which
-    stretches the LR schedule, or learning_rate after a divergence).
+    stretches the LR schedule, or learning_rate after a divergence). `init_from` (a run
+    folder) starts a new run from that run's weights and model config (`warm_start`).
     """
+    if resume and init_from is not None:
+        raise UserError("--resume continues this run; --init-from starts a new one from another run's weights: "
+                        "give one of them")
     run = RunFolder(run_dir)
     if resume and run.config_path.is_file():
         config = _resume_config(run.load_config(), config)
     config = config or build_config()
     if max_iters is not None:
+        if max_iters < config.train.warmup_iters or max_iters < 1:
+            raise bad_param("max_iters", f"{max_iters} is below 1 or train.warmup_iters ({config.train.warmup_iters})")
         config.train.max_iters = max_iters
-        if config.train.warmup_iters > max_iters:
-            raise bad_param("max_iters", f"{max_iters} is below train.warmup_iters ({config.train.warmup_iters})")
+    validate(config)
     try:
-        return Trainer(config, data_dir, run_dir, resume=resume, progress=progress).train()
+        return Trainer(config, data_dir, run_dir, resume=resume, progress=progress, init_from=init_from).train()
     finally:
         distributed.teardown()
 

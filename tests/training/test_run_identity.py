@@ -1,0 +1,107 @@
+"""A run knows what it was started with: resume refuses other data (even with the same
+tokenizer), `--resume --set` changes the saved run's settings (not the defaults'), and
+`--init-from` starts a new run from an old run's weights."""
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_SETTINGS, set_args
+from safetensors import safe_open
+
+from banglaslm.checkpoint import load_checkpoint
+from banglaslm.cli import main
+from banglaslm.config import build_config
+from banglaslm.data.prepare import prepare
+from banglaslm.errors import UserError
+from banglaslm.training.trainer import train
+
+SHORT = {**TINY_SETTINGS, "train.max_iters": 10, "train.eval_interval": 5}
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, data_dir):
+    run = tmp_path_factory.mktemp("identity") / "run"
+    train(data_dir, run, build_config(overrides=SHORT), progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def other_data(tmp_path_factory, base_run, small_books):
+    """Other text, encoded with the run's own tokenizer: only the data differs."""
+    out = tmp_path_factory.mktemp("other") / "d"
+    prepare([str(small_books[0])], out, tokenizer=str(base_run / "tokenizer.json"), doc_split="paragraph",
+            progress=False)
+    return out
+
+
+def test_resume_on_other_data_is_refused_and_points_to_init_from(base_run, other_data, tmp_path, capsys):
+    before = (base_run / "checkpoints" / "latest.safetensors").read_bytes()
+    code, err = run_cli(["train", "--data", other_data, "--out", base_run, "--resume", "--max-iters", "20"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "is not the data the run" in err and f"--init-from {base_run}" in err
+    assert (base_run / "checkpoints" / "latest.safetensors").read_bytes() == before  # nothing touched
+
+
+def test_the_data_identity_is_recorded_with_checksums(base_run, data_dir):
+    meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+    state = load_checkpoint(base_run / "checkpoints" / "latest.safetensors", weights_only=True).state
+    import hashlib
+
+    for split in ("train", "val"):
+        digest = hashlib.sha256((data_dir / f"{split}.bin").read_bytes()).hexdigest()
+        assert meta["splits"][split]["sha256"] == digest == state["data"]["splits"][split]["sha256"]
+
+
+def test_resume_with_set_changes_the_saved_run_not_the_defaults(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    # A run made with a preset and settings that differ from the defaults in many keys.
+    code, _ = run_cli(["train", "--data", data_dir, "--out", run, "--preset", "tiny", *set_args(SHORT)], capsys)
+    assert code == 0
+    # What the divergence advice tells users to do: resume with a lower learning rate.
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "14",
+                         "--set", "train.learning_rate=1e-4"], capsys)
+    assert code == 0, err
+    state = json.loads(safe_open(str(run / "checkpoints" / "latest.safetensors"), "pt").metadata()["state"])
+    assert state["iter"] == 14 and state["config"]["train"]["learning_rate"] == 1e-4
+    assert state["config"]["model"]["n_embd"] == SHORT["model.n_embd"]  # the saved model, not the preset's
+    # A setting that would change the run itself is still refused, naming only that key.
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--set", "model.n_layer=3"], capsys)
+    assert code == 2 and "model.n_layer (2 → 3)" in err and "n_embd" not in err, err
+
+
+def test_init_from_starts_a_new_run_from_the_weights(base_run, other_data, tmp_path, capsys):
+    new = tmp_path / "new"
+    code, err = run_cli(["train", "--data", other_data, "--out", new, "--init-from", base_run,
+                         *set_args({**SHORT, "train.max_iters": 6, "train.eval_interval": 3,
+                                    "train.checkpoint_interval": 3, "model.n_layer": 5})], capsys)
+    assert code == 0, err
+    source = load_checkpoint(base_run / "checkpoints" / "best.safetensors", weights_only=True)
+    state = load_checkpoint(new / "checkpoints" / "latest.safetensors").state
+    assert state["iter"] == 6 and state["init_from"]["iter"] == source.state["iter"]
+    assert state["config"]["model"]["n_layer"] == 2  # the model is the source's
+    assert len(state["history"]) == 3  # its own evaluations only (0, 3, 6): a fresh run
+    # Before its first step, the new run's model holds the source's weights exactly.
+    from banglaslm.training.trainer import Trainer
+
+    trainer = Trainer(build_config(overrides=SHORT), other_data, tmp_path / "fresh", init_from=base_run,
+                      progress=False)
+    start = trainer.model.state_dict()
+    assert all(torch.equal(start[k], v) for k, v in source.model_state().items())
+    assert trainer.state.iter == 0 and trainer.optimizer.state_dict()["state"] == {}
+    code, err = run_cli(["train", "--data", other_data, "--out", tmp_path / "x", "--init-from", base_run,
+                         "--resume"], capsys)
+    assert code == 2 and "give one of them" in err
+
+
+def test_init_from_needs_the_source_tokenizer(base_run, small_books, tmp_path):
+    char = tmp_path / "char"
+    prepare([str(small_books[0])], char, tokenizer="char", doc_split="paragraph", progress=False)
+    with pytest.raises(UserError, match="prepare it with that run's tokenizer"):
+        train(char, tmp_path / "r", build_config(overrides=SHORT), init_from=base_run, progress=False)
+    assert not (tmp_path / "r").exists()
