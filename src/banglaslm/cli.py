@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import inspect
 import json
 import os
@@ -138,6 +139,7 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="continue a prompt with a trained model")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--prompt", required=True, help="the text to continue")
+    p.set_defaults(param_flags={"prompt": "--prompt"})
     add_options(p, SamplingParams, skip=("n", "logprobs"))
     add_options(p, load_model, flags={"which": "checkpoint"})
     p.add_argument("--stream", action="store_true", help="print the text as it is generated")
@@ -339,12 +341,28 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "gener
 
 
 def _message(exc: UserError, args: argparse.Namespace) -> str:
-    """The error's text, with the parameter it names shown as this command's flag."""
+    """The error's text, the parameters it names shown as this command's flags: the one it
+    starts with (`exc.param`) and any other written `like_this`."""
     text = str(exc)
-    flag = (getattr(args, "param_flags", None) or {}).get(exc.param)
-    if flag and text.startswith(exc.param):
-        text = flag + text[len(exc.param):]
+    flags = getattr(args, "param_flags", None) or {}
+    if exc.param in flags and text.startswith(exc.param):
+        text = flags[exc.param] + text[len(exc.param):]
+    text = re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(1)), text)
     return re.sub(r"\s*\n\s*", " ", text)
+
+
+_OS_ADVICE = {errno.ENOSPC: "free some space (files are written whole or not at all: what was there is intact)",
+              errno.EDQUOT: "free some space (files are written whole or not at all: what was there is intact)",
+              errno.EROFS: "the file system is read-only: choose another output folder",
+              errno.EACCES: "check the permissions, or choose another output folder",
+              errno.EPERM: "check the permissions, or choose another output folder",
+              errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path"}
+
+
+def _os_message(exc: OSError) -> str:
+    """An OS error (permissions, a full disk, a file in the way) as one line with what to do."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}; {_OS_ADVICE.get(exc.errno, 'check the path and try again')}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,12 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"banglaslm {args.command}: error: {_message(exc, args)}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            return 1
+        print(f"banglaslm {args.command}: error: {_os_message(exc)}", file=sys.stderr)
+        return 2
     except TrainingInterrupted as exc:
         print(f"banglaslm {args.command}: {exc}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f"banglaslm {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 1
     return 0

@@ -22,7 +22,6 @@ import tomllib
 
 from .errors import UserError, bad_param
 
-
 MAX_SEED = 2**63 - 1            # torch's and NumPy's generators take any seed in [0, MAX_SEED]
 MAX_LOGPROBS = 50               # alternatives reported per token, at most
 MAX_NEW_TOKENS = 100_000        # tokens one generation may ask for
@@ -154,7 +153,7 @@ class SamplingParams:
             ("max_new_tokens", 1 <= self.max_new_tokens <= MAX_NEW_TOKENS,
              f"must be in [1, {MAX_NEW_TOKENS:,}], got {self.max_new_tokens}"),
             ("temperature", self.greedy or self.temperature > 0,
-             f"must be > 0 for sampling (got {self.temperature}); use greedy decoding for the argmax"),
+             f"must be > 0 for sampling (got {self.temperature}); for the argmax, set `greedy`"),
             ("top_k", self.top_k is None or self.top_k >= 1, f"must be at least 1, got {self.top_k}"),
             ("top_p", self.top_p is None or 0 < self.top_p <= 1, f"must be in (0, 1], got {self.top_p}"),
             ("min_p", self.min_p is None or 0 <= self.min_p <= 1, f"must be in [0, 1], got {self.min_p}"),

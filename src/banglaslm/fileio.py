@@ -1,20 +1,30 @@
 """Crash-safe writes: a file or a whole folder is built under a temporary name beside its
 target and renamed into place, so a reader (or a run resumed after `kill -9`) sees the old
-version or the new one, never half of one. `os.replace` / `os.rename` are atomic on POSIX.
+version or the new one, never half of one (`os.replace` is atomic on POSIX). One writer at a
+time: `exclusive` locks what a command writes, and clears what a killed writer left behind.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 def umask() -> int:
@@ -58,16 +68,82 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def check_writable(out: Path, what: str = "output") -> None:
+    """UserError unless `out` (or the folder that would hold it) can be written by this process."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if existing == out and out.is_file():
+        existing = out.parent  # a file is replaced through its folder
+    elif not existing.is_dir():
+        raise UserError(f"cannot write {out}: {existing} is a file, not a folder; choose another {what} path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: {existing} is not writable by this user; choose another {what} path")
+
+
 def check_destination(out: Path, what: str = "output", replaceable: Callable[[Path], bool] | None = None) -> None:
-    """UserError unless `out` is new, an empty folder, or a folder `replaceable` accepts."""
+    """UserError unless `out` is writable and new, an empty folder, or a folder `replaceable` accepts."""
+    check_writable(out, what)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder; choose another {what} path")
     if not out.is_dir() or not any(out.iterdir()) or (replaceable is not None and replaceable(out)):
         return
     if replaceable is None:
-        raise UserError(f"{out} already exists and is not empty; choose another {what} folder or delete it")
-    raise UserError(f"{out} is a non-empty folder that is not a banglaslm {what}; choose another folder "
-                    f"(an existing {what} there would be replaced)")
+        raise UserError(f"{out} already exists and is not empty; choose another {what} or delete it")
+    raise UserError(f"{out} is a non-empty folder that is not a banglaslm {what} (or holds other files too); "
+                    f"choose another {what} (an earlier {what} there would be replaced)")
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return f"pid {info['pid']} on {info['host']}, `{info['command']}`, since {info['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has just started"
+
+
+@contextmanager
+def exclusive(target: str | Path, what: str = "output") -> Iterator[None]:
+    """Hold the one writer's lock on `target` (a folder or file a command writes) while the block
+    runs: a second writer gets a UserError naming the holder. The lock is an flock on a sibling
+    `.{name}.lock`, so a killed holder's lock is free again at once (and the file is reused)."""
+    if fcntl is None:  # no flock (Windows): writers are not kept apart
+        yield
+        return
+    target = Path(target).resolve()
+    check_writable(target, what)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = target.parent / f".{target.name}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UserError(f"{target} is being written by another banglaslm process ({_holder(path)}); "
+                            f"wait for it to finish or choose another {what}") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break  # still the file at `path` (the last holder may have removed it meanwhile)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:200],
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+        remove_leftovers(target)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def remove_leftovers(target: Path) -> None:
+    """Remove what a killed writer of `target` left beside it (temporary and replaced copies);
+    call only while holding `exclusive(target)`."""
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        if leftover.suffix in (".tmp", ".old"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -78,30 +154,33 @@ def staged_folder(out_dir: str | Path, what: str = "output",
     (e.g. an earlier output of the same kind), which is then replaced as a whole; anything
     else is a UserError before any work is done."""
     out = Path(out_dir)
-    check_destination(out, what, replaceable)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if Path.cwd() == out.resolve() or out.resolve() in Path.cwd().parents:  # cannot be replaced whole
+        raise UserError(f"{out} is the current folder or holds it; write the {what} into a folder of its own")
+    with exclusive(out, what):
+        check_destination(out, what, replaceable)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
+            _swap_in(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
     """Rename `tmp` to `out`; an existing `out` is moved aside first and removed after."""
     old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / "previous")
     try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old / "previous", out)
-        raise
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "previous")
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old / "previous", out)
+            raise
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -113,8 +113,12 @@ def _check_out_dir(out: Path, run_dir: Path) -> None:
         raise UserError(f"{out} holds the run folder; write the report to a folder of its own")
 
 
+REPORT_FILES = {"README.md", "report.html", "report.json", "loss.png", "lr.png", "throughput.png", "tokenizer.png"}
+
+
 def _is_report(folder: Path) -> bool:
-    return (folder / "report.json").is_file()
+    """An earlier report, and nothing else, which a new report may replace."""
+    return (folder / "report.json").is_file() and {p.name for p in folder.iterdir()} <= REPORT_FILES
 
 
 def write_report(run_dir: str | Path, texts=(), out_dir: str | Path | None = None, which: str = "best", *,
@@ -129,7 +133,7 @@ def write_report(run_dir: str | Path, texts=(), out_dir: str | Path | None = Non
     loaded = load_model(run.path, which)
     out = Path(out_dir) if out_dir is not None else run.path / "report"
     _check_out_dir(out, run.path)
-    check_destination(out, "report", replaceable=_is_report)
+    check_destination(out, "report folder", replaceable=_is_report)
     records = read_metrics(run.metrics_path)
     info = _report_info(run, loaded, raw_texts, records, prompts, seeds)
     docs = sample_documents(raw_texts, max_sample_chars)
@@ -137,7 +141,7 @@ def write_report(run_dir: str | Path, texts=(), out_dir: str | Path | None = Non
     info["tokenizer_study"] = {
         "sample": "the given text files" if raw_texts else "every 10th file of the embedded corpus",
         "documents": len(docs), "chars": sum(map(len, docs)), "stats": [s.to_dict() for s in tok_stats]}
-    with staged_folder(out, "report", replaceable=_is_report) as tmp:
+    with staged_folder(out, "report folder", replaceable=_is_report) as tmp:
         plot_loss(records, tmp / "loss.png")
         plot_series(records, "lr", "learning rate", "learning rate schedule", tmp / "lr.png")
         plot_series(records, "tokens_per_s", "tokens/s", "training throughput", tmp / "throughput.png")

@@ -19,7 +19,7 @@ from typing import Annotated
 from .checkpoint import load_checkpoint
 from .config import Opt, RunConfig, validate
 from .errors import UserError
-from .fileio import atomic_write_json, read_json_or_fail
+from .fileio import atomic_write_json, check_destination, read_json_or_fail
 from .model import GPT
 from .tokenizer import Tokenizer
 
@@ -40,6 +40,28 @@ class RunFolder:
 
     def checkpoint(self, which: str) -> Path:
         return self.checkpoints / f"{which}.safetensors"
+
+    def is_run_folder(self) -> bool:
+        """Whether the folder's config.json says it is a banglaslm run folder."""
+        try:
+            return read_json_or_fail(self.config_path).get("format") == RUN_FORMAT
+        except (OSError, UserError, AttributeError):
+            return False
+
+    def check_writable(self, resume: bool) -> None:
+        """UserError unless training may write here: a new or empty folder, or (the same or a
+        resumed) run folder; never a folder of someone else's files."""
+        check_destination(self.path, "run folder", replaceable=lambda folder: self.is_run_folder())
+        if resume and not self.is_run_folder():
+            raise UserError(f"nothing to resume: {self.path} is not a banglaslm run folder; start without --resume")
+
+    def remove_leftovers(self) -> None:
+        """Temporary files a killed writer left (`fileio.atomic_path`'s `.NAME.*.tmp`); call while
+        holding `fileio.exclusive` on this folder."""
+        for folder in (self.path, self.checkpoints):
+            for leftover in folder.glob(".*.tmp") if folder.is_dir() else ():
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
 
     def require(self) -> None:
         if not self.path.is_dir():

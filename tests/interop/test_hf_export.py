@@ -283,7 +283,8 @@ def test_export_refuses_unrepresentable_config(trained_run, tmp_path):
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     config["model"]["n_head"] = config["model"]["n_embd"]  # head size 1: no RoPE pairs
     (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    with pytest.raises(UserError, match="cannot export"):
+    # (Such a config.json is refused as soon as the run folder is read, before export sees it.)
+    with pytest.raises(UserError, match="config.json is damaged: modern arch needs an even head size"):
         export_hf(run, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
     with pytest.raises(UserError, match="cannot export"):

@@ -32,10 +32,14 @@ SPLITS = ("train", "val")
 META = "meta.json"
 
 
+DATA_FILES = {META, "tokenizer.json", "train.bin", "val.bin"}
+
+
 def is_data_folder(path: Path) -> bool:
-    """Whether `path` holds a data folder's meta.json (readable or not)."""
+    """Whether `path` is a data folder and nothing else (what `prepare` may replace)."""
     try:
-        return read_json(Path(path) / META).get("format") == DATA_FORMAT
+        return read_json(Path(path) / META).get("format") == DATA_FORMAT and \
+            {p.name for p in Path(path).iterdir()} <= DATA_FILES
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -113,7 +117,7 @@ def id_dtype(vocab_size: int, dtype: str) -> type:
         return np.uint16 if vocab_size <= 2**16 else np.uint32
     if dtype == "uint16" and vocab_size > 2**16:
         raise bad_param("dtype", f"uint16 cannot hold this vocabulary: it has {vocab_size:,} tokens, too many for "
-                                 "uint16 (max 65,536); use uint32 or a smaller vocabulary")
+                                 "uint16 (max 65,536); use uint32 or a smaller `vocab_size`")
     return np.uint16 if dtype == "uint16" else np.uint32
 
 

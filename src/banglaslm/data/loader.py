@@ -26,10 +26,10 @@ class BatchSampler:
     def __init__(self, tokens: TokenFile | np.ndarray, block_size: int, batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1, split: str = "train"):
         if len(tokens) < block_size + 1:
+            fraction = "larger" if split == "val" else "smaller"
             raise UserError(
-                f"the {split} split has {len(tokens):,} tokens, fewer than one block of "
-                f"{block_size} + 1; use more text, a larger --val-fraction, or a smaller model.block_size"
-            )
+                f"the {split} split has {len(tokens):,} tokens, fewer than one block of {block_size} + 1; use more "
+                f"text, prepare it with a {fraction} --val-fraction, or set a smaller model.block_size")
         self.tokens, self.block_size, self.batch_size, self.seed = tokens, block_size, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self._offsets = np.arange(block_size + 1, dtype=np.int64)

@@ -75,8 +75,9 @@ def prepare(
     if tokenizer == "bpe":
         check_bpe_vocab_size(vocab_size)
     sources = resolve_inputs(inputs)
+    _check_apart(sources, Path(out_dir))
     start = time.perf_counter()
-    with staged_folder(out_dir, "data", replaceable=is_data_folder) as work:
+    with staged_folder(out_dir, "data folder", replaceable=is_data_folder) as work:
         spool = work / "documents.jsonl"
         n_docs, chars, input_bytes = _spool(iter_documents(sources, text_column, doc_split), spool, progress)
         is_val = _choose_validation(n_docs, val_fraction, seed)
@@ -88,6 +89,18 @@ def prepare(
         meta = write_meta(work, tok, np_dtype, stats, {"val_fraction": val_fraction, "seed": seed,
                                                        "doc_split": doc_split, "sources": sources_seen})
     return PrepareResult(Path(out_dir), meta, time.perf_counter() - start, input_bytes)
+
+
+def _check_apart(sources, out: Path) -> None:
+    """The data folder may not hold an input (it is replaced as a whole), nor sit inside one."""
+    target = out.resolve()
+    for source in sources:
+        if source.kind == "hf":
+            continue
+        path = Path(source.location).resolve()
+        if path == target or target in path.parents:
+            raise UserError(f"the output folder {out} holds the input {source.location}; write the data folder "
+                            "somewhere else")
 
 
 def _show(progress: bool | None) -> bool:

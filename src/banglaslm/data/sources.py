@@ -104,8 +104,8 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
 def _column(available: list[str], wanted: str | None, where: str) -> str:
     name = wanted or "text"
     if name not in available:
-        raise bad_param("text_column", f"'{name}' not found: {where} has no column '{name}' (it has: "
-                                       f"{', '.join(map(str, available)) or 'none'}); choose one of those")
+        raise UserError(f"{where} has no column '{name}' (it has: {', '.join(map(str, available)) or 'none'}); "
+                        "choose one with `text_column`", param="text_column")
     return name
 
 
@@ -113,7 +113,8 @@ def _as_text(value: object, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise bad_param("text_column", f"names a column of {type(value).__name__}, not text, in {where}; pick another column")
+        raise UserError(f"{where}: the text column holds {type(value).__name__}, not text; pick another with "
+                        "`text_column`", param="text_column")
     return value
 
 

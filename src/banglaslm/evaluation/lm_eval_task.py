@@ -17,7 +17,7 @@ from typing import Annotated
 from ..config import Opt
 from ..data.sources import read_text_file
 from ..errors import UserError
-from ..fileio import atomic_path, atomic_write_text
+from ..fileio import atomic_path, atomic_write_text, exclusive
 from ..text import NORMALIZATION, normalize
 
 # lm-eval task names are also file names here and must not look like a path or a glob.
@@ -114,12 +114,11 @@ def write_perplexity_task(texts: list[Path], out_dir: Path,
     yaml = out_dir / f"{name}.yaml"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(jsonl) as tmp:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-                for doc in docs:
-                    fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
-        atomic_write_text(yaml, task_yaml(name, jsonl, len(docs)))
     except OSError as exc:
-        raise UserError(f"cannot write the task to {out_dir} ({exc.strerror or exc}); "
-                        "choose a writable folder") from None
+        raise UserError(f"cannot write the task to {out_dir} ({exc.strerror or exc}); choose a writable folder") from None
+    with exclusive(out_dir / name, "task"):
+        with atomic_path(jsonl) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            for doc in docs:
+                fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        atomic_write_text(yaml, task_yaml(name, jsonl, len(docs)))
     return out_dir

@@ -18,7 +18,7 @@ import torch
 
 from ..config import ModelConfig, Opt
 from ..errors import UserError, bad_param
-from ..fileio import atomic_path
+from ..fileio import atomic_path, exclusive
 from ..model import swiglu_hidden
 from ..runfolder import load_model
 from ..text import NORMALIZATION
@@ -228,7 +228,7 @@ def export_gguf(
     vocab = gguf_vocab(tok, cfg.vocab_size)
     tensors = gguf_tensors(float32_state(loaded.model), cfg)
 
-    with atomic_path(out) as tmp:
+    with exclusive(out, "GGUF file"), atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama" if cfg.arch == "modern" else "gpt2")
         _write_metadata(w, cfg, dtype, Path(run_dir).resolve().name)
         w.add_tokenizer_model("gpt2")

@@ -247,7 +247,7 @@ def export_hf(
                   "top_k": defaults.top_k or 0, "top_p": defaults.top_p or 1.0,
                   "max_new_tokens": defaults.max_new_tokens}
     files = _tokenizer_files(tok, cfg.block_size)
-    with staged_folder(out_dir, "export", replaceable=(lambda folder: True) if overwrite else None) as tmp:
+    with staged_folder(out_dir, "export folder", replaceable=(lambda folder: True) if overwrite else None) as tmp:
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "generation_config.json", generation)
         save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})

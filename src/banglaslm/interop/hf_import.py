@@ -230,7 +230,7 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path) -> Path:
         "imported_from": {"path": str(src.resolve()), "model_type": config.get("model_type"),
                           "banglaslm": {k: v for k, v in provenance.items() if k != "run_config"}},
     }
-    with staged_folder(out_run_dir, "run") as tmp:
+    with staged_folder(out_run_dir, "run folder") as tmp:
         run = RunFolder(tmp)
         run.write_header(run_config, tokenizer)
         save_checkpoint(run.checkpoint("latest"), model, ckpt_state)  # weights only: a fresh optimizer

@@ -44,6 +44,9 @@ class MetricsLog:
 
     def append(self, record: dict) -> None:
         self.records.append(record)
+        if self._fh is not None and not self.path.exists():  # deleted under us: write it all again
+            self.close()
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records[:-1]))
         if self._fh is None:
             self._fh = open(self.path, "a", encoding="utf-8")
         self._fh.write(json.dumps(record) + "\n")

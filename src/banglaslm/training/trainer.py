@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -27,6 +28,7 @@ from ..config import RunConfig, build_config, validate
 from ..data.folder import DataFolder, same_splits
 from ..data.loader import EVAL_STREAM, BatchSampler, Prefetcher
 from ..errors import UserError, bad_param
+from ..fileio import exclusive
 from ..model import GPT
 from ..runfolder import RunFolder
 from . import distributed, parallel
@@ -410,6 +412,15 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig | None = 
         raise UserError("--resume continues this run; --init-from starts a new one from another run's weights: "
                         "give one of them")
     run = RunFolder(run_dir)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 holds the lock for the run
+        return _train(run, data_dir, config, resume, max_iters, progress, init_from)
+    with exclusive(run.path, "run folder"):
+        run.check_writable(resume)
+        run.remove_leftovers()
+        return _train(run, data_dir, config, resume, max_iters, progress, init_from)
+
+
+def _train(run: RunFolder, data_dir, config, resume, max_iters, progress, init_from) -> TrainResult:
     if resume and run.config_path.is_file():
         config = _resume_config(run.load_config(), config)
     config = config or build_config()
@@ -419,7 +430,7 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig | None = 
         config.train.max_iters = max_iters
     validate(config)
     try:
-        return Trainer(config, data_dir, run_dir, resume=resume, progress=progress, init_from=init_from).train()
+        return Trainer(config, data_dir, run.path, resume=resume, progress=progress, init_from=init_from).train()
     finally:
         distributed.teardown()
 

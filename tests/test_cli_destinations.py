@@ -1,0 +1,173 @@
+"""Where commands write: one writer per folder, destinations checked before any work, OS errors
+as one line, and nothing a killed writer left lasts beyond the next run."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TINY_SETTINGS, set_args
+
+from banglaslm.cli import main
+from banglaslm.fileio import exclusive
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+def one_line_error(code, err, fragment):
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert fragment in err, err
+
+
+def test_a_second_writer_is_refused_naming_the_holder(trained_run, small_books, tmp_path, capsys):
+    targets = {  # each command, and what it writes
+        "prepare": (["prepare", *small_books, "--doc-split", "paragraph", "--out", tmp_path / "data"], tmp_path / "data"),
+        "export": (["export", trained_run, "--format", "hf", "--out", tmp_path / "hf"], tmp_path / "hf"),
+        "gguf": (["export", trained_run, "--format", "gguf", "--out", tmp_path / "m.gguf"], tmp_path / "m.gguf"),
+        "report": (["report", trained_run, "--out", tmp_path / "rep"], tmp_path / "rep"),
+        "lm-eval-task": (["lm-eval-task", small_books[0], "--out", tmp_path / "task"], tmp_path / "task" / "bangla_ppl"),
+    }
+    for name, (argv, target) in targets.items():
+        with exclusive(target):
+            code, err = run_cli(argv, capsys)
+        one_line_error(code, err, f"is being written by another banglaslm process (pid {os.getpid()}")
+        assert not target.exists(), name
+        assert list(tmp_path.glob(".*")) == [], name  # the lock goes with its holder
+
+
+def test_two_trainings_into_one_run_folder(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    long_run = {**TINY_SETTINGS, "train.max_iters": 100000, "train.eval_interval": 10, "train.warmup_iters": 5}
+    first = subprocess.Popen([sys.executable, "-m", "banglaslm", "train", "--data", str(data_dir), "--out", str(run),
+                              *set_args(long_run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "latest.safetensors").exists():
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.1)
+        code, err = run_cli(["train", "--data", data_dir, "--out", run, *set_args(TINY_SETTINGS)], capsys)
+        one_line_error(code, err, f"(pid {first.pid} on")
+        code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume"], capsys)
+        one_line_error(code, err, "being written by another banglaslm process")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # no clean-up at all: a stale lock stays behind
+        first.wait()
+    assert (tmp_path / ".run.lock").exists()
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "12"], capsys)
+    assert code == 0, err  # the dead holder's lock is taken over
+    assert not (tmp_path / ".run.lock").exists()
+
+
+def test_destinations_that_are_not_ours(trained_run, data_dir, small_books, tmp_path, capsys):
+    (tmp_path / "f").write_text("a file", encoding="utf-8")
+    code, err = run_cli(["prepare", *small_books, "--out", tmp_path / "f" / "sub"], capsys)
+    one_line_error(code, err, "is a file, not a folder")
+    # A run folder is not a data folder: its tokenizer must survive.
+    tokenizer = (trained_run / "tokenizer.json").read_bytes()
+    code, err = run_cli(["prepare", *small_books, "--doc-split", "paragraph", "--out", trained_run], capsys)
+    one_line_error(code, err, "not a banglaslm data folder")
+    assert (trained_run / "tokenizer.json").read_bytes() == tokenizer
+    # A user's project folder is not a run folder.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"mine": true}', encoding="utf-8")
+    code, err = run_cli(["train", "--data", data_dir, "--out", project, *set_args(TINY_SETTINGS)], capsys)
+    one_line_error(code, err, "not a banglaslm run folder")
+    assert json.loads((project / "config.json").read_text()) == {"mine": True}
+    assert [p.name for p in project.iterdir()] == ["config.json"]
+    # The data folder is not a run folder either, and an input folder is not an output.
+    code, err = run_cli(["train", "--data", data_dir, "--out", data_dir, *set_args(TINY_SETTINGS)], capsys)
+    one_line_error(code, err, "not a banglaslm run folder")
+    books = tmp_path / "books"
+    books.mkdir()
+    for book in small_books[:2]:
+        (books / book.name).write_bytes(book.read_bytes())
+    code, err = run_cli(["prepare", books, "--doc-split", "paragraph", "--out", books], capsys)
+    one_line_error(code, err, "holds the input")
+    assert sorted(p.name for p in books.iterdir()) == sorted(b.name for b in small_books[:2])
+
+
+def test_the_current_folder_is_not_replaced(small_books, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["prepare", *small_books, "--doc-split", "paragraph", "--out", "."], capsys)
+    one_line_error(code, err, "is the current folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_os_errors_are_one_line(data_dir, small_books, tmp_path, capsys, monkeypatch):
+    import banglaslm.checkpoint as checkpoint
+
+    # A full disk while a checkpoint is written: one line, and the last complete checkpoint stays.
+    run = tmp_path / "run"
+    real, calls = checkpoint.save_file, {"n": 0}
+
+    def disk_full(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(args[1]))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, *set_args(TINY_SETTINGS)], capsys)
+    one_line_error(code, err, "No space left on device")
+    assert "free some space" in err
+    assert checkpoint.read_state(run / "checkpoints" / "latest.safetensors")["iter"] == 10
+    assert not list((run / "checkpoints").glob(".*"))  # the half-written one is gone
+    # A read-only file system (simulated: this test may run as root, which ignores permissions).
+    import banglaslm.data.folder as folder
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "d"))
+    monkeypatch.setattr(folder, "atomic_write_json", read_only)
+    code, err = run_cli(["prepare", *small_books, "--doc-split", "paragraph", "--out", tmp_path / "d"], capsys)
+    one_line_error(code, err, "Read-only file system")
+    assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".d.*"))
+
+
+def test_leftovers_of_a_killed_writer_are_removed_by_the_next_run(trained_run, small_books, tmp_path, capsys):
+    import shutil
+
+    (tmp_path / ".data.abc123.tmp").mkdir()  # what a prepare killed half-way leaves beside its target
+    (tmp_path / ".data.abc123.tmp" / "train.bin").write_bytes(b"\0" * 100)
+    code, err = run_cli(["prepare", *small_books, "--doc-split", "paragraph", "--out", tmp_path / "data"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    leftover = run / "checkpoints" / ".latest.safetensors.xyz.tmp"  # a checkpoint killed mid-write
+    leftover.write_bytes(b"partial")
+    code, err = run_cli(["train", "--data", tmp_path / "data", "--out", run, "--resume"], capsys)
+    assert not leftover.exists()
+
+
+def test_metrics_deleted_mid_run_are_written_again(data_dir, tmp_path):
+    from banglaslm.config import build_config
+    from banglaslm.training.trainer import Trainer
+
+    trainer = Trainer(build_config(overrides={**TINY_SETTINGS, "train.max_iters": 30}), data_dir, tmp_path / "run",
+                      progress=False)
+    real = trainer._step
+
+    def step(it, prefetch):
+        if it == 17:
+            (tmp_path / "run" / "metrics.jsonl").unlink()
+        return real(it, prefetch)
+    trainer._step = step
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    iters = [r["iter"] for r in records if "split" not in r]
+    assert iters == list(range(0, 30, TINY_SETTINGS["train.log_interval"]))
+    assert [r["iter"] for r in records if r.get("split") == "val"] == [0, 10, 20, 30]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX locks")
+def test_resume_of_a_run_that_never_wrote_a_config_is_nothing_to_resume(data_dir, tmp_path, capsys):
+    code, err = run_cli(["train", "--data", data_dir, "--out", tmp_path / "none", "--resume"], capsys)
+    one_line_error(code, err, "nothing to resume")
