@@ -117,3 +117,12 @@ def test_the_check_allows_the_right_way(tmp_path):
         "server/__init__.py": "", "server/app.py": "from ..training.trainer import x\n",
         "cli.py": "from .server.app import x\n"})
     assert violations(root) == []
+
+
+def test_no_module_imports_the_package_by_name_at_run_time():
+    # importlib.import_module("banglaslm...") or __import__ would get past the import check above.
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = ast.unparse(node.func)
+                assert name not in ("importlib.import_module", "__import__", "import_module"), (path, name)

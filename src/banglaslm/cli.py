@@ -61,19 +61,21 @@ def _base_type(hint) -> Any:
 
 
 def add_options(parser: argparse.ArgumentParser, source, skip: tuple[str, ...] = (),
-                flags: dict[str, str] | None = None, defaults: dict[str, Any] | None = None) -> None:
+                flags: dict[str, str] | None = None, defaults: dict[str, Any] | None = None,
+                only: tuple[str, ...] | None = None, note: str = "") -> None:
     """Add a --flag for each documented parameter of `source` (a function or a dataclass) but
-    `skip`; `flags` renames ({"which": "checkpoint"}), `defaults` overrides this command's
-    defaults. The flag of each parameter is remembered, for error messages."""
+    `skip` (or those in `only`); `flags` renames ({"which": "checkpoint"}), `defaults` overrides
+    this command's defaults, `note` starts each help. The flag of each parameter is remembered,
+    for error messages."""
     known = dict(parser.get_default("param_flags") or {})
     for name, hint, default, opt in _documented(source):
-        if name in skip:
+        if name in skip or (only is not None and name not in only):
             continue
         default = (defaults or {}).get(name, default)
         flag = "--" + (flags or {}).get(name, name.replace("_", "-"))
         kind = _base_type(hint)
         shown = "" if default is None or default is False or default == [] else f" (default: {default})"
-        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": opt.help + shown}
+        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": note + opt.help + shown}
         if kind is bool:
             kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is list:
@@ -156,7 +158,8 @@ def _add_export(sub) -> None:
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--format", required=True, choices=("hf", "gguf"))
     e.add_argument("--out", required=True, help="hf: folder to write (must not exist or be empty); gguf: the .gguf file")
-    add_options(e, export_gguf, flags={"which": "checkpoint", "dtype": "gguf-type"})
+    add_options(e, export_gguf, only=("which", "overwrite"), flags={"which": "checkpoint"})
+    add_options(e, export_gguf, only=("dtype", "approximate_gelu"), flags={"dtype": "gguf-type"}, note="gguf only: ")
 
 
 def _add_serve_and_chat(sub) -> None:
@@ -288,8 +291,12 @@ def cmd_export(args) -> None:
         print(f"exported {args.run_dir} ({args.which}) to {out} ({args.dtype}); prepend the end-of-document "
               f"token and normalize prompts with banglaslm.text.normalize first (see docs/interop.md)")
         return
+    from .interop.gguf_export import export_gguf
     from .interop.hf_export import export_hf
 
+    defaults = inspect.signature(export_gguf).parameters
+    if args.dtype != defaults["dtype"].default or args.approximate_gelu:
+        raise UserError("--gguf-type and --approximate-gelu apply to --format gguf; drop them for --format hf")
     out = export_hf(args.run_dir, args.out, **picked(args, export_hf))
     print(f"exported {args.run_dir} ({args.which}) to {out}; load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")

@@ -14,6 +14,8 @@ import dataclasses
 import difflib
 import json
 import math
+import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +37,11 @@ class Opt:
     choices: tuple[str, ...] | None = None
 
 
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw progress bars: `progress`, or when None, only on a terminal."""
+    return sys.stderr.isatty() if progress is None else progress
+
+
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None, factory=None) -> Any:
     """A dataclass field whose metadata is its command-line help (see `Opt`); `factory` makes
     a mutable default (e.g. `list`) instead of `default`."""
@@ -52,7 +59,6 @@ class ModelConfig:
         "gpt",
         "'gpt': the course GPT (learned positions, LayerNorm, GELU MLP, biases, untied head); "
         "'modern': RoPE, RMSNorm, SwiGLU, tied embeddings, no biases",
-        ("gpt", "modern"),
     )
     n_layer: int = option(8, "transformer blocks")
     n_head: int = option(8, "attention heads per block")
@@ -86,14 +92,12 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "auto",
         "'auto': bf16 where the CPU/GPU has it, fp16 + grad scaler on GPUs without bf16, else fp32",
-        ("auto", "fp32", "bf16", "fp16"),
     )
     device: str = option("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     parallel: Literal["ddp", "fsdp"] = option(
         "ddp",
         "under torchrun: 'ddp' keeps a full model copy per process; 'fsdp' shards weights, gradients and "
         "AdamW state across processes (needs 2+ processes and bf16/fp32; resume with the same count)",
-        ("ddp", "fsdp"),
     )
     seed: int = option(1337, "seed for initialisation, dropout and batch sampling")
     threads: int = option(0, "CPU threads for torch; 0 = torch's default")
@@ -249,7 +253,8 @@ _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", 
 
 def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     """Turn a CLI string or file value into the field's type, or say what was expected."""
-    choices = f.metadata.get("choices")
+    hint = typing.get_type_hints(ModelConfig if key.startswith("model.") else TrainConfig)[f.name]
+    choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else f.metadata.get("choices")
     type_name = f.type if isinstance(f.type, str) else f.type.__name__
     if choices:
         if str(value) not in choices:

@@ -16,6 +16,7 @@ from .data.folder import DataFolder
 from .data.prepare import prepare
 from .evaluation.perplexity import evaluate_text
 from .generation.engine import generate
+from .report import SAMPLE_SETTINGS
 from .runfolder import load_model
 from .training.trainer import train
 
@@ -43,19 +44,28 @@ def held_out_text(data_dir: Path) -> str:
     return "\n\n".join(docs)
 
 
+def _config(max_iters: int | None):
+    """`tiny` with the quick start's dropout; a shorter run gets a warm-up that fits in it."""
+    overrides = dict(QUICKSTART_OVERRIDES)
+    if max_iters is not None:
+        warmup = build_config("tiny").train.warmup_iters
+        overrides.update({"train.max_iters": max_iters, "train.warmup_iters": min(warmup, max(0, max_iters // 10))})
+    return build_config("tiny", overrides=overrides)
+
+
 def quickstart(out: Annotated[str, Opt("folder for data/ and run/")] = "quickstart",
                max_iters: Annotated[int | None, Opt("override the tiny preset's step count")] = None,
                say: Callable[[str], None] = print, progress: bool | None = None) -> dict:
     """The whole pipeline on the embedded corpus; what each stage produced, as a dict."""
     out = Path(out)
     data_dir, run_dir = out / "data", out / "run"
+    resume = (run_dir / "checkpoints" / "latest.safetensors").is_file()
+    config = None if resume else _config(max_iters)  # checked before any work
     say(f"1/4 preparing the embedded Bangla corpus → {data_dir}")
     prepared = prepare([str(corpus_dir())], data_dir, tokenizer="bpe", vocab_size=QUICKSTART_VOCAB,
                        progress=progress)
     say(prepared.summary())
     say(f"2/4 training the 'tiny' preset → {run_dir}  (Ctrl-C saves; rerun to continue)")
-    resume = (run_dir / "checkpoints" / "latest.safetensors").is_file()
-    config = build_config("tiny", overrides=QUICKSTART_OVERRIDES) if not resume else None
     result = train(data_dir, run_dir, config, resume=resume,
                    max_iters=max_iters, progress=progress)
     say(f"trained {result.iterations} iterations in {result.seconds:.0f} s, best val loss {result.best_val_loss:.3f}")
@@ -67,7 +77,7 @@ def quickstart(out: Annotated[str, Opt("folder for data/ and run/")] = "quicksta
     say("4/4 generating")
     samples = []
     for i, prompt in enumerate(PROMPTS):
-        g = generate(loaded, prompt, SamplingParams(max_new_tokens=60, temperature=0.8, top_k=50, seed=i))
+        g = generate(loaded, prompt, SamplingParams(**SAMPLE_SETTINGS, seed=i))
         samples.append(g)
         say(f"  » {prompt}{g.text}")
     say(f"\nnext: banglaslm generate {run_dir} --prompt \"...\"   |   banglaslm eval {run_dir} --text FILE")

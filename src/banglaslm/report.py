@@ -30,8 +30,8 @@ from .evaluation.tokenizer_study import (
 )
 from .fileio import check_destination, read_json_or_fail, staged_folder
 from .generation.engine import generate
-from .runfolder import RunFolder, load_model
-from .training.metrics import plot_loss, plot_series, read_metrics, save_figure
+from .runfolder import RunFolder, Which, load_model
+from .training.metrics import plot_loss, plot_series, pyplot, read_metrics, save_figure
 
 SAMPLE_PROMPTS = ("একদিন সকালে", "বাংলা ভাষা", "নদীর ধারে")
 SAMPLE_SEEDS = (0,)
@@ -60,11 +60,9 @@ def training_summary(records: list[dict], config, iterations: int, world_size: i
     }
 
 
-
 # ---- plots ---------------------------------------------------------------------------------
 def plot_tokenizers(stats: list[TokenizerStats], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [("chars_per_token", "characters / token"), ("tokens_per_word", "tokens / word"),
               ("single_token_words_space", "top words as 1 token\n(after a space)"),
               ("inside_cluster_share", "tokens ending inside\na grapheme cluster")]
@@ -121,7 +119,7 @@ def _is_report(folder: Path) -> bool:
     return (folder / "report.json").is_file() and {p.name for p in folder.iterdir()} <= REPORT_FILES
 
 
-def write_report(run_dir: str | Path, texts=(), out_dir: str | Path | None = None, which: str = "best", *,
+def write_report(run_dir: str | Path, texts=(), out_dir: str | Path | None = None, which: Which = "best", *,
                  bpe_vocab_sizes: tuple[int, ...] = BPE_VOCAB_SIZES, max_sample_chars: int = MAX_SAMPLE_CHARS,
                  prompts: tuple[str, ...] = SAMPLE_PROMPTS, seeds: tuple[int, ...] = SAMPLE_SEEDS,
                  html_page: bool = True) -> Path:
@@ -272,8 +270,8 @@ def _tokenizer_section(info: dict) -> list[str]:
           "words are whitespace-separated; the top words are the 1,000 most frequent Bangla words "
           "(Bengali-block letters and marks). \"After a space\" encodes `\" \" + word` (a word mid-sentence), "
           "\"bare\" encodes the word alone (at the start of a text). A token \"ends inside a grapheme cluster\" when "
-          "the text decoded up to it ends mid-character or before a combining mark, after a hasanta joining a "
-          "consonant, or next to ZWJ/ZWNJ."
+          "the text decoded up to it ends mid-character, or where the next character joins the one before it "
+          "(a combining mark, a joiner, a letter after a hasanta: the rule streaming uses, docs/data.md)."
           + (" The embedded corpus is the quick start's training data, so for a run trained on it this sample is "
              "not held out." if ts["sample"].startswith("every 10th") else ""), "",
           "| tokenizer | vocab | chars/token | tokens/word | top words as 1 token (after a space) | "

@@ -18,7 +18,7 @@ from typing import Annotated
 
 from .checkpoint import load_checkpoint
 from .config import Opt, RunConfig, validate
-from .errors import UserError
+from .errors import UserError, bad_param
 from .fileio import atomic_write_json, check_destination, read_json_or_fail
 from .model import GPT
 from .tokenizer import Tokenizer
@@ -101,13 +101,17 @@ class LoadedModel:
     checkpoint: Path
 
 
-def load_model(run_dir: str | Path,
-               which: Annotated[str, Opt("the checkpoint to load: best (lowest validation loss) or latest",
-                                         ("best", "latest"))] = "best",
-               device: str = "cpu") -> LoadedModel:
+CHECKPOINTS = ("best", "latest")
+# The parameter every command that reads a run's weights takes (`--checkpoint` on the command line).
+Which = Annotated[str, Opt("the checkpoint: best (lowest validation loss) or latest", CHECKPOINTS)]
+
+
+def load_model(run_dir: str | Path, which: Which = "best", device: str = "cpu") -> LoadedModel:
     """Model (in eval mode), tokenizer and config from a run folder, for inference."""
     run = RunFolder(run_dir)
     run.require()
+    if which not in CHECKPOINTS:
+        raise bad_param("which", f"must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     path = run.checkpoint(which)
     if which == "best" and not path.is_file():
         path = run.checkpoint("latest")

@@ -111,6 +111,9 @@ class TokenFile:
         return out
 
 
+ID_DTYPES = ("auto", "uint16", "uint32")
+
+
 def id_dtype(vocab_size: int, dtype: str) -> type:
     """The bins' id type: "auto" (uint16 when the vocabulary fits), "uint16" or "uint32"."""
     if dtype == "auto":

@@ -9,7 +9,6 @@ batches (the `tokenizers` Rust side uses every core) and append the ids to the b
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,13 +18,13 @@ from typing import Annotated
 import numpy as np
 from tqdm import tqdm
 
-from ..config import MAX_SEED, Opt
+from ..config import MAX_SEED, Opt, show_progress
 from ..errors import UserError, bad_param
 from ..fileio import staged_folder
 from ..text import normalize
 from ..tokenizer import Tokenizer, check_bpe_vocab_size, iter_chunks
-from .folder import SPLITS, BinWriter, id_dtype, is_data_folder, write_meta
-from .sources import DOC_SPLITS, iter_documents, resolve_inputs
+from .folder import ID_DTYPES, SPLITS, BinWriter, id_dtype, is_data_folder, write_meta
+from .sources import DEFAULT_TEXT_COLUMN, DOC_SPLITS, iter_documents, resolve_inputs
 
 ENCODE_BATCH_CHARS = 4_000_000
 
@@ -55,10 +54,10 @@ def prepare(
     vocab_size: Annotated[int, Opt("BPE vocabulary size")] = 8000,
     val_fraction: Annotated[float, Opt("share of documents held out for validation")] = 0.05,
     seed: Annotated[int, Opt("seed of the train/val document split")] = 42,
-    text_column: Annotated[str | None, Opt("column/field holding the text in .jsonl/.csv/.parquet/hf: "
-                                           "(default 'text')")] = None,
+    text_column: Annotated[str | None, Opt(f"the column or field holding the text in tables and datasets "
+                                           f"(default '{DEFAULT_TEXT_COLUMN}')")] = None,
     doc_split: Annotated[str, Opt("what one document is in .txt/.md files", DOC_SPLITS)] = "file",
-    dtype: Annotated[str, Opt("token id storage", ("auto", "uint16", "uint32"))] = "auto",
+    dtype: Annotated[str, Opt("token id storage", ID_DTYPES)] = "auto",
     progress: bool | None = None,
 ) -> PrepareResult:
     """Prepare a data folder from `inputs` (files, folders, globs, tables or hf:NAME; see
@@ -68,8 +67,8 @@ def prepare(
         raise bad_param("val_fraction", f"must be between 0 and 1 (exclusive), got {val_fraction}")
     if not 0 <= seed <= MAX_SEED:
         raise bad_param("seed", f"must be in [0, {MAX_SEED}], got {seed}")
-    if dtype not in ("auto", "uint16", "uint32"):
-        raise bad_param("dtype", f"must be auto, uint16 or uint32, got {dtype}")
+    if dtype not in ID_DTYPES:
+        raise bad_param("dtype", f"must be one of {', '.join(ID_DTYPES)}, got {dtype}")
     if tokenizer not in ("bpe", "char") and not Path(tokenizer).is_file():
         raise bad_param("tokenizer", f"must be bpe, char or the path of a tokenizer.json; {tokenizer} is none of these")
     if tokenizer == "bpe":
@@ -103,15 +102,11 @@ def _check_apart(sources, out: Path) -> None:
                             "somewhere else")
 
 
-def _show(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
-
-
 def _spool(documents: Iterator[str], spool: Path, progress) -> tuple[int, set[str], int]:
     """Normalize and write non-empty documents, one JSON string per line."""
     n_docs, chars, n_bytes = 0, set(), 0
     with open(spool, "w", encoding="utf-8") as fh:
-        for raw in tqdm(documents, desc="reading", unit="doc", disable=not _show(progress)):
+        for raw in tqdm(documents, desc="reading", unit="doc", disable=not show_progress(progress)):
             text = normalize(raw)
             if not text:
                 continue
@@ -147,7 +142,7 @@ def _tokenizer(spec: str, spool: Path, is_val: np.ndarray, chars: set[str], voca
     a char tokenizer over every character seen, or an existing tokenizer.json."""
     if spec == "bpe":
         train_docs = (doc for i, doc in enumerate(_read_spool(spool)) if not is_val[i])
-        return Tokenizer.train_bpe(train_docs, vocab_size, length=int((~is_val).sum()), show_progress=_show(progress))
+        return Tokenizer.train_bpe(train_docs, vocab_size, length=int((~is_val).sum()), show_progress=show_progress(progress))
     if spec == "char":
         return Tokenizer.build_char(chars)
     return Tokenizer.from_file(spec)
@@ -156,7 +151,7 @@ def _tokenizer(spec: str, spool: Path, is_val: np.ndarray, chars: set[str], voca
 def _encode(spool: Path, is_val: np.ndarray, tok: Tokenizer, np_dtype: type, work: Path, progress) -> dict:
     """Encode the spooled documents into the folder's bins; their statistics per split."""
     writer = BinWriter(work, tok, np_dtype)
-    bar = tqdm(total=len(is_val), desc="encoding", unit="doc", disable=not _show(progress))
+    bar = tqdm(total=len(is_val), desc="encoding", unit="doc", disable=not show_progress(progress))
     index = 0
     try:
         for batch in iter_chunks(_read_spool(spool), max_chars=ENCODE_BATCH_CHARS):

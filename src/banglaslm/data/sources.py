@@ -25,6 +25,7 @@ from ..errors import UserError, bad_param
 TEXT_SUFFIXES = {".txt", ".md"}
 TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet"}
 DOC_SPLITS = ("file", "paragraph", "line")
+DEFAULT_TEXT_COLUMN = "text"
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
 
 
 def _column(available: list[str], wanted: str | None, where: str) -> str:
-    name = wanted or "text"
+    name = wanted or DEFAULT_TEXT_COLUMN
     if name not in available:
         raise UserError(f"{where} has no column '{name}' (it has: {', '.join(map(str, available)) or 'none'}); "
                         "choose one with `text_column`", param="text_column")

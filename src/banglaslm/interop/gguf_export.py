@@ -20,7 +20,7 @@ from ..config import ModelConfig, Opt
 from ..errors import UserError, bad_param
 from ..fileio import atomic_path, exclusive
 from ..model import swiglu_hidden
-from ..runfolder import load_model
+from ..runfolder import Which, load_model
 from ..text import NORMALIZATION
 from ..tokenizer import SPLIT_PATTERN, Tokenizer
 from .hf_export import check_exportable, float32_state
@@ -202,11 +202,11 @@ def _write_metadata(w, cfg: ModelConfig, dtype: str, name: str) -> None:
 def export_gguf(
     run_dir: str | Path, out_path: str | Path,
     dtype: Annotated[str, Opt("how weight matrices are stored (norms stay f32)", DTYPES)] = "f16",
-    which: Annotated[str, Opt("the checkpoint to export", ("best", "latest"))] = "best",
+    which: Which = "best",
     overwrite: Annotated[bool, Opt("replace an existing output")] = False,
     *,
-    approximate_gelu: Annotated[bool, Opt("course GPT only: accept llama.cpp's tanh-approximated GELU "
-                                          "(not exact)")] = False,
+    approximate_gelu: Annotated[bool, Opt("for the course GPT ('gpt' arch): accept llama.cpp's "
+                                          "tanh-approximated GELU (not exact)")] = False,
 ) -> Path:
     """Write the run's `which` checkpoint as one GGUF file for llama.cpp; returns `out_path`.
 

@@ -23,7 +23,7 @@ from ..config import ModelConfig, Opt, SamplingParams
 from ..errors import UserError
 from ..fileio import atomic_write_json, staged_folder
 from ..model import swiglu_hidden
-from ..runfolder import load_model
+from ..runfolder import Which, load_model
 from ..text import HASANTA, NORMALIZATION, ZWJ, ZWNJ, character_classes
 from ..tokenizer import UNK, Tokenizer
 from .hf_names import from_hf, to_hf
@@ -221,7 +221,7 @@ def _hf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
 
 def export_hf(
     run_dir: str | Path, out_dir: str | Path,
-    which: Annotated[str, Opt("the checkpoint to export", ("best", "latest"))] = "best",
+    which: Which = "best",
     overwrite: Annotated[bool, Opt("replace an existing, non-empty output folder")] = False,
 ) -> Path:
     """Write the run's `which` checkpoint as a Hugging Face model folder; returns `out_dir`.

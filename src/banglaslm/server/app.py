@@ -1,5 +1,5 @@
-"""The HTTP server: FastAPI routes over `OpenAIService`, a guard for keys and body sizes, the
-playground page, and uvicorn.
+"""The HTTP app: FastAPI routes over `OpenAIService`, a guard for keys and body sizes, and the
+playground page (`run.run_server` serves it with uvicorn).
 
     app = create_app("runs/first")   # serve with uvicorn; `run.run_server` does, on 127.0.0.1:8000
 
@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..generation.cpu_decode import CpuDecoder
 from ..generation.engine import Engine
-from ..runfolder import load_model
+from ..runfolder import Which, load_model
 from .schemas import APIError, ChatRequest, CompletionRequest, ServerLimits, error_body
 from .service import OpenAIService
 
@@ -132,7 +132,7 @@ def _answer(result):
 
 
 def create_app(run_dir, api_key: str | None = None, model_name: str | None = None,
-               limits: ServerLimits | None = None, which: str = "best") -> FastAPI:
+               limits: ServerLimits | None = None, which: Which = "best") -> FastAPI:
     """The FastAPI app serving the model in `run_dir`."""
     loaded = load_model(run_dir, which)
     CpuDecoder.for_model(loaded.model)  # build the C decode step now, not in the first request

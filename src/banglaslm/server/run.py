@@ -15,7 +15,7 @@ from .schemas import ServerLimits
 
 def run_server(
     run_dir,
-    host: Annotated[str, Opt("bind address (default: loopback only)")] = "127.0.0.1",
+    host: Annotated[str, Opt("bind address; 127.0.0.1 is reachable from this machine only")] = "127.0.0.1",
     port: Annotated[int, Opt("TCP port")] = 8000,
     api_key: Annotated[str | None, Opt("require 'Authorization: Bearer KEY' on /v1/*")] = None,
     model_name: str | None = None, limits: ServerLimits | None = None, log_level: str = "info",

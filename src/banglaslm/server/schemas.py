@@ -29,7 +29,7 @@ class ServerLimits:
     request_timeout_s: float = 300.0
 
 
-MAX_LOGPROBS = 20  # OpenAI's own limit for top_logprobs
+MAX_TOP_LOGPROBS = 20  # OpenAI's own limit for (top_)logprobs (the library allows more)
 
 
 class APIError(Exception):
@@ -76,7 +76,7 @@ class CompletionRequest(SamplingRequest):
     logprobs: int | None = None
 
     def wanted_logprobs(self) -> int | None:
-        _check_range("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        _check_range("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
         return self.logprobs
 
 
@@ -93,7 +93,7 @@ class ChatRequest(SamplingRequest):
     top_logprobs: int | None = None
 
     def wanted_logprobs(self) -> int | None:
-        _check_range("top_logprobs", self.top_logprobs, 0, MAX_LOGPROBS)
+        _check_range("top_logprobs", self.top_logprobs, 0, MAX_TOP_LOGPROBS)
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -115,12 +115,7 @@ def sampling_params(req: SamplingRequest, limits: ServerLimits) -> SamplingParam
     _check_range("temperature", req.temperature, 0, 2)
     _check_range("top_p", req.top_p, 0, 1)
     _check_range("n", req.n, 1, limits.max_n)
-    _check_range("presence_penalty", req.presence_penalty, -2, 2)
-    _check_range("frequency_penalty", req.frequency_penalty, -2, 2)
-    _check_range("min_p", req.min_p, 0, 1)
     _check_range("repetition_penalty", req.repetition_penalty, 0, 10, low_open=True)
-    if req.top_k is not None and req.top_k < 1:
-        raise APIError(400, f"top_k must be at least 1, got {req.top_k}", param="top_k", code="invalid_value")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > limits.max_stop or any(not s for s in stop):
         raise APIError(400, f"stop takes up to {limits.max_stop} non-empty strings", param="stop",
@@ -135,9 +130,9 @@ def sampling_params(req: SamplingRequest, limits: ServerLimits) -> SamplingParam
         presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
         stop=stop, seed=req.seed, greedy=greedy, n=req.n or 1, logprobs=req.wanted_logprobs())
     try:
-        params.validate()
+        params.validate()  # the library's own ranges (penalties, min_p, top_k, seed, ...)
     except UserError as exc:
-        raise APIError(400, str(exc), code="invalid_value") from None
+        raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
     return params
 
 

@@ -129,7 +129,7 @@ def _save_shard(path: Path, model, optimizer, state: dict[str, Any], env: DistEn
 def save(run: RunFolder, it: int, model, optimizer, state: dict[str, Any], env: DistEnv,
          improved: bool) -> Path:
     """Write a sharded checkpoint for iteration `it` plus the consolidated weights (see the
-    module docstring for the protocol). Every rank calls this."""
+    protocol in docs/training.md). Every rank calls this."""
     committed = read_pointer(run)
     folder = run.checkpoints / f"step-{it:08d}"
     # Saving the iteration that is already committed (Ctrl-C right after a resume) would

@@ -59,7 +59,8 @@ class MetricsLog:
 
 
 # ---- plots ---------------------------------------------------------------------------------
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +74,7 @@ def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def _empty_note(ax, what: str) -> None:
@@ -82,7 +83,7 @@ def _empty_note(ax, what: str) -> None:
 
 def plot_loss(records: list[dict], path: Path, title: str = "loss") -> None:
     """Train loss per step (thin), train and val loss per evaluation (thick)."""
-    fig, ax = _pyplot().subplots(figsize=(7, 4), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(7, 4), dpi=100)
     steps = [r for r in records if "split" not in r and "loss" in r]
     if steps:
         ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.4,
@@ -105,7 +106,7 @@ def plot_loss(records: list[dict], path: Path, title: str = "loss") -> None:
 
 def plot_series(records: list[dict], key: str, ylabel: str, title: str, path: Path) -> None:
     """One per-step quantity (e.g. "lr", "tokens_per_s") against the iteration."""
-    fig, ax = _pyplot().subplots(figsize=(7, 3.5), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(7, 3.5), dpi=100)
     points = [(r["iter"], r[key]) for r in records if "split" not in r and r.get(key) is not None]
     if points:
         ax.plot([p[0] for p in points], [p[1] for p in points], lw=1.5, marker=".", color="tab:green")

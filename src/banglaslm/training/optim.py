@@ -1,18 +1,20 @@
-"""The optimizer and what governs each update: AdamW, the learning-rate schedule, the device
-and the numeric precision (autocast). Small pure functions, so that the trainer, its tests and
-the benchmarks all use the same rules.
+"""The optimizer and what governs each update: AdamW, the learning-rate schedule (on steps, or
+on the clock of a time-limited run), the device and the numeric precision (autocast). Small
+pieces, so that the trainer, its tests and the benchmarks all use the same rules.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 import torch
 
 from ..config import TrainConfig
 from ..errors import UserError
 from ..model import GPT
+from . import distributed
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -68,3 +70,28 @@ def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
               {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel updates all parameters in one pass (CPU and CUDA in torch >= 2.4).
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)
+
+
+class Clock:
+    """Seconds of training in a run, earlier sessions included, and the share of
+    train.time_limit_min used, which drives the LR schedule of a time-limited run."""
+
+    def __init__(self, limit_min: float, elapsed_before: float):
+        self.limit_s, self.before = limit_min * 60, elapsed_before
+        self.started: float | None = None
+        self.used: float | None = None  # fraction of the limit used; None without one
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.before if self.started is None else self.before + time.perf_counter() - self.started
+
+    def over(self, it: int, env: distributed.DistEnv, device: torch.device, log_interval: int) -> bool:
+        """Whether the time is used up. Rank 0's clock decides, at every step alone and at log
+        steps under torchrun, so that every rank uses the same learning rate and stops together."""
+        if self.limit_s <= 0:
+            return False
+        if not env.enabled or it % log_interval == 0 or self.used is None:
+            self.used = distributed.from_main(self.elapsed() / self.limit_s, env, device)
+        return self.used >= 1.0

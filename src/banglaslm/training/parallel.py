@@ -89,9 +89,8 @@ class Sharded(Replicated):
 
     def __init__(self, env: DistEnv, run: RunFolder):
         super().__init__(env, run)
-        from . import (
-            fsdp,  # imported only here: torch's FSDP and DTensor add ~1 s to start-up
-        )
+        # Imported only here: torch's FSDP and DTensor add about a second to start-up.
+        from . import fsdp
 
         self.fsdp = fsdp
 

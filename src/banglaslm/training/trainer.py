@@ -24,7 +24,7 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from tqdm import tqdm
 
 from ..checkpoint import read_state
-from ..config import RunConfig, build_config, validate
+from ..config import RunConfig, build_config, show_progress, validate
 from ..data.folder import DataFolder, same_splits
 from ..data.loader import EVAL_STREAM, BatchSampler, Prefetcher
 from ..errors import UserError, bad_param
@@ -36,6 +36,7 @@ from .guard import UpdateGuard
 from .memory import check_fits
 from .metrics import MetricsLog, plot_loss
 from .optim import (
+    Clock,
     autocast_context,
     lr_at,
     make_optimizer,
@@ -79,31 +80,6 @@ class Progress:
     best_val: float = math.inf
     history: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0  # seconds of training before this session (for train.time_limit_min)
-
-
-class Clock:
-    """Seconds of training in a run, earlier sessions included, and the share of
-    train.time_limit_min used, which drives the LR schedule of a time-limited run."""
-
-    def __init__(self, limit_min: float, elapsed_before: float):
-        self.limit_s, self.before = limit_min * 60, elapsed_before
-        self.started: float | None = None
-        self.used: float | None = None  # fraction of the limit used; None without one
-
-    def start(self) -> None:
-        self.started = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return self.before if self.started is None else self.before + time.perf_counter() - self.started
-
-    def over(self, it: int, env: distributed.DistEnv, device: torch.device, log_interval: int) -> bool:
-        """Whether the time is used up. Rank 0's clock decides, at every step alone and at log
-        steps under torchrun, so that every rank uses the same learning rate and stops together."""
-        if self.limit_s <= 0:
-            return False
-        if not env.enabled or it % log_interval == 0 or self.used is None:
-            self.used = distributed.from_main(self.elapsed() / self.limit_s, env, device)
-        return self.used >= 1.0
 
 
 @dataclass
@@ -354,7 +330,7 @@ class Trainer:
                 log.truncate_to(self.state.iter) if self.checkpoint is not None else log.reset()
             bar = tqdm(total=None if tc.time_limit_min > 0 else tc.max_iters, initial=self.state.iter, unit="it",
                        desc="training", dynamic_ncols=True,
-                       disable=not (_show(self.show_progress) and self.dist.is_main))
+                       disable=not (show_progress(self.show_progress) and self.dist.is_main))
             stack.callback(bar.close)
             prefetch = Prefetcher(self.train_batches, self.device)
             stack.callback(prefetch.close)
@@ -382,10 +358,6 @@ class Trainer:
                 session.bar.update(1)
         return TrainResult(self.run.path, it, self.state.best_val, session.last_eval, session.tokens_per_s,
                            time.perf_counter() - self.clock.started, self.guard.skipped_total)
-
-
-def _show(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
 
 
 def _with_vocab(config: RunConfig, data_vocab: int) -> RunConfig:
