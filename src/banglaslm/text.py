@@ -61,6 +61,12 @@ def _translation() -> dict[int, str | None]:
 
 def normalize(text: str) -> str:
     """`text` in the project's canonical form (policy NORMALIZATION, docs/data.md)."""
+    return normalize_fragment(text).strip()
+
+
+def normalize_fragment(text: str) -> str:
+    """The normalization of a piece of text that is looked for inside normalized text (a stop
+    string, say): every rule but the final strip, so "\\n" stays a line break."""
     text = text.replace("\r\n", "\n")
     text = unicodedata.normalize("NFC", text)
     text = _NUKTA_RE.sub(lambda m: _NUKTA_RECOMPOSE[m.group(0)], text)
@@ -70,8 +76,7 @@ def normalize(text: str) -> str:
     text = _STRAY_JOINER_RE.sub("", text)
     text = _SPACES_RE.sub(" ", text)
     text = _LINE_EDGE_SPACES_RE.sub("\n", text)
-    text = _MANY_NEWLINES_RE.sub("\n\n", text)
-    return text.strip()
+    return _MANY_NEWLINES_RE.sub("\n\n", text)
 
 
 # ---- grapheme clusters ---------------------------------------------------------------------

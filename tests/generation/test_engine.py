@@ -287,7 +287,7 @@ def test_finish_reasons_and_eval_mode(loaded, monkeypatch):
     ({"repetition_penalty": 0}, "repetition_penalty must be > 0"),
     ({"presence_penalty": 3}, r"presence_penalty must be in \[-2, 2\]"),
     ({"frequency_penalty": -2.5}, r"frequency_penalty must be in \[-2, 2\]"),
-    ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
+    ({"max_new_tokens": 0}, r"max_new_tokens must be in \[1, "),
     ({"n": 0}, "n .*must be at least 1"),
     ({"stop": [""]}, "stop strings must be non-empty"),
 ])

@@ -41,6 +41,7 @@ class Sequence:
 class _Live:
     """A running sequence and its decoding state."""
     seq: Sequence
+    params: SamplingParams           # seq.params, checked and its stop strings normalized
     row: Row
     sampler: Sampler
     track_text: bool
@@ -82,15 +83,14 @@ class Batch:
             raise RuntimeError("the batch is full; wait until `full` is False")
         if self.idle:
             self._choose_path()
-        params = seq.params
         block = self.model.config.block_size
         row = Row(0, 0, list(seq.context), max(0, len(seq.context) - block), StreamDecoder(self.engine.tokenizer))
         live = None
         try:
-            params.validate()
+            params = self.engine.checked(seq.params)
             if params.n != 1:
                 raise ValueError(f"a Sequence is one sample; got n={params.n}")
-            live = _Live(seq, row, Sampler(params, [row], self.model.config.vocab_size, self.engine.device),
+            live = _Live(seq, params, row, Sampler(params, [row], self.model.config.vocab_size, self.engine.device),
                          track_text=bool(params.stop) or seq.on_step is not None)
             if seq.check:
                 seq.check()
@@ -179,7 +179,7 @@ class Batch:
 
     def _advance(self, live: _Live, logits: torch.Tensor) -> bool:
         """Sample the sequence's next token from `logits` (1, V) and report it; whether it goes on."""
-        seq, row, params = live.seq, live.row, live.seq.params
+        seq, row, params = live.seq, live.row, live.params
         try:
             ids, logprobs = live.sampler(logits)
             live.sampler.update(ids)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -21,7 +21,7 @@ from ..config import SamplingParams
 from ..errors import UserError, bad_param
 from ..model import GPT, KVCache
 from ..runfolder import LoadedModel
-from ..text import normalize
+from ..text import normalize, normalize_fragment
 from ..tokenizer import Tokenizer
 from .cpu_decode import CpuDecoder
 from .sampling import Sampler, TokenLogprob
@@ -90,20 +90,32 @@ class Engine:
             raise bad_param("prompt", "is empty; give some text to continue, e.g. \"আমার সোনার\"")
         return [self.tokenizer.eod_id] + self.tokenizer.encode(text, normalized=True)
 
+    def checked(self, params: SamplingParams | None) -> SamplingParams:
+        """`params` validated, with its stop strings normalized as the model's text is (a stop
+        typed as letter + nukta must match the precomposed letter the model writes)."""
+        params = params or SamplingParams()
+        params.validate()
+        stops = [normalize_fragment(s) for s in params.stop]
+        if not all(stops):
+            raise bad_param("stop", f"strings must hold visible text; {params.stop!r} has one that is empty "
+                                    "once normalized")
+        return replace(params, stop=stops)
+
     def generate(self, prompts: list[str], params: SamplingParams | None = None) -> list[list[Completion]]:
         """`params.n` completions for each prompt, in prompt order."""
         if isinstance(prompts, str):
             raise TypeError("Engine.generate takes a list of prompts; use [prompt] for one")
-        params = params or SamplingParams()
-        params.validate()
-        return self.generate_ids([self.encode_prompt(p) for p in prompts], params)
+        params = self.checked(params)
+        return self._generate([self.encode_prompt(p) for p in prompts], params)
 
     def generate_ids(self, contexts: list[list[int]], params: SamplingParams | None = None) -> list[list[Completion]]:
         """Like `generate`, from token ids (each context as `encode_prompt` makes it)."""
-        params = params or SamplingParams()
-        params.validate()
+        params = self.checked(params)
         if any(not ids for ids in contexts):
             raise UserError("every context needs at least one token (start it with the end-of-document id)")
+        return self._generate(contexts, params)
+
+    def _generate(self, contexts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         if not contexts:
             return []
         rows = self._rows(contexts, params)
@@ -135,8 +147,7 @@ class Engine:
     def stream_steps(self, prompt: str, params: SamplingParams | None = None) -> Iterator[Step]:
         """Like `stream`, one `Step` per sampled token; with `params.logprobs`, each step also
         says what the model was choosing from (for a playground that shows the model's choices)."""
-        params = params or SamplingParams()
-        params.validate()
+        params = self.checked(params)
         if params.n != 1:
             raise bad_param("n", f"must be 1 for streaming (one sample); set n=1 (got n={params.n})")
         rows = self._rows([self.encode_prompt(prompt)], params)

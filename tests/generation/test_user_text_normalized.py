@@ -1,0 +1,79 @@
+"""Text a user types is normalized wherever it is compared with the model's text: a stop string
+written with letter + nukta, or with a vowel sign in two parts, stops exactly where the
+precomposed one does, in the library, the CLI and the server."""
+
+import subprocess
+import sys
+import unicodedata
+
+import pytest
+from fastapi.testclient import TestClient
+
+from banglaslm.config import SamplingParams
+from banglaslm.errors import UserError
+from banglaslm.generation.engine import Engine
+from banglaslm.runfolder import load_model
+from banglaslm.server.app import create_app
+from banglaslm.text import normalize, normalize_fragment
+
+PROMPT = "আমার সোনার"
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    return load_model(trained_run)
+
+
+def sampling(**kwargs) -> SamplingParams:
+    return SamplingParams(temperature=1.0, max_new_tokens=80, seed=SEED, **kwargs)
+
+
+SEED = 11
+
+
+@pytest.fixture(scope="module")
+def stop_cases(loaded):
+    """(precomposed stop, the same stop typed decomposed, where the text must end) for every
+    character of a sampled continuation that Unicode can also write in parts (ো, ৌ, ড়, ঢ়, য়)."""
+    text = Engine(loaded.model, loaded.tokenizer).generate([PROMPT], sampling())[0][0].text
+    cases = []
+    for i, ch in enumerate(text):
+        if i >= 2 and unicodedata.normalize("NFD", ch) != ch and text.find(text[i - 2:i + 1]) == i - 2:
+            stop = text[i - 2:i + 1]
+            cases.append((stop, unicodedata.normalize("NFD", stop), text[:i - 2]))
+    assert cases, f"no decomposable character in {text!r}: pick another seed"
+    return cases
+
+
+def test_fragments_keep_their_edges():
+    assert normalize_fragment("\n") == "\n" and normalize("\n") == ""
+    assert normalize_fragment(" য\u09bc ") == " \u09df "
+    assert normalize_fragment("ব\u09c7\u09be\r\n") == "বো\n"
+
+
+def test_library(loaded, stop_cases):
+    engine = Engine(loaded.model, loaded.tokenizer)
+    for stop, typed, expected in stop_cases:
+        for form in (stop, typed):
+            out = engine.generate([PROMPT], sampling(stop=[form]))[0][0]
+            assert out.text == expected and out.finish_reason == "stop", (form, out.text)
+        streamed = "".join(engine.stream(PROMPT, sampling(stop=[typed])))
+        assert streamed == expected
+    with pytest.raises(UserError, match="empty once normalized"):
+        engine.generate([PROMPT], SamplingParams(stop=["\u200b"]))
+
+
+def test_cli(trained_run, stop_cases):
+    stop, typed, expected = stop_cases[0]
+    r = subprocess.run([sys.executable, "-m", "banglaslm", "generate", str(trained_run), "--prompt", PROMPT,
+                        "--temperature", "1.0", "--seed", str(SEED), "--max-new-tokens", "80", "--stop", typed], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == PROMPT + expected + "\n"
+
+
+def test_server(trained_run, stop_cases):
+    stop, typed, expected = stop_cases[0]
+    with TestClient(create_app(trained_run)) as client:
+        body = {"prompt": PROMPT, "max_tokens": 80, "temperature": 1.0, "seed": SEED, "stop": [typed]}
+        out = client.post("/v1/completions", json=body).json()
+        assert out["choices"][0]["text"] == expected and out["choices"][0]["finish_reason"] == "stop"
