@@ -12,11 +12,13 @@ Later stages (eval, generate, export, serve) need nothing outside this folder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
-from .checkpoint import load_checkpoint
+import torch
+
+from .checkpoint import load_checkpoint, read_state, tensor_shapes
 from .config import Opt, RunConfig, validate
 from .errors import UserError, bad_param
 from .fileio import atomic_write_json, check_destination, read_json_or_fail
@@ -106,6 +108,28 @@ CHECKPOINTS = ("best", "latest")
 Which = Annotated[str, Opt("the checkpoint: best (lowest validation loss) or latest", CHECKPOINTS)]
 
 
+def check_fits_checkpoint(config: RunConfig, path: Path, config_path: Path) -> None:
+    """UserError unless the model `config` describes is the one in checkpoint `path`, checked
+    from the checkpoint's header (its shapes and the config it was saved with) before anything
+    is allocated: a config.json edited to 16 layers x 2048, or to a block of 5,000,000 tokens,
+    is refused here instead of allocating gigabytes first."""
+    saved = read_state(path)
+    saved_model = (saved or {}).get("config", {}).get("model")
+    if saved_model is not None:
+        differ = [f"{k} ({saved_model[k]!r} in the checkpoint)" for k, v in asdict(config.model).items()
+                  if k in saved_model and saved_model[k] != v and k != "dropout"]
+        if differ:
+            raise UserError(f"{config_path} does not match {path.name}: {', '.join(differ)}; restore the run's "
+                            "config.json")
+    with torch.device("meta"):
+        expected = {f"model.{k}": tuple(t.shape) for k, t in GPT(config.model).state_dict().items()}
+    shapes = tensor_shapes(path)
+    wrong = [k for k, shape in expected.items() if k in shapes and shapes[k] != shape]
+    if wrong:
+        raise UserError(f"{path} does not fit the model in {config_path}: {wrong[0]} is {shapes[wrong[0]]} there "
+                        f"but {expected[wrong[0]]} in the config; restore the run's config.json")
+
+
 def load_model(run_dir: str | Path, which: Which = "best", device: str = "cpu") -> LoadedModel:
     """Model (in eval mode), tokenizer and config from a run folder, for inference."""
     run = RunFolder(run_dir)
@@ -118,6 +142,7 @@ def load_model(run_dir: str | Path, which: Which = "best", device: str = "cpu") 
     if not path.is_file():
         raise UserError(f"{run.path} has no checkpoint yet ({path.name}); train it first")
     config = run.load_config()
+    check_fits_checkpoint(config, path, run.config_path)
     tokenizer = Tokenizer.from_file(run.tokenizer_path)
     ckpt = load_checkpoint(path, weights_only=True)
     if ckpt.state.get("tokenizer_sha256") != tokenizer.sha256:

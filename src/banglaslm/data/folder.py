@@ -64,19 +64,36 @@ class DataFolder:
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{meta_path} is damaged or unsupported ({exc}); prepare the data again") from None
 
+    def _file(self, name: object) -> Path:
+        """A file the meta names: a plain name inside this folder, never a path out of it."""
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise UserError(f"{self.path / META} names the file {name!r}, which is not a file of this folder; "
+                            "prepare the data again")
+        return self.path / name
+
     @property
     def tokenizer_path(self) -> Path:
-        return self.path / self.meta["tokenizer"]["file"]
+        return self._file(self.meta["tokenizer"]["file"])
 
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.from_file(self.tokenizer_path)
 
     def tokens(self, split: str) -> "TokenFile":
-        path = self.path / self.meta["splits"][split]["file"]
+        """The split's bin, checked: its size against the meta, and (up to SCAN_BYTES) every id
+        against the vocabulary; larger bins are checked batch by batch as they are read."""
+        path = self._file(self.meta["splits"][split]["file"])
         expected = int(self.meta["splits"][split]["tokens"])
         if not path.is_file() or path.stat().st_size != expected * self.dtype.itemsize:
             raise UserError(f"{path} is missing or truncated (expected {expected:,} tokens); prepare the data again")
-        return TokenFile(path, self.dtype)
+        tokens = TokenFile(path, self.dtype, self.vocab_size)
+        if path.stat().st_size <= SCAN_BYTES:
+            for start in range(0, len(tokens), SCAN_CHUNK):
+                tokens.check_ids(start, tokens.read(start, min(SCAN_CHUNK, len(tokens) - start)))
+        return tokens
+
+
+SCAN_BYTES = 1 << 30  # bins up to this size have every id checked when they are opened
+SCAN_CHUNK = 1 << 24  # ids read at a time while checking
 
 
 class TokenFile:
@@ -84,10 +101,12 @@ class TokenFile:
 
     After each read the mapping's resident pages are released (`madvise(MADV_DONTNEED)`): the
     kernel reads around every fault, so without it a long run's resident memory grows with the
-    corpus (benchmarks/memory_vs_corpus.py). The data stays in the page cache."""
+    corpus (benchmarks/memory_vs_corpus.py). The data stays in the page cache. With
+    `vocab_size`, ids read are checked against it (a bin that lies is a UserError, not an
+    IndexError deep in training)."""
 
-    def __init__(self, path: Path, dtype: np.dtype):
-        self.path, self.dtype = path, np.dtype(dtype)
+    def __init__(self, path: Path, dtype: np.dtype, vocab_size: int | None = None):
+        self.path, self.dtype, self.vocab_size = path, np.dtype(dtype), vocab_size
         self._map = np.memmap(path, dtype=self.dtype, mode="r")
         self._can_release = hasattr(mmap, "MADV_DONTNEED") and getattr(self._map, "_mmap", None) is not None
 
@@ -108,7 +127,18 @@ class TokenFile:
         """Rows of `length` tokens beginning at each of `starts`, in one vectorised gather."""
         out = self._map[starts[:, None] + np.arange(length, dtype=np.int64)]
         self._release()
+        if self.vocab_size is not None and out.size and int(out.max()) >= self.vocab_size:
+            row, col = np.argwhere(out >= self.vocab_size)[0]
+            self.check_ids(int(starts[row]) + int(col), out[row, col:col + 1])
         return out
+
+    def check_ids(self, offset: int, ids: np.ndarray) -> None:
+        """UserError naming the first id in `ids` (read at `offset`) outside the vocabulary."""
+        if self.vocab_size is None or not ids.size or int(ids.max()) < self.vocab_size:
+            return
+        at = int(np.argmax(ids >= self.vocab_size))
+        raise UserError(f"{self.path} holds token id {int(ids[at])} at position {offset + at:,}, but the vocabulary "
+                        f"has {self.vocab_size:,} tokens: the file is damaged; prepare the data again")
 
 
 ID_DTYPES = ("auto", "uint16", "uint32")

@@ -30,7 +30,7 @@ from ..data.loader import EVAL_STREAM, BatchSampler, Prefetcher
 from ..errors import UserError, bad_param
 from ..fileio import exclusive
 from ..model import GPT
-from ..runfolder import RunFolder
+from ..runfolder import RunFolder, check_fits_checkpoint
 from . import distributed, parallel
 from .guard import UpdateGuard
 from .memory import check_fits
@@ -395,6 +395,8 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig | None = 
 def _train(run: RunFolder, data_dir, config, resume, max_iters, progress, init_from) -> TrainResult:
     if resume and run.config_path.is_file():
         config = _resume_config(run.load_config(), config)
+        if run.checkpoint("latest").is_file():  # before a model of that config is built
+            check_fits_checkpoint(config, run.checkpoint("latest"), run.config_path)
     config = config or build_config()
     if max_iters is not None:
         if max_iters < config.train.warmup_iters or max_iters < 1:
