@@ -126,7 +126,7 @@ def test_bad_inputs_are_user_errors(trained_run, text_file, tmp_path):
     with pytest.raises(UserError, match="text file not found"):
         write_report(trained_run, [tmp_path / "missing.txt"], out_dir=out)
     bad = tmp_path / "bad.txt"
-    bad.write_bytes(b"\xff\xfe abc")
+    bad.write_bytes(b"\xc3\x28 abc")  # invalid UTF-8, no byte-order mark
     with pytest.raises(UserError, match="not UTF-8"):
         write_report(trained_run, [bad], out_dir=out)
     empty = tmp_path / "blank.txt"

@@ -140,7 +140,9 @@ def _add_generate(sub) -> None:
 
     p = sub.add_parser("generate", help="continue a prompt with a trained model")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--prompt", required=True, help="the text to continue")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="the text to continue")
+    prompt.add_argument("--prompt-file", metavar="FILE", help="read the text to continue from a text file")
     p.set_defaults(param_flags={"prompt": "--prompt"})
     add_options(p, SamplingParams, skip=("n", "logprobs"))
     add_options(p, load_model, flags={"which": "checkpoint"})
@@ -256,6 +258,8 @@ def cmd_generate(args) -> None:
         raise UserError("--stream and --json cannot be combined; --json prints one object at the end")
     params = SamplingParams(**picked(args, SamplingParams))
     params.validate()  # fail on bad options before spending time loading the model
+    if args.prompt_file is not None:
+        args.prompt = read_prompt_file(args.prompt_file)
     loaded = load_model(args.run_dir, **picked(args, load_model))
     engine = Engine(loaded.model, loaded.tokenizer)
     engine.encode_prompt(args.prompt)  # an empty prompt fails here, before any output
@@ -273,6 +277,18 @@ def cmd_generate(args) -> None:
                          ensure_ascii=False))
     else:
         print(args.prompt + completion.text)
+
+
+def read_prompt_file(path: str) -> str:
+    """A prompt kept in a text file, read as every text file is (encodings, line ends), without
+    the line end a text file usually ends with."""
+    from pathlib import Path
+
+    from .data.sources import read_text_file
+
+    if not Path(path).is_file():
+        raise UserError(f"prompt file not found: {path}")
+    return next(read_text_file(path, "file")).removesuffix("\n")
 
 
 def cmd_quickstart(args) -> None:

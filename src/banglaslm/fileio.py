@@ -6,6 +6,7 @@ time: `exclusive` locks what a command writes, and clears what a killed writer l
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import os
@@ -201,8 +202,34 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
+# Byte-order marks and the encodings they announce; UTF-32's are checked before UTF-16's,
+# whose little-endian mark they start with. Without a mark, a file is read as UTF-8.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def text_encoding(path: str | Path) -> str:
+    """How a text file people made is encoded: by its byte-order mark (UTF-8, UTF-16 as Windows
+    Notepad saves "Unicode", UTF-32), else UTF-8. Every reader of text files uses this."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return next((encoding for bom, encoding in _BOMS if head.startswith(bom)), "utf-8")
+
+
+def open_text(path: str | Path, newline: str | None = None):
+    """A text file opened for reading in its own encoding (`text_encoding`); with the default
+    `newline`, CRLF and lone CR line ends read as "\\n"."""
+    return open(path, encoding=text_encoding(path), newline=newline)
+
+
+def read_text(path: str | Path) -> str:
+    """A whole text file as `open_text` reads it; UnicodeDecodeError when it is not that encoding."""
+    with open_text(path) as fh:
+        return fh.read()
+
+
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return json.loads(read_text(path))
 
 
 def read_json_or_fail(path: str | Path) -> Any:

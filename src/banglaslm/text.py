@@ -50,6 +50,42 @@ def character_classes() -> dict[str, tuple[int, ...]]:
     return {name: tuple(cps) for name, cps in classes.items()}
 
 
+def char_class(cps: tuple[int, ...]) -> str:
+    """A regex character-class body for code points `cps`, as literal `a-b` ranges (literal
+    characters read the same in every regex dialect, Python's and tokenizer.json's)."""
+    out, cps = [], sorted(cps)
+    start = prev = cps[0]
+    for cp in cps[1:] + [None]:
+        if cp is not None and cp == prev + 1:
+            prev = cp
+            continue
+        out.append(chr(start) if start == prev else f"{chr(start)}-{chr(prev)}")
+        if cp is not None:
+            start = prev = cp
+    return "".join(out)
+
+
+@lru_cache(maxsize=1)
+def _line_rules() -> tuple[re.Pattern, re.Pattern]:
+    """Every line break of the "newline" class; a line holding only what `normalize` turns
+    into spaces or nothing (spaces, tabs, no-break spaces, zero-width and joiner characters)."""
+    classes = character_classes()
+    breaks = re.compile("\r\n|[" + char_class(classes["newline"]) + "]")
+    blank = char_class(classes["space"] + classes["drop"] + (ord(ZWNJ), ord(ZWJ)))
+    return breaks, re.compile(f"\n[{blank}]*\n")
+
+
+def unify_line_breaks(text: str) -> str:
+    """CRLF, a lone CR (old Mac files) and the other line-break characters become "\\n"."""
+    return _line_rules()[0].sub("\n", text)
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """Paragraphs separated by blank lines, where a line that only looks blank (spaces, a tab,
+    a zero-width space) counts as blank."""
+    return _line_rules()[1].split(unify_line_breaks(text))
+
+
 @lru_cache(maxsize=1)
 def _translation() -> dict[int, str | None]:
     classes = character_classes()

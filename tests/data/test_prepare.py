@@ -94,7 +94,7 @@ def test_failures_leave_nothing_behind(tmp_path):
     write_docs(tmp_path / "src", 5)
     prepare([str(tmp_path / "src")], tmp_path / "keep", tokenizer="char", progress=False)
     before = {p.name: p.read_bytes() for p in (tmp_path / "keep").iterdir()}
-    (tmp_path / "src" / "zz.txt").write_bytes(b"\xff\xfe bad")
+    (tmp_path / "src" / "zz.txt").write_bytes(b"\xc3\x28 bad")  # invalid UTF-8, no byte-order mark
     with pytest.raises(UserError, match="not UTF-8"):
         prepare([str(tmp_path / "src")], tmp_path / "keep", tokenizer="char", progress=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "keep").iterdir()} == before

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, bad_param
+from ..fileio import open_text, text_encoding
+from ..text import split_paragraphs, unify_line_breaks
 
 TEXT_SUFFIXES = {".txt", ".md"}
 TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet"}
@@ -84,22 +86,26 @@ def iter_documents(sources: list[Source], text_column: str | None = None,
 
 
 def read_text_file(path: str, doc_split: str) -> Iterator[str]:
+    """The documents of a text file: the whole file, its lines, or its paragraphs (split at lines
+    that are blank or only look blank). UTF-8 with or without a byte-order mark, UTF-16/32 with
+    one; any line-end convention."""
+    encoding = text_encoding(path)
     data = Path(path).read_bytes()
-    if b"\x00" in data[:65536]:
+    if encoding == "utf-8" and b"\x00" in data[:65536]:
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
     try:
-        text = data.decode("utf-8-sig")
+        text = unify_line_breaks(data.decode(encoding))
     except UnicodeDecodeError as exc:
         raise UserError(
-            f"{path} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "convert it to UTF-8 first (e.g. iconv -t UTF-8)"
+            f"{path} is not {encoding.upper().replace('-SIG', '')} text (invalid byte 0x{data[exc.start]:02x} at "
+            f"offset {exc.start}); convert it to UTF-8 first (e.g. iconv -t UTF-8)"
         ) from None
     if doc_split == "file":
         yield text
     elif doc_split == "line":
-        yield from text.splitlines()
+        yield from text.split("\n")
     else:
-        yield from text.replace("\r\n", "\n").split("\n\n")
+        yield from split_paragraphs(text)
 
 
 def _column(available: list[str], wanted: str | None, where: str) -> str:
@@ -120,7 +126,7 @@ def _as_text(value: object, where: str) -> str:
 
 
 def _read_jsonl(path: str, text_column: str | None) -> Iterator[str]:
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         try:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
@@ -139,7 +145,7 @@ def _read_jsonl(path: str, text_column: str | None) -> Iterator[str]:
 
 def _read_csv(path: str, text_column: str | None) -> Iterator[str]:
     csv.field_size_limit(sys.maxsize)  # news articles easily exceed the 128 KiB default
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with open_text(path, newline="") as fh:
         try:
             reader = csv.DictReader(fh)
             key = _column(list(reader.fieldnames or []), text_column, path)

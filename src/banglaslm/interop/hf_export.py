@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_json, staged_folder
 from ..model import swiglu_hidden
 from ..runfolder import Which, load_model
-from ..text import HASANTA, NORMALIZATION, ZWJ, ZWNJ, character_classes
+from ..text import HASANTA, NORMALIZATION, ZWJ, ZWNJ, char_class, character_classes
 from ..tokenizer import UNK, Tokenizer
 from .hf_names import from_hf, to_hf
 
@@ -32,21 +32,6 @@ HF_WEIGHTS = "model.safetensors"
 
 
 # ---- normalization as a tokenizers normalizer -----------------------------------------------
-def _ranges(cps: tuple[int, ...]) -> str:
-    """A regex character-class body for code points `cps`, as literal `a-b` ranges (literal
-    characters read the same in every regex dialect that consumes tokenizer.json)."""
-    out, cps = [], sorted(cps)
-    start = prev = cps[0]
-    for cp in cps[1:] + [None]:
-        if cp is not None and cp == prev + 1:
-            prev = cp
-            continue
-        out.append(chr(start) if start == prev else f"{chr(start)}-{chr(prev)}")
-        if cp is not None:
-            start = prev = cp
-    return "".join(out)
-
-
 def _replace(pattern: str, content: str, regex: bool = True) -> dict[str, Any]:
     return {"type": "Replace", "pattern": {"Regex" if regex else "String": pattern}, "content": content}
 
@@ -67,9 +52,9 @@ def bangla_normalizer() -> dict[str, Any]:
         _replace("\u09a2\u09bc", "\u09dd", regex=False),
         _replace("\u09af\u09bc", "\u09df", regex=False),
         _replace("\u09a4\u09cd\u200d", "\u09ce", regex=False),  # old khanda-ta
-        _replace(f"[{_ranges(newline)}]", "\n"),
-        _replace(f"[{_ranges(space)}]", " "),
-        _replace(f"[{_ranges(drop)}]", ""),
+        _replace(f"[{char_class(newline)}]", "\n"),
+        _replace(f"[{char_class(space)}]", " "),
+        _replace(f"[{char_class(drop)}]", ""),
         # normalize() keeps the first joiner of a run; Replace has no back-references, so one
         # rule per leading joiner (the ZWNJ rule cannot break a ZWJ-led run: see the tests).
         _replace(f"{ZWNJ}[{joiners}]+", ZWNJ),
