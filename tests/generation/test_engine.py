@@ -28,7 +28,7 @@ def random_model(arch: str, vocab: int, block: int = 32) -> GPT:
             model.tok_emb.weight.mul_(20)
         else:
             for linear in (m for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)):
-                linear.weight.mul_(12)
+                linear.weight.mul_(16)
     return model
 
 

@@ -11,9 +11,12 @@ docs/generation.md has the details.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 
 import torch
 
@@ -256,7 +259,7 @@ def accept_token(row: Row, token: int, logprob: TokenLogprob | None, params: Sam
         before = len(row.decoder.text)
         row.decoder.feed(token)
         if params.stop:
-            longest = max(len(s) for s in params.stop)
+            longest = max(len(_spelled_out(s)) for s in params.stop)
             row.stop_at = _find_stop(row.decoder.text, params.stop, before - longest + 1)
     if row.stop_at is not None:
         row.finish_reason = FINISH_STOP
@@ -276,19 +279,34 @@ def shown_text(row: Row, stops: list[str]) -> str:
     return row.decoder.take(_stop_holdback(row.decoder.text, stops))
 
 
+# Stop strings are matched up to canonical equivalence: the model, like a keyboard, may write
+# ো as ে + া or য় as য + ়, and a stop must match however the characters were spelled.
+@lru_cache(maxsize=256)
+def _spelled_out(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+@lru_cache(maxsize=256)
+def _stop_pattern(stop: str) -> re.Pattern:
+    """A regex for `stop` that also matches each of its characters written in parts."""
+    parts = [re.escape(ch) if _spelled_out(ch) == ch else f"(?:{re.escape(ch)}|{re.escape(_spelled_out(ch))})"
+             for ch in stop]
+    return re.compile("".join(parts))
+
+
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:
     """Where the earliest stop string in `text` begins, searching from `start`; or None."""
-    start = max(start, 0)
-    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    found = [m.start() for m in (_stop_pattern(s).search(text, max(start, 0)) for s in stops) if m]
     return min(found) if found else None
 
 
 def _stop_holdback(text: str, stops: list[str]) -> int:
     """Where the earliest suffix of `text` that could still grow into a stop string begins
     (text from there must not be shown yet); len(text) when there is none."""
-    for i in range(max(0, len(text) - max((len(s) for s in stops), default=0) + 1), len(text)):
-        tail = text[i:]
-        if any(s.startswith(tail) for s in stops):
+    longest = max((len(_spelled_out(s)) for s in stops), default=0)
+    for i in range(max(0, len(text) - longest + 1), len(text)):
+        tail = _spelled_out(text[i:])
+        if any(_spelled_out(s).startswith(tail) for s in stops):
             return i
     return len(text)
 
