@@ -171,3 +171,21 @@ def test_metrics_deleted_mid_run_are_written_again(data_dir, tmp_path):
 def test_resume_of_a_run_that_never_wrote_a_config_is_nothing_to_resume(data_dir, tmp_path, capsys):
     code, err = run_cli(["train", "--data", data_dir, "--out", tmp_path / "none", "--resume"], capsys)
     one_line_error(code, err, "nothing to resume")
+
+
+def test_overwrite_replaces_only_an_earlier_export(trained_run, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes", encoding="utf-8")
+    code, err = run_cli(["export", trained_run, "--format", "hf", "--out", mine, "--overwrite"], capsys)
+    one_line_error(code, err, "not a banglaslm export folder")
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "my notes"
+    code, _ = run_cli(["export", trained_run, "--format", "hf", "--out", tmp_path / "hf"], capsys)
+    assert code == 0
+    code, err = run_cli(["export", trained_run, "--format", "hf", "--out", tmp_path / "hf", "--overwrite"], capsys)
+    assert code == 0, err  # an earlier export is replaced
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model", encoding="utf-8")
+    code, err = run_cli(["export", trained_run, "--format", "gguf", "--out", text, "--overwrite"], capsys)
+    one_line_error(code, err, "is not a GGUF file")
+    assert text.read_text(encoding="utf-8") == "not a model"

@@ -407,6 +407,11 @@ def test_existing_output_needs_overwrite(trained_run, tmp_path):
     with pytest.raises(UserError, match="already exists"):
         export_gguf(trained_run, out)
     assert out.read_bytes() == b"keep me"
+    with pytest.raises(UserError, match="not a GGUF file"):  # overwriting replaces only a GGUF file
+        export_gguf(trained_run, out, overwrite=True)
+    assert out.read_bytes() == b"keep me"
+    out.unlink()
+    export_gguf(trained_run, out)
     assert export_gguf(trained_run, out, overwrite=True) == out
     assert out.read_bytes()[:4] == b"GGUF"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]  # no temp file left

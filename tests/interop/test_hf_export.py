@@ -309,6 +309,10 @@ def test_export_will_not_overwrite_a_folder(trained_run, tmp_path):
     with pytest.raises(UserError, match="not empty"):
         export_hf(trained_run, tmp_path / "hf")
     assert (tmp_path / "hf" / "keep.txt").read_text() == "mine"
-    export_hf(trained_run, tmp_path / "hf", overwrite=True)
-    assert {p.name for p in (tmp_path / "hf").iterdir()} == HF_FILES
-    assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+    with pytest.raises(UserError, match="not a banglaslm export folder"):  # overwrite replaces only an export
+        export_hf(trained_run, tmp_path / "hf", overwrite=True)
+    assert (tmp_path / "hf" / "keep.txt").read_text() == "mine"
+    export_hf(trained_run, tmp_path / "hf2")
+    export_hf(trained_run, tmp_path / "hf2", overwrite=True)
+    assert {p.name for p in (tmp_path / "hf2").iterdir()} == HF_FILES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "hf2"]

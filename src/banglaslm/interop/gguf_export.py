@@ -199,11 +199,16 @@ def _write_metadata(w, cfg: ModelConfig, dtype: str, name: str) -> None:
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(4)
+
+
 def export_gguf(
     run_dir: str | Path, out_path: str | Path,
     dtype: Annotated[str, Opt("how weight matrices are stored (norms stay f32)", DTYPES)] = "f16",
     which: Which = "best",
-    overwrite: Annotated[bool, Opt("replace an existing output")] = False,
+    overwrite: Annotated[bool, Opt("replace an earlier export there (a GGUF file, an HF export folder)")] = False,
     *,
     approximate_gelu: Annotated[bool, Opt("for the course GPT ('gpt' arch): accept llama.cpp's "
                                           "tanh-approximated GELU (not exact)")] = False,
@@ -221,6 +226,8 @@ def export_gguf(
         raise UserError(f"{out} is a folder; give the path of the .gguf file to write")
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another output file or allow overwriting it")
+    if out.exists() and _magic(out) != b"GGUF":
+        raise UserError(f"{out} exists and is not a GGUF file; overwriting replaces only a GGUF file: choose another path")
     gguf = _gguf()
     loaded = load_model(run_dir, which)
     cfg, tok = loaded.config.model, loaded.tokenizer

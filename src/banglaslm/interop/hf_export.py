@@ -183,6 +183,20 @@ def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callabl
     }
 
 
+EXPORT_FILES = {"config.json", "generation_config.json", HF_WEIGHTS, "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json"}
+
+
+def _is_export(folder: Path) -> bool:
+    """An earlier export of ours, and nothing else: what `overwrite` may replace."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        return (config.get("banglaslm") or {}).get("format") == "banglaslm-hf-export" and \
+            {p.name for p in folder.iterdir()} <= EXPORT_FILES
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def float32_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights on the CPU; UserError unless they are all float32."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -232,7 +246,7 @@ def export_hf(
                   "top_k": defaults.top_k or 0, "top_p": defaults.top_p or 1.0,
                   "max_new_tokens": defaults.max_new_tokens}
     files = _tokenizer_files(tok, cfg.block_size)
-    with staged_folder(out_dir, "export folder", replaceable=(lambda folder: True) if overwrite else None) as tmp:
+    with staged_folder(out_dir, "export folder", replaceable=_is_export if overwrite else None) as tmp:
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "generation_config.json", generation)
         save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
