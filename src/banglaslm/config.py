@@ -142,6 +142,9 @@ class SamplingParams:
     n: int = option(1, "samples per prompt")
     logprobs: int | None = option(None, "report each token's probability and the this-many most likely "
                                         "alternatives (0 = the chosen token only)")
+    # Added to the logits of these token ids before anything else (OpenAI's logit_bias): -100
+    # all but bans a token, 100 all but forces it. (Token ids: a Python-API and server setting.)
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -175,6 +178,11 @@ class SamplingParams:
         for name, ok, problem in checks:
             if not ok:
                 raise bad_param(name, problem)
+        for token, bias in (self.logit_bias or {}).items():
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise bad_param("logit_bias", f"keys must be token ids (integers >= 0), got {token!r}")
+            if not (isinstance(bias, (int, float)) and math.isfinite(bias) and -100 <= bias <= 100):
+                raise bad_param("logit_bias", f"values must be numbers in [-100, 100], got {bias!r} for token {token}")
 
     @property
     def decodes_greedily(self) -> bool:
@@ -184,7 +192,9 @@ class SamplingParams:
 
     @property
     def uses_penalties(self) -> bool:
-        return self.repetition_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
+        """Whether anything changes the model's logits before the choice (penalties, a bias)."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0 \
+            or bool(self.logit_bias)
 
 
 # Presets override the defaults above; anything not named keeps the course value.

@@ -13,6 +13,8 @@ import sys
 import unicodedata
 from functools import lru_cache
 
+from .errors import UserError
+
 NORMALIZATION = "bn-1"
 
 HASANTA = "\u09cd"
@@ -93,6 +95,18 @@ def _translation() -> dict[int, str | None]:
     table.update({cp: " " for cp in classes["space"]})
     table.update({cp: None for cp in classes["drop"]})
     return table
+
+
+def check_text(text: str, what: str) -> str:
+    """`text`, if it can be written as UTF-8; else a UserError naming `what`. A lone surrogate
+    (JSON's "\\ud800", or a byte that was not UTF-8 in a command-line argument) cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"{what} is not valid text: it holds a lone surrogate (U+{ord(text[exc.start]):04X}) at "
+                        f"character {exc.start}, e.g. from bytes that are not UTF-8; send UTF-8 text",
+                        param=what) from None
+    return text
 
 
 def normalize(text: str) -> str:

@@ -51,3 +51,43 @@ def test_still_healthy_after_fuzzing(app):
     from fastapi.testclient import TestClient
 
     assert TestClient(app).get("/health").status_code == 200
+
+
+NASTY_NUMBERS = [float("nan"), float("inf"), float("-inf"), 1e-45, -1e-45, 1e308, 2**70, -(2**70), 0, -1, 2**63]
+NASTY_TEXT = ["\ud800", "a\udc80b", "\x00", "\u200b", "", " ", "🙂" * 3, "ক" * 5000]
+FIELDS = {"max_tokens": NASTY_NUMBERS, "temperature": NASTY_NUMBERS, "top_p": NASTY_NUMBERS, "n": NASTY_NUMBERS,
+          "seed": NASTY_NUMBERS, "presence_penalty": NASTY_NUMBERS, "frequency_penalty": NASTY_NUMBERS,
+          "top_k": NASTY_NUMBERS, "min_p": NASTY_NUMBERS, "repetition_penalty": NASTY_NUMBERS,
+          "logprobs": NASTY_NUMBERS, "stop": NASTY_TEXT, "prompt": NASTY_TEXT, "stream": [True, False]}
+
+
+def test_no_server_errors_on_nasty_values(app):
+    # The values schemathesis does not send: lone surrogates, NaN and infinities, numbers past
+    # 64 bits, a temperature that underflows; streamed and not.
+    import json
+
+    from fastapi.testclient import TestClient
+    from hypothesis import strategies as st
+
+    body = st.fixed_dictionaries({"prompt": st.sampled_from(NASTY_TEXT + ["আমি"])},
+                                 optional={k: st.sampled_from(v) for k, v in FIELDS.items() if k != "prompt"})
+    client = TestClient(app)
+    seen = []
+
+    @given(case=body, chat=st.booleans())
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def run(case, chat):
+        if chat:
+            case = {**{k: v for k, v in case.items() if k not in ("prompt", "logprobs")},
+                    "messages": [{"role": "user", "content": case["prompt"]}]}
+        raw = json.dumps(case, allow_nan=True)  # NaN and Infinity as Python's json writes them
+        r = client.post("/v1/chat/completions" if chat else "/v1/completions", content=raw,
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code < 500, (raw[:300], r.text[:300])
+        if r.status_code >= 400:
+            assert r.json()["error"]["message"]
+        elif case.get("stream"):
+            assert r.text.rstrip().endswith("data: [DONE]"), r.text[-300:]
+        seen.append(r.status_code)
+    run()
+    assert {200, 400} <= set(seen)

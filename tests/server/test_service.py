@@ -145,7 +145,7 @@ def test_chat_completion_both_ways(client):
     ({"prompt": "আমি", "presence_penalty": 3}, "presence_penalty"),
     ({"prompt": "আমি", "top_k": 0}, "top_k"),
     ({"prompt": "আমি", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": []}, "prompt"),  # (a list of several prompts is served: test_echo_and_fields.py)
     ({"prompt": "   "}, "prompt"),
     ({}, "prompt"),
 ])

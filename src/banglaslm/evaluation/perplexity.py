@@ -42,25 +42,40 @@ class EvalResult:
 
 
 @torch.no_grad()
-def score_tokens(model, ids: list[int], stride: int) -> float:
-    """Sum of -log p(token | context) in nats over ids[1:], each scored once."""
+def _scored_windows(model, ids: list[int], stride: int):
+    """(log-probabilities (T, V), targets (T,)) for each window's newly scored tokens, so that
+    every token of ids[1:] is scored exactly once with as much context as the block allows."""
     block = model.config.block_size
     device = next(model.parameters()).device
     ids_t = torch.tensor(ids, dtype=torch.long, device=device)
-    total, scored_until = 0.0, 1  # ids[0] is the leading EOD: context only, never scored
-    start = 0
+    scored_until, start = 1, 0  # ids[0] is the leading EOD: context only, never scored
     while scored_until < len(ids):
         end = min(start + block + 1, len(ids))
         window = ids_t[start:end]
         logits, _ = model(window[:-1].unsqueeze(0))
-        logprobs = F.log_softmax(logits[0].float(), dim=-1)
-        targets = window[1:]
-        nll = -logprobs.gather(1, targets.unsqueeze(1)).squeeze(1)
-        first_new = scored_until - (start + 1)  # index in targets of the first unscored token
-        total += nll[first_new:].sum().item()
+        first_new = scored_until - (start + 1)  # index in the window's targets of the first unscored token
+        yield F.log_softmax(logits[0, first_new:].float(), dim=-1), window[1 + first_new:]
         scored_until = end
         start = max(0, min(start + stride, len(ids) - block - 1))
-    return total
+
+
+def score_tokens(model, ids: list[int], stride: int) -> float:
+    """Sum of -log p(token | context) in nats over ids[1:], each scored once."""
+    return -sum(lp.gather(1, t.unsqueeze(1)).sum().item() for lp, t in _scored_windows(model, ids, stride))
+
+
+def token_logprobs(model, ids: list[int], top: int = 0, stride: int | None = None) -> list[tuple[float, list]]:
+    """For each token of ids[1:]: (its log-probability given what precedes it, the `top` most
+    likely tokens there as (id, log-probability) pairs, best first), natural logarithms."""
+    stride = stride or max(1, model.config.block_size // 2)
+    out = []
+    for logprobs, targets in _scored_windows(model, ids, stride):
+        chosen = logprobs.gather(1, targets.unsqueeze(1))[:, 0].tolist()
+        best = torch.topk(logprobs, min(top, logprobs.size(-1)), dim=-1) if top else None
+        for row, value in enumerate(chosen):
+            pairs = list(zip(best.indices[row].tolist(), best.values[row].tolist())) if best is not None else []
+            out.append((value, pairs))
+    return out
 
 
 def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: int | None = None) -> EvalResult:

@@ -24,7 +24,7 @@ from ..config import SamplingParams
 from ..errors import UserError, bad_param
 from ..model import GPT, KVCache
 from ..runfolder import LoadedModel
-from ..text import normalize, normalize_fragment
+from ..text import check_text, normalize, normalize_fragment
 from ..tokenizer import Tokenizer
 from .cpu_decode import CpuDecoder
 from .sampling import Sampler, TokenLogprob
@@ -88,7 +88,7 @@ class Engine:
     # ---- public API ----------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:
         """[eod] + the normalized prompt's ids: the context every training document starts from."""
-        text = normalize(prompt)
+        text = normalize(check_text(prompt, "prompt"))
         if not text:
             raise bad_param("prompt", "is empty; give some text to continue, e.g. \"আমার সোনার\"")
         return [self.tokenizer.eod_id] + self.tokenizer.encode(text, normalized=True)
@@ -98,7 +98,10 @@ class Engine:
         typed as letter + nukta must match the precomposed letter the model writes)."""
         params = params or SamplingParams()
         params.validate()
-        stops = [normalize_fragment(s) for s in params.stop]
+        vocab = self.model.config.vocab_size
+        if any(token >= vocab for token in params.logit_bias or {}):
+            raise bad_param("logit_bias", f"holds a token id outside the vocabulary of {vocab} tokens")
+        stops = [normalize_fragment(check_text(s, "stop")) for s in params.stop]
         if not all(stops):
             raise bad_param("stop", f"strings must hold visible text; {params.stop!r} has one that is empty "
                                     "once normalized")

@@ -60,6 +60,10 @@ def adjust_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tens
     repetition penalty); `counts` (B, V): how often each token was generated (presence and
     frequency penalties). Greedy decoding takes the argmax of the result.
     """
+    if params.logit_bias:
+        ids = torch.tensor(list(params.logit_bias), dtype=torch.long, device=logits.device)
+        bias = torch.tensor(list(params.logit_bias.values()), dtype=logits.dtype, device=logits.device)
+        logits = logits.index_add(1, ids, bias.expand(logits.size(0), -1))
     if params.repetition_penalty != 1.0 and seen is not None:
         rp = params.repetition_penalty
         logits = torch.where(seen, torch.where(logits > 0, logits / rp, logits * rp), logits)

@@ -27,7 +27,7 @@ class LogprobFormat:
     def __init__(self, tokenizer, chat: bool):
         self.tokenizer, self.chat = tokenizer, chat
         self._chars = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-        self._offset = 0  # characters of the completion before the next token (text_offset)
+        self._offset = 0  # characters of the choice's text before the next token (text_offset)
 
     def _token(self, token_id: int) -> tuple[str, bytes]:
         raw = self.tokenizer.token_bytes(token_id)
@@ -43,6 +43,22 @@ class LogprobFormat:
     def _chat_entry(self, token_id: int, prob: float) -> dict:
         token, raw = self._token(token_id)
         return {"token": token, "logprob": self._log(prob), "bytes": list(raw)}
+
+    def prompt(self, token_ids: list[int], scored: list[tuple[float, list]], text: str) -> dict:
+        """The echoed prompt's tokens (completions' `echo`): `scored[i]` is (log-probability,
+        [(id, log-probability)] most likely first) of token_ids[i] given what precedes it. The
+        first token's is null, as OpenAI's is; the completion's offsets then start after `text`."""
+        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for i, token_id in enumerate(token_ids):
+            token, raw = self._token(token_id)
+            logprob, top = scored[i] if i else (None, None)
+            out["tokens"].append(token)
+            out["token_logprobs"].append(logprob)
+            out["top_logprobs"].append(None if top is None else {self._token(t)[0]: v for t, v in top})
+            out["text_offset"].append(self._offset)
+            self._offset += len(self._chars.decode(raw))
+        self._offset = len(text)
+        return out
 
     def __call__(self, entries: list[TokenLogprob]) -> dict:
         if self.chat:

@@ -3,7 +3,7 @@
 `OpenAIService` turns validated requests into generations on the worker thread and their
 results into OpenAI's response shapes; the FastAPI app (`app`) only routes to it. Concurrent
 requests share decode steps but each gets exactly the text it would get alone (same seed,
-same text, streamed or not).
+same text, streamed or not). A request whose client goes away stops its generations.
 """
 
 from __future__ import annotations
@@ -11,30 +11,35 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import sys
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 from ..config import SamplingParams
 from ..errors import UserError
+from ..evaluation.perplexity import token_logprobs
 from ..generation.batching import Batch, Sequence
 from ..generation.chat_template import chat_stops, clean_answer, render_chat
 from ..generation.engine import Completion, Engine
 from ..generation.sampling import sample_seed
 from .events import ChoiceStream, LogprobFormat, sse
-from .schemas import (
-    APIError,
-    ChatRequest,
-    CompletionRequest,
-    SamplingRequest,
-    ServerLimits,
-    error_body,
-    message_text,
-    sampling_params,
-)
+from .schemas import (APIError, ChatRequest, CompletionRequest, SamplingRequest, ServerLimits, check_supported,
+                      error_body, message_text, sampling_params)
 from .worker import Admit, GenerationWorker, Job, Stopped
 
 Disconnected = Callable[[], Awaitable[bool]]  # whether the client has gone away
+WATCH_S = 0.25  # how often a waiting request checks that its client is still there
+
+
+@dataclass
+class Prompt:
+    """One prompt of a request: the context the model sees, and what `echo` returns."""
+    context: list[int]              # [eod] + the prompt's ids
+    text: str                       # the prompt as given (or decoded, for token ids)
+    scored: list = field(default_factory=list)  # token_logprobs of context[1:], when echoed with logprobs
 
 
 class OpenAIService:
@@ -54,35 +59,34 @@ class OpenAIService:
 
     async def completions(self, req: CompletionRequest, disconnected: Disconnected) -> dict | AsyncIterator[str]:
         """The response body, or (with `stream`) the server-sent events to send."""
-        self.check_model(req.model)
-        params = sampling_params(req, self.limits)
-        prompt = req.prompt
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise APIError(400, f"prompt: give one text (or a list of one), got a list of {len(prompt)}",
-                               param="prompt", code="invalid_value")
-            prompt = prompt[0]
+        params = self._params(req)
+        items = self._prompt_items(req.prompt)
+        echo, generate = bool(req.echo), req.max_tokens != 0
         if req.stream:
-            return await self.stream(req, prompt, params, disconnected, chat=False)
-        ids, outs = await self.generate(prompt, params)
-        choices = [{"index": i, "text": c.text, "logprobs": self._logprobs(c, chat=False),
-                    "finish_reason": c.finish_reason} for i, c in enumerate(outs)]
-        return self._response("cmpl-", "text_completion", choices, ids, outs)
+            return await self.stream(req, items, params, disconnected, chat=False, echo=echo)
+        prompts, outs = await self.generate(items, params, disconnected, echo=echo, generate=generate)
+        choices = []
+        for i, prompt in enumerate(prompts):
+            for j in range(params.n):
+                out = outs[i * params.n + j] if generate else Completion("", [], "length", [] if params.logprobs is not None else None)
+                choices.append(self._completion_choice(i * params.n + j, prompt, out, echo, params))
+        usage = self._usage(sum(len(p.context) for p in prompts), sum(len(c.token_ids) for c in outs))
+        return self._response("cmpl-", "text_completion", choices, usage)
 
     async def chat_completions(self, req: ChatRequest, disconnected: Disconnected) -> dict | AsyncIterator[str]:
-        self.check_model(req.model)
-        params = sampling_params(req, self.limits)
+        params = self._params(req)
         params.stop = params.stop + chat_stops()
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m, i)}
                     for i, m in enumerate(req.messages)]
-        prompt = render_chat(messages)
+        items = [render_chat(messages)]
         if req.stream:
-            return await self.stream(req, prompt, params, disconnected, chat=True)
-        ids, outs = await self.generate(prompt, params)
+            return await self.stream(req, items, params, disconnected, chat=True)
+        prompts, outs = await self.generate(items, params, disconnected)
         choices = [{"index": i, "message": {"role": "assistant", "content": clean_answer(c.text)},
                     "logprobs": self._logprobs(c, chat=True), "finish_reason": c.finish_reason}
                    for i, c in enumerate(outs)]
-        return self._response("chatcmpl-", "chat.completion", choices, ids, outs)
+        usage = self._usage(len(prompts[0].context), sum(len(c.token_ids) for c in outs))
+        return self._response("chatcmpl-", "chat.completion", choices, usage)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_id:
@@ -93,17 +97,55 @@ class OpenAIService:
         """Stop every running or waiting generation (at shutdown)."""
         self.worker.cancel_all()
 
-    # ---- generation on the worker ----------------------------------------------------------
-    def _encode(self, prompt: str) -> list[int]:
+    # ---- checking a request ----------------------------------------------------------------
+    def _params(self, req: SamplingRequest) -> SamplingParams:
+        """The request's sampling, checked in full before any work: every field supported, every
+        value in range, stop strings valid text (a 400 naming the field otherwise)."""
+        self.check_model(req.model)
+        check_supported(req)
         try:
-            ids = self.engine.encode_prompt(prompt)
+            return self.engine.checked(sampling_params(req, self.limits))
         except UserError as exc:
-            raise APIError(400, str(exc), param="prompt", code="invalid_value") from None
-        if len(ids) > self.limits.max_prompt_tokens:
-            raise APIError(400, f"the prompt has {len(ids)} tokens; the limit is {self.limits.max_prompt_tokens}",
-                           param="prompt", code="context_length_exceeded")
-        return ids
+            raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
 
+    def _prompt_items(self, prompt) -> list[str | list[int]]:
+        """The prompts of a completions request: one text, texts, one list of token ids, or lists."""
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            items = [prompt]
+        else:
+            items = list(prompt)
+        if not items:
+            raise APIError(400, "prompt: give at least one prompt", param="prompt", code="invalid_value")
+        if len(items) > self.limits.max_n:
+            raise APIError(400, f"prompt: at most {self.limits.max_n} prompts in one request, got {len(items)}",
+                           param="prompt", code="invalid_value")
+        return items
+
+    def _encode(self, item: str | list[int]) -> Prompt:
+        """Runs on the worker: the prompt's context, checked against the limits."""
+        if isinstance(item, str):
+            try:
+                context = self.engine.encode_prompt(item)
+            except UserError as exc:
+                raise APIError(400, str(exc), param="prompt", code="invalid_value") from None
+            prompt = Prompt(context, item)
+        else:
+            vocab = self.engine.model.config.vocab_size
+            if not item or any(t < 0 or t >= vocab for t in item):
+                raise APIError(400, f"prompt: token ids must be in [0, {vocab}) and not empty", param="prompt",
+                               code="invalid_value")
+            prompt = Prompt([self.engine.tokenizer.eod_id, *item], self.engine.tokenizer.decode(item))
+        if len(prompt.context) - 1 > self.limits.max_prompt_tokens:
+            raise APIError(400, f"the prompt has {len(prompt.context) - 1} tokens; the limit is "
+                                f"{self.limits.max_prompt_tokens}", param="prompt", code="context_length_exceeded")
+        return prompt
+
+    def _score(self, prompt: Prompt, params: SamplingParams) -> None:
+        """Runs on the worker: the echoed prompt's token log-probabilities (plain softmax)."""
+        if params.logprobs is not None:
+            prompt.scored = token_logprobs(self.engine.model, prompt.context, top=params.logprobs)
+
+    # ---- generation on the worker ----------------------------------------------------------
     def _job(self, fn) -> Job:
         return Job(fn, time.monotonic() + self.limits.request_timeout_s)
 
@@ -113,11 +155,18 @@ class OpenAIService:
         base = params.seed if params.seed is not None else random.randrange(2**62)
         return [SamplingParams(**{**params.__dict__, "n": 1, "seed": sample_seed(base, i)}) for i in range(params.n)]
 
-    async def generate(self, prompt: str, params: SamplingParams) -> tuple[list[int], list[Completion]]:
-        """The prompt's ids and its `params.n` completions; an error in one stops them all."""
+    async def generate(self, items: list, params: SamplingParams, disconnected: Disconnected, echo: bool = False,
+                       generate: bool = True) -> tuple[list[Prompt], list[Completion]]:
+        """Each prompt and its `params.n` completions (prompt-major); an error in one stops them all."""
         def work(job: Job):
-            ids = self._encode(prompt)
+            prompts = [self._encode(item) for item in items]
+            if echo:
+                for prompt in prompts:
+                    self._score(prompt, params)
+            if not generate:
+                return prompts, []
             outs: dict[int, Completion] = {}
+            total = len(prompts) * params.n
 
             def collect(index: int, completion: Completion | None, error: BaseException | None) -> None:
                 if job.finished:
@@ -128,17 +177,30 @@ class OpenAIService:
                     job.resolve(None, error)
                     return
                 outs[index] = completion
-                if len(outs) == params.n:
+                if len(outs) == total:
                     job.finished = True
-                    job.resolve((ids, [outs[i] for i in range(params.n)]), None)
-            return Admit([Sequence(ids, one, check=job.check, on_done=functools.partial(collect, i))
-                          for i, one in enumerate(self._samples(params))])
-        return await self.worker.run(self._job(work))
+                    job.resolve((prompts, [outs[i] for i in range(total)]), None)
+            return Admit([Sequence(p.context, one, check=job.check, on_done=functools.partial(collect, i * params.n + j))
+                          for i, p in enumerate(prompts) for j, one in enumerate(self._samples(params))])
+        return await self._until_done(self._job(work), disconnected)
 
-    async def _prompt_tokens(self, prompt: str) -> int:
-        return await self.worker.run(self._job(lambda job: len(self._encode(prompt))))
+    async def _until_done(self, job: Job, disconnected: Disconnected):
+        """The job's result; if the client goes away meanwhile, the job is cancelled."""
+        task = asyncio.ensure_future(self.worker.run(job))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=WATCH_S)
+                if done:
+                    return task.result()
+                if await disconnected():
+                    job.cancel()
+                    raise APIError(499, "the client closed the connection", code="client_closed_request")
+        finally:
+            if not task.done():
+                job.cancel()
+                task.cancel()
 
-    async def _choice_events(self, prompt: str, params: SamplingParams, strip_leading: bool,
+    async def _choice_events(self, prompts: list[Prompt], params: SamplingParams, strip_leading: bool,
                              disconnected: Disconnected) -> AsyncIterator[tuple]:
         """The events of every choice (`events.ChoiceStream`), generated side by side on the
         worker; the generation stops if the client goes away."""
@@ -146,6 +208,7 @@ class OpenAIService:
         events: asyncio.Queue = asyncio.Queue()
         done = asyncio.Event()
         outcome: dict = {}
+        total = len(prompts) * params.n
 
         def finished(result, error):
             def settle():
@@ -157,7 +220,6 @@ class OpenAIService:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
         def work(job: Job):
-            ids = self._encode(prompt)
             ended: set[int] = set()
 
             def end(index: int, error: BaseException | None) -> None:
@@ -166,12 +228,12 @@ class OpenAIService:
                     job.finished = True
                     job.cancel()  # the other choices stop too
                     finished(None, error)
-                elif len(ended) == params.n and not job.finished:
+                elif len(ended) == total and not job.finished:
                     job.finished = True
                     finished(None, None)
             eod = self.engine.tokenizer.eod_id
-            return Admit([ChoiceStream(index, eod, strip_leading, job, emit, end).sequence(ids, one)
-                          for index, one in enumerate(self._samples(params))])
+            return Admit([ChoiceStream(i * params.n + j, eod, strip_leading, job, emit, end).sequence(p.context, one)
+                          for i, p in enumerate(prompts) for j, one in enumerate(self._samples(params))])
 
         job = self._job(work)
         self.worker.submit(job, finished)
@@ -192,23 +254,39 @@ class OpenAIService:
             return None
         return LogprobFormat(self.engine.tokenizer, chat)(completion.logprobs)
 
-    def _response(self, prefix: str, kind: str, choices: list, ids: list[int], outs: list[Completion]) -> dict:
-        return {"id": prefix + uuid.uuid4().hex, "object": kind, "created": int(time.time()),
-                "model": self.model_id, "system_fingerprint": None, "choices": choices,
-                "usage": self._usage(len(ids), sum(len(c.token_ids) for c in outs))}
+    def _completion_choice(self, index: int, prompt: Prompt, out: Completion, echo: bool,
+                           params: SamplingParams) -> dict:
+        text, logprobs = out.text, None
+        if params.logprobs is not None:
+            fmt = LogprobFormat(self.engine.tokenizer, chat=False)
+            logprobs = fmt.prompt(prompt.context[1:], prompt.scored, prompt.text) if echo else None
+            tail = fmt(out.logprobs or [])
+            logprobs = tail if logprobs is None else {k: logprobs[k] + tail[k] for k in logprobs}
+        if echo:
+            text = prompt.text + text
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": out.finish_reason}
 
-    async def stream(self, req: SamplingRequest, prompt: str, params: SamplingParams, disconnected: Disconnected,
-                     chat: bool) -> AsyncIterator[str]:
-        """Server-sent events for a streamed request. The prompt is checked first, so its
-        errors are still plain 4xx answers; later errors are sent as an error event."""
-        prompt_tokens = await self._prompt_tokens(prompt)
+    def _response(self, prefix: str, kind: str, choices: list, usage: dict) -> dict:
+        return {"id": prefix + uuid.uuid4().hex, "object": kind, "created": int(time.time()),
+                "model": self.model_id, "system_fingerprint": None, "choices": choices, "usage": usage}
+
+    async def stream(self, req: SamplingRequest, items: list, params: SamplingParams, disconnected: Disconnected,
+                     chat: bool, echo: bool = False) -> AsyncIterator[str]:
+        """Server-sent events for a streamed request. The prompts are checked (and, with echo,
+        scored) first, so their errors are still plain 4xx answers; an error after the stream
+        has begun is sent as an error event, and every stream ends with [DONE]."""
+        prompts, _ = await self.generate(items, params, disconnected, echo=echo, generate=False)
         chunks = _Chunks(self.model_id, chat, params, self.engine.tokenizer)
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        generate = getattr(req, "max_tokens", None) != 0
 
         async def body():
             completion_tokens = 0
             try:
-                async for event in self._choice_events(prompt, params, chat, disconnected):
+                for chunk in chunks.echoes(prompts) if echo else ():
+                    yield sse(chunk)
+                events = self._choice_events(prompts, params, chat, disconnected) if generate else _nothing()
+                async for event in events:
                     if event[0] == "end":
                         completion_tokens += event[3]
                     for chunk in chunks.of(event):
@@ -216,11 +294,21 @@ class OpenAIService:
             except APIError as exc:
                 yield sse(error_body(exc.message, exc.type, exc.param, exc.code))
             except UserError as exc:
-                yield sse(error_body(str(exc)))
+                yield sse(error_body(str(exc), param=exc.param))
+            except Exception as exc:  # noqa: BLE001 - a bug: say so in the stream, log it, end the stream
+                traceback.print_exception(exc, file=sys.stderr)
+                yield sse(error_body(f"the server failed while generating ({type(exc).__name__})",
+                                     type="server_error", code="internal_error"))
             if include_usage:
-                yield sse(chunks.chunk([], usage=self._usage(prompt_tokens, completion_tokens)))
+                usage = self._usage(sum(len(p.context) for p in prompts), completion_tokens)
+                yield sse(chunks.chunk([], usage=usage))
             yield sse("[DONE]")
         return body()
+
+
+async def _nothing() -> AsyncIterator[tuple]:
+    return
+    yield
 
 
 class _Chunks:
@@ -230,17 +318,34 @@ class _Chunks:
         self.model_id, self.chat, self.params = model_id, chat, params
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
-        self.formats = [LogprobFormat(tokenizer, chat) for _ in range(params.n)]
+        self.formats: dict[int, LogprobFormat] = {}
+        self.tokenizer = tokenizer
         self.started: set[int] = set()
+
+    def _format(self, index: int) -> LogprobFormat:
+        return self.formats.setdefault(index, LogprobFormat(self.tokenizer, self.chat))
 
     def chunk(self, choices: list, **extra) -> dict:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                 "created": self.created, "model": self.model_id, "system_fingerprint": None,
                 "choices": choices, **extra}
 
+    def echoes(self, prompts: list[Prompt]) -> list[dict]:
+        """The first chunk of each choice with `echo`: its prompt (and the prompt's logprobs)."""
+        out = []
+        for i, prompt in enumerate(prompts):
+            for j in range(self.params.n):
+                index = i * self.params.n + j
+                logprobs = None
+                if self.params.logprobs is not None:
+                    logprobs = self._format(index).prompt(prompt.context[1:], prompt.scored, prompt.text)
+                out.append(self.chunk([{"index": index, "text": prompt.text, "logprobs": logprobs,
+                                        "finish_reason": None}]))
+        return out
+
     def _choice(self, index: int, content: str | None = None, finish: str | None = None, role: bool = False,
                 logprobs: list | None = None) -> dict:
-        shown = self.formats[index](logprobs) if logprobs and self.params.logprobs is not None else None
+        shown = self._format(index)(logprobs) if logprobs and self.params.logprobs is not None else None
         if not self.chat:
             return {"index": index, "text": content or "", "logprobs": shown, "finish_reason": finish}
         delta: dict = {}
@@ -267,11 +372,11 @@ class _Chunks:
 
 async def _drain(events: asyncio.Queue, done: asyncio.Event, outcome: dict, disconnected: Disconnected,
                  job: Job) -> AsyncIterator[tuple]:
-    """Events as they come until the job is done; checks the client every 0.25 s (between
-    pieces and while waiting) and cancels the job when it has gone."""
+    """Events as they come until the job is done; checks the client every WATCH_S seconds
+    (between pieces and while waiting) and cancels the job when it has gone."""
     checked = time.monotonic()
     while True:
-        if time.monotonic() - checked > 0.25:
+        if time.monotonic() - checked > WATCH_S:
             checked = time.monotonic()
             if await disconnected():
                 job.cancel()
@@ -281,7 +386,7 @@ async def _drain(events: asyncio.Queue, done: asyncio.Event, outcome: dict, disc
             continue
         getter = asyncio.ensure_future(events.get())
         waiter = asyncio.ensure_future(done.wait())
-        await asyncio.wait({getter, waiter}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({getter, waiter}, timeout=WATCH_S, return_when=asyncio.FIRST_COMPLETED)
         if getter.done():
             waiter.cancel()
             yield getter.result()

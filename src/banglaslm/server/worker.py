@@ -33,7 +33,7 @@ def request_error(error: BaseException, job: "Job") -> BaseException:
         return APIError(408, "the generation took longer than the server's time-out",
                         type="timeout_error", code="timeout")
     if isinstance(error, UserError):
-        return APIError(400, str(error), code="invalid_value")
+        return APIError(400, str(error), param=error.param, code="invalid_value")
     return error
 
 

@@ -1,0 +1,257 @@
+"""Every request field does what OpenAI's does or is refused with a 400 naming it: `echo` with
+prompt logprobs (what lm-evaluation-harness sends for every log-likelihood task), token-id and
+multiple prompts, `logit_bias`; no 500 and no stream that ends without a word; a client that
+goes away stops its generation. Through the real HTTP stack and the `openai` client."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+from conftest import live
+from fastapi.testclient import TestClient
+
+from banglaslm.evaluation.perplexity import token_logprobs
+from banglaslm.server.app import create_app
+
+MODEL = "m"
+PROMPT = "আমার সোনার বাংলা, আমি তোমায় ভালোবাসি।"
+
+
+@pytest.fixture(scope="module")
+def app(trained_run):
+    return create_app(trained_run, model_name=MODEL)
+
+
+@pytest.fixture(scope="module")
+def url(app):
+    with live(app) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def oai(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def model_logprobs(app, context: list[int]) -> list[float]:
+    return [lp for lp, _ in token_logprobs(app.state.service.engine.model, context)]
+
+
+# ---- echo ------------------------------------------------------------------------------------
+def test_echo_returns_the_prompt_and_its_logprobs(app, oai):
+    engine = app.state.service.engine
+    context = engine.encode_prompt(PROMPT)
+    out = oai.completions.create(model=MODEL, prompt=PROMPT, echo=True, logprobs=1, max_tokens=1, temperature=0)
+    choice = out.choices[0]
+    assert choice.text.startswith(PROMPT) and len(choice.text) > len(PROMPT)
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(context) - 1 + 1  # every prompt token, then the new one
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing precedes it: null
+    want = model_logprobs(app, context)
+    assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(lp.token_logprobs[1:len(context) - 1], want[1:]))
+    assert all(len(top) == 1 for top in lp.top_logprobs[1:])
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[len(context) - 1] == len(PROMPT)
+
+
+def test_max_tokens_zero_with_echo_scores_the_prompt_alone(app, oai):
+    out = oai.completions.create(model=MODEL, prompt=PROMPT, echo=True, logprobs=0, max_tokens=0)
+    choice = out.choices[0]
+    assert choice.text == PROMPT and out.usage.completion_tokens == 0
+    assert len(choice.logprobs.tokens) == len(app.state.service.engine.encode_prompt(PROMPT)) - 1
+
+
+def test_token_id_prompts_as_lm_eval_sends_them(app, oai):
+    engine = app.state.service.engine
+    ids = engine.encode_prompt(PROMPT)[1:]
+    out = oai.completions.create(model=MODEL, prompt=[ids], echo=True, logprobs=1, max_tokens=1, temperature=0,
+                                 seed=1234)
+    lp = out.choices[0].logprobs
+    want = model_logprobs(app, [engine.tokenizer.eod_id, *ids])
+    assert lp.token_logprobs[0] is None
+    assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(lp.token_logprobs[1:-1], want[1:]))
+
+
+def test_lm_evaluation_harness_scores_through_the_server(app, url, trained_run, tmp_path):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from banglaslm.interop.hf_export import export_hf
+
+    export = export_hf(trained_run, tmp_path / "hf")
+    lm = LocalCompletionsAPI(base_url=url + "/v1/completions", model=MODEL, tokenizer=str(export),
+                             tokenizer_backend="huggingface", max_retries=1)
+    context, continuations = "আমার সোনার বাংলা,", [" আমি তোমায় ভালোবাসি।", " নদীর ধারে একটি গ্রাম।"]
+    requests = [Instance("loglikelihood", {}, (context, c), i) for i, c in enumerate(continuations)]
+    scores = [logprob for logprob, _ in lm.loglikelihood(requests)]
+    engine = app.state.service.engine
+    for score, continuation in zip(scores, continuations):
+        ctx = engine.tokenizer.encode(context)  # normalized, as the exported HF tokenizer does too
+        cont = engine.tokenizer.encode(context + continuation)[len(ctx):]
+        want = model_logprobs(app, [engine.tokenizer.eod_id, *ctx, *cont])[len(ctx):]
+        assert score != 0 and math.isclose(score, sum(want), rel_tol=1e-4), (score, sum(want))
+    assert lm_eval.__version__
+
+
+def test_echo_streams_the_prompt_first(client):
+    body = {"model": MODEL, "prompt": PROMPT, "echo": True, "max_tokens": 4, "temperature": 0, "stream": True}
+    events = sse(client.post("/v1/completions", json=body))
+    assert events[0]["choices"][0]["text"] == PROMPT and events[-1] == "[DONE]"
+    plain = client.post("/v1/completions", json={**body, "stream": False}).json()["choices"][0]["text"]
+    assert "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"]) == plain
+
+
+# ---- other fields ------------------------------------------------------------------------------
+def test_several_prompts_in_one_request(oai):
+    out = oai.completions.create(model=MODEL, prompt=["আমি", "নদী"], n=2, max_tokens=5, seed=3)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    alone = oai.completions.create(model=MODEL, prompt="নদী", n=2, max_tokens=5, seed=3)
+    assert [c.text for c in out.choices[2:]] == [c.text for c in alone.choices]
+
+
+def test_logit_bias_is_applied(app, oai):
+    engine = app.state.service.engine
+    plain = oai.completions.create(model=MODEL, prompt="আমি", max_tokens=3, temperature=0, logprobs=0)
+    first = engine.tokenizer.encode(plain.choices[0].logprobs.tokens[0], normalized=True)
+    banned = oai.completions.create(model=MODEL, prompt="আমি", max_tokens=3, temperature=0, logprobs=0,
+                                    logit_bias={str(t): -100 for t in first})
+    assert banned.choices[0].logprobs.tokens[0] != plain.choices[0].logprobs.tokens[0]
+    forced = oai.completions.create(model=MODEL, prompt="আমি", max_tokens=3, temperature=0, logit_bias={"100": 100})
+    assert engine.tokenizer.decode([100] * 3) == forced.choices[0].text
+
+
+@pytest.mark.parametrize("path, extra, param", [
+    ("completions", {"suffix": " শেষ"}, "suffix"),
+    ("completions", {"best_of": 3}, "best_of"),
+    ("completions", {"logit_bias": {"999999": 5}}, "logit_bias"),
+    ("completions", {"logit_bias": {"5": 500}}, "logit_bias"),
+    ("completions", {"stream_options": {"include_obfuscation": True}, "stream": True},
+     "stream_options.include_obfuscation"),
+    ("completions", {"frobnicate": 1}, "frobnicate"),
+    ("chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("chat/completions", {"tool_choice": "required"}, "tool_choice"),
+    ("chat/completions", {"store": True}, "store"),
+    ("chat/completions", {"modalities": ["text", "audio"]}, "modalities"),
+    ("chat/completions", {"reasoning_effort": "high"}, "reasoning_effort"),
+    ("chat/completions", {"prediction": {"type": "content", "content": "x"}}, "prediction"),
+    ("chat/completions", {"presence_penalty": 2.5}, "presence_penalty"),
+])
+def test_fields_we_cannot_honour_are_refused_by_name(client, path, extra, param):
+    body = {"model": MODEL, "max_tokens": 3, **extra}
+    body.update({"prompt": "আমি"} if path == "completions" else {"messages": [{"role": "user", "content": "আমি"}]})
+    r = client.post(f"/v1/{path}", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.text
+
+
+def test_fields_with_no_effect_are_accepted(client):
+    base = {"model": MODEL, "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": "আমি"}]}
+    plain = client.post("/v1/chat/completions", json=base).json()["choices"][0]["message"]["content"]
+    extra = {"user": "u1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto", "best_of": None,
+             "response_format": {"type": "text"}, "tool_choice": "none", "parallel_tool_calls": False,
+             "prompt_cache_key": "k", "safety_identifier": "s", "modalities": ["text"]}
+    extra.pop("best_of")
+    r = client.post("/v1/chat/completions", json={**base, **extra})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == plain
+    # An answer sent back as it came (with the null fields the openai client keeps) is accepted.
+    answer = {"role": "assistant", "content": plain, "refusal": None, "annotations": [], "audio": None,
+              "function_call": None, "tool_calls": None}
+    r = client.post("/v1/chat/completions", json={**base, "messages": base["messages"] + [answer, base["messages"][0]]})
+    assert r.status_code == 200, r.text
+
+
+# ---- no 500, no silent stream ---------------------------------------------------------------
+def sse(response) -> list:
+    out = []
+    for block in response.text.split("\n\n"):
+        if block.strip():
+            data = block.removeprefix("data: ")
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+@pytest.mark.parametrize("raw, param", [
+    ('{"prompt": "\\ud800abc", "max_tokens": 2}', "prompt"),
+    ('{"messages": [{"role": "user", "content": "\\udc80x"}], "max_tokens": 2}', "messages.0.content"),
+    ('{"prompt": "আমি", "max_tokens": 2, "seed": 1180591620717411303424}', "seed"),
+    ('{"prompt": "আমি", "max_tokens": 2, "temperature": NaN}', "temperature"),
+    ('{"prompt": "আমি", "max_tokens": 2, "top_p": NaN}', "top_p"),
+    ('{"prompt": "আমি", "max_tokens": 2, "stop": ["\\ud83d"]}', "stop"),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_bad_values_are_400_before_any_stream(client, raw, param, stream):
+    body = raw[:-1] + f', "stream": {json.dumps(stream)}}}'
+    for path in ("completions", "chat/completions"):
+        if ("messages" in raw) != (path == "chat/completions"):
+            continue
+        r = client.post(f"/v1/{path}", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param
+
+
+def test_a_temperature_that_underflows_is_greedy(client):
+    greedy = client.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 6, "temperature": 0}).json()
+    tiny = client.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 6, "temperature": 1e-45}).json()
+    assert tiny["choices"][0]["text"] == greedy["choices"][0]["text"]
+
+
+def test_an_error_mid_stream_is_an_error_event_then_done(app, client, monkeypatch):
+    batch = app.state.service.worker.batch
+    real, calls = batch.step, {"n": 0}
+
+    def failing():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        real()
+    monkeypatch.setattr(batch, "step", failing)
+    events = sse(client.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 50, "stream": True}))
+    assert events[-1] == "[DONE]"
+    assert events[-2]["error"]["type"] == "server_error"
+    monkeypatch.undo()
+    assert client.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 2}).status_code == 200
+
+
+def test_the_cli_refuses_a_prompt_that_is_not_utf8(trained_run):
+    r = subprocess.run([sys.executable, "-m", "banglaslm", "generate", str(trained_run), "--prompt", "\udcff\udcfe"],
+                       capture_output=True, text=True, timeout=60, errors="surrogateescape")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "--prompt is not valid text: it holds a lone surrogate" in r.stderr
+
+
+# ---- clients that go away -----------------------------------------------------------------
+def test_a_client_that_leaves_a_plain_request_stops_its_generation(app, url):
+    batch = app.state.service.worker.batch
+    body = json.dumps({"prompt": "আমি", "max_tokens": 1024, "n": 8, "temperature": 1.0}).encode()
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            deadline = time.monotonic() + 10
+            while batch.idle:  # the generation has started
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        # the client is gone: its eight generations stop within a few checks
+        deadline = time.monotonic() + 5
+        while not batch.idle:
+            assert time.monotonic() < deadline, "generations went on for a client that left"
+            time.sleep(0.05)
+    started = time.monotonic()
+    r = httpx.post(url + "/v1/completions", json={"prompt": "আমি", "max_tokens": 4}, timeout=30)
+    assert r.status_code == 200 and time.monotonic() - started < 5
