@@ -246,8 +246,10 @@ def cmd_eval(args) -> None:
         if args.json:
             print(json.dumps(r.to_dict(), ensure_ascii=False))
         else:
+            covered = (f"; {r.unknown_share:.2%} unknown / {r.byte_fallback_share:.2%} byte-fallback tokens"
+                       if r.unknown_share or r.byte_fallback_share else "")
             print(f"{r.file}: loss {r.loss:.4f}  perplexity {r.perplexity:.2f}  bits/byte {r.bits_per_byte:.4f}  "
-                  f"bits/char {r.bits_per_char:.4f}  ({r.tokens:,} tokens, {r.chars:,} characters)")
+                  f"bits/char {r.bits_per_char:.4f}  ({r.tokens:,} tokens, {r.chars:,} characters{covered})")
 
 
 def cmd_generate(args) -> None:

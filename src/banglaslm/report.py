@@ -241,10 +241,12 @@ def _evaluation_section(info: dict) -> list[str]:
     L = ["## Evaluation", ""]
     if info["evaluations"]:
         L += ["Every token scored once with up to a block of context; bits per byte/char count the normalized text.", "",
-              "| file | loss | perplexity | bits per byte | bits per char | tokens |", "|---|---:|---:|---:|---:|---:|"]
+              "| file | loss | perplexity | bits per byte | bits per char | tokens | unknown tokens |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
         for e in info["evaluations"]:
             L.append(f"| {_cell(Path(e['file']).name)} | {_fmt(e['loss'], '.6f')} | {_fmt(e['perplexity'], '.6f')} | "
-                     f"{_fmt(e['bits_per_byte'], '.6f')} | {_fmt(e['bits_per_char'], '.6f')} | {e['tokens']} |")
+                     f"{_fmt(e['bits_per_byte'], '.6f')} | {_fmt(e['bits_per_char'], '.6f')} | {e['tokens']} | "
+                     f"{e.get('unknown_share', 0):.2%} |")
         L.append("")
     else:
         L += ["No text files were given to evaluate on.", ""]
@@ -266,7 +268,8 @@ def _tokenizer_section(info: dict) -> list[str]:
     ts = info["tokenizer_study"]
     L = ["## Tokenizer", "",
           f"Measured on {ts['documents']:,} normalized documents ({ts['chars']:,} characters) from {ts['sample']}. "
-          "The char tokenizer and the byte-level BPEs are built on this same sample (an optimistic reference); "
+          "The char tokenizer, the byte-level BPEs and the SentencePiece unigram (the kind the course uses, "
+          "of the run's vocabulary size) are built on this same sample (an optimistic reference); "
           "words are whitespace-separated; the top words are the 1,000 most frequent Bangla words "
           "(Bengali-block letters and marks). \"After a space\" encodes `\" \" + word` (a word mid-sentence), "
           "\"bare\" encodes the word alone (at the start of a text). A token \"ends inside a grapheme cluster\" when "
@@ -275,12 +278,13 @@ def _tokenizer_section(info: dict) -> list[str]:
           + (" The embedded corpus is the quick start's training data, so for a run trained on it this sample is "
              "not held out." if ts["sample"].startswith("every 10th") else ""), "",
           "| tokenizer | vocab | chars/token | tokens/word | top words as 1 token (after a space) | "
-          "top words as 1 token (bare) | tokens ending inside a cluster |",
-          "|---|---:|---:|---:|---:|---:|---:|"]
+          "top words as 1 token (bare) | tokens ending inside a cluster | unknown tokens |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for st in ts["stats"]:
         L.append(f"| {_cell(st['name'])} | {st['vocab_size']:,} | {st['chars_per_token']:.3f} | {st['tokens_per_word']:.3f} | "
                  f"{st['single_token_words_space']:.1%} | {st['single_token_words_bare']:.1%} | "
-                 f"{'n/a' if st['inside_cluster_share'] is None else format(st['inside_cluster_share'], '.1%')} |")
+                 f"{'n/a' if st['inside_cluster_share'] is None else format(st['inside_cluster_share'], '.1%')} | "
+                 f"{st['unknown_share']:.2%} |")
     return L + ["", "![tokenizer comparison](tokenizer.png)", ""]
 
 

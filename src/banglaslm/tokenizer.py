@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -40,6 +42,49 @@ SPLIT_PATTERN = (
 _SAFE_CUT = re.compile(r"(?<=\n)(?=\S)")
 # Names other tokenizers use for their end-of-sequence token, tried in order.
 _EOD_CANDIDATES = (EOD, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]")
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
+
+
+def _unk_id(model: dict, hf: HFTokenizer) -> int | None:
+    """The id of the unknown token, if the model has one."""
+    if model.get("type") == "Unigram":
+        return model.get("unk_id")
+    unk = model.get("unk_token")
+    return hf.token_to_id(unk) if unk else None
+
+
+@dataclass
+class Coverage:
+    """How well a tokenizer covers some text: tokens, unknown tokens, byte-fallback tokens,
+    and the characters it could not represent (those that became unknown tokens)."""
+    tokens: int = 0
+    unknown: int = 0
+    byte_fallback: int = 0
+    unrepresented: Counter = field(default_factory=Counter)
+
+    def add(self, other: "Coverage") -> None:
+        self.tokens += other.tokens
+        self.unknown += other.unknown
+        self.byte_fallback += other.byte_fallback
+        self.unrepresented.update(other.unrepresented)
+
+    @property
+    def unknown_share(self) -> float:
+        return self.unknown / max(self.tokens, 1)
+
+    @property
+    def byte_fallback_share(self) -> float:
+        return self.byte_fallback / max(self.tokens, 1)
+
+    def to_dict(self, top: int = 20) -> dict:
+        return {"tokens": self.tokens, "unknown": self.unknown, "byte_fallback": self.byte_fallback,
+                "unknown_share": self.unknown_share, "byte_fallback_share": self.byte_fallback_share,
+                "unrepresented": [[ch, n] for ch, n in self.unrepresented.most_common(top)]}
+
+    def describe(self) -> str:
+        chars = ", ".join(f"{ch!r} ({n:,})" for ch, n in self.unrepresented.most_common(8))
+        return (f"{self.unknown_share:.2%} unknown tokens, {self.byte_fallback_share:.2%} byte-fallback tokens"
+                + (f"; not representable: {chars}" if chars else ""))
 MIN_BPE_VOCAB = 256 + 2  # every byte, the end-of-document token and at least one merge
 
 
@@ -78,6 +123,14 @@ class Tokenizer:
         self.special_ids = {i for i, t in hf.get_added_tokens_decoder().items() if t.special}
         self.special_ids.add(self.eod_id)
         self._id_to_token = [hf.id_to_token(i) for i in range(self.vocab_size)]
+        self.unk_id = _unk_id(spec.get("model") or {}, hf)
+        # byte-fallback pieces ("<0xE0>") and the byte each stands for
+        self.byte_pieces = {i: int(t[3:5], 16) for i, t in enumerate(self._id_to_token)
+                            if (spec.get("model") or {}).get("byte_fallback") and t and _BYTE_PIECE.fullmatch(t)}
+        # special ids that text can spell in a foreign model (a SentencePiece unigram matches
+        # "</s>" in text, where SentencePiece never produces a control piece from text)
+        self._spellable = self.special_ids if kind.startswith("external") else set()
+        self._shadow: HFTokenizer | None = None
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -148,29 +201,63 @@ class Tokenizer:
         return hashlib.sha256(self.hf.to_str().encode("utf-8")).hexdigest()
 
     # ---- encoding ----------------------------------------------------------------------
-    def encode(self, text: str, normalized: bool = False) -> list[int]:
-        """Token ids of `text` (normalized first unless the caller already did)."""
+    def encode(self, text: str, normalized: bool = False, coverage: Coverage | None = None) -> list[int]:
+        """Token ids of `text` (normalized first unless the caller already did); `coverage`
+        counts its unknown and byte-fallback tokens."""
         if not normalized:
             text = normalize(text)
-        return self.hf.encode(text, add_special_tokens=False).ids
+        return self._ids(text, self.hf.encode(text, add_special_tokens=False), coverage)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def encode_batch(self, texts: list[str], coverage: Coverage | None = None) -> list[list[int]]:
         """Encode already-normalized texts in parallel (the Rust side uses every core).
 
         A few huge documents would leave cores idle, so ours are cut into line pieces first.
         """
         if self.kind not in ("bpe", "char"):
-            return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+            return [self._ids(t, e, coverage) for t, e in zip(texts, self.hf.encode_batch(texts, add_special_tokens=False))]
         split = [_SAFE_CUT.split(text) for text in texts]
         flat = [piece for pieces in split for piece in pieces]
         encoded = iter(self.hf.encode_batch(flat, add_special_tokens=False))
         out = []
         for pieces in split:
             ids: list[int] = []
-            for _ in pieces:
-                ids.extend(next(encoded).ids)
+            for piece in pieces:
+                ids.extend(self._ids(piece, next(encoded), coverage))
             out.append(ids)
         return out
+
+    def _ids(self, text: str, encoding, coverage: Coverage | None) -> list[int]:
+        """An encoding's ids (with special pieces that text spelled read as text again, as
+        SentencePiece reads them), counted into `coverage`."""
+        if self._spellable and any(i in self._spellable and text[a:b] == self._id_to_token[i]
+                                   for i, (a, b) in zip(encoding.ids, encoding.offsets)):
+            encoding = self._without_specials().encode(text, add_special_tokens=False)
+        ids = encoding.ids
+        if coverage is not None:
+            coverage.tokens += len(ids)
+            if self.unk_id is not None or self.byte_pieces:
+                coverage.unknown += ids.count(self.unk_id)
+                coverage.byte_fallback += sum(i in self.byte_pieces for i in ids)
+                for i, (start, end) in zip(ids, encoding.offsets):
+                    if i == self.unk_id:
+                        coverage.unrepresented.update(text[start:end].strip() or text[start:end])
+        return ids
+
+    def _without_specials(self) -> HFTokenizer:
+        """This tokenizer with its special pieces renamed so that no text can spell them (their
+        ids unchanged): what SentencePiece does, for the rare text that spells "</s>"."""
+        if self._shadow is None:
+            spec = json.loads(self.hf.to_str())
+            spec["added_tokens"] = []
+            model, hidden = spec["model"], {self._id_to_token[i] for i in self._spellable}
+            if isinstance(model.get("vocab"), list):  # Unigram: [piece, score] by id
+                model["vocab"] = [["\x00" + p if p in hidden else p, score] for p, score in model["vocab"]]
+            else:
+                model["vocab"] = {("\x00" + p if p in hidden else p): i for p, i in model["vocab"].items()}
+            if model.get("unk_token") in hidden:
+                model["unk_token"] = "\x00" + model["unk_token"]
+            self._shadow = HFTokenizer.from_str(json.dumps(spec))
+        return self._shadow
 
     def token_bytes(self, token_id: int) -> bytes:
         """The UTF-8 bytes one token stands for (b'' for special tokens)."""

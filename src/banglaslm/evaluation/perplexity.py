@@ -25,6 +25,7 @@ from ..data.sources import read_text_file
 from ..errors import UserError, bad_param
 from ..runfolder import LoadedModel
 from ..text import normalize
+from ..tokenizer import Coverage
 
 
 @dataclass
@@ -36,6 +37,8 @@ class EvalResult:
     bits_per_char: float
     tokens: int
     chars: int
+    unknown_share: float = 0.0        # tokens the tokenizer could not represent (text lost)
+    byte_fallback_share: float = 0.0  # tokens spelling a character byte by byte
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +89,8 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: 
     stride = max(1, block // 2) if stride is None else stride
     if not 0 < stride <= block:
         raise bad_param("stride", f"must be between 1 and the block size ({block}), got {stride}")
-    ids = [loaded.tokenizer.eod_id] + loaded.tokenizer.encode(text, normalized=True)
+    coverage = Coverage()
+    ids = [loaded.tokenizer.eod_id] + loaded.tokenizer.encode(text, normalized=True, coverage=coverage)
     nats = score_tokens(loaded.model, ids, stride)
     n_tokens = len(ids) - 1
     n_bytes = len(text.encode("utf-8"))
@@ -94,7 +98,8 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: 
     return EvalResult(
         file=name, loss=loss, perplexity=math.exp(min(loss, 700)),
         bits_per_byte=nats / math.log(2) / n_bytes, bits_per_char=nats / math.log(2) / len(text),
-        tokens=n_tokens, chars=len(text),
+        tokens=n_tokens, chars=len(text), unknown_share=coverage.unknown_share,
+        byte_fallback_share=coverage.byte_fallback_share,
     )
 
 

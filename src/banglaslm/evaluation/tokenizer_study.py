@@ -11,12 +11,15 @@ reference.
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 from collections import Counter
 from dataclasses import asdict, dataclass
 
 from ..errors import UserError
 from ..text import ZWJ, ZWNJ, cluster_breaks, normalize
-from ..tokenizer import Tokenizer
+from ..tokenizer import Coverage, Tokenizer
+from ..tokenizer_import import from_sentencepiece
 
 BPE_VOCAB_SIZES = (512, 2048, 8000)
 TOP_WORDS = 1000
@@ -59,6 +62,7 @@ class TokenizerStats:
     single_token_words_space: float  # share of top words encoding as one token after a space
     single_token_words_bare: float  # ... encoded alone, at the start of a text
     inside_cluster_share: float | None  # None when no document round-trips byte for byte
+    unknown_share: float  # tokens the tokenizer could not represent
     tokens: int
     chars: int
     words: int
@@ -79,7 +83,8 @@ def tokenizer_stats(tokenizer: Tokenizer, docs: list[str], name: str, words: lis
     """Statistics of `tokenizer` on already-normalized `docs` (see the module docstring)."""
     words = top_bangla_words(docs) if words is None else words
     tokens = chars = n_words = inside = counted = 0
-    for doc, ids in zip(docs, tokenizer.encode_batch(list(docs))):
+    coverage = Coverage()
+    for doc, ids in zip(docs, tokenizer.encode_batch(list(docs), coverage)):
         ids = [i for i in ids if i != tokenizer.eod_id]
         tokens += len(ids)
         chars += len(doc)
@@ -95,7 +100,7 @@ def tokenizer_stats(tokenizer: Tokenizer, docs: list[str], name: str, words: lis
         chars_per_token=chars / max(tokens, 1), tokens_per_word=tokens / max(n_words, 1),
         single_token_words_space=single_space / max(len(words), 1),
         single_token_words_bare=single_bare / max(len(words), 1),
-        inside_cluster_share=inside / counted if counted else None,
+        inside_cluster_share=inside / counted if counted else None, unknown_share=coverage.unknown_share,
         tokens=tokens, chars=chars, words=n_words, top_words=len(words),
     )
 
@@ -138,4 +143,23 @@ def compare_tokenizers(run_tokenizer: Tokenizer, docs: list[str],
         bpe = Tokenizer.train_bpe(docs, size)
         label = f"bpe {size}" + (f" (got {bpe.vocab_size})" if bpe.vocab_size != size else "")
         out.append(tokenizer_stats(bpe, docs, label, words))
+    unigram = sentencepiece_unigram(docs, run_tokenizer.vocab_size)
+    if unigram is not None:
+        out.append(tokenizer_stats(unigram, docs, f"sentencepiece unigram {unigram.vocab_size}", words))
     return out
+
+
+def sentencepiece_unigram(docs: list[str], vocab_size: int) -> Tokenizer | None:
+    """A SentencePiece unigram model (the course's kind of tokenizer) of about `vocab_size`
+    pieces trained on `docs`; None without the sentencepiece package."""
+    try:
+        import sentencepiece
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(docs), encoding="utf-8")
+        sentencepiece.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(Path(tmp) / "unigram"), model_type="unigram",
+            vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=0.9995, minloglevel=2)
+        return from_sentencepiece(Path(tmp) / "unigram.model")

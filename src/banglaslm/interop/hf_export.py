@@ -25,7 +25,7 @@ from ..fileio import atomic_write_json, staged_folder
 from ..model import swiglu_hidden
 from ..runfolder import Which, load_model
 from ..text import HASANTA, NORMALIZATION, ZWJ, ZWNJ, char_class, character_classes
-from ..tokenizer import UNK, Tokenizer
+from ..tokenizer import Tokenizer
 from .hf_names import from_hf, to_hf
 
 HF_WEIGHTS = "model.safetensors"
@@ -169,7 +169,7 @@ def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callabl
     tok_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": eod, "eos_token": eod, "pad_token": None,
-        "unk_token": UNK if UNK in tokenizer.hf.get_vocab() else None,
+        "unk_token": tokenizer.hf.id_to_token(tokenizer.unk_id) if tokenizer.unk_id is not None else None,
         "add_bos_token": False, "add_eos_token": False,
         # ours encodes a literal "<|endoftext|>" in text as text, never as the control token
         "split_special_tokens": True,

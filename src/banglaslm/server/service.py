@@ -26,8 +26,17 @@ from ..generation.chat_template import chat_stops, clean_answer, render_chat
 from ..generation.engine import Completion, Engine
 from ..generation.sampling import sample_seed
 from .events import ChoiceStream, LogprobFormat, sse
-from .schemas import (APIError, ChatRequest, CompletionRequest, SamplingRequest, ServerLimits, check_supported,
-                      error_body, message_text, sampling_params)
+from .schemas import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    SamplingRequest,
+    ServerLimits,
+    check_supported,
+    error_body,
+    message_text,
+    sampling_params,
+)
 from .worker import Admit, GenerationWorker, Job, Stopped
 
 Disconnected = Callable[[], Awaitable[bool]]  # whether the client has gone away

@@ -1,0 +1,39 @@
+"""What `--tokenizer` may name besides "bpe" and "char" (which prepare trains): a tokenizer.json,
+a SentencePiece .model, a Hugging Face tokenizer folder, a run or data folder (its tokenizer is
+reused), or hf:NAME. One function resolves them all, so prepare and what builds on it agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import bad_param
+from ..runfolder import RunFolder
+from ..tokenizer import Tokenizer
+from ..tokenizer_import import from_pretrained, from_sentencepiece
+from .folder import DataFolder, is_data_folder
+
+TOKENIZER_HELP = ("'bpe' (train byte-level BPE), 'char', or an existing tokenizer: a tokenizer.json, a SentencePiece "
+                  ".model, a Hugging Face tokenizer folder, a run or data folder, or hf:NAME")
+SENTENCEPIECE_SUFFIXES = (".model", ".spm")
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """The existing tokenizer `spec` names (see TOKENIZER_HELP); a UserError when it names none."""
+    if spec.startswith("hf:"):
+        return from_pretrained(spec[3:])
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix.lower() in SENTENCEPIECE_SUFFIXES:
+            return from_sentencepiece(path)
+        return Tokenizer.from_file(path)
+    if path.is_dir():
+        if (path / "meta.json").is_file() and is_data_folder(path):
+            return DataFolder(path).tokenizer()
+        run = RunFolder(path)
+        if run.is_run_folder():
+            return Tokenizer.from_file(run.tokenizer_path)
+        return from_pretrained(str(path))
+    raise bad_param("tokenizer", f"must be bpe, char or an existing tokenizer; {spec} is none of these "
+                                 "(a tokenizer.json, a SentencePiece .model, a tokenizer folder, a run or data "
+                                 "folder, or hf:NAME)")

@@ -1,0 +1,148 @@
+"""Tokenizers made elsewhere: SentencePiece models (unigram and BPE, with and without byte
+fallback) and Hugging Face tokenizer folders give the ids their own libraries give, on real
+Bangla; a tokenizer that cannot represent the text is caught at prepare."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+spm = pytest.importorskip("sentencepiece")
+pytest.importorskip("transformers")
+
+from banglaslm.data.prepare import prepare  # noqa: E402
+from banglaslm.data.tokenizer_choice import load_tokenizer  # noqa: E402
+from banglaslm.errors import UserError  # noqa: E402
+from banglaslm.text import normalize  # noqa: E402
+from banglaslm.tokenizer import Coverage  # noqa: E402
+from banglaslm.tokenizer_import import from_pretrained, from_sentencepiece  # noqa: E402
+
+KINDS = {"unigram": ("unigram", False), "unigram-bytes": ("unigram", True), "bpe-bytes": ("bpe", True)}
+
+
+@pytest.fixture(scope="module")
+def corpus(small_books) -> list[str]:
+    """Normalized paragraphs of real Bangla (the shared books, or the embedded corpus without them)."""
+    paragraphs = []
+    for book in small_books:
+        paragraphs += [p for p in (normalize(x) for x in book.read_text(encoding="utf-8").split("\n\n")) if p]
+    return paragraphs
+
+
+@pytest.fixture(scope="module")
+def models(corpus, tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("spm")
+    (folder / "train.txt").write_text("\n".join(corpus), encoding="utf-8")
+    out = {}
+    for name, (kind, byte_fallback) in KINDS.items():
+        spm.SentencePieceTrainer.train(input=str(folder / "train.txt"), model_prefix=str(folder / name),
+                                       vocab_size=1500, model_type=kind, byte_fallback=byte_fallback,
+                                       character_coverage=0.9995, minloglevel=2, hard_vocab_limit=False)
+        out[name] = folder / f"{name}.model"
+    return out
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_ids_equal_sentencepiece_on_real_text(models, corpus, name):
+    ours = from_sentencepiece(models[name])
+    theirs = spm.SentencePieceProcessor(model_file=str(models[name]))
+    sample = corpus[::3][:400]
+    assert ours.encode_batch(sample) == [theirs.encode(p) for p in sample]
+    for text in sample[:50]:
+        assert ours.decode(ours.encode(text, normalized=True)) == theirs.decode(theirs.encode(text))
+    # Literal control pieces in text stay text, as SentencePiece keeps them.
+    for text in ("আমি </s> তুমি <unk> <s>", "</s>", "x<s>y"):
+        assert ours.encode(text, normalized=True) == theirs.encode(text), text
+    assert ours.eod_id == theirs.piece_to_id("</s>") and ours.kind.startswith("external-")
+
+
+def test_every_way_of_naming_a_tokenizer_gives_the_same_ids(models, corpus, small_books, tmp_path):
+    model = models["unigram"]
+    hf_folder = tmp_path / "t5"
+    hf_folder.mkdir()
+    shutil.copy(model, hf_folder / "spiece.model")  # how BanglaT5 ships: a SentencePiece model and its config
+    (hf_folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+        "extra_ids": 0}), encoding="utf-8")
+    data = tmp_path / "data"
+    prepare([str(b) for b in small_books], data, tokenizer=str(model), doc_split="paragraph", allow_unknown=True,
+            progress=False)
+    from_sentencepiece(model).save(tmp_path / "tokenizer.json")
+    specs = [str(model), str(hf_folder), f"hf:{hf_folder}", str(data), str(tmp_path / "tokenizer.json")]
+    sample = corpus[:100]
+    want = spm.SentencePieceProcessor(model_file=str(model))
+    for spec in specs:
+        tok = load_tokenizer(spec)
+        assert tok.encode_batch(sample) == [want.encode(p) for p in sample], spec
+    with pytest.raises(UserError, match="could not load the tokenizer"):
+        from_pretrained(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="not a SentencePiece model"):
+        (tmp_path / "bad.model").write_bytes(b"\x00\x01garbage")
+        from_sentencepiece(tmp_path / "bad.model")
+
+
+def test_coverage_counts_unknown_and_byte_fallback(models):
+    text = "আমার সোনার বাংলা ✓⌘ 你好"
+    for name, expect_unknown in (("unigram", True), ("unigram-bytes", False), ("bpe-bytes", False)):
+        tok, coverage = from_sentencepiece(models[name]), Coverage()
+        tok.encode(text, normalized=True, coverage=coverage)
+        assert coverage.tokens == len(tok.encode(text, normalized=True))
+        assert (coverage.unknown > 0) == expect_unknown and (coverage.byte_fallback > 0) != expect_unknown
+        if expect_unknown:
+            assert {"✓", "⌘", "你", "好"} <= set(coverage.unrepresented)
+
+
+def test_prepare_refuses_a_tokenizer_that_loses_the_text(models, small_books, tmp_path):
+    # A tokenizer.json from a broken conversion: a hundred pieces where the model had thousands.
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models as hf_models
+    from tokenizers import pre_tokenizers
+
+    vocab = {"<unk>": 0, "</s>": 1, "▁": 2, **{chr(0x0995 + i): 3 + i for i in range(10)}}
+    broken = HF(hf_models.WordLevel(vocab, unk_token="<unk>"))
+    broken.pre_tokenizer = pre_tokenizers.Whitespace()
+    broken.save(str(tmp_path / "broken.json"))
+    with pytest.raises(UserError, match=r"cannot represent this text: train has \d+\.\d+% unknown tokens"):
+        prepare([str(b) for b in small_books], tmp_path / "d", tokenizer=str(tmp_path / "broken.json"),
+                doc_split="paragraph", progress=False)
+    assert not (tmp_path / "d").exists()
+    result = prepare([str(b) for b in small_books], tmp_path / "d", tokenizer=str(tmp_path / "broken.json"),
+                     doc_split="paragraph", allow_unknown=True, progress=False)
+    coverage = result.meta["coverage"]
+    assert coverage["train"]["unknown_share"] > 0.5 and coverage["train"]["unrepresented"]
+    assert "unknown" in result.summary()
+    # Our own byte-level BPE never loses text.
+    ours = prepare([str(b) for b in small_books], tmp_path / "ours", vocab_size=500, doc_split="paragraph",
+                   progress=False)
+    assert ours.meta["coverage"]["train"]["unknown"] == 0
+
+
+def test_prepare_eval_and_generate_see_the_same_ids(models, tmp_path):
+    # SentencePiece's own normalization (nmt_nfkc) runs after ours: it spells the nukta letters
+    # in two parts again and turns full-width forms into ASCII. Every stage goes through the same
+    # Tokenizer.encode, so they agree; and generated text comes back in SentencePiece's spelling.
+    import numpy as np
+
+    from banglaslm.config import ModelConfig
+    from banglaslm.data.folder import DataFolder
+    from banglaslm.generation.engine import Engine
+    from banglaslm.model import GPT
+
+    docs = ["আমি বাড়ি যাই, দেয়াল রঙিন। ＡＢＣ১২৩", "নদীর ধারে ছোট্ট গ্রাম।\n\nআষাঢ় মাসে বৃষ্টি।"]
+    for i, doc in enumerate(docs):
+        (tmp_path / f"{i}.txt").write_text(doc, encoding="utf-8")
+    data = tmp_path / "data"
+    prepare([str(tmp_path / "0.txt"), str(tmp_path / "1.txt")], data, tokenizer=str(models["unigram"]),
+            allow_unknown=True, progress=False)
+    folder = DataFolder(data)
+    tok = folder.tokenizer()
+    bins = np.concatenate([folder.tokens(s).read() for s in ("train", "val")]).tolist()
+    model = GPT(ModelConfig(arch="modern", n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=tok.vocab_size))
+    engine = Engine(model, tok)
+    for doc in docs:
+        prompt_ids = engine.encode_prompt(doc)[1:]
+        assert prompt_ids == tok.encode(doc)  # what eval scores
+        assert any(bins[i:i + len(prompt_ids)] == prompt_ids for i in range(len(bins)))  # what prepare wrote
+    assert "য\u09bc" in tok.decode(tok.encode("দেয়াল"))  # nmt_nfkc's spelling of য়
