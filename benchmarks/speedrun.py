@@ -45,13 +45,39 @@ from banglaslm.training.trainer import train  # noqa: E402
 LITERATURE = ROOT.parent / "shared" / "data" / "bangla-literature"
 
 
-def data_folder(work: Path, vocab: int) -> Path:
-    folder = work / f"data-bpe{vocab}"
-    if not (folder / "meta.json").is_file():
-        t = time.perf_counter()
+def data_folder(work: Path, vocab: int, tokenizer: str = "bpe") -> Path:
+    """The books prepared with our byte-level BPE, or with a SentencePiece unigram model of the
+    same size trained on the same training paragraphs (so the two differ only in the tokenizer)."""
+    folder = work / f"data-{tokenizer}{vocab}"
+    if (folder / "meta.json").is_file():
+        return folder
+    t = time.perf_counter()
+    if tokenizer == "bpe":
         prepare([str(LITERATURE)], folder, tokenizer="bpe", vocab_size=vocab, doc_split="paragraph", progress=False)
-        print(f"prepared {folder} in {time.perf_counter() - t:.0f} s (not counted)")
+    else:
+        model = unigram_model(work, vocab)
+        prepare([str(LITERATURE)], folder, tokenizer=str(model), doc_split="paragraph", allow_unknown=True,
+                progress=False)
+    print(f"prepared {folder} in {time.perf_counter() - t:.0f} s (not counted)")
     return folder
+
+
+def unigram_model(work: Path, vocab: int) -> Path:
+    """A SentencePiece unigram model of `vocab` pieces trained on the BPE folder's training split."""
+    import sentencepiece
+
+    bpe = DataFolder(data_folder(work, vocab, "bpe"))
+    tok = bpe.tokenizer()
+    ids = bpe.tokens("train").read()
+    cuts = np.flatnonzero(ids == tok.eod_id)
+    docs = [tok.decode(ids[a + 1:b].tolist()).replace("\n", " ") for a, b in zip(cuts[:-1], cuts[1:])]
+    corpus = work / f"unigram{vocab}-train.txt"
+    corpus.write_text("\n".join(d for d in docs if d), encoding="utf-8")  # one training paragraph per line
+    prefix = work / f"unigram{vocab}"
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(prefix), vocab_size=vocab,
+                                             model_type="unigram", character_coverage=0.9999, minloglevel=2,
+                                             max_sentence_length=1 << 20, hard_vocab_limit=False)
+    return prefix.with_suffix(".model")
 
 
 def val_bits_per_char(run: Path, data: DataFolder) -> float:
@@ -67,16 +93,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--vocab", type=int, default=2048, help="BPE vocabulary size of the prepared data")
+    ap.add_argument("--vocab", type=int, default=2048, help="vocabulary size of the prepared data")
+    ap.add_argument("--tokenizer", default="bpe", choices=("bpe", "unigram"),
+                    help="our byte-level BPE, or a SentencePiece unigram model of the same size (the course's kind)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--label", default=None, help="name of this run in results.jsonl")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "speedrun", help="cache and run folders")
     args = ap.parse_args()
     if not LITERATURE.is_dir():
         sys.exit(f"the shared Bangla corpus is not at {LITERATURE}; this benchmark needs it")
-    label = args.label or f"{args.preset}-v{args.vocab}" + "".join(f"-{s}" for s in args.set)
+    label = args.label or f"{args.preset}-{args.tokenizer}{args.vocab}" + "".join(f"-{s}" for s in args.set)
     args.work.mkdir(parents=True, exist_ok=True)
-    data_path = data_folder(args.work, args.vocab)
+    data_path = data_folder(args.work, args.vocab, args.tokenizer)
     data = DataFolder(data_path)
     overrides = {"train.time_limit_min": args.minutes, "train.max_iters": 10**9, **parse_set_args(args.set)}
     cfg = build_config(args.preset, overrides=overrides)
@@ -97,7 +125,8 @@ def main() -> None:
     full = val_bits_per_char(run, data)
     print(f"whole validation split ({val['chars']:,} characters): {full:.4f} bits/char "
           f"(scored in {time.perf_counter() - t:.0f} s, not counted)")
-    record = {"label": label, "minutes": args.minutes, "preset": args.preset, "vocab": args.vocab, "set": args.set,
+    record = {"label": label, "minutes": args.minutes, "preset": args.preset, "vocab": args.vocab,
+              "tokenizer": args.tokenizer, "set": args.set,
               "iterations": result.iterations, "seconds": round(result.seconds, 1),
               "val_bits_per_char": round(full, 4), "curve": [[round(e, 1), i, round(b, 4)] for e, i, b in curve],
               "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads()}
