@@ -171,7 +171,7 @@ def _add_serve_and_chat(sub) -> None:
 
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web playground at /")
     sv.add_argument("run_dir", metavar="RUN_DIR")
-    add_options(sv, run_server)
+    add_options(sv, run_server, flags={"allowed_hosts": "allowed-host"})
     c = sub.add_parser("chat", help="interactive chat in the terminal (/help lists the commands)")
     c.add_argument("run_dir", metavar="RUN_DIR")
     add_options(c, load_model, flags={"which": "checkpoint"})
@@ -340,8 +340,7 @@ def cmd_serve(args) -> None:
     from .server.run import run_server
 
     RunFolder(args.run_dir).require()
-    print(f"serving {args.run_dir} on http://{args.host}:{args.port}/ (OpenAI API under /v1)", file=sys.stderr)
-    run_server(args.run_dir, **picked(args, run_server))
+    run_server(args.run_dir, **picked(args, run_server))  # it says where it serves once it has the port
 
 
 def cmd_chat(args) -> None:

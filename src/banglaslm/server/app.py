@@ -6,13 +6,17 @@ playground page (`run.run_server` serves it with uvicorn).
 Routes: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions
 (`stream: true` answers with server-sent events), GET / (static/playground.html, which makes
 no requests outside this server). Errors are JSON in OpenAI's shape; FastAPI's 422 becomes 400.
-docs/serving.md lists the fields, limits and errors.
+A guard checks the Host header (when given the names to accept), the key and the body size
+before any route. docs/serving.md lists the fields, limits and errors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -33,22 +37,61 @@ def error_response(exc: APIError) -> JSONResponse:
                         headers=headers)
 
 
-# ---- auth and size limit (a plain ASGI middleware: it sees the raw body) ------------------
+# ---- Host, auth and size limit (a plain ASGI middleware: it sees the raw body) ------------
 class _BodyTooLarge(HTTPException):
     def __init__(self, max_bytes: int):
         super().__init__(413, f"request body is larger than {max_bytes} bytes")
 
 
-class GuardMiddleware:
-    """401 for /v1 requests without the bearer key (when one is set); 413 for a body over
-    `max_bytes`, by its Content-Length or by counting a chunked body as it is read."""
+_HOST_HEADER = re.compile(r"\[(?P<ip6>[0-9a-f:.]+)\](:\d+)?|(?P<name>[^:\[\]/@\s]+)(:\d+)?", re.IGNORECASE)
 
-    def __init__(self, app, max_bytes: int, api_key: str | None):
+
+def _ip(text: str):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+class HostCheck:
+    """Which Host headers name this server: a name in `allowed` ('*': any), the address the
+    connection arrived at, and localhost or a loopback address when it arrived on loopback.
+    Anything else (a DNS-rebinding page's own name) is refused."""
+
+    def __init__(self, allowed: Iterable[str]):
+        names = {h.lower().removeprefix("[").removesuffix("]").rstrip(".") for h in allowed}
+        self.any = "*" in names
+        self.names, self.ips = names, {ip for ip in map(_ip, names) if ip is not None}
+
+    def __call__(self, header: bytes, server: tuple | None) -> bool:
+        """Whether `header` (a Host header's value) is accepted on a connection to `server` (host, port)."""
+        found = _HOST_HEADER.fullmatch(header.decode("latin-1").strip())
+        if self.any or found is None:
+            return self.any
+        name = (found["ip6"] or found["name"]).lower().rstrip(".")
+        ip, local = _ip(name), _ip(server[0]) if server else None
+        if name in self.names or (ip is not None and (ip in self.ips or ip == local)):
+            return True
+        return local is not None and local.is_loopback and (name == "localhost" or (ip is not None and ip.is_loopback))
+
+
+class GuardMiddleware:
+    """400 for a Host header that does not name this server (with `allowed_hosts`: `HostCheck`;
+    without, any Host passes); 401 for /v1 requests without the bearer key (when one is set);
+    413 for a body over `max_bytes`, by its Content-Length or by counting a chunked body as it
+    is read."""
+
+    def __init__(self, app, max_bytes: int, api_key: str | None, allowed_hosts: Iterable[str] | None = None):
         self.app, self.max_bytes, self.api_key = app, max_bytes, api_key
+        self.host_ok = None if allowed_hosts is None else HostCheck(allowed_hosts)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.host_ok is not None:
+            hosts = [v for k, v in scope.get("headers", []) if k == b"host"]
+            if len(hosts) != 1 or not self.host_ok(hosts[0], scope.get("server")):
+                return await self._wrong_host(hosts, scope, receive, send)
         headers = dict(scope.get("headers", []))
         if self.api_key is not None and scope.get("path", "").startswith("/v1"):
             scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
@@ -85,6 +128,14 @@ class GuardMiddleware:
         except _BodyTooLarge:
             if not started:
                 await self._reject(scope, receive, send)
+
+    async def _wrong_host(self, hosts: list[bytes], scope, receive, send):
+        shown = hosts[0].decode("latin-1")[:100] if len(hosts) == 1 else f"{len(hosts)} Host headers"
+        name = _HOST_HEADER.fullmatch(shown.strip())
+        fix = f"start the server with --allowed-host {name['ip6'] or name['name']} to accept it" if name \
+            else "send one Host header naming this server"
+        await error_response(APIError(400, f"Host {shown!r} does not name this server; {fix}",
+                                       code="invalid_host"))(scope, receive, send)
 
     async def _reject(self, scope, receive, send):
         await error_response(APIError(413, f"request body is larger than {self.max_bytes} bytes",
@@ -132,8 +183,15 @@ def _answer(result):
 
 
 def create_app(run_dir, api_key: str | None = None, model_name: str | None = None,
-               limits: ServerLimits | None = None, which: Which = "best") -> FastAPI:
-    """The FastAPI app serving the model in `run_dir`."""
+               limits: ServerLimits | None = None, which: Which = "best",
+               allowed_hosts: Iterable[str] | None = None) -> FastAPI:
+    """The FastAPI app serving the model in `run_dir`. With `allowed_hosts` (names; '*' for
+    any) only requests whose Host header names this server pass (`HostCheck`; `run.run_server`
+    always gives them); without, the Host header is not checked. Raises UserError for an
+    `api_key` no HTTP client could send."""
+    from .run import check_api_key
+
+    check_api_key(api_key)
     loaded = load_model(run_dir, which)
     CpuDecoder.for_model(loaded.model)  # build the C decode step now, not in the first request
     service = OpenAIService(Engine(loaded.model, loaded.tokenizer), model_name or Path(run_dir).resolve().name,
@@ -146,7 +204,8 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
 
     app = FastAPI(title="banglaslm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = service
-    app.add_middleware(GuardMiddleware, max_bytes=service.limits.max_body_bytes, api_key=api_key)
+    app.add_middleware(GuardMiddleware, max_bytes=service.limits.max_body_bytes, api_key=api_key,
+                       allowed_hosts=allowed_hosts)
     _install_error_handlers(app)
 
     @app.get("/health")

@@ -1,0 +1,223 @@
+"""The server bound beyond loopback: read time-outs, the connection cap and the Host check over
+real loopback sockets (uvicorn with `run.server_config`, as `run_server` uses it), and the
+checks `banglaslm serve` makes of its options before loading anything."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from banglaslm.errors import UserError
+from banglaslm.server.app import HostCheck, create_app
+from banglaslm.server.run import bind, run_server, server_config
+
+
+def cli(*args):
+    """The real command line in a subprocess (as tests/test_cli.py runs it)."""
+    return subprocess.run([sys.executable, "-m", "banglaslm", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_user_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@contextlib.contextmanager
+def serving(run_dir, allowed_hosts=(), **settings):
+    """The port of a uvicorn server (in a thread) for a fresh app on `run_dir`, with `settings`
+    passed to `server_config`."""
+    app = create_app(run_dir, allowed_hosts=allowed_hosts)
+    [sock] = bind("127.0.0.1", 0)
+    server = uvicorn.Server(server_config(app, log_level="warning", **settings))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def get(port: int, path: str = "/health", host: str | None = None, method: str = "GET", body: bytes | None = None):
+    """(status, body) of one request on a new connection, with `host` as the Host header."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True)
+        conn.putheader("Host", host or f"127.0.0.1:{port}")
+        if body is not None:
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def seconds_until_closed(sock: socket.socket, trickle: bytes | None, limit: float = 15.0) -> float:
+    """Seconds until the server closes `sock` (asserting it answered nothing), sending `trickle`
+    every 0.2 s meanwhile (None: silence)."""
+    start = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - start < limit:
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            if trickle is not None:
+                try:
+                    sock.sendall(trickle)
+                except OSError:  # closed between the recv and the send
+                    return time.monotonic() - start
+            continue
+        except ConnectionResetError:
+            return time.monotonic() - start
+        assert data == b"", data  # no answer, just the end of the connection
+        return time.monotonic() - start
+    raise AssertionError(f"the connection was still open after {limit} s")
+
+
+# ---- read time-outs and the connection cap --------------------------------------------------
+
+def test_silent_and_half_sent_headers_are_closed_at_the_header_deadline(trained_run):
+    with serving(trained_run, header_timeout_s=1.0, body_timeout_s=60.0) as port:
+        silent = socket.create_connection(("127.0.0.1", port))
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        waits = []
+        threads = [threading.Thread(target=lambda s=s, t=t: waits.append(seconds_until_closed(s, t)))
+                   for s, t in ((silent, None), (slow, b"a"))]  # the trickle does not extend the deadline
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(waits) == 2 and all(0.8 < w < 5.0 for w in waits), waits
+        assert get(port)[0] == 200  # the server goes on
+
+
+def test_a_trickled_body_is_closed_at_the_body_deadline(trained_run):
+    with serving(trained_run, header_timeout_s=60.0, body_timeout_s=1.0) as port:
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"prompt\": \"")
+        assert 0.8 < seconds_until_closed(slow, b"x") < 5.0
+        body = json.dumps({"prompt": "আমার", "max_tokens": 3}).encode()
+        assert get(port, "/v1/completions", method="POST", body=body)[0] == 200
+
+
+def test_connections_beyond_the_cap_get_503_until_slots_free(trained_run):
+    with serving(trained_run, max_connections=2, header_timeout_s=3.0) as port:
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # two slow clients
+        deadline = time.monotonic() + 2.0
+        status = get(port)[0]
+        while status != 503 and time.monotonic() < deadline:  # until the server has accepted both
+            time.sleep(0.05)
+            status = get(port)[0]
+        assert status == 503
+        for s in held:  # the header time-out frees their places
+            seconds_until_closed(s, None)
+        assert get(port)[0] == 200
+
+
+# ---- the Host header ------------------------------------------------------------------------
+
+def test_host_header_must_name_this_server(trained_run):
+    with serving(trained_run, allowed_hosts=["api.example"]) as port:
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", "api.example",
+                     f"API.Example.:{port}"):
+            assert get(port, host=host)[0] == 200, host
+        for host, path in (("evil.example", "/health"), (f"evil.example:{port}", "/v1/models"),
+                           ("api.example.evil.example", "/"), ("127.0.0.1@evil.example", "/health")):
+            status, body = get(port, path, host=host)
+            assert status == 400, host
+            error = json.loads(body)["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["code"] == "invalid_host"
+            assert repr(host) in error["message"], error
+        assert "--allowed-host evil.example" in json.loads(get(port, host="evil.example")[1])["error"]["message"]
+        body = json.dumps({"prompt": "আমার", "max_tokens": 3}).encode()
+        assert get(port, "/v1/completions", host="evil.example", method="POST", body=body)[0] == 400
+
+
+def test_host_check_rules():
+    check = HostCheck(["api.example", "[2001:db8::1]"])
+    lan, loopback = ("192.168.1.5", 8000), ("127.0.0.1", 8000)
+    assert check(b"192.168.1.5:8000", lan) and check(b"api.example", lan) and check(b"[2001:db8::1]:80", lan)
+    assert not check(b"localhost:8000", lan) and not check(b"127.0.0.1", lan)  # not on loopback: not this server
+    assert not check(b"10.0.0.1", lan) and not check(b"", lan) and not check(b"a b", lan)
+    assert check(b"localhost", loopback) and check(b"127.0.0.1:8000", loopback)
+    assert not check(b"rebind.example", loopback)
+    assert HostCheck(["*"])(b"anything.example", lan)
+
+
+# ---- options ---------------------------------------------------------------------------------
+
+def test_options_are_checked_before_the_model_loads(tmp_path, trained_run):
+    missing = tmp_path / "no-run"  # the run folder is never reached
+    for kwargs, param in (({"port": 70000}, "port"), ({"port": 0}, "port"), ({"api_key": "কী"}, "api_key"),
+                          ({"api_key": "two words"}, "api_key"), ({"api_key": ""}, "api_key"),
+                          ({"host": "http://example.com"}, "host"), ({"host": "127.0.0.1:80"}, "host"),
+                          ({"allowed_hosts": ["example.com:80"]}, "allowed_hosts"),
+                          ({"max_connections": 0}, "max_connections")):
+        with pytest.raises(UserError) as caught:
+            run_server(missing, **kwargs)
+        assert caught.value.param == param and str(caught.value).startswith(param), kwargs
+    with pytest.raises(UserError, match="api_key"):
+        create_app(trained_run, api_key="key\n")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--port", "70000"], "--port must be in 1..65535, got 70000"),
+    (["--api-key", "চাবি"], "--api-key has a character HTTP headers cannot carry"),
+    (["--host", "no such host!"], "--host must be an IP address or a host name"),
+    (["--host", "name.invalid"], "--host 'name.invalid' does not resolve"),
+    (["--allowed-host", "example.com:8000"], "--allowed-host must be host names"),
+    (["--max-connections", "0"], "--max-connections must be at least 1"),
+])
+def test_serve_refuses_bad_options_in_one_line(trained_run, args, fragment):
+    assert_user_error(cli("serve", trained_run, *args), fragment)
+
+
+def test_serve_on_a_port_in_use_is_one_line(trained_run):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert_user_error(cli("serve", trained_run, "--port", port), f"--port {port} is already in use")
+
+
+def test_serve_on_every_network_checks_host_and_warns_without_a_key(trained_run):
+    [probe] = bind("127.0.0.1", 0)
+    port = probe.getsockname()[1]
+    probe.close()
+    server = subprocess.Popen([sys.executable, "-m", "banglaslm", "serve", str(trained_run), "--host", "0.0.0.0",
+                               "--port", str(port), "--allowed-host", "models.example"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert get(port)[0] == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+                time.sleep(0.3)
+        assert get(port, host="models.example")[0] == 200
+        assert get(port, host="rebind.example")[0] == 400
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert "without an API key" in err and "Traceback" not in err, err
