@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from banglaslm.chat import chat_loop
+from banglaslm.chat_template import chat_stops, clean_answer, encode_chat, render_chat
 from banglaslm.config import SamplingParams
 from banglaslm.errors import UserError
-from banglaslm.generation.chat_template import chat_stops, clean_answer, render_chat
 from banglaslm.generation.engine import Engine
 from banglaslm.runfolder import load_model
+from banglaslm.text import normalize
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,9 @@ class SpyEngine(Engine):
 def test_render_chat_template():
     messages = [{"role": "system", "content": " ভদ্র হও। "}, {"role": "user", "content": "নমস্কার"},
                 {"role": "assistant", "content": "নমস্কার!"}, {"role": "user", "content": "কেমন আছ?\nবলো"}]
-    assert render_chat(messages) == ("নির্দেশ: ভদ্র হও।\nব্যবহারকারী: নমস্কার\nসহকারী: নমস্কার!\n"
-                                     "ব্যবহারকারী: কেমন আছ?\nবলো\nসহকারী:")
+    # bn-chat-2: an assistant turn ends with the end-of-document token (shown here as "|")
+    assert render_chat(messages, end="|") == ("|নির্দেশ: ভদ্র হও।\nব্যবহারকারী: নমস্কার\nসহকারী: নমস্কার!|"
+                                              "ব্যবহারকারী: কেমন আছ?\nবলো\nসহকারী:")
     assert render_chat([{"role": "user", "content": "hi"}], language="en") == "User: hi\nAssistant:"
     assert "\nব্যবহারকারী:" in chat_stops() and "\nUser:" in chat_stops("en")
     assert clean_answer("  উত্তর ") == "উত্তর "
@@ -81,21 +83,25 @@ def test_settings_commands_answer_and_reset(loaded):
     history = chat_loop(loaded, read_line=script, write=out, engine=engine)
     assert script.lines == ["never read"]
     assert len(engine.calls) == 3
+    prompts = [encode_chat(engine.tokenizer, m)[0] for m in (
+        [{"role": "user", "content": "আমি বাংলায়\nগান গাই"}],
+        [{"role": "user", "content": "নতুন কথা"}])]
     prompt, params = engine.calls[0]
-    assert prompt == "ব্যবহারকারী: আমি বাংলায়\nগান গাই\nসহকারী:"
+    assert prompt == prompts[0]
     assert (params.temperature, params.top_k, params.top_p, params.min_p, params.repetition_penalty,
             params.max_new_tokens, params.seed, params.greedy) == (0.5, 20, 0.9, 0.05, 1.2, 15, 3, True)
     assert all(s in params.stop for s in chat_stops())
     assert "... " in script.prompts  # the continuation line
     # the second turn sees the first question and answer
-    second = engine.calls[1][0]
-    assert second.startswith("ব্যবহারকারী: আমি বাংলায়\nগান গাই\nসহকারী:")
-    assert second.endswith("ব্যবহারকারী: আবার বলো\nসহকারী:")
+    second = engine.tokenizer.decode(engine.calls[1][0])
+    assert second.startswith(engine.tokenizer.decode(prompts[0]))
+    assert second.endswith(normalize("ব্যবহারকারী: আবার বলো") + "\nসহকারী:")
+    assert engine.calls[1][0].count(engine.tokenizer.eod_id) == 2  # the start, and the end of the first answer
     # /reset forgot both
-    assert engine.calls[2][0] == "ব্যবহারকারী: নতুন কথা\nসহকারী:"
+    assert engine.calls[2][0] == prompts[1]
     assert [m["role"] for m in history] == ["user", "assistant"] and history[0]["content"] == "নতুন কথা"
     # greedy with a fixed seed: the answer is what the engine gives for that prompt
-    expected = engine.generate([engine.calls[2][0]], engine.calls[2][1])[0][0].text
+    expected = engine.generate_ids([engine.calls[2][0]], engine.calls[2][1])[0][0].text
     assert history[1]["content"] == clean_answer(expected)
     text = out.text
     assert "/greedy takes on or off" in text and "unknown command /nope" in text and "Commands:" in text

@@ -12,9 +12,9 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
+from .chat_template import chat_labels, chat_stops, encode_chat
 from .config import SamplingParams
 from .errors import UserError
-from .generation.chat_template import chat_labels, chat_stops, render_chat
 from .generation.engine import Engine
 
 CHAT_DEFAULTS = {"top_k": 50}  # where chat differs from SamplingParams' defaults
@@ -97,7 +97,7 @@ def _read_message(read_line: Callable[[str], str], prompt: str) -> str:
     return "\n".join(lines)
 
 
-def _answer(engine: Engine, prompt: str, params: SamplingParams, write: Callable[[str], None]) -> str:
+def _answer(engine: Engine, prompt: list[int], params: SamplingParams, write: Callable[[str], None]) -> str:
     """Stream the model's answer to `prompt`, leading whitespace dropped; Ctrl-C stops it and
     what was shown stays the answer."""
     answer = ""
@@ -155,7 +155,8 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
         write(f"{chat_labels(language)['assistant']}: ")
         turn = dataclasses.replace(params, stop=list(params.stop) + chat_stops(language))
         try:
-            answer = _answer(engine, render_chat(history, language), turn, write)
+            context, _ = encode_chat(engine.tokenizer, history, language=language)
+            answer = _answer(engine, context, turn, write)
         except UserError as exc:
             write(f"\nerror: {exc}\n")
             history.pop()

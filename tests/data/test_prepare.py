@@ -39,8 +39,8 @@ def test_bins_meta_and_document_structure(tmp_path, small_books):
 def test_split_is_seeded_reproducible_and_by_document(tmp_path):
     write_docs(tmp_path / "src", 40)
     a = prepare([str(tmp_path / "src")], tmp_path / "a", vocab_size=300, seed=7, progress=False)
-    b = prepare([str(tmp_path / "src")], tmp_path / "b", vocab_size=300, seed=7, progress=False)
-    c = prepare([str(tmp_path / "src")], tmp_path / "c", vocab_size=300, seed=8, progress=False)
+    prepare([str(tmp_path / "src")], tmp_path / "b", vocab_size=300, seed=7, progress=False)
+    prepare([str(tmp_path / "src")], tmp_path / "c", vocab_size=300, seed=8, progress=False)
     assert (tmp_path / "a" / "val.bin").read_bytes() == (tmp_path / "b" / "val.bin").read_bytes()
     assert (tmp_path / "a" / "val.bin").read_bytes() != (tmp_path / "c" / "val.bin").read_bytes()
     assert a.meta["splits"]["val"]["documents"] == 2

@@ -221,7 +221,9 @@ def test_an_error_mid_stream_is_an_error_event_then_done(app, client, monkeypatc
             raise RuntimeError("boom")
         real()
     monkeypatch.setattr(batch, "step", failing)
-    events = sse(client.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 50, "stream": True}))
+    never_end = {str(app.state.service.engine.tokenizer.eod_id): -100}  # so the third step comes
+    events = sse(client.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 50, "stream": True,
+                                                      "logit_bias": never_end, "seed": 1}))
     assert events[-1] == "[DONE]"
     assert events[-2]["error"]["type"] == "server_error"
     monkeypatch.undo()

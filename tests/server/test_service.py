@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from banglaslm.generation.chat_template import chat_stops, render_chat
+from banglaslm.chat_template import chat_stops, encode_chat
 from banglaslm.server.app import create_app
 from banglaslm.server.schemas import ServerLimits
 
@@ -119,7 +119,7 @@ def test_chat_completion_both_ways(client):
     answer = choice["message"]["content"]
     assert answer == answer.lstrip()
     assert not any(s in answer for s in chat_stops())
-    prompt_ids = client.app.state.service.engine.encode_prompt(render_chat(messages))
+    prompt_ids, _ = encode_chat(client.app.state.service.engine.tokenizer, messages)
     assert out["usage"]["prompt_tokens"] == len(prompt_ids)
 
     events = sse_events(client.post("/v1/chat/completions", json={**body, "stream": True}))

@@ -142,21 +142,25 @@ class Engine:
         logprobs = row.logprobs if params.logprobs is not None else None
         return Completion(text, row.generated, row.finish_reason, logprobs)
 
-    def stream(self, prompt: str, params: SamplingParams | None = None) -> Iterator[str]:
-        """The continuation of one prompt, as pieces of text that are safe to show as they come
+    def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[str]:
+        """The continuation of one prompt (text, or a context as `encode_prompt` or
+        `chat_template.encode_chat` makes it), as pieces of text that are safe to show as they come
         (whole characters and grapheme clusters, never part of a stop string). The pieces joined
         equal `generate([prompt], params)[0][0].text`."""
         for step in self.stream_steps(prompt, params):
             if step.text:
                 yield step.text
 
-    def stream_steps(self, prompt: str, params: SamplingParams | None = None) -> Iterator[Step]:
+    def stream_steps(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[Step]:
         """Like `stream`, one `Step` per sampled token; with `params.logprobs`, each step also
         says what the model was choosing from (for a playground that shows the model's choices)."""
         params = self.checked(params)
         if params.n != 1:
             raise bad_param("n", f"must be 1 for streaming (one sample); set n=1 (got n={params.n})")
-        rows = self._rows([self.encode_prompt(prompt)], params)
+        context = list(prompt) if isinstance(prompt, list) else self.encode_prompt(prompt)
+        if not context:
+            raise UserError("the context is empty: start it with the end-of-document id")
+        rows = self._rows([context], params)
         row = rows[0]
         stops, start = params.stop, 0
         for ids, logprobs in self._run(rows, params, track_text=True):

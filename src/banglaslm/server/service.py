@@ -18,11 +18,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ..chat_template import chat_stops, clean_answer, encode_chat, render_chat
 from ..config import SamplingParams
 from ..errors import UserError
 from ..evaluation.perplexity import token_logprobs
 from ..generation.batching import Batch, Sequence
-from ..generation.chat_template import chat_stops, clean_answer, render_chat
 from ..generation.engine import Completion, Engine
 from ..generation.sampling import sample_seed
 from .events import ChoiceStream, LogprobFormat, sse
@@ -41,6 +41,12 @@ from .worker import Admit, GenerationWorker, Job, Stopped
 
 Disconnected = Callable[[], Awaitable[bool]]  # whether the client has gone away
 WATCH_S = 0.25  # how often a waiting request checks that its client is still there
+
+
+@dataclass
+class Chat:
+    """The messages of a chat request, rendered with the chat template on the worker."""
+    messages: list[dict]
 
 
 @dataclass
@@ -87,7 +93,7 @@ class OpenAIService:
         params.stop = params.stop + chat_stops()
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m, i)}
                     for i, m in enumerate(req.messages)]
-        items = [render_chat(messages)]
+        items = [Chat(messages)]
         if req.stream:
             return await self.stream(req, items, params, disconnected, chat=True)
         prompts, outs = await self.generate(items, params, disconnected)
@@ -130,9 +136,14 @@ class OpenAIService:
                            param="prompt", code="invalid_value")
         return items
 
-    def _encode(self, item: str | list[int]) -> Prompt:
+    def _encode(self, item: str | list[int] | Chat) -> Prompt:
         """Runs on the worker: the prompt's context, checked against the limits."""
-        if isinstance(item, str):
+        if isinstance(item, Chat):
+            try:
+                prompt = Prompt(encode_chat(self.engine.tokenizer, item.messages)[0], render_chat(item.messages))
+            except UserError as exc:
+                raise APIError(400, str(exc), param="messages", code="invalid_value") from None
+        elif isinstance(item, str):
             try:
                 context = self.engine.encode_prompt(item)
             except UserError as exc:

@@ -1,0 +1,100 @@
+"""The chat template (version "bn-chat-2"), defined once for fine-tuning, `chat`, the server and
+the exports:
+
+    [eod]নির্দেশ: {system}\\n ব্যবহারকারী: {user}\\n সহকারী: {assistant}[eod] ব্যবহারকারী: ... সহকারী:
+
+A conversation starts after the end-of-document token, as every document does; an assistant
+turn ends with it, so a fine-tuned model learns to end its answer and generation stops there. A
+base model, never taught that, is also stopped where it starts the next turn (`chat_stops`).
+Each piece is encoded on its own (`encode_chat`), the same way in training and at inference,
+and fine-tuning puts loss on the answers and their end only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from .errors import UserError
+from .text import normalize
+from .tokenizer import Tokenizer
+
+CHAT_TEMPLATE_VERSION = "bn-chat-2"
+
+CHAT_LABELS: dict[str, dict[str, str]] = {
+    "bn": {"system": "নির্দেশ", "user": "ব্যবহারকারী", "assistant": "সহকারী"},
+    "en": {"system": "System", "user": "User", "assistant": "Assistant"},
+}
+CHAT_ROLES = ("system", "user", "assistant")
+END = None  # the end-of-document token in a list of segments
+
+
+def chat_labels(language: str) -> dict[str, str]:
+    """The role labels of `language` ("bn" or "en")."""
+    try:
+        return CHAT_LABELS[language]
+    except KeyError:
+        raise UserError(f"unknown chat language {language!r}; use one of {sorted(CHAT_LABELS)}") from None
+
+
+def chat_segments(messages: Iterable[Mapping[str, str]], add_generation_prompt: bool = True,
+                  language: str = "bn") -> list[tuple[str | None, bool]]:
+    """The conversation as (text or END, whether fine-tuning puts loss on it) segments; with
+    `add_generation_prompt`, the assistant's turn opened last for the model to answer."""
+    labels = chat_labels(language)
+    segments: list[tuple[str | None, bool]] = [(END, False)]
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in labels:
+            raise UserError(f"message {i}: role must be one of {list(CHAT_ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise UserError(f"message {i}: content must be text, got {type(content).__name__}")
+        content = normalize(content)
+        if role == "assistant":
+            segments += [(f"{labels['assistant']}:", False), (f" {content}", True), (END, True)]
+        else:
+            segments.append((f"{labels[role]}: {content}\n", False))
+    if add_generation_prompt:
+        segments.append((f"{labels['assistant']}:", False))
+    return segments
+
+
+def encode_chat(tokenizer: Tokenizer, messages: Iterable[Mapping[str, str]], add_generation_prompt: bool = True,
+                language: str = "bn") -> tuple[list[int], list[bool]]:
+    """(ids, trained) of a conversation: the context the model sees, starting with the
+    end-of-document token, and for each id whether fine-tuning puts loss on it."""
+    ids: list[int] = []
+    trained: list[bool] = []
+    for text, loss in chat_segments(messages, add_generation_prompt, language):
+        piece = [tokenizer.eod_id] if text is END else tokenizer.encode(text, normalized=True)
+        ids += piece
+        trained += [loss] * len(piece)
+    return ids, trained
+
+
+def render_chat(messages: Iterable[Mapping[str, str]], add_generation_prompt: bool = True, language: str = "bn",
+                end: str = "") -> str:
+    """The conversation as text (the end-of-document token as `end`): what a person reads, and
+    what the exported Jinja template renders with `end` = the tokenizer's end token."""
+    return "".join(end if text is END else text for text, _ in chat_segments(messages, add_generation_prompt,
+                                                                               language))
+
+
+def jinja_template(language: str = "bn") -> str:
+    """The template for Hugging Face's `apply_chat_template` (tokenizer_config.json's
+    "chat_template"): with the exported tokenizer it gives `encode_chat`'s ids."""
+    labels = chat_labels(language)
+    return ("{{ bos_token }}{% for message in messages %}"
+            "{% if message['role'] == 'assistant' %}" + labels["assistant"] + ": {{ message['content'] | trim }}"
+            "{{ eos_token }}{% elif message['role'] == 'user' %}" + labels["user"] + ": {{ message['content'] | trim }}\n"
+            "{% else %}" + labels["system"] + ": {{ message['content'] | trim }}\n{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}" + labels["assistant"] + ":{% endif %}")
+
+
+def chat_stops(language: str = "bn") -> list[str]:
+    """Stop strings for a base model, which never learned to end its turn: the next turn's start."""
+    return [f"\n{label}:" for label in chat_labels(language).values()]
+
+
+def clean_answer(text: str) -> str:
+    """The assistant's answer from the generated text (leading whitespace removed)."""
+    return text.lstrip()
