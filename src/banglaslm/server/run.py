@@ -16,6 +16,7 @@ import errno
 import functools
 import ipaddress
 import logging
+import os
 import re
 import socket
 from typing import Annotated
@@ -27,8 +28,8 @@ from .schemas import ServerLimits
 HEADER_TIMEOUT_S = 10.0  # from connecting (or the end of the last answer) to the request's last header line
 BODY_TIMEOUT_S = 30.0    # from the last header line to the end of the body (1 MB at 33 KB/s)
 KEEP_ALIVE_S = 5         # an idle kept-alive connection closes after this (uvicorn's default)
-_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?",
-                   re.IGNORECASE)
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?", re.IGNORECASE)  # a DNS name (RFC 1123; '_' too)
 
 
 def run_server(
@@ -38,9 +39,9 @@ def run_server(
     port: Annotated[int, Opt("TCP port (1-65535)")] = 8000,
     api_key: Annotated[str | None, Opt("require 'Authorization: Bearer KEY' on /v1/* (printable ASCII, "
                                        "no spaces)")] = None,
-    allowed_hosts: Annotated[list[str], Opt("also accept requests whose Host header names this host "
-                                            "(repeatable; '*' accepts any; the bound address and, on "
-                                            "loopback, localhost are always accepted)")] = [],  # noqa: B006 (never mutated)
+    allowed_hosts: Annotated[list[str], Opt(  # the list default is never mutated
+        "also accept requests whose Host header is this name (repeatable; '*' accepts any); the bound "
+        "address and, on loopback, localhost are always accepted")] = [],  # noqa: B006
     max_connections: Annotated[int, Opt("connections served at once; requests on more are answered "
                                         "503")] = 64,
     model_name: str | None = None, limits: ServerLimits | None = None, log_level: str = "info",
@@ -63,6 +64,7 @@ def run_server(
             log.warning("serving on %s without an API key: anyone who can reach this machine can use the "
                         "model (set --api-key KEY)", host)
         log.info("serving %s on %s (OpenAI API under /v1; Ctrl-C stops)", run_dir, url(host, port))
+        log.info("%s", threads_note())
         uvicorn.Server(config).run(sockets=sockets)
     finally:
         for s in sockets:
@@ -121,6 +123,16 @@ def trusted_hosts(host: str, allowed_hosts: list[str]) -> list[str]:
     on loopback, localhost): `allowed_hosts`, and `host` unless it is a wildcard address."""
     wildcard = host in ("0.0.0.0", "::")
     return [*allowed_hosts, *([] if wildcard else [host])]
+
+
+def threads_note() -> str:
+    """The CPU threads generation uses (torch's, which the C kernel follows), and the wait policy."""
+    import torch
+
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    advice = f"OMP_WAIT_POLICY={policy}" if policy else \
+        "threads spin while waiting; beside other busy processes start with OMP_WAIT_POLICY=passive (docs/serving.md)"
+    return f"generating with {torch.get_num_threads()} CPU threads; {advice}"
 
 
 def url(host: str, port: int) -> str:
