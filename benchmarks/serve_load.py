@@ -1,11 +1,17 @@
-"""Load test of `banglaslm serve` on loopback: latency percentiles and aggregate throughput.
+"""Load test of `banglaslm serve` on loopback: latency percentiles and aggregate throughput,
+and one client's latency while other processes compete for the CPU.
 
     python benchmarks/serve_load.py RUN_DIR [--requests 300] [--max-tokens 32]
+    python benchmarks/serve_load.py RUN_DIR --compete 2 [--tokens 500] [--rounds 5]
 
-Starts the server in a subprocess on 127.0.0.1 (a free port), then:
+Without --compete it starts the server in a subprocess on 127.0.0.1 (a free port), then:
 1. aggregate generated tokens/s with 1, 4 and 16 concurrent clients (48 requests each);
 2. a bounded load test: `--requests` completions, 16 at a time, counting status codes and
    lost requests, with p50 / p99 latency.
+With --compete N it starts one server per setting of `SETTINGS` (decode path × threads) and,
+round after round, times one greedy completion of --tokens tokens on each, idle and with N
+busy-looping processes beside it (the order of settings and of idle/loaded alternates), and
+prints medians side by side: the figures are ratios from one run on a shared machine.
 Every request is bounded (time-out 120 s) and the run stops by itself.
 """
 
@@ -13,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -57,25 +65,108 @@ def run_batch(port: int, n: int, concurrency: int, max_tokens: int):
     return results, time.perf_counter() - start
 
 
+def start_server(run_dir: str, extra_args: tuple[str, ...] = (), env: dict | None = None):
+    """(process, port) of a `banglaslm serve` subprocess answering /health (60 s at most)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "banglaslm", "serve", run_dir, "--port", str(port), *extra_args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+            return server, port
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                sys.exit("server did not start")
+            time.sleep(0.3)
+
+
+# ---- one client's latency beside competing processes -----------------------------------------
+# (label, environment, serve options): the decode path and the thread settings compared.
+THREADS = [("threads = cores (torch default)", {}),
+           ("1 thread", {"OMP_NUM_THREADS": "1"}),
+           ("threads = cores, OMP_WAIT_POLICY=passive", {"OMP_WAIT_POLICY": "passive"}),
+           ("1 thread, OMP_WAIT_POLICY=passive", {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"})]
+SETTINGS = [(path, label, {**kernel, **env}, ())
+            for path, kernel in (("C kernel", {}), ("PyTorch", {"BANGLASLM_KERNEL": "torch"}))
+            for label, env in THREADS]
+LATENCY_PROMPT = "একদিন সকালে"
+
+
+def timed_completion(port: int, tokens: int) -> tuple[float, int]:
+    """(seconds, completion tokens) of one greedy completion of at most `tokens` tokens."""
+    body = json.dumps({"prompt": LATENCY_PROMPT, "max_tokens": tokens, "temperature": 0}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=120) as r:
+        used = json.loads(r.read())["usage"]["completion_tokens"]
+    return time.perf_counter() - start, used
+
+
+@contextlib.contextmanager
+def competitors(n: int):
+    """`n` processes that spin on the CPU until the block ends."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5)  # let them reach full speed
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def compete(run_dir: str, n: int, tokens: int, rounds: int) -> None:
+    """Median latency of each setting idle and beside `n` busy processes, measured side by side."""
+    load = os.getloadavg()[0]  # other work on the machine, which the idle figures include
+    servers = [start_server(run_dir, extra, env) for _, _, env, extra in SETTINGS]
+    times: dict[tuple[int, bool], list[float]] = {}
+    counts: set[int] = set()
+    try:
+        for _, port in servers:
+            timed_completion(port, tokens)  # warm-up
+        for r in range(rounds):
+            order = list(range(len(SETTINGS)))
+            order = order[r % len(order):] + order[:r % len(order)]
+            for loaded in ((False, True) if r % 2 == 0 else (True, False)):
+                with competitors(n if loaded else 0):
+                    for i in order:
+                        seconds, used = timed_completion(servers[i][1], tokens)
+                        times.setdefault((i, loaded), []).append(seconds)
+                        counts.add(used)
+    finally:
+        for server, _ in servers:
+            server.terminate()
+            server.wait(timeout=30)
+    print(f"run {run_dir}; one client, greedy, {'/'.join(map(str, sorted(counts)))} new tokens per request; "
+          f"{n} busy processes beside the server when loaded; medians of {rounds} rounds; {os.cpu_count()} CPUs; "
+          f"load average before the run {load:.2f}")
+    print(f"{'decode path':<10} {'threads':<42} {'idle s':>7} {'loaded s':>9} {'loaded/idle':>11} "
+          f"{'loaded / default loaded':>23}")
+    default: dict[str, float] = {}
+    for i, (path, label, _, _) in enumerate(SETTINGS):
+        idle, loaded = statistics.median(times[(i, False)]), statistics.median(times[(i, True)])
+        default.setdefault(path, loaded)  # the first setting of each path is the default
+        print(f"{path:<10} {label:<42} {idle:>7.2f} {loaded:>9.2f} {loaded / idle:>11.2f} "
+              f"{loaded / default[path]:>23.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--compete", type=int, default=0, metavar="N",
+                    help="time one client beside N busy processes instead (see above)")
+    ap.add_argument("--tokens", type=int, default=500, help="with --compete: new tokens per request")
+    ap.add_argument("--rounds", type=int, default=5, help="with --compete: rounds (medians are reported)")
     args = ap.parse_args()
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "banglaslm", "serve", args.run_dir, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.compete:
+        return compete(args.run_dir, args.compete, args.tokens, args.rounds)
+    server, port = start_server(args.run_dir)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    sys.exit("server did not start")
-                time.sleep(0.3)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
             MODEL["id"] = json.loads(r.read())["data"][0]["id"]
         print(f"run {args.run_dir}, {args.max_tokens} new tokens per request, loopback")
