@@ -131,7 +131,7 @@ def threads_note() -> str:
 
     policy = os.environ.get("OMP_WAIT_POLICY")
     advice = f"OMP_WAIT_POLICY={policy}" if policy else \
-        "threads spin while waiting; beside other busy processes start with OMP_WAIT_POLICY=passive (docs/serving.md)"
+        "idle threads spin a while before sleeping; beside other busy processes start with OMP_WAIT_POLICY=passive"
     return f"generating with {torch.get_num_threads()} CPU threads; {advice}"
 
 
