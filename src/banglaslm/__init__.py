@@ -10,7 +10,17 @@ The pipeline, as plain functions (the CLI is a thin layer over them):
     print(generate(model, "একদিন সকালে").text)
 """
 
-from .config import (
+import os as _os
+import sys as _sys
+
+# `banglaslm serve`: idle OpenMP threads sleep instead of spinning, which keeps latency steady on
+# a machine shared with other busy processes (BENCHMARKS.md, "Server under load"). libgomp reads
+# this once, when torch loads, so it is set here, before anything imports torch; a value in the
+# environment wins. (Under `python -m`, argv[0] is "-m" while the package imports.)
+if _sys.argv[1:2] == ["serve"] and _os.path.basename(_sys.argv[0]) in ("banglaslm", "-m", "__main__.py"):
+    _os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+from .config import (  # noqa: E402
     PRESETS,
     ModelConfig,
     RunConfig,

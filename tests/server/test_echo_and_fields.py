@@ -15,8 +15,8 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import live
 from fastapi.testclient import TestClient
+from live_server import live
 
 from banglaslm.evaluation.perplexity import token_logprobs
 from banglaslm.server.app import create_app
