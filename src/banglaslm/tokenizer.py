@@ -173,6 +173,20 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as exc:  # the Rust side raises a bare Exception on bad JSON
             raise UserError(f"{path} is not a valid tokenizer.json ({str(exc).splitlines()[0]})") from None
+        return cls.from_hf(hf)
+
+    @classmethod
+    def from_str(cls, text: str, where: str = "the tokenizer") -> "Tokenizer":
+        """From tokenizer.json's text."""
+        try:
+            hf = HFTokenizer.from_str(text)
+        except Exception as exc:
+            raise UserError(f"{where} is not a valid tokenizer.json ({str(exc).splitlines()[0]})") from None
+        return cls.from_hf(hf)
+
+    @classmethod
+    def from_hf(cls, hf: HFTokenizer) -> "Tokenizer":
+        """Wrap a `tokenizers.Tokenizer`, telling ours (BPE, char) from others by its parts."""
         spec = json.loads(hf.to_str())
         kind = spec.get("model", {}).get("type", "unknown")
         is_ours = kind == "BPE" and EOD in hf.get_vocab() and \

@@ -10,12 +10,16 @@ what that means for Bangla.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import UserError
+from .fileio import read_json_or_fail
+from .text import HASANTA, ZWJ, ZWNJ, char_class, character_classes
 from .tokenizer import Tokenizer
 
 UNIGRAM, BPE = 1, 2              # SentencePiece's ModelProto.TrainerSpec.model_type
@@ -57,9 +61,100 @@ def from_sentencepiece(path: str | Path) -> Tokenizer:
     return Tokenizer(HFTokenizer.from_str(hf.to_str()), "external-unigram" if kind == UNIGRAM else "external-bpe")
 
 
+# ---- normalization as a tokenizers normalizer -----------------------------------------------
+def _replace(pattern: str, content: str, regex: bool = True) -> dict[str, Any]:
+    return {"type": "Replace", "pattern": {"Regex" if regex else "String": pattern}, "content": content}
+
+
+def bangla_normalizer() -> dict[str, Any]:
+    """`normalize()` (policy NORMALIZATION) as a tokenizer.json `normalizer` (a Sequence)."""
+    classes = character_classes()
+    newline, space, drop = classes["newline"], classes["space"], classes["drop"]
+    hasanta, joiners = HASANTA, ZWNJ + ZWJ
+    steps = [
+        _replace("\r\n", "\n", regex=False),
+        {"type": "NFC"},
+        # tokenizers' NFC tables predate U+09FE (BENGALI SANDHI MARK, ccc 230) and leave it
+        # in front of a nukta (ccc 7) / hasanta (ccc 9); finish the canonical ordering here.
+        *[_replace(a + b, b + a, regex=False) for _ in range(4)
+          for a, b in (("\u09fe", "\u09bc"), ("\u09fe", "\u09cd"), ("\u09cd", "\u09bc"))],
+        _replace("\u09a1\u09bc", "\u09dc", regex=False),  # ড় ঢ় য় recomposed
+        _replace("\u09a2\u09bc", "\u09dd", regex=False),
+        _replace("\u09af\u09bc", "\u09df", regex=False),
+        _replace("\u09a4\u09cd\u200d", "\u09ce", regex=False),  # old khanda-ta
+        _replace(f"[{char_class(newline)}]", "\n"),
+        _replace(f"[{char_class(space)}]", " "),
+        _replace(f"[{char_class(drop)}]", ""),
+        # normalize() keeps the first joiner of a run; Replace has no back-references, so one
+        # rule per leading joiner (the ZWNJ rule cannot break a ZWJ-led run: see the tests).
+        _replace(f"{ZWNJ}[{joiners}]+", ZWNJ),
+        _replace(f"{ZWJ}[{joiners}]+", ZWJ),
+        _replace(f"(?<!{hasanta})[{joiners}]+(?![{joiners}]*{hasanta})", ""),
+        _replace(" {2,}", " "),
+        _replace(" *\n *", "\n"),
+        _replace("\n{3,}", "\n\n"),
+        {"type": "Strip", "strip_left": True, "strip_right": True},
+    ]
+    return {"type": "Sequence", "normalizers": steps}
+
+
+def with_bangla_normalizer(spec: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer.json spec that normalizes as `normalize()` does (for exports: other tools then
+    need not know our normalization)."""
+    spec = dict(spec)
+    ours = bangla_normalizer()
+    existing = spec.get("normalizer")
+    if existing:
+        ours["normalizers"].append(existing)
+    spec["normalizer"] = ours
+    # Our encode never applies the post-processor (add_special_tokens=False).
+    spec["post_processor"] = None
+    return spec
+
+
+def strip_bangla_normalizer(spec: dict[str, Any], steps_added: int | None = None) -> dict[str, Any]:
+    """Undo `with_bangla_normalizer`'s normalizer (our Python normalize() runs anyway).
+
+    `steps_added` is what the exporting banglaslm recorded in config.json (its normalizer may
+    differ from this version's); without it, only this version's exact normalizer is removed."""
+    norm = spec.get("normalizer") or {}
+    steps = norm.get("normalizers") if norm.get("type") == "Sequence" else None
+    ours = bangla_normalizer()["normalizers"]
+    n = len(ours) if steps_added is None else steps_added
+    if not steps or n <= 0 or len(steps) < n:
+        return spec
+    if steps_added is None and json.dumps(steps[:n]) != json.dumps(ours):
+        return spec
+    spec = dict(spec)
+    rest = steps[n:]
+    spec["normalizer"] = rest[0] if len(rest) == 1 else ({"type": "Sequence", "normalizers": rest} if rest else None)
+    return spec
+
+
+def read_tokenizer_json(path: Path, normalizer_steps: Any = None) -> Tokenizer:
+    """A tokenizer.json as it was before a banglaslm export added our normalizer (removed:
+    `normalizer_steps` as the export recorded it, else only this version's exact one), with no
+    truncation or padding (our encode must never cut text silently)."""
+    steps = normalizer_steps if isinstance(normalizer_steps, int) and not isinstance(normalizer_steps, bool) else None
+    spec = strip_bangla_normalizer(read_json_or_fail(path), steps)
+    spec["truncation"] = None
+    spec["padding"] = None
+    return Tokenizer.from_str(json.dumps(spec, ensure_ascii=False), str(path))
+
+
+def export_provenance(folder: Path) -> dict | None:
+    """What a banglaslm export wrote about itself into config.json ("banglaslm"); None if none."""
+    config = read_json_or_fail(folder / "config.json") if (folder / "config.json").is_file() else None
+    found = config.get("banglaslm") if isinstance(config, dict) else None
+    return found if isinstance(found, dict) else None
+
+
 def from_pretrained(name: str) -> Tokenizer:
     """A Hugging Face tokenizer by folder or hub name, loaded by `AutoTokenizer` (so a folder
     holding only a SentencePiece model and its tokenizer_config.json is converted as its class says)."""
+    provenance = export_provenance(Path(name)) if Path(name).is_dir() else None
+    if provenance is not None and (Path(name) / "tokenizer.json").is_file():  # our own export, read back exactly
+        return read_tokenizer_json(Path(name) / "tokenizer.json", provenance.get("tokenizer_normalizer_steps"))
     transformers, _, _ = _transformers()
     try:
         loaded = transformers.AutoTokenizer.from_pretrained(name)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 import tempfile
-from pathlib import Path
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from ..errors import UserError
 from ..text import ZWJ, ZWNJ, cluster_breaks, normalize

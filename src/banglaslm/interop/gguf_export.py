@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
+from ..chat_template import jinja_template
 from ..config import ModelConfig, Opt
 from ..errors import UserError, bad_param
 from ..fileio import atomic_path, exclusive
@@ -247,6 +248,7 @@ def export_gguf(
         w.add_eos_token_id(vocab["eod_id"])
         w.add_add_bos_token(False)
         w.add_add_eos_token(False)
+        w.add_chat_template(jinja_template())
         # Provenance; llama.cpp ignores keys it does not know.
         w.add_string("banglaslm.normalization", NORMALIZATION)
         w.add_string("banglaslm.tokenizer_sha256", tok.sha256)

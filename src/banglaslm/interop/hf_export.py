@@ -19,84 +19,18 @@ from typing import Annotated, Any
 import torch
 from safetensors.torch import save_file
 
+from ..chat_template import jinja_template
 from ..config import ModelConfig, Opt, SamplingParams
 from ..errors import UserError
 from ..fileio import atomic_write_json, staged_folder
 from ..model import swiglu_hidden
 from ..runfolder import Which, load_model
-from ..text import HASANTA, NORMALIZATION, ZWJ, ZWNJ, char_class, character_classes
+from ..text import NORMALIZATION
 from ..tokenizer import Tokenizer
+from ..tokenizer_import import bangla_normalizer, with_bangla_normalizer
 from .hf_names import from_hf, to_hf
 
 HF_WEIGHTS = "model.safetensors"
-
-
-# ---- normalization as a tokenizers normalizer -----------------------------------------------
-def _replace(pattern: str, content: str, regex: bool = True) -> dict[str, Any]:
-    return {"type": "Replace", "pattern": {"Regex" if regex else "String": pattern}, "content": content}
-
-
-def bangla_normalizer() -> dict[str, Any]:
-    """`normalize()` (policy NORMALIZATION) as a tokenizer.json `normalizer` (a Sequence)."""
-    classes = character_classes()
-    newline, space, drop = classes["newline"], classes["space"], classes["drop"]
-    hasanta, joiners = HASANTA, ZWNJ + ZWJ
-    steps = [
-        _replace("\r\n", "\n", regex=False),
-        {"type": "NFC"},
-        # tokenizers' NFC tables predate U+09FE (BENGALI SANDHI MARK, ccc 230) and leave it
-        # in front of a nukta (ccc 7) / hasanta (ccc 9); finish the canonical ordering here.
-        *[_replace(a + b, b + a, regex=False) for _ in range(4)
-          for a, b in (("\u09fe", "\u09bc"), ("\u09fe", "\u09cd"), ("\u09cd", "\u09bc"))],
-        _replace("\u09a1\u09bc", "\u09dc", regex=False),  # ড় ঢ় য় recomposed
-        _replace("\u09a2\u09bc", "\u09dd", regex=False),
-        _replace("\u09af\u09bc", "\u09df", regex=False),
-        _replace("\u09a4\u09cd\u200d", "\u09ce", regex=False),  # old khanda-ta
-        _replace(f"[{char_class(newline)}]", "\n"),
-        _replace(f"[{char_class(space)}]", " "),
-        _replace(f"[{char_class(drop)}]", ""),
-        # normalize() keeps the first joiner of a run; Replace has no back-references, so one
-        # rule per leading joiner (the ZWNJ rule cannot break a ZWJ-led run: see the tests).
-        _replace(f"{ZWNJ}[{joiners}]+", ZWNJ),
-        _replace(f"{ZWJ}[{joiners}]+", ZWJ),
-        _replace(f"(?<!{hasanta})[{joiners}]+(?![{joiners}]*{hasanta})", ""),
-        _replace(" {2,}", " "),
-        _replace(" *\n *", "\n"),
-        _replace("\n{3,}", "\n\n"),
-        {"type": "Strip", "strip_left": True, "strip_right": True},
-    ]
-    return {"type": "Sequence", "normalizers": steps}
-
-
-def _with_normalizer(spec: dict[str, Any]) -> dict[str, Any]:
-    spec = dict(spec)
-    ours = bangla_normalizer()
-    existing = spec.get("normalizer")
-    if existing:
-        ours["normalizers"].append(existing)
-    spec["normalizer"] = ours
-    # Our encode never applies the post-processor (add_special_tokens=False).
-    spec["post_processor"] = None
-    return spec
-
-
-def strip_bangla_normalizer(spec: dict[str, Any], steps_added: int | None = None) -> dict[str, Any]:
-    """Undo `_with_normalizer`'s normalizer (import: our Python normalize() runs anyway).
-
-    `steps_added` is what the exporting banglaslm recorded in config.json (its normalizer may
-    differ from this version's); without it, only this version's exact normalizer is removed."""
-    norm = spec.get("normalizer") or {}
-    steps = norm.get("normalizers") if norm.get("type") == "Sequence" else None
-    ours = bangla_normalizer()["normalizers"]
-    n = len(ours) if steps_added is None else steps_added
-    if not steps or n <= 0 or len(steps) < n:
-        return spec
-    if steps_added is None and json.dumps(steps[:n]) != json.dumps(ours):
-        return spec
-    spec = dict(spec)
-    rest = steps[n:]
-    spec["normalizer"] = rest[0] if len(rest) == 1 else ({"type": "Sequence", "normalizers": rest} if rest else None)
-    return spec
 
 
 # ---- configs --------------------------------------------------------------------------------
@@ -162,7 +96,7 @@ def hf_config(cfg: ModelConfig, eod_id: int, provenance: dict[str, Any] | None =
 # ---- export ---------------------------------------------------------------------------------
 def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callable[[Path], None]]:
     eod = tokenizer.hf.id_to_token(tokenizer.eod_id)
-    spec = _with_normalizer(json.loads(tokenizer.hf.to_str()))
+    spec = with_bangla_normalizer(json.loads(tokenizer.hf.to_str()))
     added = {str(t_id): {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip,
                          "normalized": t.normalized, "single_word": t.single_word, "special": t.special}
              for t_id, t in sorted(tokenizer.hf.get_added_tokens_decoder().items())}
@@ -171,8 +105,10 @@ def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callabl
         "bos_token": eod, "eos_token": eod, "pad_token": None,
         "unk_token": tokenizer.hf.id_to_token(tokenizer.unk_id) if tokenizer.unk_id is not None else None,
         "add_bos_token": False, "add_eos_token": False,
-        # ours encodes a literal "<|endoftext|>" in text as text, never as the control token
-        "split_special_tokens": True,
+        # The chat template writes the end-of-document token as text ("{{ eos_token }}"), which
+        # must become the control token: so a literal one in text does too (ours keeps it text).
+        "split_special_tokens": False,
+        "chat_template": jinja_template(),
         "model_max_length": block_size, "clean_up_tokenization_spaces": False,
         "added_tokens_decoder": added,
     }

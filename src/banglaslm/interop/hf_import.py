@@ -9,9 +9,7 @@ compute exactly is refused before anything is written; docs/interop.md lists wha
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from ..fileio import atomic_copy, read_json_or_fail, staged_folder
 from ..model import GPT, swiglu_hidden
 from ..runfolder import RunFolder
 from ..tokenizer import Tokenizer
-from .hf_export import strip_bangla_normalizer
+from ..tokenizer_import import read_tokenizer_json
 from .hf_names import from_hf
 
 # best_val of an imported run: no evaluation has happened yet (JSON has no infinity).
@@ -155,15 +153,7 @@ def _read_tokenizer(src: Path, provenance: dict[str, Any]) -> Tokenizer:
     path = src / "tokenizer.json"
     if not path.is_file():
         raise _refuse(f"{src} has no tokenizer.json (only 'fast' tokenizers can be read)")
-    spec = read_json_or_fail(path)
-    steps = provenance.get("tokenizer_normalizer_steps")
-    spec = strip_bangla_normalizer(spec, steps if isinstance(steps, int) and not isinstance(steps, bool) else None)
-    spec["truncation"] = None  # our encode must never cut text silently
-    spec["padding"] = None
-    with tempfile.TemporaryDirectory() as tmp:
-        clean = Path(tmp) / "tokenizer.json"
-        clean.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
-        return Tokenizer.from_file(clean)
+    return read_tokenizer_json(path, provenance.get("tokenizer_normalizer_steps"))
 
 
 def _train_config(provenance: dict[str, Any]) -> TrainConfig:
