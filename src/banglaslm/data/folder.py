@@ -91,6 +91,14 @@ class DataFolder:
                 tokens.check_ids(start, tokens.read(start, min(SCAN_CHUNK, len(tokens) - start)))
         return tokens
 
+    def samplers(self, block_size: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        """(train, val) `loader.BatchSampler`s of random windows of `block_size` tokens."""
+        from .loader import BatchSampler  # the loader reads TokenFile from here
+
+        return tuple(BatchSampler(self.tokens(split), block_size, batch_size, seed, rank, world_size, split)
+                     for split in SPLITS)
+
 
 SCAN_BYTES = 1 << 30  # bins up to this size have every id checked when they are opened
 SCAN_CHUNK = 1 << 24  # ids read at a time while checking

@@ -1,4 +1,5 @@
-"""Token bins → training batches: random windows, one vectorised gather per batch.
+"""Token bins → training batches: random windows, one vectorised gather per batch (and for
+fine-tuning, packed blocks of conversations in seeded epochs).
 
 Batch k is a pure function of (seed, stream, k): no sampler state is carried between steps,
 so a resumed run draws exactly the batches an uninterrupted one would, and a background thread
@@ -18,6 +19,7 @@ from ..errors import UserError
 from .folder import TokenFile
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
+IGNORE = -100  # the target of a position without loss (torch's cross_entropy skips it)
 
 
 class BatchSampler:
@@ -45,10 +47,59 @@ class BatchSampler:
         windows = torch.from_numpy(rows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
+    def eval_batches(self, count: int):
+        """The same `count` batches at every evaluation."""
+        return (self.get(i, stream=EVAL_STREAM) for i in range(count))
+
     def state(self) -> dict:
         """Everything needed to reproduce the batch sequence (recorded in checkpoints)."""
         return {"kind": "stateless-seeded-global-batch", "seed": self.seed, "world_size": self.world_size,
                 "block_size": self.block_size, "batch_size": self.batch_size}
+
+
+class BlockSampler:
+    """Batches of whole packed rows (ids, targets with IGNORE where there is no loss), in
+    epochs: each epoch visits every row once, in an order drawn from (seed, epoch), and the
+    global batch of micro-step (step, micro) is the next `world_size * batch_size` rows of that
+    sequence, so it is a pure function of its position, like `BatchSampler`'s."""
+
+    def __init__(self, rows: np.ndarray, targets: np.ndarray, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, grad_accum: int = 1, split: str = "train"):
+        if len(rows) == 0:
+            raise UserError(f"the {split} split holds no conversation with an answer to train on")
+        self.rows, self.targets, self.batch_size, self.seed = rows, targets, batch_size, seed
+        self.rank, self.world_size, self.grad_accum, self.split = rank, world_size, grad_accum, split
+        self.block_size = rows.shape[1] - 1
+
+    def _batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(self.rows[index, :-1])
+        return x, torch.from_numpy(self.targets[index, 1:])
+
+    def get(self, step: int, micro: int = 0, stream: int = TRAIN_STREAM) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.batch_size * self.world_size
+        first = ((step * self.grad_accum + micro) * self.world_size + self.rank) * self.batch_size \
+            if stream == TRAIN_STREAM else step * size + self.rank * self.batch_size
+        positions = np.arange(first, first + self.batch_size)
+        epochs, at = np.divmod(positions, len(self.rows))
+        orders = {int(e): np.random.default_rng([self.seed, 1, stream, int(e)]).permutation(len(self.rows))
+                  for e in np.unique(epochs)}
+        return self._batch(np.array([orders[int(e)][i] for e, i in zip(epochs, at)]))
+
+    def eval_batches(self, count: int):
+        """Validation: every row once (this rank's share); training: the first `count` batches
+        of a fixed order."""
+        if self.split != "val":
+            return (self.get(i, stream=EVAL_STREAM) for i in range(count))
+        mine = np.arange(self.rank, len(self.rows), self.world_size)
+        return (self._batch(mine[i:i + self.batch_size]) for i in range(0, len(mine), self.batch_size))
+
+    def epoch(self, step: int) -> float:
+        """Passes over the rows completed before optimizer step `step`."""
+        return step * self.grad_accum * self.batch_size * self.world_size / len(self.rows)
+
+    def state(self) -> dict:
+        return {"kind": "seeded-epochs-of-packed-rows", "seed": self.seed, "world_size": self.world_size,
+                "rows": len(self.rows), "block_size": self.block_size, "batch_size": self.batch_size}
 
 
 class Prefetcher:

@@ -125,7 +125,23 @@ def _as_text(value: object, where: str) -> str:
     return value
 
 
+def iter_rows(sources: list[Source]) -> Iterator[tuple[str, dict]]:
+    """Yield (where, record) for every record of the table inputs (`where` names the file and
+    line, or row, for error messages); a plain text file is refused."""
+    readers = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows, "hf": _hf_rows}
+    for source in sources:
+        if source.kind not in readers:
+            raise UserError(f"{source.location} is a text file; records come as .jsonl, .csv or .parquet rows "
+                            "or hf:NAME")
+        yield from readers[source.kind](source.location)
+
+
 def _read_jsonl(path: str, text_column: str | None) -> Iterator[str]:
+    for where, record in _jsonl_rows(path):
+        yield _as_text(record[_column(list(record), text_column, where)], where)
+
+
+def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
     with open_text(path) as fh:
         try:
             for lineno, line in enumerate(fh, 1):
@@ -137,51 +153,77 @@ def _read_jsonl(path: str, text_column: str | None) -> Iterator[str]:
                     raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); each line must be one JSON object") from None
                 if not isinstance(record, dict):
                     raise UserError(f"{path}:{lineno} is not a JSON object; each line must look like {{\"text\": ...}}")
-                key = _column(list(record), text_column, f"{path}:{lineno}")
-                yield _as_text(record[key], f"{path}:{lineno}")
+                yield f"{path}:{lineno}", record
         except UnicodeDecodeError:
             raise UserError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
 
 
 def _read_csv(path: str, text_column: str | None) -> Iterator[str]:
+    columns: list[str] = []
+    for where, row in _csv_rows(path, on_header=lambda names: columns.append(_column(names, text_column, path))):
+        yield _as_text(row.get(columns[0]), where)
+
+
+def _csv_rows(path: str, on_header=None) -> Iterator[tuple[str, dict]]:
+    """The rows of a CSV file; `on_header` sees the column names first (even with no rows)."""
     csv.field_size_limit(sys.maxsize)  # news articles easily exceed the 128 KiB default
     with open_text(path, newline="") as fh:
         try:
             reader = csv.DictReader(fh)
-            key = _column(list(reader.fieldnames or []), text_column, path)
+            if on_header is not None:
+                on_header(list(reader.fieldnames or []))
             for row in reader:
-                yield _as_text(row.get(key), path)
+                yield f"{path}:{reader.line_num}", row
         except UnicodeDecodeError:
             raise UserError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
         except csv.Error as exc:
             raise UserError(f"{path} is not a readable CSV file ({exc})") from None
 
 
-def _read_parquet(path: str, text_column: str | None) -> Iterator[str]:
+def _parquet_file(path: str):
     import pyarrow.parquet as pq  # installed with `datasets`
 
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except Exception as exc:
         raise UserError(f"{path} is not a readable parquet file ({exc})") from None
+
+
+def _read_parquet(path: str, text_column: str | None) -> Iterator[str]:
+    pf = _parquet_file(path)
     key = _column(pf.schema_arrow.names, text_column, path)
     for batch in pf.iter_batches(columns=[key], batch_size=1024):
         for value in batch.column(0).to_pylist():
             yield _as_text(value, path)
 
 
-def _read_hf(spec: str, text_column: str | None) -> Iterator[str]:
+def _parquet_rows(path: str) -> Iterator[tuple[str, dict]]:
+    row = 0
+    for batch in _parquet_file(path).iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            row += 1
+            yield f"{path} row {row}", record
+
+
+def _hf_dataset(spec: str):
     """`NAME[:CONFIG]` through `datasets`, streamed; a local folder of data files works too."""
     import datasets
 
     name, _, config = spec.partition(":")
     try:
-        ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
+        return datasets.load_dataset(name, config or None, split="train", streaming=True)
     except Exception as exc:  # network, missing dataset, bad config: all user-fixable
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"could not load dataset '{spec}' ({first}); check the name, CONFIG and your connection") from None
+
+
+def _read_hf(spec: str, text_column: str | None) -> Iterator[str]:
     key: str | None = None
-    for row in ds:
-        if key is None:
-            key = _column(list(row), text_column, f"dataset {spec}")
-        yield _as_text(row[key], f"dataset {spec}")
+    for where, row in _hf_rows(spec):
+        key = key or _column(list(row), text_column, f"dataset {spec}")
+        yield _as_text(row[key], where)
+
+
+def _hf_rows(spec: str) -> Iterator[tuple[str, dict]]:
+    for i, row in enumerate(_hf_dataset(spec), 1):
+        yield f"dataset {spec} row {i}", row

@@ -1,0 +1,227 @@
+"""Conversations for fine-tuning: rows in the shapes people publish them in, checked, encoded
+with the one chat template, split by conversation and packed into blocks with a loss mask.
+
+Row shapes: {"messages": [{"role", "content"}, ...]} (OpenAI's), {"instruction", "input",
+"output"} (Alpaca's) and {"prompt", "completion"} (text, or message lists). Packing: each
+conversation starts with the end-of-document token; longest first, each goes whole into the
+fullest block with room for it (best fit decreasing), and the rest of a block is padding,
+which carries no loss. Conversations in one block see the earlier ones, as documents do in
+pretraining. A conversation longer than a block is cut into block-long pieces that overlap
+by one token, so each of its tokens is still predicted once, the later pieces starting
+mid-conversation as a window of a long document does (counted as `split`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..chat_template import CHAT_ROLES, CHAT_TEMPLATE_VERSION, encode_chat
+from ..errors import UserError
+from ..tokenizer import Tokenizer
+from .loader import IGNORE, BlockSampler
+from .sources import iter_rows, resolve_inputs
+
+Conversation = list[dict[str, str]]
+LossOn = Literal["assistant", "all"]
+SHAPES = "`messages`, `instruction`/`output` or `prompt`/`completion`"
+
+
+# ---- rows → conversations ---------------------------------------------------------------------
+def as_conversation(row: dict[str, Any], where: str) -> Conversation:
+    """The messages of one row in any of the accepted shapes, checked; UserError naming the
+    row and the problem otherwise."""
+    if "messages" in row:
+        messages = row["messages"]
+    elif "instruction" in row and "output" in row:
+        extra = row.get("input") or ""
+        user = f"{_text(row['instruction'], where, 'instruction')}\n\n{_text(extra, where, 'input')}" if extra \
+            else _text(row["instruction"], where, "instruction")
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+    elif "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        messages = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + \
+            (completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}])
+    else:
+        raise UserError(f"{where} is not a conversation: it has none of {SHAPES} (it has: "
+                        f"{', '.join(map(str, row)) or 'nothing'})")
+    return _checked(messages, where)
+
+
+def _text(value: Any, where: str, name: str) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{where}: `{name}` must be text, got {type(value).__name__}")
+    return value
+
+
+def _checked(messages: Any, where: str) -> Conversation:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where} has no messages: `messages` must be a non-empty list of {{role, content}}")
+    out: Conversation = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise UserError(f"{where}: message {i} is {type(message).__name__}, not {{role, content}}")
+        role, content = message.get("role"), message.get("content")
+        if role not in CHAT_ROLES:
+            raise UserError(f"{where}: message {i} has the unknown role {role!r}; roles are {', '.join(CHAT_ROLES)}")
+        if not isinstance(content, str):
+            raise UserError(f"{where}: message {i} ({role}) has content of type {type(content).__name__}; "
+                            "it must be text")
+        if not content.strip():
+            if role == "system":
+                continue  # an empty system message says nothing
+            raise UserError(f"{where}: message {i} ({role}) is empty")
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        raise UserError(f"{where} has no assistant turn: there is nothing to learn from it")
+    return out
+
+
+def read_conversations(inputs: list[str]) -> list[Conversation]:
+    """Every conversation of the inputs (.jsonl/.csv/.parquet files, folders, globs, hf:NAME), in
+    order; UserError for the first bad row or an input that holds none."""
+    conversations: list[Conversation] = []
+    for source in resolve_inputs(inputs):
+        before = len(conversations)
+        conversations += [as_conversation(row, where) for where, row in iter_rows([source])]
+        if len(conversations) == before:
+            raise UserError(f"{source.location} holds no conversations; each row needs {SHAPES}")
+    return conversations
+
+
+# ---- conversations → blocks -------------------------------------------------------------------
+def encode(tokenizer: Tokenizer, conversation: Conversation, loss_on: LossOn = "assistant") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, loss) of one conversation: `loss[i]` says whether predicting ids[i] is trained."""
+    ids, trained = encode_chat(tokenizer, conversation, add_generation_prompt=False)
+    loss = np.array(trained, dtype=bool) if loss_on == "assistant" else np.ones(len(ids), dtype=bool)
+    loss[0] = False  # the opening end-of-document token has no context to be predicted from
+    return np.array(ids, dtype=np.int64), loss
+
+
+@dataclass
+class PackStats:
+    conversations: int
+    blocks: int
+    tokens: int        # conversation tokens placed in blocks
+    padding: int       # padding positions
+    trained: int       # positions that carry loss
+    split: int         # conversations longer than a block, cut into pieces
+    dropped: int       # pieces left with no trained token (not placed)
+
+    @property
+    def padding_share(self) -> float:
+        return self.padding / max(self.padding + self.tokens, 1)
+
+
+def pieces(ids: np.ndarray, loss: np.ndarray, length: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A conversation of up to `length` tokens whole; a longer one cut into pieces of `length`
+    that overlap by one token (the first token of a piece is only context: no loss)."""
+    if len(ids) <= length:
+        return [(ids, loss)]
+    out = []
+    for start in range(0, len(ids) - 1, length - 1):
+        piece_loss = loss[start:start + length].copy()
+        piece_loss[0] = False
+        out.append((ids[start:start + length], piece_loss))
+    return out
+
+
+def pack(encoded: Iterable[tuple[np.ndarray, np.ndarray]], block_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray, PackStats]:
+    """Rows of block_size + 1 tokens (ids, targets) by best fit decreasing; targets hold the next
+    token where it carries loss and IGNORE elsewhere, so row r trains as x = ids[r, :-1],
+    y = targets[r, 1:]."""
+    length = block_size + 1
+    items, split, dropped, count = [], 0, 0, 0
+    for ids, loss in encoded:
+        count += 1
+        cut = pieces(ids, loss, length)
+        split += len(cut) > 1
+        kept = [p for p in cut if p[1].any()]
+        dropped += len(cut) - len(kept)
+        items += kept
+    items.sort(key=lambda p: -len(p[0]))
+    blocks: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    room: list[tuple[int, int]] = []  # (free positions, block index), sorted
+    for ids, loss in items:
+        at = bisect.bisect_left(room, (len(ids), -1))
+        if at == len(room):
+            blocks.append([])
+            free, index = length, len(blocks) - 1
+        else:
+            free, index = room.pop(at)
+        blocks[index].append((ids, loss))
+        if free - len(ids) > 0:
+            bisect.insort(room, (free - len(ids), index))
+    rows = np.full((len(blocks), length), pad_id, dtype=np.int64)
+    targets = np.full((len(blocks), length), IGNORE, dtype=np.int64)
+    for r, block in enumerate(blocks):
+        at = 0
+        for ids, loss in block:
+            rows[r, at:at + len(ids)] = ids
+            targets[r, at:at + len(ids)] = np.where(loss, ids, IGNORE)
+            at += len(ids)
+    tokens = sum(len(ids) for ids, _ in items)
+    stats = PackStats(count, len(blocks), tokens, rows.size - tokens, int((targets != IGNORE).sum()), split, dropped)
+    return rows, targets, stats
+
+
+def split_conversations(conversations: list[Conversation], val_fraction: float, seed: int) -> dict[str, list[Conversation]]:
+    """Held-out conversations for validation (at least one), chosen by a seeded shuffle."""
+    if len(conversations) < 2:
+        raise UserError(f"fine-tuning needs at least 2 conversations (one to train on, one to validate), "
+                        f"got {len(conversations)}")
+    order = np.random.default_rng([seed, 2]).permutation(len(conversations))
+    n_val = min(max(1, round(len(conversations) * val_fraction)), len(conversations) - 1)
+    val = set(order[:n_val].tolist())
+    return {"train": [c for i, c in enumerate(conversations) if i not in val],
+            "val": [c for i, c in enumerate(conversations) if i in val]}
+
+
+class ConversationData:
+    """Conversations ready to train on: the training data of `finetune`, with what the trainer
+    asks of a data folder (tokenizer, its hash and size, `meta` with per-split identities,
+    `samplers`)."""
+
+    def __init__(self, inputs: list[str], tokenizer: Tokenizer, block_size: int, loss_on: LossOn = "assistant",
+                 val_fraction: float = 0.1, seed: int = 1337):
+        self._tokenizer, self.block_size = tokenizer, block_size
+        self.tokenizer_sha256, self.vocab_size = tokenizer.sha256, tokenizer.vocab_size
+        self.path = ", ".join(inputs)
+        self.rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.stats: dict[str, PackStats] = {}
+        splits = {}
+        for split, convs in split_conversations(read_conversations(inputs), val_fraction, seed).items():
+            rows, targets, stats = pack((encode(tokenizer, c, loss_on) for c in convs), block_size, tokenizer.eod_id)
+            self.rows[split], self.stats[split] = (rows, targets), stats
+            digest = hashlib.sha256(rows.tobytes() + targets.tobytes()).hexdigest()
+            splits[split] = {"documents": stats.conversations, "tokens": stats.tokens, "sha256": digest,
+                             **asdict(stats), "padding_share": round(stats.padding_share, 4)}
+        self.meta = {"format": "banglaslm-conversations", "chat_template": CHAT_TEMPLATE_VERSION,
+                     "sources": [str(Path(i)) if not i.startswith("hf:") else i for i in inputs],
+                     "block_size": block_size, "loss_on": loss_on, "val_fraction": val_fraction,
+                     "seed": seed, "splits": splits}
+
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    def samplers(self, block_size: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> tuple[BlockSampler, BlockSampler]:
+        """(train, val) samplers; `block_size` is the model's context, at least this data's."""
+        if self.block_size > block_size:
+            raise UserError(f"blocks of {self.block_size} tokens do not fit the model's context of {block_size}; "
+                            "set finetune.block_size to at most model.block_size")
+        return tuple(BlockSampler(*self.rows[split], batch_size, seed, rank, world_size, grad_accum, split)
+                     for split in ("train", "val"))
+
+    def summary(self) -> str:
+        t, v = self.stats["train"], self.stats["val"]
+        return (f"{t.conversations:,} conversations to train on, {v.conversations:,} held out; {t.blocks:,} blocks of "
+                f"{self.block_size} tokens, {t.padding_share:.1%} padding, {t.trained:,} trained tokens"
+                + (f"; {t.split + v.split} longer than a block were split" if t.split + v.split else "")
+                + (f", {t.dropped + v.dropped} pieces without an answer dropped" if t.dropped + v.dropped else ""))

@@ -1,0 +1,212 @@
+"""Conversations for fine-tuning: the row shapes, the checks, the loss mask on real
+conversations, packing (padding, the long-conversation rule) and the epoch sampler."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from banglaslm.chat_template import encode_chat
+from banglaslm.data.conversations import (
+    ConversationData,
+    as_conversation,
+    encode,
+    pack,
+    read_conversations,
+    split_conversations,
+)
+from banglaslm.data.folder import DataFolder
+from banglaslm.data.instructions import instruction_files
+from banglaslm.data.loader import IGNORE, BlockSampler
+from banglaslm.errors import UserError
+from banglaslm.text import normalize
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data_dir):
+    return DataFolder(data_dir).tokenizer()
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return read_conversations([str(p) for p in instruction_files()])
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_the_three_shapes_give_the_same_messages():
+    want = [{"role": "user", "content": "প্রশ্ন"}, {"role": "assistant", "content": "উত্তর"}]
+    assert as_conversation({"messages": want}, "r") == want
+    assert as_conversation({"prompt": "প্রশ্ন", "completion": "উত্তর"}, "r") == want
+    assert as_conversation({"prompt": want[:1], "completion": want[1:]}, "r") == want
+    assert as_conversation({"instruction": "প্রশ্ন", "input": "", "output": "উত্তর"}, "r") == want
+    with_input = as_conversation({"instruction": "অনুবাদ করো", "input": "good", "output": "ভালো"}, "r")
+    assert with_input[0]["content"] == "অনুবাদ করো\n\ngood"
+    # an empty system message says nothing and is dropped; extra keys (name) are ignored
+    assert as_conversation({"messages": [{"role": "system", "content": " "}, {**want[0], "name": "x"}, want[1]]},
+                           "r") == want
+
+
+@pytest.mark.parametrize("row, problem", [
+    ({"messages": []}, "has no messages"),
+    ({"messages": "হ্যালো"}, "has no messages"),
+    ({"text": "শুধু লেখা"}, "is not a conversation: it has none of"),
+    ({"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}, "unknown role 'bot'"),
+    ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]}, "of type int"),
+    ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "y"}]}, "of type NoneType"),
+    ({"messages": [{"role": "user", "content": "x"}]}, "has no assistant turn"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]}, "is empty"),
+    ({"messages": ["user: x"]}, "message 0 is str"),
+    ({"instruction": 3, "output": "y"}, "`instruction` must be text"),
+])
+def test_a_bad_row_is_named_with_its_problem(tmp_path, row, problem):
+    good = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    path = write_jsonl(tmp_path / "c.jsonl", [good, row])
+    with pytest.raises(UserError, match=problem) as err:
+        read_conversations([str(path)])
+    assert f"{path}:2" in str(err.value)
+
+
+def test_inputs_that_hold_no_conversations(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(UserError, match="holds no conversations"):
+        read_conversations([str(tmp_path / "empty.jsonl")])
+    (tmp_path / "notes.txt").write_text("লেখা", encoding="utf-8")
+    with pytest.raises(UserError, match="is a text file"):
+        read_conversations([str(tmp_path / "notes.txt")])
+
+
+def test_parquet_and_csv_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": ["প্রশ্ন"], "completion": ["উত্তর"]}), tmp_path / "c.parquet")
+    (tmp_path / "c.csv").write_text("instruction,input,output\nপ্রশ্ন,,উত্তর\n", encoding="utf-8")
+    for name in ("c.parquet", "c.csv"):
+        assert read_conversations([str(tmp_path / name)]) == [[{"role": "user", "content": "প্রশ্ন"},
+                                                               {"role": "assistant", "content": "উত্তর"}]]
+
+
+def test_the_embedded_set_reads_whole(embedded):
+    assert len(embedded) == 391
+    assert sum(len(c) > 2 for c in embedded) >= 60  # multi-turn and system messages
+
+
+def test_loss_is_on_the_answers_and_their_end_exactly(tokenizer, embedded):
+    """On every real conversation: the ids with loss decode to the answers (each with its
+    leading space) and one end-of-document token per answer, and nothing else carries loss."""
+    for conversation in embedded:
+        ids, loss = encode(tokenizer, conversation)
+        assert ids.tolist() == encode_chat(tokenizer, conversation, add_generation_prompt=False)[0]
+        answers = [m["content"] for m in conversation if m["role"] == "assistant"]
+        trained = ids[loss].tolist()
+        assert trained.count(tokenizer.eod_id) == len(answers)
+        pieces, current = [], []
+        for i in trained:
+            if i == tokenizer.eod_id:
+                pieces.append(tokenizer.decode(current))
+                current = []
+            else:
+                current.append(i)
+        assert pieces == [" " + normalize(a) for a in answers]
+        # every position without loss is context: the opening token, labels, system and user text
+        assert not loss[0] and ids[0] == tokenizer.eod_id
+    ids, loss = encode(tokenizer, embedded[0], loss_on="all")
+    assert loss[1:].all() and not loss[0]
+
+
+def test_packing_keeps_every_trained_token_and_pads_little(tokenizer, embedded):
+    encoded = [encode(tokenizer, c) for c in embedded]
+    for block_size in (128, 256):
+        rows, targets, stats = pack(encoded, block_size, tokenizer.eod_id)
+        assert rows.shape == targets.shape == (stats.blocks, block_size + 1)
+        assert stats.padding_share < 0.10, (block_size, stats)
+        assert stats.tokens + stats.padding == rows.size
+        # whole conversations are found whole in some block, and targets are the ids where trained
+        kept = targets != IGNORE
+        assert np.array_equal(targets[kept], rows[kept])
+        whole = [e for e in encoded if len(e[0]) <= block_size + 1]
+        assert stats.split == len(encoded) - len(whole)
+        flat = rows.reshape(-1).tolist()
+        assert all(_contains(flat, e[0].tolist()) for e in whole[:40])
+    # with room for everything, the trained tokens are exactly those of the conversations
+    rows, targets, stats = pack(encoded, 4096, tokenizer.eod_id)
+    assert stats.split == stats.dropped == 0
+    assert stats.trained == sum(int(loss.sum()) for _, loss in encoded)
+
+
+def _contains(flat: list[int], part: list[int]) -> bool:
+    n = len(part)
+    return any(flat[i:i + n] == part for i in range(len(flat) - n + 1))
+
+
+def test_a_conversation_longer_than_a_block_is_cut_with_every_token_predicted_once(tokenizer):
+    answer = " ".join(["একটি লম্বা উত্তর"] * 60)
+    conversation = [{"role": "user", "content": "প্রশ্ন"}, {"role": "assistant", "content": answer}]
+    ids, loss = encode(tokenizer, conversation)
+    rows, targets, stats = pack([(ids, loss)], 32, tokenizer.eod_id)
+    assert len(ids) > 33 and stats.split == 1 and stats.dropped == 0
+    # each trained token of the conversation is a target exactly once
+    assert stats.trained == int(loss.sum())
+    pieces = sorted(rows.tolist(), key=lambda r: _index_of(ids.tolist(), r))
+    assert pieces[0][:5] == ids[:5].tolist()  # the first piece starts the conversation
+
+
+def _index_of(ids: list[int], row: list[int]) -> int:
+    for i in range(len(ids)):
+        if ids[i:i + 8] == row[:8]:
+            return i
+    return len(ids)
+
+
+def test_pieces_with_no_answer_are_dropped_and_counted(tokenizer):
+    question = " ".join(["খুব লম্বা একটি প্রশ্ন"] * 60)
+    conversation = [{"role": "user", "content": question}, {"role": "assistant", "content": "হ্যাঁ"}]
+    rows, targets, stats = pack([encode(tokenizer, conversation)], 32, tokenizer.eod_id)
+    assert stats.split == 1 and stats.dropped >= 1
+    assert (targets != IGNORE).any(axis=1).all()  # every block placed trains on something
+
+
+def test_validation_is_by_conversation_and_seeded(embedded):
+    a = split_conversations(embedded, 0.1, seed=3)
+    b = split_conversations(embedded, 0.1, seed=3)
+    c = split_conversations(embedded, 0.1, seed=4)
+    assert a == b and a["val"] != c["val"]
+    assert len(a["val"]) == 39 and len(a["train"]) == 352
+    assert not {json.dumps(x) for x in a["val"]} & {json.dumps(x) for x in a["train"]}
+    with pytest.raises(UserError, match="at least 2 conversations"):
+        split_conversations(embedded[:1], 0.1, 0)
+
+
+def test_conversation_data_identity_changes_with_the_data(tokenizer, tmp_path):
+    files = [str(p) for p in instruction_files()]
+    a = ConversationData(files, tokenizer, 64)
+    b = ConversationData(files[:-1], tokenizer, 64)
+    assert a.meta["splits"]["train"]["sha256"] != b.meta["splits"]["train"]["sha256"]
+    assert ConversationData(files, tokenizer, 64).meta["splits"] == a.meta["splits"]
+    assert "conversations to train on" in a.summary()
+
+
+def test_the_block_sampler_visits_every_row_once_per_epoch():
+    rows = np.arange(10 * 5).reshape(10, 5)
+    targets = rows.copy()
+    sampler = BlockSampler(rows, targets, batch_size=2, seed=1, grad_accum=1)
+    seen = [sampler.get(step)[0][:, 0].tolist() for step in range(5)]
+    first = sorted(x // 5 for batch in seen for x in batch)
+    assert first == list(range(10))  # one epoch: every row once
+    again = BlockSampler(rows, targets, batch_size=2, seed=1, grad_accum=1)
+    assert all(torch.equal(sampler.get(s)[0], again.get(s)[0]) for s in range(12))  # a pure function
+    x, y = sampler.get(0)
+    assert x.shape == y.shape == (2, 4)
+    # two ranks with half the batch see exactly what one process sees
+    whole = BlockSampler(rows, targets, batch_size=4, seed=1)
+    halves = [BlockSampler(rows, targets, batch_size=2, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for step in range(6):
+        assert torch.equal(whole.get(step)[0], torch.cat([h.get(step)[0] for h in halves]))
+    # validation: every row exactly once, whatever eval_iters says
+    val = BlockSampler(rows, targets, batch_size=3, seed=1, split="val")
+    assert sorted(int(v) for x, _ in val.eval_batches(1) for v in x[:, 0] // 5) == list(range(10))
