@@ -106,7 +106,8 @@ def test_generate_and_eval_json(trained_run, small_books):
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 2
-    assert set(rows[0]) == {"file", "loss", "perplexity", "bits_per_byte", "bits_per_char", "tokens", "chars"}
+    assert set(rows[0]) == {"file", "loss", "perplexity", "bits_per_byte", "bits_per_char", "tokens", "chars",
+                            "unknown_share", "byte_fallback_share"}
     assert rows[0]["file"] == str(small_books[0]) and rows[0]["tokens"] > 1000
 
 

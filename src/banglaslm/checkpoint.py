@@ -13,6 +13,7 @@ holding that rank's shards, and commit them together through a pointer file: see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass
@@ -68,11 +69,13 @@ def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: 
         save_file(tensors, str(tmp), metadata=header)
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, Any],
+def save_checkpoint(path: str | Path, model: torch.nn.Module | dict[str, torch.Tensor], state: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
-    """Write model (+ optimizer, RNG, `extra_tensors`) and the JSON `state` atomically to `path`."""
-    tensors = {f"model.{k}": v for k, v in model_tensors(model).items()}
+    """Write model (a module, or its tensors by name; + optimizer, RNG, `extra_tensors`) and the
+    JSON `state` atomically to `path`."""
+    weights = model if isinstance(model, dict) else model_tensors(model)
+    tensors = {f"model.{k}": v for k, v in weights.items()}
     tensors.update(extra_tensors or {})
     meta = dict(state)
     if optimizer is not None:
@@ -93,6 +96,11 @@ class Checkpoint:
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return {k[len("model."):]: v for k, v in self.tensors.items() if k.startswith("model.")}
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the model tensors' names and checksums: equal for equal weights."""
+        parts = sorted(f"{k}:{checksum(v)}" for k, v in self.model_state().items())
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def has_optimizer_state(self) -> bool:
         """False for weights alone (e.g. an imported model): training then starts a fresh AdamW."""

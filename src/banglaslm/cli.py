@@ -10,6 +10,7 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import inspect
@@ -118,9 +119,31 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--max-iters", type=int, default=None, help="shortcut for --set train.max_iters=N")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--init-from", default=None, metavar="RUN_DIR",
-                   help="start a new run from the weights and model config of another run (continued pretraining)")
+    p.add_argument("--init-from", default=None, metavar="SOURCE",
+                   help="start a new run from the weights, model and train settings of a run folder or a Hugging "
+                        "Face Llama / GPT-2 folder (continued pretraining; --set changes the train settings)")
     p.set_defaults(param_flags={"max_iters": "--max-iters", "resume": "--resume", "init_from": "--init-from"})
+
+
+def _add_finetune(sub) -> None:
+    epilog = "fine-tuning keys (--set KEY=VALUE; model and train keys as in `train --help`):\n" + \
+        describe_fields(("finetune",))
+    p = sub.add_parser("finetune", help="instruction-tune (SFT) or LoRA-tune a model on conversations",
+                       description="Fine-tune a run's model (or a Hugging Face Llama / GPT-2 folder's) on "
+                                   "conversations, with the loss on the answers only.",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="SOURCE", help="run folder or Hugging Face model folder to start from")
+    p.add_argument("--data", nargs="+", default=None, metavar="INPUT",
+                   help=".jsonl/.csv/.parquet files, folders, globs or hf:NAME with rows of `messages`, "
+                        "`instruction`/`input`/`output` or `prompt`/`completion` (default: the embedded Bangla "
+                        "instruction set)")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--config", default=None, help="JSON or TOML file with [model] / [train] / [finetune] keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
+    p.add_argument("--max-iters", type=int, default=None,
+                   help="shortcut for --set train.max_iters=N (instead of finetune.epochs)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.set_defaults(param_flags={"resume": "--resume"})
 
 
 def _add_eval(sub) -> None:
@@ -205,7 +228,7 @@ def _add_others(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="banglaslm", description="Build a small language model from scratch, Bangla first.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prepare, _add_train, _add_eval, _add_generate, _add_export, _add_serve_and_chat, _add_others):
+    for add in (_add_prepare, _add_train, _add_finetune, _add_eval, _add_generate, _add_export, _add_serve_and_chat, _add_others):
         add(sub)
     return parser
 
@@ -222,18 +245,69 @@ def cmd_train(args) -> None:
 
     overrides = parse_set_args(args.set)
     run = RunFolder(args.out)
-    # Resuming, --preset / --config / --set change the saved run's config (train() then checks
-    # that only settings a resume may change were changed); otherwise they change the defaults.
-    base = run.load_config() if args.resume and run.config_path.is_file() else None
-    config = build_config(args.preset, args.config, overrides, base=base)
-    result = train(args.data, args.out, config, resume=args.resume, max_iters=args.max_iters,
-                   init_from=args.init_from)
-    last = result.last_eval
+    with contextlib.ExitStack() as scratch:
+        init_from = source_run(args.init_from, scratch) if args.init_from else None
+        # --preset / --config / --set change a saved config: the resumed run's (train() then
+        # checks that only settings a resume may change were changed), or the source run's.
+        base = run.load_config() if args.resume and run.config_path.is_file() else \
+            RunFolder(init_from).load_config() if init_from else None
+        config = build_config(args.preset, args.config, overrides, base=base)
+        result = train(args.data, args.out, config, resume=args.resume, max_iters=args.max_iters, init_from=init_from)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, one summary (rank 0's) is enough
-    print(f"done: {result.iterations} iterations in {result.seconds:.0f} s; "
-          f"last eval train {last.get('train', float('nan')):.4f} val {last.get('val', float('nan')):.4f}; "
-          f"best val {result.best_val_loss:.4f}; run folder {result.run_dir}")
+    print(_done(result))
+
+
+def _done(result) -> str:
+    last = result.last_eval
+    return (f"done: {result.iterations} iterations in {result.seconds:.0f} s; "
+            f"last eval train {last.get('train', float('nan')):.4f} val {last.get('val', float('nan')):.4f}; "
+            f"best val {result.best_val_loss:.4f}; run folder {result.run_dir}")
+
+
+def source_run(path: str, scratch: contextlib.ExitStack) -> str:
+    """A run folder to start from: `path` itself, or for a Hugging Face model folder, the run
+    folder it imports to in a temporary folder that `scratch` removes."""
+    from pathlib import Path
+
+    from .fileio import read_json_or_fail
+    from .runfolder import RunFolder
+
+    config = Path(path) / "config.json"
+    if not config.is_file() or RunFolder(path).is_run_folder():
+        return path
+    if "model_type" not in read_json_or_fail(config):
+        raise UserError(f"{path} is neither a banglaslm run folder nor a Hugging Face model folder")
+    import tempfile
+
+    from .interop.hf_import import import_hf
+
+    return str(import_hf(path, Path(scratch.enter_context(tempfile.TemporaryDirectory())) / "run"))
+
+
+def cmd_finetune(args) -> None:
+    from .data.instructions import instruction_files
+    from .runfolder import RunFolder
+    from .training.finetune import finetune, finetune_config
+
+    data = args.data or [str(p) for p in instruction_files()]
+    if args.data is None:
+        print(f"fine-tuning on the embedded Bangla instruction set ({len(data)} files)", file=sys.stderr)
+    run = RunFolder(args.out)
+    with contextlib.ExitStack() as scratch:
+        source = source_run(args.source, scratch)
+        overrides = parse_set_args(args.set)
+        if args.max_iters is not None:
+            overrides["train.max_iters"] = args.max_iters
+        if args.resume and run.config_path.is_file():
+            config = build_config(file=args.config, overrides=overrides, base=run.load_config())
+        else:
+            RunFolder(source).require()
+            config = finetune_config(RunFolder(source).load_config(), args.config, overrides)
+        result = finetune(source, data, args.out, config, resume=args.resume,
+                          say=lambda line: print(line, file=sys.stderr))
+    if os.environ.get("RANK", "0") == "0":
+        print(_done(result) + f"; try: banglaslm chat {result.run_dir}")
 
 
 def cmd_eval(args) -> None:
@@ -359,7 +433,7 @@ def cmd_report(args) -> None:
     print(f"wrote {out}/README.md (with plots and report.html)")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "generate": cmd_generate,
             "quickstart": cmd_quickstart, "export": cmd_export, "import": cmd_import,
             "report": cmd_report, "serve": cmd_serve, "chat": cmd_chat, "lm-eval-task": cmd_lm_eval_task}
 

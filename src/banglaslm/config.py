@@ -1,5 +1,5 @@
-"""Typed configuration: a run is `RunConfig` = `ModelConfig` + `TrainConfig`; a generation is
-`SamplingParams`.
+"""Typed configuration: a run is `RunConfig` = `ModelConfig` + `TrainConfig` (+ `FinetuneConfig`
+for fine-tuning); a generation is `SamplingParams`.
 
 The dataclass defaults are the course's original setup; named presets (`PRESETS`) override a
 few fields; a JSON/TOML file and `--set section.key=value` pairs override on top, in that
@@ -110,9 +110,27 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Settings of `banglaslm finetune` (a pretraining run keeps the defaults and ignores them)."""
+    loss_on: Literal["assistant", "all"] = option(
+        "assistant", "'assistant': loss on the answers and their end token only; 'all': on every token (an ablation)")
+    epochs: float = option(3.0, "passes over the training conversations; sets train.max_iters (0 = use "
+                                "train.max_iters; giving it, or --max-iters, does the same)")
+    val_fraction: float = option(0.1, "share of the conversations held out for validation (at least one)")
+    block_size: int = option(0, "tokens per packed block of conversations; 0 = the model's context (model.block_size)")
+    lora_rank: int = option(0, "LoRA rank: train low-rank adapters of this rank instead of every weight (>= 1); "
+                               "0 = full fine-tuning")
+    lora_alpha: float = option(16.0, "LoRA scale: an adapter's update is multiplied by lora_alpha / lora_rank")
+    lora_dropout: float = option(0.0, "dropout on the input of the LoRA adapters")
+    lora_targets: str = option("all-linear", "linear layers LoRA adapts: all-linear (every one in the blocks) or "
+                                             "names separated by commas (qkv, proj, up, down, gate)")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -228,6 +246,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# What `banglaslm finetune` changes in the source run's train settings (before --config/--set):
+# a gentler learning rate, a short warm-up, and frequent evaluations of a short run.
+FINETUNE_TRAIN: dict[str, Any] = {
+    "train.learning_rate": 5e-4, "train.warmup_iters": 10, "train.min_lr_ratio": 0.1,
+    "train.eval_interval": 50, "train.eval_iters": 10, "train.checkpoint_interval": 0, "train.log_interval": 5,
+}
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "finetune": FinetuneConfig}
+
+
 def _flatten(data: dict[str, Any], where: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section, values in data.items():
@@ -241,17 +268,19 @@ def _flatten(data: dict[str, Any], where: str) -> dict[str, Any]:
 def config_fields() -> dict[str, dataclasses.Field]:
     """Every settable key as 'section.name' -> dataclass field."""
     out = {}
-    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+    for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             out[f"{section}.{f.name}"] = f
     return out
 
 
-def _resolve_key(key: str) -> str:
+def resolve_key(key: str) -> str:
     fields = config_fields()
     if key in fields:
         return key
     short = [k for k in fields if k.split(".", 1)[1] == key]
+    if len(short) > 1:  # a short name means the model's or training's key (finetune.* are always written whole)
+        short = [k for k in short if not k.startswith("finetune.")]
     if len(short) == 1:
         return short[0]
     hint = difflib.get_close_matches(key, list(fields) + [k.split(".", 1)[1] for k in fields], 1)
@@ -264,7 +293,7 @@ _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", 
 
 def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     """Turn a CLI string or file value into the field's type, or say what was expected."""
-    hint = typing.get_type_hints(ModelConfig if key.startswith("model.") else TrainConfig)[f.name]
+    hint = typing.get_type_hints(SECTIONS[key.split(".")[0]])[f.name]
     choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else f.metadata.get("choices")
     type_name = f.type if isinstance(f.type, str) else f.type.__name__
     if choices:
@@ -294,7 +323,7 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> None:
     fields = config_fields()
     for raw_key, value in overrides.items():
-        key = _resolve_key(raw_key)
+        key = resolve_key(raw_key)
         section, name = key.split(".", 1)
         setattr(getattr(cfg, section), name, _coerce(key, fields[key], value))
 
@@ -373,11 +402,19 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"train.warmup_iters ({t.warmup_iters}) exceeds train.max_iters ({t.max_iters})")
     if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):
         raise UserError(f"bad value '{t.device}' for train.device: use auto, cpu, cuda or cuda:N")
+    f = cfg.finetune
+    _check("finetune.epochs", f.epochs, f.epochs >= 0, ">= 0 (0 = train.max_iters sets the length)")
+    _check("finetune.val_fraction", f.val_fraction, 0 < f.val_fraction < 1, "in (0, 1)")
+    _check("finetune.block_size", f.block_size, 0 <= f.block_size <= m.block_size, f"in [0, model.block_size={m.block_size}]")
+    _check("finetune.lora_rank", f.lora_rank, f.lora_rank >= 0, ">= 1 for LoRA (0 = full fine-tuning)")
+    _check("finetune.lora_alpha", f.lora_alpha, f.lora_alpha > 0, "> 0")
+    _check("finetune.lora_dropout", f.lora_dropout, 0 <= f.lora_dropout < 1, "in [0, 1)")
 
 
-def describe_fields() -> str:
-    """One line per key with its default and help, for `train --help`."""
+def describe_fields(sections: tuple[str, ...] = ("model", "train")) -> str:
+    """One line per key of `sections` with its default and help, for `train --help`."""
     lines = []
     for key, f in config_fields().items():
-        lines.append(f"  {key:<26} {f.default!s:<8} {f.metadata['help']}")
+        if key.split(".")[0] in sections:
+            lines.append(f"  {key:<26} {f.default!s:<8} {f.metadata['help']}")
     return "\n".join(lines)

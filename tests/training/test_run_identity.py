@@ -77,20 +77,29 @@ def test_resume_with_set_changes_the_saved_run_not_the_defaults(data_dir, tmp_pa
 
 def test_init_from_starts_a_new_run_from_the_weights(base_run, other_data, tmp_path, capsys):
     new = tmp_path / "new"
+    # The model is the source's: a setting that would change its shape is refused by name.
     code, err = run_cli(["train", "--data", other_data, "--out", new, "--init-from", base_run,
-                         *set_args({**SHORT, "train.max_iters": 6, "train.eval_interval": 3,
-                                    "train.checkpoint_interval": 3, "model.n_layer": 5})], capsys)
+                         "--set", "model.n_layer=5"], capsys)
+    assert code == 2 and "model.n_layer=5 (the source has 2)" in err and not new.exists(), err
+    code, err = run_cli(["train", "--data", other_data, "--out", new, "--init-from", base_run,
+                         *set_args({"train.max_iters": 6, "train.eval_interval": 3, "train.checkpoint_interval": 3,
+                                    "train.learning_rate": 3e-4})], capsys)
     assert code == 0, err
     source = load_checkpoint(base_run / "checkpoints" / "best.safetensors", weights_only=True)
     state = load_checkpoint(new / "checkpoints" / "latest.safetensors").state
     assert state["iter"] == 6 and state["init_from"]["iter"] == source.state["iter"]
-    assert state["config"]["model"]["n_layer"] == 2  # the model is the source's
+    assert state["init_from"]["weights"] == source.fingerprint()
+    assert state["config"]["model"] == load_checkpoint(base_run / "checkpoints" / "best.safetensors").state["config"]["model"]
+    # Train settings not given are the source's (its batch size), the given ones apply.
+    assert state["config"]["train"]["batch_size"] == SHORT["train.batch_size"]
+    assert state["config"]["train"]["learning_rate"] == 3e-4
     assert len(state["history"]) == 3  # its own evaluations only (0, 3, 6): a fresh run
     # Before its first step, the new run's model holds the source's weights exactly.
     from banglaslm.training.trainer import Trainer
+    from banglaslm.training.warm_start import WarmStart
 
-    trainer = Trainer(build_config(overrides=SHORT), other_data, tmp_path / "fresh", init_from=base_run,
-                      progress=False)
+    warm = WarmStart(base_run)
+    trainer = Trainer(warm.config(None), other_data, tmp_path / "fresh", warm_start=warm, progress=False)
     start = trainer.model.state_dict()
     assert all(torch.equal(start[k], v) for k, v in source.model_state().items())
     assert trainer.state.iter == 0 and trainer.optimizer.state_dict()["state"] == {}

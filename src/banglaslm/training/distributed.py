@@ -66,6 +66,11 @@ def mean(value: float, env: DistEnv, device: torch.device) -> float:
     return float(t.item()) / env.world_size
 
 
+def total(value: float, env: DistEnv, device: torch.device) -> float:
+    """Sum a Python float over all ranks (identity in a single process)."""
+    return mean(value, env, device) * env.world_size
+
+
 def from_main(value: float, env: DistEnv, device: torch.device) -> float:
     """Rank 0's value on every rank (e.g. its clock, so that all ranks decide alike)."""
     if not env.enabled:

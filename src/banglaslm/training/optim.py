@@ -62,6 +62,8 @@ def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
     tied = model.lm_head.weight is model.tok_emb.weight
     decay, no_decay = [], []
     for p in model.parameters():
+        if not p.requires_grad:  # frozen (e.g. under LoRA adapters)
+            continue
         if p.dim() >= 2 and not (tied and p is model.tok_emb.weight):
             decay.append(p)
         else:

@@ -71,12 +71,16 @@ class Replicated:
         if rank_state is not None and ckpt.state.get("world_size", 1) == self.env.world_size:
             torch.set_rng_state(rank_state)
 
-    def save(self, it: int, model, optimizer, state: dict[str, Any], improved: bool) -> Path:
-        """Write `latest` (and `best` when `improved`); a collective call under DDP."""
+    def save(self, it: int, model, optimizer, state: dict[str, Any], improved: bool,
+             extra: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write `latest` (and `best` when `improved`) with `model` (a module, or its tensors by
+        name) and `extra` tensors; a collective call under DDP."""
         rng_states = distributed.gather_rng_states(self.env)
         latest = self.run.checkpoint("latest")
         if self.env.is_main:
-            extra = {f"rng.torch.rank{r}": s for r, s in enumerate(rng_states)} if self.env.enabled else {}
+            extra = dict(extra or {})
+            if self.env.enabled:
+                extra.update({f"rng.torch.rank{r}": s for r, s in enumerate(rng_states)})
             save_checkpoint(latest, model, state, optimizer, extra_tensors=extra)
             if improved:
                 atomic_copy(latest, self.run.checkpoint("best"))

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from ..checkpoint import read_state
 from ..config import RunConfig, build_config, show_progress, validate
 from ..data.folder import DataFolder, same_splits
-from ..data.loader import EVAL_STREAM, BatchSampler, Prefetcher
+from ..data.loader import EVAL_STREAM, IGNORE, Prefetcher
 from ..errors import UserError, bad_param
 from ..fileio import exclusive
 from ..model import GPT
@@ -95,16 +96,18 @@ class _Session:
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, data_dir: str | Path, run_dir: str | Path,
-                 resume: bool = False, progress: bool | None = None, init_from: str | Path | None = None):
+    """The loop over `data`: a prepared data folder (`DataFolder`), or anything that offers the
+    same (tokenizer, tokenizer_sha256, vocab_size, meta["splits"], samplers), such as the
+    conversations of fine-tuning. `warm_start` gives the initial weights of a new run."""
+
+    def __init__(self, config: RunConfig, data: DataFolder | str | Path, run_dir: str | Path,
+                 resume: bool = False, progress: bool | None = None, warm_start: WarmStart | None = None):
         tc = config.train
-        self.run, self.data, self.show_progress = RunFolder(run_dir), DataFolder(data_dir), progress
+        self.data = DataFolder(data) if isinstance(data, (str, Path)) else data
+        self.run, self.show_progress, self.warm_start = RunFolder(run_dir), progress, warm_start
         self.dist, device_spec = distributed.setup(tc.device)
         self.parallel = parallel.choose(tc.parallel, self.dist, self.run)
         self.checkpoint = self._find_checkpoint(resume)
-        self.warm_start = WarmStart(init_from, self.data.tokenizer_sha256) if init_from is not None else None
-        if self.warm_start is not None:
-            config = self.warm_start.config(config)
         self.config = _with_vocab(config, self.data.vocab_size)
         self.device = resolve_device(device_spec)
         self.precision = resolve_precision(tc.precision, self.device)
@@ -112,9 +115,8 @@ class Trainer:
         check_fits(self.config, self.device, self.dist.world_size if tc.parallel == "fsdp" else 1)
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.train_batches, self.val_batches = (
-            BatchSampler(self.data.tokens(split), config.model.block_size, tc.batch_size, tc.seed,
-                         self.dist.rank, self.dist.world_size, split) for split in ("train", "val"))
+        self.train_batches, self.val_batches = self.data.samplers(
+            config.model.block_size, tc.batch_size, tc.grad_accum_steps, tc.seed, self.dist.rank, self.dist.world_size)
         self._build_model()
         self.state = Progress()
         self.guard = UpdateGuard(tc, self.precision, self._on_disk)
@@ -139,9 +141,12 @@ class Trainer:
         recorded = (ckpt.state.get("data") or {}).get("splits")
         if recorded is not None and not same_splits(recorded, self.data.meta["splits"]):
             raise UserError(f"{self.data.path} is not the data the run in {self.run.path} was trained on; --resume "
-                            "continues a run on its own data. To train its weights on this data, start a new run "
-                            f"from them: banglaslm train --data {self.data.path} --out NEW_RUN --init-from {self.run.path}")
+                            f"continues a run on its own data. {self._other_data_advice()}")
         return ckpt
+
+    def _other_data_advice(self) -> str:
+        return ("To train its weights on this data, start a new run from them: banglaslm train "
+                f"--data {self.data.path} --out NEW_RUN --init-from {self.run.path}")
 
     def _build_model(self) -> None:
         """The same initial weights on every rank, sharded (FSDP) before AdamW is built on them."""
@@ -221,17 +226,18 @@ class Trainer:
     # ---- evaluation --------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over the same `eval_iters` fixed global batches each time."""
+        """Mean loss per trained token over the same batches each time (`eval_batches`)."""
         self.model.eval()
         out = {}
         for split, sampler in (("train", self.train_batches), ("val", self.val_batches)):
-            total = 0.0
-            for i in range(self.config.train.eval_iters):
-                x, y = sampler.get(i, stream=EVAL_STREAM)
+            total = count = 0.0
+            for x, y in sampler.eval_batches(self.config.train.eval_iters):
                 with autocast_context(self.device, self.precision):
                     _, loss = self.model(x.to(self.device), y.to(self.device))
-                total += loss.item()
-            out[split] = distributed.mean(total / self.config.train.eval_iters, self.dist, self.device)
+                counted = int((y != IGNORE).sum())
+                total, count = total + loss.item() * counted, count + counted
+            total, count = (distributed.total(v, self.dist, self.device) for v in (total, count))
+            out[split] = total / count
         self.model.train()
         return out
 
@@ -384,29 +390,54 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig | None = 
         raise UserError("--resume continues this run; --init-from starts a new one from another run's weights: "
                         "give one of them")
     run = RunFolder(run_dir)
+
+    def start() -> Trainer:
+        warm_start = WarmStart(init_from) if init_from is not None else None
+        settled = settle_config(run, config, resume, max_iters, warm_start)
+        data = DataFolder(data_dir)
+        if warm_start is not None:
+            warm_start.check_tokenizer(data.tokenizer_sha256)
+        return Trainer(settled, data, run.path, resume=resume, progress=progress, warm_start=warm_start)
+
+    return in_run_folder(run, resume, start)
+
+
+def in_run_folder(run: RunFolder, resume: bool, start: Callable[[], Trainer]) -> TrainResult:
+    """Train the Trainer that `start()` builds, holding the run folder's lock, after checking
+    that the folder may be written and removing what a killed writer left."""
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 holds the lock for the run
-        return _train(run, data_dir, config, resume, max_iters, progress, init_from)
+        return _start_and_train(start)
     with exclusive(run.path, "run folder"):
         run.check_writable(resume)
         run.remove_leftovers()
-        return _train(run, data_dir, config, resume, max_iters, progress, init_from)
+        return _start_and_train(start)
 
 
-def _train(run: RunFolder, data_dir, config, resume, max_iters, progress, init_from) -> TrainResult:
+def _start_and_train(start: Callable[[], Trainer]) -> TrainResult:
+    try:
+        return start().train()
+    finally:
+        distributed.teardown()
+
+
+def settle_config(run: RunFolder, config: RunConfig | None, resume: bool, max_iters: int | None,
+                  warm_start: WarmStart | None = None) -> RunConfig:
+    """The config a run trains with: a resumed run's saved config (with the changes a resume may
+    make), a warm start's source config (with the given train settings), or `config`, or
+    the defaults; then `max_iters`; checked, and on resume checked against the checkpoint."""
     if resume and run.config_path.is_file():
         config = _resume_config(run.load_config(), config)
         if run.checkpoint("latest").is_file():  # before a model of that config is built
             check_fits_checkpoint(config, run.checkpoint("latest"), run.config_path)
+    elif warm_start is not None:
+        config = warm_start.config(config)
     config = config or build_config()
     if max_iters is not None:
         if max_iters < config.train.warmup_iters or max_iters < 1:
             raise bad_param("max_iters", f"{max_iters} is below 1 or train.warmup_iters ({config.train.warmup_iters})")
         config.train.max_iters = max_iters
     validate(config)
-    try:
-        return Trainer(config, data_dir, run.path, resume=resume, progress=progress, init_from=init_from).train()
-    finally:
-        distributed.teardown()
+    return config
 
 
 def _resume_config(saved: RunConfig, given: RunConfig | None) -> RunConfig:

@@ -1,12 +1,13 @@
-"""Starting a new run from the weights of another (`train --init-from RUN_DIR`): continued
-pretraining on new data. The weights and the model config come from the source run; the
-optimizer, the LR schedule, the step counter, the best validation loss and the data position
-start fresh. The data must be tokenized with the source's tokenizer.
+"""Starting a new run from the weights of another (`train --init-from`, `finetune SOURCE`):
+continued pretraining and fine-tuning. The weights and the model come from the source run;
+the optimizer, the LR schedule, the step counter, the best validation loss and the data
+position start fresh. The data must be tokenized with the source's tokenizer. (A Hugging
+Face folder becomes a source run through `interop.hf_import` first: the command line does it.)
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -15,34 +16,60 @@ from ..checkpoint import load_checkpoint
 from ..config import RunConfig
 from ..errors import UserError
 from ..runfolder import RunFolder
+from ..tokenizer import Tokenizer
+
+# Model settings a new run may change from its source's (the rest fix the weights' shapes).
+FREE_MODEL_KEYS = {"dropout"}
 
 
 class WarmStart:
-    """The source run of a warm start: its model config, weights and provenance."""
+    """The source run of a warm start: its config, weights, tokenizer and provenance."""
 
-    def __init__(self, source: str | Path, tokenizer_sha256: str):
+    def __init__(self, source: str | Path):
         self.run = RunFolder(source)
         self.run.require()
         path = self.run.checkpoint("best")
         self.path = path if path.is_file() else self.run.checkpoint("latest")
         if not self.path.is_file():
-            raise UserError(f"--init-from {self.run.path} has no checkpoint yet; train it first")
+            raise UserError(f"{self.run.path} has no checkpoint yet; train it first")
         self.checkpoint = load_checkpoint(self.path, weights_only=True)
-        if self.checkpoint.state.get("tokenizer_sha256") != tokenizer_sha256:
-            raise UserError(f"the data was tokenized with another tokenizer than the run in {self.run.path}; "
-                            f"prepare it with that run's tokenizer (prepare --tokenizer {self.run.tokenizer_path})")
-        self.model_config = self.run.load_config().model
+        self.source_config = self.run.load_config()
 
-    def config(self, given: RunConfig) -> RunConfig:
-        """`given`'s train settings with the source's model."""
-        return replace(given, model=replace(self.model_config))
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_file(self.run.tokenizer_path)
+
+    def check_tokenizer(self, tokenizer_sha256: str) -> None:
+        """UserError unless data tokenized with `tokenizer_sha256` fits the source's vocabulary."""
+        if self.checkpoint.state.get("tokenizer_sha256") != tokenizer_sha256:
+            raise UserError(f"the data was tokenized with another tokenizer than the run in {self.run.path} (its "
+                            "vocabulary differs); prepare it with that run's tokenizer "
+                            f"(prepare --tokenizer {self.run.path})")
+
+    def config(self, given: RunConfig | None) -> RunConfig:
+        """The source's config, or `given` if its model is the source's (but for FREE_MODEL_KEYS,
+        and vocab_size 0, which means the data's); UserError naming a model key that differs."""
+        source = RunConfig.from_dict(self.source_config.to_dict())
+        if given is None:
+            return source
+        mine, theirs = asdict(source.model), asdict(given.model)
+        differ = [f"model.{k}={theirs[k]!r} (the source has {mine[k]!r})" for k in mine
+                  if theirs[k] != mine[k] and k not in FREE_MODEL_KEYS and not (k == "vocab_size" and theirs[k] == 0)]
+        if differ:
+            raise UserError(f"the model comes from {self.run.path}, but the settings give {', '.join(differ)}; drop "
+                            "those settings (only the train settings and model.dropout may change)")
+        given.model.vocab_size = source.model.vocab_size
+        return given
 
     def load_into(self, model: torch.nn.Module) -> None:
         missing, unexpected = model.load_state_dict(self.checkpoint.model_state(), strict=False)
-        tied = {"lm_head.weight"} if self.model_config.arch == "modern" else set()
+        tied = {"lm_head.weight"} if self.source_config.model.arch == "modern" else set()
         if set(missing) - tied or unexpected:
             raise UserError(f"{self.path} does not fit the model in {self.run.config_path}")
 
     def provenance(self) -> dict:
-        return {"path": str(self.run.path.resolve()), "checkpoint": self.path.name,
-                "iter": int(self.checkpoint.state.get("iter", 0))}
+        out = {"path": str(self.run.path.resolve()), "checkpoint": self.path.name,
+               "iter": int(self.checkpoint.state.get("iter", 0)), "weights": self.checkpoint.fingerprint()}
+        imported = self.checkpoint.state.get("imported_from")
+        if imported:  # a Hugging Face folder, imported for this run: name it, not the scratch folder
+            out.update(path=imported.get("path"), imported=True)
+        return out

@@ -1,0 +1,148 @@
+"""Fine-tuning (`banglaslm finetune`): the training loop of `trainer` on conversations
+(`data.conversations`), starting from another run's weights (`warm_start`), with the loss on
+the answers only, and optionally on LoRA adapters (`lora`) instead of every weight.
+
+A fine-tuning run folder is a run folder: checkpoints, exact resume, metrics, plot and the
+update guard are the trainer's. What differs is the data (packed conversations, validated on
+held-out conversations), the settings (the source's, then FINETUNE_TRAIN, then the user's;
+`finetune.epochs` sets the length) and, with LoRA, what a checkpoint holds (`lora`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ..config import (
+    FINETUNE_TRAIN,
+    RunConfig,
+    build_config,
+    load_config_file,
+    resolve_key,
+    validate,
+)
+from ..data.conversations import ConversationData
+from ..errors import UserError, bad_param
+from ..model import GPT
+from ..runfolder import RunFolder
+from .lora import Lora
+from .optim import make_optimizer
+from .trainer import Trainer, TrainResult, in_run_folder, settle_config
+from .warm_start import WarmStart
+
+ADAPTER_DIR = "adapter"  # RUN_DIR/adapter/: the best checkpoint's LoRA adapter in peft's format
+
+
+class FinetuneTrainer(Trainer):
+    """The trainer with a source's weights, conversations for data, and LoRA when asked."""
+
+    def __init__(self, config: RunConfig, data: ConversationData, run_dir: str | Path, warm_start: WarmStart,
+                 resume: bool = False, progress: bool | None = None):
+        self.lora: Lora | None = None
+        super().__init__(config, data, run_dir, resume=resume, progress=progress, warm_start=warm_start)
+        recorded = (self.checkpoint.state.get("init_from") or {}).get("weights") if self.checkpoint else None
+        if self.lora is not None and recorded not in (None, warm_start.checkpoint.fingerprint()):
+            raise UserError(f"{warm_start.run.path} does not hold the weights this LoRA run started from; resume it "
+                            "with its own SOURCE")
+
+    def _other_data_advice(self) -> str:
+        return (f"To fine-tune on other conversations, start a new run: banglaslm finetune {self.run.path} "
+                "--data ... --out NEW_RUN")
+
+    def _build_model(self) -> None:
+        """The source's weights; with LoRA, adapters attached (seeded) and the rest frozen."""
+        tc = self.config.train
+        torch.manual_seed(tc.seed)
+        self.model = GPT(self.config.model)
+        self.warm_start.load_into(self.model)
+        if self.config.finetune.lora_rank:
+            if self.dist.enabled and tc.parallel == "fsdp":
+                raise bad_param("finetune.lora_rank", "LoRA runs with train.parallel=ddp, not fsdp")
+            self.lora = Lora(self.model, self.config.finetune)
+        self.model.to(self.device)
+        self.parallel.shard(self.model, self.precision)
+        if self.dist.rank > 0:
+            torch.manual_seed(tc.seed + self.dist.rank)
+        self.optimizer = make_optimizer(self.model, tc)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def _restore(self, ckpt) -> None:
+        super()._restore(ckpt)  # with LoRA the merged weights find no frozen layer to land in
+        if self.lora is not None:
+            self.lora.load(ckpt.tensors, ckpt.path)
+
+    def _save(self, it: int, improved: bool) -> Path:
+        if self.lora is None:
+            return super()._save(it, improved)
+        return self.parallel.save(it, self.lora.merged_tensors(), self.optimizer, self._state(it), improved,
+                                  extra=self.lora.adapter_tensors())
+
+    def train(self) -> TrainResult:
+        result = super().train()
+        if self.lora is not None and self.dist.is_main:
+            from ..checkpoint import load_checkpoint
+
+            best = load_checkpoint(self.run.checkpoint("best"))
+            self.lora.write(self.run.path / ADAPTER_DIR, best.tensors)
+        return result
+
+
+def finetune_config(source: RunConfig, file: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """The source run's config, then FINETUNE_TRAIN, then a config file and `overrides`. A given
+    train.max_iters turns finetune.epochs off (0) and shortens a warm-up not given to fit; a
+    LoRA rank given as 0 or less is refused."""
+    given = {**(load_config_file(file) if file is not None else {}), **(overrides or {})}
+    given = {resolve_key(k): v for k, v in given.items()}
+    rank = given.get("finetune.lora_rank")
+    if rank is not None and str(rank).strip().lstrip("+-").isdigit() and int(str(rank).strip()) <= 0:
+        raise bad_param("finetune.lora_rank", f"must be >= 1 for LoRA, got {rank} (leave it unset for full fine-tuning)")
+    base = build_config(overrides=FINETUNE_TRAIN, base=source)
+    if "train.max_iters" in given and "train.warmup_iters" not in given and str(given["train.max_iters"]).isdigit():
+        given["train.warmup_iters"] = min(base.train.warmup_iters, int(given["train.max_iters"]) // 5)
+    config = build_config(overrides=given, base=base)
+    if "train.max_iters" in given:
+        config.finetune.epochs = 0.0
+    return config
+
+
+def finetune(source: str | Path, data: list[str], run_dir: str | Path, config: RunConfig | None = None,
+             resume: bool = False, max_iters: int | None = None, progress: bool | None = None,
+             say=print) -> TrainResult:
+    """Fine-tune the model of the run folder `source` on the conversations in `data` (files,
+    folders, globs, hf:NAME) into `run_dir`.
+
+    `config` defaults to `finetune_config(source's config)`; with `resume`, the run's saved
+    config is used (and the changes a resume may make). train.max_iters comes from
+    finetune.epochs (unless that is 0, or `max_iters` is given). The data and every setting
+    are checked before anything is written. Returns the trainer's result.
+    """
+    warm_start = WarmStart(source)
+    run = RunFolder(run_dir)
+    config = settle_config(run, config or finetune_config(warm_start.source_config), resume, max_iters, warm_start)
+    config.finetune.epochs = 0.0 if max_iters is not None else config.finetune.epochs
+    fc = config.finetune
+    conversations = ConversationData(data, warm_start.tokenizer(), fc.block_size or config.model.block_size,
+                                     fc.loss_on, fc.val_fraction, config.train.seed)
+    if config.finetune.epochs > 0 and max_iters is None and not resume:
+        _set_length(config, len(conversations.rows["train"][0]))
+
+    def start() -> FinetuneTrainer:
+        trainer = FinetuneTrainer(config, conversations, run.path, warm_start, resume=resume, progress=progress)
+        say(conversations.summary())  # once every check has passed
+        return trainer
+
+    return in_run_folder(run, resume, start)
+
+
+def _set_length(config: RunConfig, rows: int) -> None:
+    """train.max_iters for finetune.epochs passes over `rows` blocks, with the warm-up and the
+    evaluation interval fitted to it."""
+    tc = config.train
+    per_step = tc.batch_size * tc.grad_accum_steps * int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's
+    tc.max_iters = max(1, math.ceil(config.finetune.epochs * rows / per_step))
+    tc.warmup_iters = min(tc.warmup_iters, tc.max_iters // 5)
+    tc.eval_interval = min(tc.eval_interval, max(1, tc.max_iters // 4))
+    validate(config)

@@ -1,0 +1,238 @@
+"""`finetune`: a run folder like any other, from a run's or a Hugging Face folder's weights;
+exact resume after kill -9 (full and LoRA); LoRA adapters merged into what later stages read;
+every bad input one line, exit 2, nothing written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import set_args
+from safetensors.torch import load_file
+
+from banglaslm.checkpoint import load_checkpoint
+from banglaslm.cli import main
+from banglaslm.config import RunConfig
+from banglaslm.errors import UserError
+from banglaslm.model import GPT
+from banglaslm.runfolder import RunFolder, load_model
+from banglaslm.training.finetune import finetune, finetune_config
+from banglaslm.training.lora import Lora
+
+DAYS = ["রবিবার", "সোমবার", "মঙ্গলবার", "বুধবার", "বৃহস্পতিবার", "শুক্রবার", "শনিবার"]
+FAST = {"train.max_iters": 12, "train.eval_interval": 4, "train.checkpoint_interval": 3, "train.log_interval": 1,
+        "train.warmup_iters": 2, "train.eval_iters": 2}
+
+
+def conversations(count: int = 60) -> list[dict]:
+    rows = []
+    for i in range(count):
+        day, after = DAYS[i % 7], DAYS[(i + 1) % 7]
+        rows.append({"messages": [{"role": "user", "content": f"{day}ের পরের দিন কী বার? ({i})"},
+                                  {"role": "assistant", "content": f"{day}ের পরের দিন {after}।"}]})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("chats") / "days.jsonl", conversations())
+
+
+def config_for(run, **overrides) -> RunConfig:
+    return finetune_config(RunFolder(run).load_config(), overrides={**FAST, **overrides})
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_a_finetuned_run_is_a_run_folder_that_learned_its_answers(trained_run, chats, tmp_path):
+    out = tmp_path / "ft"
+    result = finetune(trained_run, [str(chats)], out, config_for(trained_run, **{"train.max_iters": 40}),
+                      progress=False, say=lambda line: None)
+    assert result.iterations == 40
+    history = load_checkpoint(out / "checkpoints" / "latest.safetensors").state["history"]
+    assert history[-1]["val"] < history[0]["val"] - 0.5  # the held-out answers got much likelier
+    state = load_checkpoint(out / "checkpoints" / "latest.safetensors").state
+    assert state["init_from"]["path"] == str(trained_run.resolve())
+    assert state["data"]["splits"]["train"]["documents"] == 54 and state["data"]["splits"]["val"]["documents"] == 6
+    meta = json.loads((out / "data_meta.json").read_text())
+    assert meta["format"] == "banglaslm-conversations" and meta["chat_template"] == "bn-chat-2"
+    loaded = load_model(out)  # what generate, chat, serve, eval and the exports read
+    assert loaded.config.model == load_model(trained_run).config.model
+    assert (out / "loss.png").is_file() and (out / "metrics.jsonl").is_file()
+
+
+def test_epochs_set_the_length(trained_run, chats, tmp_path):
+    config = finetune_config(RunFolder(trained_run).load_config(), overrides={"finetune.epochs": 2})
+    result = finetune(trained_run, [str(chats)], tmp_path / "ft", config, progress=False, say=lambda line: None)
+    rows = len(json.loads((tmp_path / "ft" / "data_meta.json").read_text())["splits"]["train"]) and \
+        json.loads((tmp_path / "ft" / "data_meta.json").read_text())["splits"]["train"]["blocks"]
+    batch = config.train.batch_size
+    assert result.iterations == -(-2 * rows // batch)
+    # giving train.max_iters turns epochs off
+    assert finetune_config(RunFolder(trained_run).load_config(), overrides={"max_iters": 7}).finetune.epochs == 0
+
+
+def test_lora_trains_adapters_and_checkpoints_hold_the_merged_model(trained_run, chats, tmp_path):
+    out = tmp_path / "lora"
+    config = config_for(trained_run, **{"finetune.lora_rank": 4, "finetune.lora_targets": "qkv,down",
+                                        "train.learning_rate": 1e-2})
+    finetune(trained_run, [str(chats)], out, config, progress=False, say=lambda line: None)
+    source = load_checkpoint(trained_run / "checkpoints" / "best.safetensors").model_state()
+    ckpt = load_checkpoint(out / "checkpoints" / "latest.safetensors")
+    merged = ckpt.model_state()
+    assert merged.keys() == source.keys()
+    changed = {k for k in merged if not torch.equal(merged[k], source[k])}
+    assert changed and all(k.endswith(("attn.qkv.weight", "mlp.down.weight")) for k in changed), changed
+    adapter = {k: v for k, v in ckpt.tensors.items() if k.startswith("adapter.")}
+    assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)
+    # the merged weights compute what the source with its adapter attached computes
+    cfg = load_model(out).config
+    attached = GPT(cfg.model)
+    attached.load_state_dict(source, strict=False)
+    lora = Lora(attached, cfg.finetune)
+    lora.load(ckpt.tensors, ckpt.path)
+    x = torch.randint(0, cfg.model.vocab_size, (2, 16))
+    assert torch.allclose(load_model(out, "latest").model(x)[0], attached.eval()(x)[0], atol=1e-5)
+    # peft's own adapter folder, from the best checkpoint
+    files = {p.name for p in (out / "adapter").iterdir()}
+    assert files == {"adapter_config.json", "adapter_model.safetensors"}
+    peft_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert peft_config["r"] == 4 and sorted(peft_config["target_modules"]) == ["down", "qkv"]
+    best = load_checkpoint(out / "checkpoints" / "best.safetensors").tensors
+    saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(saved[k], best["adapter." + k]) for k in saved)
+
+
+# ---- exact resume after kill -9 --------------------------------------------------------------
+RESUME = {**FAST, "train.max_iters": 30}
+
+
+def _cmd(source, data, run, extra=(), resume=False):
+    cmd = [sys.executable, "-m", "banglaslm", "finetune", str(source), "--data", str(data), "--out", str(run),
+           *set_args(RESUME), *extra]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [(), ("--set", "finetune.lora_rank=2")], ids=["full", "lora"])
+def test_kill_9_then_resume_is_bit_identical(trained_run, chats, tmp_path, extra):
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    subprocess.run(_cmd(trained_run, chats, reference, extra), check=True, env=_env(), capture_output=True)
+    proc = subprocess.Popen(_cmd(trained_run, chats, run, extra), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "metrics.jsonl").is_file() or \
+            len((run / "metrics.jsonl").read_text().splitlines()) < 8:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    stopped = load_checkpoint(run / "checkpoints" / "latest.safetensors").state["iter"]
+    assert 0 < stopped < 30
+    subprocess.run(_cmd(trained_run, chats, run, extra, resume=True), check=True, env=_env(), capture_output=True)
+    a, b = (load_file(str(r / "checkpoints" / "latest.safetensors")) for r in (reference, run))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.", "adapter."))), stopped
+
+
+def test_resume_with_other_conversations_is_refused(trained_run, chats, tmp_path, capsys):
+    run = tmp_path / "ft"
+    finetune(trained_run, [str(chats)], run, config_for(trained_run), progress=False, say=lambda line: None)
+    other = write_jsonl(tmp_path / "other.jsonl", conversations(50))
+    code, err = run_cli(["finetune", trained_run, "--data", other, "--out", run, "--resume"], capsys)
+    assert code == 2 and "is not the data the run" in err and "banglaslm finetune" in err and "NEW_RUN" in err, err
+    assert len(err.splitlines()) == 1
+
+
+# ---- bad input: one line, exit 2, nothing written ------------------------------------------------
+@pytest.mark.parametrize("rows, extra, problem", [
+    ([{"messages": []}], (), "has no messages"),
+    ([{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}], (), "unknown role"),
+    ([{"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}]}], (), "of type list"),
+    ([{"messages": [{"role": "user", "content": "x"}]}], (), "no assistant turn"),
+    ([], (), "holds no conversations"),
+    (None, ("--set", "finetune.lora_rank=0"), "finetune.lora_rank must be >= 1 for LoRA, got 0"),
+    (None, ("--set", "finetune.lora_rank=-2"), "must be >= 1 for LoRA"),
+    (None, ("--set", "finetune.lora_rank=4", "--set", "finetune.lora_targets=qkv,c_attn"), "c_attn"),
+    (None, ("--set", "finetune.block_size=4096"), "finetune.block_size"),
+    (None, ("--set", "model.n_layer=7"), "model.n_layer=7 (the source has 2)"),
+    (None, ("--set", "finetune.loss_on=everything"), "expected one of assistant, all"),
+], ids=["no-messages", "role", "content", "no-assistant", "empty-file", "rank-0", "rank-negative", "target",
+        "block", "shape", "loss-on"])
+def test_bad_input_is_one_line_and_writes_nothing(trained_run, chats, tmp_path, capsys, rows, extra, problem):
+    data = chats if rows is None else write_jsonl(tmp_path / "bad.jsonl", conversations(3) + rows)
+    if rows == []:
+        data = write_jsonl(tmp_path / "empty.jsonl", [])
+    out = tmp_path / "out"
+    code, err = run_cli(["finetune", trained_run, "--data", data, "--out", out, *set_args(FAST), *extra], capsys)
+    assert code == 2 and problem in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_a_source_that_is_not_a_model_is_refused(tmp_path, chats, capsys):
+    code, err = run_cli(["finetune", tmp_path / "nothing", "--data", chats, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "run folder not found" in err
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text("{}")
+    code, err = run_cli(["finetune", tmp_path / "odd", "--data", chats, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "neither a banglaslm run folder nor a Hugging Face model folder" in err
+
+
+# ---- Hugging Face folders as sources ------------------------------------------------------------
+def test_finetune_and_continued_pretraining_from_a_hugging_face_folder(trained_run, chats, data_dir, tmp_path,
+                                                                        capsys):
+    hf = tmp_path / "hf"
+    assert main(["export", str(trained_run), "--format", "hf", "--out", str(hf)]) == 0
+    out = tmp_path / "ft"
+    code, err = run_cli(["finetune", hf, "--data", chats, "--out", out, *set_args(FAST)], capsys)
+    assert code == 0, err
+    state = load_checkpoint(out / "checkpoints" / "latest.safetensors").state
+    assert state["init_from"]["path"] == str(hf.resolve()) and state["init_from"]["imported"]
+    source = load_checkpoint(trained_run / "checkpoints" / "best.safetensors")
+    assert state["init_from"]["weights"] == source.fingerprint()  # the same weights, through the export
+    # continued pretraining: data prepared with the run's tokenizer, or the HF folder's, fits
+    from banglaslm.data.folder import DataFolder
+
+    cont = tmp_path / "cont"
+    code, err = run_cli(["train", "--data", data_dir, "--out", cont, "--init-from", hf, *set_args(FAST)], capsys)
+    assert code == 0, err
+    assert load_checkpoint(cont / "checkpoints" / "latest.safetensors").state["init_from"]["imported"]
+    books = tmp_path / "books"
+    code, err = run_cli(["prepare", *sorted(DataFolder(data_dir).meta["sources"]), "--out", books, "--tokenizer", hf,
+                         "--doc-split", "paragraph"], capsys)
+    assert code == 0, err
+    assert DataFolder(books).tokenizer_sha256 == DataFolder(data_dir).tokenizer_sha256
+
+
+def test_init_from_a_run_with_another_vocabulary_is_refused(trained_run, small_books, tmp_path, capsys):
+    from banglaslm.data.prepare import prepare
+
+    char = tmp_path / "char"
+    prepare([str(small_books[0])], char, tokenizer="char", doc_split="paragraph", progress=False)
+    code, err = run_cli(["train", "--data", char, "--out", tmp_path / "r", "--init-from", trained_run], capsys)
+    assert code == 2 and "vocabulary differs" in err and f"prepare --tokenizer {trained_run}" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_library_errors_name_the_setting(trained_run, chats, tmp_path):
+    with pytest.raises(UserError) as err:
+        finetune(trained_run, [str(chats)], tmp_path / "x", config_for(trained_run, **{"finetune.lora_rank": 2,
+                                                                                        "finetune.lora_targets": "nope"}),
+                 progress=False, say=lambda line: None)
+    assert err.value.param == "finetune.lora_targets"
