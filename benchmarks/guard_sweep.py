@@ -81,7 +81,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown corpora {unknown}; choose from {sorted(specs)}")
     args.work.mkdir(parents=True, exist_ok=True)
-    print(f"| corpus | preset | steps | stopped | skipped | clipped spikes | last val loss | seconds |")
+    print("| corpus | preset | steps | stopped | skipped | clipped spikes | last val loss | seconds |")
     print("|---|---|---:|---|---:|---:|---:|---:|")
     for name in names:
         data = data_folder(args.work, name, specs[name])
