@@ -95,3 +95,16 @@ def trained_gpt_run(tmp_path_factory, data_dir) -> Path:
     run = tmp_path_factory.mktemp("gpt_run") / "r"
     train(data_dir, run, build_config(overrides={**TINY_SETTINGS, "model.arch": "gpt"}), progress=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def chat_base_run(tmp_path_factory, data_dir) -> Path:
+    """Like `trained_run`, with a context that holds a whole short conversation (64 tokens), for
+    fine-tuning tests."""
+    from banglaslm.config import build_config
+    from banglaslm.training.trainer import train
+
+    run = tmp_path_factory.mktemp("chat_base") / "r"
+    settings = {**TINY_SETTINGS, "model.block_size": 64, "model.n_embd": 48, "model.dropout": 0.0}
+    train(data_dir, run, build_config(overrides=settings), progress=False)
+    return run
