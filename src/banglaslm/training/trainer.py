@@ -305,7 +305,7 @@ class Trainer:
 
     def _log_step(self, it: int, loss: torch.Tensor, norm: float, session: _Session) -> None:
         cfg = self.config
-        tokens_per_step = (cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.model.block_size
+        tokens_per_step = (cfg.train.batch_size * cfg.train.grad_accum_steps * self.train_batches.block_size
                            * self.dist.world_size)
         now = time.perf_counter()
         session.tokens_per_s = session.window_steps * tokens_per_step / max(now - session.window_start, 1e-9)
