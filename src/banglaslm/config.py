@@ -107,6 +107,9 @@ class TrainConfig:
         10.0, "clip an update whose gradient norm exceeds this x the median of the last 50 down to that bound; 0 = off")
     max_skipped_updates: int = option(
         5, "stop the run after this many updates in a row with a non-finite gradient (each is skipped)")
+    early_stop_patience: int = option(
+        0, "stop a run that is overfitting (docs/training.md, 'Training health') once validation has not "
+           "improved for this many evaluations; 0 = off")
 
 
 @dataclass
@@ -385,7 +388,8 @@ def validate(cfg: RunConfig) -> None:
                 "train.learning_rate", "train.eval_interval", "train.eval_iters", "train.log_interval",
                 "train.max_skipped_updates"]
     non_negative = ["model.vocab_size", "train.warmup_iters", "train.weight_decay", "train.grad_clip",
-                    "train.checkpoint_interval", "train.threads", "train.grad_spike_factor", "train.time_limit_min"]
+                    "train.checkpoint_interval", "train.threads", "train.grad_spike_factor", "train.time_limit_min",
+                    "train.early_stop_patience"]
     for key in positive + non_negative:
         value = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
         _check(key, value, value > 0 if key in positive else value >= 0, "> 0" if key in positive else ">= 0")

@@ -40,7 +40,7 @@ SAMPLE_SETTINGS = {"max_new_tokens": 60, "temperature": 0.8, "top_k": 50}
 
 # ---- training summary ----------------------------------------------------------------------
 def training_summary(records: list[dict], config, iterations: int, world_size: int = 1) -> dict:
-    steps = [r for r in records if "split" not in r]
+    steps = [r for r in records if "split" not in r and "event" not in r]
     evals = {s: [r for r in records if r.get("split") == s] for s in ("train", "val")}
     rates = [r["tokens_per_s"] for r in steps if r.get("iter", 0) > 0 and r.get("tokens_per_s")] or \
         [r["tokens_per_s"] for r in steps if r.get("tokens_per_s")]
@@ -57,6 +57,7 @@ def training_summary(records: list[dict], config, iterations: int, world_size: i
         "tokens_seen": iterations * per_step,
         "median_tokens_per_s": statistics.median(rates) if rates else None,
         "skipped_updates": max((r.get("skipped_updates", 0) for r in steps), default=0),
+        "warnings": [r for r in records if "event" in r],
     }
 
 
@@ -218,7 +219,17 @@ def _training_section(info: dict) -> list[str]:
           f"| skipped updates | {tr['skipped_updates']} |",
           f"| peak learning rate | {info['train_config']['learning_rate']} |",
           f"| batch size x accumulation | {info['train_config']['batch_size']} x {info['train_config']['grad_accum_steps']} |",
-          "", "![loss](loss.png)", "", "![learning rate](lr.png)", "", "![throughput](throughput.png)", ""]
+          "", *_warnings(tr.get("warnings", [])),
+          "![loss](loss.png)", "", "![learning rate](lr.png)", "", "![throughput](throughput.png)", ""]
+
+
+def _warnings(events: list[dict]) -> list[str]:
+    """The warning signs the trainer noticed (training/health.py), marked on the loss plot too."""
+    if not events:
+        return ["No warning signs (overfitting, underfitting, instability, leakage) were noticed.", ""]
+    return ["Warning signs noticed during training (dashed red lines on the loss plot):", "",
+            *(f"- step {e['iter']}: **{e['event']}** since step {e['since']}: {_cell(e['evidence'])}; "
+              f"{_cell(e['advice'])}" for e in events), ""]
 
 
 def _data_section(info: dict) -> list[str]:

@@ -47,6 +47,10 @@ class BatchSampler:
         windows = torch.from_numpy(rows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
+    @property
+    def tokens_per_epoch(self) -> int:
+        return len(self.tokens)
+
     def eval_batches(self, count: int):
         """The same `count` batches at every evaluation."""
         return (self.get(i, stream=EVAL_STREAM) for i in range(count))
@@ -92,6 +96,10 @@ class BlockSampler:
             return (self.get(i, stream=EVAL_STREAM) for i in range(count))
         mine = np.arange(self.rank, len(self.rows), self.world_size)
         return (self._batch(mine[i:i + self.batch_size]) for i in range(0, len(mine), self.batch_size))
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        return len(self.rows) * self.block_size
 
     def epoch(self, step: int) -> float:
         """Passes over the rows completed before optimizer step `step`."""

@@ -1,7 +1,8 @@
 """`metrics.jsonl` (one JSON record per logged step or evaluation) and its plots.
 
 Step records: {"iter", "loss", "lr", "tokens_per_s", "grad_norm", "skipped_updates",
-"elapsed_s"}; evaluation records: {"iter", "split", "loss", "elapsed_s"}. On resume the log is
+"elapsed_s"}; evaluation records: {"iter", "split", "loss", "elapsed_s"}; warning signs noticed
+at an evaluation (`health`): {"iter", "event", "since", "evidence", "advice"}. On resume the log is
 cut back to what the checkpoint had seen, so a resumed run's log reads like an uninterrupted
 one. The trainer redraws the loss plot at every evaluation; the report reads the same file.
 """
@@ -33,9 +34,10 @@ class MetricsLog:
         self._fh = None
 
     def truncate_to(self, resume_iter: int) -> None:
-        """Keep steps before `resume_iter` and evaluations up to it (they precede the save)."""
+        """Keep steps before `resume_iter` and evaluations (and their events) up to it: they
+        precede the save."""
         self.records = [r for r in self.records
-                        if r["iter"] < resume_iter or ("split" in r and r["iter"] == resume_iter)]
+                        if r["iter"] < resume_iter or (("split" in r or "event" in r) and r["iter"] == resume_iter)]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def reset(self) -> None:
@@ -82,9 +84,14 @@ def _empty_note(ax, what: str) -> None:
 
 
 def plot_loss(records: list[dict], path: Path, title: str = "loss") -> None:
-    """Train loss per step (thin), train and val loss per evaluation (thick)."""
+    """Train loss per step (thin), train and val loss per evaluation (thick), warning signs as
+    dashed red lines where they began."""
     fig, ax = pyplot().subplots(figsize=(7, 4), dpi=100)
     steps = [r for r in records if "split" not in r and "loss" in r]
+    for event in (r for r in records if "event" in r):  # warning signs, where they began
+        ax.axvline(event["since"], color="tab:red", lw=1, ls="--", alpha=0.7)
+        ax.annotate(event["event"], (event["since"], 1), xycoords=("data", "axes fraction"), rotation=90,
+                    va="top", ha="right", fontsize=8, color="tab:red")
     if steps:
         ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.4,
                 color="tab:blue", label="train (per step)")

@@ -32,7 +32,7 @@ from ..errors import UserError, bad_param
 from ..fileio import exclusive
 from ..model import GPT
 from ..runfolder import RunFolder, check_fits_checkpoint
-from . import distributed, parallel
+from . import distributed, health, parallel
 from .guard import UpdateGuard
 from .memory import check_fits
 from .metrics import MetricsLog, plot_loss
@@ -241,24 +241,44 @@ class Trainer:
         self.model.train()
         return out
 
-    def _evaluate_and_save(self, it: int, last: bool, session: _Session) -> None:
-        """Evaluate when due (every eval_interval and at the end), then checkpoint when due
-        (every checkpoint_interval, at the end, and whenever validation improved)."""
+    def _evaluate_and_save(self, it: int, last: bool, session: _Session) -> bool:
+        """Evaluate when due (every eval_interval and at the end) and judge the run's health, then
+        checkpoint when due (every checkpoint_interval, at the end, and whenever validation
+        improved). Returns whether this is the last iteration (an early stop makes it so)."""
         tc = self.config.train
         improved = False
         if it % tc.eval_interval == 0 or last:
             result = session.last_eval = self.evaluate()
             improved = result["val"] < self.state.best_val
             self.state.best_val = min(self.state.best_val, result["val"])
-            self.state.history.append({"iter": it, **result})
+            epochs = it * self._tokens_per_step() / self.train_batches.tokens_per_epoch
+            self.state.history.append({"iter": it, **result, "clipped": self.guard.clipped_spikes,
+                                       "epochs": round(epochs, 4)})
             if session.log is not None:
                 for split in ("train", "val"):
                     session.log.append({"iter": it, "split": split, "loss": result[split],
                                         "elapsed_s": round(self.clock.elapsed(), 2)})
+            last = self._judge_health(it, session) or last
+            if session.log is not None:
                 plot_loss(session.log.records, self.run.plot_path, title=self.run.path.name)
             session.bar.set_postfix(train=f"{result['train']:.3f}", val=f"{result['val']:.3f}", refresh=False)
         if it % (tc.checkpoint_interval or tc.eval_interval) == 0 or last or improved:
             self._save(it, improved)
+        return last
+
+    def _judge_health(self, it: int, session: _Session) -> bool:
+        """Report the warning signs that appeared at this evaluation (`health`); True when
+        train.early_stop_patience says an overfitting run should stop here."""
+        history, patience = self.state.history, self.config.train.early_stop_patience
+        for sign in health.new_signs(history):
+            self._say(sign.line())
+            if session.log is not None:
+                session.log.append(sign.record(it))
+        if patience and health.overfitting(history) and health.evaluations_since_best(history) >= patience:
+            self._say(f"early stop at step {it}: validation has not improved for {patience} evaluations "
+                      f"(train.early_stop_patience); best.safetensors holds the best model")
+            return True
+        return False
 
     # ---- one optimizer step ------------------------------------------------------------
     def _request_stop(self, signum, frame) -> None:
@@ -303,16 +323,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total, norm
 
+    def _tokens_per_step(self) -> int:
+        tc = self.config.train
+        return tc.batch_size * tc.grad_accum_steps * self.train_batches.block_size * self.dist.world_size
+
     def _log_step(self, it: int, loss: torch.Tensor, norm: float, session: _Session) -> None:
-        cfg = self.config
-        tokens_per_step = (cfg.train.batch_size * cfg.train.grad_accum_steps * self.train_batches.block_size
-                           * self.dist.world_size)
         now = time.perf_counter()
-        session.tokens_per_s = session.window_steps * tokens_per_step / max(now - session.window_start, 1e-9)
+        session.tokens_per_s = session.window_steps * self._tokens_per_step() / max(now - session.window_start, 1e-9)
         session.window_start, session.window_steps = now, 0
         loss_value = distributed.mean(loss.item(), self.dist, self.device)
         if session.log is not None:
-            session.log.append({"iter": it, "loss": loss_value, "lr": lr_at(it, cfg.train, self.clock.used),
+            session.log.append({"iter": it, "loss": loss_value, "lr": lr_at(it, self.config.train, self.clock.used),
                                 "tokens_per_s": session.tokens_per_s, "grad_norm": norm,
                                 "skipped_updates": self.guard.skipped_total,
                                 "clipped_spikes": self.guard.clipped_spikes,
@@ -352,7 +373,7 @@ class Trainer:
             while True:
                 last = it >= tc.max_iters or self.clock.over(it, self.dist, self.device, tc.log_interval)
                 if it != start or self.checkpoint is None:  # a resumed iteration was evaluated already
-                    self._evaluate_and_save(it, last, session)
+                    last = self._evaluate_and_save(it, last, session)
                 if last:
                     break
                 self._stop_if_asked(it)

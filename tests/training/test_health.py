@@ -1,0 +1,154 @@
+"""Training health (training/health.py): each warning sign on synthetic curves, and on real runs
+(a small model trained far past one pass of a small corpus overfits, and the early stop ends
+it; a data folder whose validation documents also appear in training is flagged as leakage;
+a healthy run raises nothing)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import require_literature
+
+from banglaslm.config import build_config
+from banglaslm.training import health
+from banglaslm.training.trainer import train
+
+
+def curve(train_losses, val_losses, epochs_per_eval=0.25, clipped=None):
+    return [{"iter": 100 * i, "train": t, "val": v, "epochs": i * epochs_per_eval,
+             "clipped": (clipped or [0] * len(train_losses))[i]}
+            for i, (t, v) in enumerate(zip(train_losses, val_losses))]
+
+
+def kinds_over_time(history):
+    """Every sign reported, evaluation by evaluation, as the trainer would."""
+    return [(history[i - 1]["iter"], s.kind) for i in range(1, len(history) + 1)
+            for s in health.new_signs(history[:i])]
+
+
+HEALTHY = curve([7.0, 5.0, 4.4, 4.1, 3.9, 3.8, 3.75, 3.72], [7.0, 5.1, 4.6, 4.35, 4.25, 4.2, 4.19, 4.18])
+
+
+def test_a_healthy_curve_raises_nothing():
+    assert kinds_over_time(HEALTHY) == []
+
+
+def test_overfitting_is_reported_once_and_names_the_best_step():
+    history = curve([7.0, 5.0, 4.0, 3.5, 3.0, 2.6, 2.2, 1.9], [7.0, 5.2, 4.6, 4.7, 4.8, 4.95, 5.1, 5.3])
+    assert kinds_over_time(history) == [(500, "overfitting")]
+    sign = health.overfitting(history)
+    assert sign.since == 200 and "best.safetensors holds step 200" in sign.evidence
+    assert health.evaluations_since_best(history) == 5
+    # a rise that is not three in a row is not a trend
+    assert health.overfitting(curve([7, 5, 4, 3.5, 3], [7, 5.2, 4.6, 4.7, 4.65])) is None
+
+
+def test_underfitting_both_flat_and_high():
+    history = curve([7.0, 6.6, 6.5, 6.48, 6.47, 6.47], [7.0, 6.6, 6.52, 6.5, 6.49, 6.49])
+    assert kinds_over_time(history) == [(500, "underfitting")]  # flat over the three evaluations to 500
+    # flat but low is a finished run, not an underfit one
+    assert health.underfitting(curve([7.0, 4.0, 3.5, 3.49, 3.48, 3.48], [7.0, 4.1, 3.6, 3.59, 3.59, 3.59])) is None
+
+
+def test_unstable_on_a_jump_or_on_clipped_spikes_without_progress():
+    assert kinds_over_time(curve([7.0, 5.0, 4.2, 4.9, 4.3], [7.0, 5.1, 4.4, 5.0, 4.5])) == [(300, "unstable")]
+    spiky = curve([7.0, 5.0, 4.5, 4.53], [7.0, 5.1, 4.7, 4.75], clipped=[0, 0, 1, 4])
+    assert kinds_over_time(spiky) == [(300, "unstable")]
+    falling = curve([7.0, 5.0, 4.5, 4.2], [7.0, 5.1, 4.7, 4.5], clipped=[0, 0, 1, 4])
+    assert kinds_over_time(falling) == []  # spikes clipped while learning go on: the guard did its job
+
+
+def test_leakage_below_training_or_no_gap_after_passes():
+    below = curve([7.0, 5.0, 4.5, 4.2, 4.0], [7.0, 4.4, 3.9, 3.6, 3.4])
+    assert kinds_over_time(below) == [(300, "leakage")]
+    no_gap = curve([7.0, 5.0, 4.0, 3.2, 2.6, 2.1], [7.0, 5.0, 4.0, 3.21, 2.6, 2.1], epochs_per_eval=1.0)
+    assert kinds_over_time(no_gap) == [(400, "leakage")]  # from 2 passes on, at three evaluations
+    early = curve([7.0, 5.0, 4.0, 3.2, 2.6, 2.1], [7.0, 5.0, 4.0, 3.21, 2.6, 2.1], epochs_per_eval=0.2)
+    assert kinds_over_time(early) == []  # within the first passes an honest split has no gap either
+    solved = curve([7.0, 0.5, 0.01, 0.001, 0.0005], [7.0, 0.5, 0.009, 0.0009, 0.0004], epochs_per_eval=5)
+    assert health.leakage(solved) is None  # near zero both splits are solved; nothing to compare
+
+
+def test_a_sign_line_and_record_carry_the_evidence():
+    sign = health.overfitting(curve([7, 5, 4, 3.5, 3, 2.6], [7, 5.2, 4.6, 4.7, 4.8, 4.9]))
+    assert sign.line().startswith("warning: overfitting since step 200: validation loss rose")
+    assert sign.record(500) == {"iter": 500, "event": "overfitting", "since": 200, "evidence": sign.evidence,
+                                "advice": sign.advice}
+
+
+# ---- real runs --------------------------------------------------------------------------------
+SMALL = {"model.arch": "modern", "model.n_layer": 2, "model.n_head": 4, "model.n_embd": 128, "model.block_size": 64,
+         "model.dropout": 0.0, "train.batch_size": 16, "train.max_iters": 300, "train.warmup_iters": 10,
+         "train.eval_interval": 20, "train.eval_iters": 8, "train.log_interval": 10, "train.learning_rate": 5e-3,
+         "train.precision": "fp32"}
+
+
+def paragraphs(count: int) -> list[str]:
+    book = require_literature() / "SukumarRay_Prose_PaglaDashu.txt"
+    return [p.strip() for p in book.read_text(encoding="utf-8").split("\n\n") if len(p.strip()) > 80][:count]
+
+
+def prepared(folder, texts):
+    from banglaslm.data.prepare import prepare
+
+    source = folder.parent / f"{folder.name}.jsonl"
+    source.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    prepare([str(source)], folder, vocab_size=400, val_fraction=0.15, progress=False)
+    return folder
+
+
+def planted_leak(honest, out):
+    """The honest data folder with its validation documents also put into training (once, like
+    every training document): a leak."""
+    from banglaslm.data.folder import BinWriter, DataFolder, write_meta
+
+    data = DataFolder(honest)
+    tok = data.tokenizer()
+    docs = {}
+    for split in ("train", "val"):
+        ids = data.tokens(split).read().tolist()
+        cuts = [i for i, t in enumerate(ids) if t == tok.eod_id]
+        docs[split] = [ids[a + 1:b] for a, b in zip(cuts, cuts[1:])]
+    out.mkdir()
+    writer = BinWriter(out, tok, data.dtype.type)
+    writer.add([(split, tok.decode(ids), ids) for split, group in (("train", docs["train"] + docs["val"]),
+                                                                  ("val", docs["val"])) for ids in group])
+    writer.close()
+    write_meta(out, tok, data.dtype.type, writer.stats, {"val_fraction": 0.15, "seed": 42})
+    return out
+
+
+def events(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"event"' in line]
+
+
+@pytest.mark.slow
+def test_a_small_model_far_past_one_pass_overfits_and_the_early_stop_ends_it(tmp_path, capsys):
+    from banglaslm.checkpoint import read_state
+    from banglaslm.report import write_report
+
+    data = prepared(tmp_path / "data", paragraphs(12))  # about 3,700 tokens: dozens of passes
+    run = tmp_path / "run"
+    result = train(data, run, build_config(overrides={**SMALL, "train.early_stop_patience": 3}), progress=False)
+    found = events(run)
+    assert [e["event"] for e in found] == ["overfitting"], found
+    assert result.iterations < SMALL["train.max_iters"]  # stopped early
+    assert read_state(run / "checkpoints" / "best.safetensors")["iter"] == found[0]["since"]
+    assert "warning: overfitting since step" in capsys.readouterr().err
+    report = write_report(run, out_dir=tmp_path / "report", prompts=("একদিন",), seeds=(1,), bpe_vocab_sizes=())
+    assert "**overfitting** since step" in (report / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_validation_documents_that_also_appear_in_training_are_flagged_as_leakage(tmp_path):
+    honest = prepared(tmp_path / "data", paragraphs(12))
+    run = tmp_path / "run"
+    train(planted_leak(honest, tmp_path / "leak"), run, build_config(overrides={**SMALL, "train.max_iters": 120}),
+          progress=False)
+    found = [e["event"] for e in events(run)]
+    assert "leakage" in found and "overfitting" not in found, found
+
+
+def test_a_healthy_run_raises_nothing(trained_run):
+    assert events(trained_run) == []
