@@ -6,8 +6,10 @@
 
 Corpora (from ../shared/data/bangla-literature, prepared once into --work): each of the 25
 books alone (BPE 1,000, split by paragraph: one book is one document otherwise), all books
-with BPE 8,000 (the default vocabulary), BPE 1,000 and characters. Each run is the preset with
-its default settings but `train.max_iters` (= --steps, the schedule included). Reported per
+with BPE 8,000 (the default vocabulary), BPE 1,000 and characters, and the two books of the
+run the old guard stopped (`pagladashu+lipika`, BPE 1,000, prepared as that run did). Each run
+is the preset with its default settings but `train.max_iters` (= --steps, the schedule
+included). Reported per
 run: whether it stopped (and how), updates skipped (non-finite gradients) and spikes clipped,
 and the last validation loss. Appends one JSON line per run to WORK/guard_sweep.jsonl.
 """
@@ -38,6 +40,9 @@ def corpora() -> dict[str, dict]:
     out["all-bpe8000"] = {"inputs": [str(LITERATURE)], "vocab_size": 8000}
     out["all-bpe1000"] = {"inputs": [str(LITERATURE)], "vocab_size": 1000}
     out["all-char"] = {"inputs": [str(LITERATURE)], "tokenizer": "char"}
+    # the run that stopped at iteration ~47 under the old guard (two books, one document each)
+    out["pagladashu+lipika"] = {"inputs": [str(LITERATURE / "SukumarRay_Prose_PaglaDashu.txt"),
+                                          str(LITERATURE / "RabindranathTagore_Prose_Lipika.txt")], "vocab_size": 1000}
     return out
 
 

@@ -27,12 +27,21 @@ def one_line_error(code, err, fragment):
 
 
 def test_a_second_writer_is_refused_naming_the_holder(trained_run, small_books, tmp_path, capsys):
+    hf = tmp_path / "source-hf"
+    assert main(["export", str(trained_run), "--format", "hf", "--out", str(hf)]) == 0
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"prompt": "নদী কোথায়?", "completion": "গ্রামের পাশে।"}, ensure_ascii=False) + "\n"
+                     + json.dumps({"prompt": "আকাশ কেমন?", "completion": "নীল।"}, ensure_ascii=False) + "\n",
+                     encoding="utf-8")
+    capsys.readouterr()
     targets = {  # each command, and what it writes
         "prepare": (["prepare", *small_books, "--doc-split", "paragraph", "--out", tmp_path / "data"], tmp_path / "data"),
         "export": (["export", trained_run, "--format", "hf", "--out", tmp_path / "hf"], tmp_path / "hf"),
         "gguf": (["export", trained_run, "--format", "gguf", "--out", tmp_path / "m.gguf"], tmp_path / "m.gguf"),
         "report": (["report", trained_run, "--out", tmp_path / "rep"], tmp_path / "rep"),
         "lm-eval-task": (["lm-eval-task", small_books[0], "--out", tmp_path / "task"], tmp_path / "task" / "bangla_ppl"),
+        "import": (["import", hf, "--out", tmp_path / "imported"], tmp_path / "imported"),
+        "finetune": (["finetune", trained_run, "--data", chats, "--out", tmp_path / "ft"], tmp_path / "ft"),
     }
     for name, (argv, target) in targets.items():
         with exclusive(target):

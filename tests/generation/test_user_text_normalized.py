@@ -79,6 +79,31 @@ def test_server(trained_run, stop_cases):
         assert out["choices"][0]["text"] == expected and out["choices"][0]["finish_reason"] == "stop"
 
 
+def test_chat_messages_and_stops_typed_in_parts(trained_run):
+    # a question and a system prompt typed with letter + nukta and two-part vowel signs are the
+    # same conversation; a stop typed so in /v1/chat/completions stops where the precomposed one does
+    def ask(client, messages, seed, stop=None):
+        body = {"messages": messages, "max_tokens": 60, "temperature": 1.0, "seed": seed, **({"stop": stop} if stop else {})}
+        return client.post("/v1/chat/completions", json=body).json()
+
+    composed = [{"role": "system", "content": "তুমি বাংলায় উত্তর দাও।"}, {"role": "user", "content": "বড় নদীর কথা বলো"}]
+    in_parts = [{k: unicodedata.normalize("NFD", v) for k, v in m.items()} for m in composed]
+    assert in_parts != composed
+    with TestClient(create_app(trained_run)) as client:
+        for seed in range(50):
+            a, b = ask(client, composed, seed), ask(client, in_parts, seed)
+            assert a["usage"]["prompt_tokens"] == b["usage"]["prompt_tokens"]
+            text = a["choices"][0]["message"]["content"]
+            assert b["choices"][0]["message"]["content"] == text
+            at = next((i for i, ch in enumerate(text) if i >= 2 and unicodedata.normalize("NFD", ch) != ch), None)
+            if at is not None:
+                break
+        assert at is not None, "no answer with a character Unicode writes in parts"
+        stopped = ask(client, in_parts, seed, stop=[unicodedata.normalize("NFD", text[at - 2:at + 1])])
+    choice = stopped["choices"][0]
+    assert choice["message"]["content"] == text[:at - 2] and choice["finish_reason"] == "stop"
+
+
 def test_stops_match_however_either_side_spelled_it():
     # The model, too, may write ো as ে + া and ড় as ড + ়: the match is up to canonical equivalence.
     from banglaslm.generation.engine import _find_stop, _stop_holdback
