@@ -32,6 +32,7 @@ class MetricsLog:
         self.path = path
         self.records = read_metrics(path)
         self._fh = None
+        self.mirror = None  # a tracker's log(record), called with every appended record
 
     def truncate_to(self, resume_iter: int) -> None:
         """Keep steps before `resume_iter` and evaluations (and their events) up to it: they
@@ -53,6 +54,8 @@ class MetricsLog:
             self._fh = open(self.path, "a", encoding="utf-8")
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
+        if self.mirror is not None:
+            self.mirror(record)
 
     def close(self) -> None:
         if self._fh is not None:

@@ -44,6 +44,7 @@ from .optim import (
     resolve_device,
     resolve_precision,
 )
+from .trackers import TensorBoardTracker, check_logger
 from .warm_start import WarmStart
 
 # Keys that may change when resuming (the rest must match the saved run). Changing any of
@@ -355,6 +356,11 @@ class Trainer:
                 log = MetricsLog(self.run.metrics_path)
                 stack.callback(log.close)
                 log.truncate_to(self.state.iter) if self.checkpoint is not None else log.reset()
+                if tc.logger == "tensorboard":
+                    tracker = TensorBoardTracker(self.run.path, self.config.to_dict(),
+                                                 self.state.iter if self.checkpoint is not None else None, log.records)
+                    stack.callback(tracker.close)
+                    log.mirror = tracker.log
             bar = tqdm(total=None if tc.time_limit_min > 0 else tc.max_iters, initial=self.state.iter, unit="it",
                        desc="training", dynamic_ncols=True,
                        disable=not (show_progress(self.show_progress) and self.dist.is_main))
@@ -458,6 +464,7 @@ def settle_config(run: RunFolder, config: RunConfig | None, resume: bool, max_it
             raise bad_param("max_iters", f"{max_iters} is below 1 or train.warmup_iters ({config.train.warmup_iters})")
         config.train.max_iters = max_iters
     validate(config)
+    check_logger(config.train.logger)
     return config
 
 
