@@ -9,9 +9,9 @@ books alone (BPE 1,000, split by paragraph: one book is one document otherwise),
 with BPE 8,000 (the default vocabulary), BPE 1,000 and characters, and the two books of the
 run the old guard stopped (`pagladashu+lipika`, BPE 1,000, prepared as that run did). Each run
 is the preset with its default settings but `train.max_iters` (= --steps, the schedule
-included). Reported per
-run: whether it stopped (and how), updates skipped (non-finite gradients) and spikes clipped,
-and the last validation loss. Appends one JSON line per run to WORK/guard_sweep.jsonl.
+included; a run shorter than the preset's warm-up warms up for a tenth of its steps). Reported
+per run: whether it stopped (and how), updates skipped (non-finite gradients) and spikes
+clipped, and the last validation loss. Appends one JSON line per run to WORK/guard_sweep.jsonl.
 """
 
 from __future__ import annotations
@@ -60,12 +60,16 @@ def run_one(work: Path, data: Path, preset: str, steps: int) -> dict:
 
         shutil.rmtree(run)
     started = time.perf_counter()
+    config = build_config(preset)
+    config.train.warmup_iters = min(config.train.warmup_iters, steps // 10) if steps < config.train.warmup_iters \
+        else config.train.warmup_iters  # a run shorter than the warm-up gets a tenth of its steps
     try:
-        result = train(data, run, build_config(preset), max_iters=steps, progress=False)
+        result = train(data, run, config, max_iters=steps, progress=False)
         stopped, skipped, val = None, result.skipped_updates, result.last_eval.get("val")
     except UserError as exc:
         stopped, skipped, val = str(exc), None, None
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    metrics = run / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()] if metrics.is_file() else []
     clipped = max((r.get("clipped_spikes", 0) for r in records), default=0)
     return {"corpus": data.name, "preset": preset, "steps": steps, "stopped": stopped, "skipped": skipped,
             "clipped_spikes": clipped, "val_loss": val, "seconds": round(time.perf_counter() - started, 1)}

@@ -118,6 +118,18 @@ def test_train_help_lists_every_config_key():
         assert key in r.stdout
 
 
+def test_every_command_has_help(capsys):
+    # help is generated from signatures; a "%" in a help text once made argparse crash on --help
+    from banglaslm.cli import COMMANDS, main
+
+    for command in [None, *COMMANDS]:
+        with pytest.raises(SystemExit) as done:
+            main([*([command] if command else []), "--help"])
+        assert done.value.code == 0, command
+        out = capsys.readouterr().out
+        assert out.startswith("usage: banglaslm") and "Traceback" not in out, command
+
+
 def test_export_import_round_trip_through_the_cli(trained_run, tmp_path):
     hf, back = tmp_path / "hf", tmp_path / "back"
     r = cli("export", trained_run, "--format", "hf", "--out", hf)

@@ -76,7 +76,8 @@ def add_options(parser: argparse.ArgumentParser, source, skip: tuple[str, ...] =
         flag = "--" + (flags or {}).get(name, name.replace("_", "-"))
         kind = _base_type(hint)
         shown = "" if default is None or default is False or default == [] else f" (default: {default})"
-        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": note + opt.help + shown}
+        help_text = (note + opt.help + shown).replace("%", "%%")  # argparse expands % in help
+        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": help_text}
         if kind is bool:
             kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is list:
@@ -260,6 +261,9 @@ def cmd_train(args) -> None:
 
 def _done(result) -> str:
     last = result.last_eval
+    if not last:  # resumed at its last iteration: nothing was trained or evaluated
+        return (f"{result.run_dir} already finished its {result.iterations} iterations (best val "
+                f"{result.best_val_loss:.4f}); to train further, resume with a larger --max-iters")
     return (f"done: {result.iterations} iterations in {result.seconds:.0f} s; "
             f"last eval train {last.get('train', float('nan')):.4f} val {last.get('val', float('nan')):.4f}; "
             f"best val {result.best_val_loss:.4f}; run folder {result.run_dir}")

@@ -124,8 +124,8 @@ class FinetuneConfig:
                                 "train.max_iters; giving it, or --max-iters, does the same)")
     val_fraction: float = option(0.1, "share of the conversations held out for validation (at least one)")
     block_size: int = option(0, "tokens per packed block of conversations; 0 = the model's context (model.block_size)")
-    lora_rank: int = option(0, "LoRA rank: train low-rank adapters of this rank instead of every weight (>= 1); "
-                               "0 = full fine-tuning")
+    lora_rank: int = option(0, "LoRA rank (>= 1): train low-rank adapters of this rank instead of every weight; "
+                               "left unset (0), every weight is fine-tuned")
     lora_alpha: float = option(16.0, "LoRA scale: an adapter's update is multiplied by lora_alpha / lora_rank")
     lora_dropout: float = option(0.0, "dropout on the input of the LoRA adapters")
     lora_targets: str = option("all-linear", "linear layers LoRA adapts: all-linear (every one in the blocks) or "

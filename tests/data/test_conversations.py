@@ -60,7 +60,7 @@ def test_the_three_shapes_give_the_same_messages():
     ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "y"}]}, "of type NoneType"),
     ({"messages": [{"role": "user", "content": "x"}]}, "has no assistant turn"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]}, "is empty"),
-    ({"messages": ["user: x"]}, "message 0 is str"),
+    ({"messages": ["user: x"]}, "message 1 is str"),
     ({"instruction": 3, "output": "y"}, "`instruction` must be text"),
 ])
 def test_a_bad_row_is_named_with_its_problem(tmp_path, row, problem):

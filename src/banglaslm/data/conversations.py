@@ -64,7 +64,7 @@ def _checked(messages: Any, where: str) -> Conversation:
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where} has no messages: `messages` must be a non-empty list of {{role, content}}")
     out: Conversation = []
-    for i, message in enumerate(messages):
+    for i, message in enumerate(messages, start=1):  # counted as people count, like line numbers
         if not isinstance(message, dict):
             raise UserError(f"{where}: message {i} is {type(message).__name__}, not {{role, content}}")
         role, content = message.get("role"), message.get("content")
@@ -223,5 +223,5 @@ class ConversationData:
         t, v = self.stats["train"], self.stats["val"]
         return (f"{t.conversations:,} conversations to train on, {v.conversations:,} held out; {t.blocks:,} blocks of "
                 f"{self.block_size} tokens, {t.padding_share:.1%} padding, {t.trained:,} trained tokens"
-                + (f"; {t.split + v.split} longer than a block were split" if t.split + v.split else "")
-                + (f", {t.dropped + v.dropped} pieces without an answer dropped" if t.dropped + v.dropped else ""))
+                + (f"; {t.split} of them longer than a block were split" if t.split else "")
+                + (f", {t.dropped} pieces without an answer dropped" if t.dropped else ""))

@@ -99,6 +99,10 @@ def finetune_config(source: RunConfig, file: str | Path | None = None, overrides
     rank = given.get("finetune.lora_rank")
     if rank is not None and str(rank).strip().lstrip("+-").isdigit() and int(str(rank).strip()) <= 0:
         raise bad_param("finetune.lora_rank", f"must be >= 1 for LoRA, got {rank} (leave it unset for full fine-tuning)")
+    lora_only = sorted(k for k in given if k.startswith("finetune.lora_") and k != "finetune.lora_rank")
+    if lora_only and rank is None and not source.finetune.lora_rank:
+        raise bad_param(lora_only[0], "is a LoRA setting, but no finetune.lora_rank is set: add --set "
+                                      "finetune.lora_rank=R for LoRA, or drop it for full fine-tuning")
     base = build_config(overrides=FINETUNE_TRAIN, base=source)
     if "train.max_iters" in given and "train.warmup_iters" not in given and str(given["train.max_iters"]).isdigit():
         given["train.warmup_iters"] = min(base.train.warmup_iters, int(given["train.max_iters"]) // 5)

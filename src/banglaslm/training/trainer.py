@@ -461,7 +461,8 @@ def settle_config(run: RunFolder, config: RunConfig | None, resume: bool, max_it
     config = config or build_config()
     if max_iters is not None:
         if max_iters < config.train.warmup_iters or max_iters < 1:
-            raise bad_param("max_iters", f"{max_iters} is below 1 or train.warmup_iters ({config.train.warmup_iters})")
+            raise bad_param("max_iters", f"{max_iters} is below 1 or train.warmup_iters ({config.train.warmup_iters}); "
+                                         "give more steps, or a shorter warm-up with --set train.warmup_iters=N")
         config.train.max_iters = max_iters
     validate(config)
     check_logger(config.train.logger)
