@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
+from live_server import live
 
 from banglaslm.chat_template import chat_stops, encode_chat
 from banglaslm.server.app import create_app
@@ -320,19 +318,8 @@ server_app: list = []  # the app behind `server_url`
 def server_url(trained_run):
     app = create_app(trained_run, api_key=KEY, model_name=MODEL)
     server_app[:] = [app]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(10)
+    with live(app) as base:
+        yield f"{base}/v1"
 
 
 @pytest.fixture(scope="module")
