@@ -101,10 +101,6 @@ class BlockSampler:
     def tokens_per_epoch(self) -> int:
         return len(self.rows) * self.block_size
 
-    def epoch(self, step: int) -> float:
-        """Passes over the rows completed before optimizer step `step`."""
-        return step * self.grad_accum * self.batch_size * self.world_size / len(self.rows)
-
     def state(self) -> dict:
         return {"kind": "seeded-epochs-of-packed-rows", "seed": self.seed, "world_size": self.world_size,
                 "rows": len(self.rows), "block_size": self.block_size, "batch_size": self.batch_size}
