@@ -36,6 +36,21 @@ def require_literature() -> Path:
     return LITERATURE
 
 
+def hf_offline(mp: pytest.MonkeyPatch, cache: Path) -> None:
+    """Offline for this process: the variables, and the copies huggingface_hub / datasets
+    made of them at import time (another test may have imported them already)."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        mp.setenv(var, "1")
+    mp.setenv("HF_DATASETS_CACHE", str(cache))
+    import datasets.config
+    import huggingface_hub.constants
+
+    mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    mp.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    mp.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    mp.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+
+
 @pytest.fixture(scope="session")
 def literature() -> Path:
     return require_literature()

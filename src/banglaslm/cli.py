@@ -75,9 +75,11 @@ def add_options(parser: argparse.ArgumentParser, source, skip: tuple[str, ...] =
         default = (defaults or {}).get(name, default)
         flag = "--" + (flags or {}).get(name, name.replace("_", "-"))
         kind = _base_type(hint)
-        shown = "" if default is None or default is False or default == [] else f" (default: {default})"
+        required = default is inspect.Parameter.empty
+        shown = "" if required or default is None or default is False or default == [] else f" (default: {default})"
         help_text = (note + opt.help + shown).replace("%", "%%")  # argparse expands % in help
-        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": help_text}
+        kwargs: dict[str, Any] = {"dest": name, "help": help_text}
+        kwargs.update(required=True) if required else kwargs.update(default=default)
         if kind is bool:
             kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is list:
@@ -204,6 +206,7 @@ def _add_serve_and_chat(sub) -> None:
 
 def _add_others(sub) -> None:
     from .evaluation.lm_eval_task import write_perplexity_task
+    from .lm_eval_run import run_lm_eval
     from .quickstart import quickstart
     from .runfolder import load_model
 
@@ -217,6 +220,12 @@ def _add_others(sub) -> None:
     t.add_argument("texts", nargs="+", metavar="TEXT", help="text files, one document each")
     t.add_argument("--out", required=True, help="folder for the task files")
     add_options(t, write_perplexity_task)
+    h = sub.add_parser("lm-eval", help="score a run on lm-evaluation-harness tasks (needs banglaslm[lm-eval])",
+                       description="Run lm-evaluation-harness on the run's model directly, as banglaslm scores it "
+                                   "(normalized text, contexts after the end-of-document token); results go to "
+                                   "RUN_DIR/lm_eval/ (docs/lm-eval.md lists Bangla tasks that fit small models).")
+    h.add_argument("run_dir", metavar="RUN_DIR")
+    add_options(h, run_lm_eval, flags={"which": "checkpoint"})
     r = sub.add_parser("report", help="write a model card with plots and tokenizer statistics (RUN_DIR/report/)")
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--text", nargs="*", default=[], metavar="FILE", help="text files to evaluate in the report")
@@ -413,6 +422,16 @@ def cmd_lm_eval_task(args) -> None:
           f"--include_path {out} --tasks {args.name}")
 
 
+def cmd_lm_eval(args) -> None:
+    from lm_eval.utils import make_table
+
+    from .lm_eval_run import run_lm_eval
+
+    results, path = run_lm_eval(args.run_dir, **picked(args, run_lm_eval))
+    print(make_table(results))
+    print(f"wrote {path}")
+
+
 def cmd_serve(args) -> None:
     from .runfolder import RunFolder
     from .server.run import run_server
@@ -439,7 +458,8 @@ def cmd_report(args) -> None:
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "generate": cmd_generate,
             "quickstart": cmd_quickstart, "export": cmd_export, "import": cmd_import,
-            "report": cmd_report, "serve": cmd_serve, "chat": cmd_chat, "lm-eval-task": cmd_lm_eval_task}
+            "report": cmd_report, "serve": cmd_serve, "chat": cmd_chat, "lm-eval-task": cmd_lm_eval_task,
+            "lm-eval": cmd_lm_eval}
 
 
 def _message(exc: UserError, args: argparse.Namespace) -> str:

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import hf_offline
 
 from banglaslm.errors import UserError
 from banglaslm.evaluation.lm_eval_task import write_perplexity_task
@@ -118,28 +119,13 @@ def case(request, prepared) -> tuple[Path, dict]:
     return prepared(request.getfixturevalue("trained_run" if request.param == "modern" else "trained_gpt_run"))
 
 
-def _offline(mp: pytest.MonkeyPatch, cache: Path) -> None:
-    """Offline for this process: the variables, and the copies huggingface_hub / datasets
-    made of them at import time (another test may have imported them already)."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        mp.setenv(var, "1")
-    mp.setenv("HF_DATASETS_CACHE", str(cache))
-    import datasets.config
-    import huggingface_hub.constants
-
-    mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    mp.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    mp.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
-    mp.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-
-
 @pytest.fixture(scope="module")
 def api_results(lm_eval, case, task_dir, tmp_path_factory) -> dict:
     from lm_eval.tasks import TaskManager
 
     exported = case[0]
     with pytest.MonkeyPatch.context() as mp:
-        _offline(mp, tmp_path_factory.mktemp("hf_datasets_cache"))
+        hf_offline(mp, tmp_path_factory.mktemp("hf_datasets_cache"))
         out = lm_eval.simple_evaluate(
             model="hf", model_args=f"pretrained={exported},dtype=float32", tasks=[TASK],
             # include_defaults=False: indexing lm-eval's ~14,000 built-in task files
