@@ -107,9 +107,10 @@ class TrainConfig:
         10.0, "clip an update whose gradient norm exceeds this x the median of the last 50 down to that bound; 0 = off")
     max_skipped_updates: int = option(
         5, "stop the run after this many updates in a row with a non-finite gradient (each is skipped)")
-    logger: Literal["none", "tensorboard"] = option(
+    logger: Literal["none", "tensorboard", "wandb"] = option(
         "none", "also write the metrics to an experiment tracker: 'tensorboard' (RUN_DIR/tensorboard/; "
-                "pip install 'banglaslm[tensorboard]')")
+                "pip install 'banglaslm[tensorboard]') or 'wandb' (RUN_DIR/wandb/, offline unless WANDB_MODE "
+                "is set; pip install 'banglaslm[wandb]')")
     early_stop_patience: int = option(
         0, "stop a run that is overfitting (docs/training.md, 'Training health') once validation has not "
            "improved for this many evaluations; 0 = off")

@@ -1,7 +1,7 @@
 """`metrics.jsonl` (one JSON record per logged step or evaluation) and its plots.
 
 Step records: {"iter", "loss", "lr", "tokens_per_s", "grad_norm", "skipped_updates",
-"elapsed_s"}; evaluation records: {"iter", "split", "loss", "elapsed_s"}; warning signs noticed
+"elapsed_s"}; evaluation records: {"iter", "split", "loss", "bits_per_char", "elapsed_s"}; warning signs noticed
 at an evaluation (`health`): {"iter", "event", "since", "evidence", "advice"}. On resume the log is
 cut back to what the checkpoint had seen, so a resumed run's log reads like an uninterrupted
 one. The trainer redraws the loss plot at every evaluation; the report reads the same file.

@@ -44,7 +44,7 @@ from .optim import (
     resolve_device,
     resolve_precision,
 )
-from .trackers import TensorBoardTracker, check_logger
+from .trackers import check_logger, make_tracker
 from .warm_start import WarmStart
 
 # Keys that may change when resuming (the rest must match the saved run). Changing any of
@@ -258,6 +258,7 @@ class Trainer:
             if session.log is not None:
                 for split in ("train", "val"):
                     session.log.append({"iter": it, "split": split, "loss": result[split],
+                                        "bits_per_char": self._bits_per_char(split, result[split]),
                                         "elapsed_s": round(self.clock.elapsed(), 2)})
             last = self._judge_health(it, session) or last
             if session.log is not None:
@@ -266,6 +267,15 @@ class Trainer:
         if it % (tc.checkpoint_interval or tc.eval_interval) == 0 or last or improved:
             self._save(it, improved)
         return last
+
+    def _bits_per_char(self, split: str, loss: float) -> float | None:
+        """An evaluation's loss (nats per token) in bits per character of its split: the loss
+        times the split's tokens per character (meta.json). Comparable across tokenizers, as
+        `banglaslm eval`'s is; None for a folder that does not count characters."""
+        counts = self.data.meta["splits"].get(split, {})
+        if not counts.get("chars"):
+            return None
+        return loss / math.log(2) * counts["tokens"] / counts["chars"]
 
     def _judge_health(self, it: int, session: _Session) -> bool:
         """Report the warning signs that appeared at this evaluation (`health`); True when
@@ -356,9 +366,9 @@ class Trainer:
                 log = MetricsLog(self.run.metrics_path)
                 stack.callback(log.close)
                 log.truncate_to(self.state.iter) if self.checkpoint is not None else log.reset()
-                if tc.logger == "tensorboard":
-                    tracker = TensorBoardTracker(self.run.path, self.config.to_dict(),
-                                                 self.state.iter if self.checkpoint is not None else None, log.records)
+                tracker = make_tracker(tc.logger, self.run.path, self.config.to_dict(),
+                                       self.state.iter if self.checkpoint is not None else None, log.records)
+                if tracker is not None:
                     stack.callback(tracker.close)
                     log.mirror = tracker.log
             bar = tqdm(total=None if tc.time_limit_min > 0 else tc.max_iters, initial=self.state.iter, unit="it",
