@@ -1,0 +1,45 @@
+"""notebooks/banglaslm_colab.ipynb runs end to end on the CPU, with short training (its
+"parameters" cell overridden the way papermill does: a cell injected after it), so the
+course's notebook cannot rot. Executed by nbclient in a fresh kernel of this interpreter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "banglaslm_colab.ipynb"
+
+
+def outputs_text(cell) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        parts.append(output.get("text", ""))
+        parts.append(output.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+def test_the_colab_notebook_runs_on_the_cpu(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    (index,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
+        f"MAX_ITERS = 40\nFINETUNE_ITERS = 10\nOUT = {json.dumps(str(tmp_path / 'nb'))}",
+        metadata={"tags": ["injected-parameters"]}))
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    text = "\n".join(outputs_text(c) for c in nb.cells if c.cell_type == "code")
+    assert "training on the CPU" in text
+    assert "40 steps in" in text and "bits/char" in text
+    assert text.count("» ") == 3                                 # three generations
+    assert "তোমার নাম কী?" in text and "সহকারী:" in text        # the scripted chat ran and was answered
+    assert "pick the same next token: True" in text
+    out = tmp_path / "nb"
+    assert (out / "run" / "loss.png").is_file() and (out / "chat" / "checkpoints" / "best.safetensors").is_file()
+    assert (out / "hf" / "config.json").is_file() and (out / "model.gguf").stat().st_size > 100_000
+    plots = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert plots  # the live loss plot was shown
