@@ -29,6 +29,7 @@ def test_the_colab_notebook_runs_on_the_cpu(tmp_path):
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
         f"MAX_ITERS = 40\nFINETUNE_ITERS = 10\nOUT = {json.dumps(str(tmp_path / 'nb'))}",
         metadata={"tags": ["injected-parameters"]}))
+    again = nbformat.from_dict(json.loads(json.dumps(nb)))  # the same notebook, for a second run
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
 
@@ -43,3 +44,11 @@ def test_the_colab_notebook_runs_on_the_cpu(tmp_path):
     assert (out / "hf" / "config.json").is_file() and (out / "model.gguf").stat().st_size > 100_000
     plots = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert plots  # the live loss plot was shown
+
+    # Run again on the same folder, as a student re-running every cell does, with more steps:
+    # training and fine-tuning continue from their checkpoints instead of failing or restarting.
+    again.cells[index + 1].source = again.cells[index + 1].source.replace("MAX_ITERS = 40", "MAX_ITERS = 50")
+    nbclient.NotebookClient(again, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "\n".join(outputs_text(c) for c in again.cells if c.cell_type == "code")
+    assert "50 steps in" in text and "pick the same next token: True" in text

@@ -223,7 +223,7 @@ def _add_others(sub) -> None:
     h = sub.add_parser("lm-eval", help="score a run on lm-evaluation-harness tasks (needs banglaslm[lm-eval])",
                        description="Run lm-evaluation-harness on the run's model directly, as banglaslm scores it "
                                    "(normalized text, contexts after the end-of-document token); results go to "
-                                   "RUN_DIR/lm_eval/ (docs/lm-eval.md lists Bangla tasks that fit small models).")
+                                   "RUN_DIR/lm_eval/ (the README lists Bangla tasks that suit small models; docs/lm-eval.md has the details).")
     h.add_argument("run_dir", metavar="RUN_DIR")
     add_options(h, run_lm_eval, flags={"which": "checkpoint"})
     r = sub.add_parser("report", help="write a model card with plots and tokenizer statistics (RUN_DIR/report/)")
@@ -418,16 +418,16 @@ def cmd_lm_eval_task(args) -> None:
     from .evaluation.lm_eval_task import write_perplexity_task
 
     out = write_perplexity_task(args.texts, args.out, **picked(args, write_perplexity_task))
-    print(f"wrote the task {args.name!r} to {out}; run: lm_eval --model hf --model_args pretrained=EXPORT_DIR "
-          f"--include_path {out} --tasks {args.name}")
+    print(f"wrote the task {args.name!r} to {out}; run: banglaslm lm-eval RUN_DIR --tasks {args.name} "
+          f"--include-path {out}   (or lm_eval on an HF export: docs/lm-eval.md)")
 
 
 def cmd_lm_eval(args) -> None:
-    from lm_eval.utils import make_table
-
     from .lm_eval_run import run_lm_eval
 
     results, path = run_lm_eval(args.run_dir, **picked(args, run_lm_eval))
+    from lm_eval.utils import make_table  # installed: run_lm_eval checked
+
     print(make_table(results))
     print(f"wrote {path}")
 

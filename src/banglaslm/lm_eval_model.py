@@ -23,6 +23,8 @@ from .runfolder import LoadedModel
 from .text import normalize_fragment
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default for generate_until tasks
+EMPTY_CHOICE = ("a task has an answer choice that is empty once normalized (blank or invisible characters only); "
+                "fix the task's data")
 
 
 class BanglaslmLM(TemplateLM):
@@ -50,22 +52,28 @@ class BanglaslmLM(TemplateLM):
         return [self.tok.eod_id] + ids
 
     # ---- loglikelihood ------------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        if any(not self.tok.encode(continuation) for _, continuation in (r.args for r in requests)):
+            raise UserError(EMPTY_CHOICE)
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), whether greedy decoding gives the continuation)
         for each (strings, context ids, continuation ids); a context too long for the block
         loses its oldest tokens, as in lm-eval's own models."""
         order = sorted(range(len(requests)), key=lambda i: -(len(requests[i][1]) + len(requests[i][2])))
-        out: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
+        out: list[tuple[float, bool]] = [(0.0, True)] * len(requests)  # every entry is replaced
         for start in tqdm(range(0, len(order), self.batch_size), desc="loglikelihood", disable=disable_tqdm):
-            chunk = [i for i in order[start:start + self.batch_size] if requests[i][2]]  # empty: (0, True)
-            if chunk:
-                for i, result in zip(chunk, self._score_rows([requests[i][1:] for i in chunk])):
-                    out[i] = result
+            chunk = order[start:start + self.batch_size]
+            for i, result in zip(chunk, self._score_rows([requests[i][1:] for i in chunk])):
+                out[i] = result
         return out
 
     def _score_rows(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         for context, continuation in pairs:
+            if not continuation:  # it would score log 1 = 0 and win every question
+                raise UserError(EMPTY_CHOICE)
             if len(continuation) > self.block_size:
                 raise UserError(f"a continuation of {len(continuation)} tokens does not fit the model's block of "
                                 f"{self.block_size} tokens; shorten the task's targets")

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from .config import Opt
 from .errors import UserError, bad_param
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, check_writable
 from .runfolder import Which, load_model
 
 RESULTS_DIR = "lm_eval"  # RUN_DIR/lm_eval/results_<UTC time>.json
@@ -47,6 +47,7 @@ def run_lm_eval(run_dir: str | Path,
                 num_fewshot: Annotated[int | None, Opt("examples shown before each question (default: the task's)")] = None,
                 limit: Annotated[int | None, Opt("score only the first N examples of each task (a quick check)")] = None,
                 batch_size: Annotated[int, Opt("rows per forward pass")] = 16,
+                out: Annotated[str | None, Opt("folder for the results file (default: RUN_DIR/lm_eval)")] = None,
                 which: Which = "best", device: str = "cpu", log_samples: bool = False) -> tuple[dict, Path]:
     """lm-eval's results for `tasks` on the run's model, and the JSON file they were written to.
 
@@ -68,13 +69,22 @@ def run_lm_eval(run_dir: str | Path,
     from .lm_eval_model import BanglaslmLM
 
     loaded = load_model(run_dir, which, device=device)
+    folder = Path(out) if out is not None else Path(run_dir) / RESULTS_DIR
+    check_writable(folder, "--out")  # before the evaluation, not after it
     manager = _task_manager(names, include_path)
-    results = lm_eval.simple_evaluate(
-        model=BanglaslmLM(loaded, batch_size=batch_size), tasks=names, num_fewshot=num_fewshot, limit=limit,
-        task_manager=manager, log_samples=log_samples, bootstrap_iters=1000)
+    try:
+        results = lm_eval.simple_evaluate(
+            model=BanglaslmLM(loaded, batch_size=batch_size), tasks=names, num_fewshot=num_fewshot, limit=limit,
+            task_manager=manager, log_samples=log_samples, bootstrap_iters=1000)
+    except UserError:
+        raise
+    except Exception as e:  # a task's YAML or data lm-eval cannot use: its message, on one line
+        detail = " ".join(str(e).split())[:300] or type(e).__name__
+        raise UserError(f"lm-eval could not run {', '.join(names)}: {type(e).__name__}: {detail}; check the "
+                        "task's YAML and data (or, for a built-in task, the network)") from None
     results["banglaslm"] = {"run_dir": str(Path(run_dir).absolute()), "checkpoint": loaded.checkpoint.name,
                             "iter": loaded.iteration}
-    path = Path(run_dir) / RESULTS_DIR / f"results_{time.strftime('%Y-%m-%dT%H-%M-%S', time.gmtime())}.json"
+    path = folder / f"results_{time.strftime('%Y-%m-%dT%H-%M-%S', time.gmtime())}.json"
     kept = {k: v for k, v in results.items() if k != "samples"}
     atomic_write_text(path, json.dumps(kept, ensure_ascii=False, indent=2, default=str) + "\n")
     return results, path

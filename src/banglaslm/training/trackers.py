@@ -21,17 +21,18 @@ from ..fileio import atomic_write_text
 TENSORBOARD_DIR = "tensorboard"  # RUN_DIR/tensorboard/: `tensorboard --logdir RUN_DIR`
 WANDB_DIR = "wandb"              # RUN_DIR/wandb/: W&B's own files, and the run id
 STEP_SCALARS = ("loss", "lr", "tokens_per_s", "grad_norm", "skipped_updates", "clipped_spikes")
-EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # logger -> (package, extra)
 
 
 def check_logger(logger: str) -> None:
     """UserError naming the extra to install when the chosen tracker's library is missing."""
-    if logger in EXTRAS:
-        try:
-            __import__(EXTRAS[logger])
-        except ImportError:
-            raise bad_param("train.logger", f"{logger} needs the {logger} package: "
-                                            f"pip install 'banglaslm[{EXTRAS[logger]}]'") from None
+    try:
+        if logger == "tensorboard":
+            import tensorboard  # noqa: F401
+        elif logger == "wandb":
+            import wandb  # noqa: F401
+    except ImportError:
+        raise bad_param("train.logger", f"{logger} needs the {logger} package: "
+                                        f"pip install 'banglaslm[{logger}]'") from None
 
 
 def scalars(record: dict) -> dict[str, float]:
@@ -91,8 +92,9 @@ class WandbTracker:
     needed, and `wandb sync RUN_DIR/wandb/offline-run-*` uploads it later."""
 
     def __init__(self, run_dir: Path, config: dict, resume_iter: int | None):
-        """A resumed run (`resume_iter` set) logs only what it adds to metrics.jsonl, into the
-        run id it had; records it redoes after a kill are the same numbers (resume is exact)."""
+        """A resumed run (`resume_iter` set) logs what it adds to metrics.jsonl into the run id it
+        had. Steps it redoes after a kill were logged before; W&B keeps those first values, the
+        same losses (resume is exact) with the first attempt's timings."""
         import wandb
 
         folder = Path(run_dir) / WANDB_DIR
