@@ -95,6 +95,10 @@ class TrainConfig:
         "'auto': bf16 where the CPU/GPU has it, fp16 + grad scaler on GPUs without bf16, else fp32",
     )
     device: str = option("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    micro_batch: Literal["fixed", "auto"] = option(
+        "fixed", "'auto': when memory runs out (or is estimated to), run each micro-batch in halves, then "
+                 "quarters, ..., accumulating gradients: the same global batch and loss trajectory "
+                 "(one process only)")
     parallel: Literal["ddp", "fsdp"] = option(
         "ddp",
         "under torchrun: 'ddp' keeps a full model copy per process; 'fsdp' shards weights, gradients and "

@@ -130,10 +130,26 @@ def check_fits_checkpoint(config: RunConfig, path: Path, config_path: Path) -> N
                         f"but {expected[wrong[0]]} in the config; restore the run's config.json")
 
 
+def resolve_device(spec: str, param: str = "train.device") -> torch.device:
+    """'auto' → CUDA when present, else the CPU; 'cpu', 'cuda' or 'cuda:N' as given. A CUDA
+    device without a GPU, or any other name, is a UserError naming `param`."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec != "cpu" and not (spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit())):
+        raise bad_param(param, f"must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise bad_param(param, f"is {spec} but no CUDA GPU is available; use cpu or auto")
+    if spec.startswith("cuda:") and int(spec[5:]) >= torch.cuda.device_count():
+        raise bad_param(param, f"is {spec} but this machine has {torch.cuda.device_count()} GPU(s)")
+    return torch.device(spec)
+
+
 def load_model(run_dir: str | Path, which: Which = "best", device: str = "cpu") -> LoadedModel:
-    """Model (in eval mode), tokenizer and config from a run folder, for inference."""
+    """Model (in eval mode), tokenizer and config from a run folder, for inference on `device`
+    (cpu, cuda, cuda:N or auto)."""
     run = RunFolder(run_dir)
     run.require()
+    device = resolve_device(str(device), "device")
     if which not in CHECKPOINTS:
         raise bad_param("which", f"must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     path = run.checkpoint(which)

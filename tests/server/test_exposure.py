@@ -189,6 +189,9 @@ def test_options_are_checked_before_the_model_loads(tmp_path, trained_run):
     (["--host", "name.invalid"], "--host 'name.invalid' does not resolve"),
     (["--allowed-host", "example.com:8000"], "--allowed-host must be host names"),
     (["--max-connections", "0"], "--max-connections must be at least 1"),
+    (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    pytest.param(["--device", "cuda"], "--device is cuda but no CUDA GPU is available",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")),
 ])
 def test_serve_refuses_bad_options_in_one_line(trained_run, args, fragment):
     assert_user_error(cli("serve", trained_run, *args), fragment)

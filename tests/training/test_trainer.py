@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -42,7 +43,12 @@ def test_training_writes_metrics_plot_checkpoints_and_learns(trained_run):
     records = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "split" not in r]
     evals = [r for r in records if "split" in r]
-    assert {"iter", "loss", "lr", "tokens_per_s"} <= set(steps[0]) and set(evals[0]) == {"iter", "split", "loss", "elapsed_s"}
+    assert {"iter", "loss", "lr", "tokens_per_s"} <= set(steps[0])
+    assert set(evals[0]) == {"iter", "split", "loss", "bits_per_char", "elapsed_s"}
+    splits = json.loads((trained_run / "data_meta.json").read_text())["splits"]
+    for r in evals:  # the loss per token in bits, times the split's tokens per character
+        ratio = splits[r["split"]]["tokens"] / splits[r["split"]]["chars"]
+        assert r["bits_per_char"] == pytest.approx(r["loss"] / math.log(2) * ratio, rel=1e-9)
     assert steps[0]["skipped_updates"] == 0 and steps[0]["grad_norm"] > 0
     assert [r["iter"] for r in evals if r["split"] == "val"] == [0, 10, 20, 30, 40]
     val = [r["loss"] for r in evals if r["split"] == "val"]

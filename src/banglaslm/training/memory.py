@@ -33,13 +33,13 @@ def parameter_count(cfg: RunConfig) -> int:
         return GPT(cfg.model).num_params()
 
 
-def training_bytes(cfg: RunConfig, shards: int = 1) -> int:
+def training_bytes(cfg: RunConfig, shards: int = 1, passes: int = 1) -> int:
     """Estimated peak memory of a training step of `cfg` in one process, its weights and AdamW
-    state split over `shards` processes (FSDP)."""
+    state split over `shards` processes (FSDP), each micro-batch run in `passes` slices."""
     m, t = cfg.model, cfg.train
     per_token = (BYTES_PER_TOKEN_VOCAB * m.vocab_size + BYTES_PER_TOKEN_LAYER_CHANNEL * m.n_layer * m.n_embd
                  + BYTES_PER_TOKEN_LAYER_HEAD_POSITION * m.n_layer * m.n_head * m.block_size)
-    return BYTES_PER_PARAM * parameter_count(cfg) // shards + t.batch_size * m.block_size * per_token
+    return BYTES_PER_PARAM * parameter_count(cfg) // shards + t.batch_size // passes * m.block_size * per_token
 
 
 def device_memory(device: torch.device) -> int | None:
@@ -59,12 +59,20 @@ def device_memory(device: torch.device) -> int | None:
     return total
 
 
-def check_fits(cfg: RunConfig, device: torch.device, shards: int = 1) -> None:
-    """UserError when `cfg` is estimated to need more memory than `device` has."""
+def plan_passes(cfg: RunConfig, device: torch.device, shards: int = 1) -> int:
+    """Forward passes per micro-batch: 1 when `cfg` is estimated to fit in `device`'s memory;
+    with `train.micro_batch=auto`, the fewest halvings of the micro-batch that fit. Otherwise a
+    UserError with what to change."""
     need, have = training_bytes(cfg, shards), device_memory(device)
     if have is None or need <= have:
-        return
+        return 1
     t = cfg.train
+    if t.micro_batch == "auto":
+        passes = 2
+        while t.batch_size % passes == 0 and training_bytes(cfg, shards, passes) > have:
+            passes *= 2
+        if t.batch_size % passes == 0:
+            return passes
     raise UserError(
         f"this config needs about {need / 2**30:,.1f} GiB to train (weights, AdamW state and the activations "
         f"of train.batch_size={t.batch_size} x model.block_size={cfg.model.block_size}), but {device.type} "

@@ -17,15 +17,6 @@ from ..model import GPT
 from . import distributed
 
 
-def resolve_device(spec: str) -> torch.device:
-    """'auto' → CUDA when present, else the CPU; 'cuda[:N]' without a GPU is a UserError."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={spec} but no CUDA GPU is available; use device=cpu or auto")
-    return torch.device(spec)
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' → bf16 where the hardware computes it natively, fp16 on older GPUs, else fp32."""
     if precision == "auto":

@@ -10,6 +10,7 @@ run is bit-identical to one that never stopped. More in docs/training.md.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
@@ -31,17 +33,16 @@ from ..data.loader import EVAL_STREAM, IGNORE, Prefetcher
 from ..errors import UserError, bad_param
 from ..fileio import exclusive
 from ..model import GPT
-from ..runfolder import RunFolder, check_fits_checkpoint
+from ..runfolder import RunFolder, check_fits_checkpoint, resolve_device
 from . import distributed, health, parallel
 from .guard import UpdateGuard
-from .memory import check_fits
+from .memory import plan_passes
 from .metrics import MetricsLog, plot_loss
 from .optim import (
     Clock,
     autocast_context,
     lr_at,
     make_optimizer,
-    resolve_device,
     resolve_precision,
 )
 from .trackers import check_logger, make_tracker
@@ -113,7 +114,11 @@ class Trainer:
         self.device = resolve_device(device_spec)
         self.precision = resolve_precision(tc.precision, self.device)
         self.parallel.check(self.precision)
-        check_fits(self.config, self.device, self.dist.world_size if tc.parallel == "fsdp" else 1)
+        # Forward passes per micro-batch: more than 1 only with train.micro_batch=auto, when memory is short.
+        self.passes = plan_passes(self.config, self.device, self.dist.world_size if tc.parallel == "fsdp" else 1)
+        if self.passes > 1:
+            self._say(f"train.micro_batch=auto: the config is estimated not to fit in {self.device.type} memory at "
+                      f"{tc.batch_size} sequences per forward pass; running {tc.batch_size // self.passes} per pass")
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.train_batches, self.val_batches = self.data.samplers(
@@ -233,14 +238,23 @@ class Trainer:
         for split, sampler in (("train", self.train_batches), ("val", self.val_batches)):
             total = count = 0.0
             for x, y in sampler.eval_batches(self.config.train.eval_iters):
-                with autocast_context(self.device, self.precision):
-                    _, loss = self.model(x.to(self.device), y.to(self.device))
-                counted = int((y != IGNORE).sum())
-                total, count = total + loss.item() * counted, count + counted
+                nats, counted = self._out_of_memory_retried(lambda: self._eval_batch(x, y))
+                total, count = total + nats, count + counted
             total, count = (distributed.total(v, self.dist, self.device) for v in (total, count))
             out[split] = total / count
         self.model.train()
         return out
+
+    def _eval_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """(summed loss in nats, tokens counted) over one batch, in `self.passes` slices."""
+        nats, counted = 0.0, 0
+        rows = max(1, x.size(0) // self.passes)
+        for xs, ys in zip(x.split(rows), y.split(rows)):
+            with autocast_context(self.device, self.precision):
+                _, loss = self.model(xs.to(self.device), ys.to(self.device))
+            n = int((ys != IGNORE).sum())
+            nats, counted = nats + loss.item() * n, counted + n
+        return nats, counted
 
     def _evaluate_and_save(self, it: int, last: bool, session: _Session) -> bool:
         """Evaluate when due (every eval_interval and at the end) and judge the run's health, then
@@ -311,16 +325,10 @@ class Trainer:
         tc = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(it, tc, self.clock.used)
-        total = torch.zeros((), device=self.device)
         accum = tc.grad_accum_steps
-        for micro in range(accum):
-            x, y = prefetch.get(it, micro, (it, micro + 1) if micro + 1 < accum else (it + 1, 0))
-            with self.parallel.micro_batch(self.forward_model, last=micro == accum - 1):
-                with autocast_context(self.device, self.precision):
-                    _, loss = self.forward_model(x, y)
-                loss = loss / accum
-                self.scaler.scale(loss).backward()
-            total += loss.detach()
+        batches = [prefetch.get(it, micro, (it, micro + 1) if micro + 1 < accum else (it + 1, 0))
+                   for micro in range(accum)]
+        total = self._out_of_memory_retried(lambda: self._accumulate(batches))
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         total_norm = get_total_norm([p.grad for p in params])
@@ -333,6 +341,48 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return total, norm
+
+    def _accumulate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Gradients of the mean loss over `batches` (one optimizer step's micro-batches), each
+        run in `self.passes` equal slices of rows; returns the mean loss."""
+        total = torch.zeros((), device=self.device)
+        passes = [(x_part, y_part, x.size(0)) for x, y in batches
+                  for x_part, y_part in zip(x.split(x.size(0) // self.passes), y.split(x.size(0) // self.passes))]
+        for i, (x, y, rows) in enumerate(passes):
+            with self.parallel.micro_batch(self.forward_model, last=i == len(passes) - 1):
+                with autocast_context(self.device, self.precision):
+                    _, loss = self.forward_model(x, y)
+                loss = loss * (x.size(0) / rows) / len(batches)
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        return total
+
+    def _out_of_memory_retried(self, work: Callable[[], Any]) -> Any:
+        """`work()`, run again in smaller slices after each out-of-memory error (see below)."""
+        while True:
+            try:
+                return work()
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                self._split_after_oom()
+
+    def _split_after_oom(self) -> None:
+        """`train.micro_batch=auto`: run each micro-batch in twice as many slices (the global
+        batch and so the loss trajectory unchanged), and say so; otherwise, or when a slice is
+        already one row, stop with what to change."""
+        tc, rows = self.config.train, self.config.train.batch_size // self.passes
+        if tc.micro_batch != "auto" or rows % 2 or self.dist.enabled:
+            gc.collect()
+            raise UserError(f"out of {self.device.type} memory at {rows} sequences per forward pass; "
+                            + ("lower model.block_size or the model's size" if tc.micro_batch == "auto" else
+                               "set train.micro_batch=auto, or lower train.batch_size and raise "
+                               "train.grad_accum_steps to keep the global batch"))
+        self.passes *= 2
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self._say(f"out of {self.device.type} memory at {rows} sequences per forward pass: continuing with "
+                  f"{rows // 2} per pass and {self.passes} passes per micro-batch (the same global batch)")
 
     def _tokens_per_step(self) -> int:
         tc = self.config.train
