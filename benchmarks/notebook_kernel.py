@@ -2,11 +2,13 @@
 OMP_WAIT_POLICY=passive, beside the same training in a plain process. Why the Colab notebook
 sets the passive policy before torch loads.
 
-    python benchmarks/notebook_kernel.py [--steps 20] [--rounds 2]
+    python benchmarks/notebook_kernel.py [--steps 20] [--rounds 2] [--busy 1]
 
 Each measurement is a fresh process (a kernel started by nbclient, or `python -c`) that trains
 the `tiny` preset for --steps steps on the embedded corpus and reports the seconds the
-training call took. Rounds alternate the three setups. Prints a markdown table.
+training call took. Rounds alternate the three setups. `--busy N` keeps N other processes
+doing PyTorch matrix work meanwhile (a shared machine; a Colab CPU is two hyperthreads).
+Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -60,7 +62,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--busy", type=int, default=0, help="other CPU-bound processes running meanwhile")
     args = parser.parse_args()
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.busy)]
+    try:
+        measure(args)
+    finally:
+        for proc in busy:
+            proc.kill()
+
+
+BUSY = "import torch\nx = torch.randn(512, 512)\nwhile True: x = torch.tanh(x @ x)"
+
+
+def measure(args) -> None:
     base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     setups = {"plain process": (in_process, base), "kernel, default wait policy": (in_kernel, base),
               "kernel, OMP_WAIT_POLICY=passive": (in_kernel, {**base, "OMP_WAIT_POLICY": "passive"})}
@@ -72,8 +87,8 @@ def main() -> None:
                 code = TRAIN.format(data=str(folder / "data"), run=str(folder / "run"), steps=args.steps)
                 times[name].append(runner(code, env))
     best_plain = min(times["plain process"])
-    print(f"tiny preset, {args.steps} steps, best of {args.rounds} alternating rounds, "
-          f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs\n")
+    print(f"tiny preset, {args.steps} steps, best of {args.rounds} alternating rounds, {args.busy} busy "
+          f"process(es) beside, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs\n")
     print("| setup | seconds (best) | all rounds | x plain process |")
     print("|---|---:|---|---:|")
     for name, values in times.items():
