@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, one command on a bare GPU machine (PyTorch with CUDA preinstalled, no network):
 #   bash benchmarks/gpu_check.sh            # results in $OUT (the device tool's folder) or ./gpu_results
-# 1. installs banglaslm's other dependencies from the wheels in .gpu_wheels/ (made here, on a
+# 1. installs banglaslm's dependencies from the wheels in .gpu_wheels/ (made here, on a
 #    machine with the package index, by `bash benchmarks/gpu_wheels.sh`; the device tool carries
 #    the folder) with --no-deps, never touching torch;
 # 2. runs tests/test_cuda.py (about 5 minutes), then benchmarks/gpu_throughput.py (about 2).
@@ -18,8 +18,8 @@ fi
 if [ -d .gpu_wheels ]; then
     python -m pip install --quiet --no-index --no-deps .gpu_wheels/*.whl 2>&1 | tail -3
 fi
-python -m pip install --quiet --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -3
-export PYTHONUNBUFFERED=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
+# banglaslm itself from the source tree (no build step; its subprocesses inherit the path).
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
 timeout 420 python -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log"
 tests=${PIPESTATUS[0]}
 timeout 150 python benchmarks/gpu_throughput.py --out "$OUT/gpu_throughput.json" 2>&1 | tee "$OUT/gpu_throughput.md"
