@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import TINY_SETTINGS
 
 from banglaslm.cli import main
@@ -101,3 +102,13 @@ def test_library_gets_the_same_checks():
     with pytest.raises(UserError, match="train.learning_rate: must be a finite number"):
         build_config(overrides={**TINY_SETTINGS, "train.learning_rate": float("inf")})
     assert SamplingParams(temperature=1e-45).decodes_greedily and not SamplingParams().decodes_greedily
+
+
+@pytest.mark.parametrize("command", ["eval", "generate", "chat"])
+def test_device_option_is_checked_in_one_line(trained_run, text, capsys, command):
+    extra = {"eval": ["--text", text], "generate": ["--prompt", "আমি"], "chat": []}[command]
+    code, err = run([command, trained_run, *extra, "--device", "tpu"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "--device must be auto, cpu, cuda or cuda:N" in err, err
+    if not torch.cuda.is_available():
+        code, err = run([command, trained_run, *extra, "--device", "cuda"], capsys)
+        assert code == 2 and "--device is cuda but no CUDA GPU is available" in err, err

@@ -230,7 +230,7 @@ def _add_others(sub) -> None:
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--text", nargs="*", default=[], metavar="FILE", help="text files to evaluate in the report")
     r.add_argument("--out", default=None, help="report folder (default RUN_DIR/report)")
-    add_options(r, load_model, flags={"which": "checkpoint"})
+    add_options(r, load_model, flags={"which": "checkpoint"}, only=("which",))
     q = sub.add_parser("quickstart", help="prepare the embedded corpus, train `tiny`, evaluate, generate")
     add_options(q, quickstart)
 

@@ -144,7 +144,8 @@ def resolve_device(spec: str, param: str = "train.device") -> torch.device:
     return torch.device(spec)
 
 
-def load_model(run_dir: str | Path, which: Which = "best", device: str = "cpu") -> LoadedModel:
+def load_model(run_dir: str | Path, which: Which = "best",
+               device: Annotated[str, Opt("where the model runs: cpu, cuda, cuda:N or auto")] = "cpu") -> LoadedModel:
     """Model (in eval mode), tokenizer and config from a run folder, for inference on `device`
     (cpu, cuda, cuda:N or auto)."""
     run = RunFolder(run_dir)
