@@ -34,6 +34,19 @@ def test_sliding_window_scores_every_token_once(trained_run):
     assert half == pytest.approx(exact, rel=0.05)
 
 
+@pytest.mark.parametrize("stride_div", [1, 2, 3])
+def test_batched_windows_score_as_one_window_at_a_time(trained_run, stride_div):
+    """Windows scored many per forward pass (right-padded) give what one window per pass gives,
+    up to float rounding; 7 extra ids make the last window shorter than the others."""
+    loaded = load_model(trained_run)
+    block = loaded.config.model.block_size
+    ids = [loaded.tokenizer.eod_id] + loaded.tokenizer.encode("নদীর ধারে একটি ছোট গ্রাম ছিল। " * 12)[:5 * block + 7]
+    stride = max(1, block // stride_div)
+    one_by_one = score_tokens(loaded.model, ids, stride, tokens_per_pass=block)
+    batched = score_tokens(loaded.model, ids, stride)
+    assert batched == pytest.approx(one_by_one, rel=1e-5)
+
+
 def test_metrics_are_consistent(trained_run, tmp_path):
     loaded = load_model(trained_run)
     f = tmp_path / "t.txt"

@@ -19,8 +19,9 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from ..config import Opt
+from ..config import Opt, show_progress
 from ..data.sources import read_text_file
 from ..errors import UserError, bad_param
 from ..runfolder import LoadedModel
@@ -44,27 +45,50 @@ class EvalResult:
         return asdict(self)
 
 
+# Tokens per forward pass when scoring: windows are batched up to this many tokens (at least
+# one window), which keeps the logits (tokens x vocabulary floats) near 250 MB at a 32k vocabulary.
+TOKENS_PER_PASS = 2048
+
+
+def _windows(n: int, block: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, first_new) of each window over n ids: the window is ids[start:end] and
+    scores its targets from index first_new on, so that every id but the first (the leading
+    end-of-document, context only) is scored exactly once."""
+    out, scored_until, start = [], 1, 0
+    while scored_until < n:
+        end = min(start + block + 1, n)
+        out.append((start, end, scored_until - (start + 1)))
+        scored_until = end
+        start = max(0, min(start + stride, n - block - 1))
+    return out
+
+
 @torch.no_grad()
-def _scored_windows(model, ids: list[int], stride: int):
-    """(log-probabilities (T, V), targets (T,)) for each window's newly scored tokens, so that
-    every token of ids[1:] is scored exactly once with as much context as the block allows."""
+def _scored_windows(model, ids: list[int], stride: int, tokens_per_pass: int = TOKENS_PER_PASS):
+    """(log-probabilities (T, V), targets (T,)) for each window's newly scored tokens, windows
+    batched (right-padded; causal attention never sees the padding) `tokens_per_pass` at a time."""
     block = model.config.block_size
     device = next(model.parameters()).device
     ids_t = torch.tensor(ids, dtype=torch.long, device=device)
-    scored_until, start = 1, 0  # ids[0] is the leading EOD: context only, never scored
-    while scored_until < len(ids):
-        end = min(start + block + 1, len(ids))
-        window = ids_t[start:end]
-        logits, _ = model(window[:-1].unsqueeze(0))
-        first_new = scored_until - (start + 1)  # index in the window's targets of the first unscored token
-        yield F.log_softmax(logits[0, first_new:].float(), dim=-1), window[1 + first_new:]
-        scored_until = end
-        start = max(0, min(start + stride, len(ids) - block - 1))
+    spans = _windows(len(ids), block, stride)
+    per_pass = max(1, tokens_per_pass // block)
+    with tqdm(total=len(spans), unit="window", desc="scoring", leave=False,
+              disable=not show_progress(None) or len(spans) < 100) as bar:
+        for i in range(0, len(spans), per_pass):
+            group = spans[i:i + per_pass]
+            x = torch.zeros(len(group), max(end - start for start, end, _ in group) - 1, dtype=torch.long, device=device)
+            for row, (start, end, _) in enumerate(group):
+                x[row, :end - start - 1] = ids_t[start:end - 1]
+            logits, _ = model(x)
+            for row, (start, end, first_new) in enumerate(group):
+                yield F.log_softmax(logits[row, first_new:end - start - 1].float(), dim=-1), ids_t[start + 1 + first_new:end]
+            bar.update(len(group))
 
 
-def score_tokens(model, ids: list[int], stride: int) -> float:
+def score_tokens(model, ids: list[int], stride: int, tokens_per_pass: int = TOKENS_PER_PASS) -> float:
     """Sum of -log p(token | context) in nats over ids[1:], each scored once."""
-    return -sum(lp.gather(1, t.unsqueeze(1)).sum().item() for lp, t in _scored_windows(model, ids, stride))
+    return -sum(lp.gather(1, t.unsqueeze(1)).sum().item()
+                for lp, t in _scored_windows(model, ids, stride, tokens_per_pass))
 
 
 def token_logprobs(model, ids: list[int], top: int = 0, stride: int | None = None) -> list[tuple[float, list]]:
