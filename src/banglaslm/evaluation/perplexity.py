@@ -64,16 +64,18 @@ def _windows(n: int, block: int, stride: int) -> list[tuple[int, int, int]]:
 
 
 @torch.no_grad()
-def _scored_windows(model, ids: list[int], stride: int, tokens_per_pass: int = TOKENS_PER_PASS):
+def _scored_windows(model, ids: list[int], stride: int, tokens_per_pass: int = TOKENS_PER_PASS,
+                    progress: bool = False):
     """(log-probabilities (T, V), targets (T,)) for each window's newly scored tokens, windows
-    batched (right-padded; causal attention never sees the padding) `tokens_per_pass` at a time."""
+    batched (right-padded; causal attention never sees the padding) `tokens_per_pass` at a time;
+    `progress`: a bar, for texts of 100 windows or more."""
     block = model.config.block_size
     device = next(model.parameters()).device
     ids_t = torch.tensor(ids, dtype=torch.long, device=device)
     spans = _windows(len(ids), block, stride)
     per_pass = max(1, tokens_per_pass // block)
     with tqdm(total=len(spans), unit="window", desc="scoring", leave=False,
-              disable=not show_progress(None) or len(spans) < 100) as bar:
+              disable=not progress or len(spans) < 100) as bar:
         for i in range(0, len(spans), per_pass):
             group = spans[i:i + per_pass]
             x = torch.zeros(len(group), max(end - start for start, end, _ in group) - 1, dtype=torch.long, device=device)
@@ -85,10 +87,11 @@ def _scored_windows(model, ids: list[int], stride: int, tokens_per_pass: int = T
             bar.update(len(group))
 
 
-def score_tokens(model, ids: list[int], stride: int, tokens_per_pass: int = TOKENS_PER_PASS) -> float:
+def score_tokens(model, ids: list[int], stride: int, tokens_per_pass: int = TOKENS_PER_PASS,
+                 progress: bool = False) -> float:
     """Sum of -log p(token | context) in nats over ids[1:], each scored once."""
     return -sum(lp.gather(1, t.unsqueeze(1)).sum().item()
-                for lp, t in _scored_windows(model, ids, stride, tokens_per_pass))
+                for lp, t in _scored_windows(model, ids, stride, tokens_per_pass, progress))
 
 
 def token_logprobs(model, ids: list[int], top: int = 0, stride: int | None = None) -> list[tuple[float, list]]:
@@ -115,7 +118,7 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: 
         raise bad_param("stride", f"must be between 1 and the block size ({block}), got {stride}")
     coverage = Coverage()
     ids = [loaded.tokenizer.eod_id] + loaded.tokenizer.encode(text, normalized=True, coverage=coverage)
-    nats = score_tokens(loaded.model, ids, stride)
+    nats = score_tokens(loaded.model, ids, stride, progress=show_progress(None))
     n_tokens = len(ids) - 1
     n_bytes = len(text.encode("utf-8"))
     loss = nats / n_tokens
