@@ -89,12 +89,17 @@ def test_multiple_choice_matches_lm_eval_hf_on_the_export(lm_eval, ours, trained
     from banglaslm.interop.hf_export import export_hf
 
     exported = export_hf(trained_run, tmp_path / "hf")
-    with pytest.MonkeyPatch.context() as mp:
-        hf_offline(mp, tmp_path / "datasets_cache")
-        theirs = lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={exported},dtype=float32,add_bos_token=True", tasks=["bangla_mc"],
-            task_manager=TaskManager(include_path=str(task_folder), include_defaults=False),
-            device="cpu", batch_size=8, log_samples=True, bootstrap_iters=0)
+
+    def hf_scores(extra_args: str) -> dict:
+        """lm-eval's own `hf` model on the export, on bangla_mc, offline."""
+        with pytest.MonkeyPatch.context() as mp:
+            hf_offline(mp, tmp_path / "datasets_cache")
+            return lm_eval.simple_evaluate(
+                model="hf", model_args=f"pretrained={exported},dtype=float32{extra_args}", tasks=["bangla_mc"],
+                task_manager=TaskManager(include_path=str(task_folder), include_defaults=False),
+                device="cpu", batch_size=8, log_samples=True, bootstrap_iters=0)
+
+    theirs = hf_scores(",add_bos_token=True")
     mine, hf = loglikelihoods(ours[0], "bangla_mc"), loglikelihoods(theirs, "bangla_mc")
     assert len(mine) == 32 and all(len(row) == 4 for row in mine)
     for a, b in zip(mine, hf):
@@ -102,13 +107,8 @@ def test_multiple_choice_matches_lm_eval_hf_on_the_export(lm_eval, ours, trained
     for metric in ("acc,none", "acc_norm,none"):
         assert ours[0]["results"]["bangla_mc"][metric] == theirs["results"]["bangla_mc"][metric]
     # The control: without the end-of-document token before each question (lm-eval's default
-    # for our export), at least one log-likelihood moves by far more than the tolerance.
-    with pytest.MonkeyPatch.context() as mp:
-        hf_offline(mp, tmp_path / "datasets_cache")
-        plain = lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={exported},dtype=float32", tasks=["bangla_mc"],
-            task_manager=TaskManager(include_path=str(task_folder), include_defaults=False),
-            device="cpu", batch_size=8, log_samples=True, bootstrap_iters=0)
+    # for our export), log-likelihoods move by far more than the tolerance.
+    plain = hf_scores("")
     moved = max(abs(a - b) / abs(b) for row_a, row_b in zip(loglikelihoods(plain, "bangla_mc"), mine)
                 for a, b in zip(row_a, row_b))
     assert moved > 10 * TOLERANCE

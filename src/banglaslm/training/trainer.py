@@ -248,8 +248,7 @@ class Trainer:
     def _eval_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         """(summed loss in nats, tokens counted) over one batch, in `self.passes` slices."""
         nats, counted = 0.0, 0
-        rows = max(1, x.size(0) // self.passes)
-        for xs, ys in zip(x.split(rows), y.split(rows)):
+        for xs, ys in self._slices(x, y):
             with autocast_context(self.device, self.precision):
                 _, loss = self.model(xs.to(self.device), ys.to(self.device))
             n = int((ys != IGNORE).sum())
@@ -346,8 +345,7 @@ class Trainer:
         """Gradients of the mean loss over `batches` (one optimizer step's micro-batches), each
         run in `self.passes` equal slices of rows; returns the mean loss."""
         total = torch.zeros((), device=self.device)
-        passes = [(x_part, y_part, x.size(0)) for x, y in batches
-                  for x_part, y_part in zip(x.split(x.size(0) // self.passes), y.split(x.size(0) // self.passes))]
+        passes = [(x_part, y_part, x.size(0)) for x, y in batches for x_part, y_part in self._slices(x, y)]
         for i, (x, y, rows) in enumerate(passes):
             with self.parallel.micro_batch(self.forward_model, last=i == len(passes) - 1):
                 with autocast_context(self.device, self.precision):
@@ -356,6 +354,11 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         return total
+
+    def _slices(self, x: torch.Tensor, y: torch.Tensor):
+        """A batch's (inputs, targets) in `self.passes` slices of rows (at least one row each)."""
+        rows = max(1, x.size(0) // self.passes)
+        return zip(x.split(rows), y.split(rows))
 
     def _out_of_memory_retried(self, work: Callable[[], Any]) -> Any:
         """`work()`, run again in smaller slices after each out-of-memory error (see below)."""
@@ -371,14 +374,13 @@ class Trainer:
         batch and so the loss trajectory unchanged), and say so; otherwise, or when a slice is
         already one row, stop with what to change."""
         tc, rows = self.config.train, self.config.train.batch_size // self.passes
+        gc.collect()
         if tc.micro_batch != "auto" or rows % 2 or self.dist.enabled:
-            gc.collect()
             raise UserError(f"out of {self.device.type} memory at {rows} sequences per forward pass; "
                             + ("lower model.block_size or the model's size" if tc.micro_batch == "auto" else
                                "set train.micro_batch=auto, or lower train.batch_size and raise "
                                "train.grad_accum_steps to keep the global batch"))
         self.passes *= 2
-        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self._say(f"out of {self.device.type} memory at {rows} sequences per forward pass: continuing with "
