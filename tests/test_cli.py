@@ -111,6 +111,22 @@ def test_generate_and_eval_json(trained_run, small_books):
     assert rows[0]["file"] == str(small_books[0]) and rows[0]["tokens"] > 1000
 
 
+def test_quantized_eval_stays_within_one_percent_and_generate_runs(trained_run, small_books):
+    """--quantize on eval and generate: bits per character on real text within 1% of float32."""
+    bpc = {}
+    for kind in ("none", "int8", "bf16"):
+        r = cli("eval", trained_run, "--text", small_books[0], "--json", "--quantize", kind)
+        assert r.returncode == 0, r.stderr
+        bpc[kind] = json.loads(r.stdout)["bits_per_char"]
+    assert abs(bpc["int8"] / bpc["none"] - 1) < 0.01 and abs(bpc["bf16"] / bpc["none"] - 1) < 0.01, bpc
+    assert bpc["int8"] != bpc["none"]  # it did run on other weights
+    r = cli("generate", trained_run, "--prompt", "আমার", "--max-new-tokens", "12", "--greedy",
+            "--json", "--quantize", "int8")
+    assert r.returncode == 0 and json.loads(r.stdout)["tokens"] > 0, r.stderr
+    r = cli("generate", trained_run, "--prompt", "আমার", "--quantize", "int4")
+    assert r.returncode == 2 and "invalid choice: 'int4'" in r.stderr
+
+
 def test_train_help_lists_every_config_key():
     r = cli("train", "--help")
     assert r.returncode == 0
@@ -193,7 +209,8 @@ def test_serve_and_chat_commands(trained_run):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "banglaslm", "serve", str(trained_run), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "banglaslm", "serve", str(trained_run), "--port", str(port),
+                               "--quantize", "int8"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
@@ -215,7 +232,7 @@ def test_serve_and_chat_commands(trained_run):
         server.terminate()
         server.wait(timeout=30)
     chat = subprocess.run([sys.executable, "-m", "banglaslm", "chat", str(trained_run), "--seed", "1",
-                           "--max-new-tokens", "8"], input="/temp 0.5\nনমস্কার\n/quit\n", capture_output=True,
+                           "--max-new-tokens", "8", "--quantize", "bf16"], input="/temp 0.5\nনমস্কার\n/quit\n", capture_output=True,
                           text=True, timeout=120)
     assert chat.returncode == 0 and "Traceback" not in chat.stderr, chat.stderr
 

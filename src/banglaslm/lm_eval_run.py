@@ -15,6 +15,7 @@ from typing import Annotated
 from .config import Opt
 from .errors import UserError, bad_param
 from .fileio import atomic_write_text, check_writable
+from .quantize import Quantize
 from .runfolder import Which, load_model
 
 RESULTS_DIR = "lm_eval"  # RUN_DIR/lm_eval/results_<UTC time>.json
@@ -48,7 +49,8 @@ def run_lm_eval(run_dir: str | Path,
                 limit: Annotated[int | None, Opt("score only the first N examples of each task (a quick check)")] = None,
                 batch_size: Annotated[int, Opt("rows per forward pass")] = 16,
                 out: Annotated[str | None, Opt("folder for the results file (default: RUN_DIR/lm_eval)")] = None,
-                which: Which = "best", device: str = "cpu", log_samples: bool = False) -> tuple[dict, Path]:
+                which: Which = "best", device: str = "cpu", quantize: Quantize = "none",
+                log_samples: bool = False) -> tuple[dict, Path]:
     """lm-eval's results for `tasks` on the run's model, and the JSON file they were written to.
 
     Errors: UserError for a run folder without a checkpoint, an unknown task, a missing
@@ -68,7 +70,7 @@ def run_lm_eval(run_dir: str | Path,
         raise UserError(f"`banglaslm lm-eval` needs lm-evaluation-harness: {INSTALL}") from None
     from .lm_eval_model import BanglaslmLM
 
-    loaded = load_model(run_dir, which, device=device)
+    loaded = load_model(run_dir, which, device=device, quantize=quantize)
     folder = Path(out) if out is not None else Path(run_dir) / RESULTS_DIR
     check_writable(folder, "--out")  # before the evaluation, not after it
     manager = _task_manager(names, include_path)

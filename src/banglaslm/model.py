@@ -257,7 +257,7 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int, pad: torch.Tensor | None = None) -> KVCache:
         """An empty KV cache for `batch_size` sequences on this model's device and dtype."""
-        p = self.tok_emb.weight
+        p = self.norm_f.weight  # not tok_emb: quantize.py may store that as int8
         return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype, pad=pad)
 
     @contextmanager

@@ -23,6 +23,7 @@ from .config import Opt, RunConfig, validate
 from .errors import UserError, bad_param
 from .fileio import atomic_write_json, check_destination, read_json_or_fail
 from .model import GPT
+from .quantize import Quantize, check_quantize, quantize_model
 from .tokenizer import Tokenizer
 
 RUN_FORMAT = "banglaslm-run"
@@ -145,12 +146,14 @@ def resolve_device(spec: str, param: str = "train.device") -> torch.device:
 
 
 def load_model(run_dir: str | Path, which: Which = "best",
-               device: Annotated[str, Opt("where the model runs: cpu, cuda, cuda:N or auto")] = "cpu") -> LoadedModel:
+               device: Annotated[str, Opt("where the model runs: cpu, cuda, cuda:N or auto")] = "cpu",
+               quantize: Quantize = "none") -> LoadedModel:
     """Model (in eval mode), tokenizer and config from a run folder, for inference on `device`
-    (cpu, cuda, cuda:N or auto)."""
+    (cpu, cuda, cuda:N or auto), its weight matrices stored as `quantize` (quantize.py)."""
     run = RunFolder(run_dir)
     run.require()
     device = resolve_device(str(device), "device")
+    check_quantize(quantize, device)  # before the weights are read
     if which not in CHECKPOINTS:
         raise bad_param("which", f"must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     path = run.checkpoint(which)
@@ -172,5 +175,6 @@ def load_model(run_dir: str | Path, which: Which = "best",
         raise UserError(f"{path} does not fit the model in {run.config_path} "
                         f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
     model.to(device).eval()
+    quantize_model(model, quantize)
     return LoadedModel(model, tokenizer, config, int(ckpt.state.get("iter", 0)), path)
 

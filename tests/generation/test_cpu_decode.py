@@ -1,6 +1,7 @@
 """The C decode step (cpu_decode.py + csrc/decode.c) against PyTorch's model.forward, and the
 rules for when the engine uses it."""
 
+import copy
 import ctypes
 import os
 import shutil
@@ -13,6 +14,7 @@ from banglaslm.generation import cpu_decode
 from banglaslm.generation.cpu_decode import CpuDecoder
 from banglaslm.generation.engine import Engine
 from banglaslm.model import GPT
+from banglaslm.quantize import quantize_model
 
 if shutil.which(os.environ.get("CC") or "cc") is None:
     pytest.skip("no C compiler here: the engine runs on PyTorch alone", allow_module_level=True)
@@ -30,13 +32,19 @@ def model_of(arch: str, block: int = 24, vocab: int = 97) -> GPT:
     return model
 
 
-@pytest.mark.parametrize("arch", ["gpt", "modern"])
-def test_steps_match_model_forward_with_padding_up_to_a_full_cache(arch):
-    model = model_of(arch)
+KINDS = ["none", "int8", "bf16"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("arch,B", [("gpt", 3), ("modern", 3), ("gpt", 1), ("modern", 1)])
+def test_steps_match_model_forward_with_padding_up_to_a_full_cache(arch, B, kind):
+    """Against the model's own forward with the same stored weights: float32, or quantized
+    (QuantLinear is the reference). B = 1 reads quantized rows directly, B > 1 through a tile."""
+    model = quantize_model(model_of(arch), kind)
     decoder = CpuDecoder.for_model(model)
     assert decoder is not None
-    block, B = model.config.block_size, 3
-    pad = torch.tensor([0, 2, 5])
+    block = model.config.block_size
+    pad = torch.tensor([0, 2, 5])[:B]
     x = torch.randint(0, 97, (B, block), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         ours, ref = model.new_cache(B, pad=pad), model.new_cache(B, pad=pad)
@@ -55,8 +63,9 @@ def test_steps_match_model_forward_with_padding_up_to_a_full_cache(arch):
             decoder.step(ours, x[:, 0])
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("arch", ["gpt", "modern"])
-def test_greedy_generation_is_the_same_with_and_without_the_kernel(arch, trained_run):
+def test_greedy_generation_is_the_same_with_and_without_the_kernel(arch, kind, trained_run):
     from banglaslm.runfolder import load_model
 
     tok = load_model(trained_run).tokenizer
@@ -67,6 +76,7 @@ def test_greedy_generation_is_the_same_with_and_without_the_kernel(arch, trained
         else:
             for linear in (m for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)):
                 linear.weight.mul_(12)
+    quantize_model(model, kind)
     params = SamplingParams(max_new_tokens=150, greedy=True)  # past the block: re-prefill, then kernel again
     prompts = ["আমি", "একদিন সকালে নদীর ধারে"]
     fast = Engine(model, tok).generate(prompts, params)
@@ -143,8 +153,13 @@ def test_the_engine_uses_it_only_when_it_computes_the_same_thing(trained_run, mo
     monkeypatch.setenv("BANGLASLM_KERNEL", "torch")
     assert not used()
     monkeypatch.delenv("BANGLASLM_KERNEL")
-    half = GPT(loaded.model.config).to(torch.bfloat16).eval()  # the kernel is float32 only
+    half = GPT(loaded.model.config).to(torch.bfloat16).eval()  # bf16 activations: not what it computes
     assert not used(Engine(half, loaded.tokenizer))
+    for kind in ("int8", "bf16"):  # quantize.py's weight-only storage: it reads that
+        assert used(Engine(quantize_model(copy.deepcopy(loaded.model), kind), loaded.tokenizer))
+    mixed = quantize_model(copy.deepcopy(loaded.model), "int8")
+    mixed.blocks[0].mlp.up = torch.nn.Linear(*reversed(mixed.blocks[0].mlp.up.qweight.shape), bias=False)
+    assert not used(Engine(mixed, loaded.tokenizer))  # one float32 matrix among int8 ones
     with torch.autocast("cpu", dtype=torch.bfloat16):  # PyTorch would compute in bf16
         assert not used()
     from torch.nn.utils import parametrize

@@ -2,9 +2,10 @@
 
 At batch 1 a decoding step is bound by reading every weight once, and PyTorch's eager mode
 spends about as long again dispatching small operators. The C step does `GPT.forward`'s
-arithmetic for one new token per row in one call. It runs only where it computes exactly what
-the model would (a plain float32 `GPT` on the CPU, nothing hooked or patched, a compiler at
-hand, BANGLASLM_KERNEL not "torch"); otherwise the engine uses `model(...)`. The build, the
+arithmetic for one new token per row in one call, reading float32 weights or the int8 / bf16
+ones of quantize.py. It runs only where it computes exactly what the model would (a plain `GPT`
+on the CPU, nothing hooked or patched, a compiler at hand, BANGLASLM_KERNEL not "torch");
+otherwise the engine uses `model(...)`. The build, the
 numerics and the rules for stepping aside are in docs/generation.md.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..model import GPT, MLP, Block, CausalSelfAttention, KVCache
+from ..quantize import QuantEmbedding, QuantLinear, cpu_flags
 
 SOURCE = Path(__file__).with_name("csrc") / "decode.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
@@ -31,34 +33,40 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
 _f = ctypes.POINTER(ctypes.c_float)
 
 
+class _Mat(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_void_p), ("scale", _f)]
+
+
 class _Layer(ctypes.Structure):
-    _fields_ = [(name, _f) for name in (
-        "norm1_w", "norm1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "norm2_w", "norm2_b",
-        "up_w", "up_b", "gate_w", "down_w", "down_b")]
+    _fields_ = [("norm1_w", _f), ("norm1_b", _f), ("qkv", _Mat), ("qkv_b", _f), ("proj", _Mat), ("proj_b", _f),
+                ("norm2_w", _f), ("norm2_b", _f), ("up", _Mat), ("up_b", _f), ("gate", _Mat), ("down", _Mat),
+                ("down_b", _f)]
 
 
 class _Model(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int32) for name in (
-        "modern", "n_layer", "n_head", "n_embd", "hidden", "vocab", "block")] + [
-        ("eps", ctypes.c_float)] + [(name, _f) for name in (
-        "tok_emb", "pos_emb", "rope_cos", "rope_sin", "normf_w", "normf_b", "head_w")] + [
-        ("layers", ctypes.POINTER(_Layer))]
+        "modern", "n_layer", "n_head", "n_embd", "hidden", "vocab", "block", "wtype")] + [
+        ("eps", ctypes.c_float), ("tok_emb", _Mat)] + [(name, _f) for name in (
+        "pos_emb", "rope_cos", "rope_sin", "normf_w", "normf_b")] + [("head", _Mat), ("layers", ctypes.POINTER(_Layer))]
+
+
+# How each kind of weight matrix is stored, as the C step numbers them (decode.c's F32, I8, BF16).
+_WTYPE = {torch.float32: 0, torch.int8: 1, torch.bfloat16: 2}
+
+
+def _matrix(module: torch.nn.Module) -> torch.Tensor:
+    """The stored weight matrix of a Linear, an Embedding or their quantized forms."""
+    return module.qweight if isinstance(module, (QuantLinear, QuantEmbedding)) else module.weight
+
+
+def _mat(module: torch.nn.Module | None) -> _Mat:
+    if module is None:
+        return _Mat(None, None)
+    return _Mat(_matrix(module).data_ptr(), _ptr(getattr(module, "scale", None)))
 
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("BANGLASLM_CACHE") or Path.home() / ".cache" / "banglaslm") / "kernels"
-
-
-def _cpu_flags() -> str:
-    """This CPU's feature flags: -march=native code built on one machine may not run on another
-    that shares the home directory."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(compiler: str | None = None) -> Path:
@@ -68,7 +76,9 @@ def build(compiler: str | None = None) -> Path:
     if not cc or shutil.which(cc[0]) is None:
         raise RuntimeError(f"no C compiler found ({' '.join(cc)!r}); install gcc or set CC")
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cc, version, " ".join(FLAGS), _cpu_flags()]).encode())
+    # -march=native code built on one machine may not run on another sharing the home directory.
+    cpu = cpu_flags() or platform.processor() or platform.machine()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cc, version, " ".join(FLAGS), cpu]).encode())
     target = _cache_dir() / f"decode-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -105,7 +115,7 @@ def library() -> ctypes.CDLL | None:
                 ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,  # scratch, threads
                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
             lib.bslm_scratch_floats.restype = ctypes.c_int64
-            lib.bslm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32]
+            lib.bslm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32]
             _library = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # SubprocessError: a time-out
             _failure = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -117,7 +127,8 @@ def library() -> ctypes.CDLL | None:
 # The modules a plain GPT is made of, with the forward each class was defined with: the kernel
 # computes exactly what they compute, and nothing else.
 _PLAIN = {cls: cls.forward for cls in (GPT, Block, CausalSelfAttention, MLP, torch.nn.Linear, torch.nn.Embedding,
-                                        torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.Dropout, torch.nn.ModuleList)}
+                                        QuantLinear, QuantEmbedding, torch.nn.LayerNorm, torch.nn.RMSNorm,
+                                        torch.nn.Dropout, torch.nn.ModuleList)}
 
 
 def _plain(model: torch.nn.Module) -> bool:
@@ -134,6 +145,18 @@ def _plain(model: torch.nn.Module) -> bool:
     return all(type(m) in _PLAIN and type(m).forward is _PLAIN[type(m)] and "forward" not in vars(m)
                and not m._forward_hooks and not m._forward_pre_hooks and not parametrize.is_parametrized(m)
                for m in model.modules())
+
+
+def _one_storage(model: GPT) -> bool:
+    """Whether every weight matrix is stored the same way the C step can read (float32, or one of
+    quantize.py's kinds) and every other tensor is float32."""
+    matrices = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding, QuantLinear,
+                                                             QuantEmbedding)) and m is not model.pos_emb]
+    kinds = {_matrix(m).dtype for m in matrices}
+    if len(kinds) != 1 or next(iter(kinds)) not in _WTYPE:
+        return False
+    stored = {id(_matrix(m)) for m in matrices}
+    return all(t.dtype == torch.float32 for t in list(model.parameters()) + list(model.buffers()) if id(t) not in stored)
 
 
 def _int64(t: torch.Tensor) -> torch.Tensor:
@@ -164,19 +187,20 @@ class CpuDecoder:
         for layer, block in zip(self.layers, b):
             a, mlp = block.attn, block.mlp
             layer.norm1_w, layer.norm1_b = _ptr(block.norm1.weight), _ptr(getattr(block.norm1, "bias", None))
-            layer.qkv_w, layer.qkv_b = _ptr(a.qkv.weight), _ptr(a.qkv.bias)
-            layer.proj_w, layer.proj_b = _ptr(a.proj.weight), _ptr(a.proj.bias)
+            layer.qkv, layer.qkv_b = _mat(a.qkv), _ptr(a.qkv.bias)
+            layer.proj, layer.proj_b = _mat(a.proj), _ptr(a.proj.bias)
             layer.norm2_w, layer.norm2_b = _ptr(block.norm2.weight), _ptr(getattr(block.norm2, "bias", None))
-            layer.up_w, layer.up_b = _ptr(mlp.up.weight), _ptr(mlp.up.bias)
-            layer.gate_w = _ptr(mlp.gate.weight) if self.modern else None
-            layer.down_w, layer.down_b = _ptr(mlp.down.weight), _ptr(mlp.down.bias)
-        hidden = b[0].mlp.down.weight.shape[1]
+            layer.up, layer.up_b = _mat(mlp.up), _ptr(mlp.up.bias)
+            layer.gate = _mat(mlp.gate if self.modern else None)
+            layer.down, layer.down_b = _mat(mlp.down), _ptr(mlp.down.bias)
+        hidden = _matrix(b[0].mlp.down).shape[1]
         eps = b[0].norm1.eps if b[0].norm1.eps is not None else torch.finfo(torch.float32).eps
         self.struct = _Model(
-            int(self.modern), cfg.n_layer, cfg.n_head, cfg.n_embd, hidden, cfg.vocab_size, cfg.block_size, eps,
-            _ptr(model.tok_emb.weight), _ptr(model.pos_emb.weight if model.pos_emb is not None else None),
+            int(self.modern), cfg.n_layer, cfg.n_head, cfg.n_embd, hidden, cfg.vocab_size, cfg.block_size,
+            _WTYPE[_matrix(model.lm_head).dtype], eps, _mat(model.tok_emb),
+            _ptr(model.pos_emb.weight if model.pos_emb is not None else None),
             _ptr(model.rope_cos if self.modern else None), _ptr(model.rope_sin if self.modern else None),
-            _ptr(model.norm_f.weight), _ptr(getattr(model.norm_f, "bias", None)), _ptr(model.lm_head.weight),
+            _ptr(model.norm_f.weight), _ptr(getattr(model.norm_f, "bias", None)), _mat(model.lm_head),
             self.layers)
         self.ref = ctypes.byref(self.struct)
         self.threads = torch.get_num_threads()
@@ -193,7 +217,7 @@ class CpuDecoder:
         if os.environ.get("BANGLASLM_KERNEL", "auto") == "torch" or type(model) is not GPT:
             return None
         tensors = list(model.parameters()) + list(model.buffers())
-        if any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
+        if any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors) or not _one_storage(model):
             return None
         if not _plain(model):
             return None
@@ -245,7 +269,7 @@ class CpuDecoder:
         pad = None if pad is None else _int64(pad)
         slots = None if slots is None else _int64(slots)
         if B not in self._scratch_need:
-            self._scratch_need[B] = self.lib.bslm_scratch_floats(self.ref, B)
+            self._scratch_need[B] = self.lib.bslm_scratch_floats(self.ref, B, self.threads)
         need = self._scratch_need[B]
         if self.scratch.numel() < need:  # float32 on the CPU whatever torch's defaults are
             self.scratch = torch.empty(need, dtype=torch.float32, device="cpu")

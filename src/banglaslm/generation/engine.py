@@ -83,7 +83,7 @@ class Engine:
         self.block_size = model.config.block_size
         # Tokens a row keeps when its context outgrows the block (the newest one included).
         self.keep = max(1, min(keep or self.block_size // 2, self.block_size))
-        self.device = model.tok_emb.weight.device
+        self.device = next(model.parameters()).device
 
     # ---- public API ----------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:

@@ -184,16 +184,17 @@ def _answer(result):
 
 def create_app(run_dir, api_key: str | None = None, model_name: str | None = None,
                limits: ServerLimits | None = None, which: Which = "best",
-               allowed_hosts: Iterable[str] | None = None, device: str = "cpu") -> FastAPI:
-    """The FastAPI app serving the model in `run_dir` on `device`. With `allowed_hosts` (names; '*' for
+               allowed_hosts: Iterable[str] | None = None, device: str = "cpu",
+               quantize: str = "none") -> FastAPI:
+    """The FastAPI app serving the model in `run_dir` on `device`, stored as `quantize` (load_model). With `allowed_hosts` (names; '*' for
     any) only requests whose Host header names this server pass (`HostCheck`; `run.run_server`
     always gives them); without, the Host header is not checked. Raises UserError for an
     `api_key` no HTTP client could send."""
     from .run import check_api_key
 
     check_api_key(api_key)
-    loaded = load_model(run_dir, which, device=device)
-    if loaded.model.tok_emb.weight.device.type == "cpu":
+    loaded = load_model(run_dir, which, device=device, quantize=quantize)
+    if next(loaded.model.parameters()).device.type == "cpu":
         CpuDecoder.for_model(loaded.model)  # build the C decode step now, not in the first request
     service = OpenAIService(Engine(loaded.model, loaded.tokenizer), model_name or Path(run_dir).resolve().name,
                             limits)

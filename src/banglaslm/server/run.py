@@ -23,6 +23,7 @@ from typing import Annotated
 
 from ..config import Opt
 from ..errors import UserError, bad_param
+from ..quantize import Quantize, check_quantize
 from ..runfolder import resolve_device
 from .schemas import ServerLimits
 
@@ -46,13 +47,14 @@ def run_server(
     max_connections: Annotated[int, Opt("connections served at once; requests on more are answered "
                                         "503")] = 64,
     device: Annotated[str, Opt("where the model runs: cpu, cuda or cuda:N")] = "cpu",
+    quantize: Quantize = "none",
     model_name: str | None = None, limits: ServerLimits | None = None, log_level: str = "info",
 ) -> None:
     """Serve `run_dir` with uvicorn until interrupted (loopback only unless `host` says otherwise).
     Raises UserError for a bad option, a host that is not this machine's, or a port in use,
     before the model is loaded."""
     check_options(host, port, api_key, allowed_hosts, max_connections)
-    resolve_device(device, "device")
+    check_quantize(quantize, resolve_device(device, "device"))
     sockets = bind(host, port)
     try:
         import uvicorn
@@ -60,7 +62,8 @@ def run_server(
         from .app import create_app
 
         app = create_app(run_dir, api_key=api_key, model_name=model_name, limits=limits,
-                         allowed_hosts=trusted_hosts(host, allowed_hosts), device=device)
+                         allowed_hosts=trusted_hosts(host, allowed_hosts), device=device,
+                         quantize=quantize)
         config = server_config(app, host, port, max_connections=max_connections, log_level=log_level)
         log = logging.getLogger("uvicorn.error")  # configured by uvicorn.Config
         if api_key is None and not all(_is_loopback(s.getsockname()[0]) for s in sockets):

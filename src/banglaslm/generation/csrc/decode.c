@@ -13,42 +13,86 @@
  * through ctypes; model.py stays the reference, and tests/generation/test_cpu_decode.py checks that the
  * logits agree with it for both architectures, with padding, batches and a full cache.
  *
- * Layout conventions (all row-major, contiguous, float32):
+ * Weight matrices may be stored quantized (quantize.py): int8 rows with one float32 scale
+ * per row, or bf16. Every sum stays float32; an int8 row's sum is multiplied by its scale at
+ * the end, as QuantLinear.forward does. At batch 1 the weights are widened in registers as
+ * they are read; for larger batches each group of four rows is widened once into a per-thread
+ * tile that every row of the batch then reads.
+ *
+ * Layout conventions (all row-major, contiguous, float32 unless quantized):
  *   linear weights (out, in) as in torch.nn.Linear; y = W x + b
  *   KV cache per layer: (rows, n_head, block, head_dim); slot `length` receives the new token
  *   rope tables: (block, head_dim) in the "rotate half" layout
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h>
+
+enum { F32 = 0, I8 = 1, BF16 = 2 }; /* how the weight matrices are stored (Model.wtype) */
+
+typedef struct {
+    const void *w;      /* (rows, cols) of Model.wtype */
+    const float *scale; /* I8: (rows,), the row's float32 scale; otherwise NULL */
+} Mat;
 
 typedef struct {
     const float *norm1_w, *norm1_b;   /* LayerNorm (gpt) or RMSNorm (modern, no bias) */
-    const float *qkv_w, *qkv_b;       /* (3C, C): q, k, v stacked */
-    const float *proj_w, *proj_b;     /* (C, C) */
+    Mat qkv; const float *qkv_b;      /* (3C, C): q, k, v stacked */
+    Mat proj; const float *proj_b;    /* (C, C) */
     const float *norm2_w, *norm2_b;
-    const float *up_w, *up_b;         /* gpt: (4C, C) GELU; modern: (hidden, C) */
-    const float *gate_w;              /* modern only: (hidden, C), silu(gate) * up */
-    const float *down_w, *down_b;     /* (C, hidden) */
+    Mat up; const float *up_b;        /* gpt: (4C, C) GELU; modern: (hidden, C) */
+    Mat gate;                         /* modern only: (hidden, C), silu(gate) * up */
+    Mat down; const float *down_b;    /* (C, hidden) */
 } Layer;
 
 typedef struct {
-    int32_t modern, n_layer, n_head, n_embd, hidden, vocab, block;
+    int32_t modern, n_layer, n_head, n_embd, hidden, vocab, block, wtype;
     float eps;
-    const float *tok_emb;                 /* (vocab, C) */
+    Mat tok_emb;                          /* (vocab, C) */
     const float *pos_emb;                 /* gpt: (block, C); modern: NULL */
     const float *rope_cos, *rope_sin;     /* modern: (block, head_dim); gpt: NULL */
     const float *normf_w, *normf_b;
-    const float *head_w;                  /* (vocab, C); tied to tok_emb in modern */
+    Mat head;                             /* (vocab, C); tied to tok_emb in modern */
     const Layer *layers;
 } Model;
 
-/* Floats of scratch space a step over B rows needs (the caller allocates it). */
-int64_t bslm_scratch_floats(const Model *m, int32_t B) {
+static int64_t tile_floats(const Model *m) { /* one thread's tile: four widened rows */
+    return 4 * (int64_t)(m->hidden > m->n_embd ? m->hidden : m->n_embd);
+}
+
+/* Floats of scratch space a step over B rows on `threads` threads needs (the caller allocates it). */
+int64_t bslm_scratch_floats(const Model *m, int32_t B, int32_t threads) {
     int64_t C = m->n_embd;
     return (int64_t)B * (C /* x */ + C /* normed */ + 3 * C /* qkv */ + C /* attention out */
-                         + m->hidden /* mlp */ + (int64_t)m->n_head * m->block /* scores */);
+                         + 2 * m->hidden /* mlp */ + (int64_t)m->n_head * m->block /* scores */)
+           + threads * tile_floats(m);
 }
+
+static inline float bf16_to_float(uint16_t h) { /* exact: bf16 is float32's upper half */
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Row `o` of W (`in` columns) as float32 into `out`, unscaled (an int8 row's scale is applied to its sums). */
+static inline void widen_row(const Model *m, const Mat *W, int64_t o, int in, float *restrict out) {
+    if (m->wtype == I8) {
+        const int8_t *w = (const int8_t *)W->w + o * in;
+#pragma omp simd
+        for (int i = 0; i < in; i++) out[i] = (float)w[i];
+    } else if (m->wtype == BF16) {
+        const uint16_t *w = (const uint16_t *)W->w + o * in;
+#pragma omp simd
+        for (int i = 0; i < in; i++) out[i] = bf16_to_float(w[i]);
+    } else {
+        memcpy(out, (const float *)W->w + o * in, sizeof(float) * in);
+    }
+}
+
+static inline float row_scale(const Mat *W, int64_t o) { return W->scale ? W->scale[o] : 1.0f; }
 
 static inline float dot(const float *restrict w, const float *restrict x, int n) {
     float acc = 0.0f;
@@ -117,51 +161,74 @@ static inline float finish(float v, int op, const float *dst) {
     return op == ADD ? *dst + v : v; /* ADD: into the residual stream */
 }
 
+/* Four sums of rows w0..w3 (T: float, int8_t or uint16_t bf16 bits, widened by CVT) with x.
+ * Four independent sums keep more loads in flight, and x is read once for all four. */
+#define DOT4(T, CVT)                                                                       \
+    static inline void dot4_##T(const T *w0, int in, const float *restrict x, float acc[4]) { \
+        const T *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;                               \
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;                                  \
+        _Pragma("omp simd reduction(+ : a0, a1, a2, a3)")                                  \
+        for (int i = 0; i < in; i++) {                                                     \
+            a0 += CVT(w0[i]) * x[i];                                                       \
+            a1 += CVT(w1[i]) * x[i];                                                       \
+            a2 += CVT(w2[i]) * x[i];                                                       \
+            a3 += CVT(w3[i]) * x[i];                                                       \
+        }                                                                                  \
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;                                \
+    }
+#define AS_FLOAT(v) ((float)(v))
+DOT4(float, AS_FLOAT)
+DOT4(int8_t, AS_FLOAT)
+DOT4(uint16_t, bf16_to_float)
+
+/* Sums of W's rows o..o+3 with x, reading the stored type directly (batch 1). */
+static inline void dot4_stored(const Model *m, const Mat *W, int64_t o, int in, const float *x, float acc[4]) {
+    if (m->wtype == I8) dot4_int8_t((const int8_t *)W->w + o * in, in, x, acc);
+    else if (m->wtype == BF16) dot4_uint16_t((const uint16_t *)W->w + o * in, in, x, acc);
+    else dot4_float((const float *)W->w + o * in, in, x, acc);
+}
+
 /* y[b, o] (op)= W[o] . x[b] + bias[o] for the rows o this thread gets. Must be called by
  * every thread of the team (it is an `omp for`, with its barrier at the end). Four rows at a
- * time: four independent sums keep more loads in flight, and x is read once for all four. */
-static void matvec(const float *W, const float *bias, const float *x, int in, float *y,
-                   int out, int B, int op) {
+ * time; quantized rows are widened once into this thread's `tile` when B > 1. */
+static void matvec(const Model *m, const Mat *W, const float *bias, const float *x, int in, float *y,
+                   int out, int B, int op, float *tiles) {
+    float *tile = tiles + omp_get_thread_num() * tile_floats(m);
+    const int widen = m->wtype != F32 && B > 1;
 #pragma omp for schedule(static) nowait /* the loop below has the barrier */
     for (int o4 = 0; o4 < out / 4; o4++) {
         const int o = 4 * o4;
-        const float *w0 = W + (int64_t)o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+        if (widen)
+            for (int r = 0; r < 4; r++) widen_row(m, W, o + r, in, tile + (int64_t)r * in);
         for (int b = 0; b < B; b++) {
             const float *xb = x + (int64_t)b * in;
-            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-            for (int i = 0; i < in; i++) {
-                a0 += w0[i] * xb[i];
-                a1 += w1[i] * xb[i];
-                a2 += w2[i] * xb[i];
-                a3 += w3[i] * xb[i];
-            }
+            float acc[4];
+            if (widen) dot4_float(tile, in, xb, acc);
+            else dot4_stored(m, W, o, in, xb, acc);
             float *dst = y + (int64_t)b * out + o;
-            const float acc[4] = {a0, a1, a2, a3};
-            for (int r = 0; r < 4; r++) dst[r] = finish(acc[r] + (bias ? bias[o + r] : 0.0f), op, dst + r);
+            for (int r = 0; r < 4; r++)
+                dst[r] = finish(acc[r] * row_scale(W, o + r) + (bias ? bias[o + r] : 0.0f), op, dst + r);
         }
     }
     /* the last out % 4 rows, if any */
 #pragma omp for schedule(static)
-    for (int o = out - out % 4; o < out; o++)
+    for (int o = out - out % 4; o < out; o++) {
+        widen_row(m, W, o, in, tile);
         for (int b = 0; b < B; b++) {
             float *dst = y + (int64_t)b * out + o;
-            *dst = finish(dot(W + (int64_t)o * in, x + (int64_t)b * in, in) + (bias ? bias[o] : 0.0f), op, dst);
-        }
-}
-
-/* SwiGLU's first half: h[b, o] = silu(gate[o] . x[b]) * (up[o] . x[b]). */
-static void swiglu(const float *gate, const float *up, const float *x, int in, float *h, int out,
-                   int B) {
-#pragma omp for schedule(static)
-    for (int o = 0; o < out; o++) {
-        for (int b = 0; b < B; b++) {
-            const float *xb = x + (int64_t)b * in;
-            const float g = dot(gate + (int64_t)o * in, xb, in);
-            const float u = dot(up + (int64_t)o * in, xb, in);
-            h[(int64_t)b * out + o] = g / (1.0f + expf(-g)) * u;
+            *dst = finish(dot(tile, x + (int64_t)b * in, in) * row_scale(W, o) + (bias ? bias[o] : 0.0f), op, dst);
         }
     }
+}
+
+/* SwiGLU's first half: h[b, o] = silu(gate[o] . x[b]) * (up[o] . x[b]), as two matvecs into
+ * h and `ups` (B * out floats), then combined. */
+static void swiglu(const Model *m, const Mat *gate, const Mat *up, const float *x, int in, float *h,
+                   float *ups, int out, int B, float *tiles) {
+    matvec(m, gate, NULL, x, in, h, out, B, STORE, tiles);
+    matvec(m, up, NULL, x, in, ups, out, B, STORE, tiles);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < (int64_t)B * out; i++) h[i] = h[i] / (1.0f + expf(-h[i])) * ups[i];
 }
 
 /* Rotate pairs (v[i], v[i + d/2]) by the angles of position `pos` (model.py's apply_rope). */
@@ -194,7 +261,8 @@ int bslm_decode_step(const Model *m, int32_t B, const int64_t *length, const int
             if (slot[a] == slot[b]) return 3; /* two rows writing one cache row */
     }
     float *x = scratch, *xn = x + (int64_t)B * C, *qkv = xn + (int64_t)B * C;
-    float *att = qkv + (int64_t)B * 3 * C, *h = att + (int64_t)B * C, *scores = h + (int64_t)B * F;
+    float *att = qkv + (int64_t)B * 3 * C, *h = att + (int64_t)B * C, *ups = h + (int64_t)B * F;
+    float *scores = ups + (int64_t)B * F, *tiles = scores + (int64_t)B * H * S;
     const float scale = 1.0f / sqrtf((float)d);
 
 #pragma omp parallel num_threads(threads)
@@ -202,15 +270,16 @@ int bslm_decode_step(const Model *m, int32_t B, const int64_t *length, const int
 #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) {
             const int pos = (int)length[b] - (pad ? (int)pad[b] : 0);
-            const float *te = m->tok_emb + tokens[b] * C;
-            for (int i = 0; i < C; i++)
-                x[(int64_t)b * C + i] = te[i] + (m->pos_emb ? m->pos_emb[(int64_t)pos * C + i] : 0.0f);
+            float *xb = x + (int64_t)b * C;
+            const float s = row_scale(&m->tok_emb, tokens[b]);
+            widen_row(m, &m->tok_emb, tokens[b], C, xb);
+            for (int i = 0; i < C; i++) xb[i] = xb[i] * s + (m->pos_emb ? m->pos_emb[(int64_t)pos * C + i] : 0.0f);
         }
         for (int l = 0; l < m->n_layer; l++) {
             const Layer *L = &m->layers[l];
 #pragma omp single
             norm_rows(m, L->norm1_w, L->norm1_b, x, xn, B);
-            matvec(L->qkv_w, L->qkv_b, xn, C, qkv, 3 * C, B, STORE);
+            matvec(m, &L->qkv, L->qkv_b, xn, C, qkv, 3 * C, B, STORE, tiles);
 
             /* Attention, one (row, head) pair per iteration: the new key/value go into the
              * cache first, then the query attends to the row's real slots pad..length. */
@@ -246,21 +315,21 @@ int bslm_decode_step(const Model *m, int32_t B, const int64_t *length, const int
                     for (int i = 0; i < d; i++) y[i] += p * vj[i];
                 }
             }
-            matvec(L->proj_w, L->proj_b, att, C, x, C, B, ADD);
+            matvec(m, &L->proj, L->proj_b, att, C, x, C, B, ADD, tiles);
 #pragma omp single
             norm_rows(m, L->norm2_w, L->norm2_b, x, xn, B);
             if (m->modern)
-                swiglu(L->gate_w, L->up_w, xn, C, h, F, B);
+                swiglu(m, &L->gate, &L->up, xn, C, h, ups, F, B, tiles);
             else {
-                matvec(L->up_w, L->up_b, xn, C, h, F, B, STORE);
+                matvec(m, &L->up, L->up_b, xn, C, h, F, B, STORE, tiles);
 #pragma omp for simd schedule(static)
                 for (int64_t i = 0; i < (int64_t)B * F; i++) h[i] = gelu(h[i]);
             }
-            matvec(L->down_w, L->down_b, h, F, x, C, B, ADD);
+            matvec(m, &L->down, L->down_b, h, F, x, C, B, ADD, tiles);
         }
 #pragma omp single
         norm_rows(m, m->normf_w, m->normf_b, x, xn, B);
-        matvec(m->head_w, NULL, xn, C, logits, m->vocab, B, STORE);
+        matvec(m, &m->head, NULL, xn, C, logits, m->vocab, B, STORE, tiles);
     }
     return 0;
 }
