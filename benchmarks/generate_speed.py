@@ -16,6 +16,15 @@ The last row is a reference, not a generator: PyTorch's mat-vec over every weigh
 token at a time, and nothing else. At batch 1 in fp32 a step must read ~55 MB of weights, so
 that row is about what the weight reads alone cost; a decoder near it spends little elsewhere
 (Python, attention, norms, sampling).
+
+A second table (`--quantized`, on by default) decodes a "modern" model of the same shape
+(llama.cpp runs it as a Llama) with float32, int8 and bf16 weights (`--quantize`), and, where
+`llama-cpp-python` is installed, llama.cpp itself on the same weights exported to GGUF f32, f16
+and q8_0 (llama.cpp's own defaults otherwise: f16 KV cache). Every contender there is the same
+bare loop: prefill the prompt, then one decode step per token and an argmax in Python, for
+exactly `--new-tokens` tokens (no end-of-document stop). The model is `--run RUN_DIR` (a
+trained "modern" run, vocab 8000, as in BENCHMARKS.md), or else one trained for one step on
+the shared books (random weights; speed does not depend on them).
 """
 
 from __future__ import annotations
@@ -112,17 +121,125 @@ def interleaved_best(contenders: dict, repeats: int) -> dict[str, float]:
     return best
 
 
+def modern_run(root: Path) -> Path:
+    """A "modern" run of the benchmark's shape trained for one step (prepared from the shared
+    books, or the embedded corpus where they are absent): a real BPE tokenizer for the export."""
+    from banglaslm.data.corpus import corpus_files
+    from banglaslm.data.prepare import prepare
+    from banglaslm.training.trainer import train
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "bangla-literature"
+    books = sorted(shared.glob("*.txt"))[:8] or corpus_files()
+    prepare([str(p) for p in books], root / "data", vocab_size=VOCAB, doc_split="paragraph", progress=False)
+    settings = {"model.arch": "modern", "model.n_layer": LAYERS, "model.n_head": HEADS, "model.n_embd": WIDTH,
+                "model.block_size": BLOCK, "model.dropout": 0.0, "train.max_iters": 1, "train.batch_size": 1,
+                "train.eval_iters": 1, "train.warmup_iters": 0}
+    train(root / "data", root / "run", build_config(overrides=settings), progress=False)
+    return root / "run"
+
+
+def decode_loop(model: GPT, prompt: list[int], new: int, kernel: bool) -> list[int]:
+    """Prefill, then `new` one-token steps (the C step, or model.forward with the cache), argmax."""
+    from banglaslm.generation.cpu_decode import CpuDecoder
+
+    decoder = CpuDecoder.for_model(model) if kernel else None
+    cache = model.new_cache(1)
+    logits = model(torch.tensor([prompt]), cache=cache)[0][0, -1]
+    out = []
+    for _ in range(new):
+        out.append(int(logits.argmax()))
+        step = torch.tensor([out[-1]])
+        logits = decoder.step(cache, step)[0] if decoder else model(step[None], cache=cache)[0][0, -1]
+    return out
+
+
+def llama_loop(llm, prompt: list[int], new: int) -> list[int]:
+    """The same loop on llama.cpp: eval the prompt, then one token at a time, argmax in Python."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(prompt)
+    out = []
+    for _ in range(new):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
+    return out
+
+
+def quantized_table(run: Path, prompt_tokens: int, new: int, repeats: int, tmp: Path) -> None:
+    """Batch-1 decoding of the run's model stored as float32, int8 and bf16, and llama.cpp on it."""
+    from banglaslm.runfolder import load_model
+
+    loaded = {kind: load_model(run, quantize=kind) for kind in ("none", "int8", "bf16")}
+    cfg = loaded["none"].config.model
+    if prompt_tokens + new > cfg.block_size:
+        sys.exit(f"--prompt-tokens + --new-tokens must fit the run's block ({cfg.block_size})")
+    eod = loaded["none"].tokenizer.eod_id
+    prompt = [eod] + torch.randint(0, cfg.vocab_size, (prompt_tokens - 1,),
+                                   generator=torch.Generator().manual_seed(0)).tolist()
+    contenders = {f"ours {k}": (lambda m=lo.model: decode_loop(m, prompt, new, True),) * 2 for k, lo in loaded.items()}
+    contenders["ours int8, PyTorch only"] = (lambda: decode_loop(loaded["int8"].model, prompt, new, False),) * 2
+    try:
+        import llama_cpp
+    except ImportError:
+        llama_cpp = None
+        print("llama-cpp-python is not installed: no llama.cpp rows (pip install llama-cpp-python gguf)")
+    if llama_cpp is not None:
+        from banglaslm.interop.gguf_export import export_gguf
+
+        for dtype in ("f32", "f16", "q8_0"):
+            path = export_gguf(run, tmp / f"model-{dtype}.gguf", dtype=dtype, overwrite=True)
+            llm = llama_cpp.Llama(model_path=str(path), n_ctx=cfg.block_size, n_batch=cfg.block_size,
+                                  n_threads=torch.get_num_threads(), n_threads_batch=torch.get_num_threads(),
+                                  verbose=False)
+            contenders[f"llama.cpp {dtype}"] = (lambda llm=llm: llama_loop(llm, prompt, new),) * 2
+    with torch.inference_mode():
+        tokens = {name: fn() for name, (fn, _) in contenders.items()}
+        best = interleaved_best(contenders, repeats)
+    matmul = sum(m.numel() for n, m in loaded["none"].model.state_dict().items()
+                 if n.endswith("weight") and m.dim() == 2 and not n.startswith("lm_head"))
+    print(f"\nmodel: {run} ({cfg.arch}, {cfg.n_layer} x {cfg.n_head} x {cfg.n_embd}, vocab {cfg.vocab_size}, "
+          f"{matmul / 1e6:.1f} M weights in matrices); bare loop, {prompt_tokens}-token prompt, {new} new tokens")
+    print(f"llama-cpp-python {llama_cpp.__version__}" if llama_cpp else "")
+    width = max(map(len, contenders))
+    print(f"{'':{width}}  {'tokens/s':>9}  {'ms/token':>9}  {'greedy tokens = ours none':>26}")
+    for name, seconds in best.items():
+        same = sum(a == b for a, b in zip(tokens[name], tokens["ours none"]))
+        print(f"{name:{width}}  {new / seconds:9.1f}  {1000 * seconds / new:9.2f}  {same:>20}/{new}")
+    print(f"ours int8 / ours none: {best['ours none'] / best['ours int8']:.2f}x    "
+          f"ours bf16 / ours none: {best['ours none'] / best['ours bf16']:.2f}x")
+    if llama_cpp is not None:
+        q8, f16, f32 = (best[f"llama.cpp {d}"] for d in ("q8_0", "f16", "f32"))
+        print(f"ours int8 / llama.cpp q8_0: {q8 / best['ours int8']:.2f}x    ours bf16 / llama.cpp f16: "
+              f"{f16 / best['ours bf16']:.2f}x    ours none / llama.cpp f32: {f32 / best['ours none']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--run", type=Path, default=None, help="a trained modern run for the quantized table")
+    ap.add_argument("--only-quantized", action="store_true", help="skip the first table")
+    ap.add_argument("--no-quantized", action="store_true", help="skip the second table")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     new = args.new_tokens
+    if not args.only_quantized:
+        fp32_table(args)
+    if not args.no_quantized:
+        import tempfile
 
+        with tempfile.TemporaryDirectory() as tmp:
+            run = args.run or modern_run(Path(tmp))
+            quantized_table(run, args.prompt_tokens, new, args.repeats, Path(tmp))
+
+
+def fp32_table(args) -> None:
+    """Our engine against transformers' GPT-2, PyTorch alone and a full forward per token."""
+    new = args.new_tokens
     cfg = build_config(overrides={"arch": "gpt", "n_layer": LAYERS, "n_head": HEADS, "n_embd": WIDTH,
                                   "block_size": BLOCK, "vocab_size": VOCAB, "dropout": 0.0})
     torch.manual_seed(0)

@@ -3,6 +3,7 @@ and one client's latency while other processes compete for the CPU.
 
     python benchmarks/serve_load.py RUN_DIR [--requests 300] [--max-tokens 32]
     python benchmarks/serve_load.py RUN_DIR --compete 2 [--tokens 500] [--rounds 5]
+    python benchmarks/serve_load.py RUN_DIR --quantize none,int8 [--rounds 5] [--max-tokens 32]
 
 Without --compete it starts the server in a subprocess on 127.0.0.1 (a free port), then:
 1. aggregate generated tokens/s with 1, 4 and 16 concurrent clients (48 requests each);
@@ -12,6 +13,9 @@ With --compete N it starts one server per setting of `SETTINGS` (decode path × 
 round after round, times one greedy completion of --tokens tokens on each, idle and with N
 busy-looping processes beside it (the order of settings and of idle/loaded alternates), and
 prints medians side by side: the figures are ratios from one run on a shared machine.
+With --quantize it starts one server per `--quantize` kind and, round after round in turn,
+sends each 48 requests from 16 concurrent clients: aggregate tokens/s, best and median of the
+rounds, and each kind's ratio to the first.
 Every request is bounded (time-out 120 s) and the run stops by itself.
 """
 
@@ -153,6 +157,30 @@ def compete(run_dir: str, n: int, tokens: int, rounds: int) -> None:
               f"{loaded / default[path]:>23.2f}")
 
 
+def compare_quantize(run_dir: str, kinds: list[str], rounds: int, max_tokens: int) -> None:
+    servers = {kind: start_server(run_dir, ("--quantize", kind)) for kind in kinds}
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{servers[kinds[0]][1]}/v1/models", timeout=10) as r:
+            MODEL["id"] = json.loads(r.read())["data"][0]["id"]
+        for kind in kinds:  # warm-up: the first requests build the kernel and allocate
+            run_batch(servers[kind][1], 16, 16, max_tokens)
+        for i in range(rounds):
+            for kind in kinds if i % 2 == 0 else kinds[::-1]:
+                results, seconds = run_batch(servers[kind][1], 48, 16, max_tokens)
+                assert all(r[0] == 200 for r in results), [r[0] for r in results]
+                rates[kind].append(sum(r[2] for r in results) / seconds)
+    finally:
+        for server, _ in servers.values():
+            server.terminate()
+            server.wait(timeout=30)
+    print(f"run {run_dir}: 48 requests of {max_tokens} new tokens from 16 concurrent clients, {rounds} rounds")
+    print(f"{'--quantize':>10} {'best tokens/s':>14} {'median':>8} {'best / ' + kinds[0]:>14}")
+    for kind in kinds:
+        print(f"{kind:>10} {max(rates[kind]):>14.1f} {statistics.median(rates[kind]):>8.1f} "
+              f"{max(rates[kind]) / max(rates[kinds[0]]):>13.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
@@ -162,7 +190,11 @@ def main() -> None:
                     help="time one client beside N busy processes instead (see above)")
     ap.add_argument("--tokens", type=int, default=500, help="with --compete: new tokens per request")
     ap.add_argument("--rounds", type=int, default=5, help="with --compete: rounds (medians are reported)")
+    ap.add_argument("--quantize", default=None, metavar="KINDS",
+                    help="compare servers with these --quantize kinds, comma-separated (see above)")
     args = ap.parse_args()
+    if args.quantize:
+        return compare_quantize(args.run_dir, args.quantize.split(","), args.rounds, args.max_tokens)
     if args.compete:
         return compete(args.run_dir, args.compete, args.tokens, args.rounds)
     server, port = start_server(args.run_dir)
