@@ -22,7 +22,9 @@ A second table (`--quantized`, on by default) decodes a "modern" model of the sa
 `llama-cpp-python` is installed, llama.cpp itself on the same weights exported to GGUF f32, f16
 and q8_0 (llama.cpp's own defaults otherwise: f16 KV cache). Every contender there is the same
 bare loop: prefill the prompt, then one decode step per token and an argmax in Python, for
-exactly `--new-tokens` tokens (no end-of-document stop). The model is `--run RUN_DIR` (a
+exactly `--new-tokens` tokens (no end-of-document stop); the decode steps alone are timed.
+llama.cpp gets the prompt one token at a time: llama-cpp-python 0.3.36 built natively on a CPU
+with AMX crashed evaluating several q8_0 tokens at once. The model is `--run RUN_DIR` (a
 trained "modern" run, vocab 8000, as in BENCHMARKS.md), or else one trained for one step on
 the shared books (random weights; speed does not depend on them).
 """
@@ -138,32 +140,37 @@ def modern_run(root: Path) -> Path:
     return root / "run"
 
 
-def decode_loop(model: GPT, prompt: list[int], new: int, kernel: bool) -> list[int]:
-    """Prefill, then `new` one-token steps (the C step, or model.forward with the cache), argmax."""
+def decode_loop(model: GPT, prompt: list[int], new: int, kernel: bool) -> tuple[list[int], float]:
+    """Prefill, then `new` one-token steps (the C step, or model.forward with the cache), argmax;
+    the tokens and the seconds the steps took."""
     from banglaslm.generation.cpu_decode import CpuDecoder
 
     decoder = CpuDecoder.for_model(model) if kernel else None
     cache = model.new_cache(1)
     logits = model(torch.tensor([prompt]), cache=cache)[0][0, -1]
-    out = []
+    out, start = [], time.perf_counter()
     for _ in range(new):
         out.append(int(logits.argmax()))
         step = torch.tensor([out[-1]])
         logits = decoder.step(cache, step)[0] if decoder else model(step[None], cache=cache)[0][0, -1]
-    return out
+    return out, time.perf_counter() - start
 
 
-def llama_loop(llm, prompt: list[int], new: int) -> list[int]:
-    """The same loop on llama.cpp: eval the prompt, then one token at a time, argmax in Python."""
+def llama_loop(llm, prompt: list[int], new: int) -> tuple[list[int], float]:
+    """The same loop on llama.cpp (the prompt one token at a time: see the module docstring)."""
     import numpy as np
 
+    def last_logits():  # llama.cpp's own buffer: eval copies logits into llm.scores only with logits_all
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+
     llm.reset()
-    llm.eval(prompt)
-    out = []
+    for token in prompt:
+        llm.eval([token])
+    out, start = [], time.perf_counter()
     for _ in range(new):
-        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        out.append(int(np.argmax(last_logits())))
         llm.eval([out[-1]])
-    return out
+    return out, time.perf_counter() - start
 
 
 def quantized_table(run: Path, prompt_tokens: int, new: int, repeats: int, tmp: Path) -> None:
@@ -177,8 +184,8 @@ def quantized_table(run: Path, prompt_tokens: int, new: int, repeats: int, tmp: 
     eod = loaded["none"].tokenizer.eod_id
     prompt = [eod] + torch.randint(0, cfg.vocab_size, (prompt_tokens - 1,),
                                    generator=torch.Generator().manual_seed(0)).tolist()
-    contenders = {f"ours {k}": (lambda m=lo.model: decode_loop(m, prompt, new, True),) * 2 for k, lo in loaded.items()}
-    contenders["ours int8, PyTorch only"] = (lambda: decode_loop(loaded["int8"].model, prompt, new, False),) * 2
+    contenders = {f"ours {k}": lambda m=lo.model: decode_loop(m, prompt, new, True) for k, lo in loaded.items()}
+    contenders["ours int8, PyTorch only"] = lambda: decode_loop(loaded["int8"].model, prompt, new, False)
     try:
         import llama_cpp
     except ImportError:
@@ -189,17 +196,21 @@ def quantized_table(run: Path, prompt_tokens: int, new: int, repeats: int, tmp: 
 
         for dtype in ("f32", "f16", "q8_0"):
             path = export_gguf(run, tmp / f"model-{dtype}.gguf", dtype=dtype, overwrite=True)
-            llm = llama_cpp.Llama(model_path=str(path), n_ctx=cfg.block_size, n_batch=cfg.block_size,
+            llm = llama_cpp.Llama(model_path=str(path), n_ctx=cfg.block_size, n_batch=cfg.block_size, n_ubatch=cfg.block_size,
                                   n_threads=torch.get_num_threads(), n_threads_batch=torch.get_num_threads(),
                                   verbose=False)
-            contenders[f"llama.cpp {dtype}"] = (lambda llm=llm: llama_loop(llm, prompt, new),) * 2
+            contenders[f"llama.cpp {dtype}"] = lambda llm=llm: llama_loop(llm, prompt, new)
     with torch.inference_mode():
-        tokens = {name: fn() for name, (fn, _) in contenders.items()}
-        best = interleaved_best(contenders, repeats)
+        tokens = {name: fn()[0] for name, fn in contenders.items()}  # also the warm-up
+        best = dict.fromkeys(contenders, float("inf"))
+        for _ in range(repeats):  # rounds that run every contender in turn, as interleaved_best
+            for name, fn in contenders.items():
+                best[name] = min(best[name], fn()[1])
     matmul = sum(m.numel() for n, m in loaded["none"].model.state_dict().items()
                  if n.endswith("weight") and m.dim() == 2 and not n.startswith("lm_head"))
     print(f"\nmodel: {run} ({cfg.arch}, {cfg.n_layer} x {cfg.n_head} x {cfg.n_embd}, vocab {cfg.vocab_size}, "
-          f"{matmul / 1e6:.1f} M weights in matrices); bare loop, {prompt_tokens}-token prompt, {new} new tokens")
+          f"{matmul / 1e6:.1f} M weights in matrices); bare loop, {prompt_tokens}-token prompt, {new} new tokens, "
+          f"decode steps timed, best of {repeats} rounds, {torch.get_num_threads()} threads")
     print(f"llama-cpp-python {llama_cpp.__version__}" if llama_cpp else "")
     width = max(map(len, contenders))
     print(f"{'':{width}}  {'tokens/s':>9}  {'ms/token':>9}  {'greedy tokens = ours none':>26}")
