@@ -98,6 +98,19 @@ def build(compiler: str | None = None) -> Path:
     return target
 
 
+def load(path: Path) -> ctypes.CDLL:
+    """The library built at `path`, its entry points typed for ctypes."""
+    lib = ctypes.CDLL(str(path))
+    lib.bslm_decode_step.restype = ctypes.c_int
+    lib.bslm_decode_step.argtypes = [  # model, B, length, pad, slot, cache_rows, tokens,
+        ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,  # k, v, logits,
+        ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,  # scratch, threads
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+    lib.bslm_scratch_floats.restype = ctypes.c_int64
+    lib.bslm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32]
+    return lib
+
+
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
 
@@ -108,15 +121,7 @@ def library() -> ctypes.CDLL | None:
     global _library, _failure
     if _library is None and _failure is None:
         try:
-            lib = ctypes.CDLL(str(build()))
-            lib.bslm_decode_step.restype = ctypes.c_int
-            lib.bslm_decode_step.argtypes = [  # model, B, length, pad, slot, cache_rows, tokens,
-                ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,  # k, v, logits,
-                ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,  # scratch, threads
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
-            lib.bslm_scratch_floats.restype = ctypes.c_int64
-            lib.bslm_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32]
-            _library = lib
+            _library = load(build())
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # SubprocessError: a time-out
             _failure = str(e).splitlines()[0] if str(e) else type(e).__name__
             print(f"banglaslm: the C decoding kernel is unavailable ({_failure}); generating with "

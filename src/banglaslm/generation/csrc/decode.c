@@ -58,15 +58,15 @@ typedef struct {
     const Layer *layers;
 } Model;
 
-static int64_t tile_floats(const Model *m) { /* one thread's tile: four widened rows */
-    return 4 * (int64_t)(m->hidden > m->n_embd ? m->hidden : m->n_embd);
+static int64_t tile_floats(const Model *m) { /* one thread's tile: eight widened rows */
+    return 8 * (int64_t)(m->hidden > m->n_embd ? m->hidden : m->n_embd);
 }
 
 /* Floats of scratch space a step over B rows on `threads` threads needs (the caller allocates it). */
 int64_t bslm_scratch_floats(const Model *m, int32_t B, int32_t threads) {
     int64_t C = m->n_embd;
     return (int64_t)B * (C /* x */ + C /* normed */ + 3 * C /* qkv */ + C /* attention out */
-                         + 2 * m->hidden /* mlp */ + (int64_t)m->n_head * m->block /* scores */)
+                         + m->hidden /* mlp */ + (int64_t)m->n_head * m->block /* scores */)
            + threads * tile_floats(m);
 }
 
@@ -109,7 +109,7 @@ static void norm_rows(const Model *m, const float *w, const float *bias, const f
     }
 }
 
-enum { STORE, ADD };
+enum { STORE, ADD, SWIGLU }; /* what matvec does with each sum */
 
 /* e^x for x <= 0, vectorizable (libm's expf is not, without -ffast-math): x = n ln2 + r with
  * |r| <= ln2 / 2, e^r by its Taylor series to r^7 (error < 1e-8), 2^n put in the exponent. */
@@ -142,8 +142,11 @@ static inline float gelu(float v) {
     return 0.5f * v * (v >= 0.0f ? 2.0f - below : below);
 }
 
-static inline float finish(float v, int op, const float *dst) {
-    return op == ADD ? *dst + v : v; /* ADD: into the residual stream */
+/* y = W x + bias, stored (STORE), added into y (ADD: the residual stream), or SwiGLU's
+ * silu(gate . x) * (up . x) with v the gate's sum and u the up's. */
+static inline float finish(float v, float u, float bias, int op, float y) {
+    v += bias;
+    return op == ADD ? y + v : op == SWIGLU ? v / (1.0f + expf(-v)) * u : v;
 }
 
 /* Four sums of rows w0..w3 (T: float, int8_t or uint16_t bf16 bits, widened by CVT) with x.
@@ -260,47 +263,54 @@ static inline void dot4_stored(const Model *m, const Mat *W, int64_t o, int in, 
     else dot4_float((const float *)W->w + o * in, in, x, acc);
 }
 
-/* y[b, o] (op)= W[o] . x[b] + bias[o] for the rows o this thread gets. Must be called by
- * every thread of the team (it is an `omp for`, with its barrier at the end). Four rows at a
- * time; quantized rows are widened once into this thread's `tile` when B > 1. */
-static void matvec(const Model *m, const Mat *W, const float *bias, const float *x, int in, float *y,
-                   int out, int B, int op, float *tiles) {
+/* Rows o..o+3 of W as float32 in `tile` (4 x in floats); the tile. */
+static inline const float *widen4(const Model *m, const Mat *W, int64_t o, int in, float *tile) {
+    for (int r = 0; r < 4; r++) widen_row(m, W, o + r, in, tile + (int64_t)r * in);
+    return tile;
+}
+
+/* acc[r] = (row o + r of W) . x, scaled, for r < 4: from the stored rows, or from `tile`
+ * (widen4 of them) when it is not NULL. */
+static inline void sums4(const Model *m, const Mat *W, int64_t o, int in, const float *x, const float *tile,
+                         float acc[4]) {
+    if (tile) dot4_float(tile, in, x, acc);
+    else dot4_stored(m, W, o, in, x, acc);
+    for (int r = 0; r < 4; r++) acc[r] *= row_scale(W, o + r);
+}
+
+/* y[b, o] (op)= W[o] . x[b] + bias[o] for the rows o this thread gets; with op SWIGLU, y[b, o] =
+ * silu(W[o] . x[b]) * (W2[o] . x[b]). Must be called by every thread of the team (an `omp for`,
+ * with its barrier at the end). Four rows at a time; quantized rows are widened once into this
+ * thread's tile when B > 1. */
+static void matvec(const Model *m, const Mat *W, const Mat *W2, const float *bias, const float *x, int in,
+                   float *y, int out, int B, int op, float *tiles) {
     float *tile = tiles + omp_get_thread_num() * tile_floats(m);
     const int widen = m->wtype != F32 && B > 1;
 #pragma omp for schedule(static) nowait /* the loop below has the barrier */
     for (int o4 = 0; o4 < out / 4; o4++) {
         const int o = 4 * o4;
-        if (widen)
-            for (int r = 0; r < 4; r++) widen_row(m, W, o + r, in, tile + (int64_t)r * in);
+        const float *t = widen ? widen4(m, W, o, in, tile) : NULL;
+        const float *t2 = widen && W2 ? widen4(m, W2, o, in, tile + 4 * (int64_t)in) : NULL;
         for (int b = 0; b < B; b++) {
             const float *xb = x + (int64_t)b * in;
-            float acc[4];
-            if (widen) dot4_float(tile, in, xb, acc);
-            else dot4_stored(m, W, o, in, xb, acc);
-            float *dst = y + (int64_t)b * out + o;
-            for (int r = 0; r < 4; r++)
-                dst[r] = finish(acc[r] * row_scale(W, o + r) + (bias ? bias[o + r] : 0.0f), op, dst + r);
+            float *dst = y + (int64_t)b * out + o, acc[4], acc2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            sums4(m, W, o, in, xb, t, acc);
+            if (W2) sums4(m, W2, o, in, xb, t2, acc2);
+            for (int r = 0; r < 4; r++) dst[r] = finish(acc[r], acc2[r], bias ? bias[o + r] : 0.0f, op, dst[r]);
         }
     }
     /* the last out % 4 rows, if any */
 #pragma omp for schedule(static)
     for (int o = out - out % 4; o < out; o++) {
         widen_row(m, W, o, in, tile);
+        if (W2) widen_row(m, W2, o, in, tile + in);
         for (int b = 0; b < B; b++) {
+            const float *xb = x + (int64_t)b * in;
             float *dst = y + (int64_t)b * out + o;
-            *dst = finish(dot(tile, x + (int64_t)b * in, in) * row_scale(W, o) + (bias ? bias[o] : 0.0f), op, dst);
+            const float u = W2 ? dot(tile + in, xb, in) * row_scale(W2, o) : 0.0f;
+            *dst = finish(dot(tile, xb, in) * row_scale(W, o), u, bias ? bias[o] : 0.0f, op, *dst);
         }
     }
-}
-
-/* SwiGLU's first half: h[b, o] = silu(gate[o] . x[b]) * (up[o] . x[b]), as two matvecs into
- * h and `ups` (B * out floats), then combined. */
-static void swiglu(const Model *m, const Mat *gate, const Mat *up, const float *x, int in, float *h,
-                   float *ups, int out, int B, float *tiles) {
-    matvec(m, gate, NULL, x, in, h, out, B, STORE, tiles);
-    matvec(m, up, NULL, x, in, ups, out, B, STORE, tiles);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < (int64_t)B * out; i++) h[i] = h[i] / (1.0f + expf(-h[i])) * ups[i];
 }
 
 /* Rotate pairs (v[i], v[i + d/2]) by the angles of position `pos` (model.py's apply_rope). */
@@ -333,8 +343,8 @@ int bslm_decode_step(const Model *m, int32_t B, const int64_t *length, const int
             if (slot[a] == slot[b]) return 3; /* two rows writing one cache row */
     }
     float *x = scratch, *xn = x + (int64_t)B * C, *qkv = xn + (int64_t)B * C;
-    float *att = qkv + (int64_t)B * 3 * C, *h = att + (int64_t)B * C, *ups = h + (int64_t)B * F;
-    float *scores = ups + (int64_t)B * F, *tiles = scores + (int64_t)B * H * S;
+    float *att = qkv + (int64_t)B * 3 * C, *h = att + (int64_t)B * C, *scores = h + (int64_t)B * F;
+    float *tiles = scores + (int64_t)B * H * S;
     const float scale = 1.0f / sqrtf((float)d);
 
 #pragma omp parallel num_threads(threads)
@@ -351,7 +361,7 @@ int bslm_decode_step(const Model *m, int32_t B, const int64_t *length, const int
             const Layer *L = &m->layers[l];
 #pragma omp single
             norm_rows(m, L->norm1_w, L->norm1_b, x, xn, B);
-            matvec(m, &L->qkv, L->qkv_b, xn, C, qkv, 3 * C, B, STORE, tiles);
+            matvec(m, &L->qkv, NULL, L->qkv_b, xn, C, qkv, 3 * C, B, STORE, tiles);
 
             /* Attention, one (row, head) pair per iteration: the new key/value go into the
              * cache first, then the query attends to the row's real slots pad..length. */
@@ -387,21 +397,21 @@ int bslm_decode_step(const Model *m, int32_t B, const int64_t *length, const int
                     for (int i = 0; i < d; i++) y[i] += p * vj[i];
                 }
             }
-            matvec(m, &L->proj, L->proj_b, att, C, x, C, B, ADD, tiles);
+            matvec(m, &L->proj, NULL, L->proj_b, att, C, x, C, B, ADD, tiles);
 #pragma omp single
             norm_rows(m, L->norm2_w, L->norm2_b, x, xn, B);
             if (m->modern)
-                swiglu(m, &L->gate, &L->up, xn, C, h, ups, F, B, tiles);
+                matvec(m, &L->gate, &L->up, NULL, xn, C, h, F, B, SWIGLU, tiles);
             else {
-                matvec(m, &L->up, L->up_b, xn, C, h, F, B, STORE, tiles);
+                matvec(m, &L->up, NULL, L->up_b, xn, C, h, F, B, STORE, tiles);
 #pragma omp for simd schedule(static)
                 for (int64_t i = 0; i < (int64_t)B * F; i++) h[i] = gelu(h[i]);
             }
-            matvec(m, &L->down, L->down_b, h, F, x, C, B, ADD, tiles);
+            matvec(m, &L->down, NULL, L->down_b, h, F, x, C, B, ADD, tiles);
         }
 #pragma omp single
         norm_rows(m, m->normf_w, m->normf_b, x, xn, B);
-        matvec(m, &m->head, NULL, xn, C, logits, m->vocab, B, STORE, tiles);
+        matvec(m, &m->head, NULL, NULL, xn, C, logits, m->vocab, B, STORE, tiles);
     }
     return 0;
 }
