@@ -4,7 +4,9 @@ rules for when the engine uses it."""
 import copy
 import ctypes
 import os
+import platform
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -36,15 +38,16 @@ KINDS = ["none", "int8", "bf16"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("arch,B", [("gpt", 3), ("modern", 3), ("gpt", 1), ("modern", 1)])
+@pytest.mark.parametrize("arch,B", [("gpt", 3), ("modern", 3), ("gpt", 1), ("modern", 1), ("gpt", 6), ("modern", 6)])
 def test_steps_match_model_forward_with_padding_up_to_a_full_cache(arch, B, kind):
     """Against the model's own forward with the same stored weights: float32, or quantized
-    (QuantLinear is the reference). B = 1 reads quantized rows directly, B > 1 through a tile."""
+    (QuantLinear is the reference). B = 1 reads quantized rows directly, B > 1 through a tile,
+    and B >= 4 runs four rows of the batch at once (6: four, then two alone)."""
     model = quantize_model(model_of(arch), kind)
     decoder = CpuDecoder.for_model(model)
     assert decoder is not None
     block = model.config.block_size
-    pad = torch.tensor([0, 2, 5])[:B]
+    pad = torch.tensor([0, 2, 5, 1, 0, 3])[:B]
     x = torch.randint(0, 97, (B, block), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         ours, ref = model.new_cache(B, pad=pad), model.new_cache(B, pad=pad)
@@ -61,6 +64,31 @@ def test_steps_match_model_forward_with_padding_up_to_a_full_cache(arch, B, kind
             assert torch.allclose(ours.v[layer], ref.v[layer], atol=1e-5)
         with pytest.raises(ValueError, match="refused"):  # no slot left: the engine re-prefills first
             decoder.step(ours, x[:, 0])
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction sets")
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])
+def test_the_avx2_and_portable_builds_compute_the_same(tmp_path, march):
+    """The step as a CPU with AVX2 but no AVX-512 (x86-64-v3), or with neither, would build it:
+    the other SIMD path and the portable loops give the model's logits too."""
+    if march == "x86-64-v3" and "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX2 code")
+    lib_path = tmp_path / "decode.so"
+    flags = [f for f in cpu_decode.FLAGS if not f.startswith("-march")] + [f"-march={march}"]
+    subprocess.run([os.environ.get("CC") or "cc", *flags, str(cpu_decode.SOURCE), "-o", str(lib_path), "-lm"],
+                   check=True, capture_output=True)
+    lib = cpu_decode.load(lib_path)
+    for kind in KINDS:
+        model = quantize_model(model_of("modern", vocab=101), kind)  # 101: rows left over after fours
+        x = torch.randint(0, 101, (5, 12), generator=torch.Generator().manual_seed(3))
+        with torch.inference_mode():
+            for B in (1, 2, 5):
+                ours, ref = model.new_cache(B), model.new_cache(B)
+                model(x[:B, :6], cache=ours), model(x[:B, :6], cache=ref)
+                for t in range(6, 12):
+                    got = CpuDecoder(model, lib).step(ours, x[:B, t])
+                    want = model(x[:B, t:t + 1], cache=ref)[0][:, -1]
+                    assert (got - want).abs().max() < 1e-4, (kind, B, t)
 
 
 @pytest.mark.parametrize("kind", KINDS)

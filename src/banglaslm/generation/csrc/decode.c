@@ -231,6 +231,28 @@ static inline vf v_bf16(const uint16_t *p) {
     }
 DOT4_SIMD(int8_t, v_int8, AS_FLOAT)
 DOT4_SIMD(uint16_t, v_bf16, bf16_to_float)
+
+/* Four float32 rows w0.. (`in` apart) with four inputs x0.. (`in` apart): acc[j][r] = row r . x_j.
+ * Sixteen sums at once: each loaded vector feeds four multiply-adds, so for batches the loop
+ * is bound by the multiply-adds, not by the loads. */
+static inline void dot4x4(const float *w0, int in, const float *x0, float acc[4][4]) {
+    vf a[4][4];
+    for (int j = 0; j < 4; j++)
+        for (int r = 0; r < 4; r++) a[j][r] = v_zero();
+    int i = 0;
+    for (; i + VW <= in; i += VW) {
+        const vf w[4] = {v_load(w0 + i), v_load(w0 + in + i), v_load(w0 + 2 * in + i), v_load(w0 + 3 * in + i)};
+        for (int j = 0; j < 4; j++) {
+            const vf xv = v_load(x0 + (int64_t)j * in + i);
+            for (int r = 0; r < 4; r++) a[j][r] = v_fma(w[r], xv, a[j][r]);
+        }
+    }
+    for (int j = 0; j < 4; j++)
+        for (int r = 0; r < 4; r++) {
+            acc[j][r] = v_sum(a[j][r]);
+            for (int k = i; k < in; k++) acc[j][r] += w0[(int64_t)r * in + k] * x0[(int64_t)j * in + k];
+        }
+}
 #else
 DOT4(int8_t, AS_FLOAT)
 DOT4(uint16_t, bf16_to_float)
@@ -291,7 +313,25 @@ static void matvec(const Model *m, const Mat *W, const Mat *W2, const float *bia
         const int o = 4 * o4;
         const float *t = widen ? widen4(m, W, o, in, tile) : NULL;
         const float *t2 = widen && W2 ? widen4(m, W2, o, in, tile + 4 * (int64_t)in) : NULL;
-        for (int b = 0; b < B; b++) {
+        int b = 0;
+#ifdef VW
+        if (B >= 4) { /* float32 rows: the tile, or the weights themselves */
+            const float *r1 = t ? t : (const float *)W->w + (int64_t)o * in;
+            const float *r2 = !W2 ? NULL : t2 ? t2 : (const float *)W2->w + (int64_t)o * in;
+            for (; b + 4 <= B; b += 4) {
+                float acc[4][4], acc2[4][4] = {{0.0f}};
+                dot4x4(r1, in, x + (int64_t)b * in, acc);
+                if (r2) dot4x4(r2, in, x + (int64_t)b * in, acc2);
+                for (int j = 0; j < 4; j++) {
+                    float *dst = y + (int64_t)(b + j) * out + o;
+                    for (int r = 0; r < 4; r++)
+                        dst[r] = finish(acc[j][r] * row_scale(W, o + r), acc2[j][r] * (W2 ? row_scale(W2, o + r) : 0.0f),
+                                        bias ? bias[o + r] : 0.0f, op, dst[r]);
+                }
+            }
+        }
+#endif
+        for (; b < B; b++) {
             const float *xb = x + (int64_t)b * in;
             float *dst = y + (int64_t)b * out + o, acc[4], acc2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             sums4(m, W, o, in, xb, t, acc);
