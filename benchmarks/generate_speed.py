@@ -173,6 +173,26 @@ def llama_loop(llm, prompt: list[int], new: int) -> tuple[list[int], float]:
     return out, time.perf_counter() - start
 
 
+def prefill_times(model: GPT, lengths: tuple[int, ...], repeats: int) -> list[tuple[float, float]]:
+    """(PyTorch forward, C steps one token at a time) seconds to prefill each of `lengths`."""
+    from banglaslm.generation.cpu_decode import CpuDecoder
+
+    decoder = CpuDecoder.for_model(model)
+    out = []
+    for n in lengths:
+        ids = torch.arange(1, n + 1)
+        best = [float("inf"), float("inf")]
+        for _ in range(repeats):
+            for i, run in enumerate((lambda c: model(ids[None], cache=c),
+                                     lambda c: [decoder.step(c, ids[t:t + 1]) for t in range(n)])):
+                cache = model.new_cache(1)
+                start = time.perf_counter()
+                run(cache)
+                best[i] = min(best[i], time.perf_counter() - start)
+        out.append(tuple(best))
+    return out
+
+
 def quantized_table(run: Path, prompt_tokens: int, new: int, repeats: int, tmp: Path) -> None:
     """Batch-1 decoding of the run's model stored as float32, int8 and bf16, and llama.cpp on it."""
     from banglaslm.runfolder import load_model
@@ -219,6 +239,13 @@ def quantized_table(run: Path, prompt_tokens: int, new: int, repeats: int, tmp: 
         print(f"{name:{width}}  {new / seconds:9.1f}  {1000 * seconds / new:9.2f}  {same:>20}/{new}")
     print(f"ours int8 / ours none: {best['ours none'] / best['ours int8']:.2f}x    "
           f"ours bf16 / ours none: {best['ours none'] / best['ours bf16']:.2f}x")
+    lengths = (1, 4, 8, 16, 32)
+    print(f"\nprefill of one prompt, ms (PyTorch forward / C steps one token at a time), best of {repeats}:")
+    print(f"{'tokens':>10}  " + "  ".join(f"{n:>15}" for n in lengths))
+    with torch.inference_mode():
+        for kind, lo in loaded.items():
+            cells = [f"{1e3 * a:6.2f} / {1e3 * b:6.2f}" for a, b in prefill_times(lo.model, lengths, repeats)]
+            print(f"{kind:>10}  " + "  ".join(f"{c:>15}" for c in cells))
     if llama_cpp is not None:
         q8, f16, f32 = (best[f"llama.cpp {d}"] for d in ("q8_0", "f16", "f32"))
         print(f"ours int8 / llama.cpp q8_0: {q8 / best['ours int8']:.2f}x    ours bf16 / llama.cpp f16: "

@@ -3,7 +3,7 @@ and one client's latency while other processes compete for the CPU.
 
     python benchmarks/serve_load.py RUN_DIR [--requests 300] [--max-tokens 32]
     python benchmarks/serve_load.py RUN_DIR --compete 2 [--tokens 500] [--rounds 5]
-    python benchmarks/serve_load.py RUN_DIR --quantize none,int8 [--rounds 5] [--max-tokens 32]
+    python benchmarks/serve_load.py RUN_DIR --quantize none,int8 [--baseline-src DIR] [--rounds 5]
 
 Without --compete it starts the server in a subprocess on 127.0.0.1 (a free port), then:
 1. aggregate generated tokens/s with 1, 4 and 16 concurrent clients (48 requests each);
@@ -15,7 +15,8 @@ busy-looping processes beside it (the order of settings and of idle/loaded alter
 prints medians side by side: the figures are ratios from one run on a shared machine.
 With --quantize it starts one server per `--quantize` kind and, round after round in turn,
 sends each 48 requests from 16 concurrent clients: aggregate tokens/s, best and median of the
-rounds, and each kind's ratio to the first.
+rounds, and each kind's ratio to the first. --baseline-src adds a float32 server running the
+banglaslm package in DIR (e.g. a `git worktree` of an earlier commit's src/) in the same rounds.
 Every request is bounded (time-out 120 s) and the run stops by itself.
 """
 
@@ -157,8 +158,11 @@ def compete(run_dir: str, n: int, tokens: int, rounds: int) -> None:
               f"{loaded / default[path]:>23.2f}")
 
 
-def compare_quantize(run_dir: str, kinds: list[str], rounds: int, max_tokens: int) -> None:
+def compare_quantize(run_dir: str, kinds: list[str], rounds: int, max_tokens: int, baseline: str | None) -> None:
     servers = {kind: start_server(run_dir, ("--quantize", kind)) for kind in kinds}
+    if baseline:  # the package found first on PYTHONPATH is the one that serves
+        servers["baseline"] = start_server(run_dir, env={"PYTHONPATH": baseline})
+        kinds = ["baseline", *kinds]
     rates: dict[str, list[float]] = {kind: [] for kind in kinds}
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{servers[kinds[0]][1]}/v1/models", timeout=10) as r:
@@ -192,9 +196,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="with --compete: rounds (medians are reported)")
     ap.add_argument("--quantize", default=None, metavar="KINDS",
                     help="compare servers with these --quantize kinds, comma-separated (see above)")
+    ap.add_argument("--baseline-src", default=None, metavar="DIR",
+                    help="with --quantize: also a float32 server of the banglaslm package in DIR")
     args = ap.parse_args()
     if args.quantize:
-        return compare_quantize(args.run_dir, args.quantize.split(","), args.rounds, args.max_tokens)
+        return compare_quantize(args.run_dir, args.quantize.split(","), args.rounds, args.max_tokens, args.baseline_src)
     if args.compete:
         return compete(args.run_dir, args.compete, args.tokens, args.rounds)
     server, port = start_server(args.run_dir)

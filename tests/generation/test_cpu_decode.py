@@ -14,7 +14,7 @@ import torch
 from banglaslm.config import SamplingParams, build_config
 from banglaslm.generation import cpu_decode
 from banglaslm.generation.cpu_decode import CpuDecoder
-from banglaslm.generation.engine import Engine
+from banglaslm.generation.engine import STEP_PREFILL_BYTES, Engine
 from banglaslm.model import GPT
 from banglaslm.quantize import quantize_model
 
@@ -113,6 +113,27 @@ def test_greedy_generation_is_the_same_with_and_without_the_kernel(arch, kind, t
     assert all(len(c.token_ids) > 3 * model.config.block_size for [c] in fast)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_short_prompt_prefilled_by_c_steps_fills_the_cache_as_pytorch_does(kind, trained_run):
+    from banglaslm.generation.engine import Row
+    from banglaslm.generation.stream import StreamDecoder
+    from banglaslm.runfolder import load_model
+
+    loaded = load_model(trained_run, quantize=kind)
+    engine, model = Engine(loaded.model, loaded.tokenizer), loaded.model
+    fused = CpuDecoder.for_model(model)
+    context = engine.encode_prompt("একদিন")[:STEP_PREFILL_BYTES // fused.weight_bytes]
+    row = Row(0, 0, context, 0, StreamDecoder(loaded.tokenizer))
+    with torch.inference_mode():
+        ours, ref = model.new_cache(1), model.new_cache(1)
+        got, want = engine.prefill(ours, [row], fused), engine.prefill(ref, [row])
+    assert ours.length == ref.length == len(context) > 1
+    assert (got - want).abs().max() < 1e-4
+    for layer in range(model.config.n_layer):
+        assert torch.allclose(ours.k[layer], ref.k[layer], atol=1e-5)
+        assert torch.allclose(ours.v[layer], ref.v[layer], atol=1e-5)
+
+
 def test_rows_leaving_and_samples_sharing_a_prompt_give_the_same_tokens(trained_run):
     """Through the engine: n samples (KVCache.repeat_rows), rows that stop early and leave the
     batch (KVCache.select), prompts of different lengths (padding), a penalty, past the block."""
@@ -163,8 +184,14 @@ def test_the_engine_uses_it_only_when_it_computes_the_same_thing(trained_run, mo
     loaded = load_model(trained_run)
     params = SamplingParams(max_new_tokens=5, greedy=True)
     calls = count_steps(monkeypatch)
-    Engine(loaded.model, loaded.tokenizer).generate(["আমি"], params)
-    assert calls == [1] * 4  # the prefill gives the first token; four decode steps
+    engine = Engine(loaded.model, loaded.tokenizer)
+    engine.generate(["আমি"], params)
+    prompt = len(engine.encode_prompt("আমি"))
+    assert prompt * 4 <= STEP_PREFILL_BYTES  # short enough for float32 weights: prefilled by C steps
+    assert calls == [1] * (prompt + 4)  # the prefill gives the first token; four decode steps
+    calls.clear()
+    engine.generate(["আমি " * 8], params)  # longer: one PyTorch forward, then the C steps
+    assert calls == [1] * 4
 
     def used(engine=None, prompt="আমি") -> bool:
         calls.clear()

@@ -165,7 +165,7 @@ class Batch:
     def _prefill(self, live: _Live) -> torch.Tensor:
         """Fill the sequence's cache from its window; the last position's logits (1, V)."""
         cache = self.model.new_cache(1)
-        logits = self.engine.prefill(cache, [live.row])
+        logits = self.engine.prefill(cache, [live.row], self.fused)
         live.length = cache.length
         if self.fused is None:
             live.cache = cache

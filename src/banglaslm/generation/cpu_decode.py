@@ -209,6 +209,7 @@ class CpuDecoder:
             self.layers)
         self.ref = ctypes.byref(self.struct)
         self.threads = torch.get_num_threads()
+        self.weight_bytes = _matrix(model.lm_head).element_size()  # per stored weight: 4, 2 or 1
         self.scratch = torch.empty(0, dtype=torch.float32, device="cpu")
         self._scratch_need: dict[int, int] = {}
         self._lengths = torch.empty(0, dtype=torch.int64)

@@ -31,6 +31,11 @@ from .sampling import Sampler, TokenLogprob
 from .stream import StreamDecoder, tidy_end
 
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
+# A single prompt of at most this many bytes of weights per token times tokens (4 float32
+# tokens, 8 bf16, 16 int8) is prefilled by the C step, one token at a time: a C step costs about
+# the weight bytes it reads, and one PyTorch forward over a short prompt costs several steps of
+# fixed overhead (benchmarks/generate_speed.py's prefill line measures both).
+STEP_PREFILL_BYTES = 16
 
 
 @dataclass
@@ -187,7 +192,7 @@ class Engine:
             # Prefill each prompt once (its n samples share it).
             firsts = rows[::params.n]
             cache = self.model.new_cache(len(firsts))
-            logits = self.prefill(cache, firsts)
+            logits = self.prefill(cache, firsts, fused)
             cache.repeat_rows(params.n)
             if params.n > 1:
                 logits = logits.repeat_interleave(params.n, dim=0)
@@ -212,7 +217,7 @@ class Engine:
                 else:  # the policy past the block size
                     for r in active:
                         self.slide(rows[r])
-                    logits = self.prefill(cache, [rows[r] for r in active])
+                    logits = self.prefill(cache, [rows[r] for r in active], fused)
 
     def slide(self, row: Row) -> None:
         """The policy past the block size, for a row whose cache is full: when its context no
@@ -221,9 +226,16 @@ class Engine:
         if len(row.context) - row.start > self.block_size:
             row.start = len(row.context) - self.keep
 
-    def prefill(self, cache: KVCache, rows: list[Row]) -> torch.Tensor:
-        """Refill `cache` from the rows' windows (left-padded); last-position logits (B, V)."""
+    def prefill(self, cache: KVCache, rows: list[Row], fused: CpuDecoder | None = None) -> torch.Tensor:
+        """Refill `cache` from the rows' windows (left-padded); last-position logits (B, V). A
+        single short window goes through `fused`'s C steps one token at a time when that reads
+        fewer weight bytes than PyTorch's fixed cost (STEP_PREFILL_BYTES)."""
         windows = [row.context[row.start:] for row in rows]
+        if fused is not None and len(rows) == 1 and len(windows[0]) * fused.weight_bytes <= STEP_PREFILL_BYTES:
+            cache.reset()
+            for token in windows[0]:
+                logits = fused.step(cache, torch.tensor([token]))
+            return logits
         width = max(len(w) for w in windows)
         pad = [width - len(w) for w in windows]
         idx = torch.tensor([[self.tokenizer.eod_id] * p + w for p, w in zip(pad, windows)],
