@@ -1,10 +1,17 @@
-"""Training throughput of the presets on this machine: tokens/s, ms/iter, MFU, peak RSS.
+"""Training throughput of the presets on this machine: tokens/s, ms/iter, MFU, peak RSS, and a
+Hugging Face transformers GPT-2 of the same shape beside each.
 
-    python benchmarks/train_throughput.py [--presets tiny course-58m] [--iters 20] [--vocab 2048]
+    python benchmarks/train_throughput.py [--presets tiny course-58m] [--iters 20] [--vocab 2048] [--rounds 3]
+    python benchmarks/train_throughput.py --presets cpu-ref tiny small --vocab 8000 --peer
     python benchmarks/train_throughput.py --presets small --vocab 8000 --set model.arch=gpt --profile
 
 Runs real optimizer steps (forward, backward, clip, AdamW) on random tokens through the same
-`Trainer._step` the CLI uses. MFU is measured against this machine's own fp32 matmul peak
+`Trainer._step` the CLI uses. With --peer, `transformers.GPT2LMHeadModel` of the same layers,
+heads, width, block, vocabulary and dropout (its SDPA attention; head tied when ours is)
+trains on the same batches with the same fused AdamW, clipping and autocast precision, in
+rounds that alternate with ours (best round each); the ratio is ours / GPT-2 tokens/s. Our
+"modern" arch (RoPE, RMSNorm, SwiGLU) is not GPT-2's, so its row compares the same width and
+depth, not the same arithmetic. MFU is measured against this machine's own fp32 matmul peak
 (a large square matmul timed here), so the figure is comparable across machines. `--profile`
 adds where the time of the measured steps goes (torch.profiler, operators by self time,
 grouped into matmuls / attention / activations / norms / optimizer / the rest).
@@ -26,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from banglaslm.config import build_config  # noqa: E402
+from banglaslm.data.loader import Prefetcher  # noqa: E402
 from banglaslm.training.trainer import Trainer  # noqa: E402
 
 
@@ -84,7 +92,49 @@ def print_profile(preset: str, prof) -> None:
                                         for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]))
 
 
-def measure(preset: str, vocab: int, iters: int, overrides: dict, profile: bool = False) -> dict:
+def gpt2_peer(cfg, vocab: int, precision: str):
+    """A step function training transformers' GPT-2 of `cfg`'s shape like our trainer does."""
+    import torch.nn.functional as F
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from banglaslm.training.optim import autocast_context
+
+    m, t = cfg.model, cfg.train
+    model = GPT2LMHeadModel(GPT2Config(
+        vocab_size=vocab, n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
+        resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, tie_word_embeddings=m.arch == "modern",
+        bos_token_id=vocab - 1, eos_token_id=vocab - 1, attn_implementation="sdpa")).train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                            lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=True)
+    g = torch.Generator().manual_seed(0)
+
+    def step():
+        x = torch.randint(0, vocab, (t.batch_size, m.block_size), generator=g)
+        y = torch.randint(0, vocab, (t.batch_size, m.block_size), generator=g)
+        with autocast_context(torch.device("cpu"), precision):
+            logits = model(input_ids=x).logits
+            loss = F.cross_entropy(logits.float().view(-1, vocab), y.view(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
+def timed(step, iters: int) -> float:
+    """Seconds per call of `step` over `iters` calls (the last loss read, so the work is done)."""
+    start = time.perf_counter()
+    for _ in range(iters):
+        loss = step()
+    loss.item()
+    return (time.perf_counter() - start) / iters
+
+
+def measure(preset: str, vocab: int, iters: int, overrides: dict, profile: bool = False, peer: bool = False,
+            rounds: int = 1) -> dict:
     cfg = build_config(preset, overrides=overrides)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -92,22 +142,28 @@ def measure(preset: str, vocab: int, iters: int, overrides: dict, profile: bool 
         fake_data(data, vocab)
         trainer = Trainer(cfg, data, Path(tmp) / "run", progress=False)
         trainer.model.train()
-        for it in range(3):  # warm-up: allocator, oneDNN kernel selection
-            trainer._step(it)
-        start = time.perf_counter()
-        for it in range(iters):
-            loss, _, _ = trainer._step(it)
-        loss.item()
-        seconds = (time.perf_counter() - start) / iters
-        if profile:
-            from torch.profiler import ProfilerActivity
-            with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
-                for it in range(iters, iters + 5):
-                    trainer._step(it)
-            print_profile(preset, prof)
+        prefetch = Prefetcher(trainer.train_batches, trainer.device)
+        counter = iter(range(10**9))
+        try:
+            ours = lambda: trainer._step(next(counter), prefetch)[0]  # noqa: E731
+            steps = {"ours": ours} | ({"peer": gpt2_peer(cfg, vocab, trainer.precision)} if peer else {})
+            for step in steps.values():  # warm-up: allocator, oneDNN kernel selection
+                timed(step, 3)
+            best = dict.fromkeys(steps, float("inf"))
+            for _ in range(rounds):
+                for name, step in steps.items():
+                    best[name] = min(best[name], timed(step, iters))
+            if profile:
+                from torch.profiler import ProfilerActivity
+                with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
+                    timed(ours, 5)
+                print_profile(preset, prof)
+        finally:
+            prefetch.close()
         tokens = cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.model.block_size
         return {"preset": preset, "params_M": trainer.model.num_params() / 1e6, "precision": trainer.precision,
-                "ms_per_iter": seconds * 1e3, "tokens_per_s": tokens / seconds,
+                "ms_per_iter": best["ours"] * 1e3, "tokens_per_s": tokens / best["ours"],
+                "peer_tokens_per_s": tokens / best["peer"] if peer else None,
                 "flops_per_token": trainer.model.flops_per_token()}
 
 
@@ -118,18 +174,24 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=None, help="default: 2048 for tiny (quick start), 32100 otherwise (BanglaT5)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--profile", action="store_true", help="also print where the time goes")
+    ap.add_argument("--peer", action="store_true", help="also train transformers' GPT-2 of the same shape")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds; the best of each is kept")
     args = ap.parse_args()
     overrides = dict(s.split("=", 1) for s in args.set)
     peak = matmul_peak_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s")
-    print(f"{'preset':<12} {'params':>8} {'vocab':>6} {'prec':>5} {'ms/iter':>9} {'tokens/s':>10} {'MFU':>6} {'peak RSS':>9}")
+    peer_head = f" {'GPT-2 tokens/s':>14} {'ours / GPT-2':>12}" if args.peer else ""
+    print(f"{'preset':<12} {'params':>8} {'vocab':>6} {'prec':>5} {'ms/iter':>9} {'tokens/s':>10} {'MFU':>6} "
+          f"{'peak RSS':>9}{peer_head}")
     for preset in args.presets:
         vocab = args.vocab or (2048 if preset == "tiny" else 32100)
-        r = measure(preset, vocab, args.iters, overrides, args.profile)
+        r = measure(preset, vocab, args.iters, overrides, args.profile, args.peer, args.rounds)
         mfu = r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e9)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peer = (f" {r['peer_tokens_per_s']:>14,.0f} {r['tokens_per_s'] / r['peer_tokens_per_s']:>11.2f}x"
+                if args.peer else "")
         print(f"{preset:<12} {r['params_M']:>7.1f}M {vocab:>6} {r['precision']:>5} {r['ms_per_iter']:>9.1f} "
-              f"{r['tokens_per_s']:>10,.0f} {mfu:>6.1%} {rss:>7.0f}MB")
+              f"{r['tokens_per_s']:>10,.0f} {mfu:>6.1%} {rss:>7.0f}MB{peer}")
 
 
 if __name__ == "__main__":
