@@ -6,7 +6,7 @@ and 16, as this CPU builds it and as CPUs with fewer instruction sets would.
 `CpuDecoder.step` in a loop of 100 steps from a 16-token cache, best of --repeats rounds that
 run every (build, kind) in turn. Builds: `native` is what banglaslm uses (-march=native);
 `avx2` the same source with AVX-512 turned off (a CPU with AVX2 + FMA only); `portable`
-x86-64-v2 (no AVX2: the loops the compiler vectorizes by itself, what `--quantize` refuses).
+x86-64-v2 (no AVX2: the portable loops the compiler vectorizes by itself).
 Without RUN_DIR: the `small` shape, modern architecture, vocab 8000, random weights.
 """
 

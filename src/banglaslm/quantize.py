@@ -11,8 +11,6 @@ PyTorch forwards below are the reference it is tested against.
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -28,46 +26,15 @@ Quantize = Annotated[str, Opt("store the weight matrices as int8 (one scale per 
                               "decoding; activations stay float32 (docs/generation.md)", QUANTIZE)]
 INT8_MAX = 127  # symmetric: -127..127, so that -w quantizes to -q
 
-# The SIMD instructions the quantized C step needs to be faster than float32 (a CPU without them
-# would widen every weight one at a time): x86 AVX2 + FMA, or ARM's Advanced SIMD.
-NEEDS = {"x86_64": ("avx2", "fma"), "AMD64": ("avx2", "fma"), "aarch64": ("asimd",), "arm64": ("asimd",)}
-
-
-def cpu_flags() -> str:
-    """This CPU's feature flags as /proc/cpuinfo lists them ('' where there is no such file)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line.split(":", 1)[-1]
-    except OSError:
-        pass
-    return ""
-
-
-def check_cpu(kind: str, flags: str | None = None, machine: str | None = None) -> None:
-    """UserError unless this CPU (or `flags` / `machine`, for tests) has the instructions that
-    `kind` needs to be worth using (NEEDS); macOS on Apple silicon always has them."""
-    machine = machine or platform.machine()
-    flags = cpu_flags() if flags is None else flags
-    if machine == "arm64" and not flags:  # macOS: no /proc; every Apple CPU has Advanced SIMD
-        return
-    needed = NEEDS.get(machine)
-    missing = [f for f in needed or () if f not in flags.split()]
-    if needed is None or missing:
-        lacks = ", ".join(missing) if needed else f"SIMD instructions banglaslm knows ({machine})"
-        raise UserError(f"--quantize {kind} needs a CPU with {' + '.join(needed or ('AVX2',))}, and this one lacks "
-                        f"{lacks}: its weights would decode slower than float32 here; use --quantize none")
-
 
 def check_quantize(kind: str, device: torch.device) -> None:
     """UserError unless `kind` is one of QUANTIZE and runs on `device`: 'none' anywhere, the
-    others on a CPU with the instructions they need (check_cpu)."""
+    others on the CPU. (No CPU is refused: built without AVX2, the C step's portable loops
+    still decode int8 faster than float32; docs/generation.md.)"""
     if kind not in QUANTIZE:
         raise UserError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {kind!r}")
     if kind != "none" and device.type != "cpu":
         raise UserError(f"--quantize {kind} is for decoding on the CPU; on a GPU use --quantize none")
-    if kind != "none":
-        check_cpu(kind)
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +93,7 @@ def quantize_model(model: nn.Module, kind: str) -> nn.Module:
     """`model` (a GPT on the CPU) with every nn.Linear, its token embedding and its output head
     stored as `kind` ('int8' or 'bf16'; 'none' returns it untouched), in place; the float32
     matrices are released. A tied head and embedding stay one matrix. Raises UserError for an
-    unknown kind, a model on a GPU, or a CPU without the instructions `kind` needs."""
+    unknown kind or a model on a GPU."""
     check_quantize(kind, next(model.parameters()).device)
     if kind == "none":
         return model

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..model import GPT, MLP, Block, CausalSelfAttention, KVCache
-from ..quantize import QuantEmbedding, QuantLinear, cpu_flags
+from ..quantize import QuantEmbedding, QuantLinear
 
 SOURCE = Path(__file__).with_name("csrc") / "decode.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
@@ -65,6 +65,18 @@ def _mat(module: torch.nn.Module | None) -> _Mat:
     return _Mat(_matrix(module).data_ptr(), _ptr(getattr(module, "scale", None)))
 
 
+def _cpu_flags() -> str:
+    """This CPU's feature flags: -march=native code built on one machine may not run on another
+    that shares the home directory."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("BANGLASLM_CACHE") or Path.home() / ".cache" / "banglaslm") / "kernels"
 
@@ -76,9 +88,7 @@ def build(compiler: str | None = None) -> Path:
     if not cc or shutil.which(cc[0]) is None:
         raise RuntimeError(f"no C compiler found ({' '.join(cc)!r}); install gcc or set CC")
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    # -march=native code built on one machine may not run on another sharing the home directory.
-    cpu = cpu_flags() or platform.processor() or platform.machine()
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cc, version, " ".join(FLAGS), cpu]).encode())
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cc, version, " ".join(FLAGS), _cpu_flags()]).encode())
     target = _cache_dir() / f"decode-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target

@@ -170,7 +170,7 @@ DOT4(float, AS_FLOAT)
 /* Quantized rows, widened in registers: compilers vectorize the loops above for int8 and bf16
  * with two-step widenings and extracts, about a third of the speed of one sign-extending load
  * per vector. So with AVX-512 or AVX2 (+FMA) these spell it out; the compiler's -march=native
- * decides which, and other CPUs get the portable loops (quantize.check_cpu refuses them). */
+ * decides which; other CPUs get the portable loops above, slower but still faster than float32. */
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
