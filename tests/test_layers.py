@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "banglaslm"
 
 GROUND = {"errors", "fileio", "text", "config"}
-CORE = {"tokenizer", "tokenizer_import", "chat_template", "model", "checkpoint", "runfolder"}
+CORE = {"tokenizer", "tokenizer_import", "chat_template", "model", "quantize", "checkpoint", "runfolder"}
 FRONT = {"cli", "__main__", "quickstart", "report", "chat", "lm_eval_run", "lm_eval_model", "__init__"}
 WINGS = {"training", "generation", "evaluation", "interop"}
 RANKS = {"ground": 0, "core": 1, "data": 2, "wing": 3, "server": 4, "front": 5}
