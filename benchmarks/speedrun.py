@@ -145,6 +145,8 @@ def main() -> None:
                     help="a book of the shared folder left out of training and scored whole")
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="also train nanoGPT's README CPU setup for the same time (default: yes)")
+    ap.add_argument("--baseline-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides for the baseline (e.g. train.precision=fp32, as for ours)")
     args = ap.parse_args()
     if not LITERATURE.is_dir():
         sys.exit(f"the shared Bangla corpus is not at {LITERATURE}; this benchmark needs it")
@@ -153,7 +155,8 @@ def main() -> None:
     book = LITERATURE / args.held_out
     contenders = [(label, args.preset, data_folder(args.work, args.vocab, args.tokenizer, args.held_out), args.set)]
     if args.baseline:
-        contenders.append(("nanogpt-cpu-ref-char", "cpu-ref", data_folder(args.work, 0, "char", args.held_out), []))
+        contenders.append(("nanogpt-cpu-ref-char", "cpu-ref", data_folder(args.work, 0, "char", args.held_out),
+                           args.baseline_set))
     scores = []
     for name, preset, data_path, sets in contenders:
         run, result, curve = speed_run(name, preset, args.minutes, data_path, sets, args.work)
