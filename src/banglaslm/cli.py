@@ -109,6 +109,21 @@ def _add_prepare(sub) -> None:
     add_options(p, prepare)
 
 
+def _add_clean(sub) -> None:
+    from .data.clean import CleanOptions, clean
+
+    p = sub.add_parser("clean", help="deduplicate and filter documents (JSONL shards + a report)",
+                       description="Normalize documents, drop non-Bangla text, Gopher-rule junk, exact and MinHash "
+                                   "near-duplicates (FineWeb-2's Bangla thresholds by default); write the kept "
+                                   "documents as JSONL shards, which `banglaslm prepare DIR` reads, with "
+                                   "report.json / report.md.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help=".txt/.md files, folders, globs, .jsonl/.csv/.parquet files, or hf:NAME[:CONFIG]")
+    p.add_argument("--out", required=True, help="folder to write")
+    add_options(p, clean)
+    add_options(p, CleanOptions)
+
+
 def _add_train(sub) -> None:
     epilog = "config keys (--set KEY=VALUE, or in a --config JSON/TOML file):\n" + describe_fields() + \
         "\n\npresets: " + ", ".join(PRESETS)
@@ -238,7 +253,7 @@ def _add_others(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="banglaslm", description="Build a small language model from scratch, Bangla first.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prepare, _add_train, _add_finetune, _add_eval, _add_generate, _add_export, _add_serve_and_chat, _add_others):
+    for add in (_add_prepare, _add_clean, _add_train, _add_finetune, _add_eval, _add_generate, _add_export, _add_serve_and_chat, _add_others):
         add(sub)
     return parser
 
@@ -247,6 +262,13 @@ def cmd_prepare(args) -> None:
     from .data.prepare import prepare
 
     print(prepare(args.inputs, args.out, **picked(args, prepare)).summary())
+
+
+def cmd_clean(args) -> None:
+    from .data.clean import CleanOptions, clean
+
+    options = CleanOptions(**picked(args, CleanOptions))
+    print(clean(args.inputs, args.out, options, **picked(args, clean)).summary())
 
 
 def cmd_train(args) -> None:
@@ -456,7 +478,7 @@ def cmd_report(args) -> None:
     print(f"wrote {out}/README.md (with plots and report.html)")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "generate": cmd_generate,
+COMMANDS = {"prepare": cmd_prepare, "clean": cmd_clean, "train": cmd_train, "finetune": cmd_finetune, "eval": cmd_eval, "generate": cmd_generate,
             "quickstart": cmd_quickstart, "export": cmd_export, "import": cmd_import,
             "report": cmd_report, "serve": cmd_serve, "chat": cmd_chat, "lm-eval-task": cmd_lm_eval_task,
             "lm-eval": cmd_lm_eval}

@@ -28,6 +28,7 @@ TEXT_SUFFIXES = {".txt", ".md"}
 TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet"}
 DOC_SPLITS = ("file", "paragraph", "line")
 DEFAULT_TEXT_COLUMN = "text"
+CLEANED_FORMAT = "banglaslm-clean/1"  # report.json's "format" in a folder `clean` wrote
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
         path = Path(item)
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES | TABLE_SUFFIXES)
+            if is_cleaned_folder(path):  # `banglaslm clean`'s output: its shards, not its report or removed/
+                files = sorted(path.glob("*.jsonl"))
             if not files:
                 raise UserError(f"folder {item} holds no .txt/.md/.jsonl/.csv/.parquet files")
             sources.extend(_file_source(p) for p in files)
@@ -65,6 +68,14 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
         else:
             raise UserError(f"input not found: {item}")
     return sources
+
+
+def is_cleaned_folder(folder: Path) -> bool:
+    """Whether `folder` was written by `banglaslm clean` (its report.json says so)."""
+    try:
+        return json.loads((folder / "report.json").read_text(encoding="utf-8")).get("format") == CLEANED_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _file_source(path: Path) -> Source:
