@@ -1,0 +1,132 @@
+"""`banglaslm clean` on real books with planted duplicates and noise: the planted items go, the
+books' paragraphs stay; the same through the CLI and with 2 workers; its output reads back."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from banglaslm.cli import main
+from banglaslm.data.clean import (
+    BanglaScriptFilter,
+    BanglaWordTokenizer,
+    CleanOptions,
+    clean,
+    stop_words,
+)
+from banglaslm.data.sources import iter_documents, resolve_inputs
+from banglaslm.errors import UserError
+from banglaslm.text import normalize
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOKS = ROOT.parent / "shared" / "data" / "bangla-literature"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("clean_quality", ROOT / "benchmarks" / "clean_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    if not BOOKS.is_dir():
+        pytest.skip(f"{BOOKS} is absent (the shared books)")
+    bench = _bench()
+    originals, items = bench.planted_corpus(books=3, seed=0, exact=40, near=40, junk=24)
+    folder = tmp_path_factory.mktemp("corpus")
+    return bench, originals, items, bench.write_corpus(folder, originals, items)
+
+
+def _kept(out: Path) -> list[str]:
+    return [json.loads(line)["text"] for path in sorted(out.glob("*.jsonl")) for line in open(path, encoding="utf-8")]
+
+
+@pytest.fixture(scope="module")
+def cleaned(planted, tmp_path_factory):
+    bench, originals, items, inputs = planted
+    out = tmp_path_factory.mktemp("clean") / "out"
+    result = clean(inputs, out, CleanOptions(**bench.PARAGRAPH_OPTIONS), shard_docs=150, keep_removed=True, examples=3)
+    return result, out
+
+
+def test_planted_items_go_and_paragraphs_stay(planted, cleaned):
+    bench, originals, items, _ = planted
+    result, out = cleaned
+    rows = bench.score(originals, items, bench.removed_ids(out))
+    assert rows["originals removed"] <= 0.01, rows
+    assert rows["all noise steps"]["recall"] == 1.0, rows
+    # Each dedup step removes only planted copies of its kind. Every exact copy goes; MinHash is
+    # a probability curve: a copy with 3 of 28 words edited (Jaccard 0.50 on word 3-grams) is
+    # found 87% of the time, so one of 40 may stay (here: one does).
+    assert rows["exact_dedup"]["recall"] == 1.0 and rows["exact_dedup"]["precision"] == 1.0, rows
+    assert rows["near_dedup"]["recall"] >= 0.95 and rows["near_dedup"]["precision"] == 1.0, rows
+    kept = _kept(out)
+    assert len(kept) == len(set(kept)) == result.kept
+    assert not {t for kind, t in items if kind == "noise"} & set(kept)
+    assert result.documents == len(originals) + len(items)
+
+
+def test_report_counts_every_step(cleaned):
+    result, out = cleaned
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    steps = report["steps"]
+    assert [s["step"] for s in steps] == ["script", "gopher_quality", "gopher_repetition", "exact_dedup", "near_dedup"]
+    assert steps[0]["docs_in"] == report["documents"] and steps[-1]["kept"] == report["kept"] == result.kept
+    for before, after in zip(steps, steps[1:]):
+        assert after["docs_in"] == before["kept"]
+    for s in steps:
+        assert s["removed"] == sum(s["reasons"].values()) == sum(1 for _ in open(out / "removed" / f"{s['step']}.jsonl"))
+        assert len(s["examples"]) == min(3, s["removed"]) and all(len(e["text"]) <= 300 for e in s["examples"])
+    assert steps[-2]["removed"] >= 40 and steps[-1]["removed"] >= 38 and steps[-1]["chars_removed"] > 0
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "| near_dedup |" in markdown and "examples of what was removed" in markdown
+
+
+def test_prepare_reads_the_shards_back(cleaned):
+    result, out = cleaned
+    sources = resolve_inputs([str(out)])
+    assert {Path(s.location).parent for s in sources} == {out} and all(s.kind == "jsonl" for s in sources)
+    assert list(iter_documents(sources)) == _kept(out)
+
+
+def test_workers_and_cli_give_the_same_kept_set(planted, cleaned, tmp_path, capsys):
+    bench, _, _, inputs = planted
+    _, out = cleaned
+    two = tmp_path / "two"
+    clean(inputs, two, CleanOptions(**bench.PARAGRAPH_OPTIONS), shard_docs=150, workers=2)
+    assert _kept(two) == _kept(out)
+    flags = ["--min-words", "10", "--min-stop-words", "0", "--min-avg-word-length", "3", "--top-ngrams", ""]
+    assert bench.PARAGRAPH_OPTIONS == {"min_words": 10, "min_stop_words": 0, "min_avg_word_length": 3.0, "top_ngrams": ""}
+    assert main(["clean", *inputs, "--out", str(tmp_path / "cli"), "--shard-docs", "150", *flags]) == 0
+    assert "kept" in capsys.readouterr().out
+    assert _kept(tmp_path / "cli") == _kept(out)
+
+
+def test_bad_inputs_fail_in_one_line_without_output(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["clean", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "input not found" in err
+    (tmp_path / "a.txt").write_text("কিছু লেখা", encoding="utf-8")
+    assert main(["clean", str(tmp_path / "a.txt"), "--out", str(out), "--top-ngrams", "2:high"]) == 2
+    assert "--top-ngrams must be N:SHARE pairs" in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("\u200c \n\n", encoding="utf-8")
+    with pytest.raises(UserError, match="hold no text"):
+        clean([str(tmp_path / "empty.txt")], out)
+    assert not out.exists() and not list(tmp_path.glob(".out.*.tmp"))
+
+
+def test_stop_words_tokenizer_and_script_share():
+    words = stop_words()
+    assert "\u09b9\u09df" in words and "\u09b9\u09af\u09bc" not in words  # হয় as normalize writes it
+    assert all(normalize(w) == w for w in words)
+    tokens = BanglaWordTokenizer().word_tokenize(normalize("সে বোকা ছিল না। লম্বা-লম্বা গুণ, ভাগ॥ ১২৩"))
+    assert tokens == ["সে", "বোকা", "ছিল", "না", "লম্বা-লম্বা", "গুণ", "ভাগ", "১২৩"]
+    keep = BanglaScriptFilter(0.8)
+    from datatrove.data import Document
+    assert keep.filter(Document(text="আমার সোনার বাংলা, I love you", id="a")) == (False, "low_bangla_share")
+    assert keep.filter(Document(text="আমার সোনার বাংলা আমি তোমায় ভালোবাসি ok", id="b")) is True
+    assert keep.filter(Document(text="১২৩ ৪৫৬ --- 789", id="c")) == (False, "no_letters")
