@@ -162,6 +162,7 @@ def main() -> None:
     ap.add_argument("--books", type=int, default=len(PROSE))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fineweb-defaults", action="store_true", help="FineWeb-2's web-page thresholds, unrelaxed")
     args = ap.parse_args()
     if not BOOKS.is_dir():
         sys.exit(f"{BOOKS} is missing (the shared data folder)")
@@ -169,7 +170,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         inputs = write_corpus(Path(tmp), originals, planted)
         start = time.perf_counter()
-        result = clean(inputs, Path(tmp) / "out", CleanOptions(**PARAGRAPH_OPTIONS), workers=args.workers,
+        result = clean(inputs, Path(tmp) / "out", CleanOptions(**({} if args.fineweb_defaults else PARAGRAPH_OPTIONS)),
+                       workers=args.workers,
                        keep_removed=True)
         seconds = time.perf_counter() - start
         rows = score(originals, planted, removed_ids(Path(tmp) / "out"))

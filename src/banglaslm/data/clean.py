@@ -112,10 +112,10 @@ class CleanOptions:
     # English one and 3-grams are about as specific as FineWeb's 5-grams, while a paragraph of
     # 20 words still has 18 shingles and one edited word breaks 3 of them, not 5. The bands put
     # the 50% detection point near Jaccard 0.42 ((1/32)^(1/4)): a pair at 0.5 is found 87% of
-    # the time, at 0.6 99%, at 0.25 12% (1-(1-s^4)^32). On the shared prose books, copies with 2-3
-    # edited words score 0.50-0.9 and distinct paragraphs at most 0.24 (benchmarks/clean_quality.py);
-    # datatrove's MinHash does not check the Jaccard of a candidate pair, so the curve is the
-    # whole decision.
+    # the time, at 0.6 99%, at 0.25 12% (1-(1-s^4)^32): copies of a paragraph with a few words
+    # edited fall above the point, distinct paragraphs of the shared books well below it
+    # (benchmarks/clean_quality.py measures both sides). datatrove's MinHash does not check the
+    # Jaccard of a candidate pair, so the curve is the whole decision.
     minhash_ngrams: int = option(3, "words per MinHash shingle")
     minhash_bands: int = option(32, "MinHash bands (buckets)")
     minhash_rows: int = option(4, "MinHash hashes per band")
