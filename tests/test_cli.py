@@ -59,12 +59,12 @@ def test_train_bad_config(tmp_path, data_dir):
 
 
 def test_corpus_too_small_for_one_block(tmp_path):
-    for i in range(3):
-        (tmp_path / f"{i}.txt").write_text("ছোট", encoding="utf-8")
+    for i, word in enumerate(("ছোট", "বড়", "মাঝারি")):
+        (tmp_path / f"{i}.txt").write_text(word, encoding="utf-8")
     data = tmp_path / "d"
     assert cli("prepare", *[tmp_path / f"{i}.txt" for i in range(3)], "--out", data, "--tokenizer", "char").returncode == 0
     r = cli("train", "--data", data, "--out", tmp_path / "run", "--preset", "tiny")
-    assert_user_error(r, "fewer than one block")
+    assert_user_error(r, "no stretch of one block")
 
 
 def test_mismatched_tokenizer_and_damaged_checkpoint(tmp_path, trained_run, small_books):

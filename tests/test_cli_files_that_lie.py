@@ -54,9 +54,10 @@ def test_a_flipped_bit_in_a_checkpoint_is_found(trained_run, data_dir, small_boo
 def test_ids_outside_the_vocabulary(data_dir, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)
-    ids = np.fromfile(data / "train.bin", dtype=np.uint16)
+    shard = data / json.loads((data / "meta.json").read_text())["splits"]["train"]["shards"][0]["file"]
+    ids = np.fromfile(shard, dtype=np.uint16)
     ids[123] = 65535
-    ids.tofile(data / "train.bin")
+    ids.tofile(shard)
     code, err = run_cli(["train", "--data", data, "--out", tmp_path / "run", *set_args(TINY_SETTINGS)], capsys)
     one_line_error(code, err, "holds token id 65535 at position 123")
 
@@ -75,11 +76,13 @@ def test_ids_outside_the_vocabulary_in_a_large_bin_are_found_per_batch(tmp_path)
             sampler.get(step)
 
 
-def test_meta_naming_a_file_outside_its_folder(data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "train/../../x.bin", "val/../../x.bin",
+                                  "meta/x.bin"])
+def test_meta_naming_a_file_outside_its_folder(data_dir, tmp_path, capsys, name):
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)
     meta = json.loads((data / "meta.json").read_text())
-    meta["splits"]["train"]["file"] = "../../etc/passwd"
+    meta["splits"]["train"]["shards"][0]["file"] = name
     (data / "meta.json").write_text(json.dumps(meta))
     code, err = run_cli(["train", "--data", data, "--out", tmp_path / "run", *set_args(TINY_SETTINGS)], capsys)
     one_line_error(code, err, "not a file of this folder")

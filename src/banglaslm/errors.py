@@ -18,6 +18,9 @@ class UserError(Exception):
         super().__init__(message)
         self.param = param
 
+    def __reduce__(self):  # keep `param` when a worker process sends the error back
+        return type(self), (str(self), self.param)
+
 
 def bad_param(param: str, problem: str) -> UserError:
     """`UserError(f"{param} {problem}", param)`, e.g. bad_param("top_k", "must be at least 1, got 0")."""

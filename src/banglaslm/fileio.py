@@ -163,13 +163,13 @@ def staged_folder(out_dir: str | Path, what: str = "output",
         try:
             yield tmp
             os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
-            _swap_in(tmp, out)
+            swap_in(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
+def swap_in(tmp: Path, out: Path) -> None:
     """Rename `tmp` to `out`; an existing `out` is moved aside first and removed after."""
     old = None
     try:

@@ -81,6 +81,11 @@ class Coverage:
                 "unknown_share": self.unknown_share, "byte_fallback_share": self.byte_fallback_share,
                 "unrepresented": [[ch, n] for ch, n in self.unrepresented.most_common(top)]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Coverage":
+        """The counts `to_dict` wrote (its characters only as far as its `top`)."""
+        return cls(d["tokens"], d["unknown"], d["byte_fallback"], Counter(dict(d["unrepresented"])))
+
     def describe(self) -> str:
         chars = ", ".join(f"{ch!r} ({n:,})" for ch, n in self.unrepresented.most_common(8))
         return (f"{self.unknown_share:.2%} unknown tokens, {self.byte_fallback_share:.2%} byte-fallback tokens"

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from banglaslm.data.folder import DataFolder
 from banglaslm.data.loader import EVAL_STREAM, BatchSampler
@@ -33,7 +34,7 @@ def test_ranks_split_one_global_batch():
 
 
 def test_too_few_tokens_for_one_block():
-    with pytest.raises(UserError, match="fewer than one block"):
+    with pytest.raises(UserError, match="no stretch of one block"):
         BatchSampler(np.arange(10, dtype=np.uint16), block_size=16, batch_size=2, seed=0, split="val")
 
 
@@ -47,7 +48,7 @@ def test_data_folder_checks(tmp_path, data_dir):
 
     copy = tmp_path / "copy"
     shutil.copytree(data_dir, copy)
-    with open(copy / "train.bin", "r+b") as fh:
+    with open(copy / folder.shards["train"][0]["file"], "r+b") as fh:
         fh.truncate(100)
     with pytest.raises(UserError, match="truncated"):
         DataFolder(copy).tokens("train")
@@ -63,3 +64,41 @@ def test_token_file_windows_equal_in_memory_gather(tmp_path):
     from_file = BatchSampler(f, 32, 8, seed=3).get(5)
     in_memory = BatchSampler(data, 32, 8, seed=3).get(5)
     assert all((a == b).all() for a, b in zip(from_file, in_memory))
+
+
+def test_windows_across_shards_stay_inside_one_and_follow_their_sizes(tmp_path):
+    from banglaslm.data.folder import TokenFile, TokenShards
+
+    sizes = [500, 20, 1500]  # the middle shard is shorter than a window: never drawn
+    files = []
+    for i, n in enumerate(sizes):
+        (np.full(n, i, dtype=np.uint16)).tofile(tmp_path / f"{i}.bin")
+        files.append(TokenFile(tmp_path / f"{i}.bin", np.uint16))
+    shards = TokenShards(files)
+    assert len(shards) == 2020 and shards.starts(33) == (500 - 32) + (1500 - 32)
+    sampler = BatchSampler(shards, 32, 64, seed=2)
+    drawn = np.concatenate([torch.cat(sampler.get(step), 1).numpy() for step in range(40)])
+    assert (drawn == drawn[:, :1]).all()  # every window comes from one shard
+    share_last = (drawn[:, 0] == 2).mean()
+    assert abs(share_last - 1468 / 1936) < 0.04 and not (drawn[:, 0] == 1).any()
+
+
+def test_a_version_1_folder_still_loads_and_draws_the_same_batches(tmp_path, data_dir):
+    import json
+    import shutil
+
+    old = tmp_path / "v1"
+    shutil.copytree(data_dir, old)
+    meta = json.loads((old / "meta.json").read_text())
+    meta["version"] = 1
+    for split in ("train", "val"):
+        s = meta["splits"][split]
+        (shard,) = s.pop("shards")
+        shutil.move(old / shard["file"], old / f"{split}.bin")
+        shutil.rmtree(old / split)
+        s.update(file=f"{split}.bin", sha256=shard["sha256"])
+        del s["digest"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    new_batches = DataFolder(data_dir).samplers(16, 4, 1, seed=3)[0].get(7)
+    old_batches = DataFolder(old).samplers(16, 4, 1, seed=3)[0].get(7)
+    assert all((a == b).all() for a, b in zip(new_batches, old_batches))

@@ -101,7 +101,7 @@ def prepared(folder, texts):
 def planted_leak(honest, out):
     """The honest data folder with its validation documents also put into training (once, like
     every training document): a leak."""
-    from banglaslm.data.folder import BinWriter, DataFolder, write_meta
+    from banglaslm.data.folder import DataFolder, ShardWriter, split_stats, write_meta
 
     data = DataFolder(honest)
     tok = data.tokenizer()
@@ -111,11 +111,13 @@ def planted_leak(honest, out):
         cuts = [i for i, t in enumerate(ids) if t == tok.eod_id]
         docs[split] = [ids[a + 1:b] for a, b in zip(cuts, cuts[1:])]
     out.mkdir()
-    writer = BinWriter(out, tok, data.dtype.type)
-    writer.add([(split, tok.decode(ids), ids) for split, group in (("train", docs["train"] + docs["val"]),
-                                                                  ("val", docs["val"])) for ids in group])
-    writer.close()
-    write_meta(out, tok, data.dtype.type, writer.stats, {"val_fraction": 0.15, "seed": 42})
+    tok.save(out / "tokenizer.json")
+    splits = {}
+    for split, group in (("train", docs["train"] + docs["val"]), ("val", docs["val"])):
+        writer = ShardWriter(out, split, "00000", tok.eod_id, data.dtype.type, 10**9)
+        writer.add([(tok.decode(ids), ids) for ids in group])
+        splits[split] = split_stats(writer.close())
+    write_meta(out, tok, data.dtype.type, splits, {"val_fraction": 0.15, "seed": 42})
     return out
 
 

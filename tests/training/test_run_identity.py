@@ -54,8 +54,11 @@ def test_the_data_identity_is_recorded_with_checksums(base_run, data_dir):
     import hashlib
 
     for split in ("train", "val"):
-        digest = hashlib.sha256((data_dir / f"{split}.bin").read_bytes()).hexdigest()
-        assert meta["splits"][split]["sha256"] == digest == state["data"]["splits"][split]["sha256"]
+        shards = meta["splits"][split]["shards"]
+        for shard in shards:
+            assert shard["sha256"] == hashlib.sha256((data_dir / shard["file"]).read_bytes()).hexdigest()
+        digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
+        assert meta["splits"][split]["digest"] == digest == state["data"]["splits"][split]["digest"]
 
 
 def test_resume_with_set_changes_the_saved_run_not_the_defaults(data_dir, tmp_path, capsys):

@@ -2,20 +2,23 @@
 
     DATA_DIR/
       meta.json        format, normalization, tokenizer (file, kind, sha256, vocab size, EOD
-                       id), id dtype, per split {file, documents, tokens, bytes, chars}, and
-                       how the split was made (seed, fraction, doc_split, sources)
-      tokenizer.json   the tokenizer the bins were encoded with
-      train.bin        token ids, one after another; each document followed by EOD, and the
-      val.bin          file starting with one (so every document is seen after an EOD)
+                       id), id dtype, per split its counts {documents, tokens, bytes, chars} and
+                       its shards in order, each {file, documents, tokens, bytes, chars, sha256},
+                       and how the split was made (seed, fraction, doc_split, sources)
+      tokenizer.json   the tokenizer the shards were encoded with
+      train/*.bin      token ids, one after another; each document followed by EOD, and each
+      val/*.bin        shard starting with one (so every document is seen after an EOD)
 
-A folder with a meta.json is complete: `prepare` builds it under a temporary name (meta.json
-written last) and renames it into place.
+Version 1 folders (one `train.bin` / `val.bin`, named by the split's "file") still load: they
+are read as one shard per split. A folder with a meta.json is complete: `prepare` writes
+meta.json last and renames the folder into place.
 """
 
 from __future__ import annotations
 
 import hashlib
 import mmap
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +30,12 @@ from ..text import NORMALIZATION
 from ..tokenizer import Tokenizer
 
 DATA_FORMAT = "banglaslm-data"
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2
 SPLITS = ("train", "val")
 META = "meta.json"
 
 
-DATA_FILES = {META, "tokenizer.json", "train.bin", "val.bin"}
+DATA_FILES = {META, "tokenizer.json", "train.bin", "val.bin", *SPLITS}
 
 
 def is_data_folder(path: Path) -> bool:
@@ -44,8 +47,15 @@ def is_data_folder(path: Path) -> bool:
         return False
 
 
+def split_shards(split_meta: dict) -> list[dict]:
+    """A split's shards as meta.json lists them; a version 1 split is its one file."""
+    if "shards" in split_meta:
+        return split_meta["shards"]
+    return [{k: split_meta[k] for k in ("file", "documents", "tokens", "bytes", "chars", "sha256") if k in split_meta}]
+
+
 class DataFolder:
-    """A prepared data folder: meta.json checked, tokenizer and memory-mapped bins on demand."""
+    """A prepared data folder: meta.json checked, tokenizer and memory-mapped shards on demand."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -61,12 +71,15 @@ class DataFolder:
             self.dtype = np.dtype(self.meta["dtype"])
             self.tokenizer_sha256 = self.meta["tokenizer"]["sha256"]
             self.vocab_size = int(self.meta["tokenizer"]["vocab_size"])
+            self.shards = {split: split_shards(self.meta["splits"][split]) for split in SPLITS}
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{meta_path} is damaged or unsupported ({exc}); prepare the data again") from None
 
     def _file(self, name: object) -> Path:
-        """A file the meta names: a plain name inside this folder, never a path out of it."""
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        """A file the meta names: a plain name inside this folder or one of its split folders,
+        never a path out of it."""
+        plain = isinstance(name, str) and re.fullmatch(r"(?:(?:train|val)/)?(?!\.\.?$)[\w.-]+", name)
+        if not plain:
             raise UserError(f"{self.path / META} names the file {name!r}, which is not a file of this folder; "
                             "prepare the data again")
         return self.path / name
@@ -78,23 +91,26 @@ class DataFolder:
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.from_file(self.tokenizer_path)
 
-    def tokens(self, split: str) -> "TokenFile":
-        """The split's bin, checked: its size against the meta, and (up to SCAN_BYTES) every id
-        against the vocabulary; larger bins are checked batch by batch as they are read."""
-        path = self._file(self.meta["splits"][split]["file"])
-        expected = int(self.meta["splits"][split]["tokens"])
-        if not path.is_file() or path.stat().st_size != expected * self.dtype.itemsize:
-            raise UserError(f"{path} is missing or truncated (expected {expected:,} tokens); prepare the data again")
-        tokens = TokenFile(path, self.dtype, self.vocab_size)
-        if path.stat().st_size <= SCAN_BYTES:
-            for start in range(0, len(tokens), SCAN_CHUNK):
-                tokens.check_ids(start, tokens.read(start, min(SCAN_CHUNK, len(tokens) - start)))
-        return tokens
+    def tokens(self, split: str) -> "TokenShards":
+        """The split's shards, checked: each one's size against the meta, and (up to SCAN_BYTES
+        per shard) every id against the vocabulary; larger shards are checked batch by batch as
+        they are read."""
+        files = []
+        for shard in self.shards[split]:
+            path, expected = self._file(shard["file"]), int(shard["tokens"])
+            if not path.is_file() or path.stat().st_size != expected * self.dtype.itemsize:
+                raise UserError(f"{path} is missing or truncated (expected {expected:,} tokens); prepare the data again")
+            tokens = TokenFile(path, self.dtype, self.vocab_size)
+            if path.stat().st_size <= SCAN_BYTES:
+                for start in range(0, len(tokens), SCAN_CHUNK):
+                    tokens.check_ids(start, tokens.read(start, min(SCAN_CHUNK, len(tokens) - start)))
+            files.append(tokens)
+        return TokenShards(files)
 
     def samplers(self, block_size: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,
                  world_size: int = 1):
         """(train, val) `loader.BatchSampler`s of random windows of `block_size` tokens."""
-        from .loader import BatchSampler  # the loader reads TokenFile from here
+        from .loader import BatchSampler  # the loader reads TokenShards from here
 
         return tuple(BatchSampler(self.tokens(split), block_size, batch_size, seed, rank, world_size, split)
                      for split in SPLITS)
@@ -149,6 +165,39 @@ class TokenFile:
                         f"has {self.vocab_size:,} tokens: the file is damaged; prepare the data again")
 
 
+class TokenShards:
+    """A split's shards read as one sequence of window starts: a window of `length` tokens
+    never crosses a shard's end, and each shard offers windows in proportion to its tokens.
+    With one shard the starts are 0 .. len - length, as a single bin's always were."""
+
+    def __init__(self, files: list[TokenFile]):
+        self.files = files
+        self.sizes = np.array([len(f) for f in files], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.sizes.sum())
+
+    def starts(self, length: int) -> int:
+        """How many windows of `length` tokens there are (0 when every shard is shorter)."""
+        return int(np.maximum(self.sizes - length + 1, 0).sum())
+
+    def windows(self, index: np.ndarray, length: int) -> np.ndarray:
+        """Rows of `length` tokens for window numbers `index` (each in [0, starts(length)))."""
+        counts = np.maximum(self.sizes - length + 1, 0)
+        ends = np.cumsum(counts)
+        shard = np.searchsorted(ends, index, side="right")
+        local = index - (ends - counts)[shard]
+        out = np.empty((len(index), length), dtype=self.files[0].dtype if self.files else np.int64)
+        for s in np.unique(shard):
+            rows = shard == s
+            out[rows] = self.files[s].windows(local[rows], length)
+        return out
+
+    def read(self) -> np.ndarray:
+        """Every id, shard after shard (for small splits: the whole split is in memory)."""
+        return np.concatenate([f.read() for f in self.files]) if self.files else np.zeros(0, np.int64)
+
+
 ID_DTYPES = ("auto", "uint16", "uint32")
 
 
@@ -162,61 +211,82 @@ def id_dtype(vocab_size: int, dtype: str) -> type:
     return np.uint16 if dtype == "uint16" else np.uint32
 
 
-class BinWriter:
-    """Appends encoded documents to a folder's train.bin / val.bin and counts what went in."""
+class ShardWriter:
+    """Writes one split's documents into shards `SPLIT/{prefix}-{k:05d}.bin` of at most
+    `shard_tokens` ids each (a longer document gets a shard of its own), each starting with
+    EOD; counts and hashes what went in. Shards are written under a temporary name and
+    renamed when complete, so a killed writer leaves no file that looks finished."""
 
-    def __init__(self, folder: Path, tokenizer: Tokenizer, dtype: type):
-        self.folder, self.tokenizer, self.dtype = Path(folder), tokenizer, dtype
-        self.stats = {s: {"file": f"{s}.bin", "documents": 0, "tokens": 1, "bytes": 0, "chars": 0} for s in SPLITS}
-        self.files = {s: open(self.folder / f"{s}.bin", "wb") for s in SPLITS}
-        self.hashes = {s: hashlib.sha256() for s in SPLITS}
-        for split in SPLITS:
-            self._write(split, np.array([tokenizer.eod_id], dtype=dtype))
+    def __init__(self, folder: Path, split: str, prefix: str, eod_id: int, dtype: type, shard_tokens: int):
+        self.folder, self.split, self.prefix = Path(folder), split, prefix
+        self.eod, self.dtype, self.shard_tokens = np.array([eod_id], dtype=dtype), dtype, shard_tokens
+        self.shards: list[dict] = []
+        self._fh = None
+        (self.folder / split).mkdir(parents=True, exist_ok=True)
 
-    def add(self, documents: list[tuple[str, str, list[int]]]) -> None:
-        """Append (split, normalized text, ids) documents, each followed by EOD."""
-        buffers: dict[str, list[int]] = {s: [] for s in SPLITS}
-        for split, text, ids in documents:
-            buffers[split].extend(ids)
-            buffers[split].append(self.tokenizer.eod_id)
-            s = self.stats[split]
-            s["documents"] += 1
-            s["tokens"] += len(ids) + 1
-            s["chars"] += len(text)
-            s["bytes"] += len(text.encode("utf-8"))
-        for split, ids in buffers.items():
-            self._write(split, np.asarray(ids, dtype=self.dtype))
+    def add(self, documents: list[tuple[str, list[int]]]) -> None:
+        """Append (normalized text, ids) documents, each followed by EOD."""
+        for text, ids in documents:
+            if self._fh is None or (self.shards[-1]["tokens"] + len(ids) + 1 > self.shard_tokens
+                                    and self.shards[-1]["documents"]):
+                self._open()
+            self._write(np.append(np.asarray(ids, dtype=self.dtype), self.eod))
+            shard = self.shards[-1]
+            shard["documents"] += 1
+            shard["chars"] += len(text)
+            shard["bytes"] += len(text.encode("utf-8"))
 
-    def _write(self, split: str, ids: np.ndarray) -> None:
+    def _open(self) -> None:
+        self._finish()
+        name = f"{self.split}/{self.prefix}-{len(self.shards):05d}.bin"
+        self.shards.append({"file": name, "documents": 0, "tokens": 0, "bytes": 0, "chars": 0})
+        self._path, self._hash = self.folder / name, hashlib.sha256()
+        self._fh = open(self._path.with_suffix(".tmp"), "wb")
+        self._write(self.eod)
+
+    def _write(self, ids: np.ndarray) -> None:
         data = ids.tobytes()
-        self.files[split].write(data)
-        self.hashes[split].update(data)
+        self._fh.write(data)
+        self._hash.update(data)
+        self.shards[-1]["tokens"] += len(ids)
 
-    def close(self) -> None:
-        """Close the bins and record each one's sha256 in the stats."""
-        for split, f in self.files.items():
-            f.close()
-            self.stats[split]["sha256"] = self.hashes[split].hexdigest()
+    def _finish(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._path.with_suffix(".tmp").replace(self._path)
+            self.shards[-1]["sha256"] = self._hash.hexdigest()
+            self._fh = None
+
+    def close(self) -> list[dict]:
+        """Finish the last shard; the shards written, in order."""
+        self._finish()
+        return self.shards
 
 
-def write_meta(folder: Path, tokenizer: Tokenizer, dtype: type, stats: dict, split: dict[str, Any]) -> dict:
-    """Write the tokenizer and meta.json (last: it marks the folder complete); the meta."""
-    tokenizer.save(Path(folder) / "tokenizer.json")
+def split_stats(shards: list[dict]) -> dict:
+    """A split's entry in meta.json: its totals, a digest of its shards' digests, its shards."""
+    totals = {k: sum(s[k] for s in shards) for k in ("documents", "tokens", "bytes", "chars")}
+    digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
+    return {**totals, "digest": digest, "shards": shards}
+
+
+def write_meta(folder: Path, tokenizer: Tokenizer, dtype: type, splits: dict, split: dict[str, Any]) -> dict:
+    """Write meta.json (last: it marks the folder complete) beside the tokenizer; the meta."""
     meta = {
         "format": DATA_FORMAT, "version": DATA_FORMAT_VERSION, "normalization": NORMALIZATION,
         "tokenizer": {"file": "tokenizer.json", "kind": tokenizer.kind, "sha256": tokenizer.sha256,
                       "vocab_size": tokenizer.vocab_size, "eod_id": tokenizer.eod_id},
-        "dtype": np.dtype(dtype).name, "splits": stats, "split_by": "document", **split,
+        "dtype": np.dtype(dtype).name, "splits": splits, "split_by": "document", **split,
     }
     atomic_write_json(Path(folder) / META, meta)
     return meta
 
 
-IDENTITY_KEYS = ("tokens", "documents", "chars", "bytes", "sha256")
+IDENTITY_KEYS = ("tokens", "documents", "chars", "bytes", "sha256", "digest")
 
 
 def same_splits(recorded: dict, current: dict) -> bool:
-    """Whether two meta.json "splits" describe the same bins: equal in every identity key both
+    """Whether two meta.json "splits" describe the same data: equal in every identity key both
     record (a folder prepared before bins had checksums compares by its counts alone)."""
     for split in SPLITS:
         a, b = recorded.get(split) or {}, current.get(split) or {}

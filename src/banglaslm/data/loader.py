@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .folder import TokenFile
+from .folder import TokenFile, TokenShards
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 IGNORE = -100  # the target of a position without loss (torch's cross_entropy skips it)
@@ -25,22 +25,24 @@ IGNORE = -100  # the target of a position without loss (torch's cross_entropy sk
 class BatchSampler:
     """Random (x, y) windows of `block_size` tokens; y is x shifted by one."""
 
-    def __init__(self, tokens: TokenFile | np.ndarray, block_size: int, batch_size: int, seed: int,
+    def __init__(self, tokens: TokenShards | TokenFile | np.ndarray, block_size: int, batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1, split: str = "train"):
-        if len(tokens) < block_size + 1:
+        tokens = TokenShards([tokens]) if isinstance(tokens, TokenFile) else tokens
+        self.n_starts = tokens.starts(block_size + 1) if isinstance(tokens, TokenShards) else len(tokens) - block_size
+        if self.n_starts < 1:
             fraction = "larger" if split == "val" else "smaller"
             raise UserError(
-                f"the {split} split has {len(tokens):,} tokens, fewer than one block of {block_size} + 1; use more "
-                f"text, prepare it with a {fraction} --val-fraction, or set a smaller model.block_size")
+                f"the {split} split has no stretch of one block of {block_size} + 1 tokens ({len(tokens):,} tokens in "
+                f"all); use more text, prepare it with a {fraction} --val-fraction, or set a smaller model.block_size")
         self.tokens, self.block_size, self.batch_size, self.seed = tokens, block_size, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self._offsets = np.arange(block_size + 1, dtype=np.int64)
 
     def get(self, step: int, micro: int = 0, stream: int = TRAIN_STREAM) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, 0, stream, step, micro])
-        starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size * self.world_size)
+        starts = rng.integers(0, self.n_starts, size=self.batch_size * self.world_size)
         starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        if isinstance(self.tokens, TokenFile):
+        if isinstance(self.tokens, TokenShards):
             rows = self.tokens.windows(starts, self.block_size + 1)
         else:  # an in-memory array: one vectorised gather
             rows = self.tokens[starts[:, None] + self._offsets]

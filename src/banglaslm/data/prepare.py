@@ -1,46 +1,62 @@
-"""Text → a data folder (see `folder`): normalized documents, a tokenizer, token bins.
+"""Text → a data folder (see `folder`): normalized documents, a tokenizer, token shards.
 
-Three streaming passes keep memory bounded however large the corpus is: read and normalize
-every document into a spool file (slow sources are read once); choose the validation documents
-(seeded, whole documents) and train the tokenizer on the training documents only; encode in
-batches (the `tokenizers` Rust side uses every core) and append the ids to the bins.
+Two phases of datatrove tasks (`prepare_steps`) with one step between them keep memory
+bounded however large the corpus is: the tasks read and normalize their share of the inputs
+into spool files (slow sources are read once); one process chooses the split rule and trains
+the tokenizer on a bounded, seeded sample of the training documents; the tasks encode their
+spools into shards (the `tokenizers` Rust side uses every core). The work lives in a folder
+beside the output, `.NAME.prepare`, so a rerun completes only the tasks not yet done, and
+several machines sharing it can each run one task (`task_rank`); task 0 writes meta.json.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from tqdm import tqdm
+from datatrove.executor import LocalPipelineExecutor
 
 from ..config import MAX_SEED, Opt, show_progress
 from ..errors import UserError, bad_param
-from ..fileio import staged_folder
-from ..text import normalize
-from ..tokenizer import Coverage, Tokenizer, check_bpe_vocab_size, iter_chunks
-from .folder import ID_DTYPES, SPLITS, BinWriter, id_dtype, is_data_folder, write_meta
-from .sources import DEFAULT_TEXT_COLUMN, DOC_SPLITS, iter_documents, resolve_inputs
+from ..fileio import atomic_write_json, check_destination, exclusive, read_json, swap_in
+from ..tokenizer import Coverage, Tokenizer, check_bpe_vocab_size
+from .folder import ID_DTYPES, SPLITS, id_dtype, is_data_folder, split_stats, write_meta
+from .prepare_steps import (
+    EncodeShards,
+    Normalize,
+    ReadInputs,
+    SplitRule,
+    Spool,
+    bottom_sample,
+    read_spooled,
+    spool_path,
+    summary_path,
+)
+from .sources import DEFAULT_TEXT_COLUMN, DOC_SPLITS, resolve_inputs
 from .tokenizer_choice import TOKENIZER_HELP, load_tokenizer
 
-ENCODE_BATCH_CHARS = 4_000_000
 MAX_UNKNOWN_SHARE = 0.01  # more unknown tokens than this in a split stop prepare (see _check_coverage)
+WAIT_SECONDS = 2.0  # how often a task of several machines looks whether the others are done
 
 
 @dataclass
 class PrepareResult:
     out_dir: Path
-    meta: dict
+    meta: dict | None  # None for a task other than 0 of several machines: task 0 writes the meta
     seconds: float
     input_bytes: int
+    task_rank: int | None = None
 
     def summary(self) -> str:
-        lines = [f"prepared {self.out_dir} in {self.seconds:.1f} s "
-                 f"({self.input_bytes / 1e6 / max(self.seconds, 1e-9):.2f} MB/s of normalized text)"]
+        speed = f"({self.input_bytes / 1e6 / max(self.seconds, 1e-9):.2f} MB/s of normalized text)"
+        if self.meta is None:
+            return (f"task {self.task_rank} of {self.out_dir} done in {self.seconds:.1f} s {speed}; task 0 writes "
+                    "meta.json once every task is done")
+        lines = [f"prepared {self.out_dir} in {self.seconds:.1f} s {speed}"]
         tok = self.meta["tokenizer"]
         lines.append(f"tokenizer: {tok['kind']}, vocabulary {tok['vocab_size']:,}, ids stored as {self.meta['dtype']}")
         for split in SPLITS:
@@ -49,7 +65,8 @@ class PrepareResult:
             covered = "" if c is None else (f", {c['unknown_share']:.2%} unknown / {c['byte_fallback_share']:.2%} "
                                              "byte-fallback tokens")
             lines.append(f"{split:>5}: {s['documents']:,} documents, {s['chars']:,} characters, "
-                         f"{s['tokens']:,} tokens, {s['chars'] / max(s['tokens'], 1):.2f} characters/token{covered}")
+                         f"{s['tokens']:,} tokens in {len(s['shards'])} shard(s), "
+                         f"{s['chars'] / max(s['tokens'], 1):.2f} characters/token{covered}")
         return "\n".join(lines)
 
 
@@ -57,45 +74,95 @@ def prepare(
     inputs: list[str], out_dir: str | Path,
     tokenizer: Annotated[str, Opt(TOKENIZER_HELP)] = "bpe",
     vocab_size: Annotated[int, Opt("BPE vocabulary size")] = 8000,
-    val_fraction: Annotated[float, Opt("share of documents held out for validation")] = 0.05,
-    seed: Annotated[int, Opt("seed of the train/val document split")] = 42,
+    val_fraction: Annotated[float, Opt("share of documents held out for validation (by a seeded hash of each "
+                                       "document's text)")] = 0.05,
+    seed: Annotated[int, Opt("seed of the train/val document split and of the tokenizer's sample")] = 42,
     text_column: Annotated[str | None, Opt(f"the column or field holding the text in tables and datasets "
                                            f"(default '{DEFAULT_TEXT_COLUMN}')")] = None,
     doc_split: Annotated[str, Opt("what one document is in .txt/.md files", DOC_SPLITS)] = "file",
     dtype: Annotated[str, Opt("token id storage", ID_DTYPES)] = "auto",
     allow_unknown: Annotated[bool, Opt(f"keep data with more than {MAX_UNKNOWN_SHARE:.0%} unknown tokens (the text "
                                        "the tokenizer cannot represent is lost)")] = False,
+    tokenizer_sample: Annotated[int, Opt("characters of training documents (a seeded sample of whole documents) "
+                                         "the BPE tokenizer learns from")] = 200_000_000,
+    shard_tokens: Annotated[int, Opt("most token ids in one shard file")] = 100_000_000,
+    workers: Annotated[int, Opt("tasks run at once on this machine (processes)")] = 1,
+    tasks: Annotated[int | None, Opt("tasks the inputs are cut into, by whole files (default: --workers); "
+                                     "the same on every machine")] = None,
+    task_rank: Annotated[int | None, Opt("run only this task (0 .. tasks-1): one of several machines writing "
+                                         "into the same output on shared storage; task 0 finishes the folder "
+                                         "once every task is done")] = None,
     progress: bool | None = None,
 ) -> PrepareResult:
     """Prepare a data folder from `inputs` (files, folders, globs, tables or hf:NAME; see
     `sources`). `progress=None` shows bars only on a terminal. Raises UserError, leaving any
     earlier data folder at `out_dir` untouched, for bad options or inputs."""
+    tasks = _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens,
+                           workers, tasks, task_rank)
+    existing = load_tokenizer(tokenizer) if tokenizer not in ("bpe", "char") else None
+    if existing is not None or tokenizer == "bpe":  # before any reading: the ids must fit the storage
+        id_dtype(existing.vocab_size if existing is not None else vocab_size, dtype)
+    sources = resolve_inputs(inputs)
+    out = Path(out_dir)
+    _check_apart(sources, out)
+    plan = {"sources": [_identity(s) for s in sources], "tokenizer": tokenizer, "vocab_size": vocab_size,
+            "val_fraction": val_fraction, "seed": seed, "text_column": text_column, "doc_split": doc_split,
+            "dtype": dtype, "tokenizer_sample": tokenizer_sample, "shard_tokens": shard_tokens, "tasks": tasks}
+    job = _Job(out, plan, existing, show_progress(progress) and workers == 1, workers)
+    start = time.perf_counter()
+    if task_rank is None:
+        with exclusive(out, "data folder"):
+            check_destination(out, "data folder", is_data_folder)
+            job.open(restart=True)
+            try:
+                job.run_phase("read", range(tasks))
+                job.choose()
+                job.run_phase("encode", range(tasks))
+                meta = job.finish(allow_unknown)
+            except UserError:  # the inputs or options must change, and with them the plan: nothing to resume
+                shutil.rmtree(job.work, ignore_errors=True)
+                raise
+    else:
+        check_destination(out, "data folder", is_data_folder)
+        job.open(restart=False)
+        job.run_phase("read", [task_rank])
+        job.choose() if task_rank == 0 else job.wait_for("choice", [job.work / "split.json"])
+        job.run_phase("encode", [task_rank])
+        if task_rank != 0:
+            return PrepareResult(out, None, time.perf_counter() - start, job.input_bytes([task_rank]), task_rank)
+        with exclusive(out, "data folder"):
+            meta = job.finish(allow_unknown)
+    return PrepareResult(out, meta, time.perf_counter() - start, meta["input_bytes"])
+
+
+def _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens, workers,
+                   tasks, task_rank) -> int:
+    """UserError for an option out of range; the number of tasks."""
     if not 0 < val_fraction < 1:
         raise bad_param("val_fraction", f"must be between 0 and 1 (exclusive), got {val_fraction}")
     if not 0 <= seed <= MAX_SEED:
         raise bad_param("seed", f"must be in [0, {MAX_SEED}], got {seed}")
     if dtype not in ID_DTYPES:
         raise bad_param("dtype", f"must be one of {', '.join(ID_DTYPES)}, got {dtype}")
-    existing = load_tokenizer(tokenizer) if tokenizer not in ("bpe", "char") else None
     if tokenizer == "bpe":
         check_bpe_vocab_size(vocab_size)
-    sources = resolve_inputs(inputs)
-    _check_apart(sources, Path(out_dir))
-    start = time.perf_counter()
-    with staged_folder(out_dir, "data folder", replaceable=is_data_folder) as work:
-        spool = work / "documents.jsonl"
-        n_docs, chars, input_bytes = _spool(iter_documents(sources, text_column, doc_split), spool, progress)
-        is_val = _choose_validation(n_docs, val_fraction, seed)
-        tok = existing or _train_tokenizer(tokenizer, spool, is_val, chars, vocab_size, progress)
-        np_dtype = id_dtype(tok.vocab_size, dtype)
-        stats, coverage = _encode(spool, is_val, tok, np_dtype, work, progress)
-        _check_coverage(coverage, allow_unknown)
-        spool.unlink()
-        sources_seen = [s.location for s in sources[:20]] + ([f"... {len(sources) - 20} more"] if len(sources) > 20 else [])
-        meta = write_meta(work, tok, np_dtype, stats, {
-            "val_fraction": val_fraction, "seed": seed, "doc_split": doc_split, "sources": sources_seen,
-            "coverage": {split: c.to_dict() for split, c in coverage.items()}})
-    return PrepareResult(Path(out_dir), meta, time.perf_counter() - start, input_bytes)
+    for name, value, least in (("tokenizer_sample", tokenizer_sample, 1), ("shard_tokens", shard_tokens, 2),
+                               ("workers", workers, 1), ("tasks", tasks, 1)):
+        if value is not None and value < least:
+            raise bad_param(name, f"must be at least {least}, got {value}")
+    tasks = tasks or workers
+    if task_rank is not None and not 0 <= task_rank < tasks:
+        raise bad_param("task_rank", f"must be in [0, {tasks - 1}] for {tasks} tasks, got {task_rank}")
+    return tasks
+
+
+def _identity(source) -> list:
+    """A source as the work folder's plan records it: a file with its size and modification
+    time, so a resumed prepare never reuses what was read from an older version of it."""
+    if source.kind == "hf":
+        return [source.kind, source.location]
+    stat = Path(source.location).stat()
+    return [source.kind, source.location, stat.st_size, stat.st_mtime_ns]
 
 
 def _check_apart(sources, out: Path) -> None:
@@ -110,71 +177,130 @@ def _check_apart(sources, out: Path) -> None:
                             "somewhere else")
 
 
-def _spool(documents: Iterator[str], spool: Path, progress) -> tuple[int, set[str], int]:
-    """Normalize and write non-empty documents, one JSON string per line."""
-    n_docs, chars, n_bytes = 0, set(), 0
-    with open(spool, "w", encoding="utf-8") as fh:
-        for raw in tqdm(documents, desc="reading", unit="doc", disable=not show_progress(progress)):
-            text = normalize(raw)
-            if not text:
-                continue
-            fh.write(json.dumps(text, ensure_ascii=False))
-            fh.write("\n")
-            chars.update(text)
-            n_bytes += len(text.encode("utf-8"))
-            n_docs += 1
-    return n_docs, chars, n_bytes
+class _Job:
+    """One prepare's work folder and its phases."""
+
+    def __init__(self, out: Path, plan: dict, existing: Tokenizer | None, progress: bool, workers: int):
+        self.out, self.plan, self.existing, self.progress, self.workers = out, plan, existing, progress, workers
+        self.work = out.parent / f".{out.name}.prepare"
+        self.tasks = plan["tasks"]
+
+    def open(self, restart: bool) -> None:
+        """Resume the work folder of the same plan; another plan's is replaced (`restart`, when
+        this process alone writes) or refused (tasks of several machines must agree)."""
+        plan_path = self.work / "plan.json"
+        self.work.mkdir(parents=True, exist_ok=True)  # tasks of several machines may start at once
+        try:
+            if read_json(plan_path) == self.plan:
+                return
+        except FileNotFoundError:
+            atomic_write_json(plan_path, self.plan)
+            return
+        except ValueError:
+            pass
+        if not restart:
+            raise UserError(f"{self.work} holds an unfinished prepare with other inputs or options; give every "
+                            f"task the same ones, or delete {self.work}")
+        shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        atomic_write_json(plan_path, self.plan)
+
+    def run_phase(self, phase: str, ranks) -> None:
+        """Run the phase's tasks `ranks` (a contiguous range) here, then wait for all tasks."""
+        ranks = list(ranks)
+        if phase == "read":
+            from .sources import Source
+
+            sources = [Source(kind, location) for kind, location, *_ in self.plan["sources"]]
+            steps = [ReadInputs(sources, self.plan["text_column"], self.plan["doc_split"], self.progress),
+                     Normalize(), Spool(self.work, self.plan["seed"], self.plan["val_fraction"],
+                                        self.plan["tokenizer_sample"])]
+        else:
+            np_dtype = read_json(self.work / "split.json")["dtype"]
+            steps = [EncodeShards(self.work, self.plan["seed"], np_dtype, self.plan["shard_tokens"], self.progress)]
+        LocalPipelineExecutor(steps, tasks=self.tasks, workers=min(self.workers, len(ranks)),
+                              logging_dir=str(self.work / "logs" / phase), local_tasks=len(ranks),
+                              local_rank_offset=ranks[0]).run()
+        self.wait_for(phase, [summary_path(self.work, phase, r) for r in range(self.tasks)])
+
+    def wait_for(self, what: str, paths: list[Path]) -> None:
+        """Block until every one of `paths` exists (written by tasks on other machines)."""
+        said = False
+        while missing := [p for p in paths if not p.exists()]:
+            if not said:
+                print(f"waiting for {len(missing)} more task(s) of the {what} phase (other machines) in {self.work}",
+                      flush=True)
+                said = True
+            time.sleep(WAIT_SECONDS)
+
+    def input_bytes(self, ranks) -> int:
+        return sum(read_json(summary_path(self.work, "read", r))["bytes"] for r in ranks)
+
+    def choose(self) -> None:
+        """Between the phases, once: the split rule from every task's extremes, and the
+        tokenizer (given, or trained on the sample); written to tokenizer.json and split.json."""
+        if (self.work / "split.json").exists():
+            return
+        reads = [read_json(summary_path(self.work, "read", r)) for r in range(self.tasks)]
+        rule = _split_rule(reads, self.plan["val_fraction"])
+        tok = self.existing or self._train_tokenizer(reads, rule)
+        tok.save(self.work / "tokenizer.json")
+        np_dtype = id_dtype(tok.vocab_size, self.plan["dtype"])
+        atomic_write_json(self.work / "split.json", {**rule.to_dict(), "dtype": np.dtype(np_dtype).name})
+
+    def _train_tokenizer(self, reads: list[dict], rule: SplitRule) -> Tokenizer:
+        """BPE trained on the sample of training documents (validation text never shapes the
+        vocabulary), or a char tokenizer over every character seen."""
+        if self.plan["tokenizer"] == "char":
+            return Tokenizer.build_char(set("".join(r["chars"] for r in reads)))
+        candidates = [[h, chars, rank, offset, split_hash] for rank, r in enumerate(reads)
+                      for h, chars, offset, split_hash in r["sample"]]
+        chosen = [[rank, offset] for _, _, rank, offset, split_hash in
+                  bottom_sample(candidates, self.plan["tokenizer_sample"]) if not rule.is_val(split_hash)]
+        if rule.highest < rule.threshold:  # the one training document validation's threshold left out
+            chosen.append(next([rank, r["highest"][1]] for rank, r in enumerate(reads)
+                               if r["highest"] and r["highest"][0] == rule.highest))
+        texts = (text for rank, offset in chosen for text in read_spooled(spool_path(self.work, rank), [offset]))
+        return Tokenizer.train_bpe(texts, self.plan["vocab_size"], length=len(chosen), show_progress=self.progress)
+
+    def finish(self, allow_unknown: bool) -> dict:
+        """Gather the tasks' shards into meta.json, drop the work files, and put the folder in place."""
+        encoded = [read_json(summary_path(self.work, "encode", r)) for r in range(self.tasks)]
+        coverage = {s: Coverage() for s in SPLITS}
+        for e in encoded:
+            for split in SPLITS:
+                coverage[split].add(Coverage.from_dict(e["coverage"][split]))
+        _check_coverage(coverage, allow_unknown)
+        splits = {s: split_stats([shard for e in encoded for shard in e["shards"][s]]) for s in SPLITS}
+        tok, np_dtype = Tokenizer.from_file(self.work / "tokenizer.json"), read_json(self.work / "split.json")["dtype"]
+        input_bytes = self.input_bytes(range(self.tasks))
+        sources = [location for _, location, *_ in self.plan["sources"]]
+        for name in ("spool", "read", "encode", "logs", "plan.json", "split.json"):
+            path = self.work / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        meta = write_meta(self.work, tok, np.dtype(np_dtype).type, splits, {
+            "val_fraction": self.plan["val_fraction"], "seed": self.plan["seed"], "doc_split": self.plan["doc_split"],
+            "tokenizer_sample": self.plan["tokenizer_sample"], "input_bytes": input_bytes,
+            "sources": sources[:20] + ([f"... {len(sources) - 20} more"] if len(sources) > 20 else []),
+            "coverage": {split: c.to_dict() for split, c in coverage.items()}})
+        swap_in(self.work, self.out)
+        return meta
 
 
-def _read_spool(spool: Path) -> Iterator[str]:
-    with open(spool, encoding="utf-8") as fh:
-        for line in fh:
-            yield json.loads(line)
-
-
-def _choose_validation(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
-    """Which documents are held out: a seeded choice of whole documents, at least one each side."""
+def _split_rule(reads: list[dict], val_fraction: float) -> SplitRule:
+    """The rule from the tasks' extremes; UserError when the corpus cannot be split in two."""
+    n_docs = sum(r["documents"] for r in reads)
     if n_docs == 0:
         raise UserError("the inputs hold no text (every document is empty after normalization)")
     if n_docs < 2:
         raise UserError("found only 1 document, but train/val are split by document; "
                         "add files or split the text with --doc-split paragraph (or line)")
-    n_val = min(max(1, round(n_docs * val_fraction)), n_docs - 1)
-    is_val = np.zeros(n_docs, dtype=bool)
-    is_val[np.random.default_rng(seed).permutation(n_docs)[:n_val]] = True
-    return is_val
-
-
-def _train_tokenizer(spec: str, spool: Path, is_val: np.ndarray, chars: set[str], vocab_size: int,
-                     progress) -> Tokenizer:
-    """BPE trained on the training documents only (validation text never shapes the vocabulary),
-    or a char tokenizer over every character seen."""
-    if spec == "bpe":
-        train_docs = (doc for i, doc in enumerate(_read_spool(spool)) if not is_val[i])
-        return Tokenizer.train_bpe(train_docs, vocab_size, length=int((~is_val).sum()), show_progress=show_progress(progress))
-    return Tokenizer.build_char(chars)
-
-
-def _encode(spool: Path, is_val: np.ndarray, tok: Tokenizer, np_dtype: type, work: Path,
-            progress) -> tuple[dict, dict[str, Coverage]]:
-    """Encode the spooled documents into the folder's bins; their statistics and the
-    tokenizer's coverage, per split."""
-    writer = BinWriter(work, tok, np_dtype)
-    coverage = {split: Coverage() for split in SPLITS}
-    bar = tqdm(total=len(is_val), desc="encoding", unit="doc", disable=not show_progress(progress))
-    index = 0
-    try:
-        for batch in iter_chunks(_read_spool(spool), max_chars=ENCODE_BATCH_CHARS):
-            splits = ["val" if is_val[index + i] else "train" for i in range(len(batch))]
-            for split in SPLITS:
-                docs = [doc for doc, s in zip(batch, splits) if s == split]
-                writer.add([(split, doc, ids) for doc, ids in zip(docs, tok.encode_batch(docs, coverage[split]))])
-            index += len(batch)
-            bar.update(len(batch))
-    finally:
-        bar.close()
-        writer.close()
-    return writer.stats, coverage
+    lowest = min(r["lowest"][0] for r in reads if r["lowest"])
+    highest = max(r["highest"][0] for r in reads if r["highest"])
+    if lowest == highest:
+        raise UserError(f"all {n_docs:,} documents are the same text, but train/val need different documents; "
+                        "add other text or split it with --doc-split paragraph (or line)")
+    return SplitRule(val_fraction, lowest, highest)
 
 
 def _check_coverage(coverage: dict[str, Coverage], allow_unknown: bool) -> None:

@@ -1,0 +1,229 @@
+"""The steps of `prepare` as datatrove pipeline steps, so one machine's workers or many
+machines' tasks run them (datatrove schedules the tasks and skips those already completed).
+
+Task r of T reads a contiguous block of the inputs, so the tasks' outputs in rank order keep
+the input order, and writes only files named by its rank: its normalized documents (`spool/`)
+and a summary (`read/`) in the read phase; its shards and a summary (`encode/`) in the encode
+phase. Summaries are written last, so a killed task leaves nothing that counts as done.
+
+Which split a document goes to, and whether it is in the tokenizer's sample, are functions of
+its normalized text and the seed alone (`doc_hash`), so they do not depend on how the corpus
+was cut into tasks, and exact duplicates never straddle train and validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from loguru import logger
+from tqdm import tqdm
+
+from ..fileio import atomic_write_json, read_json
+from ..text import normalize
+from ..tokenizer import Coverage, Tokenizer, iter_chunks
+from .folder import SPLITS, ShardWriter
+from .sources import Source, iter_documents
+
+logger.disable("datatrove")  # its per-task logs would drown our progress bars and one-line errors
+
+ENCODE_BATCH_CHARS = 4_000_000
+HASH_RANGE = 2**64
+
+
+def doc_hash(text: str, seed: int, purpose: str) -> int:
+    """A seeded 64-bit hash of a normalized document, uniform in [0, 2**64)."""
+    key = f"{seed}:{purpose}".encode()
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=key).digest(), "little")
+
+
+def task_block(n_items: int, rank: int, world_size: int) -> slice:
+    """Task `rank`'s contiguous share of `n_items` inputs (shares differ by at most one)."""
+    return slice(rank * n_items // world_size, (rank + 1) * n_items // world_size)
+
+
+def spool_path(work: Path, rank: int) -> Path:
+    return Path(work) / "spool" / f"{rank:05d}.jsonl"
+
+
+def summary_path(work: Path, phase: str, rank: int) -> Path:
+    return Path(work) / phase / f"{rank:05d}.json"
+
+
+class ReadInputs(PipelineStep):
+    """This task's block of the inputs, one `Document` per document, not yet normalized."""
+
+    name, type = "inputs", "📖 - READER"
+
+    def __init__(self, sources: list[Source], text_column: str | None, doc_split: str, progress: bool):
+        super().__init__()
+        self.sources, self.text_column, self.doc_split, self.progress = sources, text_column, doc_split, progress
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        mine = self.sources[task_block(len(self.sources), rank, world_size)]
+        documents = iter_documents(mine, self.text_column, self.doc_split)
+        for i, text in enumerate(tqdm(documents, desc="reading", unit="doc", disable=not self.progress)):
+            yield Document(text=text, id=f"{rank}/{i}")
+
+
+class Normalize(PipelineStep):
+    """Normalizes each document (`text.normalize`) and drops those left empty."""
+
+    name, type = "normalize", "✂️ - FORMAT"
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            doc.text = normalize(doc.text)
+            if doc.text:
+                yield doc
+            else:
+                self.stat_update("empty")
+
+
+class Spool(PipelineStep):
+    """Writes the task's normalized documents, one JSON string per line, and its summary:
+    counts, the characters seen, the documents with the smallest and largest split hash, and
+    the candidates for the tokenizer's sample (of the documents that validation's threshold
+    leaves to training, those with the smallest sample hashes holding `sample_chars`
+    characters; the corpus's sample is drawn from the tasks' candidates)."""
+
+    name, type = "spool", "💽 - WRITER"
+
+    def __init__(self, work: Path, seed: int, val_fraction: float, sample_chars: int):
+        super().__init__()
+        self.work, self.seed, self.sample_chars = Path(work), seed, sample_chars
+        self.threshold = SplitRule(val_fraction, 0, 0).threshold
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        path = spool_path(self.work, rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        summary = {"documents": 0, "bytes": 0, "lowest": None, "highest": None}
+        chars: set[str] = set()
+        sample = _Sample(self.sample_chars)
+        with open(path, "wb") as fh:
+            for doc in data:
+                h, offset = doc_hash(doc.text, self.seed, "split"), fh.tell()
+                if summary["lowest"] is None or h < summary["lowest"][0]:
+                    summary["lowest"] = [h, offset]
+                if summary["highest"] is None or h > summary["highest"][0]:
+                    summary["highest"] = [h, offset]
+                if h >= self.threshold:
+                    sample.offer([doc_hash(doc.text, self.seed, "sample"), len(doc.text), offset, h])
+                fh.write((json.dumps(doc.text, ensure_ascii=False) + "\n").encode("utf-8"))
+                summary["documents"] += 1
+                summary["bytes"] += len(doc.text.encode("utf-8"))
+                chars.update(doc.text)
+        summary.update(chars="".join(sorted(chars)), sample=sample.candidates())
+        atomic_write_json(summary_path(self.work, "read", rank), summary)
+        return
+        yield
+
+
+class _Sample:
+    """The documents with the smallest hashes, fewest first, holding at least `budget`
+    characters (a bottom-k sample measured in characters: the same documents whatever order
+    they come in, and any task's share of the corpus's sample is among its own)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.heap, self.chars = budget, [], 0
+
+    def offer(self, candidate: list[int]) -> None:
+        """Offer [hash, characters, ...more] of one document."""
+        h, chars, *more = candidate
+        heapq.heappush(self.heap, (-h, chars, *more))
+        self.chars += chars
+        while self.heap and self.chars - self.heap[0][1] >= self.budget:
+            self.chars -= heapq.heappop(self.heap)[1]
+
+    def candidates(self) -> list[list[int]]:
+        """The documents kept, as offered, smallest hash first."""
+        return sorted([-h, *rest] for h, *rest in self.heap)
+
+
+def bottom_sample(candidates: list[list[int]], budget: int) -> list[list[int]]:
+    """Of [hash, characters, ...] candidates, those with the smallest hashes holding at least
+    `budget` characters (all of them when they hold fewer)."""
+    out, total = [], 0
+    for c in sorted(candidates):
+        if total >= budget:
+            break
+        out.append(c)
+        total += c[1]
+    return out
+
+
+def read_spool(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def read_spooled(path: Path, offsets: list[int]) -> Iterator[str]:
+    """The documents starting at `offsets` of a spool file, in that order."""
+    with open(path, "rb") as fh:
+        for offset in offsets:
+            fh.seek(offset)
+            yield json.loads(fh.readline())
+
+
+class SplitRule:
+    """Validation holds the documents whose split hash is under `val_fraction` of the range,
+    and always the one with the smallest hash; training always the one with the largest. So
+    both splits hold a document whenever the corpus holds two different ones."""
+
+    def __init__(self, val_fraction: float, lowest: int, highest: int):
+        self.threshold, self.lowest, self.highest = int(val_fraction * HASH_RANGE), lowest, highest
+
+    def is_val(self, h: int) -> bool:
+        return h == self.lowest or (h < self.threshold and h != self.highest)
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "lowest": self.lowest, "highest": self.highest}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SplitRule":
+        rule = cls(0.0, d["lowest"], d["highest"])
+        rule.threshold = d["threshold"]
+        return rule
+
+
+class EncodeShards(PipelineStep):
+    """Encodes the task's spooled documents into its shards of each split (`ShardWriter`,
+    files prefixed by the rank) and writes the task's summary: the shards and the tokenizer's
+    coverage per split."""
+
+    name, type = "encode", "🔢 - TOKENIZER"
+
+    def __init__(self, work: Path, seed: int, dtype: str, shard_tokens: int, progress: bool):
+        super().__init__()
+        self.work, self.seed, self.dtype, self.shard_tokens, self.progress = Path(work), seed, dtype, shard_tokens, progress
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        tok = Tokenizer.from_file(self.work / "tokenizer.json")
+        rule = SplitRule.from_dict(read_json(self.work / "split.json"))
+        for split in SPLITS:  # what an earlier, killed attempt at this task wrote
+            for stale in (self.work / split).glob(f"{rank:05d}-*"):
+                stale.unlink()
+        writers = {s: ShardWriter(self.work, s, f"{rank:05d}", tok.eod_id, np.dtype(self.dtype).type,
+                                  self.shard_tokens) for s in SPLITS}
+        coverage = {s: Coverage() for s in SPLITS}
+        documents = read_spool(spool_path(self.work, rank))
+        bar = tqdm(desc="encoding", unit="doc", disable=not self.progress)
+        for batch in iter_chunks(documents, max_chars=ENCODE_BATCH_CHARS):
+            is_val = [rule.is_val(doc_hash(doc, self.seed, "split")) for doc in batch]
+            for split in SPLITS:
+                docs = [doc for doc, v in zip(batch, is_val) if v == (split == "val")]
+                writers[split].add(list(zip(docs, tok.encode_batch(docs, coverage[split]))))
+            bar.update(len(batch))
+        bar.close()
+        atomic_write_json(summary_path(self.work, "encode", rank), {
+            "shards": {s: w.close() for s, w in writers.items()},
+            "coverage": {s: c.to_dict(top=1000) for s, c in coverage.items()}})
+        return
+        yield

@@ -1,0 +1,150 @@
+"""prepare as datatrove tasks: shards, one process or several, several machines (ranks),
+and a rerun that completes only the tasks not done."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from banglaslm.data import prepare_steps
+from banglaslm.data.folder import DataFolder
+from banglaslm.data.prepare import prepare
+from banglaslm.errors import UserError
+
+OPTIONS = {"vocab_size": 400, "doc_split": "paragraph", "shard_tokens": 3000, "val_fraction": 0.1}
+
+
+def documents(folder: Path, split: str) -> list[list[int]]:
+    """Each document's ids, in the order the split's shards hold them."""
+    data = DataFolder(folder)
+    eod = data.tokenizer().eod_id
+    docs = []
+    for shard in data.tokens(split).files:
+        ids = shard.read().tolist()
+        assert ids[0] == eod and ids[-1] == eod  # each shard starts with EOD, each document ends with one
+        cut = [i for i, t in enumerate(ids) if t == eod]
+        docs += [ids[a + 1:b] for a, b in zip(cut, cut[1:])]
+    return docs
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "banglaslm", "prepare", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+
+
+@pytest.fixture(scope="module")
+def one_task(tmp_path_factory, small_books) -> Path:
+    out = tmp_path_factory.mktemp("one") / "d"
+    prepare([str(p) for p in small_books], out, progress=False, **OPTIONS)
+    return out
+
+
+def test_shards_hold_whole_documents_up_to_the_size(one_task):
+    meta = DataFolder(one_task).meta
+    for split in ("train", "val"):
+        shards = meta["splits"][split]["shards"]
+        assert sum(s["tokens"] for s in shards) == meta["splits"][split]["tokens"]
+        assert sum(s["documents"] for s in shards) == meta["splits"][split]["documents"] == len(documents(one_task, split))
+        for s in shards:  # over the size only when one document alone is longer
+            assert s["tokens"] <= OPTIONS["shard_tokens"] or s["documents"] == 1
+            assert (one_task / s["file"]).stat().st_size == 2 * s["tokens"]
+    assert len(meta["splits"]["train"]["shards"]) > 3
+
+
+def test_two_ranks_equal_two_tasks_in_one_process_and_one_task(tmp_path, small_books, one_task):
+    inputs = [str(p) for p in small_books]
+    flags = ["--vocab-size", "400", "--doc-split", "paragraph", "--shard-tokens", "3000", "--val-fraction", "0.1",
+             "--tasks", "2"]
+    ranks = [cli(*inputs, "--out", str(tmp_path / "ranks"), *flags, "--task-rank", str(r)) for r in (1, 0)]
+    outputs = [p.communicate(timeout=300)[0] for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], outputs
+    assert "task 1 of" in outputs[0] and "prepared" in outputs[1]
+    prepare(inputs, tmp_path / "tasks", workers=1, tasks=2, progress=False, **OPTIONS)
+    assert files(tmp_path / "ranks") == files(tmp_path / "tasks")  # byte-identical shards, tokenizer and meta
+    assert not list(tmp_path.glob(".*.prepare"))  # the work folders are gone
+    two = DataFolder(tmp_path / "tasks")
+    assert two.tokenizer_sha256 == DataFolder(one_task).tokenizer_sha256
+    assert len(two.meta["splits"]["train"]["shards"]) > len(DataFolder(one_task).meta["splits"]["train"]["shards"]) - 2
+    for split in ("train", "val"):
+        assert documents(tmp_path / "tasks", split) == documents(one_task, split)
+
+
+def test_two_workers_equal_one(tmp_path, small_books):
+    inputs = [str(p) for p in small_books]
+    prepare(inputs, tmp_path / "w1", workers=1, tasks=3, progress=False, **OPTIONS)
+    prepare(inputs, tmp_path / "w2", workers=2, tasks=3, progress=False, **OPTIONS)
+    assert files(tmp_path / "w1") == files(tmp_path / "w2")
+
+
+def test_rerun_completes_only_the_missing_tasks(tmp_path, small_books, one_task, monkeypatch):
+    inputs = [str(p) for p in small_books]
+    read_by = []
+    real_read, real_encode = prepare_steps.ReadInputs.run, prepare_steps.EncodeShards.run
+
+    def read(self, data=None, rank=0, world_size=1):
+        read_by.append(rank)
+        yield from real_read(self, data, rank, world_size)
+
+    def encode_dies_in_task_1(self, data=None, rank=0, world_size=1):
+        if rank == 1:
+            writer = prepare_steps.ShardWriter(self.work, "train", "00001", 0, np.uint16, 100)
+            writer.add([("half", [5, 6, 7])])  # a shard begun, never finished
+            raise KeyboardInterrupt  # killed mid-way
+        return real_encode(self, data, rank, world_size)
+
+    monkeypatch.setattr(prepare_steps.ReadInputs, "run", read)
+    monkeypatch.setattr(prepare_steps.EncodeShards, "run", encode_dies_in_task_1)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(inputs, tmp_path / "d", tasks=2, progress=False, **OPTIONS)
+    assert not (tmp_path / "d").exists() and read_by == [0, 1]
+    monkeypatch.setattr(prepare_steps.EncodeShards, "run", real_encode)
+    prepare(inputs, tmp_path / "d", tasks=2, progress=False, **OPTIONS)
+    assert read_by == [0, 1]  # the read phase was done: nothing read again
+    listed = {s["file"] for split in ("train", "val") for s in DataFolder(tmp_path / "d").shards[split]}
+    assert listed == {str(p.relative_to(tmp_path / "d")) for p in (tmp_path / "d").rglob("*.bin")}
+    assert not list((tmp_path / "d").rglob("*.tmp"))
+    for split in ("train", "val"):
+        assert documents(tmp_path / "d", split) == documents(one_task, split)
+
+
+def test_ranks_refuse_a_plan_that_differs(tmp_path, small_books):
+    work = tmp_path / ".d.prepare"
+    work.mkdir()
+    (work / "plan.json").write_text(json.dumps({"other": 1}))
+    with pytest.raises(UserError, match="unfinished prepare with other inputs"):
+        prepare([str(small_books[0])], tmp_path / "d", tasks=2, task_rank=1, progress=False)
+    with pytest.raises(UserError, match="task_rank must be in"):
+        prepare([str(small_books[0])], tmp_path / "d", tasks=2, task_rank=2, progress=False)
+
+
+def test_tokenizer_sample_is_bounded_and_seeded(tmp_path, small_books):
+    inputs = [str(p) for p in small_books]
+    small = {**OPTIONS, "tokenizer_sample": 20_000}
+    a = prepare(inputs, tmp_path / "a", progress=False, **small)
+    b = prepare(inputs, tmp_path / "b", tasks=3, progress=False, **small)
+    c = prepare(inputs, tmp_path / "c", progress=False, seed=5, **small)
+    assert a.meta["tokenizer"]["sha256"] == b.meta["tokenizer"]["sha256"] != c.meta["tokenizer"]["sha256"]
+    sample = prepare_steps.bottom_sample([[h, 10] for h in (5, 1, 9, 3, 7)], 25)
+    assert [h for h, _ in sample] == [1, 3, 5]  # the smallest hashes, until the budget is reached
+
+
+def test_split_follows_the_text_not_the_position(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    texts = [f"নথি {i}: বাংলা ভাষার একটি ছোট বাক্য।" for i in range(60)]
+    (src / "a.txt").write_text("\n".join(texts), encoding="utf-8")
+    (src / "b.txt").write_text("\n".join(reversed(texts + texts[:10])), encoding="utf-8")  # duplicates too
+    d = prepare([str(src)], tmp_path / "d", tokenizer="char", doc_split="line", val_fraction=0.2, progress=False)
+    tok = DataFolder(tmp_path / "d").tokenizer()
+    val = {tok.decode(doc) for doc in documents(tmp_path / "d", "val")}
+    train = {tok.decode(doc) for doc in documents(tmp_path / "d", "train")}
+    assert val and train and not val & train  # copies of a text never straddle the split
+    assert 4 <= len(val) <= 24 and d.meta["splits"]["val"]["documents"] >= len(val)
