@@ -130,7 +130,9 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on a prepared data folder",
                        description="Train a GPT; defaults are the course setup, presets and --set override them.",
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="data folder made by `banglaslm prepare`")
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR[:WEIGHT]",
+                   help="data folder made by `banglaslm prepare`; several (same tokenizer) train on a mixture, each "
+                        "window's folder drawn by WEIGHT (default: in proportion to their training tokens)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, plot)")
     p.add_argument("--preset", default=None, help=f"named config: {', '.join(PRESETS)}")
     p.add_argument("--config", default=None, help="JSON or TOML file with [model] / [train] keys")

@@ -98,11 +98,12 @@ def plot_loss(records: list[dict], path: Path, title: str = "loss") -> None:
     if steps:
         ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.4,
                 color="tab:blue", label="train (per step)")
-    for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
+    parts = sorted({r["split"] for r in records if r.get("split", "").startswith("val/")})  # a mixture's folders
+    for split, color in (("train", "tab:blue"), ("val", "tab:orange"), *((p, None) for p in parts)):
         evals = [r for r in records if r.get("split") == split]
         if evals:
-            ax.plot([r["iter"] for r in evals], [r["loss"] for r in evals], lw=2, marker="o", ms=3,
-                    color=color, label=f"{split} (evaluation)")
+            ax.plot([r["iter"] for r in evals], [r["loss"] for r in evals], lw=2 if color else 1, marker="o", ms=3,
+                    color=color, ls="-" if color else "--", label=f"{split} (evaluation)")
     if records:
         ax.legend()
     else:

@@ -30,6 +30,7 @@ from ..checkpoint import read_state
 from ..config import RunConfig, build_config, show_progress, validate
 from ..data.folder import DataFolder, same_splits
 from ..data.loader import EVAL_STREAM, IGNORE, Prefetcher
+from ..data.mixture import open_data
 from ..errors import UserError, bad_param
 from ..fileio import exclusive
 from ..model import GPT
@@ -102,10 +103,10 @@ class Trainer:
     same (tokenizer, tokenizer_sha256, vocab_size, meta["splits"], samplers), such as the
     conversations of fine-tuning. `warm_start` gives the initial weights of a new run."""
 
-    def __init__(self, config: RunConfig, data: DataFolder | str | Path, run_dir: str | Path,
+    def __init__(self, config: RunConfig, data: DataFolder | str | Path | list, run_dir: str | Path,
                  resume: bool = False, progress: bool | None = None, warm_start: WarmStart | None = None):
         tc = config.train
-        self.data = DataFolder(data) if isinstance(data, (str, Path)) else data
+        self.data = open_data(data) if isinstance(data, (str, Path, list)) else data
         self.run, self.show_progress, self.warm_start = RunFolder(run_dir), progress, warm_start
         self.dist, device_spec = distributed.setup(tc.device)
         self.parallel = parallel.choose(tc.parallel, self.dist, self.run)
@@ -235,7 +236,9 @@ class Trainer:
         """Mean loss per trained token over the same batches each time (`eval_batches`)."""
         self.model.eval()
         out = {}
-        for split, sampler in (("train", self.train_batches), ("val", self.val_batches)):
+        parts = getattr(self.val_batches, "parts", {})  # a mixture's folders, each scored on its own
+        for split, sampler in (("train", self.train_batches), ("val", self.val_batches),
+                               *((f"val/{name}", part) for name, part in parts.items())):
             total = count = 0.0
             for x, y in sampler.eval_batches(self.config.train.eval_iters):
                 nats, counted = self._out_of_memory_retried(lambda: self._eval_batch(x, y))
@@ -269,7 +272,7 @@ class Trainer:
             self.state.history.append({"iter": it, **result, "clipped": self.guard.clipped_spikes,
                                        "epochs": round(epochs, 4)})
             if session.log is not None:
-                for split in ("train", "val"):
+                for split in result:
                     session.log.append({"iter": it, "split": split, "loss": result[split],
                                         "bits_per_char": self._bits_per_char(split, result[split]),
                                         "elapsed_s": round(self.clock.elapsed(), 2)})
@@ -465,10 +468,11 @@ def _with_vocab(config: RunConfig, data_vocab: int) -> RunConfig:
     return config
 
 
-def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig | None = None,
+def train(data_dir: str | Path | list, run_dir: str | Path, config: RunConfig | None = None,
           resume: bool = False, max_iters: int | None = None, progress: bool | None = None,
           init_from: str | Path | None = None) -> TrainResult:
-    """Train (or with `resume`, continue) a model on a prepared data folder.
+    """Train (or with `resume`, continue) a model on a prepared data folder, or on a mixture of
+    several (`data_dir` a list of `DIR[:WEIGHT]`; see `data.mixture`).
 
     With `resume` and no `config`, the run's saved config is used; a given `config` must
     equal the saved one except for the keys in RESUME_MUTABLE (e.g. max_iters, which
@@ -483,7 +487,7 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig | None = 
     def start() -> Trainer:
         warm_start = WarmStart(init_from) if init_from is not None else None
         settled = settle_config(run, config, resume, max_iters, warm_start)
-        data = DataFolder(data_dir)
+        data = open_data(data_dir)
         if warm_start is not None:
             warm_start.check_tokenizer(data.tokenizer_sha256)
         return Trainer(settled, data, run.path, resume=resume, progress=progress, warm_start=warm_start)

@@ -1,0 +1,86 @@
+"""Mixtures of data folders: windows drawn by weight, one tokenizer, the mixture recorded in the
+run and checked on resume, each folder's validation loss reported."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_SETTINGS, set_args
+
+from banglaslm.cli import main
+from banglaslm.data.loader import BatchSampler
+from banglaslm.data.mixture import Mixture, MixtureSampler, open_data, parse_spec
+from banglaslm.data.prepare import prepare
+from banglaslm.errors import UserError
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+def constant_samplers(values, batch):
+    return [BatchSampler(np.full(2000, v, dtype=np.uint16), 16, batch, seed=4) for v in values]
+
+
+def test_windows_follow_the_weights_and_ranks_split_the_global_batch():
+    mix = MixtureSampler(constant_samplers((0, 1, 2), 64), np.array([0.6, 0.3, 0.1]), 64, seed=4)
+    drawn = np.concatenate([mix.get(step)[0].numpy() for step in range(60)])
+    assert (drawn == drawn[:, :1]).all()  # one folder per window
+    shares = np.bincount(drawn[:, 0], minlength=3) / len(drawn)
+    assert np.allclose(shares, [0.6, 0.3, 0.1], atol=0.03)
+    halves = [MixtureSampler(constant_samplers((0, 1, 2), 64), np.array([0.6, 0.3, 0.1]), 32, seed=4, rank=r,
+                             world_size=2).get(9)[0] for r in (0, 1)]
+    assert (np.concatenate(halves) == mix.get(9)[0].numpy()).all()
+    assert (mix.get(9)[0] == mix.get(9)[0]).all() and not (mix.get(9)[0] == mix.get(10)[0]).all()
+
+
+def test_specs_and_refusals(tmp_path, data_dir, small_books):
+    assert parse_spec("a/b:0.25") == ("a/b", 0.25) and parse_spec("a:b") == ("a:b", None)
+    with pytest.raises(UserError, match="must be a positive number"):
+        parse_spec("d:-1")
+    with pytest.raises(UserError, match="a weight .* or none of them"):
+        Mixture([f"{data_dir}:2", str(data_dir)])
+    other = tmp_path / "other"
+    prepare([str(small_books[0])], other, vocab_size=300, doc_split="paragraph", progress=False)
+    with pytest.raises(UserError, match="another tokenizer"):
+        Mixture([str(data_dir), str(other)])
+    assert type(open_data([str(data_dir)])).__name__ == "DataFolder"
+
+
+@pytest.fixture(scope="module")
+def second_folder(tmp_path_factory, data_dir, small_books):
+    out = tmp_path_factory.mktemp("second") / "verse"
+    prepare([str(small_books[1])], out, tokenizer=str(data_dir / "tokenizer.json"), doc_split="paragraph",
+            progress=False)
+    return out
+
+
+def test_default_weights_follow_the_training_tokens(data_dir, second_folder):
+    mix = Mixture([str(data_dir), str(second_folder)])
+    tokens = np.array([json.loads((d / "meta.json").read_text())["splits"]["train"]["tokens"]
+                       for d in (data_dir, second_folder)])
+    assert np.allclose(mix.weights, tokens / tokens.sum())
+
+
+def test_training_on_a_mixture_reports_each_folder_and_refuses_other_weights(tmp_path, capsys, data_dir,
+                                                                            second_folder):
+    run = tmp_path / "run"
+    settings = {**TINY_SETTINGS, "train.max_iters": 20}
+    code, err = run_cli(["train", "--data", f"{data_dir}:3", f"{second_folder}:1", "--out", run,
+                         *set_args(settings)], capsys)
+    assert code == 0, err
+    meta = json.loads((run / "data_meta.json").read_text())
+    assert [p["weight"] for p in meta["mixture"]] == [0.75, 0.25]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    splits = {r["split"] for r in records if "split" in r}
+    assert splits == {"train", "val", f"val/{data_dir.name}", "val/verse"}
+    per_folder = [r for r in records if r.get("split", "").startswith("val/") and r["iter"] == 20]
+    assert len(per_folder) == 2 and all(r["bits_per_char"] > 0 for r in per_folder)
+    assert per_folder[0]["loss"] != per_folder[1]["loss"]
+    code, err = run_cli(["train", "--data", f"{data_dir}:1", f"{second_folder}:1", "--out", run, "--resume",
+                         "--max-iters", "30"], capsys)
+    assert code == 2 and "is not the data the run" in err and len(err.strip().splitlines()) == 1
+    code, err = run_cli(["train", "--data", f"{data_dir}:3", f"{second_folder}:1", "--out", run, "--resume",
+                         "--max-iters", "30"], capsys)
+    assert code == 0, err
