@@ -20,22 +20,30 @@ import sys as _sys
 if _sys.argv[1:2] == ["serve"] and _os.path.basename(_sys.argv[0]) in ("banglaslm", "-m", "__main__.py"):
     _os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-from .config import (  # noqa: E402
-    PRESETS,
-    ModelConfig,
-    RunConfig,
-    SamplingParams,
-    TrainConfig,
-    build_config,
-)
-from .data.prepare import prepare
-from .errors import UserError
-from .evaluation.perplexity import evaluate_file, evaluate_text
-from .generation.engine import generate
-from .runfolder import load_model
-from .text import normalize
-from .tokenizer import Tokenizer
-from .training.trainer import train
+# The names below load on first use (PEP 562), so a process that needs one module (a prepare
+# worker, say) does not import torch and the rest: a worker then costs tens of MB, not hundreds.
+_EXPORTS = {
+    "PRESETS": "config", "ModelConfig": "config", "RunConfig": "config", "SamplingParams": "config",
+    "TrainConfig": "config", "build_config": "config", "prepare": "data.prepare", "UserError": "errors",
+    "evaluate_file": "evaluation.perplexity", "evaluate_text": "evaluation.perplexity",
+    "generate": "generation.engine", "load_model": "runfolder", "normalize": "text", "Tokenizer": "tokenizer",
+    "train": "training.trainer",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'banglaslm' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "PRESETS", "ModelConfig", "RunConfig", "TrainConfig", "SamplingParams", "build_config", "UserError",

@@ -11,14 +11,16 @@ several machines sharing it can each run one task (`task_rank`); task 0 writes m
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from datatrove.executor import LocalPipelineExecutor
 
 from ..config import MAX_SEED, Opt, show_progress
 from ..errors import UserError, bad_param
@@ -33,6 +35,7 @@ from .prepare_steps import (
     Spool,
     bottom_sample,
     read_spooled,
+    run_task,
     spool_path,
     summary_path,
 )
@@ -218,9 +221,12 @@ class _Job:
         else:
             np_dtype = read_json(self.work / "split.json")["dtype"]
             steps = [EncodeShards(self.work, self.plan["seed"], np_dtype, self.plan["shard_tokens"], self.progress)]
-        LocalPipelineExecutor(steps, tasks=self.tasks, workers=min(self.workers, len(ranks)),
-                              logging_dir=str(self.work / "logs" / phase), local_tasks=len(ranks),
-                              local_rank_offset=ranks[0]).run()
+        logs = self.work / "logs" / phase
+        if self.workers == 1 or len(ranks) == 1:
+            for rank in ranks:
+                run_task(steps, self.tasks, logs, rank)
+        else:
+            _run_in_workers(steps, self.tasks, logs, ranks, self.workers)
         self.wait_for(phase, [summary_path(self.work, phase, r) for r in range(self.tasks)])
 
     def wait_for(self, what: str, paths: list[Path]) -> None:
@@ -285,6 +291,20 @@ class _Job:
             "coverage": {split: c.to_dict() for split, c in coverage.items()}})
         swap_in(self.work, self.out)
         return meta
+
+
+def _run_in_workers(steps, tasks: int, logs: Path, ranks: list[int], workers: int) -> None:
+    """Tasks `ranks`, `workers` processes at a time. A worker that dies (killed, out of memory)
+    stops prepare with the fix, where a multiprocessing pool would wait for it forever."""
+    context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                          else "spawn")
+    with ProcessPoolExecutor(min(workers, len(ranks)), mp_context=context) as pool:
+        try:
+            for done in as_completed([pool.submit(run_task, steps, tasks, logs, rank) for rank in ranks]):
+                done.result()
+        except BrokenProcessPool:
+            raise UserError("a prepare worker died (killed, or out of memory); run the same command again to "
+                            "finish the tasks not yet done, with fewer --workers if memory is short") from None
 
 
 def _split_rule(reads: list[dict], val_fraction: float) -> SplitRule:

@@ -31,10 +31,22 @@ from ..tokenizer import Coverage, Tokenizer, iter_chunks
 from .folder import SPLITS, ShardWriter
 from .sources import Source, iter_documents
 
-logger.disable("datatrove")  # its per-task logs would drown our progress bars and one-line errors
-
 ENCODE_BATCH_CHARS = 4_000_000
 HASH_RANGE = 2**64
+
+
+def run_task(steps: list[PipelineStep], tasks: int, logs: Path, rank: int) -> None:
+    """Task `rank` of `tasks` in this process, through datatrove's executor (which skips it when
+    its completion is recorded under `logs`), with datatrove's logging off while it runs: its
+    per-task logs would drown our progress bars, and a task's error comes back as an exception."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    logger.disable("datatrove")
+    try:
+        LocalPipelineExecutor(steps, tasks=tasks, workers=1, logging_dir=str(Path(logs) / f"{rank:05d}"),
+                              local_tasks=1, local_rank_offset=rank).run()
+    finally:
+        logger.enable("datatrove")
 
 
 def doc_hash(text: str, seed: int, purpose: str) -> int:
