@@ -99,6 +99,7 @@ def picked(args: argparse.Namespace, source, skip: tuple[str, ...] = ()) -> dict
 
 # ---- the commands -------------------------------------------------------------------------
 def _add_prepare(sub) -> None:
+    from .data.clean import CleanOptions
     from .data.prepare import prepare
 
     p = sub.add_parser("prepare", help="text → tokenizer → train.bin / val.bin / meta.json",
@@ -107,6 +108,7 @@ def _add_prepare(sub) -> None:
                    help=".txt/.md files, folders, globs, .jsonl/.csv/.parquet files, or hf:NAME[:CONFIG]")
     p.add_argument("--out", required=True, help="data folder to write")
     add_options(p, prepare)
+    add_options(p, CleanOptions, note="with --clean: ")
 
 
 def _add_clean(sub) -> None:
@@ -261,9 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_prepare(args) -> None:
+    from .data.clean import CleanOptions
     from .data.prepare import prepare
 
-    print(prepare(args.inputs, args.out, **picked(args, prepare)).summary())
+    options = CleanOptions(**picked(args, CleanOptions))
+    print(prepare(args.inputs, args.out, clean_options=options, **picked(args, prepare)).summary())
 
 
 def cmd_clean(args) -> None:

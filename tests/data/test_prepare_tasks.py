@@ -167,3 +167,21 @@ def test_a_worker_that_dies_stops_prepare_with_the_fix_instead_of_hanging(tmp_pa
 
     with pytest.raises(UserError, match="worker died .* run the same command again"):
         _run_in_workers([DiesInTask1()], 2, tmp_path / "logs", [0, 1], workers=2)
+
+
+def test_prepare_with_clean_drops_copies_and_keeps_the_report(tmp_path, small_books):
+    from banglaslm.cli import main
+
+    src = tmp_path / "src.jsonl"
+    paras = [p for p in small_books[3].read_text(encoding="utf-8").split("\n\n") if len(p) > 200][:40]
+    rows = paras + paras[:10] + ["This paragraph is English text, not Bangla at all, and cleaning drops it. " * 3]
+    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in rows), encoding="utf-8")
+    thresholds = ["--min-words", "5", "--min-stop-words", "0", "--min-avg-word-length", "2", "--top-ngrams", "",
+                  "--dup-ngrams", "", "--dup-line-frac", "1"]
+    assert main(["prepare", str(src), "--out", str(tmp_path / "d"), "--clean", "--vocab-size", "300",
+                 "--val-fraction", "0.1", *thresholds]) == 0
+    meta = DataFolder(tmp_path / "d").meta
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == len(set(paras))
+    report = json.loads((tmp_path / "d" / "clean_report.json").read_text())
+    assert (tmp_path / "d" / "clean_report.md").exists() and "exact" in json.dumps(report)
+    assert main(["prepare", str(src), "--out", str(tmp_path / "e"), "--clean", "--tasks", "2", "--task-rank", "0"]) == 2

@@ -35,7 +35,7 @@ SPLITS = ("train", "val")
 META = "meta.json"
 
 
-DATA_FILES = {META, "tokenizer.json", "train.bin", "val.bin", *SPLITS}
+DATA_FILES = {META, "tokenizer.json", "train.bin", "val.bin", *SPLITS, "clean_report.json", "clean_report.md"}
 
 
 def is_data_folder(path: Path) -> bool:

@@ -16,7 +16,7 @@ import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +26,8 @@ from ..config import MAX_SEED, Opt, show_progress
 from ..errors import UserError, bad_param
 from ..fileio import atomic_write_json, check_destination, exclusive, read_json, swap_in
 from ..tokenizer import Coverage, Tokenizer, check_bpe_vocab_size
+from .clean import CleanOptions
+from .clean import clean as run_clean
 from .folder import ID_DTYPES, SPLITS, id_dtype, is_data_folder, split_stats, write_meta
 from .prepare_steps import (
     EncodeShards,
@@ -39,7 +41,13 @@ from .prepare_steps import (
     spool_path,
     summary_path,
 )
-from .sources import DEFAULT_TEXT_COLUMN, DOC_SPLITS, resolve_inputs
+from .sources import (
+    DEFAULT_TEXT_COLUMN,
+    DOC_SPLITS,
+    Source,
+    is_cleaned_folder,
+    resolve_inputs,
+)
 from .tokenizer_choice import TOKENIZER_HELP, load_tokenizer
 
 MAX_UNKNOWN_SHARE = 0.01  # more unknown tokens than this in a split stop prepare (see _check_coverage)
@@ -95,6 +103,9 @@ def prepare(
     task_rank: Annotated[int | None, Opt("run only this task (0 .. tasks-1): one of several machines writing "
                                          "into the same output on shared storage; task 0 finishes the folder "
                                          "once every task is done")] = None,
+    clean: Annotated[bool, Opt("clean the documents first, on this machine: `banglaslm clean`'s steps with its "
+                               "options (report in clean_report.md)")] = False,
+    clean_options: CleanOptions | None = None,
     progress: bool | None = None,
 ) -> PrepareResult:
     """Prepare a data folder from `inputs` (files, folders, globs, tables or hf:NAME; see
@@ -102,6 +113,12 @@ def prepare(
     earlier data folder at `out_dir` untouched, for bad options or inputs."""
     tasks = _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens,
                            workers, tasks, task_rank)
+    if clean and task_rank is not None:
+        raise bad_param("clean", "runs on one machine: clean with `banglaslm clean INPUT... --out DIR` first, then "
+                                 "prepare DIR on every machine")
+    clean_options = (clean_options or CleanOptions()) if clean else None
+    if clean_options is not None:
+        clean_options.validate()
     existing = load_tokenizer(tokenizer) if tokenizer not in ("bpe", "char") else None
     if existing is not None or tokenizer == "bpe":  # before any reading: the ids must fit the storage
         id_dtype(existing.vocab_size if existing is not None else vocab_size, dtype)
@@ -110,7 +127,8 @@ def prepare(
     _check_apart(sources, out)
     plan = {"sources": [_identity(s) for s in sources], "tokenizer": tokenizer, "vocab_size": vocab_size,
             "val_fraction": val_fraction, "seed": seed, "text_column": text_column, "doc_split": doc_split,
-            "dtype": dtype, "tokenizer_sample": tokenizer_sample, "shard_tokens": shard_tokens, "tasks": tasks}
+            "dtype": dtype, "tokenizer_sample": tokenizer_sample, "shard_tokens": shard_tokens, "tasks": tasks,
+            "clean": asdict(clean_options) if clean_options is not None else None}
     job = _Job(out, plan, existing, show_progress(progress) and workers == 1, workers)
     start = time.perf_counter()
     if task_rank is None:
@@ -118,6 +136,8 @@ def prepare(
             check_destination(out, "data folder", is_data_folder)
             job.open(restart=True)
             try:
+                if clean_options is not None:
+                    job.clean(clean_options)
                 job.run_phase("read", range(tasks))
                 job.choose()
                 job.run_phase("encode", range(tasks))
@@ -187,6 +207,16 @@ class _Job:
         self.out, self.plan, self.existing, self.progress, self.workers = out, plan, existing, progress, workers
         self.work = out.parent / f".{out.name}.prepare"
         self.tasks = plan["tasks"]
+        self.reading = ([Source(kind, location) for kind, location, *_ in plan["sources"]], plan["text_column"],
+                        plan["doc_split"])  # what the read phase reads: the inputs, or their cleaned copy
+
+    def clean(self, options: CleanOptions) -> None:
+        """Clean the inputs into the work folder (once), and read that from then on."""
+        cleaned = self.work / "cleaned"
+        if not is_cleaned_folder(cleaned):
+            run_clean([location for _, location in (s[:2] for s in self.plan["sources"])], cleaned, options,
+                      text_column=self.plan["text_column"], doc_split=self.plan["doc_split"], workers=self.workers)
+        self.reading = (resolve_inputs([str(cleaned)]), None, "file")
 
     def open(self, restart: bool) -> None:
         """Resume the work folder of the same plan; another plan's is replaced (`restart`, when
@@ -212,10 +242,7 @@ class _Job:
         """Run the phase's tasks `ranks` (a contiguous range) here, then wait for all tasks."""
         ranks = list(ranks)
         if phase == "read":
-            from .sources import Source
-
-            sources = [Source(kind, location) for kind, location, *_ in self.plan["sources"]]
-            steps = [ReadInputs(sources, self.plan["text_column"], self.plan["doc_split"], self.progress),
+            steps = [ReadInputs(*self.reading, self.progress),
                      Normalize(), Spool(self.work, self.plan["seed"], self.plan["val_fraction"],
                                         self.plan["tokenizer_sample"])]
         else:
@@ -281,7 +308,10 @@ class _Job:
         tok, np_dtype = Tokenizer.from_file(self.work / "tokenizer.json"), read_json(self.work / "split.json")["dtype"]
         input_bytes = self.input_bytes(range(self.tasks))
         sources = [location for _, location, *_ in self.plan["sources"]]
-        for name in ("spool", "read", "encode", "logs", "plan.json", "split.json"):
+        for name in ("report.json", "report.md"):  # what cleaning removed, and why
+            if (self.work / "cleaned" / name).exists():
+                (self.work / "cleaned" / name).replace(self.work / f"clean_{name}")
+        for name in ("cleaned", "spool", "read", "encode", "logs", "plan.json", "split.json"):
             path = self.work / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         meta = write_meta(self.work, tok, np.dtype(np_dtype).type, splits, {
