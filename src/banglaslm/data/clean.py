@@ -61,6 +61,7 @@ from .sources import (
     CLEANED_FORMAT,
     DEFAULT_TEXT_COLUMN,
     DOC_SPLITS,
+    check_apart,
     is_cleaned_folder,
     iter_documents,
     resolve_inputs,
@@ -280,7 +281,7 @@ def dedup_stages(options: CleanOptions, source: Path, work: Path, output: Callab
     return stages
 
 
-class ShardReader(BaseDiskReader):
+class JsonlShardReader(BaseDiskReader):
     """Read JSONL shards with the standard `json` module (datatrove's JsonlReader needs `orjson`)."""
     name = "JSONL shards"
 
@@ -293,7 +294,7 @@ class ShardReader(BaseDiskReader):
                     yield document
 
 
-class ShardWriter(DiskWriter):
+class JsonlShardWriter(DiskWriter):
     """Write JSONL shards with the standard `json` module (datatrove's JsonlWriter needs `orjson`)."""
     name = "JSONL shards"
 
@@ -301,12 +302,12 @@ class ShardWriter(DiskWriter):
         file_handler.write(json.dumps(document, ensure_ascii=False) + "\n")
 
 
-def _reader(folder: Path) -> ShardReader:
-    return ShardReader(str(folder), glob_pattern="*.jsonl", add_file_path=False)
+def _reader(folder: Path) -> JsonlShardReader:
+    return JsonlShardReader(str(folder), glob_pattern="*.jsonl", add_file_path=False)
 
 
-def _writer(folder: Path, adapter=None) -> ShardWriter:
-    return ShardWriter(str(folder), output_filename="${rank}.jsonl", compression=None, adapter=adapter, mode="wt")
+def _writer(folder: Path, adapter=None) -> JsonlShardWriter:
+    return JsonlShardWriter(str(folder), output_filename="${rank}.jsonl", compression=None, adapter=adapter, mode="wt")
 
 
 def text_only(self, document: Document) -> dict:
@@ -430,7 +431,7 @@ def clean(
     if shard_docs < 1:
         raise bad_param("shard_docs", f"must be at least 1, got {shard_docs}")
     sources = resolve_inputs(inputs)
-    _check_apart(sources, Path(out_dir))
+    check_apart(sources, Path(out_dir), "cleaned documents")
     start = time.perf_counter()
     with staged_folder(out_dir, "cleaned folder", replaceable=is_cleaned_folder) as stage:
         work = stage / ".work"
@@ -494,15 +495,6 @@ def _gather_removed(removed: Path, out: Path, steps: list[StepCount]) -> None:
             for r in sorted(records, key=lambda r: r["id"]):
                 reason = r.get("metadata", {}).get("filter_reason") or step.step
                 fh.write(json.dumps({"id": r["id"], "reason": reason, "text": r["text"]}, ensure_ascii=False) + "\n")
-
-
-def _check_apart(sources, out: Path) -> None:
-    target = out.resolve()
-    for source in sources:
-        path = Path(source.location).resolve() if source.kind != "hf" else None
-        if path is not None and (path == target or target in path.parents):
-            raise UserError(f"the output folder {out} holds the input {source.location}; write the cleaned "
-                            "documents somewhere else")
 
 
 # ---- the report ----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from .sources import (
     DEFAULT_TEXT_COLUMN,
     DOC_SPLITS,
     Source,
+    check_apart,
     is_cleaned_folder,
     resolve_inputs,
 )
@@ -124,7 +125,7 @@ def prepare(
         id_dtype(existing.vocab_size if existing is not None else vocab_size, dtype)
     sources = resolve_inputs(inputs)
     out = Path(out_dir)
-    _check_apart(sources, out)
+    check_apart(sources, out, "data folder")
     plan = {"sources": [_identity(s) for s in sources], "tokenizer": tokenizer, "vocab_size": vocab_size,
             "val_fraction": val_fraction, "seed": seed, "text_column": text_column, "doc_split": doc_split,
             "dtype": dtype, "tokenizer_sample": tokenizer_sample, "shard_tokens": shard_tokens, "tasks": tasks,
@@ -186,18 +187,6 @@ def _identity(source) -> list:
         return [source.kind, source.location]
     stat = Path(source.location).stat()
     return [source.kind, source.location, stat.st_size, stat.st_mtime_ns]
-
-
-def _check_apart(sources, out: Path) -> None:
-    """The data folder may not hold an input (it is replaced as a whole), nor sit inside one."""
-    target = out.resolve()
-    for source in sources:
-        if source.kind == "hf":
-            continue
-        path = Path(source.location).resolve()
-        if path == target or target in path.parents:
-            raise UserError(f"the output folder {out} holds the input {source.location}; write the data folder "
-                            "somewhere else")
 
 
 class _Job:

@@ -78,6 +78,18 @@ def is_cleaned_folder(folder: Path) -> bool:
         return False
 
 
+def check_apart(sources: list[Source], out: Path, what: str) -> None:
+    """UserError when the output folder `out` holds an input (it is replaced as a whole)."""
+    target = Path(out).resolve()
+    for source in sources:
+        if source.kind == "hf":
+            continue
+        path = Path(source.location).resolve()
+        if path == target or target in path.parents:
+            raise UserError(f"the output folder {out} holds the input {source.location}; write the {what} "
+                            "somewhere else")
+
+
 def _file_source(path: Path) -> Source:
     suffix = path.suffix.lower()
     kind = suffix.lstrip(".") if suffix in TABLE_SUFFIXES else "text"
