@@ -102,7 +102,7 @@ def _add_prepare(sub) -> None:
     from .data.clean import CleanOptions
     from .data.prepare import prepare
 
-    p = sub.add_parser("prepare", help="text → tokenizer → train.bin / val.bin / meta.json",
+    p = sub.add_parser("prepare", help="text → tokenizer → token shards (train/, val/) + meta.json",
                        description="Read documents, normalize them, train or load a tokenizer, and write token bins.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help=".txt/.md files, folders, globs, .jsonl/.csv/.parquet files, or hf:NAME[:CONFIG]")

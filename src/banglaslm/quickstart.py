@@ -29,7 +29,7 @@ QUICKSTART_OVERRIDES = {"model.dropout": 0.25}
 
 
 def held_out_text(data_dir: Path) -> str:
-    """The validation documents, decoded from val.bin (they never shaped training)."""
+    """The validation documents, decoded from the val shards (they never shaped training)."""
     data = DataFolder(data_dir)
     tok = data.tokenizer()
     ids = data.tokens("val").read().tolist()
