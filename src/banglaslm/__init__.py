@@ -22,27 +22,33 @@ if _sys.argv[1:2] == ["serve"] and _os.path.basename(_sys.argv[0]) in ("banglasl
 
 # The names below load on first use (PEP 562), so a process that needs one module (a prepare
 # worker, say) does not import torch and the rest: a worker then costs tens of MB, not hundreds.
-_EXPORTS = {
-    "PRESETS": "config", "ModelConfig": "config", "RunConfig": "config", "SamplingParams": "config",
-    "TrainConfig": "config", "build_config": "config", "prepare": "data.prepare", "UserError": "errors",
-    "evaluate_file": "evaluation.perplexity", "evaluate_text": "evaluation.perplexity",
-    "generate": "generation.engine", "load_model": "runfolder", "normalize": "text", "Tokenizer": "tokenizer",
-    "train": "training.trainer",
-}
-
-
 def __getattr__(name: str):
-    if name not in _EXPORTS:
+    if name in ("PRESETS", "ModelConfig", "RunConfig", "SamplingParams", "TrainConfig", "build_config"):
+        from . import config as module
+    elif name == "prepare":
+        from .data import prepare as module
+    elif name == "UserError":
+        from . import errors as module
+    elif name in ("evaluate_file", "evaluate_text"):
+        from .evaluation import perplexity as module
+    elif name == "generate":
+        from .generation import engine as module
+    elif name == "load_model":
+        from . import runfolder as module
+    elif name == "normalize":
+        from . import text as module
+    elif name == "Tokenizer":
+        from . import tokenizer as module
+    elif name == "train":
+        from .training import trainer as module
+    else:
         raise AttributeError(f"module 'banglaslm' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
+    globals()[name] = value = getattr(module, name)
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

@@ -147,6 +147,12 @@ def remove_leftovers(target: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
+def check_not_cwd(out: Path, what: str) -> None:
+    """UserError when `out` is the current folder or holds it: a folder replaced whole cannot be."""
+    if Path.cwd() == Path(out).resolve() or Path(out).resolve() in Path.cwd().parents:
+        raise UserError(f"{out} is the current folder or holds it; write the {what} into a folder of its own")
+
+
 @contextmanager
 def staged_folder(out_dir: str | Path, what: str = "output",
                   replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
@@ -155,8 +161,7 @@ def staged_folder(out_dir: str | Path, what: str = "output",
     (e.g. an earlier output of the same kind), which is then replaced as a whole; anything
     else is a UserError before any work is done."""
     out = Path(out_dir)
-    if Path.cwd() == out.resolve() or out.resolve() in Path.cwd().parents:  # cannot be replaced whole
-        raise UserError(f"{out} is the current folder or holds it; write the {what} into a folder of its own")
+    check_not_cwd(out, what)
     with exclusive(out, what):
         check_destination(out, what, replaceable)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))

@@ -24,7 +24,14 @@ import numpy as np
 
 from ..config import MAX_SEED, Opt, show_progress
 from ..errors import UserError, bad_param
-from ..fileio import atomic_write_json, check_destination, exclusive, read_json, swap_in
+from ..fileio import (
+    atomic_write_json,
+    check_destination,
+    check_not_cwd,
+    exclusive,
+    read_json,
+    swap_in,
+)
 from ..tokenizer import Coverage, Tokenizer, check_bpe_vocab_size
 from .clean import CleanOptions
 from .clean import clean as run_clean
@@ -125,6 +132,7 @@ def prepare(
         id_dtype(existing.vocab_size if existing is not None else vocab_size, dtype)
     sources = resolve_inputs(inputs)
     out = Path(out_dir)
+    check_not_cwd(out, "data folder")
     check_apart(sources, out, "data folder")
     plan = {"sources": [_identity(s) for s in sources], "tokenizer": tokenizer, "vocab_size": vocab_size,
             "val_fraction": val_fraction, "seed": seed, "text_column": text_column, "doc_split": doc_split,
@@ -143,7 +151,7 @@ def prepare(
                 job.choose()
                 job.run_phase("encode", range(tasks))
                 meta = job.finish(allow_unknown)
-            except UserError:  # the inputs or options must change, and with them the plan: nothing to resume
+            except Exception:  # bad input, a full disk, ...: nothing half-made stays (Ctrl-C keeps it to resume)
                 shutil.rmtree(job.work, ignore_errors=True)
                 raise
     else:
