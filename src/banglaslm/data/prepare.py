@@ -11,11 +11,12 @@ several machines sharing it can each run one task (`task_rank`); task 0 writes m
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import multiprocessing.connection
 import shutil
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
@@ -321,17 +322,50 @@ class _Job:
 
 
 def _run_in_workers(steps, tasks: int, logs: Path, ranks: list[int], workers: int) -> None:
-    """Tasks `ranks`, `workers` processes at a time. A worker that dies (killed, out of memory)
-    stops prepare with the fix, where a multiprocessing pool would wait for it forever."""
-    context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                          else "spawn")
-    with ProcessPoolExecutor(min(workers, len(ranks)), mp_context=context) as pool:
-        try:
-            for done in as_completed([pool.submit(run_task, steps, tasks, logs, rank) for rank in ranks]):
-                done.result()
-        except BrokenProcessPool:
-            raise UserError("a prepare worker died (killed, or out of memory); run the same command again to "
-                            "finish the tasks not yet done, with fewer --workers if memory is short") from None
+    """Tasks `ranks`, each in a fresh process, `workers` at a time. A task's UserError comes
+    back as itself; a worker that dies (killed, out of memory) stops prepare with the fix, where
+    a multiprocessing pool would wait for it forever."""
+    context = multiprocessing.get_context("spawn")  # not fork: the parent may hold threads
+    waiting, running = list(ranks), {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                rank = waiting.pop(0)
+                error = Path(logs) / f"{rank:05d}.error"
+                error.unlink(missing_ok=True)
+                process = context.Process(target=_task_process, args=(steps, tasks, logs, rank, error), daemon=True)
+                process.start()
+                running[process.sentinel] = (process, rank, error)
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                process, rank, error = running.pop(sentinel)
+                process.join()
+                _check_exit(process.exitcode, rank, error)
+    finally:
+        for process, _, _ in running.values():
+            process.terminate()
+            process.join()
+
+
+def _task_process(steps, tasks: int, logs: Path, rank: int, error: Path) -> None:
+    """A worker process's body: run the task; a UserError's message goes to `error`, exit 2."""
+    try:
+        run_task(steps, tasks, logs, rank)
+    except UserError as exc:
+        error.parent.mkdir(parents=True, exist_ok=True)
+        error.write_text(json.dumps([str(exc), exc.param]), encoding="utf-8")
+        sys.exit(2)
+
+
+def _check_exit(code: int, rank: int, error: Path) -> None:
+    if code == 0:
+        return
+    if code == 2 and error.exists():
+        message, param = json.loads(error.read_text(encoding="utf-8"))
+        raise UserError(message, param)
+    if code is not None and code < 0:
+        raise UserError(f"a prepare worker died (task {rank}, signal {-code}: killed, or out of memory); run the "
+                        "same command again to finish the tasks not yet done, with fewer --workers if memory is short")
+    raise RuntimeError(f"prepare's task {rank} failed (exit code {code}); its traceback is above")
 
 
 def _split_rule(reads: list[dict], val_fraction: float) -> SplitRule:

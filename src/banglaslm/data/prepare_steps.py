@@ -36,15 +36,18 @@ HASH_RANGE = 2**64
 
 
 def run_task(steps: list[PipelineStep], tasks: int, logs: Path, rank: int) -> None:
-    """Task `rank` of `tasks` in this process, through datatrove's executor (which skips it when
-    its completion is recorded under `logs`), with datatrove's logging off while it runs: its
-    per-task logs would drown our progress bars, and a task's error comes back as an exception."""
+    """Task `rank` of `tasks` in this process through datatrove's executor, which skips it when
+    its completion is recorded under `logs` and records it when done. Its task body is called
+    directly: `run()` would start a manager process per call, which outlives a killed worker
+    and holds its pipes. datatrove's logging is off meanwhile: its per-task logs would drown our
+    progress bars, and a task's error comes back as an exception."""
     from datatrove.executor import LocalPipelineExecutor
 
+    executor = LocalPipelineExecutor(steps, tasks=tasks, workers=1, logging_dir=str(Path(logs) / f"{rank:05d}"),
+                                     local_tasks=1, local_rank_offset=rank)
     logger.disable("datatrove")
     try:
-        LocalPipelineExecutor(steps, tasks=tasks, workers=1, logging_dir=str(Path(logs) / f"{rank:05d}"),
-                              local_tasks=1, local_rank_offset=rank).run()
+        executor._run_for_rank(rank)
     finally:
         logger.enable("datatrove")
 
