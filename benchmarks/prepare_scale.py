@@ -1,11 +1,13 @@
 """`prepare` beyond one process: MB/s with 1 and 2 workers, and peak memory on a corpus larger
 than the memory the process is given.
 
-    python benchmarks/prepare_scale.py [--copies 4] [--big-mb 600] [--limit-mb 400]
+    python benchmarks/prepare_scale.py [--copies 4] [--big-mb 1000] [--limit-mb 768]
 
 1. Throughput: the shared Bangla books, `--copies` times (each copy's paragraphs in another
    seeded order, as 8 JSONL files), prepared with BPE 8,000 as 1 task, as 2 tasks run by 1
-   worker, and as 2 tasks run by 2 workers. MB/s counts UTF-8 bytes of normalized text.
+   worker, and as 2 tasks run by 2 workers; then the same with the tokenizer given (read,
+   normalize, encode and write only: the part tasks share out). MB/s counts UTF-8 bytes of
+   normalized text.
 2. Memory: a synthetic corpus of `--big-mb` MB (16 JSONL files of the books' paragraphs in
    seeded orders) prepared with 2 workers inside a memory cgroup capped at `--limit-mb` MB
    (`memlimit.py`; without the rights to make one, uncapped and said so). Reported: the peak
@@ -68,14 +70,18 @@ def throughput(tmp: Path, paras: list[str], copies: int) -> None:
     corpus = tmp / "corpus"
     write_corpus(corpus, paras, 8, size, seed=1)
     print(f"1. throughput: {copies} copies of the shared books ({size / 1e6:.1f} MB of paragraphs), BPE 8,000")
-    print(f"{'setup':<24} {'seconds':>8} {'MB/s':>7} {'shards':>7}")
-    for label, workers, tasks in (("1 task", 1, 1), ("2 tasks, 1 worker", 1, 2), ("2 tasks, 2 workers", 2, 2)):
+    print(f"{'setup':<40} {'seconds':>8} {'MB/s':>7} {'shards':>7}")
+    given = {"tokenizer": str(tmp / "out-1-1" / "tokenizer.json")}
+    for label, workers, tasks, extra in (("1 task", 1, 1, {}), ("2 tasks, 1 worker", 1, 2, {}),
+                                         ("2 tasks, 2 workers", 2, 2, {}),
+                                         ("tokenizer given: 1 task", 1, 1, given),
+                                         ("tokenizer given: 2 tasks, 2 workers", 2, 2, given)):
         start = time.perf_counter()
-        r = prepare([str(corpus)], tmp / f"out-{workers}-{tasks}", workers=workers, tasks=tasks,
-                    doc_split="paragraph", progress=False)
+        r = prepare([str(corpus)], tmp / f"out-{workers}-{tasks}{'-given' if extra else ''}", workers=workers,
+                    tasks=tasks, doc_split="paragraph", progress=False, **extra)
         seconds = time.perf_counter() - start
         shards = sum(len(s["shards"]) for s in r.meta["splits"].values())
-        print(f"{label:<24} {seconds:>8.1f} {r.input_bytes / 1e6 / seconds:>7.2f} {shards:>7}")
+        print(f"{label:<40} {seconds:>8.1f} {r.input_bytes / 1e6 / seconds:>7.2f} {shards:>7}")
 
 
 def memory(tmp: Path, paras: list[str], big_mb: int, limit_mb: int) -> None:
@@ -97,8 +103,8 @@ def memory(tmp: Path, paras: list[str], big_mb: int, limit_mb: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=4)
-    ap.add_argument("--big-mb", type=int, default=600)
-    ap.add_argument("--limit-mb", type=int, default=400)
+    ap.add_argument("--big-mb", type=int, default=1000)
+    ap.add_argument("--limit-mb", type=int, default=768)
     ap.add_argument("--skip", choices=("throughput", "memory"), default=None)
     args = ap.parse_args()
     if not BOOKS.is_dir():

@@ -31,7 +31,7 @@ from ..tokenizer import Coverage, Tokenizer, iter_chunks
 from .folder import SPLITS, ShardWriter
 from .sources import Source, iter_documents
 
-ENCODE_BATCH_CHARS = 4_000_000
+ENCODE_BATCH_CHARS = 1_000_000
 HASH_RANGE = 2**64
 
 

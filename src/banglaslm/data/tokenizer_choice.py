@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import bad_param
-from ..runfolder import RunFolder
 from ..tokenizer import Tokenizer
 from ..tokenizer_import import from_pretrained, from_sentencepiece
 from .folder import DataFolder, is_data_folder
@@ -30,6 +29,10 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if path.is_dir():
         if (path / "meta.json").is_file() and is_data_folder(path):
             return DataFolder(path).tokenizer()
+        from ..runfolder import (
+            RunFolder,  # here, not above: it loads torch, which prepare's workers need not
+        )
+
         run = RunFolder(path)
         if run.is_run_folder():
             return Tokenizer.from_file(run.tokenizer_path)
