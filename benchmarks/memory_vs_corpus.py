@@ -81,7 +81,7 @@ def main() -> None:
             else:
                 out, cap = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout, "none"
             rss_mb = int(out.split()[-1]) / 1024
-            print(f"{size / 1e9:>10.2f}GB {args.shards if gb else 1:>6} {tokens:>15,} {cap:>11} {rss_mb:>7.0f}MB "
+            print(f"{size / 1e9:>10.3f}GB {args.shards if gb else 1:>6} {tokens:>15,} {cap:>11} {rss_mb:>7.0f}MB "
                   f"{time.perf_counter() - start:>8.1f}")
             shutil.rmtree(data)
 
