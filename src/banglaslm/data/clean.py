@@ -108,17 +108,18 @@ class CleanOptions:
                              "N:SHARE,...: largest share of characters in repeated word N-grams")
     exact_dedup: bool = option(True, "drop documents identical (after normalization) to an earlier one")
     near_dedup: bool = option(True, "drop near-duplicates (MinHash) of an earlier document")
-    # MinHash on normalized Bangla: word 3-grams, 32 bands of 4 hashes. Bangla attaches case
+    # MinHash on normalized Bangla: word 3-grams, 48 bands of 4 hashes. Bangla attaches case
     # endings and postpositions to the word (বাড়িতে, তাঁহার), so a word carries more than an
     # English one and 3-grams are about as specific as FineWeb's 5-grams, while a paragraph of
     # 20 words still has 18 shingles and one edited word breaks 3 of them, not 5. The bands put
-    # the 50% detection point near Jaccard 0.42 ((1/32)^(1/4)): a pair at 0.5 is found 87% of
-    # the time, at 0.6 99%, at 0.25 12% (1-(1-s^4)^32): copies of a paragraph with a few words
-    # edited fall above the point, distinct paragraphs of the shared books well below it
-    # (benchmarks/clean_quality.py measures both sides). datatrove's MinHash does not check the
-    # Jaccard of a candidate pair, so the curve is the whole decision.
+    # the 50% detection point near Jaccard 0.38 ((1/48)^(1/4)): a pair at 0.5 is found 95% of
+    # the time, at 0.6 99.9%, at 0.25 17% (1-(1-s^4)^48). 32 bands missed one planted near copy
+    # in two of three seeds of benchmarks/clean_quality.py (a short paragraph with 3 edits); 48
+    # found all in each, with no more original paragraphs removed; 64 began to remove originals.
+    # datatrove's MinHash does not check the Jaccard of a candidate pair, so the curve is the
+    # whole decision.
     minhash_ngrams: int = option(3, "words per MinHash shingle")
-    minhash_bands: int = option(32, "MinHash bands (buckets)")
+    minhash_bands: int = option(48, "MinHash bands (buckets)")
     minhash_rows: int = option(4, "MinHash hashes per band")
 
     def validate(self) -> None:
