@@ -142,29 +142,11 @@ def prepare(
     job = _Job(out, plan, existing, show_progress(progress) and workers == 1, workers)
     start = time.perf_counter()
     if task_rank is None:
-        with exclusive(out, "data folder"):
-            check_destination(out, "data folder", is_data_folder)
-            job.open(restart=True)
-            try:
-                if clean_options is not None:
-                    job.clean(clean_options)
-                job.run_phase("read", range(tasks))
-                job.choose()
-                job.run_phase("encode", range(tasks))
-                meta = job.finish(allow_unknown)
-            except Exception:  # bad input, a full disk, ...: nothing half-made stays (Ctrl-C keeps it to resume)
-                shutil.rmtree(job.work, ignore_errors=True)
-                raise
+        meta = job.run_all(clean_options, allow_unknown)
     else:
-        check_destination(out, "data folder", is_data_folder)
-        job.open(restart=False)
-        job.run_phase("read", [task_rank])
-        job.choose() if task_rank == 0 else job.wait_for("choice", [job.work / "split.json"])
-        job.run_phase("encode", [task_rank])
-        if task_rank != 0:
+        meta = job.run_one(task_rank, allow_unknown)
+        if meta is None:
             return PrepareResult(out, None, time.perf_counter() - start, job.input_bytes([task_rank]), task_rank)
-        with exclusive(out, "data folder"):
-            meta = job.finish(allow_unknown)
     return PrepareResult(out, meta, time.perf_counter() - start, meta["input_bytes"])
 
 
@@ -215,6 +197,35 @@ class _Job:
             run_clean([location for _, location in (s[:2] for s in self.plan["sources"])], cleaned, options,
                       text_column=self.plan["text_column"], doc_split=self.plan["doc_split"], workers=self.workers)
         self.reading = (resolve_inputs([str(cleaned)]), None, "file")
+
+    def run_all(self, clean_options: CleanOptions | None, allow_unknown: bool) -> dict:
+        """Every task here, holding the output's lock; the meta."""
+        with exclusive(self.out, "data folder"):
+            check_destination(self.out, "data folder", is_data_folder)
+            self.open(restart=True)
+            try:
+                if clean_options is not None:
+                    self.clean(clean_options)
+                self.run_phase("read", range(self.tasks))
+                self.choose()
+                self.run_phase("encode", range(self.tasks))
+                return self.finish(allow_unknown)
+            except Exception:  # bad input, a full disk, ...: nothing half-made stays (Ctrl-C keeps it to resume)
+                shutil.rmtree(self.work, ignore_errors=True)
+                raise
+
+    def run_one(self, rank: int, allow_unknown: bool) -> dict | None:
+        """Task `rank` of several machines; task 0 also chooses the tokenizer and finishes the
+        folder (the meta), the others return None once their shards are written."""
+        check_destination(self.out, "data folder", is_data_folder)
+        self.open(restart=False)
+        self.run_phase("read", [rank])
+        self.choose() if rank == 0 else self.wait_for("choice", [self.work / "split.json"])
+        self.run_phase("encode", [rank])
+        if rank != 0:
+            return None
+        with exclusive(self.out, "data folder"):
+            return self.finish(allow_unknown)
 
     def open(self, restart: bool) -> None:
         """Resume the work folder of the same plan; another plan's is replaced (`restart`, when
