@@ -48,6 +48,7 @@ from .prepare_steps import (
     run_task,
     spool_path,
     summary_path,
+    val_threshold,
 )
 from .sources import (
     DEFAULT_TEXT_COLUMN,
@@ -194,7 +195,7 @@ class _Job:
         """Clean the inputs into the work folder (once), and read that from then on."""
         cleaned = self.work / "cleaned"
         if not is_cleaned_folder(cleaned):
-            run_clean([location for _, location in (s[:2] for s in self.plan["sources"])], cleaned, options,
+            run_clean([source[1] for source in self.plan["sources"]], cleaned, options,
                       text_column=self.plan["text_column"], doc_split=self.plan["doc_split"], workers=self.workers)
         self.reading = (resolve_inputs([str(cleaned)]), None, "file")
 
@@ -288,7 +289,7 @@ class _Job:
         tok = self.existing or self._train_tokenizer(reads, rule)
         tok.save(self.work / "tokenizer.json")
         np_dtype = id_dtype(tok.vocab_size, self.plan["dtype"])
-        atomic_write_json(self.work / "split.json", {**rule.to_dict(), "dtype": np.dtype(np_dtype).name})
+        atomic_write_json(self.work / "split.json", {**asdict(rule), "dtype": np.dtype(np_dtype).name})
 
     def _train_tokenizer(self, reads: list[dict], rule: SplitRule) -> Tokenizer:
         """BPE trained on the sample of training documents (validation text never shapes the
@@ -392,7 +393,7 @@ def _split_rule(reads: list[dict], val_fraction: float) -> SplitRule:
     if lowest == highest:
         raise UserError(f"all {n_docs:,} documents are the same text, but train/val need different documents; "
                         "add other text or split it with --doc-split paragraph (or line)")
-    return SplitRule(val_fraction, lowest, highest)
+    return SplitRule(val_threshold(val_fraction), lowest, highest)
 
 
 def _check_coverage(coverage: dict[str, Coverage], allow_unknown: bool) -> None:

@@ -17,6 +17,7 @@ import hashlib
 import heapq
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ class Spool(PipelineStep):
     def __init__(self, work: Path, seed: int, val_fraction: float, sample_chars: int):
         super().__init__()
         self.work, self.seed, self.sample_chars = Path(work), seed, sample_chars
-        self.threshold = SplitRule(val_fraction, 0, 0).threshold
+        self.threshold = val_threshold(val_fraction)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         path = spool_path(self.work, rank)
@@ -187,25 +188,23 @@ def read_spooled(path: Path, offsets: list[int]) -> Iterator[str]:
             yield json.loads(fh.readline())
 
 
+def val_threshold(val_fraction: float) -> int:
+    """The split hash under which a document goes to validation."""
+    return int(val_fraction * HASH_RANGE)
+
+
+@dataclass(frozen=True)
 class SplitRule:
-    """Validation holds the documents whose split hash is under `val_fraction` of the range,
+    """Validation holds the documents whose split hash is under `threshold` (`val_threshold`),
     and always the one with the smallest hash; training always the one with the largest. So
     both splits hold a document whenever the corpus holds two different ones."""
 
-    def __init__(self, val_fraction: float, lowest: int, highest: int):
-        self.threshold, self.lowest, self.highest = int(val_fraction * HASH_RANGE), lowest, highest
+    threshold: int
+    lowest: int
+    highest: int
 
     def is_val(self, h: int) -> bool:
         return h == self.lowest or (h < self.threshold and h != self.highest)
-
-    def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "lowest": self.lowest, "highest": self.highest}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SplitRule":
-        rule = cls(0.0, d["lowest"], d["highest"])
-        rule.threshold = d["threshold"]
-        return rule
 
 
 class EncodeShards(PipelineStep):
@@ -221,7 +220,7 @@ class EncodeShards(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         tok = Tokenizer.from_file(self.work / "tokenizer.json")
-        rule = SplitRule.from_dict(read_json(self.work / "split.json"))
+        rule = SplitRule(**{k: read_json(self.work / "split.json")[k] for k in ("threshold", "lowest", "highest")})
         for split in SPLITS:  # what an earlier, killed attempt at this task wrote
             for stale in (self.work / split).glob(f"{rank:05d}-*"):
                 stale.unlink()
