@@ -163,6 +163,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fineweb-defaults", action="store_true", help="FineWeb-2's web-page thresholds, unrelaxed")
+    ap.add_argument("--minhash-bands", type=int, default=None, help="override CleanOptions' MinHash bands")
+    ap.add_argument("--minhash-rows", type=int, default=None, help="override CleanOptions' MinHash hashes per band")
     args = ap.parse_args()
     if not BOOKS.is_dir():
         sys.exit(f"{BOOKS} is missing (the shared data folder)")
@@ -170,7 +172,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         inputs = write_corpus(Path(tmp), originals, planted)
         start = time.perf_counter()
-        result = clean(inputs, Path(tmp) / "out", CleanOptions(**({} if args.fineweb_defaults else PARAGRAPH_OPTIONS)),
+        minhash = {k: v for k, v in (("minhash_bands", args.minhash_bands), ("minhash_rows", args.minhash_rows))
+                   if v is not None}
+        options = CleanOptions(**({} if args.fineweb_defaults else PARAGRAPH_OPTIONS), **minhash)
+        result = clean(inputs, Path(tmp) / "out", options,
                        workers=args.workers,
                        keep_removed=True)
         seconds = time.perf_counter() - start
