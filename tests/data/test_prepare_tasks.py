@@ -150,25 +150,6 @@ def test_split_follows_the_text_not_the_position(tmp_path):
     assert 4 <= len(val) <= 24 and d.meta["splits"]["val"]["documents"] >= len(val)
 
 
-class DiesInTask1(prepare_steps.PipelineStep):
-    """A step whose task 1 is killed outright, as the kernel's out-of-memory killer would."""
-
-    name = "dies"
-
-    def run(self, data=None, rank=0, world_size=1):
-        if rank == 1:
-            os.kill(os.getpid(), 9)
-        return
-        yield
-
-
-def test_a_worker_that_dies_stops_prepare_with_the_fix_instead_of_hanging(tmp_path):
-    from banglaslm.data.prepare import _run_in_workers
-
-    with pytest.raises(UserError, match="worker died .* run the same command again"):
-        _run_in_workers([DiesInTask1()], 2, tmp_path / "logs", [0, 1], workers=2)
-
-
 def test_prepare_with_clean_drops_copies_and_keeps_the_report(tmp_path, small_books):
     from banglaslm.cli import main
 

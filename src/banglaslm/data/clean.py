@@ -19,19 +19,15 @@ from __future__ import annotations
 import heapq
 import json
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import regex
 from datatrove.data import Document
-from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.dedup import (
     MinhashDedupCluster,
     MinhashDedupFilter,
@@ -51,7 +47,6 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import TextNormConfig
 from datatrove.utils.word_tokenizers import WordTokenizer, simple_span_tokenize
-from loguru import logger
 
 from ..config import Opt, option
 from ..errors import UserError, bad_param
@@ -66,6 +61,7 @@ from .sources import (
     iter_documents,
     resolve_inputs,
 )
+from .tasks import run_tasks
 
 BENGALI_BLOCK = ("\u0980", "\u09ff")
 EXAMPLE_CHARS = 300                   # an example in the report is cut to this many characters
@@ -296,84 +292,28 @@ class JsonlShardReader(BaseDiskReader):
 
 
 class JsonlShardWriter(DiskWriter):
-    """Write JSONL shards with the standard `json` module (datatrove's JsonlWriter needs `orjson`)."""
+    """Write JSONL shards with the standard `json` module (datatrove's JsonlWriter needs `orjson`):
+    datatrove's whole record, or with `text_only` the document's text alone (the output)."""
     name = "JSONL shards"
 
+    def __init__(self, folder: Path, text_only: bool = False):
+        super().__init__(str(folder), output_filename="${rank}.jsonl", compression=None, mode="wt")
+        self.text_only = text_only
+
     def _write(self, document: dict, file_handler, _filename: str) -> None:
-        file_handler.write(json.dumps(document, ensure_ascii=False) + "\n")
+        record = {"text": document["text"]} if self.text_only else document
+        file_handler.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def _reader(folder: Path) -> JsonlShardReader:
     return JsonlShardReader(str(folder), glob_pattern="*.jsonl", add_file_path=False)
 
 
-def _writer(folder: Path, adapter=None) -> JsonlShardWriter:
-    return JsonlShardWriter(str(folder), output_filename="${rank}.jsonl", compression=None, adapter=adapter, mode="wt")
-
-
-def text_only(self, document: Document) -> dict:
-    """The JSONL record of a kept document: its text alone."""
-    return {"text": document.text}
-
-
-# ---- running datatrove quietly -------------------------------------------------------------
-def _task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1, level: str = "WARNING"):
-    logger.remove()
-    logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-    logger.add(sys.stderr, level=level if local_rank == 0 else "ERROR")
-    logger.add(logfile, level="DEBUG")
-    return logfile
-
-
-def _close_task_logger(logfile, level: str = "WARNING") -> None:
-    logger.complete()
-    logger.remove()
-    logger.add(sys.stderr, level=level)
-    logfile.close()
-
-
-class QuietExecutor(LocalPipelineExecutor):
-    """datatrove's local executor, its console output held to `level` (its full log stays in
-    the logging folder) and its progress bars off unless `level` is INFO or lower."""
-
-    def __init__(self, *args, level: str = "WARNING", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.level = level
-
-    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-        import datatrove.executor.base as base
-        import datatrove.pipeline.dedup.exact_dedup as exact
-        import datatrove.pipeline.dedup.minhash as minhash
-        from tqdm import tqdm
-
-        saved = base.add_task_logger, base.close_task_logger, exact.tqdm, minhash.tqdm
-        base.add_task_logger = partial(_task_logger, level=self.level)
-        base.close_task_logger = partial(_close_task_logger, level=self.level)
-        exact.tqdm = minhash.tqdm = partial(tqdm, disable=logger.level(self.level).no > logger.level("INFO").no)
-        try:
-            return super()._run_for_rank(rank, local_rank, node_rank)
-        finally:
-            base.add_task_logger, base.close_task_logger, exact.tqdm, minhash.tqdm = saved
-
-
-@contextmanager
-def _console_level(level: str) -> Iterator[None]:
-    """datatrove's messages on the console at `level` and above while the block runs."""
-    from datatrove.utils.logging import setup_default_logger
-
-    logger.remove()
-    logger.add(sys.stderr, level=level)
-    try:
-        yield
-    finally:
-        setup_default_logger()
-
-
-def run_stages(stages: list[Stage], logs: Path, workers: int, level: str) -> None:
+def run_stages(stages: list[Stage], logs: Path, workers: int, console: str | None) -> None:
+    """Each stage in turn; datatrove's messages reach the terminal from level `console` (None: never)."""
     for i, stage in enumerate(stages):
-        QuietExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
-                      logging_dir=str(logs / f"{i:02d}-{stage.name.replace(' ', '-')}"),
-                      skip_completed=False, level=level).run()
+        run_tasks(stage.pipeline, stage.tasks, logs / f"{i:02d}-{stage.name.replace(' ', '-')}",
+                  range(stage.tasks), min(workers, stage.tasks), "clean", console)
 
 
 # ---- the command ---------------------------------------------------------------------------
@@ -420,7 +360,7 @@ def clean(
     examples: Annotated[int, Opt("removed documents shown per step in the report")] = 5,
     keep_removed: Annotated[bool, Opt("also write every removed document, with its step's reason, to "
                                       "removed/STEP.jsonl")] = False,
-    verbose: Annotated[bool, Opt("show datatrove's progress messages")] = False,
+    verbose: Annotated[bool, Opt("show datatrove's messages and progress bars")] = False,
 ) -> CleanResult:
     """Clean `inputs` (files, folders, globs, tables or hf:NAME; see `sources`) into `out_dir`:
     JSONL shards of the kept documents plus report.json / report.md. Raises UserError, before
@@ -438,8 +378,7 @@ def clean(
         work = stage / ".work"
         documents, shards, n_bytes = _write_shards(iter_documents(sources, text_column, doc_split),
                                                    work / "normalized", shard_docs)
-        with _console_level("INFO" if verbose else "WARNING"):
-            run_stages(_stages(options, work, stage, shards), work / "logs", workers, "INFO" if verbose else "WARNING")
+        run_stages(_stages(options, work, stage, shards), work / "logs", workers, "INFO" if verbose else None)
         steps = _count_steps(work / "removed", documents, options, examples)
         kept = sum(1 for path in stage.glob("*.jsonl") for _ in open(path, encoding="utf-8"))
         assert kept == (steps[-1].kept if steps else documents), (kept, steps)
@@ -452,12 +391,12 @@ def clean(
 
 
 def _stages(options: CleanOptions, work: Path, out: Path, shards: int) -> list[Stage]:
-    removed = lambda step: _writer(work / "removed" / step)  # noqa: E731
+    removed = lambda step: JsonlShardWriter(work / "removed" / step)  # noqa: E731
     dedup = options.exact_dedup or options.near_dedup
     filtered = work / "filtered" if dedup else out
     first = Stage("filters", [_reader(work / "normalized"), *document_filters(options, removed),
-                              _writer(filtered, None if dedup else text_only)], shards)
-    output = lambda folder: _writer(folder or out, None if folder else text_only)  # noqa: E731
+                              JsonlShardWriter(filtered, text_only=not dedup)], shards)
+    output = lambda folder: JsonlShardWriter(folder or out, text_only=folder is None)  # noqa: E731
     return [first, *dedup_stages(options, filtered, work, output, removed, shards)] if dedup else [first]
 
 

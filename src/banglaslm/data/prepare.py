@@ -11,11 +11,7 @@ several machines sharing it can each run one task (`task_rank`); task 0 writes m
 
 from __future__ import annotations
 
-import json
-import multiprocessing
-import multiprocessing.connection
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +41,6 @@ from .prepare_steps import (
     Spool,
     bottom_sample,
     read_spooled,
-    run_task,
     spool_path,
     summary_path,
     val_threshold,
@@ -58,6 +53,7 @@ from .sources import (
     is_cleaned_folder,
     resolve_inputs,
 )
+from .tasks import run_tasks
 from .tokenizer_choice import TOKENIZER_HELP, load_tokenizer
 
 MAX_UNKNOWN_SHARE = 0.01  # more unknown tokens than this in a split stop prepare (see _check_coverage)
@@ -259,11 +255,7 @@ class _Job:
             np_dtype = read_json(self.work / "split.json")["dtype"]
             steps = [EncodeShards(self.work, self.plan["seed"], np_dtype, self.plan["shard_tokens"], self.progress)]
         logs = self.work / "logs" / phase
-        if self.workers == 1 or len(ranks) == 1:
-            for rank in ranks:
-                run_task(steps, self.tasks, logs, rank)
-        else:
-            _run_in_workers(steps, self.tasks, logs, ranks, self.workers)
+        run_tasks(steps, self.tasks, logs, ranks, self.workers, "prepare")
         self.wait_for(phase, [summary_path(self.work, phase, r) for r in range(self.tasks)])
 
     def wait_for(self, what: str, paths: list[Path]) -> None:
@@ -331,53 +323,6 @@ class _Job:
             "coverage": {split: c.to_dict() for split, c in coverage.items()}})
         swap_in(self.work, self.out)
         return meta
-
-
-def _run_in_workers(steps, tasks: int, logs: Path, ranks: list[int], workers: int) -> None:
-    """Tasks `ranks`, each in a fresh process, `workers` at a time. A task's UserError comes
-    back as itself; a worker that dies (killed, out of memory) stops prepare with the fix, where
-    a multiprocessing pool would wait for it forever."""
-    context = multiprocessing.get_context("spawn")  # not fork: the parent may hold threads
-    waiting, running = list(ranks), {}
-    try:
-        while waiting or running:
-            while waiting and len(running) < workers:
-                rank = waiting.pop(0)
-                error = Path(logs) / f"{rank:05d}.error"
-                error.unlink(missing_ok=True)
-                process = context.Process(target=_task_process, args=(steps, tasks, logs, rank, error), daemon=True)
-                process.start()
-                running[process.sentinel] = (process, rank, error)
-            for sentinel in multiprocessing.connection.wait(list(running)):
-                process, rank, error = running.pop(sentinel)
-                process.join()
-                _check_exit(process.exitcode, rank, error)
-    finally:
-        for process, _, _ in running.values():
-            process.terminate()
-            process.join()
-
-
-def _task_process(steps, tasks: int, logs: Path, rank: int, error: Path) -> None:
-    """A worker process's body: run the task; a UserError's message goes to `error`, exit 2."""
-    try:
-        run_task(steps, tasks, logs, rank)
-    except UserError as exc:
-        error.parent.mkdir(parents=True, exist_ok=True)
-        error.write_text(json.dumps([str(exc), exc.param]), encoding="utf-8")
-        sys.exit(2)
-
-
-def _check_exit(code: int, rank: int, error: Path) -> None:
-    if code == 0:
-        return
-    if code == 2 and error.exists():
-        message, param = json.loads(error.read_text(encoding="utf-8"))
-        raise UserError(message, param)
-    if code is not None and code < 0:
-        raise UserError(f"a prepare worker died (task {rank}, signal {-code}: killed, or out of memory); run the "
-                        "same command again to finish the tasks not yet done, with fewer --workers if memory is short")
-    raise RuntimeError(f"prepare's task {rank} failed (exit code {code}); its traceback is above")
 
 
 def _split_rule(reads: list[dict], val_fraction: float) -> SplitRule:

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from loguru import logger
 from tqdm import tqdm
 
 from ..fileio import atomic_write_json, read_json
@@ -34,23 +33,6 @@ from .sources import Source, iter_documents
 
 ENCODE_BATCH_CHARS = 1_000_000
 HASH_RANGE = 2**64
-
-
-def run_task(steps: list[PipelineStep], tasks: int, logs: Path, rank: int) -> None:
-    """Task `rank` of `tasks` in this process through datatrove's executor, which skips it when
-    its completion is recorded under `logs` and records it when done. Its task body is called
-    directly: `run()` would start a manager process per call, which outlives a killed worker
-    and holds its pipes. datatrove's logging is off meanwhile: its per-task logs would drown our
-    progress bars, and a task's error comes back as an exception."""
-    from datatrove.executor import LocalPipelineExecutor
-
-    executor = LocalPipelineExecutor(steps, tasks=tasks, workers=1, logging_dir=str(Path(logs) / f"{rank:05d}"),
-                                     local_tasks=1, local_rank_offset=rank)
-    logger.disable("datatrove")
-    try:
-        executor._run_for_rank(rank)
-    finally:
-        logger.enable("datatrove")
 
 
 def doc_hash(text: str, seed: int, purpose: str) -> int:

@@ -1,0 +1,136 @@
+"""Running datatrove tasks for `prepare` and `clean`: each task in a process of its own, watched
+by its sentinel, running datatrove's own task body (`_run_for_rank`), so completion marks and
+skipping stay datatrove's.
+
+Why not `LocalPipelineExecutor.run()`: it starts its pool through a manager process, and when
+the out-of-memory killer takes one worker, the manager keeps that worker's pipes open and the
+pool waits forever. Here a dead worker stops the command with a one-line error. datatrove's
+messages go to each task's log file, and to the terminal only at the level asked for; a task's
+exception never goes there, it comes back to the caller as itself.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import multiprocessing.connection
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+from loguru import logger
+
+from ..errors import UserError
+
+USER_ERROR_EXIT = 2
+
+
+def run_tasks(steps: list, tasks: int, logs: Path, ranks, workers: int, command: str,
+              console: str | None = None) -> None:
+    """Run tasks `ranks` of `tasks` of the pipeline `steps`, `workers` at a time: here, one after
+    the other, with one worker or one task; else each in a fresh process. A task's UserError comes
+    back as itself; a worker that dies (killed, out of memory) raises a UserError naming
+    `command`. `console`: the loguru level from which datatrove's messages also reach the
+    terminal (None: its log files only); its progress bars show at INFO and below."""
+    ranks = list(ranks)
+    if workers == 1 or len(ranks) == 1:
+        for rank in ranks:
+            run_task(steps, tasks, logs, rank, console)
+        return
+    context = multiprocessing.get_context("spawn")  # not fork: the parent may hold threads
+    waiting, running = list(ranks), {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                rank = waiting.pop(0)
+                error = Path(logs) / f"{rank:05d}.error"
+                error.unlink(missing_ok=True)
+                process = context.Process(target=_task_process, args=(steps, tasks, logs, rank, console, error),
+                                          daemon=True)
+                process.start()
+                running[process.sentinel] = (process, rank, error)
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                process, rank, error = running.pop(sentinel)
+                process.join()
+                _check_exit(process.exitcode, rank, error, command)
+    finally:
+        for process, _, _ in running.values():
+            process.terminate()
+            process.join()
+
+
+def run_task(steps: list, tasks: int, logs: Path, rank: int, console: str | None = None) -> None:
+    """Task `rank` of `tasks` in this process through datatrove's task body, which skips it when
+    its completion is recorded under `logs` and records it when done."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    executor = LocalPipelineExecutor(steps, tasks=tasks, workers=1, logging_dir=str(Path(logs) / f"{rank:05d}"),
+                                     local_tasks=1, local_rank_offset=rank)
+    with _datatrove_output(console):
+        executor._run_for_rank(rank)
+
+
+def _task_process(steps, tasks: int, logs: Path, rank: int, console: str | None, error: Path) -> None:
+    """A worker process's body: run the task; a UserError's message goes to `error`."""
+    try:
+        run_task(steps, tasks, logs, rank, console)
+    except UserError as exc:
+        error.parent.mkdir(parents=True, exist_ok=True)
+        error.write_text(json.dumps([str(exc), exc.param]), encoding="utf-8")
+        sys.exit(USER_ERROR_EXIT)
+
+
+def _check_exit(code: int, rank: int, error: Path, command: str) -> None:
+    if code == 0:
+        return
+    if code == USER_ERROR_EXIT and error.exists():
+        message, param = json.loads(error.read_text(encoding="utf-8"))
+        raise UserError(message, param)
+    if code is not None and code < 0:
+        raise UserError(f"a {command} worker died (task {rank}, signal {-code}: killed, or out of memory); run the "
+                        "same command again, with fewer --workers if memory is short")
+    raise RuntimeError(f"{command}'s task {rank} failed (exit code {code}); its traceback is above")
+
+
+def _no_exception(record) -> bool:
+    return record["exception"] is None
+
+
+def _console(level: str | None) -> None:
+    logger.remove()
+    if level is not None:
+        logger.add(sys.stderr, level=level, filter=_no_exception)
+
+
+@contextmanager
+def _datatrove_output(console: str | None) -> Iterator[None]:
+    """While the block runs: datatrove's task logger writes its file as usual, but the terminal
+    gets only `console`-level messages; its deduplication progress bars show at INFO and below."""
+    import datatrove.executor.base as base
+    import datatrove.pipeline.dedup.exact_dedup as exact
+    import datatrove.pipeline.dedup.minhash as minhash
+    from datatrove.utils.logging import setup_default_logger
+    from tqdm import tqdm
+
+    def add_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
+        logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
+        logger.add(logfile, level="DEBUG")
+        return logfile
+
+    def close_task_logger(logfile) -> None:
+        logger.complete()
+        _console(console)
+        logfile.close()
+
+    saved = base.add_task_logger, base.close_task_logger, exact.tqdm, minhash.tqdm
+    quiet_bars = console is None or logger.level(console).no > logger.level("INFO").no
+    base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
+    exact.tqdm = minhash.tqdm = partial(tqdm, disable=quiet_bars)
+    _console(console)
+    try:
+        yield
+    finally:
+        base.add_task_logger, base.close_task_logger, exact.tqdm, minhash.tqdm = saved
+        setup_default_logger()
