@@ -75,7 +75,7 @@ def training_tokens_per_s(loaded, steps: int) -> float:
 
     model, cfg = loaded.model.train(), loaded.config
     device = torch.device("cpu")
-    precision = resolve_precision(cfg.train.precision, device)
+    precision = resolve_precision(cfg.train.precision, device, cfg.model.n_embd)
     optimizer = make_optimizer(model, cfg.train)
     shape = (cfg.train.batch_size, cfg.model.block_size)
     g = torch.Generator().manual_seed(0)

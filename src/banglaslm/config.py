@@ -77,9 +77,19 @@ class TrainConfig:
     grad_accum_steps: int = option(1, "micro-batches accumulated per optimizer step")
     max_iters: int = option(5000, "optimizer steps; also the length of the LR schedule")
     learning_rate: float = option(6e-4, "peak learning rate")
-    min_lr_ratio: float = option(0.1, "cosine decay ends at learning_rate * min_lr_ratio")
+    min_lr_ratio: float = option(0.1, "the schedule's decay ends at learning_rate * min_lr_ratio")
     warmup_iters: int = option(200, "linear warm-up steps")
-    weight_decay: float = option(0.1, "AdamW decoupled weight decay on matrices")
+    lr_schedule: Literal["cosine", "wsd"] = option(
+        "cosine", "after warm-up: cosine decay to the floor, or wsd (warm-up, stable, decay): the peak held, "
+                  "then a linear decay to the floor over the last train.decay_fraction of the run")
+    decay_fraction: float = option(0.2, "wsd: the share of the run (steps, or time) spent decaying")
+    optimizer: Literal["adamw", "muon"] = option(
+        "adamw", "adamw on every weight, or muon: Muon on the blocks' matrices (torch.optim.Muon, its update "
+                 "scaled to AdamW's size, so learning_rate and weight_decay carry over) and AdamW on the "
+                 "embedding, head, gains and biases")
+    muon_lr_ratio: float = option(1.0, "muon: its learning rate as a multiple of train.learning_rate (the "
+                                       "schedule scales both)")
+    weight_decay: float = option(0.1, "decoupled weight decay on matrices")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 = off")
@@ -393,8 +403,8 @@ def validate(cfg: RunConfig) -> None:
             _check(key, value, math.isfinite(value), "a finite number")
     positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.rope_theta",
                 "model.norm_eps", "train.batch_size", "train.grad_accum_steps", "train.max_iters",
-                "train.learning_rate", "train.eval_interval", "train.eval_iters", "train.log_interval",
-                "train.max_skipped_updates"]
+                "train.learning_rate", "train.muon_lr_ratio", "train.eval_interval", "train.eval_iters",
+                "train.log_interval", "train.max_skipped_updates"]
     non_negative = ["model.vocab_size", "train.warmup_iters", "train.weight_decay", "train.grad_clip",
                     "train.checkpoint_interval", "train.threads", "train.grad_spike_factor", "train.time_limit_min",
                     "train.early_stop_patience"]
@@ -404,12 +414,16 @@ def validate(cfg: RunConfig) -> None:
     _check("train.seed", t.seed, 0 <= t.seed <= MAX_SEED, f"in [0, {MAX_SEED}]")
     _check("model.dropout", m.dropout, 0 <= m.dropout < 1, "in [0, 1)")
     _check("train.min_lr_ratio", t.min_lr_ratio, 0 <= t.min_lr_ratio <= 1, "in [0, 1]")
+    _check("train.decay_fraction", t.decay_fraction, 0 < t.decay_fraction <= 1, "in (0, 1]")
     for key, value in {"train.beta1": t.beta1, "train.beta2": t.beta2}.items():
         _check(key, value, 0 <= value < 1, "in [0, 1)")
     if m.n_embd % m.n_head:
         raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     if m.arch == "modern" and (m.n_embd // m.n_head) % 2:
         raise UserError("modern arch needs an even head size (n_embd / n_head) for RoPE")
+    if t.optimizer == "muon" and t.parallel == "fsdp":
+        raise UserError("train.optimizer=muon orthogonalizes whole matrices, which FSDP splits across "
+                        "processes; use train.parallel=ddp with it")
     if t.warmup_iters > t.max_iters:
         raise UserError(f"train.warmup_iters ({t.warmup_iters}) exceeds train.max_iters ({t.max_iters})")
     if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):

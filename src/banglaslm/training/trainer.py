@@ -45,6 +45,7 @@ from .optim import (
     lr_at,
     make_optimizer,
     resolve_precision,
+    set_lr,
 )
 from .trackers import check_logger, make_tracker
 from .warm_start import WarmStart
@@ -113,7 +114,7 @@ class Trainer:
         self.checkpoint = self._find_checkpoint(resume)
         self.config = _with_vocab(config, self.data.vocab_size)
         self.device = resolve_device(device_spec)
-        self.precision = resolve_precision(tc.precision, self.device)
+        self.precision = resolve_precision(tc.precision, self.device, self.config.model.n_embd)
         self.parallel.check(self.precision)
         # Forward passes per micro-batch: more than 1 only with train.micro_batch=auto, when memory is short.
         self.passes = plan_passes(self.config, self.device, self.dist.world_size if tc.parallel == "fsdp" else 1)
@@ -325,8 +326,7 @@ class Trainer:
         """Forward/backward over the micro-batches, then update unless the guard says skip.
         Returns (mean loss tensor, global gradient norm)."""
         tc = self.config.train
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(it, tc, self.clock.used)
+        set_lr(self.optimizer, lr_at(it, tc, self.clock.used))
         accum = tc.grad_accum_steps
         batches = [prefetch.get(it, micro, (it, micro + 1) if micro + 1 < accum else (it + 1, 0))
                    for micro in range(accum)]
