@@ -4,6 +4,7 @@ Hugging Face transformers GPT-2 of the same shape beside each.
     python benchmarks/train_throughput.py [--presets tiny course-58m] [--iters 20] [--vocab 2048] [--rounds 3]
     python benchmarks/train_throughput.py --presets cpu-ref tiny small --vocab 8000 --peer
     python benchmarks/train_throughput.py --presets small --vocab 8000 --set model.arch=gpt --profile
+    python benchmarks/train_throughput.py --presets cpu-ref tiny --vocab 2048 --peer --set train.compile=true --compile-peer
 
 Runs real optimizer steps (forward, backward, clip, AdamW) on random tokens through the same
 `Trainer._step` the CLI uses. With --peer, `transformers.GPT2LMHeadModel` of the same layers,
@@ -92,8 +93,9 @@ def print_profile(preset: str, prof) -> None:
                                         for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]))
 
 
-def gpt2_peer(cfg, vocab: int, precision: str):
-    """A step function training transformers' GPT-2 of `cfg`'s shape like our trainer does."""
+def gpt2_peer(cfg, vocab: int, precision: str, compile: bool = False):
+    """A step function training transformers' GPT-2 of `cfg`'s shape like our trainer does;
+    `compile`: its forward through torch.compile, as `train.compile=true` does ours."""
     import torch.nn.functional as F
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -104,6 +106,7 @@ def gpt2_peer(cfg, vocab: int, precision: str):
         vocab_size=vocab, n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
         resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, tie_word_embeddings=m.arch == "modern",
         bos_token_id=vocab - 1, eos_token_id=vocab - 1, attn_implementation="sdpa")).train()
+    forward = torch.compile(model) if compile else model
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}],
@@ -114,7 +117,7 @@ def gpt2_peer(cfg, vocab: int, precision: str):
         x = torch.randint(0, vocab, (t.batch_size, m.block_size), generator=g)
         y = torch.randint(0, vocab, (t.batch_size, m.block_size), generator=g)
         with autocast_context(torch.device("cpu"), precision):
-            logits = model(input_ids=x).logits
+            logits = forward(input_ids=x).logits
             loss = F.cross_entropy(logits.float().view(-1, vocab), y.view(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -134,7 +137,7 @@ def timed(step, iters: int) -> float:
 
 
 def measure(preset: str, vocab: int, iters: int, overrides: dict, profile: bool = False, peer: bool = False,
-            rounds: int = 1) -> dict:
+            rounds: int = 1, compile_peer: bool = False) -> dict:
     cfg = build_config(preset, overrides=overrides)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -146,7 +149,7 @@ def measure(preset: str, vocab: int, iters: int, overrides: dict, profile: bool 
         counter = iter(range(10**9))
         try:
             ours = lambda: trainer._step(next(counter), prefetch)[0]  # noqa: E731
-            steps = {"ours": ours} | ({"peer": gpt2_peer(cfg, vocab, trainer.precision)} if peer else {})
+            steps = {"ours": ours} | ({"peer": gpt2_peer(cfg, vocab, trainer.precision, compile_peer)} if peer else {})
             for step in steps.values():  # warm-up: allocator, oneDNN kernel selection
                 timed(step, 3)
             best = dict.fromkeys(steps, float("inf"))
@@ -176,6 +179,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also print where the time goes")
     ap.add_argument("--peer", action="store_true", help="also train transformers' GPT-2 of the same shape")
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds; the best of each is kept")
+    ap.add_argument("--compile-peer", action="store_true", help="torch.compile the GPT-2 peer too")
     args = ap.parse_args()
     overrides = dict(s.split("=", 1) for s in args.set)
     peak = matmul_peak_gflops()
@@ -185,7 +189,7 @@ def main() -> None:
           f"{'peak RSS':>9}{peer_head}")
     for preset in args.presets:
         vocab = args.vocab or (2048 if preset == "tiny" else 32100)
-        r = measure(preset, vocab, args.iters, overrides, args.profile, args.peer, args.rounds)
+        r = measure(preset, vocab, args.iters, overrides, args.profile, args.peer, args.rounds, args.compile_peer)
         mfu = r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e9)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         peer = (f" {r['peer_tokens_per_s']:>14,.0f} {r['tokens_per_s'] / r['peer_tokens_per_s']:>11.2f}x"

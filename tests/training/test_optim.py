@@ -82,11 +82,13 @@ def test_muon_and_adamw_state_survives_a_checkpoint_bit_for_bit(tmp_path):
     assert len(muon_state) == sum(len(g["params"]) for g in opt2.parts[0].param_groups)  # momentum restored
 
 
-def test_an_adamw_checkpoint_is_refused_by_muon():
+def test_an_adamw_state_is_refused_by_muon_with_nothing_loaded():
     model, adamw = _model_and_optimizer(optimizer="adamw")
+    _steps(model, adamw, [torch.randint(0, 40, (4, 9))])
     _, muon = _model_and_optimizer()
-    with pytest.raises(UserError, match="train.optimizer"):
+    with pytest.raises(UserError, match="not this Muon"):
         muon.load_state_dict(adamw.state_dict())
+    assert all(not part.state for part in muon.parts)
 
 
 def test_a_muon_run_learns_and_checkpoints_every_moment(data_dir, tmp_path):

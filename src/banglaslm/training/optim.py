@@ -70,13 +70,13 @@ def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only: not on norms, biases, or a tied embedding. With
     `cfg.optimizer == "muon"`, the blocks' matrices go to Muon instead (see `MuonAdamW`)."""
     tied = model.lm_head.weight is model.tok_emb.weight
-    muon = cfg.optimizer == "muon"
+    use_muon = cfg.optimizer == "muon"
     in_blocks = {id(p) for p in model.blocks.parameters()}
     orthogonal, decay, no_decay = [], [], []
     for p in model.parameters():
         if not p.requires_grad:  # frozen (e.g. under LoRA adapters)
             continue
-        if muon and p.dim() == 2 and id(p) in in_blocks:
+        if use_muon and p.dim() == 2 and id(p) in in_blocks:
             orthogonal.append(p)
         elif p.dim() >= 2 and not (tied and p is model.tok_emb.weight):
             decay.append(p)
@@ -128,18 +128,21 @@ class MuonAdamW:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, saved: dict) -> None:
+        """Load a state written by `state_dict`; UserError, with nothing loaded, for another optimizer's."""
+        groups = saved["param_groups"]
+        same = len(groups) == len(self.param_groups) and all(
+            set(g) == set(mine) and len(g["params"]) == len(mine["params"]) for g, mine in zip(groups, self.param_groups))
+        if not same:
+            raise UserError("the checkpoint's optimizer state is not this Muon + AdamW's; resume with the run's "
+                            "own train settings")
         offset, start = 0, 0
         for part in self.parts:
-            n_groups = len(part.param_groups)
-            groups = saved["param_groups"][start:start + n_groups]
-            if len(groups) != n_groups:
-                raise UserError("the checkpoint's optimizer state is not Muon + AdamW's; resume with the "
-                                "run's own train.optimizer")
-            count = sum(len(g["params"]) for g in groups)
+            own = groups[start:start + len(part.param_groups)]
+            count = sum(len(g["params"]) for g in own)
             part.load_state_dict({
                 "state": {int(i) - offset: v for i, v in saved["state"].items() if offset <= int(i) < offset + count},
-                "param_groups": [{**g, "params": [i - offset for i in g["params"]]} for g in groups]})
-            offset, start = offset + count, start + n_groups
+                "param_groups": [{**g, "params": [i - offset for i in g["params"]]} for g in own]})
+            offset, start = offset + count, start + len(own)
 
 
 class Clock:
