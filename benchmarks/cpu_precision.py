@@ -21,10 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_throughput import fake_data, timed  # noqa: E402
+from train_throughput import best_of_rounds, fake_data, our_step  # noqa: E402
 
 from banglaslm.config import build_config  # noqa: E402
-from banglaslm.data.loader import Prefetcher  # noqa: E402
 from banglaslm.training.optim import BF16_CPU_MIN_WIDTH, cpu_has_native_bf16  # noqa: E402
 from banglaslm.training.trainer import Trainer  # noqa: E402
 
@@ -39,19 +38,10 @@ def tokens_per_s(width: int, vocab: int, iters: int, rounds: int) -> dict[str, f
         for precision in ("fp32", "bf16"):
             cfg = build_config("tiny", overrides={"model.n_embd": width, "model.n_head": width // 32,
                                                   "train.precision": precision})
-            trainer = Trainer(cfg, data, Path(tmp) / precision, progress=False)
-            trainer.model.train()
-            prefetch = Prefetcher(trainer.train_batches, trainer.device)
+            steps[precision], prefetch = our_step(Trainer(cfg, data, Path(tmp) / precision, progress=False))
             prefetchers.append(prefetch)
-            counter = iter(range(10**9))
-            steps[precision] = lambda t=trainer, p=prefetch, c=counter: t._step(next(c), p)[0]
         try:
-            for step in steps.values():
-                timed(step, 3)  # warm-up: allocator, oneDNN kernel selection
-            best = dict.fromkeys(steps, float("inf"))
-            for _ in range(rounds):
-                for name, step in steps.items():
-                    best[name] = min(best[name], timed(step, iters))
+            best = best_of_rounds(steps, iters, rounds)
         finally:
             for prefetch in prefetchers:
                 prefetch.close()

@@ -136,6 +136,28 @@ def timed(step, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
+def best_of_rounds(steps: dict, iters: int, rounds: int) -> dict[str, float]:
+    """Seconds per call of each of `steps` (name → step function): three warm-up calls each
+    (allocator, oneDNN kernel selection), then `rounds` rounds alternating between them, the best
+    round of each kept, so that a slower moment of a shared machine hits them all alike."""
+    for step in steps.values():
+        timed(step, 3)
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(rounds):
+        for name, step in steps.items():
+            best[name] = min(best[name], timed(step, iters))
+    return best
+
+
+def our_step(trainer: Trainer) -> tuple:
+    """(a step function running the trainer's own `_step` on successive iterations, its prefetcher
+    to close)."""
+    trainer.model.train()
+    prefetch = Prefetcher(trainer.train_batches, trainer.device)
+    counter = iter(range(10**9))
+    return (lambda: trainer._step(next(counter), prefetch)[0]), prefetch
+
+
 def measure(preset: str, vocab: int, iters: int, overrides: dict, profile: bool = False, peer: bool = False,
             rounds: int = 1, compile_peer: bool = False) -> dict:
     cfg = build_config(preset, overrides=overrides)
@@ -144,18 +166,10 @@ def measure(preset: str, vocab: int, iters: int, overrides: dict, profile: bool 
         data.mkdir()
         fake_data(data, vocab)
         trainer = Trainer(cfg, data, Path(tmp) / "run", progress=False)
-        trainer.model.train()
-        prefetch = Prefetcher(trainer.train_batches, trainer.device)
-        counter = iter(range(10**9))
+        ours, prefetch = our_step(trainer)
         try:
-            ours = lambda: trainer._step(next(counter), prefetch)[0]  # noqa: E731
             steps = {"ours": ours} | ({"peer": gpt2_peer(cfg, vocab, trainer.precision, compile_peer)} if peer else {})
-            for step in steps.values():  # warm-up: allocator, oneDNN kernel selection
-                timed(step, 3)
-            best = dict.fromkeys(steps, float("inf"))
-            for _ in range(rounds):
-                for name, step in steps.items():
-                    best[name] = min(best[name], timed(step, iters))
+            best = best_of_rounds(steps, iters, rounds)
             if profile:
                 from torch.profiler import ProfilerActivity
                 with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
