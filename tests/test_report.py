@@ -169,3 +169,4 @@ def test_summary_and_plots_without_metrics(tmp_path):
     summary = training_summary(records, cfg, iterations=20)
     assert summary["median_tokens_per_s"] == 200.0  # the first step (warm-up) is left out
     assert summary["best_val_loss"] == 3.5 and summary["final_val_loss"] == 3.6
+    assert summary["evaluations"] == 2

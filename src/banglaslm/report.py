@@ -31,6 +31,7 @@ from .evaluation.tokenizer_study import (
 from .fileio import check_destination, read_json_or_fail, staged_folder
 from .generation.engine import generate
 from .runfolder import RunFolder, Which, load_model
+from .training.health import unjudged
 from .training.metrics import plot_loss, plot_series, pyplot, read_metrics, save_figure
 
 SAMPLE_PROMPTS = ("একদিন সকালে", "বাংলা ভাষা", "নদীর ধারে")
@@ -53,6 +54,7 @@ def training_summary(records: list[dict], config, iterations: int, world_size: i
         "final_train_loss": evals["train"][-1]["loss"] if evals["train"] else None,
         "final_val_loss": evals["val"][-1]["loss"] if evals["val"] else None,
         "final_eval_iter": evals["val"][-1]["iter"] if evals["val"] else None,
+        "evaluations": len(evals["val"]),
         "tokens_per_step": per_step,
         "tokens_seen": iterations * per_step,
         "median_tokens_per_s": statistics.median(rates) if rates else None,
@@ -219,17 +221,22 @@ def _training_section(info: dict) -> list[str]:
           f"| skipped updates | {tr['skipped_updates']} |",
           f"| peak learning rate | {info['train_config']['learning_rate']} |",
           f"| batch size x accumulation | {info['train_config']['batch_size']} x {info['train_config']['grad_accum_steps']} |",
-          "", *_warnings(tr.get("warnings", [])),
+          "", *_warnings(tr.get("warnings", []), tr.get("evaluations")),
           "![loss](loss.png)", "", "![learning rate](lr.png)", "", "![throughput](throughput.png)", ""]
 
 
-def _warnings(events: list[dict]) -> list[str]:
-    """The warning signs the trainer noticed (training/health.py), marked on the loss plot too."""
+def _warnings(events: list[dict], evaluations: int | None) -> list[str]:
+    """The warning signs the trainer noticed (training/health.py), marked on the loss plot too,
+    and the ones the run had too few evaluations to show."""
+    short = unjudged(evaluations) if evaluations is not None else {}
+    caveat = [f"With {evaluations} evaluations the run was too short to judge "
+              + ", ".join(f"{kind} (needs {n})" for kind, n in short.items())
+              + ": evaluate more often (train.eval_interval).", ""] if short else []
     if not events:
-        return ["No warning signs (overfitting, underfitting, instability, leakage) were noticed.", ""]
+        return ["No warning signs (overfitting, underfitting, instability, leakage) were noticed.", "", *caveat]
     return ["Warning signs noticed during training (dashed red lines on the loss plot):", "",
             *(f"- step {e['iter']}: **{e['event']}** since step {e['since']}: {_cell(e['evidence'])}; "
-              f"{_cell(e['advice'])}" for e in events), ""]
+              f"{_cell(e['advice'])}" for e in events), "", *caveat]
 
 
 def _data_section(info: dict) -> list[str]:

@@ -15,9 +15,9 @@ from banglaslm.training import health
 from banglaslm.training.trainer import train
 
 
-def curve(train_losses, val_losses, epochs_per_eval=0.25, clipped=None):
+def curve(train_losses, val_losses, epochs_per_eval=0.25, clipped=None, params_per_token=10.0):
     return [{"iter": 100 * i, "train": t, "val": v, "epochs": i * epochs_per_eval,
-             "clipped": (clipped or [0] * len(train_losses))[i]}
+             "clipped": (clipped or [0] * len(train_losses))[i], "params_per_token": params_per_token}
             for i, (t, v) in enumerate(zip(train_losses, val_losses))]
 
 
@@ -44,6 +44,56 @@ def test_overfitting_is_reported_once_and_names_the_best_step():
     assert health.overfitting(curve([7, 5, 4, 3.5, 3], [7, 5.2, 4.6, 4.7, 4.65])) is None
 
 
+# a real run: `tiny` for 200 steps on one 26,000-character book (BhondorBahadur, paragraphs split
+# train/val) evaluated at 0, 100 and 200; too short for a three-in-a-row trend, plainly overfit
+SHORT_OVERFIT = curve([7.6075, 3.2689, 0.5222], [7.6206, 5.5287, 6.3973])
+
+
+def test_one_large_rise_above_the_best_is_overfitting_without_a_trend():
+    assert kinds_over_time(SHORT_OVERFIT) == [(200, "overfitting")]
+    sign = health.overfitting(SHORT_OVERFIT)
+    assert sign.since == 100 and "rose 16% above its best (5.529 to 6.397)" in sign.evidence
+    # a rise within SURGE is noise, however it is reached
+    assert health.overfitting(curve([7, 4, 3], [7, 5.0, 5.2])) is None
+    # near-zero losses: 10% above the best but within NOISE nats
+    assert health.overfitting(curve([7, 0.09, 0.05], [7, 0.10, 0.11])) is None
+    # validation up with training up is not overfitting (the training loss did not fall)
+    assert health.overfitting(curve([7, 3.0, 3.5], [7, 5.0, 6.0])) is None
+
+
+def test_an_overfitting_episode_lasts_until_a_new_best_however_the_loss_wavers():
+    # a real fine-tune (benchmarks/finetune_learning.py, assistant task), every 50 steps from step 900:
+    # validation wavers about its best +5% threshold while training keeps falling
+    train = [0.197, 0.199, 0.183, 0.159, 0.168, 0.146, 0.131, 0.127, 0.109, 0.103, 0.095, 0.09, 0.077]
+    val = [0.212, 0.237, 0.237, 0.197, 0.216, 0.21, 0.21, 0.237, 0.216, 0.255, 0.223, 0.213, 0.256]
+    history = curve([7.7] + train, [7.7] + val)
+    # once when it starts (since the best at step 100), once more after the new best at step 400
+    assert kinds_over_time(history) == [(300, "overfitting"), (800, "overfitting")]
+    assert health.overfitting(history).since == 400
+
+
+# for each sign, a curve exactly as long as its rule needs, that shows it
+SHORTEST = {"overfitting": SHORT_OVERFIT,
+            "leakage": curve([7, 5, 4.5, 4.2], [7, 4.0, 3.5, 3.2]),
+            "underfitting": curve([7.0, 6.5, 6.48, 6.47, 6.47], [7.0, 6.52, 6.5, 6.49, 6.49]),
+            "unstable": curve([7.0, 7.9], [7.0, 8.0])}
+
+
+@pytest.mark.parametrize("kind", sorted(health.NEEDS))
+def test_each_rule_judges_from_as_few_evaluations_as_it_says(kind):
+    rule, history = getattr(health, kind), SHORTEST[kind]
+    assert len(history) == health.NEEDS[kind] and rule(history) is not None
+    assert kind in health.unjudged(len(history) - 1) and kind not in health.unjudged(len(history))
+
+
+def test_the_report_says_which_signs_a_short_run_could_not_show():
+    from banglaslm.report import _warnings
+    lines = "\n".join(_warnings([], 3))
+    assert "No warning signs" in lines
+    assert "too short to judge leakage (needs 4), underfitting (needs 5)" in lines
+    assert "too short" not in "\n".join(_warnings([], 5))
+
+
 def test_underfitting_both_flat_and_high():
     history = curve([7.0, 6.6, 6.5, 6.48, 6.47, 6.47], [7.0, 6.6, 6.52, 6.5, 6.49, 6.49])
     assert kinds_over_time(history) == [(500, "underfitting")]  # flat over the three evaluations to 500
@@ -66,6 +116,11 @@ def test_leakage_below_training_or_no_gap_after_passes():
     assert kinds_over_time(no_gap) == [(400, "leakage")]  # from 2 passes on, at three evaluations
     early = curve([7.0, 5.0, 4.0, 3.2, 2.6, 2.1], [7.0, 5.0, 4.0, 3.21, 2.6, 2.1], epochs_per_eval=0.2)
     assert kinds_over_time(early) == []  # within the first passes an honest split has no gap either
+    # a model with fewer parameters than training tokens cannot memorize its split: no gap is honest
+    # (the speed run's nanoGPT baseline, 0.8M parameters on 2.3M characters, after 2-4 passes)
+    small = curve([7.0, 1.956, 1.853, 1.823, 1.813], [7.0, 1.930, 1.838, 1.808, 1.801], epochs_per_eval=1.0,
+                  params_per_token=0.36)
+    assert kinds_over_time(small) == []
     solved = curve([7.0, 0.5, 0.01, 0.001, 0.0005], [7.0, 0.5, 0.009, 0.0009, 0.0004], epochs_per_eval=5)
     assert health.leakage(solved) is None  # near zero both splits are solved; nothing to compare
 

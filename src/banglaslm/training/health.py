@@ -3,8 +3,9 @@
 Why here and not in the user's head: overfitting, underfitting, instability and data leakage
 each leave a plain mark on the two loss curves, and a run that says so when it happens saves
 a wasted night. Every sign is judged from `history` alone (one {"iter", "train", "val",
-"clipped", "epochs"} per evaluation; "train" is the loss on the same fixed training batches each
-time, "clipped" the guard's count of clipped updates, "epochs" the passes over the training split),
+"clipped", "epochs", "params_per_token"} per evaluation; "train" is the loss on the same fixed
+training batches each time, "clipped" the guard's count of clipped updates, "epochs" the passes
+over the training split, "params_per_token" the model's parameters over that split's tokens),
 so a resumed run judges exactly as an uninterrupted one. Thresholds and their reasons:
 docs/training.md, "Training health".
 """
@@ -18,12 +19,18 @@ WINDOW = 3             # evaluations in a row a trend must hold
 LEAK_MARGIN = 0.10     # validation this far (relative) below training counts as below ...
 NOISE = 0.02           # ... and any difference in loss must exceed this many nats (near-zero losses)
 EPOCHS = 2.0           # after this many passes an honest validation loss sits above the training loss ...
-GAP = 0.01             # ... by more than this (relative); a leaked one does not
+GAP = 0.01             # ... by more than this (relative); a leaked one does not ...
+CAPACITY = 1.0         # ... if the model has at least this many parameters per training token to memorize it with
 SOLVED = 0.1           # nats/token below which both splits are solved and not compared
 PLATEAU = 0.01         # relative improvement over WINDOW evaluations that counts as flat
 HIGH = 0.8             # a loss above this share of the first evaluation's learned little
 JUMP = 0.10            # relative rise of the fixed-batch training loss between two evaluations
 SPIKES = 3             # updates the guard clipped between two evaluations, with the loss not falling
+SURGE = 0.05           # validation this far (relative) above its best is overfitting without waiting for a trend
+
+
+# evaluations (the untrained model's first among them) each rule needs before it can judge
+NEEDS = {"overfitting": 3, "leakage": WINDOW + 1, "underfitting": WINDOW + 2, "unstable": 2}
 
 
 @dataclass(frozen=True)
@@ -42,18 +49,33 @@ class Sign:
 
 
 def overfitting(history: list[dict]) -> Sign | None:
-    """Validation loss rose at WINDOW evaluations in a row while training loss fell, the gap growing."""
-    if len(history) < WINDOW + 1:
+    """Training loss fell and the gap grew while validation loss rose: at WINDOW evaluations in a
+    row, or at once by more than SURGE (and NOISE) above its best, which a short run with few
+    evaluations shows long before it could show a trend. The episode lasts until validation
+    reaches a new best, so a loss that wavers about a threshold is not reported again and again."""
+    best = min(range(len(history)), key=lambda i: history[i]["val"]) if history else 0
+    for end in range(len(history), best + 1, -1):
+        if sign := _overfit_at(history[:end], history[best]):
+            return sign
+    return None
+
+
+def _overfit_at(history: list[dict], best: dict) -> Sign | None:
+    """The overfitting rule judged at the last evaluation of `history`, whose best is `best`."""
+    if len(history) < NEEDS["overfitting"]:
         return None
-    w = history[-(WINDOW + 1):]
-    if not (all(b["val"] > a["val"] for a, b in pairwise(w)) and w[-1]["train"] < w[0]["train"]
-            and w[-1]["val"] - w[-1]["train"] > w[0]["val"] - w[0]["train"]):
+    w, last = history[-(WINDOW + 1):], history[-1]
+    rising = len(w) == WINDOW + 1 and all(b["val"] > a["val"] for a, b in pairwise(w))
+    surged = last["val"] > max(best["val"] * (1 + SURGE), best["val"] + NOISE)
+    start = w[0] if rising else best
+    if not ((rising or surged) and last["train"] < start["train"]
+            and last["val"] - last["train"] > start["val"] - start["train"]):
         return None
-    best = min(history, key=lambda e: e["val"])
+    how = (f"rose at {WINDOW} evaluations in a row" if rising
+           else f"rose {last['val'] / best['val'] - 1:.0%} above its best")
     return Sign("overfitting", best["iter"],
-                f"validation loss rose at {WINDOW} evaluations in a row ({w[0]['val']:.3f} to {w[-1]['val']:.3f}) "
-                f"while training loss fell ({w[0]['train']:.3f} to {w[-1]['train']:.3f}); best.safetensors holds "
-                f"step {best['iter']}",
+                f"validation loss {how} ({start['val']:.3f} to {last['val']:.3f}) while training loss fell "
+                f"({start['train']:.3f} to {last['train']:.3f}); best.safetensors holds step {best['iter']}",
                 "more data, more dropout (model.dropout), a smaller model, or stop here "
                 "(train.early_stop_patience stops such a run)")
 
@@ -61,14 +83,17 @@ def overfitting(history: list[dict]) -> Sign | None:
 def leakage(history: list[dict]) -> Sign | None:
     """At WINDOW evaluations in a row (the untrained first one aside): validation loss below
     training loss by more than LEAK_MARGIN (and NOISE), or, after EPOCHS passes over the
-    training split, not above it by more than GAP: text the model has memorized as well as its
-    training text."""
-    w = history[1:][-WINDOW:]
-    if len(w) < WINDOW:
+    training split, not above it by more than GAP while the model has CAPACITY to memorize the
+    split: text the model has memorized as well as its training text. (A model with fewer
+    parameters than training tokens shows no gap on an honest split either: nanoGPT's 0.8M-parameter
+    char model on the 2.3M-character shared books ends 0.7% *below* it after 4 passes.)"""
+    if len(history) < NEEDS["leakage"]:
         return None
+    w = history[1:][-WINDOW:]
     if all(e["val"] < min(e["train"] * (1 - LEAK_MARGIN), e["train"] - NOISE) for e in w):
         how = "below training loss"
-    elif all(e.get("epochs", 0) >= EPOCHS and SOLVED < e["val"] <= e["train"] * (1 + GAP) for e in w):
+    elif all(e.get("epochs", 0) >= EPOCHS and e.get("params_per_token", CAPACITY) >= CAPACITY
+             and SOLVED < e["val"] <= e["train"] * (1 + GAP) for e in w):
         how = f"no higher than training loss after {w[0]['epochs']:.1f} passes over the training split"
     else:
         return None
@@ -83,7 +108,7 @@ def leakage(history: list[dict]) -> Sign | None:
 def underfitting(history: list[dict]) -> Sign | None:
     """Both losses flat (each improved by less than PLATEAU over WINDOW evaluations) while still
     above HIGH of the first evaluation's loss."""
-    if len(history) < WINDOW + 2:
+    if len(history) < NEEDS["underfitting"]:
         return None
     first, w = history[0], history[-(WINDOW + 1):]
     flat = all(w[-1][s] > w[0][s] * (1 - PLATEAU) for s in ("train", "val"))
@@ -99,7 +124,7 @@ def underfitting(history: list[dict]) -> Sign | None:
 def unstable(history: list[dict]) -> Sign | None:
     """Between the last two evaluations the fixed-batch training loss rose by more than JUMP (and
     NOISE), or it rose at all (by NOISE) while the update guard clipped SPIKES or more updates."""
-    if len(history) < 2:
+    if len(history) < NEEDS["unstable"]:
         return None
     a, b = history[-2], history[-1]
     clipped = b.get("clipped", 0) - a.get("clipped", 0)
@@ -115,6 +140,12 @@ def unstable(history: list[dict]) -> Sign | None:
 
 
 RULES = (overfitting, leakage, underfitting, unstable)
+
+
+def unjudged(evaluations: int) -> dict[str, int]:
+    """The signs a run with this many evaluations was too short to show, each with the number of
+    evaluations its rule needs."""
+    return {kind: n for kind, n in NEEDS.items() if evaluations < n}
 
 
 def signs(history: list[dict]) -> list[Sign]:

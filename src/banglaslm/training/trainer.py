@@ -161,6 +161,7 @@ class Trainer:
         tc = self.config.train
         torch.manual_seed(tc.seed)
         self.model = GPT(self.config.model)
+        self.params_per_token = self.model.num_params() / self.train_batches.tokens_per_epoch
         if self.warm_start is not None:
             self.warm_start.load_into(self.model)
         self.model.to(self.device)
@@ -271,7 +272,7 @@ class Trainer:
             self.state.best_val = min(self.state.best_val, result["val"])
             epochs = it * self._tokens_per_step() / self.train_batches.tokens_per_epoch
             self.state.history.append({"iter": it, **result, "clipped": self.guard.clipped_spikes,
-                                       "epochs": round(epochs, 4)})
+                                       "epochs": round(epochs, 4), "params_per_token": round(self.params_per_token, 4)})
             if session.log is not None:
                 for split in result:
                     session.log.append({"iter": it, "split": split, "loss": result[split],
