@@ -37,7 +37,7 @@ from ..model import GPT
 from ..runfolder import RunFolder, check_fits_checkpoint, resolve_device
 from . import distributed, health, parallel
 from .guard import UpdateGuard
-from .memory import plan_passes
+from .memory import parameter_count, plan_passes
 from .metrics import MetricsLog, plot_loss
 from .optim import (
     Clock,
@@ -126,6 +126,8 @@ class Trainer:
         self.train_batches, self.val_batches = self.data.samplers(
             config.model.block_size, tc.batch_size, tc.grad_accum_steps, tc.seed, self.dist.rank, self.dist.world_size)
         self._build_model()
+        # whether the model could memorize its training split (training/health.py, leakage)
+        self.params_per_token = parameter_count(self.config) / self.train_batches.tokens_per_epoch
         self.state = Progress()
         self.guard = UpdateGuard(tc, self.precision, self._on_disk)
         if self.checkpoint is not None:
@@ -161,7 +163,6 @@ class Trainer:
         tc = self.config.train
         torch.manual_seed(tc.seed)
         self.model = GPT(self.config.model)
-        self.params_per_token = self.model.num_params() / self.train_batches.tokens_per_epoch
         if self.warm_start is not None:
             self.warm_start.load_into(self.model)
         self.model.to(self.device)
