@@ -240,13 +240,13 @@ class SamplingParams:
 PRESETS: dict[str, dict[str, Any]] = {
     # The default CPU preset: a modern-arch model that trains on 2 CPU cores in minutes.
     # Its settings won the 10-minute speed run on the shared Bangla books (docs/speedrun-log.md;
-    # the wsd schedule beat cosine there in two pairs of runs);
+    # the wsd schedule beat cosine there in two pairs of runs, batch 8 beat 16 and 4);
     # dropout is off because on a CPU its masks cost a third of every step. The quick start,
     # which makes ~30 passes over the small embedded corpus, turns dropout back on.
     "tiny": {
         "model.arch": "modern", "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128,
         "model.block_size": 128, "model.dropout": 0.0,
-        "train.batch_size": 16, "train.max_iters": 1200, "train.learning_rate": 2e-3,
+        "train.batch_size": 8, "train.max_iters": 2400, "train.learning_rate": 2e-3,
         "train.warmup_iters": 50, "train.lr_schedule": "wsd", "train.eval_interval": 100, "train.eval_iters": 10,
         "train.checkpoint_interval": 50, "train.log_interval": 10,
     },
