@@ -101,11 +101,12 @@ def picked(args: argparse.Namespace, source, skip: tuple[str, ...] = ()) -> dict
 def _add_prepare(sub) -> None:
     from .data.clean import CleanOptions
     from .data.prepare import prepare
+    from .data.sources import INPUTS_HELP
 
     p = sub.add_parser("prepare", help="text → tokenizer → token shards (train/, val/) + meta.json",
                        description="Read documents, normalize them, train or load a tokenizer, and write token bins.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help=".txt/.md files, folders, globs, .jsonl/.csv/.parquet files, or hf:NAME[:CONFIG]")
+                   help=INPUTS_HELP)
     p.add_argument("--out", required=True, help="data folder to write")
     add_options(p, prepare)
     add_options(p, CleanOptions, note="with --clean: ")
@@ -113,6 +114,7 @@ def _add_prepare(sub) -> None:
 
 def _add_clean(sub) -> None:
     from .data.clean import CleanOptions, clean
+    from .data.sources import INPUTS_HELP
 
     p = sub.add_parser("clean", help="deduplicate and filter documents (JSONL shards + a report)",
                        description="Normalize documents, drop non-Bangla text, Gopher-rule junk, exact and MinHash "
@@ -120,7 +122,7 @@ def _add_clean(sub) -> None:
                                    "documents as JSONL shards, which `banglaslm prepare DIR` reads, with "
                                    "report.json / report.md.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help=".txt/.md files, folders, globs, .jsonl/.csv/.parquet files, or hf:NAME[:CONFIG]")
+                   help=INPUTS_HELP)
     p.add_argument("--out", required=True, help="folder to write")
     add_options(p, clean)
     add_options(p, CleanOptions)
@@ -156,7 +158,8 @@ def _add_finetune(sub) -> None:
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SOURCE", help="run folder or Hugging Face model folder to start from")
     p.add_argument("--data", nargs="+", default=None, metavar="INPUT",
-                   help=".jsonl/.csv/.parquet files, folders, globs or hf:NAME with rows of `messages`, "
+                   help=".jsonl/.json/.csv/.tsv/.parquet files (.gz/.bz2/.xz/.zst too), folders, globs or hf:NAME with "
+                        "rows of `messages`, "
                         "`instruction`/`input`/`output` or `prompt`/`completion` (default: the embedded Bangla "
                         "instruction set)")
     p.add_argument("--out", required=True, help="run folder to write")

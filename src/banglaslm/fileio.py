@@ -6,9 +6,13 @@ time: `exclusive` locks what a command writes, and clears what a killed writer l
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import glob
+import gzip
+import io
 import json
+import lzma
 import os
 import shutil
 import socket
@@ -18,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 from .errors import UserError
 
@@ -213,18 +217,112 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (code
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
-def text_encoding(path: str | Path) -> str:
-    """How a text file people made is encoded: by its byte-order mark (UTF-8, UTF-16 as Windows
-    Notepad saves "Unicode", UTF-32), else UTF-8. Every reader of text files uses this."""
-    with open(path, "rb") as fh:
-        head = fh.read(4)
+# Compressed inputs are read through the standard library (and `zstandard` for .zst), chosen by
+# the file name's last suffix: corpora are shipped as .jsonl.gz, .txt.xz, .jsonl.zst.
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+
+
+def compression(path: str | Path) -> str | None:
+    """The compression suffix `path` ends with (".gz", ".bz2", ".xz", ".zst"), or None."""
+    suffix = Path(path).suffix.lower()
+    return suffix if suffix in COMPRESSIONS else None
+
+
+def open_binary(path: str | Path) -> BinaryIO:
+    """A file's bytes, decompressed when its name says it is compressed. Reading a damaged
+    compressed file raises one of `DECOMPRESSION_ERRORS`."""
+    kind = compression(path)
+    if kind == ".gz":
+        return gzip.open(path, "rb")
+    if kind == ".bz2":
+        return bz2.open(path, "rb")
+    if kind == ".xz":
+        return lzma.open(path, "rb")
+    if kind == ".zst":
+        return io.BufferedReader(_ZstdFrames(path))
+    return open(path, "rb")
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a .zst file, frame after frame. zstandard's own readers return
+    a truncated file's bytes without a word (a cut download read as empty), so this one raises
+    EOFError when the file ends inside a frame, as gzip, bz2 and lzma do."""
+
+    def __init__(self, path: str | Path):
+        import zstandard  # a dependency; imported here so that other commands do not load it
+
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._file = open(path, "rb")
+        self._frame = self._new()
+        self._pending = b""
+        self._inside = False  # whether a frame has started and not ended
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = self._frame.unused_data or self._file.read(1 << 16)
+            if self._frame.eof:
+                self._frame, self._inside = self._new(), False
+            if not chunk:
+                if self._inside:
+                    raise EOFError("compressed file ended before the end of its last frame")
+                return 0
+            self._inside = True
+            self._pending = self._frame.decompress(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n], self._pending = self._pending[:n], self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+# What a truncated or corrupt compressed file raises while it is read (gzip's BadGzipFile is an
+# OSError; zstandard's ZstdError is a plain Exception, matched by name in `is_decompression_error`).
+DECOMPRESSION_ERRORS = (EOFError, OSError, lzma.LZMAError)
+
+
+def is_decompression_error(exc: BaseException) -> bool:
+    return isinstance(exc, DECOMPRESSION_ERRORS) or type(exc).__name__ == "ZstdError"
+
+
+def damaged(path: str | Path, exc: BaseException) -> UserError:
+    """The user error for a compressed file that fails to decompress."""
+    return UserError(f"{path} could not be decompressed ({exc}); the file is damaged or not what its name says")
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """A whole file's bytes, decompressed as `open_binary` does; UserError when that fails."""
+    try:
+        with open_binary(path) as fh:
+            return fh.read()
+    except Exception as exc:
+        if compression(path) and is_decompression_error(exc):
+            raise damaged(path, exc) from None
+        raise
+
+
+def bom_encoding(head: bytes) -> str:
+    """The encoding a text's first bytes announce by a byte-order mark (UTF-8, UTF-16 as Windows
+    Notepad saves "Unicode", UTF-32), else UTF-8."""
     return next((encoding for bom, encoding in _BOMS if head.startswith(bom)), "utf-8")
 
 
-def open_text(path: str | Path, newline: str | None = None):
-    """A text file opened for reading in its own encoding (`text_encoding`); with the default
-    `newline`, CRLF and lone CR line ends read as "\\n"."""
-    return open(path, encoding=text_encoding(path), newline=newline)
+def text_encoding(path: str | Path) -> str:
+    """How a text file people made is encoded (`bom_encoding` of its first bytes). Every reader
+    of text files uses this."""
+    with open_binary(path) as fh:
+        return bom_encoding(fh.read(4))
+
+
+def open_text(path: str | Path, newline: str | None = None) -> TextIO:
+    """A text file opened for reading in its own encoding (`text_encoding`), decompressed if
+    its name ends in .gz/.bz2/.xz/.zst; with the default `newline`, CRLF and lone CR line ends
+    read as "\\n"."""
+    return io.TextIOWrapper(open_binary(path), encoding=text_encoding(path), newline=newline)
 
 
 def read_text(path: str | Path) -> str:

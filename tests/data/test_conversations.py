@@ -210,3 +210,15 @@ def test_the_block_sampler_visits_every_row_once_per_epoch():
     # validation: every row exactly once, whatever eval_iters says
     val = BlockSampler(rows, targets, batch_size=3, seed=1, split="val")
     assert sorted(int(v) for x, _ in val.eval_batches(1) for v in x[:, 0] // 5) == list(range(10))
+
+
+def test_alpaca_json_and_compressed_jsonl(tmp_path):
+    # Alpaca's own file is one JSON list (alpaca_data.json); hub dumps come as .jsonl.gz.
+    import gzip
+
+    rows = [{"instruction": "প্রশ্ন", "input": "", "output": "উত্তর"}]
+    (tmp_path / "alpaca_data.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "chats.jsonl.gz").write_bytes(gzip.compress(write_jsonl(tmp_path / "c.jsonl", rows).read_bytes()))
+    expected = [[{"role": "user", "content": "প্রশ্ন"}, {"role": "assistant", "content": "উত্তর"}]]
+    for name in ("alpaca_data.json", "chats.jsonl.gz"):
+        assert read_conversations([str(tmp_path / name)]) == expected

@@ -71,3 +71,75 @@ def test_bad_tables(tmp_path):
         docs([tmp_path / "c.csv"])
     with pytest.raises(UserError, match="no file matches"):
         docs([str(tmp_path / "*.nothing")])
+
+
+# Corpora are shipped compressed; each compressed file must give exactly its plain file's documents.
+COMPRESSORS = {
+    ".gz": lambda data: __import__("gzip").compress(data),
+    ".bz2": lambda data: __import__("bz2").compress(data),
+    ".xz": lambda data: __import__("lzma").compress(data),
+    ".zst": lambda data: __import__("zstandard").ZstdCompressor().compress(data),
+}
+PLAIN = {
+    "book.txt": "প্রথম অনুচ্ছেদ।\r\n\r\nদ্বিতীয় অনুচ্ছেদ।\r\n".encode("utf-16"),  # Notepad's "Unicode", CRLF
+    "rows.jsonl": "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ("এক", "দুই")).encode(),
+    "rows.json": json.dumps([{"text": "তিন"}, {"text": "চার"}], ensure_ascii=False).encode(),
+    "news.csv": '\ufeffDate,text\n1,"শেয়ারবাজারে\nসূচক"\n2,টাকা\n'.encode(),  # Excel's BOM
+    "news.tsv": "id\ttext\n1\tপাঁচ\n2\tছয়\n".encode(),
+}
+
+
+@pytest.mark.parametrize("suffix", list(COMPRESSORS))
+@pytest.mark.parametrize("name", list(PLAIN))
+def test_compressed_inputs_read_as_their_plain_file(tmp_path, name, suffix):
+    plain = tmp_path / name
+    plain.write_bytes(PLAIN[name])
+    packed = tmp_path / "packed" / (name + suffix)
+    packed.parent.mkdir()
+    packed.write_bytes(COMPRESSORS[suffix](PLAIN[name]))
+    expected = docs([plain], doc_split="paragraph")
+    assert len(expected) == 2 and all(expected)
+    assert docs([packed], doc_split="paragraph") == expected
+    assert docs([packed.parent], doc_split="paragraph") == expected  # a folder finds it too
+
+
+@pytest.mark.parametrize("suffix", list(COMPRESSORS))
+def test_a_damaged_compressed_file_is_named(tmp_path, suffix):
+    data = "".join(json.dumps({"text": "লেখা" * 50 + str(i)}, ensure_ascii=False) + "\n" for i in range(200)).encode()
+    packed = COMPRESSORS[suffix](data)
+    (tmp_path / f"cut.jsonl{suffix}").write_bytes(packed[: len(packed) // 2])
+    (tmp_path / f"plain.txt{suffix}").write_bytes(data)  # not compressed at all
+    for name in (f"cut.jsonl{suffix}", f"plain.txt{suffix}"):
+        with pytest.raises(UserError, match=f"{name} could not be decompressed"):
+            docs([tmp_path / name])
+
+
+def test_json_files_in_the_shapes_datasets_reads(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps([{"text": "ক"}, {"text": "খ"}]), encoding="utf-8")
+    (tmp_path / "one.json").write_text(json.dumps({"text": "গ", "id": 3}), encoding="utf-8")
+    (tmp_path / "lines.json").write_text('{"text": "ঘ"}\n{"text": "ঙ"}\n', encoding="utf-8")
+    assert docs([tmp_path / "list.json", tmp_path / "one.json", tmp_path / "lines.json"]) == ["ক", "খ", "গ", "ঘ", "ঙ"]
+    (tmp_path / "strings.json").write_text(json.dumps(["ক", "খ"]), encoding="utf-8")
+    with pytest.raises(UserError, match=r"strings.json item 1 is not a JSON object"):
+        docs([tmp_path / "strings.json"])
+    (tmp_path / "broken.json").write_text('[{"text": "ক"},', encoding="utf-8")
+    with pytest.raises(UserError, match=r"broken.json is not valid JSON"):
+        docs([tmp_path / "broken.json"])
+
+
+@pytest.mark.parametrize("name, advice", [
+    ("paper.pdf", "pdftotext"), ("letter.docx", "plain text"), ("page.html", "markup"), ("sheet.xlsx", "CSV"),
+    ("corpus.zip", "unpack"), ("dump.xml.gz", "extract the text"),
+])
+def test_files_that_are_not_text_are_refused_with_what_to_do(tmp_path, name, advice):
+    (tmp_path / name).write_bytes(b"PK\x03\x04 not text")
+    with pytest.raises(UserError, match=advice):
+        docs([tmp_path / name])
+    (tmp_path / "keep.txt").write_text("থাকবে", encoding="utf-8")
+    assert docs([tmp_path]) == ["থাকবে"]  # in a folder, only the formats it reads are taken
+
+
+def test_a_compressed_parquet_file_is_refused(tmp_path):
+    (tmp_path / "t.parquet.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(UserError, match="compressed inside; pass the .parquet file itself"):
+        docs([tmp_path / "t.parquet.gz"])

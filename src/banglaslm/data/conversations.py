@@ -84,8 +84,9 @@ def _checked(messages: Any, where: str) -> Conversation:
 
 
 def read_conversations(inputs: list[str]) -> list[Conversation]:
-    """Every conversation of the inputs (.jsonl/.csv/.parquet files, folders, globs, hf:NAME), in
-    order; UserError for the first bad row or an input that holds none."""
+    """Every conversation of the inputs (.jsonl/.json/.csv/.tsv/.parquet files, compressed or
+    not, folders, globs, hf:NAME), in order; UserError for the first bad row or an input that
+    holds none."""
     conversations: list[Conversation] = []
     for source in resolve_inputs(inputs):
         before = len(conversations)

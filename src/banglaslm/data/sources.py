@@ -1,9 +1,12 @@
 """Read raw documents from the inputs `prepare` accepts.
 
-An input is a `.txt`/`.md` file, a folder (searched recursively), a glob, a `.jsonl`, `.csv`
-or `.parquet` file, or `hf:NAME[:CONFIG]`, a dataset loaded through the `datasets` library
-(NAME may also be a local folder of data files). Everything is read lazily, one document at a
-time, so a corpus larger than memory streams through.
+An input is a `.txt`/`.md` file, a folder (searched recursively), a glob, a `.jsonl`, `.json`,
+`.csv`, `.tsv` or `.parquet` file, or `hf:NAME[:CONFIG]`, a dataset loaded through the
+`datasets` library (NAME may also be a local folder of data files). Text and table files may
+be compressed (`.gz`, `.bz2`, `.xz`, `.zst`: `news.jsonl.gz`). Everything but a `.json` file (one
+JSON value, read whole) is read lazily, one document at a time, so a corpus larger than memory
+streams through. Formats that are not text (PDF, Word, spreadsheets, archives, HTML) are
+refused with the conversion to make, rather than trained on as bytes or markup.
 
 What a "document" is: one record of a table (JSONL line, CSV row, parquet row, dataset row),
 and for plain text files, by `doc_split`: the whole file ("file"), each blank-line-separated
@@ -21,11 +24,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, bad_param
-from ..fileio import open_text, text_encoding
+from ..fileio import (
+    bom_encoding,
+    compression,
+    damaged,
+    is_decompression_error,
+    open_text,
+    read_bytes,
+)
 from ..text import split_paragraphs, unify_line_breaks
 
 TEXT_SUFFIXES = {".txt", ".md"}
-TABLE_SUFFIXES = {".jsonl", ".csv", ".parquet"}
+TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet"}
+INPUTS_HELP = (".txt/.md files, folders, globs, .jsonl/.json/.csv/.tsv/.parquet files (text and tables may be "
+               ".gz/.bz2/.xz/.zst), or hf:NAME[:CONFIG]")
+# Files that hold text but not as text: what to do with each instead.
+NOT_TEXT = {
+    ".pdf": "extract its text first (e.g. pdftotext FILE.pdf FILE.txt)",
+    ".docx": "save it as plain text (.txt, UTF-8) first", ".doc": "save it as plain text (.txt, UTF-8) first",
+    ".odt": "save it as plain text (.txt, UTF-8) first", ".rtf": "save it as plain text (.txt, UTF-8) first",
+    ".epub": "convert it to plain text first (e.g. pandoc FILE.epub -t plain -o FILE.txt)",
+    ".html": "strip the markup first (keep the text as .txt)", ".htm": "strip the markup first (keep the text as .txt)",
+    ".xml": "extract the text first (keep it as .txt or .jsonl)",
+    ".xlsx": "save the sheet as CSV (UTF-8) first", ".xls": "save the sheet as CSV (UTF-8) first",
+    ".ods": "save the sheet as CSV (UTF-8) first",
+    ".zip": "unpack it first and pass the folder", ".tar": "unpack it first and pass the folder",
+    ".tgz": "unpack it first and pass the folder", ".7z": "unpack it first and pass the folder",
+    ".rar": "unpack it first and pass the folder",
+}
 DOC_SPLITS = ("file", "paragraph", "line")
 DEFAULT_TEXT_COLUMN = "text"
 CLEANED_FORMAT = "banglaslm-clean/1"  # report.json's "format" in a folder `clean` wrote
@@ -42,7 +68,7 @@ class Source:
 def resolve_inputs(inputs: list[str]) -> list[Source]:
     """Expand folders and globs, check every input exists; fail before any work is done."""
     if not inputs:
-        raise UserError("no input given: pass text files, folders, globs, .jsonl/.csv/.parquet files or hf:NAME")
+        raise UserError(f"no input given: pass {INPUTS_HELP}")
     sources: list[Source] = []
     for item in inputs:
         if item.startswith("hf:"):
@@ -52,11 +78,12 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
             continue
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES | TABLE_SUFFIXES)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and _format(p) in TEXT_SUFFIXES | TABLE_SUFFIXES)
             if is_cleaned_folder(path):  # `banglaslm clean`'s output: its shards, not its report or removed/
                 files = sorted(path.glob("*.jsonl"))
             if not files:
-                raise UserError(f"folder {item} holds no .txt/.md/.jsonl/.csv/.parquet files")
+                raise UserError(f"folder {item} holds no .txt/.md/.jsonl/.json/.csv/.tsv/.parquet files (plain or "
+                                ".gz/.bz2/.xz/.zst)")
             sources.extend(_file_source(p) for p in files)
         elif path.is_file():
             sources.append(_file_source(path))
@@ -90,8 +117,18 @@ def check_apart(sources: list[Source], out: Path, what: str) -> None:
                             "somewhere else")
 
 
+def _format(path: Path) -> str:
+    """The suffix that says what a file holds, under any compression suffix: news.jsonl.gz -> .jsonl."""
+    return Path(path.stem).suffix.lower() if compression(path) else path.suffix.lower()
+
+
 def _file_source(path: Path) -> Source:
-    suffix = path.suffix.lower()
+    """A file input by its name; one whose content is not text is refused with what to do."""
+    suffix = _format(path)
+    if suffix in NOT_TEXT:
+        raise UserError(f"{path} is a {suffix[1:].upper()} file, not text: {NOT_TEXT[suffix]}")
+    if suffix == ".parquet" and compression(path):
+        raise UserError(f"{path}: parquet files are compressed inside; pass the .parquet file itself")
     kind = suffix.lstrip(".") if suffix in TABLE_SUFFIXES else "text"
     return Source(kind, str(path))
 
@@ -101,19 +138,33 @@ def iter_documents(sources: list[Source], text_column: str | None = None,
     """Yield the raw (not yet normalized) text of every document, in input order."""
     if doc_split not in DOC_SPLITS:
         raise bad_param("doc_split", f"'{doc_split}' is unknown; choose one of {', '.join(DOC_SPLITS)}")
-    readers = {"text": lambda s: read_text_file(s, doc_split), "jsonl": lambda s: _read_jsonl(s, text_column),
-               "csv": lambda s: _read_csv(s, text_column), "parquet": lambda s: _read_parquet(s, text_column),
-               "hf": lambda s: _read_hf(s, text_column)}
+    readers = {"text": lambda s: read_text_file(s, doc_split),
+               "jsonl": lambda s: _read_records(_jsonl_rows(s), text_column),
+               "json": lambda s: _read_records(_json_rows(s), text_column),
+               "csv": lambda s: _read_csv(s, text_column), "tsv": lambda s: _read_csv(s, text_column, "\t"),
+               "parquet": lambda s: _read_parquet(s, text_column), "hf": lambda s: _read_hf(s, text_column)}
     for source in sources:
-        yield from readers[source.kind](source.location)
+        yield from _decompressed(source, readers[source.kind](source.location))
+
+
+def _decompressed(source: Source, items: Iterator) -> Iterator:
+    """`items`, with a damaged compressed file reported as a user error."""
+    try:
+        yield from items
+    except UserError:
+        raise
+    except Exception as exc:
+        if source.kind == "hf" or not compression(source.location) or not is_decompression_error(exc):
+            raise
+        raise damaged(source.location, exc) from None
 
 
 def read_text_file(path: str, doc_split: str) -> Iterator[str]:
     """The documents of a text file: the whole file, its lines, or its paragraphs (split at lines
     that are blank or only look blank). UTF-8 with or without a byte-order mark, UTF-16/32 with
     one; any line-end convention."""
-    encoding = text_encoding(path)
-    data = Path(path).read_bytes()
+    data = read_bytes(path)
+    encoding = bom_encoding(data[:4])
     if encoding == "utf-8" and b"\x00" in data[:65536]:
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
     try:
@@ -151,16 +202,17 @@ def _as_text(value: object, where: str) -> str:
 def iter_rows(sources: list[Source]) -> Iterator[tuple[str, dict]]:
     """Yield (where, record) for every record of the table inputs (`where` names the file and
     line, or row, for error messages); a plain text file is refused."""
-    readers = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows, "hf": _hf_rows}
+    readers = {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows,
+               "tsv": lambda path: _csv_rows(path, delimiter="\t"), "parquet": _parquet_rows, "hf": _hf_rows}
     for source in sources:
         if source.kind not in readers:
-            raise UserError(f"{source.location} is a text file; records come as .jsonl, .csv or .parquet rows "
-                            "or hf:NAME")
-        yield from readers[source.kind](source.location)
+            raise UserError(f"{source.location} is a text file; records come as .jsonl, .json, .csv, .tsv or "
+                            ".parquet rows or hf:NAME")
+        yield from _decompressed(source, readers[source.kind](source.location))
 
 
-def _read_jsonl(path: str, text_column: str | None) -> Iterator[str]:
-    for where, record in _jsonl_rows(path):
+def _read_records(rows: Iterator[tuple[str, dict]], text_column: str | None) -> Iterator[str]:
+    for where, record in rows:
         yield _as_text(record[_column(list(record), text_column, where)], where)
 
 
@@ -181,18 +233,44 @@ def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
             raise UserError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
 
 
-def _read_csv(path: str, text_column: str | None) -> Iterator[str]:
+def _json_rows(path: str) -> Iterator[tuple[str, dict]]:
+    """The records of a .json file: a list of objects, one object, or (as `datasets` also
+    reads a .json file) one object per line."""
+    try:
+        with open_text(path) as fh:
+            text = fh.read()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # JSON Lines under a .json name
+            yield from _jsonl_rows(path)
+            return
+        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); a .json input holds a list "
+                        "of objects or one object per line") from None
+    records = data if isinstance(data, list) else [data]
+    for i, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise UserError(f"{path} item {i} is not a JSON object; a .json input must look like "
+                            "[{\"text\": ...}, ...]")
+        yield f"{path} item {i}", record
+
+
+def _read_csv(path: str, text_column: str | None, delimiter: str = ",") -> Iterator[str]:
     columns: list[str] = []
-    for where, row in _csv_rows(path, on_header=lambda names: columns.append(_column(names, text_column, path))):
+    on_header = lambda names: columns.append(_column(names, text_column, path))
+    for where, row in _csv_rows(path, on_header, delimiter):
         yield _as_text(row.get(columns[0]), where)
 
 
-def _csv_rows(path: str, on_header=None) -> Iterator[tuple[str, dict]]:
-    """The rows of a CSV file; `on_header` sees the column names first (even with no rows)."""
+def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple[str, dict]]:
+    """The rows of a CSV (or, with a tab `delimiter`, TSV) file; `on_header` sees the column
+    names first (even with no rows)."""
     csv.field_size_limit(sys.maxsize)  # news articles easily exceed the 128 KiB default
     with open_text(path, newline="") as fh:
         try:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, delimiter=delimiter)
             if on_header is not None:
                 on_header(list(reader.fieldnames or []))
             for row in reader:
