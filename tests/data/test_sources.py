@@ -131,12 +131,14 @@ def test_json_files_in_the_shapes_datasets_reads(tmp_path):
     ("paper.pdf", "pdftotext"), ("letter.docx", "plain text"), ("page.html", "markup"), ("sheet.xlsx", "CSV"),
     ("corpus.zip", "unpack"), ("dump.xml.gz", "extract the text"),
 ])
-def test_files_that_are_not_text_are_refused_with_what_to_do(tmp_path, name, advice):
+def test_files_that_are_not_text_are_refused_with_what_to_do(tmp_path, capsys, name, advice):
     (tmp_path / name).write_bytes(b"PK\x03\x04 not text")
     with pytest.raises(UserError, match=advice):
         docs([tmp_path / name])
     (tmp_path / "keep.txt").write_text("থাকবে", encoding="utf-8")
-    assert docs([tmp_path]) == ["থাকবে"]  # in a folder, only the formats it reads are taken
+    assert docs([tmp_path]) == ["থাকবে"]  # in a folder, only the formats it reads are taken, and it says so
+    suffix = name.removesuffix(".gz").rsplit(".", 1)[1]
+    assert f"not read (1 .{suffix})" in capsys.readouterr().err
 
 
 def test_a_compressed_parquet_file_is_refused(tmp_path):

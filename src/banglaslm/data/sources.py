@@ -19,6 +19,7 @@ import csv
 import glob
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
             files = sorted(p for p in path.rglob("*") if p.is_file() and _format(p) in TEXT_SUFFIXES | TABLE_SUFFIXES)
             if is_cleaned_folder(path):  # `banglaslm clean`'s output: its shards, not its report or removed/
                 files = sorted(path.glob("*.jsonl"))
+            _say_unread(path)
             if not files:
                 raise UserError(f"folder {item} holds no .txt/.md/.jsonl/.json/.csv/.tsv/.parquet files (plain or "
                                 ".gz/.bz2/.xz/.zst)")
@@ -95,6 +97,16 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
         else:
             raise UserError(f"input not found: {item}")
     return sources
+
+
+def _say_unread(folder: Path) -> None:
+    """One line on stderr naming the documents in `folder` that are skipped for not being text
+    (a .docx among .txt files would otherwise vanish from the corpus unnoticed)."""
+    unread = Counter(_format(p) for p in folder.rglob("*") if p.is_file() and _format(p) in NOT_TEXT)
+    if unread:
+        kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(unread.items()))
+        print(f"note: {folder} has files that are not text, not read ({kinds}); convert them to .txt to include "
+              "them", file=sys.stderr)
 
 
 def is_cleaned_folder(folder: Path) -> bool:
