@@ -68,3 +68,17 @@ def test_empty_and_missing_files(trained_run, tmp_path):
         evaluate_file(loaded, tmp_path / "none.txt")
     with pytest.raises(UserError, match="stride"):
         evaluate_text(loaded, "ক খ", stride=10_000)
+
+
+def test_compressed_and_non_text_files(trained_run, tmp_path):
+    import gzip
+
+    loaded = load_model(trained_run)
+    text = "নদীর ধারে একটি ছোট গ্রাম ছিল।\n"
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "t.txt.gz").write_bytes(gzip.compress(text.encode()))
+    plain, packed = evaluate_file(loaded, tmp_path / "t.txt"), evaluate_file(loaded, tmp_path / "t.txt.gz")
+    assert (packed.tokens, packed.chars, packed.loss) == (plain.tokens, plain.chars, plain.loss)
+    (tmp_path / "held_out.pdf").write_bytes(b"%PDF-1.7\n")
+    with pytest.raises(UserError, match="PDF file, not text: extract its text first"):
+        evaluate_file(loaded, tmp_path / "held_out.pdf")
