@@ -170,3 +170,17 @@ def test_summary_and_plots_without_metrics(tmp_path):
     assert summary["median_tokens_per_s"] == 200.0  # the first step (warm-up) is left out
     assert summary["best_val_loss"] == 3.5 and summary["final_val_loss"] == 3.6
     assert summary["evaluations"] == 2
+
+
+def test_an_imported_run_has_no_best_validation_loss(trained_run, tmp_path):
+    # An imported run was never evaluated: its checkpoint's "best" is the largest float (JSON has
+    # no inf), which the card once printed as a 309-digit loss.
+    from banglaslm.interop.hf_export import export_hf
+    from banglaslm.interop.hf_import import import_hf
+
+    export_hf(trained_run, tmp_path / "hf")
+    run = import_hf(tmp_path / "hf", tmp_path / "imported")
+    out = write_report(run, [], out_dir=tmp_path / "report", **FAST)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "| best val loss | n/a |" in card
+    assert json.loads((out / "report.json").read_text(encoding="utf-8"))["training"]["best_val_loss"] is None

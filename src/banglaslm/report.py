@@ -13,6 +13,7 @@ import json
 import math
 import re
 import statistics
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -162,7 +163,8 @@ def _report_info(run: RunFolder, loaded, raw_texts, records, prompts, seeds) -> 
     latest = run.checkpoint("latest")
     state = load_checkpoint(latest, weights_only=True).state if latest.is_file() else {}
     summary = training_summary(records, cfg, int(state.get("iter", loaded.iteration)), int(state.get("world_size", 1)))
-    if summary["best_val_loss"] is None and "best_val" in state:
+    # A run with no evaluation yet stores inf as its best, an imported one the largest float (JSON has no inf).
+    if summary["best_val_loss"] is None and float(state.get("best_val", math.inf)) < sys.float_info.max:
         summary["best_val_loss"] = float(state["best_val"])
     evals = [evaluate_text(loaded, raw, name=name) for name, raw in raw_texts]
     samples = []
