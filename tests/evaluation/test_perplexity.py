@@ -82,3 +82,6 @@ def test_compressed_and_non_text_files(trained_run, tmp_path):
     (tmp_path / "held_out.pdf").write_bytes(b"%PDF-1.7\n")
     with pytest.raises(UserError, match="PDF file, not text: extract its text first"):
         evaluate_file(loaded, tmp_path / "held_out.pdf")
+    (tmp_path / "docs.jsonl.gz").write_bytes(gzip.compress(b'{"text": "x"}\n'))  # once scored with its braces
+    with pytest.raises(UserError, match="JSONL table, not plain text"):
+        evaluate_file(loaded, tmp_path / "docs.jsonl.gz")

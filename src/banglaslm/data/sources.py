@@ -175,7 +175,9 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
     """The documents of a text file: the whole file, its lines, or its paragraphs (split at lines
     that are blank or only look blank). UTF-8 with or without a byte-order mark, UTF-16/32 with
     one, compressed or not; any line-end convention. A PDF, Word file, ... is refused (`NOT_TEXT`)."""
-    _file_source(Path(path))
+    if _file_source(Path(path)).kind != "text":  # a table read as prose would score its markup
+        raise UserError(f"{path} is a {_format(Path(path))[1:].upper()} table, not plain text; write the text of "
+                        "its documents to a .txt file first")
     data = read_bytes(path)
     encoding = bom_encoding(data[:4])
     if encoding == "utf-8" and b"\x00" in data[:65536]:
