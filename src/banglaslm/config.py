@@ -277,6 +277,11 @@ FINETUNE_TRAIN: dict[str, Any] = {
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "finetune": FinetuneConfig}
 
 
+# Abbreviations users type for config keys, and the key each one means.
+KEY_ABBREVIATIONS = {"lr": "learning_rate", "wd": "weight_decay", "bs": "batch_size", "iters": "max_iters",
+                     "steps": "max_iters", "ctx": "block_size", "context": "block_size"}
+
+
 def _flatten(data: dict[str, Any], where: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section, values in data.items():
@@ -305,9 +310,14 @@ def resolve_key(key: str) -> str:
         short = [k for k in short if not k.startswith("finetune.")]
     if len(short) == 1:
         return short[0]
-    hint = difflib.get_close_matches(key, list(fields) + [k.split(".", 1)[1] for k in fields], 1)
+    section, _, name = key.rpartition(".")
+    if name in KEY_ABBREVIATIONS:  # difflib would offer train.logger for train.lr
+        hint = [f"{section}.{KEY_ABBREVIATIONS[name]}" if section else KEY_ABBREVIATIONS[name]]
+    else:
+        hint = difflib.get_close_matches(key, list(fields) + [k.split(".", 1)[1] for k in fields], 1)
     suggestion = f" (did you mean {hint[0]}?)" if hint else ""
-    raise UserError(f"unknown config key '{key}'{suggestion}; `banglaslm train --help` lists them")
+    command = "finetune" if key.startswith("finetune.") else "train"
+    raise UserError(f"unknown config key '{key}'{suggestion}; `banglaslm {command} --help` lists them")
 
 
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}

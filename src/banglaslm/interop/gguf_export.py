@@ -135,7 +135,7 @@ def gguf_vocab(tokenizer: Tokenizer, n_vocab: int) -> dict[str, Any]:
         what = "a character tokenizer" if tokenizer.kind == "char" else f"a foreign tokenizer ({tokenizer.kind})"
         raise UserError(f"cannot export {what} to GGUF: only banglaslm's byte-level BPE maps onto "
                         "llama.cpp's tokenizers; prepare the data with `--tokenizer bpe` and retrain, "
-                        "or use `banglaslm export` (Hugging Face) instead")
+                        "or export to Hugging Face instead (`banglaslm export RUN --format hf`)")
     spec = json.loads(tokenizer.hf.to_str())
     model = spec["model"]
     if spec.get("normalizer") or _split_pattern(spec.get("pre_tokenizer")) != SPLIT_PATTERN:
@@ -171,7 +171,7 @@ def check_gguf_exportable(cfg: ModelConfig, approximate_gelu: bool = False) -> N
     if cfg.arch == "gpt" and not approximate_gelu:
         raise UserError("cannot export a 'gpt' run to GGUF exactly: llama.cpp's GPT-2 uses tanh-approximated "
                         "GELU where the model uses exact GELU (logits differ by ~1e-3, near-ties can flip); "
-                        "allow the approximation explicitly, or export a 'modern' run")
+                        "allow the approximation with --approximate-gelu, or export a 'modern' run")
     if cfg.block_size <= 0 or cfg.n_layer <= 0:
         raise UserError(f"cannot export: block_size ({cfg.block_size}) and n_layer ({cfg.n_layer}) must be > 0")
     # dropout only acts in training; llama.cpp has none and needs none.
