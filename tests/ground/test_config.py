@@ -49,3 +49,12 @@ def test_unknown_preset_and_bad_files(tmp_path):
         build_config(file=tmp_path / "none.json")
     with pytest.raises(UserError, match="key=value"):
         parse_set_args(["n_layer"])
+
+
+@pytest.mark.parametrize("key, hint, command", [
+    ("train.lr", "train.learning_rate", "train"), ("train.batchsize", "train.batch_size", "train"),
+    ("finetune.epoch", "finetune.epochs", "finetune"), ("wd", "weight_decay", "train"),
+])
+def test_an_unknown_key_suggests_the_key_and_the_help_that_lists_it(key, hint, command):
+    with pytest.raises(UserError, match=rf"did you mean {hint}\?\); `banglaslm {command} --help` lists them"):
+        build_config("tiny", overrides={key: 1})
