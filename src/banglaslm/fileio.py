@@ -281,28 +281,28 @@ class _ZstdFrames(io.RawIOBase):
 
 
 # What a truncated or corrupt compressed file raises while it is read (gzip's BadGzipFile is an
-# OSError; zstandard's ZstdError is a plain Exception, matched by name in `is_decompression_error`).
+# OSError; zstandard's ZstdError is a plain Exception, matched by name in `decompressing`).
 DECOMPRESSION_ERRORS = (EOFError, OSError, lzma.LZMAError)
 
 
-def is_decompression_error(exc: BaseException) -> bool:
-    return isinstance(exc, DECOMPRESSION_ERRORS) or type(exc).__name__ == "ZstdError"
-
-
-def damaged(path: str | Path, exc: BaseException) -> UserError:
-    """The user error for a compressed file that fails to decompress."""
-    return UserError(f"{path} could not be decompressed ({exc}); the file is damaged or not what its name says")
+@contextmanager
+def decompressing(path: str | Path) -> Iterator[None]:
+    """Report a compressed `path` that fails to decompress, inside the block, as a UserError."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        if compression(path) and (isinstance(exc, DECOMPRESSION_ERRORS) or type(exc).__name__ == "ZstdError"):
+            raise UserError(f"{path} could not be decompressed ({exc}); the file is damaged or not what its "
+                            "name says") from None
+        raise
 
 
 def read_bytes(path: str | Path) -> bytes:
     """A whole file's bytes, decompressed as `open_binary` does; UserError when that fails."""
-    try:
-        with open_binary(path) as fh:
-            return fh.read()
-    except Exception as exc:
-        if compression(path) and is_decompression_error(exc):
-            raise damaged(path, exc) from None
-        raise
+    with decompressing(path), open_binary(path) as fh:
+        return fh.read()
 
 
 def bom_encoding(head: bytes) -> str:

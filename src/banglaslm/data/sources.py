@@ -28,8 +28,7 @@ from ..errors import UserError, bad_param
 from ..fileio import (
     bom_encoding,
     compression,
-    damaged,
-    is_decompression_error,
+    decompressing,
     open_text,
     read_bytes,
 )
@@ -79,10 +78,11 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
             continue
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and _format(p) in TEXT_SUFFIXES | TABLE_SUFFIXES)
+            found = [p for p in path.rglob("*") if p.is_file()]
+            files = sorted(p for p in found if _format(p) in TEXT_SUFFIXES | TABLE_SUFFIXES)
             if is_cleaned_folder(path):  # `banglaslm clean`'s output: its shards, not its report or removed/
                 files = sorted(path.glob("*.jsonl"))
-            _say_unread(path)
+            _say_unread(path, found)
             if not files:
                 raise UserError(f"folder {item} holds no .txt/.md/.jsonl/.json/.csv/.tsv/.parquet files (plain or "
                                 ".gz/.bz2/.xz/.zst)")
@@ -99,10 +99,10 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
     return sources
 
 
-def _say_unread(folder: Path) -> None:
+def _say_unread(folder: Path, found: list[Path]) -> None:
     """One line on stderr naming the documents in `folder` that are skipped for not being text
     (a .docx among .txt files would otherwise vanish from the corpus unnoticed)."""
-    unread = Counter(_format(p) for p in folder.rglob("*") if p.is_file() and _format(p) in NOT_TEXT)
+    unread = Counter(_format(p) for p in found if _format(p) in NOT_TEXT)
     if unread:
         kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(unread.items()))
         print(f"note: {folder} has files that are not text, not read ({kinds}); convert them to .txt to include "
@@ -161,14 +161,8 @@ def iter_documents(sources: list[Source], text_column: str | None = None,
 
 def _decompressed(source: Source, items: Iterator) -> Iterator:
     """`items`, with a damaged compressed file reported as a user error."""
-    try:
+    with decompressing(source.location):
         yield from items
-    except UserError:
-        raise
-    except Exception as exc:
-        if source.kind == "hf" or not compression(source.location) or not is_decompression_error(exc):
-            raise
-        raise damaged(source.location, exc) from None
 
 
 def read_text_file(path: str, doc_split: str) -> Iterator[str]:
