@@ -146,7 +146,8 @@ def _add_train(sub) -> None:
     p.add_argument("--init-from", default=None, metavar="SOURCE",
                    help="start a new run from the weights, model and train settings of a run folder or a Hugging "
                         "Face Llama / GPT-2 folder (continued pretraining; --set changes the train settings)")
-    p.set_defaults(param_flags={"max_iters": "--max-iters", "resume": "--resume", "init_from": "--init-from"})
+    p.set_defaults(param_flags={"max_iters": "--max-iters", "resume": "--resume", "init_from": "--init-from",
+                                "run_dir": "--out"})
 
 
 def _add_finetune(sub) -> None:
@@ -168,7 +169,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--max-iters", type=int, default=None,
                    help="shortcut for --set train.max_iters=N (instead of finetune.epochs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.set_defaults(param_flags={"resume": "--resume"})
+    p.set_defaults(param_flags={"resume": "--resume", "run_dir": "--out"})
 
 
 def _add_eval(sub) -> None:
@@ -270,7 +271,10 @@ def cmd_prepare(args) -> None:
     from .data.prepare import prepare
 
     options = CleanOptions(**picked(args, CleanOptions))
-    print(prepare(args.inputs, args.out, clean_options=options, **picked(args, prepare)).summary())
+    result = prepare(args.inputs, args.out, clean_options=options, **picked(args, prepare))
+    print(result.summary())
+    for line in result.warnings():
+        print(f"warning: {_flagged(line, args)}", file=sys.stderr)
 
 
 def cmd_clean(args) -> None:
@@ -500,8 +504,13 @@ def _message(exc: UserError, args: argparse.Namespace) -> str:
     flags = getattr(args, "param_flags", None) or {}
     if exc.param in flags and text.startswith(exc.param):
         text = flags[exc.param] + text[len(exc.param):]
-    text = re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(1)), text)
-    return re.sub(r"\s*\n\s*", " ", text)
+    return re.sub(r"\s*\n\s*", " ", _flagged(text, args))
+
+
+def _flagged(text: str, args: argparse.Namespace) -> str:
+    """`text` with each parameter written `like_this` shown as this command's flag."""
+    flags = getattr(args, "param_flags", None) or {}
+    return re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(1)), text)
 
 
 _OS_ADVICE = {errno.ENOSPC: "free some space (files are written whole or not at all: what was there is intact)",

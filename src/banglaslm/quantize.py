@@ -32,9 +32,9 @@ def check_quantize(kind: str, device: torch.device) -> None:
     others on the CPU. (No CPU is refused: built without AVX2, the C step's portable loops
     still decode int8 faster than float32; docs/generation.md.)"""
     if kind not in QUANTIZE:
-        raise UserError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {kind!r}")
+        raise UserError(f"`quantize` must be one of {', '.join(QUANTIZE)}, got {kind!r}")
     if kind != "none" and device.type != "cpu":
-        raise UserError(f"--quantize {kind} is for decoding on the CPU; on a GPU use --quantize none")
+        raise UserError(f"`quantize` {kind} is for decoding on the CPU; on a GPU use `quantize` none")
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

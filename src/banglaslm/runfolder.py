@@ -56,7 +56,7 @@ class RunFolder:
         resumed) run folder; never a folder of someone else's files."""
         check_destination(self.path, "run folder", replaceable=lambda folder: self.is_run_folder())
         if resume and not self.is_run_folder():
-            raise UserError(f"nothing to resume: {self.path} is not a banglaslm run folder; start without --resume")
+            raise UserError(f"nothing to resume: {self.path} is not a banglaslm run folder; start without `resume`")
 
     def remove_leftovers(self) -> None:
         """Temporary files a killed writer left (`fileio.atomic_path`'s `.NAME.*.tmp`); call while

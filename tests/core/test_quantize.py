@@ -68,6 +68,6 @@ def test_quantize_model_replaces_every_matrix_and_keeps_a_tied_head_one_matrix(a
 def test_kinds_and_devices_are_checked_before_anything_loads():
     with pytest.raises(UserError, match="must be one of none, int8, bf16, got 'int4'"):
         check_quantize("int4", torch.device("cpu"))
-    with pytest.raises(UserError, match="on a GPU use --quantize none"):
+    with pytest.raises(UserError, match="on a GPU use `quantize` none"):
         check_quantize("int8", torch.device("cuda"))
     check_quantize("none", torch.device("cuda"))

@@ -108,3 +108,41 @@ def test_option_validation(tmp_path):
         prepare([str(tmp_path / "src")], tmp_path / "o", tokenizer="wordpiece", progress=False)
     with pytest.raises(UserError, match="vocab_size"):
         prepare([str(tmp_path / "src")], tmp_path / "o", vocab_size=100, progress=False)
+
+
+def test_a_split_out_of_proportion_is_warned_with_the_fix(tmp_path, small_books, capsys):
+    """A book and a one-line README split by file: whichever lands in validation, the split is
+    far from the asked 20% and `prepare` says so on stderr, naming --doc-split paragraph; split
+    by paragraph, the same text gives no warning."""
+    from banglaslm.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "book.txt").write_text("\n\n".join(b.read_text(encoding="utf-8") for b in small_books), encoding="utf-8")
+    (src / "README.md").write_text("এই ফোল্ডারে একটি বই আছে।\n", encoding="utf-8")
+    options = ["--vocab-size", "300", "--val-fraction", "0.2"]
+    assert main(["prepare", str(src), "--out", str(tmp_path / "by_file"), *options]) == 0
+    err = capsys.readouterr().err
+    meta = json.loads((tmp_path / "by_file" / "meta.json").read_text(encoding="utf-8"))
+    share = meta["splits"]["val"]["tokens"] / (meta["splits"]["val"]["tokens"] + meta["splits"]["train"]["tokens"])
+    assert f"warning: the validation split holds {meta['splits']['val']['tokens']:,} tokens ({share:.2%}" in err
+    assert "--val-fraction asked 20%" in err and "with --doc-split paragraph" in err
+    assert main(["prepare", str(src), "--out", str(tmp_path / "by_paragraph"), *options,
+                 "--doc-split", "paragraph"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_split_warnings_rules():
+    def meta(val, train, fraction=0.05, doc_split="paragraph"):
+        return {"splits": {"val": {"tokens": val}, "train": {"tokens": train}}, "val_fraction": fraction,
+                "doc_split": doc_split}
+
+    from banglaslm.data.prepare import val_split_warnings
+
+    assert val_split_warnings(meta(50_000, 950_000)) == []
+    assert "too little to score" in val_split_warnings(meta(2_000, 38_000))[0]  # in proportion, but short
+    assert val_split_warnings(meta(3_962, 76_172)) == []  # the quick start's embedded corpus
+    assert "too little" in val_split_warnings(meta(10_000, 10_000_000))[0]  # 0.1% where 5% was asked
+    assert "raise `val_fraction`" in val_split_warnings(meta(10_000, 10_000_000))[0]
+    assert "lower `val_fraction`" in val_split_warnings(meta(600_000, 400_000))[0]
+    assert "`doc_split` paragraph" in val_split_warnings(meta(600_000, 400_000, doc_split="file"))[0]

@@ -58,9 +58,15 @@ def test_training_writes_metrics_plot_checkpoints_and_learns(trained_run):
     assert (trained_run / "checkpoints" / "best.safetensors").is_file()
 
 
-def test_existing_run_needs_resume_and_tokenizer_must_match(trained_run, tmp_path, small_books):
-    with pytest.raises(UserError, match="already holds a run"):
+def test_existing_run_needs_resume_and_tokenizer_must_match(trained_run, tmp_path, small_books, capsys):
+    # The advice names the parameters of the interface in use: Python's here, the CLI's flags below.
+    with pytest.raises(UserError, match="already holds a run; add `resume` .* another `run_dir`") as caught:
         train(_data_of(trained_run), trained_run, build_config(overrides=TINY_SETTINGS), progress=False)
+    assert "--" not in str(caught.value)
+    from banglaslm.cli import main
+
+    assert main(["train", "--data", str(_data_of(trained_run)), "--out", str(trained_run)]) == 2
+    assert "already holds a run; add --resume to continue it or choose another --out" in capsys.readouterr().err
     from banglaslm.data.prepare import prepare
 
     other = tmp_path / "other"

@@ -30,10 +30,11 @@ class BatchSampler:
         tokens = TokenShards([tokens]) if isinstance(tokens, TokenFile) else tokens
         self.n_starts = tokens.starts(block_size + 1) if isinstance(tokens, TokenShards) else len(tokens) - block_size
         if self.n_starts < 1:
-            fraction = "larger" if split == "val" else "smaller"
+            prepare_with = "a larger --val-fraction or --doc-split paragraph" if split == "val" else \
+                "a smaller --val-fraction"
             raise UserError(
                 f"the {split} split has no stretch of one block of {block_size} + 1 tokens ({len(tokens):,} tokens in "
-                f"all); use more text, prepare it with a {fraction} --val-fraction, or set a smaller model.block_size")
+                f"all); use more text, prepare it with {prepare_with}, or set a smaller model.block_size")
         self.tokens, self.block_size, self.batch_size, self.seed = tokens, block_size, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self._offsets = np.arange(block_size + 1, dtype=np.int64)

@@ -57,6 +57,7 @@ from .tasks import run_tasks
 from .tokenizer_choice import TOKENIZER_HELP, load_tokenizer
 
 MAX_UNKNOWN_SHARE = 0.01  # more unknown tokens than this in a split stop prepare (see _check_coverage)
+MIN_VAL_TOKENS = 2_048  # below this a validation loss averages a handful of windows (8 of the small preset's 256)
 WAIT_SECONDS = 2.0  # how often a task of several machines looks whether the others are done
 
 
@@ -85,6 +86,28 @@ class PrepareResult:
                          f"{s['tokens']:,} tokens in {len(s['shards'])} shard(s), "
                          f"{s['chars'] / max(s['tokens'], 1):.2f} characters/token{covered}")
         return "\n".join(lines)
+
+    def warnings(self) -> list[str]:
+        """What a training run on this folder would trip over, with the fix (one line each)."""
+        return [] if self.meta is None else val_split_warnings(self.meta)
+
+
+def val_split_warnings(meta: dict) -> list[str]:
+    """A warning when a split is too short to use or far from the share `val_fraction` asked:
+    a few documents of very different lengths (a short README drawn into validation while a
+    whole book went to training, or the reverse)."""
+    val, train = meta["splits"]["val"]["tokens"], meta["splits"]["train"]["tokens"]
+    asked, share = meta["val_fraction"], val / max(val + train, 1)
+    if val < MIN_VAL_TOKENS or share < asked / 4:
+        problem, other_fix = "too little to score a model on", "raise `val_fraction` or add text"
+    elif share > 0.5:
+        problem, other_fix = "more text than the training split", "lower `val_fraction`"
+    else:
+        return []
+    fix = "split the text into more documents with `doc_split` paragraph" if meta.get("doc_split") == "file" \
+        else other_fix
+    return [f"the validation split holds {val:,} tokens ({share:.2%} of the text, `val_fraction` asked "
+            f"{asked:.0%}): {problem}; {fix}"]
 
 
 def prepare(
@@ -332,12 +355,12 @@ def _split_rule(reads: list[dict], val_fraction: float) -> SplitRule:
         raise UserError("the inputs hold no text (every document is empty after normalization)")
     if n_docs < 2:
         raise UserError("found only 1 document, but train/val are split by document; "
-                        "add files or split the text with --doc-split paragraph (or line)")
+                        "add files or split the text with `doc_split` paragraph (or line)")
     lowest = min(r["lowest"][0] for r in reads if r["lowest"])
     highest = max(r["highest"][0] for r in reads if r["highest"])
     if lowest == highest:
         raise UserError(f"all {n_docs:,} documents are the same text, but train/val need different documents; "
-                        "add other text or split it with --doc-split paragraph (or line)")
+                        "add other text or split it with `doc_split` paragraph (or line)")
     return SplitRule(val_threshold(val_fraction), lowest, highest)
 
 

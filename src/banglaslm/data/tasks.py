@@ -90,7 +90,7 @@ def _check_exit(code: int, rank: int, error: Path, command: str) -> None:
         raise UserError(message, param)
     if code is not None and code < 0:
         raise UserError(f"a {command} worker died (task {rank}, signal {-code}: killed, or out of memory); run the "
-                        "same command again, with fewer --workers if memory is short")
+                        "same command again, with fewer `workers` if memory is short")
     raise RuntimeError(f"{command}'s task {rank} failed (exit code {code}); its traceback is above")
 
 

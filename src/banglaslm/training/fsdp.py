@@ -162,7 +162,7 @@ def load(run: RunFolder, env: DistEnv) -> Checkpoint:
     pointer = read_pointer(run)
     if pointer is None or pointer.get("format") != POINTER_FORMAT:
         raise UserError(f"nothing to resume: no committed FSDP checkpoint ({_pointer_path(run)} is missing "
-                        "or not a pointer file); start without --resume")
+                        "or not a pointer file); start without `resume`")
     if pointer["world_size"] != env.world_size:
         raise UserError(f"{run.path} holds an FSDP checkpoint sharded over {pointer['world_size']} processes, "
                         f"but this resume has {env.world_size}; resume with torchrun "

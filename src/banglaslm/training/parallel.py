@@ -57,7 +57,7 @@ class Replicated:
     def load(self) -> Checkpoint:
         latest = self.run.checkpoint("latest")
         if not latest.is_file():
-            raise UserError(f"nothing to resume: {latest} does not exist; start without --resume")
+            raise UserError(f"nothing to resume: {latest} does not exist; start without `resume`")
         return load_checkpoint(latest)
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:

@@ -63,7 +63,7 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, iteration: int, checkpoint: Path):
         super().__init__(f"interrupted at iteration {iteration}; saved {checkpoint}; "
-                         "continue with the same command plus --resume")
+                         "continue with the same command plus --resume (resume=True in Python)")
         self.iteration = iteration
 
 
@@ -141,8 +141,8 @@ class Trainer:
         """The checkpoint to resume from (None for a new run), after checking it fits."""
         if not resume:
             if self.parallel.has_checkpoint():
-                raise UserError(f"{self.run.path} already holds a run; add --resume to continue it "
-                                "or choose another --out")
+                raise UserError(f"{self.run.path} already holds a run; add `resume` to continue it "
+                                "or choose another `run_dir`")
             return None
         ckpt = self.parallel.load()
         if ckpt.state["tokenizer_sha256"] != self.data.tokenizer_sha256:
@@ -150,7 +150,7 @@ class Trainer:
                             f"{self.run.path}; resume with the original data folder")
         recorded = (ckpt.state.get("data") or {}).get("splits")
         if recorded is not None and not same_splits(recorded, self.data.meta["splits"]):
-            raise UserError(f"{self.data.path} is not the data the run in {self.run.path} was trained on; --resume "
+            raise UserError(f"{self.data.path} is not the data the run in {self.run.path} was trained on; `resume` "
                             f"continues a run on its own data. {self._other_data_advice()}")
         return ckpt
 
@@ -198,7 +198,7 @@ class Trainer:
             return ("no checkpoint past iteration 0 is on disk: start again with a lower train.learning_rate "
                     "(or check the data and config)")
         return (f"the last checkpoint, {latest}, is from iteration {state['iter']}: continue from it with "
-                "--resume --set train.learning_rate=<lower>")
+                "`resume` and a lower train.learning_rate")
 
     def _say(self, message: str) -> None:
         if self.dist.is_main:
@@ -482,7 +482,7 @@ def train(data_dir: str | Path | list, run_dir: str | Path, config: RunConfig | 
     folder) starts a new run from that run's weights and model config (`warm_start`).
     """
     if resume and init_from is not None:
-        raise UserError("--resume continues this run; --init-from starts a new one from another run's weights: "
+        raise UserError("`resume` continues this run; `init_from` starts a new one from another run's weights: "
                         "give one of them")
     run = RunFolder(run_dir)
 
