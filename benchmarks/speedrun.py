@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.append(str(ROOT / "src"))  # after PYTHONPATH: a patched copy given there is the one that runs
 
 from banglaslm.config import build_config, parse_set_args  # noqa: E402
 from banglaslm.data.folder import DataFolder  # noqa: E402
@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--baseline-set", action="append", default=[], metavar="KEY=VALUE",
                     help="config overrides for the baseline (e.g. train.precision=fp32, as for ours)")
     args = ap.parse_args()
+    print(f"banglaslm from {Path(sys.modules['banglaslm'].__file__).parent}")
     if not LITERATURE.is_dir():
         sys.exit(f"the shared Bangla corpus is not at {LITERATURE}; this benchmark needs it")
     label = args.label or f"{args.preset}-{args.tokenizer}{args.vocab}" + "".join(f"-{s}" for s in args.set)

@@ -165,6 +165,7 @@ def test_gguf_export_through_the_cli(trained_run, trained_gpt_run, tmp_path):
     out = tmp_path / "m.gguf"
     r = cli("export", trained_run, "--format", "gguf", "--out", out, "--gguf-type", "q8_0")
     assert r.returncode == 0, r.stderr
+    assert "note: llama-cpp-python 0.3.36 crashed" in r.stderr and "n_batch=1" in r.stderr  # its known q8_0 fault
     reader = gguf.GGUFReader(str(out))
     assert reader.fields["general.architecture"].contents() == "llama"
     assert reader.fields["tokenizer.ggml.pre"].contents() == "qwen35"

@@ -53,6 +53,7 @@ def test_report_folder_has_card_plots_and_html(report):
         assert f"]({name})" in card  # relative links
     for section in ("## Model", "## Training", "## Data", "## Evaluation", "## Samples", "## Tokenizer"):
         assert section in card
+    assert "one document is a paragraph of a text file or a row of a table" in card  # the data's doc_split
     page = (report / "report.html").read_text(encoding="utf-8")
     assert '<img src="loss.png"' in page and "<table>" in page
     assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers

@@ -423,11 +423,13 @@ def cmd_quickstart(args) -> None:
 
 def cmd_export(args) -> None:
     if args.format == "gguf":
-        from .interop.gguf_export import GELU_NOTE, export_gguf
+        from .interop.gguf_export import GELU_NOTE, Q8_0_NOTE, export_gguf
 
         out = export_gguf(args.run_dir, args.out, **picked(args, export_gguf))
         if args.approximate_gelu:
             print(f"note: {GELU_NOTE}", file=sys.stderr)
+        if args.dtype == "q8_0":
+            print(f"note: {Q8_0_NOTE}", file=sys.stderr)
         print(f"exported {args.run_dir} ({args.which}) to {out} ({args.dtype}); prepend the end-of-document "
               f"token and normalize prompts with banglaslm.text.normalize first (see docs/interop.md)")
         return

@@ -90,6 +90,10 @@ class TrainConfig:
     muon_lr_ratio: float = option(1.0, "muon: its learning rate as a multiple of train.learning_rate (the "
                                        "schedule scales both)")
     weight_decay: float = option(0.1, "decoupled weight decay on matrices")
+    ema_decay: float = option(
+        0.0, "keep an exponential moving average of the weights with this decay per step (0.998 averages "
+             "about the last 500 steps) and make it the model: evaluations score it, checkpoints store it; "
+             "0 = off")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 = off")
@@ -426,6 +430,7 @@ def validate(cfg: RunConfig) -> None:
     _check("model.dropout", m.dropout, 0 <= m.dropout < 1, "in [0, 1)")
     _check("train.min_lr_ratio", t.min_lr_ratio, 0 <= t.min_lr_ratio <= 1, "in [0, 1]")
     _check("train.decay_fraction", t.decay_fraction, 0 < t.decay_fraction <= 1, "in (0, 1]")
+    _check("train.ema_decay", t.ema_decay, 0 <= t.ema_decay < 1, "in [0, 1) (0 = off)")
     for key, value in {"train.beta1": t.beta1, "train.beta2": t.beta2}.items():
         _check(key, value, 0 <= value < 1, "in [0, 1)")
     if m.n_embd % m.n_head:
@@ -435,6 +440,9 @@ def validate(cfg: RunConfig) -> None:
     if t.optimizer == "muon" and t.parallel == "fsdp":
         raise UserError("train.optimizer=muon orthogonalizes whole matrices, which FSDP splits across "
                         "processes; use train.parallel=ddp with it")
+    if t.ema_decay and (t.parallel == "fsdp" or cfg.finetune.lora_rank):
+        raise UserError("train.ema_decay averages whole weights in one process; it runs without FSDP and LoRA "
+                        "(use train.parallel=ddp, full fine-tuning, or leave it at 0)")
     if t.warmup_iters > t.max_iters:
         raise UserError(f"train.warmup_iters ({t.warmup_iters}) exceeds train.max_iters ({t.max_iters})")
     if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):

@@ -245,8 +245,9 @@ def _data_section(info: dict) -> list[str]:
     L = ["## Data", ""]
     data = info["data"]
     if data and isinstance(data.get("splits"), dict):
-        L += [f"Normalization `{data.get('normalization', '?')}`, documents split by "
-              f"`{data.get('doc_split', '?')}`, validation fraction {data.get('val_fraction', '?')}.", "",
+        unit = {"file": "whole file"}.get(data.get("doc_split"), data.get("doc_split", "?"))
+        L += [f"Normalization `{data.get('normalization', '?')}`; one document is a {unit} of a text file or "
+              f"a row of a table; validation fraction {data.get('val_fraction', '?')}.", "",
               "| split | documents | characters | tokens | characters/token |", "|---|---:|---:|---:|---:|"]
         for split, s in data["splits"].items():
             L.append(f"| {split} | {s.get('documents', 0):,} | {s.get('chars', 0):,} | {s.get('tokens', 0):,} | "

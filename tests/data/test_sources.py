@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from banglaslm.data.sources import iter_documents, resolve_inputs
+from banglaslm.data.sources import iter_documents, iter_rows, resolve_inputs
 from banglaslm.errors import UserError
 
 
@@ -67,8 +67,18 @@ def test_bad_tables(tmp_path):
     with pytest.raises(UserError, match=r"bad.jsonl:2 is not valid JSON"):
         docs([tmp_path / "bad.jsonl"])
     (tmp_path / "c.csv").write_text("a,b\n1,2\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"no column 'text' \(it has: a, b\)"):
+    with pytest.raises(UserError, match=r"no column 'text' \(it has: 'a', 'b'\); choose one with `text_column`"):
         docs([tmp_path / "c.csv"])
+    # A header written by a spreadsheet: a capitalized column and an unnamed index column.
+    (tmp_path / "sheet.csv").write_text(",Text\n0,ক\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"\(it has: an unnamed one, 'Text'\); did you mean 'Text'\?"):
+        docs([tmp_path / "sheet.csv"])
+    assert docs([tmp_path / "sheet.csv"], text_column="Text") == ["ক"]
+    # A row whose quoted text spans lines is named by its row number and where it ends.
+    (tmp_path / "q.csv").write_text('text\nএক\n"দুই\nতিন"\n7\n', encoding="utf-8")
+    rows = list(iter_rows(resolve_inputs([str(tmp_path / "q.csv")])))
+    assert [where.split("q.csv ")[1] for where, _ in rows] == [
+        "row 1 (ending on line 2)", "row 2 (ending on line 4)", "row 3 (ending on line 5)"]
     with pytest.raises(UserError, match="no file matches"):
         docs([str(tmp_path / "*.nothing")])
 

@@ -16,6 +16,7 @@ paragraph ("paragraph"), or each line ("line").
 from __future__ import annotations
 
 import csv
+import difflib
 import glob
 import json
 import sys
@@ -194,8 +195,13 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
 def _column(available: list[str], wanted: str | None, where: str) -> str:
     name = wanted or DEFAULT_TEXT_COLUMN
     if name not in available:
-        raise UserError(f"{where} has no column '{name}' (it has: {', '.join(map(str, available)) or 'none'}); "
-                        "choose one with `text_column`", param="text_column")
+        names = [str(n) for n in available]
+        same_but_case = [n for n in names if n.casefold() == name.casefold()]
+        hint = same_but_case or difflib.get_close_matches(name, names, n=1)
+        listed = ", ".join(f"'{n}'" if n else "an unnamed one" for n in names) or "none"
+        advice = f"did you mean '{hint[0]}'? choose" if hint else "choose one"
+        raise UserError(f"{where} has no column '{name}' (it has: {listed}); {advice} with `text_column`",
+                        param="text_column")
     return name
 
 
@@ -282,8 +288,8 @@ def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple
             reader = csv.DictReader(fh, delimiter=delimiter)
             if on_header is not None:
                 on_header(list(reader.fieldnames or []))
-            for row in reader:
-                yield f"{path}:{reader.line_num}", row
+            for number, row in enumerate(reader, 1):  # a quoted field may span lines: name the row
+                yield f"{path} row {number} (ending on line {reader.line_num})", row
         except UnicodeDecodeError:
             raise UserError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
         except csv.Error as exc:

@@ -31,6 +31,9 @@ DTYPES = ("f32", "f16", "q8_0")
 PRE_TOKENIZER = "qwen35"
 GELU_NOTE = ("llama.cpp's GPT-2 uses tanh-approximated GELU through an f16 table where 'gpt' models "
              "use exact GELU: logits differ by ~1e-3 and near-ties can flip (see BENCHMARKS.md)")
+Q8_0_NOTE = ("llama-cpp-python 0.3.36 crashed (segmentation fault) here on a CPU with AVX512_BF16/AMX when "
+             "it evaluated several q8_0 tokens in one batch, also on files llama.cpp quantized itself; if "
+             "yours does, load with n_batch=1 or export --gguf-type f16 (docs/interop.md)")
 
 
 def _gguf():

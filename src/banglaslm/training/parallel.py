@@ -124,7 +124,10 @@ class Sharded(Replicated):
         self.fsdp.restore(model, optimizer, ckpt)
         ckpt.restore_rng()
 
-    def save(self, it: int, model, optimizer, state: dict[str, Any], improved: bool) -> Path:
+    def save(self, it: int, model, optimizer, state: dict[str, Any], improved: bool,
+             extra: dict[str, torch.Tensor] | None = None) -> Path:
+        if extra:
+            raise ValueError("FSDP checkpoints hold no extra tensors (config.validate refuses what needs them)")
         return self.fsdp.save(self.run, it, model, optimizer, state, self.env, improved)
 
 

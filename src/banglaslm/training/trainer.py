@@ -36,6 +36,7 @@ from ..fileio import exclusive
 from ..model import GPT
 from ..runfolder import RunFolder, check_fits_checkpoint, resolve_device
 from . import distributed, health, parallel
+from .averaging import WeightAverage
 from .guard import UpdateGuard
 from .memory import parameter_count, plan_passes
 from .metrics import MetricsLog, plot_loss
@@ -126,6 +127,7 @@ class Trainer:
         self.train_batches, self.val_batches = self.data.samplers(
             config.model.block_size, tc.batch_size, tc.grad_accum_steps, tc.seed, self.dist.rank, self.dist.world_size)
         self._build_model()
+        self.average = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay else None
         # whether the model could memorize its training split (training/health.py, leakage)
         self.params_per_token = parameter_count(self.config) / self.train_batches.tokens_per_epoch
         self.state = Progress()
@@ -207,6 +209,8 @@ class Trainer:
     # ---- state -------------------------------------------------------------------------
     def _restore(self, ckpt) -> None:
         self.parallel.restore(self.model, self.optimizer, ckpt)
+        if self.average is not None:
+            self.average.restore(ckpt)
         state = ckpt.state
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -226,7 +230,13 @@ class Trainer:
         }
 
     def _save(self, it: int, improved: bool) -> Path:
-        return self.parallel.save(it, self.model, self.optimizer, self._state(it), improved)
+        with self._averaged() as live:
+            return self.parallel.save(it, self.model, self.optimizer, self._state(it), improved, extra=live)
+
+    def _averaged(self):
+        """The model holds the weight average inside (`train.ema_decay`); yields the trained
+        weights to checkpoint beside it (none without averaging)."""
+        return contextlib.nullcontext({}) if self.average is None else self.average.applied()
 
     def _write_run_files(self) -> None:
         if self.dist.is_main:
@@ -236,7 +246,12 @@ class Trainer:
     # ---- evaluation --------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss per trained token over the same batches each time (`eval_batches`)."""
+        """Mean loss per trained token over the same batches each time (`eval_batches`), of the
+        model the run hands on (the weight average, with train.ema_decay)."""
+        with self._averaged():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, float]:
         self.model.eval()
         out = {}
         parts = getattr(self.val_batches, "parts", {})  # a mixture's folders, each scored on its own
@@ -344,6 +359,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update(it)
         return total, norm
 
     def _accumulate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
