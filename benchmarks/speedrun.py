@@ -4,6 +4,7 @@ against nanoGPT's README CPU setup trained for the same time in the same invocat
     python benchmarks/speedrun.py                                # the `tiny` preset and the baseline, 10 minutes each
     python benchmarks/speedrun.py --minutes 3 --label lr3e-3 --set train.learning_rate=3e-3 --no-baseline
     python benchmarks/speedrun.py --vocab 4096 --label vocab4096
+    python benchmarks/speedrun.py --no-baseline --bpe-dropout 0.1:4 --label bpe-dropout
 
 Trains on ../shared/data/bangla-literature without the --held-out book (default *Chokher
 Baali*, about 452,000 characters) with the toolkit's own `train` (`train.time_limit_min`: the
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -98,6 +100,38 @@ def unigram_model(work: Path, vocab: int, held_out: str) -> Path:
     return prefix.with_suffix(".model")
 
 
+def bpe_dropout_folder(folder: Path, p: float, copies: int) -> Path:
+    """A copy of a BPE data folder whose training split holds its documents `copies` times: as
+    stored, then re-encoded with BPE-dropout `p` (each merge skipped with probability p, so each
+    copy splits words differently: data augmentation). Validation is untouched. Not seeded:
+    `tokenizers` draws the dropout from its own generator."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from banglaslm.data.folder import ShardWriter, split_stats, write_meta
+
+    out = folder.with_name(f"{folder.name}-bpedropout{p}x{copies}")
+    if (out / "meta.json").is_file():
+        return out
+    data = DataFolder(folder)
+    tok, ids = data.tokenizer(), data.tokens("train").read()
+    cuts = np.flatnonzero(ids == tok.eod_id)
+    docs = [(tok.decode(ids[a + 1:b].tolist()), ids[a + 1:b].tolist()) for a, b in zip(cuts[:-1], cuts[1:])]
+    dropping = HFTokenizer.from_file(str(data.tokenizer_path))
+    dropping.model.dropout = p
+    out.mkdir()
+    for name in ("tokenizer.json", "val"):
+        (shutil.copytree if name == "val" else shutil.copy)(folder / name, out / name)
+    writer = ShardWriter(out, "train", "00000", tok.eod_id, ids.dtype.type, 10**10)
+    writer.add(docs)
+    for _ in range(copies - 1):
+        writer.add([(text, e.ids) for (text, _), e in zip(docs, dropping.encode_batch([t for t, _ in docs]))])
+    kept = {k: v for k, v in data.meta.items() if k not in ("format", "version", "normalization", "tokenizer",
+                                                            "dtype", "splits", "split_by")}
+    splits = {"train": split_stats(writer.close()), "val": data.meta["splits"]["val"]}
+    write_meta(out, tok, ids.dtype.type, splits, kept)
+    return out
+
+
 def val_bits_per_char(run: Path, data: DataFolder) -> float:
     """Every validation token scored once (sliding window, stride = block/2), in bits per character."""
     loaded = load_model(run, "latest")
@@ -138,6 +172,9 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=2048, help="vocabulary size of the prepared data")
     ap.add_argument("--tokenizer", default="bpe", choices=("bpe", "unigram"),
                     help="our byte-level BPE, or a SentencePiece unigram model of the same size (the course's kind)")
+    ap.add_argument("--bpe-dropout", default=None, metavar="P:COPIES",
+                    help="train ours on COPIES copies of the training split, all but the first re-encoded with "
+                         "BPE-dropout P (an experiment; docs/speedrun-log.md)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--label", default=None, help="name of this run in results.jsonl")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "speedrun", help="cache and run folders")
@@ -154,7 +191,11 @@ def main() -> None:
     label = args.label or f"{args.preset}-{args.tokenizer}{args.vocab}" + "".join(f"-{s}" for s in args.set)
     args.work.mkdir(parents=True, exist_ok=True)
     book = LITERATURE / args.held_out
-    contenders = [(label, args.preset, data_folder(args.work, args.vocab, args.tokenizer, args.held_out), args.set)]
+    ours = data_folder(args.work, args.vocab, args.tokenizer, args.held_out)
+    if args.bpe_dropout:
+        p, copies = args.bpe_dropout.split(":")
+        ours = bpe_dropout_folder(ours, float(p), int(copies))
+    contenders = [(label, args.preset, ours, args.set)]
     if args.baseline:
         contenders.append(("nanogpt-cpu-ref-char", "cpu-ref", data_folder(args.work, 0, "char", args.held_out),
                            args.baseline_set))

@@ -147,7 +147,7 @@ def _add_train(sub) -> None:
                    help="start a new run from the weights, model and train settings of a run folder or a Hugging "
                         "Face Llama / GPT-2 folder (continued pretraining; --set changes the train settings)")
     p.set_defaults(param_flags={"max_iters": "--max-iters", "resume": "--resume", "init_from": "--init-from",
-                                "run_dir": "--out"})
+                                "run_dir": "--out", "data_dir": "--data"})
 
 
 def _add_finetune(sub) -> None:

@@ -251,8 +251,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.arch": "modern", "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128,
         "model.block_size": 128, "model.dropout": 0.0,
         "train.batch_size": 8, "train.max_iters": 2400, "train.learning_rate": 2e-3,
-        "train.warmup_iters": 50, "train.lr_schedule": "wsd", "train.eval_interval": 100, "train.eval_iters": 10,
-        "train.checkpoint_interval": 50, "train.log_interval": 10,
+        "train.warmup_iters": 50, "train.lr_schedule": "wsd", "train.ema_decay": 0.998,
+        "train.eval_interval": 100, "train.eval_iters": 10, "train.checkpoint_interval": 50, "train.log_interval": 10,
     },
     # The course: 8 layers, 8 heads, 512 wide, block 128, dropout 0.2, course GPT.
     "course-58m": {"model.arch": "gpt"},
@@ -277,6 +277,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 FINETUNE_TRAIN: dict[str, Any] = {
     "train.learning_rate": 5e-4, "train.warmup_iters": 10, "train.min_lr_ratio": 0.1,
     "train.eval_interval": 50, "train.eval_iters": 10, "train.checkpoint_interval": 0, "train.log_interval": 5,
+    "train.ema_decay": 0.0,  # a few hundred steps: an average would lag behind them (and LoRA refuses one)
 }
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "finetune": FinetuneConfig}
 

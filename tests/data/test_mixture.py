@@ -35,12 +35,16 @@ def test_windows_follow_the_weights_and_ranks_split_the_global_batch():
     assert (mix.get(9)[0] == mix.get(9)[0]).all() and not (mix.get(9)[0] == mix.get(10)[0]).all()
 
 
-def test_specs_and_refusals(tmp_path, data_dir, small_books):
+def test_specs_and_refusals(tmp_path, data_dir, small_books, capsys):
     assert parse_spec("a/b:0.25") == ("a/b", 0.25) and parse_spec("a:b") == ("a:b", None)
     with pytest.raises(UserError, match="must be a positive number"):
         parse_spec("d:-1")
-    with pytest.raises(UserError, match="a weight .* or none of them"):
+    with pytest.raises(UserError, match="give every `data_dir` folder a weight .* or none of them"):
         Mixture([f"{data_dir}:2", str(data_dir)])
+    from banglaslm.cli import main  # the CLI names its flag instead
+
+    assert main(["train", "--data", f"{data_dir}:2", str(data_dir), "--out", str(tmp_path / "r")]) == 2
+    assert "give every --data folder a weight" in capsys.readouterr().err
     other = tmp_path / "other"
     prepare([str(small_books[0])], other, vocab_size=300, doc_split="paragraph", progress=False)
     with pytest.raises(UserError, match="another tokenizer"):

@@ -90,3 +90,12 @@ def test_settings_averaging_cannot_run_with_are_refused(settings, message):
 
     with pytest.raises(UserError, match=message):
         validate(build_config(overrides=settings))
+
+
+def test_the_memory_estimate_counts_the_average():
+    from banglaslm.training.memory import parameter_count, training_bytes
+
+    plain = build_config("tiny", overrides={"train.ema_decay": 0.0, "model.vocab_size": 2048})
+    averaged = build_config("tiny", overrides={"model.vocab_size": 2048})
+    assert averaged.train.ema_decay == 0.998  # the tiny preset averages (docs/speedrun-log.md)
+    assert training_bytes(averaged) - training_bytes(plain) == 8 * parameter_count(plain)

@@ -34,7 +34,7 @@ def parse_spec(spec: str) -> tuple[str, float | None]:
     except ValueError:
         return str(spec), None
     if not value > 0 or value == float("inf"):
-        raise UserError(f"the weight in --data {spec} must be a positive number, got {weight}")
+        raise UserError(f"the weight in `data_dir` entry {spec} must be a positive number, got {weight}")
     return path, value
 
 
@@ -56,7 +56,7 @@ class Mixture:
     def __init__(self, specs: list):
         parsed = [parse_spec(str(s)) for s in specs]
         if len({w is None for _, w in parsed}) > 1:
-            raise UserError("give every --data folder a weight (DIR:WEIGHT) or none of them")
+            raise UserError("give every `data_dir` folder a weight (DIR:WEIGHT) or none of them")
         self.folders = [DataFolder(path) for path, _ in parsed]
         first = self.folders[0]
         for f in self.folders[1:]:

@@ -2,7 +2,8 @@
 allocated, so that `train.batch_size=100000` is a one-line refusal instead of an allocator
 traceback minutes later.
 
-The estimate: 16 bytes per parameter (fp32 weights, gradients, two AdamW moments) plus, per
+The estimate: 16 bytes per parameter (fp32 weights, gradients, two AdamW moments; 8 more
+with `train.ema_decay`: the average, and the trained weights set aside while it is scored) plus, per
 token of a micro-batch, about 16 bytes per vocabulary entry (logits and their gradient in
 fp32), 130 per layer and channel, and 12 per layer, head and position of attention. The
 per-token figures were fitted to the peak resident memory of `tiny`, `small` and `course-58m`
@@ -22,6 +23,7 @@ from ..errors import UserError
 from ..model import GPT
 
 BYTES_PER_PARAM = 16
+BYTES_PER_PARAM_AVERAGED = 8
 BYTES_PER_TOKEN_VOCAB = 16
 BYTES_PER_TOKEN_LAYER_CHANNEL = 130
 BYTES_PER_TOKEN_LAYER_HEAD_POSITION = 12
@@ -39,7 +41,8 @@ def training_bytes(cfg: RunConfig, shards: int = 1, passes: int = 1) -> int:
     m, t = cfg.model, cfg.train
     per_token = (BYTES_PER_TOKEN_VOCAB * m.vocab_size + BYTES_PER_TOKEN_LAYER_CHANNEL * m.n_layer * m.n_embd
                  + BYTES_PER_TOKEN_LAYER_HEAD_POSITION * m.n_layer * m.n_head * m.block_size)
-    return BYTES_PER_PARAM * parameter_count(cfg) // shards + t.batch_size // passes * m.block_size * per_token
+    per_param = BYTES_PER_PARAM + (BYTES_PER_PARAM_AVERAGED if t.ema_decay else 0)
+    return per_param * parameter_count(cfg) // shards + t.batch_size // passes * m.block_size * per_token
 
 
 def device_memory(device: torch.device) -> int | None:
