@@ -86,11 +86,8 @@ def unigram_model(work: Path, vocab: int, held_out: str) -> Path:
     """A SentencePiece unigram model of `vocab` pieces trained on the BPE folder's training split."""
     import sentencepiece
 
-    bpe = DataFolder(data_folder(work, vocab, "bpe", held_out))
-    tok = bpe.tokenizer()
-    ids = bpe.tokens("train").read()
-    cuts = np.flatnonzero(ids == tok.eod_id)
-    docs = [tok.decode(ids[a + 1:b].tolist()).replace("\n", " ") for a, b in zip(cuts[:-1], cuts[1:])]
+    docs = [text.replace("\n", " ") for text, _ in training_documents(DataFolder(data_folder(work, vocab, "bpe",
+                                                                                            held_out)))]
     corpus = work / f"unigram{vocab}-train.txt"
     corpus.write_text("\n".join(d for d in docs if d), encoding="utf-8")  # one training paragraph per line
     prefix = work / f"unigram{vocab}"
@@ -98,6 +95,13 @@ def unigram_model(work: Path, vocab: int, held_out: str) -> Path:
                                              model_type="unigram", character_coverage=0.9999, minloglevel=2,
                                              max_sentence_length=1 << 20, hard_vocab_limit=False)
     return prefix.with_suffix(".model")
+
+
+def training_documents(data: DataFolder) -> list[tuple[str, list[int]]]:
+    """(text, ids) of each document of a folder's training split (the ids between two EODs)."""
+    tok, ids = data.tokenizer(), data.tokens("train").read()
+    cuts = np.flatnonzero(ids == tok.eod_id)
+    return [(tok.decode(ids[a + 1:b].tolist()), ids[a + 1:b].tolist()) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def bpe_dropout_folder(folder: Path, p: float, copies: int) -> Path:
@@ -113,22 +117,20 @@ def bpe_dropout_folder(folder: Path, p: float, copies: int) -> Path:
     if (out / "meta.json").is_file():
         return out
     data = DataFolder(folder)
-    tok, ids = data.tokenizer(), data.tokens("train").read()
-    cuts = np.flatnonzero(ids == tok.eod_id)
-    docs = [(tok.decode(ids[a + 1:b].tolist()), ids[a + 1:b].tolist()) for a, b in zip(cuts[:-1], cuts[1:])]
+    tok, dtype, docs = data.tokenizer(), np.dtype(data.meta["dtype"]).type, training_documents(data)
     dropping = HFTokenizer.from_file(str(data.tokenizer_path))
     dropping.model.dropout = p
     out.mkdir()
     for name in ("tokenizer.json", "val"):
         (shutil.copytree if name == "val" else shutil.copy)(folder / name, out / name)
-    writer = ShardWriter(out, "train", "00000", tok.eod_id, ids.dtype.type, 10**10)
+    writer = ShardWriter(out, "train", "00000", tok.eod_id, dtype, 10**10)
     writer.add(docs)
     for _ in range(copies - 1):
         writer.add([(text, e.ids) for (text, _), e in zip(docs, dropping.encode_batch([t for t, _ in docs]))])
     kept = {k: v for k, v in data.meta.items() if k not in ("format", "version", "normalization", "tokenizer",
                                                             "dtype", "splits", "split_by")}
     splits = {"train": split_stats(writer.close()), "val": data.meta["splits"]["val"]}
-    write_meta(out, tok, ids.dtype.type, splits, kept)
+    write_meta(out, tok, dtype, splits, kept)
     return out
 
 
