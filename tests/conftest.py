@@ -113,6 +113,17 @@ def trained_gpt_run(tmp_path_factory, data_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_untied_run(tmp_path_factory, data_dir) -> Path:
+    """Like `trained_run`, with the output head untied from the embedding (`model.tie_embeddings=false`)."""
+    from banglaslm.config import build_config
+    from banglaslm.training.trainer import train
+
+    run = tmp_path_factory.mktemp("untied_run") / "r"
+    train(data_dir, run, build_config(overrides={**TINY_SETTINGS, "model.tie_embeddings": "false"}), progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
 def chat_base_run(tmp_path_factory, data_dir) -> Path:
     """Like `trained_run`, with a context that holds a whole short conversation (64 tokens), for
     fine-tuning tests."""

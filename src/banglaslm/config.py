@@ -59,8 +59,11 @@ class ModelConfig:
     arch: Literal["gpt", "modern"] = option(
         "gpt",
         "'gpt': the course GPT (learned positions, LayerNorm, GELU MLP, biases, untied head); "
-        "'modern': RoPE, RMSNorm, SwiGLU, tied embeddings, no biases",
+        "'modern': RoPE, RMSNorm, SwiGLU, tied embeddings, no biases (model.tie_embeddings changes the head)",
     )
+    tie_embeddings: bool | None = option(
+        None, "one matrix for the token embedding and the output head (true) or two (false); "
+              "auto = the arch's choice (tied in modern, untied in gpt)")
     n_layer: int = option(8, "transformer blocks")
     n_head: int = option(8, "attention heads per block")
     n_embd: int = option(512, "model width (must divide by n_head)")
@@ -69,6 +72,11 @@ class ModelConfig:
     vocab_size: int = option(0, "vocabulary size; 0 = take it from the data folder")
     rope_theta: float = option(10000.0, "RoPE base frequency (modern arch)")
     norm_eps: float = option(1e-5, "epsilon of LayerNorm/RMSNorm")
+
+    @property
+    def tied_head(self) -> bool:
+        """Whether the output head is the token embedding's matrix (`tie_embeddings`, else the arch's)."""
+        return self.arch == "modern" if self.tie_embeddings is None else self.tie_embeddings
 
 
 @dataclass
@@ -325,7 +333,8 @@ def resolve_key(key: str) -> str:
     raise UserError(f"unknown config key '{key}'{suggestion}; `banglaslm {command} --help` lists them")
 
 
-_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text",
+             "bool | None": "true, false or auto"}
 
 
 def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
@@ -333,6 +342,11 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     hint = typing.get_type_hints(SECTIONS[key.split(".")[0]])[f.name]
     choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else f.metadata.get("choices")
     type_name = f.type if isinstance(f.type, str) else f.type.__name__
+    expected = _EXPECTED.get(type_name, type_name)
+    if type_name.endswith(" | None"):  # None is written "auto": the field's value then comes from others
+        if value is None or str(value).lower() in ("auto", "none", "null"):
+            return None
+        type_name = type_name.removesuffix(" | None")
     if choices:
         if str(value) not in choices:
             raise UserError(f"bad value {value!r} for {key}: expected one of {', '.join(choices)}")
@@ -354,7 +368,7 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
             return float(value)
         return str(value)
     except (ValueError, TypeError, OverflowError):
-        raise UserError(f"bad value {value!r} for {key}: expected {_EXPECTED.get(type_name, type_name)}") from None
+        raise UserError(f"bad value {value!r} for {key}: expected {expected}") from None
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> None:
@@ -462,5 +476,6 @@ def describe_fields(sections: tuple[str, ...] = ("model", "train")) -> str:
     lines = []
     for key, f in config_fields().items():
         if key.split(".")[0] in sections:
-            lines.append(f"  {key:<26} {f.default!s:<8} {f.metadata['help']}")
+            default = "auto" if f.default is None else f.default
+            lines.append(f"  {key:<26} {default!s:<8} {f.metadata['help']}")
     return "\n".join(lines)

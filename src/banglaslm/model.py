@@ -10,9 +10,9 @@ Two variants share every line that can be shared; `ModelConfig.arch` picks the p
 | output head     | its own matrix             | tied to the token embedding     |
 | linear biases   | yes                        | no                              |
 
-Both are pre-norm, attend through PyTorch's fused `scaled_dot_product_attention`, and are laid
-out like Hugging Face's GPT-2 / Llama, so export is a renaming. Generation extends a `KVCache`;
-training never uses one.
+`ModelConfig.tie_embeddings` ties or unties the head in either. Both are pre-norm, attend
+through PyTorch's fused `scaled_dot_product_attention`, and are laid out like Hugging Face's
+GPT-2 / Llama, so export is a renaming. Generation extends a `KVCache`; training never uses one.
 """
 
 from __future__ import annotations
@@ -225,8 +225,9 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.arch == "modern":
+        if cfg.tied_head:
             self.lm_head.weight = self.tok_emb.weight  # tied: one matrix reads and writes tokens
+        if cfg.arch == "modern":
             cos, sin = rope_tables(cfg.block_size, cfg.n_embd // cfg.n_head, cfg.rope_theta)
             # Not saved with the weights: they are a function of the config.
             self.register_buffer("rope_cos", cos, persistent=False)

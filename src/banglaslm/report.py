@@ -175,7 +175,7 @@ def _report_info(run: RunFolder, loaded, raw_texts, records, prompts, seeds) -> 
     model = loaded.model
     return {
         "run_dir": str(run.path), "checkpoint": loaded.checkpoint.name, "checkpoint_iter": loaded.iteration,
-        "model": {**asdict(cfg.model), "parameters": model.num_params(),
+        "model": {**asdict(cfg.model), "tied_head": cfg.model.tied_head, "parameters": model.num_params(),
                   "non_embedding_parameters": model.num_params(exclude_embeddings=True)},
         "tokenizer": {"kind": loaded.tokenizer.kind, "vocab_size": loaded.tokenizer.vocab_size,
                       "sha256": loaded.tokenizer.sha256},
@@ -197,7 +197,8 @@ def render_markdown(info: dict) -> str:
 def _model_section(info: dict) -> list[str]:
     m, t = info["model"], info["tokenizer"]
     return ["## Model", "",
-          f"A {'modern (RoPE, RMSNorm, SwiGLU, tied embeddings)' if m['arch'] == 'modern' else 'course GPT (learned positions, LayerNorm, GELU)'} "
+          f"A {'modern (RoPE, RMSNorm, SwiGLU' if m['arch'] == 'modern' else 'course GPT (learned positions, LayerNorm, GELU'}"
+          f"{', tied embeddings)' if m['tied_head'] else ', untied output head)'} "
           f"decoder-only transformer (`arch = {m['arch']}`), trained with banglaslm.", "",
           "| property | value |", "|---|---|",
           f"| architecture | {m['arch']} |", f"| layers | {m['n_layer']} |", f"| heads | {m['n_head']} |",

@@ -170,7 +170,7 @@ def load_model(run_dir: str | Path, which: Which = "best",
                         "restore the run's original tokenizer.json")
     model = GPT(config.model)
     missing, unexpected = model.load_state_dict(ckpt.model_state(), strict=False)
-    tied = {"lm_head.weight"} if config.model.arch == "modern" else set()
+    tied = {"lm_head.weight"} if config.model.tied_head else set()
     if set(missing) - tied or unexpected:
         raise UserError(f"{path} does not fit the model in {run.config_path} "
                         f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")

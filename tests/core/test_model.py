@@ -39,6 +39,20 @@ def test_variant_switches():
     assert gpt.blocks[0].attn.qkv.bias is not None
 
 
+@pytest.mark.parametrize("arch", ["gpt", "modern"])
+def test_tie_embeddings_ties_or_unties_either_arch(arch):
+    default = make(arch)
+    assert (default.lm_head.weight is default.tok_emb.weight) is (arch == "modern")
+    for tie in (True, False):
+        model = make(arch, tie_embeddings=str(tie).lower())
+        assert (model.lm_head.weight is model.tok_emb.weight) is tie
+        # an untied head is a matrix of its own: vocab x width more parameters
+        assert model.num_params() - default.num_params() == (50 * 32) * ((not tie) - (arch == "gpt"))
+        x, y = torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16))
+        model(x, y)[1].backward()
+        assert model.lm_head.weight.grad is not None and model.tok_emb.weight.grad is not None
+
+
 def test_rope_is_relative():
     # Rotating q and k by their positions makes q·k depend only on the distance between them.
     cos, sin = rope_tables(32, 8, 10000.0)

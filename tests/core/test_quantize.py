@@ -42,11 +42,11 @@ def test_quant_linear_is_a_linear_with_the_stored_weights(kind):
     assert (stored - linear.weight).abs().max() < 0.01 * linear.weight.abs().max()  # and close to the original
 
 
-@pytest.mark.parametrize("arch", ["gpt", "modern"])
+@pytest.mark.parametrize("arch, tie", [("gpt", "auto"), ("modern", "auto"), ("modern", "false"), ("gpt", "true")])
 @pytest.mark.parametrize("kind", ["int8", "bf16"])
-def test_quantize_model_replaces_every_matrix_and_keeps_a_tied_head_one_matrix(arch, kind):
+def test_quantize_model_replaces_every_matrix_and_keeps_a_tied_head_one_matrix(arch, tie, kind):
     cfg = build_config(overrides={"arch": arch, "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 32,
-                                  "dropout": 0.0, "vocab_size": 300})
+                                  "dropout": 0.0, "vocab_size": 300, "tie_embeddings": tie})
     torch.manual_seed(2)
     model = GPT(cfg.model).eval()
     before = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
@@ -58,7 +58,7 @@ def test_quantize_model_replaces_every_matrix_and_keeps_a_tied_head_one_matrix(a
     assert not any(isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) for m in quantized.modules()
                    if m is not quantized.pos_emb)
     assert isinstance(quantized.tok_emb, QuantEmbedding) and isinstance(quantized.lm_head, QuantLinear)
-    assert (quantized.tok_emb.qweight is quantized.lm_head.qweight) == (arch == "modern")
+    assert (quantized.tok_emb.qweight is quantized.lm_head.qweight) == cfg.model.tied_head
     after = sum(t.numel() * t.element_size() for t in list(quantized.parameters()) + list(quantized.buffers()))
     assert after < before * (0.31 if kind == "int8" else 0.55)  # the float32 matrices were released
     assert (got - want).abs().max() < 0.02 * want.abs().max()

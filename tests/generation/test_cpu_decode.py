@@ -23,8 +23,10 @@ if shutil.which(os.environ.get("CC") or "cc") is None:
 
 
 def model_of(arch: str, block: int = 24, vocab: int = 97) -> GPT:
-    cfg = build_config(overrides={"arch": arch, "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": block,
-                                  "dropout": 0.0, "vocab_size": vocab})
+    """A small model of `arch`; "untied" is modern with its own output matrix."""
+    tie = {"tie_embeddings": "false"} if arch == "untied" else {}
+    cfg = build_config(overrides={"arch": "modern" if arch == "untied" else arch, "n_layer": 2, "n_head": 4,
+                                  "n_embd": 64, "block_size": block, "dropout": 0.0, "vocab_size": vocab, **tie})
     torch.manual_seed(0)
     model = GPT(cfg.model).eval()
     with torch.no_grad():  # biases and norm weights away from their init, so that they count
@@ -38,7 +40,8 @@ KINDS = ["none", "int8", "bf16"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("arch,B", [("gpt", 3), ("modern", 3), ("gpt", 1), ("modern", 1), ("gpt", 6), ("modern", 6)])
+@pytest.mark.parametrize("arch,B", [("gpt", 3), ("modern", 3), ("gpt", 1), ("modern", 1), ("gpt", 6), ("modern", 6),
+                                    ("untied", 3)])
 def test_steps_match_model_forward_with_padding_up_to_a_full_cache(arch, B, kind):
     """Against the model's own forward with the same stored weights: float32, or quantized
     (QuantLinear is the reference). B = 1 reads quantized rows directly, B > 1 through a tile,

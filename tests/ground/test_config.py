@@ -32,6 +32,7 @@ def test_precedence_preset_file_set(tmp_path):
     ({"learning_rate": "-1"}, "must be > 0"),
     ({"warmup_iters": "99", "max_iters": "10"}, "exceeds"),
     ({"device": "tpu"}, "train.device"),
+    ({"tie_embeddings": "maybe"}, "expected true, false or auto"),
 ])
 def test_bad_values(overrides, message):
     with pytest.raises(UserError, match=message):
@@ -58,3 +59,23 @@ def test_unknown_preset_and_bad_files(tmp_path):
 def test_an_unknown_key_suggests_the_key_and_the_help_that_lists_it(key, hint, command):
     with pytest.raises(UserError, match=rf"did you mean {hint}\?\); `banglaslm {command} --help` lists them"):
         build_config("tiny", overrides={key: 1})
+
+
+@pytest.mark.parametrize("value, tied", [("auto", None), ("false", False), ("true", True), ("no", False),
+                                         (False, False), (None, None)])
+def test_tie_embeddings_takes_auto_or_a_bool_from_the_cli_and_files(value, tied, tmp_path):
+    cfg = build_config("tiny", overrides={"model.tie_embeddings": value})
+    assert cfg.model.tie_embeddings is tied
+    assert cfg.model.tied_head is (True if tied is None else tied)  # auto: modern ties
+    assert build_config(overrides={"model.tie_embeddings": value}).model.tied_head is bool(tied)  # gpt: untied
+    f = tmp_path / "c.json"  # a saved config.json carries null for auto, and reads back the same
+    f.write_text(json.dumps(cfg.to_dict()), encoding="utf-8")
+    assert build_config(file=f).model.tie_embeddings is tied
+    assert RunConfig.from_dict({"model": {"arch": "modern"}}).model.tied_head  # configs from before the key
+
+
+def test_the_help_says_auto_for_a_default_left_to_other_settings():
+    from banglaslm.config import describe_fields
+
+    line = next(x for x in describe_fields().splitlines() if x.split()[0] == "model.tie_embeddings")
+    assert line.split()[1] == "auto"

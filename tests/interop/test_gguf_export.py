@@ -50,8 +50,8 @@ QWEN35 = QWEN35_CPP_LITERAL.replace("\\\\", "\\")  # what the C++ compiler makes
 
 
 @pytest.fixture(scope="module")
-def runs(trained_run, trained_gpt_run) -> dict[str, Path]:
-    return {"modern": trained_run, "gpt": trained_gpt_run}
+def runs(trained_run, trained_gpt_run, trained_untied_run) -> dict[str, Path]:
+    return {"modern": trained_run, "gpt": trained_gpt_run, "untied": trained_untied_run}
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +110,9 @@ def expected_tensors(run: Path) -> dict[str, torch.Tensor]:
                 out[b + theirs + ".weight"] = s[o + ours + ".weight"]
                 out[b + theirs + ".bias"] = s[o + ours + ".bias"]
     if cfg.arch == "gpt":
-        out |= {"position_embd.weight": s["pos_emb.weight"], "output_norm.bias": s["norm_f.bias"],
-                "output.weight": s["lm_head.weight"]}
+        out |= {"position_embd.weight": s["pos_emb.weight"], "output_norm.bias": s["norm_f.bias"]}
+    if cfg.arch == "gpt" or not cfg.tied_head:  # a tied llama reuses token_embd; gpt2 always has its own
+        out["output.weight"] = s["lm_head.weight"]
     return {k: v.detach().float() for k, v in out.items()}
 
 
@@ -130,11 +131,11 @@ Q8_BOUND = 0.5 + 127 * 2.0**-11 + 1e-3
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("arch", ["modern", "gpt"])
+@pytest.mark.parametrize("arch", ["modern", "gpt", "untied"])
 def test_tensors_equal_the_weights(files, runs, arch, dtype):
     got = read_tensors(files[arch, dtype])
     want = expected_tensors(runs[arch])
-    assert set(got) == set(want)  # modern: no output.weight, llama.cpp reuses token_embd
+    assert set(got) == set(want)  # tied modern: no output.weight, llama.cpp reuses token_embd
     for name, w in want.items():
         qtype, g = got[name]
         w = w.numpy()
@@ -208,7 +209,7 @@ def llama_cpp_style_logits(t: dict[str, np.ndarray], meta: dict, ids: list[int])
     return x @ t.get("output.weight", t["token_embd.weight"]).T
 
 
-@pytest.mark.parametrize("arch", ["modern", "gpt"])
+@pytest.mark.parametrize("arch", ["modern", "gpt", "untied"])
 def test_file_computes_our_logits(files, runs, arch):
     """The f32 file, run as llama.cpp's graph would (interleaved RoPE on the permuted q/k),
     gives our model's logits: the layout change is exact."""

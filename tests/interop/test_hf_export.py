@@ -28,7 +28,8 @@ from banglaslm.text import normalize  # noqa: E402
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-EXPECTED_CLASS = {"modern": "LlamaForCausalLM", "gpt": "GPT2LMHeadModel"}
+EXPECTED_CLASS = {"modern": "LlamaForCausalLM", "gpt": "GPT2LMHeadModel", "untied": "LlamaForCausalLM"}
+ARCHS = ["modern", "gpt", "untied"]  # "untied": modern with `model.tie_embeddings=false`
 HF_FILES = {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
             "tokenizer_config.json", "special_tokens_map.json"}
 # Everything normalize() touches: \r\n, decomposed nukta letters, old khanda-ta, stray and
@@ -39,8 +40,8 @@ MESSY = ("  উ\u09a4\u09cd\u200dসব  \r\nড\u09bc\u09be\u0995\u09be\tঢ\u0
 
 
 @pytest.fixture(scope="module")
-def runs(trained_run, trained_gpt_run) -> dict[str, Path]:
-    return {"modern": trained_run, "gpt": trained_gpt_run}
+def runs(trained_run, trained_gpt_run, trained_untied_run) -> dict[str, Path]:
+    return {"modern": trained_run, "gpt": trained_gpt_run, "untied": trained_untied_run}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def perturbed_copy(run: Path, dst: Path, seed: int = 0) -> Path:
 
 
 # ---- the exported folder -----------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["modern", "gpt"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_auto_classes_and_config(arch, exported, hf_models, runs):
     path, model = exported[arch], hf_models[arch]
     assert {p.name for p in path.iterdir()} == HF_FILES
@@ -105,23 +106,25 @@ def test_auto_classes_and_config(arch, exported, hf_models, runs):
     assert model.config.vocab_size == cfg.vocab_size
     assert model.config.bos_token_id == model.config.eos_token_id == eod
     assert model.generation_config.eos_token_id == eod
+    assert model.config.tie_word_embeddings is (arch == "modern")
+    embedding = model.get_input_embeddings().weight
     if arch == "modern":
+        assert model.lm_head.weight.data_ptr() == embedding.data_ptr()
+    else:  # the untied head survived loading: transformers did not re-tie it to the embedding
+        assert model.lm_head.weight.data_ptr() != embedding.data_ptr()
+        assert not torch.equal(model.lm_head.weight, embedding)
+        assert torch.equal(model.lm_head.weight, ours.model.lm_head.weight)
+    if arch == "gpt":
+        assert model.config.activation_function == "gelu"
+        assert model.config.n_positions == cfg.block_size
+    else:
         assert model.config.intermediate_size == swiglu_hidden(cfg.n_embd)
         assert model.config.num_key_value_heads == model.config.num_attention_heads == cfg.n_head
         assert model.config.rope_parameters["rope_theta"] == cfg.rope_theta
         assert model.config.max_position_embeddings == cfg.block_size
-        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    else:
-        assert model.config.activation_function == "gelu"
-        assert model.config.n_positions == cfg.block_size
-        assert model.config.tie_word_embeddings is False
-        # the untied head survived loading: transformers did not re-tie it to wte
-        assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
-        assert not torch.equal(model.lm_head.weight, model.transformer.wte.weight)
-        assert torch.equal(model.lm_head.weight, ours.model.lm_head.weight)
 
 
-@pytest.mark.parametrize("arch", ["modern", "gpt"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_logits_match_on_bangla_text(arch, runs, hf_models):
     ours = load_model(runs[arch])
     x = bangla_windows(ours.tokenizer, ours.config.model.block_size)
@@ -132,7 +135,7 @@ def test_logits_match_on_bangla_text(arch, runs, hf_models):
     assert (got - expected).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("arch", ["modern", "gpt"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_generation_is_token_identical(arch, runs, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -184,7 +187,7 @@ def exported_normalizer(exported):
 
 
 # ---- import ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["modern", "gpt"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_round_trip_is_bit_identical(arch, runs, exported, tmp_path):
     back = load_model(import_hf(exported[arch], tmp_path / "run"))
     ours = load_model(runs[arch])
@@ -208,8 +211,10 @@ def test_imported_run_continues_training(exported, data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["modern", "gpt"])
-def test_imports_what_transformers_itself_saved(arch, tmp_path, trained_run):
-    """A checkpoint that transformers' save_pretrained wrote (not we) imports and computes the same."""
+@pytest.mark.parametrize("tied", [True, False])
+def test_imports_what_transformers_itself_saved(arch, tied, tmp_path, trained_run):
+    """A checkpoint that transformers' save_pretrained wrote (not we) imports and computes the
+    same, its head tied or not as its config says."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -218,14 +223,16 @@ def test_imports_what_transformers_itself_saved(arch, tmp_path, trained_run):
         model = LlamaForCausalLM(LlamaConfig(
             vocab_size=vocab, hidden_size=48, intermediate_size=swiglu_hidden(48), num_hidden_layers=2,
             num_attention_heads=3, num_key_value_heads=3, max_position_embeddings=16, rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 500.0}, tie_word_embeddings=True))
-    else:  # the default tied head, which import unties into a copy
+            rope_parameters={"rope_type": "default", "rope_theta": 500.0}, tie_word_embeddings=tied))
+    else:
         model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=48, n_layer=2, n_head=3, n_positions=16,
-                                           activation_function="gelu"))
+                                           activation_function="gelu", tie_word_embeddings=tied))
     model.eval().save_pretrained(tmp_path / "hf")
     shutil.copy(trained_run / "tokenizer.json", tmp_path / "hf" / "tokenizer.json")
     back = load_model(import_hf(tmp_path / "hf", tmp_path / "run"))
     assert back.config.model.arch == arch
+    assert back.config.model.tied_head is tied
+    assert (back.model.lm_head.weight is back.model.tok_emb.weight) is tied
     x = torch.randint(0, vocab, (2, 16))
     with torch.no_grad():
         assert (back.model(x)[0] - model(x).logits).abs().max().item() < 1e-4
@@ -241,7 +248,7 @@ LLAMA_REFUSALS = {
     "head_dim": {"head_dim": 8},
     "width": {"intermediate_size": 100},
     "act": {"hidden_act": "gelu"},
-    "untied": {"tie_word_embeddings": False},
+    "untied_without_head": {"tie_word_embeddings": False},
     "type": {"model_type": "mistral"},
 }
 GPT2_REFUSALS = {

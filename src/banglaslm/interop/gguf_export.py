@@ -1,7 +1,7 @@
 """Export a run as one GGUF file that llama.cpp (and what is built on it) runs as is.
 
 "modern" runs become llama.cpp's `llama` (q/k rows permuted to its interleaved RoPE layout,
-the tied head left to its token-embedding fallback); "gpt" runs become `gpt2` only when the
+a tied head left to its token-embedding fallback, an untied one written as `output`); "gpt" runs become `gpt2` only when the
 caller accepts llama.cpp's tanh-approximated GELU. The tokenizer becomes llama.cpp's
 byte-level BPE with pre-tokenizer `qwen35`, exactly our split. llama.cpp does not run our
 normalization: normalize prompts first. docs/interop.md has the mapping and its checks.
@@ -64,7 +64,7 @@ def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, 
     hf = to_hf(state, cfg)
     out: dict[str, torch.Tensor] = {}
     if cfg.arch == "modern":
-        out["token_embd.weight"] = hf["model.embed_tokens.weight"]  # also the (tied) output
+        out["token_embd.weight"] = hf["model.embed_tokens.weight"]  # also the output when tied
         for i in range(cfg.n_layer):
             p, b = f"model.layers.{i}.", f"blk.{i}."
             out[b + "attn_norm.weight"] = hf[p + "input_layernorm.weight"]
@@ -76,6 +76,8 @@ def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, 
             for name in ("gate", "up", "down"):
                 out[b + f"ffn_{name}.weight"] = hf[p + f"mlp.{name}_proj.weight"]
         out["output_norm.weight"] = hf["model.norm.weight"]
+        if not cfg.tied_head:
+            out["output.weight"] = hf["lm_head.weight"]
     else:
         out["token_embd.weight"] = hf["transformer.wte.weight"]
         out["position_embd.weight"] = hf["transformer.wpe.weight"]
@@ -89,7 +91,8 @@ def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, 
                 out[b + g + ".bias"] = hf[p + a + ".bias"]
         out["output_norm.weight"] = hf["transformer.ln_f.weight"]
         out["output_norm.bias"] = hf["transformer.ln_f.bias"]
-        out["output.weight"] = hf["lm_head.weight"]
+        # llama.cpp's gpt2 reads the output matrix (a tied one written twice, as its converter does)
+        out["output.weight"] = hf["transformer.wte.weight" if cfg.tied_head else "lm_head.weight"]
     return {k: v.detach().float().contiguous() for k, v in out.items()}
 
 

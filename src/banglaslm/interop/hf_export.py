@@ -37,7 +37,7 @@ HF_WEIGHTS = "model.safetensors"
 # ModelConfig fields whose meaning export knows; a field added later must be taught here
 # before a run that changes it from its default can be exported.
 _KNOWN_FIELDS = {"arch", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size",
-                 "rope_theta", "norm_eps"}
+                 "rope_theta", "norm_eps", "tie_embeddings"}
 
 
 def check_exportable(cfg: ModelConfig) -> None:
@@ -62,7 +62,7 @@ def hf_config(cfg: ModelConfig, eod_id: int, provenance: dict[str, Any] | None =
     check_exportable(cfg)
     common = {"vocab_size": cfg.vocab_size, "bos_token_id": eod_id, "eos_token_id": eod_id,
               "pad_token_id": None, "initializer_range": 0.02, "use_cache": True,
-              "torch_dtype": "float32", "dtype": "float32"}
+              "torch_dtype": "float32", "dtype": "float32", "tie_word_embeddings": cfg.tied_head}
     if cfg.arch == "modern":
         out = {
             "architectures": ["LlamaForCausalLM"], "model_type": "llama",
@@ -74,7 +74,7 @@ def hf_config(cfg: ModelConfig, eod_id: int, provenance: dict[str, Any] | None =
             # transformers 5 reads rope_parameters; 4.x and converters read rope_theta.
             "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
             "rope_theta": cfg.rope_theta,
-            "tie_word_embeddings": True, "attention_bias": False, "attention_dropout": 0.0,
+            "attention_bias": False, "attention_dropout": 0.0,
             "mlp_bias": False, "pretraining_tp": 1, **common,
         }
     else:
@@ -86,7 +86,7 @@ def hf_config(cfg: ModelConfig, eod_id: int, provenance: dict[str, Any] | None =
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
             "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
             "reorder_and_upcast_attn": False, "add_cross_attention": False,
-            "tie_word_embeddings": False, **common,
+            **common,
         }
     if provenance:
         out["banglaslm"] = provenance
@@ -147,7 +147,7 @@ def _hf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
     tensors = to_hf(state, cfg)
     back = from_hf(tensors, cfg)
     for name, value in state.items():
-        if name == "lm_head.weight" and cfg.arch == "modern":
+        if name == "lm_head.weight" and cfg.tied_head:
             value, name = state["tok_emb.weight"], "tok_emb.weight"  # tied: stored once
         if name not in back or not torch.equal(back[name], value):
             raise UserError(f"cannot export: tensor {name} does not survive the mapping (a banglaslm bug)")

@@ -69,8 +69,9 @@ def _rope_theta(config: dict[str, Any]) -> float:
     return float(theta)
 
 
-def model_config_from_hf(config: dict[str, Any]) -> tuple[ModelConfig, bool]:
-    """Our ModelConfig for a HF config.json, plus whether the HF head is tied to the embedding.
+def model_config_from_hf(config: dict[str, Any]) -> ModelConfig:
+    """Our ModelConfig for a HF config.json, its head tied as the config says (transformers'
+    default: untied in Llama, tied in GPT-2).
 
     Raises UserError for anything `banglaslm.model.GPT` cannot compute exactly."""
     model_type = config.get("model_type")
@@ -99,8 +100,9 @@ def model_config_from_hf(config: dict[str, Any]) -> tuple[ModelConfig, bool]:
             block_size=_positive_int(config, "max_position_embeddings"),
             dropout=float(config.get("attention_dropout") or 0.0), vocab_size=vocab,
             rope_theta=_rope_theta(config), norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         )
-        return cfg, bool(config.get("tie_word_embeddings", False))
+        return cfg
     if model_type == "gpt2":
         n_embd = _positive_int(config, "n_embd")
         act = config.get("activation_function", "gelu_new")
@@ -118,10 +120,11 @@ def model_config_from_hf(config: dict[str, Any]) -> tuple[ModelConfig, bool]:
             n_embd=n_embd, block_size=_positive_int(config, "n_positions"),
             dropout=float(config.get("resid_pdrop") or 0.0), vocab_size=vocab,
             norm_eps=float(config.get("layer_norm_epsilon", 1e-5)),
+            tie_embeddings=bool(config.get("tie_word_embeddings", True)),
         )
         if n_embd % cfg.n_head:
             raise _refuse(f"n_embd ({n_embd}) must divide by n_head ({cfg.n_head})")
-        return cfg, bool(config.get("tie_word_embeddings", True))
+        return cfg
     raise _refuse(f"model_type '{model_type}' is not supported (only 'llama' and 'gpt2')")
 
 
@@ -163,40 +166,33 @@ def _train_config(provenance: dict[str, Any]) -> TrainConfig:
         return TrainConfig()
 
 
-def _run_config(config: dict[str, Any], provenance: dict[str, Any]) -> tuple[RunConfig, bool]:
-    """The run config for an HF config (a banglaslm export's own settings where it carries
-    them), plus whether the HF head is tied to the embedding."""
-    model_cfg, tied = model_config_from_hf(config)
+def _run_config(config: dict[str, Any], provenance: dict[str, Any]) -> RunConfig:
+    """The run config for an HF config (a banglaslm export's own settings where it carries them)."""
+    model_cfg = model_config_from_hf(config)
     saved = (provenance.get("run_config") or {}).get("model") or {}
     if isinstance(saved.get("dropout"), (int, float)) and 0 <= saved["dropout"] < 1:
         model_cfg.dropout = float(saved["dropout"])
+    if "tie_embeddings" in saved and saved["tie_embeddings"] is None and \
+            model_cfg.tied_head == ModelConfig(arch=model_cfg.arch).tied_head:
+        model_cfg.tie_embeddings = None  # the run left it to its arch, as the export says
     if model_cfg.arch == "gpt" and isinstance(saved.get("rope_theta"), (int, float)) and saved["rope_theta"] > 0:
         model_cfg.rope_theta = float(saved["rope_theta"])  # unused by "gpt"; kept for an identical config
     run_config = RunConfig(model=model_cfg, train=_train_config(provenance))
     validate(run_config)
-    return run_config, tied
+    return run_config
 
 
-def _model(src: Path, cfg: ModelConfig, tied: bool) -> GPT:
+def _model(src: Path, cfg: ModelConfig) -> GPT:
     """Our model holding the HF checkpoint's weights, or a refusal saying why it cannot."""
     tensors = _read_tensors(src)
-    head_key = "lm_head.weight"
-    embed_key = "model.embed_tokens.weight" if cfg.arch == "modern" else (
-        "transformer.wte.weight" if "transformer.wte.weight" in tensors else "wte.weight")
-    if tied:
-        tensors.pop(head_key, None)  # transformers ties it to the embedding whatever the file holds
-    elif head_key not in tensors:
+    if not cfg.tied_head and "lm_head.weight" not in tensors:
         raise _refuse("tie_word_embeddings is false but the checkpoint has no lm_head.weight")
-    elif cfg.arch == "modern":
-        if embed_key not in tensors or not torch.equal(tensors[head_key], tensors[embed_key]):
-            raise _refuse("this Llama has an untied lm_head; banglaslm's modern arch ties it to the embedding")
-        tensors.pop(head_key)
     model = GPT(cfg)
     try:
         missing, unexpected = model.load_state_dict(from_hf(tensors, cfg), strict=False)
     except RuntimeError as exc:
         raise _refuse(f"the tensors do not fit config.json ({str(exc).splitlines()[-1].strip()})") from None
-    if set(missing) - {"lm_head.weight"} or unexpected:
+    if set(missing) - ({"lm_head.weight"} if cfg.tied_head else set()) or unexpected:
         raise _refuse(f"the tensors do not fit config.json (missing {sorted(missing)[:3]})")
     return model.eval()
 
@@ -208,8 +204,8 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path) -> Path:
         raise UserError(f"Hugging Face model folder not found: {src}")
     config = _read_json(src / "config.json", "model")
     provenance = config.get("banglaslm") if isinstance(config.get("banglaslm"), dict) else {}
-    run_config, tied = _run_config(config, provenance)
-    model = _model(src, run_config.model, tied)
+    run_config = _run_config(config, provenance)
+    model = _model(src, run_config.model)
     tokenizer = _read_tokenizer(src, provenance)
     if tokenizer.vocab_size > run_config.model.vocab_size:
         raise _refuse(f"the tokenizer has {tokenizer.vocab_size} tokens but the embedding only "

@@ -17,7 +17,7 @@ SAME, TRANSPOSE, QKV = "same", "t", "qkv"
 
 # (ours, theirs, layout); "{i}" is the layer number.
 LLAMA = [
-    ("tok_emb.weight", "model.embed_tokens.weight", SAME),  # also the tied head
+    ("tok_emb.weight", "model.embed_tokens.weight", SAME),  # also the head when tied
     ("blocks.{i}.attn.qkv.weight", "model.layers.{i}.self_attn.{q,k,v}_proj.weight", QKV),
     ("blocks.{i}.attn.proj.weight", "model.layers.{i}.self_attn.o_proj.weight", SAME),
     ("blocks.{i}.mlp.gate.weight", "model.layers.{i}.mlp.gate_proj.weight", SAME),
@@ -26,6 +26,7 @@ LLAMA = [
     ("blocks.{i}.norm1.weight", "model.layers.{i}.input_layernorm.weight", SAME),
     ("blocks.{i}.norm2.weight", "model.layers.{i}.post_attention_layernorm.weight", SAME),
     ("norm_f.weight", "model.norm.weight", SAME),
+    ("lm_head.weight", "lm_head.weight", SAME),  # untied only
 ]
 GPT2 = [
     ("tok_emb.weight", "transformer.wte.weight", SAME),
@@ -38,16 +39,19 @@ GPT2 = [
       for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")) for p in ("weight", "bias")],
     ("norm_f.weight", "transformer.ln_f.weight", SAME),
     ("norm_f.bias", "transformer.ln_f.bias", SAME),
-    ("lm_head.weight", "lm_head.weight", SAME),  # untied: our head is its own matrix
+    ("lm_head.weight", "lm_head.weight", SAME),  # untied only
 ]
 # HF buffers that are functions of the config, not weights.
 _IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 
 def tensor_map(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...], str]]:
-    """Every (our name, HF names, layout) of a model with `cfg`'s architecture and depth."""
+    """Every (our name, HF names, layout) of a model with `cfg`'s architecture and depth; a tied
+    head has no row of its own (the embedding's is both)."""
     rows = []
     for ours, theirs, layout in LLAMA if cfg.arch == "modern" else GPT2:
+        if ours == "lm_head.weight" and cfg.tied_head:
+            continue
         names = [theirs.replace("{q,k,v}", p) for p in "qkv"] if layout == QKV else [theirs]
         for i in range(cfg.n_layer) if "{i}" in ours else [None]:
             rows.append((ours.format(i=i), tuple(n.format(i=i) for n in names), layout))
@@ -66,14 +70,12 @@ def to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.T
 
 def from_hf(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """HF tensors → our state dict; the inverse of `to_hf`. A missing or unknown tensor is a
-    UserError. "gpt" without an lm_head (GPT-2's usual tied head) gets a copy of wte; a
-    "modern" lm_head is ignored (the caller checks that it equals the embedding)."""
+    UserError. With a tied head (`cfg.tied_head`) the result has no lm_head.weight, and one in
+    `tensors` is ignored, as transformers ignores it."""
     src = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_BUFFERS)}
     if cfg.arch == "gpt":  # GPT2Model checkpoints (e.g. the original gpt2) have no prefix
         src = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in src.items()}
-        if "lm_head.weight" not in src and "transformer.wte.weight" in src:
-            src["lm_head.weight"] = src["transformer.wte.weight"]
-    used = {"lm_head.weight"} if cfg.arch == "modern" else set()
+    used = {"lm_head.weight"} if cfg.tied_head else set()
     out: dict[str, torch.Tensor] = {}
     for ours, theirs, layout in tensor_map(cfg):
         missing = [n for n in theirs if n not in src]

@@ -52,12 +52,12 @@ def check_setup(env: DistEnv, precision: str) -> None:
 def shard_model(model: torch.nn.Module, precision: str) -> None:
     """Shard in place: each transformer block is its own group (gathered just for its
     forward/backward), then the root takes the rest. The embedding and the head stay in the
-    root group, so the modern arch's tied matrix remains one shared parameter."""
+    root group, so a tied matrix remains one shared parameter."""
     policy = mixed_precision(precision)
     for block in model.blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
-    if model.config.arch == "modern":
+    if model.config.tied_head:
         assert model.lm_head.weight is model.tok_emb.weight, "FSDP broke the tied embedding"
 
 

@@ -62,7 +62,7 @@ class WarmStart:
 
     def load_into(self, model: torch.nn.Module) -> None:
         missing, unexpected = model.load_state_dict(self.checkpoint.model_state(), strict=False)
-        tied = {"lm_head.weight"} if self.source_config.model.arch == "modern" else set()
+        tied = {"lm_head.weight"} if self.source_config.model.tied_head else set()
         if set(missing) - tied or unexpected:
             raise UserError(f"{self.path} does not fit the model in {self.run.config_path}")
 

@@ -54,7 +54,7 @@ typedef struct {
     const float *pos_emb;                 /* gpt: (block, C); modern: NULL */
     const float *rope_cos, *rope_sin;     /* modern: (block, head_dim); gpt: NULL */
     const float *normf_w, *normf_b;
-    Mat head;                             /* (vocab, C); tied to tok_emb in modern */
+    Mat head;                             /* (vocab, C); tok_emb itself when tied */
     const Layer *layers;
 } Model;
 
