@@ -104,7 +104,7 @@ def gpt2_peer(cfg, vocab: int, precision: str, compile: bool = False):
     m, t = cfg.model, cfg.train
     model = GPT2LMHeadModel(GPT2Config(
         vocab_size=vocab, n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
-        resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, tie_word_embeddings=m.arch == "modern",
+        resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, tie_word_embeddings=m.tied_head,
         bos_token_id=vocab - 1, eos_token_id=vocab - 1, attn_implementation="sdpa")).train()
     forward = torch.compile(model) if compile else model
     decay = [p for p in model.parameters() if p.dim() >= 2]
