@@ -15,9 +15,9 @@ book rather than being one or two whole books (the same paragraphs for every tok
 split is seeded per document).
 
 The baseline (unless --no-baseline) is nanoGPT's README CPU run (4 layers x 4 heads x 128,
-block 64, batch 12, dropout 0, AdamW at 1e-3 with 100 warm-up steps and cosine decay,
-character level): our `cpu-ref` preset on a character tokenizer, with its cosine schedule
-stretched over the same time budget as ours. Both are scored the same way: bits per character
+block 64, batch 12, dropout 0, tied embedding, AdamW at 1e-3 with beta2 0.99, 100 warm-up
+steps and cosine decay, character level): our `cpu-ref` preset on a character tokenizer,
+with its cosine schedule stretched over the same time budget as ours. Both are scored the same way: bits per character
 over the whole validation split and over the whole held-out book (normalized text), sliding
 window, stride half the block; the ratios printed are ours / baseline.
 
