@@ -79,6 +79,11 @@ class ModelConfig:
         return self.arch == "modern" if self.tie_embeddings is None else self.tie_embeddings
 
 
+def resolved_model(m: ModelConfig) -> dict[str, Any]:
+    """`m`'s settings with every "auto" resolved, so that two configs of one model compare equal."""
+    return {**dataclasses.asdict(m), "tie_embeddings": m.tied_head}
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = option(32, "sequences per micro-batch")

@@ -76,6 +76,11 @@ def test_resume_with_set_changes_the_saved_run_not_the_defaults(data_dir, tmp_pa
     # A setting that would change the run itself is still refused, naming only that key.
     code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--set", "model.n_layer=3"], capsys)
     assert code == 2 and "model.n_layer (2 → 3)" in err and "n_embd" not in err, err
+    # tiny unties its head; "auto" would tie this modern model's: another model, refused.
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["model"]["tie_embeddings"] is False
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--set", "model.tie_embeddings=auto"],
+                        capsys)
+    assert code == 2 and "model.tie_embeddings (False → True)" in err, err
 
 
 def test_init_from_starts_a_new_run_from_the_weights(base_run, other_data, tmp_path, capsys):
@@ -84,9 +89,11 @@ def test_init_from_starts_a_new_run_from_the_weights(base_run, other_data, tmp_p
     code, err = run_cli(["train", "--data", other_data, "--out", new, "--init-from", base_run,
                          "--set", "model.n_layer=5"], capsys)
     assert code == 2 and "model.n_layer=5 (the source has 2)" in err and not new.exists(), err
+    # The source left its head to its arch (modern: tied); saying so is the same model, not a change.
+    assert base_run.joinpath("config.json").read_text(encoding="utf-8").count('"tie_embeddings": null') == 1
     code, err = run_cli(["train", "--data", other_data, "--out", new, "--init-from", base_run,
                          *set_args({"train.max_iters": 6, "train.eval_interval": 3, "train.checkpoint_interval": 3,
-                                    "train.learning_rate": 3e-4})], capsys)
+                                    "train.learning_rate": 3e-4, "model.tie_embeddings": "true"})], capsys)
     assert code == 0, err
     source = load_checkpoint(base_run / "checkpoints" / "best.safetensors", weights_only=True)
     state = load_checkpoint(new / "checkpoints" / "latest.safetensors").state

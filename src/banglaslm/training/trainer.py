@@ -27,7 +27,7 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from tqdm import tqdm
 
 from ..checkpoint import read_state
-from ..config import RunConfig, build_config, show_progress, validate
+from ..config import RunConfig, build_config, resolved_model, show_progress, validate
 from ..data.folder import DataFolder, same_splits
 from ..data.loader import EVAL_STREAM, IGNORE, Prefetcher
 from ..data.mixture import open_data
@@ -560,6 +560,7 @@ def _resume_config(saved: RunConfig, given: RunConfig | None) -> RunConfig:
         return saved
     given.model.vocab_size = given.model.vocab_size or saved.model.vocab_size
     da, db = saved.to_dict(), given.to_dict()
+    da["model"], db["model"] = resolved_model(saved.model), resolved_model(given.model)
     fixed = [f"{s}.{k} ({da[s][k]!r} → {db[s][k]!r})" for s in da for k in da[s]
              if da[s][k] != db[s][k] and f"{s}.{k}" not in RESUME_MUTABLE]
     if fixed:

@@ -7,13 +7,12 @@ Face folder becomes a source run through `interop.hf_import` first: the command 
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..config import RunConfig
+from ..config import RunConfig, resolved_model
 from ..errors import UserError
 from ..runfolder import RunFolder
 from ..tokenizer import Tokenizer
@@ -51,13 +50,14 @@ class WarmStart:
         source = RunConfig.from_dict(self.source_config.to_dict())
         if given is None:
             return source
-        mine, theirs = asdict(source.model), asdict(given.model)
+        mine, theirs = resolved_model(source.model), resolved_model(given.model)
         differ = [f"model.{k}={theirs[k]!r} (the source has {mine[k]!r})" for k in mine
                   if theirs[k] != mine[k] and k not in FREE_MODEL_KEYS and not (k == "vocab_size" and theirs[k] == 0)]
         if differ:
             raise UserError(f"the model comes from {self.run.path}, but the settings give {', '.join(differ)}; drop "
                             "those settings (only the train settings and model.dropout may change)")
         given.model.vocab_size = source.model.vocab_size
+        given.model.tie_embeddings = source.model.tie_embeddings  # the same head, said as the source says it
         return given
 
     def load_into(self, model: torch.nn.Module) -> None:
