@@ -213,6 +213,11 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def tied_keys(cfg: ModelConfig) -> set[str]:
+    """State-dict keys that name another key's tensor (a tied head): saved once, under the other."""
+    return {"lm_head.weight"} if cfg.tied_head else set()
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()

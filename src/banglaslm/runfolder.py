@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint, read_state, tensor_shapes
 from .config import Opt, RunConfig, validate
 from .errors import UserError, bad_param
 from .fileio import atomic_write_json, check_destination, read_json_or_fail
-from .model import GPT
+from .model import GPT, tied_keys
 from .quantize import Quantize, check_quantize, quantize_model
 from .tokenizer import Tokenizer
 
@@ -170,7 +170,7 @@ def load_model(run_dir: str | Path, which: Which = "best",
                         "restore the run's original tokenizer.json")
     model = GPT(config.model)
     missing, unexpected = model.load_state_dict(ckpt.model_state(), strict=False)
-    tied = {"lm_head.weight"} if config.model.tied_head else set()
+    tied = tied_keys(config.model)
     if set(missing) - tied or unexpected:
         raise UserError(f"{path} does not fit the model in {run.config_path} "
                         f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")

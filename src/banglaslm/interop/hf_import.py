@@ -20,7 +20,7 @@ from ..checkpoint import save_checkpoint
 from ..config import ModelConfig, RunConfig, TrainConfig, validate
 from ..errors import UserError
 from ..fileio import atomic_copy, read_json_or_fail, staged_folder
-from ..model import GPT, swiglu_hidden
+from ..model import GPT, swiglu_hidden, tied_keys
 from ..runfolder import RunFolder
 from ..tokenizer import Tokenizer
 from ..tokenizer_import import read_tokenizer_json
@@ -192,7 +192,7 @@ def _model(src: Path, cfg: ModelConfig) -> GPT:
         missing, unexpected = model.load_state_dict(from_hf(tensors, cfg), strict=False)
     except RuntimeError as exc:
         raise _refuse(f"the tensors do not fit config.json ({str(exc).splitlines()[-1].strip()})") from None
-    if set(missing) - ({"lm_head.weight"} if cfg.tied_head else set()) or unexpected:
+    if set(missing) - tied_keys(cfg) or unexpected:
         raise _refuse(f"the tensors do not fit config.json (missing {sorted(missing)[:3]})")
     return model.eval()
 

@@ -12,6 +12,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import UserError
+from ..model import tied_keys
 
 SAME, TRANSPOSE, QKV = "same", "t", "qkv"
 
@@ -75,7 +76,7 @@ def from_hf(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, tor
     src = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_BUFFERS)}
     if cfg.arch == "gpt":  # GPT2Model checkpoints (e.g. the original gpt2) have no prefix
         src = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in src.items()}
-    used = {"lm_head.weight"} if cfg.tied_head else set()
+    used = tied_keys(cfg)  # the HF name of our tied head is the same
     out: dict[str, torch.Tensor] = {}
     for ours, theirs, layout in tensor_map(cfg):
         missing = [n for n in theirs if n not in src]

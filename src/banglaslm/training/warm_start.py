@@ -14,6 +14,7 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..config import RunConfig, resolved_model
 from ..errors import UserError
+from ..model import tied_keys
 from ..runfolder import RunFolder
 from ..tokenizer import Tokenizer
 
@@ -62,7 +63,7 @@ class WarmStart:
 
     def load_into(self, model: torch.nn.Module) -> None:
         missing, unexpected = model.load_state_dict(self.checkpoint.model_state(), strict=False)
-        tied = {"lm_head.weight"} if self.source_config.model.tied_head else set()
+        tied = tied_keys(self.source_config.model)
         if set(missing) - tied or unexpected:
             raise UserError(f"{self.path} does not fit the model in {self.run.config_path}")
 
