@@ -23,7 +23,7 @@ from ..chat_template import jinja_template
 from ..config import ModelConfig, Opt, SamplingParams
 from ..errors import UserError
 from ..fileio import atomic_write_json, staged_folder
-from ..model import swiglu_hidden
+from ..model import swiglu_hidden, tied_keys
 from ..runfolder import Which, load_model
 from ..text import NORMALIZATION
 from ..tokenizer import Tokenizer
@@ -147,8 +147,8 @@ def _hf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
     tensors = to_hf(state, cfg)
     back = from_hf(tensors, cfg)
     for name, value in state.items():
-        if name == "lm_head.weight" and cfg.tied_head:
-            value, name = state["tok_emb.weight"], "tok_emb.weight"  # tied: stored once
+        if name in tied_keys(cfg):
+            continue  # the embedding's tensor, checked under its own name
         if name not in back or not torch.equal(back[name], value):
             raise UserError(f"cannot export: tensor {name} does not survive the mapping (a banglaslm bug)")
     return tensors

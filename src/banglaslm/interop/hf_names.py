@@ -51,7 +51,7 @@ def tensor_map(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...], str]]:
     head has no row of its own (the embedding's is both)."""
     rows = []
     for ours, theirs, layout in LLAMA if cfg.arch == "modern" else GPT2:
-        if ours == "lm_head.weight" and cfg.tied_head:
+        if ours in tied_keys(cfg):
             continue
         names = [theirs.replace("{q,k,v}", p) for p in "qkv"] if layout == QKV else [theirs]
         for i in range(cfg.n_layer) if "{i}" in ours else [None]:
