@@ -3,6 +3,7 @@ prepared data folders / trained runs built once per test session."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +29,16 @@ def set_args(settings: dict) -> list[str]:
     for k, v in settings.items():
         out += ["--set", f"{k}={v}"]
     return out
+
+
+def records(run: Path) -> list[dict]:
+    """Every row of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def val_losses(run: Path) -> list[float]:
+    """The validation losses a run logged, in order."""
+    return [r["loss"] for r in records(run) if r.get("split") == "val"]
 
 
 def require_literature() -> Path:

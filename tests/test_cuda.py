@@ -21,7 +21,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_SETTINGS, set_args
+from conftest import TINY_SETTINGS, records, set_args, val_losses
 
 from banglaslm.cli import main
 
@@ -30,14 +30,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 GPU = {**TINY_SETTINGS, "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 4, "model.block_size": 64,
        "train.batch_size": 16, "train.max_iters": 60, "train.eval_interval": 20, "train.device": "cuda",
        "model.dropout": 0.0}
-
-
-def records(run) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def val_losses(run) -> list[float]:
-    return [r["loss"] for r in records(run) if r.get("split") == "val"]
 
 
 def train_run(data_dir, run, **overrides) -> None:

@@ -4,11 +4,10 @@ validation losses agree to ~4e-8 relative on this machine, not bit for bit; 1e-5
 allowed, for CPUs whose vector width orders the sums differently. (The fallback to eager where compiling fails
 is tested in test_guard.py; the GPU's compiled path in test_cuda.py.)"""
 
-import json
 import shutil
 
 import pytest
-from conftest import TINY_SETTINGS
+from conftest import TINY_SETTINGS, val_losses
 
 from banglaslm.config import build_config
 from banglaslm.training.trainer import Trainer
@@ -17,11 +16,6 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g+
                                 reason="torch.compile needs a C++ compiler on the CPU")
 
 SETTINGS = {**TINY_SETTINGS, "model.dropout": 0.0, "train.max_iters": 20, "train.eval_interval": 10}
-
-
-def val_losses(run) -> list[float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if r.get("split") == "val"]
 
 
 def test_compiled_training_matches_eager_on_the_cpu(data_dir, tmp_path):
