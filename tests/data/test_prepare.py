@@ -112,8 +112,8 @@ def test_option_validation(tmp_path):
 
 def test_a_split_out_of_proportion_is_warned_with_the_fix(tmp_path, small_books, capsys):
     """A book and a one-line README split by file: whichever lands in validation, the split is
-    far from the asked 20% and `prepare` says so on stderr, naming --doc-split paragraph; split
-    by paragraph, the same text gives no warning."""
+    far from the asked 20% and `prepare` says so on stderr, naming --doc-split page; split
+    by page, the same text gives no warning."""
     from banglaslm.cli import main
 
     src = tmp_path / "src"
@@ -126,10 +126,26 @@ def test_a_split_out_of_proportion_is_warned_with_the_fix(tmp_path, small_books,
     meta = json.loads((tmp_path / "by_file" / "meta.json").read_text(encoding="utf-8"))
     share = meta["splits"]["val"]["tokens"] / (meta["splits"]["val"]["tokens"] + meta["splits"]["train"]["tokens"])
     assert f"warning: the validation split holds {meta['splits']['val']['tokens']:,} tokens ({share:.2%}" in err
-    assert "--val-fraction asked 20%" in err and "with --doc-split paragraph" in err
-    assert main(["prepare", str(src), "--out", str(tmp_path / "by_paragraph"), *options,
-                 "--doc-split", "paragraph"]) == 0
+    assert "--val-fraction asked 20%" in err and "with --doc-split page" in err
+    assert main(["prepare", str(src), "--out", str(tmp_path / "by_page"), *options, "--doc-split", "page"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_pages_train_on_paragraph_breaks_that_paragraphs_turn_into_document_ends(tmp_path, small_books):
+    """The same books split by page and by paragraph: the page split's training tokens hold the
+    books' paragraph breaks (a model learns to write them), the paragraph split's hold none (each
+    break became an end-of-document token), and both hold the same paragraphs' text."""
+    texts = {}
+    for split in ("page", "paragraph"):
+        folder = prepare([str(p) for p in small_books], tmp_path / split, tokenizer="char", doc_split=split,
+                         val_fraction=0.1, progress=False).out_dir
+        data = DataFolder(folder)
+        ids = np.concatenate([data.tokens(s).read() for s in ("train", "val")])
+        tokenizer = data.tokenizer()
+        texts[split] = tokenizer.decode(ids[ids != tokenizer.eod_id].tolist())
+        assert data.meta["doc_split"] == split
+    assert texts["page"].count("\n\n") > 100 and texts["paragraph"].count("\n\n") == 0
+    assert sorted(texts["page"].replace("\n\n", "")) == sorted(texts["paragraph"].replace("\n\n", ""))
 
 
 def test_split_warnings_rules():
@@ -145,4 +161,4 @@ def test_split_warnings_rules():
     assert "too little" in val_split_warnings(meta(10_000, 10_000_000))[0]  # 0.1% where 5% was asked
     assert "raise `val_fraction`" in val_split_warnings(meta(10_000, 10_000_000))[0]
     assert "lower `val_fraction`" in val_split_warnings(meta(600_000, 400_000))[0]
-    assert "`doc_split` paragraph" in val_split_warnings(meta(600_000, 400_000, doc_split="file"))[0]
+    assert "`doc_split` page" in val_split_warnings(meta(600_000, 400_000, doc_split="file"))[0]

@@ -2,7 +2,13 @@ import json
 
 import pytest
 
-from banglaslm.data.sources import iter_documents, iter_rows, resolve_inputs
+from banglaslm.data.sources import (
+    PAGE_CHARS,
+    iter_documents,
+    iter_rows,
+    pages,
+    resolve_inputs,
+)
 from banglaslm.errors import UserError
 
 
@@ -19,6 +25,26 @@ def test_text_files_folders_and_globs(tmp_path):
     assert docs([tmp_path / "a"]) == ["এক", "দুই\n\nতিন"]
     assert docs([tmp_path / "a" / "sub" / "two.md"], doc_split="paragraph") == ["দুই", "তিন"]
     assert docs([str(tmp_path / "a" / "**" / "*.md")]) == ["দুই\n\nতিন"]
+
+
+def test_pages_keep_every_paragraph_break_and_fill_to_the_page_size(small_books):
+    """A page split of real books loses nothing (its pages, joined by blank lines, are the book's
+    paragraphs joined by blank lines), keeps the breaks inside pages, and fills each page: no page
+    holds more than PAGE_CHARS characters of paragraphs unless it is one paragraph, and none could
+    have taken the next page's first paragraph."""
+    for book in small_books:
+        paragraphs = docs([book], doc_split="paragraph")
+        book_pages = docs([book], doc_split="page")
+        assert "\n\n".join(book_pages) == "\n\n".join(paragraphs)
+        assert 1 < len(book_pages) < len(paragraphs)
+        assert any("\n\n" in page for page in book_pages)
+        in_pages = [page.split("\n\n") for page in book_pages]
+        for page, following in zip(in_pages, in_pages[1:] + [None]):
+            size = sum(map(len, page))
+            assert size <= PAGE_CHARS or len(page) == 1
+            assert following is None or size + len(following[0]) > PAGE_CHARS
+    assert list(pages(["x" * 5000, "ab", "cd"], max_chars=10)) == ["x" * 5000, "ab\n\ncd"]
+    assert list(pages([])) == []
 
 
 def test_jsonl_csv_parquet(tmp_path):

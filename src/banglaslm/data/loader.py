@@ -30,7 +30,7 @@ class BatchSampler:
         tokens = TokenShards([tokens]) if isinstance(tokens, TokenFile) else tokens
         self.n_starts = tokens.starts(block_size + 1) if isinstance(tokens, TokenShards) else len(tokens) - block_size
         if self.n_starts < 1:
-            prepare_with = "a larger --val-fraction or --doc-split paragraph" if split == "val" else \
+            prepare_with = "a larger --val-fraction or --doc-split page (or paragraph)" if split == "val" else \
                 "a smaller --val-fraction"
             raise UserError(
                 f"the {split} split has no stretch of one block of {block_size} + 1 tokens ({len(tokens):,} tokens in "

@@ -104,7 +104,7 @@ def val_split_warnings(meta: dict) -> list[str]:
         problem, other_fix = "more text than the training split", "lower `val_fraction`"
     else:
         return []
-    fix = "split the text into more documents with `doc_split` paragraph" if meta.get("doc_split") == "file" \
+    fix = "split the text into more documents with `doc_split` page" if meta.get("doc_split") == "file" \
         else other_fix
     return [f"the validation split holds {val:,} tokens ({share:.2%} of the text, `val_fraction` asked "
             f"{asked:.0%}): {problem}; {fix}"]
@@ -355,12 +355,12 @@ def _split_rule(reads: list[dict], val_fraction: float) -> SplitRule:
         raise UserError("the inputs hold no text (every document is empty after normalization)")
     if n_docs < 2:
         raise UserError("found only 1 document, but train/val are split by document; "
-                        "add files or split the text with `doc_split` paragraph (or line)")
+                        "add files or split the text with `doc_split` page (or paragraph, line)")
     lowest = min(r["lowest"][0] for r in reads if r["lowest"])
     highest = max(r["highest"][0] for r in reads if r["highest"])
     if lowest == highest:
         raise UserError(f"all {n_docs:,} documents are the same text, but train/val need different documents; "
-                        "add other text or split it with `doc_split` paragraph (or line)")
+                        "add other text or split it with `doc_split` page (or paragraph, line)")
     return SplitRule(val_threshold(val_fraction), lowest, highest)
 
 

@@ -9,8 +9,9 @@ streams through. Formats that are not text (PDF, Word, spreadsheets, archives, H
 refused with the conversion to make, rather than trained on as bytes or markup.
 
 What a "document" is: one record of a table (JSONL line, CSV row, parquet row, dataset row),
-and for plain text files, by `doc_split`: the whole file ("file"), each blank-line-separated
-paragraph ("paragraph"), or each line ("line").
+and for plain text files, by `doc_split`: the whole file ("file"), a page of consecutive
+paragraphs ("page"), each blank-line-separated paragraph ("paragraph"), or each line ("line").
+A page keeps its paragraph breaks, which a paragraph split turns into end-of-document tokens.
 """
 
 from __future__ import annotations
@@ -53,7 +54,13 @@ NOT_TEXT = {
     ".tgz": "unpack it first and pass the folder", ".7z": "unpack it first and pass the folder",
     ".rar": "unpack it first and pass the folder",
 }
-DOC_SPLITS = ("file", "paragraph", "line")
+DOC_SPLITS = ("file", "page", "paragraph", "line")
+# A page, as `doc_split` "page" cuts a text file: consecutive paragraphs up to about this many
+# characters (a printed page). Many documents per book, so a validation split samples every book,
+# with the paragraph breaks inside them, so the model learns to write paragraphs (a model trained
+# on single paragraphs never sees a break: it ends the document instead, and a whole text scored
+# after such training pays about 9 bits per break; docs/speedrun-log.md, 2026-12-01).
+PAGE_CHARS = 2000
 DEFAULT_TEXT_COLUMN = "text"
 CLEANED_FORMAT = "banglaslm-clean/1"  # report.json's "format" in a folder `clean` wrote
 
@@ -167,8 +174,8 @@ def _decompressed(source: Source, items: Iterator) -> Iterator:
 
 
 def read_text_file(path: str, doc_split: str) -> Iterator[str]:
-    """The documents of a text file: the whole file, its lines, or its paragraphs (split at lines
-    that are blank or only look blank). UTF-8 with or without a byte-order mark, UTF-16/32 with
+    """The documents of a text file: the whole file, its pages, its lines, or its paragraphs (split
+    at lines that are blank or only look blank). UTF-8 with or without a byte-order mark, UTF-16/32 with
     one, compressed or not; any line-end convention. A PDF, Word file, ... is refused (`NOT_TEXT`)."""
     if _file_source(Path(path)).kind != "text":  # a table read as prose would score its markup
         raise UserError(f"{path} is a {_format(Path(path))[1:].upper()} table, not plain text; write the text of "
@@ -188,8 +195,25 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
         yield text
     elif doc_split == "line":
         yield from text.split("\n")
+    elif doc_split == "page":
+        yield from pages(split_paragraphs(text))
     else:
         yield from split_paragraphs(text)
+
+
+def pages(paragraphs: list[str], max_chars: int = PAGE_CHARS) -> Iterator[str]:
+    """Consecutive `paragraphs` joined by blank lines into pages whose paragraphs hold at most
+    `max_chars` characters together (a longer paragraph is a page of its own)."""
+    page: list[str] = []
+    size = 0
+    for paragraph in paragraphs:
+        if page and size + len(paragraph) > max_chars:
+            yield "\n\n".join(page)
+            page, size = [], 0
+        page.append(paragraph)
+        size += len(paragraph)
+    if page:
+        yield "\n\n".join(page)
 
 
 def _column(available: list[str], wanted: str | None, where: str) -> str:
