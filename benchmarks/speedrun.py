@@ -10,9 +10,13 @@ Trains on ../shared/data/bangla-literature without the --held-out book (default 
 Baali*, about 452,000 characters) with the toolkit's own `train` (`train.time_limit_min`: the
 LR schedule runs on the clock and training stops when the time is up, evaluations and
 checkpoints included). The data is prepared once per tokenizer and cached under --work (not
-counted in the budget); it is split by paragraph, so the 5% validation set samples every
-book rather than being one or two whole books (the same paragraphs for every tokenizer: the
-split is seeded per document).
+counted in the budget). A document is a page (`doc_split` "page": consecutive paragraphs of one
+book, joined by their blank lines, up to 2,000 characters), so that the 5% validation set samples every
+book rather than being one or two whole books (the same pages for every tokenizer: the split is
+seeded per document), and so that the models learn paragraph breaks, which the held-out book,
+scored whole, is full of. `--docs paragraphs` makes each paragraph a document, as runs before
+2026-12-01 (twelfth session) did: their models never saw a paragraph break and paid about
+9 bits for each one in the book (docs/speedrun-log.md).
 
 The baseline (unless --no-baseline) is nanoGPT's README CPU run (4 layers x 4 heads x 128,
 block 64, batch 12, dropout 0, tied embedding, AdamW at 1e-3 with beta2 0.99, 100 warm-up
@@ -62,35 +66,35 @@ def books(held_out: str) -> list[str]:
     return [str(p) for p in sorted(LITERATURE.glob("*.txt")) if p.name != held_out]
 
 
-def data_folder(work: Path, vocab: int, tokenizer: str = "bpe", held_out: str = "") -> Path:
-    """The books (without `held_out`) prepared with our byte-level BPE, characters, or a
-    SentencePiece unigram model of the same size trained on the same training paragraphs (so
-    they differ only in the tokenizer)."""
+def data_folder(work: Path, vocab: int, tokenizer: str = "bpe", held_out: str = "", docs: str = "pages") -> Path:
+    """The books (without `held_out`) as `docs` (pages or paragraphs), prepared with our
+    byte-level BPE, characters, or a SentencePiece unigram model of the same size trained on
+    the same training documents (so they differ only in the tokenizer)."""
     folder = work / (f"data-{tokenizer}{vocab if tokenizer != 'char' else ''}"
-                     + (f"-without-{Path(held_out).stem}" if held_out else ""))
+                     + (f"-without-{Path(held_out).stem}" if held_out else "") + ("-pages" if docs == "pages" else ""))
     if (folder / "meta.json").is_file():
         return folder
     t = time.perf_counter()
+    split = {"pages": "page", "paragraphs": "paragraph"}[docs]
     if tokenizer in ("bpe", "char"):
         sizes = {"vocab_size": vocab} if tokenizer == "bpe" else {}
-        prepare(books(held_out), folder, tokenizer=tokenizer, doc_split="paragraph", progress=False, **sizes)
+        prepare(books(held_out), folder, tokenizer=tokenizer, doc_split=split, progress=False, **sizes)
     else:
-        model = unigram_model(work, vocab, held_out)
-        prepare(books(held_out), folder, tokenizer=str(model), doc_split="paragraph", allow_unknown=True,
-                progress=False)
+        model = unigram_model(work, vocab, held_out, docs)
+        prepare(books(held_out), folder, tokenizer=str(model), doc_split=split, allow_unknown=True, progress=False)
     print(f"prepared {folder} in {time.perf_counter() - t:.0f} s (not counted)")
     return folder
 
 
-def unigram_model(work: Path, vocab: int, held_out: str) -> Path:
+def unigram_model(work: Path, vocab: int, held_out: str, docs: str) -> Path:
     """A SentencePiece unigram model of `vocab` pieces trained on the BPE folder's training split."""
     import sentencepiece
 
-    docs = [text.replace("\n", " ") for text, _ in training_documents(DataFolder(data_folder(work, vocab, "bpe",
-                                                                                            held_out)))]
-    corpus = work / f"unigram{vocab}-train.txt"
-    corpus.write_text("\n".join(d for d in docs if d), encoding="utf-8")  # one training paragraph per line
-    prefix = work / f"unigram{vocab}"
+    bpe = DataFolder(data_folder(work, vocab, "bpe", held_out, docs))
+    texts = [text.replace("\n", " ") for text, _ in training_documents(bpe)]
+    corpus = work / f"unigram{vocab}-{bpe.path.name}-train.txt"
+    corpus.write_text("\n".join(d for d in texts if d), encoding="utf-8")  # one training document per line
+    prefix = work / f"unigram{vocab}-{bpe.path.name}"
     sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(prefix), vocab_size=vocab,
                                              model_type="unigram", character_coverage=0.9999, minloglevel=2,
                                              max_sentence_length=1 << 20, hard_vocab_limit=False)
@@ -177,6 +181,9 @@ def main() -> None:
     ap.add_argument("--bpe-dropout", default=None, metavar="P:COPIES",
                     help="train ours on COPIES copies of the training split, all but the first re-encoded with "
                          "BPE-dropout P (an experiment; docs/speedrun-log.md)")
+    ap.add_argument("--docs", default="pages", choices=("pages", "paragraphs"),
+                    help="what a document is: a page of consecutive paragraphs (default), or one paragraph, "
+                         "as runs before 2026-12-01's twelfth session had it")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--label", default=None, help="name of this run in results.jsonl")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "speedrun", help="cache and run folders")
@@ -193,13 +200,13 @@ def main() -> None:
     label = args.label or f"{args.preset}-{args.tokenizer}{args.vocab}" + "".join(f"-{s}" for s in args.set)
     args.work.mkdir(parents=True, exist_ok=True)
     book = LITERATURE / args.held_out
-    ours = data_folder(args.work, args.vocab, args.tokenizer, args.held_out)
+    ours = data_folder(args.work, args.vocab, args.tokenizer, args.held_out, args.docs)
     if args.bpe_dropout:
         p, copies = args.bpe_dropout.split(":")
         ours = bpe_dropout_folder(ours, float(p), int(copies))
     contenders = [(label, args.preset, ours, args.set)]
     if args.baseline:
-        contenders.append(("nanogpt-cpu-ref-char", "cpu-ref", data_folder(args.work, 0, "char", args.held_out),
+        contenders.append(("nanogpt-cpu-ref-char", "cpu-ref", data_folder(args.work, 0, "char", args.held_out, args.docs),
                            args.baseline_set))
     scores = []
     for name, preset, data_path, sets in contenders:
