@@ -136,17 +136,22 @@ def timed(step, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def best_of_rounds(steps: dict, iters: int, rounds: int) -> dict[str, float]:
-    """Seconds per call of each of `steps` (name → step function): three warm-up calls each
-    (allocator, oneDNN kernel selection), then `rounds` rounds alternating between them, the best
-    round of each kept, so that a slower moment of a shared machine hits them all alike."""
+def timed_rounds(steps: dict, iters: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each of `steps` (name → step function) in each of `rounds` rounds:
+    three warm-up calls each (allocator, oneDNN kernel selection), then the rounds alternating
+    between them, so that a slower moment of a shared machine hits them all alike."""
     for step in steps.values():
         timed(step, 3)
-    best = dict.fromkeys(steps, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            best[name] = min(best[name], timed(step, iters))
-    return best
+            times[name].append(timed(step, iters))
+    return times
+
+
+def best_of_rounds(steps: dict, iters: int, rounds: int) -> dict[str, float]:
+    """Seconds per call of each of `steps`: the best of `timed_rounds`."""
+    return {name: min(t) for name, t in timed_rounds(steps, iters, rounds).items()}
 
 
 def our_step(trainer: Trainer) -> tuple:
