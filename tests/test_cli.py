@@ -89,7 +89,7 @@ def test_mismatched_tokenizer_and_damaged_checkpoint(tmp_path, trained_run, smal
 
 @pytest.mark.parametrize("args, fragment", [
     (["--prompt", ""], "prompt is empty"),
-    (["--prompt", "আমি", "--temperature", "0"], "temperature must be > 0"),
+    (["--prompt", "আমি", "--temperature", "-0.5"], "temperature must be >= 0 (0 decodes greedily"),
     (["--prompt", "আমি", "--top-p", "0"], "top-p must be in (0, 1]"),
     (["--prompt", "আমি", "--top-p", "2"], "top-p must be in (0, 1]"),
 ])

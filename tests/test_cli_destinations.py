@@ -198,3 +198,38 @@ def test_overwrite_replaces_only_an_earlier_export(trained_run, tmp_path, capsys
     code, err = run_cli(["export", trained_run, "--format", "gguf", "--out", text, "--overwrite"], capsys)
     one_line_error(code, err, "is not a GGUF file")
     assert text.read_text(encoding="utf-8") == "not a model"
+
+
+def test_a_preset_on_resume_may_not_undo_the_runs_own_settings(data_dir, tmp_path, capsys):
+    """`--preset tiny --set train.max_iters=8 ...`, then the resume repeating only `--preset tiny`:
+    the preset would put max_iters back at its 2,400, so the resume is refused naming the key,
+    and the run is left as it was; the same resume without --preset keeps the saved 8."""
+    from banglaslm import checkpoint
+
+    run = tmp_path / "run"
+    short = ["--set", "train.max_iters=8", "--set", "train.eval_iters=2"]
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--preset", "tiny", *short], capsys)
+    one_line_error(code, err, "train.warmup_iters (50) exceeds train.max_iters (8); give more steps, or a shorter "
+                              "warm-up with --set train.warmup_iters=N")  # the fix named, as for --max-iters
+    short += ["--set", "train.warmup_iters=4"]
+    code, _ = run_cli(["train", "--data", data_dir, "--out", run, "--preset", "tiny", *short], capsys)
+    assert code == 0
+    before = (run / "checkpoints" / "latest.safetensors").read_bytes()
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--preset", "tiny", "--resume"], capsys)
+    one_line_error(code, err, "would change the saved run's train.max_iters 8 → 2400")
+    assert "train.eval_iters 2 → 10" in err and "train.warmup_iters 4 → 50" in err and "drop --preset" in err
+    assert (run / "checkpoints" / "latest.safetensors").read_bytes() == before
+    assert run_cli(["train", "--data", data_dir, "--out", run, "--resume"], capsys)[0] == 0
+    assert checkpoint.read_state(run / "checkpoints" / "latest.safetensors")["iter"] == 8
+    assert run_cli(["train", "--data", data_dir, "--out", run, "--preset", "tiny", "--resume", *short], capsys)[0] == 0
+
+
+def test_ctrl_c_while_the_command_line_is_read_is_one_line(monkeypatch, capsys):
+    """Building the parser imports torch (seconds): Ctrl-C then exits 130 with one line, no traceback."""
+    import banglaslm.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["prepare", "x", "--out", "y"]) == 130
+    assert capsys.readouterr().err.strip() == "banglaslm: interrupted"

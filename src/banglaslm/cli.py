@@ -297,10 +297,26 @@ def cmd_train(args) -> None:
         base = run.load_config() if args.resume and run.config_path.is_file() else \
             RunFolder(init_from).load_config() if init_from else None
         config = build_config(args.preset, args.config, overrides, base=base)
+        if args.resume and base is not None and args.preset:
+            _check_resumed_preset(args.preset, config, build_config(None, args.config, overrides, base=base))
         result = train(args.data, args.out, config, resume=args.resume, max_iters=args.max_iters, init_from=init_from)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, one summary (rank 0's) is enough
     print(_done(result))
+
+
+def _check_resumed_preset(preset: str, config, without) -> None:
+    """A preset on --resume overwrites what the run saved (a `--set train.max_iters=200` of the
+    first command quietly back at the preset's value): refuse where the config built with it
+    differs from the one built without it (the saved run, --config and --set)."""
+    def flat(cfg) -> dict:
+        return {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
+
+    ours, saved = flat(config), flat(without)
+    changed = [f"{key} {saved[key]} → {value}" for key, value in ours.items() if saved[key] != value]
+    if changed:
+        raise UserError(f"--preset {preset} with --resume would change the saved run's {', '.join(changed)}; the run "
+                        "keeps its own settings: drop --preset (and --set any key you do mean to change)")
 
 
 def _done(result) -> str:
@@ -530,8 +546,12 @@ def _os_message(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .training.trainer import TrainingInterrupted
+    try:  # building the parser imports torch: seconds in which Ctrl-C must not print a traceback
+        args = build_parser().parse_args(argv)
+        from .training.trainer import TrainingInterrupted
+    except KeyboardInterrupt:
+        print("banglaslm: interrupted", file=sys.stderr)
+        return 130
 
     try:
         COMMANDS[args.command](args)

@@ -184,7 +184,7 @@ class RunConfig:
 class SamplingParams:
     """How to generate; each field's help is also its command-line help."""
     max_new_tokens: int = option(200, "most tokens to generate")
-    temperature: float = option(0.8, "> 1 flattens the distribution, < 1 sharpens it; below 1e-5 it is "
+    temperature: float = option(0.8, "> 1 flattens the distribution, < 1 sharpens it; 0 (or below 1e-5) is "
                                      "greedy decoding")
     top_k: int | None = option(None, "sample from the k most likely tokens only")
     top_p: float | None = option(None, "sample from the smallest set of tokens whose probability reaches p")
@@ -216,8 +216,8 @@ class SamplingParams:
         checks = [
             ("max_new_tokens", 1 <= self.max_new_tokens <= MAX_NEW_TOKENS,
              f"must be in [1, {MAX_NEW_TOKENS:,}], got {self.max_new_tokens}"),
-            ("temperature", self.greedy or self.temperature > 0,
-             f"must be > 0 for sampling (got {self.temperature}); for the argmax, set `greedy`"),
+            ("temperature", self.greedy or self.temperature >= 0,
+             f"must be >= 0 (0 decodes greedily, as `greedy` does), got {self.temperature}"),
             ("top_k", self.top_k is None or self.top_k >= 1, f"must be at least 1, got {self.top_k}"),
             ("top_p", self.top_p is None or 0 < self.top_p <= 1, f"must be in (0, 1], got {self.top_p}"),
             ("min_p", self.min_p is None or 0 <= self.min_p <= 1, f"must be in [0, 1], got {self.min_p}"),
@@ -468,7 +468,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError("train.ema_decay averages whole weights in one process; it runs without FSDP and LoRA "
                         "(use train.parallel=ddp, full fine-tuning, or leave it at 0)")
     if t.warmup_iters > t.max_iters:
-        raise UserError(f"train.warmup_iters ({t.warmup_iters}) exceeds train.max_iters ({t.max_iters})")
+        raise UserError(f"train.warmup_iters ({t.warmup_iters}) exceeds train.max_iters ({t.max_iters}); give more "
+                        "steps, or a shorter warm-up with --set train.warmup_iters=N")
     if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):
         raise UserError(f"bad value '{t.device}' for train.device: use auto, cpu, cuda or cuda:N")
     f = cfg.finetune
