@@ -124,6 +124,20 @@ def _assert_same_final_state(a, b):
 
 
 @pytest.mark.slow
+def test_without_a_progress_bar_each_evaluation_prints_a_line(data_dir, tmp_path, capsys):
+    """Output to a file or pipe (no terminal, progress left to the default): one line per
+    evaluation on stdout, with the losses metrics.jsonl records; progress=False: silent."""
+    cfg = build_config(overrides={**TINY_SETTINGS, "train.max_iters": 20})
+    train(data_dir, tmp_path / "run", cfg)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("iter ")]
+    assert [line.split(":")[0] for line in lines] == ["iter 0/20", "iter 10/20", "iter 20/20"]
+    records = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last_val = [r["loss"] for r in records if r.get("split") == "val" and r["iter"] == 20][0]
+    assert f"val {last_val:.4f}" in lines[-1]
+    train(data_dir, tmp_path / "quiet", cfg, progress=False)
+    assert "iter " not in capsys.readouterr().out
+
+
 def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference_run, data_dir, tmp_path):
     run = tmp_path / "run"
     # Let the first process get going, then kill it hard at several moments (mid-step or

@@ -298,9 +298,20 @@ class Trainer:
             if session.log is not None:
                 plot_loss(session.log.records, self.run.plot_path, title=self.run.path.name)
             session.bar.set_postfix(train=f"{result['train']:.3f}", val=f"{result['val']:.3f}", refresh=False)
+            self._print_eval(it, result, session)
         if it % (tc.checkpoint_interval or tc.eval_interval) == 0 or last or improved:
             self._save(it, improved)
         return last
+
+    def _print_eval(self, it: int, result: dict[str, float], session: _Session) -> None:
+        """Where no progress bar is drawn by default (output to a file, a pipe, nohup), one line
+        per evaluation on stdout instead (errors and warnings keep stderr), so that a log shows
+        the run going; silent when the caller turned progress off."""
+        if self.show_progress is not None or not session.bar.disable or not self.dist.is_main:
+            return
+        losses = ", ".join(f"{split} {loss:.4f}" for split, loss in result.items())
+        print(f"iter {it:,}/{self.config.train.max_iters:,}: loss {losses}; {session.tokens_per_s:,.0f} tokens/s; "
+              f"{self.clock.elapsed():.0f} s", flush=True)
 
     def _bits_per_char(self, split: str, loss: float) -> float | None:
         """An evaluation's loss (nats per token) in bits per character of its split: the loss
