@@ -143,7 +143,7 @@ def test_pages_train_on_paragraph_breaks_that_paragraphs_turn_into_document_ends
         ids = np.concatenate([data.tokens(s).read() for s in ("train", "val")])
         tokenizer = data.tokenizer()
         texts[split] = tokenizer.decode(ids[ids != tokenizer.eod_id].tolist())
-        assert data.meta["doc_split"] == split
+        assert data.meta["doc_split"] == split and data.meta["text_files"] == len(small_books)
     assert texts["page"].count("\n\n") > 100 and texts["paragraph"].count("\n\n") == 0
     assert sorted(texts["page"].replace("\n\n", "")) == sorted(texts["paragraph"].replace("\n\n", ""))
 
@@ -162,3 +162,5 @@ def test_split_warnings_rules():
     assert "raise `val_fraction`" in val_split_warnings(meta(10_000, 10_000_000))[0]
     assert "lower `val_fraction`" in val_split_warnings(meta(600_000, 400_000))[0]
     assert "`doc_split` page" in val_split_warnings(meta(600_000, 400_000, doc_split="file"))[0]
+    tables = {**meta(600_000, 400_000, doc_split="file"), "text_files": 0}  # doc_split does nothing to a CSV
+    assert "`doc_split`" not in val_split_warnings(tables)[0] and "lower `val_fraction`" in val_split_warnings(tables)[0]

@@ -181,3 +181,29 @@ def test_a_compressed_parquet_file_is_refused(tmp_path):
     (tmp_path / "t.parquet.gz").write_bytes(b"\x1f\x8b")
     with pytest.raises(UserError, match="compressed inside; pass the .parquet file itself"):
         docs([tmp_path / "t.parquet.gz"])
+
+
+@pytest.mark.parametrize("head, what, fix", [
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\nstream x\x9c+I-.", "a PDF file", "pdftotext"),  # no NUL byte in it
+    (b"PK\x03\x04\x14\x00\x06\x00", "a ZIP archive", "extract its text"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Microsoft Office file", "plain text or CSV"),
+    (b"{\\rtf1\\ansi Hello}", "an RTF document", "plain text"),
+    (b"\x1f\x8b\x08\x00", "a gzip-compressed file", "name it with .gz"),
+])
+def test_a_file_named_txt_that_is_not_text_is_refused_by_its_content(tmp_path, head, what, fix):
+    """What a file holds, not only its name: a PDF or Word file renamed .txt gets the advice for
+    what it is, not an encoding error (a PDF's compressed streams need not hold a NUL byte)."""
+    path = tmp_path / "book.txt"
+    path.write_bytes(head)
+    with pytest.raises(UserError, match=f"book.txt is {what}.*{fix}"):
+        docs([path])
+
+
+def test_a_file_in_another_encoding_gets_a_conversion_that_works(tmp_path):
+    """Latin-1/Windows-1252 bytes: the error names iconv with the source encoding and the output
+    file (iconv without -f fails on such input)."""
+    path = tmp_path / "latin.txt"
+    path.write_bytes("café naïve\n".encode("cp1252"))
+    with pytest.raises(UserError, match=r"invalid byte 0xe9 at offset 3.*iconv -f WINDOWS-1252 -t UTF-8 latin.txt > "
+                                        r"latin.utf8.txt"):
+        docs([path])

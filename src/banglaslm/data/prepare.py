@@ -104,7 +104,8 @@ def val_split_warnings(meta: dict) -> list[str]:
         problem, other_fix = "more text than the training split", "lower `val_fraction`"
     else:
         return []
-    fix = "split the text into more documents with `doc_split` page" if meta.get("doc_split") == "file" \
+    by_file = meta.get("doc_split") == "file" and meta.get("text_files", 1) > 0  # tables: one row, one document
+    fix = "split the text into more documents with `doc_split` page" if by_file \
         else other_fix
     return [f"the validation split holds {val:,} tokens ({share:.2%} of the text, `val_fraction` asked "
             f"{asked:.0%}): {problem}; {fix}"]
@@ -341,6 +342,7 @@ class _Job:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         meta = write_meta(self.work, tok, np.dtype(np_dtype).type, splits, {
             "val_fraction": self.plan["val_fraction"], "seed": self.plan["seed"], "doc_split": self.plan["doc_split"],
+            "text_files": sum(kind == "text" for kind, *_ in self.plan["sources"]),  # what doc_split applies to
             "tokenizer_sample": self.plan["tokenizer_sample"], "input_bytes": input_bytes,
             "sources": sources[:20] + ([f"... {len(sources) - 20} more"] if len(sources) > 20 else []),
             "coverage": {split: c.to_dict() for split, c in coverage.items()}})

@@ -54,6 +54,16 @@ NOT_TEXT = {
     ".tgz": "unpack it first and pass the folder", ".7z": "unpack it first and pass the folder",
     ".rar": "unpack it first and pass the folder",
 }
+# Files that are not text whatever their name says, by how they start: (first bytes, what it
+# is, what to do with it instead).
+MAGIC = [
+    (b"%PDF-", "a PDF file", NOT_TEXT[".pdf"]),
+    (b"PK\x03\x04", "a ZIP archive (Word, OpenDocument and EPUB files are ZIP archives too)",
+     "save or extract its text as a UTF-8 .txt file first"),
+    (b"\xd0\xcf\x11\xe0", "an old Microsoft Office file (.doc/.xls)", "save it as plain text or CSV (UTF-8) first"),
+    (b"{\\rtf", "an RTF document", NOT_TEXT[".rtf"]),
+    (b"\x1f\x8b", "a gzip-compressed file", "name it with .gz, which is read as the text inside"),
+]
 DOC_SPLITS = ("file", "page", "paragraph", "line")
 # A page, as `doc_split` "page" cuts a text file: consecutive paragraphs up to about this many
 # characters (a printed page). Many documents per book, so a validation split samples every book,
@@ -181,6 +191,9 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
         raise UserError(f"{path} is a {_format(Path(path))[1:].upper()} table, not plain text; write the text of "
                         "its documents to a .txt file first")
     data = read_bytes(path)
+    for magic, what, fix in MAGIC:
+        if data.startswith(magic):
+            raise UserError(f"{path} is {what}, not text: {fix}")
     encoding = bom_encoding(data[:4])
     if encoding == "utf-8" and b"\x00" in data[:65536]:
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
@@ -189,7 +202,8 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
     except UnicodeDecodeError as exc:
         raise UserError(
             f"{path} is not {encoding.upper().replace('-SIG', '')} text (invalid byte 0x{data[exc.start]:02x} at "
-            f"offset {exc.start}); convert it to UTF-8 first (e.g. iconv -t UTF-8)"
+            f"offset {exc.start}); convert it to UTF-8 first, naming the encoding it was saved in "
+            f"(e.g. iconv -f WINDOWS-1252 -t UTF-8 {Path(path).name} > {Path(path).stem}.utf8.txt)"
         ) from None
     if doc_split == "file":
         yield text
