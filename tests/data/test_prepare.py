@@ -36,6 +36,18 @@ def test_bins_meta_and_document_structure(tmp_path, small_books):
     assert "characters/token" in result.summary()
 
 
+def test_summary_says_why_the_vocabulary_is_smaller_than_asked(tmp_path, small_books):
+    """Asked for more merges than the text holds, BPE stops short: the summary says so (the size
+    asked is in meta.json), and one document is "1 document"."""
+    result = prepare([str(small_books[0]), str(small_books[3])], tmp_path / "d", vocab_size=8000, progress=False)
+    got, asked = result.meta["tokenizer"]["vocab_size"], result.meta["vocab_size_asked"]
+    assert asked == 8000 and got < asked
+    assert f"vocabulary {got:,} (asked 8,000: the text has no more pairs" in result.summary()
+    assert "val: 1 document," in result.summary()
+    enough = prepare([str(small_books[0])], tmp_path / "e", vocab_size=300, doc_split="paragraph", progress=False)
+    assert "asked" not in enough.summary().splitlines()[1]
+
+
 def test_split_is_seeded_reproducible_and_by_document(tmp_path):
     write_docs(tmp_path / "src", 40)
     a = prepare([str(tmp_path / "src")], tmp_path / "a", vocab_size=300, seed=7, val_fraction=0.25, progress=False)

@@ -76,13 +76,18 @@ class PrepareResult:
                     "meta.json once every task is done")
         lines = [f"prepared {self.out_dir} in {self.seconds:.1f} s {speed}"]
         tok = self.meta["tokenizer"]
-        lines.append(f"tokenizer: {tok['kind']}, vocabulary {tok['vocab_size']:,}, ids stored as {self.meta['dtype']}")
+        asked = self.meta.get("vocab_size_asked")
+        short = f" (asked {asked:,}: the text has no more pairs of tokens seen twice to merge)" \
+            if tok["kind"] == "bpe" and asked and tok["vocab_size"] < asked else ""
+        lines.append(f"tokenizer: {tok['kind']}, vocabulary {tok['vocab_size']:,}{short}, ids stored as "
+                     f"{self.meta['dtype']}")
         for split in SPLITS:
             s = self.meta["splits"][split]
             c = self.meta.get("coverage", {}).get(split)
             covered = "" if c is None else (f", {c['unknown_share']:.2%} unknown / {c['byte_fallback_share']:.2%} "
                                              "byte-fallback tokens")
-            lines.append(f"{split:>5}: {s['documents']:,} documents, {s['chars']:,} characters, "
+            lines.append(f"{split:>5}: {s['documents']:,} document{'s' if s['documents'] != 1 else ''}, "
+                         f"{s['chars']:,} characters, "
                          f"{s['tokens']:,} tokens in {len(s['shards'])} shard(s), "
                          f"{s['chars'] / max(s['tokens'], 1):.2f} characters/token{covered}")
         return "\n".join(lines)
@@ -343,6 +348,7 @@ class _Job:
         meta = write_meta(self.work, tok, np.dtype(np_dtype).type, splits, {
             "val_fraction": self.plan["val_fraction"], "seed": self.plan["seed"], "doc_split": self.plan["doc_split"],
             "text_files": sum(kind == "text" for kind, *_ in self.plan["sources"]),  # what doc_split applies to
+            "vocab_size_asked": self.plan["vocab_size"],
             "tokenizer_sample": self.plan["tokenizer_sample"], "input_bytes": input_bytes,
             "sources": sources[:20] + ([f"... {len(sources) - 20} more"] if len(sources) > 20 else []),
             "coverage": {split: c.to_dict() for split, c in coverage.items()}})
