@@ -282,7 +282,7 @@ def test_finish_reasons_and_eval_mode(loaded, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"temperature": 0}, "temperature must be > 0"),
+    ({"temperature": -0.1}, "temperature must be >= 0"),
     ({"top_p": 0}, r"top_p must be in \(0, 1\]"),
     ({"min_p": 1.5}, r"min_p must be in \[0, 1\]"),
     ({"top_k": 0}, "top_k must be at least 1"),
