@@ -309,10 +309,7 @@ def _check_resumed_preset(preset: str, config, without) -> None:
     """A preset on --resume overwrites what the run saved (a `--set train.max_iters=200` of the
     first command quietly back at the preset's value): refuse where the config built with it
     differs from the one built without it (the saved run, --config and --set)."""
-    def flat(cfg) -> dict:
-        return {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
-
-    ours, saved = flat(config), flat(without)
+    ours, saved = config.flat(), without.flat()
     changed = [f"{key} {saved[key]} → {value}" for key, value in ours.items() if saved[key] != value]
     if changed:
         raise UserError(f"--preset {preset} with --resume would change the saved run's {', '.join(changed)}; the run "

@@ -173,6 +173,10 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """Every setting as 'section.name' -> value (the keys `--set` takes)."""
+        return _flatten(self.to_dict(), "config")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         cfg = cls()
