@@ -4,8 +4,8 @@ The tasks are lm-eval YAML files written here over tests/evaluation/data/bangla_
 original Bangla multiple-choice questions written for this project (question, four choices,
 the right one's index), and over two short texts for a perplexity task. Three checks:
 - multiple choice: each choice's log-likelihood equals what lm-eval's own `hf` model gives on
-  the Hugging Face export with `add_bos_token=True` (our contexts start after the
-  end-of-document token), so the accuracies are equal;
+  the Hugging Face export with its default arguments (the exported tokenizer puts the
+  end-of-document token first, as our contexts have it), so the accuracies are equal;
 - the same log-likelihoods equal `banglaslm eval`'s: eval(context + choice) - eval(context);
 - rolling log-likelihoods equal `banglaslm eval --stride BLOCK_SIZE`, and generate_until
   gives `banglaslm generate`'s greedy text.
@@ -99,16 +99,16 @@ def test_multiple_choice_matches_lm_eval_hf_on_the_export(lm_eval, ours, trained
                 task_manager=TaskManager(include_path=str(task_folder), include_defaults=False),
                 device="cpu", batch_size=8, log_samples=True, bootstrap_iters=0)
 
-    theirs = hf_scores(",add_bos_token=True")
+    theirs = hf_scores("")
     mine, hf = loglikelihoods(ours[0], "bangla_mc"), loglikelihoods(theirs, "bangla_mc")
     assert len(mine) == 32 and all(len(row) == 4 for row in mine)
     for a, b in zip(mine, hf):
         assert a == pytest.approx(b, rel=TOLERANCE)
     for metric in ("acc,none", "acc_norm,none"):
         assert ours[0]["results"]["bangla_mc"][metric] == theirs["results"]["bangla_mc"][metric]
-    # The control: without the end-of-document token before each question (lm-eval's default
-    # for our export), log-likelihoods move by far more than the tolerance.
-    plain = hf_scores("")
+    # The control: without the end-of-document token before each question, log-likelihoods
+    # move by far more than the tolerance.
+    plain = hf_scores(",add_bos_token=False")
     moved = max(abs(a - b) / abs(b) for row_a, row_b in zip(loglikelihoods(plain, "bangla_mc"), mine)
                 for a, b in zip(row_a, row_b))
     assert moved > 10 * TOLERANCE

@@ -3,7 +3,7 @@
 Why an adapter and not only the Hugging Face export: it scores the run exactly as banglaslm
 does, with no conversion in between. Text goes through the `bn-1` normalization, and every
 context starts after the end-of-document token, as every training document did (lm-eval's
-`--model hf` on our export does the same with `add_bos_token=True`; docs/lm-eval.md).
+`--model hf` on our export does the same, its tokenizer putting that token first; docs/lm-eval.md).
 Log-likelihoods come from one forward pass per batch of right-padded rows (causal attention
 never sees the padding); generation is the KV-cache engine of `banglaslm generate`.
 """

@@ -107,8 +107,6 @@ def with_bangla_normalizer(spec: dict[str, Any]) -> dict[str, Any]:
     if existing:
         ours["normalizers"].append(existing)
     spec["normalizer"] = ours
-    # Our encode never applies the post-processor (add_special_tokens=False).
-    spec["post_processor"] = None
     return spec
 
 
@@ -139,6 +137,7 @@ def read_tokenizer_json(path: Path, normalizer_steps: Any = None) -> Tokenizer:
     spec = strip_bangla_normalizer(read_json_or_fail(path), steps)
     spec["truncation"] = None
     spec["padding"] = None
+    spec["post_processor"] = None  # our encode adds no special tokens (an export's BOS template goes)
     return Tokenizer.from_str(json.dumps(spec, ensure_ascii=False), str(path))
 
 

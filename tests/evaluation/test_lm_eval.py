@@ -2,7 +2,7 @@
 
 How lm-eval 0.4.x scores a `loglikelihood_rolling` document with `--model hf` (see
 `lm_eval.utils.get_rolling_token_windows(..., context_len=1)` and `HFLM.loglikelihood_rolling`):
-the text is encoded with the exported tokenizer (which adds no special tokens); L = the model's
+the text is encoded with the exported tokenizer (told to add no special tokens: add_bos_token=False); L = the model's
 max positions = our block_size; the first window is [prefix] + tokens[:L-1] scoring tokens[:L],
 where prefix is the tokenizer's bos_token_id, which export sets to our end-of-document id; each
 later window scores the next (up to) L tokens, fed the L tokens that end just before its last
@@ -128,7 +128,7 @@ def api_results(lm_eval, case, task_dir, tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         hf_offline(mp, tmp_path_factory.mktemp("hf_datasets_cache"))
         out = lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={exported},dtype=float32", tasks=[TASK],
+            model="hf", model_args=f"pretrained={exported},dtype=float32,add_bos_token=False", tasks=[TASK],
             # include_defaults=False: indexing lm-eval's ~14,000 built-in task files
             # takes longer than the evaluation itself.
             task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
@@ -174,7 +174,7 @@ def test_lm_eval_command_line_offline(lm_eval, prepared, trained_run, task_dir, 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(tmp_path / "datasets_cache"), "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "lm_eval", "run", "--model", "hf",
-           "--model_args", f"pretrained={exported},dtype=float32", "--include_path", str(task_dir),
+           "--model_args", f"pretrained={exported},dtype=float32,add_bos_token=False", "--include_path", str(task_dir),
            "--tasks", TASK, "--device", "cpu", "--batch_size", "8", "--output_path", str(tmp_path / "out")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

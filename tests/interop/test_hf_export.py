@@ -152,6 +152,27 @@ def test_greedy_generation_is_token_identical(arch, runs, tmp_path):
     assert out[0, prompt.shape[1]:].tolist() == expected
 
 
+
+def test_prompt_from_text_continues_as_banglaslm_generate(runs, tmp_path):
+    """The transformers user's way, `model.generate(**tokenizer(text))`, gives `banglaslm
+    generate`'s greedy continuation: the tokenizer puts the end-of-document token first."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from banglaslm import SamplingParams
+    from banglaslm.generation.engine import Engine
+
+    run = perturbed_copy(runs["modern"], tmp_path / "run", seed=1)
+    folder = export_hf(run, tmp_path / "hf")
+    hf, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    loaded, text = load_model(run), "আমার সোনার বাংলা"
+    [[ours]] = Engine(loaded.model, loaded.tokenizer).generate([text], SamplingParams(temperature=0, max_new_tokens=12))
+    assert len(set(ours.token_ids)) > 3  # a real test, not one token repeated
+    with torch.no_grad():
+        out = hf.generate(**tok(text, return_tensors="pt"), max_new_tokens=12, do_sample=False)
+    prompt = tok(text)["input_ids"]
+    assert out[0, :len(prompt)].tolist() == prompt and prompt[0] == loaded.tokenizer.eod_id
+    assert out[0, len(prompt):].tolist()[:len(ours.token_ids)] == ours.token_ids
+
 # ---- the tokenizer -----------------------------------------------------------------------------
 def test_tokenizer_gives_our_ids(hf_tokenizer, trained_run):
     ours = load_model(trained_run).tokenizer
@@ -159,13 +180,15 @@ def test_tokenizer_gives_our_ids(hf_tokenizer, trained_run):
     assert hf_tokenizer.eos_token_id == hf_tokenizer.bos_token_id == ours.eod_id
     texts = [p.read_text(encoding="utf-8") for p in corpus_files()] + [MESSY]
     for text in texts:  # raw text: the exported normalizer does what normalize() does
-        ids = hf_tokenizer(text, split_special_tokens=True)["input_ids"]
+        ids = hf_tokenizer(text, split_special_tokens=True, add_special_tokens=False)["input_ids"]
         assert ids == ours.encode(text)
+    # By default the end-of-document token goes first, as before every training document.
+    assert hf_tokenizer(texts[0])["input_ids"] == [ours.eod_id, *ours.encode(texts[0])]
     # A literal "<|endoftext|>" in text is text for ours; transformers makes it the control token
     # unless asked not to (the exported chat template needs that: it writes the token as text).
-    assert ours.eod_id not in hf_tokenizer(MESSY, split_special_tokens=True)["input_ids"]
-    assert ours.eod_id in hf_tokenizer(MESSY)["input_ids"]
-    assert hf_tokenizer(texts[0])["input_ids"] == ours.encode(texts[0])
+    plain = {"add_special_tokens": False}
+    assert ours.eod_id not in hf_tokenizer(MESSY, split_special_tokens=True, **plain)["input_ids"]
+    assert ours.eod_id in hf_tokenizer(MESSY, **plain)["input_ids"]
     assert hf_tokenizer.decode(ours.encode(texts[0])) == normalize(texts[0])
 
 

@@ -18,6 +18,8 @@ from typing import Annotated, Any
 
 import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.processors import TemplateProcessing
 
 from ..chat_template import jinja_template
 from ..config import ModelConfig, Opt, SamplingParams
@@ -96,7 +98,13 @@ def hf_config(cfg: ModelConfig, eod_id: int, provenance: dict[str, Any] | None =
 # ---- export ---------------------------------------------------------------------------------
 def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callable[[Path], None]]:
     eod = tokenizer.hf.id_to_token(tokenizer.eod_id)
-    spec = with_bangla_normalizer(json.loads(tokenizer.hf.to_str()))
+    hf = HFTokenizer.from_str(tokenizer.hf.to_str())
+    # Every training document followed an end-of-document token, so `tokenizer(text)` puts one
+    # first, as Llama's tokenizer puts its BOS: transformers' generate and pipelines then
+    # continue a prompt exactly as `banglaslm generate` does. Our own encode never adds it.
+    hf.post_processor = TemplateProcessing(single=f"{eod} $A", pair=f"{eod} $A {eod} $B:1",
+                                           special_tokens=[(eod, tokenizer.eod_id)])
+    spec = with_bangla_normalizer(json.loads(hf.to_str()))
     added = {str(t_id): {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip,
                          "normalized": t.normalized, "single_word": t.single_word, "special": t.special}
              for t_id, t in sorted(tokenizer.hf.get_added_tokens_decoder().items())}
@@ -104,7 +112,7 @@ def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callabl
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": eod, "eos_token": eod, "pad_token": None,
         "unk_token": tokenizer.hf.id_to_token(tokenizer.unk_id) if tokenizer.unk_id is not None else None,
-        "add_bos_token": False, "add_eos_token": False,
+        "add_bos_token": True, "add_eos_token": False,
         # The chat template writes the end-of-document token as text ("{{ eos_token }}"), which
         # must become the control token: so a literal one in text does too (ours keeps it text).
         "split_special_tokens": False,
