@@ -8,8 +8,9 @@ steps on the shared Bangla books, or the embedded corpus where they are absent),
 f16 and q8_0 GGUF files into a temp folder, load each with `llama_cpp.Llama`, and compare
 with our model on normalized Bangla prompts:
 
-(a) tokenization: llama.cpp's `tokenize(text, add_bos=False, special=False)` against ours, on
-    the prompts and on real paragraphs (`--paragraphs`);
+(a) tokenization: llama.cpp's `tokenize(text, special=False)` (its default, which puts the
+    file's BOS, our end-of-document token, first) against ours after that token, on the
+    prompts and on real paragraphs (`--paragraphs`);
 (b) greedy continuation: our engine's greedy tokens (prompt after the end-of-document token,
     as `banglaslm generate` does, `--new-tokens`) against llama.cpp's argmax decoding of the same
     ids; "greedy equal" counts the prompts whose whole continuation is identical (in brackets:
@@ -190,7 +191,7 @@ def check_run(run: Path, args, tmp: Path, emulate: bool = False) -> list[dict]:
                               n_threads=args.threads, n_threads_batch=args.threads, logits_all=True,
                               type_k=kv, type_v=kv, verbose=False)
         assert llm.n_vocab() == cfg.vocab_size and llm.token_bos() == eod and llm.token_eos() == eod
-        tok_equal = sum(llm.tokenize(t.encode("utf-8"), add_bos=False, special=False) == ids
+        tok_equal = sum(llm.tokenize(t.encode("utf-8"), special=False) == [eod, *ids]
                         for t, ids in zip(texts, our_ids))
         same, lead, total, first_diff, all_diff, scale = 0, 0, 0, 0.0, 0.0, 0.0
         samples = []

@@ -267,7 +267,7 @@ def test_metadata_and_vocabulary(files, runs, arch):
         assert types == [3 if i == eod else 1 for i in range(len(vocab))]  # 3 = CONTROL
         assert field(r, "tokenizer.ggml.bos_token_id") == eod
         assert field(r, "tokenizer.ggml.eos_token_id") == eod
-        assert field(r, "tokenizer.ggml.add_bos_token") is False
+        assert field(r, "tokenizer.ggml.add_bos_token") is True  # llama.cpp puts it before a prompt, as we do
 
 
 def test_storage_types():

@@ -252,7 +252,7 @@ def export_gguf(
         w.add_token_types(vocab["types"])
         w.add_bos_token_id(vocab["eod_id"])
         w.add_eos_token_id(vocab["eod_id"])
-        w.add_add_bos_token(False)
+        w.add_add_bos_token(True)
         w.add_add_eos_token(False)
         w.add_chat_template(jinja_template())
         # Provenance; llama.cpp ignores keys it does not know.
