@@ -15,7 +15,8 @@ rounds that alternate with ours (best round each); the ratio is ours / GPT-2 tok
 depth, not the same arithmetic. MFU is measured against this machine's own fp32 matmul peak
 (a large square matmul timed here), so the figure is comparable across machines. `--profile`
 adds where the time of the measured steps goes (torch.profiler, operators by self time,
-grouped into matmuls / attention / activations / norms / optimizer / the rest).
+grouped into matmuls / attention / activations / norms / optimizer / the rest; with
+`train.compile=true` inductor's generated kernels count in the group their name says).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def fake_data(folder: Path, vocab: int, n_tokens: int = 2_000_000) -> None:
 
 # Operator name fragments → the share of time they stand for (first match wins).
 GROUPS = (("matmuls", ("addmm", "aten::mm", "bmm", "matmul", "linear")),
+          ("calling compiled kernels (inductor's Python wrapper)", ("compiledfxgraph", "compiledfunction")),
           ("loss (log-softmax, NLL)", ("cross_entropy", "nll_loss", "log_softmax")),
           ("dropout masks", ("bernoulli", "dropout")),
           ("attention", ("attention", "softmax")),
@@ -201,6 +203,9 @@ def main() -> None:
     ap.add_argument("--compile-peer", action="store_true", help="torch.compile the GPT-2 peer too")
     args = ap.parse_args()
     overrides = dict(s.split("=", 1) for s in args.set)
+    if args.profile:  # inductor's generated kernels appear in the profile by name, not as one call
+        import torch._inductor.config as inductor_config
+        inductor_config.cpp.enable_kernel_profile = True
     peak = matmul_peak_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s")
     peer_head = f" {'GPT-2 tokens/s':>14} {'ours / GPT-2':>12}" if args.peer else ""
