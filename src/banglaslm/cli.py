@@ -28,6 +28,7 @@ from .config import (
     SamplingParams,
     build_config,
     describe_fields,
+    inherited,
     parse_set_args,
 )
 from .errors import UserError
@@ -295,7 +296,7 @@ def cmd_train(args) -> None:
         # --preset / --config / --set change a saved config: the resumed run's (train() then
         # checks that only settings a resume may change were changed), or the source run's.
         base = run.load_config() if args.resume and run.config_path.is_file() else \
-            RunFolder(init_from).load_config() if init_from else None
+            inherited(RunFolder(init_from).load_config()) if init_from else None
         config = build_config(args.preset, args.config, overrides, base=base)
         if args.resume and base is not None and args.preset:
             _check_resumed_preset(args.preset, config, build_config(None, args.config, overrides, base=base))
@@ -321,7 +322,8 @@ def _done(result) -> str:
     if not last:  # resumed at its last iteration: nothing was trained or evaluated
         return (f"{result.run_dir} already finished its {result.iterations} iterations (best val "
                 f"{result.best_val_loss:.4f}); to train further, resume with a larger --max-iters")
-    return (f"done: {result.iterations} iterations in {result.seconds:.0f} s; "
+    clock = f" (train.time_limit_min = {result.time_limit_min:g} stopped it)" if result.time_limit_min else ""
+    return (f"done: {result.iterations} iterations in {result.seconds:.0f} s{clock}; "
             f"last eval train {last.get('train', float('nan')):.4f} val {last.get('val', float('nan')):.4f}; "
             f"best val {result.best_val_loss:.4f}; run folder {result.run_dir}")
 
@@ -443,8 +445,8 @@ def cmd_export(args) -> None:
             print(f"note: {GELU_NOTE}", file=sys.stderr)
         if args.dtype == "q8_0":
             print(f"note: {Q8_0_NOTE}", file=sys.stderr)
-        print(f"exported {args.run_dir} ({args.which}) to {out} ({args.dtype}); prepend the end-of-document "
-              f"token and normalize prompts with banglaslm.text.normalize first (see docs/interop.md)")
+        print(f"exported {args.run_dir} ({args.which}) to {out} ({args.dtype}); normalize prompts with "
+              f"banglaslm.text.normalize first (see docs/interop.md)")
         return
     from .interop.gguf_export import export_gguf
     from .interop.hf_export import export_hf

@@ -300,6 +300,9 @@ FINETUNE_TRAIN: dict[str, Any] = {
     "train.eval_interval": 50, "train.eval_iters": 10, "train.checkpoint_interval": 0, "train.log_interval": 5,
     "train.ema_decay": 0.0,  # a few hundred steps: an average would lag behind them (and LoRA refuses one)
 }
+# What a run started from another's weights (train --init-from, finetune) does not take from the
+# source's config: the source's time budget was that run's, not the model's.
+NOT_INHERITED: dict[str, Any] = {"train.time_limit_min": 0.0}
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "finetune": FinetuneConfig}
 
 
@@ -414,6 +417,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a table with 'model' and/or 'train'")
     return _flatten(data, str(path))
+
+
+def inherited(source: RunConfig, extra: dict[str, Any] | None = None) -> RunConfig:
+    """A copy of a source run's config for a run that starts from its weights: NOT_INHERITED,
+    then `extra` (e.g. FINETUNE_TRAIN) applied, not validated yet (the user's settings follow)."""
+    cfg = RunConfig.from_dict(source.to_dict())
+    apply_overrides(cfg, {**NOT_INHERITED, **(extra or {})})
+    return cfg
 
 
 def build_config(preset: str | None = None, file: str | Path | None = None,

@@ -124,3 +124,28 @@ def test_init_from_needs_the_source_tokenizer(base_run, small_books, tmp_path):
     with pytest.raises(UserError, match="prepare it with that run's tokenizer"):
         train(char, tmp_path / "r", build_config(overrides=SHORT), init_from=base_run, progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_warm_start_does_not_take_the_source_time_limit(data_dir, other_data, tmp_path, capsys):
+    """The source's train.time_limit_min was its own budget: a run started from its weights
+    (train --init-from, finetune) trains the steps it is given, and says when a limit stops it."""
+    from banglaslm.runfolder import RunFolder
+    from banglaslm.training.finetune import finetune_config
+
+    timed = tmp_path / "timed"  # a short run with a time limit it did not reach; 2 steps < finetune's warm-up of 10
+    train(data_dir, timed, build_config(overrides={**SHORT, "train.max_iters": 2, "train.eval_interval": 2,
+                                                   "train.warmup_iters": 1, "train.time_limit_min": 30}), progress=False)
+    new = tmp_path / "new"
+    code, err = run_cli(["train", "--data", other_data, "--out", new, "--init-from", timed, "--max-iters", 3,
+                         "--set", "train.eval_interval=3"], capsys)
+    assert code == 0, err
+    assert json.loads((new / "config.json").read_text(encoding="utf-8"))["train"]["time_limit_min"] == 0
+    config = finetune_config(RunFolder(timed).load_config(), overrides={"train.max_iters": 40})
+    assert config.train.time_limit_min == 0 and config.train.max_iters == 40
+    # a limit given to this run is kept, and the summary names it when it ends the run early
+    code = main([str(a) for a in ["train", "--data", other_data, "--out", tmp_path / "clock", "--init-from", timed,
+                                  "--max-iters", 100000, "--set", "train.time_limit_min=0.0001",
+                                  "--set", "train.log_interval=1"]])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "train.time_limit_min = 0.0001 stopped it" in out, out

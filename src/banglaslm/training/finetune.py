@@ -20,6 +20,7 @@ from ..config import (
     FINETUNE_TRAIN,
     RunConfig,
     build_config,
+    inherited,
     load_config_file,
     resolve_key,
     validate,
@@ -103,7 +104,7 @@ def finetune_config(source: RunConfig, file: str | Path | None = None, overrides
     if lora_only and rank is None and not source.finetune.lora_rank:
         raise bad_param(lora_only[0], "is a LoRA setting, but no finetune.lora_rank is set: add --set "
                                       "finetune.lora_rank=R for LoRA, or drop it for full fine-tuning")
-    base = build_config(overrides=FINETUNE_TRAIN, base=source)
+    base = inherited(source, FINETUNE_TRAIN)  # validated below, with the user's settings
     if "train.max_iters" in given and "train.warmup_iters" not in given and str(given["train.max_iters"]).isdigit():
         given["train.warmup_iters"] = min(base.train.warmup_iters, int(given["train.max_iters"]) // 5)
     config = build_config(overrides=given, base=base)

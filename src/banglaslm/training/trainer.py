@@ -77,6 +77,7 @@ class TrainResult:
     tokens_per_s: float
     seconds: float
     skipped_updates: int = 0
+    time_limit_min: float = 0.0  # the limit, when it ended the run before train.max_iters
 
 
 @dataclass
@@ -485,7 +486,8 @@ class Trainer:
                 it += 1
                 session.bar.update(1)
         return TrainResult(self.run.path, it, self.state.best_val, session.last_eval, session.tokens_per_s,
-                           time.perf_counter() - self.clock.started, self.guard.skipped_total)
+                           time.perf_counter() - self.clock.started, self.guard.skipped_total,
+                           tc.time_limit_min if it < tc.max_iters else 0.0)
 
 
 def _with_vocab(config: RunConfig, data_vocab: int) -> RunConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..config import RunConfig, resolved_model
+from ..config import RunConfig, inherited, resolved_model, validate
 from ..errors import UserError
 from ..model import tied_keys
 from ..runfolder import RunFolder
@@ -48,7 +48,8 @@ class WarmStart:
     def config(self, given: RunConfig | None) -> RunConfig:
         """The source's config, or `given` if its model is the source's (but for FREE_MODEL_KEYS,
         and vocab_size 0, which means the data's); UserError naming a model key that differs."""
-        source = RunConfig.from_dict(self.source_config.to_dict())
+        source = inherited(self.source_config)
+        validate(source)
         if given is None:
             return source
         mine, theirs = resolved_model(source.model), resolved_model(given.model)
