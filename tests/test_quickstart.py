@@ -5,7 +5,10 @@ run again, it continues the run instead of starting over."""
 import dataclasses
 import json
 
+import pytest
+
 from banglaslm.config import build_config
+from banglaslm.errors import UserError
 from banglaslm.quickstart import (
     PROMPTS,
     QUICKSTART_OVERRIDES,
@@ -32,3 +35,14 @@ def test_quickstart_end_to_end_then_continues(tmp_path):
     assert again["train"].iterations == 70  # resumed from step 60, not retrained from 0
     steps = [json.loads(l)["iter"] for l in (run / "metrics.jsonl").read_text().splitlines() if "lr" in l]
     assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+def test_quickstart_writes_only_into_its_own_folder(tmp_path):
+    """A folder of other files (a data folder, a run folder, the user's own) is refused before
+    any work, and left as it was."""
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep", encoding="utf-8")
+    with pytest.raises(UserError, match="not a banglaslm quick-start folder"):
+        quickstart(other, max_iters=2, say=lambda line: None, progress=False)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]

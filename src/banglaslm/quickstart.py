@@ -12,12 +12,13 @@ from typing import Annotated
 
 from .config import Opt, SamplingParams, build_config
 from .data.corpus import corpus_dir
-from .data.folder import DataFolder
+from .data.folder import DataFolder, is_data_folder
 from .data.prepare import prepare
 from .evaluation.perplexity import evaluate_text
+from .fileio import check_destination
 from .generation.engine import generate
 from .report import SAMPLE_SETTINGS
-from .runfolder import load_model
+from .runfolder import RunFolder, load_model
 from .training.trainer import train
 
 PROMPTS = ("একদিন সকালে", "আজ বাজারে", "নদীর ধারে", "আমাদের গ্রামে")
@@ -48,6 +49,13 @@ def held_out_text(data_dir: Path) -> str:
     return "\n\n".join(docs)
 
 
+def _is_quickstart(folder: Path) -> bool:
+    """An earlier quick start's folder (data/ and run/, each what it says), which a rerun continues."""
+    return {p.name for p in folder.iterdir()} <= {"data", "run"} and \
+        (not (folder / "data").exists() or is_data_folder(folder / "data")) and \
+        (not (folder / "run").exists() or RunFolder(folder / "run").is_run_folder())
+
+
 def _config(max_iters: int | None):
     """`tiny` with the quick start's dropout; a shorter run gets a warm-up that fits in it."""
     overrides = dict(QUICKSTART_OVERRIDES)
@@ -63,6 +71,7 @@ def quickstart(out: Annotated[str, Opt("folder for data/ and run/")] = "quicksta
     """The whole pipeline on the embedded corpus; what each stage produced, as a dict."""
     out = Path(out)
     data_dir, run_dir = out / "data", out / "run"
+    check_destination(out, "quick-start folder", replaceable=_is_quickstart)
     resume = (run_dir / "checkpoints" / "latest.safetensors").is_file()
     config = None if resume else _config(max_iters)  # checked before any work
     say(f"1/4 preparing the embedded Bangla corpus → {data_dir}")

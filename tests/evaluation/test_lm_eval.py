@@ -256,3 +256,24 @@ def test_write_perplexity_task_errors(tmp_path, case, expected):
         write_perplexity_task(texts, out, name=name)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_task_folder_is_shared_with_tasks_only(tmp_path):
+    """lm-eval reads every YAML in the folder, so other tasks may share it; a folder of other
+    files (a data folder, the user's texts) or a task file of the same name that is not ours is
+    refused, untouched; our own earlier task of that name is replaced."""
+    good = tmp_path / "good.txt"
+    good.write_text("বাংলা ভাষা", encoding="utf-8")
+    shared = write_perplexity_task([good], tmp_path / "tasks", name="first")
+    write_perplexity_task([good], shared, name="second")
+    write_perplexity_task([good], shared, name="first")  # ours, again: replaced
+    assert sorted(p.name for p in shared.iterdir()) == ["first.jsonl", "first.yaml", "second.jsonl", "second.yaml"]
+    for folder, content in [("texts", {"book.txt": "বই"}), ("mine", {"bangla_ppl.yaml": "task: mine\n"}),
+                            ("data_only", {"bangla_ppl.jsonl": "{}\n"})]:
+        out = tmp_path / folder
+        out.mkdir()
+        for name, text in content.items():
+            (out / name).write_text(text, encoding="utf-8")
+        with pytest.raises(UserError, match="not a banglaslm lm-eval task folder"):
+            write_perplexity_task([good], out)
+        assert {p.name: p.read_text(encoding="utf-8") for p in out.iterdir()} == content

@@ -17,7 +17,7 @@ from typing import Annotated
 from ..config import Opt
 from ..data.sources import read_text_file
 from ..errors import UserError
-from ..fileio import atomic_path, atomic_write_text, exclusive
+from ..fileio import atomic_path, atomic_write_text, check_destination, exclusive
 from ..text import NORMALIZATION, normalize
 
 # lm-eval task names are also file names here and must not look like a path or a glob.
@@ -41,10 +41,22 @@ def _yaml_str(value: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+_MARK = "# Written by banglaslm.evaluation.lm_eval_task.write_perplexity_task"
+
+
+def _only_tasks(folder: Path, yaml: Path, jsonl: Path) -> bool:
+    """Whether `folder` holds lm-eval task files only (other tasks may share it; lm-eval reads
+    every YAML there), and the two this task writes, where present, are an earlier one of ours."""
+    entries = list(folder.iterdir())
+    ours = yaml.is_file() and yaml.read_text(encoding="utf-8", errors="replace").startswith(_MARK)
+    return all(p.is_file() and p.suffix in (".yaml", ".yml", ".jsonl") for p in entries) and \
+        (ours or not (yaml.exists() or jsonl.exists()))
+
+
 def task_yaml(name: str, jsonl: Path, n_docs: int) -> str:
     """The task definition for `name`, reading documents from the absolute path `jsonl`."""
     return "\n".join([
-        "# Written by banglaslm.evaluation.lm_eval_task.write_perplexity_task; see docs/lm-eval.md.",
+        f"{_MARK}; see docs/lm-eval.md.",
         f"# {n_docs} document(s), one per input file, normalized with banglaslm policy {NORMALIZATION}.",
         f"task: {name}",
         "dataset_path: json",
@@ -108,10 +120,9 @@ def write_perplexity_task(texts: list[Path], out_dir: Path,
         # a file name that is not valid UTF-8 (surrogate-escaped) gets U+FFFD, not a crash
         docs.append({"text": text, "source": path.name.encode("utf-8", "replace").decode("utf-8")})
     out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a folder; choose another output folder")
     jsonl = out_dir / f"{name}.jsonl"
     yaml = out_dir / f"{name}.yaml"
+    check_destination(out_dir, "lm-eval task folder", replaceable=lambda folder: _only_tasks(folder, yaml, jsonl))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
