@@ -31,6 +31,10 @@ def test_prepare_bad_inputs(tmp_path):
     assert_user_error(cli("prepare", tmp_path / "bin.txt", "--out", out), "binary")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     assert_user_error(cli("prepare", tmp_path / "latin1.txt", "--out", out), "not UTF-8")
+    # a cleaning option without --clean would filter nothing: refused rather than ignored
+    (tmp_path / "ok.txt").write_text("বাংলা ভাষা\n\nআরেকটি অনুচ্ছেদ", encoding="utf-8")
+    assert_user_error(cli("prepare", tmp_path / "ok.txt", "--out", out, "--min-words", 5), "--min-words filters "
+                      "documents only with --clean")
     assert not out.exists()
 
 

@@ -46,6 +46,10 @@ def test_summary_says_why_the_vocabulary_is_smaller_than_asked(tmp_path, small_b
     assert "val: 1 document," in result.summary()
     enough = prepare([str(small_books[0])], tmp_path / "e", vocab_size=300, doc_split="paragraph", progress=False)
     assert "asked" not in enough.summary().splitlines()[1]
+    # a tokenizer given by path was asked for no size: nothing to explain
+    reused = prepare([str(small_books[3])], tmp_path / "f", tokenizer=str(tmp_path / "d" / "tokenizer.json"),
+                     doc_split="page", progress=False)
+    assert reused.meta["vocab_size_asked"] is None and "asked" not in reused.summary()
 
 
 def test_split_is_seeded_reproducible_and_by_document(tmp_path):

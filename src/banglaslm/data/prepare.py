@@ -348,7 +348,8 @@ class _Job:
         meta = write_meta(self.work, tok, np.dtype(np_dtype).type, splits, {
             "val_fraction": self.plan["val_fraction"], "seed": self.plan["seed"], "doc_split": self.plan["doc_split"],
             "text_files": sum(kind == "text" for kind, *_ in self.plan["sources"]),  # what doc_split applies to
-            "vocab_size_asked": self.plan["vocab_size"],
+            # the size a BPE trained here was asked for (a tokenizer given by path was asked nothing)
+            "vocab_size_asked": self.plan["vocab_size"] if self.plan["tokenizer"] == "bpe" else None,
             "tokenizer_sample": self.plan["tokenizer_sample"], "input_bytes": input_bytes,
             "sources": sources[:20] + ([f"... {len(sources) - 20} more"] if len(sources) > 20 else []),
             "coverage": {split: c.to_dict() for split, c in coverage.items()}})
