@@ -238,3 +238,15 @@ def test_library_errors_name_the_setting(trained_run, chats, tmp_path):
                                                                                         "finetune.lora_targets": "nope"}),
                  progress=False, say=lambda line: None)
     assert err.value.param == "finetune.lora_targets"
+
+
+def test_resume_with_another_source_is_refused(trained_run, chats, tmp_path):
+    """A resumed fine-tune keeps the source it started from: another run's weights as SOURCE
+    (here the fine-tune's own) are refused, and the run is left as it was."""
+    out = tmp_path / "ft"
+    finetune(trained_run, [str(chats)], out, config_for(trained_run, **{"train.max_iters": 2}),
+             progress=False, say=lambda line: None)
+    before = (out / "checkpoints" / "latest.safetensors").read_bytes()
+    with pytest.raises(UserError, match=f"does not hold the weights this run was fine-tuned from .{trained_run.resolve()}"):
+        finetune(out, [str(chats)], out, resume=True, max_iters=4, progress=False, say=lambda line: None)
+    assert (out / "checkpoints" / "latest.safetensors").read_bytes() == before

@@ -44,10 +44,10 @@ class FinetuneTrainer(Trainer):
                  resume: bool = False, progress: bool | None = None):
         self.lora: Lora | None = None
         super().__init__(config, data, run_dir, resume=resume, progress=progress, warm_start=warm_start)
-        recorded = (self.checkpoint.state.get("init_from") or {}).get("weights") if self.checkpoint else None
-        if self.lora is not None and recorded not in (None, warm_start.checkpoint.fingerprint()):
-            raise UserError(f"{warm_start.run.path} does not hold the weights this LoRA run started from; resume it "
-                            "with its own SOURCE")
+        recorded = (self.checkpoint.state.get("init_from") or {}) if self.checkpoint else {}
+        if recorded.get("weights") not in (None, warm_start.checkpoint.fingerprint()):
+            raise UserError(f"{warm_start.run.path} does not hold the weights this run was fine-tuned from "
+                            f"({recorded.get('path')}); resume it with that SOURCE, or start a new run")
 
     def _other_data_advice(self) -> str:
         return (f"To fine-tune on other conversations, start a new run: banglaslm finetune {self.run.path} "
