@@ -207,3 +207,33 @@ def test_a_file_in_another_encoding_gets_a_conversion_that_works(tmp_path):
     with pytest.raises(UserError, match=r"invalid byte 0xe9 at offset 3.*iconv -f WINDOWS-1252 -t UTF-8 latin.txt > "
                                         r"latin.utf8.txt"):
         docs([path])
+
+
+def test_utf8_cut_off_or_damaged_is_not_called_another_encoding(tmp_path):
+    """Bangla UTF-8 cut inside a character, or with a stray byte in the middle, is still UTF-8:
+    converting it from Windows-1252 would garble every letter. The advice fits each case, and
+    the cut-off one's command gives back a file that reads."""
+    text = "আমার সোনার বাংলা, আমি তোমায় ভালোবাসি।\n".encode()
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes(text + "ক".encode()[:2])  # a last character's first two of three bytes
+    start = len(text)
+    with pytest.raises(UserError, match=rf"ends in the middle of a UTF-8 character .*head -c {start} cut.txt > cut.fixed.txt"):
+        docs([cut])
+    assert cut.read_bytes()[:start].decode("utf-8")  # what that command keeps
+    damaged = tmp_path / "damaged.txt"
+    damaged.write_bytes(text + b"\xff" + text)
+    with pytest.raises(UserError, match=r"UTF-8 text with damaged bytes \(invalid byte 0xff.*iconv -c -f UTF-8"):
+        docs([damaged])
+
+
+def test_a_data_or_model_folder_is_not_read_as_text(data_dir, tmp_path):
+    """Given as an input, a prepared data folder or a model folder (a run, an HF export) would
+    feed its metadata and logs (JSON, JSONL) in as documents: refused, naming what it is."""
+    with pytest.raises(UserError, match="is a data folder .* pass it to train as --data"):
+        resolve_inputs([str(data_dir)])
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}", encoding="utf-8")
+    (run / "metrics.jsonl").write_text('{"iter": 0}\n', encoding="utf-8")
+    with pytest.raises(UserError, match="is a model folder"):
+        resolve_inputs([str(run)])

@@ -35,6 +35,7 @@ from ..fileio import (
     read_bytes,
 )
 from ..text import split_paragraphs, unify_line_breaks
+from .folder import is_data_folder
 
 TEXT_SUFFIXES = {".txt", ".md"}
 TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet"}
@@ -96,6 +97,7 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
             continue
         path = Path(item)
         if path.is_dir():
+            _refuse_tool_folder(path)
             found = [p for p in path.rglob("*") if p.is_file()]
             files = sorted(p for p in found if _format(p) in TEXT_SUFFIXES | TABLE_SUFFIXES)
             if is_cleaned_folder(path):  # `banglaslm clean`'s output: its shards, not its report or removed/
@@ -115,6 +117,17 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
         else:
             raise UserError(f"input not found: {item}")
     return sources
+
+
+def _refuse_tool_folder(folder: Path) -> None:
+    """UserError for a folder of prepared tokens or of a model given as text: read as text, its
+    metadata and logs (JSON, JSONL) would become documents."""
+    if is_data_folder(folder):
+        raise UserError(f"{folder} is a data folder (token shards that prepare wrote), not text or conversations; "
+                        "give the text files it was prepared from, or pass it to train as --data")
+    if (folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or any(folder.glob("*.safetensors"))):
+        raise UserError(f"{folder} is a model folder (a run or a Hugging Face export), not text or conversations; "
+                        "give text or conversation files")
 
 
 def _say_unread(folder: Path, found: list[Path]) -> None:
@@ -200,11 +213,7 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
     try:
         text = unify_line_breaks(data.decode(encoding))
     except UnicodeDecodeError as exc:
-        raise UserError(
-            f"{path} is not {encoding.upper().replace('-SIG', '')} text (invalid byte 0x{data[exc.start]:02x} at "
-            f"offset {exc.start}); convert it to UTF-8 first, naming the encoding it was saved in "
-            f"(e.g. iconv -f WINDOWS-1252 -t UTF-8 {Path(path).name} > {Path(path).stem}.utf8.txt)"
-        ) from None
+        raise UserError(_undecodable(Path(path), data, exc, encoding)) from None
     if doc_split == "file":
         yield text
     elif doc_split == "line":
@@ -213,6 +222,21 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
         yield from pages(split_paragraphs(text))
     else:
         yield from split_paragraphs(text)
+
+
+def _undecodable(path: Path, data: bytes, exc: UnicodeDecodeError, encoding: str) -> str:
+    """What is wrong with a file that does not decode, and the fix: a UTF-8 file cut off inside a
+    character, UTF-8 with damaged bytes (valid multi-byte characters before the bad one: legacy
+    8-bit encodings rarely form those), or text saved in another encoding."""
+    name, at = path.name, f"invalid byte 0x{data[exc.start]:02x} at offset {exc.start}"
+    if encoding.startswith("utf-8") and exc.end == len(data) and exc.reason == "unexpected end of data":
+        return (f"{path} ends in the middle of a UTF-8 character (offset {exc.start}): the file was cut off; copy "
+                f"it whole again, or drop the broken end (head -c {exc.start} {name} > {path.stem}.fixed.txt)")
+    if encoding.startswith("utf-8") and max(data[:exc.start], default=0) >= 0x80:
+        return (f"{path} is UTF-8 text with damaged bytes ({at}); repair or re-export it, or drop the bad bytes "
+                f"(iconv -c -f UTF-8 -t UTF-8 {name} > {path.stem}.fixed.txt)")
+    return (f"{path} is not {encoding.upper().replace('-SIG', '')} text ({at}); convert it to UTF-8 first, naming "
+            f"the encoding it was saved in (e.g. iconv -f WINDOWS-1252 -t UTF-8 {name} > {path.stem}.utf8.txt)")
 
 
 def pages(paragraphs: list[str], max_chars: int = PAGE_CHARS) -> Iterator[str]:
