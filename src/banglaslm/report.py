@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint
 from .config import SamplingParams
-from .data.sources import read_text_file
+from .data.sources import read_whole_text
 from .errors import UserError
 from .evaluation.perplexity import evaluate_text
 from .evaluation.tokenizer_study import (
@@ -101,10 +101,7 @@ def _cell(text: str) -> str:
 def _read_texts(texts) -> list[tuple[str, str]]:
     out = []
     for t in texts:
-        path = Path(t)
-        if not path.is_file():
-            raise UserError(f"text file not found: {path}")
-        out.append((str(path), "\n\n".join(read_text_file(str(path), "file"))))
+        out.append((str(t), read_whole_text(t)))
     return out
 
 

@@ -7,6 +7,7 @@ from banglaslm.data.sources import (
     iter_documents,
     iter_rows,
     pages,
+    read_whole_text,
     resolve_inputs,
 )
 from banglaslm.errors import UserError
@@ -237,3 +238,13 @@ def test_a_data_or_model_folder_is_not_read_as_text(data_dir, tmp_path):
     (run / "metrics.jsonl").write_text('{"iter": 0}\n', encoding="utf-8")
     with pytest.raises(UserError, match="is a model folder"):
         resolve_inputs([str(run)])
+
+
+def test_a_text_to_score_is_a_file(tmp_path):
+    """eval, report and lm-eval-task read each text whole; a folder or a missing path gets the fix."""
+    with pytest.raises(UserError, match=rf"{tmp_path} is a folder; pass the text files in it \(e.g. {tmp_path}/\*.txt\)"):
+        read_whole_text(tmp_path)
+    with pytest.raises(UserError, match="text file not found: .*nope.txt; check the path"):
+        read_whole_text(tmp_path / "nope.txt")
+    (tmp_path / "a.txt").write_text("এক\r\n\r\nদুই", encoding="utf-8")
+    assert read_whole_text(tmp_path / "a.txt") == "এক\n\nদুই"

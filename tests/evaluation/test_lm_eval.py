@@ -222,7 +222,7 @@ def test_task_path_with_unusual_characters(tmp_path):
 @pytest.mark.parametrize("case, expected", [
     ("missing", "not found"),
     ("empty", "no text"),
-    ("folder", "not a file"),
+    ("folder", "is a folder; pass the text files in it"),
     ("binary", "binary"),
     ("latin1", "not UTF-8"),
     ("no_files", "no text files"),

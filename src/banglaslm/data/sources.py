@@ -224,15 +224,27 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
         yield from split_paragraphs(text)
 
 
+def read_whole_text(path: str | Path) -> str:
+    """A text file as one document to score (`read_text_file` with doc_split "file"); UserError
+    for a missing path or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; pass the text files in it (e.g. {path}/*.txt)")
+    if not path.is_file():
+        raise UserError(f"text file not found: {path}; check the path")
+    return "\n\n".join(read_text_file(str(path), "file"))
+
+
 def _undecodable(path: Path, data: bytes, exc: UnicodeDecodeError, encoding: str) -> str:
     """What is wrong with a file that does not decode, and the fix: a UTF-8 file cut off inside a
     character, UTF-8 with damaged bytes (valid multi-byte characters before the bad one: legacy
     8-bit encodings rarely form those), or text saved in another encoding."""
     name, at = path.name, f"invalid byte 0x{data[exc.start]:02x} at offset {exc.start}"
-    if encoding.startswith("utf-8") and exc.end == len(data) and exc.reason == "unexpected end of data":
+    utf8 = encoding.startswith("utf-8") and max(data[:exc.start], default=0) >= 0x80
+    if utf8 and exc.end == len(data) and exc.reason == "unexpected end of data":
         return (f"{path} ends in the middle of a UTF-8 character (offset {exc.start}): the file was cut off; copy "
                 f"it whole again, or drop the broken end (head -c {exc.start} {name} > {path.stem}.fixed.txt)")
-    if encoding.startswith("utf-8") and max(data[:exc.start], default=0) >= 0x80:
+    if utf8:
         return (f"{path} is UTF-8 text with damaged bytes ({at}); repair or re-export it, or drop the bad bytes "
                 f"(iconv -c -f UTF-8 -t UTF-8 {name} > {path.stem}.fixed.txt)")
     return (f"{path} is not {encoding.upper().replace('-SIG', '')} text ({at}); convert it to UTF-8 first, naming "

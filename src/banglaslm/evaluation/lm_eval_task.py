@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 from ..config import Opt
-from ..data.sources import read_text_file
+from ..data.sources import read_whole_text
 from ..errors import UserError
 from ..fileio import atomic_path, atomic_write_text, check_destination, exclusive
 from ..text import NORMALIZATION, normalize
@@ -107,12 +107,8 @@ def write_perplexity_task(texts: list[Path], out_dir: Path,
         raise UserError("no text files given; pass at least one UTF-8 text file to evaluate on")
     docs = []
     for path in texts:
-        if not path.exists():
-            raise UserError(f"text file not found: {path}; check the path")
-        if not path.is_file():
-            raise UserError(f"{path} is not a file; pass UTF-8 text files, not folders")
         try:
-            text = normalize("\n\n".join(read_text_file(str(path), "file")))
+            text = normalize(read_whole_text(path))
         except OSError as exc:
             raise UserError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
         if not text:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import Opt, show_progress
-from ..data.sources import read_text_file
+from ..data.sources import read_whole_text
 from ..errors import UserError, bad_param
 from ..runfolder import LoadedModel
 from ..text import normalize
@@ -133,8 +133,4 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: 
 def evaluate_file(loaded: LoadedModel, path: str | Path,
                   stride: Annotated[int | None, Opt("sliding-window step in tokens (default: half the block)")] = None,
                   ) -> EvalResult:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"text file not found: {path}")
-    text = "\n\n".join(read_text_file(str(path), "file"))
-    return evaluate_text(loaded, text, name=str(path), stride=stride)
+    return evaluate_text(loaded, read_whole_text(path), name=str(path), stride=stride)
