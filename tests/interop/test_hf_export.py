@@ -310,6 +310,12 @@ def test_import_refuses_tensors_the_config_does_not_explain(exported, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_import_of_a_run_folder_says_what_it_is(trained_run, tmp_path):
+    with pytest.raises(UserError, match="is a banglaslm run folder already: use it as it is"):
+        import_hf(trained_run, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_export_refuses_unrepresentable_config(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

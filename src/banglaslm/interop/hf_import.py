@@ -202,6 +202,9 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path) -> Path:
     src = Path(hf_dir)
     if not src.is_dir():
         raise UserError(f"Hugging Face model folder not found: {src}")
+    if RunFolder(src).is_run_folder():
+        raise UserError(f"{src} is a banglaslm run folder already: use it as it is (generate, finetune, "
+                        "train --init-from), or `export --format hf` it to make a Hugging Face folder")
     config = _read_json(src / "config.json", "model")
     provenance = config.get("banglaslm") if isinstance(config.get("banglaslm"), dict) else {}
     run_config = _run_config(config, provenance)
