@@ -13,6 +13,7 @@ and fine-tuning puts loss on the answers and their end only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .errors import UserError
 from .text import normalize
@@ -25,7 +26,23 @@ CHAT_LABELS: dict[str, dict[str, str]] = {
     "en": {"system": "System", "user": "User", "assistant": "Assistant"},
 }
 CHAT_ROLES = ("system", "user", "assistant")
+# Other names clients and datasets use for those roles: OpenAI's "developer" is its newer name
+# for the system role; ShareGPT rows say "human" and "gpt".
+ROLE_ALIASES = {"developer": "system", "human": "user", "gpt": "assistant"}
 END = None  # the end-of-document token in a list of segments
+
+
+def content_text(content: Any) -> str:
+    """A message's text: a string, or OpenAI's list of content parts (`{"type": "text", "text":
+    ...}`) joined. UserError for anything else (images, audio: this model reads text only)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    if isinstance(content, list):
+        raise UserError("only text content parts are supported ({\"type\": \"text\", \"text\": ...})")
+    raise UserError(f"content must be text or a list of text parts, got {type(content).__name__}")
 
 
 def chat_labels(language: str) -> dict[str, str]:

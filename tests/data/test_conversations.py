@@ -46,6 +46,13 @@ def test_the_three_shapes_give_the_same_messages():
     assert as_conversation({"instruction": "প্রশ্ন", "input": "", "output": "উত্তর"}, "r") == want
     with_input = as_conversation({"instruction": "অনুবাদ করো", "input": "good", "output": "ভালো"}, "r")
     assert with_input[0]["content"] == "অনুবাদ করো\n\ngood"
+    # ShareGPT rows, OpenAI's content parts and its developer role (as the server takes them)
+    sharegpt = {"conversations": [{"from": "system", "value": "নিয়ম"}, {"from": "human", "value": "প্রশ্ন"},
+                                  {"from": "gpt", "value": "উত্তর"}]}
+    assert as_conversation(sharegpt, "r") == [{"role": "system", "content": "নিয়ম"}, *want]
+    parts = {"messages": [{"role": "developer", "content": [{"type": "text", "text": "নি"}, {"type": "text", "text": "য়ম"}]},
+                          {"role": "user", "content": [{"type": "text", "text": "প্রশ্ন"}]}, want[1]]}
+    assert as_conversation(parts, "r") == [{"role": "system", "content": "নিয়ম"}, *want]
     # an empty system message says nothing and is dropped; extra keys (name) are ignored
     assert as_conversation({"messages": [{"role": "system", "content": " "}, {**want[0], "name": "x"}, want[1]]},
                            "r") == want
@@ -56,8 +63,11 @@ def test_the_three_shapes_give_the_same_messages():
     ({"messages": "হ্যালো"}, "has no messages"),
     ({"text": "শুধু লেখা"}, "is not a conversation: it has none of"),
     ({"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}, "unknown role 'bot'"),
-    ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]}, "of type int"),
-    ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "y"}]}, "of type NoneType"),
+    ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]}, "got int"),
+    ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "y"}]}, "got NoneType"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                   {"role": "assistant", "content": "y"}]}, r"message 1 \(user\): only text content parts"),
+    ({"conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]}, "unknown role 'robot'"),
     ({"messages": [{"role": "user", "content": "x"}]}, "has no assistant turn"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]}, "is empty"),
     ({"messages": ["user: x"]}, "message 1 is str"),

@@ -22,7 +22,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..chat_template import CHAT_ROLES, CHAT_TEMPLATE_VERSION, encode_chat
+from ..chat_template import (
+    CHAT_ROLES,
+    CHAT_TEMPLATE_VERSION,
+    ROLE_ALIASES,
+    content_text,
+    encode_chat,
+)
 from ..errors import UserError
 from ..tokenizer import Tokenizer
 from .loader import IGNORE, BlockSampler
@@ -30,7 +36,7 @@ from .sources import iter_rows, resolve_inputs
 
 Conversation = list[dict[str, str]]
 LossOn = Literal["assistant", "all"]
-SHAPES = "`messages`, `instruction`/`output` or `prompt`/`completion`"
+SHAPES = "`messages`, ShareGPT's `conversations`, `instruction`/`output` or `prompt`/`completion`"
 
 
 # ---- rows → conversations ---------------------------------------------------------------------
@@ -39,6 +45,10 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
     row and the problem otherwise."""
     if "messages" in row:
         messages = row["messages"]
+    elif "conversations" in row:  # ShareGPT: {"from": "human" | "gpt" | "system", "value": ...}
+        turns = row["conversations"]
+        messages = [{"role": t.get("from"), "content": t.get("value")} if isinstance(t, dict) else t
+                    for t in turns] if isinstance(turns, list) else turns
     elif "instruction" in row and "output" in row:
         extra = row.get("input") or ""
         user = f"{_text(row['instruction'], where, 'instruction')}\n\n{_text(extra, where, 'input')}" if extra \
@@ -67,12 +77,14 @@ def _checked(messages: Any, where: str) -> Conversation:
     for i, message in enumerate(messages, start=1):  # counted as people count, like line numbers
         if not isinstance(message, dict):
             raise UserError(f"{where}: message {i} is {type(message).__name__}, not {{role, content}}")
-        role, content = message.get("role"), message.get("content")
+        role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
         if role not in CHAT_ROLES:
-            raise UserError(f"{where}: message {i} has the unknown role {role!r}; roles are {', '.join(CHAT_ROLES)}")
-        if not isinstance(content, str):
-            raise UserError(f"{where}: message {i} ({role}) has content of type {type(content).__name__}; "
-                            "it must be text")
+            raise UserError(f"{where}: message {i} has the unknown role {message.get('role')!r}; roles are "
+                            f"{', '.join(CHAT_ROLES)} (or {', '.join(ROLE_ALIASES)})")
+        try:
+            content = content_text(message.get("content"))
+        except UserError as exc:
+            raise UserError(f"{where}: message {i} ({role}): {exc}") from None
         if not content.strip():
             if role == "system":
                 continue  # an empty system message says nothing

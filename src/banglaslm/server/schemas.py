@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..chat_template import content_text
 from ..config import SamplingParams
 from ..errors import UserError
 from ..text import check_text
@@ -242,16 +243,7 @@ def message_text(message: ChatMessage, i: int) -> str:
     param = f"messages.{i}.content"
     if message.content is None:
         return ""
-    if isinstance(message.content, str):
-        parts = [message.content]
-    else:
-        parts = []
-        for part in message.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise APIError(400, f"messages[{i}].content: only text parts are supported", param=param,
-                               code="invalid_value")
-            parts.append(part["text"])
     try:
-        return check_text("".join(parts), param)
+        return check_text(content_text(message.content), param)
     except UserError as exc:
         raise APIError(400, str(exc), param=param, code="invalid_value") from None

@@ -18,7 +18,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ..chat_template import chat_stops, clean_answer, encode_chat, render_chat
+from ..chat_template import (
+    ROLE_ALIASES,
+    chat_stops,
+    clean_answer,
+    encode_chat,
+    render_chat,
+)
 from ..config import SamplingParams
 from ..errors import UserError
 from ..evaluation.perplexity import token_logprobs
@@ -91,7 +97,7 @@ class OpenAIService:
     async def chat_completions(self, req: ChatRequest, disconnected: Disconnected) -> dict | AsyncIterator[str]:
         params = self._params(req)
         params.stop = params.stop + chat_stops()
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m, i)}
+        messages = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": message_text(m, i)}
                     for i, m in enumerate(req.messages)]
         items = [Chat(messages)]
         if req.stream:
