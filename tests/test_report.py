@@ -183,5 +183,28 @@ def test_an_imported_run_has_no_best_validation_loss(trained_run, tmp_path):
     run = import_hf(tmp_path / "hf", tmp_path / "imported")
     out = write_report(run, [], out_dir=tmp_path / "report", **FAST)
     card = (out / "README.md").read_text(encoding="utf-8")
-    assert "| best val loss | n/a |" in card
+    # it says where it came from, and invents no training settings or advice for it
+    assert f"Imported from the Hugging Face folder `{(tmp_path / 'hf').resolve()}`" in card
+    assert "peak learning rate" not in card and "train.eval_interval" not in card
+    assert "Imported: what it was trained on is not recorded here." in card
     assert json.loads((out / "report.json").read_text(encoding="utf-8"))["training"]["best_val_loss"] is None
+
+
+def test_a_finetuned_run_reports_its_source_and_conversations(trained_run, tmp_path):
+    from banglaslm.runfolder import RunFolder
+    from banglaslm.training.finetune import finetune, finetune_config
+
+    chats = tmp_path / "chats.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"প্রশ্ন {i}"}, {"role": "assistant", "content": f"উত্তর {i}"}]}
+            for i in range(20)]
+    chats.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    config = finetune_config(RunFolder(trained_run).load_config(),
+                             overrides={"train.max_iters": 2, "train.eval_interval": 1, "train.eval_iters": 1,
+                                        "finetune.lora_rank": 2})
+    run = finetune(trained_run, [str(chats)], tmp_path / "ft", config, progress=False, say=lambda line: None).run_dir
+    card = (write_report(run, [], out_dir=tmp_path / "report", **CHEAP) / "README.md").read_text(encoding="utf-8")
+    assert f"Started from the weights of `{trained_run.resolve()}`" in card and "LoRA adapters of rank 2" in card
+    meta = json.loads((run / "data_meta.json").read_text(encoding="utf-8"))
+    train = meta["splits"]["train"]
+    assert f"| train | {train['conversations']:,} | {train['blocks']:,} | {train['tokens']:,} |" in card
+    assert "chats.jsonl" in card and "`?`" not in card

@@ -177,6 +177,8 @@ def _report_info(run: RunFolder, loaded, raw_texts, records, prompts, seeds) -> 
         "tokenizer": {"kind": loaded.tokenizer.kind, "vocab_size": loaded.tokenizer.vocab_size,
                       "sha256": loaded.tokenizer.sha256},
         "training": summary, "train_config": asdict(cfg.train),
+        "started_from": state.get("init_from"), "imported_from": state.get("imported_from"),
+        "lora_rank": cfg.finetune.lora_rank,
         "data": data_meta, "evaluations": [e.to_dict() for e in evals], "samples": samples,
         "sampling": SAMPLE_SETTINGS,
     }
@@ -208,8 +210,14 @@ def _model_section(info: dict) -> list[str]:
 
 
 def _training_section(info: dict) -> list[str]:
-    tr = info["training"]
-    return ["## Training", "",
+    tr, imported, start = info["training"], info.get("imported_from"), info.get("started_from")
+    if imported and not tr["iterations"]:
+        return ["## Training", "", f"Imported from the Hugging Face folder `{_cell(str(imported.get('path')))}` "
+                f"(`{imported.get('model_type')}`), not trained here: no training record.", ""]
+    origin = [f"Started from the weights of `{_cell(str(start.get('path')))}` (its step {start.get('iter')})"
+              + (f", training LoRA adapters of rank {info['lora_rank']}" if info.get("lora_rank") else "") + ".", ""] \
+        if start else []
+    return ["## Training", "", *origin,
           "| quantity | value |", "|---|---|",
           f"| iterations | {tr['iterations']:,} |",
           f"| best val loss | {_fmt(tr['best_val_loss'])} |",
@@ -242,6 +250,8 @@ def _warnings(events: list[dict], evaluations: int | None) -> list[str]:
 def _data_section(info: dict) -> list[str]:
     L = ["## Data", ""]
     data = info["data"]
+    if data and data.get("format") == "banglaslm-conversations":
+        return L + _conversations_lines(data)
     if data and isinstance(data.get("splits"), dict):
         unit = {"file": "whole file"}.get(data.get("doc_split"), data.get("doc_split", "?"))
         L += [f"Normalization `{data.get('normalization', '?')}`; one document is a {unit} of a text file or "
@@ -251,9 +261,24 @@ def _data_section(info: dict) -> list[str]:
             L.append(f"| {split} | {s.get('documents', 0):,} | {s.get('chars', 0):,} | {s.get('tokens', 0):,} | "
                      f"{s.get('chars', 0) / max(s.get('tokens', 0), 1):.3f} |")
         L.append("")
+    elif info.get("imported_from"):
+        L += ["Imported: what it was trained on is not recorded here.", ""]
     else:
         L += ["No data_meta.json in the run folder.", ""]
     return L
+
+
+def _conversations_lines(data: dict) -> list[str]:
+    """A fine-tuning run's data: conversations in the chat template, packed into blocks."""
+    sources = ", ".join(f"`{_cell(Path(s).name)}`" for s in data.get("sources", [])) or "?"
+    L = [f"Fine-tuned on conversations from {sources} in the chat template `{data.get('chat_template')}`, packed "
+         f"into blocks of {data.get('block_size')} tokens, loss on the {data.get('loss_on')} tokens; validation "
+         f"fraction {data.get('val_fraction')} (held-out conversations).", "",
+         "| split | conversations | blocks | tokens | tokens with loss | padding |", "|---|---:|---:|---:|---:|---:|"]
+    for split, s in data["splits"].items():
+        L.append(f"| {split} | {s.get('conversations', 0):,} | {s.get('blocks', 0):,} | {s.get('tokens', 0):,} | "
+                 f"{s.get('trained', 0):,} | {s.get('padding_share', 0):.1%} |")
+    return L + [""]
 
 
 def _evaluation_section(info: dict) -> list[str]:

@@ -54,3 +54,15 @@ def test_larger_bpe_vocab_packs_more_characters_per_token():
     assert all(a.chars_per_token <= b.chars_per_token for a, b in zip(cpt, cpt[1:]))
     assert all(a.single_token_words_space <= b.single_token_words_space for a, b in zip(cpt, cpt[1:]))
     assert cpt[-1].chars_per_token > cpt[0].chars_per_token
+
+
+def test_sizes_a_small_sample_cannot_reach_are_one_row():
+    """BPE on a small sample runs out of merges: 2,000 and 8,000 give the same tokenizer as 1,000,
+    which the table shows once, not three times."""
+    from banglaslm.evaluation.tokenizer_study import compare_tokenizers
+
+    docs = [normalize("আমার সোনার বাংলা, আমি তোমায় ভালোবাসি।")] * 3
+    run = Tokenizer.train_bpe(docs, 300)
+    stats = compare_tokenizers(run, docs, bpe_vocab_sizes=(1000, 2000, 8000))
+    bpe = [s for s in stats if s.name.startswith("bpe ")]
+    assert len(bpe) == 1 and bpe[0].name == f"bpe 1000 (got {bpe[0].vocab_size})"

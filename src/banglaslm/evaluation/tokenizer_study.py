@@ -137,10 +137,14 @@ def compare_tokenizers(run_tokenizer: Tokenizer, docs: list[str],
     out = [tokenizer_stats(run_tokenizer, docs, f"run ({run_tokenizer.kind} {run_tokenizer.vocab_size})", words)]
     char = Tokenizer.build_char(ch for doc in docs for ch in doc)
     out.append(tokenizer_stats(char, docs, f"char ({char.vocab_size})", words))
+    got: set[int] = set()
     for size in bpe_vocab_sizes:
         if run_tokenizer.kind == "bpe" and size == run_tokenizer.vocab_size:
             continue
         bpe = Tokenizer.train_bpe(docs, size)
+        if bpe.vocab_size in got:  # a small sample ran out of merges: a larger size is the same tokenizer
+            continue
+        got.add(bpe.vocab_size)
         label = f"bpe {size}" + (f" (got {bpe.vocab_size})" if bpe.vocab_size != size else "")
         out.append(tokenizer_stats(bpe, docs, label, words))
     unigram = sentencepiece_unigram(docs, run_tokenizer.vocab_size)
