@@ -137,7 +137,8 @@ def _read_tensors(src: Path) -> dict[str, torch.Tensor]:
         files = [src / name for name in sorted(set(weight_map.values()))]
     else:
         raise _refuse(f"{src} has no model.safetensors (other weight formats, e.g. pytorch_model.bin, "
-                      "are not read: they can run code)")
+                      "are not read: they can run code); if you trust the file, load it with transformers and "
+                      "save_pretrained() it again, which writes safetensors")
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
         try:
@@ -155,7 +156,9 @@ def _read_tensors(src: Path) -> dict[str, torch.Tensor]:
 def _read_tokenizer(src: Path, provenance: dict[str, Any]) -> Tokenizer:
     path = src / "tokenizer.json"
     if not path.is_file():
-        raise _refuse(f"{src} has no tokenizer.json (only 'fast' tokenizers can be read)")
+        raise _refuse(f"{src} has no tokenizer.json (only 'fast' tokenizers can be read); "
+                      f"AutoTokenizer.from_pretrained('{src}').save_pretrained('{src}') writes one from "
+                      "vocab.json/merges.txt or a SentencePiece model")
     return read_tokenizer_json(path, provenance.get("tokenizer_normalizer_steps"))
 
 
