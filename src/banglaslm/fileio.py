@@ -143,6 +143,11 @@ def exclusive(target: str | Path, what: str = "output") -> Iterator[None]:
         os.close(fd)
 
 
+def is_writer_file(path: Path) -> bool:
+    """A lock (`exclusive`) or temporary file (`atomic_path`) a writer keeps beside its output."""
+    return path.name.startswith(".") and path.suffix in (".lock", ".tmp")
+
+
 def remove_leftovers(target: Path) -> None:
     """Remove what a killed writer of `target` left beside it (temporary and replaced copies);
     call only while holding `exclusive(target)`."""

@@ -15,7 +15,7 @@ from .data.corpus import corpus_dir
 from .data.folder import DataFolder, is_data_folder
 from .data.prepare import prepare
 from .evaluation.perplexity import evaluate_text
-from .fileio import check_destination
+from .fileio import check_destination, is_writer_file
 from .generation.engine import generate
 from .report import SAMPLE_SETTINGS
 from .runfolder import RunFolder, load_model
@@ -51,7 +51,7 @@ def held_out_text(data_dir: Path) -> str:
 
 def _is_quickstart(folder: Path) -> bool:
     """An earlier quick start's folder (data/ and run/, each what it says), which a rerun continues."""
-    return {p.name for p in folder.iterdir()} <= {"data", "run"} and \
+    return {p.name for p in folder.iterdir() if not is_writer_file(p)} <= {"data", "run"} and \
         (not (folder / "data").exists() or is_data_folder(folder / "data")) and \
         (not (folder / "run").exists() or RunFolder(folder / "run").is_run_folder())
 

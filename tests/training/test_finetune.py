@@ -163,7 +163,7 @@ def test_resume_with_other_conversations_is_refused(trained_run, chats, tmp_path
 @pytest.mark.parametrize("rows, extra, problem", [
     ([{"messages": []}], (), "has no messages"),
     ([{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}], (), "unknown role"),
-    ([{"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}]}], (), "of type list"),
+    ([{"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}]}], (), "only text content parts"),
     ([{"messages": [{"role": "user", "content": "x"}]}], (), "no assistant turn"),
     ([], (), "holds no conversations"),
     (None, ("--set", "finetune.lora_rank=0"), "finetune.lora_rank must be >= 1 for LoRA, got 0"),
@@ -240,13 +240,20 @@ def test_library_errors_name_the_setting(trained_run, chats, tmp_path):
     assert err.value.param == "finetune.lora_targets"
 
 
-def test_resume_with_another_source_is_refused(trained_run, chats, tmp_path):
-    """A resumed fine-tune keeps the source it started from: another run's weights as SOURCE
-    (here the fine-tune's own) are refused, and the run is left as it was."""
-    out = tmp_path / "ft"
+def test_resume_with_another_source(trained_run, chats, tmp_path):
+    """A resumed fine-tune keeps the record of the source it started from. A full fine-tune
+    resumes from its own weights, so another SOURCE (the base trained on, say; here the fine-tune
+    itself) changes nothing and the record stays; a LoRA run's frozen weights must be the
+    source's, so another is refused and the run left as it was."""
+    out, lora = tmp_path / "ft", tmp_path / "lora"
     finetune(trained_run, [str(chats)], out, config_for(trained_run, **{"train.max_iters": 2}),
              progress=False, say=lambda line: None)
-    before = (out / "checkpoints" / "latest.safetensors").read_bytes()
-    with pytest.raises(UserError, match=f"does not hold the weights this run was fine-tuned from .{trained_run.resolve()}"):
-        finetune(out, [str(chats)], out, resume=True, max_iters=4, progress=False, say=lambda line: None)
-    assert (out / "checkpoints" / "latest.safetensors").read_bytes() == before
+    finetune(out, [str(chats)], out, resume=True, max_iters=4, progress=False, say=lambda line: None)
+    state = load_checkpoint(out / "checkpoints" / "latest.safetensors").state
+    assert state["iter"] == 4 and state["init_from"]["path"] == str(trained_run.resolve())
+    finetune(trained_run, [str(chats)], lora, config_for(trained_run, **{"train.max_iters": 2, "finetune.lora_rank": 2}),
+             progress=False, say=lambda line: None)
+    before = (lora / "checkpoints" / "latest.safetensors").read_bytes()
+    with pytest.raises(UserError, match=f"does not hold the weights this LoRA run started from .{trained_run.resolve()}"):
+        finetune(out, [str(chats)], lora, resume=True, max_iters=4, progress=False, say=lambda line: None)
+    assert (lora / "checkpoints" / "latest.safetensors").read_bytes() == before

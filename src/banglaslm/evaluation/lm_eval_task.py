@@ -17,7 +17,13 @@ from typing import Annotated
 from ..config import Opt
 from ..data.sources import read_whole_text
 from ..errors import UserError
-from ..fileio import atomic_path, atomic_write_text, check_destination, exclusive
+from ..fileio import (
+    atomic_path,
+    atomic_write_text,
+    check_destination,
+    exclusive,
+    is_writer_file,
+)
 from ..text import NORMALIZATION, normalize
 
 # lm-eval task names are also file names here and must not look like a path or a glob.
@@ -47,7 +53,7 @@ _MARK = "# Written by banglaslm.evaluation.lm_eval_task.write_perplexity_task"
 def _only_tasks(folder: Path, yaml: Path, jsonl: Path) -> bool:
     """Whether `folder` holds lm-eval task files only (other tasks may share it; lm-eval reads
     every YAML there), and the two this task writes, where present, are an earlier one of ours."""
-    entries = list(folder.iterdir())
+    entries = [p for p in folder.iterdir() if not is_writer_file(p)]
     ours = yaml.is_file() and yaml.read_text(encoding="utf-8", errors="replace").startswith(_MARK)
     return all(p.is_file() and p.suffix in (".yaml", ".yml", ".jsonl") for p in entries) and \
         (ours or not (yaml.exists() or jsonl.exists()))

@@ -46,8 +46,10 @@ class FinetuneTrainer(Trainer):
         super().__init__(config, data, run_dir, resume=resume, progress=progress, warm_start=warm_start)
         recorded = (self.checkpoint.state.get("init_from") or {}) if self.checkpoint else {}
         if recorded.get("weights") not in (None, warm_start.checkpoint.fingerprint()):
-            raise UserError(f"{warm_start.run.path} does not hold the weights this run was fine-tuned from "
-                            f"({recorded.get('path')}); resume it with that SOURCE, or start a new run")
+            if self.lora is not None:  # the frozen weights under the adapters must be the ones it started from
+                raise UserError(f"{warm_start.run.path} does not hold the weights this LoRA run started from "
+                                f"({recorded.get('path')}); resume it with that SOURCE, or start a new run")
+            warm_start.recorded = recorded  # a full fine-tune resumes from its own weights; its record stays true
 
     def _other_data_advice(self) -> str:
         return (f"To fine-tune on other conversations, start a new run: banglaslm finetune {self.run.path} "

@@ -34,6 +34,7 @@ class WarmStart:
             raise UserError(f"{self.run.path} has no checkpoint yet; train it first")
         self.checkpoint = load_checkpoint(self.path, weights_only=True)
         self.source_config = self.run.load_config()
+        self.recorded: dict | None = None  # a resumed run's own record of where it started, kept as it is
 
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.from_file(self.run.tokenizer_path)
@@ -69,6 +70,8 @@ class WarmStart:
             raise UserError(f"{self.path} does not fit the model in {self.run.config_path}")
 
     def provenance(self) -> dict:
+        if self.recorded is not None:
+            return self.recorded
         out = {"path": str(self.run.path.resolve()), "checkpoint": self.path.name,
                "iter": int(self.checkpoint.state.get("iter", 0)), "weights": self.checkpoint.fingerprint()}
         imported = self.checkpoint.state.get("imported_from")
