@@ -272,9 +272,6 @@ def cmd_prepare(args) -> None:
     from .data.prepare import prepare
 
     options = CleanOptions(**picked(args, CleanOptions))
-    given = [f.name for f in dataclasses.fields(CleanOptions) if getattr(options, f.name) != getattr(CleanOptions(), f.name)]
-    if given and not args.clean:
-        raise UserError(f"`{given[0]}` filters documents only with --clean; add --clean, or drop it")
     result = prepare(args.inputs, args.out, clean_options=options, **picked(args, prepare))
     print(result.summary())
     for line in result.warnings():

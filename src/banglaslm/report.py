@@ -99,10 +99,7 @@ def _cell(text: str) -> str:
 
 
 def _read_texts(texts) -> list[tuple[str, str]]:
-    out = []
-    for t in texts:
-        out.append((str(t), read_whole_text(t)))
-    return out
+    return [(str(t), read_whole_text(t)) for t in texts]
 
 
 def _check_out_dir(out: Path, run_dir: Path) -> None:

@@ -180,3 +180,14 @@ def test_split_warnings_rules():
     assert "`doc_split` page" in val_split_warnings(meta(600_000, 400_000, doc_split="file"))[0]
     tables = {**meta(600_000, 400_000, doc_split="file"), "text_files": 0}  # doc_split does nothing to a CSV
     assert "`doc_split`" not in val_split_warnings(tables)[0] and "lower `val_fraction`" in val_split_warnings(tables)[0]
+
+
+def test_cleaning_options_without_clean_are_refused(tmp_path, small_books):
+    """The library refuses what the command line refuses: options for a cleaning that would not run."""
+    from banglaslm.data.clean import CleanOptions
+
+    with pytest.raises(UserError, match="min_words filters documents only with `clean`"):
+        prepare([str(small_books[0])], tmp_path / "d", clean_options=CleanOptions(min_words=5), progress=False)
+    assert not (tmp_path / "d").exists()
+    # the defaults, passed explicitly, change nothing and are accepted
+    prepare([str(small_books[0])], tmp_path / "e", clean_options=CleanOptions(), doc_split="page", progress=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Annotated
 
@@ -151,6 +151,11 @@ def prepare(
     if clean and task_rank is not None:
         raise bad_param("clean", "runs on one machine: clean with `banglaslm clean INPUT... --out DIR` first, then "
                                  "prepare DIR on every machine")
+    defaults = CleanOptions()
+    changed = [f.name for f in fields(CleanOptions) if clean_options is not None
+               and getattr(clean_options, f.name) != getattr(defaults, f.name)]
+    if changed and not clean:  # options given for a cleaning that would not run
+        raise bad_param(changed[0], "filters documents only with `clean`; add `clean`, or drop it")
     clean_options = (clean_options or CleanOptions()) if clean else None
     if clean_options is not None:
         clean_options.validate()
