@@ -1,3 +1,4 @@
+import gzip
 import json
 
 import pytest
@@ -225,6 +226,45 @@ def test_utf8_cut_off_or_damaged_is_not_called_another_encoding(tmp_path):
     damaged.write_bytes(text + b"\xff" + text)
     with pytest.raises(UserError, match=r"UTF-8 text with damaged bytes \(invalid byte 0xff.*iconv -c -f UTF-8"):
         docs([damaged])
+
+
+BN = "আমার সোনার বাংলা, আমি তোমায় ভালোবাসি।"
+
+
+@pytest.mark.parametrize("name, first, row", [
+    ("rows.csv", "text\n", BN + "\n"), ("rows.tsv", "text\n", BN + "\n"),
+    ("rows.jsonl", "", f'{{"text": "{BN}"}}\n'), ("rows.json", "[", f'{{"text": "{BN}"}},\n'),
+])
+def test_a_table_with_damaged_or_cut_utf8_gets_the_advice_text_files_get(tmp_path, name, first, row):
+    """Tables are decoded as a stream, line by line: their advice names the same cases as a text
+    file's, with the offset in the whole file (not in the chunk being read; 50,000 rows pass
+    1 MiB), and a fixed file of the same kind."""
+    stem, suffix = name.split(".")
+    rows = (first + row * 50_000).encode()
+    damaged = tmp_path / name
+    damaged.write_bytes(rows + b"\xff" + row.encode())
+    with pytest.raises(UserError, match=rf"damaged bytes \(invalid byte 0xff at offset {len(rows)}\).*"
+                                        rf"iconv -c -f UTF-8 -t UTF-8 {name} > {stem}.fixed.{suffix}"):
+        docs([damaged])
+    cut = tmp_path / f"cut.{suffix}"
+    cut.write_bytes(rows + "ক".encode()[:1])
+    with pytest.raises(UserError, match=rf"ends in the middle of a UTF-8 character \(offset {len(rows)}\).*"
+                                        rf"head -c {len(rows)} cut.{suffix} > cut.fixed.{suffix}"):
+        docs([cut])
+
+
+def test_encoding_advice_counts_offsets_in_the_whole_file(tmp_path):
+    """A byte-order mark the codec skips still counts in the offset (the byte named is the bad
+    one), and a compressed file's advice decompresses before it cuts."""
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + BN.encode() + b"\xff" + BN.encode())
+    with pytest.raises(UserError, match=rf"invalid byte 0xff at offset {3 + len(BN.encode())}\)"):
+        docs([bom])
+    packed = tmp_path / "book.txt.gz"
+    whole = (BN * 3).encode()
+    packed.write_bytes(gzip.compress(whole[:-2]))
+    with pytest.raises(UserError, match=rf"gzip -dc book.txt.gz \| head -c {len(whole) - 3} > book.fixed.txt"):
+        docs([packed])
 
 
 def test_a_data_or_model_folder_is_not_read_as_text(data_dir, tmp_path):

@@ -16,6 +16,7 @@ A page keeps its paragraph breaks, which a paragraph split turns into end-of-doc
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import glob
@@ -31,8 +32,10 @@ from ..fileio import (
     bom_encoding,
     compression,
     decompressing,
+    open_binary,
     open_text,
     read_bytes,
+    text_encoding,
 )
 from ..text import split_paragraphs, unify_line_breaks
 from .folder import is_data_folder
@@ -213,7 +216,7 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
     try:
         text = unify_line_breaks(data.decode(encoding))
     except UnicodeDecodeError as exc:
-        raise UserError(_undecodable(Path(path), data, exc, encoding)) from None
+        raise UserError(_undecodable(Path(path), DecodeFailure.of(exc, len(data), encoding), encoding)) from None
     if doc_split == "file":
         yield text
     elif doc_split == "line":
@@ -235,20 +238,73 @@ def read_whole_text(path: str | Path) -> str:
     return "\n\n".join(read_text_file(str(path), "file"))
 
 
-def _undecodable(path: Path, data: bytes, exc: UnicodeDecodeError, encoding: str) -> str:
+@dataclass(frozen=True)
+class DecodeFailure:
+    """Where a file first fails to decode: the byte, its offset in the (decompressed) file, whether
+    a multi-byte UTF-8 character came before it, and whether the file ends inside a character."""
+    byte: int
+    offset: int
+    after_multibyte: bool
+    cut_off: bool
+
+    @classmethod
+    def of(cls, exc: UnicodeDecodeError, end: int, encoding: str, seen_high: bool = False) -> DecodeFailure:
+        """From `exc`, whose bytes (`exc.object`: what was fed, less a byte-order mark the codec
+        skipped) end at offset `end` of the file; `seen_high`: bytes over 0x7f came before them."""
+        data = exc.object
+        high = seen_high or max(data[:exc.start], default=0) >= 0x80
+        return cls(data[exc.start], end - len(data) + exc.start, encoding.startswith("utf-8") and high,
+                   exc.end == len(data) and exc.reason == "unexpected end of data")
+
+
+_DECOMPRESS_COMMANDS = {".gz": "gzip -dc", ".bz2": "bzip2 -dc", ".xz": "xz -dc", ".zst": "zstd -dc"}
+
+
+def _fix_command(path: Path, tool: str, tag: str) -> str:
+    """A shell command that runs `tool` over `path`'s text (decompressed first if it is
+    compressed) into a new file beside it, named with `tag`: book.txt.gz → book.{tag}.txt."""
+    kind = compression(path)
+    plain = Path(path.name[:len(path.name) - len(kind)] if kind else path.name)
+    out = f"{plain.stem}.{tag}{plain.suffix}"
+    if kind:
+        return f"{_DECOMPRESS_COMMANDS[kind]} {path.name} | {tool} > {out}"
+    return f"{tool} {path.name} > {out}"
+
+
+def _undecodable(path: Path, failure: DecodeFailure, encoding: str) -> str:
     """What is wrong with a file that does not decode, and the fix: a UTF-8 file cut off inside a
     character, UTF-8 with damaged bytes (valid multi-byte characters before the bad one: legacy
     8-bit encodings rarely form those), or text saved in another encoding."""
-    name, at = path.name, f"invalid byte 0x{data[exc.start]:02x} at offset {exc.start}"
-    utf8 = encoding.startswith("utf-8") and max(data[:exc.start], default=0) >= 0x80
-    if utf8 and exc.end == len(data) and exc.reason == "unexpected end of data":
-        return (f"{path} ends in the middle of a UTF-8 character (offset {exc.start}): the file was cut off; copy "
-                f"it whole again, or drop the broken end (head -c {exc.start} {name} > {path.stem}.fixed.txt)")
-    if utf8:
+    at = f"invalid byte 0x{failure.byte:02x} at offset {failure.offset}"
+    if failure.after_multibyte and failure.cut_off:
+        return (f"{path} ends in the middle of a UTF-8 character (offset {failure.offset}): the file was cut off; "
+                f"copy it whole again, or drop the broken end ({_fix_command(path, f'head -c {failure.offset}', 'fixed')})")
+    if failure.after_multibyte:
         return (f"{path} is UTF-8 text with damaged bytes ({at}); repair or re-export it, or drop the bad bytes "
-                f"(iconv -c -f UTF-8 -t UTF-8 {name} > {path.stem}.fixed.txt)")
+                f"({_fix_command(path, 'iconv -c -f UTF-8 -t UTF-8', 'fixed')})")
     return (f"{path} is not {encoding.upper().replace('-SIG', '')} text ({at}); convert it to UTF-8 first, naming "
-            f"the encoding it was saved in (e.g. iconv -f WINDOWS-1252 -t UTF-8 {name} > {path.stem}.utf8.txt)")
+            f"the encoding it was saved in (e.g. {_fix_command(path, 'iconv -f WINDOWS-1252 -t UTF-8', 'utf8')})")
+
+
+def undecodable_stream(path: str | Path) -> str:
+    """`_undecodable`'s message for a file read as a stream (a table, line by line) that failed
+    to decode: decodes it again in 1 MiB chunks to find the first bad byte's offset in the file,
+    so a large file is never held whole."""
+    encoding = text_encoding(path)
+    decoder = codecs.getincrementaldecoder(encoding)()
+    fed, seen_high = 0, False
+    with decompressing(path), open_binary(path) as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                failure = DecodeFailure.of(exc, fed + len(chunk), encoding, seen_high)
+                return _undecodable(Path(path), failure, encoding)
+            seen_high = seen_high or max(chunk, default=0) >= 0x80
+            fed += len(chunk)
+            if not chunk:
+                return f"{path} is not {encoding.upper().replace('-SIG', '')} text; convert it to UTF-8 first"
 
 
 def pages(paragraphs: list[str], max_chars: int = PAGE_CHARS) -> Iterator[str]:
@@ -319,7 +375,7 @@ def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
                     raise UserError(f"{path}:{lineno} is not a JSON object; each line must look like {{\"text\": ...}}")
                 yield f"{path}:{lineno}", record
         except UnicodeDecodeError:
-            raise UserError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
+            raise UserError(undecodable_stream(path)) from None
 
 
 def _json_rows(path: str) -> Iterator[tuple[str, dict]]:
@@ -329,7 +385,7 @@ def _json_rows(path: str) -> Iterator[tuple[str, dict]]:
         with open_text(path) as fh:
             text = fh.read()
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
+        raise UserError(undecodable_stream(path)) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -365,7 +421,7 @@ def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple
             for number, row in enumerate(reader, 1):  # a quoted field may span lines: name the row
                 yield f"{path} row {number} (ending on line {reader.line_num})", row
         except UnicodeDecodeError:
-            raise UserError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
+            raise UserError(undecodable_stream(path)) from None
         except csv.Error as exc:
             raise UserError(f"{path} is not a readable CSV file ({exc})") from None
 
