@@ -4,6 +4,7 @@ checks `banglaslm serve` makes of its options before loading anything."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -18,8 +19,8 @@ import pytest
 import uvicorn
 
 from banglaslm.errors import UserError
-from banglaslm.server.app import HostCheck, create_app
-from banglaslm.server.run import bind, run_server, server_config
+from banglaslm.server.app import BusyGuard, HostCheck, create_app
+from banglaslm.server.run import OPEN_PER_REQUEST, bind, run_server, server_config
 
 
 def cli(*args):
@@ -122,18 +123,87 @@ def test_a_trickled_body_is_closed_at_the_body_deadline(trained_run):
         assert get(port, "/v1/completions", method="POST", body=body)[0] == 200
 
 
-def test_connections_beyond_the_cap_get_503_until_slots_free(trained_run):
-    with serving(trained_run, max_connections=2, header_timeout_s=3.0) as port:
-        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # two slow clients
+def test_open_connections_beyond_the_cap_get_503_until_slots_free(trained_run):
+    """Idle and slow connections are bounded too: OPEN_PER_REQUEST per request slot."""
+    with serving(trained_run, max_connections=1, header_timeout_s=3.0) as port:
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(OPEN_PER_REQUEST)]  # slow clients
         deadline = time.monotonic() + 2.0
         status = get(port)[0]
-        while status != 503 and time.monotonic() < deadline:  # until the server has accepted both
+        while status != 503 and time.monotonic() < deadline:  # until the server has accepted them all
             time.sleep(0.05)
             status = get(port)[0]
         assert status == 503
         for s in held:  # the header time-out frees their places
             seconds_until_closed(s, None)
         assert get(port)[0] == 200
+
+
+def test_a_burst_over_the_request_cap_loses_only_its_excess(trained_run):
+    """12 clients connect at once and each asks for a completion, 8 answered at a time: at most
+    the 4 over the cap are refused, with OpenAI's JSON and Retry-After (counting open connections,
+    as uvicorn's own limit does, refused nearly all of a burst: every client has connected before
+    the first request is read)."""
+    app = create_app(trained_run, max_requests=8)
+    [sock] = bind("127.0.0.1", 0)
+    server = uvicorn.Server(server_config(app, log_level="warning", max_connections=8))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port, barrier, results = sock.getsockname()[1], threading.Barrier(12), []
+    body = json.dumps({"prompt": "আমার", "max_tokens": 40, "temperature": 0}).encode()
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.connect()
+        barrier.wait()
+        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        results.append((response.status, response.getheader("Retry-After"), response.read()))
+
+    try:
+        threads = [threading.Thread(target=client) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+    refused = [(retry, json.loads(raw)["error"]) for status, retry, raw in results if status == 503]
+    assert len(results) == 12 and all(status in (200, 503) for status, _, _ in results)
+    assert len(refused) <= 4, [status for status, _, _ in results]
+    assert all(retry == "1" and error["code"] == "server_busy" for retry, error in refused)
+
+
+def test_busy_guard_answers_the_request_over_its_cap_503_and_frees_places():
+    """Two requests held open by the app, a third refused at once; when one ends, a fourth passes."""
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def call(app):
+        sent = []
+        async def send(message):
+            sent.append(message)
+        await app({"type": "http", "path": "/v1/completions", "headers": []}, None, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    async def scenario():
+        guard = BusyGuard(slow_app, max_requests=2)
+        held = [asyncio.create_task(call(guard)) for _ in range(2)]
+        await asyncio.sleep(0)
+        status, headers = await call(guard)
+        assert status == 503 and headers[b"retry-after"] == b"1" and guard.active == 2
+        release.set()
+        assert [(await t)[0] for t in held] == [200, 200] and guard.active == 0
+        assert (await call(guard))[0] == 200
+
+    asyncio.run(scenario())
 
 
 # ---- the Host header ------------------------------------------------------------------------

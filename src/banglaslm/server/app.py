@@ -142,6 +142,31 @@ class GuardMiddleware:
                                        code="request_too_large"))(scope, receive, send)
 
 
+class BusyGuard:
+    """At most `max_requests` HTTP requests answered at once (a stream counts until it ends); one
+    more is answered 503 in OpenAI's shape with Retry-After, at once, and its connection stays
+    open for the retry. Counting requests, not open connections, refuses only the excess of a
+    burst: every client of a burst has connected before the first request is read."""
+
+    def __init__(self, app, max_requests: int):
+        self.app, self.max_requests, self.active = app, max_requests, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.active >= self.max_requests:
+            response = error_response(APIError(
+                503, f"the server is answering {self.max_requests} requests already (its --max-connections); "
+                     "retry in a moment", type="server_error", code="server_busy"))
+            response.headers["Retry-After"] = "1"
+            return await response(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 # ---- the app -------------------------------------------------------------------------------
 def _validation_error(exc: RequestValidationError) -> APIError:
     """FastAPI's 422 as OpenAI's 400, naming the field."""
@@ -185,11 +210,12 @@ def _answer(result):
 def create_app(run_dir, api_key: str | None = None, model_name: str | None = None,
                limits: ServerLimits | None = None, which: Which = "best",
                allowed_hosts: Iterable[str] | None = None, device: str = "cpu",
-               quantize: str = "none") -> FastAPI:
+               quantize: str = "none", max_requests: int | None = None) -> FastAPI:
     """The FastAPI app serving the model in `run_dir` on `device`, stored as `quantize` (load_model). With `allowed_hosts` (names; '*' for
     any) only requests whose Host header names this server pass (`HostCheck`; `run.run_server`
-    always gives them); without, the Host header is not checked. Raises UserError for an
-    `api_key` no HTTP client could send."""
+    always gives them); without, the Host header is not checked. With `max_requests`, requests
+    beyond that many at once are answered 503 (`BusyGuard`). Raises UserError for an `api_key`
+    no HTTP client could send."""
     from .run import check_api_key
 
     check_api_key(api_key)
@@ -208,6 +234,8 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
     app.state.service = service
     app.add_middleware(GuardMiddleware, max_bytes=service.limits.max_body_bytes, api_key=api_key,
                        allowed_hosts=allowed_hosts)
+    if max_requests is not None:  # added last, so it runs first: a refusal costs nothing else
+        app.add_middleware(BusyGuard, max_requests=max_requests)
     _install_error_handlers(app)
 
     @app.get("/health")

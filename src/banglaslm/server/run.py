@@ -5,7 +5,8 @@
 Options are checked and the port is bound before the model loads, so a bad option or a port in
 use is a one-line `UserError`. A connection must send a request's headers within
 HEADER_TIMEOUT_S and its body within BODY_TIMEOUT_S or it is closed (slow clients cannot hold
-it open); beyond `max_connections` open at once, requests are answered 503; the app refuses a
+it open); beyond `max_connections` requests at once, requests are answered 503, and beyond
+OPEN_PER_REQUEST times that many open connections, new ones are refused; the app refuses a
 Host header that does not name this server (DNS rebinding, app.py). docs/serving.md has the
 whole list. FastAPI and uvicorn are imported only when a server starts.
 """
@@ -30,6 +31,7 @@ from .schemas import ServerLimits
 HEADER_TIMEOUT_S = 10.0  # from connecting (or the end of the last answer) to the request's last header line
 BODY_TIMEOUT_S = 30.0    # from the last header line to the end of the body (1 MB at 33 KB/s)
 KEEP_ALIVE_S = 5         # an idle kept-alive connection closes after this (uvicorn's default)
+OPEN_PER_REQUEST = 4     # open connections (idle, slow, waiting) allowed per request answered at once
 _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?", re.IGNORECASE)  # a DNS name (RFC 1123; '_' too)
 
@@ -44,8 +46,9 @@ def run_server(
     allowed_hosts: Annotated[list[str], Opt(  # the list default is never mutated
         "also accept requests whose Host header is this name (repeatable; '*' accepts any); the bound "
         "address and, on loopback, localhost are always accepted")] = [],  # noqa: B006
-    max_connections: Annotated[int, Opt("connections served at once; requests on more are answered "
-                                        "503")] = 64,
+    max_connections: Annotated[int, Opt("requests answered at once (one per connection); more at the same "
+                                        "moment are answered 503 with Retry-After, and open connections "
+                                        f"beyond {OPEN_PER_REQUEST}x this are refused")] = 64,
     device: Annotated[str, Opt("where the model runs: cpu, cuda or cuda:N")] = "cpu",
     quantize: Quantize = "none",
     model_name: str | None = None, limits: ServerLimits | None = None, log_level: str = "info",
@@ -63,7 +66,7 @@ def run_server(
 
         app = create_app(run_dir, api_key=api_key, model_name=model_name, limits=limits,
                          allowed_hosts=trusted_hosts(host, allowed_hosts), device=device,
-                         quantize=quantize)
+                         quantize=quantize, max_requests=max_connections)
         config = server_config(app, host, port, max_connections=max_connections, log_level=log_level)
         log = logging.getLogger("uvicorn.error")  # configured by uvicorn.Config
         if api_key is None and not all(_is_loopback(s.getsockname()[0]) for s in sockets):
@@ -195,13 +198,14 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, max_connection
                   header_timeout_s: float = HEADER_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S,
                   log_level: str = "info"):
     """uvicorn's settings for `app`: requests read within the time-outs (seconds, `timed_protocol`),
-    at most `max_connections` served at once (uvicorn's limit_concurrency counts the
-    connection asking, hence the + 1; beyond it uvicorn answers 503 and closes)."""
+    at most OPEN_PER_REQUEST x `max_connections` connections open (uvicorn's limit_concurrency
+    counts the connection asking, hence the + 1; beyond it uvicorn answers 503 and closes). The
+    app itself (`create_app(max_requests=...)`) answers at most `max_connections` at once."""
     import uvicorn
 
     return uvicorn.Config(app, host=host, port=port, log_level=log_level,
                           http=timed_protocol(header_timeout_s, body_timeout_s),
-                          limit_concurrency=max_connections + 1, timeout_keep_alive=KEEP_ALIVE_S)
+                          limit_concurrency=OPEN_PER_REQUEST * max_connections + 1, timeout_keep_alive=KEEP_ALIVE_S)
 
 
 @functools.cache
