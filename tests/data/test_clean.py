@@ -128,3 +128,35 @@ def test_stop_words_tokenizer_and_script_share():
     assert keep.filter(Document(text="আমার সোনার বাংলা, I love you", id="a")) == (False, "low_bangla_share")
     assert keep.filter(Document(text="আমার সোনার বাংলা আমি তোমায় ভালোবাসি ok", id="b")) is True
     assert keep.filter(Document(text="১২৩ ৪৫৬ --- 789", id="c")) == (False, "no_letters")
+
+
+def test_every_document_removed_gives_a_report_and_a_warning(tmp_path, capsys):
+    """Filters that remove everything (English through the Bangla-script filter) end in a report
+    naming the step, not a datatrove traceback from the dedup stages finding no shards; prepare on
+    the empty output is a one-line error."""
+    text = tmp_path / "english.jsonl"
+    text.write_text("".join(json.dumps({"text": f"Plain English line number {i} with some words."}) + "\n"
+                            for i in range(30)), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["clean", str(text), "--out", str(out), "--shard-docs", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept 0 of 30 documents" in printed and "every document was removed, the last of them by script" in printed
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["kept"] == 0 and report["steps"][0]["removed"] == 30
+    assert [s["docs_in"] for s in report["steps"][1:]] == [0, 0, 0, 0] and not list(out.glob("*.jsonl"))
+    assert main(["prepare", str(out), "--out", str(tmp_path / "data")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_options_that_would_switch_a_rule_off_silently_are_refused(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("কিছু লেখা", encoding="utf-8")
+    for flags, message in ((["--min-avg-word-length", "nan"], "--min-avg-word-length must be a finite number"),
+                           (["--max-symbol-word-ratio", "inf"], "--max-symbol-word-ratio must be a finite number"),
+                           (["--max-avg-word-length", "-3"], "--max-avg-word-length must be a finite number >= 0"),
+                           (["--examples", "-1"], "--examples must be 0 or more")):
+        status = main(["clean", str(tmp_path / "a.txt"), "--out", str(tmp_path / "out"), *flags])
+        err = capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1 and message in err, err
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="min_avg_word_length must be a finite number"):
+        CleanOptions(min_avg_word_length=float("nan")).validate()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import shutil
 import time
 from collections import Counter
@@ -128,6 +129,9 @@ class CleanOptions:
             if getattr(self, name) < (1 if name.startswith("minhash") else 0):
                 raise bad_param(name, f"must be {'at least 1' if name.startswith('minhash') else '>= 0'}, "
                                       f"got {getattr(self, name)}")
+        for name, value in vars(self).items():
+            if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+                raise bad_param(name, f"must be a finite number >= 0, got {value}")
         if self.min_words > self.max_words:
             raise bad_param("min_words", f"({self.min_words}) must not exceed `max_words` ({self.max_words})")
         parse_ngram_shares(self.top_ngrams, "top_ngrams")
@@ -242,10 +246,12 @@ def minhash_config(options: CleanOptions) -> MinhashConfig:
 
 @dataclass
 class Stage:
-    """One datatrove run: its pipeline and how many tasks it takes."""
+    """One datatrove run: its pipeline, how many tasks it takes, and the folder of shards it
+    reads (None: it reads no documents)."""
     name: str
     pipeline: list
     tasks: int
+    reads: Path | None = None
 
 
 def dedup_stages(options: CleanOptions, source: Path, work: Path, output: Callable[[Path], object],
@@ -260,21 +266,21 @@ def dedup_stages(options: CleanOptions, source: Path, work: Path, output: Callab
                                   hash_config=HashConfig(precision=64, hash_fc="xxhash"))
         after = work / "after_exact" if options.near_dedup else None
         stages += [
-            Stage("exact signatures", [_reader(current), ExactDedupSignature(sigs, config)], tasks),
+            Stage("exact signatures", [_reader(current), ExactDedupSignature(sigs, config)], tasks, current),
             Stage("exact duplicates", [ExactFindDedups(sigs, dups, config)], 1),
             Stage("exact filter", [_reader(current), ExactDedupFilter(dups, config, removed("exact_dedup")),
-                                   output(after) if after else output(None)], tasks)]
+                                   output(after) if after else output(None)], tasks, current)]
         current = after
     if options.near_dedup:
         config = minhash_config(options)
         sigs, buckets, ids = (str(work / name) for name in ("minhash_sigs", "minhash_buckets", "minhash_remove"))
         stages += [
             Stage("minhash signatures", [_reader(current), MinhashDedupSignature(
-                sigs, config, language=BanglaWordTokenizer())], tasks),
+                sigs, config, language=BanglaWordTokenizer())], tasks, current),
             Stage("minhash buckets", [MinhashDedupBuckets(sigs, buckets, config=config)], options.minhash_bands),
             Stage("minhash clusters", [MinhashDedupCluster(buckets, ids, config=config)], 1),
             Stage("minhash filter", [_reader(current), MinhashDedupFilter(ids, exclusion_writer=removed("near_dedup")),
-                                     output(None)], tasks)]
+                                     output(None)], tasks, current)]
     return stages
 
 
@@ -310,8 +316,11 @@ def _reader(folder: Path) -> JsonlShardReader:
 
 
 def run_stages(stages: list[Stage], logs: Path, workers: int, console: str | None) -> None:
-    """Each stage in turn; datatrove's messages reach the terminal from level `console` (None: never)."""
+    """Each stage in turn, until one finds no documents left to read (the filters removed them
+    all); datatrove's messages reach the terminal from level `console` (None: never)."""
     for i, stage in enumerate(stages):
+        if stage.reads is not None and not any(stage.reads.glob("*.jsonl")):
+            return
         run_tasks(stage.pipeline, stage.tasks, logs / f"{i:02d}-{stage.name.replace(' ', '-')}",
                   range(stage.tasks), min(workers, stage.tasks), "clean", console)
 
@@ -346,6 +355,11 @@ class CleanResult:
                  f"kept {self.kept:,} of {self.documents:,} documents"]
         lines += [f"{s.step:>18}: removed {s.removed:,} of {s.docs_in:,} ({s.chars_removed:,} characters)"
                   for s in self.steps]
+        if self.kept == 0:
+            last = next(s for s in self.steps if s.removed and not s.kept)
+            lines.append(f"warning: every document was removed, the last of them by {last.step} (its reasons and "
+                         f"examples are in {self.out_dir}/report.md); loosen its thresholds (banglaslm clean --help) "
+                         "or check that the inputs are the text you meant")
         return "\n".join(lines)
 
 
@@ -371,6 +385,8 @@ def clean(
         raise bad_param("workers", f"must be at least 1, got {workers}")
     if shard_docs < 1:
         raise bad_param("shard_docs", f"must be at least 1, got {shard_docs}")
+    if examples < 0:
+        raise bad_param("examples", f"must be 0 or more, got {examples}")
     sources = resolve_inputs(inputs)
     check_apart(sources, Path(out_dir), "cleaned documents")
     start = time.perf_counter()
@@ -395,7 +411,7 @@ def _stages(options: CleanOptions, work: Path, out: Path, shards: int) -> list[S
     dedup = options.exact_dedup or options.near_dedup
     filtered = work / "filtered" if dedup else out
     first = Stage("filters", [_reader(work / "normalized"), *document_filters(options, removed),
-                              JsonlShardWriter(filtered, text_only=not dedup)], shards)
+                              JsonlShardWriter(filtered, text_only=not dedup)], shards, work / "normalized")
     output = lambda folder: JsonlShardWriter(folder or out, text_only=folder is None)  # noqa: E731
     return [first, *dedup_stages(options, filtered, work, output, removed, shards)] if dedup else [first]
 
