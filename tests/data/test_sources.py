@@ -267,6 +267,33 @@ def test_encoding_advice_counts_offsets_in_the_whole_file(tmp_path):
         docs([packed])
 
 
+def test_a_clean_output_inside_a_folder_gives_its_shards_alone(tmp_path, capsys):
+    """`clean`'s output one level down (corpus/web/) is read as at the top: its shards, not its
+    report.json (which is not a document) nor removed/ (whose documents it took out); a file
+    someone added to it is named, not silently dropped."""
+    web = tmp_path / "corpus" / "web"
+    (web / "removed").mkdir(parents=True)
+    (web / "00000.jsonl").write_text(json.dumps({"text": "রাখা লেখা"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    (web / "removed" / "exact_dedup.jsonl").write_text(json.dumps({"text": "বাদ"}, ensure_ascii=False) + "\n",
+                                                       encoding="utf-8")
+    (web / "report.json").write_text(json.dumps({"format": "banglaslm-clean/1", "kept": 1}), encoding="utf-8")
+    (web / "report.md").write_text("# report", encoding="utf-8")
+    (web / "extra.txt").write_text("যোগ করা", encoding="utf-8")
+    (tmp_path / "corpus" / "book.txt").write_text("বই", encoding="utf-8")
+    assert docs([tmp_path / "corpus"]) == ["বই", "রাখা লেখা"]
+    err = capsys.readouterr().err
+    assert "1 file(s) added to a folder `clean` wrote are not read" in err and "extra.txt" in err
+
+
+def test_a_file_named_twice_is_read_once(tmp_path, capsys):
+    """A folder and a file in it, or overlapping globs: each file once (twice, its documents would
+    silently weigh double), with a note."""
+    (tmp_path / "a.txt").write_text("এক", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("দুই", encoding="utf-8")
+    assert docs([tmp_path, tmp_path / "a.txt", str(tmp_path / "*.txt")]) == ["এক", "দুই"]
+    assert "3 input file(s) named more than once" in capsys.readouterr().err
+
+
 def test_a_data_or_model_folder_is_not_read_as_text(data_dir, tmp_path):
     """Given as an input, a prepared data folder or a model folder (a run, an HF export) would
     feed its metadata and logs (JSON, JSONL) in as documents: refused, naming what it is."""

@@ -21,6 +21,7 @@ import csv
 import difflib
 import glob
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -100,12 +101,7 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
             continue
         path = Path(item)
         if path.is_dir():
-            _refuse_tool_folder(path)
-            found = [p for p in path.rglob("*") if p.is_file()]
-            files = sorted(p for p in found if _format(p) in TEXT_SUFFIXES | TABLE_SUFFIXES)
-            if is_cleaned_folder(path):  # `banglaslm clean`'s output: its shards, not its report or removed/
-                files = sorted(path.glob("*.jsonl"))
-            _say_unread(path, found)
+            files = _folder_files(path)
             if not files:
                 raise UserError(f"folder {item} holds no .txt/.md/.jsonl/.json/.csv/.tsv/.parquet files (plain or "
                                 ".gz/.bz2/.xz/.zst)")
@@ -119,7 +115,45 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
             sources.extend(_file_source(p) for p in matches)
         else:
             raise UserError(f"input not found: {item}")
-    return sources
+    return _once(sources)
+
+
+def _once(sources: list[Source]) -> list[Source]:
+    """`sources` with a file named twice (a folder and a file in it, overlapping globs) read once,
+    and a note saying so: read twice, its documents would silently weigh double."""
+    seen: dict = {}
+    for source in sources:
+        seen.setdefault(source.location if source.kind == "hf" else Path(source.location).resolve(), source)
+    if len(seen) < len(sources):
+        repeated = Counter(sources) - Counter(seen.values())
+        print(f"note: {len(sources) - len(seen)} input file(s) named more than once (e.g. "
+              f"{next(iter(repeated)).location}) are read once", file=sys.stderr)
+    return list(seen.values())
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The files to read in `folder`, at any depth: text and table files; of a folder `clean`
+    wrote, its shards alone (not its report or removed/). A data or model folder inside is
+    refused (`_refuse_tool_folder`); files skipped are named on stderr (`_say_unread`)."""
+    files, found, passed = [], [], []
+    for root, dirs, names in os.walk(folder):
+        here = Path(root)
+        _refuse_tool_folder(here)
+        dirs.sort()
+        if is_cleaned_folder(here):  # `banglaslm clean`'s output
+            shards = sorted(here.glob("*.jsonl"))
+            files += shards
+            passed += [p for p in here.rglob("*") if p.is_file() and p not in shards and p.parent != here / "removed"
+                       and p.name not in ("report.json", "report.md")]
+            dirs[:] = []
+            continue
+        found += [here / name for name in names]
+        files += [here / name for name in names if _format(here / name) in TEXT_SUFFIXES | TABLE_SUFFIXES]
+    _say_unread(folder, found)
+    if passed:
+        print(f"note: {len(passed)} file(s) added to a folder `clean` wrote are not read (e.g. {passed[0]}); "
+              "only its shards are: pass them as inputs of their own", file=sys.stderr)
+    return sorted(files)
 
 
 def _refuse_tool_folder(folder: Path) -> None:
