@@ -69,6 +69,28 @@ def test_steps_match_model_forward_with_padding_up_to_a_full_cache(arch, B, kind
             decoder.step(ours, x[:, 0])
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("arch", ["gpt", "modern"])
+def test_a_rows_logits_do_not_depend_on_the_rest_of_the_batch(arch, kind):
+    """Bit for bit: each row decoded among others (B = 2, 4, 5, 9: four rows at a time, the rest
+    one by one) gives the logits it gives alone, so a server's answer (its logprobs, and so its
+    sampled tokens) does not depend on the other requests of the moment. Vocabulary 101 leaves
+    matrix rows over after the fours."""
+    model = quantize_model(model_of(arch, vocab=101), kind)
+    decoder = CpuDecoder.for_model(model)
+    x = torch.randint(0, 101, (9, 8), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        alone = []
+        for b in range(9):
+            cache = model.new_cache(1)
+            alone.append(torch.cat([decoder.step(cache, x[b:b + 1, t]) for t in range(8)]))  # (T, vocab)
+        for B in (2, 4, 5, 9):
+            cache = model.new_cache(B)
+            together = torch.stack([decoder.step(cache, x[:B, t]) for t in range(8)], dim=1)  # (B, T, vocab)
+            for b in range(B):
+                assert torch.equal(together[b], alone[b]), (B, b, float((together[b] - alone[b]).abs().max()))
+
+
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction sets")
 @pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])
 def test_the_avx2_and_portable_builds_compute_the_same(tmp_path, march):

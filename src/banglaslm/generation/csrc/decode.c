@@ -165,7 +165,6 @@ static inline float finish(float v, float u, float bias, int op, float y) {
         acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;                                \
     }
 #define AS_FLOAT(v) ((float)(v))
-DOT4(float, AS_FLOAT)
 
 /* Quantized rows, widened in registers: compilers vectorize the loops above for int8 and bf16
  * with two-step widenings and extracts, about a third of the speed of one sign-extending load
@@ -235,6 +234,10 @@ static inline vf v_bf16(const uint16_t *p) {
             acc[3] += CVT(w3[i]) * x[i];                                                   \
         }                                                                                  \
     }
+/* float32 rows too, so that every row's sum is made in one order, lane by lane then across
+ * the lanes, whether the batch is summed four rows at a time (dot4x4) or one: a sequence's
+ * logits do not depend on what else is in the batch (docs/generation.md). */
+DOT4_SIMD(float, v_load, AS_FLOAT)
 DOT4_SIMD(int8_t, v_int8, AS_FLOAT)
 DOT4_SIMD(uint16_t, v_bf16, bf16_to_float)
 
@@ -260,6 +263,7 @@ static inline void dot4x4(const float *w0, int in, const float *x0, float acc[4]
         }
 }
 #else
+DOT4(float, AS_FLOAT)
 DOT4(int8_t, AS_FLOAT)
 DOT4(uint16_t, bf16_to_float)
 #endif
