@@ -2,11 +2,14 @@
 and 16, as this CPU builds it and as CPUs with fewer instruction sets would.
 
     python benchmarks/decode_step.py [RUN_DIR] [--batch 1 16] [--builds native avx2 portable] [--repeats 5]
+    git show REV:src/banglaslm/generation/csrc/decode.c > /tmp/old.c
+    python benchmarks/decode_step.py --builds native --against /tmp/old.c   # a change, side by side
 
 `CpuDecoder.step` in a loop of 100 steps from a 16-token cache, best of --repeats rounds that
 run every (build, kind) in turn. Builds: `native` is what banglaslm uses (-march=native);
 `avx2` the same source with AVX-512 turned off (a CPU with AVX2 + FMA only); `portable`
-x86-64-v2 (no AVX2: the portable loops the compiler vectorizes by itself).
+x86-64-v2 (no AVX2: the portable loops the compiler vectorizes by itself). `--against FILE`
+adds FILE (another version of decode.c) built as `native`, timed in the same rounds.
 Without RUN_DIR: the `small` shape, modern architecture, vocab 8000, random weights.
 """
 
@@ -63,16 +66,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--builds", nargs="+", default=list(BUILDS), choices=list(BUILDS))
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--against", type=Path, help="another decode.c, built as native beside the others")
     args = ap.parse_args()
+    builds = [(name, BUILDS[name], cpu_decode.SOURCE) for name in args.builds]
+    builds += [("against", [], args.against)] if args.against else []
     with tempfile.TemporaryDirectory() as tmp:
         libs = {}
-        for name in args.builds:
+        for name, flags, source in builds:
             out = Path(tmp) / f"{name}.so"
-            subprocess.run(["cc", *cpu_decode.FLAGS, *BUILDS[name], str(cpu_decode.SOURCE), "-o", str(out), "-lm"],
-                           check=True)
+            subprocess.run(["cc", *cpu_decode.FLAGS, *flags, str(source), "-o", str(out), "-lm"], check=True)
             libs[name] = cpu_decode.load(out)
         stored = models(args.run_dir)
-        cells = [(b, n, k) for b in args.batch for n in args.builds for k in KINDS]
+        cells = [(b, n, k) for b in args.batch for n in libs for k in KINDS]
         best = dict.fromkeys(cells, float("inf"))
         with torch.inference_mode():
             for b, n, k in cells:  # warm-up: first-touch of buffers and weights
@@ -84,7 +89,7 @@ def main() -> None:
           f"µs per step, best of {args.repeats}")
     print(f"{'batch':>5} {'build':>9} " + " ".join(f"{k:>8}" for k in KINDS) + "  int8 / none")
     for b in args.batch:
-        for n in args.builds:
+        for n in libs:
             row = [best[b, n, k] for k in KINDS]
             print(f"{b:>5} {n:>9} " + " ".join(f"{1e6 * t:>8.0f}" for t in row) + f"  {row[0] / row[1]:>10.2f}x")
 
