@@ -4,8 +4,8 @@ trained eager, all in one process in alternating rounds:
     python benchmarks/compile_options.py --presets cpu-ref tiny --vocab 2048 --iters 20 --rounds 5
     python benchmarks/compile_options.py --variants default "no asserts" "chunk 4096" --rounds 15
 
-Each variant (VARIANTS: the default Python wrapper; `cpp_wrapper`, the generated kernels called
-from C++; the wrapper's size and alignment checks off; larger or single-threaded chunks for the
+Each variant (VARIANTS: the default Python wrapper; the backward compiled whole by compiled
+autograd; `cpp_wrapper`, the generated kernels called from C++; the wrapper's size and alignment checks off; larger or single-threaded chunks for the
 generated loops) is a `Trainer` with `train.compile=true` built while `torch.compile` is given the
 variant's inductor options; the steps are the trainer's own `_step` on random tokens, as in
 train_throughput.py (whose helpers this reuses). Prints tokens/s of each (best round) and its
@@ -33,13 +33,26 @@ from banglaslm.config import build_config  # noqa: E402
 from banglaslm.training.trainer import Trainer  # noqa: E402
 
 PEER = "GPT-2 eager"
+COMPILED_AUTOGRAD = "compiled autograd"
 VARIANTS = {
     "default": None,
+    # the backward as one graph traced at run time (torch._dynamo.compiled_autograd), not the
+    # autograd engine calling each compiled region's backward: the default's options
+    COMPILED_AUTOGRAD: None,
     "C++ wrapper": {"cpp_wrapper": True},
     "no asserts": {"size_asserts": False, "scalar_asserts": False, "alignment_asserts": False},
     "chunk 4096": {"cpp.min_chunk_size": 4096},
     "1-thread kernels": {"cpp.threads": 1},
 }
+
+
+def with_compiled_autograd(step):
+    """`step` with its backward compiled whole by compiled autograd (torch 2.4+; a private API in
+    torch 2.13, which is why the trainer does not use it: BENCHMARKS.md measured no steady gain)."""
+    def step_compiled_backward():
+        with torch._dynamo.compiled_autograd._enable(torch.compile):
+            return step()
+    return step_compiled_backward
 
 
 def measure(preset: str, vocab: int, iters: int, rounds: int, variants: list[str]) -> dict[str, list[float]]:
@@ -56,6 +69,8 @@ def measure(preset: str, vocab: int, iters: int, rounds: int, variants: list[str
                 torch.compile = functools.partial(real_compile, options=VARIANTS[name])
                 trainer = Trainer(cfg, data, Path(tmp) / f"run-{len(steps)}", progress=False)
                 steps[name], prefetch = tt.our_step(trainer)
+                if name == COMPILED_AUTOGRAD:
+                    steps[name] = with_compiled_autograd(steps[name])
                 prefetchers.append(prefetch)
             torch.compile = real_compile
             steps[PEER] = tt.gpt2_peer(cfg, vocab, trainer.precision)

@@ -39,6 +39,8 @@ def test_specs_and_refusals(tmp_path, data_dir, small_books, capsys):
     assert parse_spec("a/b:0.25") == ("a/b", 0.25) and parse_spec("a:b") == ("a:b", None)
     with pytest.raises(UserError, match="must be a positive number"):
         parse_spec("d:-1")
+    with pytest.raises(UserError, match=r"data_dir` entry .*:abc is not a number \('abc'\); write DIR:WEIGHT"):
+        parse_spec(f"{data_dir}:abc")  # a folder with a typo for its weight, not a folder named with a colon
     with pytest.raises(UserError, match="give every `data_dir` folder a weight .* or none of them"):
         Mixture([f"{data_dir}:2", str(data_dir)])
     from banglaslm.cli import main  # the CLI names its flag instead

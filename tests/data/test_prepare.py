@@ -191,3 +191,18 @@ def test_cleaning_options_without_clean_are_refused(tmp_path, small_books):
     assert not (tmp_path / "d").exists()
     # the defaults, passed explicitly, change nothing and are accepted
     prepare([str(small_books[0])], tmp_path / "e", clean_options=CleanOptions(), doc_split="page", progress=False)
+
+
+def test_empty_rows_and_files_are_counted_not_lost_silently(tmp_path):
+    """Rows that normalization leaves empty (blank, only invisible characters, null) are counted
+    in meta.json and the summary; an empty (0-byte) CSV among the inputs holds no rows, as an
+    empty JSONL does, instead of stopping the run; every input is listed (not the first 20)."""
+    write_docs(tmp_path / "src", 24)
+    rows = [{"text": ""}, {"text": "  \u200b "}, {"text": None}, {"text": "একটি সারি"}]
+    (tmp_path / "src" / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "src" / "none.csv").write_bytes(b"")
+    result = prepare([str(tmp_path / "src")], tmp_path / "out", vocab_size=300, progress=False)
+    assert result.meta["empty_documents"] == 3
+    assert "skipped 3 empty document(s)" in result.summary()
+    assert sum(result.meta["splits"][s]["documents"] for s in ("train", "val")) == 24 + 1
+    assert len(result.meta["sources"]) == 26 and not any("more" in s for s in result.meta["sources"])

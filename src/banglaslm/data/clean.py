@@ -348,11 +348,13 @@ class CleanResult:
     steps: list[StepCount]
     seconds: float
     input_bytes: int        # UTF-8 bytes of the normalized documents
+    empty: int = 0          # documents left empty by normalization: skipped
 
     def summary(self) -> str:
         lines = [f"cleaned into {self.out_dir} in {self.seconds:.1f} s "
                  f"({self.input_bytes / 1e6 / max(self.seconds, 1e-9):.2f} MB/s of normalized text): "
-                 f"kept {self.kept:,} of {self.documents:,} documents"]
+                 f"kept {self.kept:,} of {self.documents:,} documents"
+                 + (f" ({self.empty:,} empty ones skipped)" if self.empty else "")]
         lines += [f"{s.step:>18}: removed {s.removed:,} of {s.docs_in:,} ({s.chars_removed:,} characters)"
                   for s in self.steps]
         if self.kept == 0:
@@ -392,7 +394,7 @@ def clean(
     start = time.perf_counter()
     with staged_folder(out_dir, "cleaned folder", replaceable=is_cleaned_folder) as stage:
         work = stage / ".work"
-        documents, shards, n_bytes = _write_shards(iter_documents(sources, text_column, doc_split),
+        documents, empty, shards, n_bytes = _write_shards(iter_documents(sources, text_column, doc_split),
                                                    work / "normalized", shard_docs)
         run_stages(_stages(options, work, stage, shards), work / "logs", workers, "INFO" if verbose else None)
         steps = _count_steps(work / "removed", documents, options, examples)
@@ -401,7 +403,7 @@ def clean(
         if keep_removed:
             _gather_removed(work / "removed", stage / "removed", steps)
         shutil.rmtree(work)
-        result = CleanResult(Path(out_dir), documents, kept, steps, time.perf_counter() - start, n_bytes)
+        result = CleanResult(Path(out_dir), documents, kept, steps, time.perf_counter() - start, n_bytes, empty)
         _write_report(stage, result, options, sources, doc_split)
     return result
 
@@ -416,15 +418,16 @@ def _stages(options: CleanOptions, work: Path, out: Path, shards: int) -> list[S
     return [first, *dedup_stages(options, filtered, work, output, removed, shards)] if dedup else [first]
 
 
-def _write_shards(documents: Iterator[str], folder: Path, shard_docs: int) -> tuple[int, int, int]:
+def _write_shards(documents: Iterator[str], folder: Path, shard_docs: int) -> tuple[int, int, int, int]:
     """Normalize the documents and write the non-empty ones as JSONL shards of `shard_docs`
-    documents; (documents, shards, UTF-8 bytes)."""
+    documents; (documents, empty documents skipped, shards, UTF-8 bytes)."""
     folder.mkdir(parents=True)
-    n, n_bytes, fh = 0, 0, None
+    n, empty, n_bytes, fh = 0, 0, 0, None
     try:
         for raw in documents:
             text = normalize(raw)
             if not text:
+                empty += 1
                 continue
             if n % shard_docs == 0:
                 fh and fh.close()
@@ -438,7 +441,7 @@ def _write_shards(documents: Iterator[str], folder: Path, shard_docs: int) -> tu
     if n == 0:
         raise UserError("the inputs hold no text (every document is empty after normalization); check the "
                         "inputs, or `text_column` for tables")
-    return n, (n - 1) // shard_docs + 1, n_bytes
+    return n, empty, (n - 1) // shard_docs + 1, n_bytes
 
 
 def _gather_removed(removed: Path, out: Path, steps: list[StepCount]) -> None:
@@ -487,9 +490,10 @@ class _Rev:
 
 
 def _write_report(folder: Path, result: CleanResult, options: CleanOptions, sources, doc_split: str) -> None:
-    report = {"format": CLEANED_FORMAT, "documents": result.documents, "kept": result.kept,
+    report = {"format": CLEANED_FORMAT, "documents": result.documents, "empty_documents": result.empty,
+              "kept": result.kept,
               "seconds": round(result.seconds, 3), "input_bytes": result.input_bytes, "doc_split": doc_split,
-              "sources": [s.location for s in sources[:20]] + ([f"... {len(sources) - 20} more"] if len(sources) > 20 else []),
+              "sources": [s.location for s in sources],
               "options": asdict(options), "stop_words": stop_words(),
               "steps": [{**asdict(s), "kept": s.kept} for s in result.steps]}
     atomic_write_text(folder / "report.md", _markdown(report))
@@ -498,7 +502,8 @@ def _write_report(folder: Path, result: CleanResult, options: CleanOptions, sour
 
 def _markdown(report: dict) -> str:
     lines = [f"# Cleaning report\n\nKept {report['kept']:,} of {report['documents']:,} documents "
-             f"(non-empty after normalization) in {report['seconds']:.1f} s.\n",
+             f"(non-empty after normalization; {report['empty_documents']:,} empty skipped) in "
+             f"{report['seconds']:.1f} s.\n",
              "| step | documents in | removed | kept | characters removed | reasons |", "|---|---|---|---|---|---|"]
     for s in report["steps"]:
         reasons = ", ".join(f"{k} {v:,}" for k, v in s["reasons"].items())

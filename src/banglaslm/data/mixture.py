@@ -32,6 +32,9 @@ def parse_spec(spec: str) -> tuple[str, float | None]:
     try:
         value = float(weight)
     except ValueError:
+        if Path(path).is_dir() and not Path(spec).exists():  # DIR:typo, not a folder named with a colon
+            raise UserError(f"the weight in `data_dir` entry {spec} is not a number ({weight!r}); write "
+                            f"DIR:WEIGHT, e.g. {path}:0.3") from None
         return str(spec), None
     if not value > 0 or value == float("inf"):
         raise UserError(f"the weight in `data_dir` entry {spec} must be a positive number, got {weight}")

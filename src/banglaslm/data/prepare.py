@@ -75,6 +75,8 @@ class PrepareResult:
             return (f"task {self.task_rank} of {self.out_dir} done in {self.seconds:.1f} s {speed}; task 0 writes "
                     "meta.json once every task is done")
         lines = [f"prepared {self.out_dir} in {self.seconds:.1f} s {speed}"]
+        if self.meta.get("empty_documents"):
+            lines.append(f"skipped {self.meta['empty_documents']:,} empty document(s) (nothing left after normalization)")
         tok = self.meta["tokenizer"]
         asked = self.meta.get("vocab_size_asked")
         short = f" (asked {asked:,}: the text has no more pairs of tokens seen twice to merge)" \
@@ -305,6 +307,10 @@ class _Job:
     def input_bytes(self, ranks) -> int:
         return sum(read_json(summary_path(self.work, "read", r))["bytes"] for r in ranks)
 
+    def empty_documents(self) -> int:
+        """Documents (rows, paragraphs, ...) that normalization left empty, in every task: skipped."""
+        return sum(read_json(summary_path(self.work, "read", r)).get("empty", 0) for r in range(self.tasks))
+
     def choose(self) -> None:
         """Between the phases, once: the split rule from every task's extremes, and the
         tokenizer (given, or trained on the sample); written to tokenizer.json and split.json."""
@@ -342,7 +348,7 @@ class _Job:
         _check_coverage(coverage, allow_unknown)
         splits = {s: split_stats([shard for e in encoded for shard in e["shards"][s]]) for s in SPLITS}
         tok, np_dtype = Tokenizer.from_file(self.work / "tokenizer.json"), read_json(self.work / "split.json")["dtype"]
-        input_bytes = self.input_bytes(range(self.tasks))
+        input_bytes, empty = self.input_bytes(range(self.tasks)), self.empty_documents()
         sources = [location for _, location, *_ in self.plan["sources"]]
         for name in ("report.json", "report.md"):  # what cleaning removed, and why
             if (self.work / "cleaned" / name).exists():
@@ -356,7 +362,7 @@ class _Job:
             # the size a BPE trained here was asked for (a tokenizer given by path was asked nothing)
             "vocab_size_asked": self.plan["vocab_size"] if self.plan["tokenizer"] == "bpe" else None,
             "tokenizer_sample": self.plan["tokenizer_sample"], "input_bytes": input_bytes,
-            "sources": sources[:20] + ([f"... {len(sources) - 20} more"] if len(sources) > 20 else []),
+            "empty_documents": empty, "sources": sources,
             "coverage": {split: c.to_dict() for split, c in coverage.items()}})
         swap_in(self.work, self.out)
         return meta

@@ -71,22 +71,19 @@ class ReadInputs(PipelineStep):
 
 
 class Normalize(PipelineStep):
-    """Normalizes each document (`text.normalize`) and drops those left empty."""
+    """Normalizes each document (`text.normalize`); those left empty go on, for `Spool` to count."""
 
     name, type = "normalize", "✂️ - FORMAT"
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         for doc in data:
             doc.text = normalize(doc.text)
-            if doc.text:
-                yield doc
-            else:
-                self.stat_update("empty")
+            yield doc
 
 
 class Spool(PipelineStep):
     """Writes the task's normalized documents, one JSON string per line, and its summary:
-    counts, the characters seen, the documents with the smallest and largest split hash, and
+    counts (documents left empty by normalization are counted, not written), the characters seen, the documents with the smallest and largest split hash, and
     the candidates for the tokenizer's sample (of the documents that validation's threshold
     leaves to training, those with the smallest sample hashes holding `sample_chars`
     characters; the corpus's sample is drawn from the tasks' candidates)."""
@@ -101,11 +98,14 @@ class Spool(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         path = spool_path(self.work, rank)
         path.parent.mkdir(parents=True, exist_ok=True)
-        summary = {"documents": 0, "bytes": 0, "lowest": None, "highest": None}
+        summary = {"documents": 0, "empty": 0, "bytes": 0, "lowest": None, "highest": None}
         chars: set[str] = set()
         sample = _Sample(self.sample_chars)
         with open(path, "wb") as fh:
             for doc in data:
+                if not doc.text:  # an empty row, or one of only spaces and invisible characters
+                    summary["empty"] += 1
+                    continue
                 h, offset = doc_hash(doc.text, self.seed, "split"), fh.tell()
                 if summary["lowest"] is None or h < summary["lowest"][0]:
                     summary["lowest"] = [h, offset]

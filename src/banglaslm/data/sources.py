@@ -445,13 +445,15 @@ def _read_csv(path: str, text_column: str | None, delimiter: str = ",") -> Itera
 
 def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple[str, dict]]:
     """The rows of a CSV (or, with a tab `delimiter`, TSV) file; `on_header` sees the column
-    names first (even with no rows)."""
+    names first (even with no rows). An empty file has neither."""
     csv.field_size_limit(sys.maxsize)  # news articles easily exceed the 128 KiB default
     with open_text(path, newline="") as fh:
         try:
             reader = csv.DictReader(fh, delimiter=delimiter)
+            if reader.fieldnames is None:  # an empty file: no header, no rows (as an empty JSONL has none)
+                return
             if on_header is not None:
-                on_header(list(reader.fieldnames or []))
+                on_header(list(reader.fieldnames))
             for number, row in enumerate(reader, 1):  # a quoted field may span lines: name the row
                 yield f"{path} row {number} (ending on line {reader.line_num})", row
         except UnicodeDecodeError:
