@@ -160,3 +160,28 @@ def test_options_that_would_switch_a_rule_off_silently_are_refused(tmp_path, cap
         assert not (tmp_path / "out").exists()
     with pytest.raises(UserError, match="min_avg_word_length must be a finite number"):
         CleanOptions(min_avg_word_length=float("nan")).validate()
+
+
+def test_kept_and_removed_documents_say_where_they_came_from(planted, tmp_path):
+    """Each kept document names its input (file and row) and keeps its row's other fields (a
+    crawl's url, ids) under "metadata"; removed ones and the report's examples name their input
+    too, so a user can find a removed row in the source."""
+    bench, originals, _, _ = planted
+    table = tmp_path / "crawl.csv"
+    rows = [(f"https://example.com/{i}", text, i * 0.5) for i, text in enumerate(originals[:6])]
+    rows.append(("https://example.com/copy", originals[0], 9.0))  # an exact copy of row 1
+    import csv
+    with open(table, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["url", "text", "score"])
+        writer.writerows(rows)
+    out = tmp_path / "out"
+    clean([str(table)], out, CleanOptions(**bench.PARAGRAPH_OPTIONS), keep_removed=True, examples=3)
+    kept = [json.loads(line) for path in sorted(out.glob("*.jsonl")) for line in open(path, encoding="utf-8")]
+    assert [r["input"].split(" (")[0] for r in kept] == [f"{table} row {i}" for i in range(1, 7)]  # then its line
+    assert [r["metadata"] for r in kept] == [{"url": url, "score": str(score)} for url, _, score in rows[:6]]
+    removed = [json.loads(line) for line in open(out / "removed" / "exact_dedup.jsonl", encoding="utf-8")]
+    assert len(removed) == 1 and removed[0]["input"].startswith(f"{table} row 7 (ending on line ")
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["steps"][3]["examples"][0]["input"] == removed[0]["input"]
+    assert f"from {table} row 7" in (out / "report.md").read_text(encoding="utf-8")

@@ -59,7 +59,7 @@ from .sources import (
     DOC_SPLITS,
     check_apart,
     is_cleaned_folder,
-    iter_documents,
+    iter_records,
     resolve_inputs,
 )
 from .tasks import run_tasks
@@ -307,8 +307,16 @@ class JsonlShardWriter(DiskWriter):
         self.text_only = text_only
 
     def _write(self, document: dict, file_handler, _filename: str) -> None:
-        record = {"text": document["text"]} if self.text_only else document
+        record = output_record(document) if self.text_only else document
         file_handler.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def output_record(document: dict) -> dict:
+    """A kept document as `clean` writes it: its normalized text, the input it came from (file
+    and line or row) and, under "metadata", its row's other fields (url, id, ...) as they were."""
+    metadata = document.get("metadata") or {}
+    record = {"text": document["text"], "input": metadata.get("input")}
+    return record | ({"metadata": metadata["fields"]} if metadata.get("fields") else {})
 
 
 def _reader(folder: Path) -> JsonlShardReader:
@@ -394,7 +402,7 @@ def clean(
     start = time.perf_counter()
     with staged_folder(out_dir, "cleaned folder", replaceable=is_cleaned_folder) as stage:
         work = stage / ".work"
-        documents, empty, shards, n_bytes = _write_shards(iter_documents(sources, text_column, doc_split),
+        documents, empty, shards, n_bytes = _write_shards(iter_records(sources, text_column, doc_split),
                                                    work / "normalized", shard_docs)
         run_stages(_stages(options, work, stage, shards), work / "logs", workers, "INFO" if verbose else None)
         steps = _count_steps(work / "removed", documents, options, examples)
@@ -418,13 +426,14 @@ def _stages(options: CleanOptions, work: Path, out: Path, shards: int) -> list[S
     return [first, *dedup_stages(options, filtered, work, output, removed, shards)] if dedup else [first]
 
 
-def _write_shards(documents: Iterator[str], folder: Path, shard_docs: int) -> tuple[int, int, int, int]:
-    """Normalize the documents and write the non-empty ones as JSONL shards of `shard_docs`
-    documents; (documents, empty documents skipped, shards, UTF-8 bytes)."""
+def _write_shards(documents: Iterator[tuple[str, str, dict]], folder: Path, shard_docs: int) -> tuple[int, int, int, int]:
+    """Normalize the documents ((text, where, fields) from `iter_records`) and write the non-empty
+    ones as JSONL shards of `shard_docs` documents, where they came from and their row's other
+    fields in the metadata; (documents, empty documents skipped, shards, UTF-8 bytes)."""
     folder.mkdir(parents=True)
     n, empty, n_bytes, fh = 0, 0, 0, None
     try:
-        for raw in documents:
+        for raw, where, fields in documents:
             text = normalize(raw)
             if not text:
                 empty += 1
@@ -432,7 +441,8 @@ def _write_shards(documents: Iterator[str], folder: Path, shard_docs: int) -> tu
             if n % shard_docs == 0:
                 fh and fh.close()
                 fh = open(folder / f"{n // shard_docs:05d}.jsonl", "w", encoding="utf-8")
-            record = {"text": text, "id": f"{n:010d}", "metadata": {"shard": n // shard_docs}}
+            record = {"text": text, "id": f"{n:010d}",
+                      "metadata": {"shard": n // shard_docs, "input": where, "fields": fields}}
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             n += 1
             n_bytes += len(text.encode("utf-8"))
@@ -445,7 +455,7 @@ def _write_shards(documents: Iterator[str], folder: Path, shard_docs: int) -> tu
 
 
 def _gather_removed(removed: Path, out: Path, steps: list[StepCount]) -> None:
-    """One removed/STEP.jsonl per step: {"id", "reason", "text"} per removed document, by id."""
+    """One removed/STEP.jsonl per step: {"id", "input", "reason", "text"} per removed document, by id."""
     out.mkdir()
     for step in steps:
         records = [json.loads(line) for path in sorted((removed / step.step).glob("*.jsonl"))
@@ -453,7 +463,8 @@ def _gather_removed(removed: Path, out: Path, steps: list[StepCount]) -> None:
         with open(out / f"{step.step}.jsonl", "w", encoding="utf-8") as fh:
             for r in sorted(records, key=lambda r: r["id"]):
                 reason = r.get("metadata", {}).get("filter_reason") or step.step
-                fh.write(json.dumps({"id": r["id"], "reason": reason, "text": r["text"]}, ensure_ascii=False) + "\n")
+                row = {"id": r["id"], "input": r.get("metadata", {}).get("input"), "reason": reason, "text": r["text"]}
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 # ---- the report ----------------------------------------------------------------------------
@@ -462,7 +473,7 @@ def _count_steps(removed: Path, documents: int, options: CleanOptions, examples:
     counts, docs_in = [], documents
     for step in run:
         count = StepCount(step, docs_in)
-        first: list[tuple[str, str, str]] = []
+        first: list[tuple[str, str, str, str]] = []
         reasons: Counter = Counter()
         for path in sorted((removed / step).glob("*.jsonl")):
             for line in open(path, encoding="utf-8"):
@@ -471,10 +482,12 @@ def _count_steps(removed: Path, documents: int, options: CleanOptions, examples:
                 count.chars_removed += len(record["text"])
                 reason = record.get("metadata", {}).get("filter_reason")
                 reasons[reason or step] += 1
-                item = (record["id"], reason or step, record["text"][:EXAMPLE_CHARS])
+                item = (record["id"], reason or step, record["text"][:EXAMPLE_CHARS],
+                        record.get("metadata", {}).get("input"))
                 heapq.heappush(first, _Rev(item)) if len(first) < examples else heapq.heappushpop(first, _Rev(item))
         count.reasons = dict(reasons.most_common())
-        count.examples = [{"id": r.item[0], "reason": r.item[1], "text": r.item[2]} for r in sorted(first, reverse=True)]
+        count.examples = [{"id": r.item[0], "input": r.item[3], "reason": r.item[1], "text": r.item[2]}
+                          for r in sorted(first, reverse=True)]
         counts.append(count)
         docs_in = count.kept
     return counts
@@ -514,7 +527,7 @@ def _markdown(report: dict) -> str:
             lines.append(f"\n## {s['step']}: examples of what was removed\n")
             for ex in s["examples"]:
                 text = " ".join(ex["text"].split())
-                lines.append(f"- `{ex['id']}` ({ex['reason']}): {text}")
+                lines.append(f"- `{ex['id']}` from {ex['input']} ({ex['reason']}): {text}")
     lines.append("\n## Options\n")
     lines += [f"- {f.name}: {report['options'][f.name]}" for f in fields(CleanOptions)]
     return "\n".join(lines) + "\n"

@@ -227,6 +227,42 @@ def iter_documents(sources: list[Source], text_column: str | None = None,
         yield from _decompressed(source, readers[source.kind](source.location))
 
 
+def iter_records(sources: list[Source], text_column: str | None = None,
+                 doc_split: str = "file") -> Iterator[tuple[str, str, dict]]:
+    """`iter_documents` with provenance: (raw text, where it came from, the row's other fields)
+    for every document; `where` names the file and line or row (a text file: the file, and the
+    number of the page, paragraph or line), the fields are {} for text files. Reads every column
+    of a table, so it is for `clean`, which keeps them; `prepare` needs only the text."""
+    if doc_split not in DOC_SPLITS:
+        raise bad_param("doc_split", f"'{doc_split}' is unknown; choose one of {', '.join(DOC_SPLITS)}")
+    for source in sources:
+        if source.kind == "text":
+            texts = read_text_file(source.location, doc_split)
+            items = ((text, source.location if doc_split == "file" else f"{source.location} {doc_split} {i}", {})
+                     for i, text in enumerate(texts, 1))
+        else:
+            items = _records_with_fields(iter_rows([source]), text_column)
+        yield from _decompressed(source, items)
+
+
+def _records_with_fields(rows: Iterator[tuple[str, dict]], text_column: str | None) -> Iterator[tuple[str, str, dict]]:
+    key: str | None = None
+    for where, record in rows:
+        key = key if key in record else _column(list(record), text_column, where)
+        yield _as_text(record[key], where), where, {k: _json_safe(v) for k, v in record.items() if k != key}
+
+
+def _json_safe(value: object) -> object:
+    """A table cell as JSON can hold it: as it is, or as its text (dates, bytes, decimals)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
 def _decompressed(source: Source, items: Iterator) -> Iterator:
     """`items`, with a damaged compressed file reported as a user error."""
     with decompressing(source.location):
