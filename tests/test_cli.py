@@ -101,7 +101,7 @@ def test_generate_bad_options(trained_run, args, fragment):
     assert_user_error(cli("generate", trained_run, *args), fragment)
 
 
-def test_generate_and_eval_json(trained_run, small_books):
+def test_generate_and_eval_json(trained_run, small_books, tmp_path):
     r = cli("generate", trained_run, "--prompt", "আমার", "--max-new-tokens", "12", "--seed", "1", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -113,6 +113,12 @@ def test_generate_and_eval_json(trained_run, small_books):
     assert set(rows[0]) == {"file", "loss", "perplexity", "bits_per_byte", "bits_per_char", "tokens", "chars",
                             "unknown_share", "byte_fallback_share"}
     assert rows[0]["file"] == str(small_books[0]) and rows[0]["tokens"] > 1000
+    blank = tmp_path / "blank.txt"  # every file is checked before any is scored
+    blank.write_text(" \u200b\n", encoding="utf-8")
+    for wrong, fragment in ((tmp_path / "typo.txt", "text file not found"), (blank, "holds no text")):
+        r = cli("eval", trained_run, "--text", small_books[0], wrong, "--json")
+        assert_user_error(r, fragment)
+        assert r.stdout == ""  # not the first file's scores, then the error
 
 
 def test_quantized_eval_stays_within_one_percent_and_generate_runs(trained_run, small_books):

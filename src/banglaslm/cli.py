@@ -374,12 +374,13 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluation.perplexity import evaluate_file
+    from .evaluation.perplexity import evaluate_file, evaluate_text, read_texts
     from .runfolder import load_model
 
+    texts = read_texts(args.text)  # all checked before the model loads
     loaded = load_model(args.run_dir, **picked(args, load_model))
-    for path in args.text:
-        r = evaluate_file(loaded, path, **picked(args, evaluate_file))
+    for name, text in texts:
+        r = evaluate_text(loaded, text, name=name, **picked(args, evaluate_file))
         if args.json:
             print(json.dumps(r.to_dict(), ensure_ascii=False))
         else:

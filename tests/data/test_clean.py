@@ -145,7 +145,12 @@ def test_every_document_removed_gives_a_report_and_a_warning(tmp_path, capsys):
     assert report["kept"] == 0 and report["steps"][0]["removed"] == 30
     assert [s["docs_in"] for s in report["steps"][1:]] == [0, 0, 0, 0] and not list(out.glob("*.jsonl"))
     assert main(["prepare", str(out), "--out", str(tmp_path / "data")]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was written by banglaslm clean, which kept none of its documents" in err
+    assert main(["prepare", str(text), "--clean", "--out", str(tmp_path / "data")]) == 2  # the same, inside prepare
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cleaning removed every document (30), the last of them by script" in err
+    assert not (tmp_path / "data").exists() and not list(tmp_path.glob(".data*"))
 
 
 def test_options_that_would_switch_a_rule_off_silently_are_refused(tmp_path, capsys):

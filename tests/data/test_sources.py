@@ -253,6 +253,20 @@ def test_a_table_with_damaged_or_cut_utf8_gets_the_advice_text_files_get(tmp_pat
         docs([cut])
 
 
+def test_a_jsonl_cut_inside_a_row_is_told_to_drop_that_row(tmp_path):
+    """Cut off inside a record, a JSONL file's `head -c` keeps the whole lines before it: the
+    fixed file reads (cutting at the broken character would leave half a JSON object)."""
+    whole = "".join(json.dumps({"text": f"{BN} {i}"}, ensure_ascii=False) + "\n" for i in range(3)).encode()
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(whole[:-6])  # inside the last row's last Bangla character (।, 3 bytes: 2 kept)
+    line_start = whole[:-1].rfind(b"\n") + 1
+    with pytest.raises(UserError, match=rf"drop the broken last line \(head -c {line_start} cut.jsonl > cut.fixed.jsonl\)"):
+        docs([cut])
+    fixed = tmp_path / "cut.fixed.jsonl"
+    fixed.write_bytes(cut.read_bytes()[:line_start])
+    assert docs([fixed]) == [f"{BN} {i}" for i in range(2)]
+
+
 def test_encoding_advice_counts_offsets_in_the_whole_file(tmp_path):
     """A byte-order mark the codec skips still counts in the offset (the byte named is the bad
     one), and a compressed file's advice decompresses before it cuts."""
@@ -279,10 +293,12 @@ def test_a_clean_output_inside_a_folder_gives_its_shards_alone(tmp_path, capsys)
     (web / "report.json").write_text(json.dumps({"format": "banglaslm-clean/1", "kept": 1}), encoding="utf-8")
     (web / "report.md").write_text("# report", encoding="utf-8")
     (web / "extra.txt").write_text("যোগ করা", encoding="utf-8")
+    (web / "extra.jsonl").write_text(json.dumps({"text": "অপরিষ্কার"}, ensure_ascii=False) + "\n", encoding="utf-8")
     (tmp_path / "corpus" / "book.txt").write_text("বই", encoding="utf-8")
-    assert docs([tmp_path / "corpus"]) == ["বই", "রাখা লেখা"]
+    assert docs([tmp_path / "corpus"]) == ["বই", "রাখা লেখা"]  # not extra.jsonl's uncleaned row either
     err = capsys.readouterr().err
-    assert "1 file(s) added to a folder `clean` wrote are not read" in err and "extra.txt" in err
+    assert "2 file(s) added to a folder banglaslm clean wrote are not read" in err
+    assert "extra.jsonl" in err and "extra.txt" in err
 
 
 def test_a_file_named_twice_is_read_once(tmp_path, capsys):

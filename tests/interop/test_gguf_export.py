@@ -405,14 +405,14 @@ def test_gpt_needs_the_gelu_approximation_allowed(trained_gpt_run, tmp_path):
 def test_existing_output_needs_overwrite(trained_run, tmp_path):
     out = tmp_path / "m.gguf"
     out.write_bytes(b"keep me")
-    with pytest.raises(UserError, match="already exists"):
-        export_gguf(trained_run, out)
-    assert out.read_bytes() == b"keep me"
-    with pytest.raises(UserError, match="not a GGUF file"):  # overwriting replaces only a GGUF file
-        export_gguf(trained_run, out, overwrite=True)
+    for overwrite in (False, True):  # overwriting replaces only a GGUF file: not offered for another
+        with pytest.raises(UserError, match="not a GGUF file"):
+            export_gguf(trained_run, out, overwrite=overwrite)
     assert out.read_bytes() == b"keep me"
     out.unlink()
     export_gguf(trained_run, out)
+    with pytest.raises(UserError, match="already exists; choose another output file, or add `overwrite`"):
+        export_gguf(trained_run, out)
     assert export_gguf(trained_run, out, overwrite=True) == out
     assert out.read_bytes()[:4] == b"GGUF"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]  # no temp file left

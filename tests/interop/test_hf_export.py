@@ -100,6 +100,10 @@ def perturbed_copy(run: Path, dst: Path, seed: int = 0) -> Path:
 def test_auto_classes_and_config(arch, exported, hf_models, runs):
     path, model = exported[arch], hf_models[arch]
     assert {p.name for p in path.iterdir()} == HF_FILES
+    mask = os.umask(0)
+    os.umask(mask)
+    # every file as readable as the umask makes new files (safetensors alone writes the weights 0600)
+    assert {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()} == {name: 0o666 & ~mask for name in HF_FILES}
     assert type(model).__name__ == EXPECTED_CLASS[arch]
     ours = load_model(runs[arch])
     cfg, eod = ours.config.model, ours.tokenizer.eod_id

@@ -229,6 +229,13 @@ class _Job:
         if not is_cleaned_folder(cleaned):
             run_clean([source[1] for source in self.plan["sources"]], cleaned, options,
                       text_column=self.plan["text_column"], doc_split=self.plan["doc_split"], workers=self.workers)
+        report = read_json(cleaned / "report.json")
+        if report["kept"] == 0:
+            last = next(s for s in report["steps"] if s["removed"] and not s["kept"])
+            reasons = ", ".join(f"{k} {v:,}" for k, v in last["reasons"].items())
+            raise UserError(f"cleaning removed every document ({report['documents']:,}), the last of them by "
+                            f"{last['step']} ({reasons}); loosen its thresholds (e.g. --min-stop-words 0 for old-style "
+                            "prose; banglaslm clean --help), or see its report: banglaslm clean INPUT... --out DIR")
         self.reading = (resolve_inputs([str(cleaned)]), None, "file")
 
     def run_all(self, clean_options: CleanOptions | None, allow_unknown: bool) -> dict:

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import difflib
 import glob
 import json
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -78,6 +80,7 @@ DOC_SPLITS = ("file", "page", "paragraph", "line")
 PAGE_CHARS = 2000
 DEFAULT_TEXT_COLUMN = "text"
 CLEANED_FORMAT = "banglaslm-clean/1"  # report.json's "format" in a folder `clean` wrote
+CLEANED_SHARD = re.compile(r"\d{5}\.jsonl")  # the names of its shards (datatrove's task ranks)
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,10 @@ def _folder_files(folder: Path) -> list[Path]:
         _refuse_tool_folder(here)
         dirs.sort()
         if is_cleaned_folder(here):  # `banglaslm clean`'s output
-            shards = sorted(here.glob("*.jsonl"))
+            shards = sorted(p for p in here.glob("*.jsonl") if CLEANED_SHARD.fullmatch(p.name))
+            if not shards:
+                raise UserError(f"{here} was written by banglaslm clean, which kept none of its documents ({here / 'report.md'} "
+                                "says which step removed them); loosen that step's thresholds and clean again")
             files += shards
             passed += [p for p in here.rglob("*") if p.is_file() and p not in shards and p.parent != here / "removed"
                        and p.name not in ("report.json", "report.md")]
@@ -151,7 +157,8 @@ def _folder_files(folder: Path) -> list[Path]:
         files += [here / name for name in names if _format(here / name) in TEXT_SUFFIXES | TABLE_SUFFIXES]
     _say_unread(folder, found)
     if passed:
-        print(f"note: {len(passed)} file(s) added to a folder `clean` wrote are not read (e.g. {passed[0]}); "
+        named = ", ".join(str(p) for p in sorted(passed)[:3]) + (", ..." if len(passed) > 3 else "")
+        print(f"note: {len(passed)} file(s) added to a folder banglaslm clean wrote are not read ({named}); "
               "only its shards are: pass them as inputs of their own", file=sys.stderr)
     return sorted(files)
 
@@ -311,11 +318,13 @@ def read_whole_text(path: str | Path) -> str:
 @dataclass(frozen=True)
 class DecodeFailure:
     """Where a file first fails to decode: the byte, its offset in the (decompressed) file, whether
-    a multi-byte UTF-8 character came before it, and whether the file ends inside a character."""
+    a multi-byte UTF-8 character came before it, whether the file ends inside a character, and
+    (tables, whose rows are lines) where its line starts, so that cutting there drops a whole row."""
     byte: int
     offset: int
     after_multibyte: bool
     cut_off: bool
+    line_start: int | None = None  # for a table: where the line holding the bad byte starts
 
     @classmethod
     def of(cls, exc: UnicodeDecodeError, end: int, encoding: str, seen_high: bool = False) -> DecodeFailure:
@@ -347,8 +356,9 @@ def _undecodable(path: Path, failure: DecodeFailure, encoding: str) -> str:
     8-bit encodings rarely form those), or text saved in another encoding."""
     at = f"invalid byte 0x{failure.byte:02x} at offset {failure.offset}"
     if failure.after_multibyte and failure.cut_off:
+        keep, what = (failure.offset, "end") if failure.line_start is None else (failure.line_start, "last line")
         return (f"{path} ends in the middle of a UTF-8 character (offset {failure.offset}): the file was cut off; "
-                f"copy it whole again, or drop the broken end ({_fix_command(path, f'head -c {failure.offset}', 'fixed')})")
+                f"copy it whole again, or drop the broken {what} ({_fix_command(path, f'head -c {keep}', 'fixed')})")
     if failure.after_multibyte:
         return (f"{path} is UTF-8 text with damaged bytes ({at}); repair or re-export it, or drop the bad bytes "
                 f"({_fix_command(path, 'iconv -c -f UTF-8 -t UTF-8', 'fixed')})")
@@ -362,7 +372,7 @@ def undecodable_stream(path: str | Path) -> str:
     so a large file is never held whole."""
     encoding = text_encoding(path)
     decoder = codecs.getincrementaldecoder(encoding)()
-    fed, seen_high = 0, False
+    fed, seen_high, line_start = 0, False, 0
     with decompressing(path), open_binary(path) as fh:
         while True:
             chunk = fh.read(1 << 20)
@@ -370,8 +380,13 @@ def undecodable_stream(path: str | Path) -> str:
                 decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as exc:
                 failure = DecodeFailure.of(exc, fed + len(chunk), encoding, seen_high)
-                return _undecodable(Path(path), failure, encoding)
+                before = chunk[:max(0, failure.offset - fed)].rfind(b"\n")
+                line_start = fed + before + 1 if before >= 0 else line_start
+                keep = line_start if _file_source(Path(path)).kind in ("jsonl", "csv", "tsv") else None
+                return _undecodable(Path(path), dataclasses.replace(failure, line_start=keep), encoding)
             seen_high = seen_high or max(chunk, default=0) >= 0x80
+            if (newline := chunk.rfind(b"\n")) >= 0:
+                line_start = fed + newline + 1
             fed += len(chunk)
             if not chunk:
                 return f"{path} is not {encoding.upper().replace('-SIG', '')} text; convert it to UTF-8 first"
@@ -440,7 +455,8 @@ def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg}); each line must be one JSON object") from None
+                    raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg} at column {exc.colno}); each line must "
+                                    "be one JSON object") from None
                 if not isinstance(record, dict):
                     raise UserError(f"{path}:{lineno} is not a JSON object; each line must look like {{\"text\": ...}}")
                 yield f"{path}:{lineno}", record
@@ -456,6 +472,8 @@ def _json_rows(path: str) -> Iterator[tuple[str, dict]]:
             text = fh.read()
     except UnicodeDecodeError:
         raise UserError(undecodable_stream(path)) from None
+    if not text.strip():  # an empty file: no rows (as an empty JSONL has none)
+        return
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -508,6 +526,8 @@ def _parquet_file(path: str):
 
 
 def _read_parquet(path: str, text_column: str | None) -> Iterator[str]:
+    if Path(path).stat().st_size == 0:  # an empty file: no rows (as an empty JSONL has none)
+        return
     pf = _parquet_file(path)
     key = _column(pf.schema_arrow.names, text_column, path)
     for batch in pf.iter_batches(columns=[key], batch_size=1024):
@@ -516,6 +536,8 @@ def _read_parquet(path: str, text_column: str | None) -> Iterator[str]:
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[str, dict]]:
+    if Path(path).stat().st_size == 0:
+        return
     row = 0
     for batch in _parquet_file(path).iter_batches(batch_size=1024):
         for record in batch.to_pylist():

@@ -130,6 +130,17 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: 
     )
 
 
+def read_texts(paths: list[str | Path]) -> list[tuple[str, str]]:
+    """(name, text) of every file, each read and checked (found, plain text, not empty once
+    normalized) before any is scored: a wrong last name fails at once, not after the others'
+    minutes of scoring. UserError naming the file otherwise."""
+    texts = [(str(path), read_whole_text(path)) for path in paths]
+    for name, text in texts:
+        if not normalize(text):
+            raise UserError(f"{name} holds no text to evaluate")
+    return texts
+
+
 def evaluate_file(loaded: LoadedModel, path: str | Path,
                   stride: Annotated[int | None, Opt("sliding-window step in tokens (default: half the block)")] = None,
                   ) -> EvalResult:

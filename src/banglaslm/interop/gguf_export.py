@@ -231,10 +231,10 @@ def export_gguf(
     out = Path(out_path)
     if out.is_dir():
         raise UserError(f"{out} is a folder; give the path of the .gguf file to write")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; choose another output file or allow overwriting it")
     if out.exists() and _magic(out) != b"GGUF":
         raise UserError(f"{out} exists and is not a GGUF file; overwriting replaces only a GGUF file: choose another path")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; choose another output file, or add `overwrite` to replace it")
     gguf = _gguf()
     loaded = load_model(run_dir, which)
     cfg, tok = loaded.config.model, loaded.tokenizer

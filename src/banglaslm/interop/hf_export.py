@@ -24,7 +24,7 @@ from tokenizers.processors import TemplateProcessing
 from ..chat_template import jinja_template
 from ..config import ModelConfig, Opt, SamplingParams
 from ..errors import UserError
-from ..fileio import atomic_write_json, staged_folder
+from ..fileio import atomic_path, atomic_write_json, staged_folder
 from ..model import swiglu_hidden, tied_keys
 from ..runfolder import Which, load_model
 from ..text import NORMALIZATION
@@ -190,10 +190,15 @@ def export_hf(
                   "top_k": defaults.top_k or 0, "top_p": defaults.top_p or 1.0,
                   "max_new_tokens": defaults.max_new_tokens}
     files = _tokenizer_files(tok, cfg.block_size)
+    out = Path(out_dir)
+    if not overwrite and out.is_dir() and any(out.iterdir()) and _is_export(out):
+        raise UserError(f"{out} holds an earlier export; choose another export folder, or add `overwrite` to "
+                        "replace it")
     with staged_folder(out_dir, "export folder", replaceable=_is_export if overwrite else None) as tmp:
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "generation_config.json", generation)
-        save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
+        with atomic_path(tmp / HF_WEIGHTS) as weights:  # safetensors alone leaves it readable by its owner only
+            save_file(tensors, str(weights), metadata={"format": "pt"})
         for name, write in files.items():
             write(tmp / name)
     return Path(out_dir)
