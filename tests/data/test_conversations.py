@@ -96,9 +96,12 @@ def test_parquet_and_csv_rows(tmp_path):
 
     pq.write_table(pa.table({"prompt": ["প্রশ্ন"], "completion": ["উত্তর"]}), tmp_path / "c.parquet")
     (tmp_path / "c.csv").write_text("instruction,input,output\nপ্রশ্ন,,উত্তর\n", encoding="utf-8")
-    for name in ("c.parquet", "c.csv"):
-        assert read_conversations([str(tmp_path / name)]) == [[{"role": "user", "content": "প্রশ্ন"},
-                                                               {"role": "assistant", "content": "উত্তর"}]]
+    messages = [{"role": "user", "content": "প্রশ্ন"}, {"role": "assistant", "content": "উত্তর"}]
+    import csv
+    with open(tmp_path / "m.csv", "w", encoding="utf-8", newline="") as fh:  # a messages list as JSON text in a cell
+        csv.writer(fh).writerows([["messages"], [json.dumps(messages, ensure_ascii=False)]])
+    for name in ("c.parquet", "c.csv", "m.csv"):
+        assert read_conversations([str(tmp_path / name)]) == [messages], name
 
 
 def test_the_embedded_set_reads_whole(embedded):
@@ -188,8 +191,23 @@ def test_validation_is_by_conversation_and_seeded(embedded):
     assert a == b and a["val"] != c["val"]
     assert len(a["val"]) == 39 and len(a["train"]) == 352
     assert not {json.dumps(x) for x in a["val"]} & {json.dumps(x) for x in a["train"]}
-    with pytest.raises(UserError, match="at least 2 conversations"):
+    with pytest.raises(UserError, match="at least 2 different conversations"):
         split_conversations(embedded[:1], 0.1, 0)
+    with pytest.raises(UserError, match="at least 2 different conversations .* got 1 among 5 rows"):
+        split_conversations(embedded[:1] * 5, 0.1, 0)
+
+
+def test_copies_of_a_conversation_never_straddle_train_and_validation(embedded):
+    """Merged instruction sets repeat rows: all copies of one conversation go to one side (a copy
+    in validation would score an answer the model trained on), for every seed; without copies
+    the split is the one the distinct conversations alone give."""
+    rows = [c for c in embedded[:6] for _ in range(12)]  # 6 conversations, each 12 times
+    for seed in range(20):
+        split = split_conversations(rows, 0.1, seed)
+        assert not {json.dumps(x) for x in split["val"]} & {json.dumps(x) for x in split["train"]}
+        assert split["val"] and split["train"] and len(split["val"]) + len(split["train"]) == 72
+    assert split_conversations(embedded, 0.1, 3)["val"] == [embedded[i] for i in sorted(
+        np.random.default_rng([3, 2]).permutation(len(embedded))[:39].tolist())]
 
 
 def test_conversation_data_identity_changes_with_the_data(tokenizer, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ SHAPES = "`messages`, ShareGPT's `conversations`, `instruction`/`output` or `pro
 def as_conversation(row: dict[str, Any], where: str) -> Conversation:
     """The messages of one row in any of the accepted shapes, checked; UserError naming the
     row and the problem otherwise."""
+    row = {key: _list_from_json(value) if key in ("messages", "conversations") else value for key, value in row.items()}
     if "messages" in row:
         messages = row["messages"]
     elif "conversations" in row:  # ShareGPT: {"from": "human" | "gpt" | "system", "value": ...}
@@ -62,6 +64,17 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
         raise UserError(f"{where} is not a conversation: it has none of {SHAPES} (it has: "
                         f"{', '.join(map(str, row)) or 'nothing'})")
     return _checked(messages, where)
+
+
+def _list_from_json(value: Any) -> Any:
+    """A CSV/TSV cell holding a list of messages as JSON text (the only way a table of text can
+    carry one) as that list; anything else as it is."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
 
 
 def _text(value: Any, where: str, name: str) -> str:
@@ -185,13 +198,23 @@ def pack(encoded: Iterable[tuple[np.ndarray, np.ndarray]], block_size: int, pad_
 
 
 def split_conversations(conversations: list[Conversation], val_fraction: float, seed: int) -> dict[str, list[Conversation]]:
-    """Held-out conversations for validation (at least one), chosen by a seeded shuffle."""
-    if len(conversations) < 2:
-        raise UserError(f"fine-tuning needs at least 2 conversations (one to train on, one to validate), "
-                        f"got {len(conversations)}")
-    order = np.random.default_rng([seed, 2]).permutation(len(conversations))
+    """Held-out conversations for validation (at least one), chosen by a seeded shuffle of the
+    distinct conversations: the copies of one (merged sets repeat rows) all go to one side, so
+    the validation loss is over answers the model never trained on."""
+    groups: dict[str, list[int]] = {}
+    for i, conversation in enumerate(conversations):
+        groups.setdefault(json.dumps(conversation, sort_keys=True, ensure_ascii=False), []).append(i)
+    if len(groups) < 2:
+        raise UserError(f"fine-tuning needs at least 2 different conversations (one to train on, one to validate), "
+                        f"got {len(groups)} among {len(conversations)} rows")
+    members = list(groups.values())
+    order = np.random.default_rng([seed, 2]).permutation(len(members))
     n_val = min(max(1, round(len(conversations) * val_fraction)), len(conversations) - 1)
-    val = set(order[:n_val].tolist())
+    val: set[int] = set()
+    for g in order[:-1]:  # the last group always trains
+        if len(val) >= n_val:
+            break
+        val.update(members[g])
     return {"train": [c for i, c in enumerate(conversations) if i not in val],
             "val": [c for i, c in enumerate(conversations) if i in val]}
 
