@@ -150,7 +150,7 @@ def test_split_follows_the_text_not_the_position(tmp_path):
     assert 4 <= len(val) <= 24 and d.meta["splits"]["val"]["documents"] >= len(val)
 
 
-def test_prepare_with_clean_drops_copies_and_keeps_the_report(tmp_path, small_books):
+def test_prepare_with_clean_drops_copies_and_keeps_the_report(tmp_path, small_books, capsys):
     from banglaslm.cli import main
 
     src = tmp_path / "src.jsonl"
@@ -163,6 +163,8 @@ def test_prepare_with_clean_drops_copies_and_keeps_the_report(tmp_path, small_bo
                  "--val-fraction", "0.1", *thresholds]) == 0
     meta = DataFolder(tmp_path / "d").meta
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == len(set(paras))
+    assert meta["cleaning"] == {"documents": len(rows), "empty_documents": 0, "kept": len(set(paras))}
+    assert f"cleaned first: kept {len(set(paras))} of {len(rows)} documents" in capsys.readouterr().out
     report = json.loads((tmp_path / "d" / "clean_report.json").read_text())
     assert (tmp_path / "d" / "clean_report.md").exists() and "exact" in json.dumps(report)
     assert main(["prepare", str(src), "--out", str(tmp_path / "e"), "--clean", "--tasks", "2", "--task-rank", "0"]) == 2

@@ -75,6 +75,11 @@ class PrepareResult:
             return (f"task {self.task_rank} of {self.out_dir} done in {self.seconds:.1f} s {speed}; task 0 writes "
                     "meta.json once every task is done")
         lines = [f"prepared {self.out_dir} in {self.seconds:.1f} s {speed}"]
+        if self.meta.get("cleaning"):
+            c = self.meta["cleaning"]
+            lines.append(f"cleaned first: kept {c['kept']:,} of {c['documents']:,} documents"
+                         + (f" ({c['empty_documents']:,} empty ones skipped)" if c.get("empty_documents") else "")
+                         + f"; what went and why: {self.out_dir}/clean_report.md")
         if self.meta.get("empty_documents"):
             lines.append(f"skipped {self.meta['empty_documents']:,} empty document(s) (nothing left after normalization)")
         tok = self.meta["tokenizer"]
@@ -357,6 +362,10 @@ class _Job:
         tok, np_dtype = Tokenizer.from_file(self.work / "tokenizer.json"), read_json(self.work / "split.json")["dtype"]
         input_bytes, empty = self.input_bytes(range(self.tasks)), self.empty_documents()
         sources = [location for _, location, *_ in self.plan["sources"]]
+        cleaning = None
+        if (self.work / "cleaned" / "report.json").exists():
+            report = read_json(self.work / "cleaned" / "report.json")
+            cleaning = {key: report.get(key) for key in ("documents", "empty_documents", "kept")}
         for name in ("report.json", "report.md"):  # what cleaning removed, and why
             if (self.work / "cleaned" / name).exists():
                 (self.work / "cleaned" / name).replace(self.work / f"clean_{name}")
@@ -369,7 +378,7 @@ class _Job:
             # the size a BPE trained here was asked for (a tokenizer given by path was asked nothing)
             "vocab_size_asked": self.plan["vocab_size"] if self.plan["tokenizer"] == "bpe" else None,
             "tokenizer_sample": self.plan["tokenizer_sample"], "input_bytes": input_bytes,
-            "empty_documents": empty, "sources": sources,
+            "empty_documents": empty, "cleaning": cleaning, "sources": sources,
             "coverage": {split: c.to_dict() for split, c in coverage.items()}})
         swap_in(self.work, self.out)
         return meta
