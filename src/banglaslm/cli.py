@@ -221,7 +221,7 @@ def _add_serve_and_chat(sub) -> None:
 
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web playground at /")
     sv.add_argument("run_dir", metavar="RUN_DIR")
-    add_options(sv, run_server, flags={"allowed_hosts": "allowed-host"})
+    add_options(sv, run_server, flags={"allowed_hosts": "allowed-host", "which": "checkpoint"})
     c = sub.add_parser("chat", help="interactive chat in the terminal (/help lists the commands)")
     c.add_argument("run_dir", metavar="RUN_DIR")
     add_options(c, load_model, flags={"which": "checkpoint"})

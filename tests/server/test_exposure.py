@@ -298,3 +298,22 @@ def test_serve_on_every_network_checks_host_and_warns_without_a_key(trained_run)
     assert "without an API key" in err and "Traceback" not in err, err
     # how it generates: serve sets the passive wait policy itself when the environment has none
     assert "CPU threads; OMP_WAIT_POLICY=passive" in err
+
+
+def test_serve_takes_the_checkpoint_to_serve(monkeypatch, trained_run):
+    """`serve --checkpoint latest` reaches the app (chat and export had it; serve served "best" only)."""
+    import banglaslm.server.app as app_module
+
+    seen = {}
+
+    def spy(run_dir, **kwargs):
+        seen.update(kwargs)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(app_module, "create_app", spy)
+    with socket.socket() as probe:  # a port free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(UserError, match="stop here"):
+        run_server(trained_run, port=port, which="latest")
+    assert seen["which"] == "latest" and seen["max_requests"] == 64

@@ -25,7 +25,7 @@ from typing import Annotated
 from ..config import Opt
 from ..errors import UserError, bad_param
 from ..quantize import Quantize, check_quantize
-from ..runfolder import resolve_device
+from ..runfolder import Which, resolve_device
 from .schemas import ServerLimits
 
 HEADER_TIMEOUT_S = 10.0  # from connecting (or the end of the last answer) to the request's last header line
@@ -50,7 +50,7 @@ def run_server(
                                         "moment are answered 503 with Retry-After, and open connections "
                                         f"beyond {OPEN_PER_REQUEST}x this are refused")] = 64,
     device: Annotated[str, Opt("where the model runs: cpu, cuda or cuda:N")] = "cpu",
-    quantize: Quantize = "none",
+    quantize: Quantize = "none", which: Which = "best",
     model_name: str | None = None, limits: ServerLimits | None = None, log_level: str = "info",
 ) -> None:
     """Serve `run_dir` with uvicorn until interrupted (loopback only unless `host` says otherwise).
@@ -66,7 +66,7 @@ def run_server(
 
         app = create_app(run_dir, api_key=api_key, model_name=model_name, limits=limits,
                          allowed_hosts=trusted_hosts(host, allowed_hosts), device=device,
-                         quantize=quantize, max_requests=max_connections)
+                         quantize=quantize, max_requests=max_connections, which=which)
         config = server_config(app, host, port, max_connections=max_connections, log_level=log_level)
         log = logging.getLogger("uvicorn.error")  # configured by uvicorn.Config
         if api_key is None and not all(_is_loopback(s.getsockname()[0]) for s in sockets):
