@@ -220,11 +220,15 @@ def _file_source(path: Path) -> Source:
     return Source(kind, str(path))
 
 
+def _check_doc_split(doc_split: str) -> None:
+    if doc_split not in DOC_SPLITS:
+        raise bad_param("doc_split", f"'{doc_split}' is unknown; choose one of {', '.join(DOC_SPLITS)}")
+
+
 def iter_documents(sources: list[Source], text_column: str | None = None,
                    doc_split: str = "file") -> Iterator[str]:
     """Yield the raw (not yet normalized) text of every document, in input order."""
-    if doc_split not in DOC_SPLITS:
-        raise bad_param("doc_split", f"'{doc_split}' is unknown; choose one of {', '.join(DOC_SPLITS)}")
+    _check_doc_split(doc_split)
     readers = {"text": lambda s: read_text_file(s, doc_split),
                "jsonl": lambda s: _read_records(_jsonl_rows(s), text_column),
                "json": lambda s: _read_records(_json_rows(s), text_column),
@@ -240,8 +244,7 @@ def iter_records(sources: list[Source], text_column: str | None = None,
     for every document; `where` names the file and line or row (a text file: the file, and the
     number of the page, paragraph or line), the fields are {} for text files. Reads every column
     of a table, so it is for `clean`, which keeps them; `prepare` needs only the text."""
-    if doc_split not in DOC_SPLITS:
-        raise bad_param("doc_split", f"'{doc_split}' is unknown; choose one of {', '.join(DOC_SPLITS)}")
+    _check_doc_split(doc_split)
     for source in sources:
         if source.kind == "text":
             texts = read_text_file(source.location, doc_split)
@@ -350,6 +353,10 @@ def _fix_command(path: Path, tool: str, tag: str) -> str:
     return f"{tool} {path.name} > {out}"
 
 
+def _encoding_name(encoding: str) -> str:
+    return encoding.upper().replace("-SIG", "")  # utf-8-sig: UTF-8 with a byte-order mark
+
+
 def _undecodable(path: Path, failure: DecodeFailure, encoding: str) -> str:
     """What is wrong with a file that does not decode, and the fix: a UTF-8 file cut off inside a
     character, UTF-8 with damaged bytes (valid multi-byte characters before the bad one: legacy
@@ -362,7 +369,7 @@ def _undecodable(path: Path, failure: DecodeFailure, encoding: str) -> str:
     if failure.after_multibyte:
         return (f"{path} is UTF-8 text with damaged bytes ({at}); repair or re-export it, or drop the bad bytes "
                 f"({_fix_command(path, 'iconv -c -f UTF-8 -t UTF-8', 'fixed')})")
-    return (f"{path} is not {encoding.upper().replace('-SIG', '')} text ({at}); convert it to UTF-8 first, naming "
+    return (f"{path} is not {_encoding_name(encoding)} text ({at}); convert it to UTF-8 first, naming "
             f"the encoding it was saved in (e.g. {_fix_command(path, 'iconv -f WINDOWS-1252 -t UTF-8', 'utf8')})")
 
 
@@ -389,7 +396,7 @@ def undecodable_stream(path: str | Path) -> str:
                 line_start = fed + newline + 1
             fed += len(chunk)
             if not chunk:
-                return f"{path} is not {encoding.upper().replace('-SIG', '')} text; convert it to UTF-8 first"
+                return f"{path} is not {_encoding_name(encoding)} text; convert it to UTF-8 first"
 
 
 def pages(paragraphs: list[str], max_chars: int = PAGE_CHARS) -> Iterator[str]:
