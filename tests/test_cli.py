@@ -246,6 +246,7 @@ def test_serve_and_chat_commands(trained_run):
                            "--max-new-tokens", "8", "--quantize", "bf16"], input="/temp 0.5\nনমস্কার\n/quit\n", capture_output=True,
                           text=True, timeout=120)
     assert chat.returncode == 0 and "Traceback" not in chat.stderr, chat.stderr
+    assert "আপনি> নমস্কার\n" in chat.stdout  # a piped line is echoed after its prompt
 
 
 def test_lm_eval_task_command(tmp_path):

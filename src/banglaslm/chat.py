@@ -86,6 +86,14 @@ def _settings_text(p: SamplingParams) -> str:
             f"greedy={'on' if p.greedy else 'off'}")
 
 
+def read_piped(prompt: str) -> str:
+    """`input` for a piped stdin, which shows the prompt but not the line: echo it, so that the
+    transcript reads as the conversation it was."""
+    line = input(prompt)
+    _stdout_write(line + "\n")
+    return line
+
+
 def _read_message(read_line: Callable[[str], str], prompt: str) -> str:
     """One message: lines joined while they end with a backslash."""
     lines = []

@@ -323,7 +323,9 @@ def _done(result) -> str:
         return (f"{result.run_dir} already finished its {result.iterations} iterations (best val "
                 f"{result.best_val_loss:.4f}); to train further, resume with a larger --max-iters")
     clock = f" (train.time_limit_min = {result.time_limit_min:g} stopped it)" if result.time_limit_min else ""
-    return (f"done: {result.iterations} iterations in {result.seconds:.0f} s{clock}; "
+    session = (f" ({result.iterations - result.resumed_at:,} of them in this session's {result.seconds:.0f} s, "
+               f"resumed at {result.resumed_at:,})" if result.resumed_at else f" in {result.seconds:.0f} s")
+    return (f"done: {result.iterations:,} iterations{session}{clock}; "
             f"last eval train {last.get('train', float('nan')):.4f} val {last.get('val', float('nan')):.4f}; "
             f"best val {result.best_val_loss:.4f}; run folder {result.run_dir}")
 
@@ -494,12 +496,13 @@ def cmd_serve(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from .chat import chat_loop
+    from .chat import chat_loop, read_piped
     from .runfolder import load_model
 
     params = SamplingParams(**picked(args, SamplingParams))
     params.validate()
-    chat_loop(load_model(args.run_dir, **picked(args, load_model)), params=params)
+    chat_loop(load_model(args.run_dir, **picked(args, load_model)), params=params,
+              read_line=input if sys.stdin.isatty() else read_piped)
 
 
 def cmd_report(args) -> None:

@@ -10,6 +10,7 @@ from banglaslm.data.sources import (
     pages,
     read_whole_text,
     resolve_inputs,
+    text_rate,
 )
 from banglaslm.errors import UserError
 
@@ -331,3 +332,9 @@ def test_a_text_to_score_is_a_file(tmp_path):
         read_whole_text(tmp_path / "nope.txt")
     (tmp_path / "a.txt").write_text("এক\r\n\r\nদুই", encoding="utf-8")
     assert read_whole_text(tmp_path / "a.txt") == "এক\n\nদুই"
+
+
+def test_a_small_input_s_rate_is_not_zero_mb_per_s():
+    assert text_rate(2_500_000, 1.0) == "2.50 MB/s"
+    assert text_rate(4_000, 0.5) == "8.0 kB/s"  # printed as "0.01 MB/s" before, and 1 kB in 1 s as "0.00 MB/s"
+    assert text_rate(0, 0.0) == "0.0 kB/s"

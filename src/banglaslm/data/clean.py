@@ -61,6 +61,7 @@ from .sources import (
     is_cleaned_folder,
     iter_records,
     resolve_inputs,
+    text_rate,
 )
 from .tasks import run_tasks
 
@@ -360,17 +361,34 @@ class CleanResult:
 
     def summary(self) -> str:
         lines = [f"cleaned into {self.out_dir} in {self.seconds:.1f} s "
-                 f"({self.input_bytes / 1e6 / max(self.seconds, 1e-9):.2f} MB/s of normalized text): "
+                 f"({text_rate(self.input_bytes, self.seconds)} of normalized text): "
                  f"kept {self.kept:,} of {self.documents:,} documents"
                  + (f" ({self.empty:,} empty ones skipped)" if self.empty else "")]
         lines += [f"{s.step:>18}: removed {s.removed:,} of {s.docs_in:,} ({s.chars_removed:,} characters)"
                   for s in self.steps]
         if self.kept == 0:
-            last = next(s for s in self.steps if s.removed and not s.kept)
-            lines.append(f"warning: every document was removed, the last of them by {last.step} (its reasons and "
-                         f"examples are in {self.out_dir}/report.md); loosen its thresholds (banglaslm clean --help) "
-                         "or check that the inputs are the text you meant")
+            lines.append(f"warning: every document was removed, the last of them by {emptied_by(step_records(self.steps))}"
+                         f"; {LOOSEN}, or check that the inputs are the text you meant (examples: "
+                         f"{self.out_dir}/report.md)")
         return "\n".join(lines)
+
+
+LOOSEN = "loosen its thresholds (e.g. --min-stop-words 0 for old-style prose; banglaslm clean --help)"
+
+
+def step_records(steps: list[StepCount]) -> list[dict]:
+    """The steps as report.json holds them."""
+    return [{**asdict(s), "kept": s.kept} for s in steps]
+
+
+def _reasons(step: dict) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in step["reasons"].items())
+
+
+def emptied_by(steps: list[dict]) -> str:
+    """'STEP (REASON N, ...)': the step that removed the last documents left (report.json's steps)."""
+    last = next(s for s in steps if s["removed"] and not s["kept"])
+    return f"{last['step']} ({_reasons(last)})"
 
 
 def clean(
@@ -508,7 +526,7 @@ def _write_report(folder: Path, result: CleanResult, options: CleanOptions, sour
               "seconds": round(result.seconds, 3), "input_bytes": result.input_bytes, "doc_split": doc_split,
               "sources": [s.location for s in sources],
               "options": asdict(options), "stop_words": stop_words(),
-              "steps": [{**asdict(s), "kept": s.kept} for s in result.steps]}
+              "steps": step_records(result.steps)}
     atomic_write_text(folder / "report.md", _markdown(report))
     atomic_write_json(folder / "report.json", report)
 
@@ -519,9 +537,8 @@ def _markdown(report: dict) -> str:
              f"{report['seconds']:.1f} s.\n",
              "| step | documents in | removed | kept | characters removed | reasons |", "|---|---|---|---|---|---|"]
     for s in report["steps"]:
-        reasons = ", ".join(f"{k} {v:,}" for k, v in s["reasons"].items())
         lines.append(f"| {s['step']} | {s['docs_in']:,} | {s['removed']:,} | {s['kept']:,} | "
-                     f"{s['chars_removed']:,} | {reasons} |")
+                     f"{s['chars_removed']:,} | {_reasons(s)} |")
     for s in report["steps"]:
         if s["examples"]:
             lines.append(f"\n## {s['step']}: examples of what was removed\n")

@@ -30,7 +30,7 @@ from ..fileio import (
     swap_in,
 )
 from ..tokenizer import Coverage, Tokenizer, check_bpe_vocab_size
-from .clean import CleanOptions
+from .clean import LOOSEN, CleanOptions, emptied_by
 from .clean import clean as run_clean
 from .folder import ID_DTYPES, SPLITS, id_dtype, is_data_folder, split_stats, write_meta
 from .prepare_steps import (
@@ -52,6 +52,7 @@ from .sources import (
     check_apart,
     is_cleaned_folder,
     resolve_inputs,
+    text_rate,
 )
 from .tasks import run_tasks
 from .tokenizer_choice import TOKENIZER_HELP, load_tokenizer
@@ -70,7 +71,7 @@ class PrepareResult:
     task_rank: int | None = None
 
     def summary(self) -> str:
-        speed = f"({self.input_bytes / 1e6 / max(self.seconds, 1e-9):.2f} MB/s of normalized text)"
+        speed = f"({text_rate(self.input_bytes, self.seconds)} of normalized text)"
         if self.meta is None:
             return (f"task {self.task_rank} of {self.out_dir} done in {self.seconds:.1f} s {speed}; task 0 writes "
                     "meta.json once every task is done")
@@ -236,11 +237,9 @@ class _Job:
                       text_column=self.plan["text_column"], doc_split=self.plan["doc_split"], workers=self.workers)
         report = read_json(cleaned / "report.json")
         if report["kept"] == 0:
-            last = next(s for s in report["steps"] if s["removed"] and not s["kept"])
-            reasons = ", ".join(f"{k} {v:,}" for k, v in last["reasons"].items())
             raise UserError(f"cleaning removed every document ({report['documents']:,}), the last of them by "
-                            f"{last['step']} ({reasons}); loosen its thresholds (e.g. --min-stop-words 0 for old-style "
-                            "prose; banglaslm clean --help), or see its report: banglaslm clean INPUT... --out DIR")
+                            f"{emptied_by(report['steps'])}; {LOOSEN}, or see its report: "
+                            "banglaslm clean INPUT... --out DIR")
         self.reading = (resolve_inputs([str(cleaned)]), None, "file")
 
     def run_all(self, clean_options: CleanOptions | None, allow_unknown: bool) -> dict:

@@ -91,6 +91,13 @@ class Source:
     location: str
 
 
+def text_rate(n_bytes: int, seconds: float) -> str:
+    """How fast normalized text went through, for a summary line: MB/s, or kB/s below 0.1 MB/s
+    (a small input's rate is not "0.00 MB/s")."""
+    per_s = n_bytes / max(seconds, 1e-9)
+    return f"{per_s / 1e6:.2f} MB/s" if per_s >= 1e5 else f"{per_s / 1e3:.1f} kB/s"
+
+
 def resolve_inputs(inputs: list[str]) -> list[Source]:
     """Expand folders and globs, check every input exists; fail before any work is done."""
     if not inputs:

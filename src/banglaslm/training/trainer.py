@@ -78,6 +78,7 @@ class TrainResult:
     seconds: float
     skipped_updates: int = 0
     time_limit_min: float = 0.0  # the limit, when it ended the run before train.max_iters
+    resumed_at: int = 0  # the iteration this session started from (0: a new run); `seconds` are this session's
 
 
 @dataclass
@@ -487,7 +488,7 @@ class Trainer:
                 session.bar.update(1)
         return TrainResult(self.run.path, it, self.state.best_val, session.last_eval, session.tokens_per_s,
                            time.perf_counter() - self.clock.started, self.guard.skipped_total,
-                           tc.time_limit_min if it < tc.max_iters else 0.0)
+                           tc.time_limit_min if it < tc.max_iters else 0.0, start)
 
 
 def _with_vocab(config: RunConfig, data_vocab: int) -> RunConfig:
