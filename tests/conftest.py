@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,31 @@ TINY_SETTINGS = {
     "train.warmup_iters": 5, "train.eval_interval": 10, "train.eval_iters": 2,
     "train.log_interval": 5, "train.learning_rate": 3e-3, "train.precision": "fp32",
 }
+
+
+def cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """The real command line, in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "banglaslm", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    """A user mistake: exit code 2 and one line on stderr, naming `fragment`, no traceback."""
+    one_line_error(result.returncode, result.stderr.strip(), fragment)
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    """The command line in this process: its exit code and stderr."""
+    from banglaslm.cli import main
+
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+def one_line_error(code: int, err: str, fragment: str) -> None:
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 1 and "error:" in lines[0] and "Traceback" not in err, err
+    assert fragment in err, err
 
 
 def set_args(settings: dict) -> list[str]:

@@ -6,19 +6,7 @@ import subprocess
 import sys
 
 import pytest
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "banglaslm", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
-
-
-def assert_user_error(result, fragment):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "error:" in lines[0], result.stderr
-    assert fragment in lines[0], lines[0]
+from conftest import assert_user_error, cli
 
 
 def test_prepare_bad_inputs(tmp_path):

@@ -10,20 +10,10 @@ import sys
 import time
 
 import pytest
-from conftest import TINY_SETTINGS, set_args
+from conftest import TINY_SETTINGS, one_line_error, run_cli, set_args
 
 from banglaslm.cli import main
 from banglaslm.fileio import exclusive
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err.strip()
-
-
-def one_line_error(code, err, fragment):
-    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert fragment in err, err
 
 
 def test_a_second_writer_is_refused_naming_the_holder(trained_run, small_books, tmp_path, capsys):

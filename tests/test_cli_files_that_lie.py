@@ -7,20 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_SETTINGS, set_args
+from conftest import TINY_SETTINGS, one_line_error, run_cli, set_args
 from safetensors import safe_open
-
-from banglaslm.cli import main
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err.strip()
-
-
-def one_line_error(code, err, fragment):
-    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert fragment in err, err
 
 
 def flip_a_bit(path, tensor_name):

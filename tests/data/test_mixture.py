@@ -5,18 +5,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_SETTINGS, set_args
+from conftest import TINY_SETTINGS, run_cli, set_args
 
 from banglaslm.cli import main
 from banglaslm.data.loader import BatchSampler
 from banglaslm.data.mixture import Mixture, MixtureSampler, open_data, parse_spec
 from banglaslm.data.prepare import prepare
 from banglaslm.errors import UserError
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err.strip()
 
 
 def constant_samplers(values, batch):
@@ -43,7 +38,6 @@ def test_specs_and_refusals(tmp_path, data_dir, small_books, capsys):
         parse_spec(f"{data_dir}:abc")  # a folder with a typo for its weight, not a folder named with a colon
     with pytest.raises(UserError, match="give every `data_dir` folder a weight .* or none of them"):
         Mixture([f"{data_dir}:2", str(data_dir)])
-    from banglaslm.cli import main  # the CLI names its flag instead
 
     assert main(["train", "--data", f"{data_dir}:2", str(data_dir), "--out", str(tmp_path / "r")]) == 2
     assert "give every --data folder a weight" in capsys.readouterr().err

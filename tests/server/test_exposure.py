@@ -17,23 +17,11 @@ import time
 
 import pytest
 import uvicorn
+from conftest import assert_user_error, cli
 
 from banglaslm.errors import UserError
 from banglaslm.server.app import BusyGuard, HostCheck, create_app
 from banglaslm.server.run import OPEN_PER_REQUEST, bind, run_server, server_config
-
-
-def cli(*args):
-    """The real command line in a subprocess (as tests/test_cli.py runs it)."""
-    return subprocess.run([sys.executable, "-m", "banglaslm", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-
-
-def assert_user_error(result, fragment):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in result.stderr, result.stderr
-    assert fragment in lines[0], lines[0]
 
 
 @contextlib.contextmanager

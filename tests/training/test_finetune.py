@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import set_args
+from conftest import run_cli, set_args
 from safetensors.torch import load_file
 
 from banglaslm.checkpoint import load_checkpoint
@@ -49,11 +49,6 @@ def chats(tmp_path_factory):
 
 def config_for(run, **overrides) -> RunConfig:
     return finetune_config(RunFolder(run).load_config(), overrides={**FAST, **overrides})
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err.strip()
 
 
 def test_a_finetuned_run_is_a_run_folder_that_learned_its_answers(trained_run, chats, tmp_path):

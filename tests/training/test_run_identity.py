@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_SETTINGS, set_args
+from conftest import TINY_SETTINGS, run_cli, set_args
 from safetensors import safe_open
 
 from banglaslm.checkpoint import load_checkpoint
@@ -17,11 +17,6 @@ from banglaslm.errors import UserError
 from banglaslm.training.trainer import train
 
 SHORT = {**TINY_SETTINGS, "train.max_iters": 10, "train.eval_interval": 5}
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err.strip()
 
 
 @pytest.fixture(scope="module")
