@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from conftest import assert_user_error, cli
 from banglaslm.errors import UserError
 from banglaslm.server.app import BusyGuard, HostCheck, create_app
 from banglaslm.server.run import OPEN_PER_REQUEST, bind, run_server, server_config
+from banglaslm.tokenizer import Tokenizer
 
 
 @contextlib.contextmanager
@@ -261,23 +263,29 @@ def test_serve_on_a_port_in_use_is_one_line(trained_run):
         assert_user_error(cli("serve", trained_run, "--port", port), f"--port {port} is already in use")
 
 
-def test_serve_on_every_network_checks_host_and_warns_without_a_key(trained_run):
+def start_serve(run, *args) -> tuple[subprocess.Popen, int]:
+    """`banglaslm serve RUN ARGS` in a process of its own, once it answers: (process, port)."""
     [probe] = bind("127.0.0.1", 0)
     port = probe.getsockname()[1]
     probe.close()
-    server = subprocess.Popen([sys.executable, "-m", "banglaslm", "serve", str(trained_run), "--host", "0.0.0.0",
-                               "--port", str(port), "--allowed-host", "models.example"],
+    server = subprocess.Popen([sys.executable, "-m", "banglaslm", "serve", str(run), "--port", str(port), *args],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert get(port)[0] == 200
+            return server, port
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise AssertionError(f"the server did not start: {server.communicate()[1]}") from None
+            time.sleep(0.3)
+
+
+def test_serve_on_every_network_checks_host_and_warns_without_a_key(trained_run):
+    server, port = start_serve(trained_run, "--host", "0.0.0.0", "--allowed-host", "models.example")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert get(port)[0] == 200
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
-                time.sleep(0.3)
         assert get(port, host="models.example")[0] == 200
         assert get(port, host="rebind.example")[0] == 400
     finally:
@@ -305,3 +313,41 @@ def test_serve_takes_the_checkpoint_to_serve(monkeypatch, trained_run):
     with pytest.raises(UserError, match="stop here"):
         run_server(trained_run, port=port, which="latest")
     assert seen["which"] == "latest" and seen["max_requests"] == 64
+
+
+def open_stream(port: int, body: dict) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    return response
+
+
+def stream_events(response: http.client.HTTPResponse) -> list:
+    """The rest of a stream's events: JSON payloads, then '[DONE]'."""
+    return [json.loads(line[6:]) if line != "data: [DONE]" else "[DONE]"
+            for line in response.read().decode("utf-8").splitlines() if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_server_at_once_and_ends_every_stream(trained_run, sig):
+    """uvicorn waits for open connections before it stops the app: long streams kept the server
+    generating long after Ctrl-C or SIGTERM. Now each stream ends with an error event and
+    [DONE], the process exits in seconds, and nothing is cut mid-chunk."""
+    server, port = start_serve(trained_run)
+    eod = Tokenizer.from_file(trained_run / "tokenizer.json").eod_id
+    long = {"prompt": "আমি", "max_tokens": 1024, "n": 8, "stream": True, "logit_bias": {str(eod): -100}}
+    try:
+        streams = [open_stream(port, long) for _ in range(4)]  # 32 choices: 16 decode, 16 wait
+        assert streams[0].readline().startswith(b"data: ")
+        server.send_signal(sig)
+        started = time.monotonic()
+        events = [stream_events(s) for s in streams]
+        _, err = server.communicate(timeout=30)
+        seconds = time.monotonic() - started
+    finally:
+        server.kill()
+    assert seconds < 15 and "Traceback" not in err, err
+    for stream in events:
+        assert stream[-1] == "[DONE]"
+        assert stream[-2]["error"]["code"] == "server_shutdown", stream[-2]

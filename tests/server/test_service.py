@@ -213,6 +213,13 @@ def test_timeout_is_408_then_the_server_still_answers(trained_run):
         assert c.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 5}).status_code == 200
 
 
+def test_requests_after_shutdown_began_are_503(trained_run):
+    with TestClient(create_app(trained_run)) as c:
+        c.app.state.service.close()  # what a signal does (run._stopping_server)
+        for body in ({"prompt": "আমি", "max_tokens": 5}, {"prompt": "আমি", "max_tokens": 5, "stream": True}):
+            assert assert_openai_error(c.post("/v1/completions", json=body), 503)["code"] == "server_shutdown"
+
+
 def test_a_failing_step_fails_its_requests_and_the_server_goes_on(trained_run):
     app = create_app(trained_run)
     batch = app.state.service.worker.batch

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Callable
 from typing import Annotated
 
 from ..config import Opt
@@ -31,6 +32,7 @@ from .schemas import ServerLimits
 HEADER_TIMEOUT_S = 10.0  # from connecting (or the end of the last answer) to the request's last header line
 BODY_TIMEOUT_S = 30.0    # from the last header line to the end of the body (1 MB at 33 KB/s)
 KEEP_ALIVE_S = 5         # an idle kept-alive connection closes after this (uvicorn's default)
+GRACEFUL_S = 10          # at shutdown, responses still being sent this long after a signal are cut
 OPEN_PER_REQUEST = 4     # open connections (idle, slow, waiting) allowed per request answered at once
 _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?", re.IGNORECASE)  # a DNS name (RFC 1123; '_' too)
@@ -60,7 +62,6 @@ def run_server(
     check_quantize(quantize, resolve_device(device, "device"))
     sockets = bind(host, port)
     try:
-        import uvicorn
 
         from .app import create_app
 
@@ -74,7 +75,7 @@ def run_server(
                         "model (set --api-key KEY)", host)
         log.info("serving %s on %s (OpenAI API under /v1; Ctrl-C stops)", run_dir, url(host, port))
         log.info("%s", threads_note())
-        uvicorn.Server(config).run(sockets=sockets)
+        _stopping_server(config, app.state.service.close).run(sockets=sockets)
     finally:
         for s in sockets:
             s.close()
@@ -194,6 +195,23 @@ def _bind_error(host: str, port: int, e: OSError) -> UserError:
 
 
 # ---- uvicorn -------------------------------------------------------------------------------
+def _stopping_server(config, stop: Callable[[], None]):
+    """uvicorn's server, which on SIGINT/SIGTERM also calls `stop` at once (the service ends every
+    generation). uvicorn alone waits for open connections before its app's shutdown, so a long
+    stream would hold it for as long as it generates."""
+    import uvicorn
+
+    server = uvicorn.Server(config)
+    exit_as_uvicorn = server.handle_exit
+
+    def handle_exit(sig, frame) -> None:
+        stop()
+        exit_as_uvicorn(sig, frame)
+
+    server.handle_exit = handle_exit  # what uvicorn installs as the signal handler
+    return server
+
+
 def server_config(app, host: str = "127.0.0.1", port: int = 8000, max_connections: int = 64,
                   header_timeout_s: float = HEADER_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S,
                   log_level: str = "info"):
@@ -205,7 +223,8 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, max_connection
 
     return uvicorn.Config(app, host=host, port=port, log_level=log_level,
                           http=timed_protocol(header_timeout_s, body_timeout_s),
-                          limit_concurrency=OPEN_PER_REQUEST * max_connections + 1, timeout_keep_alive=KEEP_ALIVE_S)
+                          limit_concurrency=OPEN_PER_REQUEST * max_connections + 1, timeout_keep_alive=KEEP_ALIVE_S,
+                          timeout_graceful_shutdown=GRACEFUL_S)
 
 
 @functools.cache

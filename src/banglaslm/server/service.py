@@ -43,7 +43,7 @@ from .schemas import (
     message_text,
     sampling_params,
 )
-from .worker import Admit, GenerationWorker, Job, Stopped
+from .worker import Admit, GenerationWorker, Job, Stopped, request_error
 
 Disconnected = Callable[[], Awaitable[bool]]  # whether the client has gone away
 WATCH_S = 0.25  # how often a waiting request checks that its client is still there
@@ -115,7 +115,8 @@ class OpenAIService:
                            param="model", code="model_not_found")
 
     def close(self) -> None:
-        """Stop every running or waiting generation (at shutdown)."""
+        """Stop every running or waiting generation and refuse new ones (at shutdown): each
+        request answers 503 `server_shutdown`, a stream as an error event and [DONE]."""
         self.worker.cancel_all()
 
     # ---- checking a request ----------------------------------------------------------------
@@ -422,7 +423,9 @@ async def _drain(events: asyncio.Queue, done: asyncio.Event, outcome: dict, disc
             while not events.empty():
                 yield events.get_nowait()
             error = outcome.get("error")
-            if error is not None and not isinstance(error, Stopped):
-                raise error
+            if error is not None:
+                error = request_error(error, job)
+                if not isinstance(error, Stopped):  # Stopped: the client left, nobody to tell
+                    raise error
             return
         waiter.cancel()

@@ -29,6 +29,9 @@ class Stopped(Exception):
 def request_error(error: BaseException, job: "Job") -> BaseException:
     """What a request that failed on the worker answers: 408 past its time-out, 400 for
     settings the engine refused, anything else as it is."""
+    if isinstance(error, Stopped) and job.shut_down:
+        return APIError(503, "the server is shutting down; retry once it is back", type="server_error",
+                        code="server_shutdown")
     if isinstance(error, Stopped) and job.timed_out:
         return APIError(408, "the generation took longer than the server's time-out",
                         type="timeout_error", code="timeout")
@@ -52,10 +55,12 @@ class Job:
         self.deadline = deadline
         self.cancelled = threading.Event()
         self.timed_out = False
+        self.shut_down = False  # cancelled because the server is stopping
         self.finished = False  # set when its generations have all ended
         self.resolve: Callable[[Any, BaseException | None], None] = lambda result, error: None
 
-    def cancel(self) -> None:
+    def cancel(self, shut_down: bool = False) -> None:
+        self.shut_down = self.shut_down or shut_down
         self.cancelled.set()
 
     def check(self) -> None:
@@ -87,6 +92,7 @@ class GenerationWorker:
         self._jobs: list[Job] = []  # jobs with sequences waiting or running
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.closing = False  # set at shutdown: every job from then on is refused
 
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -118,7 +124,9 @@ class GenerationWorker:
 
     def _take(self, job: Job, done: Callable[[Any, BaseException | None], None]) -> None:
         try:
-            if job.cancelled.is_set():  # its client left while it waited
+            if self.closing:
+                job.cancel(shut_down=True)
+            if job.cancelled.is_set():  # its client left while it waited, or the server is stopping
                 raise Stopped("cancelled")
             result = job.fn(job)
         except BaseException as exc:  # handed to the request; the worker lives on
@@ -132,9 +140,12 @@ class GenerationWorker:
             _settle(done, result, None)
 
     def cancel_all(self) -> None:
-        """Stop every running or waiting generation (at shutdown); the idle thread itself is a daemon."""
+        """Stop every running or waiting generation and refuse new ones (at shutdown: their
+        requests answer 503 `server_shutdown`). Safe from a signal handler: it only sets flags,
+        which the worker reads before each step. The idle thread itself is a daemon."""
+        self.closing = True
         for job in list(self._jobs):
-            job.cancel()
+            job.cancel(shut_down=True)
 
     def submit(self, job: Job, done: Callable[[Any, BaseException | None], None]) -> None:
         self._ensure_thread()
