@@ -62,7 +62,6 @@ def run_server(
     check_quantize(quantize, resolve_device(device, "device"))
     sockets = bind(host, port)
     try:
-
         from .app import create_app
 
         app = create_app(run_dir, api_key=api_key, model_name=model_name, limits=limits,
