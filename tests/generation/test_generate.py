@@ -22,6 +22,14 @@ def test_top_k_and_top_p_filters():
     assert torch.isfinite(filter_logits(logits, None, 1.0)).all()
 
 
+@pytest.mark.parametrize("top_p", [1e-30, 1e-46, 1e-300, 5e-324])
+def test_any_allowed_top_p_keeps_the_most_likely_token(top_p):
+    """A top_p below float32's smallest number rounded to 0 and dropped every token (the
+    sampler then drew the last id): the most likely token always stays, in every row."""
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]]))
+    assert torch.isfinite(filter_logits(logits, None, top_p)).tolist() == [[False, True, False], [True, False, False]]
+
+
 def test_greedy_is_deterministic_and_seed_reproduces(loaded):
     a = generate(loaded, "আমি", SamplingParams(max_new_tokens=20, greedy=True))
     b = generate(loaded, "আমি", SamplingParams(max_new_tokens=20, greedy=True))

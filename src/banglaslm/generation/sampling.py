@@ -44,6 +44,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None,
         probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the tokens before it already reach top_p; the first always stays.
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop_sorted[..., 0] = False  # even where top_p is below float32's smallest number
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     if min_p is not None and min_p > 0:
