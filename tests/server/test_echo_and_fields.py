@@ -57,21 +57,23 @@ def test_echo_returns_the_prompt_and_its_logprobs(app, oai):
     context = engine.encode_prompt(PROMPT)
     out = oai.completions.create(model=MODEL, prompt=PROMPT, echo=True, logprobs=1, max_tokens=1, temperature=0)
     choice = out.choices[0]
-    assert choice.text.startswith(PROMPT) and len(choice.text) > len(PROMPT)
+    as_read = engine.tokenizer.decode(context[1:])  # normalized (bn-1 writes য় as one code point)
+    assert choice.text.startswith(as_read) and len(choice.text) > len(as_read)
     lp = choice.logprobs
     assert len(lp.tokens) == len(context) - 1 + 1  # every prompt token, then the new one
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing precedes it: null
     want = model_logprobs(app, context)
     assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(lp.token_logprobs[1:len(context) - 1], want[1:]))
     assert all(len(top) == 1 for top in lp.top_logprobs[1:])
-    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[len(context) - 1] == len(PROMPT)
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[len(context) - 1] == len(as_read)
 
 
 def test_max_tokens_zero_with_echo_scores_the_prompt_alone(app, oai):
     out = oai.completions.create(model=MODEL, prompt=PROMPT, echo=True, logprobs=0, max_tokens=0)
     choice = out.choices[0]
-    assert choice.text == PROMPT and out.usage.completion_tokens == 0
-    assert len(choice.logprobs.tokens) == len(app.state.service.engine.encode_prompt(PROMPT)) - 1
+    engine = app.state.service.engine
+    assert choice.text == engine.tokenizer.decode(engine.encode_prompt(PROMPT)[1:]) and out.usage.completion_tokens == 0
+    assert len(choice.logprobs.tokens) == len(engine.encode_prompt(PROMPT)) - 1
 
 
 def test_token_id_prompts_as_lm_eval_sends_them(app, oai):
@@ -110,9 +112,51 @@ def test_lm_evaluation_harness_scores_through_the_server(app, url, trained_run, 
 def test_echo_streams_the_prompt_first(client):
     body = {"model": MODEL, "prompt": PROMPT, "echo": True, "max_tokens": 4, "temperature": 0, "stream": True}
     events = sse(client.post("/v1/completions", json=body))
-    assert events[0]["choices"][0]["text"] == PROMPT and events[-1] == "[DONE]"
+    engine = client.app.state.service.engine
+    assert events[0]["choices"][0]["text"] == engine.tokenizer.decode(engine.encode_prompt(PROMPT)[1:])
+    assert events[-1] == "[DONE]"
     plain = client.post("/v1/completions", json={**body, "stream": False}).json()["choices"][0]["text"]
     assert "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"]) == plain
+
+
+# Prompts that normalization changes: spaces and CRLF, a tab, a zero-width space, a decomposed য়.
+CHANGED = ["  আমি\r\nতুমি", "আমি\tতুমি", "আমি\u200bতুমি", "লায\u09bc গান"]
+
+
+@pytest.mark.parametrize("prompt", CHANGED)
+def test_echo_returns_the_prompt_as_read_so_the_offsets_index_it(app, client, prompt):
+    """The echoed text is the prompt as the model read it (normalized), so that, as OpenAI's
+    are, the tokens add up to the text and each text_offset points at its token: the raw
+    prompt was echoed while its tokens and offsets were of the normalized one."""
+    body = {"model": MODEL, "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 3, "temperature": 0}
+    for stream in (False, True):
+        r = client.post("/v1/completions", json={**body, "stream": stream})
+        chunks = [e["choices"][0] for e in sse(r)[:-1] if e["choices"]] if stream else r.json()["choices"]
+        text = "".join(c["text"] for c in chunks)
+        tokens = [t for c in chunks if c["logprobs"] for t in c["logprobs"]["tokens"]]
+        offsets = [o for c in chunks if c["logprobs"] for o in c["logprobs"]["text_offset"]]
+        assert text == "".join(tokens), (text, tokens)
+        assert all(text[o:].startswith(t) for o, t in zip(offsets, tokens)), (text, tokens, offsets)
+        ids = app.state.service.engine.encode_prompt(prompt)[1:]
+        assert text.startswith(app.state.service.engine.tokenizer.decode(ids))
+
+
+def test_every_streamed_choice_ends_with_its_finish_reason_even_with_max_tokens_zero(client):
+    body = {"model": MODEL, "prompt": ["আমি", "নদী"], "echo": True, "max_tokens": 0, "stream": True}
+    finishes = {}
+    for event in sse(client.post("/v1/completions", json=body))[:-1]:
+        for c in event["choices"]:
+            finishes.setdefault(c["index"], []).append(c["finish_reason"])
+    assert finishes == {0: [None, "length"], 1: [None, "length"]}  # [None] each before: no chunk said it ended
+
+
+def test_prompt_tokens_are_counted_as_the_client_counts_them(app, client):
+    """usage and the prompt limit count the prompt's own tokens (as echo returns them), not the
+    end-of-document token every context starts with: a 2-id prompt was counted 3."""
+    ids = app.state.service.engine.encode_prompt(PROMPT)[1:]
+    for prompt in (PROMPT, ids):
+        out = client.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 1}).json()
+        assert out["usage"]["prompt_tokens"] == len(ids)
 
 
 # ---- other fields ------------------------------------------------------------------------------

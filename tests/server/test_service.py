@@ -119,7 +119,7 @@ def test_chat_completion_both_ways(client):
     assert answer == answer.lstrip()
     assert not any(s in answer for s in chat_stops())
     prompt_ids, _ = encode_chat(client.app.state.service.engine.tokenizer, messages)
-    assert out["usage"]["prompt_tokens"] == len(prompt_ids)
+    assert out["usage"]["prompt_tokens"] == len(prompt_ids) - 1  # the leading end-of-document token is not counted
 
     events = sse_events(client.post("/v1/chat/completions", json={**body, "stream": True}))
     assert events[-1] == "[DONE]"
@@ -201,6 +201,10 @@ def test_prompt_token_limit(trained_run):
         error = assert_openai_error(c.post("/v1/completions", json={"prompt": "আমি বাংলায় গান গাই " * 3}), 400)
         assert error["code"] == "context_length_exceeded"
         assert c.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 3}).status_code == 200
+        at_limit = c.post("/v1/completions", json={"prompt": [5] * 5, "max_tokens": 1})
+        assert at_limit.json()["usage"]["prompt_tokens"] == 5  # the limit and usage count alike
+        assert assert_openai_error(c.post("/v1/completions", json={"prompt": [5] * 6}), 400)["message"] == \
+            "the prompt has 6 tokens; the limit is 5"
 
 
 def test_timeout_is_408_then_the_server_still_answers(trained_run):

@@ -43,7 +43,7 @@ from .schemas import (
     message_text,
     sampling_params,
 )
-from .worker import Admit, GenerationWorker, Job, Stopped, request_error
+from .worker import Admit, GenerationWorker, Job, Stopped, request_error, shutting_down
 
 Disconnected = Callable[[], Awaitable[bool]]  # whether the client has gone away
 WATCH_S = 0.25  # how often a waiting request checks that its client is still there
@@ -59,8 +59,13 @@ class Chat:
 class Prompt:
     """One prompt of a request: the context the model sees, and what `echo` returns."""
     context: list[int]              # [eod] + the prompt's ids
-    text: str                       # the prompt as given (or decoded, for token ids)
+    text: str                       # the prompt's ids decoded: the text as the model read it (normalized)
     scored: list = field(default_factory=list)  # token_logprobs of context[1:], when echoed with logprobs
+
+    @property
+    def tokens(self) -> int:
+        """The prompt's tokens, as usage and the limit count them (the leading eod is not the client's)."""
+        return len(self.context) - 1
 
 
 class OpenAIService:
@@ -81,17 +86,17 @@ class OpenAIService:
     async def completions(self, req: CompletionRequest, disconnected: Disconnected) -> dict | AsyncIterator[str]:
         """The response body, or (with `stream`) the server-sent events to send."""
         params = self._params(req)
-        items = self._prompt_items(req.prompt)
         echo, generate = bool(req.echo), req.max_tokens != 0
+        prompts = await self._prompts(self._prompt_items(req.prompt), params, disconnected, echo)
         if req.stream:
-            return await self.stream(req, items, params, disconnected, chat=False, echo=echo)
-        prompts, outs = await self.generate(items, params, disconnected, echo=echo, generate=generate)
+            return self.stream(req, prompts, params, disconnected, chat=False, echo=echo)
+        outs = await self.generate(prompts, params, disconnected) if generate else []
         choices = []
         for i, prompt in enumerate(prompts):
             for j in range(params.n):
                 out = outs[i * params.n + j] if generate else Completion("", [], "length", [] if params.logprobs is not None else None)
                 choices.append(self._completion_choice(i * params.n + j, prompt, out, echo, params))
-        usage = self._usage(sum(len(p.context) for p in prompts), sum(len(c.token_ids) for c in outs))
+        usage = self._usage(sum(p.tokens for p in prompts), sum(len(c.token_ids) for c in outs))
         return self._response("cmpl-", "text_completion", choices, usage)
 
     async def chat_completions(self, req: ChatRequest, disconnected: Disconnected) -> dict | AsyncIterator[str]:
@@ -99,14 +104,14 @@ class OpenAIService:
         params.stop = params.stop + chat_stops()
         messages = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": message_text(m, i)}
                     for i, m in enumerate(req.messages)]
-        items = [Chat(messages)]
+        prompts = await self._prompts([Chat(messages)], params, disconnected)
         if req.stream:
-            return await self.stream(req, items, params, disconnected, chat=True)
-        prompts, outs = await self.generate(items, params, disconnected)
+            return self.stream(req, prompts, params, disconnected, chat=True)
+        outs = await self.generate(prompts, params, disconnected)
         choices = [{"index": i, "message": {"role": "assistant", "content": clean_answer(c.text)},
                     "logprobs": self._logprobs(c, chat=True), "finish_reason": c.finish_reason}
                    for i, c in enumerate(outs)]
-        usage = self._usage(len(prompts[0].context), sum(len(c.token_ids) for c in outs))
+        usage = self._usage(prompts[0].tokens, sum(len(c.token_ids) for c in outs))
         return self._response("chatcmpl-", "chat.completion", choices, usage)
 
     def check_model(self, name: str | None) -> None:
@@ -144,7 +149,8 @@ class OpenAIService:
         return items
 
     def _encode(self, item: str | list[int] | Chat) -> Prompt:
-        """Runs on the worker: the prompt's context, checked against the limits."""
+        """The prompt's context, checked against the limits (in a thread of its own: a long
+        prompt's normalizing and encoding do not hold up the worker's decode steps)."""
         if isinstance(item, Chat):
             try:
                 prompt = Prompt(encode_chat(self.engine.tokenizer, item.messages)[0], render_chat(item.messages))
@@ -155,15 +161,15 @@ class OpenAIService:
                 context = self.engine.encode_prompt(item)
             except UserError as exc:
                 raise APIError(400, str(exc), param="prompt", code="invalid_value") from None
-            prompt = Prompt(context, item)
+            prompt = Prompt(context, self.engine.tokenizer.decode(context[1:]))  # as read: normalized
         else:
             vocab = self.engine.model.config.vocab_size
             if not item or any(t < 0 or t >= vocab for t in item):
                 raise APIError(400, f"prompt: token ids must be in [0, {vocab}) and not empty", param="prompt",
                                code="invalid_value")
             prompt = Prompt([self.engine.tokenizer.eod_id, *item], self.engine.tokenizer.decode(item))
-        if len(prompt.context) - 1 > self.limits.max_prompt_tokens:
-            raise APIError(400, f"the prompt has {len(prompt.context) - 1} tokens; the limit is "
+        if prompt.tokens > self.limits.max_prompt_tokens:
+            raise APIError(400, f"the prompt has {prompt.tokens} tokens; the limit is "
                                 f"{self.limits.max_prompt_tokens}", param="prompt", code="context_length_exceeded")
         return prompt
 
@@ -182,16 +188,21 @@ class OpenAIService:
         base = params.seed if params.seed is not None else random.randrange(2**62)
         return [SamplingParams(**{**params.__dict__, "n": 1, "seed": sample_seed(base, i)}) for i in range(params.n)]
 
-    async def generate(self, items: list, params: SamplingParams, disconnected: Disconnected, echo: bool = False,
-                       generate: bool = True) -> tuple[list[Prompt], list[Completion]]:
-        """Each prompt and its `params.n` completions (prompt-major); an error in one stops them all."""
+    async def _prompts(self, items: list, params: SamplingParams, disconnected: Disconnected,
+                       echo: bool = False) -> list[Prompt]:
+        """The requests's prompts, encoded and checked (and with echo and logprobs, scored on the
+        worker) before any generation, so that their errors are plain 4xx answers."""
+        if self.worker.closing:
+            raise shutting_down()
+        prompts = await asyncio.to_thread(lambda: [self._encode(item) for item in items])
+        if echo and params.logprobs is not None:
+            await self._until_done(self._job(lambda job: [self._score(p, params) for p in prompts]), disconnected)
+        return prompts
+
+    async def generate(self, prompts: list[Prompt], params: SamplingParams,
+                       disconnected: Disconnected) -> list[Completion]:
+        """The `params.n` completions of each prompt (prompt-major); an error in one stops them all."""
         def work(job: Job):
-            prompts = [self._encode(item) for item in items]
-            if echo:
-                for prompt in prompts:
-                    self._score(prompt, params)
-            if not generate:
-                return prompts, []
             outs: dict[int, Completion] = {}
             total = len(prompts) * params.n
 
@@ -206,7 +217,7 @@ class OpenAIService:
                 outs[index] = completion
                 if len(outs) == total:
                     job.finished = True
-                    job.resolve((prompts, [outs[i] for i in range(total)]), None)
+                    job.resolve([outs[i] for i in range(total)], None)
             return Admit([Sequence(p.context, one, check=job.check, on_done=functools.partial(collect, i * params.n + j))
                           for i, p in enumerate(prompts) for j, one in enumerate(self._samples(params))])
         return await self._until_done(self._job(work), disconnected)
@@ -297,12 +308,11 @@ class OpenAIService:
         return {"id": prefix + uuid.uuid4().hex, "object": kind, "created": int(time.time()),
                 "model": self.model_id, "system_fingerprint": None, "choices": choices, "usage": usage}
 
-    async def stream(self, req: SamplingRequest, items: list, params: SamplingParams, disconnected: Disconnected,
-                     chat: bool, echo: bool = False) -> AsyncIterator[str]:
-        """Server-sent events for a streamed request. The prompts are checked (and, with echo,
-        scored) first, so their errors are still plain 4xx answers; an error after the stream
-        has begun is sent as an error event, and every stream ends with [DONE]."""
-        prompts, _ = await self.generate(items, params, disconnected, echo=echo, generate=False)
+    def stream(self, req: SamplingRequest, prompts: list[Prompt], params: SamplingParams, disconnected: Disconnected,
+               chat: bool, echo: bool = False) -> AsyncIterator[str]:
+        """Server-sent events for a streamed request, once its prompts are checked (`_prompts`);
+        an error after the stream has begun is sent as an error event, and every stream ends
+        with [DONE]. Every choice ends with a chunk holding its finish_reason."""
         chunks = _Chunks(self.model_id, chat, params, self.engine.tokenizer)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         generate = getattr(req, "max_tokens", None) != 0
@@ -312,7 +322,8 @@ class OpenAIService:
             try:
                 for chunk in chunks.echoes(prompts) if echo else ():
                     yield sse(chunk)
-                events = self._choice_events(prompts, params, chat, disconnected) if generate else _nothing()
+                events = (self._choice_events(prompts, params, chat, disconnected) if generate
+                          else _scored_only(len(prompts) * params.n))
                 async for event in events:
                     if event[0] == "end":
                         completion_tokens += event[3]
@@ -327,15 +338,16 @@ class OpenAIService:
                 yield sse(error_body(f"the server failed while generating ({type(exc).__name__})",
                                      type="server_error", code="internal_error"))
             if include_usage:
-                usage = self._usage(sum(len(p.context) for p in prompts), completion_tokens)
+                usage = self._usage(sum(p.tokens for p in prompts), completion_tokens)
                 yield sse(chunks.chunk([], usage=usage))
             yield sse("[DONE]")
         return body()
 
 
-async def _nothing() -> AsyncIterator[tuple]:
-    return
-    yield
+async def _scored_only(choices: int) -> AsyncIterator[tuple]:
+    """The end events of choices that generate nothing (echo with max_tokens 0)."""
+    for index in range(choices):
+        yield ("end", index, "length", 0, [])
 
 
 class _Chunks:

@@ -26,12 +26,16 @@ class Stopped(Exception):
     """Raised inside the worker when a generation is cancelled or out of time."""
 
 
+def shutting_down() -> APIError:
+    return APIError(503, "the server is shutting down; retry once it is back", type="server_error",
+                    code="server_shutdown")
+
+
 def request_error(error: BaseException, job: "Job") -> BaseException:
     """What a request that failed on the worker answers: 408 past its time-out, 400 for
     settings the engine refused, anything else as it is."""
     if isinstance(error, Stopped) and job.shut_down:
-        return APIError(503, "the server is shutting down; retry once it is back", type="server_error",
-                        code="server_shutdown")
+        return shutting_down()
     if isinstance(error, Stopped) and job.timed_out:
         return APIError(408, "the generation took longer than the server's time-out",
                         type="timeout_error", code="timeout")
