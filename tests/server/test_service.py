@@ -207,6 +207,21 @@ def test_prompt_token_limit(trained_run):
             "the prompt has 6 tokens; the limit is 5"
 
 
+def test_a_prompt_too_long_for_any_tokens_is_refused_before_it_is_read(trained_run, monkeypatch):
+    """Normalizing and encoding a megabyte held the GIL for a second and more, stalling every
+    stream: a prompt longer than the limit's tokens could hold is refused unread."""
+    with TestClient(create_app(trained_run, limits=ServerLimits(max_prompt_tokens=5))) as c:
+        service = c.app.state.service
+        read = []
+        monkeypatch.setattr(service.engine, "encode_prompt", lambda text: read.append(text))
+        too_long = "আ" * (service.max_prompt_chars + 1)
+        for path, body in (("/v1/completions", {"prompt": too_long}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": too_long}]})):
+            error = assert_openai_error(c.post(path, json=body), 400)
+            assert error["code"] == "context_length_exceeded" and "characters" in error["message"]
+        assert read == []
+
+
 def test_timeout_is_408_then_the_server_still_answers(trained_run):
     with TestClient(create_app(trained_run, limits=ServerLimits(request_timeout_s=0.0))) as c:
         error = assert_openai_error(c.post("/v1/completions", json={"prompt": "আমি", "max_tokens": 50}), 408)

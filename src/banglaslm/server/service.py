@@ -73,6 +73,9 @@ class OpenAIService:
         self.engine, self.model_id = engine, model_id
         self.limits = limits or ServerLimits()
         self.worker = GenerationWorker(Batch(engine, capacity=self.limits.max_batch))
+        # No prompt longer than this can fit the token limit: refused before normalizing a megabyte.
+        longest = max(len(engine.tokenizer.token_bytes(i)) for i in range(engine.tokenizer.vocab_size))
+        self.max_prompt_chars = self.limits.max_prompt_tokens * max(longest, 1)
         self.created = int(time.time())
 
     # ---- routes ----------------------------------------------------------------------------
@@ -148,9 +151,18 @@ class OpenAIService:
                            param="prompt", code="invalid_value")
         return items
 
+    def _check_length(self, chars: int, param: str) -> None:
+        if chars > self.max_prompt_chars:
+            raise APIError(400, f"the prompt has {chars} characters, more than {self.limits.max_prompt_tokens} "
+                                f"tokens can hold ({self.max_prompt_chars}); the limit is "
+                                f"{self.limits.max_prompt_tokens} tokens", param=param, code="context_length_exceeded")
+
     def _encode(self, item: str | list[int] | Chat) -> Prompt:
         """The prompt's context, checked against the limits (in a thread of its own: a long
         prompt's normalizing and encoding do not hold up the worker's decode steps)."""
+        if isinstance(item, (str, Chat)):
+            self._check_length(len(item) if isinstance(item, str) else sum(len(m["content"]) for m in item.messages),
+                               "prompt" if isinstance(item, str) else "messages")
         if isinstance(item, Chat):
             try:
                 prompt = Prompt(encode_chat(self.engine.tokenizer, item.messages)[0], render_chat(item.messages))
