@@ -211,6 +211,10 @@ def test_host_header_must_name_this_server(trained_run):
             assert set(error) == {"message", "type", "param", "code"} and error["code"] == "invalid_host"
             assert repr(host) in error["message"], error
         assert "--allowed-host evil.example" in json.loads(get(port, host="evil.example")[1])["error"]["message"]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:  # HTTP/1.0 needs no Host
+            sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            answer = b"".join(iter(lambda: sock.recv(4096), b""))
+        assert b" 400 " in answer.split(b"\r\n")[0] and b"the request has 0 Host headers; send one" in answer, answer
         body = json.dumps({"prompt": "আমার", "max_tokens": 3}).encode()
         assert get(port, "/v1/completions", host="evil.example", method="POST", body=body)[0] == 400
 

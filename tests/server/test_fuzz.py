@@ -71,12 +71,11 @@ def test_no_server_errors_on_nasty_values(app):
 
     body = st.fixed_dictionaries({"prompt": st.sampled_from(NASTY_TEXT + ["আমি"])},
                                  optional={k: st.sampled_from(v) for k, v in FIELDS.items() if k != "prompt"})
-    client = TestClient(app)
     seen = []
 
     @given(case=body, chat=st.booleans())
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    def run(case, chat):
+    def run(client, case, chat):
         if chat:
             case = {**{k: v for k, v in case.items() if k not in ("prompt", "logprobs")},
                     "messages": [{"role": "user", "content": case["prompt"]}]}
@@ -89,5 +88,6 @@ def test_no_server_errors_on_nasty_values(app):
         elif case.get("stream"):
             assert r.text.rstrip().endswith("data: [DONE]"), r.text[-300:]
         seen.append(r.status_code)
-    run()
+    with TestClient(app) as client:  # started as a server starts it (the app's lifespan)
+        run(client)
     assert {200, 400} <= set(seen)

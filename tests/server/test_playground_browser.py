@@ -80,5 +80,9 @@ def test_playground_generates_streamed_bangla_and_shows_candidates(server_url):
         assert headings.count() >= 1 and "%" in headings.first.inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+        for typo in ("abc", "12abc"):  # was sent as a random seed, and as 12
+            page.fill("#seed", typo)
+            page.click("#go")
+            page.locator("#error", has_text="seed").wait_for(timeout=60_000)
         browser.close()
     assert external == []  # works offline: no request leaves the server

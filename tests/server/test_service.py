@@ -178,8 +178,31 @@ def test_malformed_json_unknown_model_and_routes(client):
     assert_openai_error(client.post("/v1/chat/completions", json={
         "model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}), 404)
     assert_openai_error(client.get("/v1/models/gpt-4"), 404)
-    assert_openai_error(client.get("/v1/nothing"), 404)
-    assert_openai_error(client.get("/v1/completions"), 405)
+    error = assert_openai_error(client.get("/v1/nothing"), 404)
+    assert error["type"] == "invalid_request_error" and "GET /v1/nothing is not a route" in error["message"]
+    assert "method is not allowed" in assert_openai_error(client.get("/v1/completions"), 405)["message"]
+
+
+@pytest.mark.parametrize("body, code", [
+    (b'{"prompt": "\xff\xfe"}', "invalid_json"),   # not UTF-8: FastAPI's "error parsing the body", code null
+    (b"", "invalid_type"),                         # empty: "Field required" naming no field
+    (b"null", "invalid_type"),
+])
+def test_a_body_that_is_not_a_json_object_says_so(client, body, code):
+    error = assert_openai_error(client.post("/v1/completions", content=body,
+                                            headers={"content-type": "application/json"}), 400)
+    assert error["code"] == code and "JSON" in error["message"], error
+
+
+@pytest.mark.parametrize("key", [" 5", "5 ", "৫", "٥", "+5", "-1", "5.0"])
+def test_logit_bias_keys_are_ascii_token_ids(client, key):
+    """int() read " 5", "৫" (a Bangla digit) and "٥" as token 5."""
+    error = assert_openai_error(client.post("/v1/completions", json={"prompt": "আমি", "logit_bias": {key: 1}}), 400)
+    assert error["param"] == "logit_bias" and repr(key) in error["message"]
+
+
+def test_head_answers_where_get_does(client):
+    assert client.head("/health").status_code == 200 and client.head("/").status_code == 200
 
 
 def test_oversized_body_is_413_and_server_still_answers(client):

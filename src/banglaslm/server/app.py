@@ -130,12 +130,15 @@ class GuardMiddleware:
                 await self._reject(scope, receive, send)
 
     async def _wrong_host(self, hosts: list[bytes], scope, receive, send):
-        shown = hosts[0].decode("latin-1")[:100] if len(hosts) == 1 else f"{len(hosts)} Host headers"
-        name = _HOST_HEADER.fullmatch(shown.strip())
-        fix = f"start the server with --allowed-host {name['ip6'] or name['name']} to accept it" if name \
-            else "send one Host header naming this server"
-        await error_response(APIError(400, f"Host {shown!r} does not name this server; {fix}",
-                                       code="invalid_host"))(scope, receive, send)
+        if len(hosts) != 1:
+            message = f"the request has {len(hosts)} Host headers; send one, naming this server"
+        else:
+            shown = hosts[0].decode("latin-1")[:100]
+            name = _HOST_HEADER.fullmatch(shown.strip())
+            fix = f"start the server with --allowed-host {name['ip6'] or name['name']} to accept it" if name \
+                else "send one Host header naming this server"
+            message = f"Host {shown!r} does not name this server; {fix}"
+        await error_response(APIError(400, message, code="invalid_host"))(scope, receive, send)
 
     async def _reject(self, scope, receive, send):
         await error_response(APIError(413, f"request body is larger than {self.max_bytes} bytes",
@@ -176,11 +179,24 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if first.get("type") == "json_invalid":
         return APIError(400, "the request body is not valid JSON", code="invalid_json")
     param = ".".join(loc) or None
-    if param is None and first.get("type") == "model_attributes_type":
+    if param is None:  # the body itself: missing, or not an object
         return APIError(400, "the request body must be a JSON object (Content-Type: application/json)",
                         code="invalid_type")
     message = f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid request")
     return APIError(400, message, param=param, code="invalid_type" if "type" in first.get("type", "") else "invalid_value")
+
+
+def _http_api_error(request: Request, exc: StarletteHTTPException) -> APIError:
+    """Starlette's and FastAPI's own errors in OpenAI's shape (whose type for them all is
+    invalid_request_error), with what to do instead."""
+    route = f"{request.method} {request.url.path}"
+    message = {404: f"{route} is not a route of this server; it answers POST /v1/completions, "
+                    "POST /v1/chat/completions, GET /v1/models, GET /health and GET / (docs/serving.md)",
+               405: f"{route}: the method is not allowed here (see docs/serving.md)",
+               400: "the request body could not be read: it must be JSON in UTF-8 (Content-Type: application/json)",
+               }.get(exc.status_code, str(exc.detail))
+    code = {413: "request_too_large", 400: "invalid_json"}.get(exc.status_code)
+    return APIError(exc.status_code, message, code=code)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -194,9 +210,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        code = "request_too_large" if exc.status_code == 413 else None
-        return error_response(APIError(exc.status_code, str(exc.detail), type=kind, code=code))
+        return error_response(_http_api_error(request, exc))
 
 
 def _answer(result):
@@ -227,6 +241,7 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        service.open()  # again, when an app is started after a stop (tests do)
         yield
         service.close()
 
@@ -238,7 +253,7 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
         app.add_middleware(BusyGuard, max_requests=max_requests)
     _install_error_handlers(app)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what health checkers send
     async def health():
         return {"status": "ok", "model": service.model_id}
 
@@ -258,7 +273,7 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
     async def chat_completions(req: ChatRequest, request: Request):
         return _answer(await service.chat_completions(req, request.is_disconnected))
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def playground():
         return HTMLResponse(_playground_html(), headers={
             "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "

@@ -190,11 +190,11 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     """OpenAI's logit_bias (token ids as strings) as the library's (ids as integers)."""
     if not bias:
         return None
-    try:
-        return {int(token): value for token, value in bias.items()}
-    except ValueError:
-        raise APIError(400, "logit_bias keys must be token ids (e.g. {\"42\": -100})", param="logit_bias",
-                       code="invalid_value") from None
+    bad = [token for token in bias if not (token.isascii() and token.isdigit())]  # int() takes " 5" and "৫"
+    if bad:
+        raise APIError(400, f"logit_bias keys must be token ids written in ASCII digits (e.g. {{\"42\": -100}}), "
+                            f"not {bad[0]!r}", param="logit_bias", code="invalid_value")
+    return {int(token): value for token, value in bias.items()}
 
 
 def _check_range(name: str, value, low, high, low_open: bool = False) -> None:

@@ -122,6 +122,10 @@ class OpenAIService:
             raise APIError(404, f"the model {name!r} does not exist; this server has {self.model_id!r}",
                            param="model", code="model_not_found")
 
+    def open(self) -> None:
+        """Take requests (a service starts open; after `close`, again)."""
+        self.worker.closing = False
+
     def close(self) -> None:
         """Stop every running or waiting generation and refuse new ones (at shutdown): each
         request answers 503 `server_shutdown`, a stream as an error event and [DONE]."""
