@@ -155,39 +155,48 @@ class OpenAIService:
                            param="prompt", code="invalid_value")
         return items
 
+    def _encode(self, item: str | list[int] | Chat) -> Prompt:
+        """The prompt's context, checked against the limits (in a thread of its own: a long
+        prompt's normalizing and encoding do not hold up the worker's decode steps)."""
+        if isinstance(item, Chat):
+            prompt = self._encode_chat(item)
+        elif isinstance(item, str):
+            prompt = self._encode_text(item)
+        else:
+            prompt = self._encode_ids(item)
+        if prompt.tokens > self.limits.max_prompt_tokens:
+            raise APIError(400, f"the prompt has {prompt.tokens} tokens; the limit is "
+                                f"{self.limits.max_prompt_tokens}", param="prompt", code="context_length_exceeded")
+        return prompt
+
     def _check_length(self, chars: int, param: str) -> None:
+        """Refuse unread a prompt longer than the token limit could hold."""
         if chars > self.max_prompt_chars:
             raise APIError(400, f"the prompt has {chars} characters, more than {self.limits.max_prompt_tokens} "
                                 f"tokens can hold ({self.max_prompt_chars}); the limit is "
                                 f"{self.limits.max_prompt_tokens} tokens", param=param, code="context_length_exceeded")
 
-    def _encode(self, item: str | list[int] | Chat) -> Prompt:
-        """The prompt's context, checked against the limits (in a thread of its own: a long
-        prompt's normalizing and encoding do not hold up the worker's decode steps)."""
-        if isinstance(item, (str, Chat)):
-            self._check_length(len(item) if isinstance(item, str) else sum(len(m["content"]) for m in item.messages),
-                               "prompt" if isinstance(item, str) else "messages")
-        if isinstance(item, Chat):
-            try:
-                prompt = Prompt(encode_chat(self.engine.tokenizer, item.messages)[0], render_chat(item.messages))
-            except UserError as exc:
-                raise APIError(400, str(exc), param="messages", code="invalid_value") from None
-        elif isinstance(item, str):
-            try:
-                context = self.engine.encode_prompt(item)
-            except UserError as exc:
-                raise APIError(400, str(exc), param="prompt", code="invalid_value") from None
-            prompt = Prompt(context, self.engine.tokenizer.decode(context[1:]))  # as read: normalized
-        else:
-            vocab = self.engine.model.config.vocab_size
-            if not item or any(t < 0 or t >= vocab for t in item):
-                raise APIError(400, f"prompt: token ids must be in [0, {vocab}) and not empty", param="prompt",
-                               code="invalid_value")
-            prompt = Prompt([self.engine.tokenizer.eod_id, *item], self.engine.tokenizer.decode(item))
-        if prompt.tokens > self.limits.max_prompt_tokens:
-            raise APIError(400, f"the prompt has {prompt.tokens} tokens; the limit is "
-                                f"{self.limits.max_prompt_tokens}", param="prompt", code="context_length_exceeded")
-        return prompt
+    def _encode_chat(self, chat: Chat) -> Prompt:
+        self._check_length(sum(len(m["content"]) for m in chat.messages), "messages")
+        try:
+            return Prompt(encode_chat(self.engine.tokenizer, chat.messages)[0], render_chat(chat.messages))
+        except UserError as exc:
+            raise APIError(400, str(exc), param="messages", code="invalid_value") from None
+
+    def _encode_text(self, text: str) -> Prompt:
+        self._check_length(len(text), "prompt")
+        try:
+            context = self.engine.encode_prompt(text)
+        except UserError as exc:
+            raise APIError(400, str(exc), param="prompt", code="invalid_value") from None
+        return Prompt(context, self.engine.tokenizer.decode(context[1:]))  # as read: normalized
+
+    def _encode_ids(self, ids: list[int]) -> Prompt:
+        vocab = self.engine.model.config.vocab_size
+        if not ids or any(t < 0 or t >= vocab for t in ids):
+            raise APIError(400, f"prompt: token ids must be in [0, {vocab}) and not empty", param="prompt",
+                           code="invalid_value")
+        return Prompt([self.engine.tokenizer.eod_id, *ids], self.engine.tokenizer.decode(ids))
 
     def _score(self, prompt: Prompt, params: SamplingParams) -> None:
         """Runs on the worker: the echoed prompt's token log-probabilities (plain softmax)."""
@@ -206,7 +215,7 @@ class OpenAIService:
 
     async def _prompts(self, items: list, params: SamplingParams, disconnected: Disconnected,
                        echo: bool = False) -> list[Prompt]:
-        """The requests's prompts, encoded and checked (and with echo and logprobs, scored on the
+        """The request's prompts, encoded and checked (and with echo and logprobs, scored on the
         worker) before any generation, so that their errors are plain 4xx answers."""
         if self.worker.closing:
             raise shutting_down()
