@@ -41,22 +41,25 @@ def umask() -> int:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path to write; on success it replaces `path`, on error it is removed."""
+    """Yield a temp path to write; on success it replaces `path`, on error it is removed.
+
+    The temp path lies in a temporary folder `.NAME.*.tmp` beside `path`, so that the temp
+    files of a writer that is atomic in its own way (safetensors writes `.tmpXXXXXX` beside the
+    path it is given, then renames it) are in that folder too: after a `kill -9`, removing the
+    folder (`remove_leftovers`) removes them all, a checkpoint's size each."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp_path = folder / path.name
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp_path, 0o666 & ~umask())  # safetensors' writer makes 0600; give the usual permissions
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -144,7 +147,7 @@ def exclusive(target: str | Path, what: str = "output") -> Iterator[None]:
 
 
 def is_writer_file(path: Path) -> bool:
-    """A lock (`exclusive`) or temporary file (`atomic_path`) a writer keeps beside its output."""
+    """A lock (`exclusive`) or temporary file or folder (`atomic_path`) a writer keeps beside its output."""
     return path.name.startswith(".") and path.suffix in (".lock", ".tmp")
 
 

@@ -12,6 +12,7 @@ Later stages (eval, generate, export, serve) need nothing outside this folder.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
@@ -59,12 +60,11 @@ class RunFolder:
             raise UserError(f"nothing to resume: {self.path} is not a banglaslm run folder; start without `resume`")
 
     def remove_leftovers(self) -> None:
-        """Temporary files a killed writer left (`fileio.atomic_path`'s `.NAME.*.tmp`); call while
-        holding `fileio.exclusive` on this folder."""
+        """Temporary files and folders a killed writer left (`fileio.atomic_path`'s
+        `.NAME.*.tmp`); call while holding `fileio.exclusive` on this folder."""
         for folder in (self.path, self.checkpoints):
             for leftover in folder.glob(".*.tmp") if folder.is_dir() else ():
-                if leftover.is_file():
-                    leftover.unlink(missing_ok=True)
+                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
     def require(self) -> None:
         if not self.path.is_dir():

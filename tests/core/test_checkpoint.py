@@ -73,3 +73,33 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(path, model, {"iter": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left
+
+
+KILLED_MID_SAVE = """
+import os, signal, sys, safetensors.torch, torch
+import banglaslm.checkpoint as ck
+real = safetensors.torch.save_file
+def save_then_die(tensors, filename, metadata=None):
+    # safetensors writes a temp file of its own beside `filename`, then renames it: die before.
+    real(tensors, os.path.join(os.path.dirname(filename), ".tmpAbC123"), metadata=metadata)
+    os.kill(os.getpid(), signal.SIGKILL)
+ck.save_file = save_then_die
+ck.write_checkpoint(sys.argv[1], {"w": torch.zeros(1000)}, {"iter": 1})
+"""
+
+
+def test_a_save_killed_mid_write_leaves_nothing_the_next_run_keeps(tmp_path):
+    """safetensors' own temp file (`.tmpXXXXXX`, a checkpoint's size) outlived a kill -9 during a
+    save: no run removed it. It now lies in atomic_path's temp folder, which the next run removes."""
+    import subprocess
+    import sys
+
+    from banglaslm.runfolder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, str(run.checkpoints / "latest.safetensors")])
+    assert killed.returncode == -9
+    assert [p.name for p in run.checkpoints.iterdir()] != []  # it left something
+    run.remove_leftovers()
+    assert list(run.checkpoints.iterdir()) == []
