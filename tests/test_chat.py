@@ -137,3 +137,24 @@ def test_ctrl_c_and_eof_at_the_prompt_end_the_chat(loaded):
     assert chat_loop(loaded, read_line=Script([]), write=out) == []
     history = chat_loop(loaded, read_line=Script([]), write=out, system="ভদ্র হও")
     assert history == [{"role": "system", "content": "ভদ্র হও"}]
+
+
+def test_ctrl_c_before_the_answer_begins_stops_only_that_turn(loaded, monkeypatch):
+    """Ctrl-C while the conversation is being encoded (the first turn's takes a moment) ended
+    the whole chat; it stops that turn, as during the answer."""
+    import banglaslm.chat as chat_module
+
+    real, calls = chat_module.encode_chat, []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chat_module, "encode_chat", interrupted_once)
+    out = Recorder()
+    history = chat_loop(loaded, read_line=Script(["একদিন সকালে", "তারপর?"]), write=out,
+                        params=SamplingParams(max_new_tokens=4, seed=1))
+    assert out.text.count("[stopped]") == 1 and len(calls) == 2
+    assert [m["content"] for m in history if m["role"] == "user"] == ["তারপর?"]

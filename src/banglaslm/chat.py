@@ -169,6 +169,10 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
             write(f"\nerror: {exc}\n")
             history.pop()
             continue
+        except KeyboardInterrupt:  # before the answer began (encoding the conversation): no answer
+            write(" [stopped]\n")
+            history.pop()
+            continue
         history.append({"role": "assistant", "content": answer})
 
 
