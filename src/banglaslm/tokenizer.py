@@ -43,6 +43,8 @@ _SAFE_CUT = re.compile(r"(?<=\n)(?=\S)")
 # Names other tokenizers use for their end-of-sequence token, tried in order.
 _EOD_CANDIDATES = (EOD, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]")
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
+_CONTROL_SPELLING = re.compile(r"<[^<>\s]+>|\[[A-Z_]+\]")  # "<extra_id_0>", "[MASK]": a control token's name
+UNK_SURFACE = " \u2047 "  # what SentencePiece's decoding writes for an unknown piece
 
 
 def _unk_id(model: dict, hf: HFTokenizer) -> int | None:
@@ -132,10 +134,17 @@ class Tokenizer:
         # byte-fallback pieces ("<0xE0>") and the byte each stands for
         self.byte_pieces = {i: int(t[3:5], 16) for i, t in enumerate(self._id_to_token)
                             if (spec.get("model") or {}).get("byte_fallback") and t and _BYTE_PIECE.fullmatch(t)}
-        # special ids that text can spell in a foreign model (a SentencePiece unigram matches
-        # "</s>" in text, where SentencePiece never produces a control piece from text)
-        self._spellable = self.special_ids if kind.startswith("external") else set()
+        # control ids that text can spell in a foreign model (a SentencePiece unigram matches
+        # "</s>" in text, where SentencePiece never produces a control piece from text; T5's
+        # sentinels "<extra_id_N>", pieces of the converted vocabulary, are control pieces too)
+        foreign = kind.startswith("external")
+        self._spellable = self.special_ids | {
+            i for i, t in enumerate(self._id_to_token)
+            if t and _CONTROL_SPELLING.fullmatch(t) and i not in self.byte_pieces} if foreign else set()
         self._shadow: HFTokenizer | None = None
+        # An unknown piece decodes as SentencePiece's " ⁇ ", not as nothing (text would vanish).
+        self._shown_unk = self.unk_id if foreign and not self.byte_level else None
+        self._unk_decoder: HFTokenizer | None = None
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -279,7 +288,10 @@ class Tokenizer:
         return self._shadow
 
     def token_bytes(self, token_id: int) -> bytes:
-        """The UTF-8 bytes one token stands for (b'' for special tokens)."""
+        """The UTF-8 bytes one token stands for (b'' for special tokens; a foreign tokenizer's
+        unknown piece: UNK_SURFACE)."""
+        if token_id == self._shown_unk:
+            return UNK_SURFACE.encode("utf-8")
         if token_id in self.special_ids:
             return b""
         token = self._id_to_token[token_id]
@@ -291,12 +303,34 @@ class Tokenizer:
         """Text of `ids` without special tokens, as valid UTF-8.
 
         A byte-level token can end inside a multi-byte character; bytes that do not form a
-        complete character are dropped rather than shown as U+FFFD.
+        complete character are dropped rather than shown as U+FFFD. A foreign (SentencePiece)
+        tokenizer's unknown piece shows as SentencePiece shows it (UNK_SURFACE).
         """
-        ids = [i for i in ids if i not in self.special_ids]
+        ids = [i for i in ids if i not in self.special_ids or i == self._shown_unk]
         if self.byte_level:
             return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="ignore")
+        if self._shown_unk is not None and self._shown_unk in ids:
+            return self._with_unk_surface().decode(ids, skip_special_tokens=False)
         return self.hf.decode(ids, skip_special_tokens=True)
+
+    def _with_unk_surface(self) -> HFTokenizer:
+        """This tokenizer with its unknown piece spelled UNK_SURFACE, for decoding (its spacing
+        around the piece is then exactly SentencePiece's)."""
+        if self._unk_decoder is None:
+            spec = json.loads(self.hf.to_str())
+            unk = self._id_to_token[self._shown_unk]
+            for added in spec["added_tokens"]:
+                if added["id"] == self._shown_unk:
+                    added.update(content=UNK_SURFACE, special=False)
+            model = spec["model"]
+            if isinstance(model.get("vocab"), list):  # Unigram: [piece, score] by id
+                model["vocab"][self._shown_unk][0] = UNK_SURFACE
+            elif isinstance(model.get("vocab"), dict):
+                model["vocab"] = {(UNK_SURFACE if p == unk else p): i for p, i in model["vocab"].items()}
+                if model.get("unk_token") == unk:
+                    model["unk_token"] = UNK_SURFACE
+            self._unk_decoder = HFTokenizer.from_str(json.dumps(spec))
+        return self._unk_decoder
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), self.hf.to_str(pretty=True))

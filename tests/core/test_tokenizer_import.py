@@ -60,6 +60,10 @@ def test_ids_equal_sentencepiece_on_real_text(models, corpus, name):
     # Literal control pieces in text stay text, as SentencePiece keeps them.
     for text in ("আমি </s> তুমি <unk> <s>", "</s>", "x<s>y"):
         assert ours.encode(text, normalized=True) == theirs.encode(text), text
+    # Unknown pieces decode as SentencePiece's " ⁇ " (they vanished: "ঔষধ" came back as "ষধ").
+    for text in ("আমি 漢字 তুমি", "🙂", "x 漢 y 🙂", "漢"):
+        ids = ours.encode(text, normalized=True)
+        assert ids == theirs.encode(text) and ours.decode(ids) == theirs.decode(ids), text
     assert ours.eod_id == theirs.piece_to_id("</s>") and ours.kind.startswith("external-")
 
 
@@ -86,6 +90,23 @@ def test_every_way_of_naming_a_tokenizer_gives_the_same_ids(models, corpus, smal
     with pytest.raises(UserError, match="not a SentencePiece model"):
         (tmp_path / "bad.model").write_bytes(b"\x00\x01garbage")
         from_sentencepiece(tmp_path / "bad.model")
+
+
+@pytest.mark.parametrize("listed", [{}, {"additional_special_tokens": None}])  # special tokens, or vocabulary pieces
+def test_t5_sentinels_in_text_stay_text(models, tmp_path, listed):
+    """A T5 folder (BanglaT5's kind) converts with 100 sentinels "<extra_id_N>" in its vocabulary:
+    text spelling one was read as the sentinel, a control token training never saw; SentencePiece
+    reads it as text, and so do we now."""
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    shutil.copy(models["t5"], folder / "spiece.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+        "extra_ids": 100, **listed}), encoding="utf-8")
+    ours, theirs = load_tokenizer(str(folder)), spm.SentencePieceProcessor(model_file=str(models["t5"]))
+    assert ours.vocab_size == theirs.get_piece_size() + 100
+    for text in ("<extra_id_0> আমি", "আমি<extra_id_99>", "[MASK] তুমি"):
+        assert ours.encode(text, normalized=True) == theirs.encode(text), text
 
 
 def test_coverage_counts_unknown_and_byte_fallback(models):
