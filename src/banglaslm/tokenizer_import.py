@@ -129,15 +129,16 @@ def strip_bangla_normalizer(spec: dict[str, Any], steps_added: int | None = None
     return spec
 
 
-def read_tokenizer_json(path: Path, normalizer_steps: Any = None) -> Tokenizer:
+def read_tokenizer_json(path: Path, normalizer_steps: Any = None, post_processor: Any = None) -> Tokenizer:
     """A tokenizer.json as it was before a banglaslm export added our normalizer (removed:
-    `normalizer_steps` as the export recorded it, else only this version's exact one), with no
-    truncation or padding (our encode must never cut text silently)."""
+    `normalizer_steps` as the export recorded it, else only this version's exact one) and its
+    post-processor (the run's own, `post_processor`, put back: the tokenizer's hash is then the
+    run's), with no truncation or padding (our encode must never cut text silently)."""
     steps = normalizer_steps if isinstance(normalizer_steps, int) and not isinstance(normalizer_steps, bool) else None
     spec = strip_bangla_normalizer(read_json_or_fail(path), steps)
     spec["truncation"] = None
     spec["padding"] = None
-    spec["post_processor"] = None  # our encode adds no special tokens (an export's BOS template goes)
+    spec["post_processor"] = post_processor if isinstance(post_processor, dict) else None  # our encode adds none
     return Tokenizer.from_str(json.dumps(spec, ensure_ascii=False), str(path))
 
 
@@ -153,7 +154,8 @@ def from_pretrained(name: str) -> Tokenizer:
     holding only a SentencePiece model and its tokenizer_config.json is converted as its class says)."""
     provenance = export_provenance(Path(name)) if Path(name).is_dir() else None
     if provenance is not None and (Path(name) / "tokenizer.json").is_file():  # our own export, read back exactly
-        return read_tokenizer_json(Path(name) / "tokenizer.json", provenance.get("tokenizer_normalizer_steps"))
+        return read_tokenizer_json(Path(name) / "tokenizer.json", provenance.get("tokenizer_normalizer_steps"),
+                                   provenance.get("tokenizer_post_processor"))
     transformers, _, _ = _transformers()
     try:
         loaded = transformers.AutoTokenizer.from_pretrained(name)

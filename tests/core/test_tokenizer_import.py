@@ -172,3 +172,34 @@ def test_prepare_eval_and_generate_see_the_same_ids(models, tmp_path):
         assert prompt_ids == tok.encode(doc)  # what eval scores
         assert any(bins[i:i + len(prompt_ids)] == prompt_ids for i in range(len(bins)))  # what prepare wrote
     assert "য\u09bc" in tok.decode(tok.encode("দেয়াল"))  # nmt_nfkc's spelling of য়
+
+
+def test_a_t5_tokenizer_survives_an_hf_round_trip(models, small_books, tmp_path):
+    """The HF export writes its own post-processor; import set it to none, so a T5 tokenizer
+    (whose conversion has one) came back with another hash, and `train --init-from` the export
+    refused the data the run was trained on as "another tokenizer"."""
+    from conftest import TINY_SETTINGS
+
+    from banglaslm.config import build_config
+    from banglaslm.interop.hf_export import export_hf
+    from banglaslm.interop.hf_import import import_hf
+    from banglaslm.runfolder import load_model
+    from banglaslm.training.trainer import train
+
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    shutil.copy(models["t5"], folder / "spiece.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+        "extra_ids": 0}), encoding="utf-8")
+    assert json.loads(load_tokenizer(str(folder)).hf.to_str())["post_processor"] is not None
+    data = tmp_path / "data"
+    prepare([str(b) for b in small_books], data, tokenizer=str(folder), doc_split="paragraph", allow_unknown=True,
+            progress=False)
+    run = tmp_path / "run"
+    train(data, run, build_config(overrides={**TINY_SETTINGS, "train.max_iters": 2, "train.eval_interval": 2, "train.warmup_iters": 1}),
+          progress=False)
+    back = import_hf(export_hf(run, tmp_path / "hf"), tmp_path / "back")
+    assert load_model(back).tokenizer.sha256 == load_model(run).tokenizer.sha256
+    train(data, tmp_path / "again", build_config(overrides={**TINY_SETTINGS, "train.max_iters": 2, "train.warmup_iters": 1}), init_from=back,
+          progress=False)  # the data fits the imported run

@@ -182,7 +182,9 @@ def export_hf(
     provenance = {"format": "banglaslm-hf-export", "version": 1, "normalization": NORMALIZATION,
                   "tokenizer_normalizer_steps": len(bangla_normalizer()["normalizers"]),
                   "checkpoint": loaded.checkpoint.name, "iter": loaded.iteration,
-                  "tokenizer_sha256": tok.sha256, "run_config": loaded.config.to_dict()}
+                  "tokenizer_sha256": tok.sha256, "run_config": loaded.config.to_dict(),
+                  # the export writes its own (a leading eod); import puts the run's back
+                  "tokenizer_post_processor": json.loads(tok.hf.to_str()).get("post_processor")}
     config = hf_config(cfg, tok.eod_id, provenance)
     defaults = SamplingParams()  # the same defaults as `banglaslm generate`
     generation = {"bos_token_id": tok.eod_id, "eos_token_id": tok.eod_id, "pad_token_id": tok.eod_id,

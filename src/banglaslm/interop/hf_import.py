@@ -159,7 +159,7 @@ def _read_tokenizer(src: Path, provenance: dict[str, Any]) -> Tokenizer:
         raise _refuse(f"{src} has no tokenizer.json (only 'fast' tokenizers can be read); "
                       f"AutoTokenizer.from_pretrained('{src}').save_pretrained('{src}') writes one from "
                       "vocab.json/merges.txt or a SentencePiece model")
-    return read_tokenizer_json(path, provenance.get("tokenizer_normalizer_steps"))
+    return read_tokenizer_json(path, provenance.get("tokenizer_normalizer_steps"), provenance.get("tokenizer_post_processor"))
 
 
 def _train_config(provenance: dict[str, Any]) -> TrainConfig:
