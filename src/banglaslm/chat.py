@@ -161,7 +161,7 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
             continue
         history.append({"role": "user", "content": text})
         write(f"{chat_labels(language)['assistant']}: ")
-        turn = dataclasses.replace(params, stop=list(params.stop) + chat_stops(language))
+        turn = dataclasses.replace(params, stop=list(params.stop) + chat_stops(language, engine.tokenizer))
         try:
             context, _ = encode_chat(engine.tokenizer, history, language=language)
             answer = _answer(engine, context, turn, write)

@@ -107,9 +107,12 @@ def jinja_template(language: str = "bn") -> str:
             "{% if add_generation_prompt %}" + labels["assistant"] + ":{% endif %}")
 
 
-def chat_stops(language: str = "bn") -> list[str]:
-    """Stop strings for a base model, which never learned to end its turn: the next turn's start."""
-    return [f"\n{label}:" for label in chat_labels(language).values()]
+def chat_stops(language: str = "bn", tokenizer: Tokenizer | None = None) -> list[str]:
+    """Stop strings for a base model, which never learned to end its turn: the next turn's start,
+    as `tokenizer` writes it. A SentencePiece model normalized with nmt_nfkc (BanglaT5's) turns
+    a newline into a space, so its model can never write "\n{label}:": its stops are " {label}:"."""
+    newline = "\n" if tokenizer is None or "\n" in tokenizer.decode(tokenizer.encode("১\n২")) else " "
+    return [f"{newline}{label}:" for label in chat_labels(language).values()]
 
 
 def clean_answer(text: str) -> str:

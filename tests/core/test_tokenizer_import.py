@@ -203,3 +203,17 @@ def test_a_t5_tokenizer_survives_an_hf_round_trip(models, small_books, tmp_path)
     assert load_model(back).tokenizer.sha256 == load_model(run).tokenizer.sha256
     train(data, tmp_path / "again", build_config(overrides={**TINY_SETTINGS, "train.max_iters": 2, "train.warmup_iters": 1}), init_from=back,
           progress=False)  # the data fits the imported run
+
+
+def test_chat_stops_are_written_as_a_sentencepiece_model_writes_them(models, trained_run):
+    """nmt_nfkc turns a newline into a space: a base model on BanglaT5's kind of tokenizer could
+    never write the "\\nব্যবহারকারী:" that stops it at the next turn; its stops are what it writes."""
+    from banglaslm.chat_template import chat_labels, chat_stops, encode_chat
+    from banglaslm.runfolder import load_model
+
+    conversation = [{"role": "system", "content": "ভদ্র হও"}, {"role": "user", "content": "নদীর কথা বলো"}]
+    for tok in (from_sentencepiece(models["unigram"]), load_model(trained_run).tokenizer):
+        written = tok.decode(encode_chat(tok, conversation)[0])
+        stops = dict(zip(chat_labels("bn"), chat_stops("bn", tok)))
+        assert written.count(stops["user"]) == 1 and written.count(stops["assistant"]) == 1, (written, stops)
+    assert chat_stops("bn", load_model(trained_run).tokenizer) == chat_stops("bn")  # byte-level BPE keeps "\n"

@@ -104,7 +104,7 @@ class OpenAIService:
 
     async def chat_completions(self, req: ChatRequest, disconnected: Disconnected) -> dict | AsyncIterator[str]:
         params = self._params(req)
-        params.stop = params.stop + chat_stops()
+        params.stop = params.stop + chat_stops(tokenizer=self.engine.tokenizer)
         messages = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": message_text(m, i)}
                     for i, m in enumerate(req.messages)]
         prompts = await self._prompts([Chat(messages)], params, disconnected)
