@@ -161,8 +161,10 @@ def from_pretrained(name: str) -> Tokenizer:
         loaded = transformers.AutoTokenizer.from_pretrained(name)
     except Exception as exc:  # network, missing files, unknown classes: all fixable by the user
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"could not load the tokenizer {name!r} ({first[:200]}); check the name or folder "
-                        "(a hub name needs a connection)") from None
+        models = sorted(p.name for p in Path(name).glob("*.model")) if Path(name).is_dir() else []
+        fix = (f"name the SentencePiece model itself ({Path(name) / models[0]}), or add the tokenizer_config.json "
+               "it came with" if models else "check the name or folder (a hub name needs a connection)")
+        raise UserError(f"could not load the tokenizer {name!r} ({first[:200]}); {fix}") from None
     backend = getattr(loaded, "backend_tokenizer", None)
     if backend is None:
         raise UserError(f"{name!r} has no fast (tokenizers) version that banglaslm can use")

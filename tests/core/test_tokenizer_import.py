@@ -87,6 +87,15 @@ def test_every_way_of_naming_a_tokenizer_gives_the_same_ids(models, corpus, smal
         assert tok.encode_batch(sample) == [want.encode(p) for p in sample], spec
     with pytest.raises(UserError, match="could not load the tokenizer"):
         from_pretrained(str(tmp_path / "missing"))
+    # A folder holding only the SentencePiece model is that model ("Couldn't instantiate the
+    # backend tokenizer" before); with two, the message says to name one.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(model, lone / "spiece.model")
+    assert load_tokenizer(str(lone)).encode_batch(sample) == [want.encode(p) for p in sample]
+    shutil.copy(model, lone / "other.model")
+    with pytest.raises(UserError, match=r"name the SentencePiece model itself \(.*other\.model\)"):
+        load_tokenizer(str(lone))
     with pytest.raises(UserError, match="not a SentencePiece model"):
         (tmp_path / "bad.model").write_bytes(b"\x00\x01garbage")
         from_sentencepiece(tmp_path / "bad.model")

@@ -36,7 +36,17 @@ def load_tokenizer(spec: str) -> Tokenizer:
         run = RunFolder(path)
         if run.is_run_folder():
             return Tokenizer.from_file(run.tokenizer_path)
-        return from_pretrained(str(path))
+        lone = _lone_sentencepiece_model(path)
+        return from_sentencepiece(lone) if lone is not None else from_pretrained(str(path))
     raise bad_param("tokenizer", f"must be bpe, char or an existing tokenizer; {spec} is none of these "
                                  "(a tokenizer.json, a SentencePiece .model, a tokenizer folder, a run or data "
                                  "folder, or hf:NAME)")
+
+
+def _lone_sentencepiece_model(folder: Path) -> Path | None:
+    """The SentencePiece model of a folder that holds one and nothing a Hugging Face tokenizer
+    loads from (no tokenizer.json or tokenizer_config.json): that model is the tokenizer."""
+    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        return None
+    models = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SENTENCEPIECE_SUFFIXES]
+    return models[0] if len(models) == 1 else None
