@@ -139,9 +139,9 @@ def gguf_vocab(tokenizer: Tokenizer, n_vocab: int) -> dict[str, Any]:
     gguf = _gguf()
     if tokenizer.kind != "bpe":
         what = "a character tokenizer" if tokenizer.kind == "char" else f"a foreign tokenizer ({tokenizer.kind})"
-        raise UserError(f"cannot export {what} to GGUF: only banglaslm's byte-level BPE maps onto "
-                        "llama.cpp's tokenizers; prepare the data with `--tokenizer bpe` and retrain, "
-                        "or export to Hugging Face instead (`banglaslm export RUN --format hf`)")
+        raise UserError(f"cannot export {what} to GGUF: this export writes banglaslm's byte-level BPE only "
+                        "(not llama.cpp's SentencePiece vocabularies); prepare the data with `--tokenizer bpe` "
+                        "and retrain, or export to Hugging Face instead (`banglaslm export RUN --format hf`)")
     spec = json.loads(tokenizer.hf.to_str())
     model = spec["model"]
     if spec.get("normalizer") or _split_pattern(spec.get("pre_tokenizer")) != SPLIT_PATTERN:
@@ -238,8 +238,8 @@ def export_gguf(
     gguf = _gguf()
     loaded = load_model(run_dir, which)
     cfg, tok = loaded.config.model, loaded.tokenizer
+    vocab = gguf_vocab(tok, cfg.vocab_size)  # first: no flag helps a tokenizer it cannot write
     check_gguf_exportable(cfg, approximate_gelu)
-    vocab = gguf_vocab(tok, cfg.vocab_size)
     tensors = gguf_tensors(float32_state(loaded.model), cfg)
 
     with exclusive(out, "GGUF file"), atomic_path(out) as tmp:
