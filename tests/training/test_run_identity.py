@@ -63,10 +63,12 @@ def test_resume_with_set_changes_the_saved_run_not_the_defaults(data_dir, tmp_pa
     assert code == 0
     # What the divergence advice tells users to do: resume with a lower learning rate.
     code = main([str(a) for a in ["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "14",
-                                  "--set", "train.learning_rate=1e-4"]])
+                                  "--set", "train.learning_rate=1e-4", "--set", "train.log_interval=7"]])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "\ndone: 14 iterations (4 of them in this session's " in printed.out, printed.out  # not "14 in 2 s"
+    # No step was logged before the last evaluation (log_interval 7): its line said "0 tokens/s".
+    assert "tokens/s" in printed.out and " 0 tokens/s" not in printed.out, printed.out
     state = json.loads(safe_open(str(run / "checkpoints" / "latest.safetensors"), "pt").metadata()["state"])
     assert state["iter"] == 14 and state["config"]["train"]["learning_rate"] == 1e-4
     assert state["config"]["model"]["n_embd"] == SHORT["model.n_embd"]  # the saved model, not the preset's

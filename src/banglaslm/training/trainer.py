@@ -312,8 +312,10 @@ class Trainer:
         if self.show_progress is not None or not session.bar.disable or not self.dist.is_main:
             return
         losses = ", ".join(f"{split} {loss:.4f}" for split, loss in result.items())
-        print(f"iter {it:,}/{self.config.train.max_iters:,}: loss {losses}; {session.tokens_per_s:,.0f} tokens/s; "
-              f"{self.clock.elapsed():.0f} s", flush=True)
+        rate = session.tokens_per_s or self._window_rate(session)  # a resumed run may not have logged a step yet
+        speed = f"{rate:,.0f} tokens/s; " if rate else ""
+        print(f"iter {it:,}/{self.config.train.max_iters:,}: loss {losses}; {speed}{self.clock.elapsed():.0f} s",
+              flush=True)
 
     def _bits_per_char(self, split: str, loss: float) -> float | None:
         """An evaluation's loss (nats per token) in bits per character of its split: the loss
@@ -425,10 +427,13 @@ class Trainer:
         tc = self.config.train
         return tc.batch_size * tc.grad_accum_steps * self.train_batches.block_size * self.dist.world_size
 
+    def _window_rate(self, session: _Session) -> float:
+        """Tokens per second over the steps since the last logged one."""
+        return session.window_steps * self._tokens_per_step() / max(time.perf_counter() - session.window_start, 1e-9)
+
     def _log_step(self, it: int, loss: torch.Tensor, norm: float, session: _Session) -> None:
-        now = time.perf_counter()
-        session.tokens_per_s = session.window_steps * self._tokens_per_step() / max(now - session.window_start, 1e-9)
-        session.window_start, session.window_steps = now, 0
+        session.tokens_per_s = self._window_rate(session)
+        session.window_start, session.window_steps = time.perf_counter(), 0
         loss_value = distributed.mean(loss.item(), self.dist, self.device)
         if session.log is not None:
             session.log.append({"iter": it, "loss": loss_value, "lr": lr_at(it, self.config.train, self.clock.used),
