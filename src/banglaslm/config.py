@@ -111,8 +111,9 @@ class TrainConfig:
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 = off")
     time_limit_min: float = option(
-        0.0, "stop after this many minutes of training (evaluations included) and run the LR schedule on "
-             "the clock instead of max_iters, which becomes an upper bound; 0 = off")
+        0.0, "stop after this many minutes of training (the evaluations on the way included), then "
+             "evaluate and save once more, and run the LR schedule on the clock instead of max_iters, "
+             "which becomes an upper bound; 0 = off")
     eval_interval: int = option(250, "evaluate (and checkpoint) every N steps")
     eval_iters: int = option(20, "batches averaged per evaluation")
     checkpoint_interval: int = option(0, "checkpoint every N steps; 0 = at every evaluation")
