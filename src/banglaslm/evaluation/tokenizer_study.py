@@ -149,7 +149,9 @@ def compare_tokenizers(run_tokenizer: Tokenizer, docs: list[str],
         out.append(tokenizer_stats(bpe, docs, label, words))
     unigram = sentencepiece_unigram(docs, run_tokenizer.vocab_size)
     if unigram is not None:
-        out.append(tokenizer_stats(unigram, docs, f"sentencepiece unigram {unigram.vocab_size}", words))
+        asked = run_tokenizer.vocab_size
+        label = f"sentencepiece unigram {asked}" + (f" (got {unigram.vocab_size})" if unigram.vocab_size != asked else "")
+        out.append(tokenizer_stats(unigram, docs, label, words))
     return out
 
 
