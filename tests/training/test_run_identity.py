@@ -125,6 +125,18 @@ def test_init_from_needs_the_source_tokenizer(base_run, small_books, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_init_from_a_hugging_face_folder_names_that_folder(base_run, small_books, tmp_path, capsys):
+    """--init-from an HF folder imports it into a scratch folder: a refusal named that folder,
+    deleted by the time the user read it, as the tokenizer to prepare with."""
+    from banglaslm.interop.hf_export import export_hf
+
+    hf = export_hf(base_run, tmp_path / "hf")
+    char = tmp_path / "char"
+    prepare([str(small_books[0])], char, tokenizer="char", doc_split="paragraph", progress=False)
+    code, err = run_cli(["train", "--data", char, "--out", tmp_path / "r", "--init-from", hf], capsys)
+    assert code == 2 and f"(imported from {hf.resolve()})" in err and f"prepare --tokenizer {hf.resolve()})" in err, err
+
+
 def test_a_warm_start_does_not_take_the_source_time_limit(data_dir, other_data, tmp_path, capsys):
     """The source's train.time_limit_min was its own budget: a run started from its weights
     (train --init-from, finetune) trains the steps it is given, and says when a limit stops it."""

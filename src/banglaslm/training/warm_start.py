@@ -42,9 +42,11 @@ class WarmStart:
     def check_tokenizer(self, tokenizer_sha256: str) -> None:
         """UserError unless data tokenized with `tokenizer_sha256` fits the source's vocabulary."""
         if self.checkpoint.state.get("tokenizer_sha256") != tokenizer_sha256:
-            raise UserError(f"the data was tokenized with another tokenizer than the run in {self.run.path} (its "
+            imported = (self.checkpoint.state.get("imported_from") or {}).get("path")  # a Hugging Face folder
+            where = f"{self.run.path} (imported from {imported})" if imported else str(self.run.path)
+            raise UserError(f"the data was tokenized with another tokenizer than the run in {where} (its "
                             "vocabulary differs); prepare it with that run's tokenizer "
-                            f"(prepare --tokenizer {self.run.path})")
+                            f"(prepare --tokenizer {imported or self.run.path})")
 
     def config(self, given: RunConfig | None) -> RunConfig:
         """The source's config, or `given` if its model is the source's (but for FREE_MODEL_KEYS,
