@@ -32,8 +32,8 @@ def shutting_down() -> APIError:
 
 
 def request_error(error: BaseException, job: "Job") -> BaseException:
-    """What a request that failed on the worker answers: 408 past its time-out, 400 for
-    settings the engine refused, anything else as it is."""
+    """What a request that failed on the worker answers: 503 when the server is stopping, 408
+    past its time-out, 400 for settings the engine refused, anything else as it is."""
     if isinstance(error, Stopped) and job.shut_down:
         return shutting_down()
     if isinstance(error, Stopped) and job.timed_out:
@@ -139,6 +139,8 @@ class GenerationWorker:
         if isinstance(result, Admit):
             self._jobs.append(job)
             self._waiting.extend(result.sequences)
+            if self.closing:  # cancel_all ran while this job was being taken
+                job.cancel(shut_down=True)
         else:
             job.finished = True
             _settle(done, result, None)
