@@ -231,7 +231,7 @@ def test_prompt_token_limit(trained_run):
 
 
 def test_a_prompt_too_long_for_any_tokens_is_refused_before_it_is_read(trained_run, monkeypatch):
-    """Normalizing and encoding a megabyte held the GIL for a second and more, stalling every
+    """Normalizing and encoding a megabyte held the GIL all the while, stalling every
     stream: a prompt longer than the limit's tokens could hold is refused unread."""
     with TestClient(create_app(trained_run, limits=ServerLimits(max_prompt_tokens=5))) as c:
         service = c.app.state.service
