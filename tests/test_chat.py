@@ -153,8 +153,11 @@ def test_ctrl_c_before_the_answer_begins_stops_only_that_turn(loaded, monkeypatc
         return real(*args, **kwargs)
 
     monkeypatch.setattr(chat_module, "encode_chat", interrupted_once)
+    stops_made = []
+    monkeypatch.setattr(chat_module, "chat_stops", lambda *a: stops_made.append(1) or ["\nব্যবহারকারী:"])
     out = Recorder()
     history = chat_loop(loaded, read_line=Script(["একদিন সকালে", "তারপর?"]), write=out,
                         params=SamplingParams(max_new_tokens=4, seed=1))
     assert out.text.count("[stopped]") == 1 and len(calls) == 2
+    assert stops_made == [1]  # made once, before the first turn (they were made in it, outside its Ctrl-C guard)
     assert [m["content"] for m in history if m["role"] == "user"] == ["তারপর?"]

@@ -141,6 +141,7 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
     you = "আপনি> " if language == "bn" else "you> "
     fresh = [{"role": "system", "content": system}] if system else []
     history: list[dict[str, str]] = list(fresh)
+    stops = chat_stops(language, engine.tokenizer)  # before the first turn: building them takes a moment
     write("Type a message; /help lists the commands.\n")
     while True:
         try:
@@ -161,7 +162,7 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
             continue
         history.append({"role": "user", "content": text})
         write(f"{chat_labels(language)['assistant']}: ")
-        turn = dataclasses.replace(params, stop=list(params.stop) + chat_stops(language, engine.tokenizer))
+        turn = dataclasses.replace(params, stop=list(params.stop) + stops)
         try:
             context, _ = encode_chat(engine.tokenizer, history, language=language)
             answer = _answer(engine, context, turn, write)
