@@ -257,7 +257,7 @@ class Tokenizer:
     def _ids(self, text: str, encoding, coverage: Coverage | None) -> list[int]:
         """An encoding's ids (with special pieces that text spelled read as text again, as
         SentencePiece reads them), counted into `coverage`."""
-        if self._spellable and any(i in self._spellable and text[a:b] == self._id_to_token[i]
+        if self._spellable and any(i in self._spellable and self._spells(text[a:b], self._id_to_token[i])
                                    for i, (a, b) in zip(encoding.ids, encoding.offsets)):
             encoding = self._without_specials().encode(text, add_special_tokens=False)
         ids = encoding.ids
@@ -270,6 +270,14 @@ class Tokenizer:
                     if i == self.unk_id:
                         coverage.unrepresented.update(text[start:end].strip() or text[start:end])
         return ids
+
+    def _spells(self, span: str, piece: str) -> bool:
+        """Whether text `span` spells control piece `piece`, as written or once the model's own
+        normalizer has run (NFKC reads a full-width "＜/s＞" as "</s>")."""
+        if span == piece:
+            return True
+        normalizer = self.hf.normalizer
+        return normalizer is not None and normalizer.normalize_str(span).strip("▁ ") == piece
 
     def _without_specials(self) -> HFTokenizer:
         """This tokenizer with its special pieces renamed so that no text can spell them (their

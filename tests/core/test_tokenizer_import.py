@@ -58,7 +58,9 @@ def test_ids_equal_sentencepiece_on_real_text(models, corpus, name):
     for text in sample[:50]:
         assert ours.decode(ours.encode(text, normalized=True)) == theirs.decode(theirs.encode(text))
     # Literal control pieces in text stay text, as SentencePiece keeps them.
-    for text in ("আমি </s> তুমি <unk> <s>", "</s>", "x<s>y"):
+    # So do full-width and small-form ones, which the model's NFKC turns into "</s>" (read as the
+    # end-of-document token before).
+    for text in ("আমি </s> তুমি <unk> <s>", "</s>", "x<s>y", "আমি ＜/s＞ তুমি", "﹤s﹥", "＜unk＞ ＜/s＞"):
         assert ours.encode(text, normalized=True) == theirs.encode(text), text
     # Unknown pieces decode as SentencePiece's " ⁇ " (they vanished: "ঔষধ" came back as "ষধ").
     for text in ("আমি 漢字 তুমি", "🙂", "x 漢 y 🙂", "漢"):
@@ -114,7 +116,7 @@ def test_t5_sentinels_in_text_stay_text(models, tmp_path, listed):
         "extra_ids": 100, **listed}), encoding="utf-8")
     ours, theirs = load_tokenizer(str(folder)), spm.SentencePieceProcessor(model_file=str(models["t5"]))
     assert ours.vocab_size == theirs.get_piece_size() + 100
-    for text in ("<extra_id_0> আমি", "আমি<extra_id_99>", "[MASK] তুমি"):
+    for text in ("<extra_id_0> আমি", "আমি<extra_id_99>", "[MASK] তুমি", "＜extra_id_0＞", "﹤extra_id_1﹥ আমি"):
         assert ours.encode(text, normalized=True) == theirs.encode(text), text
 
 
