@@ -209,3 +209,19 @@ def test_validation_documents_that_also_appear_in_training_are_flagged_as_leakag
 
 def test_a_healthy_run_raises_nothing(trained_run):
     assert events(trained_run) == []
+
+
+def test_a_run_from_trained_weights_is_not_called_underfitting(trained_run, data_dir, tmp_path):
+    """The rule compares with the first evaluation, an untrained model's in a run from scratch; a
+    run from trained weights (--init-from, a fine-tune) improves on its first by little, which is
+    no sign of underfitting, and "the untrained model's loss" was the trained model's."""
+    from conftest import TINY_SETTINGS
+
+    flat = {**TINY_SETTINGS, "train.learning_rate": 1e-9, "train.max_iters": 30, "train.eval_interval": 5,
+            "train.warmup_iters": 1}
+    runs = {"scratch": train(data_dir, tmp_path / "scratch", build_config(overrides=flat), progress=False),
+            "warm": train(data_dir, tmp_path / "warm", build_config(overrides=flat), init_from=trained_run,
+                          progress=False)}
+    events = {name: [json.loads(line).get("event") for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+              for name, r in runs.items()}
+    assert "underfitting" in events["scratch"] and "underfitting" not in events["warm"]

@@ -331,6 +331,8 @@ class Trainer:
         train.early_stop_patience says an overfitting run should stop here."""
         history, patience = self.state.history, self.config.train.early_stop_patience
         for sign in health.new_signs(history):
+            if sign.kind == "underfitting" and not self._from_scratch():
+                continue  # its first evaluation was of a trained model, which a fine-tune improves on by little
             self._say(sign.line())
             if session.log is not None:
                 session.log.append(sign.record(it))
@@ -339,6 +341,11 @@ class Trainer:
                       f"(train.early_stop_patience); best.safetensors holds the best model")
             return True
         return False
+
+    def _from_scratch(self) -> bool:
+        """Whether the run began from random weights (not --init-from or a fine-tune's source)."""
+        started_from = self.checkpoint.state.get("init_from") if self.checkpoint is not None else None
+        return self.warm_start is None and not started_from
 
     # ---- one optimizer step ------------------------------------------------------------
     def _request_stop(self, signum, frame) -> None:
