@@ -171,8 +171,9 @@ def test_malformed_json_unknown_model_and_routes(client):
     error = assert_openai_error(client.post("/v1/completions", content=b"[1, 2]",
                                             headers={"content-type": "application/json"}), 400)
     assert "JSON object" in error["message"]
-    assert_openai_error(client.post("/v1/completions", content=b"prompt=x",
-                                    headers={"content-type": "application/x-www-form-urlencoded"}), 400)
+    form = assert_openai_error(client.post("/v1/completions", content=b'{"prompt": "x"}',  # curl -d's default type
+                                           headers={"content-type": "application/x-www-form-urlencoded"}), 400)
+    assert form["code"] == "invalid_content_type" and "application/x-www-form-urlencoded" in form["message"]
     error = assert_openai_error(client.post("/v1/completions", json={"model": "gpt-4", "prompt": "x"}), 404)
     assert error["code"] == "model_not_found" and error["param"] == "model"
     assert_openai_error(client.post("/v1/chat/completions", json={
@@ -180,7 +181,9 @@ def test_malformed_json_unknown_model_and_routes(client):
     assert_openai_error(client.get("/v1/models/gpt-4"), 404)
     error = assert_openai_error(client.get("/v1/nothing"), 404)
     assert error["type"] == "invalid_request_error" and "GET /v1/nothing is not a route" in error["message"]
-    assert "method is not allowed" in assert_openai_error(client.get("/v1/completions"), 405)["message"]
+    wrong_method = client.get("/v1/completions")
+    assert "method is not allowed" in assert_openai_error(wrong_method, 405)["message"]
+    assert wrong_method.headers["allow"] == "POST"  # HTTP requires it with a 405
 
 
 @pytest.mark.parametrize("body, code", [
@@ -202,7 +205,8 @@ def test_logit_bias_keys_are_ascii_token_ids(client, key):
 
 
 def test_head_answers_where_get_does(client):
-    assert client.head("/health").status_code == 200 and client.head("/").status_code == 200
+    for path in ("/health", "/", "/v1/models", f"/v1/models/{MODEL}"):
+        assert client.head(path).status_code == 200, path
 
 
 def test_oversized_body_is_413_and_server_still_answers(client):

@@ -31,10 +31,10 @@ from .schemas import APIError, ChatRequest, CompletionRequest, ServerLimits, err
 from .service import OpenAIService
 
 
-def error_response(exc: APIError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+def error_response(exc: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
     return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status,
-                        headers=headers)
+                        headers=headers or None)
 
 
 # ---- Host, auth and size limit (a plain ASGI middleware: it sees the raw body) ------------
@@ -206,11 +206,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return error_response(_validation_error(exc))
+        error = _validation_error(exc)
+        sent = request.headers.get("content-type", "")
+        if error.param is None and request.method == "POST" and not sent.startswith("application/json"):
+            error = APIError(400, f"the request's Content-Type is {sent or 'missing'!r}; send the JSON body with "
+                                  "Content-Type: application/json", code="invalid_content_type")
+        return error_response(error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        return error_response(_http_api_error(request, exc))
+        return error_response(_http_api_error(request, exc), exc.headers)  # 405's Allow
 
 
 def _answer(result):
@@ -257,11 +262,11 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
     async def health():
         return {"status": "ok", "model": service.model_id}
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models():
         return service.models()
 
-    @app.get("/v1/models/{name}")
+    @app.api_route("/v1/models/{name}", methods=["GET", "HEAD"])
     async def model_info(name: str):
         return service.model_info(name)
 
