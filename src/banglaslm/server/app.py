@@ -258,15 +258,18 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
         app.add_middleware(BusyGuard, max_requests=max_requests)
     _install_error_handlers(app)
 
-    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what health checkers send
+    @app.head("/health")  # what health checkers send
+    @app.get("/health")
     async def health():
         return {"status": "ok", "model": service.model_id}
 
-    @app.api_route("/v1/models", methods=["GET", "HEAD"])
+    @app.head("/v1/models")
+    @app.get("/v1/models")
     async def models():
         return service.models()
 
-    @app.api_route("/v1/models/{name}", methods=["GET", "HEAD"])
+    @app.head("/v1/models/{name}")
+    @app.get("/v1/models/{name}")
     async def model_info(name: str):
         return service.model_info(name)
 
@@ -278,7 +281,8 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
     async def chat_completions(req: ChatRequest, request: Request):
         return _answer(await service.chat_completions(req, request.is_disconnected))
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
+    @app.head("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse)
     async def playground():
         return HTMLResponse(_playground_html(), headers={
             "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
