@@ -305,21 +305,41 @@ class Tokenizer:
         token = self._id_to_token[token_id]
         if self.byte_level:
             return bytes(_UNICODE_TO_BYTE[ch] for ch in token)
-        return self.hf.decode([token_id], skip_special_tokens=True).encode("utf-8")
+        if token_id in self.byte_pieces:
+            return self.hf.decode([token_id], skip_special_tokens=True).encode("utf-8")
+        return self.decode([token_id], continuing=True).encode("utf-8")  # "▁ভাত" is " ভাত" after other text
 
-    def decode(self, ids: Iterable[int]) -> str:
+    def decode(self, ids: Iterable[int], continuing: bool = False) -> str:
         """Text of `ids` without special tokens, as valid UTF-8.
 
         A byte-level token can end inside a multi-byte character; bytes that do not form a
         complete character are dropped rather than shown as U+FFFD. A foreign (SentencePiece)
-        tokenizer's unknown piece shows as SentencePiece shows it (UNK_SURFACE).
+        tokenizer's unknown piece shows as SentencePiece shows it (UNK_SURFACE). `continuing`:
+        the ids follow earlier text (a generated continuation, one token of many), so a
+        SentencePiece piece's leading "▁" is the space it is inside a longer text, where a
+        decoding of its own drops it ("আমি ভাত" + "খাই" instead of " খাই").
         """
         ids = [i for i in ids if i not in self.special_ids or i == self._shown_unk]
         if self.byte_level:
             return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="ignore")
+        if continuing and ids and self._anchor is not None:
+            anchored = self._decode_pieces([self._anchor, *ids])
+            return anchored[len(self._decode_pieces([self._anchor])):]
+        return self._decode_pieces(ids)
+
+    def _decode_pieces(self, ids: list[int]) -> str:
         if self._shown_unk is not None and self._shown_unk in ids:
             return self._with_unk_surface().decode(ids, skip_special_tokens=False)
         return self.hf.decode(ids, skip_special_tokens=True)
+
+    @cached_property
+    def _anchor(self) -> int | None:
+        """A plain piece to decode in front of a continuation (it takes the start-of-text rules)."""
+        for i, token in enumerate(self._id_to_token):
+            if token and i not in self.special_ids and i not in self.byte_pieces and not token.startswith("▁") \
+                    and token.isalpha() and self.hf.decode([i]) == token:
+                return i
+        return None
 
     def _with_unk_surface(self) -> HFTokenizer:
         """This tokenizer with its unknown piece spelled UNK_SURFACE, for decoding (its spacing

@@ -228,3 +228,19 @@ def test_chat_stops_are_written_as_a_sentencepiece_model_writes_them(models, tra
         stops = dict(zip(chat_labels("bn"), chat_stops("bn", tok)))
         assert written.count(stops["user"]) == 1 and written.count(stops["assistant"]) == 1, (written, stops)
     assert chat_stops("bn", load_model(trained_run).tokenizer) == chat_stops("bn")  # byte-level BPE keeps "\n"
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_a_continuation_decodes_with_its_leading_space(models, corpus, name):
+    """A SentencePiece piece "▁ভাত" decoded on its own loses its space: a generated continuation
+    was glued to its prompt ("আমি ভাত" + "খাই"), and the server's logprob tokens did not add up
+    to the text. Decoded as a continuation, any cut of the ids gives the whole text back."""
+    ours = from_sentencepiece(models[name])
+    for text in corpus[:20] + ["আমি ভাত খাই 漢 x"]:
+        ids = ours.encode(text, normalized=True)
+        whole = ours.decode(ids)
+        for cut in (c for c in range(1, len(ids)) if ids[c] not in ours.byte_pieces):  # not inside a character
+            assert ours.decode(ids[:cut]) + ours.decode(ids[cut:], continuing=True) == whole, (text, cut)
+        pieces = "".join(ours.token_bytes(i).decode("utf-8", errors="ignore") for i in ids if i not in ours.byte_pieces)
+        if not any(i in ours.byte_pieces for i in ids):
+            assert pieces == ours.decode(ids, continuing=True) and pieces.strip() == whole.strip()

@@ -143,7 +143,7 @@ class Engine:
         if params.stop:
             text = row.decoder.finish(row.stop_at)
         else:
-            text = tidy_end(self.tokenizer.decode(row.generated))
+            text = tidy_end(self.tokenizer.decode(row.generated, continuing=True))
         logprobs = row.logprobs if params.logprobs is not None else None
         return Completion(text, row.generated, row.finish_reason, logprobs)
 

@@ -6,7 +6,7 @@ on screen (a vowel sign, a hasanta and a following consonant, a joiner). So the 
 bytes until they form characters and holds back the last grapheme cluster (`text.joins_previous`)
 until it is complete. Emitted text never ends in a hasanta or joiner, so
 
-    "".join(pieces) == tidy_end(tokenizer.decode(ids))
+    "".join(pieces) == tidy_end(tokenizer.decode(ids, continuing=True))
 
 holds exactly. Special tokens produce no text.
 """
@@ -80,7 +80,7 @@ class StreamDecoder:
             self.text += self._utf8.decode(self.tokenizer.token_bytes(token_id))
         else:
             self._ids.append(token_id)
-            self.text = self.tokenizer.decode(self._ids)
+            self.text = self.tokenizer.decode(self._ids, continuing=True)
 
     def take(self, end: int | None = None) -> str:
         """The text that became safe since the last call (cut no later than `end`)."""
