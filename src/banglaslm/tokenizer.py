@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -285,13 +285,8 @@ class Tokenizer:
         if self._shadow is None:
             spec = json.loads(self.hf.to_str())
             spec["added_tokens"] = []
-            model, hidden = spec["model"], {self._id_to_token[i] for i in self._spellable}
-            if isinstance(model.get("vocab"), list):  # Unigram: [piece, score] by id
-                model["vocab"] = [["\x00" + p if p in hidden else p, score] for p, score in model["vocab"]]
-            else:
-                model["vocab"] = {("\x00" + p if p in hidden else p): i for p, i in model["vocab"].items()}
-            if model.get("unk_token") in hidden:
-                model["unk_token"] = "\x00" + model["unk_token"]
+            hidden = {self._id_to_token[i] for i in self._spellable}
+            _rename_pieces(spec["model"], lambda p: "\x00" + p if p in hidden else p)
             self._shadow = HFTokenizer.from_str(json.dumps(spec))
         return self._shadow
 
@@ -350,18 +345,23 @@ class Tokenizer:
             for added in spec["added_tokens"]:
                 if added["id"] == self._shown_unk:
                     added.update(content=UNK_SURFACE, special=False)
-            model = spec["model"]
-            if isinstance(model.get("vocab"), list):  # Unigram: [piece, score] by id
-                model["vocab"][self._shown_unk][0] = UNK_SURFACE
-            elif isinstance(model.get("vocab"), dict):
-                model["vocab"] = {(UNK_SURFACE if p == unk else p): i for p, i in model["vocab"].items()}
-                if model.get("unk_token") == unk:
-                    model["unk_token"] = UNK_SURFACE
+            _rename_pieces(spec["model"], lambda p: UNK_SURFACE if p == unk else p)
             self._unk_decoder = HFTokenizer.from_str(json.dumps(spec))
         return self._unk_decoder
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), self.hf.to_str(pretty=True))
+
+
+def _rename_pieces(model: dict, rename: Callable[[str], str]) -> None:
+    """Rename the pieces of a tokenizer.json's model in place (ids unchanged), its unk_token too."""
+    vocab = model.get("vocab")
+    if isinstance(vocab, list):  # Unigram: [piece, score] by id
+        model["vocab"] = [[rename(p), score] for p, score in vocab]
+    elif isinstance(vocab, dict):
+        model["vocab"] = {rename(p): i for p, i in vocab.items()}
+    if model.get("unk_token") is not None:
+        model["unk_token"] = rename(model["unk_token"])
 
 
 def iter_chunks(items: Iterable[str], max_chars: int) -> Iterator[list[str]]:
