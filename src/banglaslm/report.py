@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint
 from .config import SamplingParams
+from .data.folder import chars_per_token
 from .data.sources import read_whole_text
 from .errors import UserError
 from .evaluation.perplexity import evaluate_text
@@ -256,7 +257,7 @@ def _data_section(info: dict) -> list[str]:
               "| split | documents | characters | tokens | characters/token |", "|---|---:|---:|---:|---:|"]
         for split, s in data["splits"].items():
             L.append(f"| {split} | {s.get('documents', 0):,} | {s.get('chars', 0):,} | {s.get('tokens', 0):,} | "
-                     f"{s.get('chars', 0) / max(s.get('tokens', 0), 1):.3f} |")
+                     f"{chars_per_token(s) or 0:.3f} |")
         L.append("")
     elif info.get("imported_from"):
         L += ["Imported: what it was trained on is not recorded here.", ""]

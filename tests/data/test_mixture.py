@@ -8,6 +8,7 @@ import pytest
 from conftest import TINY_SETTINGS, run_cli, set_args
 
 from banglaslm.cli import main
+from banglaslm.data.folder import chars_per_token
 from banglaslm.data.loader import BatchSampler
 from banglaslm.data.mixture import Mixture, MixtureSampler, open_data, parse_spec
 from banglaslm.data.prepare import prepare
@@ -84,3 +85,21 @@ def test_training_on_a_mixture_reports_each_folder_and_refuses_other_weights(tmp
     code, err = run_cli(["train", "--data", f"{data_dir}:3", f"{second_folder}:1", "--out", run, "--resume",
                          "--max-iters", "30"], capsys)
     assert code == 0, err
+
+
+def test_bits_per_char_of_a_mixture_weighs_each_folder_as_its_windows_are_drawn(data_dir, second_folder):
+    """A mixture's loss is each folder's loss mixed by weight, so its characters per token must be
+    too: pooled by token count instead, a mixture weighted towards its small folder fell outside
+    both folders' bits per character."""
+    mix = Mixture([f"{data_dir}:1", f"{second_folder}:9"])
+    val = [json.loads((d / "meta.json").read_text())["splits"]["val"] for d in (data_dir, second_folder)]
+    ratios = np.array([v["chars"] / v["tokens"] for v in val])
+    assert chars_per_token(mix.meta["splits"]["val"]) == pytest.approx(0.1 * ratios[0] + 0.9 * ratios[1])
+    losses = np.array([3.0, 5.0])  # nats per token in each folder
+    folder_bits = losses / np.log(2) / ratios
+    mixed = chars_per_token(mix.meta["splits"]["val"])
+    mixture_bits = float(np.dot(mix.weights, losses)) / np.log(2) / mixed
+    # total bits over total characters of the drawn windows: between the folders' own values
+    assert folder_bits.min() <= mixture_bits <= folder_bits.max()
+    assert chars_per_token(val[0]) == pytest.approx(ratios[0])
+    assert chars_per_token({"tokens": 5}) is None

@@ -263,6 +263,15 @@ class ShardWriter:
         return self.shards
 
 
+def chars_per_token(counts: dict) -> float | None:
+    """Characters per token of one split's counts in meta.json: its "chars_per_token" where
+    recorded (a mixture's, each folder's ratio weighted as its windows are drawn), else chars
+    over tokens; None for a folder that does not count characters."""
+    if counts.get("chars_per_token"):
+        return counts["chars_per_token"]
+    return counts["chars"] / counts["tokens"] if counts.get("chars") and counts.get("tokens") else None
+
+
 def split_stats(shards: list[dict]) -> dict:
     """A split's entry in meta.json: its totals, a digest of its shards' digests, its shards."""
     totals = {k: sum(s[k] for s in shards) for k in ("documents", "tokens", "bytes", "chars")}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .folder import IDENTITY_KEYS, SPLITS, DataFolder
+from .folder import IDENTITY_KEYS, SPLITS, DataFolder, chars_per_token
 from .loader import EVAL_STREAM, TRAIN_STREAM, BatchSampler
 
 MIXTURE_STREAM_SALT = 2  # keeps the mixture's draws apart from BatchSampler's
@@ -86,6 +86,10 @@ class Mixture:
         identity = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
         splits = {s: {k: sum(f.meta["splits"][s].get(k, 0) for f in self.folders)
                       for k in ("documents", "tokens", "bytes", "chars")} | {"digest": identity} for s in SPLITS}
+        for s in SPLITS:  # a window is drawn from a folder by weight, so its characters per token are too
+            ratios = [chars_per_token(f.meta["splits"][s]) for f in self.folders]
+            if None not in ratios:
+                splits[s]["chars_per_token"] = float(np.dot(self.weights, ratios))
         for name, f in zip(self.names, self.folders):
             splits[f"val/{name}"] = {k: f.meta["splits"]["val"].get(k, 0) for k in ("documents", "tokens", "chars")}
         meta = {k: v for k, v in self.folders[0].meta.items() if k not in ("splits", "sources", "coverage")}

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..checkpoint import read_state
 from ..config import RunConfig, build_config, resolved_model, show_progress, validate
-from ..data.folder import DataFolder, same_splits
+from ..data.folder import DataFolder, chars_per_token, same_splits
 from ..data.loader import EVAL_STREAM, IGNORE, Prefetcher
 from ..data.mixture import open_data
 from ..errors import UserError, bad_param
@@ -321,10 +321,8 @@ class Trainer:
         """An evaluation's loss (nats per token) in bits per character of its split: the loss
         times the split's tokens per character (meta.json). Comparable across tokenizers, as
         `banglaslm eval`'s is; None for a folder that does not count characters."""
-        counts = self.data.meta["splits"].get(split, {})
-        if not counts.get("chars"):
-            return None
-        return loss / math.log(2) * counts["tokens"] / counts["chars"]
+        per_token = chars_per_token(self.data.meta["splits"].get(split, {}))
+        return None if per_token is None else loss / math.log(2) / per_token
 
     def _judge_health(self, it: int, session: _Session) -> bool:
         """Report the warning signs that appeared at this evaluation (`health`); True when
