@@ -346,13 +346,52 @@ def test_completion_logprobs_plain_and_streamed(client):
         assert_openai_error(client.post("/v1/completions", json=error_body), 400)
 
 
+def stop_at_token(spelled: list[bytes], after: int) -> tuple[int, str]:
+    """(i, stop): a stop string made of whole tokens i and i + 1 (each a whole character or more,
+    the pair's first appearance, at or after token `after`), from a continuation's token bytes."""
+    starts = [len(b"".join(spelled[:j]).decode(errors="ignore")) for j in range(len(spelled) + 1)]
+    text = b"".join(spelled).decode(errors="ignore")
+    for i in range(after, len(spelled) - 2):
+        stop = text[starts[i]:starts[i + 2]]
+        if starts[i] < starts[i + 1] < starts[i + 2] and stop.strip() == stop and text.find(stop) == starts[i]:
+            return i, stop
+    raise AssertionError(f"no stop string to make from {text!r}")
+
+
+def test_logprobs_end_with_the_text_when_a_stop_string_cuts_it(client):
+    """A stop string's tokens are sampled (usage counts them) but, like their text, they are not
+    the answer: the logprobs hold the tokens whose text begins in it, plain and streamed (they
+    held the stop string's tokens too, so the tokens spelled more than the text)."""
+    body = {"prompt": "একদিন সকালে", "max_tokens": 24, "temperature": 0.9, "seed": 5, "logprobs": 2}
+    free = client.post("/v1/completions", json=body).json()["choices"][0]
+    i, stop = stop_at_token([token_bytes(t) for t in free["logprobs"]["tokens"]], after=4)
+    out = client.post("/v1/completions", json={**body, "stop": stop}).json()
+    [choice] = out["choices"]
+    assert choice["text"] == free["text"][:free["text"].find(stop)] and choice["finish_reason"] == "stop"
+    assert choice["logprobs"]["tokens"] == free["logprobs"]["tokens"][:i]  # the stop string's two left out
+    assert out["usage"]["completion_tokens"] == i + 2  # though they were sampled
+    events = sse_events(client.post("/v1/completions", json={**body, "stop": stop, "stream": True}))[:-1]
+    streamed = [t for e in events for t in ((e["choices"][0]["logprobs"] or {}).get("tokens", []))]
+    assert streamed == choice["logprobs"]["tokens"] and "".join(e["choices"][0]["text"] for e in events) == choice["text"]
+
+    chat = {"messages": [{"role": "user", "content": "একদিন সকালে"}], "max_tokens": 24, "temperature": 0.9,
+            "seed": 5, "logprobs": True}
+    free = client.post("/v1/chat/completions", json=chat).json()["choices"][0]["logprobs"]["content"]
+    i, stop = stop_at_token([bytes(e["bytes"]) for e in free], after=4)
+    out = client.post("/v1/chat/completions", json={**chat, "stop": stop}).json()
+    assert out["choices"][0]["logprobs"]["content"] == free[:i] and out["usage"]["completion_tokens"] == i + 2
+    events = sse_events(client.post("/v1/chat/completions", json={**chat, "stop": stop, "stream": True}))[:-1]
+    assert [e for ev in events for c in ev["choices"] for e in ((c.get("logprobs") or {}).get("content") or [])] \
+        == free[:i]
+
+
 def test_chat_logprobs(client):
     body = {"messages": [{"role": "user", "content": "তোমার নাম কী?"}], "max_tokens": 12, "seed": 3,
             "logprobs": True, "top_logprobs": 3}
     out = client.post("/v1/chat/completions", json=body).json()
     [choice] = out["choices"]
     content = choice["logprobs"]["content"]
-    assert len(content) == out["usage"]["completion_tokens"]  # one entry per generated token
+    assert len(content) <= out["usage"]["completion_tokens"]  # one entry per token of the answer
     assert content and all(len(e["top_logprobs"]) <= 3 and e["logprob"] <= 0 for e in content)
     assert all(bytes(e["bytes"]) == token_bytes(e["token"]) for e in content)
     plain = client.post("/v1/chat/completions", json={**body, "logprobs": None, "top_logprobs": None}).json()

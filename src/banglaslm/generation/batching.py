@@ -197,8 +197,7 @@ class Batch:
         live.next_token = token
         if not going:
             if seq.on_step is not None:  # the streamed pieces are the text
-                done = Completion("".join(live.shown), row.generated, row.finish_reason,
-                                  row.logprobs if params.logprobs is not None else None)
+                done = Completion("".join(live.shown), row.generated, row.finish_reason, row.text_logprobs(params))
             else:
                 done = self.engine.completion(row, params)
             self._finish(seq, done, None)

@@ -11,6 +11,7 @@ docs/generation.md has the details.
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -44,7 +45,8 @@ class Completion:
     token_ids: list[int]  # every token sampled, a final end-of-document excepted (the tokens
                           # that spelled a stop string included; the text stops before it)
     finish_reason: str    # "stop" (end of document or a stop string) or "length"
-    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry when asked for
+    logprobs: list[TokenLogprob] | None = None  # when asked for: one per token whose text begins in
+                                                # `text` (all of token_ids, bar a stop string's)
 
 
 @dataclass
@@ -74,8 +76,16 @@ class Row:
     decoder: StreamDecoder
     generated: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  # where each token's text begins in decoder.text
     finish_reason: str | None = None
     stop_at: int | None = None   # where in decoder.text a stop string begins
+
+    def text_logprobs(self, params: SamplingParams) -> list[TokenLogprob] | None:
+        """The logprobs of the tokens whose text is shown: a stop string's tokens were sampled,
+        but like their text they are not part of the answer."""
+        if params.logprobs is None:
+            return None
+        return self.logprobs if self.stop_at is None else self.logprobs[:bisect.bisect_left(self.starts, self.stop_at)]
 
 
 class Engine:
@@ -144,8 +154,7 @@ class Engine:
             text = row.decoder.finish(row.stop_at)
         else:
             text = tidy_end(self.tokenizer.decode(row.generated, continuing=True))
-        logprobs = row.logprobs if params.logprobs is not None else None
-        return Completion(text, row.generated, row.finish_reason, logprobs)
+        return Completion(text, row.generated, row.finish_reason, row.text_logprobs(params))
 
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[str]:
         """The continuation of one prompt (text, or a context as `encode_prompt` or
@@ -276,6 +285,7 @@ def accept_token(row: Row, token: int, logprob: TokenLogprob | None, params: Sam
         row.logprobs.append(logprob)
     if track_text:
         before = len(row.decoder.text)
+        row.starts.append(before)
         row.decoder.feed(token)
         if params.stop:
             longest = max(len(_spelled_out(s)) for s in params.stop)

@@ -84,7 +84,7 @@ class ChoiceStream:
     def __init__(self, index: int, eod: int, strip_leading: bool, job: Job,
                  emit: Callable[[tuple], None], end: Callable[[int, BaseException | None], None]):
         self.index, self.eod, self.job, self.emit, self.end = index, eod, job, emit, end
-        self.tokens, self.sent, self.shown = 0, 0, not strip_leading
+        self.tokens, self.sent, self.shown, self.logged = 0, 0, not strip_leading, 0
         self.pending: list[tuple[int, TokenLogprob]] = []
 
     def sequence(self, ids: list[int], params: SamplingParams) -> Sequence:
@@ -101,12 +101,15 @@ class ChoiceStream:
             text = text.lstrip()
             self.shown = bool(text)
         if text:
-            self.emit(("piece", self.index, text, [lp for start, lp in self.pending if start < self.sent]))
+            logprobs = [lp for start, lp in self.pending if start < self.sent]
+            self.logged += len(logprobs)
+            self.emit(("piece", self.index, text, logprobs))
             self.pending = [(start, lp) for start, lp in self.pending if start >= self.sent]
 
     def on_done(self, completion: Completion | None, error: BaseException | None) -> None:
         rest = [lp for _, lp in self.pending]
-        if completion is not None:
+        if completion is not None:  # without a stop string's tokens, as the completion's own logprobs
+            rest = rest[:max(0, len(completion.logprobs or []) - self.logged)]
             self.emit(("end", self.index, completion.finish_reason, self.tokens, rest))
         elif isinstance(error, Stopped) and self.job.timed_out:  # out of time: what came is the answer
             self.emit(("end", self.index, "length", self.tokens, rest))
