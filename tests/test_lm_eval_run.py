@@ -165,13 +165,16 @@ def test_results_file_beside_the_run(ours, trained_run):
     assert saved["banglaslm"]["checkpoint"] == "best.safetensors" and "samples" not in saved
 
 
-def test_command_line(lm_eval, trained_run, task_folder, tmp_path, capsys, monkeypatch):
+def test_command_line(lm_eval, trained_run, task_folder, tmp_path, capfd, monkeypatch):
     hf_offline(monkeypatch, tmp_path / "datasets_cache")
+    monkeypatch.chdir(tmp_path)  # outside any git repository, as a user's folder often is
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     before = set((trained_run / "lm_eval").glob("*.json")) if (trained_run / "lm_eval").is_dir() else set()
     assert main(["lm-eval", str(trained_run), "--tasks", "bangla_mc", "--include-path", str(task_folder),
                  "--limit", "4", "--checkpoint", "latest"]) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     assert "bangla_mc" in out and "acc" in out
+    assert "fatal:" not in err  # lm-eval asks git for a commit hash and git complained outside a repository
     (new,) = set((trained_run / "lm_eval").glob("*.json")) - before
     saved = json.loads(new.read_text(encoding="utf-8"))
     assert saved["banglaslm"]["checkpoint"] == "latest.safetensors"

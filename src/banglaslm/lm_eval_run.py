@@ -7,7 +7,10 @@ this command needs it. Results go beside the run, in RUN_DIR/lm_eval/.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Annotated
@@ -40,6 +43,28 @@ def _task_manager(tasks: list[str], include_path: str | None):
         raise bad_param("tasks", f"has no task named {unknown[0]!r} {where}among lm-eval's tasks; "
                                  "`lm_eval ls tasks` lists them")
     return manager
+
+
+@contextlib.contextmanager
+def _quiet_git_hash():
+    """lm-eval records the commit of the current folder with `git describe`, letting git print
+    "fatal: not a git repository" outside one: the same question, asked without that noise
+    (the same hash, or None where there is none)."""
+    import lm_eval.evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    def commit() -> str | None:
+        try:
+            return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).decode().strip()
+        except (OSError, subprocess.CalledProcessError):  # no git, or no repository: lm-eval's own fallback
+            return get_commit_from_path(os.getcwd())
+
+    asked = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = commit
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = asked
 
 
 def run_lm_eval(run_dir: str | Path,
@@ -75,9 +100,10 @@ def run_lm_eval(run_dir: str | Path,
     check_writable(folder, "--out")  # before the evaluation, not after it
     manager = _task_manager(names, include_path)
     try:
-        results = lm_eval.simple_evaluate(
-            model=BanglaslmLM(loaded, batch_size=batch_size), tasks=names, num_fewshot=num_fewshot, limit=limit,
-            task_manager=manager, log_samples=log_samples, bootstrap_iters=1000)
+        with _quiet_git_hash():
+            results = lm_eval.simple_evaluate(
+                model=BanglaslmLM(loaded, batch_size=batch_size), tasks=names, num_fewshot=num_fewshot, limit=limit,
+                task_manager=manager, log_samples=log_samples, bootstrap_iters=1000)
     except UserError:
         raise
     except Exception as e:  # a task's YAML or data lm-eval cannot use: its message, on one line
