@@ -300,8 +300,8 @@ class Tokenizer:
         token = self._id_to_token[token_id]
         if self.byte_level:
             return bytes(_UNICODE_TO_BYTE[ch] for ch in token)
-        if token_id in self.byte_pieces:
-            return self.hf.decode([token_id], skip_special_tokens=True).encode("utf-8")
+        if token_id in self.byte_pieces:  # "<0xE0>": one byte of a character (decoded alone, U+FFFD)
+            return bytes([self.byte_pieces[token_id]])
         return self.decode([token_id], continuing=True).encode("utf-8")  # "▁ভাত" is " ভাত" after other text
 
     def decode(self, ids: Iterable[int], continuing: bool = False) -> str:

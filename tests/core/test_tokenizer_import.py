@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 from banglaslm.data.prepare import prepare  # noqa: E402
 from banglaslm.data.tokenizer_choice import load_tokenizer  # noqa: E402
 from banglaslm.errors import UserError  # noqa: E402
+from banglaslm.generation.stream import FIX_IDS, StreamDecoder, tidy_end  # noqa: E402
 from banglaslm.text import normalize  # noqa: E402
 from banglaslm.tokenizer import Coverage  # noqa: E402
 from banglaslm.tokenizer_import import from_pretrained, from_sentencepiece  # noqa: E402
@@ -244,3 +245,35 @@ def test_a_continuation_decodes_with_its_leading_space(models, corpus, name):
         pieces = "".join(ours.token_bytes(i).decode("utf-8", errors="ignore") for i in ids if i not in ours.byte_pieces)
         if not any(i in ours.byte_pieces for i in ids):
             assert pieces == ours.decode(ids, continuing=True) and pieces.strip() == whole.strip()
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_streaming_a_long_continuation_decodes_a_bounded_window(models, corpus, name):
+    """A SentencePiece continuation was decoded whole after every token, so a token cost more the
+    longer the answer: the decoder fixes its oldest ids as text, so each token decodes a few dozen
+    ids, and the text is still exactly the whole decode, byte pieces (漢, 🙂) cut anywhere."""
+    ours = from_sentencepiece(models[name])
+    ids = [i for text in corpus[:60] + ["漢字 🙂 ঔষধ"] * 3 for i in ours.encode(text, normalized=True)]
+    seen: list[int] = []
+    decode = ours.decode
+    ours.decode = lambda ids, **kw: seen.append(len(ids)) or decode(ids, **kw)
+    dec = StreamDecoder(ours)
+    streamed = "".join(dec.push(i) for i in ids) + dec.finish()
+    ours.decode = decode
+    assert len(ids) > 20 * FIX_IDS and streamed == tidy_end(ours.decode(ids, continuing=True))
+    assert max(seen) < 3 * FIX_IDS
+
+
+@pytest.mark.parametrize("name", ["unigram-bytes", "bpe-bytes"])
+def test_byte_pieces_stream_and_spell_whole_characters(models, name):
+    """A character SentencePiece spells in byte pieces ("<0xE6><0xBC><0xA2>" for 漢) streamed as
+    U+FFFD for each piece that came before the last, and each piece's bytes (the server's
+    logprobs) were U+FFFD's: a piece is its byte, and the stream waits for the character."""
+    ours = from_sentencepiece(models[name])
+    text = "x 漢字 🙂 ঔষধ"
+    ids = ours.encode(text, normalized=True)
+    assert sum(i in ours.byte_pieces for i in ids) >= 10
+    assert b"".join(ours.token_bytes(i) for i in ids).decode().strip() == text
+    dec = StreamDecoder(ours)
+    pieces = [dec.push(i) for i in ids] + [dec.finish()]
+    assert "\ufffd" not in "".join(pieces) and "".join(pieces).strip() == text

@@ -20,6 +20,10 @@ from ..tokenizer import Tokenizer
 
 # What a cut-off generation may end in while it waits for the next letter.
 DANGLING = HASANTA + ZWJ + ZWNJ
+# Tokenizers that are not byte-level decode their recent ids again after each token; once this
+# many have gathered twice over, the oldest are fixed as text, so a token costs the same at the
+# 4,000th as at the first (decoding the whole continuation each time grew with its length).
+FIX_IDS = 32
 
 
 def tidy_end(text: str) -> str:
@@ -57,8 +61,9 @@ class StreamDecoder:
 
     `text` is everything decoded so far (whole characters only), `sent` how much of it has
     been handed out. For byte-level BPE and char tokenizers the bytes are decoded
-    incrementally (exact); for other tokenizers the whole id list is decoded again after each
-    token, which is exact when their decoding of a prefix is a prefix of the decoding.
+    incrementally (exact); for other tokenizers (SentencePiece) the ids not yet fixed are decoded
+    again after each token, and the oldest of them are fixed as text where decoding them apart
+    gives the same text as decoding them together (never inside one character's byte pieces).
     """
 
     def __init__(self, tokenizer: Tokenizer):
@@ -69,7 +74,8 @@ class StreamDecoder:
         # errors="ignore" drops bytes that never form a character, exactly as
         # Tokenizer.decode does for the whole sequence.
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-        self._ids: list[int] = []
+        self._ids: list[int] = []  # the ids not yet fixed (non-incremental tokenizers)
+        self._fixed = ""           # the text of the ids before them
         self._finished = False
 
     def feed(self, token_id: int) -> None:
@@ -80,7 +86,34 @@ class StreamDecoder:
             self.text += self._utf8.decode(self.tokenizer.token_bytes(token_id))
         else:
             self._ids.append(token_id)
-            self.text = self.tokenizer.decode(self._ids, continuing=True)
+            ready = len(self._ids) - self._incomplete_character()
+            self.text = self._fixed + self.tokenizer.decode(self._ids[:ready], continuing=True)
+            if ready >= 2 * FIX_IDS:
+                self._fix_oldest(ready)
+
+    def _incomplete_character(self) -> int:
+        """How many of the last ids are byte pieces (SentencePiece's byte fallback, "<0xE6>") of
+        a character still incomplete: held back, as decoded now each would show as U+FFFD."""
+        pieces, run = self.tokenizer.byte_pieces, 0
+        while run < min(4, len(self._ids)) and self._ids[-1 - run] in pieces:
+            run += 1
+        if not run:
+            return 0
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        utf8.decode(bytes(pieces[i] for i in self._ids[-run:]))
+        return len(utf8.getstate()[0])  # the bytes it keeps waiting for the rest of a character
+
+    def _fix_oldest(self, ready: int) -> None:
+        """Move about FIX_IDS of the oldest ids into `_fixed`, at a cut where decoding the two
+        sides apart gives `text` unchanged (a cut between one character's byte pieces does
+        not); where no nearby cut does, the next token tries again."""
+        decode, recent = self.tokenizer.decode, self.text[len(self._fixed):]
+        for cut in range(FIX_IDS, FIX_IDS + 8):
+            head = decode(self._ids[:cut], continuing=True)
+            if recent.startswith(head) and head + decode(self._ids[cut:ready], continuing=True) == recent:
+                self._fixed += head
+                del self._ids[:cut]
+                return
 
     def take(self, end: int | None = None) -> str:
         """The text that became safe since the last call (cut no later than `end`)."""
@@ -100,6 +133,8 @@ class StreamDecoder:
         begins), without a dangling hasanta/joiner at the very end."""
         if not self._finished and self._incremental:
             self.text += self._utf8.decode(b"", final=True)
+        elif not self._finished:  # a character's byte pieces never completed: as decode() shows them
+            self.text = self._fixed + self.tokenizer.decode(self._ids, continuing=True)
         self._finished = True
         final = tidy_end(self.text if end is None else self.text[:end])
         piece = final[self.sent:]
