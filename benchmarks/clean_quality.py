@@ -10,8 +10,8 @@ kind has the step meant to catch it; the table gives, per step, its precision (t
 what it removed that was planted of its kind) and recall (the share of its kind it removed),
 then the share of original paragraphs removed by any step, and the throughput.
 
-Paragraphs are short documents, so the run relaxes the FineWeb-2 rules that only make sense
-for web pages (PARAGRAPH_OPTIONS below); the rest keep their defaults.
+Paragraphs are short documents, so the run uses `CleanOptions.preset("literature")` (the
+thresholds for books; `--preset web` for FineWeb-2's web-page ones, unrelaxed).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from banglaslm.data.clean import CleanOptions, clean  # noqa: E402
+from banglaslm.data.clean import CLEAN_PRESETS, CleanOptions, clean  # noqa: E402
 from banglaslm.data.sources import read_text_file  # noqa: E402
 from banglaslm.text import normalize  # noqa: E402
 
@@ -35,12 +35,7 @@ PROSE = ("SukumarRay_Prose_PaglaDashu.txt", "GaganendranathTagore_Prose_BhondorB
          "RabindranathTagore_Prose_AdhunikSahitya.txt", "AbanindranathTagore_Prose_BuroAngla.txt",
          "RabindranathTagore_Prose_JibanSmriti.txt", "RabindranathTagore_Prose_ChokherBaali.txt",
          "RabindranathTagore_Prose_GalpaGuchchha_1.txt")
-MIN_WORDS = 10
-# Paragraphs, not web pages: 10 words are enough; literary (sadhu bhasha) prose rarely uses
-# FineWeb-2's modern stop words; its short words put many paragraphs under a mean of 4
-# characters; and datatrove's top-n-gram rule counts an n-gram seen once, so in a paragraph of
-# 20 words any 2-gram is over 8% of the text. The other rules keep FineWeb-2's values.
-PARAGRAPH_OPTIONS = {"min_words": MIN_WORDS, "min_stop_words": 0, "min_avg_word_length": 3.0, "top_ngrams": ""}
+MIN_WORDS = 10  # an original paragraph has at least this many words (the literature preset's min_words)
 TARGET = {"exact": ("exact_dedup",), "near": ("near_dedup",),
           "noise": ("script", "gopher_quality", "gopher_repetition")}
 
@@ -162,7 +157,7 @@ def main() -> None:
     ap.add_argument("--books", type=int, default=len(PROSE))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fineweb-defaults", action="store_true", help="FineWeb-2's web-page thresholds, unrelaxed")
+    ap.add_argument("--preset", choices=list(CLEAN_PRESETS), default="literature", help="clean's thresholds")
     ap.add_argument("--minhash-bands", type=int, default=None, help="override CleanOptions' MinHash bands")
     ap.add_argument("--minhash-rows", type=int, default=None, help="override CleanOptions' MinHash hashes per band")
     args = ap.parse_args()
@@ -174,14 +169,15 @@ def main() -> None:
         start = time.perf_counter()
         minhash = {k: v for k, v in (("minhash_bands", args.minhash_bands), ("minhash_rows", args.minhash_rows))
                    if v is not None}
-        options = CleanOptions(**({} if args.fineweb_defaults else PARAGRAPH_OPTIONS), **minhash)
+        options = CleanOptions.preset(args.preset, **minhash)
         result = clean(inputs, Path(tmp) / "out", options,
                        workers=args.workers,
                        keep_removed=True)
         seconds = time.perf_counter() - start
         rows = score(originals, planted, removed_ids(Path(tmp) / "out"))
     print(f"{len(originals):,} original paragraphs from {args.books} books, {len(planted)} planted "
-          f"({', '.join(f'{sum(k == kind for k, _ in planted)} {kind}' for kind in TARGET)}); workers {args.workers}\n")
+          f"({', '.join(f'{sum(k == kind for k, _ in planted)} {kind}' for kind in TARGET)}); workers {args.workers}, "
+          f"preset {args.preset}\n")
     print("| step | targets | removed | of them planted targets | precision | recall |")
     print("|---|---|---|---|---|---|")
     for step, r in rows.items():

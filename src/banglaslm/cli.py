@@ -62,13 +62,23 @@ def _base_type(hint) -> Any:
     return hint
 
 
+@dataclasses.dataclass(frozen=True)
+class Unset:
+    """A flag's default, marked as not given on the command line (so that a preset may set it)."""
+    value: Any
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 def add_options(parser: argparse.ArgumentParser, source, skip: tuple[str, ...] = (),
                 flags: dict[str, str] | None = None, defaults: dict[str, Any] | None = None,
-                only: tuple[str, ...] | None = None, note: str = "") -> None:
+                only: tuple[str, ...] | None = None, note: str = "", presettable: bool = False) -> None:
     """Add a --flag for each documented parameter of `source` (a function or a dataclass) but
     `skip` (or those in `only`); `flags` renames ({"which": "checkpoint"}), `defaults` overrides
-    this command's defaults, `note` starts each help. The flag of each parameter is remembered,
-    for error messages."""
+    this command's defaults, `note` starts each help; `presettable`: a flag not given parses as
+    `Unset(default)`, which `picked(..., preset=)` resolves. The flag of each parameter is
+    remembered, for error messages."""
     known = dict(parser.get_default("param_flags") or {})
     for name, hint, default, opt in _documented(source):
         if name in skip or (only is not None and name not in only):
@@ -80,7 +90,7 @@ def add_options(parser: argparse.ArgumentParser, source, skip: tuple[str, ...] =
         shown = "" if required or default is None or default is False or default == [] else f" (default: {default})"
         help_text = (note + opt.help + shown).replace("%", "%%")  # argparse expands % in help
         kwargs: dict[str, Any] = {"dest": name, "help": help_text}
-        kwargs.update(required=True) if required else kwargs.update(default=default)
+        kwargs.update(required=True) if required else kwargs.update(default=Unset(default) if presettable else default)
         if kind is bool:
             kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is list:
@@ -93,14 +103,18 @@ def add_options(parser: argparse.ArgumentParser, source, skip: tuple[str, ...] =
     parser.set_defaults(param_flags=known)
 
 
-def picked(args: argparse.Namespace, source, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The parsed values of `source`'s documented parameters, as keyword arguments."""
-    return {name: getattr(args, name) for name, *_ in _documented(source) if name not in skip and hasattr(args, name)}
+def picked(args: argparse.Namespace, source, skip: tuple[str, ...] = (),
+           preset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parsed values of `source`'s documented parameters, as keyword arguments; a flag not
+    given (`Unset`) takes `preset`'s value where it has one, else its default."""
+    out = {name: getattr(args, name) for name, *_ in _documented(source) if name not in skip and hasattr(args, name)}
+    return {name: (preset or {}).get(name, value.value) if isinstance(value, Unset) else value
+            for name, value in out.items()}
 
 
 # ---- the commands -------------------------------------------------------------------------
 def _add_prepare(sub) -> None:
-    from .data.clean import CleanOptions
+    from .data.clean import CLEAN_PRESETS, PRESET_HELP, CleanOptions
     from .data.prepare import prepare
     from .data.sources import INPUTS_HELP
 
@@ -110,11 +124,13 @@ def _add_prepare(sub) -> None:
                    help=INPUTS_HELP)
     p.add_argument("--out", required=True, help="data folder to write")
     add_options(p, prepare)
-    add_options(p, CleanOptions, note="with --clean: ")
+    p.add_argument("--clean-preset", choices=list(CLEAN_PRESETS), default="web",
+                   help=f"with --clean: {PRESET_HELP} (default: web)")
+    add_options(p, CleanOptions, note="with --clean: ", presettable=True)
 
 
 def _add_clean(sub) -> None:
-    from .data.clean import CleanOptions, clean
+    from .data.clean import CLEAN_PRESETS, PRESET_HELP, CleanOptions, clean
     from .data.sources import INPUTS_HELP
 
     p = sub.add_parser("clean", help="deduplicate and filter documents (JSONL shards + a report)",
@@ -126,7 +142,8 @@ def _add_clean(sub) -> None:
                    help=INPUTS_HELP)
     p.add_argument("--out", required=True, help="folder to write")
     add_options(p, clean)
-    add_options(p, CleanOptions)
+    p.add_argument("--preset", choices=list(CLEAN_PRESETS), default="web", help=f"{PRESET_HELP} (default: web)")
+    add_options(p, CleanOptions, presettable=True)
 
 
 def _add_train(sub) -> None:
@@ -268,10 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_prepare(args) -> None:
-    from .data.clean import CleanOptions
+    from .data.clean import CLEAN_PRESETS, CleanOptions
     from .data.prepare import prepare
 
-    options = CleanOptions(**picked(args, CleanOptions))
+    options = CleanOptions(**picked(args, CleanOptions, preset=CLEAN_PRESETS[args.clean_preset]))
     result = prepare(args.inputs, args.out, clean_options=options, **picked(args, prepare))
     print(result.summary())
     for line in result.warnings():
@@ -279,9 +296,9 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_clean(args) -> None:
-    from .data.clean import CleanOptions, clean
+    from .data.clean import CLEAN_PRESETS, CleanOptions, clean
 
-    options = CleanOptions(**picked(args, CleanOptions))
+    options = CleanOptions(**picked(args, CleanOptions, preset=CLEAN_PRESETS[args.preset]))
     print(clean(args.inputs, args.out, options, **picked(args, clean)).summary())
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from banglaslm.cli import main
 from banglaslm.data.clean import (
+    CLEAN_PRESETS,
     BanglaScriptFilter,
     BanglaWordTokenizer,
     CleanOptions,
@@ -48,7 +49,7 @@ def _kept(out: Path) -> list[str]:
 def cleaned(planted, tmp_path_factory):
     bench, originals, items, inputs = planted
     out = tmp_path_factory.mktemp("clean") / "out"
-    result = clean(inputs, out, CleanOptions(**bench.PARAGRAPH_OPTIONS), shard_docs=150, keep_removed=True, examples=3)
+    result = clean(inputs, out, CleanOptions.preset("literature"), shard_docs=150, keep_removed=True, examples=3)
     return result, out
 
 
@@ -94,13 +95,48 @@ def test_workers_and_cli_give_the_same_kept_set(planted, cleaned, tmp_path, caps
     bench, _, _, inputs = planted
     _, out = cleaned
     two = tmp_path / "two"
-    clean(inputs, two, CleanOptions(**bench.PARAGRAPH_OPTIONS), shard_docs=150, workers=2)
+    clean(inputs, two, CleanOptions.preset("literature"), shard_docs=150, workers=2)
     assert _kept(two) == _kept(out)
-    flags = ["--min-words", "10", "--min-stop-words", "0", "--min-avg-word-length", "3", "--top-ngrams", ""]
-    assert bench.PARAGRAPH_OPTIONS == {"min_words": 10, "min_stop_words": 0, "min_avg_word_length": 3.0, "top_ngrams": ""}
-    assert main(["clean", *inputs, "--out", str(tmp_path / "cli"), "--shard-docs", "150", *flags]) == 0
+    assert main(["clean", *inputs, "--out", str(tmp_path / "cli"), "--shard-docs", "150", "--preset", "literature"]) == 0
     assert "kept" in capsys.readouterr().out
     assert _kept(tmp_path / "cli") == _kept(out)
+
+
+def cli_clean_options(argv: list[str]) -> CleanOptions:
+    from banglaslm.cli import build_parser, picked
+
+    args = build_parser().parse_args(argv)
+    preset = CLEAN_PRESETS[args.preset if args.command == "clean" else args.clean_preset]
+    return CleanOptions(**picked(args, CleanOptions, preset=preset))
+
+
+def test_a_preset_sets_the_flags_not_given():
+    """`--preset literature` replaces the defaults of the flags not given, and a flag given wins
+    even when it names the web default (50 words), on `clean` and `prepare --clean` alike."""
+    literature, web = CleanOptions.preset("literature"), CleanOptions()
+    assert literature.min_stop_words == 0 and literature.min_words == 10 and literature.dup_line_frac > web.dup_line_frac
+    assert cli_clean_options(["clean", "in", "--out", "o"]) == web == CleanOptions.preset("web")
+    assert cli_clean_options(["clean", "in", "--out", "o", "--preset", "literature"]) == literature
+    given = cli_clean_options(["clean", "in", "--out", "o", "--preset", "literature", "--min-words", "50",
+                               "--no-near-dedup"])
+    assert given == CleanOptions.preset("literature", min_words=50, near_dedup=False) and given.min_words == web.min_words
+    assert cli_clean_options(["prepare", "in", "--out", "o", "--clean", "--clean-preset", "literature",
+                              "--min-stop-words", "2"]) == CleanOptions.preset("literature", min_stop_words=2)
+    with pytest.raises(UserError, match="preset is 'books'; choose one of web, literature"):
+        CleanOptions.preset("books")
+
+
+def test_the_literature_preset_keeps_the_books(tmp_path):
+    """FineWeb-2's web-page thresholds remove a quarter of the shared books' pages (sadhu bhasha
+    prose without its modern stop words, verse with short words and refrains); the literature
+    preset keeps nearly all of them and removes the same junk (test_planted_items_go...)."""
+    if not BOOKS.is_dir():
+        pytest.skip(f"{BOOKS} is absent (the shared books)")
+    books = [str(BOOKS / n) for n in ("AbanindranathTagore_Prose_BuroAngla.txt", "RabindranathTagore_Poetry_Kalpana.txt",
+                                      "SukumarRay_Poetry_KhaiKhai.txt")]
+    web = clean(books, tmp_path / "web", CleanOptions(), doc_split="page")
+    literature = clean(books, tmp_path / "lit", CleanOptions.preset("literature"), doc_split="page")
+    assert web.kept < 0.85 * web.documents and literature.kept > 0.95 * literature.documents
 
 
 def test_bad_inputs_fail_in_one_line_without_output(tmp_path, capsys):
@@ -181,7 +217,7 @@ def test_kept_and_removed_documents_say_where_they_came_from(planted, tmp_path):
         writer.writerow(["url", "text", "score"])
         writer.writerows(rows)
     out = tmp_path / "out"
-    clean([str(table)], out, CleanOptions(**bench.PARAGRAPH_OPTIONS), keep_removed=True, examples=3)
+    clean([str(table)], out, CleanOptions.preset("literature"), keep_removed=True, examples=3)
     kept = [json.loads(line) for path in sorted(out.glob("*.jsonl")) for line in open(path, encoding="utf-8")]
     assert [r["input"].split(" (")[0] for r in kept] == [f"{table} row {i}" for i in range(1, 7)]  # then its line
     assert [r["metadata"] for r in kept] == [{"url": url, "score": str(score)} for url, _, score in rows[:6]]

@@ -120,6 +120,13 @@ class CleanOptions:
     minhash_bands: int = option(48, "MinHash bands (buckets)")
     minhash_rows: int = option(4, "MinHash hashes per band")
 
+    @classmethod
+    def preset(cls, name: str, **given) -> "CleanOptions":
+        """The thresholds of preset `name` (CLEAN_PRESETS), `given` ones replacing its values."""
+        if name not in CLEAN_PRESETS:
+            raise bad_param("preset", f"is {name!r}; choose one of {', '.join(CLEAN_PRESETS)}")
+        return cls(**{**CLEAN_PRESETS[name], **given})
+
     def validate(self) -> None:
         shares = ("min_bangla_share", "max_bullet_lines_ratio", "max_ellipsis_lines_ratio", "min_alpha_words_ratio",
                   "dup_line_frac")
@@ -137,6 +144,24 @@ class CleanOptions:
             raise bad_param("min_words", f"({self.min_words}) must not exceed `max_words` ({self.max_words})")
         parse_ngram_shares(self.top_ngrams, "top_ngrams")
         parse_ngram_shares(self.dup_ngrams, "dup_ngrams")
+
+
+
+# Presets (`clean --preset`, `prepare --clean-preset`): values that replace CleanOptions'
+# defaults, flags given still winning. "web": FineWeb-2's, for web pages. "literature": books
+# and their paragraphs or pages, where FineWeb-2's web-page rules remove good text: 10 words
+# make a document; literary (sadhu bhasha) prose uses few of its modern stop words and many
+# short words (a mean under 4 characters); datatrove's top-n-gram rule counts an n-gram seen
+# once, so in a 20-word paragraph any 2-gram is over 8% of it; and verse repeats its refrains and
+# the books' fence lines (a page of a song over 16.5% repeated lines). benchmarks/clean_quality.py
+# measures it on planted copies and junk (BENCHMARKS.md, "Cleaning").
+CLEAN_PRESETS: dict[str, dict] = {
+    "web": {},
+    "literature": {"min_words": 10, "min_stop_words": 0, "min_avg_word_length": 3.0, "top_ngrams": "",
+                   "dup_line_frac": 0.3},
+}
+PRESET_HELP = ("thresholds for the text: web (FineWeb-2's, for web pages) or literature (books, paragraphs, "
+               "verse: fewer words, no stop words, shorter words, repeated lines); flags given override it")
 
 
 def parse_ngram_shares(spec: str, name: str) -> tuple[tuple[int, float], ...]:
