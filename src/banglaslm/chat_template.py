@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import UserError
 from .text import normalize
-from .tokenizer import Tokenizer
+from .tokenizer import Coverage, Tokenizer
 
 CHAT_TEMPLATE_VERSION = "bn-chat-2"
 
@@ -66,8 +66,9 @@ def chat_segments(messages: Iterable[Mapping[str, str]], add_generation_prompt: 
         if not isinstance(content, str):
             raise UserError(f"message {i}: content must be text, got {type(content).__name__}")
         content = normalize(content)
-        if role == "assistant":
-            segments += [(f"{labels['assistant']}:", False), (f" {content}", True), (END, True)]
+        if role == "assistant":  # OpenAI's weight 0: an answer given as context, not to learn
+            trained = message.get("weight", 1) != 0
+            segments += [(f"{labels['assistant']}:", False), (f" {content}", trained), (END, trained)]
         else:
             segments.append((f"{labels[role]}: {content}\n", False))
     if add_generation_prompt:
@@ -76,13 +77,14 @@ def chat_segments(messages: Iterable[Mapping[str, str]], add_generation_prompt: 
 
 
 def encode_chat(tokenizer: Tokenizer, messages: Iterable[Mapping[str, str]], add_generation_prompt: bool = True,
-                language: str = "bn") -> tuple[list[int], list[bool]]:
+                language: str = "bn", coverage: Coverage | None = None) -> tuple[list[int], list[bool]]:
     """(ids, trained) of a conversation: the context the model sees, starting with the
-    end-of-document token, and for each id whether fine-tuning puts loss on it."""
+    end-of-document token, and for each id whether fine-tuning puts loss on it; `coverage`
+    counts its unknown tokens."""
     ids: list[int] = []
     trained: list[bool] = []
     for text, loss in chat_segments(messages, add_generation_prompt, language):
-        piece = [tokenizer.eod_id] if text is END else tokenizer.encode(text, normalized=True)
+        piece = [tokenizer.eod_id] if text is END else tokenizer.encode(text, normalized=True, coverage=coverage)
         ids += piece
         trained += [loss] * len(piece)
     return ids, trained

@@ -55,6 +55,9 @@ def _unk_id(model: dict, hf: HFTokenizer) -> int | None:
     return hf.token_to_id(unk) if unk else None
 
 
+MAX_UNKNOWN_SHARE = 0.01  # text with more unknown tokens than this is refused for training
+
+
 @dataclass
 class Coverage:
     """How well a tokenizer covers some text: tokens, unknown tokens, byte-fallback tokens,
@@ -73,6 +76,12 @@ class Coverage:
     @property
     def unknown_share(self) -> float:
         return self.unknown / max(self.tokens, 1)
+
+    def loses_text(self) -> bool:
+        """More than MAX_UNKNOWN_SHARE of the tokens unknown: that text is lost, and a model
+        trained on it learns little (a broken tokenizer.json that turned every word into <unk>
+        once passed silently)."""
+        return self.unknown_share > MAX_UNKNOWN_SHARE
 
     @property
     def byte_fallback_share(self) -> float:

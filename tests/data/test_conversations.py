@@ -53,6 +53,8 @@ def test_the_three_shapes_give_the_same_messages():
     parts = {"messages": [{"role": "developer", "content": [{"type": "text", "text": "নি"}, {"type": "text", "text": "য়ম"}]},
                           {"role": "user", "content": [{"type": "text", "text": "প্রশ্ন"}]}, want[1]]}
     assert as_conversation(parts, "r") == [{"role": "system", "content": "নিয়ম"}, *want]
+    # ShareGPT rows with OpenAI's keys inside (common on the hub)
+    assert as_conversation({"conversations": want}, "r") == want
     # an empty system message says nothing and is dropped; extra keys (name) are ignored
     assert as_conversation({"messages": [{"role": "system", "content": " "}, {**want[0], "name": "x"}, want[1]]},
                            "r") == want
@@ -71,6 +73,16 @@ def test_the_three_shapes_give_the_same_messages():
     ({"messages": [{"role": "user", "content": "x"}]}, "has no assistant turn"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]}, "is empty"),
     ({"messages": ["user: x"]}, "message 1 is str"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "\u200b\u200c"}]},
+     r"message 2 \(assistant\) is empty \(only invisible characters\)"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0.5}]},
+     "weight must be 0 or 1, got 0.5"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": "0"}]},
+     "weight must be 0 or 1, got '0'"),
+    ({"messages": [{"role": "user", "content": "x", "weight": 0}, {"role": "assistant", "content": "y"}]},
+     "weight 0 is for assistant messages"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}]},
+     "every assistant turn has weight 0"),
     ({"instruction": 3, "output": "y"}, "`instruction` must be text"),
 ])
 def test_a_bad_row_is_named_with_its_problem(tmp_path, row, problem):
@@ -250,3 +262,37 @@ def test_alpaca_json_and_compressed_jsonl(tmp_path):
     expected = [[{"role": "user", "content": "প্রশ্ন"}, {"role": "assistant", "content": "উত্তর"}]]
     for name in ("alpaca_data.json", "chats.jsonl.gz"):
         assert read_conversations([str(tmp_path / name)]) == expected
+
+
+def test_an_answer_with_weight_0_is_context_not_trained(tokenizer):
+    """OpenAI's fine-tuning rows mark an answer not to learn with "weight": 0 (a wrong answer the
+    user then corrects): it was trained on like the others."""
+    wrong, right = "ভুল উত্তর", "ঠিক উত্তর"
+    row = {"messages": [{"role": "user", "content": "প্রশ্ন"}, {"role": "assistant", "content": wrong, "weight": 0},
+                        {"role": "user", "content": "আবার"}, {"role": "assistant", "content": right, "weight": 1}]}
+    conversation = as_conversation(row, "r")
+    ids, loss = encode(tokenizer, conversation)
+    assert tokenizer.decode(ids[loss].tolist()) == " " + right
+    assert tokenizer.decode(ids.tolist()).count(wrong) == 1  # still the context of the next turn
+    unweighted = as_conversation({"messages": [{**m} for m in row["messages"][:2]] + row["messages"][2:]}, "r")
+    assert [m.get("weight") for m in unweighted] == [None, 0, None, None]  # weight 1 is the default, not kept
+
+
+def test_a_tokenizer_that_cannot_write_the_conversations_is_refused(tmp_path):
+    """A character-level model of English text fine-tuned on Bangla conversations trained on
+    <unk> tokens, and on English ones lost the chat labels, with no word said."""
+    from banglaslm.data.conversations import ConversationData
+    from banglaslm.tokenizer import Tokenizer
+
+    english = Tokenizer.build_char(set("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ?.:\n"))
+    rows = [{"messages": [{"role": "user", "content": f"who art thou {i}?"}, {"role": "assistant", "content": "I am."}]}
+            for i in range(4)]
+    path = write_jsonl(tmp_path / "en.jsonl", rows)
+    with pytest.raises(UserError, match=r"cannot write the chat template's role labels .*ব্যবহারকারী.*unknown tokens"):
+        ConversationData([str(path)], english, block_size=64)
+    bangla_labels = Tokenizer.build_char(set("abcdefghijklmnopqrstuvwxyz ?.:\n" + "".join(
+        normalize(label) for label in ("ব্যবহারকারী", "সহকারী", "নির্দেশ"))))
+    bn_rows = [{"messages": [{"role": "user", "content": "কেমন আছ?"}, {"role": "assistant", "content": f"ভালো {i}"}]}
+               for i in range(4)]
+    with pytest.raises(UserError, match="cannot represent these conversations: .*unknown tokens"):
+        ConversationData([str(write_jsonl(tmp_path / "bn.jsonl", bn_rows))], bangla_labels, block_size=64)

@@ -20,7 +20,7 @@ from banglaslm.config import RunConfig
 from banglaslm.errors import UserError
 from banglaslm.model import GPT
 from banglaslm.runfolder import RunFolder, load_model
-from banglaslm.training.finetune import finetune, finetune_config
+from banglaslm.training.finetune import _set_length, finetune, finetune_config
 from banglaslm.training.lora import Lora
 
 DAYS = ["রবিবার", "সোমবার", "মঙ্গলবার", "বুধবার", "বৃহস্পতিবার", "শুক্রবার", "শনিবার"]
@@ -77,6 +77,20 @@ def test_epochs_set_the_length(trained_run, chats, tmp_path):
     assert result.iterations == -(-2 * rows // batch)
     # giving train.max_iters turns epochs off
     assert finetune_config(RunFolder(trained_run).load_config(), overrides={"max_iters": 7}).finetune.epochs == 0
+
+
+def test_epochs_fit_the_warm_up_and_evaluations_left_at_their_defaults_and_say_so(trained_run):
+    """A warm-up or evaluation interval the user gave was lowered silently to fit the epochs'
+    length (--set train.eval_interval=10 evaluated every 4 steps): given ones are kept, and the
+    fitted ones are named."""
+    source = RunFolder(trained_run).load_config()
+    config = finetune_config(source, overrides={"finetune.epochs": 1})
+    fitted = _set_length(config, rows=100)
+    assert config.train.max_iters == -(-100 // config.train.batch_size)
+    assert config.train.warmup_iters == config.train.max_iters // 5 and "warm-up" in fitted
+    assert config.train.eval_interval == max(1, config.train.max_iters // 4) and "train.eval_interval" in fitted
+    given = finetune_config(source, overrides={"finetune.epochs": 1, "train.warmup_iters": 3, "train.eval_interval": 40})
+    assert _set_length(given, rows=100) == "" and (given.train.warmup_iters, given.train.eval_interval) == (3, 40)
 
 
 def test_lora_trains_adapters_and_checkpoints_hold_the_merged_model(trained_run, chats, tmp_path):
@@ -252,3 +266,25 @@ def test_resume_with_another_source(trained_run, chats, tmp_path):
     with pytest.raises(UserError, match=f"does not hold the weights this LoRA run started from .{trained_run.resolve()}"):
         finetune(out, [str(chats)], lora, resume=True, max_iters=4, progress=False, say=lambda line: None)
     assert (lora / "checkpoints" / "latest.safetensors").read_bytes() == before
+
+
+def test_a_lora_run_stopped_by_ctrl_c_leaves_its_adapter(trained_run, chats, tmp_path, monkeypatch):
+    """The adapter folder was written only when a run finished: a run stopped with Ctrl-C (to be
+    resumed, or not) had checkpoints but no adapter/ to take elsewhere."""
+    from banglaslm.training.trainer import Trainer, TrainingInterrupted
+
+    step = Trainer._step
+
+    def stop_at_7(self, it, prefetch):  # as Ctrl-C would: the trainer saves and stops
+        if it == 7:
+            self._stop_signal = 2
+        return step(self, it, prefetch)
+
+    monkeypatch.setattr(Trainer, "_step", stop_at_7)
+    out = tmp_path / "lora"
+    config = config_for(trained_run, **{"finetune.lora_rank": 2, "train.max_iters": 20, "train.eval_interval": 5})
+    with pytest.raises(TrainingInterrupted):
+        finetune(trained_run, [str(chats)], out, config, progress=False, say=lambda line: None)
+    best = load_checkpoint(out / "checkpoints" / "best.safetensors")
+    written = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert written and all(torch.equal(v, best.tensors["adapter." + k]) for k, v in written.items())

@@ -27,11 +27,13 @@ from ..chat_template import (
     CHAT_ROLES,
     CHAT_TEMPLATE_VERSION,
     ROLE_ALIASES,
+    chat_labels,
     content_text,
     encode_chat,
 )
 from ..errors import UserError
-from ..tokenizer import Tokenizer
+from ..text import normalize
+from ..tokenizer import Coverage, Tokenizer
 from .loader import IGNORE, BlockSampler
 from .sources import iter_rows, resolve_inputs
 
@@ -47,9 +49,10 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
     row = {key: _list_from_json(value) if key in ("messages", "conversations") else value for key, value in row.items()}
     if "messages" in row:
         messages = row["messages"]
-    elif "conversations" in row:  # ShareGPT: {"from": "human" | "gpt" | "system", "value": ...}
+    elif "conversations" in row:  # ShareGPT: {"from": "human" | "gpt" | "system", "value": ...}, or role/content
         turns = row["conversations"]
-        messages = [{"role": t.get("from"), "content": t.get("value")} if isinstance(t, dict) else t
+        messages = [{"role": t.get("from", t.get("role")), "content": t.get("value", t.get("content")),
+                     **({"weight": t["weight"]} if "weight" in t else {})} if isinstance(t, dict) else t
                     for t in turns] if isinstance(turns, list) else turns
     elif "instruction" in row and "output" in row:
         extra = row.get("input") or ""
@@ -98,14 +101,30 @@ def _checked(messages: Any, where: str) -> Conversation:
             content = content_text(message.get("content"))
         except UserError as exc:
             raise UserError(f"{where}: message {i} ({role}): {exc}") from None
-        if not content.strip():
+        if not normalize(content).strip():  # zero-width characters alone are nothing once normalized
             if role == "system":
                 continue  # an empty system message says nothing
-            raise UserError(f"{where}: message {i} ({role}) is empty")
-        out.append({"role": role, "content": content})
+            raise UserError(f"{where}: message {i} ({role}) is empty" + (" (only invisible characters)"
+                                                                         if content.strip() else ""))
+        out.append({"role": role, "content": content, **_weight(message, role, f"{where}: message {i} ({role})")})
     if not any(m["role"] == "assistant" for m in out):
         raise UserError(f"{where} has no assistant turn: there is nothing to learn from it")
+    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in out):
+        raise UserError(f"{where}: every assistant turn has weight 0: there is nothing to learn from it")
     return out
+
+
+def _weight(message: dict, role: str, where: str) -> dict[str, int]:
+    """OpenAI's `weight` of an assistant message: 0 leaves its answer untrained (it stays the
+    context of later turns); {} for 1 or none, so conversations without it compare equal."""
+    if "weight" not in message:
+        return {}
+    weight = message["weight"]
+    if isinstance(weight, str) or weight not in (0, 1):
+        raise UserError(f"{where}: weight must be 0 or 1, got {weight!r}")
+    if role != "assistant" and weight == 0:
+        raise UserError(f"{where}: weight 0 is for assistant messages (only answers carry loss)")
+    return {"weight": 0} if weight == 0 else {}
 
 
 def read_conversations(inputs: list[str]) -> list[Conversation]:
@@ -122,9 +141,11 @@ def read_conversations(inputs: list[str]) -> list[Conversation]:
 
 
 # ---- conversations → blocks -------------------------------------------------------------------
-def encode(tokenizer: Tokenizer, conversation: Conversation, loss_on: LossOn = "assistant") -> tuple[np.ndarray, np.ndarray]:
-    """(ids, loss) of one conversation: `loss[i]` says whether predicting ids[i] is trained."""
-    ids, trained = encode_chat(tokenizer, conversation, add_generation_prompt=False)
+def encode(tokenizer: Tokenizer, conversation: Conversation, loss_on: LossOn = "assistant",
+           coverage: Coverage | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, loss) of one conversation: `loss[i]` says whether predicting ids[i] is trained;
+    `coverage` counts its unknown tokens."""
+    ids, trained = encode_chat(tokenizer, conversation, add_generation_prompt=False, coverage=coverage)
     loss = np.array(trained, dtype=bool) if loss_on == "assistant" else np.ones(len(ids), dtype=bool)
     loss[0] = False  # the opening end-of-document token has no context to be predicted from
     return np.array(ids, dtype=np.int64), loss
@@ -219,6 +240,19 @@ def split_conversations(conversations: list[Conversation], val_fraction: float, 
             "val": [c for i, c in enumerate(conversations) if i in val]}
 
 
+def _check_labels(tokenizer: Tokenizer) -> None:
+    """The chat template's role labels must survive the tokenizer: a model whose tokenizer
+    cannot write "ব্যবহারকারী" (a character-level run on English text) would learn turns with
+    no labels, and chat could never tell them apart."""
+    lost = Coverage()
+    for label in chat_labels("bn").values():
+        tokenizer.encode(label, coverage=lost)
+    if lost.unknown:
+        raise UserError(f"the model's tokenizer cannot write the chat template's role labels "
+                        f"({', '.join(chat_labels('bn').values())}): {lost.describe()}; fine-tune a model whose "
+                        "tokenizer covers Bangla")
+
+
 class ConversationData:
     """Conversations ready to train on: the training data of `finetune`, with what the trainer
     asks of a data folder (tokenizer, its hash and size, `meta` with per-split identities,
@@ -231,13 +265,18 @@ class ConversationData:
         self.path = ", ".join(inputs)
         self.rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.stats: dict[str, PackStats] = {}
-        splits = {}
+        splits, coverage = {}, Coverage()
+        _check_labels(tokenizer)
         for split, convs in split_conversations(read_conversations(inputs), val_fraction, seed).items():
-            rows, targets, stats = pack((encode(tokenizer, c, loss_on) for c in convs), block_size, tokenizer.eod_id)
+            rows, targets, stats = pack((encode(tokenizer, c, loss_on, coverage) for c in convs), block_size,
+                                        tokenizer.eod_id)
             self.rows[split], self.stats[split] = (rows, targets), stats
             digest = hashlib.sha256(rows.tobytes() + targets.tobytes()).hexdigest()
             splits[split] = {"documents": stats.conversations, "tokens": stats.tokens, "sha256": digest,
                              **asdict(stats), "padding_share": round(stats.padding_share, 4)}
+        if coverage.loses_text():
+            raise UserError(f"the model's tokenizer cannot represent these conversations: {coverage.describe()}; "
+                            "fine-tune a model whose tokenizer covers their text")
         self.meta = {"format": "banglaslm-conversations", "chat_template": CHAT_TEMPLATE_VERSION,
                      "sources": [str(Path(i)) if not i.startswith("hf:") else i for i in inputs],
                      "block_size": block_size, "loss_on": loss_on, "val_fraction": val_fraction,

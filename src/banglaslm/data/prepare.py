@@ -29,7 +29,7 @@ from ..fileio import (
     read_json,
     swap_in,
 )
-from ..tokenizer import Coverage, Tokenizer, check_bpe_vocab_size
+from ..tokenizer import MAX_UNKNOWN_SHARE, Coverage, Tokenizer, check_bpe_vocab_size
 from .clean import LOOSEN, CleanOptions, emptied_by
 from .clean import clean as run_clean
 from .folder import ID_DTYPES, SPLITS, id_dtype, is_data_folder, split_stats, write_meta
@@ -57,7 +57,6 @@ from .sources import (
 from .tasks import run_tasks
 from .tokenizer_choice import TOKENIZER_HELP, load_tokenizer
 
-MAX_UNKNOWN_SHARE = 0.01  # more unknown tokens than this in a split stop prepare (see _check_coverage)
 MIN_VAL_TOKENS = 2_048  # below this a validation loss averages a handful of windows (8 of the small preset's 256)
 WAIT_SECONDS = 2.0  # how often a task of several machines looks whether the others are done
 
@@ -400,11 +399,9 @@ def _split_rule(reads: list[dict], val_fraction: float) -> SplitRule:
 
 
 def _check_coverage(coverage: dict[str, Coverage], allow_unknown: bool) -> None:
-    """A UserError when more than MAX_UNKNOWN_SHARE of a split's tokens are unknown: that text
-    would be lost, and a model trained on it learns little (a broken tokenizer.json that turned
-    every word into <unk> once passed silently)."""
+    """A UserError when a split's text would be lost to unknown tokens (`Coverage.loses_text`)."""
     for split, c in coverage.items():
-        if c.unknown_share > MAX_UNKNOWN_SHARE and not allow_unknown:
+        if c.loses_text() and not allow_unknown:
             raise UserError(f"the tokenizer cannot represent this text: {split} has {c.describe()}; use a "
                             "tokenizer that covers it, or accept the loss with `allow_unknown`",
                             param="allow_unknown")

@@ -31,7 +31,13 @@ from ..model import GPT
 from ..runfolder import RunFolder
 from .lora import Lora
 from .optim import make_optimizer
-from .trainer import Trainer, TrainResult, in_run_folder, settle_config
+from .trainer import (
+    Trainer,
+    TrainingInterrupted,
+    TrainResult,
+    in_run_folder,
+    settle_config,
+)
 from .warm_start import WarmStart
 
 ADAPTER_DIR = "adapter"  # RUN_DIR/adapter/: the best checkpoint's LoRA adapter in peft's format
@@ -84,13 +90,21 @@ class FinetuneTrainer(Trainer):
                                   extra=self.lora.adapter_tensors())
 
     def train(self) -> TrainResult:
-        result = super().train()
-        if self.lora is not None and self.dist.is_main:
+        try:
+            result = super().train()
+        except TrainingInterrupted:
+            self._write_adapter()  # the run ends here until a resume: its best adapter so far
+            raise
+        self._write_adapter()
+        return result
+
+    def _write_adapter(self) -> None:
+        """With LoRA, the best checkpoint's adapter as a peft folder in RUN_DIR/adapter/."""
+        best = self.run.checkpoint("best")
+        if self.lora is not None and self.dist.is_main and best.is_file():
             from ..checkpoint import load_checkpoint
 
-            best = load_checkpoint(self.run.checkpoint("best"))
-            self.lora.write(self.run.path / ADAPTER_DIR, best.tensors)
-        return result
+            self.lora.write(self.run.path / ADAPTER_DIR, load_checkpoint(best).tensors)
 
 
 def finetune_config(source: RunConfig, file: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
@@ -136,7 +150,10 @@ def finetune(source: str | Path, data: list[str], run_dir: str | Path, config: R
     conversations = ConversationData(data, warm_start.tokenizer(), fc.block_size or config.model.block_size,
                                      fc.loss_on, fc.val_fraction, config.train.seed)
     if config.finetune.epochs > 0 and max_iters is None and not resume:
-        _set_length(config, len(conversations.rows["train"][0]))
+        fitted = _set_length(config, len(conversations.rows["train"][0]))
+        if fitted:
+            say(f"finetune.epochs={config.finetune.epochs:g} makes {config.train.max_iters:,} iterations: "
+                f"{fitted} fitted to them (set it to keep another)")
 
     def start() -> FinetuneTrainer:
         trainer = FinetuneTrainer(config, conversations, run.path, warm_start, resume=resume, progress=progress)
@@ -146,12 +163,18 @@ def finetune(source: str | Path, data: list[str], run_dir: str | Path, config: R
     return in_run_folder(run, resume, start)
 
 
-def _set_length(config: RunConfig, rows: int) -> None:
-    """train.max_iters for finetune.epochs passes over `rows` blocks, with the warm-up and the
-    evaluation interval fitted to it."""
+def _set_length(config: RunConfig, rows: int) -> str:
+    """Set train.max_iters for finetune.epochs passes over `rows` blocks, and fit to it the
+    warm-up and evaluation interval that were left at FINETUNE_TRAIN's values (values the user
+    gave are kept); what was fitted, for a line of output ("" for nothing)."""
     tc = config.train
     per_step = tc.batch_size * tc.grad_accum_steps * int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's
     tc.max_iters = max(1, math.ceil(config.finetune.epochs * rows / per_step))
-    tc.warmup_iters = min(tc.warmup_iters, tc.max_iters // 5)
-    tc.eval_interval = min(tc.eval_interval, max(1, tc.max_iters // 4))
+    fits = {"warmup_iters": ("warm-up", tc.max_iters // 5), "eval_interval": ("evaluation every", max(1, tc.max_iters // 4))}
+    fitted = []
+    for key, (name, most) in fits.items():
+        if getattr(tc, key) == FINETUNE_TRAIN[f"train.{key}"] and getattr(tc, key) > most:
+            setattr(tc, key, most)
+            fitted.append(f"{name} {most:,} (train.{key})")
     validate(config)
+    return ", ".join(fitted)
