@@ -136,6 +136,32 @@ def test_tokenizer_sample_is_bounded_and_seeded(tmp_path, small_books):
     assert [h for h, _ in sample] == [1, 3, 5]  # the smallest hashes, until the budget is reached
 
 
+def spool(work: Path, texts: list[str], sample_chars: int) -> tuple[dict, np.ndarray]:
+    from datatrove.data import Document
+
+    step = prepare_steps.Spool(work, seed=1, val_fraction=0.1, sample_chars=sample_chars)
+    list(step.run(Document(text=t, id=str(i)) for i, t in enumerate(texts)))
+    return (json.loads(prepare_steps.summary_path(work, "read", 0).read_text()),
+            np.load(prepare_steps.sample_path(work, 0)))
+
+
+def test_a_read_task_keeps_a_compact_sample_and_none_without_bpe(tmp_path):
+    """A corpus of short lines made each task keep every training document as a candidate in
+    Python lists and an indented JSON summary (1.7 GB of memory, a 131 MB summary for 2 M lines),
+    even with a tokenizer given: the sample is uint64 rows beside the summary, pruned to the
+    budget as it goes, and not kept at all when no BPE is trained."""
+    texts = [f"ছোট লাইন {i}" for i in range(3 * prepare_steps._Sample.PRUNE_EVERY)]
+    summary, rows = spool(tmp_path / "bpe", texts, sample_chars=5_000)
+    assert "sample" not in summary and rows.dtype == np.uint64 and rows.shape[1] == 4
+    assert rows[:, 1].sum() >= 5_000 and rows[:-1, 1].sum() < 5_000  # the fewest documents that hold the budget
+    assert (np.diff(rows[:, 0].astype(np.float64)) >= 0).all()  # smallest sample hashes first
+    every = [[prepare_steps.doc_hash(t, 1, "sample"), len(t)] for t in texts
+             if prepare_steps.doc_hash(t, 1, "split") >= prepare_steps.val_threshold(0.1)]
+    assert rows[:, 0].tolist() == [h for h, _ in prepare_steps.bottom_sample(every, 5_000)[:, :2].tolist()]
+    _, none = spool(tmp_path / "given", texts[:100], sample_chars=0)
+    assert none.shape == (0, 4)
+
+
 def test_split_follows_the_text_not_the_position(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -41,6 +41,7 @@ from .prepare_steps import (
     Spool,
     bottom_sample,
     read_spooled,
+    sample_path,
     spool_path,
     summary_path,
     val_threshold,
@@ -294,9 +295,9 @@ class _Job:
         """Run the phase's tasks `ranks` (a contiguous range) here, then wait for all tasks."""
         ranks = list(ranks)
         if phase == "read":
+            sample = self.plan["tokenizer_sample"] if self.plan["tokenizer"] == "bpe" else 0  # only BPE trains on one
             steps = [ReadInputs(*self.reading, self.progress),
-                     Normalize(), Spool(self.work, self.plan["seed"], self.plan["val_fraction"],
-                                        self.plan["tokenizer_sample"])]
+                     Normalize(), Spool(self.work, self.plan["seed"], self.plan["val_fraction"], sample)]
         else:
             np_dtype = read_json(self.work / "split.json")["dtype"]
             steps = [EncodeShards(self.work, self.plan["seed"], np_dtype, self.plan["shard_tokens"], self.progress)]
@@ -338,10 +339,10 @@ class _Job:
         vocabulary), or a char tokenizer over every character seen."""
         if self.plan["tokenizer"] == "char":
             return Tokenizer.build_char(set("".join(r["chars"] for r in reads)))
-        candidates = [[h, chars, rank, offset, split_hash] for rank, r in enumerate(reads)
-                      for h, chars, offset, split_hash in r["sample"]]
-        chosen = [[rank, offset] for _, _, rank, offset, split_hash in
-                  bottom_sample(candidates, self.plan["tokenizer_sample"]) if not rule.is_val(split_hash)]
+        tasks = [np.load(sample_path(self.work, rank), allow_pickle=False) for rank in range(self.tasks)]
+        candidates = np.concatenate([np.insert(rows, 2, rank, axis=1) for rank, rows in enumerate(tasks)])
+        chosen = [[int(rank), int(offset)] for _, _, rank, offset, split_hash in
+                  bottom_sample(candidates, self.plan["tokenizer_sample"]) if not rule.is_val(int(split_hash))]
         if rule.highest < rule.threshold:  # the one training document validation's threshold left out
             chosen.append(next([rank, r["highest"][1]] for rank, r in enumerate(reads)
                                if r["highest"] and r["highest"][0] == rule.highest))

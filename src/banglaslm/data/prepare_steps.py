@@ -14,7 +14,6 @@ was cut into tasks, and exact duplicates never straddle train and validation.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from tqdm import tqdm
 
-from ..fileio import atomic_write_json, read_json
+from ..fileio import atomic_path, atomic_write_json, read_json
 from ..text import normalize
 from ..tokenizer import Coverage, Tokenizer, iter_chunks
 from .folder import SPLITS, ShardWriter
@@ -100,7 +99,7 @@ class Spool(PipelineStep):
         path.parent.mkdir(parents=True, exist_ok=True)
         summary = {"documents": 0, "empty": 0, "bytes": 0, "lowest": None, "highest": None}
         chars: set[str] = set()
-        sample = _Sample(self.sample_chars)
+        sample = _Sample(self.sample_chars)  # a budget of 0: no tokenizer is trained here
         with open(path, "wb") as fh:
             for doc in data:
                 if not doc.text:  # an empty row, or one of only spaces and invisible characters
@@ -111,14 +110,16 @@ class Spool(PipelineStep):
                     summary["lowest"] = [h, offset]
                 if summary["highest"] is None or h > summary["highest"][0]:
                     summary["highest"] = [h, offset]
-                if h >= self.threshold:
+                if h >= self.threshold and self.sample_chars:
                     sample.offer([doc_hash(doc.text, self.seed, "sample"), len(doc.text), offset, h])
                 fh.write((json.dumps(doc.text, ensure_ascii=False) + "\n").encode("utf-8"))
                 summary["documents"] += 1
                 summary["bytes"] += len(doc.text.encode("utf-8"))
                 chars.update(doc.text)
-        summary.update(chars="".join(sorted(chars)), sample=sample.candidates())
-        atomic_write_json(summary_path(self.work, "read", rank), summary)
+        with atomic_path(sample_path(self.work, rank)) as tmp, open(tmp, "wb") as out:
+            np.save(out, sample.candidates(), allow_pickle=False)
+        summary.update(chars="".join(sorted(chars)))
+        atomic_write_json(summary_path(self.work, "read", rank), summary)  # last: the task is done
         return
         yield
 
@@ -126,34 +127,45 @@ class Spool(PipelineStep):
 class _Sample:
     """The documents with the smallest hashes, fewest first, holding at least `budget`
     characters (a bottom-k sample measured in characters: the same documents whatever order
-    they come in, and any task's share of the corpus's sample is among its own)."""
+    they come in, and any task's share of the corpus's sample is among its own). Kept as uint64
+    rows [hash, characters, offset, split hash], pruned every PRUNE_EVERY offers: 32 bytes per
+    candidate (Python lists of them took a gigabyte for a corpus of short lines)."""
+
+    PRUNE_EVERY = 1 << 16
 
     def __init__(self, budget: int):
-        self.budget, self.heap, self.chars = budget, [], 0
+        self.budget, self.kept, self.new = budget, np.empty((0, 4), dtype=np.uint64), []
 
     def offer(self, candidate: list[int]) -> None:
-        """Offer [hash, characters, ...more] of one document."""
-        h, chars, *more = candidate
-        heapq.heappush(self.heap, (-h, chars, *more))
-        self.chars += chars
-        while self.heap and self.chars - self.heap[0][1] >= self.budget:
-            self.chars -= heapq.heappop(self.heap)[1]
+        """Offer [hash, characters, offset, split hash] of one document."""
+        self.new.append(candidate)
+        if len(self.new) >= self.PRUNE_EVERY:
+            self._prune()
 
-    def candidates(self) -> list[list[int]]:
-        """The documents kept, as offered, smallest hash first."""
-        return sorted([-h, *rest] for h, *rest in self.heap)
+    def _prune(self) -> None:
+        rows = np.array(self.new, dtype=np.uint64).reshape(len(self.new), 4)
+        self.kept, self.new = bottom_sample(np.concatenate([self.kept, rows]), self.budget), []
+
+    def candidates(self) -> np.ndarray:
+        """The documents kept, as rows, smallest hash first."""
+        self._prune()
+        return self.kept
 
 
-def bottom_sample(candidates: list[list[int]], budget: int) -> list[list[int]]:
-    """Of [hash, characters, ...] candidates, those with the smallest hashes holding at least
-    `budget` characters (all of them when they hold fewer)."""
-    out, total = [], 0
-    for c in sorted(candidates):
-        if total >= budget:
-            break
-        out.append(c)
-        total += c[1]
-    return out
+def bottom_sample(candidates, budget: int) -> np.ndarray:
+    """Of [hash, characters, ...] rows, those with the smallest hashes (ties: the next columns)
+    holding at least `budget` characters (all of them when they hold fewer), in that order."""
+    rows = np.asarray(candidates, dtype=np.uint64)
+    if not len(rows):
+        return rows
+    rows = rows[np.lexsort(rows.T[::-1])]
+    before = np.cumsum(rows[:, 1]) - rows[:, 1]  # characters of the rows before each
+    return rows[before < budget]
+
+
+def sample_path(work: Path, rank: int) -> Path:
+    """A read task's candidates for the tokenizer's sample (rows of `_Sample`)."""
+    return summary_path(work, "read", rank).with_suffix(".sample.npy")
 
 
 def read_spool(path: Path) -> Iterator[str]:
