@@ -2,7 +2,9 @@
 out-of-memory killer would) stops the command with the fix instead of hanging it, and a task's
 UserError comes back as one line, with no traceback on the terminal, in a worker or in-process."""
 
+import errno
 import os
+from pathlib import Path
 
 import pytest
 from datatrove.pipeline.base import PipelineStep
@@ -20,6 +22,16 @@ class DiesInTask1(PipelineStep):
     def run(self, data=None, rank=0, world_size=1):
         if rank == 1:
             os.kill(os.getpid(), 9)
+        return
+        yield
+
+
+class DiskFullInTask0(PipelineStep):
+    name = "disk full"
+
+    def run(self, data=None, rank=0, world_size=1):
+        if rank == 0:
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/out/train/00000.bin")
         return
         yield
 
@@ -53,3 +65,39 @@ def test_a_tasks_user_error_comes_back_as_itself_without_a_traceback(tmp_path, c
     err = capfd.readouterr().err
     assert "Traceback" not in err and "bad input" not in err
     assert "bad input in task 0" in (tmp_path / "logs" / "00000" / "logs" / "task_00000.log").read_text()
+
+
+def test_a_full_disk_in_a_worker_comes_back_as_the_os_error(tmp_path, capfd):
+    """A worker's OSError (a full disk) printed its traceback and came back as "task 0 failed
+    (exit code 1)": it comes back as itself, which the command line prints as one line."""
+    with pytest.raises(OSError) as caught:
+        run_tasks([DiskFullInTask0()], 2, tmp_path / "logs", [0, 1], workers=2, command="prepare")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == "/data/out/train/00000.bin"
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_dead_worker_keeps_the_tasks_done_for_the_rerun(tmp_path, small_books, monkeypatch):
+    """The message says to run the command again, but prepare deleted its work folder, so the
+    rerun started over: the tasks done stay, and the rerun gives the same folder as one run."""
+    from banglaslm.data import prepare as prepare_module
+    from banglaslm.data.tasks import WorkerDied
+
+    inputs = [str(p) for p in small_books]
+    options = {"vocab_size": 400, "doc_split": "paragraph", "tasks": 3, "progress": False}
+    real = prepare_module.run_tasks
+
+    def dies_in_encode(steps, tasks, logs, ranks, *args, **kwargs):
+        if Path(logs).name == "encode":
+            raise WorkerDied("a prepare worker died (task 2, signal 9: killed, or out of memory); run the same "
+                             "command again")
+        return real(steps, tasks, logs, ranks, *args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "run_tasks", dies_in_encode)
+    with pytest.raises(WorkerDied):
+        prepare_module.prepare(inputs, tmp_path / "d", **options)
+    work = tmp_path / ".d.prepare"
+    assert all((work / "read" / f"{r:05d}.json").is_file() for r in range(3)) and (work / "split.json").is_file()
+    monkeypatch.setattr(prepare_module, "run_tasks", real)
+    again = prepare_module.prepare(inputs, tmp_path / "d", **options)
+    once = prepare_module.prepare(inputs, tmp_path / "once", **options)
+    assert again.meta["splits"]["train"]["digest"] == once.meta["splits"]["train"]["digest"] and not work.exists()

@@ -55,7 +55,7 @@ from .sources import (
     resolve_inputs,
     text_rate,
 )
-from .tasks import run_tasks
+from .tasks import WorkerDied, run_tasks
 from .tokenizer_choice import TOKENIZER_HELP, load_tokenizer
 
 MIN_VAL_TOKENS = 2_048  # below this a validation loss averages a handful of windows (8 of the small preset's 256)
@@ -254,6 +254,8 @@ class _Job:
                 self.choose()
                 self.run_phase("encode", range(self.tasks))
                 return self.finish(allow_unknown)
+            except WorkerDied:  # the tasks done are good: the same command again does the rest
+                raise
             except Exception:  # bad input, a full disk, ...: nothing half-made stays (Ctrl-C keeps it to resume)
                 shutil.rmtree(self.work, ignore_errors=True)
                 raise

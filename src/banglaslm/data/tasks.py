@@ -27,6 +27,11 @@ from ..errors import UserError
 USER_ERROR_EXIT = 2
 
 
+class WorkerDied(UserError):
+    """A worker process was killed (the out-of-memory killer, kill -9): the tasks done so far
+    are good, and the same command again does only the rest."""
+
+
 def run_tasks(steps: list, tasks: int, logs: Path, ranks, workers: int, command: str,
               console: str | None = None) -> None:
     """Run tasks `ranks` of `tasks` of the pipeline `steps`, `workers` at a time: here, one after
@@ -73,12 +78,15 @@ def run_task(steps: list, tasks: int, logs: Path, rank: int, console: str | None
 
 
 def _task_process(steps, tasks: int, logs: Path, rank: int, console: str | None, error: Path) -> None:
-    """A worker process's body: run the task; a UserError's message goes to `error`."""
+    """A worker process's body: run the task; a UserError's message, or an OSError's (a full
+    disk), goes to `error` for the parent to raise as its own."""
     try:
         run_task(steps, tasks, logs, rank, console)
-    except UserError as exc:
+    except (UserError, OSError) as exc:
+        report = {"user": [str(exc), exc.param]} if isinstance(exc, UserError) else \
+            {"os": [exc.errno, exc.strerror, exc.filename]}
         error.parent.mkdir(parents=True, exist_ok=True)
-        error.write_text(json.dumps([str(exc), exc.param]), encoding="utf-8")
+        error.write_text(json.dumps(report), encoding="utf-8")
         sys.exit(USER_ERROR_EXIT)
 
 
@@ -86,10 +94,12 @@ def _check_exit(code: int, rank: int, error: Path, command: str) -> None:
     if code == 0:
         return
     if code == USER_ERROR_EXIT and error.exists():
-        message, param = json.loads(error.read_text(encoding="utf-8"))
-        raise UserError(message, param)
+        report = json.loads(error.read_text(encoding="utf-8"))
+        if "os" in report:
+            raise OSError(*report["os"])
+        raise UserError(*report["user"])
     if code is not None and code < 0:
-        raise UserError(f"a {command} worker died (task {rank}, signal {-code}: killed, or out of memory); run the "
+        raise WorkerDied(f"a {command} worker died (task {rank}, signal {-code}: killed, or out of memory); run the "
                         "same command again, with fewer `workers` if memory is short")
     raise RuntimeError(f"{command}'s task {rank} failed (exit code {code}); its traceback is above")
 
