@@ -125,6 +125,32 @@ def test_ranks_refuse_a_plan_that_differs(tmp_path, small_books):
         prepare([str(small_books[0])], tmp_path / "d", tasks=2, task_rank=2, progress=False)
 
 
+def test_a_task_that_fails_stops_the_other_machines(tmp_path):
+    """Task 0 refused the text ("all ... documents are the same text") and task 1, on another
+    machine, waited forever for its choice: it stops, naming task 0's error."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (src / name).write_text("একই লেখা।\n", encoding="utf-8")
+    flags = ["--out", str(tmp_path / "d"), "--tasks", "2", "--tokenizer", "char", "--doc-split", "line"]
+    other = cli(str(src), *flags, "--task-rank", "1")
+    with pytest.raises(UserError, match="are the same text"):
+        prepare([str(src)], tmp_path / "d", tasks=2, task_rank=0, tokenizer="char", doc_split="line",
+                progress=False)
+    output = other.communicate(timeout=120)[0]
+    assert other.returncode == 2, output
+    assert "task 0 of this prepare failed on its machine: all 2 documents are the same text" in output
+
+
+def test_a_task_run_again_after_the_folder_is_finished_is_refused(tmp_path, small_books):
+    """A scheduler that retried task 1 after task 0 had finished the folder left it waiting for
+    the others forever, beside a new work folder."""
+    prepare([str(small_books[0])], tmp_path / "d", tasks=2, progress=False, **OPTIONS)
+    with pytest.raises(UserError, match="already a finished data folder .* delete it first"):
+        prepare([str(small_books[0])], tmp_path / "d", tasks=2, task_rank=1, progress=False, **OPTIONS)
+    assert not (tmp_path / ".d.prepare").exists()
+
+
 def test_tokenizer_sample_is_bounded_and_seeded(tmp_path, small_books):
     inputs = [str(p) for p in small_books]
     small = {**OPTIONS, "tokenizer_sample": 20_000}

@@ -219,12 +219,17 @@ def _identity(source) -> list:
     return [source.kind, source.location, stat.st_size, stat.st_mtime_ns]
 
 
+class _OtherTaskFailed(UserError):
+    """Another machine's task failed: this one stops (and does not count as failed itself)."""
+
+
 class _Job:
     """One prepare's work folder and its phases."""
 
     def __init__(self, out: Path, plan: dict, existing: Tokenizer | None, progress: bool, workers: int):
         self.out, self.plan, self.existing, self.progress, self.workers = out, plan, existing, progress, workers
         self.work = out.parent / f".{out.name}.prepare"
+        self.started = time.time()  # a failure another machine reported before this is an old one
         self.tasks = plan["tasks"]
         self.reading = ([Source(kind, location) for kind, location, *_ in plan["sources"]], plan["text_column"],
                         plan["doc_split"])  # what the read phase reads: the inputs, or their cleaned copy
@@ -262,16 +267,27 @@ class _Job:
 
     def run_one(self, rank: int, allow_unknown: bool) -> dict | None:
         """Task `rank` of several machines; task 0 also chooses the tokenizer and finishes the
-        folder (the meta), the others return None once their shards are written."""
+        folder (the meta), the others return None once their shards are written. A task that
+        fails says so in the work folder, so that the others stop instead of waiting for it."""
         check_destination(self.out, "data folder", is_data_folder)
+        if is_data_folder(self.out) and not self.work.exists():  # a task run again after task 0 finished
+            raise UserError(f"{self.out} is already a finished data folder (task 0 wrote its meta.json); to prepare "
+                            "it again with several machines, delete it first, then start every task")
         self.open(restart=False)
-        self.run_phase("read", [rank])
-        self.choose() if rank == 0 else self.wait_for("choice", [self.work / "split.json"])
-        self.run_phase("encode", [rank])
-        if rank != 0:
-            return None
-        with exclusive(self.out, "data folder"):
-            return self.finish(allow_unknown)
+        failed = self.work / "failed" / f"{rank:05d}.json"
+        failed.unlink(missing_ok=True)  # this task's earlier failure, if any, is being retried
+        try:
+            self.run_phase("read", [rank])
+            self.choose() if rank == 0 else self.wait_for("choice", [self.work / "split.json"])
+            self.run_phase("encode", [rank])
+            if rank != 0:
+                return None
+            with exclusive(self.out, "data folder"):
+                return self.finish(allow_unknown)
+        except Exception as exc:
+            if self.work.exists() and not isinstance(exc, _OtherTaskFailed):
+                atomic_write_json(failed, {"error": str(exc) or type(exc).__name__})
+            raise
 
     def open(self, restart: bool) -> None:
         """Resume the work folder of the same plan; another plan's is replaced (`restart`, when
@@ -308,9 +324,15 @@ class _Job:
         self.wait_for(phase, [summary_path(self.work, phase, r) for r in range(self.tasks)])
 
     def wait_for(self, what: str, paths: list[Path]) -> None:
-        """Block until every one of `paths` exists (written by tasks on other machines)."""
+        """Block until every one of `paths` exists (written by tasks on other machines); a task
+        that failed on its machine stops the wait with its error."""
         said = False
         while missing := [p for p in paths if not p.exists()]:
+            for failure in sorted((self.work / "failed").glob("*.json")):
+                if failure.stat().st_mtime >= self.started:  # an older one was before this attempt
+                    raise _OtherTaskFailed(f"task {int(failure.stem)} of this prepare failed on its machine: "
+                                           f"{read_json(failure)['error']} (fix that, then start every task again: "
+                                           "the tasks done are kept)")
             if not said:
                 print(f"waiting for {len(missing)} more task(s) of the {what} phase (other machines) in {self.work}",
                       flush=True)
