@@ -92,6 +92,12 @@ def test_destinations_that_are_not_ours(trained_run, data_dir, small_books, tmp_
     code, err = run_cli(["prepare", books, "--doc-split", "paragraph", "--out", books], capsys)
     one_line_error(code, err, "holds the input")
     assert sorted(p.name for p in books.iterdir()) == sorted(b.name for b in small_books[:2])
+    # An output inside an input folder was accepted, and the next run read it (or, after Ctrl-C,
+    # its work folder) as input.
+    for command in (["prepare", "--doc-split", "paragraph"], ["clean"]):
+        code, err = run_cli([command[0], books, *command[1:], "--out", books / "out"], capsys)
+        one_line_error(code, err, f"is inside the input folder {books}")
+    assert sorted(p.name for p in books.iterdir()) == sorted(b.name for b in small_books[:2])
 
 
 def test_the_current_folder_is_not_replaced(small_books, tmp_path, capsys, monkeypatch):

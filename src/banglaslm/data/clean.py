@@ -441,7 +441,7 @@ def clean(
     if examples < 0:
         raise bad_param("examples", f"must be 0 or more, got {examples}")
     sources = resolve_inputs(inputs)
-    check_apart(sources, Path(out_dir), "cleaned documents")
+    check_apart(inputs, sources, Path(out_dir), "cleaned documents")
     start = time.perf_counter()
     with staged_folder(out_dir, "cleaned folder", replaceable=is_cleaned_folder) as stage:
         work = stage / ".work"

@@ -173,7 +173,7 @@ def prepare(
     sources = resolve_inputs(inputs)
     out = Path(out_dir)
     check_not_cwd(out, "data folder")
-    check_apart(sources, out, "data folder")
+    check_apart(inputs, sources, out, "data folder")
     plan = {"sources": [_identity(s) for s in sources], "tokenizer": tokenizer, "vocab_size": vocab_size,
             "val_fraction": val_fraction, "seed": seed, "text_column": text_column, "doc_split": doc_split,
             "dtype": dtype, "tokenizer_sample": tokenizer_sample, "shard_tokens": shard_tokens, "tasks": tasks,

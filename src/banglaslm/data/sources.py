@@ -199,8 +199,9 @@ def is_cleaned_folder(folder: Path) -> bool:
         return False
 
 
-def check_apart(sources: list[Source], out: Path, what: str) -> None:
-    """UserError when the output folder `out` holds an input (it is replaced as a whole)."""
+def check_apart(inputs: list[str], sources: list[Source], out: Path, what: str) -> None:
+    """UserError when the output folder `out` holds an input (it is replaced as a whole), or lies
+    inside an input folder (the next run would read it, and its work files, as input)."""
     target = Path(out).resolve()
     for source in sources:
         if source.kind == "hf":
@@ -209,6 +210,10 @@ def check_apart(sources: list[Source], out: Path, what: str) -> None:
         if path == target or target in path.parents:
             raise UserError(f"the output folder {out} holds the input {source.location}; write the {what} "
                             "somewhere else")
+    for given in inputs:
+        if not str(given).startswith("hf:") and Path(given).is_dir() and Path(given).resolve() in target.parents:
+            raise UserError(f"the output folder {out} is inside the input folder {given}, so the next run would read "
+                            f"it as input; write the {what} somewhere else")
 
 
 def _format(path: Path) -> str:

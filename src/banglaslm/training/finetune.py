@@ -149,15 +149,16 @@ def finetune(source: str | Path, data: list[str], run_dir: str | Path, config: R
     fc = config.finetune
     conversations = ConversationData(data, warm_start.tokenizer(), fc.block_size or config.model.block_size,
                                      fc.loss_on, fc.val_fraction, config.train.seed)
+    fitted = ""
     if config.finetune.epochs > 0 and max_iters is None and not resume:
         fitted = _set_length(config, len(conversations.rows["train"][0]))
-        if fitted:
-            say(f"finetune.epochs={config.finetune.epochs:g} makes {config.train.max_iters:,} iterations: "
-                f"{fitted} fitted to them (set it to keep another)")
 
     def start() -> FinetuneTrainer:
         trainer = FinetuneTrainer(config, conversations, run.path, warm_start, resume=resume, progress=progress)
         say(conversations.summary())  # once every check has passed
+        if fitted:
+            say(f"finetune.epochs={config.finetune.epochs:g} makes {config.train.max_iters:,} iterations: "
+                f"{fitted} fitted to them (--set them to choose others)")
         return trainer
 
     return in_run_folder(run, resume, start)
