@@ -226,3 +226,25 @@ def test_kept_and_removed_documents_say_where_they_came_from(planted, tmp_path):
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["steps"][3]["examples"][0]["input"] == removed[0]["input"]
     assert f"from {table} row 7" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_removed_documents_are_merged_in_id_order_as_they_are_read(tmp_path):
+    """--keep-removed held every removed document of a step in memory to sort it (731 MB for a
+    77 MB file): the tasks' files, each in id order, are merged as they are read; one that is
+    not in order is still sorted whole."""
+    from banglaslm.data.clean import StepCount, _gather_removed
+
+    def task_file(step: str, name: str, ids: list[int]) -> None:
+        (tmp_path / "removed" / step).mkdir(parents=True, exist_ok=True)
+        rows = [{"id": f"{i:010d}", "text": f"লেখা {i}", "metadata": {"input": f"f.txt line {i}"}} for i in ids]
+        (tmp_path / "removed" / step / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    task_file("script", "00000.jsonl", [1, 4, 9])
+    task_file("script", "00001.jsonl", [2, 3, 10])
+    task_file("exact_dedup", "00000.jsonl", [7, 5])  # out of order
+    task_file("exact_dedup", "00001.jsonl", [6])
+    _gather_removed(tmp_path / "removed", tmp_path / "out", [StepCount("script", 10), StepCount("exact_dedup", 4)])
+    for step, ids in (("script", [1, 2, 3, 4, 9, 10]), ("exact_dedup", [5, 6, 7])):
+        rows = [json.loads(line) for line in open(tmp_path / "out" / f"{step}.jsonl", encoding="utf-8")]
+        assert [int(r["id"]) for r in rows] == ids and rows[0]["reason"] == step
+        assert rows[0]["input"] == f"f.txt line {ids[0]}" and rows[0]["text"] == f"লেখা {ids[0]}"

@@ -22,7 +22,7 @@ import math
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Annotated
@@ -498,16 +498,41 @@ def _write_shards(documents: Iterator[tuple[str, str, dict]], folder: Path, shar
 
 
 def _gather_removed(removed: Path, out: Path, steps: list[StepCount]) -> None:
-    """One removed/STEP.jsonl per step: {"id", "input", "reason", "text"} per removed document, by id."""
+    """One removed/STEP.jsonl per step: {"id", "input", "reason", "text"} per removed document, by
+    id. Each task's file is in id order, so they are merged as they are read (holding them all
+    to sort took six times the removed text in memory); a file out of order is sorted whole."""
     out.mkdir()
     for step in steps:
-        records = [json.loads(line) for path in sorted((removed / step.step).glob("*.jsonl"))
-                   for line in open(path, encoding="utf-8")]
-        with open(out / f"{step.step}.jsonl", "w", encoding="utf-8") as fh:
-            for r in sorted(records, key=lambda r: r["id"]):
-                reason = r.get("metadata", {}).get("filter_reason") or step.step
-                row = {"id": r["id"], "input": r.get("metadata", {}).get("input"), "reason": reason, "text": r["text"]}
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        files = sorted((removed / step.step).glob("*.jsonl"))
+        try:
+            _write_removed(out / f"{step.step}.jsonl", step.step,
+                           heapq.merge(*(_removed_records(p) for p in files), key=lambda r: r["id"]))
+        except _OutOfOrder:
+            records = [r for p in files for r in _removed_records(p, ordered=False)]
+            _write_removed(out / f"{step.step}.jsonl", step.step, sorted(records, key=lambda r: r["id"]))
+
+
+class _OutOfOrder(Exception):
+    pass
+
+
+def _removed_records(path: Path, ordered: bool = True) -> Iterator[dict]:
+    last = ""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            record = json.loads(line)
+            if ordered and record["id"] < last:
+                raise _OutOfOrder(path)
+            last = record["id"]
+            yield record
+
+
+def _write_removed(path: Path, step: str, records: Iterable[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            reason = r.get("metadata", {}).get("filter_reason") or step
+            row = {"id": r["id"], "input": r.get("metadata", {}).get("input"), "reason": reason, "text": r["text"]}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 # ---- the report ----------------------------------------------------------------------------
