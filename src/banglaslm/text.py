@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sys
 import unicodedata
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
 from .errors import UserError
@@ -80,6 +81,22 @@ def _line_rules() -> tuple[re.Pattern, re.Pattern]:
 def unify_line_breaks(text: str) -> str:
     """CRLF, a lone CR (old Mac files) and the other line-break characters become "\\n"."""
     return _line_rules()[0].sub("\n", text)
+
+
+def split_stream(chunks: Iterable[str], by: str) -> Iterator[str]:
+    """What `split_paragraphs` (`by` "paragraph") or splitting at "\\n" (`by` "line") gives for
+    the text of `chunks` joined, its line breaks unified, piece by piece as each completes: a
+    file larger than memory streams through, holding one piece at a time."""
+    breaks, paragraph = _line_rules()
+    rule = paragraph if by == "paragraph" else re.compile("\n")
+    carry, cr = "", ""
+    for chunk in chunks:
+        raw = cr + chunk
+        cr = "\r" if raw.endswith("\r") else ""  # a CRLF may straddle two chunks
+        parts = rule.split(carry + breaks.sub("\n", raw[:len(raw) - len(cr)]))
+        yield from parts[:-1]
+        carry = parts[-1]  # the scan goes on from its start, as it would in the whole text
+    yield from rule.split(carry + breaks.sub("\n", cr))
 
 
 def split_paragraphs(text: str) -> list[str]:

@@ -338,3 +338,39 @@ def test_a_small_input_s_rate_is_not_zero_mb_per_s():
     assert text_rate(2_500_000, 1.0) == "2.50 MB/s"
     assert text_rate(4_000, 0.5) == "8.0 kB/s"  # printed as "0.01 MB/s" before, and 1 kB in 1 s as "0.00 MB/s"
     assert text_rate(0, 0.0) == "0.0 kB/s"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16"])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_a_text_file_streams_into_the_documents_the_whole_file_gives(tmp_path, monkeypatch, encoding, chunk):
+    """A .txt file split into lines, paragraphs or pages was read whole (678 MB of memory for a
+    210 MB file): it streams, a few bytes at a time here, and the documents are those of the
+    whole text, whatever falls on a chunk's edge (CRLF, a blank-line run, a Bangla letter)."""
+    from banglaslm.data import sources
+    from banglaslm.text import split_paragraphs, unify_line_breaks
+
+    text = 5000 * "শুরু।\n\n" + ("প্রথম অনুচ্ছেদ।\r\nএকই অনুচ্ছেদ\r\n\r\n\r\n\r\nদ্বিতীয়\u2028লাইন\n \u200b\n\nতৃতীয়\rশেষ\r\n"
+            "\n\n" + "লম্বা অনুচ্ছেদ। " * 40 + "\r\n\r\nশেষ কথা")
+    path = tmp_path / "t.txt"
+    path.write_bytes(text.encode(encoding))
+    whole = unify_line_breaks(text)
+    expected = {"line": whole.split("\n"), "paragraph": split_paragraphs(whole),
+                "page": list(sources.pages(split_paragraphs(whole))), "file": [whole]}
+    monkeypatch.setattr(sources, "TEXT_CHUNK", chunk)  # the first read is 64 KiB: the rest comes in chunks
+    assert len(text.encode(encoding)) > (1 << 16) + 1000
+    for split, documents in expected.items():
+        assert list(sources.read_text_file(str(path), split)) == documents, split
+
+
+def test_the_first_document_comes_before_the_file_is_read_whole(tmp_path, monkeypatch):
+    from banglaslm.data import sources
+
+    path = tmp_path / "big.txt"
+    path.write_text("একটি লাইন।\n" * 200_000, encoding="utf-8")  # 6 MB
+    opened = []
+    real = sources.open_binary
+    monkeypatch.setattr(sources, "open_binary", lambda p: opened.append(real(p)) or opened[-1])
+    monkeypatch.setattr(sources, "TEXT_CHUNK", 1 << 20)
+    documents = sources.read_text_file(str(path), "line")
+    assert next(documents) == "একটি লাইন।"
+    assert opened and opened[0].tell() <= 2 << 20 < path.stat().st_size

@@ -40,7 +40,7 @@ from ..fileio import (
     read_bytes,
     text_encoding,
 )
-from ..text import split_paragraphs, unify_line_breaks
+from ..text import split_stream, unify_line_breaks
 from .folder import is_data_folder
 
 TEXT_SUFFIXES = {".txt", ".md"}
@@ -291,32 +291,58 @@ def _decompressed(source: Source, items: Iterator) -> Iterator:
         yield from items
 
 
+TEXT_CHUNK = 1 << 23  # bytes of a text file read at a time when it is split into documents
+
+
 def read_text_file(path: str, doc_split: str) -> Iterator[str]:
     """The documents of a text file: the whole file, its pages, its lines, or its paragraphs (split
     at lines that are blank or only look blank). UTF-8 with or without a byte-order mark, UTF-16/32 with
-    one, compressed or not; any line-end convention. A PDF, Word file, ... is refused (`NOT_TEXT`)."""
+    one, compressed or not; any line-end convention. A PDF, Word file, ... is refused (`NOT_TEXT`).
+    Split into pages, paragraphs or lines, a file streams through, TEXT_CHUNK bytes at a time."""
     if _file_source(Path(path)).kind != "text":  # a table read as prose would score its markup
         raise UserError(f"{path} is a {_format(Path(path))[1:].upper()} table, not plain text; write the text of "
                         "its documents to a .txt file first")
+    if doc_split == "file":
+        yield _whole_text(path)
+        return
+    documents = split_stream(_decoded_chunks(path), "line" if doc_split == "line" else "paragraph")
+    yield from pages(documents) if doc_split == "page" else documents
+
+
+def _whole_text(path: str) -> str:
     data = read_bytes(path)
-    for magic, what, fix in MAGIC:
-        if data.startswith(magic):
-            raise UserError(f"{path} is {what}, not text: {fix}")
-    encoding = bom_encoding(data[:4])
-    if encoding == "utf-8" and b"\x00" in data[:65536]:
-        raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
+    encoding = _checked_encoding(path, data[:65536])
     try:
-        text = unify_line_breaks(data.decode(encoding))
+        return unify_line_breaks(data.decode(encoding))
     except UnicodeDecodeError as exc:
         raise UserError(_undecodable(Path(path), DecodeFailure.of(exc, len(data), encoding), encoding)) from None
-    if doc_split == "file":
-        yield text
-    elif doc_split == "line":
-        yield from text.split("\n")
-    elif doc_split == "page":
-        yield from pages(split_paragraphs(text))
-    else:
-        yield from split_paragraphs(text)
+
+
+def _checked_encoding(path: str, head: bytes) -> str:
+    """The encoding of a text file that starts with `head`; UserError for one that is not text."""
+    for magic, what, fix in MAGIC:
+        if head.startswith(magic):
+            raise UserError(f"{path} is {what}, not text: {fix}")
+    encoding = bom_encoding(head[:4])
+    if encoding == "utf-8" and b"\x00" in head[:65536]:
+        raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
+    return encoding
+
+
+def _decoded_chunks(path: str) -> Iterator[str]:
+    """A text file's characters, TEXT_CHUNK bytes at a time, checked as `_whole_text` checks it."""
+    with decompressing(path), open_binary(path) as fh:
+        chunk = fh.read(max(TEXT_CHUNK, 1 << 16))  # enough to check what the file is
+        decoder = codecs.getincrementaldecoder(_checked_encoding(path, chunk))()
+        while True:
+            try:
+                yield decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError:
+                _whole_text(path)  # raises the one-line error naming the byte and where it is in the file
+                raise
+            if not chunk:
+                return
+            chunk = fh.read(TEXT_CHUNK)
 
 
 def read_whole_text(path: str | Path) -> str:
