@@ -88,6 +88,8 @@ def _task_process(steps, tasks: int, logs: Path, rank: int, console: str | None,
         error.parent.mkdir(parents=True, exist_ok=True)
         error.write_text(json.dumps(report), encoding="utf-8")
         sys.exit(USER_ERROR_EXIT)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker; the parent says it once ("interrupted")
+        sys.exit(130)
 
 
 def _check_exit(code: int, rank: int, error: Path, command: str) -> None:
@@ -98,6 +100,8 @@ def _check_exit(code: int, rank: int, error: Path, command: str) -> None:
         if "os" in report:
             raise OSError(*report["os"])
         raise UserError(*report["user"])
+    if code == 130:  # the worker had Ctrl-C: so has this process, or is about to
+        raise KeyboardInterrupt
     if code is not None and code < 0:
         raise WorkerDied(f"a {command} worker died (task {rank}, signal {-code}: killed, or out of memory); run the "
                         "same command again, with fewer `workers` if memory is short")
