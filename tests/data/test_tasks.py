@@ -101,3 +101,21 @@ def test_a_dead_worker_keeps_the_tasks_done_for_the_rerun(tmp_path, small_books,
     again = prepare_module.prepare(inputs, tmp_path / "d", **options)
     once = prepare_module.prepare(inputs, tmp_path / "once", **options)
     assert again.meta["splits"]["train"]["digest"] == once.meta["splits"]["train"]["digest"] and not work.exists()
+
+
+class InterruptedInTask1(PipelineStep):
+    name = "interrupted"
+
+    def run(self, data=None, rank=0, world_size=1):
+        if rank == 1:
+            raise KeyboardInterrupt
+        return
+        yield
+
+
+def test_a_worker_stopped_by_ctrl_c_stops_the_command_quietly(tmp_path, capfd):
+    """A worker's Ctrl-C printed "Process SpawnProcess-3:" and its exit read as a failed task."""
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks([InterruptedInTask1()], 2, tmp_path / "logs", [0, 1], workers=2, command="prepare")
+    err = capfd.readouterr().err
+    assert "SpawnProcess" not in err and "Traceback" not in err
