@@ -220,3 +220,12 @@ def test_prepare_with_clean_drops_copies_and_keeps_the_report(tmp_path, small_bo
     report = json.loads((tmp_path / "d" / "clean_report.json").read_text())
     assert (tmp_path / "d" / "clean_report.md").exists() and "exact" in json.dumps(report)
     assert main(["prepare", str(src), "--out", str(tmp_path / "e"), "--clean", "--tasks", "2", "--task-rank", "0"]) == 2
+
+
+def test_a_tasks_rate_leaves_out_its_wait_for_the_others():
+    """Task 1 of several machines said "done in 69.9 s (3.1 kB/s)", its minute of waiting counted."""
+    from banglaslm.data.prepare import PrepareResult
+
+    line = PrepareResult(Path("d"), None, seconds=70.0, input_bytes=10_000_000, task_rank=1, waited=60.0).summary()
+    assert "done in 70.0 s (1.00 MB/s of normalized text; 60.0 s of it waiting for other tasks)" in line
+    assert "waiting" not in PrepareResult(Path("d"), None, seconds=10.0, input_bytes=10_000_000, task_rank=1).summary()

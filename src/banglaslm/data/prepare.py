@@ -69,9 +69,11 @@ class PrepareResult:
     seconds: float
     input_bytes: int
     task_rank: int | None = None
+    waited: float = 0.0  # seconds spent waiting for the tasks of other machines
 
     def summary(self) -> str:
-        speed = f"({text_rate(self.input_bytes, self.seconds)} of normalized text)"
+        speed = f"({text_rate(self.input_bytes, self.seconds - self.waited)} of normalized text" + \
+            (f"; {self.waited:.1f} s of it waiting for other tasks)" if self.waited >= 1 else ")")
         if self.meta is None:
             return (f"task {self.task_rank} of {self.out_dir} done in {self.seconds:.1f} s {speed}; task 0 writes "
                     "meta.json once every task is done")
@@ -185,8 +187,9 @@ def prepare(
     else:
         meta = job.run_one(task_rank, allow_unknown)
         if meta is None:
-            return PrepareResult(out, None, time.perf_counter() - start, job.input_bytes([task_rank]), task_rank)
-    return PrepareResult(out, meta, time.perf_counter() - start, meta["input_bytes"])
+            return PrepareResult(out, None, time.perf_counter() - start, job.input_bytes([task_rank]), task_rank,
+                                 job.waited)
+    return PrepareResult(out, meta, time.perf_counter() - start, meta["input_bytes"], task_rank, job.waited)
 
 
 def _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens, workers,
@@ -230,6 +233,7 @@ class _Job:
         self.out, self.plan, self.existing, self.progress, self.workers = out, plan, existing, progress, workers
         self.work = out.parent / f".{out.name}.prepare"
         self.started = time.time()  # a failure another machine reported before this is an old one
+        self.waited = 0.0
         self.tasks = plan["tasks"]
         self.reading = ([Source(kind, location) for kind, location, *_ in plan["sources"]], plan["text_column"],
                         plan["doc_split"])  # what the read phase reads: the inputs, or their cleaned copy
@@ -338,6 +342,7 @@ class _Job:
                       flush=True)
                 said = True
             time.sleep(WAIT_SECONDS)
+            self.waited += WAIT_SECONDS
 
     def input_bytes(self, ranks) -> int:
         return sum(read_json(summary_path(self.work, "read", r))["bytes"] for r in ranks)
