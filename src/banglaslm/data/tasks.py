@@ -11,7 +11,6 @@ exception never goes there, it comes back to the caller as itself.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import multiprocessing.connection
 import sys
@@ -50,16 +49,16 @@ def run_tasks(steps: list, tasks: int, logs: Path, ranks, workers: int, command:
         while waiting or running:
             while waiting and len(running) < workers:
                 rank = waiting.pop(0)
-                error = Path(logs) / f"{rank:05d}.error"
-                error.unlink(missing_ok=True)
-                process = context.Process(target=_task_process, args=(steps, tasks, logs, rank, console, error),
+                report, send = context.Pipe(duplex=False)  # not a file: the disk may be what is full
+                process = context.Process(target=_task_process, args=(steps, tasks, logs, rank, console, send),
                                           daemon=True)
                 process.start()
-                running[process.sentinel] = (process, rank, error)
+                send.close()
+                running[process.sentinel] = (process, rank, report)
             for sentinel in multiprocessing.connection.wait(list(running)):
-                process, rank, error = running.pop(sentinel)
+                process, rank, report = running.pop(sentinel)
                 process.join()
-                _check_exit(process.exitcode, rank, error, command)
+                _check_exit(process.exitcode, rank, _received(report), command)
     finally:
         for process, _, _ in running.values():
             process.terminate()
@@ -77,26 +76,33 @@ def run_task(steps: list, tasks: int, logs: Path, rank: int, console: str | None
         executor._run_for_rank(rank)
 
 
-def _task_process(steps, tasks: int, logs: Path, rank: int, console: str | None, error: Path) -> None:
+def _task_process(steps, tasks: int, logs: Path, rank: int, console: str | None, report) -> None:
     """A worker process's body: run the task; a UserError's message, or an OSError's (a full
-    disk), goes to `error` for the parent to raise as its own."""
+    disk), goes through the pipe `report` for the parent to raise as its own."""
     try:
         run_task(steps, tasks, logs, rank, console)
     except (UserError, OSError) as exc:
-        report = {"user": [str(exc), exc.param]} if isinstance(exc, UserError) else \
-            {"os": [exc.errno, exc.strerror, exc.filename]}
-        error.parent.mkdir(parents=True, exist_ok=True)
-        error.write_text(json.dumps(report), encoding="utf-8")
+        report.send({"user": [str(exc), exc.param]} if isinstance(exc, UserError) else
+                    {"os": [exc.errno, exc.strerror, exc.filename]})
         sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt:  # Ctrl-C reaches every worker; the parent says it once ("interrupted")
         sys.exit(130)
 
 
-def _check_exit(code: int, rank: int, error: Path, command: str) -> None:
+def _received(report) -> dict | None:
+    """What a worker sent before it exited (its error), or None (it sent nothing: it died)."""
+    try:
+        return report.recv() if report.poll() else None
+    except EOFError:
+        return None
+    finally:
+        report.close()
+
+
+def _check_exit(code: int, rank: int, report: dict | None, command: str) -> None:
     if code == 0:
         return
-    if code == USER_ERROR_EXIT and error.exists():
-        report = json.loads(error.read_text(encoding="utf-8"))
+    if code == USER_ERROR_EXIT and report is not None:
         if "os" in report:
             raise OSError(*report["os"])
         raise UserError(*report["user"])
@@ -130,7 +136,7 @@ def _datatrove_output(console: str | None) -> Iterator[None]:
 
     def add_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
         logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-        logger.add(logfile, level="DEBUG")
+        logger.add(logfile, level="DEBUG", catch=False)  # a full disk raises here, not a traceback on stderr
         return logfile
 
     def close_task_logger(logfile) -> None:
