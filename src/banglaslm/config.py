@@ -296,6 +296,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # What `banglaslm finetune` changes in the source run's train settings (before --config/--set):
 # a gentler learning rate, a short warm-up, and frequent evaluations of a short run.
+MIN_FINETUNE_BLOCK = 16  # tokens: a packed block must hold more than one turn's labels
 FINETUNE_TRAIN: dict[str, Any] = {
     "train.learning_rate": 5e-4, "train.warmup_iters": 10, "train.min_lr_ratio": 0.1,
     "train.eval_interval": 50, "train.eval_iters": 10, "train.checkpoint_interval": 0, "train.log_interval": 5,
@@ -491,7 +492,9 @@ def validate(cfg: RunConfig) -> None:
     f = cfg.finetune
     _check("finetune.epochs", f.epochs, f.epochs >= 0, ">= 0 (0 = train.max_iters sets the length)")
     _check("finetune.val_fraction", f.val_fraction, 0 < f.val_fraction < 1, "in (0, 1)")
-    _check("finetune.block_size", f.block_size, 0 <= f.block_size <= m.block_size, f"in [0, model.block_size={m.block_size}]")
+    # a block must hold a turn: its labels alone take several tokens
+    _check("finetune.block_size", f.block_size, f.block_size == 0 or MIN_FINETUNE_BLOCK <= f.block_size <= m.block_size,
+           f"0 (the model's context) or in [{MIN_FINETUNE_BLOCK}, model.block_size={m.block_size}]")
     _check("finetune.lora_rank", f.lora_rank, f.lora_rank >= 0, ">= 1 for LoRA (0 = full fine-tuning)")
     _check("finetune.lora_alpha", f.lora_alpha, f.lora_alpha > 0, "> 0")
     _check("finetune.lora_dropout", f.lora_dropout, 0 <= f.lora_dropout < 1, "in [0, 1)")

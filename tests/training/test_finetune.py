@@ -180,11 +180,12 @@ def test_resume_with_other_conversations_is_refused(trained_run, chats, tmp_path
     (None, ("--set", "finetune.lora_rank=4", "--set", "finetune.lora_targets=qkv,c_attn"), "c_attn"),
     (None, ("--set", "finetune.lora_targets=qkv"), "no finetune.lora_rank is set"),
     (None, ("--set", "finetune.block_size=4096"), "finetune.block_size"),
+    (None, ("--set", "finetune.block_size=1"), "finetune.block_size: must be 0 (the model's context) or in [16, "),
     (None, ("--set", "model.n_layer=7"), "model.n_layer=7 (the source has 2)"),
     (None, ("--set", "model.tie_embeddings=false"), "model.tie_embeddings=False (the source has True)"),
     (None, ("--set", "finetune.loss_on=everything"), "expected one of assistant, all"),
 ], ids=["no-messages", "role", "content", "no-assistant", "empty-file", "rank-0", "rank-negative", "target", "lora-without-rank",
-        "block", "shape", "untie", "loss-on"])
+        "block", "block-1", "shape", "untie", "loss-on"])
 def test_bad_input_is_one_line_and_writes_nothing(trained_run, chats, tmp_path, capsys, rows, extra, problem):
     data = chats if rows is None else write_jsonl(tmp_path / "bad.jsonl", conversations(3) + rows)
     if rows == []:
