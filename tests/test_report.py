@@ -188,6 +188,21 @@ def test_an_imported_run_has_no_best_validation_loss(trained_run, tmp_path):
     assert "peak learning rate" not in card and "train.eval_interval" not in card
     assert "Imported: what it was trained on is not recorded here." in card
     assert json.loads((out / "report.json").read_text(encoding="utf-8"))["training"]["best_val_loss"] is None
+    # not "trained with banglaslm", and no empty plots of a training that did not happen here
+    assert "imported from Hugging Face (`llama`)" in card and "trained with banglaslm" not in card
+    assert not {"loss.png", "lr.png", "throughput.png"} & {p.name for p in out.iterdir()}
+
+
+def test_control_characters_in_samples_are_shown_escaped():
+    """A barely trained or imported model can write NUL and other control characters: raw in
+    README.md they made grep call it a binary file."""
+    from banglaslm.report import _samples_section
+
+    info = {"sampling": {"max_new_tokens": 4, "temperature": 0.8, "top_k": 50},
+            "samples": [{"prompt": "আমি\x05", "text": " ভাত\x00খাই\x1e\nনা\tহ্যাঁ", "seed": 0, "tokens": 4}]}
+    card = "\n".join(_samples_section(info))
+    assert "\\x00" in card and "\\x1e" in card and "`আমি\\x05`" in card
+    assert not any(ord(ch) < 32 and ch not in "\n\t" for ch in card) and "না\tহ্যাঁ" in card
 
 
 def test_a_finetuned_run_reports_its_source_and_conversations(trained_run, tmp_path):

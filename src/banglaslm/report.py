@@ -19,7 +19,6 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint
 from .config import SamplingParams
-from .data.folder import chars_per_token
 from .data.sources import read_whole_text
 from .errors import UserError
 from .evaluation.perplexity import evaluate_text
@@ -139,9 +138,10 @@ def write_report(run_dir: str | Path, texts=(), out_dir: str | Path | None = Non
         "sample": "the given text files" if raw_texts else "every 10th file of the embedded corpus",
         "documents": len(docs), "chars": sum(map(len, docs)), "stats": [s.to_dict() for s in tok_stats]}
     with staged_folder(out, "report folder", replaceable=_is_report) as tmp:
-        plot_loss(records, tmp / "loss.png")
-        plot_series(records, "lr", "learning rate", "learning rate schedule", tmp / "lr.png")
-        plot_series(records, "tokens_per_s", "tokens/s", "training throughput", tmp / "throughput.png")
+        if records:  # an imported model was not trained here: no plots of nothing
+            plot_loss(records, tmp / "loss.png")
+            plot_series(records, "lr", "learning rate", "learning rate schedule", tmp / "lr.png")
+            plot_series(records, "tokens_per_s", "tokens/s", "training throughput", tmp / "throughput.png")
         plot_tokenizers(tok_stats, tmp / "tokenizer.png")
         markdown = render_markdown(info)
         (tmp / "README.md").write_text(markdown, encoding="utf-8")
@@ -196,7 +196,9 @@ def _model_section(info: dict) -> list[str]:
     return ["## Model", "",
           f"A {'modern (RoPE, RMSNorm, SwiGLU' if m['arch'] == 'modern' else 'course GPT (learned positions, LayerNorm, GELU'}"
           f"{', tied embeddings)' if m['tied_head'] else ', untied output head)'} "
-          f"decoder-only transformer (`arch = {m['arch']}`), trained with banglaslm.", "",
+          f"decoder-only transformer (`arch = {m['arch']}`), " + (
+              f"imported from Hugging Face (`{_cell(str(info['imported_from'].get('model_type')))}`)."
+              if info.get("imported_from") else "trained with banglaslm."), "",
           "| property | value |", "|---|---|",
           f"| architecture | {m['arch']} |", f"| layers | {m['n_layer']} |", f"| heads | {m['n_head']} |",
           f"| width (n_embd) | {m['n_embd']} |", f"| block size (context) | {m['block_size']} |",
@@ -257,7 +259,7 @@ def _data_section(info: dict) -> list[str]:
               "| split | documents | characters | tokens | characters/token |", "|---|---:|---:|---:|---:|"]
         for split, s in data["splits"].items():
             L.append(f"| {split} | {s.get('documents', 0):,} | {s.get('chars', 0):,} | {s.get('tokens', 0):,} | "
-                     f"{chars_per_token(s) or 0:.3f} |")
+                     f"{s.get('chars', 0) / max(s.get('tokens', 0), 1):.3f} |")
         L.append("")
     elif info.get("imported_from"):
         L += ["Imported: what it was trained on is not recorded here.", ""]
@@ -295,14 +297,23 @@ def _evaluation_section(info: dict) -> list[str]:
     return L
 
 
+def _visible(text: str) -> str:
+    """Control characters (a barely trained or imported model writes NUL and the like) as \\xNN:
+    raw in README.md they make it a binary file to grep and break renderers."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _samples_section(info: dict) -> list[str]:
     s = info["sampling"]
     L = ["## Samples", "",
           f"{s['max_new_tokens']} new tokens, temperature {s['temperature']}, top-k {s['top_k']}; fixed seeds, "
           "so the same checkpoint gives the same text.", ""]
     for smp in info["samples"]:
-        body = (smp["prompt"] + smp["text"]).replace("```", "'''")
-        L += [f"**Prompt** `{smp['prompt']}` (seed {smp['seed']}, {smp['tokens']} tokens):", "", "```text", body, "```", ""]
+        body = _visible(smp["prompt"] + smp["text"]).replace("```", "'''")
+        L += [f"**Prompt** `{_visible(smp['prompt'])}` (seed {smp['seed']}, {smp['tokens']} tokens):", "", "```text", body, "```", ""]
     return L
 
 

@@ -103,3 +103,8 @@ def test_bits_per_char_of_a_mixture_weighs_each_folder_as_its_windows_are_drawn(
     assert folder_bits.min() <= mixture_bits <= folder_bits.max()
     assert chars_per_token(val[0]) == pytest.approx(ratios[0])
     assert chars_per_token({"tokens": 5}) is None
+    # the counts of inputs are every folder's (they were the first folder's alone)
+    metas = [json.loads((d / "meta.json").read_text()) for d in (data_dir, second_folder)]
+    for key in ("input_bytes", "text_files"):
+        assert mix.meta[key] == sum(m[key] for m in metas)
+    assert mix.meta["sources"] == metas[0]["sources"] + metas[1]["sources"]

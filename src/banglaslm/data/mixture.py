@@ -77,8 +77,11 @@ class Mixture:
         return self.folders[0].tokenizer()
 
     def _meta(self) -> dict:
-        """The first folder's meta with pooled counts per split, each folder's validation
-        counts as `val/NAME`, and the mixture (folders, weights, identities) recorded."""
+        """The first folder's meta with every folder's counts summed (per split, and of inputs),
+        each folder's validation counts as `val/NAME`, and the mixture (folders, weights,
+        identities) recorded. A pooled split's "chars_per_token" is weighted as windows are drawn
+        (for bits per character); its chars and tokens are plain sums. Its "digest" is the
+        mixture's identity, the same for both splits."""
         parts = [{"name": n, "path": str(f.path), "weight": float(w),
                   "splits": {s: {k: f.meta["splits"][s][k] for k in IDENTITY_KEYS if k in f.meta["splits"][s]}
                              for s in SPLITS}}
@@ -93,6 +96,9 @@ class Mixture:
         for name, f in zip(self.names, self.folders):
             splits[f"val/{name}"] = {k: f.meta["splits"]["val"].get(k, 0) for k in ("documents", "tokens", "chars")}
         meta = {k: v for k, v in self.folders[0].meta.items() if k not in ("splits", "sources", "coverage")}
+        for key in ("input_bytes", "text_files", "empty_documents"):  # counts of every folder, not the first's
+            meta[key] = sum(f.meta.get(key) or 0 for f in self.folders)
+        meta["sources"] = [source for f in self.folders for source in f.meta.get("sources", [])]
         return {**meta, "splits": splits, "mixture": parts}
 
     def samplers(self, block_size: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,
