@@ -39,6 +39,8 @@ def test_specs_and_refusals(tmp_path, data_dir, small_books, capsys):
         parse_spec(f"{data_dir}:abc")  # a folder with a typo for its weight, not a folder named with a colon
     with pytest.raises(UserError, match="give every `data_dir` folder a weight .* or none of them"):
         Mixture([f"{data_dir}:2", str(data_dir)])
+    with pytest.raises(UserError, match="is given twice in `data_dir`.*with the sum of its weights"):
+        Mixture([f"{data_dir}:0.7", f"{data_dir}/.:0.3"])  # it trained as two folders, dA.0 and dA.1
 
     assert main(["train", "--data", f"{data_dir}:2", str(data_dir), "--out", str(tmp_path / "r")]) == 2
     assert "give every --data folder a weight" in capsys.readouterr().err

@@ -61,6 +61,12 @@ class Mixture:
         if len({w is None for _, w in parsed}) > 1:
             raise UserError("give every `data_dir` folder a weight (DIR:WEIGHT) or none of them")
         self.folders = [DataFolder(path) for path, _ in parsed]
+        seen: dict[Path, str] = {}
+        for (path, _), folder in zip(parsed, self.folders):
+            if folder.path.resolve() in seen:
+                raise UserError(f"{path} is given twice in `data_dir` (as {seen[folder.path.resolve()]} too); give "
+                                "each folder once, with the sum of its weights")
+            seen[folder.path.resolve()] = path
         first = self.folders[0]
         for f in self.folders[1:]:
             if f.tokenizer_sha256 != first.tokenizer_sha256:
