@@ -172,3 +172,18 @@ def chat_base_run(tmp_path_factory, data_dir) -> Path:
     settings = {**TINY_SETTINGS, "model.block_size": 64, "model.n_embd": 48, "model.dropout": 0.0}
     train(data_dir, run, build_config(overrides=settings), progress=False)
     return run
+
+
+def stop_training_at(monkeypatch, iteration: int) -> None:
+    """Make every trainer stop at `iteration` as Ctrl-C would: it saves, then raises
+    TrainingInterrupted (`monkeypatch.undo()` lets training run on)."""
+    from banglaslm.training.trainer import Trainer
+
+    step = Trainer._step
+
+    def stopping(self, it, prefetch):
+        if it == iteration:
+            self._stop_signal = 2
+        return step(self, it, prefetch)
+
+    monkeypatch.setattr(Trainer, "_step", stopping)

@@ -4,7 +4,7 @@ ends bit-identical to one that was not."""
 
 import pytest
 import torch
-from conftest import TINY_SETTINGS
+from conftest import TINY_SETTINGS, stop_training_at
 from safetensors.torch import load_file
 
 from banglaslm.config import build_config
@@ -61,17 +61,10 @@ def test_stopped_and_resumed_ends_bit_identical(data_dir, tmp_path, monkeypatch)
     reference = tmp_path / "reference"
     train(data_dir, reference, build_config(overrides=EMA_SETTINGS), progress=False)
     run = tmp_path / "run"
-    step = Trainer._step
-
-    def stop_at_9(self, it, prefetch):  # as Ctrl-C would: the trainer saves and stops
-        if it == 9:
-            self._stop_signal = 2
-        return step(self, it, prefetch)
-
-    monkeypatch.setattr(Trainer, "_step", stop_at_9)
+    stop_training_at(monkeypatch, 9)
     with pytest.raises(TrainingInterrupted):
         train(data_dir, run, build_config(overrides=EMA_SETTINGS), progress=False)
-    monkeypatch.setattr(Trainer, "_step", step)
+    monkeypatch.undo()
     train(data_dir, run, resume=True, progress=False)
     a, b = (load_file(str(r / "checkpoints" / "latest.safetensors")) for r in (reference, run))
     tensors = [k for k in a if k.startswith(("model.", "live.", "optim."))]

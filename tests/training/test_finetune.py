@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import run_cli, set_args
+from conftest import run_cli, set_args, stop_training_at
 from safetensors.torch import load_file
 
 from banglaslm.checkpoint import load_checkpoint
@@ -272,16 +272,9 @@ def test_resume_with_another_source(trained_run, chats, tmp_path):
 def test_a_lora_run_stopped_by_ctrl_c_leaves_its_adapter(trained_run, chats, tmp_path, monkeypatch):
     """The adapter folder was written only when a run finished: a run stopped with Ctrl-C (to be
     resumed, or not) had checkpoints but no adapter/ to take elsewhere."""
-    from banglaslm.training.trainer import Trainer, TrainingInterrupted
+    from banglaslm.training.trainer import TrainingInterrupted
 
-    step = Trainer._step
-
-    def stop_at_7(self, it, prefetch):  # as Ctrl-C would: the trainer saves and stops
-        if it == 7:
-            self._stop_signal = 2
-        return step(self, it, prefetch)
-
-    monkeypatch.setattr(Trainer, "_step", stop_at_7)
+    stop_training_at(monkeypatch, 7)
     out = tmp_path / "lora"
     config = config_for(trained_run, **{"finetune.lora_rank": 2, "train.max_iters": 20, "train.eval_interval": 5})
     with pytest.raises(TrainingInterrupted):
