@@ -288,6 +288,8 @@ def cmd_prepare(args) -> None:
     from .data.clean import CLEAN_PRESETS, CleanOptions
     from .data.prepare import prepare
 
+    if args.clean_preset != "web" and not args.clean:
+        raise UserError(f"--clean-preset {args.clean_preset} sets the thresholds of --clean; add --clean, or drop it")
     options = CleanOptions(**picked(args, CleanOptions, preset=CLEAN_PRESETS[args.clean_preset]))
     result = prepare(args.inputs, args.out, clean_options=options, **picked(args, prepare))
     print(result.summary())
