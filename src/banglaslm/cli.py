@@ -67,9 +67,6 @@ class Unset:
     """A flag's default, marked as not given on the command line (so that a preset may set it)."""
     value: Any
 
-    def __str__(self) -> str:
-        return str(self.value)
-
 
 def add_options(parser: argparse.ArgumentParser, source, skip: tuple[str, ...] = (),
                 flags: dict[str, str] | None = None, defaults: dict[str, Any] | None = None,
