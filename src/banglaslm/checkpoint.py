@@ -1,7 +1,7 @@
 """Checkpoints: one safetensors file holding everything needed to continue a run exactly.
 
 Tensors: `model.*` (weights), `optim.*` (AdamW moments and step counts), `rng.*` (the torch
-CPU and CUDA generator states as byte tensors). Everything else (config, iteration, optimizer
+CPU and CUDA generator states as byte tensors), `adapter.*` (a LoRA run's adapters). Everything else (config, iteration, optimizer
 hyper-parameters, grad-scaler state, sampler state, loss history, tokenizer hash) is one JSON
 string in the safetensors metadata. Nothing is pickled, so loading a checkpoint from a
 stranger cannot run code.
@@ -28,6 +28,7 @@ from .errors import UserError
 from .fileio import atomic_path
 
 CHECKPOINT_FORMAT = "banglaslm-checkpoint"
+ADAPTER_PREFIX = "adapter."  # a LoRA run's adapter tensors, named as in peft's files
 CHECKPOINT_VERSION = 1
 
 
@@ -96,6 +97,10 @@ class Checkpoint:
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return {k[len("model."):]: v for k, v in self.tensors.items() if k.startswith("model.")}
+
+    def adapter(self) -> dict[str, torch.Tensor]:
+        """A LoRA run's adapter tensors as peft names them (empty for any other run)."""
+        return adapter_only(self.tensors)
 
     def fingerprint(self) -> str:
         """SHA-256 over the model tensors' names and checksums: equal for equal weights."""
@@ -166,3 +171,8 @@ def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise UserError(f"checkpoint {path} is damaged or truncated ({exc}); "
                         "use another checkpoint (best/latest) or train again") from None
+
+
+def adapter_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The `adapter.*` tensors of a checkpoint's `tensors`, without the prefix."""
+    return {k[len(ADAPTER_PREFIX):]: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}

@@ -220,10 +220,12 @@ def _add_export(sub) -> None:
     e = sub.add_parser("export", help="write a trained model in another ecosystem's format",
                        description="Export a run: --format hf writes a transformers checkpoint "
                                    "(LlamaForCausalLM for the modern arch, GPT2LMHeadModel for the course GPT); "
-                                   "--format gguf writes one GGUF file for llama.cpp (llama / gpt2 architecture).")
+                                   "--format gguf writes one GGUF file for llama.cpp (llama / gpt2 architecture); "
+                                   "--format peft writes a LoRA run's adapter for the Hugging Face model of its source.")
     e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--format", required=True, choices=("hf", "gguf"))
-    e.add_argument("--out", required=True, help="hf: folder to write (must not exist or be empty); gguf: the .gguf file")
+    e.add_argument("--format", required=True, choices=("hf", "gguf", "peft"))
+    e.add_argument("--out", required=True, help="hf, peft: folder to write (must not exist or be empty); "
+                                                "gguf: the .gguf file")
     add_options(e, export_gguf, only=("which", "overwrite"), flags={"which": "checkpoint"})
     add_options(e, export_gguf, only=("dtype", "approximate_gelu"), flags={"dtype": "gguf-type"}, note="gguf only: ")
 
@@ -472,7 +474,14 @@ def cmd_export(args) -> None:
 
     defaults = inspect.signature(export_gguf).parameters
     if args.dtype != defaults["dtype"].default or args.approximate_gelu:
-        raise UserError("--gguf-type and --approximate-gelu apply to --format gguf; drop them for --format hf")
+        raise UserError(f"--gguf-type and --approximate-gelu apply to --format gguf; drop them for --format {args.format}")
+    if args.format == "peft":
+        from .interop.peft_export import export_peft
+
+        out, base = export_peft(args.run_dir, args.out, **picked(args, export_peft))
+        print(f"exported the LoRA adapter of {args.run_dir} ({args.which}) to {out}; {base}, then "
+              f"peft.PeftModel.from_pretrained(model, {str(out)!r})")
+        return
     out = export_hf(args.run_dir, args.out, **picked(args, export_hf))
     print(f"exported {args.run_dir} ({args.which}) to {out}; load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")

@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..checkpoint import ADAPTER_PREFIX, adapter_only
 from ..config import FinetuneConfig
 from ..errors import UserError, bad_param
 from ..fileio import atomic_path, atomic_write_json
 from ..model import GPT
 
 ALL_LINEAR = "all-linear"  # every linear layer of the blocks (not the output head)
-ADAPTER_PREFIX = "adapter."
 
 
 def _linear_names(model: GPT) -> set[str]:
@@ -87,7 +87,7 @@ class Lora:
         """Put a checkpoint's `adapter.*` tensors back."""
         from peft import set_peft_model_state_dict
 
-        adapter = _adapter_only(tensors)
+        adapter = adapter_only(tensors)
         if not adapter:
             raise UserError(f"{where} holds no LoRA adapter; resume it with the settings it was trained with")
         result = set_peft_model_state_dict(self.model, adapter)
@@ -99,10 +99,7 @@ class Lora:
         checkpoint's `adapter.*` tensors, each file written atomically."""
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / "adapter_model.safetensors") as tmp:
-            save_file(_adapter_only(tensors), str(tmp), metadata={"format": "pt"})
+            save_file(adapter_only(tensors), str(tmp), metadata={"format": "pt"})
         config = json.loads(json.dumps(self.config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
         atomic_write_json(folder / "adapter_config.json", config)
 
-
-def _adapter_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len(ADAPTER_PREFIX):]: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}
