@@ -10,7 +10,9 @@ literal special-token string in text stays text. More in docs/data.md.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import itertools
 import json
 import re
 from collections import Counter
@@ -45,6 +47,12 @@ _EOD_CANDIDATES = (EOD, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 _CONTROL_SPELLING = re.compile(r"<[^<>\s]+>|\[[A-Z_]+\]")  # "<extra_id_0>", "[MASK]": a control token's name
 UNK_SURFACE = " \u2047 "  # what SentencePiece's decoding writes for an unknown piece
+# SentencePiece decodes byte pieces one character at a time and writes U+FFFD for each byte that
+# starts no valid character (Hugging Face's ByteFallback decoder turns a whole run of byte pieces
+# into U+FFFD when any of it is invalid, losing the characters in it). As a codec error handler:
+# resume right after the first bad byte.
+SENTENCEPIECE_BYTES = "banglaslm-sentencepiece-bytes"
+codecs.register_error(SENTENCEPIECE_BYTES, lambda err: ("\ufffd", err.start + 1))
 
 
 def _unk_id(model: dict, hf: HFTokenizer) -> int | None:
@@ -143,13 +151,12 @@ class Tokenizer:
         # byte-fallback pieces ("<0xE0>") and the byte each stands for
         self.byte_pieces = {i: int(t[3:5], 16) for i, t in enumerate(self._id_to_token)
                             if (spec.get("model") or {}).get("byte_fallback") and t and _BYTE_PIECE.fullmatch(t)}
-        # control ids that text can spell in a foreign model (a SentencePiece unigram matches
-        # "</s>" in text, where SentencePiece never produces a control piece from text; T5's
-        # sentinels "<extra_id_N>", pieces of the converted vocabulary, are control pieces too)
+        # control and byte pieces that text can spell in a foreign model (a SentencePiece unigram
+        # matches "</s>" or "<0xE0>" in text, where SentencePiece never produces either from text;
+        # T5's sentinels "<extra_id_N>", pieces of the converted vocabulary, are control pieces too)
         foreign = kind.startswith("external")
         self._spellable = self.special_ids | {
-            i for i, t in enumerate(self._id_to_token)
-            if t and _CONTROL_SPELLING.fullmatch(t) and i not in self.byte_pieces} if foreign else set()
+            i for i, t in enumerate(self._id_to_token) if t and _CONTROL_SPELLING.fullmatch(t)} if foreign else set()
         self._shadow: HFTokenizer | None = None
         # An unknown piece decodes as SentencePiece's " ⁇ ", not as nothing (text would vanish).
         self._shown_unk = self.unk_id if foreign and not self.byte_level else None
@@ -266,10 +273,11 @@ class Tokenizer:
     def _ids(self, text: str, encoding, coverage: Coverage | None) -> list[int]:
         """An encoding's ids (with special pieces that text spelled read as text again, as
         SentencePiece reads them), counted into `coverage`."""
+        ids = encoding.ids
         if self._spellable and any(i in self._spellable and self._spells(text[a:b], self._id_to_token[i])
                                    for i, (a, b) in zip(encoding.ids, encoding.offsets)):
             encoding = self._without_specials().encode(text, add_special_tokens=False)
-        ids = encoding.ids
+            ids = self._bytes_for_unknown(text, encoding)
         if coverage is not None:
             coverage.tokens += len(ids)
             if self.unk_id is not None or self.byte_pieces:
@@ -289,19 +297,44 @@ class Tokenizer:
         return normalizer is not None and normalizer.normalize_str(span).strip("▁ ") == piece
 
     def _without_specials(self) -> HFTokenizer:
-        """This tokenizer with its special pieces renamed so that no text can spell them (their
-        ids unchanged): what SentencePiece does, for the rare text that spells "</s>"."""
+        """This tokenizer with its special and byte pieces renamed so that no text can spell them
+        (their ids unchanged), and so without byte fallback: what SentencePiece does, for the
+        rare text that spells "</s>" or "<0xE0>"."""
         if self._shadow is None:
             spec = json.loads(self.hf.to_str())
             spec["added_tokens"] = []
             hidden = {self._id_to_token[i] for i in self._spellable}
             _rename_pieces(spec["model"], lambda p: "\x00" + p if p in hidden else p)
+            spec["model"]["byte_fallback"] = False  # it would look up the renamed byte pieces
             self._shadow = HFTokenizer.from_str(json.dumps(spec))
         return self._shadow
 
-    def token_bytes(self, token_id: int) -> bytes:
+    def _bytes_for_unknown(self, text: str, encoding) -> list[int]:
+        """`_without_specials`' ids with each unknown piece written as byte pieces, as byte
+        fallback writes it (the bytes of the span once the model's normalizer has run)."""
+        if not self.byte_pieces:
+            return encoding.ids
+        byte_id = {b: i for i, b in self.byte_pieces.items()}
+        normalizer = self.hf.normalizer
+        ids: list[int] = []
+        for i, (a, b) in zip(encoding.ids, encoding.offsets):
+            if i != self.unk_id:
+                ids.append(i)
+                continue
+            span = normalizer.normalize_str(text[a:b]) if normalizer is not None else text[a:b]
+            ids.extend(byte_id[x] for x in span.encode("utf-8"))
+        return ids
+
+    @property
+    def decode_errors(self) -> str:
+        """How `decode` writes bytes that form no character, as a codec error handler: byte-level
+        BPE drops them, SentencePiece's byte pieces show U+FFFD for each."""
+        return "ignore" if self.byte_level else SENTENCEPIECE_BYTES
+
+    def token_bytes(self, token_id: int, first: bool = False) -> bytes:
         """The UTF-8 bytes one token stands for (b'' for special tokens; a foreign tokenizer's
-        unknown piece: UNK_SURFACE)."""
+        unknown piece: UNK_SURFACE); `first`: at the start of a text, where SentencePiece's
+        decoding drops a piece's leading "▁"."""
         if token_id == self._shown_unk:
             return UNK_SURFACE.encode("utf-8")
         if token_id in self.special_ids:
@@ -311,7 +344,7 @@ class Tokenizer:
             return bytes(_UNICODE_TO_BYTE[ch] for ch in token)
         if token_id in self.byte_pieces:  # "<0xE0>": one byte of a character (decoded alone, U+FFFD)
             return bytes([self.byte_pieces[token_id]])
-        return self.decode([token_id], continuing=True).encode("utf-8")  # "▁ভাত" is " ভাত" after other text
+        return self.decode([token_id], continuing=not first).encode("utf-8")  # "▁ভাত" is " ভাত" after other text
 
     def decode(self, ids: Iterable[int], continuing: bool = False) -> str:
         """Text of `ids` without special tokens, as valid UTF-8.
@@ -326,6 +359,29 @@ class Tokenizer:
         ids = [i for i in ids if i not in self.special_ids or i == self._shown_unk]
         if self.byte_level:
             return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="ignore")
+        out: list[str] = []
+        for is_bytes, run in itertools.groupby(ids, key=self.byte_pieces.__contains__):
+            run = list(run)
+            if is_bytes:  # as SentencePiece decodes them: U+FFFD for each byte that starts no character
+                out.append(bytes(self.byte_pieces[i] for i in run).decode("utf-8", errors=SENTENCEPIECE_BYTES))
+            else:
+                out.append(self._decode_run(run, continuing or bool(out)))
+        return "".join(out)
+
+    def incomplete_tail(self, ids: list[int]) -> int:
+        """How many of the last `ids` are byte pieces (SentencePiece's byte fallback, "<0xE6>")
+        of a character still incomplete, which more ids may complete (0 for other tokenizers:
+        a byte-level one drops such bytes when it decodes)."""
+        run = 0
+        while run < min(4, len(ids)) and ids[-1 - run] in self.byte_pieces:
+            run += 1
+        if not run:
+            return 0
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors=SENTENCEPIECE_BYTES)
+        utf8.decode(bytes(self.byte_pieces[i] for i in ids[-run:]))
+        return len(utf8.getstate()[0])  # the bytes it keeps waiting for the rest of a character
+
+    def _decode_run(self, ids: list[int], continuing: bool) -> str:
         if continuing and ids and self._anchor is not None:
             anchored = self._decode_pieces([self._anchor, *ids])
             return anchored[len(self._decode_pieces([self._anchor])):]

@@ -61,8 +61,12 @@ def test_ids_equal_sentencepiece_on_real_text(models, corpus, name):
     # Literal control pieces in text stay text, as SentencePiece keeps them.
     # So do full-width and small-form ones, which the model's NFKC turns into "</s>" (read as the
     # end-of-document token before).
-    for text in ("আমি </s> তুমি <unk> <s>", "</s>", "x<s>y", "আমি ＜/s＞ তুমি", "﹤s﹥", "＜unk＞ ＜/s＞"):
+    # And so do byte pieces' names ("<0x41>" was the byte "A", read into the model as it), beside
+    # characters that byte fallback spells.
+    for text in ("আমি </s> তুমি <unk> <s>", "</s>", "x<s>y", "আমি ＜/s＞ তুমি", "﹤s﹥", "＜unk＞ ＜/s＞",
+                 "কোড <0x41><0x42><0x43> <0xE0><0xA6><0x95>", "<0xE0>", "漢 <0xE6> </s> 🙂<0x41>", "আমি ＜0xE0＞"):
         assert ours.encode(text, normalized=True) == theirs.encode(text), text
+        assert ours.decode(ours.encode(text, normalized=True)) == theirs.decode(theirs.encode(text)), text
     # Unknown pieces decode as SentencePiece's " ⁇ " (they vanished: "ঔষধ" came back as "ষধ").
     for text in ("আমি 漢字 তুমি", "🙂", "x 漢 y 🙂", "漢"):
         ids = ours.encode(text, normalized=True)
@@ -277,3 +281,29 @@ def test_byte_pieces_stream_and_spell_whole_characters(models, name):
     dec = StreamDecoder(ours)
     pieces = [dec.push(i) for i in ids] + [dec.finish()]
     assert "\ufffd" not in "".join(pieces) and "".join(pieces).strip() == text
+
+
+@pytest.mark.parametrize("name", ["unigram-bytes", "bpe-bytes"])
+def test_byte_pieces_decode_as_sentencepiece_decodes_them(models, name):
+    """A run of byte pieces with one stray byte decoded all as U+FFFD ("দ" + a lone E0 gave
+    "����", SentencePiece "দ�"), and the stream, which had shown "দ", then disagreed with the
+    text: each byte that starts no character is one U+FFFD, the rest decode, stream and text agree,
+    and a character the generation stopped inside of is left out at the end."""
+    import random
+
+    from banglaslm.generation.stream import finished_text
+
+    ours, theirs = from_sentencepiece(models[name]), spm.SentencePieceProcessor(model_file=str(models[name]))
+    byte = {b: i for i, b in ours.byte_pieces.items()}
+    word, space = theirs.encode("আমি")[-1], theirs.piece_to_id("▁")
+    assert ours.decode([word, byte[0xE0], byte[0xA6], byte[0xA6], byte[0xE0]]) == "আমিদ\ufffd"
+    rng = random.Random(0)
+    for _ in range(500):
+        ids = [word] + [rng.choice([byte[rng.choice([0xE0, 0xA6, 0x95, 0xF0, 0x9F, 0x98, 0x80, 0x41, 0xED, 0xC0])],
+                                    word, space]) for _ in range(rng.randint(1, 40))]
+        assert ours.decode(ids) == theirs.decode(ids), ids
+        dec = StreamDecoder(ours)
+        assert "".join(dec.push(i) for i in ids) + dec.finish() == finished_text(ours, ids), ids
+    assert finished_text(ours, [word, byte[0xE0], byte[0xA6]]) == " আমি"  # cut inside দ: left out
+    assert finished_text(ours, [word, byte[0xE0], word]) == " আমি\ufffd আমি"  # a byte no character follows
+

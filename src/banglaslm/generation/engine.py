@@ -29,7 +29,7 @@ from ..text import check_text, normalize, normalize_fragment
 from ..tokenizer import Tokenizer
 from .cpu_decode import CpuDecoder
 from .sampling import Sampler, TokenLogprob
-from .stream import StreamDecoder, tidy_end
+from .stream import StreamDecoder, finished_text
 
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
 # A single prompt of at most this many bytes of weights per token times tokens (4 float32
@@ -153,7 +153,7 @@ class Engine:
         if params.stop:
             text = row.decoder.finish(row.stop_at)
         else:
-            text = tidy_end(self.tokenizer.decode(row.generated, continuing=True))
+            text = finished_text(self.tokenizer, row.generated)
         return Completion(text, row.generated, row.finish_reason, row.text_logprobs(params))
 
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[str]:

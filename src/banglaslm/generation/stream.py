@@ -6,7 +6,7 @@ on screen (a vowel sign, a hasanta and a following consonant, a joiner). So the 
 bytes until they form characters and holds back the last grapheme cluster (`text.joins_previous`)
 until it is complete. Emitted text never ends in a hasanta or joiner, so
 
-    "".join(pieces) == tidy_end(tokenizer.decode(ids, continuing=True))
+    "".join(pieces) == finished_text(tokenizer, ids)
 
 holds exactly. Special tokens produce no text.
 """
@@ -29,6 +29,13 @@ FIX_IDS = 32
 def tidy_end(text: str) -> str:
     """A cut-off generation may end in a hasanta or joiner waiting for the next letter."""
     return text.rstrip(DANGLING)
+
+
+def finished_text(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """The text of a finished generation `ids`: a character that it stopped inside of (its
+    first byte pieces sampled, the rest never) is left out, as byte-level decoding leaves out
+    its bytes, and the end is tidied."""
+    return tidy_end(tokenizer.decode(ids[:len(ids) - tokenizer.incomplete_tail(ids)], continuing=True))
 
 
 def safe_cut(text: str, end: int | None = None) -> int:
@@ -86,22 +93,10 @@ class StreamDecoder:
             self.text += self._utf8.decode(self.tokenizer.token_bytes(token_id))
         else:
             self._ids.append(token_id)
-            ready = len(self._ids) - self._incomplete_character()
+            ready = len(self._ids) - self.tokenizer.incomplete_tail(self._ids)
             self.text = self._fixed + self.tokenizer.decode(self._ids[:ready], continuing=True)
             if ready >= 2 * FIX_IDS:
                 self._fix_oldest(ready)
-
-    def _incomplete_character(self) -> int:
-        """How many of the last ids are byte pieces (SentencePiece's byte fallback, "<0xE6>") of
-        a character still incomplete: held back, as decoded now each would show as U+FFFD."""
-        pieces, run = self.tokenizer.byte_pieces, 0
-        while run < min(4, len(self._ids)) and self._ids[-1 - run] in pieces:
-            run += 1
-        if not run:
-            return 0
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        utf8.decode(bytes(pieces[i] for i in self._ids[-run:]))
-        return len(utf8.getstate()[0])  # the bytes it keeps waiting for the rest of a character
 
     def _fix_oldest(self, ready: int) -> None:
         """Move about FIX_IDS of the oldest ids into `_fixed`, at a cut where decoding the two
@@ -133,8 +128,8 @@ class StreamDecoder:
         begins), without a dangling hasanta/joiner at the very end."""
         if not self._finished and self._incremental:
             self.text += self._utf8.decode(b"", final=True)
-        elif not self._finished:  # a character's byte pieces never completed: as decode() shows them
-            self.text = self._fixed + self.tokenizer.decode(self._ids, continuing=True)
+        elif not self._finished:  # a character whose byte pieces never completed is left out
+            self.text = self._fixed + finished_text(self.tokenizer, self._ids)
         self._finished = True
         final = tidy_end(self.text if end is None else self.text[:end])
         piece = final[self.sent:]
