@@ -9,6 +9,7 @@ import json
 import math
 from collections.abc import Callable
 
+from ..chat_template import clean_answer
 from ..config import SamplingParams
 from ..generation.batching import Sequence
 from ..generation.engine import Completion, Step
@@ -22,19 +23,26 @@ def sse(data: dict | str) -> str:
 
 
 class LogprobFormat:
-    """OpenAI's logprobs shapes for the tokens of one choice, fed in order (streamed or not)."""
+    """OpenAI's logprobs shapes for the tokens of one choice, fed in order (streamed or not).
+    Their texts join to the choice's text: an echoed prompt's first token is read as the start
+    of a text, and a chat answer's leading whitespace, which its content drops, is dropped."""
 
     def __init__(self, tokenizer, chat: bool):
         self.tokenizer, self.chat = tokenizer, chat
-        self._chars = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        self._chars = codecs.getincrementaldecoder("utf-8")(errors=tokenizer.decode_errors)  # as the text is
         self._offset = 0  # characters of the choice's text before the next token (text_offset)
+        self._leading = chat  # before the answer's first visible character
 
-    def _token(self, token_id: int) -> tuple[str, bytes]:
-        raw = self.tokenizer.token_bytes(token_id)
+    def _token(self, token_id: int, first: bool = False) -> tuple[str, bytes]:
+        raw = self.tokenizer.token_bytes(token_id, first)
         try:
-            return raw.decode("utf-8"), raw
+            token = raw.decode("utf-8")
         except UnicodeDecodeError:  # part of a character: OpenAI's notation for raw bytes
             return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), raw
+        if self._leading:  # as the answer's content (chat_template.clean_answer)
+            token = clean_answer(token)
+            raw = token.encode("utf-8")
+        return token, raw
 
     @staticmethod
     def _log(prob: float) -> float:
@@ -44,13 +52,19 @@ class LogprobFormat:
         token, raw = self._token(token_id)
         return {"token": token, "logprob": self._log(prob), "bytes": list(raw)}
 
+    def _chat_position(self, e: TokenLogprob) -> dict:
+        entry = {**self._chat_entry(e.token_id, e.prob), "top_logprobs": [self._chat_entry(c.token_id, c.prob)
+                                                                          for c in e.candidates]}
+        self._leading = self._leading and not entry["bytes"]
+        return entry
+
     def prompt(self, token_ids: list[int], scored: list[tuple[float, list]], text: str) -> dict:
         """The echoed prompt's tokens (completions' `echo`): `scored[i]` is (log-probability,
         [(id, log-probability)] most likely first) of token_ids[i] given what precedes it. The
         first token's is null, as OpenAI's is; the completion's offsets then start after `text`."""
         out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for i, token_id in enumerate(token_ids):
-            token, raw = self._token(token_id)
+            token, raw = self._token(token_id, first=i == 0)
             logprob, top = scored[i] if i else (None, None)
             out["tokens"].append(token)
             out["token_logprobs"].append(logprob)
@@ -62,9 +76,7 @@ class LogprobFormat:
 
     def __call__(self, entries: list[TokenLogprob]) -> dict:
         if self.chat:
-            return {"content": [{**self._chat_entry(e.token_id, e.prob),
-                                 "top_logprobs": [self._chat_entry(c.token_id, c.prob) for c in e.candidates]}
-                                for e in entries]}
+            return {"content": [self._chat_position(e) for e in entries]}
         out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for e in entries:
             token, raw = self._token(e.token_id)
@@ -98,7 +110,7 @@ class ChoiceStream:
         text = step.text
         self.sent += len(text)
         if not self.shown and text:
-            text = text.lstrip()
+            text = clean_answer(text)
             self.shown = bool(text)
         if text:
             logprobs = [lp for start, lp in self.pending if start < self.sent]

@@ -209,6 +209,9 @@ def _check_range(name: str, value, low, high, low_open: bool = False) -> None:
 
 def sampling_params(req: SamplingRequest, limits: ServerLimits) -> SamplingParams:
     """The engine's params for a request, or APIError 400 for a value out of range."""
+    if req.stream_options is not None and not req.stream:  # as OpenAI answers it
+        raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options",
+                       code="invalid_value")
     max_tokens = req.max_tokens if req.max_tokens is not None else getattr(req, "max_completion_tokens", None)
     name = "max_tokens" if req.max_tokens is not None else "max_completion_tokens"
     echo = bool(getattr(req, "echo", False))  # with echo, 0 new tokens scores the prompt alone

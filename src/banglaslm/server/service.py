@@ -189,14 +189,14 @@ class OpenAIService:
             context = self.engine.encode_prompt(text)
         except UserError as exc:
             raise APIError(400, str(exc), param="prompt", code="invalid_value") from None
-        return Prompt(context, self.engine.tokenizer.decode(context[1:], continuing=True))  # as read: normalized
+        return Prompt(context, self.engine.tokenizer.decode(context[1:]))  # as read: normalized
 
     def _encode_ids(self, ids: list[int]) -> Prompt:
         vocab = self.engine.model.config.vocab_size
         if not ids or any(t < 0 or t >= vocab for t in ids):
             raise APIError(400, f"prompt: token ids must be in [0, {vocab}) and not empty", param="prompt",
                            code="invalid_value")
-        return Prompt([self.engine.tokenizer.eod_id, *ids], self.engine.tokenizer.decode(ids, continuing=True))
+        return Prompt([self.engine.tokenizer.eod_id, *ids], self.engine.tokenizer.decode(ids))
 
     def _score(self, prompt: Prompt, params: SamplingParams) -> None:
         """Runs on the worker: the echoed prompt's token log-probabilities (plain softmax)."""
