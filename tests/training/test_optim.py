@@ -31,8 +31,9 @@ def _model_and_optimizer(arch="modern", optimizer="muon", seed=0):
     return model, make_optimizer(model, cfg.train)
 
 
-def _steps(model, optimizer, batches):
-    for x in batches:
+def _steps(model, optimizer, batches, first=0):
+    for i, x in enumerate(batches, start=first):
+        set_lr(optimizer, 1e-2 / (1 + i))  # a schedule, as the trainer sets it every step
         loss = model(x[:, :-1], x[:, 1:])[1]
         loss.backward()
         optimizer.step()
@@ -63,6 +64,8 @@ def test_the_schedule_sets_muon_at_its_ratio_of_the_learning_rate():
 
 
 def test_muon_and_adamw_state_survives_a_checkpoint_bit_for_bit(tmp_path):
+    """...and the schedule still reaches both after a load (a resumed Muon run kept the saved
+    learning rate for the rest of the run: its param groups were the ones before the load)."""
     torch.manual_seed(1)
     batches = [torch.randint(0, 40, (4, 9)) for _ in range(6)]
     model, opt = _model_and_optimizer()
@@ -75,7 +78,7 @@ def test_muon_and_adamw_state_survives_a_checkpoint_bit_for_bit(tmp_path):
     resumed, opt2 = _model_and_optimizer(seed=99)  # other initial weights: all must come from the file
     resumed.load_state_dict(ckpt.model_state(), strict=False)
     opt2.load_state_dict(ckpt.optimizer_state())
-    _steps(resumed, opt2, batches[3:])
+    _steps(resumed, opt2, batches[3:], first=3)
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     muon_state = opt2.parts[0].state

@@ -108,7 +108,12 @@ class MuonAdamW:
 
     def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
         self.parts = (muon, adamw)
-        self.param_groups = muon.param_groups + adamw.param_groups
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """The parts' own groups, read each time: loading a state gives the parts new group dicts,
+        and a list made once would keep the old ones (the schedule then set nothing)."""
+        return [g for part in self.parts for g in part.param_groups]
 
     def step(self, closure=None):
         for part in self.parts:
