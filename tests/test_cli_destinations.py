@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import TINY_SETTINGS, one_line_error, run_cli, set_args
+from conftest import TINY_SETTINGS, one_line_error, run_cli, set_args, stop_training_at
 
 from banglaslm.cli import main
 from banglaslm.fileio import exclusive
@@ -108,18 +108,22 @@ def test_the_current_folder_is_not_replaced(small_books, tmp_path, capsys, monke
 
 
 def test_os_errors_are_one_line(data_dir, small_books, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
     import banglaslm.checkpoint as checkpoint
 
     # A full disk while a checkpoint is written: one line, and the last complete checkpoint stays.
+    # (safetensors reports it as its own error, not an OSError: that gave a traceback.)
     run = tmp_path / "run"
-    real, calls = checkpoint.save_file, {"n": 0}
+    real, calls = safetensors.torch.save_file, {"n": 0}
 
     def disk_full(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(args[1]))
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return real(*args, **kwargs)
-    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
     code, err = run_cli(["train", "--data", data_dir, "--out", run, *set_args(TINY_SETTINGS)], capsys)
     one_line_error(code, err, "No space left on device")
     assert "free some space" in err
@@ -198,7 +202,7 @@ def test_overwrite_replaces_only_an_earlier_export(trained_run, tmp_path, capsys
     assert text.read_text(encoding="utf-8") == "not a model"
 
 
-def test_a_preset_on_resume_may_not_undo_the_runs_own_settings(data_dir, tmp_path, capsys):
+def test_a_preset_on_resume_may_not_undo_the_runs_own_settings(data_dir, tmp_path, capsys, monkeypatch):
     """`--preset tiny --set train.max_iters=8 ...`, then the resume repeating only `--preset tiny`:
     the preset would put max_iters back at its 2,400, so the resume is refused naming the key,
     and the run is left as it was; the same resume without --preset keeps the saved 8."""
@@ -220,6 +224,16 @@ def test_a_preset_on_resume_may_not_undo_the_runs_own_settings(data_dir, tmp_pat
     assert run_cli(["train", "--data", data_dir, "--out", run, "--resume"], capsys)[0] == 0
     assert checkpoint.read_state(run / "checkpoints" / "latest.safetensors")["iter"] == 8
     assert run_cli(["train", "--data", data_dir, "--out", run, "--preset", "tiny", "--resume", *short], capsys)[0] == 0
+    # the same command plus --resume, as an interrupted run is told, with --max-iters in it
+    again = tmp_path / "again"
+    first = ["train", "--data", data_dir, "--out", again, "--preset", "tiny", "--max-iters", 6,
+             "--set", "train.warmup_iters=2", "--set", "train.eval_iters=1", "--set", "train.eval_interval=3"]
+    stop_training_at(monkeypatch, 3)
+    assert run_cli(first, capsys)[0] == 130
+    monkeypatch.undo()
+    code, err = run_cli([*first, "--resume"], capsys)
+    assert code == 0, err
+    assert checkpoint.read_state(again / "checkpoints" / "latest.safetensors")["iter"] == 6
 
 
 def test_ctrl_c_while_the_command_line_is_read_is_one_line(monkeypatch, capsys):

@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .errors import UserError
-from .fileio import atomic_path
+from .fileio import write_safetensors
 
 CHECKPOINT_FORMAT = "banglaslm-checkpoint"
 ADAPTER_PREFIX = "adapter."  # a LoRA run's adapter tensors, named as in peft's files
@@ -66,8 +65,7 @@ def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: 
     header = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
               "state": json.dumps(state, ensure_ascii=False),
               "checksums": json.dumps({name: checksum(t) for name, t in tensors.items()})}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+    write_safetensors(path, tensors, header)
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module | dict[str, torch.Tensor], state: dict[str, Any],

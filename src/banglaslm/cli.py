@@ -317,19 +317,21 @@ def cmd_train(args) -> None:
             inherited(RunFolder(init_from).load_config()) if init_from else None
         config = build_config(args.preset, args.config, overrides, base=base)
         if args.resume and base is not None and args.preset:
-            _check_resumed_preset(args.preset, config, build_config(None, args.config, overrides, base=base))
+            _check_resumed_preset(args.preset, config, build_config(None, args.config, overrides, base=base),
+                                  given={"train.max_iters"} if args.max_iters is not None else set())
         result = train(args.data, args.out, config, resume=args.resume, max_iters=args.max_iters, init_from=init_from)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, one summary (rank 0's) is enough
     print(_done(result))
 
 
-def _check_resumed_preset(preset: str, config, without) -> None:
+def _check_resumed_preset(preset: str, config, without, given: set[str]) -> None:
     """A preset on --resume overwrites what the run saved (a `--set train.max_iters=200` of the
     first command quietly back at the preset's value): refuse where the config built with it
-    differs from the one built without it (the saved run, --config and --set)."""
+    differs from the one built without it (the saved run, --config and --set), but for keys
+    another flag sets anyway (`given`: --max-iters)."""
     ours, saved = config.flat(), without.flat()
-    changed = [f"{key} {saved[key]} → {value}" for key, value in ours.items() if saved[key] != value]
+    changed = [f"{key} {saved[key]} → {value}" for key, value in ours.items() if saved[key] != value and key not in given]
     if changed:
         raise UserError(f"--preset {preset} with --resume would change the saved run's {', '.join(changed)}; the run "
                         "keeps its own settings: drop --preset (and --set any key you do mean to change)")
@@ -337,6 +339,10 @@ def _check_resumed_preset(preset: str, config, without) -> None:
 
 def _done(result) -> str:
     last = result.last_eval
+    if not last and result.time_limit_min:  # resumed with its time already used
+        return (f"{result.run_dir} already used its train.time_limit_min ({result.time_limit_min:g} min) at iteration "
+                f"{result.iterations} (best val {result.best_val_loss:.4f}); to train further, resume with a larger "
+                "--set train.time_limit_min=M")
     if not last:  # resumed at its last iteration: nothing was trained or evaluated
         return (f"{result.run_dir} already finished its {result.iterations} iterations (best val "
                 f"{result.best_val_loss:.4f}); to train further, resume with a larger --max-iters")

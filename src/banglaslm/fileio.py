@@ -14,6 +14,7 @@ import io
 import json
 import lzma
 import os
+import re
 import shutil
 import socket
 import sys
@@ -213,6 +214,23 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """`tensors` (name -> torch tensor) as a safetensors file at `path`, written atomically; the
+    library's I/O errors (a full disk, which it reports as its own error type) as OSError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            found = re.search(r"os error (\d+)", str(exc))
+            if not found:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

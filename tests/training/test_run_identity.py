@@ -160,3 +160,8 @@ def test_a_warm_start_does_not_take_the_source_time_limit(data_dir, other_data, 
     out = capsys.readouterr().out
     assert code == 0
     assert "train.time_limit_min = 0.0001 stopped it" in out, out
+    # resumed with its time used up, it names the limit to raise (it said --max-iters, which changed nothing)
+    code = main([str(a) for a in ["train", "--data", other_data, "--out", tmp_path / "clock", "--resume",
+                                  "--max-iters", 200000]])
+    out = capsys.readouterr().out
+    assert code == 0 and "already used its train.time_limit_min (0.0001 min)" in out and "--max-iters" not in out, out

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.processors import TemplateProcessing
 
 from ..chat_template import jinja_template
 from ..config import ModelConfig, Opt, SamplingParams
 from ..errors import UserError
-from ..fileio import atomic_path, atomic_write_json, staged_folder
+from ..fileio import atomic_write_json, staged_folder, write_safetensors
 from ..model import swiglu_hidden, tied_keys
 from ..runfolder import Which, load_model
 from ..text import NORMALIZATION
@@ -199,8 +198,7 @@ def export_hf(
     with staged_folder(out_dir, "export folder", replaceable=_is_export if overwrite else None) as tmp:
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "generation_config.json", generation)
-        with atomic_path(tmp / HF_WEIGHTS) as weights:  # safetensors alone leaves it readable by its owner only
-            save_file(tensors, str(weights), metadata={"format": "pt"})
+        write_safetensors(tmp / HF_WEIGHTS, tensors, {"format": "pt"})
         for name, write in files.items():
             write(tmp / name)
     return Path(out_dir)

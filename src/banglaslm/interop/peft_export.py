@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from safetensors.torch import save_file
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..config import FinetuneConfig, ModelConfig, Opt
 from ..errors import UserError
-from ..fileio import atomic_path, staged_folder
+from ..fileio import staged_folder, write_safetensors
 from ..runfolder import RunFolder, Which, load_model
 from .hf_export import check_exportable
 from .hf_names import QKV, tensor_map
@@ -108,6 +107,5 @@ def export_peft(
     peft_config = adapter_config(ckpt, config.model, config.finetune, tensors)
     with staged_folder(out_dir, "export folder", replaceable=_is_peft_export if overwrite else None) as tmp:
         peft_config.save_pretrained(str(tmp))  # adapter_config.json
-        with atomic_path(tmp / ADAPTER_WEIGHTS) as path:
-            save_file(tensors, str(path), metadata={"format": "pt"})
+        write_safetensors(tmp / ADAPTER_WEIGHTS, tensors, {"format": "pt"})
     return Path(out_dir), base_advice(ckpt)

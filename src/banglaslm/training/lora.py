@@ -14,12 +14,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..checkpoint import ADAPTER_PREFIX, adapter_only
 from ..config import FinetuneConfig
 from ..errors import UserError, bad_param
-from ..fileio import atomic_path, atomic_write_json
+from ..fileio import atomic_write_json, write_safetensors
 from ..model import GPT
 
 ALL_LINEAR = "all-linear"  # every linear layer of the blocks (not the output head)
@@ -98,8 +97,7 @@ class Lora:
         """peft's adapter folder (adapter_config.json + adapter_model.safetensors) from a
         checkpoint's `adapter.*` tensors, each file written atomically."""
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / "adapter_model.safetensors") as tmp:
-            save_file(adapter_only(tensors), str(tmp), metadata={"format": "pt"})
+        write_safetensors(folder / "adapter_model.safetensors", adapter_only(tensors), {"format": "pt"})
         config = json.loads(json.dumps(self.config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
         atomic_write_json(folder / "adapter_config.json", config)
 
