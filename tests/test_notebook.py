@@ -35,7 +35,7 @@ def test_the_colab_notebook_runs_on_the_cpu(tmp_path):
 
     text = "\n".join(outputs_text(c) for c in nb.cells if c.cell_type == "code")
     assert "training on the CPU" in text
-    assert "40 steps in" in text and "bits/char" in text
+    assert "40 steps in" in text and "(now at 40)" in text and "bits/char" in text
     assert text.count("» ") == 3                                 # three generations
     assert "তোমার নাম কী?" in text and "সহকারী:" in text        # the scripted chat ran and was answered
     assert "pick the same next token: True" in text
@@ -51,4 +51,5 @@ def test_the_colab_notebook_runs_on_the_cpu(tmp_path):
     nbclient.NotebookClient(again, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "\n".join(outputs_text(c) for c in again.cells if c.cell_type == "code")
-    assert "50 steps in" in text and "pick the same next token: True" in text
+    assert "10 steps in" in text and "(now at 50)" in text  # this session's steps, and where the run is
+    assert "pick the same next token: True" in text

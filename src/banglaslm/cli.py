@@ -363,7 +363,9 @@ def source_run(path: str, scratch: contextlib.ExitStack) -> str:
     from .runfolder import RunFolder
 
     config = Path(path) / "config.json"
-    if not config.is_file() or RunFolder(path).is_run_folder():
+    if not config.is_file():
+        RunFolder(path).require()  # a data folder, a missing one: named as not a run folder
+    if RunFolder(path).is_run_folder():
         return path
     if "model_type" not in read_json_or_fail(config):
         raise UserError(f"{path} is neither a banglaslm run folder nor a Hugging Face model folder")
@@ -380,8 +382,6 @@ def cmd_finetune(args) -> None:
     from .training.finetune import finetune, finetune_config
 
     data = args.data or [str(p) for p in instruction_files()]
-    if args.data is None:
-        print(f"fine-tuning on the embedded Bangla instruction set ({len(data)} files)", file=sys.stderr)
     run = RunFolder(args.out)
     with contextlib.ExitStack() as scratch:
         source = source_run(args.source, scratch)
@@ -393,6 +393,8 @@ def cmd_finetune(args) -> None:
         else:
             RunFolder(source).require()
             config = finetune_config(RunFolder(source).load_config(), args.config, overrides)
+        if args.data is None:
+            print(f"fine-tuning on the embedded Bangla instruction set ({len(data)} files)", file=sys.stderr)
         result = finetune(source, data, args.out, config, resume=args.resume,
                           say=lambda line: print(line, file=sys.stderr))
     if os.environ.get("RANK", "0") == "0":
@@ -598,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"banglaslm {args.command}: error: {_os_message(exc)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
-        print(f"banglaslm {args.command}: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops alike: one line is enough
+            print(f"banglaslm {args.command}: {exc}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f"banglaslm {args.command}: interrupted", file=sys.stderr)

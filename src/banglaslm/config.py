@@ -303,7 +303,8 @@ FINETUNE_TRAIN: dict[str, Any] = {
     "train.ema_decay": 0.0,  # a few hundred steps: an average would lag behind them (and LoRA refuses one)
 }
 # What a run started from another's weights (train --init-from, finetune) does not take from the
-# source's config: the source's time budget was that run's, not the model's.
+# source's config: the source's time budget and fine-tuning settings (LoRA, epochs) were that
+# run's, not the model's (`inherited` puts the finetune section back at its defaults).
 NOT_INHERITED: dict[str, Any] = {"train.time_limit_min": 0.0}
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "finetune": FinetuneConfig}
 
@@ -425,6 +426,7 @@ def inherited(source: RunConfig, extra: dict[str, Any] | None = None) -> RunConf
     """A copy of a source run's config for a run that starts from its weights: NOT_INHERITED,
     then `extra` (e.g. FINETUNE_TRAIN) applied, not validated yet (the user's settings follow)."""
     cfg = RunConfig.from_dict(source.to_dict())
+    cfg.finetune = FinetuneConfig()
     apply_overrides(cfg, {**NOT_INHERITED, **(extra or {})})
     return cfg
 

@@ -143,3 +143,29 @@ def test_resume_under_ddp_after_kill_9(ddp, data_dir, tmp_path):
     wa, wb = weights(ddp), weights(run)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bit-identical to the uninterrupted DDP run
     assert evals(ddp) == evals(run)
+
+
+def test_a_resume_with_another_number_of_processes_is_refused(trained_run, data_dir, tmp_path, capsys):
+    """A 2-process run resumed by one process went on at half the global batch without a word
+    (and the reverse at twice it): refused, naming the command that resumes it."""
+    import shutil
+
+    from conftest import one_line_error, run_cli
+
+    from banglaslm.checkpoint import load_checkpoint, write_checkpoint
+    from banglaslm.errors import UserError
+    from banglaslm.runfolder import RunFolder
+    from banglaslm.training.distributed import DistEnv
+    from banglaslm.training.parallel import Replicated
+
+    with pytest.raises(UserError, match=r"trained by 1 process\(es\) and this resume has 2.*one process"):
+        Replicated(DistEnv(rank=0, world_size=2), RunFolder(trained_run)).load()
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    latest = run / "checkpoints" / "latest.safetensors"
+    ckpt = load_checkpoint(latest)
+    write_checkpoint(latest, ckpt.tensors, {**ckpt.state, "world_size": 2})  # as a 2-process run leaves it
+    before = latest.read_bytes()
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", 60], capsys)
+    one_line_error(code, err, "resume it with torchrun --nproc_per_node=2")
+    assert latest.read_bytes() == before

@@ -282,3 +282,18 @@ def test_a_lora_run_stopped_by_ctrl_c_leaves_its_adapter(trained_run, chats, tmp
     best = load_checkpoint(out / "checkpoints" / "best.safetensors")
     written = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert written and all(torch.equal(v, best.tensors["adapter." + k]) for k, v in written.items())
+
+
+def test_a_fine_tuned_source_passes_on_its_model_not_its_fine_tuning_settings(trained_run):
+    """Fine-tuning a LoRA run again did LoRA again, unasked (and rank 0 was refused, so a full
+    fine-tune could not be had), and took the source's epochs=0 from its --max-iters."""
+    from banglaslm.config import FinetuneConfig
+
+    source = finetune_config(RunFolder(trained_run).load_config(),
+                             overrides={"finetune.lora_rank": 2, "finetune.lora_targets": "up,down", "max_iters": 15})
+    assert source.finetune.lora_rank == 2 and source.finetune.epochs == 0
+    again = finetune_config(source)
+    assert again.finetune == FinetuneConfig() and again.finetune.epochs > 0  # full fine-tuning, by epochs
+    assert finetune_config(source, overrides={"finetune.lora_rank": 4}).finetune.lora_targets == "all-linear"
+    with pytest.raises(UserError, match="no finetune.lora_rank is set"):
+        finetune_config(source, overrides={"finetune.lora_alpha": 8})

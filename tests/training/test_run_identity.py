@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_SETTINGS, run_cli, set_args
+from conftest import TINY_SETTINGS, one_line_error, run_cli, set_args
 from safetensors import safe_open
 
 from banglaslm.checkpoint import load_checkpoint
@@ -123,6 +123,15 @@ def test_init_from_needs_the_source_tokenizer(base_run, small_books, tmp_path):
     with pytest.raises(UserError, match="prepare it with that run's tokenizer"):
         train(char, tmp_path / "r", build_config(overrides=SHORT), init_from=base_run, progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_init_from_a_data_folder_says_it_is_not_a_run(data_dir, tmp_path, capsys):
+    """It said "No such file or directory (data/config.json)"."""
+    for command in (["train", "--data", data_dir, "--out", tmp_path / "r", "--init-from", data_dir],
+                    ["finetune", data_dir, "--out", tmp_path / "f"]):
+        code, err = run_cli(command, capsys)
+        one_line_error(code, err, f"{data_dir} is not a banglaslm run folder")
+        assert not (tmp_path / "r").exists() and not (tmp_path / "f").exists()
 
 
 def test_init_from_a_hugging_face_folder_names_that_folder(base_run, small_books, tmp_path, capsys):

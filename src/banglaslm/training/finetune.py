@@ -117,7 +117,7 @@ def finetune_config(source: RunConfig, file: str | Path | None = None, overrides
     if rank is not None and str(rank).strip().lstrip("+-").isdigit() and int(str(rank).strip()) <= 0:
         raise bad_param("finetune.lora_rank", f"must be >= 1 for LoRA, got {rank} (leave it unset for full fine-tuning)")
     lora_only = sorted(k for k in given if k.startswith("finetune.lora_") and k != "finetune.lora_rank")
-    if lora_only and rank is None and not source.finetune.lora_rank:
+    if lora_only and rank is None:
         raise bad_param(lora_only[0], "is a LoRA setting, but no finetune.lora_rank is set: add --set "
                                       "finetune.lora_rank=R for LoRA, or drop it for full fine-tuning")
     base = inherited(source, FINETUNE_TRAIN)  # validated below, with the user's settings

@@ -58,7 +58,14 @@ class Replicated:
         latest = self.run.checkpoint("latest")
         if not latest.is_file():
             raise UserError(f"nothing to resume: {latest} does not exist; start without `resume`")
-        return load_checkpoint(latest)
+        ckpt = load_checkpoint(latest)
+        saved = int(ckpt.state.get("world_size", 1))
+        if saved != self.env.world_size:  # each process draws its own batches: the global batch would change
+            how = f"torchrun --nproc_per_node={saved}" if saved > 1 else "one process (without torchrun)"
+            raise UserError(f"{self.run.path} was trained by {saved} process(es) and this resume has "
+                            f"{self.env.world_size}, which would change its global batch; resume it with {how}, "
+                            f"or start a new run from its weights with --init-from {self.run.path}")
+        return ckpt
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
         """Weights, AdamW state (a checkpoint without it, e.g. an import, starts a fresh
