@@ -27,7 +27,8 @@ from .errors import UserError
 from .fileio import write_safetensors
 
 CHECKPOINT_FORMAT = "banglaslm-checkpoint"
-ADAPTER_PREFIX = "adapter."  # a LoRA run's adapter tensors, named as in peft's files
+ADAPTER_PREFIX = "adapter."  # a LoRA run's adapter tensors, named as in peft's files (without PEFT_PREFIX)
+PEFT_PREFIX = "base_model.model."  # where peft's saved adapter files put the wrapped model's names
 CHECKPOINT_VERSION = 1
 
 

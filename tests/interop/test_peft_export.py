@@ -91,9 +91,17 @@ def test_adapter_of_a_run_fine_tuned_from_a_hugging_face_folder_goes_back_on_it(
 
     assert main(["export", str(run), "--format", "peft", "--out", str(tmp_path / "adapter")]) == 0
     assert f"the Hugging Face model it was fine-tuned from, {hf.resolve()}" in capsys.readouterr().out
+    code, err = run_cli(["export", run, "--format", "peft", "--out", run / "adapter", "--overwrite"], capsys)
+    one_line_error(code, err, "is inside the run folder")  # the run's own adapter (our names) is not replaced
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(hf.resolve())
     logits_agree(run, with_peft(hf, tmp_path / "adapter"))
+    # That folder replaced by other weights: said, and no longer named, so that peft's
+    # AutoPeftModel does not load it as the base (it did, and computed something else).
+    export_hf(run, hf, overwrite=True)
+    _, advice = export_peft(run, tmp_path / "again")
+    assert f"(but {hf.resolve()} has changed since this run started from it" in advice
+    assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
 
 
 def test_a_source_trained_further_is_named(trained_run, chats, tmp_path):
@@ -101,15 +109,18 @@ def test_a_source_trained_further_is_named(trained_run, chats, tmp_path):
     changed since no longer holds them, and the command says so."""
     import shutil
 
-    source = tmp_path / "source"
+    source = tmp_path / "source run"  # a space: the printed command quotes it
     shutil.copytree(trained_run, source)
     run = lora_run(source, chats, tmp_path / "lora")
-    assert "has changed" not in export_peft(run, tmp_path / "a")[1]
+    advice = export_peft(run, tmp_path / "a")[1]
+    assert "(but" not in advice and f"banglaslm export '{source.resolve()}' --checkpoint best" in advice
     loaded = load_model(source)
     with torch.no_grad():
         next(loaded.model.parameters()).add_(1.0)
     save_checkpoint(loaded.checkpoint, loaded.model, load_checkpoint(loaded.checkpoint, weights_only=True).state)
     assert "has changed since this run started from it" in export_peft(run, tmp_path / "b")[1]
+    shutil.rmtree(source)
+    assert f"(but {source.resolve()} no longer exists" in export_peft(run, tmp_path / "c")[1]
 
 
 def test_a_run_without_an_adapter_is_refused_and_nothing_is_written(trained_run, tmp_path, capsys):

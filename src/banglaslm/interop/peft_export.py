@@ -10,21 +10,23 @@ adapter's tensors stay as they are. docs/interop.md, "LoRA adapters", has the ho
 
 from __future__ import annotations
 
+import shlex
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import torch
 
-from ..checkpoint import Checkpoint, load_checkpoint
+from ..checkpoint import PEFT_PREFIX, Checkpoint, load_checkpoint
 from ..config import FinetuneConfig, ModelConfig, Opt
 from ..errors import UserError
 from ..fileio import staged_folder, write_safetensors
 from ..runfolder import RunFolder, Which, load_model
 from .hf_export import check_exportable
+from .hf_import import import_hf
 from .hf_names import QKV, tensor_map
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."  # where peft's saved keys put the wrapped model
 
 
 def peft_tensors(adapter: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -56,31 +58,52 @@ def target_modules(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 
 def adapter_config(ckpt: Checkpoint, cfg_model: ModelConfig, finetune: FinetuneConfig,
-                   tensors: dict[str, torch.Tensor]):
-    """peft's LoraConfig of the adapter, for the source's HF model (named when it is a folder)."""
+                   tensors: dict[str, torch.Tensor], base_holds: bool):
+    """peft's LoraConfig of the adapter, for the source's HF model: named when it is a folder
+    that still holds the weights the run started from (`base_holds`), so that peft's
+    AutoPeftModel loads it, and never another model."""
     from peft import LoraConfig
 
     source = ckpt.state.get("init_from") or {}
+    named = source.get("path") if source.get("imported") and base_holds else None
     return LoraConfig(r=finetune.lora_rank, lora_alpha=finetune.lora_alpha, lora_dropout=finetune.lora_dropout,
                       target_modules=target_modules(tensors), bias="none", task_type="CAUSAL_LM",
-                      fan_in_fan_out=cfg_model.arch == "gpt", inference_mode=True,
-                      base_model_name_or_path=source.get("path") if source.get("imported") else None)
+                      fan_in_fan_out=cfg_model.arch == "gpt", inference_mode=True, base_model_name_or_path=named)
 
 
-def base_advice(ckpt: Checkpoint) -> str:
-    """Where the model the adapter goes on is, in words, for the command's last line; a source
-    run whose checkpoint has changed since (trained further) is said to no longer hold it."""
+def _source_problem(source: dict) -> str:
+    """Why the source no longer holds the weights the run started from ("" while it does): the
+    adapter fits only those. A Hugging Face folder is read as `finetune` read it."""
+    path, recorded = source.get("path"), source.get("weights")
+    if not path or not recorded:
+        return ""
+    if not Path(path).exists():
+        return f"{path} no longer exists"
+    try:
+        if source.get("imported"):
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = RunFolder(import_hf(path, Path(tmp) / "run")).checkpoint("best")
+                now = load_checkpoint(checkpoint, weights_only=True).fingerprint()
+        else:
+            now = load_checkpoint(RunFolder(path).checkpoint(Path(source.get("checkpoint", "best")).stem),
+                                  weights_only=True).fingerprint()
+    except UserError:
+        return f"{path} no longer holds a model banglaslm can read"
+    return "" if now == recorded else f"{path} has changed since this run started from it"
+
+
+def base_advice(ckpt: Checkpoint, problem: str) -> str:
+    """Where the model the adapter goes on is, in words, for the command's last line, with
+    `problem` (`_source_problem`) when it no longer holds the weights."""
     source = ckpt.state.get("init_from") or {}
+    where = str(source.get("path", "SOURCE"))
     if source.get("imported"):
-        return f"put it on the Hugging Face model it was fine-tuned from, {source.get('path')}"
-    where, which = source.get("path", "SOURCE"), Path(source.get("checkpoint", "best")).stem
-    advice = (f"put it on the Hugging Face export of the run it was fine-tuned from: banglaslm export {where} "
-              f"--checkpoint {which} --format hf --out BASE")
-    path = RunFolder(where).checkpoint(which)
-    if source.get("weights") and path.is_file() and \
-            load_checkpoint(path, weights_only=True).fingerprint() != source["weights"]:
-        advice += f" (but {path} has changed since this run started from it, and the adapter fits only those weights)"
-    return advice
+        advice = f"put it on the Hugging Face model it was fine-tuned from, {where}"
+    else:
+        advice = (f"put it on the Hugging Face export of the run it was fine-tuned from: banglaslm export "
+                  f"{shlex.quote(where)} --checkpoint {Path(source.get('checkpoint', 'best')).stem} --format hf "
+                  "--out BASE")
+    return advice + (f" (but {problem}, and the adapter fits only the weights the run started from)" if problem else "")
 
 
 def _is_peft_export(folder: Path) -> bool:
@@ -95,6 +118,8 @@ def export_peft(
     """Write the LoRA adapter of the run's `which` checkpoint as a peft folder for the source's
     Hugging Face model; returns (`out_dir`, where that model is, in words). UserError (nothing
     written) for a run without a LoRA adapter or a model the HF classes cannot represent."""
+    if Path(run_dir).resolve() in Path(out_dir).resolve().parents:  # RUN/adapter/ is the run's own adapter
+        raise UserError(f"the export folder {out_dir} is inside the run folder {run_dir}; write it somewhere else")
     loaded = load_model(run_dir, which)
     config = loaded.config
     check_exportable(config.model)
@@ -104,8 +129,9 @@ def export_peft(
         raise UserError(f"{run_dir} holds no LoRA adapter (it was not fine-tuned with finetune.lora_rank); "
                         "export its weights with --format hf")
     tensors = peft_tensors(adapter, config.model)
-    peft_config = adapter_config(ckpt, config.model, config.finetune, tensors)
+    problem = _source_problem(ckpt.state.get("init_from") or {})
+    peft_config = adapter_config(ckpt, config.model, config.finetune, tensors, base_holds=not problem)
     with staged_folder(out_dir, "export folder", replaceable=_is_peft_export if overwrite else None) as tmp:
         peft_config.save_pretrained(str(tmp))  # adapter_config.json
         write_safetensors(tmp / ADAPTER_WEIGHTS, tensors, {"format": "pt"})
-    return Path(out_dir), base_advice(ckpt)
+    return Path(out_dir), base_advice(ckpt, problem)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import ADAPTER_PREFIX, adapter_only
+from ..checkpoint import ADAPTER_PREFIX, PEFT_PREFIX, adapter_only
 from ..config import FinetuneConfig
 from ..errors import UserError, bad_param
 from ..fileio import atomic_write_json, write_safetensors
@@ -94,10 +94,12 @@ class Lora:
             raise UserError(f"the adapter in {where} does not fit the finetune.lora_* settings of this run")
 
     def write(self, folder: Path, tensors: dict[str, torch.Tensor]) -> None:
-        """peft's adapter folder (adapter_config.json + adapter_model.safetensors) from a
-        checkpoint's `adapter.*` tensors, each file written atomically."""
+        """peft's adapter folder (adapter_config.json + adapter_model.safetensors, its keys as
+        PeftModel.save_pretrained writes them) from a checkpoint's `adapter.*` tensors, each file
+        written atomically: `PeftModel.from_pretrained(GPT, folder)` reads it."""
         folder.mkdir(parents=True, exist_ok=True)
-        write_safetensors(folder / "adapter_model.safetensors", adapter_only(tensors), {"format": "pt"})
+        saved = {PEFT_PREFIX + k: v for k, v in adapter_only(tensors).items()}
+        write_safetensors(folder / "adapter_model.safetensors", saved, {"format": "pt"})
         config = json.loads(json.dumps(self.config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
         atomic_write_json(folder / "adapter_config.json", config)
 
