@@ -174,3 +174,17 @@ def test_a_warm_start_does_not_take_the_source_time_limit(data_dir, other_data, 
                                   "--max-iters", 200000]])
     out = capsys.readouterr().out
     assert code == 0 and "already used its train.time_limit_min (0.0001 min)" in out and "--max-iters" not in out, out
+
+
+def test_a_resume_shorter_than_the_run_is_refused_and_changes_nothing(base_run, data_dir, tmp_path, capsys):
+    """`--resume --max-iters 50` on a run at 100 said it had finished, and saved max_iters 50 as
+    the run's own (a later plain --resume then stopped at 50)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    done = load_checkpoint(run / "checkpoints" / "latest.safetensors").state["iter"]
+    before = (run / "config.json").read_bytes()
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", done - 1], capsys)
+    one_line_error(code, err, f"is below the {done} iterations")
+    assert (run / "config.json").read_bytes() == before

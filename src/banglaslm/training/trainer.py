@@ -573,6 +573,10 @@ def settle_config(run: RunFolder, config: RunConfig | None, resume: bool, max_it
             raise bad_param("max_iters", f"{max_iters} is below 1 or train.warmup_iters ({config.train.warmup_iters}); "
                                          "give more steps, or a shorter warm-up with --set train.warmup_iters=N")
         config.train.max_iters = max_iters
+    done = (read_state(run.checkpoint("latest")) or {}).get("iter", 0) if resume else 0
+    if config.train.max_iters < done:  # it would end before it began, and save the shorter length as its own
+        raise bad_param("max_iters", f"{config.train.max_iters} is below the {done} iterations {run.path} has already "
+                                     "trained; give more to train further")
     validate(config)
     check_logger(config.train.logger)
     return config
