@@ -64,11 +64,11 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(path, model, {"iter": 1})
     before = path.read_bytes()
 
-    import banglaslm.checkpoint as ck
+    import safetensors.torch
 
     def crash(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr(ck, "save_file", crash)
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(OSError):
         save_checkpoint(path, model, {"iter": 2})
     assert path.read_bytes() == before
@@ -83,7 +83,7 @@ def save_then_die(tensors, filename, metadata=None):
     # safetensors writes a temp file of its own beside `filename`, then renames it: die before.
     real(tensors, os.path.join(os.path.dirname(filename), ".tmpAbC123"), metadata=metadata)
     os.kill(os.getpid(), signal.SIGKILL)
-ck.save_file = save_then_die
+safetensors.torch.save_file = save_then_die
 ck.write_checkpoint(sys.argv[1], {"w": torch.zeros(1000)}, {"iter": 1})
 """
 

@@ -335,12 +335,12 @@ def test_export_refuses_unrepresentable_config(trained_run, tmp_path):
 
 
 def test_failed_export_leaves_nothing(trained_run, tmp_path, monkeypatch):
-    import banglaslm.interop.hf_export as export
+    import safetensors.torch
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export, "save_file", broken)
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
     with pytest.raises(OSError):
         export_hf(trained_run, tmp_path / "hf")
     assert list(tmp_path.iterdir()) == []
