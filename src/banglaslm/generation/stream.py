@@ -78,9 +78,8 @@ class StreamDecoder:
         self.text = ""
         self.sent = 0
         self._incremental = tokenizer.byte_level or tokenizer.kind == "char"
-        # errors="ignore" drops bytes that never form a character, exactly as
-        # Tokenizer.decode does for the whole sequence.
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        # bytes that never form a character are written as Tokenizer.decode writes them
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors=tokenizer.decode_errors)
         self._ids: list[int] = []  # the ids not yet fixed (non-incremental tokenizers)
         self._fixed = ""           # the text of the ids before them
         self._finished = False
