@@ -192,7 +192,7 @@ def test_overwrite_replaces_only_an_earlier_export(trained_run, tmp_path, capsys
     code, _ = run_cli(["export", trained_run, "--format", "hf", "--out", tmp_path / "hf"], capsys)
     assert code == 0
     code, err = run_cli(["export", trained_run, "--format", "hf", "--out", tmp_path / "hf"], capsys)
-    one_line_error(code, err, "holds an earlier export; choose another export folder, or add --overwrite")
+    one_line_error(code, err, "is an earlier export folder; choose another export folder, or add --overwrite")
     code, err = run_cli(["export", trained_run, "--format", "hf", "--out", tmp_path / "hf", "--overwrite"], capsys)
     assert code == 0, err  # an earlier export is replaced
     text = tmp_path / "notes.gguf"

@@ -88,17 +88,23 @@ def check_writable(out: Path, what: str = "output") -> None:
         raise UserError(f"cannot write {out}: {existing} is not writable by this user; choose another {what} path")
 
 
-def check_destination(out: Path, what: str = "output", replaceable: Callable[[Path], bool] | None = None) -> None:
-    """UserError unless `out` is writable and new, an empty folder, or a folder `replaceable` accepts."""
+def check_destination(out: Path, what: str = "output", replaceable: Callable[[Path], bool] | None = None,
+                      overwrite: bool = True) -> None:
+    """UserError unless `out` is writable and new, an empty folder, or a folder `replaceable`
+    accepts (an earlier output of the same kind) while `overwrite` allows replacing one."""
     check_writable(out, what)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder; choose another {what} path")
-    if not out.is_dir() or not any(out.iterdir()) or (replaceable is not None and replaceable(out)):
+    if not out.is_dir() or not any(out.iterdir()):
         return
+    if replaceable is not None and replaceable(out):
+        if overwrite:
+            return
+        raise UserError(f"{out} is an earlier {what}; choose another {what}, or add `overwrite` to replace it")
     if replaceable is None:
         raise UserError(f"{out} already exists and is not empty; choose another {what} or delete it")
     raise UserError(f"{out} is a non-empty folder that is not a banglaslm {what} (or holds other files too); "
-                    f"choose another {what} (an earlier {what} there would be replaced)")
+                    f"choose another {what}" + (f" (an earlier {what} there would be replaced)" if overwrite else ""))
 
 
 def _holder(path: Path) -> str:
@@ -168,15 +174,15 @@ def check_not_cwd(out: Path, what: str) -> None:
 
 @contextmanager
 def staged_folder(out_dir: str | Path, what: str = "output",
-                  replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+                  replaceable: Callable[[Path], bool] | None = None, overwrite: bool = True) -> Iterator[Path]:
     """Yield an empty temp folder beside `out_dir`; on success it becomes `out_dir`, on error
     it is removed. An existing `out_dir` must be empty, or a folder `replaceable` accepts
-    (e.g. an earlier output of the same kind), which is then replaced as a whole; anything
-    else is a UserError before any work is done."""
+    (e.g. an earlier output of the same kind) while `overwrite` allows, which is then replaced
+    as a whole; anything else is a UserError before any work is done."""
     out = Path(out_dir)
     check_not_cwd(out, what)
     with exclusive(out, what):
-        check_destination(out, what, replaceable)
+        check_destination(out, what, replaceable, overwrite)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         try:
             yield tmp

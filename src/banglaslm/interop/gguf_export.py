@@ -215,7 +215,8 @@ def export_gguf(
     run_dir: str | Path, out_path: str | Path,
     dtype: Annotated[str, Opt("how weight matrices are stored (norms stay f32)", DTYPES)] = "f16",
     which: Which = "best",
-    overwrite: Annotated[bool, Opt("replace an earlier export there (a GGUF file, an HF export folder)")] = False,
+    overwrite: Annotated[bool, Opt("replace an earlier export there (hf, peft: an export folder of that format; "
+                                    "gguf: a GGUF file)")] = False,
     *,
     approximate_gelu: Annotated[bool, Opt("for the course GPT ('gpt' arch): accept llama.cpp's "
                                           "tanh-approximated GELU (not exact)")] = False,

@@ -191,11 +191,7 @@ def export_hf(
                   "top_k": defaults.top_k or 0, "top_p": defaults.top_p or 1.0,
                   "max_new_tokens": defaults.max_new_tokens}
     files = _tokenizer_files(tok, cfg.block_size)
-    out = Path(out_dir)
-    if not overwrite and out.is_dir() and any(out.iterdir()) and _is_export(out):
-        raise UserError(f"{out} holds an earlier export; choose another export folder, or add `overwrite` to "
-                        "replace it")
-    with staged_folder(out_dir, "export folder", replaceable=_is_export if overwrite else None) as tmp:
+    with staged_folder(out_dir, "export folder", replaceable=_is_export, overwrite=overwrite) as tmp:
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "generation_config.json", generation)
         write_safetensors(tmp / HF_WEIGHTS, tensors, {"format": "pt"})
