@@ -50,6 +50,19 @@ def test_ids_outside_the_vocabulary(data_dir, tmp_path, capsys):
     one_line_error(code, err, "holds token id 65535 at position 123")
 
 
+def test_a_bin_changed_since_prepare_is_found(data_dir, tmp_path, capsys):
+    """A token swapped for another id inside the vocabulary: only the bin's sha256 tells."""
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    shard = data / json.loads((data / "meta.json").read_text())["splits"]["val"]["shards"][0]["file"]
+    ids = np.fromfile(shard, dtype=np.uint16)
+    ids[7] = ids[ids != ids[7]][0]  # another id the bin holds
+    ids.tofile(shard)
+    code, err = run_cli(["train", "--data", data, "--out", tmp_path / "run", *set_args(TINY_SETTINGS)], capsys)
+    one_line_error(code, err, f"{shard} has changed since it was prepared")
+    assert not (tmp_path / "run").exists()
+
+
 def test_ids_outside_the_vocabulary_in_a_large_bin_are_found_per_batch(tmp_path):
     from banglaslm.data.folder import TokenFile
     from banglaslm.data.loader import BatchSampler

@@ -137,6 +137,21 @@ def read_state(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that cannot be read or fails its checksums; `advising` swaps the
+    generic advice for a command's own (a resume reads `latest` only)."""
+
+    def __init__(self, path: Path, reason: str, advice: str = "use another checkpoint (best/latest) or train again"):
+        super().__init__(f"checkpoint {path} is damaged or truncated ({reason}); {advice}")
+        self.path, self.reason, self.advice = path, reason, advice
+
+    def advising(self, advice: str) -> DamagedCheckpoint:
+        return DamagedCheckpoint(self.path, self.reason, advice)
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason, self.advice)
+
+
 def load_checkpoint(path: str | Path, weights_only: bool = False) -> Checkpoint:
     """Read a checkpoint; `weights_only` skips the optimizer and RNG tensors (for inference)."""
     path = Path(path)
@@ -157,8 +172,7 @@ def load_checkpoint(path: str | Path, weights_only: bool = False) -> Checkpoint:
         if bad:
             raise ValueError(f"{len(bad)} tensor(s) fail their checksum, e.g. {bad[0]}")
     except (SafetensorError, ValueError, KeyError, OSError, RuntimeError) as exc:
-        raise UserError(f"checkpoint {path} is damaged or truncated ({exc}); "
-                        "use another checkpoint (best/latest) or train again") from None
+        raise DamagedCheckpoint(path, str(exc)) from None
     return Checkpoint(path, state, tensors)
 
 
@@ -168,8 +182,7 @@ def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError) as exc:
-        raise UserError(f"checkpoint {path} is damaged or truncated ({exc}); "
-                        "use another checkpoint (best/latest) or train again") from None
+        raise DamagedCheckpoint(Path(path), str(exc)) from None
 
 
 def adapter_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -66,6 +66,21 @@ class RunFolder:
             for leftover in folder.glob(".*.tmp") if folder.is_dir() else ():
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
+    def resume_advice(self, damaged: Path) -> str:
+        """What to do when `damaged`, a checkpoint a resume reads, cannot be read: resume from
+        the best checkpoint (when it reads), start from its weights, or train again."""
+        best, damaged = self.checkpoint("best"), Path(damaged)
+        if best.resolve() == damaged.resolve():
+            return "train again"
+        try:
+            load_checkpoint(best)
+        except UserError:
+            return "train again (its best checkpoint cannot be read either)"
+        if damaged.resolve() == self.checkpoint("latest").resolve():
+            return (f"to resume from the best checkpoint instead, copy {best} over {damaged} "
+                    "(the iterations after it are lost); or train again")
+        return f"start a new run from its best weights with --init-from {self.path}, or train again"
+
     def require(self) -> None:
         if not self.path.is_dir():
             raise UserError(f"run folder not found: {self.path}")

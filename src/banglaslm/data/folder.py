@@ -93,8 +93,8 @@ class DataFolder:
 
     def tokens(self, split: str) -> "TokenShards":
         """The split's shards, checked: each one's size against the meta, and (up to SCAN_BYTES
-        per shard) every id against the vocabulary; larger shards are checked batch by batch as
-        they are read."""
+        per shard) every id against the vocabulary and the bytes against the sha256 the meta
+        records; larger shards have their ids checked batch by batch as they are read."""
         files = []
         for shard in self.shards[split]:
             path, expected = self._file(shard["file"]), int(shard["tokens"])
@@ -102,8 +102,7 @@ class DataFolder:
                 raise UserError(f"{path} is missing or truncated (expected {expected:,} tokens); prepare the data again")
             tokens = TokenFile(path, self.dtype, self.vocab_size)
             if path.stat().st_size <= SCAN_BYTES:
-                for start in range(0, len(tokens), SCAN_CHUNK):
-                    tokens.check_ids(start, tokens.read(start, min(SCAN_CHUNK, len(tokens) - start)))
+                _scan(tokens, shard.get("sha256"))
             files.append(tokens)
         return TokenShards(files)
 
@@ -118,6 +117,19 @@ class DataFolder:
 
 SCAN_BYTES = 1 << 30  # bins up to this size have every id checked when they are opened
 SCAN_CHUNK = 1 << 24  # ids read at a time while checking
+
+
+def _scan(tokens: TokenFile, sha256: str | None) -> None:
+    """Check every id of `tokens` against the vocabulary and its bytes against `sha256` (a bit
+    flipped on disk or a bin swapped for another of the same size, that ids alone miss)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(tokens), SCAN_CHUNK):
+        ids = tokens.read(start, min(SCAN_CHUNK, len(tokens) - start))
+        tokens.check_ids(start, ids)
+        digest.update(ids)
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise UserError(f"{tokens.path} has changed since it was prepared (its sha256 is not the one in meta.json); "
+                        "prepare the data again")
 
 
 class TokenFile:

@@ -26,7 +26,7 @@ import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from tqdm import tqdm
 
-from ..checkpoint import read_state
+from ..checkpoint import DamagedCheckpoint, read_state
 from ..config import RunConfig, build_config, resolved_model, show_progress, validate
 from ..data.folder import DataFolder, chars_per_token, same_splits
 from ..data.loader import EVAL_STREAM, IGNORE, Prefetcher
@@ -542,16 +542,20 @@ def in_run_folder(run: RunFolder, resume: bool, start: Callable[[], Trainer]) ->
     """Train the Trainer that `start()` builds, holding the run folder's lock, after checking
     that the folder may be written and removing what a killed writer left."""
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 holds the lock for the run
-        return _start_and_train(start)
+        return _start_and_train(run, start)
     with exclusive(run.path, "run folder"):
         run.check_writable(resume)
         run.remove_leftovers()
-        return _start_and_train(start)
+        return _start_and_train(run, start)
 
 
-def _start_and_train(start: Callable[[], Trainer]) -> TrainResult:
+def _start_and_train(run: RunFolder, start: Callable[[], Trainer]) -> TrainResult:
     try:
         return start().train()
+    except DamagedCheckpoint as exc:
+        if run.checkpoints.resolve() not in exc.path.resolve().parents:  # e.g. an --init-from source
+            raise
+        raise exc.advising(run.resume_advice(exc.path)) from None
     finally:
         distributed.teardown()
 
