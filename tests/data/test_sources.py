@@ -1,5 +1,6 @@
 import gzip
 import json
+import re
 
 import pytest
 
@@ -110,6 +111,43 @@ def test_bad_tables(tmp_path):
         "row 1 (ending on line 2)", "row 2 (ending on line 4)", "row 3 (ending on line 5)"]
     with pytest.raises(UserError, match="no file matches"):
         docs([str(tmp_path / "*.nothing")])
+
+
+@pytest.mark.parametrize("table, where", [
+    ('id,text\n1,আমি ভাত খাই, তুমি জল খাও\n2,সে বাড়ি যায়\n', "row 1 (ending on line 2) has 3 fields but the header has 2"),
+    ('id,text\n1,সে বাড়ি যায়\n2,আমি ভাত খাই, তুমি জল খাও\n', "row 2 (ending on line 3) has 3 fields"),
+    ('id,text\n1,"আমি ভাত খাই\n2,সে বাড়ি যায়\n3,তুমি\n', "unexpected end of data, in the row starting on line 2"),
+    ('id,text\n1,"খাই"x,তুমি\n', "',' expected after '\"', in the row starting on line 2"),
+], ids=["unquoted comma", "unquoted comma later", "open quote", "text after a closing quote"])
+def test_a_csv_row_that_would_lose_or_swallow_text_is_refused(tmp_path, table, where):
+    """Text with an unquoted separator ran into a nameless column (prepare dropped it, clean
+    kept it as metadata); a quote left open swallowed the rows after it. Both are named."""
+    path = tmp_path / "r.csv"
+    path.write_text(table, encoding="utf-8")
+    for read in (lambda: docs([path]), lambda: list(iter_rows(resolve_inputs([str(path)])))):
+        with pytest.raises(UserError, match=re.escape(where)):
+            read()
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_a_csv_with_another_separator_is_read_by_its_header(tmp_path, sep):
+    """Spreadsheets in many locales save .csv with semicolons: the header tells."""
+    path = tmp_path / "semi.csv"
+    path.write_text(f'text{sep}id\n"আমি ভাত খাই";1\nসে, বাড়ি যায়{sep}2\n'.replace(";", sep), encoding="utf-8")
+    assert docs([path]) == ["আমি ভাত খাই", "সে, বাড়ি যায়"]
+    assert [row["id"] for _, row in iter_rows(resolve_inputs([str(path)]))] == ["1", "2"]
+
+
+def test_hidden_files_and_folders_in_an_input_folder_are_not_read(tmp_path, capsys):
+    books = tmp_path / "books"
+    (books / ".ipynb_checkpoints").mkdir(parents=True)
+    (books / "a.txt").write_text("এক", encoding="utf-8")
+    (books / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("এক", encoding="utf-8")
+    (books / "._a.txt").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")  # macOS's AppleDouble
+    assert docs([books]) == ["এক"]
+    assert "2 hidden file(s) or folder(s)" in capsys.readouterr().err
+    with pytest.raises(UserError, match="binary"):  # named itself, a hidden file is read (and judged)
+        docs([books / "._a.txt"])
 
 
 # Corpora are shipped compressed; each compressed file must give exactly its plain file's documents.
@@ -233,7 +271,7 @@ BN = "আমার সোনার বাংলা, আমি তোমায়
 
 
 @pytest.mark.parametrize("name, first, row", [
-    ("rows.csv", "text\n", BN + "\n"), ("rows.tsv", "text\n", BN + "\n"),
+    ("rows.csv", "text\n", f'"{BN}"\n'), ("rows.tsv", "text\n", BN + "\n"),
     ("rows.jsonl", "", f'{{"text": "{BN}"}}\n'), ("rows.json", "[", f'{{"text": "{BN}"}},\n'),
 ])
 def test_a_table_with_damaged_or_cut_utf8_gets_the_advice_text_files_get(tmp_path, name, first, row):

@@ -142,14 +142,17 @@ def _once(sources: list[Source]) -> list[Source]:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    """The files to read in `folder`, at any depth: text and table files; of a folder `clean`
-    wrote, its shards alone (not its report or removed/). A data or model folder inside is
-    refused (`_refuse_tool_folder`); files skipped are named on stderr (`_say_unread`)."""
-    files, found, passed = [], [], []
+    """The files to read in `folder`, at any depth: text and table files, hidden ones (a name
+    starting with ".") left out; of a folder `clean` wrote, its shards alone (not its report or
+    removed/). A data or model folder inside is refused (`_refuse_tool_folder`); files skipped
+    are named on stderr (`_say_unread`, and a note for hidden ones)."""
+    files, found, passed, hidden = [], [], [], []
     for root, dirs, names in os.walk(folder):
         here = Path(root)
         _refuse_tool_folder(here)
-        dirs.sort()
+        hidden += [here / name for name in (*dirs, *names) if name.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .git, .ipynb_checkpoints, ...
+        names = [name for name in names if not name.startswith(".")]  # macOS's ._NAME, .DS_Store, ...
         if is_cleaned_folder(here):  # `banglaslm clean`'s output
             shards = sorted(p for p in here.glob("*.jsonl") if CLEANED_SHARD.fullmatch(p.name))
             if not shards:
@@ -163,6 +166,10 @@ def _folder_files(folder: Path) -> list[Path]:
         found += [here / name for name in names]
         files += [here / name for name in names if _format(here / name) in TEXT_SUFFIXES | TABLE_SUFFIXES]
     _say_unread(folder, found)
+    if hidden:
+        named = ", ".join(str(p) for p in sorted(hidden)[:3]) + (", ..." if len(hidden) > 3 else "")
+        print(f"note: {len(hidden)} hidden file(s) or folder(s) in {folder} are not read ({named}); "
+              "pass one as an input of its own to read it", file=sys.stderr)
     if passed:
         named = ", ".join(str(p) for p in sorted(passed)[:3]) + (", ..." if len(passed) > 3 else "")
         print(f"note: {len(passed)} file(s) added to a folder banglaslm clean wrote are not read ({named}); "
@@ -544,21 +551,42 @@ def _read_csv(path: str, text_column: str | None, delimiter: str = ",") -> Itera
 
 def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple[str, dict]]:
     """The rows of a CSV (or, with a tab `delimiter`, TSV) file; `on_header` sees the column
-    names first (even with no rows). An empty file has neither."""
+    names first (even with no rows). An empty file has neither. A .csv whose header holds no
+    comma but semicolons (tabs, bars) is read with those, as spreadsheets in many locales write it.
+    A row with more fields than the header, or a quote left open, is a UserError: the text
+    would run into the next column or row."""
     csv.field_size_limit(sys.maxsize)  # news articles easily exceed the 128 KiB default
-    with open_text(path, newline="") as fh:
-        try:
-            reader = csv.DictReader(fh, delimiter=delimiter)
+    reader, ended = None, 0
+    try:
+        delimiter = _sniffed_delimiter(path, delimiter)
+        with open_text(path, newline="") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter, strict=True)
             if reader.fieldnames is None:  # an empty file: no header, no rows (as an empty JSONL has none)
                 return
             if on_header is not None:
                 on_header(list(reader.fieldnames))
+            ended = reader.line_num
             for number, row in enumerate(reader, 1):  # a quoted field may span lines: name the row
-                yield f"{path} row {number} (ending on line {reader.line_num})", row
-        except UnicodeDecodeError:
-            raise UserError(undecodable_stream(path)) from None
-        except csv.Error as exc:
-            raise UserError(f"{path} is not a readable CSV file ({exc})") from None
+                where, ended = f"{path} row {number} (ending on line {reader.line_num})", reader.line_num
+                if None in row:
+                    raise UserError(f"{where} has {len(reader.fieldnames) + len(row[None])} fields but the header has "
+                                    f"{len(reader.fieldnames)}; quote a field that holds {delimiter!r} (\"...\")")
+                yield where, row
+    except UnicodeDecodeError:
+        raise UserError(undecodable_stream(path)) from None
+    except csv.Error as exc:
+        line = f", in the row starting on line {ended + 1}" if reader is not None else ""
+        raise UserError(f"{path} is not a readable CSV file ({exc}{line}); check the quotes there: a quoted field "
+                        "must end in a quote, and a quote inside one is doubled (\"\")") from None
+
+
+def _sniffed_delimiter(path: str, delimiter: str) -> str:
+    """`delimiter`, or ";", a tab or "|" when the header line holds no commas but one of those."""
+    with open_text(path, newline="") as fh:
+        header = fh.readline()
+    if delimiter == "," and "," not in header:
+        return next((d for d in (";", "\t", "|") if d in header), delimiter)
+    return delimiter
 
 
 def _parquet_file(path: str):
