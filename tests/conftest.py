@@ -32,6 +32,24 @@ def cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
                           cwd=cwd, timeout=timeout)
 
 
+def cli_here(*args) -> subprocess.CompletedProcess:
+    """What `cli` returns, from `banglaslm.cli.main` run in this process: the same command line
+    without starting an interpreter and importing torch again (seconds a call), for checks of
+    what a command prints and returns."""
+    import contextlib
+    import io
+
+    from banglaslm.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse: --help, or a malformed command line
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:
     """A user mistake: exit code 2 and one line on stderr, naming `fragment`, no traceback."""
     one_line_error(result.returncode, result.stderr.strip(), fragment)

@@ -1,27 +1,28 @@
-"""Bad input through the real command line: one line on stderr, non-zero exit, no traceback,
-nothing half-written."""
+"""Bad input through the command line: one line on stderr, non-zero exit, no traceback,
+nothing half-written. `cli_here` runs the CLI's main in this process (the subprocess path, an
+interpreter start, is covered by test_end_to_end and the serve/chat test here)."""
 
 import json
 import subprocess
 import sys
 
 import pytest
-from conftest import assert_user_error, cli
+from conftest import assert_user_error, cli_here
 
 
 def test_prepare_bad_inputs(tmp_path):
     out = tmp_path / "out"
-    assert_user_error(cli("prepare", tmp_path / "missing.txt", "--out", out), "input not found")
+    assert_user_error(cli_here("prepare", tmp_path / "missing.txt", "--out", out), "input not found")
     (tmp_path / "empty.txt").write_text("", encoding="utf-8")
     (tmp_path / "empty2.txt").write_text("\n", encoding="utf-8")
-    assert_user_error(cli("prepare", tmp_path / "empty.txt", tmp_path / "empty2.txt", "--out", out), "no text")
+    assert_user_error(cli_here("prepare", tmp_path / "empty.txt", tmp_path / "empty2.txt", "--out", out), "no text")
     (tmp_path / "bin.txt").write_bytes(bytes(range(256)))
-    assert_user_error(cli("prepare", tmp_path / "bin.txt", "--out", out), "binary")
+    assert_user_error(cli_here("prepare", tmp_path / "bin.txt", "--out", out), "binary")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    assert_user_error(cli("prepare", tmp_path / "latin1.txt", "--out", out), "not UTF-8")
+    assert_user_error(cli_here("prepare", tmp_path / "latin1.txt", "--out", out), "not UTF-8")
     # a cleaning option without --clean would filter nothing: refused rather than ignored
     (tmp_path / "ok.txt").write_text("বাংলা ভাষা\n\nআরেকটি অনুচ্ছেদ", encoding="utf-8")
-    assert_user_error(cli("prepare", tmp_path / "ok.txt", "--out", out, "--min-words", 5), "--min-words filters "
+    assert_user_error(cli_here("prepare", tmp_path / "ok.txt", "--out", out, "--min-words", 5), "--min-words filters "
                       "documents only with --clean")
     assert not out.exists()
 
@@ -34,7 +35,7 @@ def test_vocabulary_too_large_for_dtype(tmp_path):
     Tokenizer(models.WordLevel(vocab, unk_token="w0")).save(str(tmp_path / "big.json"))
     for i in range(3):
         (tmp_path / f"{i}.txt").write_text("w1 w2", encoding="utf-8")
-    r = cli("prepare", tmp_path / "0.txt", tmp_path / "1.txt", tmp_path / "2.txt", "--out", tmp_path / "o",
+    r = cli_here("prepare", tmp_path / "0.txt", tmp_path / "1.txt", tmp_path / "2.txt", "--out", tmp_path / "o",
             "--tokenizer", tmp_path / "big.json", "--dtype", "uint16")
     assert_user_error(r, "too many for uint16")
     assert not (tmp_path / "o").exists()
@@ -42,11 +43,11 @@ def test_vocabulary_too_large_for_dtype(tmp_path):
 
 def test_train_bad_config(tmp_path, data_dir):
     run = tmp_path / "run"
-    assert_user_error(cli("train", "--data", data_dir, "--out", run, "--preset", "giant"), "unknown preset 'giant'")
-    assert_user_error(cli("train", "--data", data_dir, "--out", run, "--set", "model.layers=2"), "unknown config key")
-    assert_user_error(cli("train", "--data", data_dir, "--out", run, "--set", "train.batch_size=x"), "expected an integer")
-    assert_user_error(cli("train", "--data", tmp_path, "--out", run), "not a prepared data folder")
-    assert_user_error(cli("train", "--data", data_dir, "--out", run, "--resume"), "nothing to resume")
+    assert_user_error(cli_here("train", "--data", data_dir, "--out", run, "--preset", "giant"), "unknown preset 'giant'")
+    assert_user_error(cli_here("train", "--data", data_dir, "--out", run, "--set", "model.layers=2"), "unknown config key")
+    assert_user_error(cli_here("train", "--data", data_dir, "--out", run, "--set", "train.batch_size=x"), "expected an integer")
+    assert_user_error(cli_here("train", "--data", tmp_path, "--out", run), "not a prepared data folder")
+    assert_user_error(cli_here("train", "--data", data_dir, "--out", run, "--resume"), "nothing to resume")
     assert not run.exists()
 
 
@@ -54,8 +55,8 @@ def test_corpus_too_small_for_one_block(tmp_path):
     for i, word in enumerate(("ছোট", "বড়", "মাঝারি")):
         (tmp_path / f"{i}.txt").write_text(word, encoding="utf-8")
     data = tmp_path / "d"
-    assert cli("prepare", *[tmp_path / f"{i}.txt" for i in range(3)], "--out", data, "--tokenizer", "char").returncode == 0
-    r = cli("train", "--data", data, "--out", tmp_path / "run", "--preset", "tiny")
+    assert cli_here("prepare", *[tmp_path / f"{i}.txt" for i in range(3)], "--out", data, "--tokenizer", "char").returncode == 0
+    r = cli_here("train", "--data", data, "--out", tmp_path / "run", "--preset", "tiny")
     assert_user_error(r, "no stretch of one block")
 
 
@@ -63,20 +64,20 @@ def test_mismatched_tokenizer_and_damaged_checkpoint(tmp_path, trained_run, smal
     import shutil
 
     other = tmp_path / "other"
-    assert cli("prepare", *small_books, "--out", other, "--tokenizer", "char", "--doc-split", "paragraph").returncode == 0
-    assert_user_error(cli("train", "--data", other, "--out", trained_run, "--resume"), "different tokenizer")
+    assert cli_here("prepare", *small_books, "--out", other, "--tokenizer", "char", "--doc-split", "paragraph").returncode == 0
+    assert_user_error(cli_here("train", "--data", other, "--out", trained_run, "--resume"), "different tokenizer")
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     for name in ("best", "latest"):
         ckpt = run / "checkpoints" / f"{name}.safetensors"
         ckpt.write_bytes(ckpt.read_bytes()[:1000])
-    assert_user_error(cli("generate", run, "--prompt", "আমি"), "damaged or truncated")
-    assert_user_error(cli("eval", run, "--text", small_books[0]), "damaged or truncated")
+    assert_user_error(cli_here("generate", run, "--prompt", "আমি"), "damaged or truncated")
+    assert_user_error(cli_here("eval", run, "--text", small_books[0]), "damaged or truncated")
     # A run folder whose tokenizer.json was swapped no longer matches its checkpoint.
     run2 = tmp_path / "run2"
     shutil.copytree(trained_run, run2)
     shutil.copy(other / "tokenizer.json", run2 / "tokenizer.json")
-    assert_user_error(cli("generate", run2, "--prompt", "আমি"), "does not match")
+    assert_user_error(cli_here("generate", run2, "--prompt", "আমি"), "does not match")
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -86,15 +87,15 @@ def test_mismatched_tokenizer_and_damaged_checkpoint(tmp_path, trained_run, smal
     (["--prompt", "আমি", "--top-p", "2"], "top-p must be in (0, 1]"),
 ])
 def test_generate_bad_options(trained_run, args, fragment):
-    assert_user_error(cli("generate", trained_run, *args), fragment)
+    assert_user_error(cli_here("generate", trained_run, *args), fragment)
 
 
 def test_generate_and_eval_json(trained_run, small_books, tmp_path):
-    r = cli("generate", trained_run, "--prompt", "আমার", "--max-new-tokens", "12", "--seed", "1", "--json")
+    r = cli_here("generate", trained_run, "--prompt", "আমার", "--max-new-tokens", "12", "--seed", "1", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out) == {"text", "prompt", "tokens"} and out["prompt"] == "আমার" and 0 <= out["tokens"] <= 12
-    r = cli("eval", trained_run, "--text", small_books[0], small_books[1], "--json")
+    r = cli_here("eval", trained_run, "--text", small_books[0], small_books[1], "--json")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 2
@@ -104,7 +105,7 @@ def test_generate_and_eval_json(trained_run, small_books, tmp_path):
     blank = tmp_path / "blank.txt"  # every file is checked before any is scored
     blank.write_text(" \u200b\n", encoding="utf-8")
     for wrong, fragment in ((tmp_path / "typo.txt", "text file not found"), (blank, "holds no text")):
-        r = cli("eval", trained_run, "--text", small_books[0], wrong, "--json")
+        r = cli_here("eval", trained_run, "--text", small_books[0], wrong, "--json")
         assert_user_error(r, fragment)
         assert r.stdout == ""  # not the first file's scores, then the error
 
@@ -113,20 +114,20 @@ def test_quantized_eval_stays_within_one_percent_and_generate_runs(trained_run, 
     """--quantize on eval and generate: bits per character on real text within 1% of float32."""
     bpc = {}
     for kind in ("none", "int8", "bf16"):
-        r = cli("eval", trained_run, "--text", small_books[0], "--json", "--quantize", kind)
+        r = cli_here("eval", trained_run, "--text", small_books[0], "--json", "--quantize", kind)
         assert r.returncode == 0, r.stderr
         bpc[kind] = json.loads(r.stdout)["bits_per_char"]
     assert abs(bpc["int8"] / bpc["none"] - 1) < 0.01 and abs(bpc["bf16"] / bpc["none"] - 1) < 0.01, bpc
     assert bpc["int8"] != bpc["none"]  # it did run on other weights
-    r = cli("generate", trained_run, "--prompt", "আমার", "--max-new-tokens", "12", "--greedy",
+    r = cli_here("generate", trained_run, "--prompt", "আমার", "--max-new-tokens", "12", "--greedy",
             "--json", "--quantize", "int8")
     assert r.returncode == 0 and json.loads(r.stdout)["tokens"] > 0, r.stderr
-    r = cli("generate", trained_run, "--prompt", "আমার", "--quantize", "int4")
+    r = cli_here("generate", trained_run, "--prompt", "আমার", "--quantize", "int4")
     assert r.returncode == 2 and "invalid choice: 'int4'" in r.stderr
 
 
 def test_train_help_lists_every_config_key():
-    r = cli("train", "--help")
+    r = cli_here("train", "--help")
     assert r.returncode == 0
     for key in ("model.arch", "model.n_layer", "train.learning_rate", "train.precision", "presets: tiny"):
         assert key in r.stdout
@@ -146,58 +147,58 @@ def test_every_command_has_help(capsys):
 
 def test_export_import_round_trip_through_the_cli(trained_run, tmp_path):
     hf, back = tmp_path / "hf", tmp_path / "back"
-    r = cli("export", trained_run, "--format", "hf", "--out", hf)
+    r = cli_here("export", trained_run, "--format", "hf", "--out", hf)
     assert r.returncode == 0, r.stderr
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {p.name for p in hf.iterdir()}
     assert json.loads((hf / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    r = cli("import", hf, "--out", back)
+    r = cli_here("import", hf, "--out", back)
     assert r.returncode == 0, r.stderr
-    a = cli("generate", trained_run, "--prompt", "আমার", "--greedy", "--max-new-tokens", "10", "--json")
-    b = cli("generate", back, "--prompt", "আমার", "--greedy", "--max-new-tokens", "10", "--json")
+    a = cli_here("generate", trained_run, "--prompt", "আমার", "--greedy", "--max-new-tokens", "10", "--json")
+    b = cli_here("generate", back, "--prompt", "আমার", "--greedy", "--max-new-tokens", "10", "--json")
     assert json.loads(a.stdout)["text"] == json.loads(b.stdout)["text"]
-    assert_user_error(cli("export", trained_run, "--format", "hf", "--out", hf), "")
+    assert_user_error(cli_here("export", trained_run, "--format", "hf", "--out", hf), "")
 
 
 def test_gguf_export_through_the_cli(trained_run, trained_gpt_run, tmp_path):
     gguf = pytest.importorskip("gguf")
     out = tmp_path / "m.gguf"
-    r = cli("export", trained_run, "--format", "gguf", "--out", out, "--gguf-type", "q8_0")
+    r = cli_here("export", trained_run, "--format", "gguf", "--out", out, "--gguf-type", "q8_0")
     assert r.returncode == 0, r.stderr
     assert "note: llama-cpp-python 0.3.36 crashed" in r.stderr and "n_batch=1" in r.stderr  # its known q8_0 fault
     reader = gguf.GGUFReader(str(out))
     assert reader.fields["general.architecture"].contents() == "llama"
     assert reader.fields["tokenizer.ggml.pre"].contents() == "qwen35"
     assert any(t.tensor_type == gguf.GGMLQuantizationType.Q8_0 for t in reader.tensors)
-    assert_user_error(cli("export", trained_run, "--format", "gguf", "--out", out), "exists")
-    assert cli("export", trained_run, "--format", "gguf", "--out", out, "--overwrite").returncode == 0
+    assert_user_error(cli_here("export", trained_run, "--format", "gguf", "--out", out), "exists")
+    assert cli_here("export", trained_run, "--format", "gguf", "--out", out, "--overwrite").returncode == 0
     # The course GPT's exact GELU is not llama.cpp's: refused unless accepted explicitly.
     g = tmp_path / "gpt.gguf"
-    assert_user_error(cli("export", trained_gpt_run, "--format", "gguf", "--out", g), "GELU")
+    assert_user_error(cli_here("export", trained_gpt_run, "--format", "gguf", "--out", g), "GELU")
     assert not g.exists()
-    r = cli("export", trained_gpt_run, "--format", "gguf", "--out", g, "--approximate-gelu")
+    r = cli_here("export", trained_gpt_run, "--format", "gguf", "--out", g, "--approximate-gelu")
     assert r.returncode == 0 and "note:" in r.stderr and g.is_file()
 
 
 def test_generate_stream_prints_the_same_text_as_json(trained_run):
     common = ["--prompt", "আমার", "--max-new-tokens", "25", "--seed", "7", "--temperature", "1.3", "--top-k", "40"]
-    streamed = cli("generate", trained_run, *common, "--stream")
-    whole = cli("generate", trained_run, *common, "--json")
+    streamed = cli_here("generate", trained_run, *common, "--stream")
+    whole = cli_here("generate", trained_run, *common, "--json")
     assert streamed.returncode == 0 and whole.returncode == 0, streamed.stderr + whole.stderr
     assert streamed.stdout == "আমার" + json.loads(whole.stdout)["text"] + "\n"
-    assert_user_error(cli("generate", trained_run, *common, "--stream", "--json"), "cannot be combined")
-    assert_user_error(cli("generate", trained_run, "--prompt", "ক", "--min-p", "2"), "--min-p")
+    assert_user_error(cli_here("generate", trained_run, *common, "--stream", "--json"), "cannot be combined")
+    assert_user_error(cli_here("generate", trained_run, "--prompt", "ক", "--min-p", "2"), "--min-p")
 
 
 def test_report_command(trained_run, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("নদীর ধারে একটি ছোট গ্রাম ছিল। সেখানে সবাই মিলেমিশে থাকত।\n", encoding="utf-8")
     out = tmp_path / "rep"
-    r = cli("report", trained_run, "--text", text, "--out", out)
+    r = cli_here("report", trained_run, "--text", text, "--out", out)
     assert r.returncode == 0, r.stderr
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "loss.png" in card and str(text.name) in card
     assert (out / "tokenizer.png").read_bytes()[:4] == b"\x89PNG"
-    assert_user_error(cli("report", tmp_path / "nope"), "not found")
+    assert_user_error(cli_here("report", tmp_path / "nope"), "not found")
 
 
 def test_serve_and_chat_commands(trained_run):
@@ -241,9 +242,9 @@ def test_lm_eval_task_command(tmp_path):
     text = tmp_path / "held_out.txt"
     text.write_text("নদীর ধারে  একটি গ্রাম।\n\n\nসেখানে থাকে এক কৃষক।", encoding="utf-8")
     out = tmp_path / "task"
-    assert_user_error(cli("lm-eval-task", tmp_path / "missing.txt", "--out", out), "missing.txt")
+    assert_user_error(cli_here("lm-eval-task", tmp_path / "missing.txt", "--out", out), "missing.txt")
     assert not out.exists()
-    done = cli("lm-eval-task", text, "--out", out, "--name", "bn_test")
+    done = cli_here("lm-eval-task", text, "--out", out, "--name", "bn_test")
     assert done.returncode == 0, done.stderr
     assert "--tasks bn_test" in done.stdout
     [doc] = [json.loads(line) for line in (out / "bn_test.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -290,6 +291,6 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
     assert caught.value.param == "val_fraction"
     with pytest.raises(UserError, match=r"^top_k must be at least 1"):
         SamplingParams(top_k=0).validate()
-    assert_user_error(cli("prepare", tmp_path, "--out", tmp_path / "o", "--val-fraction", "2"), "--val-fraction must be")
-    assert_user_error(cli("prepare", tmp_path, "--out", tmp_path / "o", "--vocab-size", "5"), "--vocab-size 5 is too small")
+    assert_user_error(cli_here("prepare", tmp_path, "--out", tmp_path / "o", "--val-fraction", "2"), "--val-fraction must be")
+    assert_user_error(cli_here("prepare", tmp_path, "--out", tmp_path / "o", "--vocab-size", "5"), "--vocab-size 5 is too small")
     assert not (tmp_path / "o").exists()
