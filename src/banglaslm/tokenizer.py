@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,47 @@ UNK_SURFACE = " \u2047 "  # what SentencePiece's decoding writes for an unknown 
 # resume right after the first bad byte.
 SENTENCEPIECE_BYTES = "banglaslm-sentencepiece-bytes"
 codecs.register_error(SENTENCEPIECE_BYTES, lambda err: ("\ufffd", err.start + 1))
+
+
+ENCODE_GROUP_CHARS = 1 << 20  # characters per call to the Rust encoder (`Tokenizer.encode_batch`)
+PIECE_CHARS = 1 << 16  # a longer piece of one line is cut (`_pieces`)
+
+
+def _pieces(text: str, kind: str) -> list[str]:
+    """`text` cut where no pre-token of our `kind` ("bpe", "char") can span, so that the pieces
+    encode to the whole's ids: after a run of newlines before a non-space (`_SAFE_CUT`), and in
+    a piece longer than PIECE_CHARS, every PIECE_CHARS or so before a space between two letters
+    or marks (SPLIT_PATTERN ends a word there and starts " word"); for "char", anywhere."""
+    pieces = []
+    for line in _SAFE_CUT.split(text):
+        start = 0
+        while len(line) - start > PIECE_CHARS:
+            cut = start + PIECE_CHARS if kind == "char" else _word_start(line, start + PIECE_CHARS)
+            if cut < 0:
+                break
+            pieces.append(line[start:cut])
+            start = cut
+        pieces.append(line[start:])
+    return pieces
+
+
+def _word_start(line: str, start: int) -> int:
+    """The first index from `start` of a space between two letters or marks in `line`, or -1."""
+    at = line.find(" ", start)
+    while 0 < at < len(line) - 1:
+        if unicodedata.category(line[at - 1])[0] in "LM" and unicodedata.category(line[at + 1])[0] in "LM":
+            return at
+        at = line.find(" ", at + 1)
+    return -1
+
+
+def _pre_tokenizer(kind: str):
+    """The pre-tokenizer of our own kinds: SPLIT_PATTERN then bytes ("bpe"), or every
+    character apart ("char")."""
+    if kind == "char":
+        return pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
 def _unk_id(model: dict, hf: HFTokenizer) -> int | None:
@@ -169,16 +211,13 @@ class Tokenizer:
         """Train byte-level BPE on already-normalized `texts`."""
         check_bpe_vocab_size(vocab_size)
         hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        hf.pre_tokenizer = _pre_tokenizer("bpe")
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, min_frequency=2, special_tokens=[EOD],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress,
         )
-        pieces = (piece for text in texts for piece in _SAFE_CUT.split(text))
+        pieces = (piece for text in texts for piece in _pieces(text, "bpe"))
         hf.train_from_iterator(pieces, trainer=trainer, length=length)
         return cls(hf, "bpe")
 
@@ -189,7 +228,7 @@ class Tokenizer:
         for ch in sorted(set(chars) - {EOD, UNK}):
             vocab[ch] = len(vocab)
         hf = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
-        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        hf.pre_tokenizer = _pre_tokenizer("char")
         hf.decoder = decoders.Fuse()
         hf.add_special_tokens([EOD, UNK])
         return cls(hf, "char")
@@ -219,9 +258,14 @@ class Tokenizer:
         """Wrap a `tokenizers.Tokenizer`, telling ours (BPE, char) from others by its parts."""
         spec = json.loads(hf.to_str())
         kind = spec.get("model", {}).get("type", "unknown")
-        is_ours = kind == "BPE" and EOD in hf.get_vocab() and \
-            (spec.get("decoder") or {}).get("type") == "ByteLevel"
-        is_char = kind == "WordLevel" and (spec.get("decoder") or {}).get("type") == "Fuse"
+        decoder = (spec.get("decoder") or {}).get("type")
+        # The pre-tokenizer decides where documents may be cut (`_SAFE_CUT`) and how llama.cpp
+        # splits text (GGUF): GPT-2's own tokenizer.json, also byte-level BPE with an
+        # "<|endoftext|>", is foreign. (Compared as this `tokenizers` version writes both.)
+        split = hf.pre_tokenizer.__getstate__() if hf.pre_tokenizer is not None else None
+        is_ours = kind == "BPE" and EOD in hf.get_vocab() and decoder == "ByteLevel" and \
+            split == _pre_tokenizer("bpe").__getstate__()
+        is_char = kind == "WordLevel" and decoder == "Fuse" and split == _pre_tokenizer("char").__getstate__()
         return cls(hf, "bpe" if is_ours else "char" if is_char else f"external-{kind.lower()}")
 
     def _find_eod(self) -> int:
@@ -255,19 +299,31 @@ class Tokenizer:
     def encode_batch(self, texts: list[str], coverage: Coverage | None = None) -> list[list[int]]:
         """Encode already-normalized texts in parallel (the Rust side uses every core).
 
-        A few huge documents would leave cores idle, so ours are cut into line pieces first.
+        Ours are cut into pieces first (`_pieces`) and encoded ENCODE_GROUP_CHARS at a time:
+        a few huge documents would leave cores idle, and the Rust side holds a few hundred
+        bytes per token until a call returns (a 30 MB document took gigabytes).
         """
         if self.kind not in ("bpe", "char"):
             return [self._ids(t, e, coverage) for t, e in zip(texts, self.hf.encode_batch(texts, add_special_tokens=False))]
-        split = [_SAFE_CUT.split(text) for text in texts]
-        flat = [piece for pieces in split for piece in pieces]
-        encoded = iter(self.hf.encode_batch(flat, add_special_tokens=False))
-        out = []
-        for pieces in split:
-            ids: list[int] = []
-            for piece in pieces:
-                ids.extend(self._ids(piece, next(encoded), coverage))
-            out.append(ids)
+        out: list[list[int]] = [[] for _ in texts]
+        group: list[tuple[int, str]] = []
+
+        def flush() -> None:
+            encoded = self.hf.encode_batch([piece for _, piece in group], add_special_tokens=False)
+            for (doc, piece), encoding in zip(group, encoded):
+                out[doc].extend(self._ids(piece, encoding, coverage))
+            group.clear()
+
+        size = 0
+        for doc, text in enumerate(texts):
+            for piece in _pieces(text, self.kind):
+                group.append((doc, piece))
+                size += len(piece)
+                if size >= ENCODE_GROUP_CHARS:
+                    flush()
+                    size = 0
+        if group:
+            flush()
         return out
 
     def _ids(self, text: str, encoding, coverage: Coverage | None) -> list[int]:

@@ -52,6 +52,39 @@ def test_round_trip_and_parallel_pieces_identical(bpe, books_text):
     assert bpe.encode_batch([text]) == [whole] == [ids]
 
 
+def test_a_document_of_one_long_line_is_encoded_in_pieces_with_the_same_ids(bpe, books_text):
+    """A line far longer than PIECE_CHARS (a dump without line breaks) is cut between words:
+    the ids are the whole line's, for both of our kinds."""
+    from banglaslm.tokenizer import PIECE_CHARS, _pieces
+
+    words = " ".join(books_text[1].split())
+    line = (words * (1 + 3 * PIECE_CHARS // len(words)))[:3 * PIECE_CHARS + 1234]
+    assert len(_pieces(line, "bpe")) >= 3
+    assert bpe.encode_batch([line, "ক\n\nখ " + line]) == [bpe.hf.encode(t, add_special_tokens=False).ids
+                                                          for t in (line, "ক\n\nখ " + line)]
+    char = Tokenizer.build_char(line)
+    assert len(_pieces(line, "char")) == 4
+    assert char.encode_batch([line]) == [char.hf.encode(line, add_special_tokens=False).ids]
+
+
+def test_a_gpt2_style_tokenizer_is_foreign_and_encodes_as_itself():
+    """Byte-level BPE with an "<|endoftext|>" and GPT-2's pre-tokenizer is not ours: cutting
+    its documents after blank lines would change its ids ("\n\n" is one of its pre-tokens)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(["hello world\n\nthis is a test\n\n\nanother line\n  here\n"] * 50,
+                           trainers.BpeTrainer(vocab_size=400, special_tokens=[EOD],
+                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = Tokenizer.from_hf(hf)
+    assert tok.kind == "external-bpe"
+    text = "hello\n\nworld is\n\n\nhere"
+    assert tok.encode_batch([text]) == [hf.encode(text).ids]
+
+
 def test_literal_special_token_text_is_not_a_control_token(bpe):
     ids = bpe.encode(f"ক {EOD} খ")
     assert bpe.eod_id not in ids
