@@ -74,6 +74,16 @@ def test_render_chat_template():
         render_chat([], language="xx")
 
 
+def test_a_bad_setting_names_the_chat_commands_not_the_parameters():
+    from banglaslm.chat import _apply_command
+    from banglaslm.config import SamplingParams
+
+    with pytest.raises(UserError) as caught:
+        _apply_command(SamplingParams(), "temp", "-1")
+    assert str(caught.value).startswith("/temp: ") and "/greedy on" in str(caught.value), caught.value
+    assert "`" not in str(caught.value)
+
+
 def test_settings_commands_answer_and_reset(loaded):
     engine = SpyEngine(loaded)
     out = Recorder()

@@ -90,6 +90,16 @@ def test_generate_bad_options(trained_run, args, fragment):
     assert_user_error(cli_here("generate", trained_run, *args), fragment)
 
 
+def test_prompt_file_mistakes_name_the_file(trained_run, tmp_path):
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    (tmp_path / "blank.txt").write_text(" \n\u200d\n", encoding="utf-8")  # nothing once normalized
+    for name in ("empty.txt", "blank.txt"):
+        assert_user_error(cli_here("generate", trained_run, "--prompt-file", tmp_path / name),
+                          f"the prompt file {tmp_path / name} holds no text")
+    assert_user_error(cli_here("generate", trained_run, "--prompt-file", tmp_path), "is a folder; give one text file")
+    assert_user_error(cli_here("generate", trained_run, "--prompt-file", tmp_path / "nope.txt"), "not found")
+
+
 def test_generate_and_eval_json(trained_run, small_books, tmp_path):
     r = cli_here("generate", trained_run, "--prompt", "আমার", "--max-new-tokens", "12", "--seed", "1", "--json")
     assert r.returncode == 0, r.stderr
@@ -170,6 +180,10 @@ def test_gguf_export_through_the_cli(trained_run, trained_gpt_run, tmp_path):
     assert reader.fields["tokenizer.ggml.pre"].contents() == "qwen35"
     assert any(t.tensor_type == gguf.GGMLQuantizationType.Q8_0 for t in reader.tensors)
     assert_user_error(cli_here("export", trained_run, "--format", "gguf", "--out", out), "exists")
+    folder = f"{tmp_path / 'new'}/"  # a folder, by its slash, though not made yet: not a file named "new"
+    assert_user_error(cli_here("export", trained_run, "--format", "gguf", "--out", folder), "is a folder; give the path")
+    assert not (tmp_path / "new").exists()
+    assert_user_error(cli_here("import", out, "--out", tmp_path / "back"), "is a file; import reads a Hugging Face")
     assert cli_here("export", trained_run, "--format", "gguf", "--out", out, "--overwrite").returncode == 0
     # The course GPT's exact GELU is not llama.cpp's: refused unless accepted explicitly.
     g = tmp_path / "gpt.gguf"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import sys
 from collections.abc import Callable
 
@@ -75,9 +76,15 @@ def _apply_command(params: SamplingParams, name: str, arg: str) -> SamplingParam
         raise UserError(f"unknown command /{name}; type /help")
     try:
         new.validate()
-    except UserError as exc:  # name the command, not the parameter
-        raise UserError(f"/{name}: {exc}") from None
+    except UserError as exc:  # name the commands, not the parameters
+        said = re.sub(r"`(\w+)`", lambda m: _COMMAND_OF.get(m.group(1), m.group(1)), str(exc))
+        raise UserError(f"/{name}: {said}") from None
     return new
+
+
+# What a sampling parameter named in an error (`greedy`) is called in chat.
+_COMMAND_OF = {"temperature": "/temp", "top_k": "/topk", "top_p": "/topp", "min_p": "/minp",
+               "repetition_penalty": "/rep", "max_new_tokens": "/max", "seed": "/seed", "greedy": "/greedy on"}
 
 
 def _settings_text(p: SamplingParams) -> str:

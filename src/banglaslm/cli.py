@@ -452,11 +452,15 @@ def read_prompt_file(path: str) -> str:
     the line end a text file usually ends with."""
     from pathlib import Path
 
-    from .data.sources import read_text_file
+    from .data.sources import read_whole_text
+    from .text import normalize
 
-    if not Path(path).is_file():
-        raise UserError(f"prompt file not found: {path}")
-    return next(read_text_file(path, "file")).removesuffix("\n")
+    if Path(path).is_dir():
+        raise UserError(f"the prompt file {path} is a folder; give one text file")
+    text = read_whole_text(path).removesuffix("\n")  # a missing file: named
+    if not normalize(text).strip():
+        raise UserError(f"the prompt file {path} holds no text; write the text to continue in it, e.g. \"আমার সোনার\"")
+    return text
 
 
 def cmd_quickstart(args) -> None:

@@ -1,6 +1,7 @@
 import gzip
 import json
 import re
+import shlex
 
 import pytest
 
@@ -14,6 +15,11 @@ from banglaslm.data.sources import (
     text_rate,
 )
 from banglaslm.errors import UserError
+
+
+def at(path) -> str:
+    """`path` as a fix command names it (quoted for the shell), as a regex."""
+    return re.escape(shlex.quote(str(path)))
 
 
 def docs(inputs, **kw):
@@ -245,8 +251,8 @@ def test_a_file_in_another_encoding_gets_a_conversion_that_works(tmp_path):
     file (iconv without -f fails on such input)."""
     path = tmp_path / "latin.txt"
     path.write_bytes("café naïve\n".encode("cp1252"))
-    with pytest.raises(UserError, match=r"invalid byte 0xe9 at offset 3.*iconv -f WINDOWS-1252 -t UTF-8 latin.txt > "
-                                        r"latin.utf8.txt"):
+    with pytest.raises(UserError, match=rf"invalid byte 0xe9 at offset 3.*iconv -f WINDOWS-1252 -t UTF-8 {at(path)} > "
+                                        rf"{at(tmp_path / 'latin.utf8.txt')}"):
         docs([path])
 
 
@@ -258,7 +264,8 @@ def test_utf8_cut_off_or_damaged_is_not_called_another_encoding(tmp_path):
     cut = tmp_path / "cut.txt"
     cut.write_bytes(text + "ক".encode()[:2])  # a last character's first two of three bytes
     start = len(text)
-    with pytest.raises(UserError, match=rf"ends in the middle of a UTF-8 character .*head -c {start} cut.txt > cut.fixed.txt"):
+    with pytest.raises(UserError, match=rf"ends in the middle of a UTF-8 character .*head -c {start} {at(cut)} > "
+                                        rf"{at(tmp_path / 'cut.fixed.txt')}"):
         docs([cut])
     assert cut.read_bytes()[:start].decode("utf-8")  # what that command keeps
     damaged = tmp_path / "damaged.txt"
@@ -283,12 +290,12 @@ def test_a_table_with_damaged_or_cut_utf8_gets_the_advice_text_files_get(tmp_pat
     damaged = tmp_path / name
     damaged.write_bytes(rows + b"\xff" + row.encode())
     with pytest.raises(UserError, match=rf"damaged bytes \(invalid byte 0xff at offset {len(rows)}\).*"
-                                        rf"iconv -c -f UTF-8 -t UTF-8 {name} > {stem}.fixed.{suffix}"):
+                                        rf"iconv -c -f UTF-8 -t UTF-8 {at(damaged)} > {at(tmp_path / f'{stem}.fixed.{suffix}')}"):
         docs([damaged])
     cut = tmp_path / f"cut.{suffix}"
     cut.write_bytes(rows + "ক".encode()[:1])
     with pytest.raises(UserError, match=rf"ends in the middle of a UTF-8 character \(offset {len(rows)}\).*"
-                                        rf"head -c {len(rows)} cut.{suffix} > cut.fixed.{suffix}"):
+                                        rf"head -c {len(rows)} {at(cut)} > {at(tmp_path / f'cut.fixed.{suffix}')}"):
         docs([cut])
 
 
@@ -299,9 +306,9 @@ def test_a_jsonl_cut_inside_a_row_is_told_to_drop_that_row(tmp_path):
     cut = tmp_path / "cut.jsonl"
     cut.write_bytes(whole[:-6])  # inside the last row's last Bangla character (।, 3 bytes: 2 kept)
     line_start = whole[:-1].rfind(b"\n") + 1
-    with pytest.raises(UserError, match=rf"drop the broken last line \(head -c {line_start} cut.jsonl > cut.fixed.jsonl\)"):
-        docs([cut])
     fixed = tmp_path / "cut.fixed.jsonl"
+    with pytest.raises(UserError, match=rf"drop the broken last line \(head -c {line_start} {at(cut)} > {at(fixed)}\)"):
+        docs([cut])
     fixed.write_bytes(cut.read_bytes()[:line_start])
     assert docs([fixed]) == [f"{BN} {i}" for i in range(2)]
 
@@ -316,8 +323,26 @@ def test_encoding_advice_counts_offsets_in_the_whole_file(tmp_path):
     packed = tmp_path / "book.txt.gz"
     whole = (BN * 3).encode()
     packed.write_bytes(gzip.compress(whole[:-2]))
-    with pytest.raises(UserError, match=rf"gzip -dc book.txt.gz \| head -c {len(whole) - 3} > book.fixed.txt"):
+    with pytest.raises(UserError, match=rf"gzip -dc {at(packed)} \| head -c {len(whole) - 3} > "
+                                        rf"{at(tmp_path / 'book.fixed.txt')}"):
         docs([packed])
+
+
+def test_the_fix_command_works_from_where_banglaslm_ran(tmp_path, monkeypatch):
+    """The advice names the file as it was given (here relative, in a folder with a space), so
+    that pasted into the same shell it runs and gives a file that reads."""
+    import subprocess
+
+    (tmp_path / "my texts").mkdir()
+    cut = tmp_path / "my texts" / "cut.txt"
+    cut.write_bytes((BN + "\n").encode() + "ক".encode()[:2])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as caught:
+        docs(["my texts/cut.txt"])
+    command = re.search(r"\((head -c .*)\)$", str(caught.value)).group(1)
+    assert command == f"head -c {len(BN.encode()) + 1} 'my texts/cut.txt' > 'my texts/cut.fixed.txt'"
+    subprocess.run(command, shell=True, check=True)
+    assert docs(["my texts/cut.fixed.txt"]) == [BN + "\n"]
 
 
 def test_a_clean_output_inside_a_folder_gives_its_shards_alone(tmp_path, capsys):

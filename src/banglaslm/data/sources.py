@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -389,13 +390,14 @@ _DECOMPRESS_COMMANDS = {".gz": "gzip -dc", ".bz2": "bzip2 -dc", ".xz": "xz -dc",
 
 def _fix_command(path: Path, tool: str, tag: str) -> str:
     """A shell command that runs `tool` over `path`'s text (decompressed first if it is
-    compressed) into a new file beside it, named with `tag`: book.txt.gz → book.{tag}.txt."""
+    compressed) into a new file beside it, named with `tag`: book.txt.gz → book.{tag}.txt. Paths
+    as given, quoted: the command works from where the user ran banglaslm."""
     kind = compression(path)
     plain = Path(path.name[:len(path.name) - len(kind)] if kind else path.name)
-    out = f"{plain.stem}.{tag}{plain.suffix}"
+    given, out = shlex.quote(str(path)), shlex.quote(str(path.with_name(f"{plain.stem}.{tag}{plain.suffix}")))
     if kind:
-        return f"{_DECOMPRESS_COMMANDS[kind]} {path.name} | {tool} > {out}"
-    return f"{tool} {path.name} > {out}"
+        return f"{_DECOMPRESS_COMMANDS[kind]} {given} | {tool} > {out}"
+    return f"{tool} {given} > {out}"
 
 
 def _encoding_name(encoding: str) -> str:

@@ -10,6 +10,7 @@ normalization: normalize prompts first. docs/interop.md has the mapping and its 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -230,8 +231,8 @@ def export_gguf(
     if dtype not in DTYPES:
         raise bad_param("dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out_path)
-    if out.is_dir():
-        raise UserError(f"{out} is a folder; give the path of the .gguf file to write")
+    if out.is_dir() or str(out_path).endswith(("/", os.sep)):  # "out/" names a folder, even one not made yet
+        raise UserError(f"{out_path} is a folder; give the path of the .gguf file to write, e.g. {out / 'model.gguf'}")
     if out.exists() and _magic(out) != b"GGUF":
         raise UserError(f"{out} exists and is not a GGUF file; overwriting replaces only a GGUF file: choose another path")
     if out.exists() and not overwrite:

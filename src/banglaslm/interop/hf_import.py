@@ -203,6 +203,9 @@ def _model(src: Path, cfg: ModelConfig) -> GPT:
 def import_hf(hf_dir: str | Path, out_run_dir: str | Path) -> Path:
     """Write a banglaslm run folder for the HF checkpoint in `hf_dir`; returns `out_run_dir`."""
     src = Path(hf_dir)
+    if src.is_file():
+        raise UserError(f"{src} is a file; import reads a Hugging Face model folder (config.json, model.safetensors, "
+                        "tokenizer.json), e.g. one `export --format hf` wrote")
     if not src.is_dir():
         raise UserError(f"Hugging Face model folder not found: {src}")
     if RunFolder(src).is_run_folder():
