@@ -457,7 +457,9 @@ def read_prompt_file(path: str) -> str:
 
     if Path(path).is_dir():
         raise UserError(f"the prompt file {path} is a folder; give one text file")
-    text = read_whole_text(path).removesuffix("\n")  # a missing file: named
+    if not Path(path).exists():
+        raise UserError(f"prompt file not found: {path}")
+    text = read_whole_text(path).removesuffix("\n")
     if not normalize(text).strip():
         raise UserError(f"the prompt file {path} holds no text; write the text to continue in it, e.g. \"আমার সোনার\"")
     return text

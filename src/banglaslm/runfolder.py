@@ -72,6 +72,8 @@ class RunFolder:
         best, damaged = self.checkpoint("best"), Path(damaged)
         if best.resolve() == damaged.resolve():
             return "train again"
+        if not best.is_file():
+            return "train again (it has no best checkpoint)"
         try:
             load_checkpoint(best)
         except UserError:

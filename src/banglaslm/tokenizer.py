@@ -15,7 +15,6 @@ import hashlib
 import itertools
 import json
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -63,13 +62,14 @@ PIECE_CHARS = 1 << 16  # a longer piece of one line is cut (`_pieces`)
 def _pieces(text: str, kind: str) -> list[str]:
     """`text` cut where no pre-token of our `kind` ("bpe", "char") can span, so that the pieces
     encode to the whole's ids: after a run of newlines before a non-space (`_SAFE_CUT`), and in
-    a piece longer than PIECE_CHARS, every PIECE_CHARS or so before a space between two letters
-    or marks (SPLIT_PATTERN ends a word there and starts " word"); for "char", anywhere."""
+    a piece longer than PIECE_CHARS, every PIECE_CHARS or so before a space that follows a
+    non-space (in SPLIT_PATTERN only a run of whitespace holds a space after its first
+    character); for "char", anywhere. A long line with no such space stays whole."""
     pieces = []
     for line in _SAFE_CUT.split(text):
         start = 0
         while len(line) - start > PIECE_CHARS:
-            cut = start + PIECE_CHARS if kind == "char" else _word_start(line, start + PIECE_CHARS)
+            cut = start + PIECE_CHARS if kind == "char" else _space_after_non_space(line, start + PIECE_CHARS)
             if cut < 0:
                 break
             pieces.append(line[start:cut])
@@ -78,11 +78,12 @@ def _pieces(text: str, kind: str) -> list[str]:
     return pieces
 
 
-def _word_start(line: str, start: int) -> int:
-    """The first index from `start` of a space between two letters or marks in `line`, or -1."""
+def _space_after_non_space(line: str, start: int) -> int:
+    """The first index from `start` of a " " whose previous character is not whitespace, or -1.
+    (Python's isspace() holds for every character the pattern's \\s matches, and more: safe.)"""
     at = line.find(" ", start)
-    while 0 < at < len(line) - 1:
-        if unicodedata.category(line[at - 1])[0] in "LM" and unicodedata.category(line[at + 1])[0] in "LM":
+    while at > 0:
+        if not line[at - 1].isspace():
             return at
         at = line.find(" ", at + 1)
     return -1

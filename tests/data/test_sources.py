@@ -135,6 +135,21 @@ def test_a_csv_row_that_would_lose_or_swallow_text_is_refused(tmp_path, table, w
             read()
 
 
+def test_csv_rows_that_lose_nothing_still_read(tmp_path):
+    """A trailing separator on each row (empty extra fields) loses no text; a TSV's error says TSV."""
+    (tmp_path / "t.csv").write_text("text,label\nএক,1,\nদুই,2, \n", encoding="utf-8")
+    assert docs([tmp_path / "t.csv"]) == ["এক", "দুই"]
+    (tmp_path / "t.tsv").write_text('text\tlabel\n"আমি যাব," সে বলল।\t1\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"in a TSV file a field that holds '\\t'"):
+        docs([tmp_path / "t.tsv"])
+    (tmp_path / "blank.csv").write_text("\nএক\n", encoding="utf-8")
+    with pytest.raises(UserError, match="the first line of .*blank.csv is empty; it must name the columns"):
+        docs([tmp_path / "blank.csv"])
+    # One column whose name holds a semicolon: its rows do not split alike, so commas still separate.
+    (tmp_path / "one.csv").write_text('text; notes\n"হ্যাঁ, না"\nনা\n', encoding="utf-8")
+    assert docs([tmp_path / "one.csv"], text_column="text; notes") == ["হ্যাঁ, না", "না"]
+
+
 @pytest.mark.parametrize("sep", [";", "\t", "|"])
 def test_a_csv_with_another_separator_is_read_by_its_header(tmp_path, sep):
     """Spreadsheets in many locales save .csv with semicolons: the header tells."""

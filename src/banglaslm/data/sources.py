@@ -167,14 +167,10 @@ def _folder_files(folder: Path) -> list[Path]:
         found += [here / name for name in names]
         files += [here / name for name in names if _format(here / name) in TEXT_SUFFIXES | TABLE_SUFFIXES]
     _say_unread(folder, found)
-    if hidden:
-        named = ", ".join(str(p) for p in sorted(hidden)[:3]) + (", ..." if len(hidden) > 3 else "")
-        print(f"note: {len(hidden)} hidden file(s) or folder(s) in {folder} are not read ({named}); "
-              "pass one as an input of its own to read it", file=sys.stderr)
-    if passed:
-        named = ", ".join(str(p) for p in sorted(passed)[:3]) + (", ..." if len(passed) > 3 else "")
-        print(f"note: {len(passed)} file(s) added to a folder banglaslm clean wrote are not read ({named}); "
-              "only its shards are: pass them as inputs of their own", file=sys.stderr)
+    _note_not_read(hidden, f"hidden file(s) or folder(s) in {folder} are not read", "pass one as an input of its own "
+                   "to read it")
+    _note_not_read(passed, "file(s) added to a folder banglaslm clean wrote are not read", "only its shards are: "
+                   "pass them as inputs of their own")
     return sorted(files)
 
 
@@ -187,6 +183,13 @@ def _refuse_tool_folder(folder: Path) -> None:
     if (folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or any(folder.glob("*.safetensors"))):
         raise UserError(f"{folder} is a model folder (a run or a Hugging Face export), not text or conversations; "
                         "give text or conversation files")
+
+
+def _note_not_read(paths: list[Path], what: str, advice: str) -> None:
+    """One line on stderr: how many `paths`, the first three, `what` happened and `advice`."""
+    if paths:
+        named = ", ".join(str(p) for p in sorted(paths)[:3]) + (", ..." if len(paths) > 3 else "")
+        print(f"note: {len(paths)} {what} ({named}); {advice}", file=sys.stderr)
 
 
 def _say_unread(folder: Path, found: list[Path]) -> None:
@@ -553,10 +556,11 @@ def _read_csv(path: str, text_column: str | None, delimiter: str = ",") -> Itera
 
 def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple[str, dict]]:
     """The rows of a CSV (or, with a tab `delimiter`, TSV) file; `on_header` sees the column
-    names first (even with no rows). An empty file has neither. A .csv whose header holds no
-    comma but semicolons (tabs, bars) is read with those, as spreadsheets in many locales write it.
-    A row with more fields than the header, or a quote left open, is a UserError: the text
-    would run into the next column or row."""
+    names first (even with no rows). An empty file has neither. A .csv whose header and first
+    row split alike by semicolons (tabs, bars) and hold no comma is read with those, as
+    spreadsheets in many locales write it. A row with more (non-empty) fields than the header,
+    or a quote left open, is a UserError (`_bad_csv`): the text would run into a nameless
+    column or the next rows."""
     csv.field_size_limit(sys.maxsize)  # news articles easily exceed the 128 KiB default
     reader, ended = None, 0
     try:
@@ -565,29 +569,45 @@ def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple
             reader = csv.DictReader(fh, delimiter=delimiter, strict=True)
             if reader.fieldnames is None:  # an empty file: no header, no rows (as an empty JSONL has none)
                 return
+            if not any(name.strip() for name in reader.fieldnames):
+                raise UserError(f"the first line of {path} is empty; it must name the columns (e.g. text)")
             if on_header is not None:
                 on_header(list(reader.fieldnames))
             ended = reader.line_num
             for number, row in enumerate(reader, 1):  # a quoted field may span lines: name the row
                 where, ended = f"{path} row {number} (ending on line {reader.line_num})", reader.line_num
-                if None in row:
-                    raise UserError(f"{where} has {len(reader.fieldnames) + len(row[None])} fields but the header has "
-                                    f"{len(reader.fieldnames)}; quote a field that holds {delimiter!r} (\"...\")")
+                extra = row.pop(None, [])
+                if any((field or "").strip() for field in extra):  # empty ones: a trailing separator
+                    raise _bad_csv(path, delimiter, f"{where} has {len(reader.fieldnames) + len(extra)} fields but the "
+                                                    f"header has {len(reader.fieldnames)}")
                 yield where, row
     except UnicodeDecodeError:
         raise UserError(undecodable_stream(path)) from None
     except csv.Error as exc:
-        line = f", in the row starting on line {ended + 1}" if reader is not None else ""
-        raise UserError(f"{path} is not a readable CSV file ({exc}{line}); check the quotes there: a quoted field "
-                        "must end in a quote, and a quote inside one is doubled (\"\")") from None
+        raise _bad_csv(path, delimiter, f"{path} is not readable ({exc}, in the row starting on line {ended + 1})") \
+            from None
+
+
+def _bad_csv(path: str, delimiter: str, problem: str) -> UserError:
+    """`problem`, with what a CSV/TSV file's quoting rules ask."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    return UserError(f"{problem}; in a {kind} file a field that holds {delimiter!r}, a quote or a line break is "
+                     f"quoted (\"...\", a quote inside doubled: \"\"), and a quoted field ends in a quote")
 
 
 def _sniffed_delimiter(path: str, delimiter: str) -> str:
-    """`delimiter`, or ";", a tab or "|" when the header line holds no commas but one of those."""
+    """`delimiter`, or ";", a tab or "|" when the header holds no comma and it and the first
+    row split by one of those into the same two or more fields."""
+    if delimiter != ",":
+        return delimiter
     with open_text(path, newline="") as fh:
-        header = fh.readline()
-    if delimiter == "," and "," not in header:
-        return next((d for d in (";", "\t", "|") if d in header), delimiter)
+        header, first = fh.readline(1 << 16), fh.readline(1 << 16)
+    if "," in header:
+        return delimiter
+    fields = lambda line, d: len(next(csv.reader([line], delimiter=d), []))
+    for candidate in (";", "\t", "|"):
+        if fields(header, candidate) >= 2 and fields(first, candidate) in (0, fields(header, candidate)):
+            return candidate
     return delimiter
 
 
