@@ -139,8 +139,8 @@ def test_csv_rows_that_lose_nothing_still_read(tmp_path):
     """A trailing separator on each row (empty extra fields) loses no text; a TSV's error says TSV."""
     (tmp_path / "t.csv").write_text("text,label\nএক,1,\nদুই,2, \n", encoding="utf-8")
     assert docs([tmp_path / "t.csv"]) == ["এক", "দুই"]
-    (tmp_path / "t.tsv").write_text('text\tlabel\n"আমি যাব," সে বলল।\t1\n', encoding="utf-8")
-    with pytest.raises(UserError, match=r"in a TSV file a field that holds '\\t'"):
+    (tmp_path / "t.tsv").write_text('text\tlabel\nএক\t1\tদুই\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"row 1 .* has 3 fields.*in a TSV file a field that holds '\\t'"):
         docs([tmp_path / "t.tsv"])
     (tmp_path / "blank.csv").write_text("\nএক\n", encoding="utf-8")
     with pytest.raises(UserError, match="the first line of .*blank.csv is empty; it must name the columns"):
@@ -148,6 +148,21 @@ def test_csv_rows_that_lose_nothing_still_read(tmp_path):
     # One column whose name holds a semicolon: its rows do not split alike, so commas still separate.
     (tmp_path / "one.csv").write_text('text; notes\n"হ্যাঁ, না"\nনা\n', encoding="utf-8")
     assert docs([tmp_path / "one.csv"], text_column="text; notes") == ["হ্যাঁ, না", "না"]
+
+
+def test_a_tsv_whose_text_starts_with_a_quote_reads_as_plain_tsv(tmp_path, capsys):
+    """A hand-made TSV (or a database's) has no quoting: a text that opens with a quotation was
+    refused as a broken quoted field. Read as plain TSV, with a note; a TSV that pandas or a
+    spreadsheet quoted (a field holding a tab or line break) still reads by the CSV rules."""
+    plain = tmp_path / "plain.tsv"
+    plain.write_text('text\tlabel\n"আমি যাব," সে বলল।\t1\nএক "দুই"\t2\n"তিন"\t3\n', encoding="utf-8")
+    assert docs([plain]) == ['"আমি যাব," সে বলল।', 'এক "দুই"', '"তিন"']
+    assert [row["label"] for _, row in iter_rows(resolve_inputs([str(plain)]))] == ["1", "2", "3"]
+    assert "plain.tsv has a field that starts with a quote and is not a quoted field" in capsys.readouterr().err
+    quoted = tmp_path / "quoted.tsv"
+    quoted.write_text('text\tlabel\n"এক\tদুই\nতিন"\t1\n"""চার"" পাঁচ"\t2\n', encoding="utf-8")
+    assert docs([quoted]) == ["এক\tদুই\nতিন", '"চার" পাঁচ']
+    assert "note:" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("sep", [";", "\t", "|"])

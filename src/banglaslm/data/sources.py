@@ -565,8 +565,9 @@ def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple
     reader, ended = None, 0
     try:
         delimiter = _sniffed_delimiter(path, delimiter)
+        quoting = _tsv_quoting(path) if delimiter == "\t" else csv.QUOTE_MINIMAL
         with open_text(path, newline="") as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter, strict=True)
+            reader = csv.DictReader(fh, delimiter=delimiter, quoting=quoting, strict=True)
             if reader.fieldnames is None:  # an empty file: no header, no rows (as an empty JSONL has none)
                 return
             if not any(name.strip() for name in reader.fieldnames):
@@ -593,6 +594,31 @@ def _bad_csv(path: str, delimiter: str, problem: str) -> UserError:
     kind = "TSV" if delimiter == "\t" else "CSV"
     return UserError(f"{problem}; in a {kind} file a field that holds {delimiter!r}, a quote or a line break is "
                      f"quoted (\"...\", a quote inside doubled: \"\"), and a quoted field ends in a quote")
+
+
+def _tsv_quoting(path: str) -> int:
+    """How to read a tab-separated file: with CSV quoting (what spreadsheets and pandas write)
+    when the whole file reads that way, else as plain TSV, where a quote is text and no field
+    holds a tab or line break (what hand-made files and most databases write: a text that
+    starts with a quotation), said in a note. When neither reads, CSV quoting, whose error
+    names the row."""
+    if _reads_whole(path, csv.QUOTE_MINIMAL) or not _reads_whole(path, csv.QUOTE_NONE):
+        return csv.QUOTE_MINIMAL
+    print(f"note: {path} has a field that starts with a quote and is not a quoted field; it is read as plain "
+          "TSV: quotes are text, and every line is a row", file=sys.stderr)
+    return csv.QUOTE_NONE
+
+
+def _reads_whole(path: str, quoting: int) -> bool:
+    """Whether every row of the tab-separated `path` parses with `quoting` and has no
+    non-empty field beyond the header's."""
+    with open_text(path, newline="") as fh:
+        rows = csv.reader(fh, delimiter="\t", quoting=quoting, strict=True)
+        try:
+            width = len(next(rows, []))
+            return all(not any(field.strip() for field in row[width:]) for row in rows)
+        except csv.Error:
+            return False
 
 
 def _sniffed_delimiter(path: str, delimiter: str) -> str:
