@@ -55,12 +55,10 @@ def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> Non
     one_line_error(result.returncode, result.stderr.strip(), fragment)
 
 
-def run_cli(argv, capsys) -> tuple[int, str]:
-    """The command line in this process: its exit code and stderr."""
-    from banglaslm.cli import main
-
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err.strip()
+def run_cli(argv) -> tuple[int, str]:
+    """The command line in this process (`cli_here`): its exit code and stderr."""
+    result = cli_here(*argv)
+    return result.returncode, result.stderr.strip()
 
 
 def one_line_error(code: int, err: str, fragment: str) -> None:

@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import TINY_SETTINGS
-
-from banglaslm.cli import main
+from conftest import run_cli as run
 
 BOOK_TEXT = "আমার সোনার বাংলা, আমি তোমায় ভালোবাসি।\n\nচিরদিন তোমার আকাশ, তোমার বাতাস।\n"
 
@@ -18,12 +17,6 @@ def text(tmp_path_factory):
     path = tmp_path_factory.mktemp("t") / "t.txt"
     path.write_text(BOOK_TEXT, encoding="utf-8")
     return path
-
-
-def run(argv, capsys) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip()
-    return code, err
 
 
 @pytest.mark.parametrize("setting, fragment", [
@@ -38,8 +31,8 @@ def run(argv, capsys) -> tuple[int, str]:
     ("model.dropout=nan", "model.dropout: must be a finite number"),
     ("train.batch_size=100000", "GiB to train"),
 ])
-def test_train_settings(data_dir, tmp_path, capsys, setting, fragment):
-    code, err = run(["train", "--data", data_dir, "--out", tmp_path / "run", "--set", setting], capsys)
+def test_train_settings(data_dir, tmp_path, setting, fragment):
+    code, err = run(["train", "--data", data_dir, "--out", tmp_path / "run", "--set", setting])
     assert code == 2 and len(err.splitlines()) == 1 and fragment.replace(":", "") in err.replace(":", ""), err
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
@@ -54,28 +47,27 @@ def test_train_settings(data_dir, tmp_path, capsys, setting, fragment):
     (["--repetition-penalty", "inf"], "--repetition-penalty must be a finite number"),
     (["--presence-penalty", "nan"], "--presence-penalty must be a finite number"),
 ])
-def test_generate_options(trained_run, capsys, args, fragment):
-    code, err = run(["generate", trained_run, "--prompt", "আমি", *args], capsys)
+def test_generate_options(trained_run, args, fragment):
+    code, err = run(["generate", trained_run, "--prompt", "আমি", *args])
     assert code == 2 and len(err.splitlines()) == 1 and fragment in err, err
 
 
-def test_a_temperature_that_underflows_decodes_greedily(trained_run, capsys):
+def test_a_temperature_that_underflows_decodes_greedily(trained_run):
     tiny = run(["generate", trained_run, "--prompt", "আমি", "--temperature", "1e-45", "--max-new-tokens", "12",
-                "--seed", "3"], capsys)
-    greedy = run(["generate", trained_run, "--prompt", "আমি", "--greedy", "--max-new-tokens", "12"], capsys)
+                "--seed", "3"])
+    greedy = run(["generate", trained_run, "--prompt", "আমি", "--greedy", "--max-new-tokens", "12"])
     assert tiny[0] == greedy[0] == 0
 
 
-def test_eval_and_prepare_options(trained_run, text, tmp_path, capsys):
-    code, err = run(["eval", trained_run, "--text", text, "--stride", "0"], capsys)
+def test_eval_and_prepare_options(trained_run, text, tmp_path):
+    code, err = run(["eval", trained_run, "--text", text, "--stride", "0"])
     assert code == 2 and "--stride must be between 1" in err
     for seed in ("-1", str(2**64)):
-        code, err = run(["prepare", text, "--doc-split", "paragraph", "--out", tmp_path / "d", "--seed", seed], capsys)
+        code, err = run(["prepare", text, "--doc-split", "paragraph", "--out", tmp_path / "d", "--seed", seed])
         assert code == 2 and "--seed must be in [0," in err, err
-    code, err = run(["prepare", text, "--doc-split", "paragraph", "--out", tmp_path / "d", "--val-fraction", "nan"],
-                    capsys)
+    code, err = run(["prepare", text, "--doc-split", "paragraph", "--out", tmp_path / "d", "--val-fraction", "nan"])
     assert code == 2 and "--val-fraction must be between 0 and 1" in err
-    code, err = run(["train", "--data", tmp_path / "d", "--out", tmp_path / "r", "--max-iters", "-5"], capsys)
+    code, err = run(["train", "--data", tmp_path / "d", "--out", tmp_path / "r", "--max-iters", "-5"])
     assert code == 2 and "--max-iters" in err
     assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
 
@@ -105,10 +97,10 @@ def test_library_gets_the_same_checks():
 
 
 @pytest.mark.parametrize("command", ["eval", "generate", "chat"])
-def test_device_option_is_checked_in_one_line(trained_run, text, capsys, command):
+def test_device_option_is_checked_in_one_line(trained_run, text, command):
     extra = {"eval": ["--text", text], "generate": ["--prompt", "আমি"], "chat": []}[command]
-    code, err = run([command, trained_run, *extra, "--device", "tpu"], capsys)
+    code, err = run([command, trained_run, *extra, "--device", "tpu"])
     assert code == 2 and len(err.splitlines()) == 1 and "--device must be auto, cpu, cuda or cuda:N" in err, err
     if not torch.cuda.is_available():
-        code, err = run([command, trained_run, *extra, "--device", "cuda"], capsys)
+        code, err = run([command, trained_run, *extra, "--device", "cuda"])
         assert code == 2 and "--device is cuda but no CUDA GPU is available" in err, err

@@ -126,12 +126,11 @@ def test_a_preset_sets_the_flags_not_given():
         CleanOptions.preset("books")
 
 
-def test_a_clean_preset_without_clean_is_named(tmp_path, capsys):
+def test_a_clean_preset_without_clean_is_named(tmp_path):
     from conftest import run_cli
 
     (tmp_path / "a.txt").write_text("লেখা।\n\nআরও লেখা।", encoding="utf-8")
-    code, err = run_cli(["prepare", tmp_path / "a.txt", "--out", tmp_path / "d", "--clean-preset", "literature"],
-                        capsys)
+    code, err = run_cli(["prepare", tmp_path / "a.txt", "--out", tmp_path / "d", "--clean-preset", "literature"])
     assert code == 2 and "--clean-preset literature sets the thresholds of --clean; add --clean" in err
     assert not (tmp_path / "d").exists()
 

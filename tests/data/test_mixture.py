@@ -66,12 +66,12 @@ def test_default_weights_follow_the_training_tokens(data_dir, second_folder):
     assert np.allclose(mix.weights, tokens / tokens.sum())
 
 
-def test_training_on_a_mixture_reports_each_folder_and_refuses_other_weights(tmp_path, capsys, data_dir,
+def test_training_on_a_mixture_reports_each_folder_and_refuses_other_weights(tmp_path, data_dir,
                                                                             second_folder):
     run = tmp_path / "run"
     settings = {**TINY_SETTINGS, "train.max_iters": 20}
     code, err = run_cli(["train", "--data", f"{data_dir}:3", f"{second_folder}:1", "--out", run,
-                         *set_args(settings)], capsys)
+                         *set_args(settings)])
     assert code == 0, err
     meta = json.loads((run / "data_meta.json").read_text())
     assert [p["weight"] for p in meta["mixture"]] == [0.75, 0.25]
@@ -82,10 +82,10 @@ def test_training_on_a_mixture_reports_each_folder_and_refuses_other_weights(tmp
     assert len(per_folder) == 2 and all(r["bits_per_char"] > 0 for r in per_folder)
     assert per_folder[0]["loss"] != per_folder[1]["loss"]
     code, err = run_cli(["train", "--data", f"{data_dir}:1", f"{second_folder}:1", "--out", run, "--resume",
-                         "--max-iters", "30"], capsys)
+                         "--max-iters", "30"])
     assert code == 2 and "is not the data the run" in err and len(err.strip().splitlines()) == 1
     code, err = run_cli(["train", "--data", f"{data_dir}:3", f"{second_folder}:1", "--out", run, "--resume",
-                         "--max-iters", "30"], capsys)
+                         "--max-iters", "30"])
     assert code == 0, err
 
 

@@ -85,17 +85,17 @@ def test_adapter_on_the_exported_source_computes_what_the_run_computes(arch, tar
 def test_adapter_of_a_run_fine_tuned_from_a_hugging_face_folder_goes_back_on_it(trained_run, chats, tmp_path, capsys):
     hf = export_hf(trained_run, tmp_path / "hf")
     run = tmp_path / "lora"
-    code, err = run_cli(["finetune", hf, "--data", chats, "--out", run, *set_args(LORA)], capsys)
+    code, err = run_cli(["finetune", hf, "--data", chats, "--out", run, *set_args(LORA)])
     assert code == 0, err
     from banglaslm.cli import main
 
     assert main(["export", str(run), "--format", "peft", "--out", str(tmp_path / "adapter")]) == 0
     assert f"the Hugging Face model it was fine-tuned from, {hf.resolve()}" in capsys.readouterr().out
-    code, err = run_cli(["export", run, "--format", "peft", "--out", run / "adapter", "--overwrite"], capsys)
+    code, err = run_cli(["export", run, "--format", "peft", "--out", run / "adapter", "--overwrite"])
     one_line_error(code, err, "is inside the run folder")  # the run's own adapter (our names) is not replaced
     again = ["export", run, "--format", "peft", "--out", tmp_path / "adapter"]
-    one_line_error(*run_cli(again, capsys), "is an earlier export folder; choose another export folder, or add --overwrite")
-    assert run_cli([*again, "--overwrite"], capsys)[0] == 0
+    one_line_error(*run_cli(again), "is an earlier export folder; choose another export folder, or add --overwrite")
+    assert run_cli([*again, "--overwrite"])[0] == 0
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(hf.resolve())
     logits_agree(run, with_peft(hf, tmp_path / "adapter"))
@@ -126,9 +126,9 @@ def test_a_source_trained_further_is_named(trained_run, chats, tmp_path):
     assert f"(but {source.resolve()} no longer exists" in export_peft(run, tmp_path / "c")[1]
 
 
-def test_a_run_without_an_adapter_is_refused_and_nothing_is_written(trained_run, tmp_path, capsys):
+def test_a_run_without_an_adapter_is_refused_and_nothing_is_written(trained_run, tmp_path):
     with pytest.raises(UserError, match="holds no LoRA adapter"):
         export_peft(trained_run, tmp_path / "adapter")
-    code, err = run_cli(["export", trained_run, "--format", "peft", "--out", tmp_path / "adapter"], capsys)
+    code, err = run_cli(["export", trained_run, "--format", "peft", "--out", tmp_path / "adapter"])
     one_line_error(code, err, "export its weights with --format hf")
     assert not (tmp_path / "adapter").exists()

@@ -145,7 +145,7 @@ def test_resume_under_ddp_after_kill_9(ddp, data_dir, tmp_path):
     assert evals(ddp) == evals(run)
 
 
-def test_a_resume_with_another_number_of_processes_is_refused(trained_run, data_dir, tmp_path, capsys):
+def test_a_resume_with_another_number_of_processes_is_refused(trained_run, data_dir, tmp_path):
     """A 2-process run resumed by one process went on at half the global batch without a word
     (and the reverse at twice it): refused, naming the command that resumes it."""
     import shutil
@@ -166,6 +166,6 @@ def test_a_resume_with_another_number_of_processes_is_refused(trained_run, data_
     ckpt = load_checkpoint(latest)
     write_checkpoint(latest, ckpt.tensors, {**ckpt.state, "world_size": 2})  # as a 2-process run leaves it
     before = latest.read_bytes()
-    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", 60], capsys)
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", 60])
     one_line_error(code, err, "resume it with torchrun --nproc_per_node=2")
     assert latest.read_bytes() == before

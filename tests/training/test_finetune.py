@@ -168,11 +168,11 @@ def test_kill_9_then_resume_is_bit_identical(trained_run, chats, tmp_path, extra
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "optim.", "adapter."))), stopped
 
 
-def test_resume_with_other_conversations_is_refused(trained_run, chats, tmp_path, capsys):
+def test_resume_with_other_conversations_is_refused(trained_run, chats, tmp_path):
     run = tmp_path / "ft"
     finetune(trained_run, [str(chats)], run, config_for(trained_run), progress=False, say=lambda line: None)
     other = write_jsonl(tmp_path / "other.jsonl", conversations(50))
-    code, err = run_cli(["finetune", trained_run, "--data", other, "--out", run, "--resume"], capsys)
+    code, err = run_cli(["finetune", trained_run, "--data", other, "--out", run, "--resume"])
     assert code == 2 and "is not the data the run" in err and "banglaslm finetune" in err and "NEW_RUN" in err, err
     assert len(err.splitlines()) == 1
 
@@ -195,33 +195,32 @@ def test_resume_with_other_conversations_is_refused(trained_run, chats, tmp_path
     (None, ("--set", "finetune.loss_on=everything"), "expected one of assistant, all"),
 ], ids=["no-messages", "role", "content", "no-assistant", "empty-file", "rank-0", "rank-negative", "target", "lora-without-rank",
         "block", "block-1", "shape", "untie", "loss-on"])
-def test_bad_input_is_one_line_and_writes_nothing(trained_run, chats, tmp_path, capsys, rows, extra, problem):
+def test_bad_input_is_one_line_and_writes_nothing(trained_run, chats, tmp_path, rows, extra, problem):
     data = chats if rows is None else write_jsonl(tmp_path / "bad.jsonl", conversations(3) + rows)
     if rows == []:
         data = write_jsonl(tmp_path / "empty.jsonl", [])
     out = tmp_path / "out"
-    code, err = run_cli(["finetune", trained_run, "--data", data, "--out", out, *set_args(FAST), *extra], capsys)
+    code, err = run_cli(["finetune", trained_run, "--data", data, "--out", out, *set_args(FAST), *extra])
     assert code == 2 and problem in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
-def test_a_source_that_is_not_a_model_is_refused(tmp_path, chats, capsys):
-    code, err = run_cli(["finetune", tmp_path / "nothing", "--data", chats, "--out", tmp_path / "o"], capsys)
+def test_a_source_that_is_not_a_model_is_refused(tmp_path, chats):
+    code, err = run_cli(["finetune", tmp_path / "nothing", "--data", chats, "--out", tmp_path / "o"])
     assert code == 2 and "run folder not found" in err
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text("{}")
-    code, err = run_cli(["finetune", tmp_path / "odd", "--data", chats, "--out", tmp_path / "o"], capsys)
+    code, err = run_cli(["finetune", tmp_path / "odd", "--data", chats, "--out", tmp_path / "o"])
     assert code == 2 and "neither a banglaslm run folder nor a Hugging Face model folder" in err
 
 
 # ---- Hugging Face folders as sources ------------------------------------------------------------
-def test_finetune_and_continued_pretraining_from_a_hugging_face_folder(trained_run, chats, data_dir, tmp_path,
-                                                                        capsys):
+def test_finetune_and_continued_pretraining_from_a_hugging_face_folder(trained_run, chats, data_dir, tmp_path):
     hf = tmp_path / "hf"
     assert main(["export", str(trained_run), "--format", "hf", "--out", str(hf)]) == 0
     out = tmp_path / "ft"
-    code, err = run_cli(["finetune", hf, "--data", chats, "--out", out, *set_args(FAST)], capsys)
+    code, err = run_cli(["finetune", hf, "--data", chats, "--out", out, *set_args(FAST)])
     assert code == 0, err
     state = load_checkpoint(out / "checkpoints" / "latest.safetensors").state
     assert state["init_from"]["path"] == str(hf.resolve()) and state["init_from"]["imported"]
@@ -231,22 +230,22 @@ def test_finetune_and_continued_pretraining_from_a_hugging_face_folder(trained_r
     from banglaslm.data.folder import DataFolder
 
     cont = tmp_path / "cont"
-    code, err = run_cli(["train", "--data", data_dir, "--out", cont, "--init-from", hf, *set_args(FAST)], capsys)
+    code, err = run_cli(["train", "--data", data_dir, "--out", cont, "--init-from", hf, *set_args(FAST)])
     assert code == 0, err
     assert load_checkpoint(cont / "checkpoints" / "latest.safetensors").state["init_from"]["imported"]
     books = tmp_path / "books"
     code, err = run_cli(["prepare", *sorted(DataFolder(data_dir).meta["sources"]), "--out", books, "--tokenizer", hf,
-                         "--doc-split", "paragraph"], capsys)
+                         "--doc-split", "paragraph"])
     assert code == 0, err
     assert DataFolder(books).tokenizer_sha256 == DataFolder(data_dir).tokenizer_sha256
 
 
-def test_init_from_a_run_with_another_vocabulary_is_refused(trained_run, small_books, tmp_path, capsys):
+def test_init_from_a_run_with_another_vocabulary_is_refused(trained_run, small_books, tmp_path):
     from banglaslm.data.prepare import prepare
 
     char = tmp_path / "char"
     prepare([str(small_books[0])], char, tokenizer="char", doc_split="paragraph", progress=False)
-    code, err = run_cli(["train", "--data", char, "--out", tmp_path / "r", "--init-from", trained_run], capsys)
+    code, err = run_cli(["train", "--data", char, "--out", tmp_path / "r", "--init-from", trained_run])
     assert code == 2 and "vocabulary differs" in err and f"prepare --tokenizer {trained_run}" in err
     assert not (tmp_path / "r").exists()
 

@@ -35,9 +35,9 @@ def other_data(tmp_path_factory, base_run, small_books):
     return out
 
 
-def test_resume_on_other_data_is_refused_and_points_to_init_from(base_run, other_data, tmp_path, capsys):
+def test_resume_on_other_data_is_refused_and_points_to_init_from(base_run, other_data, tmp_path):
     before = (base_run / "checkpoints" / "latest.safetensors").read_bytes()
-    code, err = run_cli(["train", "--data", other_data, "--out", base_run, "--resume", "--max-iters", "20"], capsys)
+    code, err = run_cli(["train", "--data", other_data, "--out", base_run, "--resume", "--max-iters", "20"])
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "is not the data the run" in err and f"--init-from {base_run}" in err
     assert (base_run / "checkpoints" / "latest.safetensors").read_bytes() == before  # nothing touched
@@ -59,7 +59,7 @@ def test_the_data_identity_is_recorded_with_checksums(base_run, data_dir):
 def test_resume_with_set_changes_the_saved_run_not_the_defaults(data_dir, tmp_path, capsys):
     run = tmp_path / "run"
     # A run made with a preset and settings that differ from the defaults in many keys.
-    code, _ = run_cli(["train", "--data", data_dir, "--out", run, "--preset", "tiny", *set_args(SHORT)], capsys)
+    code, _ = run_cli(["train", "--data", data_dir, "--out", run, "--preset", "tiny", *set_args(SHORT)])
     assert code == 0
     # What the divergence advice tells users to do: resume with a lower learning rate.
     code = main([str(a) for a in ["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "14",
@@ -73,26 +73,25 @@ def test_resume_with_set_changes_the_saved_run_not_the_defaults(data_dir, tmp_pa
     assert state["iter"] == 14 and state["config"]["train"]["learning_rate"] == 1e-4
     assert state["config"]["model"]["n_embd"] == SHORT["model.n_embd"]  # the saved model, not the preset's
     # A setting that would change the run itself is still refused, naming only that key.
-    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--set", "model.n_layer=3"], capsys)
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--set", "model.n_layer=3"])
     assert code == 2 and "model.n_layer (2 → 3)" in err and "n_embd" not in err, err
     # tiny unties its head; "auto" would tie this modern model's: another model, refused.
     assert json.loads((run / "config.json").read_text(encoding="utf-8"))["model"]["tie_embeddings"] is False
-    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--set", "model.tie_embeddings=auto"],
-                        capsys)
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--set", "model.tie_embeddings=auto"])
     assert code == 2 and "model.tie_embeddings (False → True)" in err, err
 
 
-def test_init_from_starts_a_new_run_from_the_weights(base_run, other_data, tmp_path, capsys):
+def test_init_from_starts_a_new_run_from_the_weights(base_run, other_data, tmp_path):
     new = tmp_path / "new"
     # The model is the source's: a setting that would change its shape is refused by name.
     code, err = run_cli(["train", "--data", other_data, "--out", new, "--init-from", base_run,
-                         "--set", "model.n_layer=5"], capsys)
+                         "--set", "model.n_layer=5"])
     assert code == 2 and "model.n_layer=5 (the source has 2)" in err and not new.exists(), err
     # The source left its head to its arch (modern: tied); saying so is the same model, not a change.
     assert base_run.joinpath("config.json").read_text(encoding="utf-8").count('"tie_embeddings": null') == 1
     code, err = run_cli(["train", "--data", other_data, "--out", new, "--init-from", base_run,
                          *set_args({"train.max_iters": 6, "train.eval_interval": 3, "train.checkpoint_interval": 3,
-                                    "train.learning_rate": 3e-4, "model.tie_embeddings": "true"})], capsys)
+                                    "train.learning_rate": 3e-4, "model.tie_embeddings": "true"})])
     assert code == 0, err
     source = load_checkpoint(base_run / "checkpoints" / "best.safetensors", weights_only=True)
     state = load_checkpoint(new / "checkpoints" / "latest.safetensors").state
@@ -113,7 +112,7 @@ def test_init_from_starts_a_new_run_from_the_weights(base_run, other_data, tmp_p
     assert all(torch.equal(start[k], v) for k, v in source.model_state().items())
     assert trainer.state.iter == 0 and trainer.optimizer.state_dict()["state"] == {}
     code, err = run_cli(["train", "--data", other_data, "--out", tmp_path / "x", "--init-from", base_run,
-                         "--resume"], capsys)
+                         "--resume"])
     assert code == 2 and "give one of them" in err
 
 
@@ -125,16 +124,16 @@ def test_init_from_needs_the_source_tokenizer(base_run, small_books, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_init_from_a_data_folder_says_it_is_not_a_run(data_dir, tmp_path, capsys):
+def test_init_from_a_data_folder_says_it_is_not_a_run(data_dir, tmp_path):
     """It said "No such file or directory (data/config.json)"."""
     for command in (["train", "--data", data_dir, "--out", tmp_path / "r", "--init-from", data_dir],
                     ["finetune", data_dir, "--out", tmp_path / "f"]):
-        code, err = run_cli(command, capsys)
+        code, err = run_cli(command)
         one_line_error(code, err, f"{data_dir} is not a banglaslm run folder")
         assert not (tmp_path / "r").exists() and not (tmp_path / "f").exists()
 
 
-def test_init_from_a_hugging_face_folder_names_that_folder(base_run, small_books, tmp_path, capsys):
+def test_init_from_a_hugging_face_folder_names_that_folder(base_run, small_books, tmp_path):
     """--init-from an HF folder imports it into a scratch folder: a refusal named that folder,
     deleted by the time the user read it, as the tokenizer to prepare with."""
     from banglaslm.interop.hf_export import export_hf
@@ -142,7 +141,7 @@ def test_init_from_a_hugging_face_folder_names_that_folder(base_run, small_books
     hf = export_hf(base_run, tmp_path / "hf")
     char = tmp_path / "char"
     prepare([str(small_books[0])], char, tokenizer="char", doc_split="paragraph", progress=False)
-    code, err = run_cli(["train", "--data", char, "--out", tmp_path / "r", "--init-from", hf], capsys)
+    code, err = run_cli(["train", "--data", char, "--out", tmp_path / "r", "--init-from", hf])
     assert code == 2 and f"(imported from {hf.resolve()})" in err and f"prepare --tokenizer {hf.resolve()})" in err, err
 
 
@@ -157,7 +156,7 @@ def test_a_warm_start_does_not_take_the_source_time_limit(data_dir, other_data, 
                                                    "train.warmup_iters": 1, "train.time_limit_min": 30}), progress=False)
     new = tmp_path / "new"
     code, err = run_cli(["train", "--data", other_data, "--out", new, "--init-from", timed, "--max-iters", 3,
-                         "--set", "train.eval_interval=3"], capsys)
+                         "--set", "train.eval_interval=3"])
     assert code == 0, err
     assert json.loads((new / "config.json").read_text(encoding="utf-8"))["train"]["time_limit_min"] == 0
     config = finetune_config(RunFolder(timed).load_config(), overrides={"train.max_iters": 40})
@@ -176,7 +175,7 @@ def test_a_warm_start_does_not_take_the_source_time_limit(data_dir, other_data, 
     assert code == 0 and "already used its train.time_limit_min (0.0001 min)" in out and "--max-iters" not in out, out
 
 
-def test_a_resume_shorter_than_the_run_is_refused_and_changes_nothing(base_run, data_dir, tmp_path, capsys):
+def test_a_resume_shorter_than_the_run_is_refused_and_changes_nothing(base_run, data_dir, tmp_path):
     """`--resume --max-iters 50` on a run at 100 said it had finished, and saved max_iters 50 as
     the run's own (a later plain --resume then stopped at 50)."""
     import shutil
@@ -185,6 +184,6 @@ def test_a_resume_shorter_than_the_run_is_refused_and_changes_nothing(base_run, 
     shutil.copytree(base_run, run)
     done = load_checkpoint(run / "checkpoints" / "latest.safetensors").state["iter"]
     before = (run / "config.json").read_bytes()
-    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", done - 1], capsys)
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", done - 1])
     one_line_error(code, err, f"is below the {done} iterations")
     assert (run / "config.json").read_bytes() == before

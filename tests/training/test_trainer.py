@@ -78,7 +78,7 @@ def test_existing_run_needs_resume_and_tokenizer_must_match(trained_run, tmp_pat
               resume=True, progress=False)
 
 
-def test_a_damaged_latest_checkpoint_on_resume_names_the_way_back(trained_run, data_dir, tmp_path, capsys):
+def test_a_damaged_latest_checkpoint_on_resume_names_the_way_back(trained_run, data_dir, tmp_path):
     """A resume reads `latest` only: when it cannot be read (a copy cut short, a flipped bit),
     the advice is to resume from `best`, which works, or to train again once both are damaged."""
     import shutil
@@ -94,14 +94,14 @@ def test_a_damaged_latest_checkpoint_on_resume_names_the_way_back(trained_run, d
     resume = ["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "45"]
     for damaged in (good[:1000], bytes(flipped)):
         latest.write_bytes(damaged)
-        one_line_error(*run_cli(resume, capsys), f"to resume from the best checkpoint instead, copy {best} over {latest}")
+        one_line_error(*run_cli(resume), f"to resume from the best checkpoint instead, copy {best} over {latest}")
         assert latest.read_bytes() == damaged  # nothing written
     shutil.copy(best, latest)
-    code, err = run_cli(resume, capsys)
+    code, err = run_cli(resume)
     assert code == 0, err
     latest.write_bytes(good[:1000])
     best.write_bytes(good[:1000])
-    one_line_error(*run_cli(resume, capsys), "train again (its best checkpoint cannot be read either)")
+    one_line_error(*run_cli(resume), "train again (its best checkpoint cannot be read either)")
 
 
 def _data_of(run):

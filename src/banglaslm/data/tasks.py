@@ -118,10 +118,16 @@ def _no_exception(record) -> bool:
     return record["exception"] is None
 
 
+def _to_stderr(message: str) -> None:
+    """A loguru sink that writes to whatever `sys.stderr` is at the time (loguru's own keeps the
+    stream it was given, stale once a caller that redirected stderr has put it back)."""
+    sys.stderr.write(message)
+
+
 def _console(level: str | None) -> None:
     logger.remove()
     if level is not None:
-        logger.add(sys.stderr, level=level, filter=_no_exception)
+        logger.add(_to_stderr, level=level, filter=_no_exception)
 
 
 @contextmanager
@@ -131,7 +137,6 @@ def _datatrove_output(console: str | None) -> Iterator[None]:
     import datatrove.executor.base as base
     import datatrove.pipeline.dedup.exact_dedup as exact
     import datatrove.pipeline.dedup.minhash as minhash
-    from datatrove.utils.logging import setup_default_logger
     from tqdm import tqdm
 
     def add_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
@@ -153,4 +158,5 @@ def _datatrove_output(console: str | None) -> Iterator[None]:
         yield
     finally:
         base.add_task_logger, base.close_task_logger, exact.tqdm, minhash.tqdm = saved
-        setup_default_logger()
+        logger.remove()
+        logger.add(_to_stderr)  # datatrove's default: every message, to stderr
