@@ -142,6 +142,35 @@ def test_a_task_that_fails_stops_the_other_machines(tmp_path):
     assert "task 0 of this prepare failed on its machine: all 2 documents are the same text" in output
 
 
+def test_a_task_that_waits_while_task_0_finishes_the_folder_returns(tmp_path, small_books, monkeypatch):
+    """Task 1 slept between its checks for the encode summaries; task 0 saw them all, finished the
+    folder and removed the work folder with the summaries in it: task 1 waited forever."""
+    import banglaslm.data.prepare as module
+
+    inputs = [str(small_books[0])]
+    flags = ["--vocab-size", "400", "--doc-split", "paragraph", "--tasks", "2", "--task-rank", "0"]
+    task0 = cli(*inputs, "--out", str(tmp_path / "d"), *flags)
+    real_run_tasks, real_sleep, naps = module.run_tasks, module.time.sleep, []
+
+    def run_tasks(steps, tasks, logs, ranks, workers, command):  # task 0 finishes before task 1 looks
+        real_run_tasks(steps, tasks, logs, ranks, workers, command)
+        if logs.name == "encode":
+            assert task0.wait(timeout=300) == 0, task0.communicate()[0]
+
+    def sleep(seconds):
+        naps.append(seconds)
+        assert len(naps) < 1000, "task 1 waited on after task 0 had finished"
+        real_sleep(0.05)
+
+    monkeypatch.setattr(module, "run_tasks", run_tasks)
+    monkeypatch.setattr(module.time, "sleep", sleep)
+    result = prepare(inputs, tmp_path / "d", tasks=2, task_rank=1, progress=False, vocab_size=400,
+                     doc_split="paragraph")
+    assert result.meta is None and result.input_bytes > 0
+    assert result.summary().endswith("task 0 has finished the folder")
+    assert DataFolder(tmp_path / "d").meta["splits"]["train"]["tokens"] > 0
+
+
 def test_a_task_run_again_after_the_folder_is_finished_is_refused(tmp_path, small_books):
     """A scheduler that retried task 1 after task 0 had finished the folder left it waiting for
     the others forever, beside a new work folder."""

@@ -70,13 +70,15 @@ class PrepareResult:
     input_bytes: int
     task_rank: int | None = None
     waited: float = 0.0  # seconds spent waiting for the tasks of other machines
+    finished_by_task0: bool = False  # task 0 wrote the meta before this task (not 0) returned
 
     def summary(self) -> str:
         speed = f"({text_rate(self.input_bytes, self.seconds - self.waited)} of normalized text" + \
             (f"; {self.waited:.1f} s of it waiting for other tasks)" if self.waited >= 1 else ")")
         if self.meta is None:
-            return (f"task {self.task_rank} of {self.out_dir} done in {self.seconds:.1f} s {speed}; task 0 writes "
-                    "meta.json once every task is done")
+            then = "task 0 has finished the folder" if self.finished_by_task0 else \
+                "task 0 writes meta.json once every task is done"
+            return f"task {self.task_rank} of {self.out_dir} done in {self.seconds:.1f} s {speed}; {then}"
         lines = [f"prepared {self.out_dir} in {self.seconds:.1f} s {speed}"]
         if self.meta.get("cleaning"):
             c = self.meta["cleaning"]
@@ -187,8 +189,8 @@ def prepare(
     else:
         meta = job.run_one(task_rank, allow_unknown)
         if meta is None:
-            return PrepareResult(out, None, time.perf_counter() - start, job.input_bytes([task_rank]), task_rank,
-                                 job.waited)
+            return PrepareResult(out, None, time.perf_counter() - start, job.read_bytes, task_rank, job.waited,
+                                 job.finished_elsewhere)
     return PrepareResult(out, meta, time.perf_counter() - start, meta["input_bytes"], task_rank, job.waited)
 
 
@@ -226,6 +228,10 @@ class _OtherTaskFailed(UserError):
     """Another machine's task failed: this one stops (and does not count as failed itself)."""
 
 
+class _FinishedByTask0(Exception):
+    """Task 0 finished the folder while this task waited for the last summaries: this task is done."""
+
+
 class _Job:
     """One prepare's work folder and its phases."""
 
@@ -234,6 +240,8 @@ class _Job:
         self.work = out.parent / f".{out.name}.prepare"
         self.started = time.time()  # a failure another machine reported before this is an old one
         self.waited = 0.0
+        self.read_bytes = 0  # the normalized text this process read (a task's own rate)
+        self.finished_elsewhere = False  # task 0 finished the folder while this task waited
         self.tasks = plan["tasks"]
         self.reading = ([Source(kind, location) for kind, location, *_ in plan["sources"]], plan["text_column"],
                         plan["doc_split"])  # what the read phase reads: the inputs, or their cleaned copy
@@ -282,12 +290,16 @@ class _Job:
         failed.unlink(missing_ok=True)  # this task's earlier failure, if any, is being retried
         try:
             self.run_phase("read", [rank])
+            self.read_bytes = self.input_bytes([rank])
             self.choose() if rank == 0 else self.wait_for("choice", [self.work / "split.json"])
             self.run_phase("encode", [rank])
             if rank != 0:
                 return None
             with exclusive(self.out, "data folder"):
                 return self.finish(allow_unknown)
+        except _FinishedByTask0:  # its work folder, with the summaries waited for, went with it
+            self.finished_elsewhere = True
+            return None
         except Exception as exc:
             if self.work.exists() and not isinstance(exc, _OtherTaskFailed):
                 atomic_write_json(failed, {"error": str(exc) or type(exc).__name__})
@@ -329,9 +341,12 @@ class _Job:
 
     def wait_for(self, what: str, paths: list[Path]) -> None:
         """Block until every one of `paths` exists (written by tasks on other machines); a task
-        that failed on its machine stops the wait with its error."""
+        that failed on its machine stops the wait with its error, and task 0 finishing the
+        folder (which removes the work folder and the paths with it) ends it."""
         said = False
         while missing := [p for p in paths if not p.exists()]:
+            if not self.work.exists() and is_data_folder(self.out):
+                raise _FinishedByTask0
             for failure in sorted((self.work / "failed").glob("*.json")):
                 if failure.stat().st_mtime >= self.started:  # an older one was before this attempt
                     raise _OtherTaskFailed(f"task {int(failure.stem)} of this prepare failed on its machine: "
