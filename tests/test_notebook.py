@@ -53,3 +53,25 @@ def test_the_colab_notebook_runs_on_the_cpu(tmp_path):
     text = "\n".join(outputs_text(c) for c in again.cells if c.cell_type == "code")
     assert "10 steps in" in text and "(now at 50)" in text  # this session's steps, and where the run is
     assert "pick the same next token: True" in text
+
+
+def test_the_install_cell_finds_the_repository_or_says_what_to_set(tmp_path, monkeypatch):
+    """The install cell once ran `pip install banglaslm`, a name no package index holds: on a
+    fresh runtime the notebook failed at its first cell with pip's error."""
+    import ast
+
+    cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
+    (source,) = ["".join(c["source"]) for c in cells if "def banglaslm_source" in "".join(c["source"])]
+    (func,) = [node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)]
+    namespace = {"Path": Path}
+    exec(compile(ast.Module([func], []), "install cell", "exec"), namespace)
+    find = namespace["banglaslm_source"]
+
+    assert find("git+https://example.org/banglaslm") == "git+https://example.org/banglaslm"
+    monkeypatch.chdir(NOTEBOOK.parent)  # the notebook opened from a clone of the repository
+    assert find("") == str(NOTEBOOK.parents[1])
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "another"\n')
+    monkeypatch.chdir(tmp_path)
+    if not Path("/content/banglaslm/pyproject.toml").exists():
+        with pytest.raises(RuntimeError, match="set BANGLASLM_SOURCE in the cell above"):
+            find("")
