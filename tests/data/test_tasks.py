@@ -119,3 +119,31 @@ def test_a_worker_stopped_by_ctrl_c_stops_the_command_quietly(tmp_path, capfd):
         run_tasks([InterruptedInTask1()], 2, tmp_path / "logs", [0, 1], workers=2, command="prepare")
     err = capfd.readouterr().err
     assert "SpawnProcess" not in err and "Traceback" not in err
+
+
+def test_ctrl_c_while_workers_start_prints_one_line(tmp_path):
+    """Ctrl-C reaches the whole process group: a worker it caught while still importing printed
+    multiprocessing's traceback above the command's "interrupted"."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(40):  # one document a task, each task a fresh worker: workers start all the time
+        (texts / f"{i}.txt").write_text(f"অনুচ্ছেদ {i}: এখানে কিছু বাংলা লেখা আছে।\n" * 50, encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "banglaslm", "clean", str(texts), "--workers", "2",
+                             "--shard-docs", "1", "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and len(children.read_text().split()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(1.0)  # tasks done, workers starting
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    assert output.strip().splitlines() == ["banglaslm clean: interrupted"]
+    assert not (tmp_path / "out").exists()

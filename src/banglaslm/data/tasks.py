@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -52,7 +54,7 @@ def run_tasks(steps: list, tasks: int, logs: Path, ranks, workers: int, command:
                 report, send = context.Pipe(duplex=False)  # not a file: the disk may be what is full
                 process = context.Process(target=_task_process, args=(steps, tasks, logs, rank, console, send),
                                           daemon=True)
-                process.start()
+                _start_deaf_to_ctrl_c(process)
                 send.close()
                 running[process.sentinel] = (process, rank, report)
             for sentinel in multiprocessing.connection.wait(list(running)):
@@ -85,8 +87,23 @@ def _task_process(steps, tasks: int, logs: Path, rank: int, console: str | None,
         report.send({"user": [str(exc), exc.param]} if isinstance(exc, UserError) else
                     {"os": [exc.errno, exc.strerror, exc.filename]})
         sys.exit(USER_ERROR_EXIT)
-    except KeyboardInterrupt:  # Ctrl-C reaches every worker; the parent says it once ("interrupted")
+    except KeyboardInterrupt:  # raised in a worker (Ctrl-C itself is ignored there): the parent says it once
         sys.exit(130)
+
+
+def _start_deaf_to_ctrl_c(process) -> None:
+    """Start a worker that ignores SIGINT (kept across exec, and Python then installs no handler
+    of its own). Ctrl-C reaches the whole process group: a worker it caught while importing
+    printed a traceback before the parent's one line; now the parent alone says "interrupted"
+    and stops the workers (terminate)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        process.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _received(report) -> dict | None:
@@ -106,7 +123,7 @@ def _check_exit(code: int, rank: int, report: dict | None, command: str) -> None
         if "os" in report:
             raise OSError(*report["os"])
         raise UserError(*report["user"])
-    if code == 130:  # the worker had Ctrl-C: so has this process, or is about to
+    if code == 130:  # the worker was interrupted: so is the command
         raise KeyboardInterrupt
     if code is not None and code < 0:
         raise WorkerDied(f"a {command} worker died (task {rank}, signal {-code}: killed, or out of memory); run the "
