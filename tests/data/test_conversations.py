@@ -116,6 +116,26 @@ def test_parquet_and_csv_rows(tmp_path):
         assert read_conversations([str(tmp_path / name)]) == [messages], name
 
 
+def test_columns_and_keys_that_parquet_fills_with_none_are_absent(tmp_path):
+    """Parquet gives every row every column and every message every key any message has, as
+    None: a `weight` on one answer made the others "weight must be 0 or 1, got None", and a file
+    mixing shapes (or ShareGPT's from/value beside role/content) read none of them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"messages": [{"role": "user", "content": "নমস্কার"}, {"role": "assistant", "content": "হ্যালো", "weight": 0},
+                          {"role": "user", "content": "আবার"}, {"role": "assistant", "content": "হ্যাঁ"}]},
+            {"instruction": "অনুবাদ করো", "output": "ঠিক আছে"},
+            {"conversations": [{"from": "human", "value": "প্রশ্ন"}, {"role": "assistant", "content": "উত্তর"}]}]
+    table = pa.Table.from_batches([pa.RecordBatch.from_struct_array(pa.array(rows))])  # the union of the columns
+    pq.write_table(table, tmp_path / "mixed.parquet")
+    assert pq.read_table(tmp_path / "mixed.parquet").to_pylist()[1]["messages"] is None  # what a reader gets
+    assert read_conversations([str(tmp_path / "mixed.parquet")]) == [
+        rows[0]["messages"][:1] + [{"role": "assistant", "content": "হ্যালো", "weight": 0}] + rows[0]["messages"][2:],
+        [{"role": "user", "content": "অনুবাদ করো"}, {"role": "assistant", "content": "ঠিক আছে"}],
+        [{"role": "user", "content": "প্রশ্ন"}, {"role": "assistant", "content": "উত্তর"}]]
+
+
 def test_the_embedded_set_reads_whole(embedded):
     assert len(embedded) == 391
     assert sum(len(c) > 2 for c in embedded) >= 60  # multi-turn and system messages

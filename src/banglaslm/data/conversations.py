@@ -46,13 +46,13 @@ SHAPES = "`messages`, ShareGPT's `conversations`, `instruction`/`output` or `pro
 def as_conversation(row: dict[str, Any], where: str) -> Conversation:
     """The messages of one row in any of the accepted shapes, checked; UserError naming the
     row and the problem otherwise."""
-    row = {key: _list_from_json(value) if key in ("messages", "conversations") else value for key, value in row.items()}
+    row = {key: _list_from_json(value) if key in ("messages", "conversations") else value
+           for key, value in _present(row).items()}
     if "messages" in row:
         messages = row["messages"]
     elif "conversations" in row:  # ShareGPT: {"from": "human" | "gpt" | "system", "value": ...}, or role/content
         turns = row["conversations"]
-        messages = [{"role": t.get("from", t.get("role")), "content": t.get("value", t.get("content")),
-                     **({"weight": t["weight"]} if "weight" in t else {})} if isinstance(t, dict) else t
+        messages = [_sharegpt_turn(_present(t)) if isinstance(t, dict) else t
                     for t in turns] if isinstance(turns, list) else turns
     elif "instruction" in row and "output" in row:
         extra = row.get("input") or ""
@@ -67,6 +67,17 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
         raise UserError(f"{where} is not a conversation: it has none of {SHAPES} (it has: "
                         f"{', '.join(map(str, row)) or 'nothing'})")
     return _checked(messages, where)
+
+
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields that hold a value: Parquet and Arrow (hf: datasets) give every row every column,
+    and every message every key any message has, filling the missing ones with None."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _sharegpt_turn(turn: dict[str, Any]) -> dict[str, Any]:
+    return {"role": turn.get("from", turn.get("role")), "content": turn.get("value", turn.get("content")),
+            **({"weight": turn["weight"]} if "weight" in turn else {})}
 
 
 def _list_from_json(value: Any) -> Any:
@@ -93,6 +104,7 @@ def _checked(messages: Any, where: str) -> Conversation:
     for i, message in enumerate(messages, start=1):  # counted as people count, like line numbers
         if not isinstance(message, dict):
             raise UserError(f"{where}: message {i} is {type(message).__name__}, not {{role, content}}")
+        message = _present(message)
         role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
         if role not in CHAT_ROLES:
             raise UserError(f"{where}: message {i} has the unknown role {message.get('role')!r}; roles are "
