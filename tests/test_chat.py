@@ -82,6 +82,12 @@ def test_a_bad_setting_names_the_chat_commands_not_the_parameters():
         _apply_command(SamplingParams(), "temp", "-1")
     assert str(caught.value).startswith("/temp: ") and "/greedy on" in str(caught.value), caught.value
     assert "`" not in str(caught.value)
+    # With greedy on, -1 was taken, and `/greedy off` was then refused for a temperature set earlier
+    greedy = _apply_command(SamplingParams(), "greedy", "on")
+    for name, value in (("temp", "-1"), ("topp", "2"), ("rep", "0")):
+        with pytest.raises(UserError, match=f"^/{name}: "):
+            _apply_command(greedy, name, value)
+    assert _apply_command(_apply_command(greedy, "temp", "0.5"), "greedy", "off").temperature == 0.5
 
 
 def test_settings_commands_answer_and_reset(loaded):

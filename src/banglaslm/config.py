@@ -221,7 +221,7 @@ class SamplingParams:
         checks = [
             ("max_new_tokens", 1 <= self.max_new_tokens <= MAX_NEW_TOKENS,
              f"must be in [1, {MAX_NEW_TOKENS:,}], got {self.max_new_tokens}"),
-            ("temperature", self.greedy or self.temperature >= 0,
+            ("temperature", self.temperature >= 0,
              f"must be >= 0 (0 decodes greedily, as `greedy` does), got {self.temperature}"),
             ("top_k", self.top_k is None or self.top_k >= 1, f"must be at least 1, got {self.top_k}"),
             ("top_p", self.top_p is None or 0 < self.top_p <= 1, f"must be in (0, 1], got {self.top_p}"),
