@@ -143,6 +143,19 @@ def test_train_help_lists_every_config_key():
         assert key in r.stdout
 
 
+def test_finetune_help_names_every_row_shape_it_reads():
+    """ShareGPT's `conversations` were read but the help for --data did not say so."""
+    from banglaslm.data.conversations import as_conversation
+
+    help_text = " ".join(cli_here("finetune", "--help").stdout.split())
+    rows = {"messages": {"messages": [{"role": "user", "content": "ক"}, {"role": "assistant", "content": "খ"}]},
+            "conversations": {"conversations": [{"from": "human", "value": "ক"}, {"from": "gpt", "value": "খ"}]},
+            "instruction": {"instruction": "ক", "output": "খ"}, "prompt": {"prompt": "ক", "completion": "খ"}}
+    for key, row in rows.items():
+        assert as_conversation(row, "row")[-1]["content"] == "খ"  # a shape that reads ...
+        assert f"`{key}`" in help_text, key                  # ... is named in the help
+
+
 def test_every_command_has_help(capsys):
     # help is generated from signatures; a "%" in a help text once made argparse crash on --help
     from banglaslm.cli import COMMANDS, main

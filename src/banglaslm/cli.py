@@ -166,6 +166,8 @@ def _add_train(sub) -> None:
 
 
 def _add_finetune(sub) -> None:
+    from .data.conversations import SHAPES
+
     epilog = "fine-tuning keys (--set KEY=VALUE; model and train keys as in `train --help`):\n" + \
         describe_fields(("finetune",))
     p = sub.add_parser("finetune", help="instruction-tune (SFT) or LoRA-tune a model on conversations",
@@ -175,9 +177,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("source", metavar="SOURCE", help="run folder or Hugging Face model folder to start from")
     p.add_argument("--data", nargs="+", default=None, metavar="INPUT",
                    help=".jsonl/.json/.csv/.tsv/.parquet files (.gz/.bz2/.xz/.zst too), folders, globs or hf:NAME with "
-                        "rows of `messages`, "
-                        "`instruction`/`input`/`output` or `prompt`/`completion` (default: the embedded Bangla "
-                        "instruction set)")
+                        f"rows of {SHAPES} (default: the embedded Bangla instruction set)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--config", default=None, help="JSON or TOML file with [model] / [train] / [finetune] keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")

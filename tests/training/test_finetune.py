@@ -177,6 +177,25 @@ def test_resume_with_other_conversations_is_refused(trained_run, chats, tmp_path
     assert len(err.splitlines()) == 1
 
 
+def test_a_folder_holding_the_other_kind_of_run_is_named_not_offered_to_resume(trained_run, chats, data_dir, tmp_path):
+    """finetune into a pretraining run's folder (and train into a fine-tune's) said "add --resume
+    to continue it", and --resume then failed on something else."""
+    import shutil
+
+    pretraining = tmp_path / "pre"
+    shutil.copytree(trained_run, pretraining)
+    fine_tuned = tmp_path / "ft"
+    finetune(trained_run, [str(chats)], fine_tuned, config_for(trained_run), progress=False, say=lambda line: None)
+    before = {run: {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} for run in (pretraining, fine_tuned)}
+    for resume in ([], ["--resume"]):
+        code, err = run_cli(["finetune", trained_run, "--data", chats, "--out", pretraining, "--max-iters", "500", *resume])
+        assert code == 2 and "holds a pretraining run (banglaslm train)" in err and "--out NEW_RUN" in err, err
+        code, err = run_cli(["train", "--data", data_dir, "--out", fine_tuned, "--max-iters", "500", *resume])
+        assert code == 2 and "holds a fine-tuning run (banglaslm finetune)" in err, err
+        assert f"--init-from {fine_tuned}" in err and "add --resume" not in err and len(err.splitlines()) == 1, err
+    assert before == {run: {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} for run in (pretraining, fine_tuned)}
+
+
 # ---- bad input: one line, exit 2, nothing written ------------------------------------------------
 @pytest.mark.parametrize("rows, extra, problem", [
     ([{"messages": []}], (), "has no messages"),

@@ -39,7 +39,8 @@ from .sources import iter_rows, resolve_inputs
 
 Conversation = list[dict[str, str]]
 LossOn = Literal["assistant", "all"]
-SHAPES = "`messages`, ShareGPT's `conversations`, `instruction`/`output` or `prompt`/`completion`"
+CONVERSATIONS_FORMAT = "banglaslm-conversations"  # the "format" of a fine-tuning run's data_meta.json
+SHAPES = "`messages`, ShareGPT's `conversations`, `instruction`/`output` (`input` optional) or `prompt`/`completion`"
 
 
 # ---- rows → conversations ---------------------------------------------------------------------
@@ -289,7 +290,7 @@ class ConversationData:
         if coverage.loses_text():
             raise UserError(f"the model's tokenizer cannot represent these conversations: {coverage.describe()}; "
                             "fine-tune a model whose tokenizer covers their text")
-        self.meta = {"format": "banglaslm-conversations", "chat_template": CHAT_TEMPLATE_VERSION,
+        self.meta = {"format": CONVERSATIONS_FORMAT, "chat_template": CHAT_TEMPLATE_VERSION,
                      "sources": [str(Path(i)) if not i.startswith("hf:") else i for i in inputs],
                      "block_size": block_size, "loss_on": loss_on, "val_fraction": val_fraction,
                      "seed": seed, "splits": splits}

@@ -144,7 +144,7 @@ def finetune(source: str | Path, data: list[str], run_dir: str | Path, config: R
     run = RunFolder(run_dir)
     if config is None and not (resume and run.config_path.is_file()):  # a resume keeps the run's own config
         config = finetune_config(warm_start.source_config)
-    config = settle_config(run, config, resume, max_iters, warm_start)
+    config = settle_config(run, config, resume, max_iters, warm_start, command="finetune")
     config.finetune.epochs = 0.0 if max_iters is not None else config.finetune.epochs
     fc = config.finetune
     conversations = ConversationData(data, warm_start.tokenizer(), fc.block_size or config.model.block_size,

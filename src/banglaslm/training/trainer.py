@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 from ..checkpoint import DamagedCheckpoint, read_state
 from ..config import RunConfig, build_config, resolved_model, show_progress, validate
+from ..data.conversations import CONVERSATIONS_FORMAT
 from ..data.folder import DataFolder, chars_per_token, same_splits
 from ..data.loader import EVAL_STREAM, IGNORE, Prefetcher
 from ..data.mixture import open_data
 from ..errors import UserError, bad_param
-from ..fileio import exclusive
+from ..fileio import exclusive, read_json_or_fail
 from ..model import GPT
 from ..runfolder import RunFolder, check_fits_checkpoint, resolve_device
 from . import distributed, health, parallel
@@ -561,10 +562,12 @@ def _start_and_train(run: RunFolder, start: Callable[[], Trainer]) -> TrainResul
 
 
 def settle_config(run: RunFolder, config: RunConfig | None, resume: bool, max_iters: int | None,
-                  warm_start: WarmStart | None = None) -> RunConfig:
+                  warm_start: WarmStart | None = None, command: str = "train") -> RunConfig:
     """The config a run trains with: a resumed run's saved config (with the changes a resume may
     make), a warm start's source config (with the given train settings), or `config`, or
-    the defaults; then `max_iters`; checked, and on resume checked against the checkpoint."""
+    the defaults; then `max_iters`; checked, and on resume checked against the checkpoint.
+    `command` (train or finetune) must be the one whose run the folder holds, if any."""
+    _check_run_kind(run, command)
     if resume and run.config_path.is_file():
         config = _resume_config(run.load_config(), config)
         if run.checkpoint("latest").is_file():  # before a model of that config is built
@@ -584,6 +587,23 @@ def settle_config(run: RunFolder, config: RunConfig | None, resume: bool, max_it
     validate(config)
     check_logger(config.train.logger)
     return config
+
+
+def _check_run_kind(run: RunFolder, command: str) -> None:
+    """UserError when `run` holds checkpoints of the other command's run: a fine-tune cannot
+    continue a pretraining run, nor pretraining a fine-tune (advice to resume would mislead)."""
+    if not run.data_meta_path.is_file() or not any(run.checkpoints.glob("*")):
+        return
+    held = "finetune" if read_json_or_fail(run.data_meta_path).get("format") == CONVERSATIONS_FORMAT else "train"
+    if held == command:
+        return
+    if held == "train":
+        raise UserError(f"{run.path} holds a pretraining run (banglaslm train), which a fine-tune can neither "
+                        f"continue nor replace; fine-tune its model into a new folder: banglaslm finetune "
+                        f"{run.path} --data ... --out NEW_RUN")
+    raise UserError(f"{run.path} holds a fine-tuning run (banglaslm finetune), which train can neither continue "
+                    f"nor replace; to pretrain further from its weights: banglaslm train --data ... --out NEW_RUN "
+                    f"--init-from {run.path}")
 
 
 def _resume_config(saved: RunConfig, given: RunConfig | None) -> RunConfig:
