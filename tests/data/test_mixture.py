@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import TINY_SETTINGS, run_cli, set_args
 
+from banglaslm.checkpoint import load_checkpoint
 from banglaslm.cli import main
 from banglaslm.data.folder import chars_per_token
 from banglaslm.data.loader import BatchSampler
@@ -81,6 +82,9 @@ def test_training_on_a_mixture_reports_each_folder_and_refuses_other_weights(tmp
     per_folder = [r for r in records if r.get("split", "").startswith("val/") and r["iter"] == 20]
     assert len(per_folder) == 2 and all(r["bits_per_char"] > 0 for r in per_folder)
     assert per_folder[0]["loss"] != per_folder[1]["loss"]
+    # `val` (what the best checkpoint and early stopping follow) is the folders' losses by weight
+    for entry in load_checkpoint(run / "checkpoints" / "latest.safetensors").state["history"]:
+        assert entry["val"] == pytest.approx(0.75 * entry[f"val/{data_dir.name}"] + 0.25 * entry["val/verse"], rel=1e-9)
     code, err = run_cli(["train", "--data", f"{data_dir}:1", f"{second_folder}:1", "--out", run, "--resume",
                          "--max-iters", "30"])
     assert code == 2 and "is not the data the run" in err and len(err.strip().splitlines()) == 1

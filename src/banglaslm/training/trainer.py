@@ -255,19 +255,28 @@ class Trainer:
             return self._evaluate()
 
     def _evaluate(self) -> dict[str, float]:
+        """train and val; for a mixture, each folder's validation (`val/NAME`) and as `val` their
+        mean by weight: the expected loss of a window drawn as training draws them (a fixed draw
+        of mixed windows gave each folder's share by chance, and scored every window twice)."""
         self.model.eval()
-        out = {}
         parts = getattr(self.val_batches, "parts", {})  # a mixture's folders, each scored on its own
-        for split, sampler in (("train", self.train_batches), ("val", self.val_batches),
-                               *((f"val/{name}", part) for name, part in parts.items())):
-            total = count = 0.0
-            for x, y in sampler.eval_batches(self.config.train.eval_iters):
-                nats, counted = self._out_of_memory_retried(lambda: self._eval_batch(x, y))
-                total, count = total + nats, count + counted
-            total, count = (distributed.total(v, self.dist, self.device) for v in (total, count))
-            out[split] = total / count
+        splits = [("train", self.train_batches)] + (
+            [(f"val/{name}", part) for name, part in parts.items()] if parts else [("val", self.val_batches)])
+        out = {split: self._mean_loss(sampler) for split, sampler in splits}
+        if parts:
+            val = sum(float(w) * out[f"val/{name}"] for name, w in zip(parts, self.val_batches.weights))
+            out = {"train": out.pop("train"), "val": val, **out}
         self.model.train()
         return out
+
+    def _mean_loss(self, sampler) -> float:
+        """Mean loss per counted token (nats) over `sampler`'s eval batches, on every rank."""
+        total = count = 0.0
+        for x, y in sampler.eval_batches(self.config.train.eval_iters):
+            nats, counted = self._out_of_memory_retried(lambda: self._eval_batch(x, y))
+            total, count = total + nats, count + counted
+        total, count = (distributed.total(v, self.dist, self.device) for v in (total, count))
+        return total / count
 
     def _eval_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         """(summed loss in nats, tokens counted) over one batch, in `self.passes` slices."""
