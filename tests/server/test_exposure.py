@@ -168,19 +168,21 @@ def test_a_burst_over_the_request_cap_loses_only_its_excess(trained_run):
 
 
 def test_busy_guard_answers_the_request_over_its_cap_503_and_frees_places():
-    """Two requests held open by the app, a third refused at once; when one ends, a fourth passes."""
+    """Two requests held open by the app, a third refused at once (but health checks, the models
+    and the playground pass: they were refused too); when one ends, a fourth passes."""
     release = asyncio.Event()
 
     async def slow_app(scope, receive, send):
-        await release.wait()
+        if scope["method"] == "POST":  # generating; GET answers at once
+            await release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    async def call(app):
+    async def call(app, method="POST", path="/v1/completions"):
         sent = []
         async def send(message):
             sent.append(message)
-        await app({"type": "http", "path": "/v1/completions", "headers": []}, None, send)
+        await app({"type": "http", "method": method, "path": path, "headers": []}, None, send)
         return sent[0]["status"], dict(sent[0]["headers"])
 
     async def scenario():
@@ -189,6 +191,8 @@ def test_busy_guard_answers_the_request_over_its_cap_503_and_frees_places():
         await asyncio.sleep(0)
         status, headers = await call(guard)
         assert status == 503 and headers[b"retry-after"] == b"1" and guard.active == 2
+        for method, path in (("GET", "/health"), ("HEAD", "/health"), ("GET", "/v1/models"), ("GET", "/")):
+            assert (await call(guard, method, path))[0] == 200, path  # a busy server is not a dead one
         release.set()
         assert [(await t)[0] for t in held] == [200, 200] and guard.active == 0
         assert (await call(guard))[0] == 200

@@ -146,16 +146,18 @@ class GuardMiddleware:
 
 
 class BusyGuard:
-    """At most `max_requests` HTTP requests answered at once (a stream counts until it ends); one
-    more is answered 503 in OpenAI's shape with Retry-After, at once, and its connection stays
-    open for the retry. Counting requests, not open connections, refuses only the excess of a
-    burst: every client of a burst has connected before the first request is read."""
+    """At most `max_requests` POST requests (the ones that generate) answered at once (a stream
+    counts until it ends); one more is answered 503 in OpenAI's shape with Retry-After, at once,
+    and its connection stays open for the retry. Counting requests, not open connections,
+    refuses only the excess of a burst: every client of a burst has connected before the first
+    request is read. GET and HEAD (/health, /v1/models, the playground) always pass: a health
+    check of a busy server must not read as a dead one."""
 
     def __init__(self, app, max_requests: int):
         self.app, self.max_requests, self.active = app, max_requests, 0
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
         if self.active >= self.max_requests:
             response = error_response(APIError(

@@ -48,8 +48,8 @@ def run_server(
     allowed_hosts: Annotated[list[str], Opt(  # the list default is never mutated
         "also accept requests whose Host header is this name (repeatable; '*' accepts any); the bound "
         "address and, on loopback, localhost are always accepted")] = [],  # noqa: B006
-    max_connections: Annotated[int, Opt("requests answered at once (one per connection); more at the same "
-                                        "moment are answered 503 with Retry-After, and open connections "
+    max_connections: Annotated[int, Opt("generating requests answered at once (one per connection; /health and "
+                                        "other GETs always pass); more at the same moment are answered 503 with Retry-After, and open connections "
                                         f"beyond {OPEN_PER_REQUEST}x this are refused")] = 64,
     device: Annotated[str, Opt("where the model runs: cpu, cuda or cuda:N")] = "cpu",
     quantize: Quantize = "none", which: Which = "best",
