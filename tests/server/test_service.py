@@ -160,9 +160,22 @@ def test_invalid_completion_requests_are_400(client, body, param):
     {"messages": [{"role": "user", "content": 3}]},
     {"messages": "hi"},
     {"messages": [{"role": "user", "content": "hi"}], "top_p": -0.1},
+    {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5000},
+    # both limits, one out of range or the two different: one of them was silently ignored
+    {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "max_completion_tokens": 5000},
+    {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "max_completion_tokens": 5},
 ])
 def test_invalid_chat_requests_are_400(client, body):
-    assert_openai_error(client.post("/v1/chat/completions", json=body), 400)
+    error = assert_openai_error(client.post("/v1/chat/completions", json=body), 400)
+    if "max_completion_tokens" in body:
+        assert error["param"] == "max_completion_tokens", error
+
+
+def test_max_tokens_and_max_completion_tokens_that_agree_are_one_limit(client):
+    for body in ({"max_tokens": 3}, {"max_completion_tokens": 3}, {"max_tokens": 3, "max_completion_tokens": 3}):
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                      "temperature": 0, **body})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3, body
 
 
 def test_malformed_json_unknown_model_and_routes(client):

@@ -207,15 +207,27 @@ def _check_range(name: str, value, low, high, low_open: bool = False) -> None:
         raise APIError(400, f"{name} must be in {interval}, got {value}", param=name, code="invalid_value")
 
 
+def _max_tokens(req: SamplingRequest, limits: ServerLimits) -> int | None:
+    """The request's token limit: `max_tokens`, or chat's newer `max_completion_tokens`, each
+    checked; both given must agree (one of them would be ignored)."""
+    echo = bool(getattr(req, "echo", False))  # with echo, 0 new tokens scores the prompt alone
+    given = {name: getattr(req, name, None) for name in ("max_tokens", "max_completion_tokens")}
+    given = {name: value for name, value in given.items() if value is not None}
+    for name, value in given.items():
+        _check_range(name, value, 0 if echo else 1, limits.max_tokens)
+    if len(set(given.values())) > 1:
+        raise APIError(400, f"max_tokens ({given['max_tokens']}) and max_completion_tokens "
+                            f"({given['max_completion_tokens']}) differ; give one of them",
+                       param="max_completion_tokens", code="invalid_value")
+    return next(iter(given.values()), None)
+
+
 def sampling_params(req: SamplingRequest, limits: ServerLimits) -> SamplingParams:
     """The engine's params for a request, or APIError 400 for a value out of range."""
     if req.stream_options is not None and not req.stream:  # as OpenAI answers it
         raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options",
                        code="invalid_value")
-    max_tokens = req.max_tokens if req.max_tokens is not None else getattr(req, "max_completion_tokens", None)
-    name = "max_tokens" if req.max_tokens is not None else "max_completion_tokens"
-    echo = bool(getattr(req, "echo", False))  # with echo, 0 new tokens scores the prompt alone
-    _check_range(name, max_tokens, 0 if echo else 1, limits.max_tokens)
+    max_tokens = _max_tokens(req, limits)
     _check_range("temperature", req.temperature, 0, 2)
     _check_range("top_p", req.top_p, 0, 1)
     _check_range("n", req.n, 1, limits.max_n)
