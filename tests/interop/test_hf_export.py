@@ -177,6 +177,18 @@ def test_prompt_from_text_continues_as_banglaslm_generate(runs, tmp_path):
     assert out[0, :len(prompt)].tolist() == prompt and prompt[0] == loaded.tokenizer.eod_id
     assert out[0, len(prompt):].tolist()[:len(ours.token_ids)] == ours.token_ids
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generate_with_the_exports_own_defaults_stays_within_the_block(arch, runs, hf_models, hf_tokenizer):
+    """generation_config.json asked for 200 new tokens: GPT-2's `model.generate(**tokenizer(text))`
+    ran past its position table (IndexError) on any block under 200 tokens."""
+    model, block = hf_models[arch], load_model(runs[arch]).config.model.block_size
+    torch.manual_seed(0)
+    with torch.no_grad():  # the generation config's own sampling, length and end token
+        out = model.generate(**hf_tokenizer("আমার সোনার বাংলা", return_tensors="pt"))
+    eod = model.generation_config.eos_token_id
+    assert out.shape[1] == block or out[0, -1].item() == eod, out.shape  # stopped at the block or at its end
+
+
 # ---- the tokenizer -----------------------------------------------------------------------------
 def test_tokenizer_gives_our_ids(hf_tokenizer, trained_run):
     ours = load_model(trained_run).tokenizer

@@ -189,7 +189,9 @@ def export_hf(
     generation = {"bos_token_id": tok.eod_id, "eos_token_id": tok.eod_id, "pad_token_id": tok.eod_id,
                   "do_sample": not defaults.greedy, "temperature": defaults.temperature,
                   "top_k": defaults.top_k or 0, "top_p": defaults.top_p or 1.0,
-                  "max_new_tokens": defaults.max_new_tokens}
+                  # prompt and answer within the block: our engine slides its window past it, transformers
+                  # cannot (GPT-2's position table ends there; Llama's positions beyond were never trained)
+                  "max_length": cfg.block_size}
     files = _tokenizer_files(tok, cfg.block_size)
     with staged_folder(out_dir, "export folder", replaceable=_is_export, overwrite=overwrite) as tmp:
         atomic_write_json(tmp / "config.json", config)
