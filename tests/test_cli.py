@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import assert_user_error, cli_here
+from conftest import assert_user_error, cli_here, one_line_error, run_cli
 
 
 def test_prepare_bad_inputs(tmp_path):
@@ -141,6 +141,30 @@ def test_train_help_lists_every_config_key():
     assert r.returncode == 0
     for key in ("model.arch", "model.n_layer", "train.learning_rate", "train.precision", "presets: tiny"):
         assert key in r.stdout
+
+
+def test_a_path_that_is_not_a_run_folder_says_what_it_is_and_what_to_give(trained_run, data_dir, tmp_path):
+    """An HF export given to generate was told "has no checkpoint yet; train it first", and a
+    checkpoint file "run folder not found"."""
+    from banglaslm.interop.hf_export import export_hf
+
+    hf = export_hf(trained_run, tmp_path / "hf")
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    text = tmp_path / "held.txt"
+    text.write_text("আমি বাংলায় গান গাই।\n", encoding="utf-8")
+    cases = {hf: f"{hf} is a Hugging Face model folder, not a banglaslm run folder; import it first: banglaslm "
+                 f"import {hf} --out RUN_DIR",
+             trained_run / "checkpoints" / "best.safetensors": f"is a checkpoint file; give its run folder, {trained_run} ",
+             data_dir: f"is a data folder (prepare wrote it), not a run folder; train a model on it: banglaslm "
+                       f"train --data {data_dir} --out RUN_DIR",
+             gguf: "is a GGUF file (for llama.cpp); give the run folder it was exported from"}
+    for path, message in cases.items():
+        for command in (["generate", path, "--prompt", "আমি"], ["eval", path, "--text", text], ["serve", path],
+                        ["export", path, "--format", "hf", "--out", tmp_path / "out"], ["report", path]):
+            code, err = run_cli(command)
+            one_line_error(code, err, message)
+    assert not (tmp_path / "out").exists()
 
 
 def test_finetune_help_names_every_row_shape_it_reads():

@@ -12,6 +12,7 @@ Later stages (eval, generate, export, serve) need nothing outside this folder.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,11 +85,30 @@ class RunFolder:
         return f"start a new run from its best weights with --init-from {self.path}, or train again"
 
     def require(self) -> None:
+        """UserError unless this is a run folder; a path that is something else a user holds (a
+        checkpoint file, a data folder, a Hugging Face export) is named, with what to give instead."""
+        if self.path.is_file():
+            raise UserError(_a_file_instead(self.path))
         if not self.path.is_dir():
             raise UserError(f"run folder not found: {self.path}")
-        if not self.config_path.is_file() or not self.tokenizer_path.is_file():
-            raise UserError(f"{self.path} is not a banglaslm run folder (no config.json/tokenizer.json); "
-                            "train one with `banglaslm train`")
+        if self.config_path.is_file() and self.tokenizer_path.is_file() and not self._is_hf_folder():
+            return
+        if self._is_hf_folder():
+            raise UserError(f"{self.path} is a Hugging Face model folder, not a banglaslm run folder; import it "
+                            f"first: banglaslm import {shlex.quote(str(self.path))} --out RUN_DIR")
+        if (self.path / "meta.json").is_file():
+            raise UserError(f"{self.path} is a data folder (prepare wrote it), not a run folder; train a model on "
+                            f"it: banglaslm train --data {shlex.quote(str(self.path))} --out RUN_DIR")
+        raise UserError(f"{self.path} is not a banglaslm run folder (no config.json/tokenizer.json); "
+                        "train one with `banglaslm train`")
+
+    def _is_hf_folder(self) -> bool:
+        """config.json is transformers' (it names a `model_type`), not a run's."""
+        try:
+            config = read_json_or_fail(self.config_path)
+        except (OSError, UserError):
+            return False
+        return isinstance(config, dict) and "model_type" in config and config.get("format") != RUN_FORMAT
 
     def write_header(self, config: RunConfig, tokenizer: Tokenizer, data_meta: dict | None = None) -> None:
         """config.json, tokenizer.json and (when known) data_meta.json: what every run starts with."""
@@ -110,6 +130,16 @@ class RunFolder:
         except UserError as exc:
             raise UserError(f"{self.config_path} is damaged: {exc}") from None
         return config
+
+
+def _a_file_instead(path: Path) -> str:
+    """What to say when a file is given where a run folder goes."""
+    if path.suffix == ".safetensors" and path.parent.name == "checkpoints":
+        return (f"{path} is a checkpoint file; give its run folder, {path.parent.parent} (commands read its best "
+                "checkpoint, or the one --checkpoint names)")
+    if path.suffix == ".gguf":
+        return f"{path} is a GGUF file (for llama.cpp); give the run folder it was exported from"
+    return f"{path} is a file, not a run folder; give the folder `banglaslm train --out` wrote"
 
 
 @dataclass

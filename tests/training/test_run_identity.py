@@ -129,7 +129,8 @@ def test_init_from_a_data_folder_says_it_is_not_a_run(data_dir, tmp_path):
     for command in (["train", "--data", data_dir, "--out", tmp_path / "r", "--init-from", data_dir],
                     ["finetune", data_dir, "--out", tmp_path / "f"]):
         code, err = run_cli(command)
-        one_line_error(code, err, f"{data_dir} is not a banglaslm run folder")
+        one_line_error(code, err, f"{data_dir} is a data folder (prepare wrote it), not a run folder; train a "
+                                  f"model on it: banglaslm train --data {data_dir} --out RUN_DIR")
         assert not (tmp_path / "r").exists() and not (tmp_path / "f").exists()
 
 
