@@ -43,7 +43,7 @@ SPLIT_PATTERN = (
 # SentencePiece's metaspace, which marks the start of every piece) are encoded whole.
 _SAFE_CUT = re.compile(r"(?<=\n)(?=\S)")
 # Names other tokenizers use for their end-of-sequence token, tried in order.
-_EOD_CANDIDATES = (EOD, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]")
+EOD_CANDIDATES = (EOD, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]")
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 _CONTROL_SPELLING = re.compile(r"<[^<>\s]+>|\[[A-Z_]+\]")  # "<extra_id_0>", "[MASK]": a control token's name
 UNK_SURFACE = " \u2047 "  # what SentencePiece's decoding writes for an unknown piece
@@ -271,11 +271,11 @@ class Tokenizer:
 
     def _find_eod(self) -> int:
         vocab = self.hf.get_vocab()
-        for name in _EOD_CANDIDATES:
+        for name in EOD_CANDIDATES:
             if name in vocab:
                 return vocab[name]
         raise UserError(
-            f"the tokenizer has no end-of-document token (looked for {', '.join(_EOD_CANDIDATES)}); "
+            f"the tokenizer has no end-of-document token (looked for {', '.join(EOD_CANDIDATES)}); "
             "add one as a special token to tokenizer.json"
         )
 

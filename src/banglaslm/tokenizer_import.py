@@ -20,7 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from .errors import UserError
 from .fileio import read_json_or_fail
 from .text import HASANTA, ZWJ, ZWNJ, char_class, character_classes
-from .tokenizer import Tokenizer
+from .tokenizer import EOD_CANDIDATES, Tokenizer
 
 UNIGRAM, BPE = 1, 2              # SentencePiece's ModelProto.TrainerSpec.model_type
 UNKNOWN, CONTROL = 2, 3          # and its SentencePiece.Type
@@ -49,6 +49,10 @@ def from_sentencepiece(path: str | Path) -> Tokenizer:
     if kind not in (UNIGRAM, BPE) or not proto.pieces:
         raise UserError(f"{path}: only SentencePiece unigram and BPE models can be read (this one has "
                         f"model type {kind} and {len(proto.pieces)} pieces)")
+    if not any(p.piece in EOD_CANDIDATES for p in proto.pieces):  # trained with eos_id=-1
+        raise UserError(f"{path} has no end-of-sentence piece ({proto.trainer_spec.eos_piece or '</s>'}), which "
+                        "banglaslm puts between documents; train it again with an eos piece (sentencepiece's "
+                        "default, eos_id=2)")
     if kind == UNIGRAM:
         vocab = [(p.piece, p.score) for p in proto.pieces]
     else:

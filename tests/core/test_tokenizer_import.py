@@ -307,3 +307,28 @@ def test_byte_pieces_decode_as_sentencepiece_decodes_them(models, name):
     assert finished_text(ours, [word, byte[0xE0], byte[0xA6]]) == " আমি"  # cut inside দ: left out
     assert finished_text(ours, [word, byte[0xE0], word]) == " আমি\ufffd আমি"  # a byte no character follows
 
+
+
+def test_what_a_sentencepiece_user_gives_by_mistake_is_named_with_the_fix(models, small_books, corpus, tmp_path):
+    """A .vocab file and any other file were "not a valid tokenizer.json"; a model trained without
+    an eos piece was told to edit a tokenizer.json it did not have; --vocab-size with a tokenizer
+    of its own was silently ignored."""
+    (tmp_path / "train.txt").write_text("\n".join(corpus[:400]), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "train.txt"), model_prefix=str(tmp_path / "noeos"),
+                                   vocab_size=800, eos_id=-1, bos_id=-1, minloglevel=2, hard_vocab_limit=False)
+    script = tmp_path / "make.py"
+    script.write_text("print('not a tokenizer')\n")
+    vocab = models["unigram"].with_suffix(".vocab")
+    lone = shutil.copy(vocab, tmp_path / "lone.vocab")
+    cases = [(str(vocab), {}, f"is SentencePiece's vocabulary listing, not its model; pass {models['unigram']} "),
+             (str(lone), {}, "pass the .model file sentencepiece wrote with it"),
+             (str(tmp_path / "noeos.model"), {}, "has no end-of-sentence piece (</s>), which banglaslm puts between "
+                                                 "documents; train it again with an eos piece"),
+             (str(script), {}, "is none of these (a tokenizer.json, a SentencePiece .model"),
+             (str(models["unigram"]), {"vocab_size": 32000}, "applies to the BPE tokenizer prepare trains"),
+             ("char", {"tokenizer_sample": 1000}, "applies to the BPE tokenizer prepare trains")]
+    for tokenizer, options, message in cases:
+        with pytest.raises(UserError) as caught:
+            prepare([str(small_books[0])], tmp_path / "out", tokenizer=tokenizer, progress=False, **options)
+        assert message in str(caught.value), (tokenizer, str(caught.value))
+        assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ several machines sharing it can each run one task (`task_rank`); task 0 writes m
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
@@ -160,6 +161,7 @@ def prepare(
     earlier data folder at `out_dir` untouched, for bad options or inputs."""
     tasks = _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens,
                            workers, tasks, task_rank)
+    _check_bpe_only(tokenizer, vocab_size=vocab_size, tokenizer_sample=tokenizer_sample)
     if clean and task_rank is not None:
         raise bad_param("clean", "runs on one machine: clean with `banglaslm clean INPUT... --out DIR` first, then "
                                  "prepare DIR on every machine")
@@ -192,6 +194,20 @@ def prepare(
             return PrepareResult(out, None, time.perf_counter() - start, job.read_bytes, task_rank, job.waited,
                                  job.finished_elsewhere)
     return PrepareResult(out, meta, time.perf_counter() - start, meta["input_bytes"], task_rank, job.waited)
+
+
+def _check_bpe_only(tokenizer: str, **given) -> None:
+    """UserError for a setting of the BPE tokenizer prepare trains (changed from its default)
+    given with another tokenizer, which would ignore it."""
+    if tokenizer == "bpe":
+        return
+    defaults = inspect.signature(prepare).parameters
+    for name, value in given.items():
+        if value != defaults[name].default:
+            brings = "learns its vocabulary from every character seen" if tokenizer == "char" \
+                else "brings its own vocabulary"
+            raise bad_param(name, f"applies to the BPE tokenizer prepare trains (--tokenizer bpe); --tokenizer "
+                                  f"{tokenizer} {brings}: drop it")
 
 
 def _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens, workers,

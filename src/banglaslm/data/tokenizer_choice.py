@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import bad_param
+from ..errors import UserError, bad_param
 from ..tokenizer import Tokenizer
 from ..tokenizer_import import from_pretrained, from_sentencepiece
 from .folder import DataFolder, is_data_folder
@@ -25,7 +25,17 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if path.is_file():
         if path.suffix.lower() in SENTENCEPIECE_SUFFIXES:
             return from_sentencepiece(path)
-        return Tokenizer.from_file(path)
+        if path.suffix.lower() == ".vocab":  # sentencepiece's trainer writes NAME.model and NAME.vocab
+            model = path.with_suffix(".model")
+            raise bad_param("tokenizer", f"{spec} is SentencePiece's vocabulary listing, not its model; pass "
+                                         + (f"{model} (beside it)" if model.is_file() else "the .model file "
+                                            "sentencepiece wrote with it"))
+        try:
+            return Tokenizer.from_file(path)
+        except UserError:
+            if path.suffix.lower() == ".json":  # meant as a tokenizer.json: its own error says what is wrong
+                raise
+            raise _none_of_these(spec) from None
     if path.is_dir():
         if (path / "meta.json").is_file() and is_data_folder(path):
             return DataFolder(path).tokenizer()
@@ -38,9 +48,13 @@ def load_tokenizer(spec: str) -> Tokenizer:
             return Tokenizer.from_file(run.tokenizer_path)
         lone = _lone_sentencepiece_model(path)
         return from_sentencepiece(lone) if lone is not None else from_pretrained(str(path))
-    raise bad_param("tokenizer", f"must be bpe, char or an existing tokenizer; {spec} is none of these "
-                                 "(a tokenizer.json, a SentencePiece .model, a tokenizer folder, a run or data "
-                                 "folder, or hf:NAME)")
+    raise _none_of_these(spec)
+
+
+def _none_of_these(spec: str) -> UserError:
+    return bad_param("tokenizer", f"must be bpe, char or an existing tokenizer; {spec} is none of these "
+                                  "(a tokenizer.json, a SentencePiece .model, a tokenizer folder, a run or data "
+                                  "folder, or hf:NAME)")
 
 
 def _lone_sentencepiece_model(folder: Path) -> Path | None:
