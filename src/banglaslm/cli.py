@@ -416,6 +416,8 @@ def cmd_eval(args) -> None:
                        if r.unknown_share or r.byte_fallback_share else "")
             print(f"{r.file}: loss {r.loss:.4f}  perplexity {r.perplexity:.2f}  bits/byte {r.bits_per_byte:.4f}  "
                   f"bits/char {r.bits_per_char:.4f}  ({r.tokens:,} tokens, {r.chars:,} characters{covered})")
+        for line in r.warnings():
+            print(f"warning: {line}", file=sys.stderr)
 
 
 def cmd_generate(args) -> None:

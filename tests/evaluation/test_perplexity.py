@@ -85,3 +85,24 @@ def test_compressed_and_non_text_files(trained_run, tmp_path):
     (tmp_path / "docs.jsonl.gz").write_bytes(gzip.compress(b'{"text": "x"}\n'))  # once scored with its braces
     with pytest.raises(UserError, match="JSONL table, not plain text"):
         evaluate_file(loaded, tmp_path / "docs.jsonl.gz")
+
+
+def test_text_the_tokenizer_cannot_spell_is_warned_not_trusted(tmp_path, small_books, capsys):
+    """Text mostly lost to unknown tokens scored better bits per char than the model's own
+    language, with nothing said but the unknown share."""
+    from conftest import TINY_SETTINGS, run_cli, set_args
+
+    from banglaslm.data.prepare import prepare
+
+    prepare([str(small_books[0])], tmp_path / "d", tokenizer="char", doc_split="paragraph", progress=False)
+    code, err = run_cli(["train", "--data", tmp_path / "d", "--out", tmp_path / "r",
+                         *set_args({**TINY_SETTINGS, "train.max_iters": 10, "train.warmup_iters": 2})])
+    assert code == 0, err
+    (tmp_path / "zh.txt").write_text("天地玄黄，宇宙洪荒。日月盈昃，辰宿列张。" * 20, encoding="utf-8")
+    (tmp_path / "bn.txt").write_text(small_books[0].read_text(encoding="utf-8")[:3000], encoding="utf-8")
+    foreign = evaluate_file(load_model(tmp_path / "r"), tmp_path / "zh.txt")
+    assert foreign.unknown_share > 0.5 and len(foreign.warnings()) == 1
+    assert not evaluate_file(load_model(tmp_path / "r"), tmp_path / "bn.txt").warnings()
+    capsys.readouterr()
+    code, err = run_cli(["eval", tmp_path / "r", "--text", tmp_path / "zh.txt", tmp_path / "bn.txt"])
+    assert code == 0 and err.count("warning: ") == 1 and "zh.txt" in err and "are unknown" in err, err

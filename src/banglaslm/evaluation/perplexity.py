@@ -26,7 +26,7 @@ from ..data.sources import read_whole_text
 from ..errors import UserError, bad_param
 from ..runfolder import LoadedModel
 from ..text import normalize
-from ..tokenizer import Coverage
+from ..tokenizer import MAX_UNKNOWN_SHARE, Coverage
 
 
 @dataclass
@@ -43,6 +43,14 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def warnings(self) -> list[str]:
+        """What makes these figures mislead (one line each)."""
+        if self.unknown_share <= MAX_UNKNOWN_SHARE:
+            return []
+        return [f"{self.file}: {self.unknown_share:.2%} of its tokens are unknown (text the tokenizer cannot spell, "
+                "scored as cheap unknown tokens): its bits per char understate the loss and compare "
+                "with no other model's; evaluate text the tokenizer covers"]
 
 
 # Tokens per forward pass when scoring: windows are batched up to this many tokens (at least
