@@ -339,6 +339,10 @@ def _check_resumed_preset(preset: str, config, without, given: set[str]) -> None
 
 def _done(result) -> str:
     last = result.last_eval
+    if not last and result.stopped_early:  # resumed after its early stop
+        return (f"{result.run_dir} stopped early at iteration {result.iterations} (best val "
+                f"{result.best_val_loss:.4f}; train.early_stop_patience={result.stopped_early}); to train further, "
+                "resume with a larger --set train.early_stop_patience=N (0: off)")
     if not last and result.time_limit_min:  # resumed with its time already used
         return (f"{result.run_dir} already used its train.time_limit_min ({result.time_limit_min:g} min) at iteration "
                 f"{result.iterations} (best val {result.best_val_loss:.4f}); to train further, resume with a larger "

@@ -345,11 +345,20 @@ def resolve_key(key: str) -> str:
     section, _, name = key.rpartition(".")
     if name in KEY_ABBREVIATIONS:  # difflib would offer train.logger for train.lr
         hint = [f"{section}.{KEY_ABBREVIATIONS[name]}" if section else KEY_ABBREVIATIONS[name]]
-    else:
-        hint = difflib.get_close_matches(key, list(fields) + [k.split(".", 1)[1] for k in fields], 1)
+    elif any(k.split(".", 1)[1] == name for k in fields):  # the right name in another section (train.dropout)
+        hint = [_full_key(name, fields)]
+    else:  # a misspelling, offered whole (a bare name's match alone once led into finetune.*)
+        shorts = difflib.get_close_matches(name, [k.split(".", 1)[1] for k in fields], 1)
+        hint = difflib.get_close_matches(key, list(fields), 1) if section else [_full_key(n, fields) for n in shorts]
     suggestion = f" (did you mean {hint[0]}?)" if hint else ""
     command = "finetune" if key.startswith("finetune.") else "train"
     raise UserError(f"unknown config key '{key}'{suggestion}; `banglaslm {command} --help` lists them")
+
+
+def _full_key(name: str, fields) -> str:
+    """The section.name a field name stands for (the model's or training's before finetune's)."""
+    keys = [k for k in fields if k.split(".", 1)[1] == name]
+    return next((k for k in keys if not k.startswith("finetune.")), keys[0])
 
 
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text",
@@ -410,13 +419,18 @@ def parse_set_args(pairs: list[str]) -> dict[str, str]:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    kind = path.suffix.lower().lstrip(".")
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; give a .toml or .json file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
+    if kind not in ("toml", "json"):
+        raise UserError(f"config file {path}: give a .toml or .json file (the suffix says which it is)")
     try:
         text = read_text(path)
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        data = tomllib.loads(text) if kind == "toml" else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+        raise UserError(f"config file {path} is not valid {kind.upper()}: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a table with 'model' and/or 'train'")
     return _flatten(data, str(path))

@@ -44,7 +44,7 @@ def test_unknown_preset_and_bad_files(tmp_path):
         build_config("huge")
     bad = tmp_path / "c.json"
     bad.write_text("{", encoding="utf-8")
-    with pytest.raises(UserError, match="not valid json"):
+    with pytest.raises(UserError, match="not valid JSON"):
         build_config(file=bad)
     with pytest.raises(UserError, match="config file not found"):
         build_config(file=tmp_path / "none.json")
@@ -52,9 +52,28 @@ def test_unknown_preset_and_bad_files(tmp_path):
         parse_set_args(["n_layer"])
 
 
+def test_a_config_files_suffix_says_its_format_in_any_case(tmp_path):
+    """UP.TOML was read as JSON ("not valid TOML: Expecting value", a JSON parser's words), and a
+    .yaml or a folder were named as invalid or missing."""
+    toml = tmp_path / "UP.TOML"
+    toml.write_text("[model]\nn_layer = 3\n", encoding="utf-8")
+    assert build_config(file=toml).model.n_layer == 3
+    (tmp_path / "c.Json").write_text('{"model": {"n_layer": 5}}', encoding="utf-8")
+    assert build_config(file=tmp_path / "c.Json").model.n_layer == 5
+    (tmp_path / "c.yaml").write_text("model:\n  n_layer: 3\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"c.yaml: give a .toml or .json file"):
+        build_config(file=tmp_path / "c.yaml")
+    with pytest.raises(UserError, match="is a folder; give a .toml or .json file"):
+        build_config(file=tmp_path)
+
+
 @pytest.mark.parametrize("key, hint, command", [
     ("train.lr", "train.learning_rate", "train"), ("train.batchsize", "train.batch_size", "train"),
     ("finetune.epoch", "finetune.epochs", "finetune"), ("wd", "weight_decay", "train"),
+    # the right name in another section, always offered whole (it offered lora_dropout, which
+    # then set finetune.lora_dropout and left pretraining without dropout)
+    ("train.dropout", "model.dropout", "train"), ("model.learning_rate", "train.learning_rate", "train"),
+    ("dropuot", "model.dropout", "train"), ("n_layr", "model.n_layer", "train"),
 ])
 def test_an_unknown_key_suggests_the_key_and_the_help_that_lists_it(key, hint, command):
     with pytest.raises(UserError, match=rf"did you mean {hint}\?\); `banglaslm {command} --help` lists them"):

@@ -6,6 +6,7 @@ a healthy run raises nothing)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import require_literature
@@ -192,7 +193,19 @@ def test_a_small_model_far_past_one_pass_overfits_and_the_early_stop_ends_it(tmp
     assert [e["event"] for e in found] == ["overfitting"], found
     assert result.iterations < SMALL["train.max_iters"]  # stopped early
     assert read_state(run / "checkpoints" / "best.safetensors")["iter"] == found[0]["since"]
-    assert "warning: overfitting since step" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "warning: overfitting since step" in err
+    stopped = re.search(r"early stop at step (\d+): the run is overfitting and validation has not improved for (\d+) "
+                        r"evaluations \(train.early_stop_patience=3\)", err)
+    assert stopped and int(stopped[1]) == result.iterations, err
+    history = read_state(run / "checkpoints" / "latest.safetensors")["history"]
+    best = min(range(len(history)), key=lambda i: history[i]["val"])
+    assert int(stopped[2]) == len(history) - 1 - best >= 3  # the count said is the count
+    # The same command with --resume trained on, one interval per resume; now it stops where it stopped
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    again = train(data, run, resume=True, progress=False)
+    assert again.iterations == result.iterations and again.stopped_early == 3 and not again.last_eval
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
     report = write_report(run, out_dir=tmp_path / "report", prompts=("একদিন",), seeds=(1,), bpe_vocab_sizes=())
     assert "**overfitting** since step" in (report / "README.md").read_text(encoding="utf-8")
 

@@ -188,3 +188,16 @@ def test_a_resume_shorter_than_the_run_is_refused_and_changes_nothing(base_run, 
     code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", done - 1])
     one_line_error(code, err, f"is below the {done} iterations")
     assert (run / "config.json").read_bytes() == before
+
+
+def test_a_resume_with_nothing_left_to_train_leaves_the_run_folder_as_it_was(base_run, data_dir, tmp_path):
+    """`--resume --set train.learning_rate=...` on a finished run said it had finished and wrote
+    the new rate into config.json: the next resume trained at it, unasked."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--set", "train.learning_rate=0.0001"])
+    assert code == 0, err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -57,7 +57,7 @@ from .warm_start import WarmStart
 RESUME_MUTABLE = {"train.max_iters", "train.eval_interval", "train.eval_iters", "train.log_interval",
                   "train.checkpoint_interval", "train.threads", "train.device", "train.learning_rate",
                   "train.compile", "train.max_skipped_updates", "train.grad_spike_factor",
-                  "train.time_limit_min"}
+                  "train.time_limit_min", "train.early_stop_patience"}
 
 
 class TrainingInterrupted(Exception):
@@ -80,6 +80,7 @@ class TrainResult:
     skipped_updates: int = 0
     time_limit_min: float = 0.0  # the limit, when it ended the run before train.max_iters
     resumed_at: int = 0  # the iteration this session started from (0: a new run); `seconds` are this session's
+    stopped_early: int = 0  # train.early_stop_patience, when a resumed run had stopped early already
 
 
 @dataclass
@@ -344,11 +345,18 @@ class Trainer:
             self._say(sign.line())
             if session.log is not None:
                 session.log.append(sign.record(it))
-        if patience and health.overfitting(history) and health.evaluations_since_best(history) >= patience:
-            self._say(f"early stop at step {it}: validation has not improved for {patience} evaluations "
-                      f"(train.early_stop_patience); best.safetensors holds the best model")
+        if self._stops_early():
+            self._say(f"early stop at step {it}: the run is overfitting and validation has not improved for "
+                      f"{health.evaluations_since_best(history)} evaluations (train.early_stop_patience={patience}); "
+                      "best.safetensors holds the best model")
             return True
         return False
+
+    def _stops_early(self) -> bool:
+        """train.early_stop_patience's rule: overfitting, and no new best for that many evaluations."""
+        history, patience = self.state.history, self.config.train.early_stop_patience
+        return bool(patience and history and health.overfitting(history)
+                    and health.evaluations_since_best(history) >= patience)
 
     def _from_scratch(self) -> bool:
         """Whether the run began from random weights (not --init-from or a fine-tune's source)."""
@@ -489,8 +497,12 @@ class Trainer:
 
     def train(self) -> TrainResult:
         tc = self.config.train
-        self._write_run_files()
         start = it = self.state.iter
+        stopped_early = self.checkpoint is not None and self._stops_early()  # a resume of an early-stopped run
+        if self.checkpoint is not None and (it >= tc.max_iters or stopped_early or
+                                            self.clock.over(it, self.dist, self.device, tc.log_interval)):
+            return self._result(it, start, {}, 0.0, stopped_early)  # nothing left: the run folder stays as it was
+        self._write_run_files()
         with self._session() as session:
             self.model.train()
             while True:
@@ -506,9 +518,16 @@ class Trainer:
                     self._log_step(it, loss, norm, session)
                 it += 1
                 session.bar.update(1)
-        return TrainResult(self.run.path, it, self.state.best_val, session.last_eval, session.tokens_per_s,
-                           time.perf_counter() - self.clock.started, self.guard.skipped_total,
-                           tc.time_limit_min if it < tc.max_iters else 0.0, start)
+        return self._result(it, start, session.last_eval, session.tokens_per_s)
+
+    def _result(self, it: int, start: int, last_eval: dict, tokens_per_s: float,
+                stopped_early: bool = False) -> TrainResult:
+        tc = self.config.train
+        seconds = 0.0 if self.clock.started is None else time.perf_counter() - self.clock.started  # None: not begun
+        return TrainResult(self.run.path, it, self.state.best_val, last_eval, tokens_per_s, seconds,
+                           self.guard.skipped_total,
+                           tc.time_limit_min if it < tc.max_iters and not stopped_early else 0.0, start,
+                           tc.early_stop_patience if stopped_early else 0)
 
 
 def _with_vocab(config: RunConfig, data_vocab: int) -> RunConfig:
