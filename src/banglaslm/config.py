@@ -124,9 +124,9 @@ class TrainConfig:
     )
     device: str = option("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     micro_batch: Literal["fixed", "auto"] = option(
-        "fixed", "'auto': when memory runs out (or is estimated to), run each micro-batch in halves, then "
-                 "quarters, ..., accumulating gradients: the same global batch and loss trajectory "
-                 "(one process only)")
+        "fixed", "'auto': when memory is estimated to run out (or, in one process, does run out), run each "
+                 "micro-batch in halves, then quarters, ..., accumulating gradients: the same global batch and "
+                 "loss trajectory")
     parallel: Literal["ddp", "fsdp"] = option(
         "ddp",
         "under torchrun: 'ddp' keeps a full model copy per process; 'fsdp' shards weights, gradients and "

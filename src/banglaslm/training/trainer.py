@@ -436,10 +436,11 @@ class Trainer:
         tc, rows = self.config.train, self.config.train.batch_size // self.passes
         gc.collect()
         if tc.micro_batch != "auto" or rows % 2 or self.dist.enabled:
-            raise UserError(f"out of {self.device.type} memory at {rows} sequences per forward pass; "
-                            + ("lower model.block_size or the model's size" if tc.micro_batch == "auto" else
-                               "set train.micro_batch=auto, or lower train.batch_size and raise "
-                               "train.grad_accum_steps to keep the global batch"))
+            smaller = "lower train.batch_size and raise train.grad_accum_steps to keep the global batch"
+            raise UserError(f"out of {self.device.type} memory at {rows} sequences per forward pass; " + (
+                f"under torchrun the ranks cannot halve it as they go: {smaller}" if self.dist.enabled else
+                "lower model.block_size or the model's size" if tc.micro_batch == "auto" else
+                f"set train.micro_batch=auto, or {smaller}"))
         self.passes *= 2
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
