@@ -147,30 +147,3 @@ def test_ctrl_c_while_workers_start_prints_one_line(tmp_path):
     assert proc.returncode == 130, output
     assert output.strip().splitlines() == ["banglaslm clean: interrupted"]
     assert not (tmp_path / "out").exists()
-
-
-def test_ctrl_c_while_a_worker_starts_is_held_not_lost():
-    """The parent ignored SIGINT while it started a worker (so that the worker would be deaf to
-    it): a Ctrl-C in that moment was dropped and the command ran on to the end."""
-    import signal
-
-    from banglaslm.data.tasks import _start_deaf_to_ctrl_c
-
-    class CtrlCWhileStarting:
-        stopped = False
-
-        def start(self):
-            os.kill(os.getpid(), signal.SIGINT)
-
-        def terminate(self):
-            self.stopped = True
-
-        def join(self):
-            pass
-
-    process = CtrlCWhileStarting()
-    with pytest.raises(KeyboardInterrupt):
-        _start_deaf_to_ctrl_c(process)
-    assert process.stopped
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])

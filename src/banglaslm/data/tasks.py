@@ -92,27 +92,18 @@ def _task_process(steps, tasks: int, logs: Path, rank: int, console: str | None,
 
 
 def _start_deaf_to_ctrl_c(process) -> None:
-    """Start a worker with SIGINT blocked (the mask is kept across fork and exec, so a Ctrl-C never
-    reaches it). Ctrl-C reaches the whole process group: a worker it caught while importing
+    """Start a worker that ignores SIGINT (kept across exec, and Python then installs no handler
+    of its own). Ctrl-C reaches the whole process group: a worker it caught while importing
     printed a traceback before the parent's one line; now the parent alone says "interrupted"
-    and stops the workers (terminate). A Ctrl-C that comes while the worker starts is held, not
-    lost (ignoring SIGINT meanwhile dropped it, and the command ran on): the worker is stopped
-    and KeyboardInterrupt raised."""
+    and stops the workers (terminate)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
         process.start()
         return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))  # another thread may take it
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         process.start()
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # one held meanwhile arrives now
-        signal.signal(signal.SIGINT, previous)  # runs the pending handler first
-    if caught:
-        process.terminate()
-        process.join()
-        raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, previous)
 
 
 def _received(report) -> dict | None:
