@@ -136,7 +136,8 @@ def test_ctrl_c_while_workers_start_prints_one_line(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "banglaslm", "clean", str(texts), "--workers", "2",
                              "--shard-docs", "1", "--out", str(tmp_path / "out")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                            preexec_fn=_hears_ctrl_c)
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     deadline = time.monotonic() + 120
     while proc.poll() is None and len(children.read_text().split()) < 2 and time.monotonic() < deadline:
@@ -147,3 +148,39 @@ def test_ctrl_c_while_workers_start_prints_one_line(tmp_path):
     assert proc.returncode == 130, output
     assert output.strip().splitlines() == ["banglaslm clean: interrupted"]
     assert not (tmp_path / "out").exists()
+
+
+def _hears_ctrl_c():
+    """In a command's child before exec: SIGINT as a terminal gives it, whatever this test process
+    inherited (a shell's background job, `cmd &`, starts with SIGINT ignored, and so did the
+    command, which then ran to the end)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _report_ctrl_c_disposition(send) -> None:
+    import signal
+
+    send.send(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+def test_a_worker_is_deaf_to_ctrl_c_and_the_parent_hears_it_again():
+    """A worker must ignore SIGINT from its first instruction (a Ctrl-C during its imports printed
+    a traceback), and the parent's own handler must be back once the worker has started."""
+    import multiprocessing
+    import signal
+
+    from banglaslm.data.tasks import _start_deaf_to_ctrl_c
+
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's command has it
+    try:
+        context = multiprocessing.get_context("spawn")
+        report, send = context.Pipe(duplex=False)
+        process = context.Process(target=_report_ctrl_c_disposition, args=(send,))
+        _start_deaf_to_ctrl_c(process)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert report.recv() is True
+        process.join()
+    finally:
+        signal.signal(signal.SIGINT, inherited)

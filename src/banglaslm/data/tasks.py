@@ -95,7 +95,10 @@ def _start_deaf_to_ctrl_c(process) -> None:
     """Start a worker that ignores SIGINT (kept across exec, and Python then installs no handler
     of its own). Ctrl-C reaches the whole process group: a worker it caught while importing
     printed a traceback before the parent's one line; now the parent alone says "interrupted"
-    and stops the workers (terminate)."""
+    and stops the workers (terminate). A Ctrl-C in the few milliseconds of a start is lost (the
+    next one stops the command). Holding it by blocking SIGINT instead fails twice over: the
+    spawned worker starts with an empty signal mask, and the parent's other (native) threads
+    take a signal its main thread blocks, where the ignore then discards it."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
         process.start()
         return
