@@ -177,3 +177,14 @@ def test_ctrl_c_before_the_answer_begins_stops_only_that_turn(loaded, monkeypatc
     assert out.text.count("[stopped]") == 1 and len(calls) == 2
     assert stops_made == [1]  # made once, before the first turn (they were made in it, outside its Ctrl-C guard)
     assert [m["content"] for m in history if m["role"] == "user"] == ["তারপর?"]
+
+
+def test_a_byte_order_mark_before_the_first_command_keeps_it_a_command(loaded):
+    """Piped from a file a Windows editor saved, the first line begins with U+FEFF: "/max 5" was
+    sent to the model as a message, and the setting never changed."""
+    engine = SpyEngine(loaded)
+    script = Script(["\ufeff/max 5", "হ্যালো", "/quit"])
+    chat_loop(loaded, read_line=script, write=Recorder(), engine=engine)
+    [(prompt, params)] = engine.calls
+    assert params.max_new_tokens == 5
+    assert prompt == encode_chat(engine.tokenizer, [{"role": "user", "content": "হ্যালো"}])[0]

@@ -152,7 +152,7 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
     write("Type a message; /help lists the commands.\n")
     while True:
         try:
-            text = _read_message(read_line, you).strip()
+            text = _read_message(read_line, you).lstrip("\ufeff").strip()  # a file from Windows may begin with a BOM
         except (EOFError, KeyboardInterrupt):
             write("\n")
             return history

@@ -381,11 +381,10 @@ def source_run(path: str, scratch: contextlib.ExitStack) -> str:
 
 
 def cmd_finetune(args) -> None:
-    from .data.instructions import instruction_files
     from .runfolder import RunFolder
     from .training.finetune import finetune, finetune_config
 
-    data = args.data or [str(p) for p in instruction_files()]
+    data = args.data or None
     run = RunFolder(args.out)
     with contextlib.ExitStack() as scratch:
         source = source_run(args.source, scratch)

@@ -305,3 +305,24 @@ def test_empty_prompt_and_stream_n(loaded):
         engine.generate(["  \u200b "], SamplingParams())
     with pytest.raises(UserError, match="set n=1"):
         list(engine.stream("আমি", SamplingParams(n=2)))
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+def test_an_embedding_padded_past_the_tokenizer_never_yields_an_id_it_lacks(loaded, sampled):
+    """A model whose vocabulary is larger than its tokenizer's (padding, as some imported models
+    have) sampled the padded ids, and decoding them raised IndexError."""
+    vocab = loaded.tokenizer.vocab_size
+    model = random_model("gpt", vocab + 64)
+    head = torch.nn.Linear(model.config.n_embd, vocab + 64)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[vocab:] = 1e4  # the padded ids are all the model wants to say
+        head.bias[loaded.tokenizer.eod_id] = -1e4
+        head.bias[:vocab] += torch.arange(vocab) % 7  # below them, a real choice
+    model.lm_head = head
+    engine = Engine(model, loaded.tokenizer, use_kernel=False)
+    params = SamplingParams(max_new_tokens=12, seed=0, temperature=1.0, repetition_penalty=1.2) if sampled \
+        else SamplingParams(max_new_tokens=12, greedy=True)
+    [[completion]] = engine.generate(["আমি"], params)
+    assert len(completion.token_ids) == 12 and max(completion.token_ids) < vocab

@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..text import normalize
 from ..tokenizer import Coverage, Tokenizer
 from .loader import IGNORE, BlockSampler
-from .sources import iter_rows, resolve_inputs
+from .sources import input_list, iter_rows, resolve_inputs
 
 Conversation = list[dict[str, str]]
 LossOn = Literal["assistant", "all"]
@@ -273,6 +273,7 @@ class ConversationData:
 
     def __init__(self, inputs: list[str], tokenizer: Tokenizer, block_size: int, loss_on: LossOn = "assistant",
                  val_fraction: float = 0.1, seed: int = 1337):
+        inputs = input_list(inputs)
         self._tokenizer, self.block_size = tokenizer, block_size
         self.tokenizer_sha256, self.vocab_size = tokenizer.sha256, tokenizer.vocab_size
         self.path = ", ".join(inputs)

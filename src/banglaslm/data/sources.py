@@ -99,8 +99,21 @@ def text_rate(n_bytes: int, seconds: float) -> str:
     return f"{per_s / 1e6:.2f} MB/s" if per_s >= 1e5 else f"{per_s / 1e3:.1f} kB/s"
 
 
+def input_list(inputs) -> list[str]:
+    """`inputs` as a list of strings: one path (str or Path) is a list of one (a string was read
+    letter by letter, "/" first, which walked the whole disk); UserError for anything else."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [os.fspath(inputs)]
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, (str, os.PathLike)) for i in inputs):
+        raise UserError(f"inputs must be a path or a list of paths (str or Path), e.g. [\"books/\"], "
+                        f"got {type(inputs).__name__} {inputs!r:.60}")
+    return [os.fspath(i) for i in inputs]
+
+
 def resolve_inputs(inputs: list[str]) -> list[Source]:
-    """Expand folders and globs, check every input exists; fail before any work is done."""
+    """Expand folders and globs, check every input exists; fail before any work is done.
+    `inputs`: as `input_list` takes them."""
+    inputs = input_list(inputs)
     if not inputs:
         raise UserError(f"no input given: pass {INPUTS_HELP}")
     sources: list[Source] = []
@@ -221,7 +234,7 @@ def check_apart(inputs: list[str], sources: list[Source], out: Path, what: str) 
         if path == target or target in path.parents:
             raise UserError(f"the output folder {out} holds the input {source.location}; write the {what} "
                             "somewhere else")
-    for given in inputs:
+    for given in input_list(inputs):
         if not str(given).startswith("hf:") and Path(given).is_dir() and Path(given).resolve() in target.parents:
             raise UserError(f"the output folder {out} is inside the input folder {given}, so the next run would read "
                             f"it as input; write the {what} somewhere else")

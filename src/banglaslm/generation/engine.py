@@ -95,6 +95,7 @@ class Engine:
         self.model = model
         self.use_kernel = use_kernel  # False: never the C decode step (see cpu_decode.py)
         self.tokenizer = tokenizer
+        self.vocab = min(model.config.vocab_size, tokenizer.vocab_size)  # the ids that can be generated
         self.block_size = model.config.block_size
         # Tokens a row keeps when its context outgrows the block (the newest one included).
         self.keep = max(1, min(keep or self.block_size // 2, self.block_size))
@@ -113,7 +114,7 @@ class Engine:
         typed as letter + nukta must match the precomposed letter the model writes)."""
         params = params or SamplingParams()
         params.validate()
-        vocab = self.model.config.vocab_size
+        vocab = self.vocab
         if any(token >= vocab for token in params.logit_bias or {}):
             raise bad_param("logit_bias", f"holds a token id outside the vocabulary of {vocab} tokens")
         stops = [normalize_fragment(check_text(s, "stop")) for s in params.stop]
@@ -194,7 +195,7 @@ class Engine:
         `track_text`: feed each row's stream decoder as tokens come (streaming, stop strings)."""
         eod = self.tokenizer.eod_id
         with self._eval_mode():
-            sampler = Sampler(params, rows, self.model.config.vocab_size, self.device)
+            sampler = Sampler(params, rows, self.vocab, self.device)
             # Decode steps in one C call on CPUs when the kernel can run this model exactly
             # (cpu_decode.py); None: every step through model(...).
             fused = CpuDecoder.for_model(self.model) if self.use_kernel else None

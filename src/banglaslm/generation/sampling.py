@@ -86,8 +86,10 @@ class Sampler:
     """Picks the next token of every active row; keeps the per-row penalty state."""
 
     def __init__(self, params: SamplingParams, rows: list, vocab: int, device):
-        """`rows`: the engine's rows (their `context` and `sample` number), one per batch row."""
-        self.params = params
+        """`rows`: the engine's rows (their `context` and `sample` number), one per batch row;
+        `vocab`: the ids the tokenizer decodes, the first of the model's (an embedding padded
+        beyond them, as some imported models have, never yields an id the tokenizer lacks)."""
+        self.params, self.vocab = params, vocab
         B = len(rows)
         self.seen = self.counts = None
         if params.repetition_penalty != 1.0:
@@ -116,6 +118,7 @@ class Sampler:
     def __call__(self, logits: torch.Tensor):
         """logits (B, V) → (next ids (B,) tensor, a TokenLogprob per row or None)."""
         p = self.params
+        logits = logits[:, :self.vocab]
         if p.decodes_greedily and not p.uses_penalties and p.logprobs is None:  # the fast path: no softmax, no copies
             if logits.device.type == "cpu":  # NumPy's argmax takes 2 us here, torch's 16 (same ties: the first)
                 return torch.from_numpy(logits.numpy().argmax(-1)), None

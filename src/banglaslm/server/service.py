@@ -192,7 +192,7 @@ class OpenAIService:
         return Prompt(context, self.engine.tokenizer.decode(context[1:]))  # as read: normalized
 
     def _encode_ids(self, ids: list[int]) -> Prompt:
-        vocab = self.engine.model.config.vocab_size
+        vocab = self.engine.vocab
         if not ids or any(t < 0 or t >= vocab for t in ids):
             raise APIError(400, f"prompt: token ids must be in [0, {vocab}) and not empty", param="prompt",
                            code="invalid_value")

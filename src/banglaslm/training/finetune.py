@@ -26,6 +26,7 @@ from ..config import (
     validate,
 )
 from ..data.conversations import ConversationData
+from ..data.instructions import instruction_files
 from ..errors import UserError, bad_param
 from ..model import GPT
 from ..runfolder import RunFolder
@@ -129,11 +130,11 @@ def finetune_config(source: RunConfig, file: str | Path | None = None, overrides
     return config
 
 
-def finetune(source: str | Path, data: list[str], run_dir: str | Path, config: RunConfig | None = None,
+def finetune(source: str | Path, data: list[str] | None, run_dir: str | Path, config: RunConfig | None = None,
              resume: bool = False, max_iters: int | None = None, progress: bool | None = None,
              say=print) -> TrainResult:
     """Fine-tune the model of the run folder `source` on the conversations in `data` (files,
-    folders, globs, hf:NAME) into `run_dir`.
+    folders, globs, hf:NAME; None: the embedded instruction set) into `run_dir`.
 
     `config` defaults to `finetune_config(source's config)`; with `resume`, the run's saved
     config is used (and the changes a resume may make). train.max_iters comes from
@@ -142,8 +143,10 @@ def finetune(source: str | Path, data: list[str], run_dir: str | Path, config: R
     """
     warm_start = WarmStart(source)
     run = RunFolder(run_dir)
+    data = [str(p) for p in instruction_files()] if data is None else data
     if config is None and not (resume and run.config_path.is_file()):  # a resume keeps the run's own config
-        config = finetune_config(warm_start.source_config)
+        given = {"train.max_iters": max_iters} if max_iters is not None else None  # and a warm-up that fits, as the CLI
+        config = finetune_config(warm_start.source_config, overrides=given)
     config = settle_config(run, config, resume, max_iters, warm_start, command="finetune")
     config.finetune.epochs = 0.0 if max_iters is not None else config.finetune.epochs
     fc = config.finetune

@@ -10,6 +10,7 @@ run is bit-identical to one that never stopped. More in docs/training.md.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import math
 import os
@@ -580,6 +581,7 @@ def in_run_folder(run: RunFolder, resume: bool, start: Callable[[], Trainer]) ->
 
 
 def _start_and_train(run: RunFolder, start: Callable[[], Trainer]) -> TrainResult:
+    threads = torch.get_num_threads()  # train.threads is this run's, not the rest of a notebook's
     try:
         return start().train()
     except DamagedCheckpoint as exc:
@@ -587,6 +589,7 @@ def _start_and_train(run: RunFolder, start: Callable[[], Trainer]) -> TrainResul
             raise
         raise exc.advising(run.resume_advice(exc.path)) from None
     finally:
+        torch.set_num_threads(threads)
         distributed.teardown()
 
 
@@ -597,6 +600,7 @@ def settle_config(run: RunFolder, config: RunConfig | None, resume: bool, max_it
     the defaults; then `max_iters`; checked, and on resume checked against the checkpoint.
     `command` (train or finetune) must be the one whose run the folder holds, if any."""
     _check_run_kind(run, command)
+    config = copy.deepcopy(config)  # the caller's object stays as given: a notebook reuses it for the next run
     if resume and run.config_path.is_file():
         config = _resume_config(run.load_config(), config)
         if run.checkpoint("latest").is_file():  # before a model of that config is built

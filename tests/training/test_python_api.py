@@ -1,0 +1,47 @@
+"""The Python API as a notebook uses it: cells run again with the same objects, paths given as a
+string or a Path, the defaults the CLI has."""
+
+import os
+
+import pytest
+import torch
+from conftest import TINY_SETTINGS
+
+from banglaslm.config import build_config
+from banglaslm.data.prepare import prepare
+from banglaslm.errors import UserError
+from banglaslm.training.finetune import finetune
+from banglaslm.training.trainer import train
+
+
+def test_train_leaves_the_config_it_was_given_as_it_was(data_dir, tmp_path):
+    """train() wrote the data's vocabulary and max_iters into the caller's config: the next cell's
+    run on other data then had the wrong vocabulary."""
+    config = build_config(overrides={**TINY_SETTINGS, "train.max_iters": 6, "train.warmup_iters": 1,
+                                     "train.eval_interval": 3, "train.threads": 1})
+    before = config.to_dict()
+    threads = torch.get_num_threads()
+    result = train(data_dir, tmp_path / "run", config, max_iters=4, progress=False)
+    assert result.iterations == 4
+    assert config.to_dict() == before and config.model.vocab_size == 0
+    assert torch.get_num_threads() == threads  # train.threads was that run's
+
+
+def test_one_path_is_one_input_and_paths_may_be_path_objects(small_books, tmp_path):
+    """A string where a list goes was read letter by letter: "/" first, and the whole disk walked."""
+    folder = small_books[0].parent
+    as_string = prepare(str(folder), tmp_path / "a", vocab_size=300)
+    as_path = prepare([folder], tmp_path / "b", vocab_size=300)
+    assert as_string.meta["splits"]["train"]["digest"] == as_path.meta["splits"]["train"]["digest"]
+    with pytest.raises(UserError, match="list of paths"):
+        prepare([folder, 3], tmp_path / "c", vocab_size=300)
+    assert not (tmp_path / "c").exists()
+
+
+def test_finetune_in_python_has_the_cli_defaults(trained_run, tmp_path):
+    """finetune(data=None) crashed where the CLI takes the embedded instruction set, and a short
+    max_iters was refused for the warm-up the CLI shortens to fit."""
+    result = finetune(trained_run, None, tmp_path / "chat", max_iters=4, progress=False, say=lambda *_: None)
+    assert result.iterations == 4
+    assert "everyday" in (tmp_path / "chat" / "data_meta.json").read_text(encoding="utf-8")
+    assert os.path.isdir(tmp_path / "chat")
