@@ -152,7 +152,8 @@ class TrainConfig:
 class FinetuneConfig:
     """Settings of `banglaslm finetune` (a pretraining run keeps the defaults and ignores them)."""
     loss_on: Literal["assistant", "all"] = option(
-        "assistant", "'assistant': loss on the answers and their end token only; 'all': on every token (an ablation)")
+        "assistant", "'assistant': loss on the answers and their end token only; 'all': on every token (an ablation; "
+                     "the validation loss stays on the answers)")
     epochs: float = option(3.0, "passes over the training conversations; sets train.max_iters (0 = use "
                                 "train.max_iters; giving it, or --max-iters, does the same)")
     val_fraction: float = option(0.1, "share of the conversations held out for validation (at least one)")

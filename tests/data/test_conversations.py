@@ -316,3 +316,13 @@ def test_a_tokenizer_that_cannot_write_the_conversations_is_refused(tmp_path):
                for i in range(4)]
     with pytest.raises(UserError, match="cannot represent these conversations: .*unknown tokens"):
         ConversationData([str(write_jsonl(tmp_path / "bn.jsonl", bn_rows))], bangla_labels, block_size=64)
+
+
+def test_the_val_loss_is_over_the_answers_whatever_the_training_loss_is_on(tokenizer):
+    """With loss_on=all the validation split was scored on every token too, so the ablation's
+    validation loss (BENCHMARKS.md) could not be compared with the answers-only run's."""
+    files = [str(f) for f in instruction_files()]
+    answers = ConversationData(files, tokenizer, 64)
+    every = ConversationData(files, tokenizer, 64, loss_on="all")
+    assert every.meta["splits"]["val"] == answers.meta["splits"]["val"]
+    assert every.meta["splits"]["train"]["trained"] > 1.5 * answers.meta["splits"]["train"]["trained"]

@@ -282,7 +282,8 @@ class ConversationData:
         splits, coverage = {}, Coverage()
         _check_labels(tokenizer)
         for split, convs in split_conversations(read_conversations(inputs), val_fraction, seed).items():
-            rows, targets, stats = pack((encode(tokenizer, c, loss_on, coverage) for c in convs), block_size,
+            scored = loss_on if split == "train" else "assistant"  # the val loss is the answers', whatever is trained
+            rows, targets, stats = pack((encode(tokenizer, c, scored, coverage) for c in convs), block_size,
                                         tokenizer.eod_id)
             self.rows[split], self.stats[split] = (rows, targets), stats
             digest = hashlib.sha256(rows.tobytes() + targets.tobytes()).hexdigest()
