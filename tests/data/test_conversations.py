@@ -60,6 +60,25 @@ def test_the_three_shapes_give_the_same_messages():
                            "r") == want
 
 
+def test_a_system_field_beside_the_turns_and_an_alpaca_history_are_kept():
+    """ShareGPT and Alpaca files give the system prompt as a field of the row, and Alpaca the
+    earlier turns as "history": both were dropped without a word."""
+    want = [{"role": "user", "content": "প্রশ্ন"}, {"role": "assistant", "content": "উত্তর"}]
+    system = {"role": "system", "content": "তুমি কবি।"}
+    sharegpt = {"system": "তুমি কবি।", "conversations": [{"from": "human", "value": "প্রশ্ন"}, {"from": "gpt", "value": "উত্তর"}]}
+    assert as_conversation(sharegpt, "r") == [system, *want]
+    assert as_conversation({"system": "তুমি কবি।", "messages": want}, "r") == [system, *want]
+    alpaca = {"system": "তুমি কবি।", "instruction": "প্রশ্ন", "input": "", "output": "উত্তর",
+              "history": [["আগের প্রশ্ন", "আগের উত্তর"]]}
+    assert as_conversation(alpaca, "r") == [system, {"role": "user", "content": "আগের প্রশ্ন"},
+                                            {"role": "assistant", "content": "আগের উত্তর"}, *want]
+    assert as_conversation({"system": "", "messages": want}, "r") == want  # an empty one says nothing
+    with pytest.raises(UserError, match="two system prompts"):
+        as_conversation({"system": "ক", "messages": [{"role": "system", "content": "খ"}, *want]}, "r")
+    with pytest.raises(UserError, match="history"):
+        as_conversation({**alpaca, "history": ["আগের প্রশ্ন"]}, "r")
+
+
 @pytest.mark.parametrize("row, problem", [
     ({"messages": []}, "has no messages"),
     ({"messages": "হ্যালো"}, "has no messages"),

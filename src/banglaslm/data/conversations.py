@@ -59,7 +59,8 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
         extra = row.get("input") or ""
         user = f"{_text(row['instruction'], where, 'instruction')}\n\n{_text(extra, where, 'input')}" if extra \
             else _text(row["instruction"], where, "instruction")
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+        messages = _alpaca_history(row.get("history"), where) + \
+            [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
     elif "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
         messages = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + \
@@ -67,7 +68,28 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
     else:
         raise UserError(f"{where} is not a conversation: it has none of {SHAPES} (it has: "
                         f"{', '.join(map(str, row)) or 'nothing'})")
-    return _checked(messages, where)
+    return _checked(_with_system(messages, row.get("system"), where), where)
+
+
+def _with_system(messages: Any, system: Any, where: str) -> Any:
+    """`messages` after the row's own "system" field (ShareGPT and Alpaca files put the system
+    prompt there, beside the turns; it was dropped without a word)."""
+    if system is None or (isinstance(system, str) and not system.strip()) or not isinstance(messages, list):
+        return messages
+    if messages and isinstance(messages[0], dict) and messages[0].get("role", messages[0].get("from")) in ("system", "developer"):
+        raise UserError(f"{where} has two system prompts, its \"system\" field and its first message; keep one")
+    return [{"role": "system", "content": system}, *messages]
+
+
+def _alpaca_history(history: Any, where: str) -> list[dict[str, Any]]:
+    """The earlier turns of an Alpaca row's "history", [[question, answer], ...], as messages."""
+    if history is None:
+        return []
+    if not isinstance(history, list) or not all(isinstance(t, list) and len(t) == 2 for t in history):
+        raise UserError(f"{where}: \"history\" must be a list of [question, answer] pairs, "
+                        f"got {json.dumps(history, ensure_ascii=False)[:60]}")
+    return [message for question, answer in history
+            for message in ({"role": "user", "content": question}, {"role": "assistant", "content": answer})]
 
 
 def _present(fields: dict[str, Any]) -> dict[str, Any]:
