@@ -366,6 +366,18 @@ _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", 
              "bool | None": "true, false or auto"}
 
 
+def _check_kind(key: str, f: dataclasses.Field, value: Any) -> None:
+    """UserError for a value of the wrong kind in a config built in Python (the CLI and files
+    coerce theirs): a choice not offered, text or a float where an integer goes, text for a
+    number. (Unchecked, `lr_schedule="linear"` trained, then the run's own config.json read
+    as damaged; `n_layer="1"` failed deep in the trainer.)"""
+    _coerce(key, f, value)  # a choice not offered, or a value that reads as nothing of the type
+    type_name = (f.type if isinstance(f.type, str) else f.type.__name__).removesuffix(" | None")
+    kinds = {"int": (int,), "float": (int, float), "bool": (bool,)}.get(type_name)
+    if value is not None and kinds and (not isinstance(value, kinds) or (type_name != "bool" and isinstance(value, bool))):
+        raise UserError(f"bad value {value!r} for {key}: expected {_EXPECTED[type_name]}, not {type(value).__name__}")
+
+
 def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     """Turn a CLI string or file value into the field's type, or say what was expected."""
     hint = typing.get_type_hints(SECTIONS[key.split(".")[0]])[f.name]
@@ -472,6 +484,7 @@ def validate(cfg: RunConfig) -> None:
     m, t = cfg.model, cfg.train
     for key, f in config_fields().items():
         value = getattr(getattr(cfg, key.split(".")[0]), f.name)
+        _check_kind(key, f, value)
         if isinstance(value, float):
             _check(key, value, math.isfinite(value), "a finite number")
     positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.rope_theta",

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from banglaslm.config import PRESETS, RunConfig, build_config, parse_set_args
+from banglaslm.config import PRESETS, RunConfig, build_config, parse_set_args, validate
 from banglaslm.errors import UserError
 
 
@@ -98,3 +98,27 @@ def test_the_help_says_auto_for_a_default_left_to_other_settings():
 
     line = next(x for x in describe_fields().splitlines() if x.split()[0] == "model.tie_embeddings")
     assert line.split()[1] == "auto"
+
+
+@pytest.mark.parametrize("section, field, value, expected", [
+    ("train", "lr_schedule", "linear", "expected one of cosine, wsd"),
+    ("model", "arch", "llama", "expected one of gpt, modern"),
+    ("train", "precision", "fp64", "expected one of"),
+    ("model", "n_layer", "1", "expected an integer, not str"),
+    ("train", "batch_size", 4.0, "expected an integer, not float"),
+    ("train", "learning_rate", "3e-4", "expected a number, not str"),
+    ("train", "max_iters", True, "expected an integer"),
+])
+def test_a_config_built_in_python_is_checked_like_one_from_the_cli(section, field, value, expected):
+    """validate() took any value in a dataclass built in Python: lr_schedule="linear" trained and
+    then the run's own config.json read as damaged; n_layer="1" failed deep in the trainer."""
+    config = build_config()
+    setattr(getattr(config, section), field, value)
+    with pytest.raises(UserError, match=expected):
+        validate(config)
+
+
+def test_python_numbers_of_the_natural_kind_pass():
+    config = build_config()
+    config.model.dropout, config.train.learning_rate, config.model.tie_embeddings = 0, 1, None  # int for a float
+    validate(config)
