@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import json
 import math
+import numbers
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -211,10 +212,27 @@ class SamplingParams:
     def __post_init__(self):
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        self.stop = list(self.stop or [])
+        elif isinstance(self.stop, (list, tuple)) or self.stop is None:
+            self.stop = list(self.stop or [])  # anything else: validate() names it
+
+    def _check_kinds(self) -> None:
+        """Settings given in Python are of their kind: a float top_k or a text temperature failed
+        deep in torch, and a stop string assigned after construction was read letter by letter."""
+        optional = {"top_k", "top_p", "min_p", "seed", "logprobs"}
+        for name in ("max_new_tokens", "top_k", "seed", "n", "logprobs"):
+            value = getattr(self, name)
+            if not (value is None and name in optional) and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise bad_param(name, f"must be an integer, got {value!r}")
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (value is None and name in optional) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise bad_param(name, f"must be a number, got {value!r}")
+        if not isinstance(self.stop, (list, tuple)):
+            raise bad_param("stop", f"must be a list of strings, e.g. [\"।\"], got {self.stop!r}")
 
     def validate(self) -> None:
-        """UserError naming the first setting out of range (its `param`)."""
+        """UserError naming the first setting out of range or of the wrong kind (its `param`)."""
+        self._check_kinds()
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):

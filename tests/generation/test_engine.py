@@ -4,7 +4,7 @@ from conftest import require_literature
 
 from banglaslm.config import SamplingParams, build_config
 from banglaslm.errors import UserError
-from banglaslm.generation.engine import Engine
+from banglaslm.generation.engine import Engine, generate
 from banglaslm.generation.sampling import adjust_logits, filter_logits
 from banglaslm.model import GPT
 from banglaslm.runfolder import load_model
@@ -292,6 +292,13 @@ def test_finish_reasons_and_eval_mode(loaded, monkeypatch):
     ({"max_new_tokens": 0}, r"max_new_tokens must be in \[1, "),
     ({"n": 0}, "n .*must be at least 1"),
     ({"stop": [""]}, "stop strings must be non-empty"),
+    # the kinds a Python caller can get wrong (they failed deep in torch)
+    ({"top_k": 50.0}, "top_k must be an integer, got 50.0"),
+    ({"seed": 1.0}, "seed must be an integer"),
+    ({"temperature": "0.8"}, "temperature must be a number, got '0.8'"),
+    ({"temperature": None}, "temperature must be a number, got None"),
+    ({"max_new_tokens": "5"}, "max_new_tokens must be an integer"),
+    ({"stop": 5}, "stop must be a list of strings"),
 ])
 def test_bad_params(kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -305,6 +312,15 @@ def test_empty_prompt_and_stream_n(loaded):
         engine.generate(["  \u200b "], SamplingParams())
     with pytest.raises(UserError, match="set n=1"):
         list(engine.stream("আমি", SamplingParams(n=2)))
+    with pytest.raises(UserError, match="returns one continuation"):
+        generate(loaded, "আমি", SamplingParams(n=2))
+
+
+def test_a_stop_string_assigned_after_construction_is_not_read_letter_by_letter():
+    params = SamplingParams()
+    params.stop = "সরে"
+    with pytest.raises(UserError, match="stop must be a list"):
+        params.validate()
 
 
 @pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])

@@ -352,6 +352,11 @@ class Generation:
 
 
 def generate(loaded: LoadedModel, prompt: str, params: SamplingParams | None = None) -> Generation:
-    """One continuation of `prompt` by a loaded model: the simplest front of the engine."""
-    [[completion]] = Engine(loaded.model, loaded.tokenizer).generate([prompt], params or SamplingParams())
+    """One continuation of `prompt` by a loaded model: the simplest front of the engine (several
+    samples, n > 1, and their logprobs come from `Engine.generate`)."""
+    params = params or SamplingParams()
+    if params.n != 1:
+        raise bad_param("n", f"generate() returns one continuation; for {params.n} samples per prompt use "
+                             "Engine(loaded.model, loaded.tokenizer).generate([prompt], params)")
+    [[completion]] = Engine(loaded.model, loaded.tokenizer).generate([prompt], params)
     return Generation(prompt=prompt, text=completion.text, tokens=len(completion.token_ids))
