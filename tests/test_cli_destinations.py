@@ -187,12 +187,12 @@ def test_overwrite_replaces_only_an_earlier_export(trained_run, tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes", encoding="utf-8")
     code, err = run_cli(["export", trained_run, "--format", "hf", "--out", mine, "--overwrite"])
-    one_line_error(code, err, "not a banglaslm export folder")
+    one_line_error(code, err, "not a banglaslm HF export folder")
     assert (mine / "notes.txt").read_text(encoding="utf-8") == "my notes"
     code, _ = run_cli(["export", trained_run, "--format", "hf", "--out", tmp_path / "hf"])
     assert code == 0
     code, err = run_cli(["export", trained_run, "--format", "hf", "--out", tmp_path / "hf"])
-    one_line_error(code, err, "is an earlier export folder; choose another export folder, or add --overwrite")
+    one_line_error(code, err, "is an earlier HF export folder; choose another HF export folder, or add --overwrite")
     code, err = run_cli(["export", trained_run, "--format", "hf", "--out", tmp_path / "hf", "--overwrite"])
     assert code == 0, err  # an earlier export is replaced
     text = tmp_path / "notes.gguf"

@@ -237,6 +237,8 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str | Path) -> "Tokenizer":
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"{path} is a folder; give the tokenizer file in it, e.g. {path / 'tokenizer.json'}")
         if not path.is_file():
             raise UserError(f"tokenizer file not found: {path}")
         try:

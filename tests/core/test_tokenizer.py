@@ -4,6 +4,7 @@ import re
 import pytest
 from conftest import require_literature
 
+from banglaslm.errors import UserError
 from banglaslm.text import normalize
 from banglaslm.tokenizer import EOD, Tokenizer
 
@@ -136,3 +137,11 @@ def test_bad_tokenizer_files(tmp_path):
         Tokenizer.from_file(bad)
     with pytest.raises(UserError, match="not found"):
         Tokenizer.from_file(tmp_path / "missing.json")
+
+
+def test_a_folder_given_as_the_tokenizer_file_is_named_as_one(tmp_path):
+    """A run folder holds tokenizer.json: "tokenizer file not found: runs/mine" said the folder
+    did not exist."""
+    (tmp_path / "tokenizer.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(UserError, match="is a folder; give the tokenizer file in it, e.g. .*tokenizer.json"):
+        Tokenizer.from_file(tmp_path)

@@ -361,10 +361,10 @@ def test_failed_export_leaves_nothing(trained_run, tmp_path, monkeypatch):
 def test_export_will_not_overwrite_a_folder(trained_run, tmp_path):
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="not a banglaslm export folder .*; choose another export folder$"):
+    with pytest.raises(UserError, match="not a banglaslm HF export folder .*; choose another HF export folder$"):
         export_hf(trained_run, tmp_path / "hf")
     assert (tmp_path / "hf" / "keep.txt").read_text() == "mine"
-    with pytest.raises(UserError, match="not a banglaslm export folder"):  # overwrite replaces only an export
+    with pytest.raises(UserError, match="not a banglaslm HF export folder"):  # overwrite replaces only an export
         export_hf(trained_run, tmp_path / "hf", overwrite=True)
     assert (tmp_path / "hf" / "keep.txt").read_text() == "mine"
     export_hf(trained_run, tmp_path / "hf2")

@@ -94,7 +94,7 @@ def test_adapter_of_a_run_fine_tuned_from_a_hugging_face_folder_goes_back_on_it(
     code, err = run_cli(["export", run, "--format", "peft", "--out", run / "adapter", "--overwrite"])
     one_line_error(code, err, "is inside the run folder")  # the run's own adapter (our names) is not replaced
     again = ["export", run, "--format", "peft", "--out", tmp_path / "adapter"]
-    one_line_error(*run_cli(again), "is an earlier export folder; choose another export folder, or add --overwrite")
+    one_line_error(*run_cli(again), "is an earlier PEFT adapter folder; choose another PEFT adapter folder, or add --overwrite")
     assert run_cli([*again, "--overwrite"])[0] == 0
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(hf.resolve())

@@ -193,7 +193,7 @@ def export_hf(
                   # cannot (GPT-2's position table ends there; Llama's positions beyond were never trained)
                   "max_length": cfg.block_size}
     files = _tokenizer_files(tok, cfg.block_size)
-    with staged_folder(out_dir, "export folder", replaceable=_is_export, overwrite=overwrite) as tmp:
+    with staged_folder(out_dir, "HF export folder", replaceable=_is_export, overwrite=overwrite) as tmp:
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "generation_config.json", generation)
         write_safetensors(tmp / HF_WEIGHTS, tensors, {"format": "pt"})

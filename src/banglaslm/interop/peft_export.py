@@ -131,7 +131,7 @@ def export_peft(
     tensors = peft_tensors(adapter, config.model)
     problem = _source_problem(ckpt.state.get("init_from") or {})
     peft_config = adapter_config(ckpt, config.model, config.finetune, tensors, base_holds=not problem)
-    with staged_folder(out_dir, "export folder", replaceable=_is_peft_export, overwrite=overwrite) as tmp:
+    with staged_folder(out_dir, "PEFT adapter folder", replaceable=_is_peft_export, overwrite=overwrite) as tmp:
         peft_config.save_pretrained(str(tmp))  # adapter_config.json
         write_safetensors(tmp / ADAPTER_WEIGHTS, tensors, {"format": "pt"})
     return Path(out_dir), base_advice(ckpt, problem)
