@@ -14,6 +14,7 @@ import codecs
 import hashlib
 import itertools
 import json
+import operator
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -394,6 +395,7 @@ class Tokenizer:
         """The UTF-8 bytes one token stands for (b'' for special tokens; a foreign tokenizer's
         unknown piece: UNK_SURFACE); `first`: at the start of a text, where SentencePiece's
         decoding drops a piece's leading "▁"."""
+        token_id = self._checked_id(token_id)
         if token_id == self._shown_unk:
             return UNK_SURFACE.encode("utf-8")
         if token_id in self.special_ids:
@@ -414,8 +416,10 @@ class Tokenizer:
         the ids follow earlier text (a generated continuation, one token of many), so a
         SentencePiece piece's leading "▁" is the space it is inside a longer text, where a
         decoding of its own drops it ("আমি ভাত" + "খাই" instead of " খাই").
+        Raises UserError for an id that is not a whole number in 0..vocab_size-1 (a negative
+        one would otherwise read a token from the end of the vocabulary).
         """
-        ids = [i for i in ids if i not in self.special_ids or i == self._shown_unk]
+        ids = [i for i in map(self._checked_id, ids) if i not in self.special_ids or i == self._shown_unk]
         if self.byte_level:
             return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="ignore")
         out: list[str] = []
@@ -426,6 +430,17 @@ class Tokenizer:
             else:
                 out.append(self._decode_run(run, continuing or bool(out)))
         return "".join(out)
+
+    def _checked_id(self, token_id) -> int:
+        try:
+            token_id = operator.index(token_id)
+        except TypeError:
+            raise bad_param("ids", f"must be whole token ids, got {token_id!r}: convert with int() "
+                                   "(a tensor: .tolist())") from None
+        if not 0 <= token_id < len(self._id_to_token):
+            raise bad_param("ids", f"must be in 0..{len(self._id_to_token) - 1} (this tokenizer's "
+                                   f"vocabulary), got {token_id}: were they made with another tokenizer?")
+        return token_id
 
     def incomplete_tail(self, ids: list[int]) -> int:
         """How many of the last `ids` are byte pieces (SentencePiece's byte fallback, "<0xE6>")

@@ -102,6 +102,18 @@ def test_decode_drops_incomplete_utf8_instead_of_replacement_char(bpe):
     assert "\ufffd" not in text and text == "বাংলা"
 
 
+def test_decode_refuses_ids_outside_the_vocabulary():
+    # -1 once decoded as the vocabulary's last token, and a float as a TypeError from a list index.
+    tok = Tokenizer.build_char("আমি ভাত খাই।")
+    assert tok.decode([tok.encode("আ")[0], *tok.encode("মি")]) == "আমি"
+    for bad, fragment in ((-1, "got -1"), (tok.vocab_size, f"got {tok.vocab_size}"), (1.0, "got 1.0")):
+        with pytest.raises(UserError, match="^ids must be") as caught:
+            tok.decode([bad])
+        assert fragment in str(caught.value)
+        with pytest.raises(UserError, match="^ids must be"):
+            tok.token_bytes(bad)
+
+
 def test_char_tokenizer_round_trip_and_save_load(tmp_path):
     text = "First Citizen:\nBefore we proceed any further, hear me speak."
     tok = Tokenizer.build_char(text)
