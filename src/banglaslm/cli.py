@@ -154,7 +154,7 @@ def _add_train(sub) -> None:
                         "window's folder drawn by WEIGHT (default: in proportion to their training tokens)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, plot)")
     p.add_argument("--preset", default=None, help=f"named config: {', '.join(PRESETS)}")
-    p.add_argument("--config", default=None, help="JSON or TOML file with [model] / [train] keys")
+    p.add_argument("--config", default=None, help="JSON or TOML file with [model] / [train] keys (a run's config.json: its settings)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--max-iters", type=int, default=None, help="shortcut for --set train.max_iters=N")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -179,7 +179,7 @@ def _add_finetune(sub) -> None:
                    help=".jsonl/.json/.csv/.tsv/.parquet files (.gz/.bz2/.xz/.zst too), folders, globs or hf:NAME with "
                         f"rows of {SHAPES} (default: the embedded Bangla instruction set)")
     p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument("--config", default=None, help="JSON or TOML file with [model] / [train] / [finetune] keys")
+    p.add_argument("--config", default=None, help="JSON or TOML file with [model] / [train] / [finetune] keys (a run's config.json: its settings)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--max-iters", type=int, default=None,
                    help="shortcut for --set train.max_iters=N (instead of finetune.epochs)")

@@ -448,6 +448,12 @@ def parse_set_args(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+# A run folder's config.json: this header, then the sections. It is a config file too (a new
+# run with another run's settings: --config runs/a/config.json).
+RUN_FORMAT = "banglaslm-run"
+RUN_FORMAT_VERSION = 1
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     kind = path.suffix.lower().lstrip(".")
@@ -464,6 +470,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid {kind.upper()}: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a table with 'model' and/or 'train'")
+    if data.get("format") == RUN_FORMAT:  # a run's saved config: its header is not a setting
+        data = {k: v for k, v in data.items() if k not in ("format", "version")}
     return _flatten(data, str(path))
 
 

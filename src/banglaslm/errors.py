@@ -25,3 +25,9 @@ class UserError(Exception):
 def bad_param(param: str, problem: str) -> UserError:
     """`UserError(f"{param} {problem}", param)`, e.g. bad_param("top_k", "must be at least 1, got 0")."""
     return UserError(f"{param} {problem}", param=param)
+
+
+def wrong_kind(param: str, value: object, wanted: str, fix: str = "") -> UserError:
+    """The UserError for a Python argument of the wrong kind, naming what came and how to make
+    the right one, e.g. wrong_kind("loaded", "runs/x", "a loaded model", "load_model('runs/x')")."""
+    return bad_param(param, f"must be {wanted}, got {type(value).__name__} {value!r:.60}" + (f": {fix}" if fix else ""))

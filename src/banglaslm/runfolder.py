@@ -12,6 +12,7 @@ Later stages (eval, generate, export, serve) need nothing outside this folder.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 from dataclasses import asdict, dataclass
@@ -21,15 +22,12 @@ from typing import Annotated
 import torch
 
 from .checkpoint import load_checkpoint, read_state, tensor_shapes
-from .config import Opt, RunConfig, validate
-from .errors import UserError, bad_param
+from .config import RUN_FORMAT, RUN_FORMAT_VERSION, Opt, RunConfig, validate
+from .errors import UserError, bad_param, wrong_kind
 from .fileio import atomic_write_json, check_destination, read_json_or_fail
 from .model import GPT, tied_keys
 from .quantize import Quantize, check_quantize, quantize_model
 from .tokenizer import Tokenizer
-
-RUN_FORMAT = "banglaslm-run"
-RUN_FORMAT_VERSION = 1
 
 
 class RunFolder:
@@ -149,6 +147,16 @@ class LoadedModel:
     config: RunConfig
     iteration: int
     checkpoint: Path
+
+
+def check_loaded(loaded: object) -> LoadedModel:
+    """`loaded`, if it is a LoadedModel; else the UserError that says how to make one (a run
+    folder's path given in its place is the usual slip)."""
+    if isinstance(loaded, LoadedModel):
+        return loaded
+    fix = f"load it first: loaded = load_model({os.fspath(loaded)!r})" if isinstance(loaded, (str, os.PathLike)) \
+        else "load_model(RUN_DIR) returns one"
+    raise wrong_kind("loaded", loaded, "a loaded model", fix)
 
 
 CHECKPOINTS = ("best", "latest")

@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
-from .errors import UserError
+from .errors import UserError, wrong_kind
 
 NORMALIZATION = "bn-1"
 
@@ -116,7 +116,11 @@ def _translation() -> dict[int, str | None]:
 
 def check_text(text: str, what: str) -> str:
     """`text`, if it can be written as UTF-8; else a UserError naming `what`. A lone surrogate
-    (JSON's "\\ud800", or a byte that was not UTF-8 in a command-line argument) cannot."""
+    (JSON's "\\ud800", or a byte that was not UTF-8 in a command-line argument) cannot.
+    Text given as bytes, a list or None (from Python) is a UserError too."""
+    if not isinstance(text, str):
+        fix = "decode it first, e.g. data.decode(\"utf-8\")" if isinstance(text, (bytes, bytearray)) else ""
+        raise wrong_kind(what, text, "text (str)", fix)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

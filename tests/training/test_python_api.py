@@ -45,3 +45,38 @@ def test_finetune_in_python_has_the_cli_defaults(trained_run, tmp_path):
     assert result.iterations == 4
     assert "everyday" in (tmp_path / "chat" / "data_meta.json").read_text(encoding="utf-8")
     assert os.path.isdir(tmp_path / "chat")
+
+
+def test_a_runs_config_json_is_a_config_file(trained_run):
+    """A run's own config.json, the obvious file to start another run like it, was refused for its
+    header ("'format' must be a table of keys")."""
+    from banglaslm.runfolder import RunFolder
+    assert build_config(file=trained_run / "config.json").to_dict() == RunFolder(trained_run).load_config().to_dict()
+
+
+def test_arguments_of_the_wrong_kind_are_named_with_the_fix(trained_run, data_dir, tmp_path):
+    """A run folder's path where a loaded model goes, a list of prompts, a dict of settings or
+    a Path to evaluate_text each failed as an AttributeError deep inside."""
+    from banglaslm.config import SamplingParams
+    from banglaslm.evaluation.perplexity import evaluate_file, evaluate_text
+    from banglaslm.generation.engine import Engine, generate
+    from banglaslm.runfolder import load_model
+
+    loaded = load_model(trained_run)
+    cases = [
+        (lambda: generate(str(trained_run), "আমি"), f"^loaded must be a loaded model, got str .*load_model\\('{trained_run}'\\)"),
+        (lambda: evaluate_file(trained_run, "x.txt"), "^loaded must be a loaded model, got PosixPath"),
+        (lambda: evaluate_text(loaded, tmp_path / "a.txt"), "^text must be a str, got PosixPath.*use evaluate_file"),
+        (lambda: evaluate_file(loaded, None), "^path must be a file's path"),
+        (lambda: generate(loaded, ["আমি", "তুমি"]), r"^prompt must be one text.*Engine\(loaded.model"),
+        (lambda: generate(loaded, "আমি".encode()), r"^prompt must be text \(str\), got bytes.*decode"),
+        (lambda: generate(loaded, None), r"^prompt must be text \(str\), got NoneType"),
+        (lambda: generate(loaded, "আমি", {"temperature": 0.5}), r"^params must be SamplingParams.*SamplingParams\(\*\*"),
+        (lambda: Engine(loaded.model, loaded.tokenizer).generate("আমি", SamplingParams()), r"^prompts must be a list.*\[prompt\]"),
+        (lambda: train(data_dir, tmp_path / "r1", {"train": {"max_iters": 2}}), r"^config must be a RunConfig.*overrides="),
+        (lambda: train(data_dir, tmp_path / "r2", "tiny"), r"^config must be a RunConfig.*build_config\('tiny'\)"),
+    ]
+    for call, message in cases:
+        with pytest.raises(UserError, match=message):
+            call()
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()

@@ -13,6 +13,7 @@ compare runs with different tokenizers. Both count the *normalized* text.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
@@ -23,8 +24,8 @@ from tqdm import tqdm
 
 from ..config import Opt, show_progress
 from ..data.sources import read_whole_text
-from ..errors import UserError, bad_param
-from ..runfolder import LoadedModel
+from ..errors import UserError, bad_param, wrong_kind
+from ..runfolder import LoadedModel, check_loaded
 from ..text import normalize
 from ..tokenizer import MAX_UNKNOWN_SHARE, Coverage
 
@@ -117,6 +118,17 @@ def token_logprobs(model, ids: list[int], top: int = 0, stride: int | None = Non
 
 
 def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: int | None = None) -> EvalResult:
+    """How well `loaded` predicts `text` (normalized as training text is), scored in windows of
+    the block size that step by `stride` tokens (default: half the block), so that every token
+    but the first few sees at least half a block of context. Loss and perplexity are per token
+    (natural log); bits per byte / per character divide the same total by the UTF-8 bytes /
+    characters of the normalized text, which makes models with different tokenizers comparable.
+    UserError for empty text, a stride outside 1..block size, or an argument of the wrong kind
+    (a path belongs to `evaluate_file`)."""
+    loaded = check_loaded(loaded)
+    if not isinstance(text, str):
+        fix = f"to score a file use evaluate_file(loaded, {str(text)!r})" if isinstance(text, Path) else ""
+        raise wrong_kind("text", text, "a str", fix)
     text = normalize(text)
     if not text:
         raise UserError(f"{name} holds no text to evaluate")
@@ -152,4 +164,9 @@ def read_texts(paths: list[str | Path]) -> list[tuple[str, str]]:
 def evaluate_file(loaded: LoadedModel, path: str | Path,
                   stride: Annotated[int | None, Opt("sliding-window step in tokens (default: half the block)")] = None,
                   ) -> EvalResult:
+    """`evaluate_text` on the text of the file at `path` (UTF-8, any of the compressions and
+    encodings `prepare` reads); UserError naming the file when it is missing, not text, or empty."""
+    check_loaded(loaded)
+    if not isinstance(path, (str, os.PathLike)):
+        raise wrong_kind("path", path, "a file's path (str or Path)")
     return evaluate_text(loaded, read_whole_text(path), name=str(path), stride=stride)

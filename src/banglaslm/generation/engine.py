@@ -22,9 +22,9 @@ from functools import lru_cache
 import torch
 
 from ..config import SamplingParams
-from ..errors import UserError, bad_param
+from ..errors import UserError, bad_param, wrong_kind
 from ..model import GPT, KVCache
-from ..runfolder import LoadedModel
+from ..runfolder import LoadedModel, check_loaded
 from ..text import check_text, normalize, normalize_fragment
 from ..tokenizer import Tokenizer
 from .cpu_decode import CpuDecoder
@@ -112,7 +112,7 @@ class Engine:
     def checked(self, params: SamplingParams | None) -> SamplingParams:
         """`params` validated, with its stop strings normalized as the model's text is (a stop
         typed as letter + nukta must match the precomposed letter the model writes)."""
-        params = params or SamplingParams()
+        params = checked_kind(params)
         params.validate()
         vocab = self.vocab
         if any(token >= vocab for token in params.logit_bias or {}):
@@ -125,8 +125,8 @@ class Engine:
 
     def generate(self, prompts: list[str], params: SamplingParams | None = None) -> list[list[Completion]]:
         """`params.n` completions for each prompt, in prompt order."""
-        if isinstance(prompts, str):
-            raise TypeError("Engine.generate takes a list of prompts; use [prompt] for one")
+        if not isinstance(prompts, (list, tuple)):
+            raise wrong_kind("prompts", prompts, "a list of texts", "use [prompt] for one")
         params = self.checked(params)
         return self._generate([self.encode_prompt(p) for p in prompts], params)
 
@@ -351,10 +351,25 @@ class Generation:
         return asdict(self)
 
 
+def checked_kind(params: object) -> SamplingParams:
+    """`params`, or the defaults for None; UserError for anything but SamplingParams."""
+    if params is None:
+        return SamplingParams()
+    if not isinstance(params, SamplingParams):
+        fix = "write SamplingParams(**settings)" if isinstance(params, dict) else ""
+        raise wrong_kind("params", params, "SamplingParams", fix)
+    return params
+
+
 def generate(loaded: LoadedModel, prompt: str, params: SamplingParams | None = None) -> Generation:
     """One continuation of `prompt` by a loaded model: the simplest front of the engine (several
-    samples, n > 1, and their logprobs come from `Engine.generate`)."""
-    params = params or SamplingParams()
+    samples, n > 1, and their logprobs come from `Engine.generate`). UserError for a bad
+    argument: a path for `loaded`, a list of prompts, a dict of settings."""
+    loaded = check_loaded(loaded)
+    if isinstance(prompt, (list, tuple)):
+        raise wrong_kind("prompt", prompt, "one text (str)", "for several prompts use "
+                         "Engine(loaded.model, loaded.tokenizer).generate(prompts, params)")
+    params = checked_kind(params)
     if params.n != 1:
         raise bad_param("n", f"generate() returns one continuation; for {params.n} samples per prompt use "
                              "Engine(loaded.model, loaded.tokenizer).generate([prompt], params)")

@@ -28,12 +28,19 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from tqdm import tqdm
 
 from ..checkpoint import DamagedCheckpoint, read_state
-from ..config import RunConfig, build_config, resolved_model, show_progress, validate
+from ..config import (
+    PRESETS,
+    RunConfig,
+    build_config,
+    resolved_model,
+    show_progress,
+    validate,
+)
 from ..data.conversations import CONVERSATIONS_FORMAT
 from ..data.folder import DataFolder, chars_per_token, same_splits
 from ..data.loader import EVAL_STREAM, IGNORE, Prefetcher
 from ..data.mixture import open_data
-from ..errors import UserError, bad_param
+from ..errors import UserError, bad_param, wrong_kind
 from ..fileio import exclusive, read_json_or_fail
 from ..model import GPT
 from ..runfolder import RunFolder, check_fits_checkpoint, resolve_device
@@ -600,6 +607,13 @@ def settle_config(run: RunFolder, config: RunConfig | None, resume: bool, max_it
     the defaults; then `max_iters`; checked, and on resume checked against the checkpoint.
     `command` (train or finetune) must be the one whose run the folder holds, if any."""
     _check_run_kind(run, command)
+    if config is not None and not isinstance(config, RunConfig):
+        fix = ""
+        if isinstance(config, dict):
+            fix = "build one with build_config(overrides={\"train.max_iters\": 100, ...})"
+        elif isinstance(config, str) and config in PRESETS:
+            fix = f"build one with build_config({config!r})"
+        raise wrong_kind("config", config, "a RunConfig (build_config() makes one)", fix)
     config = copy.deepcopy(config)  # the caller's object stays as given: a notebook reuses it for the next run
     if resume and run.config_path.is_file():
         config = _resume_config(run.load_config(), config)
