@@ -122,4 +122,3 @@ def test_python_numbers_of_the_natural_kind_pass():
     config = build_config()
     config.model.dropout, config.train.learning_rate, config.model.tie_embeddings = 0, 1, None  # int for a float
     validate(config)
-

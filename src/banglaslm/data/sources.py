@@ -192,7 +192,8 @@ def _refuse_tool_folder(folder: Path) -> None:
     metadata and logs (JSON, JSONL) would become documents."""
     if is_data_folder(folder):
         raise UserError(f"{folder} is a data folder (token shards that prepare wrote), not text or conversations; "
-                        "give the text files it was prepared from, or pass it to train as --data")
+                        "give the text or conversation files themselves (not what prepare made of them), or pass it to "
+                        "train as --data")
     if (folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or any(folder.glob("*.safetensors"))):
         raise UserError(f"{folder} is a model folder (a run or a Hugging Face export), not text or conversations; "
                         "give text or conversation files")
