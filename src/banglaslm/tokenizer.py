@@ -16,6 +16,7 @@ import itertools
 import json
 import operator
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -220,7 +221,7 @@ class Tokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress,
         )
         pieces = (piece for text in texts for piece in _pieces(text, "bpe"))
-        hf.train_from_iterator(pieces, trainer=trainer, length=length)
+        _heeding_ctrl_c(lambda: hf.train_from_iterator(pieces, trainer=trainer, length=length))
         return cls(hf, "bpe")
 
     @classmethod
@@ -501,6 +502,26 @@ def _rename_pieces(model: dict, rename: Callable[[str], str]) -> None:
         model["vocab"] = {rename(p): i for p, i in vocab.items()}
     if model.get("unk_token") is not None:
         model["unk_token"] = rename(model["unk_token"])
+
+
+def _heeding_ctrl_c(work: Callable[[], None]) -> None:
+    """Run `work` in a thread while this one waits, so that Ctrl-C stops the caller at once: the
+    BPE merges run in Rust, deaf to signals, for minutes on a large corpus. An abandoned thread
+    ends with the process (in a notebook it finishes its merges in the background)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="bpe-training", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.25)  # a Ctrl-C is seen between waits, whichever thread the signal reached
+    if failure:
+        raise failure[0]
 
 
 def iter_chunks(items: Iterable[str], max_chars: int) -> Iterator[list[str]]:

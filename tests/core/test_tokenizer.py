@@ -157,3 +157,35 @@ def test_a_folder_given_as_the_tokenizer_file_is_named_as_one(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{}", encoding="utf-8")
     with pytest.raises(UserError, match="is a folder; give the tokenizer file in it, e.g. .*tokenizer.json"):
         Tokenizer.from_file(tmp_path)
+
+
+def test_ctrl_c_stops_bpe_training_without_waiting_for_the_merges(monkeypatch):
+    """The merges run in Rust, which hears no signal: a Ctrl-C waited for them to finish (minutes
+    on a large corpus). Here they are a wait that ends when the test releases it; Python code in
+    the main thread would hear the Ctrl-C, so the merges must run in another thread."""
+    import _thread
+    import signal
+    import threading
+
+    from tokenizers import Tokenizer as HFTokenizer
+
+    release, finished, threads = threading.Event(), threading.Event(), []
+
+    def merges(self, iterator, trainer=None, length=None):
+        threads.append(threading.current_thread())
+        release.wait(5)
+        finished.set()
+
+    monkeypatch.setattr(HFTokenizer, "train_from_iterator", merges)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # CI may start us with it ignored
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Tokenizer.train_bpe(["আমি ভাত খাই"], vocab_size=300)
+        assert threads[0] is not threading.main_thread() and not finished.is_set()  # stopped while they ran
+    finally:
+        release.set()
+        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(ValueError, match="boom"):  # an error in the merges still reaches the caller
+        monkeypatch.setattr(HFTokenizer, "train_from_iterator", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
+        Tokenizer.train_bpe(["আমি ভাত খাই"], vocab_size=300)
