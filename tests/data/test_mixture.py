@@ -88,6 +88,7 @@ def test_training_on_a_mixture_reports_each_folder_and_refuses_other_weights(tmp
     code, err = run_cli(["train", "--data", f"{data_dir}:1", f"{second_folder}:1", "--out", run, "--resume",
                          "--max-iters", "30"])
     assert code == 2 and "is not the data the run" in err and len(err.strip().splitlines()) == 1
+    assert f"(it was trained on {data_dir}:0.75 {second_folder}:0.25)" in err
     code, err = run_cli(["train", "--data", f"{data_dir}:3", f"{second_folder}:1", "--out", run, "--resume",
                          "--max-iters", "30"])
     assert code == 0, err

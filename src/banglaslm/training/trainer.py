@@ -164,7 +164,9 @@ class Trainer:
                             f"{self.run.path}; resume with the original data folder")
         recorded = (ckpt.state.get("data") or {}).get("splits")
         if recorded is not None and not same_splits(recorded, self.data.meta["splits"]):
-            raise UserError(f"{self.data.path} is not the data the run in {self.run.path} was trained on; `resume` "
+            trained_on = (ckpt.state.get("data") or {}).get("path")  # as given then (a mixture's identity holds its paths)
+            was = f" (it was trained on {trained_on})" if trained_on and trained_on != str(self.data.path) else ""
+            raise UserError(f"{self.data.path} is not the data the run in {self.run.path} was trained on{was}; `resume` "
                             f"continues a run on its own data. {self._other_data_advice()}")
         return ckpt
 
