@@ -384,7 +384,6 @@ def cmd_finetune(args) -> None:
     from .runfolder import RunFolder
     from .training.finetune import finetune, finetune_config
 
-    data = args.data or None
     run = RunFolder(args.out)
     with contextlib.ExitStack() as scratch:
         source = source_run(args.source, scratch)
@@ -396,9 +395,7 @@ def cmd_finetune(args) -> None:
         else:
             RunFolder(source).require()
             config = finetune_config(RunFolder(source).load_config(), args.config, overrides)
-        if args.data is None:
-            print(f"fine-tuning on the embedded Bangla instruction set ({len(data)} files)", file=sys.stderr)
-        result = finetune(source, data, args.out, config, resume=args.resume,
+        result = finetune(source, args.data or None, args.out, config, resume=args.resume,
                           say=lambda line: print(line, file=sys.stderr))
     if os.environ.get("RANK", "0") == "0":
         print(_done(result) + f"; try: banglaslm chat {result.run_dir}")

@@ -325,3 +325,11 @@ def test_a_fine_tuned_source_passes_on_its_model_not_its_fine_tuning_settings(tr
     assert finetune_config(source, overrides={"finetune.lora_rank": 4}).finetune.lora_targets == "all-linear"
     with pytest.raises(UserError, match="no finetune.lora_rank is set"):
         finetune_config(source, overrides={"finetune.lora_alpha": 8})
+
+
+def test_the_command_without_data_takes_the_embedded_instruction_set(trained_run, tmp_path):
+    """`banglaslm finetune RUN --out OUT`, the default its help names, crashed on `len(None)`."""
+    code, err = run_cli(["finetune", trained_run, "--out", tmp_path / "chat", "--max-iters", "3"])
+    assert code == 0, err
+    assert "fine-tuning on the embedded Bangla instruction set (" in err
+    assert "everyday" in (tmp_path / "chat" / "data_meta.json").read_text(encoding="utf-8")

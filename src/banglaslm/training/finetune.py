@@ -143,7 +143,9 @@ def finetune(source: str | Path, data: list[str] | None, run_dir: str | Path, co
     """
     warm_start = WarmStart(source)
     run = RunFolder(run_dir)
-    data = [str(p) for p in instruction_files()] if data is None else data
+    if data is None:
+        data = [str(p) for p in instruction_files()]
+        say(f"fine-tuning on the embedded Bangla instruction set ({len(data)} files)")
     if config is None and not (resume and run.config_path.is_file()):  # a resume keeps the run's own config
         given = {"train.max_iters": max_iters} if max_iters is not None else None  # and a warm-up that fits, as the CLI
         config = finetune_config(warm_start.source_config, overrides=given)
