@@ -29,6 +29,7 @@ from .fileio import read_text
 MAX_SEED = 2**63 - 1            # torch's and NumPy's generators take any seed in [0, MAX_SEED]
 MAX_LOGPROBS = 50               # alternatives reported per token, at most
 MAX_NEW_TOKENS = 100_000        # tokens one generation may ask for
+MAX_STOP_CHARS = 256            # characters in one stop string: each is matched against every token's tail
 GREEDY_BELOW = 1e-5             # a smaller temperature decodes greedily (see SamplingParams)
 
 
@@ -237,6 +238,7 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise bad_param(name, f"must be a finite number, got {value}")
+        longest_stop = max((len(s) for s in self.stop if isinstance(s, str)), default=0)
         checks = [
             ("max_new_tokens", 1 <= self.max_new_tokens <= MAX_NEW_TOKENS,
              f"must be in [1, {MAX_NEW_TOKENS:,}], got {self.max_new_tokens}"),
@@ -249,7 +251,9 @@ class SamplingParams:
             ("presence_penalty", -2 <= self.presence_penalty <= 2, f"must be in [-2, 2] (0 = off), got {self.presence_penalty}"),
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2,
              f"must be in [-2, 2] (0 = off), got {self.frequency_penalty}"),
-            ("stop", all(isinstance(s, str) and s for s in self.stop), f"strings must be non-empty text, got {self.stop!r}"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), f"strings must be non-empty text, got {self.stop!r:.80}"),
+            ("stop", longest_stop <= MAX_STOP_CHARS, f"strings may be at most {MAX_STOP_CHARS} characters each, "
+                                                      f"got one of {longest_stop:,}; stop on its first characters instead"),
             ("seed", self.seed is None or 0 <= self.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}], got {self.seed}"),
             ("n", self.n >= 1, f"(samples per prompt) must be at least 1, got {self.n}"),
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,

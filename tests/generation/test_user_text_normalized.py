@@ -114,3 +114,35 @@ def test_stops_match_however_either_side_spelled_it():
             assert _find_stop(text, [normalize_fragment(stop)], 0) == 1, (text, stop)
     assert _stop_holdback("আবে", [normalize_fragment(composed)]) == 1  # ে may still become ো
     assert _stop_holdback("আবি", [normalize_fragment(composed)]) == 3
+
+
+def test_the_held_back_tail_is_the_earliest_that_may_grow_into_a_stop():
+    """The holdback skips positions that cannot begin a stop (its cost grew with the square of a
+    long stop's length, and four 1,000-character stops slowed every client): on text and stops
+    drawn from Bangla letters, signs written whole and in parts, it must equal the plain search
+    over every position."""
+    import random
+
+    from banglaslm.generation.engine import _spelled_out, _stop_holdback
+
+    def plain(text, stops):
+        longest = max(len(_spelled_out(s)) for s in stops)
+        for i in range(max(0, len(text) - longest + 1), len(text)):
+            if any(_spelled_out(s).startswith(_spelled_out(text[i:])) for s in stops):
+                return i
+        return len(text)
+
+    alphabet = ["ব", "ে", "া", "ো", "ড", "়", "ড়", "্", "র", "\u200c", "।", " ", "\n"]
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rng.choices(alphabet, k=rng.randint(1, 12)))
+        stops = ["".join(rng.choices(alphabet, k=rng.randint(1, 5))) for _ in range(rng.randint(1, 3))]
+        assert _stop_holdback(text, stops) == plain(text, stops), (text, stops)
+
+
+def test_a_stop_string_has_a_length_limit():
+    from banglaslm.config import MAX_STOP_CHARS
+
+    SamplingParams(stop=["ক" * MAX_STOP_CHARS]).validate()
+    with pytest.raises(UserError, match=f"^stop strings may be at most {MAX_STOP_CHARS} characters each, got one of 1,000"):
+        SamplingParams(stop=["।", "ক" * 1000]).validate()

@@ -289,7 +289,7 @@ def accept_token(row: Row, token: int, logprob: TokenLogprob | None, params: Sam
         row.starts.append(before)
         row.decoder.feed(token)
         if params.stop:
-            longest = max(len(_spelled_out(s)) for s in params.stop)
+            longest = _stop_shape(tuple(params.stop))[0]
             row.stop_at = _find_stop(row.decoder.text, params.stop, before - longest + 1)
     if row.stop_at is not None:
         row.finish_reason = FINISH_STOP
@@ -324,6 +324,13 @@ def _stop_pattern(stop: str) -> re.Pattern:
     return re.compile("".join(parts))
 
 
+@lru_cache(maxsize=64)
+def _stop_shape(stops: tuple[str, ...]) -> tuple[int, frozenset[str], tuple[str, ...]]:
+    """The stops spelled out: the longest one's length, their first characters, and themselves."""
+    spelled = tuple(_spelled_out(s) for s in stops)
+    return max(map(len, spelled), default=0), frozenset(s[0] for s in spelled), spelled
+
+
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:
     """Where the earliest stop string in `text` begins, searching from `start`; or None."""
     found = [m.start() for m in (_stop_pattern(s).search(text, max(start, 0)) for s in stops) if m]
@@ -333,10 +340,13 @@ def _find_stop(text: str, stops: list[str], start: int) -> int | None:
 def _stop_holdback(text: str, stops: list[str]) -> int:
     """Where the earliest suffix of `text` that could still grow into a stop string begins
     (text from there must not be shown yet); len(text) when there is none."""
-    longest = max((len(_spelled_out(s)) for s in stops), default=0)
+    longest, firsts, spelled = _stop_shape(tuple(stops))
     for i in range(max(0, len(text) - longest + 1), len(text)):
+        head = _spelled_out(text[i])[0]
+        if head not in firsts and not unicodedata.combining(head):
+            continue  # a starter begins text[i:] spelled out too, and it begins no stop
         tail = _spelled_out(text[i:])
-        if any(_spelled_out(s).startswith(tail) for s in stops):
+        if any(s.startswith(tail) for s in spelled):
             return i
     return len(text)
 
