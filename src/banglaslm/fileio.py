@@ -243,6 +243,18 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
+def json_line(record: Any) -> str:
+    """`record` as one line of JSON Lines, its text as is; a record holding a lone surrogate
+    (JSON's "\\ud800", half of a character, which UTF-8 cannot write) has its text escaped, so
+    what was read is written back unchanged."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(record)
+    return line + "\n"
+
+
 # Byte-order marks and the encodings they announce; UTF-32's are checked before UTF-16's,
 # whose little-endian mark they start with. Without a mark, a file is read as UTF-8.
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),

@@ -257,3 +257,23 @@ def test_removed_documents_are_merged_in_id_order_as_they_are_read(tmp_path):
         rows = [json.loads(line) for line in open(tmp_path / "out" / f"{step}.jsonl", encoding="utf-8")]
         assert [int(r["id"]) for r in rows] == ids and rows[0]["reason"] == step
         assert rows[0]["input"] == f"f.txt line {ids[0]}" and rows[0]["text"] == f"লেখা {ids[0]}"
+
+
+def test_a_lone_surrogate_is_refused_in_the_text_and_kept_escaped_in_other_fields(planted, tmp_path, capsys):
+    """JSON's "\\ud800" (half of a cut emoji, common in scraped data) became a UnicodeEncodeError
+    traceback when the shards were written, in the text or in any other field."""
+    _, originals, _, _ = planted
+    table = tmp_path / "crawl.jsonl"
+    table.write_text(json.dumps({"text": originals[0], "title": "\ud83d cut"}) + "\n"
+                     + json.dumps({"text": originals[1], "title": "whole"}) + "\n", encoding="utf-8")
+    clean([str(table)], tmp_path / "out", CleanOptions.preset("literature"))
+    kept = [json.loads(line) for path in sorted((tmp_path / "out").glob("*.jsonl")) for line in open(path, encoding="utf-8")]
+    assert [r["metadata"]["title"] for r in kept] == ["\ud83d cut", "whole"]  # as it was read
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": originals[0][:40] + "\ud800"}) + "\n", encoding="utf-8")
+    assert main(["clean", str(bad), "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"banglaslm clean: error: {bad}:1: the text holds a lone surrogate (U+D800, half "
+                                        "of a character such as a cut emoji, from a \\u escape) at character 40; remove or "
+                                        "repair that escape"]
+    assert not (tmp_path / "none").exists()

@@ -34,7 +34,7 @@ def embedded():
 
 
 def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
@@ -103,6 +103,9 @@ def test_a_system_field_beside_the_turns_and_an_alpaca_history_are_kept():
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}]},
      "every assistant turn has weight 0"),
     ({"instruction": 3, "output": "y"}, "`instruction` must be text"),
+    ({"instruction": "কী \ud800", "output": "y"}, r"message 1 \(user\): the text holds a lone surrogate \(U\+D800"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "\udc00"}]},
+     r"message 2 \(assistant\): the text holds a lone surrogate \(U\+DC00"),
 ])
 def test_a_bad_row_is_named_with_its_problem(tmp_path, row, problem):
     good = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}

@@ -240,6 +240,17 @@ def test_json_files_in_the_shapes_datasets_reads(tmp_path):
         docs([tmp_path / "broken.json"])
 
 
+@pytest.mark.parametrize("name, body", [
+    ("a.jsonl", '{"text": "ক"}\n{"text": "আমি \\ud800 তুমি"}\n'), ("a.json", '[{"text": "ক"}, {"text": "আমি \\ud800 তুমি"}]'),
+])
+def test_a_lone_surrogate_in_a_json_text_is_named(tmp_path, name, body):
+    """A JSON "\\ud800" (half of a cut emoji) passed the readers and crashed the shard writers."""
+    (tmp_path / name).write_text(body, encoding="utf-8")
+    where = f"{tmp_path / name}:2" if name.endswith("l") else f"{tmp_path / name} item 2"
+    with pytest.raises(UserError, match=re.escape(f"{where}: the text holds a lone surrogate (U+D800") + ".* at character 4"):
+        docs([tmp_path / name])
+
+
 @pytest.mark.parametrize("name, advice", [
     ("paper.pdf", "pdftotext"), ("letter.docx", "plain text"), ("page.html", "markup"), ("sheet.xlsx", "CSV"),
     ("corpus.zip", "unpack"), ("dump.xml.gz", "extract the text"),

@@ -51,7 +51,7 @@ from datatrove.utils.word_tokenizers import WordTokenizer, simple_span_tokenize
 
 from ..config import Opt, option
 from ..errors import UserError, bad_param
-from ..fileio import atomic_write_json, atomic_write_text, staged_folder
+from ..fileio import atomic_write_json, atomic_write_text, json_line, staged_folder
 from ..text import normalize
 from .sources import (
     CLEANED_FORMAT,
@@ -334,7 +334,7 @@ class JsonlShardWriter(DiskWriter):
 
     def _write(self, document: dict, file_handler, _filename: str) -> None:
         record = output_record(document) if self.text_only else document
-        file_handler.write(json.dumps(record, ensure_ascii=False) + "\n")
+        file_handler.write(json_line(record))
 
 
 def output_record(document: dict) -> dict:
@@ -486,7 +486,7 @@ def _write_shards(documents: Iterator[tuple[str, str, dict]], folder: Path, shar
                 fh = open(folder / f"{n // shard_docs:05d}.jsonl", "w", encoding="utf-8")
             record = {"text": text, "id": f"{n:010d}",
                       "metadata": {"shard": n // shard_docs, "input": where, "fields": fields}}
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.write(json_line(record))
             n += 1
             n_bytes += len(text.encode("utf-8"))
     finally:
@@ -532,7 +532,7 @@ def _write_removed(path: Path, step: str, records: Iterable[dict]) -> None:
         for r in records:
             reason = r.get("metadata", {}).get("filter_reason") or step
             row = {"id": r["id"], "input": r.get("metadata", {}).get("input"), "reason": reason, "text": r["text"]}
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(json_line(row))
 
 
 # ---- the report ----------------------------------------------------------------------------

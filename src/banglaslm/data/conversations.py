@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..text import normalize
 from ..tokenizer import Coverage, Tokenizer
 from .loader import IGNORE, BlockSampler
-from .sources import input_list, iter_rows, resolve_inputs
+from .sources import input_list, iter_rows, resolve_inputs, whole_characters
 
 Conversation = list[dict[str, str]]
 LossOn = Literal["assistant", "all"]
@@ -136,6 +136,7 @@ def _checked(messages: Any, where: str) -> Conversation:
             content = content_text(message.get("content"))
         except UserError as exc:
             raise UserError(f"{where}: message {i} ({role}): {exc}") from None
+        whole_characters(content, f"{where}: message {i} ({role})")
         if not normalize(content).strip():  # zero-width characters alone are nothing once normalized
             if role == "system":
                 continue  # an empty system message says nothing

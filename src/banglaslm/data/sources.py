@@ -492,12 +492,26 @@ def _column(available: list[str], wanted: str | None, where: str) -> str:
 
 
 def _as_text(value: object, where: str) -> str:
+    """A table cell's text ("" for None); UserError for a cell that holds no text, or holds a
+    lone surrogate (`whole_characters`)."""
     if value is None:
         return ""
     if not isinstance(value, str):
         raise UserError(f"{where}: the text column holds {type(value).__name__}, not text; pick another with "
                         "`text_column`", param="text_column")
-    return value
+    return whole_characters(value, where)
+
+
+def whole_characters(text: str, where: str) -> str:
+    """`text`, unless it holds a lone surrogate (a JSON "\\ud800" escape: half of a character,
+    such as a cut emoji), which no UTF-8 file or tokenizer can take: then a UserError naming it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"{where}: the text holds a lone surrogate (U+{ord(text[exc.start]):04X}, half of a character "
+                        f"such as a cut emoji, from a \\u escape) at character {exc.start}; remove or repair that "
+                        "escape") from None
+    return text
 
 
 def iter_rows(sources: list[Source]) -> Iterator[tuple[str, dict]]:
