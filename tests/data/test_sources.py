@@ -119,6 +119,20 @@ def test_bad_tables(tmp_path):
         docs([str(tmp_path / "*.nothing")])
 
 
+def test_a_table_that_names_a_column_twice_is_refused(tmp_path):
+    """A CSV read its last 'text' column (prepare trained on the wrong one, silently), a parquet
+    file its first in prepare and its last in clean."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "two.csv").write_text("News,id,News\nপ্রথম,1,দ্বিতীয়\n", encoding="utf-8")
+    pq.write_table(pa.Table.from_arrays([pa.array(["ক"]), pa.array(["x"])], names=["text", "text"]), tmp_path / "two.parquet")
+    for name, column in (("two.csv", "News"), ("two.parquet", "text")):
+        for read in (lambda: docs([tmp_path / name], text_column=column), lambda: list(iter_rows(resolve_inputs([str(tmp_path / name)])))):
+            with pytest.raises(UserError, match=f"{name} names the column '{column}' more than once; rename them"):
+                read()
+
+
 @pytest.mark.parametrize("table, where", [
     ('id,text\n1,আমি ভাত খাই, তুমি জল খাও\n2,সে বাড়ি যায়\n', "row 1 (ending on line 2) has 3 fields but the header has 2"),
     ('id,text\n1,সে বাড়ি যায়\n2,আমি ভাত খাই, তুমি জল খাও\n', "row 2 (ending on line 3) has 3 fields"),

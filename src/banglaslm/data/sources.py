@@ -600,6 +600,7 @@ def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple
                 return
             if not any(name.strip() for name in reader.fieldnames):
                 raise UserError(f"the first line of {path} is empty; it must name the columns (e.g. text)")
+            _check_unique_columns(list(reader.fieldnames), path)
             if on_header is not None:
                 on_header(list(reader.fieldnames))
             ended = reader.line_num
@@ -669,9 +670,21 @@ def _parquet_file(path: str):
     import pyarrow.parquet as pq  # installed with `datasets`
 
     try:
-        return pq.ParquetFile(path)
+        pf = pq.ParquetFile(path)
     except Exception as exc:
         raise UserError(f"{path} is not a readable parquet file ({exc})") from None
+    _check_unique_columns(pf.schema_arrow.names, path)
+    return pf
+
+
+def _check_unique_columns(names: list[str], where: str) -> None:
+    """UserError for a table that names a column twice: read as records, a row keeps one of
+    them (a CSV the last, a parquet file the first or the last), and which holds the text is a guess."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        listed = ", ".join(f"'{n}'" for n in twice)
+        raise UserError(f"{where} names the column{'s' if len(twice) > 1 else ''} {listed} more than once; rename them "
+                        "so that each column has its own name")
 
 
 def _read_parquet(path: str, text_column: str | None) -> Iterator[str]:
