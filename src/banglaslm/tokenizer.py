@@ -200,8 +200,10 @@ class Tokenizer:
         # matches "</s>" or "<0xE0>" in text, where SentencePiece never produces either from text;
         # T5's sentinels "<extra_id_N>", pieces of the converted vocabulary, are control pieces too)
         foreign = kind.startswith("external")
+        as_text = _user_defined(spec.get("pre_tokenizer"))
         self._spellable = self.special_ids | {
-            i for i, t in enumerate(self._id_to_token) if t and _CONTROL_SPELLING.fullmatch(t)} if foreign else set()
+            i for i, t in enumerate(self._id_to_token) if t and _CONTROL_SPELLING.fullmatch(t) and not as_text(t)
+        } if foreign else set()
         self._shadow: HFTokenizer | None = None
         # An unknown piece decodes as SentencePiece's " ⁇ ", not as nothing (text would vanish).
         self._shown_unk = self.unk_id if foreign and not self.byte_level else None
@@ -491,6 +493,19 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), self.hf.to_str(pretty=True))
+
+
+def _user_defined(pre_tokenizer: dict | None) -> Callable[[str], bool]:
+    """Whether a piece is one of a SentencePiece model's user-defined symbols ("[URL]", "<br>"):
+    text that SentencePiece matches whole, however much it looks like a control token's name.
+    transformers' converter isolates them with a Split pre-tokenizer of their escaped spellings."""
+    steps = (pre_tokenizer or {}).get("pretokenizers") or [pre_tokenizer or {}]
+    patterns = [s["pattern"].get("Regex") for s in steps if s.get("type") == "Split" and s.get("behavior") == "Isolated"]
+    try:
+        compiled = [re.compile(p) for p in patterns if p]
+    except re.error:  # not the converter's literal alternation: no piece is taken for a symbol
+        compiled = []
+    return lambda piece: any(p.fullmatch(piece) for p in compiled)
 
 
 def _rename_pieces(model: dict, rename: Callable[[str], str]) -> None:

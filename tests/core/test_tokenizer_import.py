@@ -50,6 +50,24 @@ def models(corpus, tmp_path_factory) -> dict:
     return out
 
 
+@pytest.mark.parametrize("kind, byte_fallback", [("unigram", False), ("bpe", True)])
+def test_user_defined_symbols_are_text_sentencepiece_keeps_whole(corpus, tmp_path, kind, byte_fallback):
+    """A news corpus's "[URL]" or "<br>", spelled like a control token's name, was read as one
+    (unknown, or byte pieces): prepare refused the data, or trained on ids that neither
+    SentencePiece nor the HF export gives."""
+    (tmp_path / "train.txt").write_text("\n".join(corpus), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "train.txt"), model_prefix=str(tmp_path / "sp"), vocab_size=1500,
+                                   model_type=kind, byte_fallback=byte_fallback, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   user_defined_symbols=["[URL]", "<br>", "‹নাম>"], minloglevel=2, hard_vocab_limit=False)
+    ours = from_sentencepiece(tmp_path / "sp.model")
+    theirs = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    for text in ("বিস্তারিত [URL] দেখুন।<br>সংবাদদাতা ‹নাম> জানান। [URL]ক", "আমি </s> তুমি <unk> [MASK] <0xE0>",
+                 *corpus[:40]):
+        ids = ours.encode(text, normalized=True)
+        assert ids == theirs.encode(text) and ours.decode(ids) == theirs.decode(ids), text
+    assert theirs.piece_to_id("[URL]") in ours.encode("দেখুন [URL]", normalized=True)
+
+
 @pytest.mark.parametrize("name", list(KINDS))
 def test_ids_equal_sentencepiece_on_real_text(models, corpus, name):
     ours = from_sentencepiece(models[name])
