@@ -96,6 +96,12 @@ def test_a_damaged_latest_checkpoint_on_resume_names_the_way_back(trained_run, d
         latest.write_bytes(damaged)
         one_line_error(*run_cli(resume), f"to resume from the best checkpoint instead, copy {best} over {latest}")
         assert latest.read_bytes() == damaged  # nothing written
+    # A lost latest: a new run there would have replaced the best weights, a resume said to start anew.
+    latest.unlink()
+    kept = best.read_bytes()
+    one_line_error(*run_cli(resume), f"{latest} is missing; to resume from the best checkpoint instead, copy {best} over")
+    one_line_error(*run_cli(resume[:-3]), "already holds a run")
+    assert best.read_bytes() == kept and not latest.exists()
     shutil.copy(best, latest)
     code, err = run_cli(resume)
     assert code == 0, err

@@ -52,11 +52,15 @@ class Replicated:
         return float(total_norm)
 
     def has_checkpoint(self) -> bool:
-        return self.run.checkpoint("latest").is_file()
+        """Whether the folder holds a run's weights: a new run there would replace them (its best
+        checkpoint too, when the latest one was lost)."""
+        return any(self.run.checkpoint(which).is_file() for which in ("latest", "best"))
 
     def load(self) -> Checkpoint:
         latest = self.run.checkpoint("latest")
         if not latest.is_file():
+            if self.run.checkpoint("best").is_file():
+                raise UserError(f"nothing to resume from: {latest} is missing; {self.run.resume_advice(latest)}")
             raise UserError(f"nothing to resume: {latest} does not exist; start without `resume`")
         ckpt = load_checkpoint(latest)
         saved = int(ckpt.state.get("world_size", 1))
