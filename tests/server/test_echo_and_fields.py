@@ -183,6 +183,8 @@ def test_logit_bias_is_applied(app, oai):
     ("completions", {"best_of": 3}, "best_of"),
     ("completions", {"logit_bias": {"999999": 5}}, "logit_bias"),
     ("completions", {"logit_bias": {"5": 500}}, "logit_bias"),
+    ("completions", {"logit_bias": {"9" * 5000: 1}}, "logit_bias"),  # past int()'s digit limit: it was a 500
+    ("completions", {"logit_bias": {"0" * 30 + "7": 1, "18446744073709551617": 1}}, "logit_bias"),
     ("completions", {"stream_options": {"include_obfuscation": True}, "stream": True},
      "stream_options.include_obfuscation"),
     ("completions", {"frobnicate": 1}, "frobnicate"),

@@ -194,6 +194,10 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     if bad:
         raise APIError(400, f"logit_bias keys must be token ids written in ASCII digits (e.g. {{\"42\": -100}}), "
                             f"not {bad[0]!r}", param="logit_bias", code="invalid_value")
+    huge = [token for token in bias if len(token.lstrip("0")) > 18]  # past any vocabulary (and int()'s 4,300 digits)
+    if huge:
+        raise APIError(400, f"logit_bias holds the token id {huge[0][:20]}... ({len(huge[0]):,} digits), outside the "
+                            "vocabulary", param="logit_bias", code="invalid_value")
     return {int(token): value for token, value in bias.items()}
 
 
