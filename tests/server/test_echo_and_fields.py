@@ -303,3 +303,23 @@ def test_a_client_that_leaves_a_plain_request_stops_its_generation(app, url):
     started = time.monotonic()
     r = httpx.post(url + "/v1/completions", json={"prompt": "আমি", "max_tokens": 4}, timeout=30)
     assert r.status_code == 200 and time.monotonic() - started < 5
+
+
+def test_a_generation_past_the_time_out_is_not_retried_by_openai_clients(trained_run):
+    """The openai client retries a 408 twice by default: the same too-long generation ran three times."""
+    from banglaslm.server.schemas import ServerLimits
+
+    seen = []
+    app = create_app(trained_run, model_name=MODEL, limits=ServerLimits(request_timeout_s=0.0))
+
+    @app.middleware("http")
+    async def count(request, call_next):
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    with live(app) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=2, timeout=60)
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.completions.create(model=MODEL, prompt="আমি", max_tokens=50)
+    assert caught.value.status_code == 408 and caught.value.response.headers["x-should-retry"] == "false"
+    assert seen == ["/v1/completions"]

@@ -32,7 +32,11 @@ from .service import OpenAIService
 
 
 def error_response(exc: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
-    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
+    """The error in OpenAI's shape. A 408 (a generation past the time-out) says not to retry:
+    OpenAI's clients retry a 408 twice by default, tripling the work of a request that cannot
+    finish in time; they read `x-should-retry`."""
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}),
+               **({"x-should-retry": "false"} if exc.status == 408 else {})}
     return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status,
                         headers=headers or None)
 
