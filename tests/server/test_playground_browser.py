@@ -80,6 +80,16 @@ def test_playground_generates_streamed_bangla_and_shows_candidates(server_url):
         assert headings.count() >= 1 and "%" in headings.first.inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+        # Ctrl+Enter while a generation runs started a second one: the first could no longer be
+        # stopped and its text went to a span no longer on the page.
+        posts = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page.focus("#prompt")
+        page.keyboard.press("Control+Enter")
+        page.keyboard.press("Control+Enter")
+        page.locator("#stats", has_text="tokens/s").wait_for(timeout=60_000)
+        page.locator("#go:enabled").wait_for(timeout=60_000)
+        assert len(posts) == 1, posts
         for typo in ("abc", "12abc"):  # was sent as a random seed, and as 12
             page.fill("#seed", typo)
             page.click("#go")
