@@ -200,6 +200,37 @@ def test_hidden_files_and_folders_in_an_input_folder_are_not_read(tmp_path, caps
         docs([books / "._a.txt"])
 
 
+def test_links_in_an_input_folder_are_followed_once_and_broken_ones_named(tmp_path, capsys):
+    """A linked folder was skipped without a word, a file linked to itself raised a traceback,
+    and a link to nothing stopped the run as "No such file or directory"."""
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    (shelf / "b.txt").write_text("দুই", encoding="utf-8")
+    books = tmp_path / "books"
+    (books / "deep").mkdir(parents=True)
+    (books / "a.txt").write_text("এক", encoding="utf-8")
+    (books / "linked").symlink_to(shelf)
+    (books / "deep" / "up").symlink_to(books)  # a loop: the folder is read once
+    (books / "self.txt").symlink_to(books / "self.txt")
+    (books / "gone.txt").symlink_to(tmp_path / "missing.txt")
+    assert docs([books]) == ["এক", "দুই"]
+    assert f"note: 2 broken symbolic link(s) in {books} are not read ({books / 'gone.txt'}, {books / 'self.txt'})" \
+        in capsys.readouterr().err
+    with pytest.raises(UserError, match=f"input {books / 'gone.txt'} is a broken symbolic link \\(to {tmp_path}"):
+        docs([books / "gone.txt"])
+
+
+def test_files_of_other_kinds_in_an_input_folder_are_named(tmp_path, capsys):
+    """A .text, .srt or suffixless file in a folder was left out unseen (the run then stopped at
+    "found only 1 document" with no clue)."""
+    for name in ("a.txt", "b.text", "c.srt", "d"):
+        (tmp_path / name).write_text(f"লেখা {name}", encoding="utf-8")
+    assert docs([tmp_path]) == ["লেখা a.txt"]
+    assert (f"note: {tmp_path} has files of other kinds, not read (1 .srt, 1 .text, 1 without a suffix); pass one by "
+            "name to read it as text") in capsys.readouterr().err
+    assert docs([tmp_path / "b.text", tmp_path / "d"]) == ["লেখা b.text", "লেখা d"]
+
+
 # Corpora are shipped compressed; each compressed file must give exactly its plain file's documents.
 COMPRESSORS = {
     ".gz": lambda data: __import__("gzip").compress(data),

@@ -137,6 +137,9 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
             if not matches:
                 raise UserError(f"no file matches {item}")
             sources.extend(_file_source(p) for p in matches)
+        elif path.is_symlink():
+            raise UserError(f"input {item} is a broken symbolic link (to {os.readlink(path)}); point it at a file "
+                            "that exists")
         else:
             raise UserError(f"input not found: {item}")
     return _once(sources)
@@ -158,12 +161,19 @@ def _once(sources: list[Source]) -> list[Source]:
 def _folder_files(folder: Path) -> list[Path]:
     """The files to read in `folder`, at any depth: text and table files, hidden ones (a name
     starting with ".") left out; of a folder `clean` wrote, its shards alone (not its report or
-    removed/). A data or model folder inside is refused (`_refuse_tool_folder`); files skipped
-    are named on stderr (`_say_unread`, and a note for hidden ones)."""
-    files, found, passed, hidden = [], [], [], []
-    for root, dirs, names in os.walk(folder):
+    removed/). Linked folders are followed (each real folder read once); a data or model folder
+    inside is refused (`_refuse_tool_folder`); files skipped are named on stderr (`_say_unread`,
+    and notes for hidden files and broken links)."""
+    files, found, passed, hidden, broken, visited = [], [], [], [], [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
         here = Path(root)
+        if here.resolve() in visited:  # a link to a folder already read (or to one above it: a loop)
+            dirs[:] = []
+            continue
+        visited.add(here.resolve())
         _refuse_tool_folder(here)
+        broken += [here / name for name in names if not os.path.exists(here / name)]  # a link to nothing, or a loop
+        names = [name for name in names if os.path.exists(here / name)]
         hidden += [here / name for name in (*dirs, *names) if name.startswith(".")]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .git, .ipynb_checkpoints, ...
         names = [name for name in names if not name.startswith(".")]  # macOS's ._NAME, .DS_Store, ...
@@ -180,6 +190,7 @@ def _folder_files(folder: Path) -> list[Path]:
         found += [here / name for name in names]
         files += [here / name for name in names if _format(here / name) in TEXT_SUFFIXES | TABLE_SUFFIXES]
     _say_unread(folder, found)
+    _note_not_read(broken, f"broken symbolic link(s) in {folder} are not read", "point them at files that exist")
     _note_not_read(hidden, f"hidden file(s) or folder(s) in {folder} are not read", "pass one as an input of its own "
                    "to read it")
     _note_not_read(passed, "file(s) added to a folder banglaslm clean wrote are not read", "only its shards are: "
@@ -214,6 +225,12 @@ def _say_unread(folder: Path, found: list[Path]) -> None:
         kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(unread.items()))
         print(f"note: {folder} has files that are not text, not read ({kinds}); convert them to .txt to include "
               "them", file=sys.stderr)
+    other = Counter(_format(p) or "without a suffix" for p in found
+                    if _format(p) not in {*NOT_TEXT, *TEXT_SUFFIXES, *TABLE_SUFFIXES})
+    if other:  # a .text, .srt or suffixless file may well be text: say so rather than drop it unseen
+        kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(other.items())[:6]) + (", ..." if len(other) > 6 else "")
+        print(f"note: {folder} has files of other kinds, not read ({kinds}); pass one by name to read it as text, "
+              "or rename it to .txt", file=sys.stderr)
 
 
 def is_cleaned_folder(folder: Path) -> bool:
