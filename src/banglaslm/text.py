@@ -139,12 +139,16 @@ def normalize_fragment(text: str) -> str:
     """The normalization of a piece of text that is looked for inside normalized text (a stop
     string, say): every rule but the final strip, so "\\n" stays a line break."""
     text = text.replace("\r\n", "\n")
+    # One pass reaches the fixed point: invisible characters go before composition (ড + U+200B
+    # + ় composes), and joiners are judged with the marks in canonical order (NFD), which
+    # composition (NFC) then keeps; NFC first left such text for a second normalization.
+    text = text.translate(_translation())
+    text = unicodedata.normalize("NFD", text)
+    text = _REPEATED_JOINER_RE.sub(r"\1", text)
+    text = _STRAY_JOINER_RE.sub("", text)
     text = unicodedata.normalize("NFC", text)
     text = _NUKTA_RE.sub(lambda m: _NUKTA_RECOMPOSE[m.group(0)], text)
     text = _KHANDA_TA_RE.sub("\u09ce", text)
-    text = text.translate(_translation())
-    text = _REPEATED_JOINER_RE.sub(r"\1", text)
-    text = _STRAY_JOINER_RE.sub("", text)
     text = _SPACES_RE.sub(" ", text)
     text = _LINE_EDGE_SPACES_RE.sub("\n", text)
     return _MANY_NEWLINES_RE.sub("\n\n", text)

@@ -75,25 +75,28 @@ def bangla_normalizer() -> dict[str, Any]:
     classes = character_classes()
     newline, space, drop = classes["newline"], classes["space"], classes["drop"]
     hasanta, joiners = HASANTA, ZWNJ + ZWJ
+    # tokenizers' Unicode tables predate U+09FE (BENGALI SANDHI MARK, ccc 230) and leave it in
+    # front of a nukta (ccc 7) / hasanta (ccc 9): the canonical ordering is finished by hand.
+    sandhi_order = [_replace(a + b, b + a, regex=False) for _ in range(4)
+                    for a, b in (("\u09fe", "\u09bc"), ("\u09fe", "\u09cd"), ("\u09cd", "\u09bc"))]
     steps = [
         _replace("\r\n", "\n", regex=False),
-        {"type": "NFC"},
-        # tokenizers' NFC tables predate U+09FE (BENGALI SANDHI MARK, ccc 230) and leave it
-        # in front of a nukta (ccc 7) / hasanta (ccc 9); finish the canonical ordering here.
-        *[_replace(a + b, b + a, regex=False) for _ in range(4)
-          for a, b in (("\u09fe", "\u09bc"), ("\u09fe", "\u09cd"), ("\u09cd", "\u09bc"))],
-        _replace("\u09a1\u09bc", "\u09dc", regex=False),  # ড় ঢ় য় recomposed
-        _replace("\u09a2\u09bc", "\u09dd", regex=False),
-        _replace("\u09af\u09bc", "\u09df", regex=False),
-        _replace("\u09a4\u09cd\u200d", "\u09ce", regex=False),  # old khanda-ta
         _replace(f"[{char_class(newline)}]", "\n"),
         _replace(f"[{char_class(space)}]", " "),
         _replace(f"[{char_class(drop)}]", ""),
+        {"type": "NFD"},
+        *sandhi_order,
         # normalize() keeps the first joiner of a run; Replace has no back-references, so one
         # rule per leading joiner (the ZWNJ rule cannot break a ZWJ-led run: see the tests).
         _replace(f"{ZWNJ}[{joiners}]+", ZWNJ),
         _replace(f"{ZWJ}[{joiners}]+", ZWJ),
         _replace(f"(?<!{hasanta})[{joiners}]+(?![{joiners}]*{hasanta})", ""),
+        *sandhi_order,  # marks a removed joiner separated are ordered too, as NFC orders them
+        {"type": "NFC"},
+        _replace("\u09a1\u09bc", "\u09dc", regex=False),  # ড় ঢ় য় recomposed
+        _replace("\u09a2\u09bc", "\u09dd", regex=False),
+        _replace("\u09af\u09bc", "\u09df", regex=False),
+        _replace("\u09a4\u09cd\u200d", "\u09ce", regex=False),  # old khanda-ta
         _replace(" {2,}", " "),
         _replace(" *\n *", "\n"),
         _replace("\n{3,}", "\n\n"),

@@ -350,3 +350,24 @@ def test_what_a_sentencepiece_user_gives_by_mistake_is_named_with_the_fix(models
             prepare([str(small_books[0])], tmp_path / "out", tokenizer=tokenizer, progress=False, **options)
         assert message in str(caught.value), (tokenizer, str(caught.value))
         assert not (tmp_path / "out").exists()
+
+
+def test_the_exported_normalizer_equals_normalize_on_every_short_sequence():
+    """The HF export's normalizer (a tokenizers Sequence) must do what normalize() does, rule order
+    included: every sequence of up to three letters, signs and invisible characters."""
+    import itertools
+
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from banglaslm.tokenizer_import import bangla_normalizer
+
+    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": bangla_normalizer(),
+            "pre_tokenizer": None, "post_processor": None, "decoder": None,
+            "model": {"type": "WordLevel", "vocab": {"x": 0}, "unk_token": "x"}}
+    exported = HFTokenizer.from_str(json.dumps(spec)).normalizer
+    parts = ["ড", "য", "ক", "ত", "\u09c7", "\u09be", "\u09bc", "\u09cd", "\u09fe", "\u200c", "\u200d", "\u200b",
+             "\u00ad", "\ufeff", " ", "\n", "\r"]
+    for n in (1, 2, 3):
+        for combo in itertools.product(parts, repeat=n):
+            text = "".join(combo)
+            assert exported.normalize_str(text) == normalize(text), [hex(ord(c)) for c in text]

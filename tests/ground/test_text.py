@@ -7,6 +7,10 @@ from hypothesis import strategies as st
 from banglaslm.text import cluster_breaks, normalize
 
 YA, RRA, RHA = "\u09df", "\u09dc", "\u09dd"
+# Letters, signs and the invisible characters that may sit between them (tests/core checks the
+# exported normalizer on the same sequences).
+INSIDE_A_LETTER = ["ড", "য", "ক", "ত", "\u09c7", "\u09be", "\u09bc", "\u09cd", "\u09fe", "\u200c", "\u200d", "\u200b",
+                   "\u00ad", "\ufeff", " ", "\n"]
 
 
 def test_nukta_letters_are_precomposed_even_after_nfc():
@@ -81,3 +85,20 @@ def test_one_grapheme_rule_for_streaming_and_the_tokenizer_study():
         assert breaks[1:-1] == [not joins_previous(text, i) for i in range(1, len(text))]
         cut = safe_cut(text)
         assert breaks[cut], (text, cut)  # the stream only ever cuts at a cluster boundary
+
+
+def test_idempotent_where_an_invisible_character_sits_inside_a_letter():
+    """Composition ran before invisible characters were removed, so ড + U+200B + ় came out as
+    ড + ়, and only a second normalization made it ড়. Every sequence of up to three of these
+    characters normalizes in one pass."""
+    import itertools
+
+    from banglaslm.text import character_classes
+
+    for n in (1, 2, 3):
+        for combo in itertools.product(INSIDE_A_LETTER, repeat=n):
+            text = "".join(combo)
+            once = normalize(text)
+            assert normalize(once) == once, [hex(ord(c)) for c in text]
+    assert normalize("ড\u200b\u09bc") == RRA and normalize("ক\u09c7\u00ad\u09be") == "ক\u09cb"
+    assert 0x200b in character_classes()["drop"]
