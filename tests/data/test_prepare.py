@@ -106,6 +106,14 @@ def test_failures_leave_nothing_behind(tmp_path):
     with pytest.raises(UserError, match="no text"):
         prepare([str(tmp_path / "empty.txt")], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+    # A table's advice is about rows: doc_split, which it was told to use, does nothing for one.
+    (tmp_path / "one.csv").write_text("Title,News\nক,শুধু এক লেখা\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"only 1 document, .*; add rows or files \(a table's row is a document; "):
+        prepare([str(tmp_path / "one.csv")], tmp_path / "out", text_column="News", doc_split="page", progress=False)
+    (tmp_path / "header.csv").write_text("text\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"the inputs hold no documents \(no rows, or empty files\)"):
+        prepare([str(tmp_path / "header.csv")], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
     # An existing data folder survives a failed re-prepare untouched.
     write_docs(tmp_path / "src", 5)
     prepare([str(tmp_path / "src")], tmp_path / "keep", tokenizer="char", progress=False)

@@ -102,6 +102,9 @@ def test_bad_tables(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"bad.jsonl:2 is not valid JSON"):
         docs([tmp_path / "bad.jsonl"])
+    (tmp_path / "bad.jsonl").write_text('{"text": "a\tb"}\n', encoding="utf-8")  # "Invalid control character at at"
+    with pytest.raises(UserError, match=r"bad.jsonl:1 is not valid JSON \(Invalid control character at column 12\)"):
+        docs([tmp_path / "bad.jsonl"])
     (tmp_path / "c.csv").write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"no column 'text' \(it has: 'a', 'b'\); choose one with `text_column`"):
         docs([tmp_path / "c.csv"])
@@ -302,8 +305,10 @@ def test_a_lone_surrogate_in_a_json_text_is_named(tmp_path, name, body):
 ])
 def test_files_that_are_not_text_are_refused_with_what_to_do(tmp_path, capsys, name, advice):
     (tmp_path / name).write_bytes(b"PK\x03\x04 not text")
-    with pytest.raises(UserError, match=advice):
+    with pytest.raises(UserError, match=advice) as caught:
         docs([tmp_path / name])
+    article = {"page.html": "an HTML", "sheet.xlsx": "an XLSX", "paper.pdf": "a PDF", "corpus.zip": "a ZIP"}.get(name)
+    assert article is None or f" is {article} file" in str(caught.value)
     (tmp_path / "keep.txt").write_text("থাকবে", encoding="utf-8")
     assert docs([tmp_path]) == ["থাকবে"]  # in a folder, only the formats it reads are taken, and it says so
     suffix = name.removesuffix(".gz").rsplit(".", 1)[1]

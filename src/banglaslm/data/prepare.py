@@ -388,7 +388,8 @@ class _Job:
         if (self.work / "split.json").exists():
             return
         reads = [read_json(summary_path(self.work, "read", r)) for r in range(self.tasks)]
-        rule = _split_rule(reads, self.plan["val_fraction"])
+        text_files = any(kind == "text" for kind, *_ in self.plan["sources"])
+        rule = _split_rule(reads, self.plan["val_fraction"], text_files)
         tok = self.existing or self._train_tokenizer(reads, rule)
         tok.save(self.work / "tokenizer.json")
         np_dtype = id_dtype(tok.vocab_size, self.plan["dtype"])
@@ -443,19 +444,23 @@ class _Job:
         return meta
 
 
-def _split_rule(reads: list[dict], val_fraction: float) -> SplitRule:
-    """The rule from the tasks' extremes; UserError when the corpus cannot be split in two."""
-    n_docs = sum(r["documents"] for r in reads)
+def _split_rule(reads: list[dict], val_fraction: float, text_files: bool = True) -> SplitRule:
+    """The rule from the tasks' extremes; UserError when the corpus cannot be split in two.
+    `text_files`: whether any input is a text file (doc_split applies to those alone)."""
+    n_docs, empty = sum(r["documents"] for r in reads), sum(r["empty"] for r in reads)
     if n_docs == 0:
-        raise UserError("the inputs hold no text (every document is empty after normalization)")
+        raise UserError("the inputs hold no text (every document is empty after normalization)" if empty else
+                        "the inputs hold no documents (no rows, or empty files)")
+    more = "add files or split the text with `doc_split` page (or paragraph, line)" if text_files else \
+        "add rows or files (a table's row is a document; `doc_split` is for text files)"
     if n_docs < 2:
-        raise UserError("found only 1 document, but train/val are split by document; "
-                        "add files or split the text with `doc_split` page (or paragraph, line)")
+        raise UserError(f"found only 1 document, but train/val are split by document; {more}")
     lowest = min(r["lowest"][0] for r in reads if r["lowest"])
     highest = max(r["highest"][0] for r in reads if r["highest"])
     if lowest == highest:
+        split = " or split it with `doc_split` page (or paragraph, line)" if text_files else " (rows or files)"
         raise UserError(f"all {n_docs:,} documents are the same text, but train/val need different documents; "
-                        "add other text or split it with `doc_split` page (or paragraph, line)")
+                        f"add other text{split}")
     return SplitRule(val_threshold(val_fraction), lowest, highest)
 
 

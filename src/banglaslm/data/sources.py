@@ -267,7 +267,9 @@ def _file_source(path: Path) -> Source:
     """A file input by its name; one whose content is not text is refused with what to do."""
     suffix = _format(path)
     if suffix in NOT_TEXT:
-        raise UserError(f"{path} is a {suffix[1:].upper()} file, not text: {NOT_TEXT[suffix]}")
+        name = suffix[1:].upper()
+        article = "an" if name[0] in "AEFHILMNORSX" else "a"  # said letter by letter: an HTML, an XLSX, a PDF
+        raise UserError(f"{path} is {article} {name} file, not text: {NOT_TEXT[suffix]}")
     if suffix == ".parquet" and compression(path):
         raise UserError(f"{path}: parquet files are compressed inside; pass the .parquet file itself")
     kind = suffix.lstrip(".") if suffix in TABLE_SUFFIXES else "text"
@@ -557,7 +559,7 @@ def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg} at column {exc.colno}); each line must "
+                    raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}); each line must "
                                     "be one JSON object") from None
                 if not isinstance(record, dict):
                     raise UserError(f"{path}:{lineno} is not a JSON object; each line must look like {{\"text\": ...}}")
