@@ -62,6 +62,8 @@ def test_health_and_models(client):
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == [MODEL]
     assert client.get(f"/v1/models/{MODEL}").json()["id"] == MODEL
+    block = client.app.state.service.engine.model.config.block_size  # what a client must fit its context into
+    assert [m["max_model_len"] for m in models["data"]] == [block] and block > 0
 
 
 def test_model_id_defaults_to_run_folder_name(trained_run):

@@ -84,7 +84,9 @@ class OpenAIService:
 
     def model_info(self, name: str) -> dict:
         self.check_model(name)
-        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "banglaslm"}
+        # max_model_len (vLLM's name): the tokens the model sees at once; a longer context keeps its last ones
+        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "banglaslm",
+                "max_model_len": self.engine.block_size}
 
     async def completions(self, req: CompletionRequest, disconnected: Disconnected) -> dict | AsyncIterator[str]:
         """The response body, or (with `stream`) the server-sent events to send."""
