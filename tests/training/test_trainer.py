@@ -110,6 +110,29 @@ def test_a_damaged_latest_checkpoint_on_resume_names_the_way_back(trained_run, d
     one_line_error(*run_cli(resume), "train again (its best checkpoint cannot be read either)")
 
 
+def test_a_resume_that_moves_the_learning_rate_says_so(trained_run, data_dir, tmp_path):
+    """A resume with a larger max_iters stretched the schedule, so the rate jumped from its decayed
+    value back up (0.00046 to 0.002 in a trial) without a word."""
+    import shutil
+
+    from conftest import run_cli
+
+    from banglaslm.runfolder import RunFolder
+    from banglaslm.training.optim import lr_at
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    old = RunFolder(run).load_config().train
+    new = RunFolder(run).load_config().train
+    new.max_iters = 80
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "80"])
+    assert code == 0, err
+    assert (f"note: the learning-rate schedule changed with train.max_iters 40 → 80: at iteration 40 the rate goes "
+            f"from {lr_at(40, old):.3g} to {lr_at(40, new):.3g}") in err
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "81"])
+    assert code == 0 and "schedule changed" not in err  # one step more moves the rate by less than 1% of its peak
+
+
 def _data_of(run):
     from banglaslm.checkpoint import load_checkpoint
 

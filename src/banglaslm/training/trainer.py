@@ -231,6 +231,24 @@ class Trainer:
         self.state = Progress(int(state["iter"]), float(state["best_val"]), list(state["history"]),
                               float(state.get("elapsed_s", 0.0)))
         self.guard.restore(state)
+        self._say_schedule_change(state)
+
+    def _say_schedule_change(self, state: dict) -> None:
+        """One line when a resume's train settings (a larger max_iters, say) move the learning
+        rate where the run stopped: the schedule is a function of them, so it jumps there."""
+        it, tc = int(state["iter"]), self.config.train
+        recorded = (state.get("config") or {}).get("train") or {}
+        saved = {**tc.__dict__, **{k: v for k, v in recorded.items() if k in tc.__dict__}}
+        if tc.time_limit_min or saved.get("time_limit_min"):
+            return  # a time-limited schedule follows the clock, not max_iters
+        before = lr_at(it, type(tc)(**saved))
+        after = lr_at(it, tc)
+        if abs(after - before) > 0.01 * tc.learning_rate:
+            changed = ", ".join(f"train.{k} {saved[k]} → {v}" for k, v in tc.__dict__.items()
+                                if k in ("max_iters", "learning_rate", "warmup_iters", "min_lr_ratio", "lr_schedule",
+                                         "decay_fraction") and saved.get(k) != v)
+            self._say(f"note: the learning-rate schedule changed with {changed or 'the train settings'}: at iteration "
+                      f"{it} the rate goes from {before:.3g} to {after:.3g}, and follows the new schedule from there")
 
     def _state(self, it: int) -> dict:
         return {
