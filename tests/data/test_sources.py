@@ -189,6 +189,9 @@ def test_a_csv_with_another_separator_is_read_by_its_header(tmp_path, sep):
     path.write_text(f'text{sep}id\n"আমি ভাত খাই";1\nসে, বাড়ি যায়{sep}2\n'.replace(";", sep), encoding="utf-8")
     assert docs([path]) == ["আমি ভাত খাই", "সে, বাড়ি যায়"]
     assert [row["id"] for _, row in iter_rows(resolve_inputs([str(path)]))] == ["1", "2"]
+    trailing = tmp_path / "trailing.csv"  # every row ends in the separator: read as "id;text" before
+    trailing.write_text(f"id{sep}text\n1{sep}আমি ভাত খাই{sep}\n2{sep}সে বাড়ি যায়{sep}\n", encoding="utf-8")
+    assert docs([trailing]) == ["আমি ভাত খাই", "সে বাড়ি যায়"]
 
 
 def test_hidden_files_and_folders_in_an_input_folder_are_not_read(tmp_path, capsys):

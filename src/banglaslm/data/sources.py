@@ -671,14 +671,19 @@ def _reads_whole(path: str, quoting: int) -> bool:
 
 def _sniffed_delimiter(path: str, delimiter: str) -> str:
     """`delimiter`, or ";", a tab or "|" when the header holds no comma and it and the first
-    row split by one of those into the same two or more fields."""
+    row split by one of those into the same two or more fields (empty trailing ones aside: a
+    row may end in a separator, as the reader allows)."""
     if delimiter != ",":
         return delimiter
     with open_text(path, newline="") as fh:
         header, first = fh.readline(1 << 16), fh.readline(1 << 16)
     if "," in header:
         return delimiter
-    fields = lambda line, d: len(next(csv.reader([line], delimiter=d), []))
+    def fields(line: str, d: str) -> int:
+        row = next(csv.reader([line], delimiter=d), [])
+        while row and not row[-1].strip():
+            row.pop()
+        return len(row)
     for candidate in (";", "\t", "|"):
         if fields(header, candidate) >= 2 and fields(first, candidate) in (0, fields(header, candidate)):
             return candidate
