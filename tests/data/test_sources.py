@@ -350,6 +350,21 @@ def test_a_file_in_another_encoding_gets_a_conversion_that_works(tmp_path):
         docs([path])
 
 
+def test_utf16_cut_off_or_damaged_is_named_as_utf16(tmp_path):
+    """A UTF-16 file one byte short was told to convert from Windows-1252 (which makes garbage):
+    its byte-order mark says what it is, and the fix keeps what decodes."""
+    import subprocess
+
+    path = tmp_path / "cut.txt"
+    path.write_bytes(b"\xff\xfe" + "আমি\n\nতুমি\n".encode("utf-16-le") + b"\n")
+    with pytest.raises(UserError, match=r"is marked UTF-16 by its byte-order mark but does not decode as that .*: it is "
+                                        rf"cut off or damaged; .*iconv -c -f UTF-16 -t UTF-8 {at(path)}") as caught:
+        docs([path])
+    fix = str(caught.value).rsplit("(", 1)[1].rstrip(")")
+    subprocess.run(fix, shell=True, cwd=tmp_path, capture_output=True)
+    assert docs([tmp_path / "cut.utf8.txt"]) == ["আমি\n\nতুমি\n"]
+
+
 def test_utf8_cut_off_or_damaged_is_not_called_another_encoding(tmp_path):
     """Bangla UTF-8 cut inside a character, or with a stray byte in the middle, is still UTF-8:
     converting it from Windows-1252 would garble every letter. The advice fits each case, and

@@ -449,6 +449,10 @@ def _undecodable(path: Path, failure: DecodeFailure, encoding: str) -> str:
         keep, what = (failure.offset, "end") if failure.line_start is None else (failure.line_start, "last line")
         return (f"{path} ends in the middle of a UTF-8 character (offset {failure.offset}): the file was cut off; "
                 f"copy it whole again, or drop the broken {what} ({_fix_command(path, f'head -c {keep}', 'fixed')})")
+    if encoding in ("utf-16", "utf-32"):  # its byte-order mark says so: not another encoding, a damaged file
+        return (f"{path} is marked {_encoding_name(encoding)} by its byte-order mark but does not decode as that ({at}): "
+                f"it is cut off or damaged; re-export it, or keep what decodes "
+                f"({_fix_command(path, f'iconv -c -f {encoding.upper()} -t UTF-8', 'utf8')})")
     if failure.after_multibyte:
         return (f"{path} is UTF-8 text with damaged bytes ({at}); repair or re-export it, or drop the bad bytes "
                 f"({_fix_command(path, 'iconv -c -f UTF-8 -t UTF-8', 'fixed')})")
