@@ -212,6 +212,20 @@ def test_a_body_that_is_not_a_json_object_says_so(client, body, code):
     assert error["code"] == code and "JSON" in error["message"], error
 
 
+@pytest.mark.parametrize("path, body, param, shapes", [
+    ("completions", {"prompt": [1.0, 2.0]}, "prompt", "text, a list of texts, token ids"),
+    ("completions", {"prompt": ["a", [1, 2]]}, "prompt", "text, a list of texts, token ids"),
+    ("completions", {"prompt": "আমি", "stop": [1]}, "stop", "text or a list of texts"),
+    ("chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages.0.content",
+     "text or a list of content parts"),
+])
+def test_a_field_of_several_shapes_is_named_with_them(client, path, body, param, shapes):
+    """Token ids given as floats were answered 'prompt.str: Input should be a valid string', naming a
+    parameter that does not exist (pydantic's name for one member of the union)."""
+    error = assert_openai_error(client.post(f"/v1/{path}", json=body), 400)
+    assert error["param"] == param and error["message"].startswith(f"{param} must be {shapes}"), error
+
+
 @pytest.mark.parametrize("key", [" 5", "5 ", "৫", "٥", "+5", "-1", "5.0"])
 def test_logit_bias_keys_are_ascii_token_ids(client, key):
     """int() read " 5", "৫" (a Bangla digit) and "٥" as token 5."""

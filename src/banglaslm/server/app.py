@@ -188,8 +188,19 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if param is None:  # the body itself: missing, or not an object
         return APIError(400, "the request body must be a JSON object (Content-Type: application/json)",
                         code="invalid_type")
+    tag = next((i for i, p in enumerate(loc) if _UNION_TAG.fullmatch(p)), None)
+    if tag is not None:  # a field of several shapes: pydantic names the one it tried ("prompt.str"), not the field
+        param = ".".join(loc[:tag])
+        shapes = _SHAPES.get(param.rsplit(".", 1)[-1], "a value of another type")
+        return APIError(400, f"{param} must be {shapes}", param=param, code="invalid_type")
     message = f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid request")
     return APIError(400, message, param=param, code="invalid_type" if "type" in first.get("type", "") else "invalid_value")
+
+
+# pydantic's name for one member of a union in an error's location ("str", "list[int]")
+_UNION_TAG = re.compile(r"str|int|float|bool|list\[.*\]|dict\[.*\]")
+_SHAPES = {"prompt": "text, a list of texts, token ids (a list of whole numbers) or a list of token-id lists",
+           "stop": "text or a list of texts", "content": "text or a list of content parts"}
 
 
 def _http_api_error(request: Request, exc: StarletteHTTPException) -> APIError:
