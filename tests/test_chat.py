@@ -188,3 +188,21 @@ def test_a_byte_order_mark_before_the_first_command_keeps_it_a_command(loaded):
     [(prompt, params)] = engine.calls
     assert params.max_new_tokens == 5
     assert prompt == encode_chat(engine.tokenizer, [{"role": "user", "content": "হ্যালো"}])[0]
+
+
+def test_what_a_trial_found_missing_in_the_terminal_chat(loaded):
+    """/settings left out the penalties and said greedy=off at temperature 0; an answer the model
+    ended at once printed a bare label; a message whose last line ended in \\ at the end of the
+    input was dropped."""
+    class Silent(SpyEngine):
+        def stream(self, prompt, params=None):
+            self.calls.append((prompt, params))
+            yield from ()
+
+    engine, out = Silent(loaded), Recorder()
+    script = Script(["/temp 0", "/settings", "প্রথম কথা", "শেষ কথা\\"])
+    history = chat_loop(loaded, read_line=script, write=out, engine=engine)
+    settings = out.text.split("\n")[2]
+    assert "presence_penalty=0.0 frequency_penalty=0.0" in settings and "greedy=on" in settings
+    assert out.text.count("(no answer: the model ended it at once") == 2
+    assert [m["content"] for m in history if m["role"] == "user"] == ["প্রথম কথা", "শেষ কথা"]

@@ -88,9 +88,11 @@ _COMMAND_OF = {"temperature": "/temp", "top_k": "/topk", "top_p": "/topp", "min_
 
 
 def _settings_text(p: SamplingParams) -> str:
+    """Every setting the answers are sampled with (greedy also when temperature 0 makes it so)."""
     return (f"temperature={p.temperature} top_k={p.top_k} top_p={p.top_p} min_p={p.min_p} "
-            f"repetition_penalty={p.repetition_penalty} max={p.max_new_tokens} seed={p.seed} "
-            f"greedy={'on' if p.greedy else 'off'}")
+            f"repetition_penalty={p.repetition_penalty} presence_penalty={p.presence_penalty} "
+            f"frequency_penalty={p.frequency_penalty} max={p.max_new_tokens} seed={p.seed} "
+            f"greedy={'on' if p.greedy or p.temperature == 0 else 'off'}")
 
 
 def read_piped(prompt: str) -> str:
@@ -107,7 +109,10 @@ def _read_message(read_line: Callable[[str], str], prompt: str) -> str:
     line = read_line(prompt)
     while line.endswith("\\"):
         lines.append(line[:-1])
-        line = read_line("... ")
+        try:
+            line = read_line("... ")
+        except EOFError:  # the input ended inside a message: send what came (the next read ends the chat)
+            return "\n".join(lines)
     lines.append(line)
     return "\n".join(lines)
 
@@ -125,7 +130,7 @@ def _answer(engine: Engine, prompt: list[int], params: SamplingParams, write: Ca
                         continue
                 answer += piece
                 write(piece)
-        write("\n")
+        write("\n" if answer else "(no answer: the model ended it at once; /temp or /seed may help)\n")
     except KeyboardInterrupt:
         write(" [stopped]\n")
     return answer
