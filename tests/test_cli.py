@@ -68,6 +68,10 @@ def test_mismatched_tokenizer_and_damaged_checkpoint(tmp_path, trained_run, smal
     assert_user_error(cli_here("train", "--data", other, "--out", trained_run, "--resume"), "different tokenizer")
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
+    best = run / "checkpoints" / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:1000])  # the advice names the flag that picks the other one
+    assert_user_error(cli_here("generate", run, "--prompt", "আমি"), "use the other checkpoint (--checkpoint latest)")
+    assert cli_here("generate", run, "--prompt", "আমি", "--checkpoint", "latest").returncode == 0
     for name in ("best", "latest"):
         ckpt = run / "checkpoints" / f"{name}.safetensors"
         ckpt.write_bytes(ckpt.read_bytes()[:1000])

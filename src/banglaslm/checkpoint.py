@@ -141,7 +141,9 @@ class DamagedCheckpoint(UserError):
     """A checkpoint file that cannot be read or fails its checksums; `advising` swaps the
     generic advice for a command's own (a resume reads `latest` only)."""
 
-    def __init__(self, path: Path, reason: str, advice: str = "use another checkpoint (best/latest) or train again"):
+    def __init__(self, path: Path, reason: str, advice: str | None = None):
+        other = {"best": "latest", "latest": "best"}.get(Path(path).stem)
+        advice = advice or (f"use the other checkpoint (--checkpoint {other}) or train again" if other else "train again")
         super().__init__(f"checkpoint {path} is damaged or truncated ({reason}); {advice}")
         self.path, self.reason, self.advice = path, reason, advice
 

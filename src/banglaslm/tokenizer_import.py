@@ -156,6 +156,10 @@ def export_provenance(folder: Path) -> dict | None:
     return found if isinstance(found, dict) else None
 
 
+# What a Hugging Face tokenizer folder holds: one of these at least.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "*.model", "vocab.json", "vocab.txt")
+
+
 def from_pretrained(name: str) -> Tokenizer:
     """A Hugging Face tokenizer by folder or hub name, loaded by `AutoTokenizer` (so a folder
     holding only a SentencePiece model and its tokenizer_config.json is converted as its class says)."""
@@ -163,6 +167,9 @@ def from_pretrained(name: str) -> Tokenizer:
     if provenance is not None and (Path(name) / "tokenizer.json").is_file():  # our own export, read back exactly
         return read_tokenizer_json(Path(name) / "tokenizer.json", provenance.get("tokenizer_normalizer_steps"),
                                    provenance.get("tokenizer_post_processor"))
+    if Path(name).is_dir() and not any(any(Path(name).glob(pattern)) for pattern in TOKENIZER_FILES):
+        raise UserError(f"{name} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); give the folder that holds one, or "
+                        "the tokenizer file itself")
     transformers, _, _ = _transformers()
     try:
         loaded = transformers.AutoTokenizer.from_pretrained(name)

@@ -337,12 +337,14 @@ def test_what_a_sentencepiece_user_gives_by_mistake_is_named_with_the_fix(models
     script = tmp_path / "make.py"
     script.write_text("print('not a tokenizer')\n")
     vocab = models["unigram"].with_suffix(".vocab")
+    (tmp_path / "empty").mkdir()
     lone = shutil.copy(vocab, tmp_path / "lone.vocab")
     cases = [(str(vocab), {}, f"is SentencePiece's vocabulary listing, not its model; pass {models['unigram']} "),
              (str(lone), {}, "pass the .model file sentencepiece wrote with it"),
              (str(tmp_path / "noeos.model"), {}, "has no end-of-sentence piece (</s>), which banglaslm puts between "
                                                  "documents; train it again with an eos piece"),
              (str(script), {}, "is none of these (a tokenizer.json, a SentencePiece .model"),
+             (str(tmp_path / "empty"), {}, "empty holds no tokenizer (tokenizer.json, tokenizer_config.json, *.model"),
              (str(models["unigram"]), {"vocab_size": 32000}, "applies to the BPE tokenizer prepare trains"),
              ("char", {"tokenizer_sample": 1000}, "applies to the BPE tokenizer prepare trains")]
     for tokenizer, options, message in cases:
