@@ -337,11 +337,12 @@ def stream_events(response: http.client.HTTPResponse) -> list:
             for line in response.read().decode("utf-8").splitlines() if line.startswith("data: ")]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_the_server_at_once_and_ends_every_stream(trained_run, sig):
+@pytest.mark.parametrize("sig, times", [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGINT, 2)])
+def test_a_signal_stops_the_server_at_once_and_ends_every_stream(trained_run, sig, times):
     """uvicorn waits for open connections before it stops the app: long streams kept the server
     generating long after Ctrl-C or SIGTERM. Now each stream ends with an error event and
-    [DONE], the process exits in seconds, and nothing is cut mid-chunk."""
+    [DONE], the process exits in seconds, and nothing is cut mid-chunk. A second Ctrl-C (uvicorn's
+    forced exit) logged a traceback from the app's cut shutdown."""
     server, port = start_serve(trained_run)
     eod = Tokenizer.from_file(trained_run / "tokenizer.json").eod_id
     long = {"prompt": "আমি", "max_tokens": 1024, "n": 8, "stream": True, "logit_bias": {str(eod): -100}}
@@ -350,6 +351,9 @@ def test_a_signal_stops_the_server_at_once_and_ends_every_stream(trained_run, si
         assert streams[0].readline().startswith(b"data: ")
         server.send_signal(sig)
         started = time.monotonic()
+        for _ in range(times - 1):
+            time.sleep(0.05)
+            server.send_signal(sig)
         events = [stream_events(s) for s in streams]
         _, err = server.communicate(timeout=30)
         seconds = time.monotonic() - started

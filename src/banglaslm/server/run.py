@@ -205,6 +205,8 @@ def _stopping_server(config, stop: Callable[[], None]):
 
     def handle_exit(sig, frame) -> None:
         stop()
+        if server.should_exit:  # a second signal changes nothing: the stop is under way and bounded
+            return  # (GRACEFUL_S); uvicorn's forced exit cut the app's shutdown and logged a traceback
         exit_as_uvicorn(sig, frame)
 
     server.handle_exit = handle_exit  # what uvicorn installs as the signal handler
