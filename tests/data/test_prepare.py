@@ -184,6 +184,8 @@ def test_split_warnings_rules():
     assert val_split_warnings(meta(3_962, 76_172)) == []  # the quick start's embedded corpus
     assert "too little" in val_split_warnings(meta(10_000, 10_000_000))[0]  # 0.1% where 5% was asked
     assert "raise `val_fraction`" in val_split_warnings(meta(10_000, 10_000_000))[0]
+    short = val_split_warnings(meta(40, 32, fraction=0.4))[0]  # more than half already: raising starves training
+    assert "too little" in short and short.endswith("; add text") and "raise" not in short
     assert "lower `val_fraction`" in val_split_warnings(meta(600_000, 400_000))[0]
     assert "`doc_split` page" in val_split_warnings(meta(600_000, 400_000, doc_split="file"))[0]
     tables = {**meta(600_000, 400_000, doc_split="file"), "text_files": 0}  # doc_split does nothing to a CSV

@@ -117,7 +117,8 @@ def val_split_warnings(meta: dict) -> list[str]:
     val, train = meta["splits"]["val"]["tokens"], meta["splits"]["train"]["tokens"]
     asked, share = meta["val_fraction"], val / max(val + train, 1)
     if val < MIN_VAL_TOKENS or share < asked / 4:
-        problem, other_fix = "too little to score a model on", "raise `val_fraction` or add text"
+        problem = "too little to score a model on"
+        other_fix = "add text" if share >= 0.5 else "raise `val_fraction` or add text"  # raising would starve training
     elif share > 0.5:
         problem, other_fix = "more text than the training split", "lower `val_fraction`"
     else:
