@@ -85,7 +85,9 @@ def check_writable(out: Path, what: str = "output") -> None:
     elif not existing.is_dir():
         raise UserError(f"cannot write {out}: {existing} is a file, not a folder; choose another {what} path")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {out}: {existing} is not writable by this user; choose another {what} path")
+        read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
+        why = "is on a read-only file system" if read_only else "is not writable by this user"
+        raise UserError(f"cannot write {out}: {existing} {why}; choose another {what} path")
 
 
 def check_destination(out: Path, what: str = "output", replaceable: Callable[[Path], bool] | None = None,
