@@ -102,6 +102,9 @@ def test_bad_tables(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"bad.jsonl:2 is not valid JSON"):
         docs([tmp_path / "bad.jsonl"])
+    (tmp_path / "joined.jsonl").write_bytes(b"".join(b"\xef\xbb\xbf" + json.dumps({"text": t}).encode() + b"\n"
+                                                     for t in ("এক", "দুই")))  # two files joined by `cat`: two BOMs
+    assert docs([tmp_path / "joined.jsonl"]) == ["এক", "দুই"]
     (tmp_path / "bad.jsonl").write_text('{"text": "a\tb"}\n', encoding="utf-8")  # "Invalid control character at at"
     with pytest.raises(UserError, match=r"bad.jsonl:1 is not valid JSON \(Invalid control character at column 12\)"):
         docs([tmp_path / "bad.jsonl"])

@@ -561,7 +561,7 @@ def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.lstrip("\ufeff"))  # files joined with `cat` keep each one's BOM
                 except json.JSONDecodeError as exc:
                     raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}); each line must "
                                     "be one JSON object") from None
