@@ -353,6 +353,19 @@ def test_a_file_in_another_encoding_gets_a_conversion_that_works(tmp_path):
         docs([path])
 
 
+@pytest.mark.parametrize("order", ["UTF-16LE", "UTF-16BE"])
+def test_utf16_without_a_byte_order_mark_gets_its_conversion(tmp_path, order):
+    """It was called a binary file for its NUL bytes."""
+    import subprocess
+
+    path = tmp_path / "plain.txt"
+    path.write_bytes("আমি বাংলায় গান গাই, and some English.\n\nতুমি\n".encode(order.lower()))
+    with pytest.raises(UserError, match=f"looks like {order} text without a byte-order mark") as caught:
+        docs([path])
+    subprocess.run(str(caught.value).rsplit("(", 1)[1].rstrip(")"), shell=True, cwd=tmp_path, check=True)
+    assert docs([tmp_path / "plain.utf8.txt"]) == ["আমি বাংলায় গান গাই, and some English.\n\nতুমি\n"]
+
+
 def test_utf16_cut_off_or_damaged_is_named_as_utf16(tmp_path):
     """A UTF-16 file one byte short was told to convert from Windows-1252 (which makes garbage):
     its byte-order mark says what it is, and the fix keeps what decodes."""

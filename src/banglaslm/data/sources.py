@@ -369,8 +369,24 @@ def _checked_encoding(path: str, head: bytes) -> str:
             raise UserError(f"{path} is {what}, not text: {fix}")
     encoding = bom_encoding(head[:4])
     if encoding == "utf-8" and b"\x00" in head[:65536]:
+        if (order := _utf16_without_bom(head[:65536])) is not None:
+            raise UserError(f"{path} looks like {order} text without a byte-order mark; convert it to UTF-8 first "
+                            f"({_fix_command(Path(path), f'iconv -f {order} -t UTF-8', 'utf8')})")
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
     return encoding
+
+
+def _utf16_without_bom(head: bytes) -> str | None:
+    """"UTF-16LE" or "UTF-16BE" when `head` decodes as that into text that is nearly all ASCII,
+    Latin or Bangla (what Windows tools write when told "Unicode" without a mark); else None."""
+    def plain(ch: str) -> bool:
+        return " " <= ch <= "\u024f" or "\u0980" <= ch <= "\u09ff" or ch in "\n\r\t\u2018\u2019\u201c\u201d\u2013\u2014"
+
+    for order in ("UTF-16LE", "UTF-16BE"):
+        text = head[:len(head) // 2 * 2].decode(order, errors="replace")
+        if text and sum(map(plain, text)) >= 0.95 * len(text):
+            return order
+    return None
 
 
 def _decoded_chunks(path: str) -> Iterator[str]:
