@@ -353,6 +353,17 @@ def test_a_file_in_another_encoding_gets_a_conversion_that_works(tmp_path):
         docs([path])
 
 
+@pytest.mark.parametrize("doc_split", ["file", "paragraph"])
+def test_bangla_saved_as_question_marks_is_refused(tmp_path, doc_split):
+    """Notepad's "ANSI" turns every Bangla letter into '?': such a file trained a model on question
+    marks without a word. Text with the odd question mark still reads."""
+    (tmp_path / "ansi.txt").write_text("??? ???? ????, ??? ?????\n\n?????? ????? ????\n" * 4, encoding="utf-8")
+    with pytest.raises(UserError, match=r"ansi.txt: \d+% of its characters are '\?', as when Bangla text is saved"):
+        docs([tmp_path / "ansi.txt"], doc_split=doc_split)
+    (tmp_path / "asks.txt").write_text("কে? কী? কেন? কোথায়? " * 40, encoding="utf-8")
+    assert len(docs([tmp_path / "asks.txt"], doc_split=doc_split)) == 1
+
+
 @pytest.mark.parametrize("order", ["UTF-16LE", "UTF-16BE"])
 def test_utf16_without_a_byte_order_mark_gets_its_conversion(tmp_path, order):
     """It was called a binary file for its NUL bytes."""

@@ -373,7 +373,18 @@ def _checked_encoding(path: str, head: bytes) -> str:
             raise UserError(f"{path} looks like {order} text without a byte-order mark; convert it to UTF-8 first "
                             f"({_fix_command(Path(path), f'iconv -f {order} -t UTF-8', 'utf8')})")
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
+    _refuse_question_marks(path, head[:65536].decode(encoding, errors="ignore"))
     return encoding
+
+
+def _refuse_question_marks(path: str, text: str) -> None:
+    """UserError for text whose letters became "?": what saving Bangla in an encoding that cannot
+    hold it does (Notepad's "ANSI"), which would train a model on question marks."""
+    visible = sum(1 for ch in text if not ch.isspace())
+    marks = text.count("?")
+    if marks >= 50 and marks > 0.3 * visible:
+        raise UserError(f"{path}: {marks / visible:.0%} of its characters are '?', as when Bangla text is saved in an "
+                        "encoding that cannot hold it (Notepad's \"ANSI\"); save the original again as UTF-8")
 
 
 def _utf16_without_bom(head: bytes) -> str | None:
