@@ -186,6 +186,7 @@ def test_every_document_removed_gives_a_report_and_a_warning(tmp_path, capsys):
     assert main(["clean", str(text), "--out", str(out), "--shard-docs", "10"]) == 0
     printed = capsys.readouterr().out
     assert "kept 0 of 30 documents" in printed and "every document was removed, the last of them by script" in printed
+    assert "check that the text is Unicode Bangla" in printed and "--min-stop-words" not in printed  # not "loosen"
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["kept"] == 0 and report["steps"][0]["removed"] == 30
     assert [s["docs_in"] for s in report["steps"][1:]] == [0, 0, 0, 0] and not list(out.glob("*.jsonl"))
@@ -195,6 +196,7 @@ def test_every_document_removed_gives_a_report_and_a_warning(tmp_path, capsys):
     assert main(["prepare", str(text), "--clean", "--out", str(tmp_path / "data")]) == 2  # the same, inside prepare
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cleaning removed every document (30), the last of them by script" in err
+    assert "legacy font encoding such as Bijoy/SutonnyMJ must be converted" in err
     assert not (tmp_path / "data").exists() and not list(tmp_path.glob(".data*"))
 
 

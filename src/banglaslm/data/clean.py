@@ -392,13 +392,23 @@ class CleanResult:
         lines += [f"{s.step:>18}: removed {s.removed:,} of {s.docs_in:,} ({s.chars_removed:,} characters)"
                   for s in self.steps]
         if self.kept == 0:
-            lines.append(f"warning: every document was removed, the last of them by {emptied_by(step_records(self.steps))}"
-                         f"; {LOOSEN}, or check that the inputs are the text you meant (examples: "
+            records = step_records(self.steps)
+            lines.append(f"warning: every document was removed, the last of them by {emptied_by(records)}"
+                         f"; {loosen(records)}, or check that the inputs are the text you meant (examples: "
                          f"{self.out_dir}/report.md)")
         return "\n".join(lines)
 
 
-LOOSEN = "loosen its thresholds (e.g. --min-stop-words 0 for old-style prose; banglaslm clean --help)"
+def loosen(steps: list[dict]) -> str:
+    """What to do when `steps` (report.json's) removed every document: the step's own advice."""
+    if _last_step(steps)["step"] == "script":  # no Bangla letters: loosening would keep what is not Bangla
+        return ("check that the text is Unicode Bangla (text typed in a legacy font encoding such as Bijoy/SutonnyMJ "
+                "must be converted to Unicode first), or lower --min-bangla-share for text in other scripts")
+    return "loosen its thresholds (e.g. --min-stop-words 0 for old-style prose; banglaslm clean --help)"
+
+
+def _last_step(steps: list[dict]) -> dict:
+    return next(s for s in steps if s["removed"] and not s["kept"])
 
 
 def step_records(steps: list[StepCount]) -> list[dict]:
@@ -412,7 +422,7 @@ def _reasons(step: dict) -> str:
 
 def emptied_by(steps: list[dict]) -> str:
     """'STEP (REASON N, ...)': the step that removed the last documents left (report.json's steps)."""
-    last = next(s for s in steps if s["removed"] and not s["kept"])
+    last = _last_step(steps)
     return f"{last['step']} ({_reasons(last)})"
 
 

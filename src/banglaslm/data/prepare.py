@@ -31,7 +31,7 @@ from ..fileio import (
     swap_in,
 )
 from ..tokenizer import MAX_UNKNOWN_SHARE, Coverage, Tokenizer, check_bpe_vocab_size
-from .clean import LOOSEN, CleanOptions, emptied_by
+from .clean import CleanOptions, emptied_by, loosen
 from .clean import clean as run_clean
 from .folder import ID_DTYPES, SPLITS, id_dtype, is_data_folder, split_stats, write_meta
 from .prepare_steps import (
@@ -272,7 +272,7 @@ class _Job:
         report = read_json(cleaned / "report.json")
         if report["kept"] == 0:
             raise UserError(f"cleaning removed every document ({report['documents']:,}), the last of them by "
-                            f"{emptied_by(report['steps'])}; {LOOSEN}, or see its report: "
+                            f"{emptied_by(report['steps'])}; {loosen(report['steps'])}, or see its report: "
                             "banglaslm clean INPUT... --out DIR")
         self.reading = (resolve_inputs([str(cleaned)]), None, "file")
 
