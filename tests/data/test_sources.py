@@ -553,8 +553,9 @@ def test_a_text_file_streams_into_the_documents_the_whole_file_gives(tmp_path, m
     path = tmp_path / "t.txt"
     path.write_bytes(text.encode(encoding))
     whole = unify_line_breaks(text)
-    expected = {"line": whole.split("\n"), "paragraph": split_paragraphs(whole),
-                "page": list(sources.pages(split_paragraphs(whole))), "file": [whole]}
+    kept = lambda pieces: [p for p in pieces if p.strip()]  # noqa: E731 (a blank-line run's gap is no document)
+    expected = {"line": kept(whole.split("\n")), "paragraph": kept(split_paragraphs(whole)),
+                "page": list(sources.pages(kept(split_paragraphs(whole)))), "file": [whole]}
     monkeypatch.setattr(sources, "TEXT_CHUNK", chunk)  # the first read is 64 KiB: the rest comes in chunks
     assert len(text.encode(encoding)) > (1 << 16) + 1000
     for split, documents in expected.items():
@@ -573,3 +574,11 @@ def test_the_first_document_comes_before_the_file_is_read_whole(tmp_path, monkey
     documents = sources.read_text_file(str(path), "line")
     assert next(documents) == "একটি লাইন।"
     assert opened and opened[0].tell() <= 2 << 20 < path.stat().st_size
+
+
+@pytest.mark.parametrize("doc_split", ["line", "paragraph"])
+def test_runs_of_blank_lines_are_no_documents(tmp_path, doc_split):
+    """Three or more line breaks, or the one a file ends with, were counted as 'skipped N empty
+    document(s)' (921 of them for three books of songs)."""
+    (tmp_path / "songs.txt").write_text("এক\n\n\n\n\nদুই\n\n\n\n", encoding="utf-8")
+    assert [d.strip() for d in docs([tmp_path / "songs.txt"], doc_split=doc_split)] == ["এক", "দুই"]

@@ -349,7 +349,8 @@ def read_text_file(path: str, doc_split: str) -> Iterator[str]:
     if doc_split == "file":
         yield _whole_text(path)
         return
-    documents = split_stream(_decoded_chunks(path), "line" if doc_split == "line" else "paragraph")
+    pieces = split_stream(_decoded_chunks(path), "line" if doc_split == "line" else "paragraph")
+    documents = (piece for piece in pieces if piece.strip())  # the gap a run of blank lines leaves is no document
     yield from pages(documents) if doc_split == "page" else documents
 
 
