@@ -40,6 +40,28 @@ class Opt:
     choices: tuple[str, ...] | None = None
 
 
+def check_argument_kinds(fn: Any, given: dict[str, Any]) -> None:
+    """UserError naming the first argument in `given` (a call's arguments by name) whose kind
+    the `Annotated[T, Opt(...)]` parameter of `fn` does not take. The command line converts its
+    text to T; Python callers pass 8000.0 or "600", which failed deep inside with a TypeError."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    for name, value in given.items():
+        hint = hints.get(name)
+        if typing.get_origin(hint) is not typing.Annotated:
+            continue
+        base = typing.get_args(hint)[0]
+        kinds = [k for k in (typing.get_args(base) or (base,)) if k in _KIND_CHECKS]
+        if kinds and not (value is None and type(None) in typing.get_args(base)) \
+                and not any(_KIND_CHECKS[k](value) for k in kinds):
+            wanted = " or ".join(_EXPECTED[k.__name__] for k in kinds)
+            raise bad_param(name, f"must be {wanted}, got {type(value).__name__} {value!r:.40}")
+
+
+_KIND_CHECKS = {int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+                float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+                bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str)}
+
+
 def show_progress(progress: bool | None) -> bool:
     """Whether to draw progress bars: `progress`, or when None, only on a terminal."""
     return sys.stderr.isatty() if progress is None else progress

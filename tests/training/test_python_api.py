@@ -80,3 +80,21 @@ def test_arguments_of_the_wrong_kind_are_named_with_the_fix(trained_run, data_di
         with pytest.raises(UserError, match=message):
             call()
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"vocab_size": 8000.0}, "vocab_size must be an integer, got float 8000.0"),
+    ({"vocab_size": "600"}, "vocab_size must be an integer, got str '600'"),
+    ({"val_fraction": "0.1"}, "val_fraction must be a number, got str '0.1'"),
+    ({"tokenizer": 5}, "tokenizer must be text, got int 5"),
+    ({"workers": True}, "workers must be an integer, got bool True"),
+])
+def test_options_of_the_wrong_kind_in_python_are_named(small_books, tmp_path, given, message):
+    """The command line converts its text; in Python 8000.0 or "600" failed deep inside with a TypeError."""
+    from banglaslm.data.clean import clean
+
+    with pytest.raises(UserError, match=f"^{message}$"):
+        prepare([str(small_books[0])], tmp_path / "out", **given)
+    with pytest.raises(UserError, match="^workers must be an integer, got str '2'$"):
+        clean([str(small_books[0])], tmp_path / "out", workers="2")
+    assert not (tmp_path / "out").exists()

@@ -49,7 +49,7 @@ from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import TextNormConfig
 from datatrove.utils.word_tokenizers import WordTokenizer, simple_span_tokenize
 
-from ..config import Opt, option
+from ..config import Opt, check_argument_kinds, option
 from ..errors import UserError, bad_param
 from ..fileio import atomic_write_json, atomic_write_text, json_line, staged_folder
 from ..text import normalize
@@ -442,6 +442,7 @@ def clean(
     """Clean `inputs` (files, folders, globs, tables or hf:NAME; see `sources`) into `out_dir`:
     JSONL shards of the kept documents plus report.json / report.md. Raises UserError, before
     any work and leaving an earlier output untouched, for bad options or inputs."""
+    check_argument_kinds(clean, locals())
     options = options or CleanOptions()
     options.validate()
     if workers < 1:

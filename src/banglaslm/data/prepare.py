@@ -20,7 +20,7 @@ from typing import Annotated
 
 import numpy as np
 
-from ..config import MAX_SEED, Opt, show_progress
+from ..config import MAX_SEED, Opt, check_argument_kinds, show_progress
 from ..errors import UserError, bad_param
 from ..fileio import (
     atomic_write_json,
@@ -160,6 +160,7 @@ def prepare(
     """Prepare a data folder from `inputs` (files, folders, globs, tables or hf:NAME; see
     `sources`). `progress=None` shows bars only on a terminal. Raises UserError, leaving any
     earlier data folder at `out_dir` untouched, for bad options or inputs."""
+    check_argument_kinds(prepare, locals())
     tasks = _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens,
                            workers, tasks, task_rank)
     _check_bpe_only(tokenizer, vocab_size=vocab_size, tokenizer_sample=tokenizer_sample)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..config import Opt, show_progress
+from ..config import Opt, check_argument_kinds, show_progress
 from ..data.sources import read_whole_text
 from ..errors import UserError, bad_param, wrong_kind
 from ..runfolder import LoadedModel, check_loaded
@@ -167,6 +167,7 @@ def evaluate_file(loaded: LoadedModel, path: str | Path,
     """`evaluate_text` on the text of the file at `path` (UTF-8, any of the compressions and
     encodings `prepare` reads); UserError naming the file when it is missing, not text, or empty."""
     check_loaded(loaded)
+    check_argument_kinds(evaluate_file, {"stride": stride})
     if not isinstance(path, (str, os.PathLike)):
         raise wrong_kind("path", path, "a file's path (str or Path)")
     return evaluate_text(loaded, read_whole_text(path), name=str(path), stride=stride)
