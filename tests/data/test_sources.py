@@ -222,9 +222,11 @@ def test_links_in_an_input_folder_are_followed_once_and_broken_ones_named(tmp_pa
     (books / "deep" / "up").symlink_to(books)  # a loop: the folder is read once
     (books / "self.txt").symlink_to(books / "self.txt")
     (books / "gone.txt").symlink_to(tmp_path / "missing.txt")
+    (books / "deep" / "root").symlink_to("/")  # a folder above the input: never walked
     assert docs([books]) == ["এক", "দুই"]
-    assert f"note: 2 broken symbolic link(s) in {books} are not read ({books / 'gone.txt'}, {books / 'self.txt'})" \
-        in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"note: 2 broken symbolic link(s) in {books} are not read ({books / 'gone.txt'}, {books / 'self.txt'})" in err
+    assert f"note: 1 linked folder(s) in {books} are read too ({books / 'linked'} -> {shelf})" in err
     with pytest.raises(UserError, match=f"input {books / 'gone.txt'} is a broken symbolic link \\(to {tmp_path}"):
         docs([books / "gone.txt"])
 
@@ -582,3 +584,8 @@ def test_runs_of_blank_lines_are_no_documents(tmp_path, doc_split):
     document(s)' (921 of them for three books of songs)."""
     (tmp_path / "songs.txt").write_text("এক\n\n\n\n\nদুই\n\n\n\n", encoding="utf-8")
     assert [d.strip() for d in docs([tmp_path / "songs.txt"], doc_split=doc_split)] == ["এক", "দুই"]
+
+
+def test_a_semicolon_csv_whose_first_row_ends_in_an_empty_cell_is_read_by_its_header(tmp_path):
+    (tmp_path / "semi.csv").write_text("text;label\nআমার সোনার বাংলা;\nআমি তোমায় ভালোবাসি;pos\n", encoding="utf-8")
+    assert docs([tmp_path / "semi.csv"]) == ["আমার সোনার বাংলা", "আমি তোমায় ভালোবাসি"]

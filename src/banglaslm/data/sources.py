@@ -161,19 +161,23 @@ def _once(sources: list[Source]) -> list[Source]:
 def _folder_files(folder: Path) -> list[Path]:
     """The files to read in `folder`, at any depth: text and table files, hidden ones (a name
     starting with ".") left out; of a folder `clean` wrote, its shards alone (not its report or
-    removed/). Linked folders are followed (each real folder read once); a data or model folder
+    removed/). Linked folders are followed and named in a note, each real folder read once; a
+    link to a folder that holds the input folder (a loop, or "/") is not. A data or model folder
     inside is refused (`_refuse_tool_folder`); files skipped are named on stderr (`_say_unread`,
     and notes for hidden files and broken links)."""
-    files, found, passed, hidden, broken, visited = [], [], [], [], [], set()
+    files, found, passed, hidden, broken, linked, visited = [], [], [], [], [], [], set()
+    top = folder.resolve()
     for root, dirs, names in os.walk(folder, followlinks=True):
         here = Path(root)
-        if here.resolve() in visited:  # a link to a folder already read (or to one above it: a loop)
+        real = here.resolve()
+        if real in visited or real in top.parents:  # read already, or the folder above the input (a loop)
             dirs[:] = []
             continue
-        visited.add(here.resolve())
+        visited.add(real)
+        linked += [here] if here != folder and here.is_symlink() else []
         _refuse_tool_folder(here)
-        broken += [here / name for name in names if not os.path.exists(here / name)]  # a link to nothing, or a loop
-        names = [name for name in names if os.path.exists(here / name)]
+        broken += [here / n for n in names if (here / n).is_symlink() and not os.path.exists(here / n)]  # or a loop
+        names = [name for name in names if here / name not in broken]
         hidden += [here / name for name in (*dirs, *names) if name.startswith(".")]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .git, .ipynb_checkpoints, ...
         names = [name for name in names if not name.startswith(".")]  # macOS's ._NAME, .DS_Store, ...
@@ -191,6 +195,9 @@ def _folder_files(folder: Path) -> list[Path]:
         files += [here / name for name in names if _format(here / name) in TEXT_SUFFIXES | TABLE_SUFFIXES]
     _say_unread(folder, found)
     _note_not_read(broken, f"broken symbolic link(s) in {folder} are not read", "point them at files that exist")
+    if linked:
+        named = ", ".join(f"{p} -> {os.readlink(p)}" for p in sorted(linked)[:3]) + (", ..." if len(linked) > 3 else "")
+        print(f"note: {len(linked)} linked folder(s) in {folder} are read too ({named})", file=sys.stderr)
     _note_not_read(hidden, f"hidden file(s) or folder(s) in {folder} are not read", "pass one as an input of its own "
                    "to read it")
     _note_not_read(passed, "file(s) added to a folder banglaslm clean wrote are not read", "only its shards are: "
@@ -711,13 +718,11 @@ def _sniffed_delimiter(path: str, delimiter: str) -> str:
         header, first = fh.readline(1 << 16), fh.readline(1 << 16)
     if "," in header:
         return delimiter
-    def fields(line: str, d: str) -> int:
-        row = next(csv.reader([line], delimiter=d), [])
-        while row and not row[-1].strip():
-            row.pop()
-        return len(row)
+    fields = lambda line, d: next(csv.reader([line], delimiter=d), [])  # noqa: E731
     for candidate in (";", "\t", "|"):
-        if fields(header, candidate) >= 2 and fields(first, candidate) in (0, fields(header, candidate)):
+        names, row = fields(header, candidate), fields(first, candidate)
+        ends_in_separator = len(row) == len(names) + 1 and not row[-1].strip()
+        if len(names) >= 2 and (len(row) in (0, len(names)) or ends_in_separator):
             return candidate
     return delimiter
 
