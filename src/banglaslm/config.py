@@ -496,8 +496,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid {kind.upper()}: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a table with 'model' and/or 'train'")
-    if data.get("format") == RUN_FORMAT:  # a run's saved config: its header is not a setting
-        data = {k: v for k, v in data.items() if k not in ("format", "version")}
+    if data.get("format") == RUN_FORMAT:  # a run's saved config: its header is not a setting, and its
+        data = {k: v for k, v in data.items() if k not in ("format", "version")}  # vocabulary was its data's
+        data["model"] = {k: v for k, v in (data.get("model") or {}).items() if k != "vocab_size"}
     return _flatten(data, str(path))
 
 

@@ -355,3 +355,12 @@ def test_a_prompt_keeps_the_line_break_it_ends_with(loaded):
     assert engine.encode_prompt("  আমি  ") == engine.encode_prompt("আমি")  # a word carries its own space
     with pytest.raises(UserError, match="prompt is empty"):
         engine.encode_prompt("\n \n")
+
+
+def test_prompts_may_be_any_iterable_of_texts_but_not_one_text(loaded):
+    engine = Engine(loaded.model, loaded.tokenizer)
+    params = SamplingParams(max_new_tokens=3, greedy=True)
+    as_list = engine.generate(["আমি", "তুমি"], params)
+    assert engine.generate((p for p in ["আমি", "তুমি"]), params) == as_list == engine.generate({"আমি": 1, "তুমি": 2}.keys(), params)
+    with pytest.raises(UserError, match=r"prompts must be a list of texts, got str .*use \[prompt\] for one"):
+        engine.generate("আমি", params)

@@ -128,10 +128,10 @@ class Engine:
 
     def generate(self, prompts: list[str], params: SamplingParams | None = None) -> list[list[Completion]]:
         """`params.n` completions for each prompt, in prompt order."""
-        if not isinstance(prompts, (list, tuple)):
+        if isinstance(prompts, (str, bytes)):
             raise wrong_kind("prompts", prompts, "a list of texts", "use [prompt] for one")
         params = self.checked(params)
-        return self._generate([self.encode_prompt(p) for p in prompts], params)
+        return self._generate([self.encode_prompt(p) for p in list(prompts)], params)
 
     def generate_ids(self, contexts: list[list[int]], params: SamplingParams | None = None) -> list[list[Completion]]:
         """Like `generate`, from token ids (each context as `encode_prompt` makes it)."""

@@ -188,7 +188,7 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if param is None:  # the body itself: missing, or not an object
         return APIError(400, "the request body must be a JSON object (Content-Type: application/json)",
                         code="invalid_type")
-    tag = next((i for i, p in enumerate(loc) if _UNION_TAG.fullmatch(p)), None)
+    tag = next((i for i, p in enumerate(loc) if i and loc[i - 1] in _SHAPES and _UNION_TAG.fullmatch(p)), None)
     if tag is not None:  # a field of several shapes: pydantic names the one it tried ("prompt.str"), not the field
         param = ".".join(loc[:tag])
         shapes = _SHAPES.get(param.rsplit(".", 1)[-1], "a value of another type")
