@@ -155,12 +155,6 @@ def test_rolling_and_generation_are_banglaslm_eval_and_generate(ours, trained_ru
     expected = [c[0].text for c in engine.generate(prompts, params)]
     assert [s["resps"][0][0] for s in samples[:6]] == expected
     assert any(text.strip() for text in expected)  # the check compares generated text, not blanks
-    from banglaslm.lm_eval_model import (
-        BanglaslmLM,  # a context ending in a line break keeps it, as generate's prompt
-    )
-    lm = BanglaslmLM(loaded)
-    assert lm._context("প্রশ্ন: কে?\n") == engine.encode_prompt("প্রশ্ন: কে?\n") != lm.tok_encode("প্রশ্ন: কে?\n")
-    assert lm._context(" ") == [loaded.tokenizer.eod_id]
 
 
 def test_results_file_beside_the_run(ours, trained_run):

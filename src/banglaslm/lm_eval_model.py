@@ -111,16 +111,10 @@ class BanglaslmLM(TemplateLM):
             groups.setdefault(repr(sorted(gen_kwargs.items())), []).append(i)
         for rows in tqdm(groups.values(), desc="generate_until", disable=disable_tqdm):
             params = sampling(args[rows[0]][1])
-            contexts = [self._context(args[i][0]) for i in rows]
-            for i, completions in zip(rows, self.engine.generate_ids(contexts, params)):
+            for i, completions in zip(rows, self.engine.generate_ids([self.tok_encode(args[i][0]) for i in rows],
+                                                                     params)):
                 out[i] = completions[0].text
         return out
-
-    def _context(self, text: str) -> list[int]:
-        """A generation's context as `banglaslm generate` reads a prompt (a final line break kept,
-        `Engine.encode_prompt`); the end-of-document token alone for an empty one."""
-        return self.engine.encode_prompt(text) if normalize_fragment(text).strip() else [self.tok.eod_id]
-
 
 def sampling(gen_kwargs: dict) -> SamplingParams:
     """lm-eval's generation arguments (until, max_gen_toks, do_sample, temperature, top_p,

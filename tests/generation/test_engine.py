@@ -364,13 +364,3 @@ def test_prompts_may_be_any_iterable_of_texts_but_not_one_text(loaded):
     assert engine.generate((p for p in ["আমি", "তুমি"]), params) == as_list == engine.generate({"আমি": 1, "তুমি": 2}.keys(), params)
     with pytest.raises(UserError, match=r"prompts must be a list of texts, got str .*use \[prompt\] for one"):
         engine.generate("আমি", params)
-
-
-def test_a_tokenizer_without_a_line_break_drops_the_prompts_last_one():
-    """A char tokenizer built from single lines has no "\\n": the kept line break became unknown."""
-    from banglaslm.tokenizer import Tokenizer
-
-    tok = Tokenizer.build_char("আমার সোনার বাংলা")
-    model = GPT(build_config("tiny", overrides={"model.vocab_size": tok.vocab_size}).model)
-    engine = Engine(model, tok)
-    assert engine.encode_prompt("আমার\n") == engine.encode_prompt("আমার") and tok.unk_id not in engine.encode_prompt("আমার\n")

@@ -106,15 +106,11 @@ class Engine:
         """[eod] + the normalized prompt's ids: the context every training document starts from.
         A prompt is the start of a document, so it keeps a line break it ends with (a verse's
         next line, a few-shot answer on a line of its own); leading whitespace and trailing
-        spaces go, as no training document starts with one and a word carries its space. (A
-        tokenizer without a line break, a char one built from single lines, drops it.)"""
+        spaces go, as no training document starts with one and a word carries its space."""
         text = normalize_fragment(check_text(prompt, "prompt")).lstrip().rstrip(" ")
         if not text:
             raise bad_param("prompt", "is empty; give some text to continue, e.g. \"আমার সোনার\"")
-        ids = self.tokenizer.encode(text, normalized=True)
-        if text.endswith("\n") and ids and ids[-1] == self.tokenizer.unk_id:
-            ids = self.tokenizer.encode(text.rstrip("\n"), normalized=True)
-        return [self.tokenizer.eod_id] + ids
+        return [self.tokenizer.eod_id] + self.tokenizer.encode(text, normalized=True)
 
     def checked(self, params: SamplingParams | None) -> SamplingParams:
         """`params` validated, with its stop strings normalized as the model's text is (a stop
