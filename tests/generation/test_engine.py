@@ -344,19 +344,6 @@ def test_an_embedding_padded_past_the_tokenizer_never_yields_an_id_it_lacks(load
     assert len(completion.token_ids) == 12 and max(completion.token_ids) < vocab
 
 
-def test_a_prompt_keeps_the_line_break_it_ends_with(loaded):
-    """A prompt was stripped like a whole document, so "কবিতা:\\n" continued on the same line. It is
-    the start of a document: its ids are those a document that goes on from there begins with."""
-    engine, tok = Engine(loaded.model, loaded.tokenizer), loaded.tokenizer
-    for prompt, document in (("কবিতা:\n", "কবিতা:\nআমার সোনার বাংলা"), ("এক\n\n", "এক\n\nদুই")):
-        ids = engine.encode_prompt(prompt)
-        assert ids[0] == tok.eod_id and ids[1:] == tok.encode(document)[:len(ids) - 1]
-        assert tok.decode(ids) == prompt
-    assert engine.encode_prompt("  আমি  ") == engine.encode_prompt("আমি")  # a word carries its own space
-    with pytest.raises(UserError, match="prompt is empty"):
-        engine.encode_prompt("\n \n")
-
-
 def test_prompts_may_be_any_iterable_of_texts_but_not_one_text(loaded):
     engine = Engine(loaded.model, loaded.tokenizer)
     params = SamplingParams(max_new_tokens=3, greedy=True)

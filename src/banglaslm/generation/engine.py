@@ -25,7 +25,7 @@ from ..config import SamplingParams
 from ..errors import UserError, bad_param, wrong_kind
 from ..model import GPT, KVCache
 from ..runfolder import LoadedModel, check_loaded
-from ..text import check_text, normalize_fragment
+from ..text import check_text, normalize, normalize_fragment
 from ..tokenizer import Tokenizer
 from .cpu_decode import CpuDecoder
 from .sampling import Sampler, TokenLogprob
@@ -103,11 +103,8 @@ class Engine:
 
     # ---- public API ----------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:
-        """[eod] + the normalized prompt's ids: the context every training document starts from.
-        A prompt is the start of a document, so it keeps a line break it ends with (a verse's
-        next line, a few-shot answer on a line of its own); leading whitespace and trailing
-        spaces go, as no training document starts with one and a word carries its space."""
-        text = normalize_fragment(check_text(prompt, "prompt")).lstrip().rstrip(" ")
+        """[eod] + the normalized prompt's ids: the context every training document starts from."""
+        text = normalize(check_text(prompt, "prompt"))
         if not text:
             raise bad_param("prompt", "is empty; give some text to continue, e.g. \"আমার সোনার\"")
         return [self.tokenizer.eod_id] + self.tokenizer.encode(text, normalized=True)
