@@ -349,3 +349,13 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
     assert_user_error(cli_here("prepare", tmp_path, "--out", tmp_path / "o", "--val-fraction", "2"), "--val-fraction must be")
     assert_user_error(cli_here("prepare", tmp_path, "--out", tmp_path / "o", "--vocab-size", "5"), "--vocab-size 5 is too small")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_stop_typed_as_backslash_n_is_a_line_break(trained_run):
+    """`--stop "\\n"`, as people type it, reached generate as a backslash and an n, which never matched."""
+    from banglaslm.cli import unescape
+
+    assert unescape(r"\n") == "\n" and unescape(r"a\tb") == "a\tb" and unescape(r"\\n") == "\\n" and unescape("।") == "।"
+    base = ["generate", trained_run, "--prompt", "আমি", "--greedy", "--max-new-tokens", "60", "--json"]
+    typed, real = (json.loads(cli_here(*base, "--stop", stop).stdout) for stop in (r"\n", "\n"))
+    assert typed == real and "\n" not in typed["text"]

@@ -420,6 +420,14 @@ def cmd_eval(args) -> None:
             print(f"warning: {line}", file=sys.stderr)
 
 
+_ESCAPES = re.compile(r"\\(\\|n|t)")
+
+
+def unescape(text: str) -> str:
+    """A command-line string with \\n, \\t and \\\\ read as a line break, a tab and a backslash."""
+    return _ESCAPES.sub(lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
 def cmd_generate(args) -> None:
     from .generation.engine import Engine
     from .runfolder import load_model
@@ -427,6 +435,7 @@ def cmd_generate(args) -> None:
     if args.stream and args.json:
         raise UserError("--stream and --json cannot be combined; --json prints one object at the end")
     params = SamplingParams(**picked(args, SamplingParams))
+    params.stop = [unescape(s) for s in params.stop]  # `--stop "\n"`, as people type it, reaches us as \ and n
     params.validate()  # fail on bad options before spending time loading the model
     if args.prompt_file is not None:
         args.prompt = read_prompt_file(args.prompt_file)

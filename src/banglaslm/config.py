@@ -222,7 +222,8 @@ class SamplingParams:
     repetition_penalty: float = option(1.0, "> 1 discourages tokens already seen (1 = off; 1.1-1.3 is typical)")
     presence_penalty: float = option(0.0, "OpenAI-style, in [-2, 2]: lowers tokens already generated")
     frequency_penalty: float = option(0.0, "OpenAI-style, in [-2, 2]: lowers tokens by how often they were generated")
-    stop: list[str] = option(None, "stop before this text (repeatable)", factory=list)
+    stop: list[str] = option(None, "stop before this text (repeatable; on the command line \\n and \\t are a line "
+                                   "break and a tab, \\\\ a backslash)", factory=list)
     seed: int | None = option(None, "same seed, same text")
     greedy: bool = option(False, "always take the most likely token")
     n: int = option(1, "samples per prompt")
