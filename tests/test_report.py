@@ -173,6 +173,18 @@ def test_summary_and_plots_without_metrics(tmp_path):
     assert summary["evaluations"] == 2
 
 
+def test_a_run_stopped_before_its_end_says_of_how_many():
+    """The card of a run stopped by Ctrl-C at 10 of 200 iterations said "iterations | 10" alone."""
+    from banglaslm.config import build_config
+    from banglaslm.report import _iterations, training_summary
+
+    cfg = build_config(overrides={"train.max_iters": 200})
+    assert _iterations(training_summary([], cfg, iterations=10)) == "10 of 200 planned (it stopped before its end)"
+    assert _iterations(training_summary([], cfg, iterations=200)) == "200"
+    cfg.train.time_limit_min = 5.0  # max_iters only caps a time-limited run: it ends at its time
+    assert _iterations(training_summary([], cfg, iterations=10)) == "10"
+
+
 def test_an_imported_run_has_no_best_validation_loss(trained_run, tmp_path):
     # An imported run was never evaluated: its checkpoint's "best" is the largest float (JSON has
     # no inf), which the card once printed as a 309-digit loss.

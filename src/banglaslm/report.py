@@ -51,6 +51,7 @@ def training_summary(records: list[dict], config, iterations: int, world_size: i
     val_losses = [r["loss"] for r in evals["val"]]
     return {
         "iterations": iterations,
+        "planned_iterations": None if tc.time_limit_min else tc.max_iters,  # a time limit's schedule is its clock
         "best_val_loss": min(val_losses) if val_losses else None,
         "final_train_loss": evals["train"][-1]["loss"] if evals["train"] else None,
         "final_val_loss": evals["val"][-1]["loss"] if evals["val"] else None,
@@ -209,6 +210,15 @@ def _model_section(info: dict) -> list[str]:
           f"| checkpoint | {info['checkpoint']} (iteration {info['checkpoint_iter']}) |", ""]
 
 
+def _iterations(tr: dict) -> str:
+    """The iterations trained, and the planned total when the run stopped before it (a Ctrl-C or
+    early stopping: its learning rate had not finished its decay)."""
+    planned = tr.get("planned_iterations")
+    if not planned or tr["iterations"] >= planned:
+        return f"{tr['iterations']:,}"
+    return f"{tr['iterations']:,} of {planned:,} planned (it stopped before its end)"
+
+
 def _training_section(info: dict) -> list[str]:
     tr, imported, start = info["training"], info.get("imported_from"), info.get("started_from")
     if imported and not tr["iterations"]:
@@ -219,7 +229,7 @@ def _training_section(info: dict) -> list[str]:
         if start else []
     return ["## Training", "", *origin,
           "| quantity | value |", "|---|---|",
-          f"| iterations | {tr['iterations']:,} |",
+          f"| iterations | {_iterations(tr)} |",
           f"| best val loss | {_fmt(tr['best_val_loss'])} |",
           f"| final train loss (eval) | {_fmt(tr['final_train_loss'])} |",
           f"| final val loss (eval) | {_fmt(tr['final_val_loss'])} |",
