@@ -285,7 +285,7 @@ def test_finish_reasons_and_eval_mode(loaded, monkeypatch):
     ({"temperature": -0.1}, "temperature must be >= 0"),
     ({"top_p": 0}, r"top_p must be in \(0, 1\]"),
     ({"min_p": 1.5}, r"min_p must be in \[0, 1\]"),
-    ({"top_k": 0}, "top_k must be at least 1"),
+    ({"top_k": 0}, r"top_k must be at least 1 \(leave it out, None, for no top-k; Hugging Face writes that as 0\)"),
     ({"repetition_penalty": 0}, "repetition_penalty must be > 0"),
     ({"presence_penalty": 3}, r"presence_penalty must be in \[-2, 2\]"),
     ({"frequency_penalty": -2.5}, r"frequency_penalty must be in \[-2, 2\]"),
