@@ -421,6 +421,8 @@ def test_existing_output_needs_overwrite(trained_run, tmp_path):
 def test_bad_dtype_and_folder_output(trained_run, tmp_path):
     with pytest.raises(UserError, match="dtype"):
         export_gguf(trained_run, tmp_path / "m.gguf", dtype="q4_0")
-    with pytest.raises(UserError, match="folder"):
+    with pytest.raises(UserError, match="is a folder; give the path of the .gguf file"):
         export_gguf(trained_run, tmp_path)
+    with pytest.raises(UserError, match="names a folder \\(it ends in a slash\\)"):  # not made yet: "is a folder" was untrue
+        export_gguf(trained_run, f"{tmp_path / 'out'}/")
     assert list(tmp_path.iterdir()) == []

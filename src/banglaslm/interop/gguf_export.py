@@ -232,7 +232,8 @@ def export_gguf(
         raise bad_param("dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out_path)
     if out.is_dir() or str(out_path).endswith(("/", os.sep)):  # "out/" names a folder, even one not made yet
-        raise UserError(f"{out_path} is a folder; give the path of the .gguf file to write, e.g. {out / 'model.gguf'}")
+        named = "is a folder" if out.is_dir() else "names a folder (it ends in a slash)"
+        raise UserError(f"{out_path} {named}; give the path of the .gguf file to write, e.g. {out / 'model.gguf'}")
     if out.exists() and _magic(out) != b"GGUF":
         raise UserError(f"{out} exists and is not a GGUF file; overwriting replaces only a GGUF file: choose another path")
     if out.exists() and not overwrite:
