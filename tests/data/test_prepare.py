@@ -187,6 +187,9 @@ def test_split_warnings_rules():
     short = val_split_warnings(meta(40, 32, fraction=0.4))[0]  # more than half already: raising starves training
     assert "too little" in short and short.endswith("; add text") and "raise" not in short
     assert "lower `val_fraction`" in val_split_warnings(meta(600_000, 400_000))[0]
+    two_books = val_split_warnings(meta(14_798, 25_036, doc_split="file"))[0]  # one of two books: 37% where 5% was asked
+    assert "far more than asked" in two_books and "`doc_split` page" in two_books
+    assert val_split_warnings(meta(19_000, 81_000)) == val_split_warnings(meta(150_000, 850_000)) == []  # 19%, 15%: up to 4x
     assert "`doc_split` page" in val_split_warnings(meta(600_000, 400_000, doc_split="file"))[0]
     tables = {**meta(600_000, 400_000, doc_split="file"), "text_files": 0}  # doc_split does nothing to a CSV
     assert "`doc_split`" not in val_split_warnings(tables)[0] and "lower `val_fraction`" in val_split_warnings(tables)[0]

@@ -121,6 +121,8 @@ def val_split_warnings(meta: dict) -> list[str]:
         other_fix = "add text" if share >= 0.5 else "raise `val_fraction` or add text"  # raising would starve training
     elif share > 0.5:
         problem, other_fix = "more text than the training split", "lower `val_fraction`"
+    elif share > 4 * asked:  # two books, one of them drawn into validation: training loses a third of the text
+        problem, other_fix = "far more than asked, taken from training", "lower `val_fraction`"
     else:
         return []
     by_file = meta.get("doc_split") == "file" and meta.get("text_files", 1) > 0  # tables: one row, one document
