@@ -24,7 +24,8 @@ def test_text_is_clean_bangla_already_in_normal_form():
         assert sum("\u0980" <= c <= "\u09ff" for c in letters) / len(letters) > 0.99, f
 
 
-def test_corpus_dir_is_a_prepare_input():
+def test_corpus_dir_is_a_prepare_input(capsys):
     from banglaslm.data.sources import resolve_inputs
 
     assert len(resolve_inputs([str(corpus_dir())])) == len(corpus_files())
+    assert "note:" not in capsys.readouterr().err  # the quick start's input: its package's __init__.py is no news

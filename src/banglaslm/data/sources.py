@@ -232,8 +232,8 @@ def _say_unread(folder: Path, found: list[Path]) -> None:
         kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(unread.items()))
         print(f"note: {folder} has files that are not text, not read ({kinds}); convert them to .txt to include "
               "them", file=sys.stderr)
-    other = Counter(_format(p) or "without a suffix" for p in found
-                    if _format(p) not in {*NOT_TEXT, *TEXT_SUFFIXES, *TABLE_SUFFIXES})
+    other = Counter(_format(p) or "without a suffix" for p in found  # (code beside a corpus is not its text)
+                    if _format(p) not in {*NOT_TEXT, *TEXT_SUFFIXES, *TABLE_SUFFIXES, ".py", ".pyc"})
     if other:  # a .text, .srt or suffixless file may well be text: say so rather than drop it unseen
         kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(other.items())[:6]) + (", ..." if len(other) > 6 else "")
         print(f"note: {folder} has files of other kinds, not read ({kinds}); pass one by name to read it as text, "
