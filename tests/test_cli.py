@@ -222,7 +222,7 @@ def test_gguf_export_through_the_cli(trained_run, trained_gpt_run, tmp_path):
     assert any(t.tensor_type == gguf.GGMLQuantizationType.Q8_0 for t in reader.tensors)
     assert_user_error(cli_here("export", trained_run, "--format", "gguf", "--out", out), "exists")
     folder = f"{tmp_path / 'new'}/"  # a folder, by its slash, though not made yet: not a file named "new"
-    assert_user_error(cli_here("export", trained_run, "--format", "gguf", "--out", folder), "is a folder; give the path")
+    assert_user_error(cli_here("export", trained_run, "--format", "gguf", "--out", folder), "names a folder (it ends in a slash); give the path")
     assert not (tmp_path / "new").exists()
     assert_user_error(cli_here("import", out, "--out", tmp_path / "back"), "is a file; import reads a Hugging Face")
     assert cli_here("export", trained_run, "--format", "gguf", "--out", out, "--overwrite").returncode == 0
