@@ -398,14 +398,15 @@ class Tokenizer:
         """The UTF-8 bytes one token stands for (b'' for special tokens; a foreign tokenizer's
         unknown piece: UNK_SURFACE); `first`: at the start of a text, where SentencePiece's
         decoding drops a piece's leading "▁"."""
-        token_id = self._checked_id(token_id)
+        return self._token_bytes(self._checked_id(token_id), first)
+
+    def _token_bytes(self, token_id: int, first: bool = False) -> bytes:
+        if self.byte_level:
+            return self._byte_table[token_id]
         if token_id == self._shown_unk:
             return UNK_SURFACE.encode("utf-8")
         if token_id in self.special_ids:
             return b""
-        token = self._id_to_token[token_id]
-        if self.byte_level:
-            return bytes(_UNICODE_TO_BYTE[ch] for ch in token)
         if token_id in self.byte_pieces:  # "<0xE0>": one byte of a character (decoded alone, U+FFFD)
             return bytes([self.byte_pieces[token_id]])
         return self.decode([token_id], continuing=not first).encode("utf-8")  # "▁ভাত" is " ভাত" after other text
@@ -422,9 +423,10 @@ class Tokenizer:
         Raises UserError for an id that is not a whole number in 0..vocab_size-1 (a negative
         one would otherwise read a token from the end of the vocabulary).
         """
-        ids = [i for i in map(self._checked_id, ids) if i not in self.special_ids or i == self._shown_unk]
-        if self.byte_level:
-            return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="ignore")
+        ids = list(map(self._checked_id, ids))
+        if self.byte_level:  # special tokens are b"" in the table
+            return b"".join(map(self._byte_table.__getitem__, ids)).decode("utf-8", errors="ignore")
+        ids = [i for i in ids if i not in self.special_ids or i == self._shown_unk]
         out: list[str] = []
         for is_bytes, run in itertools.groupby(ids, key=self.byte_pieces.__contains__):
             run = list(run)
@@ -433,6 +435,14 @@ class Tokenizer:
             else:
                 out.append(self._decode_run(run, continuing or bool(out)))
         return "".join(out)
+
+    @cached_property
+    def _byte_table(self) -> list[bytes]:
+        """A byte-level tokenizer's bytes for every id, built once: b'' for special tokens, an
+        added plain token's own text (tokenizers keeps it outside the byte-level alphabet)."""
+        added = {i for i, t in self.hf.get_added_tokens_decoder().items() if not t.special}
+        return [b"" if i in self.special_ids else token.encode("utf-8") if i in added
+                else bytes(_UNICODE_TO_BYTE[ch] for ch in token) for i, token in enumerate(self._id_to_token)]
 
     def _checked_id(self, token_id) -> int:
         try:

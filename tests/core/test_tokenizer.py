@@ -114,6 +114,20 @@ def test_decode_refuses_ids_outside_the_vocabulary():
             tok.token_bytes(bad)
 
 
+def test_an_added_plain_token_of_a_byte_level_tokenizer_decodes_as_its_text(tmp_path, bpe):
+    # tokenizers keeps an added token's text as it is, outside the byte-level alphabet: reading
+    # it through that alphabet was a KeyError in decode and token_bytes.
+    bpe.hf.save(str(tmp_path / "tokenizer.json"))
+    hf = type(bpe.hf).from_file(str(tmp_path / "tokenizer.json"))
+    hf.add_tokens(["আমরাসবাই"])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    ids = tok.encode("আমরাসবাই ভাত খাই")
+    added = hf.token_to_id("আমরাসবাই")
+    assert added in ids and tok.token_bytes(added) == "আমরাসবাই".encode()
+    assert tok.decode(ids) == hf.decode(ids) == "আমরাসবাই ভাত খাই"
+
+
 def test_char_tokenizer_round_trip_and_save_load(tmp_path):
     text = "First Citizen:\nBefore we proceed any further, hear me speak."
     tok = Tokenizer.build_char(text)
