@@ -2,13 +2,16 @@ import gzip
 import json
 import re
 import shlex
+import unicodedata
 
 import pytest
+from conftest import require_literature
 
 from banglaslm.data.sources import (
     PAGE_CHARS,
     iter_documents,
     iter_rows,
+    looks_like_legacy_font,
     pages,
     read_whole_text,
     resolve_inputs,
@@ -20,6 +23,29 @@ from banglaslm.errors import UserError
 def at(path) -> str:
     """`path` as a fix command names it (quoted for the shell), as a regex."""
     return re.escape(shlex.quote(str(path)))
+
+_UNICODE = ["অ", "আ", "ই", "ঈ", "উ", "ঊ", "ঋ", "এ", "ঐ", "ও", "ঔ", "ক", "খ", "গ", "ঘ", "ঙ", "চ", "ছ", "জ", "ঝ",
+            "ঞ", "ট", "ঠ", "ড", "ঢ", "ণ", "ত", "থ", "দ", "ধ", "ন", "প", "ফ", "ব", "ভ", "ম", "য", "র", "ল", "শ",
+            "ষ", "স", "হ", "\u09dc", "\u09dd", "\u09df", "ৎ", "ং", "ঃ", "ঁ", "া", "ী", "ু", "ূ", "ৃ", "্", "।",
+            *"০১২৩৪৫৬৭৮৯"]
+_BIJOY = ["A", "Av", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "N", "O", "P", "Q", "R", "S",
+          "T", "U", "V", "W", "X", "Y", "Z", "_", "`", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k",
+          "l", "m", "n", "o", "p", "q", "r", "s", "t", "u", "v", "x", "y", "~", "…", "&", "|", *"0123456789"]
+_KEYS = dict(zip(_UNICODE, _BIJOY, strict=True))
+_BEFORE = {"ি": ("w", ""), "ে": ("‡", ""), "ৈ": ("‰", ""), "ো": ("‡", "v"), "ৌ": ("‡", "Š")}
+
+
+def to_bijoy(text: str) -> str:
+    """Bangla text as a SutonnyMJ typist's keys store it (conjuncts aside): what Bangladeshi
+    news archives and office files often hold."""
+    out: list[str] = []
+    for ch in unicodedata.normalize("NFKC", text).replace("\u09bc", ""):
+        if ch in _BEFORE:  # a sign drawn before its consonant is typed before it
+            out[-1:] = [_BEFORE[ch][0], *out[-1:], _BEFORE[ch][1]]
+        else:
+            out.append(_KEYS.get(ch, ch))
+    return "".join(out)
+
 
 
 def docs(inputs, **kw):
@@ -589,3 +615,32 @@ def test_runs_of_blank_lines_are_no_documents(tmp_path, doc_split):
 def test_a_semicolon_csv_whose_first_row_ends_in_an_empty_cell_is_read_by_its_header(tmp_path):
     (tmp_path / "semi.csv").write_text("text;label\nআমার সোনার বাংলা;\nআমি তোমায় ভালোবাসি;pos\n", encoding="utf-8")
     assert docs([tmp_path / "semi.csv"]) == ["আমার সোনার বাংলা", "আমি তোমায় ভালোবাসি"]
+
+
+def test_bangla_in_a_legacy_font_encoding_is_refused(tmp_path):
+    """Bijoy/SutonnyMJ text is Latin-1 letters drawn as Bangla glyphs: as text, a file, a table
+    or Windows-1252 bytes, it trained a model on Latin gibberish without a word."""
+    books = require_literature()
+    bangla = (books / "SukumarRay_Prose_PaglaDashu.txt").read_text(encoding="utf-8")[:20000]
+    bijoy = to_bijoy(bangla)
+    (tmp_path / "news.txt").write_text(bijoy, encoding="utf-8")
+    rows = [line for line in bijoy.splitlines() if line.strip()]
+    (tmp_path / "news.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "ansi.txt").write_bytes(bijoy.encode("cp1252", errors="replace"))
+    for name in ("news.txt", "news.jsonl"):
+        for split in ("file", "paragraph"):
+            with pytest.raises(UserError, match=rf"{name} looks like Bangla typed in a legacy font encoding "
+                                                r"\(Bijoy/SutonnyMJ.*Bijoy-to-Unicode converter"):
+                docs([tmp_path / name], doc_split=split)
+    with pytest.raises(UserError, match=r"ansi.txt is Bangla typed in a legacy font encoding .*saved as Windows-1252"):
+        docs([tmp_path / "ansi.txt"])
+
+
+def test_unicode_bangla_english_and_footnote_daggers_are_not_taken_for_a_legacy_font(tmp_path):
+    books = require_literature()
+    for path in [*sorted(books.glob("*.txt")), books.parent / "tinyshakespeare.txt"]:
+        assert not looks_like_legacy_font(path.read_text(encoding="utf-8")), path
+        assert looks_like_legacy_font(to_bijoy(path.read_text(encoding="utf-8")[:65536])) == (books in path.parents)
+    notes = "A claim that needs a source.† Another one‡, and a third.†‡ " * 40
+    (tmp_path / "notes.txt").write_text(notes, encoding="utf-8")
+    assert docs([tmp_path / "notes.txt"]) == [notes]

@@ -298,7 +298,10 @@ def iter_documents(sources: list[Source], text_column: str | None = None,
                "csv": lambda s: _read_csv(s, text_column), "tsv": lambda s: _read_csv(s, text_column, "\t"),
                "parquet": lambda s: _read_parquet(s, text_column), "hf": lambda s: _read_hf(s, text_column)}
     for source in sources:
-        yield from _decompressed(source, readers[source.kind](source.location))
+        documents = readers[source.kind](source.location)
+        if source.kind != "text":  # a text file is checked where its encoding is
+            documents = _legacy_font_checked(source.location, documents)
+        yield from _decompressed(source, documents)
 
 
 def iter_records(sources: list[Source], text_column: str | None = None,
@@ -314,7 +317,8 @@ def iter_records(sources: list[Source], text_column: str | None = None,
             items = ((text, source.location if doc_split == "file" else f"{source.location} {doc_split} {i}", {})
                      for i, text in enumerate(texts, 1))
         else:
-            items = _records_with_fields(iter_rows([source]), text_column)
+            items = _legacy_font_checked(source.location, _records_with_fields(iter_rows([source]), text_column),
+                                         lambda record: record[0])
         yield from _decompressed(source, items)
 
 
@@ -381,7 +385,9 @@ def _checked_encoding(path: str, head: bytes) -> str:
             raise UserError(f"{path} looks like {order} text without a byte-order mark; convert it to UTF-8 first "
                             f"({_fix_command(Path(path), f'iconv -f {order} -t UTF-8', 'utf8')})")
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
-    _refuse_question_marks(path, head[:65536].decode(encoding, errors="ignore"))
+    text = head[:65536].decode(encoding, errors="ignore")
+    _refuse_question_marks(path, text)
+    _refuse_legacy_font(path, text)
     return encoding
 
 
@@ -393,6 +399,46 @@ def _refuse_question_marks(path: str, text: str) -> None:
     if marks >= 50 and marks > 0.3 * visible:
         raise UserError(f"{path}: {marks / visible:.0%} of its characters are '?', as when Bangla text is saved in an "
                         "encoding that cannot hold it (Notepad's \"ANSI\"); save the original again as UTF-8")
+
+
+LEGACY_E_KAR = "\u2021\u2020"  # '‡' and '†': how Bijoy/SutonnyMJ fonts spell the vowel sign ে
+LEGACY_FONT_ADVICE = "convert it to Unicode Bangla with a Bijoy-to-Unicode converter first"
+
+
+def looks_like_legacy_font(text: str) -> bool:
+    """Whether `text` is Bangla typed in a legacy font encoding (Bijoy, SutonnyMJ): Latin-1
+    letters drawn as Bangla glyphs, which a model would learn as Latin gibberish. Such text spells
+    the vowel sign ে, several percent of any Bangla text, as '‡' or '†' typed before its consonant's
+    letter: nothing else writes a dagger there (a footnote's follows a word)."""
+    marks = len(_LEGACY_E_KAR.findall(text))
+    visible = len(text) - sum(map(text.count, " \n\t"))
+    return marks >= 20 and marks >= 0.02 * visible and len(_BANGLA_LETTER.findall(text)) < marks
+
+
+_BANGLA_LETTER = re.compile("[\u0980-\u09ff]")
+_LEGACY_E_KAR = re.compile(f"[{LEGACY_E_KAR}][A-Za-z`_&]")
+LEGACY_FONT_SAMPLE = 65536  # characters from the start of each input that are checked
+
+
+def _refuse_legacy_font(where: str, text: str) -> None:
+    if looks_like_legacy_font(text):
+        raise UserError(f"{where} looks like Bangla typed in a legacy font encoding (Bijoy/SutonnyMJ: '‡' "
+                        f"stands for the vowel sign ে); {LEGACY_FONT_ADVICE}")
+
+
+def _legacy_font_checked(where: str, items: Iterator, text=lambda item: item) -> Iterator:
+    """`items` (documents, or records whose text `text` gives) as they come, once their first
+    LEGACY_FONT_SAMPLE characters are checked by `_refuse_legacy_font`."""
+    head, size = [], 0
+    for item in items:
+        if size < LEGACY_FONT_SAMPLE:
+            head.append(text(item)[:LEGACY_FONT_SAMPLE])
+            size += len(head[-1]) + 1
+            if size >= LEGACY_FONT_SAMPLE:
+                _refuse_legacy_font(where, "\n".join(head))
+        yield item
+    if size < LEGACY_FONT_SAMPLE:
+        _refuse_legacy_font(where, "\n".join(head))
 
 
 def _utf16_without_bom(head: bytes) -> str | None:
@@ -491,8 +537,17 @@ def _undecodable(path: Path, failure: DecodeFailure, encoding: str) -> str:
     if failure.after_multibyte:
         return (f"{path} is UTF-8 text with damaged bytes ({at}); repair or re-export it, or drop the bad bytes "
                 f"({_fix_command(path, 'iconv -c -f UTF-8 -t UTF-8', 'fixed')})")
+    if looks_like_legacy_font(_head(path).decode("windows-1252", errors="ignore")):
+        return (f"{path} is Bangla typed in a legacy font encoding (Bijoy/SutonnyMJ), saved as Windows-1252 text "
+                f"({at}); {LEGACY_FONT_ADVICE}")
     return (f"{path} is not {_encoding_name(encoding)} text ({at}); convert it to UTF-8 first, naming "
             f"the encoding it was saved in (e.g. {_fix_command(path, 'iconv -f WINDOWS-1252 -t UTF-8', 'utf8')})")
+
+
+def _head(path: Path) -> bytes:
+    """The first LEGACY_FONT_SAMPLE bytes of a (possibly compressed) file."""
+    with decompressing(path), open_binary(path) as fh:
+        return fh.read(LEGACY_FONT_SAMPLE)
 
 
 def undecodable_stream(path: str | Path) -> str:
