@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import inspect
 import json
 import math
 import numbers
@@ -38,6 +40,30 @@ class Opt:
     """Command-line metadata of a parameter: `Annotated[T, Opt(help, choices)]`."""
     help: str
     choices: tuple[str, ...] | None = None
+
+
+def plain_number(value: Any) -> Any:
+    """`value` as Python's own int or float when it is another library's number (NumPy's int64,
+    a pandas count), which torch's seeding and JSON refuse; anything else as it is."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (float, int, bool)):
+        return float(value)
+    return value
+
+
+def checked_arguments(fn):
+    """`fn`, its `Annotated[T, Opt(...)]` arguments checked by `check_argument_kinds` and their
+    numbers made Python's (`plain_number`) before it runs."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        check_argument_kinds(fn, bound.arguments)
+        bound.arguments.update({k: plain_number(v) for k, v in bound.arguments.items()})
+        return fn(*bound.args, **bound.kwargs)
+    return checked
 
 
 def check_argument_kinds(fn: Any, given: dict[str, Any]) -> None:
@@ -251,8 +277,16 @@ class SamplingParams:
             value = getattr(self, name)
             if not (value is None and name in optional) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise bad_param(name, f"must be a number, got {value!r}")
+        if not isinstance(self.greedy, bool):
+            raise bad_param("greedy", f"must be True or False, got {self.greedy!r}")
         if not isinstance(self.stop, (list, tuple)):
             raise bad_param("stop", f"must be a list of strings, e.g. [\"।\"], got {self.stop!r}")
+        if self.logit_bias is not None and not isinstance(self.logit_bias, dict):
+            raise bad_param("logit_bias", f"must be a dict of token id to bias, e.g. {{5: -100}}, got {self.logit_bias!r:.60}")
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, plain_number(getattr(self, f.name)))
+        if self.logit_bias:
+            self.logit_bias = {plain_number(k): plain_number(v) for k, v in self.logit_bias.items()}
 
     def validate(self) -> None:
         """UserError naming the first setting out of range or of the wrong kind (its `param`)."""
@@ -538,8 +572,10 @@ def validate(cfg: RunConfig) -> None:
     """UserError for the first setting out of range: every number finite, each in its range."""
     m, t = cfg.model, cfg.train
     for key, f in config_fields().items():
-        value = getattr(getattr(cfg, key.split(".")[0]), f.name)
+        section = getattr(cfg, key.split(".")[0])
+        value = plain_number(getattr(section, f.name))
         _check_kind(key, f, value)
+        setattr(section, f.name, value)
         if isinstance(value, float):
             _check(key, value, math.isfinite(value), "a finite number")
     positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.rope_theta",

@@ -103,3 +103,68 @@ def test_options_of_the_wrong_kind_in_python_are_named(small_books, tmp_path, gi
     with pytest.raises(UserError, match="^workers must be an integer, got str '2'$"):
         clean([str(small_books[0])], tmp_path / "out", workers="2")
     assert not (tmp_path / "out").exists()
+
+
+def test_numpy_numbers_work_where_python_numbers_do(trained_run, small_books, tmp_path):
+    """A notebook's counts are NumPy's: seed=np.int64(3) failed in torch's seeding, vocab_size=
+    np.int64(300) in writing meta.json (leaving a staging folder), a config's np.int64 was refused."""
+    import json
+
+    import numpy as np
+
+    from banglaslm.config import SamplingParams, validate
+    from banglaslm.evaluation.perplexity import evaluate_text
+    from banglaslm.generation.engine import generate
+    from banglaslm.runfolder import load_model
+
+    loaded = load_model(trained_run)
+    as_numpy = SamplingParams(max_new_tokens=np.int64(8), seed=np.int64(3), temperature=np.float32(0.5),
+                              logit_bias={np.int64(5): np.float64(-100.0)})
+    as_python = SamplingParams(max_new_tokens=8, seed=3, temperature=0.5, logit_bias={5: -100.0})
+    assert generate(loaded, "আমি", as_numpy).text == generate(loaded, "আমি", as_python).text
+    text = "আমার সোনার বাংলা, আমি তোমায় ভালোবাসি। " * 8
+    assert evaluate_text(loaded, text, stride=np.int64(4)) == evaluate_text(loaded, text, stride=4)
+    result = prepare([str(p) for p in small_books], tmp_path / "d", vocab_size=np.int64(300), seed=np.int64(1))
+    assert json.loads((tmp_path / "d" / "meta.json").read_text(encoding="utf-8"))["vocab_size_asked"] == 300
+    assert result.meta["seed"] == 1
+    config = build_config()
+    config.train.max_iters, config.model.dropout = np.int64(700), np.float32(0.25)
+    validate(config)
+    assert type(config.train.max_iters) is int and config.train.max_iters == 700 and config.model.dropout == 0.25
+
+
+def test_settings_of_the_wrong_kind_in_python_are_named(trained_run):
+    """greedy="no" decoded greedily; a float stride was a TypeError from a slice; a list for
+    logit_bias an AttributeError."""
+    from banglaslm.config import SamplingParams
+    from banglaslm.evaluation.perplexity import evaluate_text
+    from banglaslm.generation.engine import generate
+    from banglaslm.runfolder import load_model
+
+    loaded = load_model(trained_run)
+    text = "আমার সোনার বাংলা, আমি তোমায় ভালোবাসি। " * 8
+    for call, message in [
+        (lambda: generate(loaded, "আমি", SamplingParams(greedy="no")), "^greedy must be True or False, got 'no'"),
+        (lambda: generate(loaded, "আমি", SamplingParams(logit_bias=[1, 2])), "^logit_bias must be a dict"),
+        (lambda: evaluate_text(loaded, text, stride=2.5), "^stride must be an integer, got float 2.5"),
+        (lambda: evaluate_text(loaded, text, stride="4"), "^stride must be an integer, got str '4'"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            call()
+
+
+def test_prepare_with_workers_from_a_script_without_a_main_guard_names_the_guard(small_books, tmp_path):
+    """Each worker process imports the calling script again: one that calls prepare() at its top
+    level ran it once per worker, which stopped on the first one's lock with a traceback each."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text("from banglaslm import prepare\n"
+                      f"prepare({[str(p) for p in small_books[:2]]!r}, 'out', vocab_size=300, workers=2, "
+                      "progress=False)\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.count("Traceback") == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        'calls prepare() outside `if __name__ == "__main__":`; put the call under that guard, or use workers=1')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["script.py"]

@@ -49,7 +49,7 @@ from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import TextNormConfig
 from datatrove.utils.word_tokenizers import WordTokenizer, simple_span_tokenize
 
-from ..config import Opt, check_argument_kinds, option
+from ..config import Opt, checked_arguments, option
 from ..errors import UserError, bad_param
 from ..fileio import atomic_write_json, atomic_write_text, json_line, staged_folder
 from ..text import normalize
@@ -63,7 +63,7 @@ from .sources import (
     resolve_inputs,
     text_rate,
 )
-from .tasks import run_tasks
+from .tasks import exit_if_reimported, run_tasks
 
 BENGALI_BLOCK = ("\u0980", "\u09ff")
 EXAMPLE_CHARS = 300                   # an example in the report is cut to this many characters
@@ -426,6 +426,7 @@ def emptied_by(steps: list[dict]) -> str:
     return f"{last['step']} ({_reasons(last)})"
 
 
+@checked_arguments
 def clean(
     inputs: list[str], out_dir: str | Path, options: CleanOptions | None = None,
     text_column: Annotated[str | None, Opt(f"the column or field holding the text in tables and datasets "
@@ -442,7 +443,7 @@ def clean(
     """Clean `inputs` (files, folders, globs, tables or hf:NAME; see `sources`) into `out_dir`:
     JSONL shards of the kept documents plus report.json / report.md. Raises UserError, before
     any work and leaving an earlier output untouched, for bad options or inputs."""
-    check_argument_kinds(clean, locals())
+    exit_if_reimported()
     options = options or CleanOptions()
     options.validate()
     if workers < 1:

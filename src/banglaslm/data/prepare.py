@@ -20,7 +20,7 @@ from typing import Annotated
 
 import numpy as np
 
-from ..config import MAX_SEED, Opt, check_argument_kinds, show_progress
+from ..config import MAX_SEED, Opt, checked_arguments, show_progress
 from ..errors import UserError, bad_param
 from ..fileio import (
     atomic_write_json,
@@ -56,7 +56,7 @@ from .sources import (
     resolve_inputs,
     text_rate,
 )
-from .tasks import WorkerDied, run_tasks
+from .tasks import WorkerDied, exit_if_reimported, run_tasks
 from .tokenizer_choice import TOKENIZER_HELP, load_tokenizer
 
 MIN_VAL_TOKENS = 2_048  # below this a validation loss averages a handful of windows (8 of the small preset's 256)
@@ -132,6 +132,7 @@ def val_split_warnings(meta: dict) -> list[str]:
             f"{asked:.0%}): {problem}; {fix}"]
 
 
+@checked_arguments
 def prepare(
     inputs: list[str], out_dir: str | Path,
     tokenizer: Annotated[str, Opt(TOKENIZER_HELP)] = "bpe",
@@ -162,7 +163,7 @@ def prepare(
     """Prepare a data folder from `inputs` (files, folders, globs, tables or hf:NAME; see
     `sources`). `progress=None` shows bars only on a terminal. Raises UserError, leaving any
     earlier data folder at `out_dir` untouched, for bad options or inputs."""
-    check_argument_kinds(prepare, locals())
+    exit_if_reimported()
     tasks = _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens,
                            workers, tasks, task_rank)
     _check_bpe_only(tokenizer, vocab_size=vocab_size, tokenizer_sample=tokenizer_sample)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from loguru import logger
 from ..errors import UserError
 
 USER_ERROR_EXIT = 2
+REIMPORTED_EXIT = 3  # a worker that was running the caller's script again (`exit_if_reimported`)
 
 
 class WorkerDied(UserError):
@@ -109,6 +111,15 @@ def _start_deaf_to_ctrl_c(process) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+def exit_if_reimported() -> None:
+    """Exit at once from a worker that is importing the caller's script anew, as a spawned process
+    does before its task: a script that calls prepare() or clean() outside `if __name__ ==
+    "__main__":` would run them again in every worker (and stop on their lock). The parent then
+    names the fix."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # multiprocessing's own start-up flag
+        os._exit(REIMPORTED_EXIT)
+
+
 def _received(report) -> dict | None:
     """What a worker sent before it exited (its error), or None (it sent nothing: it died)."""
     try:
@@ -126,6 +137,10 @@ def _check_exit(code: int, rank: int, report: dict | None, command: str) -> None
         if "os" in report:
             raise OSError(*report["os"])
         raise UserError(*report["user"])
+    if code == REIMPORTED_EXIT:
+        raise UserError(f"{command} runs `workers` in processes that import the calling script again, and this "
+                        f"one calls {command}() outside `if __name__ == \"__main__\":`; put the call under that "
+                        "guard, or use workers=1", param="workers")
     if code == 130:  # the worker was interrupted: so is the command
         raise KeyboardInterrupt
     if code is not None and code < 0:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..config import Opt, check_argument_kinds, show_progress
+from ..config import Opt, checked_arguments, show_progress
 from ..data.sources import read_whole_text
 from ..errors import UserError, bad_param, wrong_kind
 from ..runfolder import LoadedModel, check_loaded
@@ -117,7 +117,12 @@ def token_logprobs(model, ids: list[int], top: int = 0, stride: int | None = Non
     return out
 
 
-def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>", stride: int | None = None) -> EvalResult:
+STRIDE = Opt("sliding-window step in tokens (default: half the block)")
+
+
+@checked_arguments
+def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>",
+                  stride: Annotated[int | None, STRIDE] = None) -> EvalResult:
     """How well `loaded` predicts `text` (normalized as training text is), scored in windows of
     the block size that step by `stride` tokens (default: half the block), so that every token
     but the first few sees at least half a block of context. Loss and perplexity are per token
@@ -161,13 +166,11 @@ def read_texts(paths: list[str | Path]) -> list[tuple[str, str]]:
     return texts
 
 
-def evaluate_file(loaded: LoadedModel, path: str | Path,
-                  stride: Annotated[int | None, Opt("sliding-window step in tokens (default: half the block)")] = None,
-                  ) -> EvalResult:
+@checked_arguments
+def evaluate_file(loaded: LoadedModel, path: str | Path, stride: Annotated[int | None, STRIDE] = None) -> EvalResult:
     """`evaluate_text` on the text of the file at `path` (UTF-8, any of the compressions and
     encodings `prepare` reads); UserError naming the file when it is missing, not text, or empty."""
     check_loaded(loaded)
-    check_argument_kinds(evaluate_file, {"stride": stride})
     if not isinstance(path, (str, os.PathLike)):
         raise wrong_kind("path", path, "a file's path (str or Path)")
     return evaluate_text(loaded, read_whole_text(path), name=str(path), stride=stride)
