@@ -31,7 +31,7 @@ def __getattr__(name: str):
         from . import errors as module
     elif name in ("evaluate_file", "evaluate_text"):
         from .evaluation import perplexity as module
-    elif name == "generate":
+    elif name in ("Engine", "generate"):
         from .generation import engine as module
     elif name == "load_model":
         from . import runfolder as module
@@ -53,6 +53,6 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "PRESETS", "ModelConfig", "RunConfig", "TrainConfig", "SamplingParams", "build_config", "UserError",
-    "evaluate_file", "evaluate_text", "generate", "normalize", "prepare", "load_model", "Tokenizer", "train",
+    "evaluate_file", "evaluate_text", "Engine", "generate", "normalize", "prepare", "load_model", "Tokenizer", "train",
 ]
 __version__ = "0.1.0"

@@ -81,12 +81,18 @@ def test_playground_generates_streamed_bangla_and_shows_candidates(server_url):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
         # Ctrl+Enter while a generation runs started a second one: the first could no longer be
-        # stopped and its text went to a span no longer on the page.
-        posts = []
+        # stopped and its text went to a span no longer on the page. The request is held until
+        # both presses are in (a model that ends at once would otherwise finish between them).
+        posts, held = [], []
         page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page.route("**/v1/completions", lambda route: held.append(route))
         page.focus("#prompt")
         page.keyboard.press("Control+Enter")
         page.keyboard.press("Control+Enter")
+        page.wait_for_timeout(500)
+        assert len(held) == 1 and len(posts) == 1, posts
+        held[0].continue_()
+        page.unroute("**/v1/completions")
         page.locator("#stats", has_text="tokens/s").wait_for(timeout=60_000)
         page.locator("#go:enabled").wait_for(timeout=60_000)
         assert len(posts) == 1, posts

@@ -168,3 +168,39 @@ def test_prepare_with_workers_from_a_script_without_a_main_guard_names_the_guard
     assert done.stderr.strip().splitlines()[-1].endswith(
         'calls prepare() outside `if __name__ == "__main__":`; put the call under that guard, or use workers=1')
     assert sorted(p.name for p in tmp_path.iterdir()) == ["script.py"]
+
+
+def test_engine_takes_a_loaded_model_and_names_what_it_cannot_take(trained_run, tmp_path):
+    """Ids outside the vocabulary reached the C decode step ("refused its input (status 2)") or
+    the embedding (IndexError); an array or tensor of ids was a ValueError about truth values;
+    Engine(loaded) an AttributeError deep inside."""
+    import numpy as np
+
+    from banglaslm import Engine
+    from banglaslm.config import SamplingParams
+    from banglaslm.runfolder import load_model
+    from banglaslm.tokenizer import Tokenizer
+
+    loaded = load_model(trained_run)
+    engine, params = Engine(loaded), SamplingParams(max_new_tokens=6, greedy=True)
+    ids = engine.encode_prompt("আমার সোনার")
+    [[want]] = Engine(loaded.model, loaded.tokenizer).generate_ids([ids], params)
+    for same in (tuple(ids), np.array(ids), torch.tensor(ids)):
+        [[got]] = engine.generate_ids([same], params)
+        assert got.token_ids == want.token_ids
+        assert "".join(engine.stream(same, params)) == want.text
+    vocab = loaded.tokenizer.vocab_size
+    char = Tokenizer.build_char("আমি " + "".join(map(chr, range(0x4E00, 0x4E00 + vocab))))
+    for call, message in [
+        (lambda: engine.generate_ids([[0, vocab]], params), rf"^context holds {vocab}, not a token id of this model \(0..{vocab - 1}\)"),
+        (lambda: Engine(loaded, use_kernel=False).generate_ids([[0, -5]], params), "^context holds -5, not a token id"),
+        (lambda: "".join(engine.stream([0, 2.0], params)), "^context holds 2.0, not a token id"),
+        (lambda: engine.generate_ids(ids, params), r"^context must be a sequence of token ids, got int"),
+        (lambda: engine.generate_ids(torch.tensor([ids]), params), r"^contexts must be a list of contexts"),
+        (lambda: Engine(str(trained_run)), r"^model must be a model \(GPT\) or a loaded model.*load_model"),
+        (lambda: Engine(loaded.model, str(trained_run / "tokenizer.json")), r"^tokenizer must be a Tokenizer"),
+        (lambda: Engine(loaded.model, char), rf"^tokenizer has {char.vocab_size:,} tokens, more than the model's"),
+        (lambda: Engine(loaded, keep="3"), r"^keep must be a whole number of tokens"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            call()

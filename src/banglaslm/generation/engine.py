@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from ..config import SamplingParams
+from ..config import ModelConfig, SamplingParams
 from ..errors import UserError, bad_param, wrong_kind
 from ..model import GPT, KVCache
 from ..runfolder import LoadedModel, check_loaded
@@ -91,7 +91,15 @@ class Row:
 class Engine:
     """KV-cached generation for one model and its tokenizer (see the module docstring)."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, keep: int | None = None, use_kernel: bool = True):
+    def __init__(self, model: GPT | LoadedModel, tokenizer: Tokenizer | None = None, keep: int | None = None,
+                 use_kernel: bool = True):
+        """`model` and its `tokenizer`, or a loaded model (`load_model`) that holds both. `keep`:
+        tokens a row keeps when its context outgrows the block (default: half the block).
+        UserError for arguments of the wrong kind, or a tokenizer with more tokens than the
+        model has embeddings (another model's)."""
+        model, tokenizer = _model_and_tokenizer(model, tokenizer)
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise wrong_kind("keep", keep, "a whole number of tokens >= 1, or None")
         self.model = model
         self.use_kernel = use_kernel  # False: never the C decode step (see cpu_decode.py)
         self.tokenizer = tokenizer
@@ -131,11 +139,28 @@ class Engine:
         return self._generate([self.encode_prompt(p) for p in list(prompts)], params)
 
     def generate_ids(self, contexts: list[list[int]], params: SamplingParams | None = None) -> list[list[Completion]]:
-        """Like `generate`, from token ids (each context as `encode_prompt` makes it)."""
+        """Like `generate`, from token ids (each context as `encode_prompt` makes it: a list,
+        tuple, NumPy array or 1-D tensor of ids). UserError for an empty context or an id
+        outside the vocabulary."""
         params = self.checked(params)
-        if any(not ids for ids in contexts):
+        if isinstance(contexts, torch.Tensor) or not isinstance(contexts, (list, tuple)):
+            raise wrong_kind("contexts", contexts, "a list of contexts (each a list of token ids)",
+                             "use [ids] for one")
+        return self._generate([self.checked_context(ids) for ids in contexts], params)
+
+    def checked_context(self, ids) -> list[int]:
+        """`ids` as a list of Python ints; UserError for an empty context or one that is not token ids
+        of this model (the C decode step and the embedding would fail on them, or read past)."""
+        if isinstance(ids, str) or not hasattr(ids, "__len__"):
+            raise wrong_kind("context", ids, "a sequence of token ids", "encode text with encode_prompt")
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # a tensor or array: its Python ints
+        if not ids:
             raise UserError("every context needs at least one token (start it with the end-of-document id)")
-        return self._generate(contexts, params)
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab:
+                raise bad_param("context", f"holds {i!r}, not a token id of this model (0..{self.vocab - 1}): "
+                                           "were the ids made with another tokenizer?")
+        return ids
 
     def _generate(self, contexts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         if not contexts:
@@ -172,9 +197,8 @@ class Engine:
         params = self.checked(params)
         if params.n != 1:
             raise bad_param("n", f"must be 1 for streaming (one sample); set n=1 (got n={params.n})")
-        context = list(prompt) if isinstance(prompt, list) else self.encode_prompt(prompt)
-        if not context:
-            raise UserError("the context is empty: start it with the end-of-document id")
+        context = self.encode_prompt(prompt) if isinstance(prompt, (str, bytes)) or prompt is None \
+            else self.checked_context(prompt)
         rows = self._rows([context], params)
         row = rows[0]
         stops, start = params.stop, 0
@@ -359,6 +383,22 @@ class Generation:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _model_and_tokenizer(model: object, tokenizer: object) -> tuple[GPT, Tokenizer]:
+    """Engine's model and tokenizer, from the two or from a loaded model; UserError for anything else."""
+    if isinstance(model, LoadedModel) and tokenizer in (None, model.tokenizer):
+        return model.model, model.tokenizer
+    if not (isinstance(model, torch.nn.Module) and isinstance(getattr(model, "config", None), ModelConfig)):
+        raise wrong_kind("model", model, "a model (GPT) or a loaded model",
+                         "load one with load_model(RUN_DIR) and pass it, or its .model and .tokenizer")
+    if not isinstance(tokenizer, Tokenizer):
+        raise wrong_kind("tokenizer", tokenizer, "a Tokenizer", "the loaded model's .tokenizer, or "
+                         "Tokenizer.from_file(PATH)")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise bad_param("tokenizer", f"has {tokenizer.vocab_size:,} tokens, more than the model's "
+                                     f"{model.config.vocab_size:,}: it is another model's; use the model's own")
+    return model, tokenizer
 
 
 def checked_kind(params: object) -> SamplingParams:
