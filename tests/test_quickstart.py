@@ -46,3 +46,26 @@ def test_quickstart_writes_only_into_its_own_folder(tmp_path):
     with pytest.raises(UserError, match="not a banglaslm quick-start folder"):
         quickstart(other, max_iters=2, say=lambda line: None, progress=False)
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_ctrl_c_says_to_run_the_quick_start_again_which_continues(tmp_path):
+    """Ctrl-C advised "the same command plus --resume", a flag quickstart does not have: it
+    continues by itself when run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    metrics = tmp_path / "qs" / "run" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "banglaslm", "quickstart", "--out", str(tmp_path / "qs"),
+                             "--max-iters", "5000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].endswith("; run the same command again to continue"), err
+    assert "--resume" not in err and "Traceback" not in err

@@ -621,6 +621,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"banglaslm {args.command}: {exc}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"banglaslm {args.command}: interrupted", file=sys.stderr)
+        print(f"banglaslm {args.command}: interrupted{_unsaved_hint(args)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _unsaved_hint(args) -> str:
+    """For a training stopped by a second Ctrl-C (before its checkpoint was saved), where it goes on from."""
+    if args.command == "quickstart":
+        run, how = os.path.join(args.out, "run"), "the same command again"
+    elif args.command in ("train", "finetune"):
+        run, how = args.out, "the same command plus --resume"
+    else:
+        return ""
+    latest = os.path.join(run, "checkpoints", "latest.safetensors")
+    return f" before saving; {how} continues from the last checkpoint saved ({latest})" if os.path.isfile(latest) else ""

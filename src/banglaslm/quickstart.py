@@ -19,7 +19,7 @@ from .fileio import check_destination, is_writer_file
 from .generation.engine import generate
 from .report import SAMPLE_SETTINGS
 from .runfolder import RunFolder, load_model
-from .training.trainer import train
+from .training.trainer import TrainingInterrupted, train
 
 PROMPTS = ("একদিন সকালে", "আজ বাজারে", "নদীর ধারে", "আমাদের গ্রামে")
 QUICKSTART_VOCAB = 1024  # small corpus: small vocabulary, more training tokens per character
@@ -79,9 +79,14 @@ def quickstart(out: Annotated[str, Opt("folder for data/ and run/")] = "quicksta
                        progress=progress)
     say(prepared.summary())
     say(f"2/4 training the 'tiny' preset → {run_dir}  (Ctrl-C saves; rerun to continue)")
-    result = train(data_dir, run_dir, config, resume=resume,
-                   max_iters=max_iters, progress=progress)
-    say(f"trained {result.iterations} iterations in {result.seconds:.0f} s, best val loss {result.best_val_loss:.3f}")
+    try:
+        result = train(data_dir, run_dir, config, resume=resume, max_iters=max_iters, progress=progress)
+    except TrainingInterrupted as exc:  # the quick start resumes by itself: no --resume to add
+        raise TrainingInterrupted(exc.iteration, exc.checkpoint, "run the same command again to continue") from None
+    session = (f"trained to iteration {result.iterations} ({result.iterations - result.resumed_at} in this session's "
+               f"{result.seconds:.0f} s, resumed at {result.resumed_at})" if result.resumed_at else
+               f"trained {result.iterations} iterations in {result.seconds:.0f} s")
+    say(f"{session}, best val loss {result.best_val_loss:.3f}")
     say("3/4 evaluating on the held-out documents")
     loaded = load_model(run_dir, "best")
     ev = evaluate_text(loaded, held_out_text(data_dir), name="held-out documents")

@@ -71,10 +71,10 @@ RESUME_MUTABLE = {"train.max_iters", "train.eval_interval", "train.eval_iters", 
 class TrainingInterrupted(Exception):
     """Raised after Ctrl-C/SIGTERM once the checkpoint is safely on disk."""
 
-    def __init__(self, iteration: int, checkpoint: Path):
-        super().__init__(f"interrupted at iteration {iteration}; saved {checkpoint}; "
-                         "continue with the same command plus --resume (resume=True in Python)")
-        self.iteration = iteration
+    def __init__(self, iteration: int, checkpoint: Path,
+                 how: str = "continue with the same command plus --resume (resume=True in Python)"):
+        super().__init__(f"interrupted at iteration {iteration}; saved {checkpoint}; {how}")
+        self.iteration, self.checkpoint = iteration, checkpoint
 
 
 @dataclass
