@@ -169,3 +169,32 @@ def test_a_resume_with_another_number_of_processes_is_refused(trained_run, data_
     code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", 60])
     one_line_error(code, err, "resume it with torchrun --nproc_per_node=2")
     assert latest.read_bytes() == before
+
+
+@pytest.mark.parametrize("when", ["joining", "training"])
+def test_workers_die_with_a_killed_launcher(ddp, data_dir, tmp_path, when):
+    """torchrun starts its workers in sessions of their own: after a kill -9 of torchrun alone,
+    workers still joining the process group held the run's lock for its 30-minute timeout, and
+    workers already training went on writing checkpoints unseen. Now they die with it, and the
+    run resumes from its last checkpoint to the uninterrupted run's weights."""
+    run = tmp_path / "run"
+    cmd = torchrun("--standalone", "--nproc_per_node=2", *train_args(data_dir, run, batch=4))
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.time() + 120
+    while len(children.read_text().split()) < 2 or (when == "training" and not (run / "checkpoints").is_dir()):
+        assert time.time() < deadline
+        time.sleep(0.01)
+    workers = [int(pid) for pid in children.read_text().split()]
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in workers):
+        assert time.time() < deadline, "a worker outlived its launcher"
+        time.sleep(0.05)
+    resumed = torchrun("--standalone", "--nproc_per_node=2",
+                       *train_args(data_dir, run, batch=4, resume=(run / "checkpoints" / "latest.safetensors").exists()))
+    r = subprocess.run(resumed, env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    wa, wb = weights(ddp), weights(run)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

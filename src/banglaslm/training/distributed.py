@@ -11,8 +11,11 @@ Backends: NCCL for CUDA devices, gloo for CPUs (what the tests use).
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +35,23 @@ class DistEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def die_with_launcher() -> None:
+    """Under torchrun (Linux): have the kernel kill this worker when its launcher dies. torchrun
+    starts its workers in sessions of their own, so after a kill -9 of torchrun they ran on:
+    one still joining the process group kept the run folder locked for the group's 30-minute
+    timeout; one training went on writing checkpoints unseen. Killed, a worker is what a kill -9
+    leaves: the run resumes from its last checkpoint."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the line above: nobody is left to tell
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def setup(device_spec: str) -> tuple[DistEnv, str]:

@@ -599,6 +599,7 @@ def train(data_dir: str | Path | list, run_dir: str | Path, config: RunConfig | 
 def in_run_folder(run: RunFolder, resume: bool, start: Callable[[], Trainer]) -> TrainResult:
     """Train the Trainer that `start()` builds, holding the run folder's lock, after checking
     that the folder may be written and removing what a killed writer left."""
+    distributed.die_with_launcher()
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 holds the lock for the run
         return _start_and_train(run, start)
     with exclusive(run.path, "run folder"):
