@@ -5,6 +5,7 @@ reused), or hf:NAME. One function resolves them all, so prepare and what builds 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import UserError, bad_param
@@ -48,7 +49,9 @@ def load_tokenizer(spec: str) -> Tokenizer:
             return Tokenizer.from_file(run.tokenizer_path)
         lone = _lone_sentencepiece_model(path)
         return from_sentencepiece(lone) if lone is not None else from_pretrained(str(path))
-    raise _none_of_these(spec)
+    if os.path.lexists(path) or not (os.sep in spec or path.suffix):
+        raise _none_of_these(spec)
+    raise bad_param("tokenizer", f"{spec} was not found; check the path")
 
 
 def _none_of_these(spec: str) -> UserError:

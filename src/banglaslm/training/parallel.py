@@ -64,10 +64,11 @@ class Replicated:
             raise UserError(f"nothing to resume: {latest} does not exist; start without `resume`")
         ckpt = load_checkpoint(latest)
         saved = int(ckpt.state.get("world_size", 1))
-        if saved != self.env.world_size:  # each process draws its own batches: the global batch would change
+        if saved != self.env.world_size:  # each process draws its own batches from its saved place in the data
             how = f"torchrun --nproc_per_node={saved}" if saved > 1 else "one process (without torchrun)"
             raise UserError(f"{self.run.path} was trained by {saved} process(es) and this resume has "
-                            f"{self.env.world_size}, which would change its global batch; resume it with {how}, "
+                            f"{self.env.world_size}; a run resumes with its number of processes (each one's place "
+                            f"in the data and batch size are saved), so resume it with {how}, "
                             f"or start a new run from its weights with --init-from {self.run.path}")
         return ckpt
 
