@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import tomllib
 
-from .errors import UserError, bad_param
+from .errors import UserError, bad_param, shown
 from .fileio import read_text
 
 MAX_SEED = 2**63 - 1            # torch's and NumPy's generators take any seed in [0, MAX_SEED]
@@ -80,7 +80,7 @@ def check_argument_kinds(fn: Any, given: dict[str, Any]) -> None:
         if kinds and not (value is None and type(None) in typing.get_args(base)) \
                 and not any(_KIND_CHECKS[k](value) for k in kinds):
             wanted = " or ".join(_EXPECTED[k.__name__] for k in kinds)
-            raise bad_param(name, f"must be {wanted}, got {type(value).__name__} {value!r:.40}")
+            raise bad_param(name, f"must be {wanted}, got {type(value).__name__} {shown(value, 40)}")
 
 
 _KIND_CHECKS = {int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
@@ -282,7 +282,7 @@ class SamplingParams:
         if not isinstance(self.stop, (list, tuple)):
             raise bad_param("stop", f"must be a list of strings, e.g. [\"।\"], got {self.stop!r}")
         if self.logit_bias is not None and not isinstance(self.logit_bias, dict):
-            raise bad_param("logit_bias", f"must be a dict of token id to bias, e.g. {{5: -100}}, got {self.logit_bias!r:.60}")
+            raise bad_param("logit_bias", f"must be a dict of token id to bias, e.g. {{5: -100}}, got {shown(self.logit_bias)}")
         for f in dataclasses.fields(self):
             setattr(self, f.name, plain_number(getattr(self, f.name)))
         if self.logit_bias:
@@ -309,7 +309,7 @@ class SamplingParams:
             ("presence_penalty", -2 <= self.presence_penalty <= 2, f"must be in [-2, 2] (0 = off), got {self.presence_penalty}"),
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2,
              f"must be in [-2, 2] (0 = off), got {self.frequency_penalty}"),
-            ("stop", all(isinstance(s, str) and s for s in self.stop), f"strings must be non-empty text, got {self.stop!r:.80}"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), f"strings must be non-empty text, got {shown(self.stop, 80)}"),
             ("stop", longest_stop <= MAX_STOP_CHARS, f"strings may be at most {MAX_STOP_CHARS} characters each, "
                                                       f"got one of {longest_stop:,}; stop on its first characters instead"),
             ("seed", self.seed is None or 0 <= self.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}], got {self.seed}"),

@@ -27,7 +27,14 @@ def bad_param(param: str, problem: str) -> UserError:
     return UserError(f"{param} {problem}", param=param)
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """`value`'s repr as an error message shows it: on one line (a DataFrame's spans many), cut
+    at `limit` characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def wrong_kind(param: str, value: object, wanted: str, fix: str = "") -> UserError:
     """The UserError for a Python argument of the wrong kind, naming what came and how to make
     the right one, e.g. wrong_kind("loaded", "runs/x", "a loaded model", "load_model('runs/x')")."""
-    return bad_param(param, f"must be {wanted}, got {type(value).__name__} {value!r:.60}" + (f": {fix}" if fix else ""))
+    return bad_param(param, f"must be {wanted}, got {type(value).__name__} {shown(value)}" + (f": {fix}" if fix else ""))

@@ -25,12 +25,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from .errors import UserError
+from .errors import UserError, wrong_kind
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
+
+
+def as_path(value: object, param: str, what: str) -> Path:
+    """`value` (a str or os.PathLike) as a Path; UserError naming `param` for anything else, such as
+    None or a loaded model where its folder's path goes."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    raise wrong_kind(param, value, f"{what}'s path (str or Path)")
 
 
 def umask() -> int:

@@ -24,7 +24,7 @@ import torch
 from .checkpoint import load_checkpoint, read_state, tensor_shapes
 from .config import RUN_FORMAT, RUN_FORMAT_VERSION, Opt, RunConfig, validate
 from .errors import UserError, bad_param, wrong_kind
-from .fileio import atomic_write_json, check_destination, read_json_or_fail
+from .fileio import as_path, atomic_write_json, check_destination, read_json_or_fail
 from .model import GPT, tied_keys
 from .quantize import Quantize, check_quantize, quantize_model
 from .tokenizer import Tokenizer
@@ -32,7 +32,9 @@ from .tokenizer import Tokenizer
 
 class RunFolder:
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        if isinstance(path, LoadedModel):
+            raise wrong_kind("run_dir", path, "a run folder's path", f"this model was loaded from {path.checkpoint.parent.parent}")
+        self.path = as_path(path, "run_dir", "a run folder")
 
     config_path = property(lambda self: self.path / "config.json")
     tokenizer_path = property(lambda self: self.path / "tokenizer.json")

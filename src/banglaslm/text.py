@@ -131,7 +131,11 @@ def check_text(text: str, what: str) -> str:
 
 
 def normalize(text: str) -> str:
-    """`text` in the project's canonical form (policy NORMALIZATION, docs/data.md)."""
+    """`text` in the project's canonical form (policy NORMALIZATION, docs/data.md); UserError for
+    anything but a str."""
+    if not isinstance(text, str):
+        fix = "decode it first, e.g. data.decode(\"utf-8\")" if isinstance(text, (bytes, bytearray)) else ""
+        raise wrong_kind("text", text, "text (str)", fix)
     return normalize_fragment(text).strip()
 
 

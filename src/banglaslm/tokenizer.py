@@ -26,8 +26,8 @@ from pathlib import Path
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from .errors import UserError, bad_param
-from .fileio import atomic_write_text
+from .errors import UserError, bad_param, wrong_kind
+from .fileio import as_path, atomic_write_text
 from .text import normalize
 
 EOD = "<|endoftext|>"
@@ -240,7 +240,7 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Tokenizer":
-        path = Path(path)
+        path = as_path(path, "path", "a tokenizer.json")
         if path.is_dir():
             raise UserError(f"{path} is a folder; give the tokenizer file in it, e.g. {path / 'tokenizer.json'}")
         if not path.is_file():
@@ -299,6 +299,8 @@ class Tokenizer:
     def encode(self, text: str, normalized: bool = False, coverage: Coverage | None = None) -> list[int]:
         """Token ids of `text` (normalized first unless the caller already did); `coverage`
         counts its unknown and byte-fallback tokens."""
+        if not isinstance(text, str):
+            raise wrong_kind("text", text, "text (str)", "decode bytes first" if isinstance(text, bytes) else "")
         if not normalized:
             text = normalize(text)
         return self._ids(text, self.hf.encode(text, add_special_tokens=False), coverage)
@@ -310,6 +312,8 @@ class Tokenizer:
         a few huge documents would leave cores idle, and the Rust side holds a few hundred
         bytes per token until a call returns (a 30 MB document took gigabytes).
         """
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise wrong_kind("texts", texts, "a list of texts", "use [text] for one")
         if self.kind not in ("bpe", "char"):
             return [self._ids(t, e, coverage) for t, e in zip(texts, self.hf.encode_batch(texts, add_special_tokens=False))]
         out: list[list[int]] = [[] for _ in texts]
@@ -423,7 +427,9 @@ class Tokenizer:
         Raises UserError for an id that is not a whole number in 0..vocab_size-1 (a negative
         one would otherwise read a token from the end of the vocabulary).
         """
-        ids = list(map(self._checked_id, ids))
+        if isinstance(ids, (int, str, bytes)) or not hasattr(ids, "__iter__"):
+            raise wrong_kind("ids", ids, "a list of token ids", "use [token_id] for one")
+        ids = list(map(self._checked_id, ids.tolist() if hasattr(ids, "tolist") else ids))
         if self.byte_level:  # special tokens are b"" in the table
             return b"".join(map(self._byte_table.__getitem__, ids)).decode("utf-8", errors="ignore")
         ids = [i for i in ids if i not in self.special_ids or i == self._shown_unk]
@@ -502,7 +508,11 @@ class Tokenizer:
         return self._unk_decoder
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), self.hf.to_str(pretty=True))
+        """Write the tokenizer.json file `path` (atomically); UserError for a folder."""
+        path = as_path(path, "path", "a tokenizer.json file")
+        if path.is_dir():
+            raise UserError(f"{path} is a folder; save to a file in it, e.g. {path / 'tokenizer.json'}")
+        atomic_write_text(path, self.hf.to_str(pretty=True))
 
 
 def _user_defined(pre_tokenizer: dict | None) -> Callable[[str], bool]:

@@ -112,6 +112,24 @@ def test_hf_dataset_path_on_local_files(tmp_path):
         docs([f"hf:{folder}"])
 
 
+def test_a_dataset_saved_with_save_to_disk_reads(tmp_path):
+    """hf:FOLDER of a `save_to_disk` dataset was refused ("use load_from_disk instead"), with advice
+    to check the network connection."""
+    import datasets
+
+    news = {"News": ["সংবাদ এক", "সংবাদ দুই"], "id": [1, 2]}
+    datasets.Dataset.from_dict(news).save_to_disk(str(tmp_path / "one"))
+    assert docs([f"hf:{tmp_path / 'one'}"], text_column="News") == news["News"]
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict(news),
+                                   "test": datasets.Dataset.from_dict({"News": ["পরীক্ষা"], "id": [3]})})
+    splits.save_to_disk(str(tmp_path / "dict"))
+    assert docs([f"hf:{tmp_path / 'dict'}"], text_column="News") == news["News"]
+    datasets.DatasetDict({"test": splits["test"]}).save_to_disk(str(tmp_path / "test_only"))
+    with pytest.raises(UserError, match=r"test_only holds the splits test and no 'train'; pass hf:.*test_only/SPLIT"):
+        docs([f"hf:{tmp_path / 'test_only'}"], text_column="News")
+    assert docs([f"hf:{tmp_path / 'test_only' / 'test'}"], text_column="News") == ["পরীক্ষা"]
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda p: None, "input not found"),
     (lambda p: (p / "x").mkdir(), "holds no"),

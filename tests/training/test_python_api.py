@@ -204,3 +204,37 @@ def test_engine_takes_a_loaded_model_and_names_what_it_cannot_take(trained_run, 
     ]:
         with pytest.raises(UserError, match=message):
             call()
+
+
+def test_paths_texts_and_ids_of_the_wrong_kind_are_named(trained_run, small_books, tmp_path):
+    """None for a path, a loaded model for its folder, a DataFrame or a text for the inputs, a str
+    where a list of texts goes, an int where a list of ids goes: each was a TypeError or
+    AttributeError deep inside, or (a str for encode_batch) encoded letter by letter."""
+    import pandas as pd
+
+    from banglaslm.interop.hf_export import export_hf
+    from banglaslm.runfolder import load_model
+    from banglaslm.text import normalize
+
+    loaded = load_model(trained_run)
+    tok = loaded.tokenizer
+    cases = [
+        (lambda: load_model(None), r"^run_dir must be a run folder's path \(str or Path\), got NoneType None$"),
+        (lambda: train(None, tmp_path / "r", build_config("tiny")), r"^data_dir must be a data folder's path"),
+        (lambda: train([], tmp_path / "r", build_config("tiny")), r"^data_dir must be a data folder's path"),
+        (lambda: prepare([str(small_books[0])], None), r"^out_dir must be an output folder's path"),
+        (lambda: prepare(pd.DataFrame({"text": ["ক", "খ"]}), tmp_path / "o"), r"^inputs must be a path .*got DataFrame text 0 ক 1 খ$"),
+        (lambda: prepare(["আমার সোনার বাংলা\nআমি তোমায় ভালোবাসি"], tmp_path / "o"), r"is text, not a path; write it to a .txt file"),
+        (lambda: export_hf(loaded, tmp_path / "hf"), rf"^run_dir must be a run folder's path, got LoadedModel .*loaded from {trained_run}$"),
+        (lambda: normalize(None), r"^text must be text \(str\), got NoneType"),
+        (lambda: tok.encode(b"abc"), r"^text must be text \(str\), got bytes"),
+        (lambda: tok.encode_batch("আমি"), r"^texts must be a list of texts, got str 'আমি': use \[text\] for one$"),
+        (lambda: tok.decode(5), r"^ids must be a list of token ids, got int 5: use \[token_id\] for one$"),
+        (lambda: tok.save(tmp_path), r"is a folder; save to a file in it, e.g. .*tokenizer.json$"),
+    ]
+    for call, message in cases:
+        with pytest.raises(UserError, match=message) as caught:
+            call()
+        assert "\n" not in str(caught.value)
+    assert tok.decode(torch.tensor(tok.encode("আমি ভাত খাই"))) == "আমি ভাত খাই"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -51,7 +51,13 @@ from datatrove.utils.word_tokenizers import WordTokenizer, simple_span_tokenize
 
 from ..config import Opt, checked_arguments, option
 from ..errors import UserError, bad_param
-from ..fileio import atomic_write_json, atomic_write_text, json_line, staged_folder
+from ..fileio import (
+    as_path,
+    atomic_write_json,
+    atomic_write_text,
+    json_line,
+    staged_folder,
+)
 from ..text import normalize
 from .sources import (
     CLEANED_FORMAT,
@@ -444,6 +450,7 @@ def clean(
     JSONL shards of the kept documents plus report.json / report.md. Raises UserError, before
     any work and leaving an earlier output untouched, for bad options or inputs."""
     exit_if_reimported()
+    out_dir = as_path(out_dir, "out_dir", "an output folder")
     options = options or CleanOptions()
     options.validate()
     if workers < 1:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError, bad_param
-from ..fileio import atomic_write_json, read_json
+from ..fileio import as_path, atomic_write_json, read_json
 from ..text import NORMALIZATION
 from ..tokenizer import Tokenizer
 
@@ -58,7 +58,7 @@ class DataFolder:
     """A prepared data folder: meta.json checked, tokenizer and memory-mapped shards on demand."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = as_path(path, "data_dir", "a data folder")
         meta_path = self.path / META
         if not meta_path.is_file():
             raise UserError(f"{self.path} is not a prepared data folder (no meta.json); run `banglaslm prepare` first")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, wrong_kind
 from .folder import IDENTITY_KEYS, SPLITS, DataFolder, chars_per_token
 from .loader import EVAL_STREAM, TRAIN_STREAM, BatchSampler
 
@@ -43,7 +44,9 @@ def parse_spec(spec: str) -> tuple[str, float | None]:
 
 def open_data(specs: str | Path | list) -> DataFolder | "Mixture":
     """One data folder as itself; several (or one with a weight) as a `Mixture`."""
-    specs = [specs] if isinstance(specs, (str, Path)) else list(specs)
+    specs = [specs] if isinstance(specs, (str, os.PathLike)) else specs
+    if not isinstance(specs, (list, tuple)) or not specs or not all(isinstance(s, (str, os.PathLike)) for s in specs):
+        raise wrong_kind("data_dir", specs, "a data folder's path, or a list of DIR[:WEIGHT]", "e.g. \"data/mine\"")
     if len(specs) == 1 and parse_spec(str(specs[0]))[1] is None:
         return DataFolder(parse_spec(str(specs[0]))[0])
     return Mixture(specs)

@@ -23,6 +23,7 @@ import numpy as np
 from ..config import MAX_SEED, Opt, checked_arguments, show_progress
 from ..errors import UserError, bad_param
 from ..fileio import (
+    as_path,
     atomic_write_json,
     check_destination,
     check_not_cwd,
@@ -182,7 +183,7 @@ def prepare(
     if existing is not None or tokenizer == "bpe":  # before any reading: the ids must fit the storage
         id_dtype(existing.vocab_size if existing is not None else vocab_size, dtype)
     sources = resolve_inputs(inputs)
-    out = Path(out_dir)
+    out = as_path(out_dir, "out_dir", "an output folder")
     check_not_cwd(out, "data folder")
     check_apart(inputs, sources, out, "data folder")
     plan = {"sources": [_identity(s) for s in sources], "tokenizer": tokenizer, "vocab_size": vocab_size,

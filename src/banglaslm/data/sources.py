@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError, bad_param
+from ..errors import UserError, bad_param, shown
 from ..fileio import (
     bom_encoding,
     compression,
@@ -106,7 +106,7 @@ def input_list(inputs) -> list[str]:
         return [os.fspath(inputs)]
     if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, (str, os.PathLike)) for i in inputs):
         raise UserError(f"inputs must be a path or a list of paths (str or Path), e.g. [\"books/\"], "
-                        f"got {type(inputs).__name__} {inputs!r:.60}")
+                        f"got {type(inputs).__name__} {shown(inputs)}")
     return [os.fspath(i) for i in inputs]
 
 
@@ -140,6 +140,9 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
         elif path.is_symlink():
             raise UserError(f"input {item} is a broken symbolic link (to {os.readlink(path)}); point it at a file "
                             "that exists")
+        elif "\n" in item or len(item) > 4096:  # text itself, given where a path goes
+            raise UserError(f"input not found: {shown(item)} is text, not a path; write it to a .txt file and "
+                            "pass that file's path")
         else:
             raise UserError(f"input not found: {item}")
     return _once(sources)
@@ -824,15 +827,36 @@ def _parquet_rows(path: str) -> Iterator[tuple[str, dict]]:
 
 
 def _hf_dataset(spec: str):
-    """`NAME[:CONFIG]` through `datasets`, streamed; a local folder of data files works too."""
+    """`NAME[:CONFIG]` through `datasets`, streamed; a local folder of data files works too, and
+    one that `Dataset.save_to_disk` wrote (its "train" split, for a DatasetDict's)."""
     import datasets
 
     name, _, config = spec.partition(":")
+    folder = Path(name)
+    if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
+        return _saved_dataset(folder, spec)
     try:
         return datasets.load_dataset(name, config or None, split="train", streaming=True)
     except Exception as exc:  # network, missing dataset, bad config: all user-fixable
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"could not load dataset '{spec}' ({first}); check the name, CONFIG and your connection") from None
+        check = "the folder's files" if folder.is_dir() else "the name, CONFIG and your connection"
+        raise UserError(f"could not load dataset '{spec}' ({first}); check {check}") from None
+
+
+def _saved_dataset(folder: Path, spec: str):
+    """The rows of a dataset `save_to_disk` wrote into `folder` (read through memory-mapped Arrow)."""
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(str(folder))
+    except Exception as exc:
+        raise UserError(f"could not read the saved dataset '{spec}' ({str(exc).splitlines()[0]}); save it again "
+                        "with save_to_disk") from None
+    if isinstance(saved, datasets.DatasetDict):
+        if "train" not in saved:
+            raise UserError(f"{spec} holds the splits {', '.join(saved)} and no 'train'; pass hf:{folder}/SPLIT")
+        saved = saved["train"]
+    return saved
 
 
 def _read_hf(spec: str, text_column: str | None) -> Iterator[str]:
