@@ -103,6 +103,7 @@ def test_a_system_field_beside_the_turns_and_an_alpaca_history_are_kept():
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}]},
      "every assistant turn has weight 0"),
     ({"instruction": 3, "output": "y"}, "`instruction` must be text"),
+    ({"instruction": "২+৩ কত?", "input": "", "output": 5}, "`output` must be text, got int"),
     ({"instruction": "কী \ud800", "output": "y"}, r"message 1 \(user\): the text holds a lone surrogate \(U\+D800"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "\udc00"}]},
      r"message 2 \(assistant\): the text holds a lone surrogate \(U\+DC00"),
@@ -113,6 +114,19 @@ def test_a_bad_row_is_named_with_its_problem(tmp_path, row, problem):
     with pytest.raises(UserError, match=problem) as err:
         read_conversations([str(path)])
     assert f"{path}:2" in str(err.value)
+
+
+def test_spreadsheet_headers_and_rows_that_are_lists(tmp_path):
+    """A CSV header "Instruction,Input,Output" was "not a conversation"; a JSONL row that is a bare
+    list of messages was told to look like {"text": ...}, which fine-tuning refuses."""
+    (tmp_path / "sheet.csv").write_text("Instruction,Input,Output\nনমস্কার বলো,,নমস্কার\n", encoding="utf-8")
+    assert read_conversations([str(tmp_path / "sheet.csv")]) == [
+        [{"role": "user", "content": "নমস্কার বলো"}, {"role": "assistant", "content": "নমস্কার"}]]
+    listed = [{"role": "user", "content": "হাই"}, {"role": "assistant", "content": "নমস্কার"}]
+    (tmp_path / "rows.jsonl").write_text(json.dumps(listed, ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r'rows.jsonl:1 is not a JSON object; each line must be one, such as .*'
+                                        r'\{"messages": \[\{"role": "user"'):
+        read_conversations([str(tmp_path / "rows.jsonl")])
 
 
 def test_inputs_that_hold_no_conversations(tmp_path):

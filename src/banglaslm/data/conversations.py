@@ -47,8 +47,8 @@ SHAPES = "`messages`, ShareGPT's `conversations`, `instruction`/`output` (`input
 def as_conversation(row: dict[str, Any], where: str) -> Conversation:
     """The messages of one row in any of the accepted shapes, checked; UserError naming the
     row and the problem otherwise."""
-    row = {key: _list_from_json(value) if key in ("messages", "conversations") else value
-           for key, value in _present(row).items()}
+    row = {_field_name(key, row): _list_from_json(value) if _field_name(key, row) in ("messages", "conversations")
+           else value for key, value in _present(row).items()}
     if "messages" in row:
         messages = row["messages"]
     elif "conversations" in row:  # ShareGPT: {"from": "human" | "gpt" | "system", "value": ...}, or role/content
@@ -60,7 +60,7 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
         user = f"{_text(row['instruction'], where, 'instruction')}\n\n{_text(extra, where, 'input')}" if extra \
             else _text(row["instruction"], where, "instruction")
         messages = _alpaca_history(row.get("history"), where) + \
-            [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+            [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row["output"], where, "output")}]
     elif "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
         messages = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + \
@@ -69,6 +69,16 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
         raise UserError(f"{where} is not a conversation: it has none of {SHAPES} (it has: "
                         f"{', '.join(map(str, row)) or 'nothing'})")
     return _checked(_with_system(messages, row.get("system"), where), where)
+
+
+ROW_FIELDS = ("messages", "conversations", "instruction", "input", "output", "history", "prompt", "completion", "system")
+
+
+def _field_name(key: Any, row: dict) -> Any:
+    """A row's key as the shapes name it: a spreadsheet's "Instruction" is `instruction`, unless
+    the row also has that name itself."""
+    lower = key.lower() if isinstance(key, str) else key
+    return lower if lower in ROW_FIELDS and lower not in row else key
 
 
 def _with_system(messages: Any, system: Any, where: str) -> Any:

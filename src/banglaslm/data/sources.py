@@ -647,6 +647,10 @@ def _read_records(rows: Iterator[tuple[str, dict]], text_column: str | None) -> 
         yield _as_text(record[_column(list(record), text_column, where)], where)
 
 
+# What a JSON row looks like, for text to train on and for a conversation to fine-tune on.
+ROW_SHAPES = '{"text": ...} (a document) or {"messages": [{"role": "user", "content": ...}, ...]} (a conversation)'
+
+
 def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
     with open_text(path) as fh:
         try:
@@ -659,7 +663,8 @@ def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
                     raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}); each line must "
                                     "be one JSON object") from None
                 if not isinstance(record, dict):
-                    raise UserError(f"{path}:{lineno} is not a JSON object; each line must look like {{\"text\": ...}}")
+                    raise UserError(f"{path}:{lineno} is not a JSON object; each line must be one, such as "
+                                    f"{ROW_SHAPES}")
                 yield f"{path}:{lineno}", record
         except UnicodeDecodeError:
             raise UserError(undecodable_stream(path)) from None
@@ -686,8 +691,8 @@ def _json_rows(path: str) -> Iterator[tuple[str, dict]]:
     records = data if isinstance(data, list) else [data]
     for i, record in enumerate(records, 1):
         if not isinstance(record, dict):
-            raise UserError(f"{path} item {i} is not a JSON object; a .json input must look like "
-                            "[{\"text\": ...}, ...]")
+            raise UserError(f"{path} item {i} is not a JSON object; a .json input is a list of them, such as "
+                            f"{ROW_SHAPES}")
         yield f"{path} item {i}", record
 
 
