@@ -206,3 +206,23 @@ def test_what_a_trial_found_missing_in_the_terminal_chat(loaded):
     assert "presence_penalty=0.0 frequency_penalty=0.0" in settings and "greedy=on" in settings
     assert out.text.count("(no answer: the model ended it at once") == 2
     assert [m["content"] for m in history if m["role"] == "user"] == ["প্রথম কথা", "শেষ কথা"]
+
+
+def test_a_system_prompt_from_the_command_line_and_from_slash_system(loaded, trained_run):
+    """Fine-tuning trains on system messages, but chat had no way to give one."""
+    engine = SpyEngine(loaded)
+    script = Script(["প্রথম", "/system সংক্ষেপে উত্তর দাও", "দ্বিতীয়", "/reset", "তৃতীয়", "/system off", "চতুর্থ", "/quit"])
+    out = Recorder()
+    chat_loop(loaded, read_line=script, write=out, engine=engine, system="তুমি একজন সহকারী")
+    wanted = [[{"role": "system", "content": "তুমি একজন সহকারী"}, {"role": "user", "content": "প্রথম"}],
+              [{"role": "system", "content": "সংক্ষেপে উত্তর দাও"}, {"role": "user", "content": "দ্বিতীয়"}],
+              [{"role": "system", "content": "সংক্ষেপে উত্তর দাও"}, {"role": "user", "content": "তৃতীয়"}],
+              [{"role": "user", "content": "চতুর্থ"}]]
+    assert [prompt for prompt, _ in engine.calls] == [encode_chat(engine.tokenizer, m)[0] for m in wanted]
+    assert "(system prompt set; conversation cleared)" in out.text and "(system prompt off;" in out.text
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "banglaslm", "chat", str(trained_run), "--system", "তুমি একজন সহকারী",
+                           "--greedy", "--max-new-tokens", "3"], input="নমস্কার\n/quit\n", capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "Type a message" in done.stdout and "সহকারী:" in done.stdout, done.stderr

@@ -29,6 +29,7 @@ Commands:
   /minp X|off    min-p filter                    /rep X           repetition penalty (1 = off)
   /max N         longest answer, in tokens       /seed N|off      fixed seed for every answer
   /settings      show the settings               /reset           forget the conversation
+  /system TEXT|off  the system prompt (instructions the answers follow); starts a new conversation
   /help          this text                       /quit            end the chat
 End a line with \\ to continue the message on the next line. Ctrl-C stops an answer."""
 
@@ -170,6 +171,11 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
                 return history
             if name == "reset":
                 history = list(fresh)
+            if name == "system":
+                fresh = [] if _off(arg) or not arg else [{"role": "system", "content": arg}]
+                history = list(fresh)
+                write(f"(system prompt {'set' if fresh else 'off'}; conversation cleared)\n")
+                continue
             params = _command(params, name, arg, write)
             continue
         history.append({"role": "user", "content": text})

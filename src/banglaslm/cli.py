@@ -242,6 +242,8 @@ def _add_serve_and_chat(sub) -> None:
     c.add_argument("run_dir", metavar="RUN_DIR")
     add_options(c, load_model, flags={"which": "checkpoint"})
     add_options(c, SamplingParams, skip=("n", "logprobs", "stop"), defaults=CHAT_DEFAULTS)
+    c.add_argument("--system", help="system prompt: instructions the answers follow (as fine-tuning's system "
+                                    "messages; /system changes it)")
 
 
 def _add_others(sub) -> None:
@@ -551,7 +553,7 @@ def cmd_chat(args) -> None:
 
     params = SamplingParams(**picked(args, SamplingParams))
     params.validate()
-    chat_loop(load_model(args.run_dir, **picked(args, load_model)), params=params,
+    chat_loop(load_model(args.run_dir, **picked(args, load_model)), params=params, system=args.system,
               read_line=input if sys.stdin.isatty() else read_piped)
 
 
