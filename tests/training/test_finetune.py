@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -333,3 +334,21 @@ def test_the_command_without_data_takes_the_embedded_instruction_set(trained_run
     assert code == 0, err
     assert "fine-tuning on the embedded Bangla instruction set (" in err
     assert "everyday" in (tmp_path / "chat" / "data_meta.json").read_text(encoding="utf-8")
+
+
+def test_a_refused_lora_resume_names_the_hugging_face_folder_given(trained_run, chats, tmp_path):
+    """A Hugging Face SOURCE is imported into a temporary run folder: the refusal named that
+    folder (deleted by then), not the one the user typed."""
+    from banglaslm.interop.hf_export import export_hf
+    from banglaslm.interop.hf_import import import_hf
+
+    other = tmp_path / "other"  # other weights than the LoRA run's source
+    finetune(trained_run, [str(chats)], other, config_for(trained_run, **{"train.max_iters": 2}),
+             progress=False, say=lambda line: None)
+    hf = export_hf(other, tmp_path / "hf")
+    imported = import_hf(hf, tmp_path / "tmp_import" / "run")
+    lora = tmp_path / "lora"
+    finetune(trained_run, [str(chats)], lora, config_for(trained_run, **{"train.max_iters": 2, "finetune.lora_rank": 2}),
+             progress=False, say=lambda line: None)
+    with pytest.raises(UserError, match=f"^{Path(hf).resolve()} does not hold the weights this LoRA run started from"):
+        finetune(imported, [str(chats)], lora, resume=True, max_iters=4, progress=False, say=lambda line: None)

@@ -54,7 +54,7 @@ class FinetuneTrainer(Trainer):
         recorded = (self.checkpoint.state.get("init_from") or {}) if self.checkpoint else {}
         if recorded.get("weights") not in (None, warm_start.checkpoint.fingerprint()):
             if self.lora is not None:  # the frozen weights under the adapters must be the ones it started from
-                raise UserError(f"{warm_start.run.path} does not hold the weights this LoRA run started from "
+                raise UserError(f"{warm_start.named} does not hold the weights this LoRA run started from "
                                 f"({recorded.get('path')}); resume it with that SOURCE, or start a new run")
             warm_start.recorded = recorded  # a full fine-tune resumes from its own weights; its record stays true
 

@@ -36,6 +36,12 @@ class WarmStart:
         self.source_config = self.run.load_config()
         self.recorded: dict | None = None  # a resumed run's own record of where it started, kept as it is
 
+    @property
+    def named(self) -> str:
+        """The source as the user named it: a Hugging Face folder's path, not the temporary run
+        folder it was imported into."""
+        return (self.checkpoint.state.get("imported_from") or {}).get("path") or str(self.run.path)
+
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.from_file(self.run.tokenizer_path)
 
