@@ -371,3 +371,20 @@ def test_export_will_not_overwrite_a_folder(trained_run, tmp_path):
     export_hf(trained_run, tmp_path / "hf2", overwrite=True)
     assert {p.name for p in (tmp_path / "hf2").iterdir()} == HF_FILES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "hf2"]
+
+
+def test_a_folder_without_a_tokenizer_gets_advice_that_fits_what_it_holds(exported, tmp_path):
+    """The advice to rebuild tokenizer.json from vocab.json/merges.txt was given to a folder that
+    had neither: its command then failed too."""
+    hf = tmp_path / "hf"
+    shutil.copytree(exported["modern"], hf)
+    for path in hf.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens")):
+            path.unlink()
+    with pytest.raises(UserError, match="holds no tokenizer at all: copy the tokenizer files of the model it came from"):
+        import_hf(hf, tmp_path / "run")
+    (hf / "vocab.json").write_text("{}", encoding="utf-8")
+    (hf / "merges.txt").write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match=r"save_pretrained\('.*'\) writes one from its vocab.json and merges.txt$"):
+        import_hf(hf, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -156,9 +156,13 @@ def _read_tensors(src: Path) -> dict[str, torch.Tensor]:
 def _read_tokenizer(src: Path, provenance: dict[str, Any]) -> Tokenizer:
     path = src / "tokenizer.json"
     if not path.is_file():
-        raise _refuse(f"{src} has no tokenizer.json (only 'fast' tokenizers can be read); "
-                      f"AutoTokenizer.from_pretrained('{src}').save_pretrained('{src}') writes one from "
-                      "vocab.json/merges.txt or a SentencePiece model")
+        sources = [name for name in ("vocab.json", "merges.txt", "tokenizer.model", "spiece.model")
+                   if (src / name).is_file()]
+        fix = (f"AutoTokenizer.from_pretrained('{src}').save_pretrained('{src}') writes one from its "
+               f"{' and '.join(sources)}" if sources else
+               "it holds no tokenizer at all: copy the tokenizer files of the model it came from (tokenizer.json, "
+               "or what AutoTokenizer reads) into it")
+        raise _refuse(f"{src} has no tokenizer.json (only 'fast' tokenizers can be read); {fix}")
     return read_tokenizer_json(path, provenance.get("tokenizer_normalizer_steps"), provenance.get("tokenizer_post_processor"))
 
 
