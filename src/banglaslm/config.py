@@ -603,8 +603,9 @@ def validate(cfg: RunConfig) -> None:
         raise UserError("train.optimizer=muon orthogonalizes whole matrices, which FSDP splits across "
                         "processes; use train.parallel=ddp with it")
     if t.ema_decay and (t.parallel == "fsdp" or cfg.finetune.lora_rank):
-        raise UserError("train.ema_decay averages whole weights in one process; it runs without FSDP and LoRA "
-                        "(use train.parallel=ddp, full fine-tuning, or leave it at 0)")
+        raise UserError(f"train.ema_decay={t.ema_decay:g} (the tiny preset's, unless given) averages whole weights "
+                        "in one process, which FSDP and LoRA do not hold; set train.ema_decay=0, or use "
+                        "train.parallel=ddp or full fine-tuning")
     if t.warmup_iters > t.max_iters:
         raise UserError(f"train.warmup_iters ({t.warmup_iters}) exceeds train.max_iters ({t.max_iters}); give more "
                         "steps, or a shorter warm-up with --set train.warmup_iters=N")

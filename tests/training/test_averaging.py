@@ -75,8 +75,8 @@ def test_stopped_and_resumed_ends_bit_identical(data_dir, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("settings, message", [
     ({"train.ema_decay": 1.0}, r"for train.ema_decay: must be in \[0, 1\)"),
-    ({"train.ema_decay": 0.99, "train.parallel": "fsdp"}, "without FSDP and LoRA"),
-    ({"train.ema_decay": 0.99, "finetune.lora_rank": 4}, "without FSDP and LoRA"),
+    ({"train.ema_decay": 0.99, "train.parallel": "fsdp"}, "ema_decay=0.99 .*which FSDP and LoRA do not hold; set train.ema_decay=0"),
+    ({"train.ema_decay": 0.99, "finetune.lora_rank": 4}, "which FSDP and LoRA do not hold; set train.ema_decay=0"),
 ])
 def test_settings_averaging_cannot_run_with_are_refused(settings, message):
     from banglaslm.config import validate

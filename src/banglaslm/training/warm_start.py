@@ -65,8 +65,9 @@ class WarmStart:
         differ = [f"model.{k}={theirs[k]!r} (the source has {mine[k]!r})" for k in mine
                   if theirs[k] != mine[k] and k not in FREE_MODEL_KEYS and not (k == "vocab_size" and theirs[k] == 0)]
         if differ:
-            raise UserError(f"the model comes from {self.run.path}, but the settings give {', '.join(differ)}; drop "
-                            "those settings (only the train settings and model.dropout may change)")
+            raise UserError(f"the model comes from {self.named}, but the settings give {', '.join(differ)}; drop "
+                            "those settings (a preset sets model keys too; only the train settings and model.dropout "
+                            "may change)")
         given.model.vocab_size = source.model.vocab_size
         given.model.tie_embeddings = source.model.tie_embeddings  # the same head, said as the source says it
         return given
