@@ -45,6 +45,8 @@ class Opt:
 def plain_number(value: Any) -> Any:
     """`value` as Python's own int or float when it is another library's number (NumPy's int64,
     a pandas count), which torch's seeding and JSON refuse; anything else as it is."""
+    if getattr(getattr(value, "dtype", None), "kind", None) == "b" and getattr(value, "shape", None) == ():
+        return bool(value)  # NumPy's bool, which is no Integral
     if isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)):
         return int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, (float, int, bool)):
@@ -277,6 +279,7 @@ class SamplingParams:
             value = getattr(self, name)
             if not (value is None and name in optional) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise bad_param(name, f"must be a number, got {value!r}")
+        self.greedy = plain_number(self.greedy)
         if not isinstance(self.greedy, bool):
             raise bad_param("greedy", f"must be True or False, got {self.greedy!r}")
         if not isinstance(self.stop, (list, tuple)):

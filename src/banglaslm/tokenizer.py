@@ -312,7 +312,8 @@ class Tokenizer:
         a few huge documents would leave cores idle, and the Rust side holds a few hundred
         bytes per token until a call returns (a 30 MB document took gigabytes).
         """
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        texts = texts if isinstance(texts, (str, bytes)) else list(texts)
+        if isinstance(texts, (str, bytes)) or not all(isinstance(t, str) for t in texts):
             raise wrong_kind("texts", texts, "a list of texts", "use [text] for one")
         if self.kind not in ("bpe", "char"):
             return [self._ids(t, e, coverage) for t, e in zip(texts, self.hf.encode_batch(texts, add_special_tokens=False))]
@@ -444,11 +445,13 @@ class Tokenizer:
 
     @cached_property
     def _byte_table(self) -> list[bytes]:
-        """A byte-level tokenizer's bytes for every id, built once: b'' for special tokens, an
-        added plain token's own text (tokenizers keeps it outside the byte-level alphabet)."""
-        added = {i for i, t in self.hf.get_added_tokens_decoder().items() if not t.special}
-        return [b"" if i in self.special_ids else token.encode("utf-8") if i in added
-                else bytes(_UNICODE_TO_BYTE[ch] for ch in token) for i, token in enumerate(self._id_to_token)]
+        """A byte-level tokenizer's bytes for every id, built once: b'' for special tokens; a
+        token spelled in the byte-level alphabet, its bytes; another (an added plain token, which
+        tokenizers keeps as typed), its own text, as tokenizers' ByteLevel decoder does."""
+        def token_bytes(token: str) -> bytes:  # as tokenizers' ByteLevel decoder reads it
+            return bytes(map(_UNICODE_TO_BYTE.__getitem__, token)) if all(ch in _UNICODE_TO_BYTE for ch in token) \
+                else token.encode("utf-8")
+        return [b"" if i in self.special_ids else token_bytes(token) for i, token in enumerate(self._id_to_token)]
 
     def _checked_id(self, token_id) -> int:
         try:

@@ -119,13 +119,15 @@ def test_an_added_plain_token_of_a_byte_level_tokenizer_decodes_as_its_text(tmp_
     # it through that alphabet was a KeyError in decode and token_bytes.
     bpe.hf.save(str(tmp_path / "tokenizer.json"))
     hf = type(bpe.hf).from_file(str(tmp_path / "tokenizer.json"))
-    hf.add_tokens(["আমরাসবাই"])
+    hf.add_tokens(["আমরাসবাই", "ĠĠfoo"])  # the second is spelled in the byte-level alphabet: it reads as "  foo"
     hf.save(str(tmp_path / "tokenizer.json"))
     tok = Tokenizer.from_file(tmp_path / "tokenizer.json")
     ids = tok.encode("আমরাসবাই ভাত খাই")
     added = hf.token_to_id("আমরাসবাই")
     assert added in ids and tok.token_bytes(added) == "আমরাসবাই".encode()
     assert tok.decode(ids) == hf.decode(ids) == "আমরাসবাই ভাত খাই"
+    spelled = [*ids, hf.token_to_id("ĠĠfoo")]
+    assert tok.decode(spelled) == hf.decode(spelled) == "আমরাসবাই ভাত খাই  foo"
 
 
 def test_char_tokenizer_round_trip_and_save_load(tmp_path):

@@ -346,6 +346,8 @@ def test_what_a_sentencepiece_user_gives_by_mistake_is_named_with_the_fix(models
              (str(script), {}, "is none of these (a tokenizer.json, a SentencePiece .model"),
              (str(tmp_path / "runs" / "mine"), {}, f"{tmp_path / 'runs' / 'mine'} was not found; check the path"),
              ("bpee", {}, "must be bpe, char or an existing tokenizer; bpee is none of these"),
+             ("csebuetnlp/banglat5", {}, "csebuetnlp/banglat5 was not found; check the path (a Hugging Face hub name "
+                                         "takes hf:, as hf:csebuetnlp/banglat5)"),
              (str(tmp_path / "empty"), {}, "empty holds no tokenizer (tokenizer.json, tokenizer_config.json, *.model"),
              (str(models["unigram"]), {"vocab_size": 32000}, "applies to the BPE tokenizer prepare trains"),
              ("char", {"tokenizer_sample": 1000}, "applies to the BPE tokenizer prepare trains")]

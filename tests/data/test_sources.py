@@ -662,3 +662,8 @@ def test_unicode_bangla_english_and_footnote_daggers_are_not_taken_for_a_legacy_
     notes = "A claim that needs a source.† Another one‡, and a third.†‡ " * 40
     (tmp_path / "notes.txt").write_text(notes, encoding="utf-8")
     assert docs([tmp_path / "notes.txt"]) == [notes]
+    extinct = "Theropoda > Avialae > †Archaeopteryx, †Confuciusornis, †Enantiornithes, Aves.\n" * 10
+    genera = "".join(f"†{name}\n" for name in ("Tyrannosaurus", "Velociraptor", "Diplodocus", "Stegosaurus") * 10)
+    for text in (extinct, genera):
+        (tmp_path / "clade.txt").write_text(text, encoding="utf-8")
+        assert docs([tmp_path / "clade.txt"]) == [text]

@@ -198,3 +198,20 @@ def test_workers_die_with_a_killed_launcher(ddp, data_dir, tmp_path, when):
     assert r.returncode == 0, r.stderr[-3000:]
     wa, wb = weights(ddp), weights(run)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_launcher_that_is_pid_1_is_not_taken_for_a_dead_one(data_dir, tmp_path):
+    """In a container torchrun is often PID 1, the parent a worker of a dead launcher is handed to
+    on a plain machine: taking one for the other killed every worker at its start."""
+    import shlex
+    import shutil
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                                                           capture_output=True).returncode != 0:
+        pytest.skip("no PID namespace here (unshare missing or not permitted)")
+    run = tmp_path / "run"
+    inner = shlex.join(torchrun("--standalone", "--nproc_per_node=2", *train_args(data_dir, run, batch=4)))
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", f"exec {inner}"], env=env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert evals(run)[-1][0] == SETTINGS["train.max_iters"]

@@ -118,6 +118,8 @@ def test_numpy_numbers_work_where_python_numbers_do(trained_run, small_books, tm
     from banglaslm.runfolder import load_model
 
     loaded = load_model(trained_run)
+    assert generate(loaded, "আমি", SamplingParams(max_new_tokens=4, greedy=np.bool_(True))).text == \
+        generate(loaded, "আমি", SamplingParams(max_new_tokens=4, greedy=True)).text
     as_numpy = SamplingParams(max_new_tokens=np.int64(8), seed=np.int64(3), temperature=np.float32(0.5),
                               logit_bias={np.int64(5): np.float64(-100.0)})
     as_python = SamplingParams(max_new_tokens=8, seed=3, temperature=0.5, logit_bias={5: -100.0})
@@ -189,14 +191,15 @@ def test_engine_takes_a_loaded_model_and_names_what_it_cannot_take(trained_run, 
         [[got]] = engine.generate_ids([same], params)
         assert got.token_ids == want.token_ids
         assert "".join(engine.stream(same, params)) == want.text
+    assert [c.token_ids for [c] in engine.generate_ids(np.array([ids, ids]), params)] == [want.token_ids] * 2
     vocab = loaded.tokenizer.vocab_size
     char = Tokenizer.build_char("আমি " + "".join(map(chr, range(0x4E00, 0x4E00 + vocab))))
     for call, message in [
         (lambda: engine.generate_ids([[0, vocab]], params), rf"^context holds {vocab}, not a token id of this model \(0..{vocab - 1}\)"),
         (lambda: Engine(loaded, use_kernel=False).generate_ids([[0, -5]], params), "^context holds -5, not a token id"),
         (lambda: "".join(engine.stream([0, 2.0], params)), "^context holds 2.0, not a token id"),
-        (lambda: engine.generate_ids(ids, params), r"^context must be a sequence of token ids, got int"),
-        (lambda: engine.generate_ids(torch.tensor([ids]), params), r"^contexts must be a list of contexts"),
+        (lambda: engine.generate_ids(ids, params), r"^contexts must be a list of contexts .*use \[ids\] for one"),
+        (lambda: engine.generate_ids(torch.tensor(ids), params), r"^contexts must be a list of contexts"),
         (lambda: Engine(str(trained_run)), r"^model must be a model \(GPT\) or a loaded model.*load_model"),
         (lambda: Engine(loaded.model, str(trained_run / "tokenizer.json")), r"^tokenizer must be a Tokenizer"),
         (lambda: Engine(loaded.model, char), rf"^tokenizer has {char.vocab_size:,} tokens, more than the model's"),
@@ -229,6 +232,7 @@ def test_paths_texts_and_ids_of_the_wrong_kind_are_named(trained_run, small_book
         (lambda: normalize(None), r"^text must be text \(str\), got NoneType"),
         (lambda: tok.encode(b"abc"), r"^text must be text \(str\), got bytes"),
         (lambda: tok.encode_batch("আমি"), r"^texts must be a list of texts, got str 'আমি': use \[text\] for one$"),
+        (lambda: train(None, tmp_path / "r", build_config("tiny")), r"^data_dir must be a data folder's path"),
         (lambda: tok.decode(5), r"^ids must be a list of token ids, got int 5: use \[token_id\] for one$"),
         (lambda: tok.save(tmp_path), r"is a folder; save to a file in it, e.g. .*tokenizer.json$"),
     ]
@@ -237,4 +241,6 @@ def test_paths_texts_and_ids_of_the_wrong_kind_are_named(trained_run, small_book
             call()
         assert "\n" not in str(caught.value)
     assert tok.decode(torch.tensor(tok.encode("আমি ভাত খাই"))) == "আমি ভাত খাই"
+    texts = [normalize("আমি ভাত খাই"), normalize("তুমি কোথায়")]  # encode_batch takes normalized text
+    assert tok.encode_batch(t for t in texts) == tok.encode_batch(texts) == [tok.encode(t) for t in texts]
     assert sorted(p.name for p in tmp_path.iterdir()) == []

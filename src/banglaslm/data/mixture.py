@@ -44,8 +44,11 @@ def parse_spec(spec: str) -> tuple[str, float | None]:
 
 def open_data(specs: str | Path | list) -> DataFolder | "Mixture":
     """One data folder as itself; several (or one with a weight) as a `Mixture`."""
-    specs = [specs] if isinstance(specs, (str, os.PathLike)) else specs
-    if not isinstance(specs, (list, tuple)) or not specs or not all(isinstance(s, (str, os.PathLike)) for s in specs):
+    try:
+        specs = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
+    except TypeError:  # None, a number: not paths
+        specs = [None]
+    if not specs or not all(isinstance(s, (str, os.PathLike)) for s in specs):
         raise wrong_kind("data_dir", specs, "a data folder's path, or a list of DIR[:WEIGHT]", "e.g. \"data/mine\"")
     if len(specs) == 1 and parse_spec(str(specs[0]))[1] is None:
         return DataFolder(parse_spec(str(specs[0]))[0])

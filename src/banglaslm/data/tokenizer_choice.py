@@ -51,7 +51,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return from_sentencepiece(lone) if lone is not None else from_pretrained(str(path))
     if os.path.lexists(path) or not (os.sep in spec or path.suffix):
         raise _none_of_these(spec)
-    raise bad_param("tokenizer", f"{spec} was not found; check the path")
+    hub = f" (a Hugging Face hub name takes hf:, as hf:{spec})" if spec.count("/") == 1 and not spec.startswith((".", "/")) else ""
+    raise bad_param("tokenizer", f"{spec} was not found; check the path{hub}")
 
 
 def _none_of_these(spec: str) -> UserError:

@@ -143,8 +143,9 @@ class Engine:
         tuple, NumPy array or 1-D tensor of ids). UserError for an empty context or an id
         outside the vocabulary."""
         params = self.checked(params)
-        if isinstance(contexts, torch.Tensor) or not isinstance(contexts, (list, tuple)):
-            raise wrong_kind("contexts", contexts, "a list of contexts (each a list of token ids)",
+        contexts = contexts.tolist() if hasattr(contexts, "tolist") else contexts  # a 2-D array or tensor: its rows
+        if not isinstance(contexts, (list, tuple)) or any(isinstance(c, int) for c in contexts):
+            raise wrong_kind("contexts", contexts, "a list of contexts (each a sequence of token ids)",
                              "use [ids] for one")
         return self._generate([self.checked_context(ids) for ids in contexts], params)
 

@@ -45,9 +45,10 @@ def die_with_launcher() -> None:
     leaves: the run resumes from its last checkpoint."""
     if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
         return
+    launcher = os.getppid()  # torchrun, which may be PID 1 itself (a container's first process)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the launcher died before the line above: nobody is left to tell
+    if os.getppid() != launcher:  # it died between the two lines above: nobody is left to tell
         os.kill(os.getpid(), signal.SIGKILL)
 
 
