@@ -611,7 +611,7 @@ def validate(cfg: RunConfig) -> None:
                         "train.parallel=ddp or full fine-tuning")
     if t.warmup_iters > t.max_iters:
         raise UserError(f"train.warmup_iters ({t.warmup_iters}) exceeds train.max_iters ({t.max_iters}); give more "
-                        "steps, or a shorter warm-up with --set train.warmup_iters=N")
+                        "steps, or a shorter warm-up (train.warmup_iters=N)")
     if t.device != "auto" and not (t.device == "cpu" or t.device.startswith("cuda")):
         raise UserError(f"bad value '{t.device}' for train.device: use auto, cpu, cuda or cuda:N")
     f = cfg.finetune

@@ -646,7 +646,7 @@ def settle_config(run: RunFolder, config: RunConfig | None, resume: bool, max_it
     if max_iters is not None:
         if max_iters < config.train.warmup_iters or max_iters < 1:
             raise bad_param("max_iters", f"{max_iters} is below 1 or train.warmup_iters ({config.train.warmup_iters}); "
-                                         "give more steps, or a shorter warm-up with --set train.warmup_iters=N")
+                                         "give more steps, or a shorter warm-up (train.warmup_iters=N)")
         config.train.max_iters = max_iters
     done = (read_state(run.checkpoint("latest")) or {}).get("iter", 0) if resume else 0
     if config.train.max_iters < done:  # it would end before it began, and save the shorter length as its own
