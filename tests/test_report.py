@@ -235,3 +235,19 @@ def test_a_finetuned_run_reports_its_source_and_conversations(trained_run, tmp_p
     train = meta["splits"]["train"]
     assert f"| train | {train['conversations']:,} | {train['blocks']:,} | {train['tokens']:,} |" in card
     assert "chats.jsonl" in card and "`?`" not in card
+    # Its samples are answers to questions in the chat template, as `chat` streams them; they were
+    # plain continuations of text, which a fine-tuned model is not meant for.
+    from banglaslm import Engine, SamplingParams, load_model
+    from banglaslm.chat_template import chat_stops, encode_chat
+    from banglaslm.report import CHAT_PROMPTS, SAMPLE_SETTINGS
+
+    out = write_report(run, [], out_dir=tmp_path / "chat_report", bpe_vocab_sizes=(), html_page=False)
+    info = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert [(s["prompt"], s["chat"]) for s in info["samples"]] == [(p, True) for p in CHAT_PROMPTS]
+    loaded = load_model(run)
+    for sample in info["samples"]:
+        context, _ = encode_chat(loaded.tokenizer, [{"role": "user", "content": sample["prompt"]}])
+        params = SamplingParams(seed=sample["seed"], stop=chat_stops(tokenizer=loaded.tokenizer), **SAMPLE_SETTINGS)
+        assert "".join(Engine(loaded).stream(context, params)).lstrip() == sample["text"]
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert card.count("**Question**") == len(CHAT_PROMPTS) and "**Prompt**" not in card

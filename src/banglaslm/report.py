@@ -17,8 +17,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .chat_template import chat_stops, clean_answer, encode_chat
 from .checkpoint import load_checkpoint
 from .config import SamplingParams
+from .data.conversations import CONVERSATIONS_FORMAT
 from .data.sources import read_whole_text
 from .errors import UserError
 from .evaluation.perplexity import evaluate_text
@@ -30,12 +32,14 @@ from .evaluation.tokenizer_study import (
     sample_documents,
 )
 from .fileio import check_destination, read_json_or_fail, staged_folder
-from .generation.engine import generate
+from .generation.engine import Engine, generate
 from .runfolder import RunFolder, Which, load_model
 from .training.health import unjudged
 from .training.metrics import plot_loss, plot_series, pyplot, read_metrics, save_figure
 
 SAMPLE_PROMPTS = ("একদিন সকালে", "বাংলা ভাষা", "নদীর ধারে")
+# A fine-tuned run is asked questions in the chat template instead (its data is conversations).
+CHAT_PROMPTS = ("বর্ষাকালে নদীর পাড়ে কী দেখা যায়?", "সকালে হাঁটার দুটি উপকারিতা বলো।", "একটি ছোট কবিতা লেখো।")
 SAMPLE_SEEDS = (0,)
 SAMPLE_SETTINGS = {"max_new_tokens": 60, "temperature": 0.8, "top_k": 50}
 
@@ -120,10 +124,11 @@ def _is_report(folder: Path) -> bool:
 
 def write_report(run_dir: str | Path, texts=(), out_dir: str | Path | None = None, which: Which = "best", *,
                  bpe_vocab_sizes: tuple[int, ...] = BPE_VOCAB_SIZES, max_sample_chars: int = MAX_SAMPLE_CHARS,
-                 prompts: tuple[str, ...] = SAMPLE_PROMPTS, seeds: tuple[int, ...] = SAMPLE_SEEDS,
+                 prompts: tuple[str, ...] | None = None, seeds: tuple[int, ...] = SAMPLE_SEEDS,
                  html_page: bool = True) -> Path:
     """Write the report folder for the run in `run_dir` (replacing an earlier report) and
-    return its path. Every input is checked before anything is computed or written."""
+    return its path. Every input is checked before anything is computed or written. `prompts`:
+    SAMPLE_PROMPTS to continue, or for a fine-tuned run CHAT_PROMPTS to answer in the chat template."""
     run = RunFolder(run_dir)
     run.require()
     raw_texts = _read_texts(texts)
@@ -152,6 +157,20 @@ def write_report(run_dir: str | Path, texts=(), out_dir: str | Path | None = Non
     return out
 
 
+def _sample(loaded, prompt: str, seed: int) -> dict:
+    g = generate(loaded, prompt, SamplingParams(seed=seed, **SAMPLE_SETTINGS))
+    return {"text": g.text, "tokens": g.tokens}
+
+
+def _chat_sample(loaded, prompt: str, seed: int) -> dict:
+    """The answer to `prompt` as `chat` and the server get it: in the chat template, stopped at
+    the end of the turn."""
+    context, _ = encode_chat(loaded.tokenizer, [{"role": "user", "content": prompt}])
+    params = SamplingParams(seed=seed, stop=chat_stops(tokenizer=loaded.tokenizer), **SAMPLE_SETTINGS)
+    [[answer]] = Engine(loaded).generate_ids([context], params)
+    return {"text": clean_answer(answer.text), "tokens": len(answer.token_ids)}
+
+
 def _report_info(run: RunFolder, loaded, raw_texts, records, prompts, seeds) -> dict:
     """Every number of the card but the tokenizer study: model, training, data, evals, samples."""
     data_meta = read_json_or_fail(run.data_meta_path) if run.data_meta_path.is_file() else None
@@ -163,11 +182,11 @@ def _report_info(run: RunFolder, loaded, raw_texts, records, prompts, seeds) -> 
     if summary["best_val_loss"] is None and float(state.get("best_val", math.inf)) < sys.float_info.max:
         summary["best_val_loss"] = float(state["best_val"])
     evals = [evaluate_text(loaded, raw, name=name) for name, raw in raw_texts]
-    samples = []
-    for prompt in prompts:
-        for seed in seeds:
-            g = generate(loaded, prompt, SamplingParams(seed=seed, **SAMPLE_SETTINGS))
-            samples.append({"prompt": prompt, "seed": seed, "text": g.text, "tokens": g.tokens})
+    chat = (data_meta or {}).get("format") == CONVERSATIONS_FORMAT
+    sample = _chat_sample if chat else _sample
+    samples = [{"prompt": prompt, "seed": seed, "chat": chat, **sample(loaded, prompt, seed)}
+               for prompt in (prompts if prompts is not None else CHAT_PROMPTS if chat else SAMPLE_PROMPTS)
+               for seed in seeds]
     model = loaded.model
     return {
         "run_dir": str(run.path), "checkpoint": loaded.checkpoint.name, "checkpoint_iter": loaded.iteration,
@@ -322,6 +341,10 @@ def _samples_section(info: dict) -> list[str]:
           f"{s['max_new_tokens']} new tokens, temperature {s['temperature']}, top-k {s['top_k']}; fixed seeds, "
           "so the same checkpoint gives the same text.", ""]
     for smp in info["samples"]:
+        if smp.get("chat"):  # a fine-tuned run's answer to a question
+            L += [f"**Question** `{_visible(smp['prompt'])}` (seed {smp['seed']}, {smp['tokens']} tokens), the answer:",
+                  "", "```text", _visible(smp["text"]).replace("```", "'''"), "```", ""]
+            continue
         body = _visible(smp["prompt"] + smp["text"]).replace("```", "'''")
         L += [f"**Prompt** `{_visible(smp['prompt'])}` (seed {smp['seed']}, {smp['tokens']} tokens):", "", "```text", body, "```", ""]
     return L
