@@ -396,6 +396,9 @@ def _model_and_tokenizer(model: object, tokenizer: object) -> tuple[GPT, Tokeniz
     if not isinstance(tokenizer, Tokenizer):
         raise wrong_kind("tokenizer", tokenizer, "a Tokenizer", "the loaded model's .tokenizer, or "
                          "Tokenizer.from_file(PATH)")
+    # torch.compile's wrapper: its graph is specialized to the cache length, which every decode step
+    # changes, so it recompiled each step until dynamo's limit (seconds a token); the module runs eager.
+    model = getattr(model, "_orig_mod", model)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise bad_param("tokenizer", f"has {tokenizer.vocab_size:,} tokens, more than the model's "
                                      f"{model.config.vocab_size:,}: it is another model's; use the model's own")
