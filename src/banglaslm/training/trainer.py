@@ -120,6 +120,7 @@ class Trainer:
     def __init__(self, config: RunConfig, data: DataFolder | str | Path | list, run_dir: str | Path,
                  resume: bool = False, progress: bool | None = None, warm_start: WarmStart | None = None):
         tc = config.train
+        self._notes: list[str] = []  # lines to say when training starts (after every check)
         self.data = open_data(data) if isinstance(data, (str, Path, list)) else data
         self.run, self.show_progress, self.warm_start = RunFolder(run_dir), progress, warm_start
         self.dist, device_spec = distributed.setup(tc.device)
@@ -247,8 +248,9 @@ class Trainer:
             changed = ", ".join(f"train.{k} {saved[k]} → {v}" for k, v in tc.__dict__.items()
                                 if k in ("max_iters", "learning_rate", "warmup_iters", "min_lr_ratio", "lr_schedule",
                                          "decay_fraction") and saved.get(k) != v)
-            self._say(f"note: the learning-rate schedule changed with {changed or 'the train settings'}: at iteration "
-                      f"{it} the rate goes from {before:.3g} to {after:.3g}, and follows the new schedule from there")
+            self._notes.append(f"note: the learning-rate schedule changed with {changed or 'the train settings'}: at "
+                               f"iteration {it} the rate goes from {before:.3g} to {after:.3g}, and follows the new "
+                               "schedule from there")
 
     def _state(self, it: int) -> dict:
         return {
@@ -531,6 +533,8 @@ class Trainer:
         if self.checkpoint is not None and (it >= tc.max_iters or stopped_early or
                                             self.clock.over(it, self.dist, self.device, tc.log_interval)):
             return self._result(it, start, {}, 0.0, stopped_early)  # nothing left: the run folder stays as it was
+        for note in self._notes:  # said once every check has passed (a subclass's too)
+            self._say(note)
         self._write_run_files()
         with self._session() as session:
             self.model.train()
