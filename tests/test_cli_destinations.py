@@ -212,7 +212,7 @@ def test_a_preset_on_resume_may_not_undo_the_runs_own_settings(data_dir, tmp_pat
     short = ["--set", "train.max_iters=8", "--set", "train.eval_iters=2"]
     code, err = run_cli(["train", "--data", data_dir, "--out", run, "--preset", "tiny", *short])
     one_line_error(code, err, "train.warmup_iters (50) exceeds train.max_iters (8); give more steps, or a shorter "
-                              "warm-up with --set train.warmup_iters=N")  # the fix named, as for --max-iters
+                              "warm-up (train.warmup_iters=N)")  # the fix named, as for --max-iters
     short += ["--set", "train.warmup_iters=4"]
     code, _ = run_cli(["train", "--data", data_dir, "--out", run, "--preset", "tiny", *short])
     assert code == 0

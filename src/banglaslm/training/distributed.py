@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -45,11 +46,24 @@ def die_with_launcher() -> None:
     leaves: the run resumes from its last checkpoint."""
     if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
         return
-    launcher = os.getppid()  # torchrun, which may be PID 1 itself (a container's first process)
+    launcher = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != launcher:  # it died between the two lines above: nobody is left to tell
+    if os.getppid() != launcher or not _is_launcher(launcher):  # it died before the line above
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _is_launcher(pid: int) -> bool:
+    """Whether `pid`, this worker's parent, is still its launcher. Only PID 1 is in doubt: an
+    orphan's new parent, unless torchrun itself is PID 1 (a container's first process). A
+    parent whose command line cannot be read is taken to be the launcher."""
+    if pid != 1:
+        return True
+    try:
+        command = Path("/proc/1/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"torchrun" in command or b"torch.distributed" in command or b"torch/distributed" in command
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
