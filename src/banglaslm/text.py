@@ -118,9 +118,7 @@ def check_text(text: str, what: str) -> str:
     """`text`, if it can be written as UTF-8; else a UserError naming `what`. A lone surrogate
     (JSON's "\\ud800", or a byte that was not UTF-8 in a command-line argument) cannot.
     Text given as bytes, a list or None (from Python) is a UserError too."""
-    if not isinstance(text, str):
-        fix = "decode it first, e.g. data.decode(\"utf-8\")" if isinstance(text, (bytes, bytearray)) else ""
-        raise wrong_kind(what, text, "text (str)", fix)
+    require_str(text, what)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -130,13 +128,18 @@ def check_text(text: str, what: str) -> str:
     return text
 
 
+def require_str(text: object, what: str) -> str:
+    """`text`, if it is a str; else the UserError naming `what` (bytes get the fix: decode them)."""
+    if not isinstance(text, str):
+        fix = "decode it first, e.g. data.decode(\"utf-8\")" if isinstance(text, (bytes, bytearray)) else ""
+        raise wrong_kind(what, text, "text (str)", fix)
+    return text
+
+
 def normalize(text: str) -> str:
     """`text` in the project's canonical form (policy NORMALIZATION, docs/data.md); UserError for
     anything but a str."""
-    if not isinstance(text, str):
-        fix = "decode it first, e.g. data.decode(\"utf-8\")" if isinstance(text, (bytes, bytearray)) else ""
-        raise wrong_kind("text", text, "text (str)", fix)
-    return normalize_fragment(text).strip()
+    return normalize_fragment(require_str(text, "text")).strip()
 
 
 def normalize_fragment(text: str) -> str:

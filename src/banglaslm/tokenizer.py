@@ -28,7 +28,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import UserError, bad_param, wrong_kind
 from .fileio import as_path, atomic_write_text
-from .text import normalize
+from .text import normalize, require_str
 
 EOD = "<|endoftext|>"
 UNK = "<|unk|>"
@@ -299,10 +299,7 @@ class Tokenizer:
     def encode(self, text: str, normalized: bool = False, coverage: Coverage | None = None) -> list[int]:
         """Token ids of `text` (normalized first unless the caller already did); `coverage`
         counts its unknown and byte-fallback tokens."""
-        if not isinstance(text, str):
-            raise wrong_kind("text", text, "text (str)", "decode bytes first" if isinstance(text, bytes) else "")
-        if not normalized:
-            text = normalize(text)
+        text = normalize(text) if not normalized else require_str(text, "text")
         return self._ids(text, self.hf.encode(text, add_special_tokens=False), coverage)
 
     def encode_batch(self, texts: list[str], coverage: Coverage | None = None) -> list[list[int]]:
