@@ -184,3 +184,64 @@ def test_a_worker_is_deaf_to_ctrl_c_and_the_parent_hears_it_again():
         process.join()
     finally:
         signal.signal(signal.SIGINT, inherited)
+
+
+BAR_THEN_WAIT = '''
+import time
+from pathlib import Path
+
+from datatrove.pipeline.base import PipelineStep
+from tqdm import tqdm
+
+
+class BarThenWait(PipelineStep):
+    name = "bar then wait"
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def run(self, data=None, rank=0, world_size=1):
+        tqdm(total=1, disable=True)  # tqdm's lock is made with its first bar, shown or not
+        (Path(self.folder) / f"{rank}.ready").touch()
+        time.sleep(120)
+        return
+        yield
+'''
+
+RUN_BAR_TASKS = '''
+import sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[1])
+from bar_then_wait import BarThenWait
+from banglaslm.data.tasks import run_tasks
+
+if __name__ == "__main__":
+    try:
+        run_tasks([BarThenWait(sys.argv[1])], 2, Path(sys.argv[1]) / "logs", [0, 1], workers=2, command="clean")
+    except KeyboardInterrupt:
+        sys.exit(130)
+'''
+
+
+def test_ctrl_c_after_a_progress_bar_leaves_no_leaked_semaphore_warning(tmp_path):
+    """tqdm's first bar in a worker made a multiprocessing semaphore; the worker, stopped by
+    Ctrl-C, never released it, and the resource tracker printed "leaked semaphore" under the
+    command's one line (CI caught it in the test above, when the Ctrl-C came mid-task)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "bar_then_wait.py").write_text(BAR_THEN_WAIT)
+    (tmp_path / "run.py").write_text(RUN_BAR_TASKS)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_hears_ctrl_c)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and len(list(tmp_path.glob("*.ready"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(list(tmp_path.glob("*.ready"))) == 2, proc.communicate()[0]
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "leaked" not in output and "Traceback" not in output, output

@@ -83,6 +83,7 @@ def run_task(steps: list, tasks: int, logs: Path, rank: int, console: str | None
 def _task_process(steps, tasks: int, logs: Path, rank: int, console: str | None, report) -> None:
     """A worker process's body: run the task; a UserError's message, or an OSError's (a full
     disk), goes through the pipe `report` for the parent to raise as its own."""
+    _tqdm_without_semaphore()
     try:
         run_task(steps, tasks, logs, rank, console)
     except (UserError, OSError) as exc:
@@ -91,6 +92,16 @@ def _task_process(steps, tasks: int, logs: Path, rank: int, console: str | None,
         sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt:  # raised in a worker (Ctrl-C itself is ignored there): the parent says it once
         sys.exit(130)
+
+
+def _tqdm_without_semaphore() -> None:
+    """Give tqdm a thread lock before its first bar. Its default adds a multiprocessing lock, a
+    named semaphore the resource tracker (shared with the parent) watches; a worker stopped by
+    Ctrl-C (terminate) never releases it, and the tracker then printed "leaked semaphore" under
+    the command's one line. A worker draws only its own bars, so the semaphore guarded nothing."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 def _start_deaf_to_ctrl_c(process) -> None:
