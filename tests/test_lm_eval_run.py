@@ -231,3 +231,23 @@ def test_errors_are_one_line(trained_run, task_folder, tmp_path, capsys, monkeyp
     err = capsys.readouterr().err.strip()
     # One line of error, after lm-eval's own progress output (datasets' bars) where it got that far.
     assert "Traceback" not in err and expected in err.splitlines()[-1], err
+
+
+def test_generate_until_keeps_a_contexts_final_line_break(lm_eval, trained_run):
+    """A task whose context ends its line ("...\\nউত্তর:\\n") is continued as `banglaslm generate`
+    continues that prompt: from the next line (the line break was stripped)."""
+    from types import SimpleNamespace
+
+    from banglaslm.config import SamplingParams
+    from banglaslm.generation.engine import Engine
+    from banglaslm.lm_eval_model import BanglaslmLM
+    from banglaslm.runfolder import load_model
+
+    loaded = load_model(trained_run)
+    contexts = ["প্রশ্ন: নদীর নাম কী?\nউত্তর:\n", "প্রশ্ন: নদীর নাম কী?\nউত্তর:"]
+    kwargs = {"until": ["।"], "max_gen_toks": 12, "do_sample": False}
+    lm = BanglaslmLM(loaded)
+    got = lm.generate_until([SimpleNamespace(args=(c, kwargs)) for c in contexts])
+    params = SamplingParams(greedy=True, max_new_tokens=12, stop=["।"])
+    assert got == [c[0].text for c in Engine(loaded.model, loaded.tokenizer).generate(contexts, params)]
+    assert [loaded.tokenizer.decode(lm._prompt_ids(c)[1:]) for c in contexts] == contexts

@@ -20,7 +20,7 @@ from .errors import UserError
 from .evaluation.perplexity import score_tokens
 from .generation.engine import Engine
 from .runfolder import LoadedModel
-from .text import normalize_fragment
+from .text import normalize_fragment, normalize_prompt
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default for generate_until tasks
 EMPTY_CHOICE = ("a task has an answer choice that is empty once normalized (blank or invisible characters only); "
@@ -111,10 +111,16 @@ class BanglaslmLM(TemplateLM):
             groups.setdefault(repr(sorted(gen_kwargs.items())), []).append(i)
         for rows in tqdm(groups.values(), desc="generate_until", disable=disable_tqdm):
             params = sampling(args[rows[0]][1])
-            for i, completions in zip(rows, self.engine.generate_ids([self.tok_encode(args[i][0]) for i in rows],
+            for i, completions in zip(rows, self.engine.generate_ids([self._prompt_ids(args[i][0]) for i in rows],
                                                                      params)):
                 out[i] = completions[0].text
         return out
+
+    def _prompt_ids(self, context: str) -> list[int]:
+        """A context to continue, encoded as the engine encodes a prompt (`normalize_prompt`: a
+        final line break stays); an empty one is the end-of-document token alone."""
+        return [self.tok.eod_id] + self.tok.encode(normalize_prompt(context), normalized=True)
+
 
 def sampling(gen_kwargs: dict) -> SamplingParams:
     """lm-eval's generation arguments (until, max_gen_toks, do_sample, temperature, top_p,

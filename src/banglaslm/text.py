@@ -142,6 +142,14 @@ def normalize(text: str) -> str:
     return normalize_fragment(require_str(text, "text")).strip()
 
 
+def normalize_prompt(text: str) -> str:
+    """A prompt to continue, normalized as `normalize` does but for its end: a final line break
+    stays (one, or the two of a blank line), since a prompt that ends its line asks for the next
+    one, as training text continues after its line breaks; trailing spaces still go."""
+    text = normalize_fragment(require_str(text, "prompt")).lstrip()
+    return text.rstrip(" ") if text.strip() else ""
+
+
 def normalize_fragment(text: str) -> str:
     """The normalization of a piece of text that is looked for inside normalized text (a stop
     string, say): every rule but the final strip, so "\\n" stays a line break."""

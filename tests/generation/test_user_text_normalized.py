@@ -14,7 +14,7 @@ from banglaslm.errors import UserError
 from banglaslm.generation.engine import Engine
 from banglaslm.runfolder import load_model
 from banglaslm.server.app import create_app
-from banglaslm.text import normalize, normalize_fragment
+from banglaslm.text import normalize, normalize_fragment, normalize_prompt
 
 PROMPT = "আমার সোনার"
 
@@ -49,6 +49,26 @@ def test_fragments_keep_their_edges():
     assert normalize_fragment("\n") == "\n" and normalize("\n") == ""
     assert normalize_fragment(" য\u09bc ") == " \u09df "
     assert normalize_fragment("ব\u09c7\u09be\r\n") == "বো\n"
+
+
+def test_a_prompt_keeps_its_final_line_break():
+    """A prompt that ends its line asks for the next one; normalize() stripped the line break, so
+    the model went on in the prompt's line."""
+    assert normalize_prompt("  আমার সোনার \n") == "আমার সোনার\n"
+    assert normalize_prompt("শিরোনাম: নদী\r\n\r\n\r\n") == "শিরোনাম: নদী\n\n"
+    assert normalize_prompt("আমার সোনার \t") == "আমার সোনার"
+    assert normalize_prompt(" \n\u200b\n ") == ""
+
+
+def test_the_engine_and_server_continue_after_the_prompts_line_break(loaded, trained_run):
+    engine = Engine(loaded.model, loaded.tokenizer)
+    for prompt in (PROMPT + "\n", PROMPT + "\n\n"):
+        assert loaded.tokenizer.decode(engine.encode_prompt(prompt)[1:]) == prompt
+    with TestClient(create_app(trained_run)) as client:
+        body = {"prompt": PROMPT + " \n", "max_tokens": 0, "echo": True}
+        assert client.post("/v1/completions", json=body).json()["choices"][0]["text"] == PROMPT + "\n"
+    with pytest.raises(UserError, match="prompt is empty"):
+        engine.encode_prompt("\n \n")
 
 
 def test_library(loaded, stop_cases):

@@ -25,7 +25,7 @@ from ..config import ModelConfig, SamplingParams
 from ..errors import UserError, bad_param, wrong_kind
 from ..model import GPT, KVCache
 from ..runfolder import LoadedModel, check_loaded
-from ..text import check_text, normalize, normalize_fragment
+from ..text import check_text, normalize_fragment, normalize_prompt
 from ..tokenizer import Tokenizer
 from .cpu_decode import CpuDecoder
 from .sampling import Sampler, TokenLogprob
@@ -111,8 +111,9 @@ class Engine:
 
     # ---- public API ----------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:
-        """[eod] + the normalized prompt's ids: the context every training document starts from."""
-        text = normalize(check_text(prompt, "prompt"))
+        """[eod] + the normalized prompt's ids (`normalize_prompt`: a final line break stays): the
+        context every training document starts from."""
+        text = normalize_prompt(check_text(prompt, "prompt"))
         if not text:
             raise bad_param("prompt", "is empty; give some text to continue, e.g. \"আমার সোনার\"")
         return [self.tokenizer.eod_id] + self.tokenizer.encode(text, normalized=True)
