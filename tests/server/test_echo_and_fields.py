@@ -18,8 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from live_server import live
 
-from banglaslm.evaluation.perplexity import token_logprobs
+from banglaslm.evaluation import perplexity
+from banglaslm.evaluation.perplexity import window_logprobs
 from banglaslm.server.app import create_app
+from banglaslm.server.schemas import ServerLimits
+from banglaslm.server.worker import GenerationWorker, Job, Steps, Stopped
 
 MODEL = "m"
 PROMPT = "আমার সোনার বাংলা, আমি তোমায় ভালোবাসি।"
@@ -48,7 +51,7 @@ def client(app):
 
 
 def model_logprobs(app, context: list[int]) -> list[float]:
-    return [lp for lp, _ in token_logprobs(app.state.service.engine.model, context)]
+    return [lp for window in window_logprobs(app.state.service.engine.model, context) for lp, _ in window]
 
 
 # ---- echo ------------------------------------------------------------------------------------
@@ -66,6 +69,74 @@ def test_echo_returns_the_prompt_and_its_logprobs(app, oai):
     assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(lp.token_logprobs[1:len(context) - 1], want[1:]))
     assert all(len(top) == 1 for top in lp.top_logprobs[1:])
     assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[len(context) - 1] == len(as_read)
+
+
+def test_scoring_a_long_prompt_lets_other_generations_go_on(app, client, monkeypatch):
+    """Scoring an echoed prompt (lm-eval's log-likelihood requests) ran as one job on the model's
+    thread: every other client's stream stood still until the whole prompt was scored. Now each
+    window is a piece of its own, with decode steps of the running generations in between."""
+    import threading
+
+    service = app.state.service
+    log: list[str] = []
+    step, windows = service.worker.batch.step, perplexity._scored_windows
+
+    def logged_step():
+        log.append("step")
+        time.sleep(0.01)
+        step()
+
+    def logged_windows(*args, **kwargs):
+        for window in windows(*args, **kwargs):
+            log.append("window")
+            yield window
+    monkeypatch.setattr(service.worker.batch, "step", logged_step)
+    monkeypatch.setattr(perplexity, "_scored_windows", logged_windows)
+    eod = service.engine.tokenizer.eod_id
+    long_run = {"model": MODEL, "prompt": PROMPT, "max_tokens": 300, "temperature": 0, "logit_bias": {str(eod): -100}}
+    generating = threading.Thread(target=client.post, args=("/v1/completions",), kwargs={"json": long_run})
+    generating.start()
+    while "step" not in log:
+        time.sleep(0.01)
+    scored = client.post("/v1/completions", json={"model": MODEL, "prompt": PROMPT * 12, "echo": True,
+                                                   "logprobs": 1, "max_tokens": 0})
+    generating.join()
+    assert scored.status_code == 200
+    pieces = [i for i, what in enumerate(log) if what == "window"]
+    assert len(pieces) >= 4  # the prompt spans several windows
+    assert "step" in log[pieces[0]:pieces[-1]], "no decode step ran while the prompt was scored"
+
+
+def test_scoring_stops_when_its_request_is_out_of_time(trained_run):
+    """The scoring of an echoed prompt heeds the request's time-out (it answered 200 long after)."""
+    with TestClient(create_app(trained_run, model_name=MODEL, limits=ServerLimits(request_timeout_s=0.0))) as c:
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": PROMPT, "echo": True, "logprobs": 1,
+                                             "max_tokens": 0})
+        assert r.status_code == 408 and r.json()["error"]["code"] == "timeout"
+
+
+def test_a_cancelled_steps_job_runs_no_further_piece(app):
+    """A client that leaves stops its scoring before the next window (it ran to the end)."""
+    import threading
+
+    ran, answered = [], threading.Event()
+    outcome = {}
+
+    def pieces():
+        while True:
+            ran.append(1)
+            yield
+
+    job = Job(lambda job: Steps(pieces()), time.monotonic() + 60)
+    worker = GenerationWorker(app.state.service.worker.batch)
+    worker.submit(job, lambda result, error: (outcome.update(error=error), answered.set()))
+    while len(ran) < 3:
+        time.sleep(0.001)
+    job.cancel()
+    assert answered.wait(10) and isinstance(outcome["error"], Stopped)
+    count = len(ran)
+    time.sleep(0.1)
+    assert len(ran) == count
 
 
 def test_max_tokens_zero_with_echo_scores_the_prompt_alone(app, oai):

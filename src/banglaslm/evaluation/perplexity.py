@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
@@ -103,18 +104,17 @@ def score_tokens(model, ids: list[int], stride: int, tokens_per_pass: int = TOKE
                 for lp, t in _scored_windows(model, ids, stride, tokens_per_pass, progress))
 
 
-def token_logprobs(model, ids: list[int], top: int = 0, stride: int | None = None) -> list[tuple[float, list]]:
-    """For each token of ids[1:]: (its log-probability given what precedes it, the `top` most
-    likely tokens there as (id, log-probability) pairs, best first), natural logarithms."""
+def window_logprobs(model, ids: list[int], top: int = 0, stride: int | None = None) -> Iterator[list[tuple]]:
+    """The tokens of ids[1:] in scoring order, one list per window (so that a caller can stop or
+    pause between forward passes): for each token, (its log-probability given what precedes it,
+    the `top` most likely tokens there as (id, log-probability) pairs, best first), natural
+    logarithms. Joined, the lists cover ids[1:] once each, in order."""
     stride = stride or max(1, model.config.block_size // 2)
-    out = []
     for logprobs, targets in _scored_windows(model, ids, stride):
         chosen = logprobs.gather(1, targets.unsqueeze(1))[:, 0].tolist()
         best = torch.topk(logprobs, min(top, logprobs.size(-1)), dim=-1) if top else None
-        for row, value in enumerate(chosen):
-            pairs = list(zip(best.indices[row].tolist(), best.values[row].tolist())) if best is not None else []
-            out.append((value, pairs))
-    return out
+        yield [(value, list(zip(best.indices[row].tolist(), best.values[row].tolist())) if best is not None else [])
+               for row, value in enumerate(chosen)]
 
 
 STRIDE = Opt("sliding-window step in tokens (default: half the block)")

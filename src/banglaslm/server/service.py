@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..chat_template import (
@@ -27,7 +27,7 @@ from ..chat_template import (
 )
 from ..config import SamplingParams
 from ..errors import UserError
-from ..evaluation.perplexity import token_logprobs
+from ..evaluation.perplexity import window_logprobs
 from ..generation.batching import Batch, Sequence
 from ..generation.engine import Completion, Engine
 from ..generation.sampling import sample_seed
@@ -43,7 +43,15 @@ from .schemas import (
     message_text,
     sampling_params,
 )
-from .worker import Admit, GenerationWorker, Job, Stopped, request_error, shutting_down
+from .worker import (
+    Admit,
+    GenerationWorker,
+    Job,
+    Steps,
+    Stopped,
+    request_error,
+    shutting_down,
+)
 
 Disconnected = Callable[[], Awaitable[bool]]  # whether the client has gone away
 WATCH_S = 0.25  # how often a waiting request checks that its client is still there
@@ -60,7 +68,7 @@ class Prompt:
     """One prompt of a request: the context the model sees, and what `echo` returns."""
     context: list[int]              # [eod] + the prompt's ids
     text: str                       # the prompt's ids decoded: the text as the model read it (normalized)
-    scored: list = field(default_factory=list)  # token_logprobs of context[1:], when echoed with logprobs
+    scored: list = field(default_factory=list)  # window_logprobs of context[1:], when echoed with logprobs
 
     @property
     def tokens(self) -> int:
@@ -90,12 +98,12 @@ class OpenAIService:
 
     async def completions(self, req: CompletionRequest, disconnected: Disconnected) -> dict | AsyncIterator[str]:
         """The response body, or (with `stream`) the server-sent events to send."""
-        params = self._params(req)
+        params, deadline = self._params(req), self._deadline()
         echo, generate = bool(req.echo), req.max_tokens != 0
-        prompts = await self._prompts(self._prompt_items(req.prompt), params, disconnected, echo)
+        prompts = await self._prompts(self._prompt_items(req.prompt), params, disconnected, deadline, echo)
         if req.stream:
-            return self.stream(req, prompts, params, disconnected, chat=False, echo=echo)
-        outs = await self.generate(prompts, params, disconnected) if generate else []
+            return self.stream(req, prompts, params, disconnected, deadline, chat=False, echo=echo)
+        outs = await self.generate(prompts, params, disconnected, deadline) if generate else []
         choices = []
         for i, prompt in enumerate(prompts):
             for j in range(params.n):
@@ -109,10 +117,11 @@ class OpenAIService:
         params.stop = params.stop + chat_stops(tokenizer=self.engine.tokenizer)
         messages = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": message_text(m, i)}
                     for i, m in enumerate(req.messages)]
-        prompts = await self._prompts([Chat(messages)], params, disconnected)
+        deadline = self._deadline()
+        prompts = await self._prompts([Chat(messages)], params, disconnected, deadline)
         if req.stream:
-            return self.stream(req, prompts, params, disconnected, chat=True)
-        outs = await self.generate(prompts, params, disconnected)
+            return self.stream(req, prompts, params, disconnected, deadline, chat=True)
+        outs = await self.generate(prompts, params, disconnected, deadline)
         choices = [{"index": i, "message": {"role": "assistant", "content": clean_answer(c.text)},
                     "logprobs": self._logprobs(c, chat=True), "finish_reason": c.finish_reason}
                    for i, c in enumerate(outs)]
@@ -200,14 +209,18 @@ class OpenAIService:
                            code="invalid_value")
         return Prompt([self.engine.tokenizer.eod_id, *ids], self.engine.tokenizer.decode(ids))
 
-    def _score(self, prompt: Prompt, params: SamplingParams) -> None:
-        """Runs on the worker: the echoed prompt's token log-probabilities (plain softmax)."""
-        if params.logprobs is not None:
-            prompt.scored = token_logprobs(self.engine.model, prompt.context, top=params.logprobs)
+    def _scoring(self, prompts: list[Prompt], params: SamplingParams) -> Iterator[None]:
+        """Runs on the worker a window at a time (`Steps`), between the decode steps of other
+        requests: each echoed prompt's token log-probabilities (plain softmax)."""
+        for prompt in prompts:
+            for scored in window_logprobs(self.engine.model, prompt.context, top=params.logprobs):
+                prompt.scored.extend(scored)
+                yield
 
     # ---- generation on the worker ----------------------------------------------------------
-    def _job(self, fn) -> Job:
-        return Job(fn, time.monotonic() + self.limits.request_timeout_s)
+    def _deadline(self) -> float:
+        """When a request that starts now is out of time: its scoring and its generation share it."""
+        return time.monotonic() + self.limits.request_timeout_s
 
     @staticmethod
     def _samples(params: SamplingParams) -> list[SamplingParams]:
@@ -215,7 +228,7 @@ class OpenAIService:
         base = params.seed if params.seed is not None else random.randrange(2**62)
         return [SamplingParams(**{**params.__dict__, "n": 1, "seed": sample_seed(base, i)}) for i in range(params.n)]
 
-    async def _prompts(self, items: list, params: SamplingParams, disconnected: Disconnected,
+    async def _prompts(self, items: list, params: SamplingParams, disconnected: Disconnected, deadline: float,
                        echo: bool = False) -> list[Prompt]:
         """The request's prompts, encoded and checked (and with echo and logprobs, scored on the
         worker) before any generation, so that their errors are plain 4xx answers."""
@@ -223,11 +236,11 @@ class OpenAIService:
             raise shutting_down()
         prompts = await asyncio.to_thread(lambda: [self._encode(item) for item in items])
         if echo and params.logprobs is not None:
-            await self._until_done(self._job(lambda job: [self._score(p, params) for p in prompts]), disconnected)
+            await self._until_done(Job(lambda job: Steps(self._scoring(prompts, params)), deadline), disconnected)
         return prompts
 
-    async def generate(self, prompts: list[Prompt], params: SamplingParams,
-                       disconnected: Disconnected) -> list[Completion]:
+    async def generate(self, prompts: list[Prompt], params: SamplingParams, disconnected: Disconnected,
+                       deadline: float) -> list[Completion]:
         """The `params.n` completions of each prompt (prompt-major); an error in one stops them all."""
         def work(job: Job):
             outs: dict[int, Completion] = {}
@@ -247,7 +260,7 @@ class OpenAIService:
                     job.resolve([outs[i] for i in range(total)], None)
             return Admit([Sequence(p.context, one, check=job.check, on_done=functools.partial(collect, i * params.n + j))
                           for i, p in enumerate(prompts) for j, one in enumerate(self._samples(params))])
-        return await self._until_done(self._job(work), disconnected)
+        return await self._until_done(Job(work, deadline), disconnected)
 
     async def _until_done(self, job: Job, disconnected: Disconnected):
         """The job's result; if the client goes away meanwhile, the job is cancelled."""
@@ -266,7 +279,7 @@ class OpenAIService:
                 task.cancel()
 
     async def _choice_events(self, prompts: list[Prompt], params: SamplingParams, strip_leading: bool,
-                             disconnected: Disconnected) -> AsyncIterator[tuple]:
+                             disconnected: Disconnected, deadline: float) -> AsyncIterator[tuple]:
         """The events of every choice (`events.ChoiceStream`), generated side by side on the
         worker; the generation stops if the client goes away."""
         loop = asyncio.get_running_loop()
@@ -300,7 +313,7 @@ class OpenAIService:
             return Admit([ChoiceStream(i * params.n + j, eod, strip_leading, job, emit, end).sequence(p.context, one)
                           for i, p in enumerate(prompts) for j, one in enumerate(self._samples(params))])
 
-        job = self._job(work)
+        job = Job(work, deadline)
         self.worker.submit(job, finished)
         try:
             async for event in _drain(events, done, outcome, disconnected, job):
@@ -336,7 +349,7 @@ class OpenAIService:
                 "model": self.model_id, "system_fingerprint": None, "choices": choices, "usage": usage}
 
     def stream(self, req: SamplingRequest, prompts: list[Prompt], params: SamplingParams, disconnected: Disconnected,
-               chat: bool, echo: bool = False) -> AsyncIterator[str]:
+               deadline: float, chat: bool, echo: bool = False) -> AsyncIterator[str]:
         """Server-sent events for a streamed request, once its prompts are checked (`_prompts`);
         an error after the stream has begun is sent as an error event, and every stream ends
         with [DONE]. Every choice ends with a chunk holding its finish_reason."""
@@ -349,7 +362,7 @@ class OpenAIService:
             try:
                 for chunk in chunks.echoes(prompts) if echo else ():
                     yield sse(chunk)
-                events = (self._choice_events(prompts, params, chat, disconnected) if generate
+                events = (self._choice_events(prompts, params, chat, disconnected, deadline) if generate
                           else _scored_only(len(prompts) * params.n))
                 async for event in events:
                     if event[0] == "end":

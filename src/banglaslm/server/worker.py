@@ -1,10 +1,11 @@
 """The worker thread: the one thread that touches the model.
 
-Requests hand it jobs in arrival order: small ones (encoding a prompt) run at once; jobs that
-start generations add their sequences to one continuous batch (`generation.batching`), where
-each joins after its prefill and leaves when it ends. Before every step each sequence checks
-its job's cancel flag and deadline, so a client that leaves or a request past its time-out
-stops its generation. The event loop is never blocked.
+Requests hand it jobs in arrival order: small ones run at once; jobs that start generations
+add their sequences to one continuous batch (`generation.batching`), where each joins after its
+prefill and leaves when it ends; long work that is not generation (scoring an echoed prompt)
+runs one piece (a forward pass) per decode step, between the batch's steps. Before every step
+or piece its job's cancel flag and deadline are checked, so a client that leaves or a request
+past its time-out stops its work. The event loop is never blocked.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import collections
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import UserError
@@ -83,6 +84,15 @@ class Admit:
         self.sequences = sequences
 
 
+class Steps:
+    """What a job returns to run long work in pieces: each `next(pieces)` is one piece (a forward
+    pass), taken between two decode steps of the batch, so the generations of other requests go
+    on meanwhile; the generator's return value answers the request."""
+
+    def __init__(self, pieces: Iterator):
+        self.pieces = pieces
+
+
 class GenerationWorker:
     """One thread runs everything that touches the model, in arrival order: small jobs (prompt
     encoding) at once, and generations in a continuous batch (batching.py), where each request
@@ -93,7 +103,8 @@ class GenerationWorker:
         self.batch = batch
         self._queue: queue.Queue = queue.Queue()
         self._waiting: collections.deque[Sequence] = collections.deque()
-        self._jobs: list[Job] = []  # jobs with sequences waiting or running
+        self._jobs: list[Job] = []  # jobs with sequences waiting or running, or pieces to run
+        self._pieces: list[tuple[Job, Iterator, Callable]] = []  # Steps jobs' work and how each answers
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.closing = False  # set at shutdown: every job from then on is refused
@@ -106,7 +117,7 @@ class GenerationWorker:
 
     def _loop(self) -> None:
         while True:
-            busy = not self.batch.idle or bool(self._waiting)
+            busy = not self.batch.idle or bool(self._waiting) or bool(self._pieces)
             try:
                 item = self._queue.get(block=not busy)
             except queue.Empty:
@@ -124,7 +135,25 @@ class GenerationWorker:
                     self.batch.step()
             except Exception as exc:  # noqa: BLE001 - a bug: fail what runs (500s), keep serving
                 self.batch.abort(exc)
+            self._pieces = [item for item in self._pieces if self._run_piece(*item)]
             self._jobs = [job for job in self._jobs if not job.finished]
+
+    @staticmethod
+    def _run_piece(job: Job, pieces: Iterator, done: Callable) -> bool:
+        """One piece of a Steps job's work; False once it has answered (done, failed, stopped)."""
+        try:
+            job.check()
+            next(pieces)
+        except StopIteration as end:
+            result, error = end.value, None
+        except BaseException as exc:  # noqa: BLE001 - handed to the request; the worker lives on
+            result, error = None, exc
+        else:
+            return True
+        job.finished = True
+        pieces.close()
+        _settle(done, result, error)
+        return False
 
     def _take(self, job: Job, done: Callable[[Any, BaseException | None], None]) -> None:
         try:
@@ -136,9 +165,12 @@ class GenerationWorker:
         except BaseException as exc:  # handed to the request; the worker lives on
             _settle(done, None, exc)
             return
-        if isinstance(result, Admit):
+        if isinstance(result, (Admit, Steps)):
             self._jobs.append(job)
-            self._waiting.extend(result.sequences)
+            if isinstance(result, Steps):
+                self._pieces.append((job, result.pieces, done))
+            else:
+                self._waiting.extend(result.sequences)
             if self.closing:  # cancel_all ran while this job was being taken
                 job.cancel(shut_down=True)
         else:
