@@ -267,13 +267,22 @@ def test_logit_bias_is_applied(app, oai):
     ("chat/completions", {"reasoning_effort": "high"}, "reasoning_effort"),
     ("chat/completions", {"prediction": {"type": "content", "content": "x"}}, "prediction"),
     ("chat/completions", {"presence_penalty": 2.5}, "presence_penalty"),
+    # a tool conversation replayed: the tool's answer was told only which roles exist
+    ("chat/completions", {"messages": [{"role": "user", "content": "আমি"},
+                                       {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+                                       {"role": "tool", "content": "৪২", "tool_call_id": "c1"}]}, "messages.1"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "আমি"},
+                                       {"role": "tool", "content": "৪২", "tool_call_id": "c1"}]}, "messages.1"),
+    ("chat/completions", {"messages": [{"role": "function", "name": "f", "content": "৪২"}]}, "messages.0"),
 ])
 def test_fields_we_cannot_honour_are_refused_by_name(client, path, extra, param):
-    body = {"model": MODEL, "max_tokens": 3, **extra}
+    body = {"model": MODEL, "max_tokens": 3}
     body.update({"prompt": "আমি"} if path == "completions" else {"messages": [{"role": "user", "content": "আমি"}]})
-    r = client.post(f"/v1/{path}", json=body)
+    r = client.post(f"/v1/{path}", json={**body, **extra})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param, r.text
+    if param.startswith("messages."):
+        assert "tool calls, their results" in r.json()["error"]["message"], r.text
 
 
 def test_fields_with_no_effect_are_accepted(client):

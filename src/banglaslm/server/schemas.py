@@ -113,7 +113,9 @@ class CompletionRequest(SamplingRequest):
 
 
 class ChatMessage(_Body):
-    role: Literal["system", "user", "assistant", "developer"]
+    # "tool" and "function" are OpenAI roles too: taken here so that refused() names the reason
+    role: Literal["system", "user", "assistant", "developer", "tool", "function"]
+    tool_call_id: str | None = None
     content: str | list[dict] | None = None
     name: str | None = None  # accepted; the chat template has no place for it
     # what clients send back with an earlier answer: accepted when empty
@@ -173,8 +175,8 @@ class ChatRequest(SamplingRequest):
         ]
         out += [(name, why) for name, bad, why in rules if bad]
         for i, m in enumerate(self.messages):
-            if m.tool_calls or m.function_call or m.audio:
-                out.append((f"messages.{i}", "tool calls and audio in messages are not supported"))
+            if m.tool_calls or m.function_call or m.audio or m.role in ("tool", "function"):
+                out.append((f"messages.{i}", "tool calls, their results and audio in messages are not supported"))
         return out
 
 
