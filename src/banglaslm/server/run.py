@@ -210,7 +210,20 @@ def _stopping_server(config, stop: Callable[[], None]):
         exit_as_uvicorn(sig, frame)
 
     server.handle_exit = handle_exit  # what uvicorn installs as the signal handler
+    logging.getLogger("uvicorn.error").addFilter(_one_line_for_cut_responses)
     return server
+
+
+def _one_line_for_cut_responses(record: logging.LogRecord) -> bool:
+    """uvicorn logs every response it cuts at the end of the graceful shutdown (GRACEFUL_S; a
+    stream whose client stopped reading) as "Exception in ASGI application" with the
+    CancelledError's traceback, which reads as a crash: one line says what happened."""
+    import asyncio
+
+    if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            "cut a response still being sent at shutdown (its client was not reading it)", (), None, None)
+    return True
 
 
 def server_config(app, host: str = "127.0.0.1", port: int = 8000, max_connections: int = 64,
