@@ -10,6 +10,7 @@ from conftest import require_literature
 from banglaslm.data.sources import (
     PAGE_CHARS,
     iter_documents,
+    iter_records,
     iter_rows,
     looks_like_legacy_font,
     pages,
@@ -389,6 +390,11 @@ def test_a_file_named_txt_that_is_not_text_is_refused_by_its_content(tmp_path, h
         docs([path])
 
 
+def fix_command(error) -> str:
+    """The shell command an encoding error gives, in its parentheses."""
+    return re.search(r"\((?:e\.g\. )?((?:iconv|head|gzip|bzip2|xz|zstd) [^()]*)\)", str(error)).group(1)
+
+
 def test_a_file_in_another_encoding_gets_a_conversion_that_works(tmp_path):
     """Latin-1/Windows-1252 bytes: the error names iconv with the source encoding and the output
     file (iconv without -f fails on such input)."""
@@ -419,7 +425,7 @@ def test_utf16_without_a_byte_order_mark_gets_its_conversion(tmp_path, order):
     path.write_bytes("আমি বাংলায় গান গাই, and some English.\n\nতুমি\n".encode(order.lower()))
     with pytest.raises(UserError, match=f"looks like {order} text without a byte-order mark") as caught:
         docs([path])
-    subprocess.run(str(caught.value).rsplit("(", 1)[1].rstrip(")"), shell=True, cwd=tmp_path, check=True)
+    subprocess.run(fix_command(caught.value), shell=True, cwd=tmp_path, check=True)
     assert docs([tmp_path / "plain.utf8.txt"]) == ["আমি বাংলায় গান গাই, and some English.\n\nতুমি\n"]
 
 
@@ -433,7 +439,7 @@ def test_utf16_cut_off_or_damaged_is_named_as_utf16(tmp_path):
     with pytest.raises(UserError, match=r"is marked UTF-16 by its byte-order mark but does not decode as that .*: it is "
                                         rf"cut off or damaged; .*iconv -c -f UTF-16 -t UTF-8 {at(path)}") as caught:
         docs([path])
-    fix = str(caught.value).rsplit("(", 1)[1].rstrip(")")
+    fix = fix_command(caught.value)
     subprocess.run(fix, shell=True, cwd=tmp_path, capture_output=True)
     assert docs([tmp_path / "cut.utf8.txt"]) == ["আমি\n\nতুমি\n"]
 
@@ -521,7 +527,7 @@ def test_the_fix_command_works_from_where_banglaslm_ran(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError) as caught:
         docs(["my texts/cut.txt"])
-    command = re.search(r"\((head -c .*)\)$", str(caught.value)).group(1)
+    command = fix_command(caught.value)
     assert command == f"head -c {len(BN.encode()) + 1} 'my texts/cut.txt' > 'my texts/cut.fixed.txt'"
     subprocess.run(command, shell=True, check=True)
     assert docs(["my texts/cut.fixed.txt"]) == [BN + "\n"]
@@ -667,3 +673,55 @@ def test_unicode_bangla_english_and_footnote_daggers_are_not_taken_for_a_legacy_
     for text in (extinct, genera):
         (tmp_path / "clade.txt").write_text(text, encoding="utf-8")
         assert docs([tmp_path / "clade.txt"]) == [text]
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_with_the_rename(tmp_path):
+    """A Latin-1 "café.txt" from an old zip reached prepare's plan and clean's report as lone
+    surrogates, which UTF-8 cannot write: a traceback, and a half-made work folder left behind.
+    Given by itself, by glob or in a folder, it is now named (its odd byte escaped) before any work."""
+    import os
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "ok.txt").write_text("আমি\n", encoding="utf-8")
+    odd = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.txt")
+    with open(odd, "w", encoding="utf-8") as fh:
+        fh.write("তুমি\n")
+    for given in (folder, odd, folder / "*.txt"):
+        with pytest.raises(UserError, match=r"the file name '.*caf\\\\xe9\.txt' is not UTF-8 .*rename it, e\.g\. convmv"):
+            resolve_inputs([str(given)])
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_bangla_saved_as_question_marks_in_a_table_is_refused(tmp_path, suffix):
+    """Excel's plain "CSV" on Windows turns Bangla into '?' too; the check that refused such a
+    .txt file never looked at tables, which trained on rows such as '??? ???'."""
+    import csv
+
+    rows = ["??? ???? ????, ??? ?????", "?????? ????? ????", "কে? কী? কেন?"] * 10
+    path = tmp_path / f"ansi.{suffix}"
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        if suffix == "csv":
+            writer = csv.writer(fh)
+            writer.writerows([["id", "text"], *([i, row] for i, row in enumerate(rows))])
+        else:
+            fh.writelines(json.dumps({"text": row}, ensure_ascii=False) + "\n" for row in rows)
+    with pytest.raises(UserError, match=r"ansi\.\w+: \d+% of its characters are '\?'.*Excel: \"CSV UTF-8\""):
+        docs([path])
+    with pytest.raises(UserError, match="are '?'"):
+        list(iter_records(resolve_inputs([str(path)])))
+
+
+def test_a_fix_command_for_a_file_in_a_folder_says_to_take_the_original_out(tmp_path):
+    """The fixed copy lands beside the original, so a folder read again gave the same error (or,
+    for a file that was readable, would have read both copies)."""
+    import subprocess
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "latin.txt").write_bytes("café naïve\n".encode("cp1252"))
+    with pytest.raises(UserError, match="in place of the original, moving the original out of any input folder") as caught:
+        docs([folder])
+    subprocess.run(fix_command(caught.value), shell=True, cwd=tmp_path, check=True)
+    (folder / "latin.txt").rename(tmp_path / "latin.txt")
+    assert docs([folder]) == ["café naïve\n"]

@@ -274,7 +274,9 @@ def _format(path: Path) -> str:
 
 
 def _file_source(path: Path) -> Source:
-    """A file input by its name; one whose content is not text is refused with what to do."""
+    """A file input by its name; one whose content is not text, or whose name is not UTF-8, is
+    refused with what to do."""
+    _check_name_is_utf8(path)
     suffix = _format(path)
     if suffix in NOT_TEXT:
         name = suffix[1:].upper()
@@ -284,6 +286,18 @@ def _file_source(path: Path) -> Source:
         raise UserError(f"{path}: parquet files are compressed inside; pass the .parquet file itself")
     kind = suffix.lstrip(".") if suffix in TABLE_SUFFIXES else "text"
     return Source(kind, str(path))
+
+
+def _check_name_is_utf8(path: Path) -> None:
+    """A file name in another encoding (Latin-1 "café" unpacked from an old zip) reaches Python
+    as lone surrogates, which no UTF-8 record (meta.json, logs, reports) can hold: refused by
+    name, shown with its odd bytes escaped."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise UserError(f"the file name {shown!r} is not UTF-8 (made on a system with another encoding, e.g. unpacked "
+                        "from an old zip); rename it, e.g. convmv -f latin1 -t utf-8 --notest -r FOLDER") from None
 
 
 def _check_doc_split(doc_split: str) -> None:
@@ -303,7 +317,7 @@ def iter_documents(sources: list[Source], text_column: str | None = None,
     for source in sources:
         documents = readers[source.kind](source.location)
         if source.kind != "text":  # a text file is checked where its encoding is
-            documents = _legacy_font_checked(source.location, documents)
+            documents = _sample_checked(source.location, documents)
         yield from _decompressed(source, documents)
 
 
@@ -320,8 +334,8 @@ def iter_records(sources: list[Source], text_column: str | None = None,
             items = ((text, source.location if doc_split == "file" else f"{source.location} {doc_split} {i}", {})
                      for i, text in enumerate(texts, 1))
         else:
-            items = _legacy_font_checked(source.location, _records_with_fields(iter_rows([source]), text_column),
-                                         lambda record: record[0])
+            items = _sample_checked(source.location, _records_with_fields(iter_rows([source]), text_column),
+                                    lambda record: record[0])
         yield from _decompressed(source, items)
 
 
@@ -386,11 +400,9 @@ def _checked_encoding(path: str, head: bytes) -> str:
     if encoding == "utf-8" and b"\x00" in head[:65536]:
         if (order := _utf16_without_bom(head[:65536])) is not None:
             raise UserError(f"{path} looks like {order} text without a byte-order mark; convert it to UTF-8 first "
-                            f"({_fix_command(Path(path), f'iconv -f {order} -t UTF-8', 'utf8')})")
+                            f"({_fix_command(Path(path), f'iconv -f {order} -t UTF-8', 'utf8')}){IN_ITS_PLACE}")
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
-    text = head[:65536].decode(encoding, errors="ignore")
-    _refuse_question_marks(path, text)
-    _refuse_legacy_font(path, text)
+    _refuse_unreadable(path, head[:65536].decode(encoding, errors="ignore"))
     return encoding
 
 
@@ -401,7 +413,8 @@ def _refuse_question_marks(path: str, text: str) -> None:
     marks = text.count("?")
     if marks >= 50 and marks > 0.3 * visible:
         raise UserError(f"{path}: {marks / visible:.0%} of its characters are '?', as when Bangla text is saved in an "
-                        "encoding that cannot hold it (Notepad's \"ANSI\"); save the original again as UTF-8")
+                        "encoding that cannot hold it (Notepad's \"ANSI\", Excel's plain \"CSV\"); save the original "
+                        "again as UTF-8 (Excel: \"CSV UTF-8\")")
 
 
 LEGACY_E_KAR = "\u2021\u2020"  # '‡' and '†': how Bijoy/SutonnyMJ fonts spell the vowel sign ে
@@ -422,7 +435,7 @@ def looks_like_legacy_font(text: str) -> bool:
 
 _BANGLA_LETTER = re.compile("[\u0980-\u09ff]")
 _LEGACY_E_KAR = re.compile(f"[{LEGACY_E_KAR}][A-Za-z`_&]")
-LEGACY_FONT_SAMPLE = 65536  # characters from the start of each input that are checked
+CHECKED_SAMPLE = 65536  # characters from the start of each input that `_refuse_unreadable` checks
 
 
 def _refuse_legacy_font(where: str, text: str) -> None:
@@ -431,19 +444,27 @@ def _refuse_legacy_font(where: str, text: str) -> None:
                         f"stands for the vowel sign ে); {LEGACY_FONT_ADVICE}")
 
 
-def _legacy_font_checked(where: str, items: Iterator, text=lambda item: item) -> Iterator:
+def _refuse_unreadable(where: str, text: str) -> None:
+    """UserError for the start of an input whose Bangla did not survive how it was saved: letters
+    turned into '?' by an encoding without them, or typed in a legacy font encoding."""
+    _refuse_question_marks(where, text)
+    _refuse_legacy_font(where, text)
+
+
+def _sample_checked(where: str, items: Iterator, text=lambda item: item) -> Iterator:
     """`items` (documents, or records whose text `text` gives) as they come, once their first
-    LEGACY_FONT_SAMPLE characters are checked by `_refuse_legacy_font`."""
+    CHECKED_SAMPLE characters are checked by `_refuse_unreadable` (a table's texts; a text
+    file's start is checked where its encoding is)."""
     head, size = [], 0
     for item in items:
-        if size < LEGACY_FONT_SAMPLE:
-            head.append(text(item)[:LEGACY_FONT_SAMPLE])
+        if size < CHECKED_SAMPLE:
+            head.append(text(item)[:CHECKED_SAMPLE])
             size += len(head[-1]) + 1
-            if size >= LEGACY_FONT_SAMPLE:
-                _refuse_legacy_font(where, "\n".join(head))
+            if size >= CHECKED_SAMPLE:
+                _refuse_unreadable(where, "\n".join(head))
         yield item
-    if size < LEGACY_FONT_SAMPLE:
-        _refuse_legacy_font(where, "\n".join(head))
+    if size < CHECKED_SAMPLE:
+        _refuse_unreadable(where, "\n".join(head))
 
 
 def _utf16_without_bom(head: bytes) -> str | None:
@@ -510,6 +531,10 @@ class DecodeFailure:
 _DECOMPRESS_COMMANDS = {".gz": "gzip -dc", ".bz2": "bzip2 -dc", ".xz": "xz -dc", ".zst": "zstd -dc"}
 
 
+# After a fix command: its output is a new file, and a folder given as input still holds the original.
+IN_ITS_PLACE = ", then read the new file in place of the original, moving the original out of any input folder"
+
+
 def _fix_command(path: Path, tool: str, tag: str) -> str:
     """A shell command that runs `tool` over `path`'s text (decompressed first if it is
     compressed) into a new file beside it, named with `tag`: book.txt.gz → book.{tag}.txt. Paths
@@ -534,25 +559,25 @@ def _undecodable(path: Path, failure: DecodeFailure, encoding: str) -> str:
     if failure.after_multibyte and failure.cut_off:
         keep, what = (failure.offset, "end") if failure.line_start is None else (failure.line_start, "last line")
         return (f"{path} ends in the middle of a UTF-8 character (offset {failure.offset}): the file was cut off; "
-                f"copy it whole again, or drop the broken {what} ({_fix_command(path, f'head -c {keep}', 'fixed')})")
+                f"copy it whole again, or drop the broken {what} ({_fix_command(path, f'head -c {keep}', 'fixed')}){IN_ITS_PLACE}")
     if encoding in ("utf-16", "utf-32"):  # its byte-order mark says so: not another encoding, a damaged file
         return (f"{path} is marked {_encoding_name(encoding)} by its byte-order mark but does not decode as that ({at}): "
                 f"it is cut off or damaged; re-export it, or keep what decodes "
-                f"({_fix_command(path, f'iconv -c -f {encoding.upper()} -t UTF-8', 'utf8')})")
+                f"({_fix_command(path, f'iconv -c -f {encoding.upper()} -t UTF-8', 'utf8')}){IN_ITS_PLACE}")
     if failure.after_multibyte:
         return (f"{path} is UTF-8 text with damaged bytes ({at}); repair or re-export it, or drop the bad bytes "
-                f"({_fix_command(path, 'iconv -c -f UTF-8 -t UTF-8', 'fixed')})")
+                f"({_fix_command(path, 'iconv -c -f UTF-8 -t UTF-8', 'fixed')}){IN_ITS_PLACE}")
     if looks_like_legacy_font(_head(path).decode("windows-1252", errors="ignore")):
         return (f"{path} is Bangla typed in a legacy font encoding (Bijoy/SutonnyMJ), saved as Windows-1252 text "
                 f"({at}); {LEGACY_FONT_ADVICE}")
     return (f"{path} is not {_encoding_name(encoding)} text ({at}); convert it to UTF-8 first, naming "
-            f"the encoding it was saved in (e.g. {_fix_command(path, 'iconv -f WINDOWS-1252 -t UTF-8', 'utf8')})")
+            f"the encoding it was saved in (e.g. {_fix_command(path, 'iconv -f WINDOWS-1252 -t UTF-8', 'utf8')}){IN_ITS_PLACE}")
 
 
 def _head(path: Path) -> bytes:
-    """The first LEGACY_FONT_SAMPLE bytes of a (possibly compressed) file."""
+    """The first CHECKED_SAMPLE bytes of a (possibly compressed) file."""
     with decompressing(path), open_binary(path) as fh:
-        return fh.read(LEGACY_FONT_SAMPLE)
+        return fh.read(CHECKED_SAMPLE)
 
 
 def undecodable_stream(path: str | Path) -> str:
