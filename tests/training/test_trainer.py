@@ -261,3 +261,35 @@ def test_lr_schedule_on_the_clock():
     assert lr_at(50, tc, progress=0.0) == pytest.approx(1e-3)
     assert lr_at(50, tc, progress=0.5) == pytest.approx(1e-4 + 0.5 * 9e-4)
     assert lr_at(50, tc, progress=1.0) == lr_at(50, tc, progress=3.0) == pytest.approx(1e-4)
+
+
+def test_a_colab_fp16_run_goes_on_on_a_cpu(trained_run, data_dir, tmp_path):
+    """The course trains in fp16 on a T4; on a CPU each refusal's advice led to the next (cuda →
+    use cpu; fp16 → use fp32; fp32 → "resume uses the saved config"). The precision may now change
+    on resume, and fp16's loss scale is dropped with a note."""
+    import shutil
+
+    from conftest import run_cli
+
+    from banglaslm.checkpoint import load_checkpoint, write_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    config["train"].update(precision="fp16", device="cuda")  # what the T4 run saved
+    (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    for path in (run / "checkpoints").glob("*.safetensors"):
+        ckpt = load_checkpoint(path)
+        ckpt.state["config"]["train"].update(precision="fp16", device="cuda")
+        ckpt.state["scaler"] = {"scale": 8192.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                                "_growth_tracker": 17}
+        write_checkpoint(path, ckpt.tensors, ckpt.state)
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "44",
+                         "--set", "train.device=cpu"])
+    assert code == 2 and "train.precision=fp16 needs a CUDA GPU; use bf16 or fp32" in err, err
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "44",
+                         "--set", "train.device=cpu", "--set", "train.precision=fp32"])
+    assert code == 0, err
+    assert "note: this run trained in fp16 and goes on in fp32" in err, err
+    state = load_checkpoint(run / "checkpoints" / "latest.safetensors").state
+    assert state["iter"] == 44 and state["config"]["train"]["precision"] == "fp32" and not state.get("scaler")

@@ -65,7 +65,8 @@ from .warm_start import WarmStart
 RESUME_MUTABLE = {"train.max_iters", "train.eval_interval", "train.eval_iters", "train.log_interval",
                   "train.checkpoint_interval", "train.threads", "train.device", "train.learning_rate",
                   "train.compile", "train.max_skipped_updates", "train.grad_spike_factor",
-                  "train.time_limit_min", "train.early_stop_patience"}
+                  "train.time_limit_min", "train.early_stop_patience",
+                  "train.precision"}  # a Colab T4's fp16 run goes on on a CPU (fp32) or a bf16 GPU
 
 
 class TrainingInterrupted(Exception):
@@ -227,8 +228,11 @@ class Trainer:
         if self.average is not None:
             self.average.restore(ckpt)
         state = ckpt.state
-        if state.get("scaler"):
+        if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
+        elif state.get("scaler"):  # fp16's loss scale, of no use in another precision
+            self._notes.append(f"note: this run trained in fp16 and goes on in {self.precision}: the same weights and "
+                               "optimizer state, without fp16's loss scale; not bit for bit what fp16 would have done")
         self.state = Progress(int(state["iter"]), float(state["best_val"]), list(state["history"]),
                               float(state.get("elapsed_s", 0.0)))
         self.guard.restore(state)
