@@ -395,7 +395,10 @@ SECTIONS = {"model": ModelConfig, "train": TrainConfig, "finetune": FinetuneConf
 
 # Abbreviations users type for config keys, and the key each one means.
 KEY_ABBREVIATIONS = {"lr": "learning_rate", "wd": "weight_decay", "bs": "batch_size", "iters": "max_iters",
-                     "steps": "max_iters", "ctx": "block_size", "context": "block_size"}
+                     "steps": "max_iters", "ctx": "block_size", "context": "block_size", "dtype": "precision"}
+# Other projects' names for a choice (nanoGPT's dtype='float16'): named in the refusal, not taken,
+# so that a run's config.json keeps one spelling.
+CHOICE_SPELLINGS = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32"}
 
 
 def _flatten(data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -473,7 +476,9 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
         type_name = type_name.removesuffix(" | None")
     if choices:
         if str(value) not in choices:
-            raise UserError(f"bad value {value!r} for {key}: expected one of {', '.join(choices)}")
+            known = CHOICE_SPELLINGS.get(str(value).lower().removeprefix("torch."))
+            alias = f" ({value} is written {known} here)" if known in choices else ""
+            raise UserError(f"bad value {value!r} for {key}: expected one of {', '.join(choices)}{alias}")
         return str(value)
     try:
         if type_name == "bool":

@@ -74,10 +74,20 @@ def test_a_config_files_suffix_says_its_format_in_any_case(tmp_path):
     # then set finetune.lora_dropout and left pretraining without dropout)
     ("train.dropout", "model.dropout", "train"), ("model.learning_rate", "train.learning_rate", "train"),
     ("dropuot", "model.dropout", "train"), ("n_layr", "model.n_layer", "train"),
+    ("train.dtype", "train.precision", "train"),  # nanoGPT's name: it was offered train.device
 ])
 def test_an_unknown_key_suggests_the_key_and_the_help_that_lists_it(key, hint, command):
     with pytest.raises(UserError, match=rf"did you mean {hint}\?\); `banglaslm {command} --help` lists them"):
         build_config("tiny", overrides={key: 1})
+
+
+@pytest.mark.parametrize("value, written", [("float16", "fp16"), ("bfloat16", "bf16"), ("torch.float32", "fp32"),
+                                            ("half", "fp16")])
+def test_a_precision_spelled_as_a_dtype_is_told_our_spelling(value, written):
+    with pytest.raises(UserError, match=rf"expected one of auto, fp32, bf16, fp16 \({value} is written {written} here\)"):
+        build_config("tiny", overrides={"train.precision": value})
+    with pytest.raises(UserError, match=r"expected one of auto, fp32, bf16, fp16$"):
+        build_config("tiny", overrides={"train.precision": "fp8"})
 
 
 @pytest.mark.parametrize("value, tied", [("auto", None), ("false", False), ("true", True), ("no", False),
