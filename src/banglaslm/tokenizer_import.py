@@ -46,9 +46,12 @@ def from_sentencepiece(path: str | Path) -> Tokenizer:
         raise UserError(f"{path} is not a SentencePiece model ({exc}); pass a .model file from "
                         "sentencepiece's trainer") from None
     kind = proto.trainer_spec.model_type
-    if kind not in (UNIGRAM, BPE) or not proto.pieces:
+    if not proto.pieces:  # an empty or cut-off file parses as an empty model
+        raise UserError(f"{path} holds no pieces, so it is not a SentencePiece model (an empty or cut-off file?); "
+                        "pass the .model file sentencepiece's trainer wrote")
+    if kind not in (UNIGRAM, BPE):
         raise UserError(f"{path}: only SentencePiece unigram and BPE models can be read (this one has "
-                        f"model type {kind} and {len(proto.pieces)} pieces)")
+                        f"model type {({3: 'word', 4: 'char'}).get(kind, kind)})")
     if not any(p.piece in EOD_CANDIDATES for p in proto.pieces):  # trained with eos_id=-1
         raise UserError(f"{path} has no end-of-sentence piece ({proto.trainer_spec.eos_piece or '</s>'}), which "
                         "banglaslm puts between documents; train it again with an eos piece (sentencepiece's "
@@ -156,8 +159,9 @@ def export_provenance(folder: Path) -> dict | None:
     return found if isinstance(found, dict) else None
 
 
-# What a Hugging Face tokenizer folder holds: one of these at least.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "*.model", "vocab.json", "vocab.txt")
+# What a Hugging Face tokenizer folder holds its vocabulary in: one of these at least
+# (tokenizer_config.json alone made transformers build a tokenizer of special tokens only).
+TOKENIZER_FILES = ("tokenizer.json", "*.model", "vocab.json", "vocab.txt")
 
 
 def from_pretrained(name: str) -> Tokenizer:
@@ -168,8 +172,10 @@ def from_pretrained(name: str) -> Tokenizer:
         return read_tokenizer_json(Path(name) / "tokenizer.json", provenance.get("tokenizer_normalizer_steps"),
                                    provenance.get("tokenizer_post_processor"))
     if Path(name).is_dir() and not any(any(Path(name).glob(pattern)) for pattern in TOKENIZER_FILES):
-        raise UserError(f"{name} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); give the folder that holds one, or "
-                        "the tokenizer file itself")
+        config = " (its tokenizer_config.json alone has no vocabulary)" if (Path(name) / "tokenizer_config.json").is_file() \
+            else ""
+        raise UserError(f"{name} holds no tokenizer ({', '.join(TOKENIZER_FILES)}){config}; give the folder that holds "
+                        "one, or the tokenizer file itself")
     transformers, _, _ = _transformers()
     try:
         loaded = transformers.AutoTokenizer.from_pretrained(name)

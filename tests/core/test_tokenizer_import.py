@@ -338,6 +338,10 @@ def test_what_a_sentencepiece_user_gives_by_mistake_is_named_with_the_fix(models
     script.write_text("print('not a tokenizer')\n")
     vocab = models["unigram"].with_suffix(".vocab")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "config_only").mkdir()
+    (tmp_path / "config_only" / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "extra_ids": 100}), encoding="utf-8")
+    (tmp_path / "empty.model").write_bytes(b"")
     lone = shutil.copy(vocab, tmp_path / "lone.vocab")
     cases = [(str(vocab), {}, f"is SentencePiece's vocabulary listing, not its model; pass {models['unigram']} "),
              (str(lone), {}, "pass the .model file sentencepiece wrote with it"),
@@ -348,7 +352,13 @@ def test_what_a_sentencepiece_user_gives_by_mistake_is_named_with_the_fix(models
              ("bpee", {}, "must be bpe, char or an existing tokenizer; bpee is none of these"),
              ("csebuetnlp/banglat5", {}, "csebuetnlp/banglat5 was not found; check the path (a Hugging Face hub name "
                                          "takes hf:, as hf:csebuetnlp/banglat5)"),
-             (str(tmp_path / "empty"), {}, "empty holds no tokenizer (tokenizer.json, tokenizer_config.json, *.model"),
+             (str(tmp_path / "empty"), {}, "empty holds no tokenizer (tokenizer.json, *.model, vocab.json, vocab.txt)"),
+             # a config without its vocabulary: transformers built 104 special tokens, and prepare
+             # blamed the text (50% unknown) after reading it all
+             (str(tmp_path / "config_only"), {}, "config_only holds no tokenizer (tokenizer.json, *.model, vocab.json, "
+                                                 "vocab.txt) (its tokenizer_config.json alone has no vocabulary)"),
+             # an empty or cut-off .model parses as a model of no pieces: it was "model type 1 and 0 pieces"
+             (str(tmp_path / "empty.model"), {}, "empty.model holds no pieces, so it is not a SentencePiece model"),
              (str(models["unigram"]), {"vocab_size": 32000}, "applies to the BPE tokenizer prepare trains"),
              ("char", {"tokenizer_sample": 1000}, "applies to the BPE tokenizer prepare trains")]
     for tokenizer, options, message in cases:
