@@ -429,6 +429,32 @@ def test_utf16_without_a_byte_order_mark_gets_its_conversion(tmp_path, order):
     assert docs([tmp_path / "plain.utf8.txt"]) == ["আমি বাংলায় গান গাই, and some English.\n\nতুমি\n"]
 
 
+@pytest.mark.parametrize("name, text", [
+    ("bangla.csv", "id,text\n1,আমি বাংলায় গান গাই\n2,তুমি\n"),
+    ("english.csv", "id,text\n1,hello there\n"),  # its header was read as 'i\\0d\\0', '\\0t\\0e\\0x\\0t\\0'
+    ("rows.jsonl", '{"text": "আমি বাংলায় গান গাই"}\n'),
+    ("rows.json", '[{"text": "আমি বাংলায় গান গাই"}]'),
+])
+def test_a_table_in_utf16_without_a_byte_order_mark_gets_its_conversion(tmp_path, name, text):
+    """Tables were told to convert from Windows-1252 (garbage), or named columns full of NULs."""
+    import subprocess
+
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-16-le"))
+    with pytest.raises(UserError, match="looks like UTF-16LE text without a byte-order mark") as caught:
+        docs([path])
+    subprocess.run(fix_command(caught.value), shell=True, cwd=tmp_path, check=True)
+    converted = next(p for p in tmp_path.iterdir() if ".utf8." in p.name)
+    assert docs([converted]) == docs([_utf8_copy(tmp_path, name, text)])
+
+
+def _utf8_copy(folder, name: str, text: str):
+    copy = folder / "plain" / name
+    copy.parent.mkdir(exist_ok=True)
+    copy.write_text(text, encoding="utf-8")
+    return copy
+
+
 def test_utf16_cut_off_or_damaged_is_named_as_utf16(tmp_path):
     """A UTF-16 file one byte short was told to convert from Windows-1252 (which makes garbage):
     its byte-order mark says what it is, and the fix keeps what decodes."""

@@ -397,13 +397,27 @@ def _checked_encoding(path: str, head: bytes) -> str:
         if head.startswith(magic):
             raise UserError(f"{path} is {what}, not text: {fix}")
     encoding = bom_encoding(head[:4])
+    _refuse_nul_bytes(path, head, encoding)
+    _refuse_unreadable(path, head[:65536].decode(encoding, errors="ignore"))
+    return encoding
+
+
+def _refuse_nul_bytes(path: str, head: bytes, encoding: str) -> None:
+    """UserError for NUL bytes in the first 64 KiB of what should be UTF-8: UTF-16 saved without
+    its byte-order mark (named, with the conversion), else a binary file."""
     if encoding == "utf-8" and b"\x00" in head[:65536]:
         if (order := _utf16_without_bom(head[:65536])) is not None:
             raise UserError(f"{path} looks like {order} text without a byte-order mark; convert it to UTF-8 first "
                             f"({_fix_command(Path(path), f'iconv -f {order} -t UTF-8', 'utf8')}){IN_ITS_PLACE}")
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
-    _refuse_unreadable(path, head[:65536].decode(encoding, errors="ignore"))
-    return encoding
+
+
+def _check_table_start(path: str) -> None:
+    """Before a table file (CSV, TSV, JSON, JSONL) is read: `_refuse_nul_bytes` on its start
+    (UTF-16 without a byte-order mark was told it was Windows-1252, or showed its column names
+    with NULs)."""
+    head = _head(Path(path))
+    _refuse_nul_bytes(path, head, bom_encoding(head[:4]))
 
 
 def _refuse_question_marks(path: str, text: str) -> None:
@@ -679,6 +693,7 @@ ROW_SHAPES = '{"text": ...} (a document) or {"messages": [{"role": "user", "cont
 
 
 def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
+    _check_table_start(path)
     with open_text(path) as fh:
         try:
             for lineno, line in enumerate(fh, 1):
@@ -700,6 +715,7 @@ def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
 def _json_rows(path: str) -> Iterator[tuple[str, dict]]:
     """The records of a .json file: a list of objects, one object, or (as `datasets` also
     reads a .json file) one object per line."""
+    _check_table_start(path)
     try:
         with open_text(path) as fh:
             text = fh.read()
@@ -739,6 +755,7 @@ def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple
     column or the next rows."""
     csv.field_size_limit(sys.maxsize)  # news articles easily exceed the 128 KiB default
     reader, ended = None, 0
+    _check_table_start(path)
     try:
         delimiter = _sniffed_delimiter(path, delimiter)
         quoting = _tsv_quoting(path) if delimiter == "\t" else csv.QUOTE_MINIMAL
