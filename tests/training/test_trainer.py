@@ -293,3 +293,23 @@ def test_a_colab_fp16_run_goes_on_on_a_cpu(trained_run, data_dir, tmp_path):
     assert "note: this run trained in fp16 and goes on in fp32" in err, err
     state = load_checkpoint(run / "checkpoints" / "latest.safetensors").state
     assert state["iter"] == 44 and state["config"]["train"]["precision"] == "fp32" and not state.get("scaler")
+
+
+def test_training_says_what_it_trains_and_warns_of_emulated_bf16(data_dir, tmp_path):
+    """The course's student had to run `report` to learn the model's size; and bf16 on a CPU
+    without it natively ran at half fp32's speed (measured 41 vs 72 tokens/s) without a word."""
+    from conftest import cli_here
+
+    from banglaslm.runfolder import RunFolder
+    from banglaslm.training.memory import parameter_count
+    from banglaslm.training.optim import cpu_has_native_bf16
+
+    run = tmp_path / "run"
+    r = cli_here("train", "--data", data_dir, "--out", run, *set_args(TINY_SETTINGS), "--set", "train.max_iters=2",
+                 "--set", "train.warmup_iters=1", "--set", "train.precision=bf16")
+    assert r.returncode == 0, r.stderr
+    config = RunFolder(run).load_config()
+    n = parameter_count(config)
+    assert r.stdout.splitlines()[0] == (f"model: {n / 1e6:.2f}M parameters (2 layers x 32 wide, block 32, vocab "
+                                        f"{config.model.vocab_size:,}) on cpu in bf16"), r.stdout
+    assert ("this CPU has no native bf16" in r.stderr) is not cpu_has_native_bf16(), r.stderr

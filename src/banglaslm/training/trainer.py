@@ -52,6 +52,7 @@ from .metrics import MetricsLog, plot_loss
 from .optim import (
     Clock,
     autocast_context,
+    cpu_has_native_bf16,
     lr_at,
     make_optimizer,
     resolve_precision,
@@ -130,6 +131,9 @@ class Trainer:
         self.config = _with_vocab(config, self.data.vocab_size)
         self.device = resolve_device(device_spec)
         self.precision = resolve_precision(tc.precision, self.device, self.config.model.n_embd)
+        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            self._notes.append("note: this CPU has no native bf16 (AVX512_BF16 or AMX): train.precision=bf16 is "
+                               "emulated and slower than fp32 here; train.precision=auto picks fp32")
         self.parallel.check(self.precision)
         # Forward passes per micro-batch: more than 1 only with train.micro_batch=auto, when memory is short.
         self.passes = plan_passes(self.config, self.device, self.dist.world_size if tc.parallel == "fsdp" else 1)
@@ -143,7 +147,8 @@ class Trainer:
         self._build_model()
         self.average = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay else None
         # whether the model could memorize its training split (training/health.py, leakage)
-        self.params_per_token = parameter_count(self.config) / self.train_batches.tokens_per_epoch
+        self.n_params = parameter_count(self.config)
+        self.params_per_token = self.n_params / self.train_batches.tokens_per_epoch
         self.state = Progress()
         self.guard = UpdateGuard(tc, self.precision, self._on_disk)
         if self.checkpoint is not None:
@@ -539,6 +544,8 @@ class Trainer:
             return self._result(it, start, {}, 0.0, stopped_early)  # nothing left: the run folder stays as it was
         for note in self._notes:  # said once every check has passed (a subclass's too)
             self._say(note)
+        if self.dist.is_main:
+            print(self._model_line())
         self._write_run_files()
         with self._session() as session:
             self.model.train()
@@ -556,6 +563,13 @@ class Trainer:
                 it += 1
                 session.bar.update(1)
         return self._result(it, start, session.last_eval, session.tokens_per_s)
+
+    def _model_line(self) -> str:
+        """What trains, where, and how: "model: 1.21M parameters (4 layers x 128 wide, block 128,
+        vocab 8,000) on cpu in fp32"."""
+        m = self.config.model
+        return (f"model: {self.n_params / 1e6:.2f}M parameters ({m.n_layer} layers x {m.n_embd} wide, block "
+                f"{m.block_size}, vocab {m.vocab_size:,}) on {self.device} in {self.precision}")
 
     def _result(self, it: int, start: int, last_eval: dict, tokens_per_s: float,
                 stopped_early: bool = False) -> TrainResult:
