@@ -751,3 +751,18 @@ def test_a_fix_command_for_a_file_in_a_folder_says_to_take_the_original_out(tmp_
     subprocess.run(fix_command(caught.value), shell=True, cwd=tmp_path, check=True)
     (folder / "latin.txt").rename(tmp_path / "latin.txt")
     assert docs([folder]) == ["café naïve\n"]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_a_cell_spelled_as_missing_is_no_document(tmp_path, suffix):
+    """A news CSV with literal NaN cells trained 74 documents that say "NaN"; the same table saved
+    by pandas as parquet or JSONL (null) had none, so the data depended on the format."""
+    texts = ["আমি বাংলায় গান গাই", "NaN", "তুমি", " NULL ", "#N/A", "nan", "<NA>", "NaN রুটি"]
+    path = tmp_path / f"news.{suffix}"
+    if suffix == "csv":
+        path.write_text("id,News\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
+    else:
+        path.write_text("".join(json.dumps({"News": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    kept = [d for d in docs([path], text_column="News") if d]
+    assert kept == ["আমি বাংলায় গান গাই", "তুমি", "NaN রুটি"]
+    assert [r[0] for r in iter_records(resolve_inputs([str(path)]), text_column="News") if r[0]] == kept

@@ -648,10 +648,15 @@ def _column(available: list[str], wanted: str | None, where: str) -> str:
     return name
 
 
+# How spreadsheets and pandas write a missing cell as text: a cell holding exactly one of these
+# is missing (an empty document, counted and skipped), not a document that says "NaN".
+MISSING_CELLS = frozenset({"NaN", "nan", "NA", "N/A", "n/a", "#N/A", "<NA>", "NULL", "null", "None"})
+
+
 def _as_text(value: object, where: str) -> str:
-    """A table cell's text ("" for None); UserError for a cell that holds no text, or holds a
-    lone surrogate (`whole_characters`)."""
-    if value is None:
+    """A table cell's text ("" for None or a MISSING_CELLS spelling); UserError for a cell that
+    holds no text, or holds a lone surrogate (`whole_characters`)."""
+    if value is None or (isinstance(value, str) and value.strip() in MISSING_CELLS):
         return ""
     if not isinstance(value, str):
         raise UserError(f"{where}: the text column holds {type(value).__name__}, not text; pick another with "
