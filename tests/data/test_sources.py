@@ -755,7 +755,7 @@ def test_a_fix_command_for_a_file_in_a_folder_says_to_take_the_original_out(tmp_
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl"])
 def test_a_cell_spelled_as_missing_is_no_document(tmp_path, suffix):
-    """A news CSV with literal NaN cells trained 74 documents that say "NaN"; the same table saved
+    """A news CSV with literal NaN cells trained documents that say "NaN"; the same table saved
     by pandas as parquet or JSONL (null) had none, so the data depended on the format."""
     texts = ["আমি বাংলায় গান গাই", "NaN", "তুমি", " NULL ", "#N/A", "nan", "<NA>", "NaN রুটি"]
     path = tmp_path / f"news.{suffix}"
