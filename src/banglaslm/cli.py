@@ -494,7 +494,7 @@ def cmd_export(args) -> None:
         if args.dtype == "q8_0":
             print(f"note: {Q8_0_NOTE}", file=sys.stderr)
         print(f"exported {args.run_dir} ({args.which}) to {out} ({args.dtype}); normalize prompts with "
-              f"banglaslm.text.normalize first (see docs/interop.md)")
+              f"banglaslm.text.normalize_prompt first (see docs/interop.md)")
         return
     from .interop.gguf_export import export_gguf
     from .interop.hf_export import export_hf

@@ -431,7 +431,8 @@ def resolve_key(key: str) -> str:
         return short[0]
     section, _, name = key.rpartition(".")
     if name in KEY_ABBREVIATIONS:  # difflib would offer train.logger for train.lr
-        hint = [f"{section}.{KEY_ABBREVIATIONS[name]}" if section else KEY_ABBREVIATIONS[name]]
+        meant = f"{section}.{KEY_ABBREVIATIONS[name]}" if section else KEY_ABBREVIATIONS[name]
+        hint = [meant if not section or meant in fields else _full_key(KEY_ABBREVIATIONS[name], fields)]  # model.dtype
     elif any(k.split(".", 1)[1] == name for k in fields):  # the right name in another section (train.dropout)
         hint = [_full_key(name, fields)]
     else:  # a misspelling, offered whole (a bare name's match alone once led into finetune.*)

@@ -20,7 +20,7 @@ from .errors import UserError
 from .evaluation.perplexity import score_tokens
 from .generation.engine import Engine
 from .runfolder import LoadedModel
-from .text import normalize_fragment, normalize_prompt
+from .text import normalize_fragment
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default for generate_until tasks
 EMPTY_CHOICE = ("a task has an answer choice that is empty once normalized (blank or invisible characters only); "
@@ -117,9 +117,9 @@ class BanglaslmLM(TemplateLM):
         return out
 
     def _prompt_ids(self, context: str) -> list[int]:
-        """A context to continue, encoded as the engine encodes a prompt (`normalize_prompt`: a
-        final line break stays); an empty one is the end-of-document token alone."""
-        return [self.tok.eod_id] + self.tok.encode(normalize_prompt(context), normalized=True)
+        """A context to continue, encoded as the engine encodes a prompt (a final line break
+        stays); an empty one is the end-of-document token alone."""
+        return self.engine.encode_prompt(context, allow_empty=True)
 
 
 def sampling(gen_kwargs: dict) -> SamplingParams:

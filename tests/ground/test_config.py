@@ -75,6 +75,7 @@ def test_a_config_files_suffix_says_its_format_in_any_case(tmp_path):
     ("train.dropout", "model.dropout", "train"), ("model.learning_rate", "train.learning_rate", "train"),
     ("dropuot", "model.dropout", "train"), ("n_layr", "model.n_layer", "train"),
     ("train.dtype", "train.precision", "train"),  # nanoGPT's name: it was offered train.device
+    ("model.dtype", "train.precision", "train"), ("model.lr", "train.learning_rate", "train"),  # not model.precision
 ])
 def test_an_unknown_key_suggests_the_key_and_the_help_that_lists_it(key, hint, command):
     with pytest.raises(UserError, match=rf"did you mean {hint}\?\); `banglaslm {command} --help` lists them"):

@@ -20,6 +20,7 @@ from live_server import live
 
 from banglaslm.evaluation import perplexity
 from banglaslm.evaluation.perplexity import window_logprobs
+from banglaslm.generation.batching import Batch
 from banglaslm.server.app import create_app
 from banglaslm.server.schemas import ServerLimits
 from banglaslm.server.worker import GenerationWorker, Job, Steps, Stopped
@@ -74,37 +75,51 @@ def test_echo_returns_the_prompt_and_its_logprobs(app, oai):
 def test_scoring_a_long_prompt_lets_other_generations_go_on(app, client, monkeypatch):
     """Scoring an echoed prompt (lm-eval's log-likelihood requests) ran as one job on the model's
     thread: every other client's stream stood still until the whole prompt was scored. Now each
-    window is a piece of its own, with decode steps of the running generations in between."""
+    window is a forward pass of its own, with decode steps of the running generations between."""
     import threading
 
     service = app.state.service
-    log: list[str] = []
-    step, windows = service.worker.batch.step, perplexity._scored_windows
+    model, log, scoring = service.engine.model, [], [False]
+    step, windows, forward = service.worker.batch.step, perplexity._scored_windows, model.forward
 
     def logged_step():
         log.append("step")
         time.sleep(0.01)
         step()
 
-    def logged_windows(*args, **kwargs):
-        for window in windows(*args, **kwargs):
-            log.append("window")
+    def logged_windows(*args, **kwargs):  # marks the forward passes that score
+        inner = windows(*args, **kwargs)
+        while True:
+            scoring[0] = True
+            try:
+                window = next(inner)
+            except StopIteration:
+                return
+            finally:
+                scoring[0] = False
             yield window
+
+    def logged_forward(*args, **kwargs):
+        if scoring[0]:
+            log.append("scoring pass")
+        return forward(*args, **kwargs)
     monkeypatch.setattr(service.worker.batch, "step", logged_step)
     monkeypatch.setattr(perplexity, "_scored_windows", logged_windows)
+    monkeypatch.setattr(model, "forward", logged_forward)
     eod = service.engine.tokenizer.eod_id
     long_run = {"model": MODEL, "prompt": PROMPT, "max_tokens": 300, "temperature": 0, "logit_bias": {str(eod): -100}}
     generating = threading.Thread(target=client.post, args=("/v1/completions",), kwargs={"json": long_run})
     generating.start()
-    while "step" not in log:
+    deadline = time.monotonic() + 60
+    while "step" not in log and time.monotonic() < deadline:
         time.sleep(0.01)
     scored = client.post("/v1/completions", json={"model": MODEL, "prompt": PROMPT * 12, "echo": True,
                                                    "logprobs": 1, "max_tokens": 0})
     generating.join()
     assert scored.status_code == 200
-    pieces = [i for i, what in enumerate(log) if what == "window"]
-    assert len(pieces) >= 4  # the prompt spans several windows
-    assert "step" in log[pieces[0]:pieces[-1]], "no decode step ran while the prompt was scored"
+    passes = [i for i, what in enumerate(log) if what == "scoring pass"]
+    assert len(passes) >= 4  # the prompt spans several windows, each a pass of its own
+    assert "step" in log[passes[0]:passes[-1]], "no decode step ran while the prompt was scored"
 
 
 def test_scoring_stops_when_its_request_is_out_of_time(trained_run):
@@ -128,9 +143,10 @@ def test_a_cancelled_steps_job_runs_no_further_piece(app):
             yield
 
     job = Job(lambda job: Steps(pieces()), time.monotonic() + 60)
-    worker = GenerationWorker(app.state.service.worker.batch)
+    worker = GenerationWorker(Batch(app.state.service.engine, capacity=1))  # not the app's batch
     worker.submit(job, lambda result, error: (outcome.update(error=error), answered.set()))
-    while len(ran) < 3:
+    deadline = time.monotonic() + 60
+    while len(ran) < 3 and time.monotonic() < deadline:
         time.sleep(0.001)
     job.cancel()
     assert answered.wait(10) and isinstance(outcome["error"], Stopped)

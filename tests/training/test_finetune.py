@@ -352,3 +352,14 @@ def test_a_refused_lora_resume_names_the_hugging_face_folder_given(trained_run, 
              progress=False, say=lambda line: None)
     with pytest.raises(UserError, match=f"^{Path(hf).resolve()} does not hold the weights this LoRA run started from"):
         finetune(imported, [str(chats)], lora, resume=True, max_iters=4, progress=False, say=lambda line: None)
+
+
+def test_a_lora_run_says_how_much_of_the_model_trains(trained_run, chats, tmp_path):
+    """The start line names the model; with LoRA only the adapters train, and it says how many."""
+    r = subprocess.run(_cmd(trained_run, chats, tmp_path / "run", ("--set", "finetune.lora_rank=2")), env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    trained = load_file(str(tmp_path / "run" / "checkpoints" / "latest.safetensors"))
+    adapters = sum(t.numel() for k, t in trained.items() if k.startswith("adapter."))
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("model: ") and f"; {adapters / 1e6:.2f}M of " in first and "train (the rest is frozen)" in first

@@ -296,7 +296,7 @@ def _check_name_is_utf8(path: Path) -> None:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
         shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-        raise UserError(f"the file name {shown!r} is not UTF-8 (made on a system with another encoding, e.g. unpacked "
+        raise UserError(f"the file name '{shown}' is not UTF-8 (made on a system with another encoding, e.g. unpacked "
                         "from an old zip); rename it, e.g. convmv -f latin1 -t utf-8 --notest -r FOLDER") from None
 
 
@@ -393,18 +393,20 @@ def _whole_text(path: str) -> str:
 
 def _checked_encoding(path: str, head: bytes) -> str:
     """The encoding of a text file that starts with `head`; UserError for one that is not text."""
-    for magic, what, fix in MAGIC:
-        if head.startswith(magic):
-            raise UserError(f"{path} is {what}, not text: {fix}")
     encoding = bom_encoding(head[:4])
-    _refuse_nul_bytes(path, head, encoding)
+    _refuse_not_text(path, head, encoding)
     _refuse_unreadable(path, head[:65536].decode(encoding, errors="ignore"))
     return encoding
 
 
-def _refuse_nul_bytes(path: str, head: bytes, encoding: str) -> None:
-    """UserError for NUL bytes in the first 64 KiB of what should be UTF-8: UTF-16 saved without
-    its byte-order mark (named, with the conversion), else a binary file."""
+def _refuse_not_text(path: str, head: bytes, encoding: str) -> None:
+    """UserError for a file whose start `head` is not text: a known format's signature (MAGIC:
+    a zip, a spreadsheet, a compressed file without its suffix), or NUL bytes in the first 64 KiB
+    of what should be UTF-8: UTF-16 saved without its byte-order mark (named, with the
+    conversion), else a binary file."""
+    for magic, what, fix in MAGIC:
+        if head.startswith(magic):
+            raise UserError(f"{path} is {what}, not text: {fix}")
     if encoding == "utf-8" and b"\x00" in head[:65536]:
         if (order := _utf16_without_bom(head[:65536])) is not None:
             raise UserError(f"{path} looks like {order} text without a byte-order mark; convert it to UTF-8 first "
@@ -413,11 +415,11 @@ def _refuse_nul_bytes(path: str, head: bytes, encoding: str) -> None:
 
 
 def _check_table_start(path: str) -> None:
-    """Before a table file (CSV, TSV, JSON, JSONL) is read: `_refuse_nul_bytes` on its start
+    """Before a table file (CSV, TSV, JSON, JSONL) is read: `_refuse_not_text` on its start
     (UTF-16 without a byte-order mark was told it was Windows-1252, or showed its column names
     with NULs)."""
     head = _head(Path(path))
-    _refuse_nul_bytes(path, head, bom_encoding(head[:4]))
+    _refuse_not_text(path, head, bom_encoding(head[:4]))
 
 
 def _refuse_question_marks(path: str, text: str) -> None:

@@ -105,12 +105,14 @@ def score_tokens(model, ids: list[int], stride: int, tokens_per_pass: int = TOKE
 
 
 def window_logprobs(model, ids: list[int], top: int = 0, stride: int | None = None) -> Iterator[list[tuple]]:
-    """The tokens of ids[1:] in scoring order, one list per window (so that a caller can stop or
-    pause between forward passes): for each token, (its log-probability given what precedes it,
-    the `top` most likely tokens there as (id, log-probability) pairs, best first), natural
-    logarithms. Joined, the lists cover ids[1:] once each, in order."""
-    stride = stride or max(1, model.config.block_size // 2)
-    for logprobs, targets in _scored_windows(model, ids, stride):
+    """The tokens of ids[1:] in scoring order, one list per window, each window its own forward
+    pass (so that a caller can stop or pause between passes): for each token, (its
+    log-probability given what precedes it, the `top` most likely tokens there as (id,
+    log-probability) pairs, best first), natural logarithms. Joined, the lists cover ids[1:]
+    once each, in order."""
+    block = model.config.block_size
+    stride = stride or max(1, block // 2)
+    for logprobs, targets in _scored_windows(model, ids, stride, tokens_per_pass=block):
         chosen = logprobs.gather(1, targets.unsqueeze(1))[:, 0].tolist()
         best = torch.topk(logprobs, min(top, logprobs.size(-1)), dim=-1) if top else None
         yield [(value, list(zip(best.indices[row].tolist(), best.values[row].tolist())) if best is not None else [])

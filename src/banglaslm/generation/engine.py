@@ -110,11 +110,12 @@ class Engine:
         self.device = next(model.parameters()).device
 
     # ---- public API ----------------------------------------------------------------------
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: str, allow_empty: bool = False) -> list[int]:
         """[eod] + the normalized prompt's ids (`normalize_prompt`: a final line break stays): the
-        context every training document starts from."""
+        context every training document starts from. An empty prompt is a UserError unless
+        `allow_empty` (then [eod] alone: the start of a document)."""
         text = normalize_prompt(check_text(prompt, "prompt"))
-        if not text:
+        if not text and not allow_empty:
             raise bad_param("prompt", "is empty; give some text to continue, e.g. \"আমার সোনার\"")
         return [self.tokenizer.eod_id] + self.tokenizer.encode(text, normalized=True)
 

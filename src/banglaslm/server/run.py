@@ -13,6 +13,7 @@ whole list. FastAPI and uvicorn are imported only when a server starts.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import ipaddress
@@ -218,8 +219,6 @@ def _one_line_for_cut_responses(record: logging.LogRecord) -> bool:
     """uvicorn logs every response it cuts at the end of the graceful shutdown (GRACEFUL_S; a
     stream whose client stopped reading) as "Exception in ASGI application" with the
     CancelledError's traceback, which reads as a crash: one line says what happened."""
-    import asyncio
-
     if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
         record.msg, record.args, record.exc_info, record.exc_text = (
             "cut a response still being sent at shutdown (its client was not reading it)", (), None, None)

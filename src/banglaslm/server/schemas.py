@@ -175,7 +175,7 @@ class ChatRequest(SamplingRequest):
         ]
         out += [(name, why) for name, bad, why in rules if bad]
         for i, m in enumerate(self.messages):
-            if m.tool_calls or m.function_call or m.audio or m.role in ("tool", "function"):
+            if m.tool_calls or m.function_call or m.audio or m.tool_call_id or m.role in ("tool", "function"):
                 out.append((f"messages.{i}", "tool calls, their results and audio in messages are not supported"))
         return out
 

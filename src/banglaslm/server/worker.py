@@ -38,7 +38,7 @@ def request_error(error: BaseException, job: "Job") -> BaseException:
     if isinstance(error, Stopped) and job.shut_down:
         return shutting_down()
     if isinstance(error, Stopped) and job.timed_out:
-        return APIError(408, "the generation took longer than the server's time-out",
+        return APIError(408, "the request took longer than the server's time-out",
                         type="timeout_error", code="timeout")
     if isinstance(error, UserError):
         return APIError(400, str(error), param=error.param, code="invalid_value")
@@ -94,10 +94,10 @@ class Steps:
 
 
 class GenerationWorker:
-    """One thread runs everything that touches the model, in arrival order: small jobs (prompt
-    encoding) at once, and generations in a continuous batch (batching.py), where each request
-    joins after its prefill and leaves when it ends. Every sequence checks its job's cancel
-    flag and deadline before each step."""
+    """One thread runs everything that touches the model, in arrival order: small jobs at once,
+    generations in a continuous batch (batching.py), where each request joins after its prefill
+    and leaves when it ends, and `Steps` jobs a piece per decode step. Every sequence and piece
+    checks its job's cancel flag and deadline first."""
 
     def __init__(self, batch: Batch):
         self.batch = batch

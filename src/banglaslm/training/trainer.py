@@ -544,7 +544,7 @@ class Trainer:
             return self._result(it, start, {}, 0.0, stopped_early)  # nothing left: the run folder stays as it was
         for note in self._notes:  # said once every check has passed (a subclass's too)
             self._say(note)
-        if self.dist.is_main:
+        if self.dist.is_main and self.show_progress is not False:  # progress=False: silent
             print(self._model_line())
         self._write_run_files()
         with self._session() as session:
@@ -566,10 +566,13 @@ class Trainer:
 
     def _model_line(self) -> str:
         """What trains, where, and how: "model: 1.21M parameters (4 layers x 128 wide, block 128,
-        vocab 8,000) on cpu in fp32"."""
+        vocab 8,000) on cpu in fp32", and with frozen weights (LoRA) how many of all train."""
         m = self.config.model
-        return (f"model: {self.n_params / 1e6:.2f}M parameters ({m.n_layer} layers x {m.n_embd} wide, block "
+        line = (f"model: {self.n_params / 1e6:.2f}M parameters ({m.n_layer} layers x {m.n_embd} wide, block "
                 f"{m.block_size}, vocab {m.vocab_size:,}) on {self.device} in {self.precision}")
+        every = list(self.model.parameters())
+        trained, total = sum(p.numel() for p in every if p.requires_grad), sum(p.numel() for p in every)
+        return line + (f"; {trained / 1e6:.2f}M of {total / 1e6:.2f}M train (the rest is frozen)" if trained < total else "")
 
     def _result(self, it: int, start: int, last_eval: dict, tokens_per_s: float,
                 stopped_early: bool = False) -> TrainResult:
