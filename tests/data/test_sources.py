@@ -113,6 +113,24 @@ def test_hf_dataset_path_on_local_files(tmp_path):
         docs([f"hf:{folder}"])
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("hf:{tmp}/news.csv", r"hf:.*news.csv names a file; 'hf:' is for a dataset .*: pass .*news.csv without 'hf:'"),
+    ("hf:{tmp}/news.csv:cfg", r"names a file"),
+    ("hf:{tmp}/missing", r"dataset folder not found: .*missing .*check the path"),
+    ("hf:./missing/x", r"dataset folder not found: ./missing/x"),
+    ("hf:a/b/c", r"dataset folder not found: a/b/c"),
+])
+def test_hf_spec_naming_a_file_or_a_missing_folder_is_refused_without_the_hub(tmp_path, monkeypatch, spec, message):
+    """`hf:news.csv` waited 28 s on hub retries, then said it "couldn't reach 'news.csv' on the Hub"."""
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("went to the hub"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "news.csv").write_text("text\nক\n", encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        resolve_inputs([spec.format(tmp=tmp_path)])
+
+
 def test_a_dataset_saved_with_save_to_disk_reads(tmp_path):
     """hf:FOLDER of a `save_to_disk` dataset was refused ("use load_from_disk instead"), with advice
     to check the network connection."""

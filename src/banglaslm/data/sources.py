@@ -110,6 +110,22 @@ def input_list(inputs) -> list[str]:
     return [os.fspath(i) for i in inputs]
 
 
+def _check_hf_name(spec: str) -> None:
+    """Refuse an `hf:` spec that names a file or a missing local folder before `datasets` looks
+    for it on the hub (28 s of retries, then "Couldn't reach 'news.csv' on the Hub")."""
+    name = spec.partition(":")[0]
+    if not name:
+        raise UserError("empty dataset name in 'hf:'; write hf:NAME or hf:NAME:CONFIG")
+    if Path(name).is_file():
+        raise UserError(f"hf:{spec} names a file; 'hf:' is for a dataset (a hub name or a folder): pass {name} "
+                        "without 'hf:' to read the file itself")
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_local and not Path(name).is_dir():
+        fix = f"write {Path(name).expanduser()} (the shell does not expand ~ after 'hf:')" \
+            if Path(name).expanduser().exists() else "check the path (a hub dataset is written hf:USER/NAME)"
+        raise UserError(f"dataset folder not found: {name} (from hf:{spec}); {fix}")
+
+
 def resolve_inputs(inputs: list[str]) -> list[Source]:
     """Expand folders and globs, check every input exists; fail before any work is done.
     `inputs`: as `input_list` takes them."""
@@ -119,8 +135,7 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
     sources: list[Source] = []
     for item in inputs:
         if item.startswith("hf:"):
-            if not item[3:]:
-                raise UserError("empty dataset name in 'hf:'; write hf:NAME or hf:NAME:CONFIG")
+            _check_hf_name(item[3:])
             sources.append(Source("hf", item[3:]))
             continue
         path = Path(item)
