@@ -226,3 +226,23 @@ def test_a_system_prompt_from_the_command_line_and_from_slash_system(loaded, tra
                            "--greedy", "--max-new-tokens", "3"], input="নমস্কার\n/quit\n", capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and "Type a message" in done.stdout and "সহকারী:" in done.stdout, done.stderr
+
+
+def test_a_message_the_tokenizer_cannot_represent_is_named():
+    """A T5-style tokenizer without byte fallback turns emoji and unseen letters into one unknown
+    token; the chat said nothing, and the model answered something else than was typed."""
+    import torch
+
+    from banglaslm.config import ModelConfig
+    from banglaslm.model import GPT
+    from banglaslm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.build_char("আমি ভাত খাই। ব্যবহারকারী সহকারী: \n")
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=tokenizer.vocab_size))
+    out = Recorder()
+    chat_loop(None, Script(["আমি ভাত খাই", "আমি 😀 খাই Z"]), out,
+              SamplingParams(max_new_tokens=2, seed=1), engine=Engine(model, tokenizer))
+    notes = [line for line in out.text.splitlines() if "(note:" in line]
+    assert notes == ["(note: your message holds characters the tokenizer cannot represent ('😀', 'Z'); the model "
+                     "reads an unknown token in their place)"]

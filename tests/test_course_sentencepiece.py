@@ -50,6 +50,9 @@ def test_course_58m_on_a_sentencepiece_unigram(unigram_32k, small_books, tmp_pat
     assert main(["generate", str(run), "--prompt", "আমার সোনার বাংলা", "--max-new-tokens", "8", "--json"]) == 0
     generated = json.loads(capsys.readouterr().out)
     assert generated["tokens"] >= 1
+    # A prompt's characters that the unigram cannot represent are named (the model reads <unk>).
+    assert main(["generate", str(run), "--prompt", "আমার 😀", "--max-new-tokens", "1"]) == 0
+    assert "note: the prompt holds characters the tokenizer cannot represent ('😀')" in capsys.readouterr().err
     # The HF export's tokenizer gives our ids.
     assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
     hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))

@@ -17,6 +17,7 @@ from .chat_template import chat_labels, chat_stops, encode_chat
 from .config import SamplingParams
 from .errors import UserError
 from .generation.engine import Engine
+from .tokenizer import Coverage, Tokenizer
 
 CHAT_DEFAULTS = {"top_k": 50}  # where chat differs from SamplingParams' defaults
 
@@ -179,6 +180,7 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
             params = _command(params, name, arg, write)
             continue
         history.append({"role": "user", "content": text})
+        _note_unknown(engine.tokenizer, text, write)
         write(f"{chat_labels(language)['assistant']}: ")
         turn = dataclasses.replace(params, stop=list(params.stop) + stops)
         try:
@@ -193,6 +195,13 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
             history.pop()
             continue
         history.append({"role": "assistant", "content": answer})
+
+
+def _note_unknown(tokenizer: Tokenizer, text: str, write: Callable[[str], None]) -> None:
+    coverage = Coverage()
+    tokenizer.encode(text, coverage=coverage)
+    if note := coverage.unknown_note("your message"):
+        write(f"(note: {note})\n")
 
 
 def _command(params: SamplingParams, name: str, arg: str, write: Callable[[str], None]) -> SamplingParams:

@@ -433,6 +433,7 @@ def unescape(text: str) -> str:
 def cmd_generate(args) -> None:
     from .generation.engine import Engine
     from .runfolder import load_model
+    from .tokenizer import Coverage
 
     if args.stream and args.json:
         raise UserError("--stream and --json cannot be combined; --json prints one object at the end")
@@ -444,6 +445,10 @@ def cmd_generate(args) -> None:
     loaded = load_model(args.run_dir, **picked(args, load_model))
     engine = Engine(loaded.model, loaded.tokenizer)
     engine.encode_prompt(args.prompt)  # an empty prompt fails here, before any output
+    coverage = Coverage()
+    loaded.tokenizer.encode(args.prompt, coverage=coverage)
+    if note := coverage.unknown_note("the prompt"):
+        print(f"note: {note}", file=sys.stderr)
     if args.stream:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()

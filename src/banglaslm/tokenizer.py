@@ -150,6 +150,15 @@ class Coverage:
         """The counts `to_dict` wrote (its characters only as far as its `top`)."""
         return cls(d["tokens"], d["unknown"], d["byte_fallback"], Counter(dict(d["unrepresented"])))
 
+    def unknown_note(self, what: str) -> str | None:
+        """One line saying which characters of `what` (e.g. "the prompt") became unknown tokens,
+        which the model reads as one and the same token; None when none did."""
+        if not self.unknown:
+            return None
+        chars = ", ".join(repr(ch) for ch, _ in self.unrepresented.most_common(8)) or "some characters"
+        return (f"{what} holds characters the tokenizer cannot represent ({chars}); the model reads an unknown "
+                "token in their place")
+
     def describe(self) -> str:
         chars = ", ".join(f"{ch!r} ({n:,})" for ch, n in self.unrepresented.most_common(8))
         return (f"{self.unknown_share:.2%} unknown tokens, {self.byte_fallback_share:.2%} byte-fallback tokens"
