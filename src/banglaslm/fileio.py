@@ -286,6 +286,8 @@ def open_binary(path: str | Path) -> BinaryIO:
     """A file's bytes, decompressed when its name says it is compressed. Reading a damaged
     compressed file raises one of `DECOMPRESSION_ERRORS`."""
     kind = compression(path)
+    if kind and os.path.getsize(path) == 0:  # an empty file, as gzip and zstd read one (bz2 and xz said "damaged")
+        return open(path, "rb")
     if kind == ".gz":
         return gzip.open(path, "rb")
     if kind == ".bz2":

@@ -346,6 +346,17 @@ def test_a_damaged_compressed_file_is_named(tmp_path, suffix):
             docs([tmp_path / name])
 
 
+@pytest.mark.parametrize("suffix", list(COMPRESSORS))
+@pytest.mark.parametrize("name", ["empty.txt", "empty.jsonl", "empty.csv"])
+def test_an_empty_compressed_file_reads_as_its_empty_plain_file(tmp_path, suffix, name):
+    """A 0-byte .gz or .zst was empty; a 0-byte .bz2 or .xz was "damaged"."""
+    (tmp_path / "book.txt").write_text("লেখা", encoding="utf-8")
+    (tmp_path / name).write_bytes(b"")
+    (tmp_path / (name + suffix)).write_bytes(b"")
+    expected = docs([tmp_path / "book.txt", tmp_path / name])
+    assert docs([tmp_path / "book.txt", tmp_path / (name + suffix)]) == expected
+
+
 def test_json_files_in_the_shapes_datasets_reads(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps([{"text": "ক"}, {"text": "খ"}]), encoding="utf-8")
     (tmp_path / "one.json").write_text(json.dumps({"text": "গ", "id": 3}), encoding="utf-8")
