@@ -219,3 +219,17 @@ def test_empty_rows_and_files_are_counted_not_lost_silently(tmp_path):
     assert "skipped 3 empty document(s)" in result.summary()
     assert sum(result.meta["splits"][s]["documents"] for s in ("train", "val")) == 24 + 1
     assert len(result.meta["sources"]) == 26 and not any("more" in s for s in result.meta["sources"])
+
+
+def test_inputs_that_gave_no_text_are_named(tmp_path):
+    """A table of only a header, among other inputs, added nothing without a word (a news CSV
+    exported without its rows looked like a prepared corpus). Inputs are cut among tasks by whole
+    files, so each task names its own."""
+    write_docs(tmp_path / "src", 12)
+    (tmp_path / "src" / "000a_header.csv").write_text("id,text\n", encoding="utf-8")  # in task 0
+    (tmp_path / "src" / "006a_blank.jsonl").write_text('{"text": " "}\n{"text": null}\n', encoding="utf-8")  # 1
+    (tmp_path / "src" / "empty.txt").write_bytes(b"")  # 2
+    result = prepare([str(tmp_path / "src")], tmp_path / "out", vocab_size=300, tasks=3, progress=False)
+    named = sorted(p.rsplit("/", 1)[-1] for p in result.meta["inputs_without_text"])
+    assert named == ["000a_header.csv", "006a_blank.jsonl", "empty.txt"]
+    assert "note: 3 input(s) gave no text (empty, or a table without rows): " in result.summary()

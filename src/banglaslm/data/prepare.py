@@ -87,6 +87,9 @@ class PrepareResult:
             lines.append(f"cleaned first: kept {c['kept']:,} of {c['documents']:,} documents"
                          + (f" ({c['empty_documents']:,} empty ones skipped)" if c.get("empty_documents") else "")
                          + f"; what went and why: {self.out_dir}/clean_report.md")
+        if without := self.meta.get("inputs_without_text"):
+            lines.append(f"note: {len(without):,} input(s) gave no text (empty, or a table without rows): "
+                         f"{', '.join(without[:5])}{', ...' if len(without) > 5 else ''}")
         if self.meta.get("empty_documents"):
             lines.append(f"skipped {self.meta['empty_documents']:,} empty document(s) (nothing left after normalization)")
         tok = self.meta["tokenizer"]
@@ -388,6 +391,15 @@ class _Job:
         """Documents (rows, paragraphs, ...) that normalization left empty, in every task: skipped."""
         return sum(read_json(summary_path(self.work, "read", r)).get("empty", 0) for r in range(self.tasks))
 
+    def inputs_without_text(self) -> list[str]:
+        """The inputs that gave no document with text (an empty file, a table of no rows or of
+        empty cells), by name; none counted when the read phase read cleaned copies."""
+        if (self.work / "cleaned").exists():
+            return []
+        reads = [read_json(summary_path(self.work, "read", r)) for r in range(self.tasks)]
+        with_text = {i for r in reads for i in r.get("sources_with_text", range(len(self.plan["sources"])))}
+        return [location for i, (_, location, *_) in enumerate(self.plan["sources"]) if i not in with_text]
+
     def choose(self) -> None:
         """Between the phases, once: the split rule from every task's extremes, and the
         tokenizer (given, or trained on the sample); written to tokenizer.json and split.json."""
@@ -427,7 +439,7 @@ class _Job:
         splits = {s: split_stats([shard for e in encoded for shard in e["shards"][s]]) for s in SPLITS}
         tok, np_dtype = Tokenizer.from_file(self.work / "tokenizer.json"), read_json(self.work / "split.json")["dtype"]
         input_bytes, empty = self.input_bytes(range(self.tasks)), self.empty_documents()
-        sources = [location for _, location, *_ in self.plan["sources"]]
+        sources, without_text = [location for _, location, *_ in self.plan["sources"]], self.inputs_without_text()
         cleaning = None
         if (self.work / "cleaned" / "report.json").exists():
             report = read_json(self.work / "cleaned" / "report.json")
@@ -444,7 +456,7 @@ class _Job:
             # the size a BPE trained here was asked for (a tokenizer given by path was asked nothing)
             "vocab_size_asked": self.plan["vocab_size"] if self.plan["tokenizer"] == "bpe" else None,
             "tokenizer_sample": self.plan["tokenizer_sample"], "input_bytes": input_bytes,
-            "empty_documents": empty, "cleaning": cleaning, "sources": sources,
+            "empty_documents": empty, "cleaning": cleaning, "sources": sources, "inputs_without_text": without_text,
             "coverage": {split: c.to_dict() for split, c in coverage.items()}})
         swap_in(self.work, self.out)
         return meta

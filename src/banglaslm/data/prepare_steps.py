@@ -63,10 +63,11 @@ class ReadInputs(PipelineStep):
         self.sources, self.text_column, self.doc_split, self.progress = sources, text_column, doc_split, progress
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        mine = self.sources[task_block(len(self.sources), rank, world_size)]
-        documents = iter_documents(mine, self.text_column, self.doc_split)
-        for i, text in enumerate(tqdm(documents, desc="reading", unit="doc", disable=not self.progress)):
-            yield Document(text=text, id=f"{rank}/{i}")
+        block = task_block(len(self.sources), rank, world_size)
+        documents = ((index, text) for index in range(block.start, block.stop)
+                     for text in iter_documents([self.sources[index]], self.text_column, self.doc_split))
+        for i, (index, text) in enumerate(tqdm(documents, desc="reading", unit="doc", disable=not self.progress)):
+            yield Document(text=text, id=f"{rank}/{i}", metadata={"source": index})
 
 
 class Normalize(PipelineStep):
@@ -82,7 +83,8 @@ class Normalize(PipelineStep):
 
 class Spool(PipelineStep):
     """Writes the task's normalized documents, one JSON string per line, and its summary:
-    counts (documents left empty by normalization are counted, not written), the characters seen, the documents with the smallest and largest split hash, and
+    counts (documents left empty by normalization are counted, not written), the inputs that
+    gave text, the characters seen, the documents with the smallest and largest split hash, and
     the candidates for the tokenizer's sample (of the documents that validation's threshold
     leaves to training, those with the smallest sample hashes holding `sample_chars`
     characters; the corpus's sample is drawn from the tasks' candidates)."""
@@ -99,6 +101,7 @@ class Spool(PipelineStep):
         path.parent.mkdir(parents=True, exist_ok=True)
         summary = {"documents": 0, "empty": 0, "bytes": 0, "lowest": None, "highest": None}
         chars: set[str] = set()
+        with_text: set[int] = set()  # the inputs (their index) that gave a document
         sample = _Sample(self.sample_chars)  # a budget of 0: no tokenizer is trained here
         with open(path, "wb") as fh:
             for doc in data:
@@ -115,10 +118,12 @@ class Spool(PipelineStep):
                 fh.write((json.dumps(doc.text, ensure_ascii=False) + "\n").encode("utf-8"))
                 summary["documents"] += 1
                 summary["bytes"] += len(doc.text.encode("utf-8"))
+                if "source" in doc.metadata:  # set by ReadInputs
+                    with_text.add(doc.metadata["source"])
                 chars.update(doc.text)
         with atomic_path(sample_path(self.work, rank)) as tmp, open(tmp, "wb") as out:
             np.save(out, sample.candidates(), allow_pickle=False)
-        summary.update(chars="".join(sorted(chars)))
+        summary.update(chars="".join(sorted(chars)), sources_with_text=sorted(with_text))
         atomic_write_json(summary_path(self.work, "read", rank), summary)  # last: the task is done
         return
         yield
