@@ -131,6 +131,23 @@ def test_hf_spec_naming_a_file_or_a_missing_folder_is_refused_without_the_hub(tm
         resolve_inputs([spec.format(tmp=tmp_path)])
 
 
+def test_pipes_and_standard_input_are_refused_or_passed_over_not_waited_on(tmp_path, capsys):
+    """A named pipe inside an input folder blocked prepare for ever; `prepare -` said "input not
+    found: -" and `prepare /dev/stdin` fed by a pipe called it a broken symbolic link."""
+    import os
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "book.txt").write_text("লেখা", encoding="utf-8")
+    os.mkfifo(tmp_path / "in" / "pipe.txt")
+    assert [s.location for s in resolve_inputs([str(tmp_path / "in")])] == [str(tmp_path / "in" / "book.txt")]
+    assert "note: 1 pipe(s), socket(s) or device(s) in " in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"pipe.txt is not a regular file \(a pipe, socket or device\); inputs are "
+                                        r"read from files: save the text to one first"):
+        resolve_inputs([str(tmp_path / "in" / "pipe.txt")])
+    with pytest.raises(UserError, match=r"input - is standard input; inputs are read from files"):
+        resolve_inputs(["-"])
+
+
 def test_a_dataset_saved_with_save_to_disk_reads(tmp_path):
     """hf:FOLDER of a `save_to_disk` dataset was refused ("use load_from_disk instead"), with advice
     to check the network connection."""

@@ -152,6 +152,10 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
             if not matches:
                 raise UserError(f"no file matches {item}")
             sources.extend(_file_source(p) for p in matches)
+        elif path.exists() or item == "-":  # a pipe (/dev/stdin fed by one), a socket, a device; "-" for stdin
+            raise UserError(f"input {item} is {'standard input' if item == '-' else 'not a regular file (a pipe, socket or device)'}"
+                            "; inputs are read from files: save the text to one first (... > corpus.txt) and pass "
+                            "corpus.txt")
         elif path.is_symlink():
             raise UserError(f"input {item} is a broken symbolic link (to {os.readlink(path)}); point it at a file "
                             "that exists")
@@ -183,7 +187,7 @@ def _folder_files(folder: Path) -> list[Path]:
     link to a folder that holds the input folder (a loop, or "/") is not. A data or model folder
     inside is refused (`_refuse_tool_folder`); files skipped are named on stderr (`_say_unread`,
     and notes for hidden files and broken links)."""
-    files, found, passed, hidden, broken, linked, visited = [], [], [], [], [], [], set()
+    files, found, passed, hidden, broken, unusual, linked, visited = [], [], [], [], [], [], [], set()
     top = folder.resolve()
     for root, dirs, names in os.walk(folder, followlinks=True):
         here = Path(root)
@@ -196,6 +200,8 @@ def _folder_files(folder: Path) -> list[Path]:
         _refuse_tool_folder(here)
         broken += [here / n for n in names if (here / n).is_symlink() and not os.path.exists(here / n)]  # or a loop
         names = [name for name in names if here / name not in broken]
+        unusual += [here / n for n in names if not (here / n).is_file()]  # a pipe would block the read for ever
+        names = [name for name in names if here / name not in unusual]
         hidden += [here / name for name in (*dirs, *names) if name.startswith(".")]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .git, .ipynb_checkpoints, ...
         names = [name for name in names if not name.startswith(".")]  # macOS's ._NAME, .DS_Store, ...
@@ -213,6 +219,7 @@ def _folder_files(folder: Path) -> list[Path]:
         files += [here / name for name in names if _format(here / name) in TEXT_SUFFIXES | TABLE_SUFFIXES]
     _say_unread(folder, found)
     _note_not_read(broken, f"broken symbolic link(s) in {folder} are not read", "point them at files that exist")
+    _note_not_read(unusual, f"pipe(s), socket(s) or device(s) in {folder} are not read", "save their text to files")
     if linked:
         named = ", ".join(f"{p} -> {os.readlink(p)}" for p in sorted(linked)[:3]) + (", ..." if len(linked) > 3 else "")
         print(f"note: {len(linked)} linked folder(s) in {folder} are read too ({named})", file=sys.stderr)
