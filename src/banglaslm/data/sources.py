@@ -432,7 +432,7 @@ def _refuse_not_text(path: str, head: bytes, encoding: str) -> None:
     if encoding == "utf-8" and b"\x00" in head[:65536]:
         if (order := _utf16_without_bom(head[:65536])) is not None:
             raise UserError(f"{path} looks like {order} text without a byte-order mark; convert it to UTF-8 first "
-                            f"({_fix_command(Path(path), f'iconv -f {order} -t UTF-8', 'utf8')}){IN_ITS_PLACE}")
+                            f"{_fix_command(Path(path), f'iconv -f {order} -t UTF-8', 'utf8')}")
         raise UserError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
 
 
@@ -573,16 +573,16 @@ _DECOMPRESS_COMMANDS = {".gz": "gzip -dc", ".bz2": "bzip2 -dc", ".xz": "xz -dc",
 IN_ITS_PLACE = ", then read the new file in place of the original, moving the original out of any input folder"
 
 
-def _fix_command(path: Path, tool: str, tag: str) -> str:
-    """A shell command that runs `tool` over `path`'s text (decompressed first if it is
-    compressed) into a new file beside it, named with `tag`: book.txt.gz → book.{tag}.txt. Paths
-    as given, quoted: the command works from where the user ran banglaslm."""
+def _fix_command(path: Path, tool: str, tag: str, lead: str = "") -> str:
+    """The fix as advice, "(COMMAND), then read the new file in place of ...": COMMAND runs `tool` over
+    `path`'s text (decompressed first if it is compressed) into a new file beside it, named with
+    `tag`: book.txt.gz → book.{tag}.txt. Paths as given, quoted: the command works from where the
+    user ran banglaslm. `lead` goes before COMMAND inside the brackets ("e.g. ")."""
     kind = compression(path)
     plain = Path(path.name[:len(path.name) - len(kind)] if kind else path.name)
     given, out = shlex.quote(str(path)), shlex.quote(str(path.with_name(f"{plain.stem}.{tag}{plain.suffix}")))
-    if kind:
-        return f"{_DECOMPRESS_COMMANDS[kind]} {given} | {tool} > {out}"
-    return f"{tool} {given} > {out}"
+    command = f"{_DECOMPRESS_COMMANDS[kind]} {given} | {tool} > {out}" if kind else f"{tool} {given} > {out}"
+    return f"({lead}{command}){IN_ITS_PLACE}"
 
 
 def _encoding_name(encoding: str) -> str:
@@ -597,19 +597,19 @@ def _undecodable(path: Path, failure: DecodeFailure, encoding: str) -> str:
     if failure.after_multibyte and failure.cut_off:
         keep, what = (failure.offset, "end") if failure.line_start is None else (failure.line_start, "last line")
         return (f"{path} ends in the middle of a UTF-8 character (offset {failure.offset}): the file was cut off; "
-                f"copy it whole again, or drop the broken {what} ({_fix_command(path, f'head -c {keep}', 'fixed')}){IN_ITS_PLACE}")
+                f"copy it whole again, or drop the broken {what} {_fix_command(path, f'head -c {keep}', 'fixed')}")
     if encoding in ("utf-16", "utf-32"):  # its byte-order mark says so: not another encoding, a damaged file
         return (f"{path} is marked {_encoding_name(encoding)} by its byte-order mark but does not decode as that ({at}): "
                 f"it is cut off or damaged; re-export it, or keep what decodes "
-                f"({_fix_command(path, f'iconv -c -f {encoding.upper()} -t UTF-8', 'utf8')}){IN_ITS_PLACE}")
+                f"{_fix_command(path, f'iconv -c -f {encoding.upper()} -t UTF-8', 'utf8')}")
     if failure.after_multibyte:
         return (f"{path} is UTF-8 text with damaged bytes ({at}); repair or re-export it, or drop the bad bytes "
-                f"({_fix_command(path, 'iconv -c -f UTF-8 -t UTF-8', 'fixed')}){IN_ITS_PLACE}")
+                f"{_fix_command(path, 'iconv -c -f UTF-8 -t UTF-8', 'fixed')}")
     if looks_like_legacy_font(_head(path).decode("windows-1252", errors="ignore")):
         return (f"{path} is Bangla typed in a legacy font encoding (Bijoy/SutonnyMJ), saved as Windows-1252 text "
                 f"({at}); {LEGACY_FONT_ADVICE}")
     return (f"{path} is not {_encoding_name(encoding)} text ({at}); convert it to UTF-8 first, naming "
-            f"the encoding it was saved in (e.g. {_fix_command(path, 'iconv -f WINDOWS-1252 -t UTF-8', 'utf8')}){IN_ITS_PLACE}")
+            f"the encoding it was saved in {_fix_command(path, 'iconv -f WINDOWS-1252 -t UTF-8', 'utf8', 'e.g. ')}")
 
 
 def _head(path: Path) -> bytes:
