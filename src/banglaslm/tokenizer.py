@@ -17,6 +17,7 @@ import json
 import operator
 import re
 import threading
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ _SAFE_CUT = re.compile(r"(?<=\n)(?=\S)")
 EOD_CANDIDATES = (EOD, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]")
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 _CONTROL_SPELLING = re.compile(r"<[^<>\s]+>|\[[A-Z_]+\]")  # "<extra_id_0>", "[MASK]": a control token's name
+# A plain sentence (words, spaces, a comma, a danda) that a tokenizer fit for Bangla gives back.
+ROUND_TRIP_PROBE = "আমার সোনার বাংলা, আমি তোমায় ভালোবাসি।"
 UNK_SURFACE = " \u2047 "  # what SentencePiece's decoding writes for an unknown piece
 # SentencePiece decodes byte pieces one character at a time and writes U+FFFD for each byte that
 # starts no valid character (Hugging Face's ByteFallback decoder turns a whole run of byte pieces
@@ -398,6 +401,21 @@ class Tokenizer:
             span = normalizer.normalize_str(text[a:b]) if normalizer is not None else text[a:b]
             ids.extend(byte_id[x] for x in span.encode("utf-8"))
         return ids
+
+    def round_trip_note(self) -> str | None:
+        """One line when this tokenizer does not give back a plain Bangla sentence it encodes (up
+        to NFKC, which SentencePiece's default normalizer applies): one that drops or adds spaces
+        (a Whitespace pre-tokenizer, WordPiece) makes generated text and bits per character wrong
+        without a word. None when it does, or when the sentence holds unknown pieces (coverage is
+        checked elsewhere)."""
+        ids = self.encode(ROUND_TRIP_PROBE)
+        if self.unk_id in ids:
+            return None
+        back = self.decode(ids)
+        if unicodedata.normalize("NFKC", back) == unicodedata.normalize("NFKC", normalize(ROUND_TRIP_PROBE)):
+            return None
+        return (f"the tokenizer does not give back the text it encodes: {ROUND_TRIP_PROBE!r} decodes as {back!r}, so "
+                "generated text and bits per character will be off")
 
     @property
     def decode_errors(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -189,6 +190,9 @@ def prepare(
     out = as_path(out_dir, "out_dir", "an output folder")
     check_not_cwd(out, "data folder")
     check_apart(inputs, sources, out, "data folder")
+    if existing is not None and (note := existing.round_trip_note()):
+        print(f"note: {note}; a tokenizer that keeps the text as it is (--tokenizer bpe, a SentencePiece model) "
+              "avoids this", file=sys.stderr)
     plan = {"sources": [_identity(s) for s in sources], "tokenizer": tokenizer, "vocab_size": vocab_size,
             "val_fraction": val_fraction, "seed": seed, "text_column": text_column, "doc_split": doc_split,
             "dtype": dtype, "tokenizer_sample": tokenizer_sample, "shard_tokens": shard_tokens, "tasks": tasks,

@@ -220,6 +220,8 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path) -> Path:
     run_config = _run_config(config, provenance)
     model = _model(src, run_config.model)
     tokenizer = _read_tokenizer(src, provenance)
+    if note := tokenizer.round_trip_note():
+        print(f"note: {note}", file=sys.stderr)
     if tokenizer.vocab_size > run_config.model.vocab_size:
         raise _refuse(f"the tokenizer has {tokenizer.vocab_size} tokens but the embedding only "
                       f"{run_config.model.vocab_size} rows")
