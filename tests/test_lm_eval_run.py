@@ -191,6 +191,7 @@ def test_command_line(lm_eval, trained_run, task_folder, tmp_path, capfd, monkey
     ("bad_output_type", "lm-eval could not run bad_task: ValueError"),
     ("answer_out_of_range", "lm-eval could not run bad_task: IndexError"),
     ("out_not_writable", "not writable"),
+    ("out_a_file", "is a file; the results are written into a folder"),  # it was found after every request ran
 ])
 def test_errors_are_one_line(trained_run, task_folder, tmp_path, capsys, monkeypatch, case, expected):
     hf_offline(monkeypatch, tmp_path / "datasets_cache")
@@ -211,6 +212,10 @@ def test_errors_are_one_line(trained_run, task_folder, tmp_path, capsys, monkeyp
         if os.access(locked, os.W_OK):
             pytest.skip("running as a user who can write anywhere")
         args += ["--out", str(locked / "results")]
+    elif case == "out_a_file":
+        (tmp_path / "results.txt").write_text("", encoding="utf-8")
+        args += ["--out", str(tmp_path / "results.txt")]
+        monkeypatch.setattr("banglaslm.lm_eval_run.load_model", lambda *a, **k: pytest.fail("loaded before the check"))
     elif case in ("blank_choice", "bad_output_type", "answer_out_of_range"):
         row = {"question": "সপ্তাহে কয়টি দিন?", "choices": ["সাত", "পাঁচ"], "answer": 0}
         if case == "blank_choice":

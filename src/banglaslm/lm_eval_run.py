@@ -95,9 +95,11 @@ def run_lm_eval(run_dir: str | Path,
         raise UserError(f"`banglaslm lm-eval` needs lm-evaluation-harness: {INSTALL}") from None
     from .lm_eval_model import BanglaslmLM
 
-    loaded = load_model(run_dir, which, device=device, quantize=quantize)
     folder = Path(out) if out is not None else Path(run_dir) / RESULTS_DIR
     check_writable(folder, "--out")  # before the evaluation, not after it
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file; the results are written into a folder: choose a folder's path")
+    loaded = load_model(run_dir, which, device=device, quantize=quantize)
     manager = _task_manager(names, include_path)
     try:
         with _quiet_git_hash():
