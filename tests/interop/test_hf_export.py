@@ -240,6 +240,19 @@ def test_round_trip_is_bit_identical(arch, runs, exported, tmp_path):
         assert torch.equal(ours.model(x)[0], back.model(x)[0])
 
 
+def test_import_keeps_the_exporting_runs_train_and_finetune_settings(exported, tmp_path):
+    """A chat-tuned export came back with the default finetune settings (epochs 3.0 for its 0.5)."""
+    import shutil
+
+    folder = shutil.copytree(exported["modern"], tmp_path / "hf")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["banglaslm"]["run_config"]["finetune"]["epochs"] = 0.5
+    config["banglaslm"]["run_config"]["train"]["batch_size"] = 3
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    back = load_model(import_hf(folder, tmp_path / "run")).config
+    assert back.finetune.epochs == 0.5 and back.train.batch_size == 3
+
+
 def test_imported_run_continues_training(exported, data_dir, tmp_path):
     from banglaslm.training.trainer import train
 

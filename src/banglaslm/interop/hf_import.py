@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..checkpoint import save_checkpoint
-from ..config import ModelConfig, RunConfig, TrainConfig, validate
+from ..config import ModelConfig, RunConfig, validate
 from ..errors import UserError
 from ..fileio import atomic_copy, read_json_or_fail, staged_folder
 from ..model import GPT, swiglu_hidden, tied_keys
@@ -166,11 +166,16 @@ def _read_tokenizer(src: Path, provenance: dict[str, Any]) -> Tokenizer:
     return read_tokenizer_json(path, provenance.get("tokenizer_normalizer_steps"), provenance.get("tokenizer_post_processor"))
 
 
-def _train_config(provenance: dict[str, Any]) -> TrainConfig:
-    try:
-        return RunConfig.from_dict({"train": provenance["run_config"]["train"]}).train
-    except (UserError, KeyError, TypeError):
-        return TrainConfig()
+def _saved_sections(provenance: dict[str, Any]) -> RunConfig:
+    """The train and finetune settings a banglaslm export carries (each section that does not
+    read back, the defaults)."""
+    config, saved = RunConfig(), provenance.get("run_config") or {}
+    for section in ("train", "finetune"):
+        try:
+            setattr(config, section, getattr(RunConfig.from_dict({section: saved[section]}), section))
+        except (UserError, KeyError, TypeError):
+            pass
+    return config
 
 
 def _run_config(config: dict[str, Any], provenance: dict[str, Any]) -> RunConfig:
@@ -184,7 +189,8 @@ def _run_config(config: dict[str, Any], provenance: dict[str, Any]) -> RunConfig
         model_cfg.tie_embeddings = None  # the run left it to its arch, as the export says
     if model_cfg.arch == "gpt" and isinstance(saved.get("rope_theta"), (int, float)) and saved["rope_theta"] > 0:
         model_cfg.rope_theta = float(saved["rope_theta"])  # unused by "gpt"; kept for an identical config
-    run_config = RunConfig(model=model_cfg, train=_train_config(provenance))
+    saved_sections = _saved_sections(provenance)
+    run_config = RunConfig(model=model_cfg, train=saved_sections.train, finetune=saved_sections.finetune)
     validate(run_config)
     return run_config
 
