@@ -51,6 +51,33 @@ def test_train_bad_config(tmp_path, data_dir):
     assert not run.exists()
 
 
+def test_train_does_not_take_finetune_settings_it_would_ignore(tmp_path, data_dir):
+    """`train --set finetune.lora_rank=4` (or a LoRA run's config.json as --config) trained every
+    weight and saved lora_rank 4 in the new run's config.json."""
+    from conftest import TINY_SETTINGS, set_args
+
+    from banglaslm.config import build_config
+    from banglaslm.errors import UserError
+    from banglaslm.training.trainer import train
+
+    run = tmp_path / "run"
+    steps = {**TINY_SETTINGS, "train.max_iters": 2, "train.warmup_iters": 1, "train.eval_interval": 2}
+    one_line_error(*run_cli(["train", "--data", data_dir, "--out", run, *set_args(steps), "--set", "finetune.lora_rank=4"]),
+                   "finetune.lora_rank is a setting of `banglaslm finetune`; train trains every weight")
+    config = tmp_path / "lora.json"
+    config.write_text(json.dumps({"train": {"seed": 7}, "finetune": {"lora_rank": 4, "loss_on": "assistant"}}),
+                      encoding="utf-8")
+    r = cli_here("train", "--data", data_dir, "--out", run, *set_args(steps), "--config", config)
+    assert r.returncode == 0, r.stderr
+    assert f"note: train sets the finetune section of {config} aside (finetune.lora_rank)" in r.stderr
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert saved["finetune"]["lora_rank"] == 0 and saved["train"]["seed"] == 7  # the rest of --config holds
+    lora = build_config(overrides={**TINY_SETTINGS, "finetune.lora_rank": 2})
+    with pytest.raises(UserError, match="config has finetune settings, which are for `finetune`"):
+        train(data_dir, tmp_path / "api", lora, progress=False)
+    assert not (tmp_path / "api").exists()
+
+
 def test_corpus_too_small_for_one_block(tmp_path):
     for i, word in enumerate(("ছোট", "বড়", "মাঝারি")):
         (tmp_path / f"{i}.txt").write_text(word, encoding="utf-8")

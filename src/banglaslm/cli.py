@@ -25,10 +25,12 @@ from typing import Any, Literal
 from .config import (
     PRESETS,
     Opt,
+    RunConfig,
     SamplingParams,
     build_config,
     describe_fields,
     inherited,
+    load_config_file,
     parse_set_args,
 )
 from .errors import UserError
@@ -310,6 +312,10 @@ def cmd_train(args) -> None:
     from .training.trainer import train
 
     overrides = parse_set_args(args.set)
+    if given := sorted(key for key in overrides if key.startswith("finetune.")):
+        raise UserError(f"{given[0]} is a setting of `banglaslm finetune`; train trains every weight on prepared text: "
+                        "drop it (LoRA: banglaslm finetune RUN --data CONVERSATIONS --set finetune.lora_rank=8)")
+    overrides = {**_train_sections(args.config), **overrides}  # --config first, --set over it
     run = RunFolder(args.out)
     with contextlib.ExitStack() as scratch:
         init_from = source_run(args.init_from, scratch) if args.init_from else None
@@ -317,14 +323,26 @@ def cmd_train(args) -> None:
         # checks that only settings a resume may change were changed), or the source run's.
         base = run.load_config() if args.resume and run.config_path.is_file() else \
             inherited(RunFolder(init_from).load_config()) if init_from else None
-        config = build_config(args.preset, args.config, overrides, base=base)
+        config = build_config(args.preset, None, overrides, base=base)
         if args.resume and base is not None and args.preset:
-            _check_resumed_preset(args.preset, config, build_config(None, args.config, overrides, base=base),
+            _check_resumed_preset(args.preset, config, build_config(None, None, overrides, base=base),
                                   given={"train.max_iters"} if args.max_iters is not None else set())
         result = train(args.data, args.out, config, resume=args.resume, max_iters=args.max_iters, init_from=init_from)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, one summary (rank 0's) is enough
     print(_done(result))
+
+
+def _train_sections(config_file: str | None) -> dict:
+    """The settings of a --config file but its finetune section (a fine-tuning run's config.json
+    holds one, which `train` would save and never use), with a note when that held any."""
+    if config_file is None:
+        return {}
+    values, defaults = load_config_file(config_file), RunConfig().flat()
+    if set_aside := [key for key, value in values.items() if key.startswith("finetune.") and value != defaults.get(key)]:
+        print(f"note: train sets the finetune section of {config_file} aside ({', '.join(set_aside)}): it is for "
+              "banglaslm finetune", file=sys.stderr)
+    return {key: value for key, value in values.items() if not key.startswith("finetune.")}
 
 
 def _check_resumed_preset(preset: str, config, without, given: set[str]) -> None:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ..checkpoint import DamagedCheckpoint, read_state
 from ..config import (
     PRESETS,
+    FinetuneConfig,
     RunConfig,
     build_config,
     resolved_model,
@@ -608,6 +609,9 @@ def train(data_dir: str | Path | list, run_dir: str | Path, config: RunConfig | 
     if resume and init_from is not None:
         raise UserError("`resume` continues this run; `init_from` starts a new one from another run's weights: "
                         "give one of them")
+    if isinstance(config, RunConfig) and not resume and config.finetune != FinetuneConfig():
+        raise bad_param("config", "has finetune settings, which are for `finetune`; train trains every weight on "
+                                  "prepared text: leave config.finetune at its defaults")
     run = RunFolder(run_dir)
 
     def start() -> Trainer:
