@@ -147,9 +147,14 @@ def test_ctrl_c_stops_only_the_answer(loaded):
     assert not loaded.model.training  # the interrupted generation restored the model's mode
 
 
-def test_ctrl_c_and_eof_at_the_prompt_end_the_chat(loaded):
-    out = Recorder()
-    assert chat_loop(loaded, read_line=Script([KeyboardInterrupt()]), write=out) == []
+def test_ctrl_c_twice_and_eof_at_the_prompt_end_the_chat(loaded):
+    """One Ctrl-C at the prompt ended the chat and its history: one meant for an answer that had
+    just ended (2 of 35 in a trial) lost the conversation."""
+    engine, out = SpyEngine(loaded), Recorder()
+    script = Script([KeyboardInterrupt(), "একদিন", KeyboardInterrupt(), KeyboardInterrupt(), "never read"])
+    history = chat_loop(loaded, read_line=script, write=out, engine=engine, params=SamplingParams(max_new_tokens=2))
+    assert len(engine.calls) == 1 and [m["role"] for m in history] == ["user", "assistant"]
+    assert out.text.count("(Ctrl-C again, Ctrl-D or /quit ends the chat)") == 2 and script.lines == ["never read"]
     assert chat_loop(loaded, read_line=Script([]), write=out) == []
     history = chat_loop(loaded, read_line=Script([]), write=out, system="ভদ্র হও")
     assert history == [{"role": "system", "content": "ভদ্র হও"}]
@@ -243,6 +248,23 @@ def test_a_message_the_tokenizer_cannot_represent_is_named():
     out = Recorder()
     chat_loop(None, Script(["আমি ভাত খাই", "আমি 😀 খাই Z"]), out,
               SamplingParams(max_new_tokens=2, seed=1), engine=Engine(model, tokenizer))
-    notes = [line for line in out.text.splitlines() if "(note:" in line]
+    notes = [line for line in out.text.splitlines() if "cannot represent" in line]
     assert notes == ["(note: your message holds characters the tokenizer cannot represent ('😀', 'Z'); the model "
                      "reads an unknown token in their place)"]
+
+
+def test_what_a_second_trial_found_in_the_terminal_chat(loaded):
+    """A message of only invisible characters went to the model as an empty turn; a piped file
+    with Windows line ends broke the backslash continuation; /system alone cleared the system
+    prompt and the conversation, and nothing showed the prompt; a conversation past the model's
+    context lost its start without a word."""
+    engine, out = SpyEngine(loaded), Recorder()
+    long = "আমি ভাত খাই। " * loaded.config.model.block_size
+    script = Script(["\u200b\u200b", "প্রথম লাইন\\\r", "দ্বিতীয় লাইন\r", "/system", "/settings", long, "আবার", "/quit"])
+    history = chat_loop(loaded, read_line=script, write=out, engine=engine, system="ভদ্র হও",
+                        params=SamplingParams(max_new_tokens=2, seed=1))
+    wanted = [{"role": "system", "content": "ভদ্র হও"}, {"role": "user", "content": "প্রথম লাইন\nদ্বিতীয় লাইন"}]
+    assert engine.calls[0][0] == encode_chat(engine.tokenizer, wanted)[0] and len(engine.calls) == 3
+    assert history[0] == {"role": "system", "content": "ভদ্র হও"} and len(history) == 7
+    assert "(system prompt: ভদ্র হও)" in out.text and "system prompt: ভদ্র হও\n" in out.text
+    assert out.text.count("the conversation has outgrown the model's context of") == 1

@@ -2,7 +2,8 @@
 
 Type a message and press Enter; a line ending in a backslash continues on the next line.
 Commands start with "/" (/help lists them). The answer streams as it is generated; Ctrl-C
-stops that answer, and Ctrl-C or Ctrl-D at the prompt ends the chat.
+stops that answer, and Ctrl-C twice or Ctrl-D at the prompt ends the chat (one Ctrl-C there
+may have been meant for an answer that had just ended).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .chat_template import chat_labels, chat_stops, encode_chat
 from .config import SamplingParams
 from .errors import UserError
 from .generation.engine import Engine
+from .text import normalize
 from .tokenizer import Coverage, Tokenizer
 
 CHAT_DEFAULTS = {"top_k": 50}  # where chat differs from SamplingParams' defaults
@@ -30,9 +32,11 @@ Commands:
   /minp X|off    min-p filter                    /rep X           repetition penalty (1 = off)
   /max N         longest answer, in tokens       /seed N|off      fixed seed for every answer
   /settings      show the settings               /reset           forget the conversation
-  /system TEXT|off  the system prompt (instructions the answers follow); starts a new conversation
+  /system TEXT|off  the system prompt (instructions the answers follow); starts a new conversation;
+                 /system alone shows it
   /help          this text                       /quit            end the chat
-End a line with \\ to continue the message on the next line. Ctrl-C stops an answer."""
+End a line with \\ to continue the message on the next line. Ctrl-C stops an answer; at the
+prompt, Ctrl-C twice or Ctrl-D ends the chat."""
 
 
 def _stdout_write(text: str) -> None:
@@ -108,11 +112,11 @@ def read_piped(prompt: str) -> str:
 def _read_message(read_line: Callable[[str], str], prompt: str) -> str:
     """One message: lines joined while they end with a backslash."""
     lines = []
-    line = read_line(prompt)
+    line = read_line(prompt).rstrip("\r")  # a piped file with Windows line ends
     while line.endswith("\\"):
         lines.append(line[:-1])
         try:
-            line = read_line("... ")
+            line = read_line("... ").rstrip("\r")
         except EOFError:  # the input ended inside a message: send what came (the next read ends the chat)
             return "\n".join(lines)
     lines.append(line)
@@ -138,10 +142,25 @@ def _answer(engine: Engine, prompt: list[int], params: SamplingParams, write: Ca
     return answer
 
 
+@dataclasses.dataclass
+class _Conversation:
+    """The messages since the last /reset, the system prompt that starts them first."""
+    system: str | None
+    history: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    told_long: bool = False  # said that it outgrew the model's context
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.history = [{"role": "system", "content": self.system}] if self.system else []
+        self.told_long = False
+
+
 def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[str], None] | None = None,
               params: SamplingParams | None = None, language: str = "bn",
               system: str | None = None, engine: Engine | None = None) -> list[dict[str, str]]:
-    """Chat with `loaded` (a `LoadedModel`) until /quit, Ctrl-C or end of input at the prompt.
+    """Chat with `loaded` (a `LoadedModel`) until /quit, end of input, or Ctrl-C twice at the prompt.
 
     `read_line(prompt)` returns one line (like `input`; EOFError ends the chat); `write(text)`
     shows text as-is, without adding a newline (default: stdout, flushed). Returns the
@@ -153,48 +172,84 @@ def chat_loop(loaded, read_line: Callable[[str], str] = input, write: Callable[[
     params.n = 1
     params.validate()
     you = "আপনি> " if language == "bn" else "you> "
-    fresh = [{"role": "system", "content": system}] if system else []
-    history: list[dict[str, str]] = list(fresh)
+    chat = _Conversation(system)
     stops = chat_stops(language, engine.tokenizer)  # before the first turn: building them takes a moment
     write("Type a message; /help lists the commands.\n")
+    interrupted = False  # Ctrl-C at the prompt once: a second one ends the chat
     while True:
         try:
             text = _read_message(read_line, you).lstrip("\ufeff").strip()  # a file from Windows may begin with a BOM
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, KeyboardInterrupt) as stop:
+            if isinstance(stop, KeyboardInterrupt) and not interrupted:  # maybe meant for an answer that just ended
+                interrupted = True
+                write("\n(Ctrl-C again, Ctrl-D or /quit ends the chat)\n")
+                continue
             write("\n")
-            return history
-        if not text:
+            return chat.history
+        interrupted = False
+        if not normalize(text):  # blank, or only invisible characters (a zero-width space)
             continue
         if text.startswith("/"):
-            name, _, arg = text[1:].partition(" ")
-            name, arg = name.lower(), arg.strip()
-            if name in {"quit", "exit", "q"}:
-                return history
-            if name == "reset":
-                history = list(fresh)
-            if name == "system":
-                fresh = [] if _off(arg) or not arg else [{"role": "system", "content": arg}]
-                history = list(fresh)
-                write(f"(system prompt {'set' if fresh else 'off'}; conversation cleared)\n")
-                continue
-            params = _command(params, name, arg, write)
+            params, quit_now = _slash(chat, params, text, write)
+            if quit_now:
+                return chat.history
             continue
-        history.append({"role": "user", "content": text})
-        _note_unknown(engine.tokenizer, text, write)
+        _turn(engine, chat, text, dataclasses.replace(params, stop=list(params.stop) + stops), language, write)
+
+
+def _turn(engine: Engine, chat: _Conversation, text: str, params: SamplingParams, language: str,
+          write: Callable[[str], None]) -> None:
+    """One message and its answer, added to `chat`; neither when it fails or Ctrl-C comes
+    before the answer begins."""
+    chat.history.append({"role": "user", "content": text})
+    _note_unknown(engine.tokenizer, text, write)
+    try:
+        context, _ = encode_chat(engine.tokenizer, chat.history, language=language)
+        if len(context) > engine.block_size and not chat.told_long:
+            chat.told_long = True
+            write(f"(note: the conversation has outgrown the model's context of {engine.block_size:,} tokens; "
+                  "the answers see only its latest part, and /reset starts afresh)\n")
         write(f"{chat_labels(language)['assistant']}: ")
-        turn = dataclasses.replace(params, stop=list(params.stop) + stops)
-        try:
-            context, _ = encode_chat(engine.tokenizer, history, language=language)
-            answer = _answer(engine, context, turn, write)
-        except UserError as exc:
-            write(f"\nerror: {exc}\n")
-            history.pop()
-            continue
-        except KeyboardInterrupt:  # before the answer began (encoding the conversation): no answer
-            write(" [stopped]\n")
-            history.pop()
-            continue
-        history.append({"role": "assistant", "content": answer})
+        answer = _answer(engine, context, params, write)
+    except UserError as exc:
+        write(f"\nerror: {exc}\n")
+        chat.history.pop()
+        return
+    except KeyboardInterrupt:  # before the answer began (encoding the conversation): no answer
+        write(" [stopped]\n")
+        chat.history.pop()
+        return
+    chat.history.append({"role": "assistant", "content": answer})
+
+
+def _slash(chat: _Conversation, params: SamplingParams, text: str,
+           write: Callable[[str], None]) -> tuple[SamplingParams, bool]:
+    """Run the /command `text`: the settings after it, and whether it ends the chat."""
+    name, _, arg = text[1:].partition(" ")
+    name, arg = name.lower(), arg.strip()
+    if name in {"quit", "exit", "q"}:
+        return params, True
+    if name == "system":
+        _system(chat, arg, write)
+    elif name == "reset":
+        chat.reset()
+        write("(conversation cleared)\n")
+    elif name == "settings":
+        write(_settings_text(params) + "\n" + f"system prompt: {chat.system or 'off'}\n")
+    else:
+        params = _command(params, name, arg, write)
+    return params, False
+
+
+def _system(chat: _Conversation, arg: str, write: Callable[[str], None]) -> None:
+    """/system TEXT sets the system prompt, /system off drops it (either starts a new
+    conversation), /system alone shows it."""
+    if not arg:
+        write(f"(system prompt: {chat.system})\n" if chat.system else "(no system prompt; /system TEXT sets one)\n")
+        return
+    chat.system = None if _off(arg) else arg
+    chat.reset()
+    write(f"(system prompt {'set' if chat.system else 'off'}; conversation cleared)\n")
 
 
 def _note_unknown(tokenizer: Tokenizer, text: str, write: Callable[[str], None]) -> None:
@@ -205,13 +260,9 @@ def _note_unknown(tokenizer: Tokenizer, text: str, write: Callable[[str], None])
 
 
 def _command(params: SamplingParams, name: str, arg: str, write: Callable[[str], None]) -> SamplingParams:
-    """Run one /command other than /quit; the settings after it."""
+    """Run /help or a sampling setting's command; the settings after it."""
     if name == "help":
         write(HELP + "\n")
-    elif name == "reset":
-        write("(conversation cleared)\n")
-    elif name == "settings":
-        write(_settings_text(params) + "\n")
     else:
         try:
             params = _apply_command(params, name, arg)
