@@ -107,6 +107,12 @@ def test_a_system_field_beside_the_turns_and_an_alpaca_history_are_kept():
     ({"instruction": "কী \ud800", "output": "y"}, r"message 1 \(user\): the text holds a lone surrogate \(U\+D800"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "\udc00"}]},
      r"message 2 \(assistant\): the text holds a lone surrogate \(U\+DC00"),
+    # said "it has none of ... instruction/output" of a row that has `output`
+    ({"instruction": "প্রশ্ন", "input": "", "output": None}, r"`output` is empty \(null\); give it text, or drop the row"),
+    # said "content must be text ..., got NoneType" and "unknown role 'tool'"
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [{}]}]},
+     r"message 2 is a tool call or a tool's result; tool use is not supported in fine-tuning data"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "{}"}]}, "message 2 is a tool call"),
 ])
 def test_a_bad_row_is_named_with_its_problem(tmp_path, row, problem):
     good = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}

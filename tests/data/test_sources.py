@@ -188,6 +188,9 @@ def test_bad_tables(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "a\tb"}\n', encoding="utf-8")  # "Invalid control character at at"
     with pytest.raises(UserError, match=r"bad.jsonl:1 is not valid JSON \(Invalid control character at column 12\)"):
         docs([tmp_path / "bad.jsonl"])
+    (tmp_path / "cut.jsonl").write_text('{"text": "ok"}\r\n{"text": "কাটা", "id"\r\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"cut.jsonl:2 is not valid JSON \(Expecting ':' delimiter at column 22\)"):
+        docs([tmp_path / "cut.jsonl"])  # the line's end, where it was cut (it said column 1, of the line after)
     (tmp_path / "c.csv").write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"no column 'text' \(it has: 'a', 'b'\); choose one with `text_column`"):
         docs([tmp_path / "c.csv"])

@@ -47,6 +47,7 @@ SHAPES = "`messages`, ShareGPT's `conversations`, `instruction`/`output` (`input
 def as_conversation(row: dict[str, Any], where: str) -> Conversation:
     """The messages of one row in any of the accepted shapes, checked; UserError naming the
     row and the problem otherwise."""
+    given = row
     row = {_field_name(key, row): _list_from_json(value) if _field_name(key, row) in ("messages", "conversations")
            else value for key, value in _present(row).items()}
     if "messages" in row:
@@ -65,6 +66,8 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
         prompt, completion = row["prompt"], row["completion"]
         messages = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + \
             (completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}])
+    elif empty := [key for key, value in given.items() if value is None and _field_name(key, given) in ROW_FIELDS]:
+        raise UserError(f"{where}: `{empty[0]}` is empty (null); give it text, or drop the row")
     else:
         raise UserError(f"{where} is not a conversation: it has none of {SHAPES} (it has: "
                         f"{', '.join(map(str, row)) or 'nothing'})")
@@ -138,6 +141,9 @@ def _checked(messages: Any, where: str) -> Conversation:
         if not isinstance(message, dict):
             raise UserError(f"{where}: message {i} is {type(message).__name__}, not {{role, content}}")
         message = _present(message)
+        if message.get("role") in ("tool", "function") or "tool_calls" in message or "function_call" in message:
+            raise UserError(f"{where}: message {i} is a tool call or a tool's result; tool use is not supported in "
+                            "fine-tuning data: drop those messages, or the conversation")
         role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
         if role not in CHAT_ROLES:
             raise UserError(f"{where}: message {i} has the unknown role {message.get('role')!r}; roles are "

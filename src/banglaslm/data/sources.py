@@ -729,7 +729,9 @@ def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line.lstrip("\ufeff"))  # files joined with `cat` keep each one's BOM
+                    # files joined with `cat` keep each one's BOM; without its line end, a cut-off line's
+                    # error is placed on it (json placed it at column 1 of the line after)
+                    record = json.loads(line.lstrip("\ufeff").rstrip("\r\n"))
                 except json.JSONDecodeError as exc:
                     raise UserError(f"{path}:{lineno} is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}); each line must "
                                     "be one JSON object") from None
