@@ -142,6 +142,20 @@ def test_inputs_that_hold_no_conversations(tmp_path):
     (tmp_path / "notes.txt").write_text("লেখা", encoding="utf-8")
     with pytest.raises(UserError, match="is a text file"):
         read_conversations([str(tmp_path / "notes.txt")])
+    (tmp_path / "only_text").mkdir()
+    (tmp_path / "only_text" / "README.txt").write_text("লেখা", encoding="utf-8")
+    with pytest.raises(UserError, match=r"the inputs hold text files only \(.*README.txt\); conversations come as"):
+        read_conversations([str(tmp_path / "only_text")])
+
+
+def test_a_readme_beside_the_conversations_in_a_folder_is_passed_over(tmp_path, capsys):
+    """A folder of conversations with a README.txt was refused ("is a text file") without a fix."""
+    good = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    (tmp_path / "chats").mkdir()
+    write_jsonl(tmp_path / "chats" / "c.jsonl", [good, good])
+    (tmp_path / "chats" / "README.txt").write_text("এই ফোল্ডারে কথোপকথন", encoding="utf-8")
+    assert len(read_conversations([str(tmp_path / "chats")])) == 2
+    assert "note: 1 text file(s) in the input folder(s) are not read (" in capsys.readouterr().err
 
 
 def test_parquet_and_csv_rows(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..errors import UserError
 from ..text import normalize
 from ..tokenizer import Coverage, Tokenizer
 from .loader import IGNORE, BlockSampler
-from .sources import input_list, iter_rows, resolve_inputs, whole_characters
+from .sources import Source, input_list, iter_rows, resolve_inputs, whole_characters
 
 Conversation = list[dict[str, str]]
 LossOn = Literal["assistant", "all"]
@@ -184,12 +185,30 @@ def read_conversations(inputs: list[str]) -> list[Conversation]:
     not, folders, globs, hf:NAME), in order; UserError for the first bad row or an input that
     holds none."""
     conversations: list[Conversation] = []
-    for source in resolve_inputs(inputs):
+    for source in _table_sources(inputs):
         before = len(conversations)
         conversations += [as_conversation(row, where) for where, row in iter_rows([source])]
         if len(conversations) == before:
             raise UserError(f"{source.location} holds no conversations; each row needs {SHAPES}")
     return conversations
+
+
+def _table_sources(inputs: list[str]) -> list[Source]:
+    """The inputs' sources, but the text files found in input folders (a README.txt beside the
+    conversations), which are passed over with a note; a text file named itself is refused by
+    `iter_rows`."""
+    sources = resolve_inputs(inputs)
+    folders = [Path(item).resolve() for item in input_list(inputs) if Path(item).is_dir()]
+    passed = [s for s in sources if s.kind == "text" and any(f in Path(s.location).resolve().parents for f in folders)]
+    if passed:
+        named = ", ".join(s.location for s in passed[:3]) + (", ..." if len(passed) > 3 else "")
+        print(f"note: {len(passed)} text file(s) in the input folder(s) are not read ({named}); conversations come "
+              "as .jsonl, .json, .csv, .tsv or .parquet rows", file=sys.stderr)
+    kept = [s for s in sources if s not in passed]
+    if not kept:
+        raise UserError(f"the inputs hold text files only ({named}); conversations come as .jsonl, .json, .csv, .tsv "
+                        "or .parquet rows: see README's fine-tuning section for their shapes")
+    return kept
 
 
 # ---- conversations → blocks -------------------------------------------------------------------
