@@ -386,3 +386,15 @@ def test_a_stop_typed_as_backslash_n_is_a_line_break(trained_run):
     base = ["generate", trained_run, "--prompt", "আমি", "--greedy", "--max-new-tokens", "60", "--json"]
     typed, real = (json.loads(cli_here(*base, "--stop", stop).stdout) for stop in (r"\n", "\n"))
     assert typed == real and "\n" not in typed["text"]
+
+
+def test_choices_are_read_in_any_letter_case():
+    """`export --format GGUF` printed argparse's usage and "invalid choice"."""
+    from banglaslm.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["export", "r", "--format", "GGUF", "--out", "o"]).format == "gguf"
+    assert parser.parse_args(["generate", "r", "--prompt", "ক", "--quantize", "INT8"]).quantize == "int8"
+    assert parser.parse_args(["prepare", "a.txt", "--out", "o", "--doc-split", "Page"]).doc_split == "page"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "r", "--prompt", "ক", "--quantize", "int9"])

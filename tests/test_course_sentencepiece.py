@@ -65,5 +65,5 @@ def test_course_58m_on_a_sentencepiece_unigram(unigram_32k, small_books, tmp_pat
     capsys.readouterr()
     # The tokenizer, which no flag helps, is named first (it asked for --approximate-gelu, then refused).
     assert main(["export", str(run), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 2
-    assert "writes banglaslm's byte-level BPE only" in capsys.readouterr().err
+    assert "writes banglaslm's own byte-level BPE only" in capsys.readouterr().err
     assert not (tmp_path / "m.gguf").exists()

@@ -20,6 +20,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal
 
 from .config import (
@@ -96,10 +97,17 @@ def add_options(parser: argparse.ArgumentParser, source, skip: tuple[str, ...] =
             kwargs.update(action="append", default=list(default), metavar="TEXT")
         else:
             choices = opt.choices or (typing.get_args(kind) if typing.get_origin(kind) is Literal else None)
-            kwargs.update(type=str if choices or typing.get_origin(kind) is Literal else kind, choices=choices)
+            kwargs.update(type=_any_case(choices) if choices else kind, choices=choices)
         parser.add_argument(flag, **kwargs)
         known[name] = flag
     parser.set_defaults(param_flags=known)
+
+
+def _any_case(choices) -> Callable[[str], str]:
+    """An argparse type that reads a choice written in other letter case as the choice
+    (--format GGUF as gguf); other text is left for argparse to refuse."""
+    by_lower = {str(c).lower(): c for c in choices}
+    return lambda value: by_lower.get(value.lower(), value)
 
 
 def picked(args: argparse.Namespace, source, skip: tuple[str, ...] = (),
@@ -225,7 +233,7 @@ def _add_export(sub) -> None:
                                    "--format gguf writes one GGUF file for llama.cpp (llama / gpt2 architecture); "
                                    "--format peft writes a LoRA run's adapter for the Hugging Face model of its source.")
     e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--format", required=True, choices=("hf", "gguf", "peft"))
+    e.add_argument("--format", required=True, choices=("hf", "gguf", "peft"), type=_any_case(("hf", "gguf", "peft")))
     e.add_argument("--out", required=True, help="hf, peft: folder to write (must not exist or be empty); "
                                                 "gguf: the .gguf file")
     add_options(e, export_gguf, only=("which", "overwrite"), flags={"which": "checkpoint"})
@@ -435,7 +443,8 @@ def cmd_eval(args) -> None:
             covered = (f"; {r.unknown_share:.2%} unknown / {r.byte_fallback_share:.2%} byte-fallback tokens"
                        if r.unknown_share or r.byte_fallback_share else "")
             print(f"{r.file}: loss {r.loss:.4f}  perplexity {r.perplexity:.2f}  bits/byte {r.bits_per_byte:.4f}  "
-                  f"bits/char {r.bits_per_char:.4f}  ({r.tokens:,} tokens, {r.chars:,} characters{covered})")
+                  f"bits/char {r.bits_per_char:.4f}  ({r.tokens:,} token{'s' * (r.tokens != 1)}, {r.chars:,} "
+                  f"character{'s' * (r.chars != 1)}{covered})")
         for line in r.warnings():
             print(f"warning: {line}", file=sys.stderr)
 

@@ -140,9 +140,9 @@ def gguf_vocab(tokenizer: Tokenizer, n_vocab: int) -> dict[str, Any]:
     gguf = _gguf()
     if tokenizer.kind != "bpe":
         what = "a character tokenizer" if tokenizer.kind == "char" else f"a foreign tokenizer ({tokenizer.kind})"
-        raise UserError(f"cannot export {what} to GGUF: this export writes banglaslm's byte-level BPE only "
-                        "(not llama.cpp's SentencePiece vocabularies); prepare the data with `--tokenizer bpe` "
-                        "and retrain, or export to Hugging Face instead (`banglaslm export RUN --format hf`)")
+        raise UserError(f"cannot export {what} to GGUF: this export writes banglaslm's own byte-level BPE only (its "
+                        "split rule is the one llama.cpp is told to use); export to Hugging Face instead (`banglaslm "
+                        "export RUN --format hf`), or, for a model trained here, prepare the data with `--tokenizer bpe` and train again")
     spec = json.loads(tokenizer.hf.to_str())
     model = spec["model"]
     if spec.get("normalizer") or _split_pattern(spec.get("pre_tokenizer")) != SPLIT_PATTERN:
