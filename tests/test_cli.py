@@ -398,3 +398,14 @@ def test_choices_are_read_in_any_letter_case():
     assert parser.parse_args(["prepare", "a.txt", "--out", "o", "--doc-split", "Page"]).doc_split == "page"
     with pytest.raises(SystemExit):
         parser.parse_args(["generate", "r", "--prompt", "ক", "--quantize", "int9"])
+
+
+def test_generate_says_when_the_model_wrote_nothing(trained_run):
+    """A chat-tuned run that ended the text at once printed the prompt alone, as if nothing ran."""
+    args = ["generate", str(trained_run), "--prompt", "আমি", "--greedy", "--max-new-tokens", "4"]
+    first = cli_here(*args, "--json")
+    text = json.loads(first.stdout)["text"]
+    assert text.strip() and "wrote nothing" not in first.stderr
+    for extra in (["--json"], ["--stream"]):  # a stop string at its first character: nothing is left
+        r = cli_here(*args, *extra, "--stop", text.strip()[0])
+        assert r.returncode == 0 and "note: the model wrote nothing after the prompt" in r.stderr, r.stderr

@@ -479,17 +479,28 @@ def cmd_generate(args) -> None:
     if args.stream:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
+        wrote = ""
         for piece in engine.stream(args.prompt, params):
             sys.stdout.write(piece)
             sys.stdout.flush()
+            wrote += piece
         sys.stdout.write("\n")
+        _note_if_nothing(wrote)
         return
     completion = engine.generate([args.prompt], params)[0][0]
+    _note_if_nothing(completion.text)
     if args.json:
         print(json.dumps({"text": completion.text, "prompt": args.prompt, "tokens": len(completion.token_ids)},
                          ensure_ascii=False))
     else:
         print(args.prompt + completion.text)
+
+
+def _note_if_nothing(text: str) -> None:
+    """A note on stderr when the model wrote nothing (an output of the prompt alone looked like a fault)."""
+    if not text.strip():
+        print("note: the model wrote nothing after the prompt (it ended the text at once, or wrote only spaces); "
+              "try another --seed or --temperature, or, for a chat-tuned run, banglaslm chat", file=sys.stderr)
 
 
 def read_prompt_file(path: str) -> str:
