@@ -173,6 +173,10 @@ def test_stop_words_tokenizer_and_script_share():
     assert keep.filter(Document(text="আমার সোনার বাংলা, I love you", id="a")) == (False, "low_bangla_share")
     assert keep.filter(Document(text="আমার সোনার বাংলা আমি তোমায় ভালোবাসি ok", id="b")) is True
     assert keep.filter(Document(text="১২৩ ৪৫৬ --- 789", id="c")) == (False, "no_letters")
+    # Vowel signs and hasanta count with their consonants: 85% of this line's letters and signs
+    # are Bangla, but only 75% of its letters (a page of verse with one image tag was removed).
+    verse = normalize("তোমাকে ভালোবেসেছিলাম, কিছুই চাইনি, শুধু দেখেছি। <img src=x>")
+    assert keep.filter(Document(text=verse, id="d")) is True
 
 
 def test_every_document_removed_gives_a_report_and_a_warning(tmp_path, capsys):

@@ -21,6 +21,7 @@ import json
 import math
 import shutil
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -95,7 +96,8 @@ class CleanOptions:
     defaults, which FineWeb-2 kept: 50-100,000 words, 0.1 hash/ellipsis per word, 90% bullet
     lines, 30% lines ending in an ellipsis. FineWeb-2's language-ID score (0.872) has no
     counterpart here; the script share stands in for it."""
-    min_bangla_share: float = option(0.8, "least share of Bengali-block letters (U+0980-U+09FF) among all letters")
+    min_bangla_share: float = option(0.8, "least share of Bengali-block letters and signs (U+0980-U+09FF) among all "
+                                                    "letters and combining signs (vowel signs, hasanta)")
     min_words: int = option(50, "fewest words a document may have (50 suits web pages; lower it for paragraphs)")
     max_words: int = option(100_000, "most words a document may have")
     min_avg_word_length: float = option(4.0, "least mean word length in characters")
@@ -215,7 +217,10 @@ class BanglaWordTokenizer(WordTokenizer):
 
 
 class BanglaScriptFilter(BaseFilter):
-    """Keep a document when at least `min_share` of its letters are in the Bengali block."""
+    """Keep a document when at least `min_share` of its letters and combining signs are in the
+    Bengali block. The signs count: Bangla writes its vowel signs and hasanta as combining marks,
+    which `str.isalpha` leaves out, so counting letters alone weighed a Latin letter against a
+    Bangla syllable's consonant only (a page of verse with one Markdown image tag fell under 0.8)."""
     name = "Bangla script share"
 
     def __init__(self, min_share: float, exclusion_writer=None):
@@ -223,7 +228,7 @@ class BanglaScriptFilter(BaseFilter):
         self.min_share = min_share
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        letters = [c for c in doc.text if c.isalpha()]
+        letters = [c for c in doc.text if c.isalpha() or unicodedata.category(c)[0] == "M"]
         bangla = sum(BENGALI_BLOCK[0] <= c <= BENGALI_BLOCK[1] for c in letters)
         if not letters:
             return False, "no_letters"
