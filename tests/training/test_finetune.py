@@ -178,6 +178,17 @@ def test_resume_with_other_conversations_is_refused(trained_run, chats, tmp_path
     assert len(err.splitlines()) == 1
 
 
+def test_resume_without_data_continues_on_the_runs_own(trained_run, chats, tmp_path):
+    """`finetune SOURCE --out RUN --resume` without --data read the embedded instruction set, then
+    refused it as not the run's data, listing its files."""
+    run = tmp_path / "ft"
+    finetune(trained_run, [str(chats)], run, config_for(trained_run, **{"train.max_iters": 2}), progress=False,
+             say=lambda line: None)
+    said = []
+    result = finetune(trained_run, None, run, resume=True, max_iters=4, progress=False, say=said.append)
+    assert result.iterations == 4 and not any("embedded" in line for line in said), said
+
+
 def test_a_folder_holding_the_other_kind_of_run_is_named_not_offered_to_resume(trained_run, chats, data_dir, tmp_path):
     """finetune into a pretraining run's folder (and train into a fine-tune's) said "add --resume
     to continue it", and --resume then failed on something else."""

@@ -28,6 +28,7 @@ from ..config import (
 from ..data.conversations import ConversationData
 from ..data.instructions import instruction_files
 from ..errors import UserError, bad_param
+from ..fileio import read_json_or_fail
 from ..model import GPT
 from ..runfolder import RunFolder
 from .lora import Lora
@@ -143,6 +144,8 @@ def finetune(source: str | Path, data: list[str] | None, run_dir: str | Path, co
     """
     warm_start = WarmStart(source)
     run = RunFolder(run_dir)
+    if data is None and resume and run.data_meta_path.is_file():  # its own data, as `train --resume` has its folder
+        data = list(read_json_or_fail(run.data_meta_path).get("sources") or []) or None
     if data is None:
         data = [str(p) for p in instruction_files()]
         say(f"fine-tuning on the embedded Bangla instruction set ({len(data)} files)")
