@@ -396,6 +396,7 @@ def test_choices_are_read_in_any_letter_case():
     assert parser.parse_args(["export", "r", "--format", "GGUF", "--out", "o"]).format == "gguf"
     assert parser.parse_args(["generate", "r", "--prompt", "ক", "--quantize", "INT8"]).quantize == "int8"
     assert parser.parse_args(["prepare", "a.txt", "--out", "o", "--doc-split", "Page"]).doc_split == "page"
+    assert parser.parse_args(["clean", "a.txt", "--out", "o", "--preset", "Literature"]).preset == "literature"
     with pytest.raises(SystemExit):
         parser.parse_args(["generate", "r", "--prompt", "ক", "--quantize", "int9"])
 

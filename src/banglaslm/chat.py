@@ -202,8 +202,8 @@ def _turn(engine: Engine, chat: _Conversation, text: str, params: SamplingParams
     """One message and its answer, added to `chat`; neither when it fails or Ctrl-C comes
     before the answer begins."""
     chat.history.append({"role": "user", "content": text})
-    _note_unknown(engine.tokenizer, text, write)
     try:
+        _note_unknown(engine.tokenizer, text, write)
         context, _ = encode_chat(engine.tokenizer, chat.history, language=language)
         if len(context) > engine.block_size and not chat.told_long:
             chat.told_long = True

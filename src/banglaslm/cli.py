@@ -131,7 +131,7 @@ def _add_prepare(sub) -> None:
                    help=INPUTS_HELP)
     p.add_argument("--out", required=True, help="data folder to write")
     add_options(p, prepare)
-    p.add_argument("--clean-preset", choices=list(CLEAN_PRESETS), default="web",
+    p.add_argument("--clean-preset", choices=list(CLEAN_PRESETS), type=_any_case(CLEAN_PRESETS), default="web",
                    help=f"with --clean: {PRESET_HELP} (default: web)")
     add_options(p, CleanOptions, note="with --clean: ", presettable=True)
 
@@ -149,7 +149,7 @@ def _add_clean(sub) -> None:
                    help=INPUTS_HELP)
     p.add_argument("--out", required=True, help="folder to write")
     add_options(p, clean)
-    p.add_argument("--preset", choices=list(CLEAN_PRESETS), default="web", help=f"{PRESET_HELP} (default: web)")
+    p.add_argument("--preset", choices=list(CLEAN_PRESETS), type=_any_case(CLEAN_PRESETS), default="web", help=f"{PRESET_HELP} (default: web)")
     add_options(p, CleanOptions, presettable=True)
 
 

@@ -409,7 +409,11 @@ def test_a_tokenizer_that_does_not_give_back_its_text_is_named(models, corpus, t
         note = Tokenizer.from_hf(hf).round_trip_note()
         assert note.startswith("the tokenizer does not give back the text it encodes: 'আমার সোনার বাংলা, আমি তোমায় "
                                "ভালোবাসি।' decodes as '") and "bits per character will be off" in note
-    for fine in (Tokenizer.train_bpe(corpus, 400), Tokenizer.build_char("".join(corpus)),
+    prefixed = HF(hf_models.BPE())  # GPT-2's add_prefix_space: one leading space, not a loss of the text
+    prefixed.pre_tokenizer, prefixed.decoder = pre_tokenizers.ByteLevel(add_prefix_space=True), decoders.ByteLevel()
+    prefixed.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=["</s>"],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    for fine in (Tokenizer.from_hf(prefixed), Tokenizer.train_bpe(corpus, 400), Tokenizer.build_char("".join(corpus)),
                  *(from_sentencepiece(path) for path in models.values())):
         assert fine.round_trip_note() is None, fine.kind
     whitespace.save(str(tmp_path / "tokenizer.json"))

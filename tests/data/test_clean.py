@@ -177,6 +177,8 @@ def test_stop_words_tokenizer_and_script_share():
     # are Bangla, but only 75% of its letters (a page of verse with one image tag was removed).
     verse = normalize("তোমাকে ভালোবেসেছিলাম, কিছুই চাইনি, শুধু দেখেছি। <img src=x>")
     assert keep.filter(Document(text=verse, id="d")) is True
+    # An emoji's variation selector is a combining sign of no script: not a letter against Bangla.
+    assert keep.filter(Document(text=normalize("খুব ভালো লাগলো ❤️❤️❤️ ধন্যবাদ ❤️❤️"), id="e")) is True
 
 
 def test_every_document_removed_gives_a_report_and_a_warning(tmp_path, capsys):

@@ -38,6 +38,11 @@ def write_jsonl(path, rows):
     return path
 
 
+def test_an_empty_tool_calls_list_is_an_ordinary_message():
+    want = [{"role": "user", "content": "প্রশ্ন"}, {"role": "assistant", "content": "উত্তর"}]
+    assert as_conversation({"messages": [want[0], {**want[1], "tool_calls": []}]}, "r") == want
+
+
 def test_the_three_shapes_give_the_same_messages():
     want = [{"role": "user", "content": "প্রশ্ন"}, {"role": "assistant", "content": "উত্তর"}]
     assert as_conversation({"messages": want}, "r") == want
@@ -109,6 +114,8 @@ def test_a_system_field_beside_the_turns_and_an_alpaca_history_are_kept():
      r"message 2 \(assistant\): the text holds a lone surrogate \(U\+DC00"),
     # said "it has none of ... instruction/output" of a row that has `output`
     ({"instruction": "প্রশ্ন", "input": "", "output": None}, r"`output` is empty \(null\); give it text, or drop the row"),
+    ({"instruction": "প্রশ্ন", "input": None, "output": None}, r"`output` is empty \(null\)"),  # not the optional input
+    ({"text": "x", "system": None}, "is not a conversation: it has none of"),
     # said "content must be text ..., got NoneType" and "unknown role 'tool'"
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [{}]}]},
      r"message 2 is a tool call or a tool's result; tool use is not supported in fine-tuning data"),

@@ -148,6 +148,13 @@ def test_pipes_and_standard_input_are_refused_or_passed_over_not_waited_on(tmp_p
         resolve_inputs(["-"])
 
 
+def test_hf_spec_naming_a_dataset_script_is_left_to_datasets(tmp_path, monkeypatch):
+    """datasets 2.x loads a dataset script given by its path: not "a file" to read without hf:."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loader.py").write_text("", encoding="utf-8")
+    assert [(s.kind, s.location) for s in resolve_inputs(["hf:loader.py"])] == [("hf", "loader.py")]
+
+
 def test_a_dataset_saved_with_save_to_disk_reads(tmp_path):
     """hf:FOLDER of a `save_to_disk` dataset was refused ("use load_from_disk instead"), with advice
     to check the network connection."""

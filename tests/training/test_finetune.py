@@ -178,15 +178,24 @@ def test_resume_with_other_conversations_is_refused(trained_run, chats, tmp_path
     assert len(err.splitlines()) == 1
 
 
-def test_resume_without_data_continues_on_the_runs_own(trained_run, chats, tmp_path):
+def test_resume_without_data_continues_on_the_runs_own(trained_run, chats, tmp_path, monkeypatch):
     """`finetune SOURCE --out RUN --resume` without --data read the embedded instruction set, then
     refused it as not the run's data, listing its files."""
+    import shutil
+
     run = tmp_path / "ft"
-    finetune(trained_run, [str(chats)], run, config_for(trained_run, **{"train.max_iters": 2}), progress=False,
+    (tmp_path / "here").mkdir()
+    shutil.copy(chats, tmp_path / "here" / "mine.jsonl")
+    monkeypatch.chdir(tmp_path / "here")  # given relative to this folder, resumed from another
+    finetune(trained_run, ["mine.jsonl"], run, config_for(trained_run, **{"train.max_iters": 2}), progress=False,
              say=lambda line: None)
+    monkeypatch.chdir(tmp_path)
     said = []
     result = finetune(trained_run, None, run, resume=True, max_iters=4, progress=False, say=said.append)
     assert result.iterations == 4 and not any("embedded" in line for line in said), said
+    (tmp_path / "here" / "mine.jsonl").unlink()  # the recorded input gone: named, with the fix
+    with pytest.raises(UserError, match=r"the run recorded its data as .*mine.jsonl .*data_meta.json.*--data"):
+        finetune(trained_run, None, run, resume=True, max_iters=6, progress=False, say=lambda line: None)
 
 
 def test_a_folder_holding_the_other_kind_of_run_is_named_not_offered_to_resume(trained_run, chats, data_dir, tmp_path):

@@ -97,7 +97,7 @@ class CleanOptions:
     lines, 30% lines ending in an ellipsis. FineWeb-2's language-ID score (0.872) has no
     counterpart here; the script share stands in for it."""
     min_bangla_share: float = option(0.8, "least share of Bengali-block letters and signs (U+0980-U+09FF) among all "
-                                                    "letters and combining signs (vowel signs, hasanta)")
+                                                    "letters and Bangla signs (vowel signs, hasanta)")
     min_words: int = option(50, "fewest words a document may have (50 suits web pages; lower it for paragraphs)")
     max_words: int = option(100_000, "most words a document may have")
     min_avg_word_length: float = option(4.0, "least mean word length in characters")
@@ -216,8 +216,14 @@ class BanglaWordTokenizer(WordTokenizer):
         return list(simple_span_tokenize(text, self.sent_tokenize(text)))
 
 
+def _bangla_sign(c: str) -> bool:
+    """A combining sign of the Bengali block (a vowel sign, hasanta, chandrabindu); other scripts'
+    signs (an emoji's variation selector) are not letters of any script."""
+    return BENGALI_BLOCK[0] <= c <= BENGALI_BLOCK[1] and unicodedata.category(c)[0] == "M"
+
+
 class BanglaScriptFilter(BaseFilter):
-    """Keep a document when at least `min_share` of its letters and combining signs are in the
+    """Keep a document when at least `min_share` of its letters and Bangla signs are in the
     Bengali block. The signs count: Bangla writes its vowel signs and hasanta as combining marks,
     which `str.isalpha` leaves out, so counting letters alone weighed a Latin letter against a
     Bangla syllable's consonant only (a page of verse with one Markdown image tag fell under 0.8)."""
@@ -228,7 +234,7 @@ class BanglaScriptFilter(BaseFilter):
         self.min_share = min_share
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        letters = [c for c in doc.text if c.isalpha() or unicodedata.category(c)[0] == "M"]
+        letters = [c for c in doc.text if c.isalpha() or _bangla_sign(c)]
         bangla = sum(BENGALI_BLOCK[0] <= c <= BENGALI_BLOCK[1] for c in letters)
         if not letters:
             return False, "no_letters"

@@ -67,7 +67,8 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
         prompt, completion = row["prompt"], row["completion"]
         messages = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + \
             (completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}])
-    elif empty := [key for key, value in given.items() if value is None and _field_name(key, given) in ROW_FIELDS]:
+    elif empty := [name for name in REQUIRED_FIELDS if any(v is None and _field_name(k, given) == name
+                                                          for k, v in given.items())]:
         raise UserError(f"{where}: `{empty[0]}` is empty (null); give it text, or drop the row")
     else:
         raise UserError(f"{where} is not a conversation: it has none of {SHAPES} (it has: "
@@ -75,6 +76,8 @@ def as_conversation(row: dict[str, Any], where: str) -> Conversation:
     return _checked(_with_system(messages, row.get("system"), where), where)
 
 
+# The fields a shape cannot do without, the answer's first: the one a null is named in.
+REQUIRED_FIELDS = ("output", "completion", "messages", "conversations", "instruction", "prompt")
 ROW_FIELDS = ("messages", "conversations", "instruction", "input", "output", "history", "prompt", "completion", "system")
 
 
@@ -142,7 +145,7 @@ def _checked(messages: Any, where: str) -> Conversation:
         if not isinstance(message, dict):
             raise UserError(f"{where}: message {i} is {type(message).__name__}, not {{role, content}}")
         message = _present(message)
-        if message.get("role") in ("tool", "function") or "tool_calls" in message or "function_call" in message:
+        if message.get("role") in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
             raise UserError(f"{where}: message {i} is a tool call or a tool's result; tool use is not supported in "
                             "fine-tuning data: drop those messages, or the conversation")
         role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
@@ -351,7 +354,7 @@ class ConversationData:
             raise UserError(f"the model's tokenizer cannot represent these conversations: {coverage.describe()}; "
                             "fine-tune a model whose tokenizer covers their text")
         self.meta = {"format": CONVERSATIONS_FORMAT, "chat_template": CHAT_TEMPLATE_VERSION,
-                     "sources": [str(Path(i)) if not i.startswith("hf:") else i for i in inputs],
+                     "sources": [str(Path(i).absolute()) if not i.startswith("hf:") else i for i in inputs],
                      "block_size": block_size, "loss_on": loss_on, "val_fraction": val_fraction,
                      "seed": seed, "splits": splits}
 

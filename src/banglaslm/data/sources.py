@@ -116,7 +116,7 @@ def _check_hf_name(spec: str) -> None:
     name = spec.partition(":")[0]
     if not name:
         raise UserError("empty dataset name in 'hf:'; write hf:NAME or hf:NAME:CONFIG")
-    if Path(name).is_file():
+    if Path(name).is_file() and not name.endswith(".py"):  # a dataset script (datasets 2.x) is a dataset
         raise UserError(f"hf:{spec} names a file; 'hf:' is for a dataset (a hub name or a folder): pass {name} "
                         "without 'hf:' to read the file itself")
     looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name

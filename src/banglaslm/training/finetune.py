@@ -131,6 +131,17 @@ def finetune_config(source: RunConfig, file: str | Path | None = None, overrides
     return config
 
 
+def _recorded_inputs(run: RunFolder) -> list[str] | None:
+    """The inputs a fine-tuning run recorded in data_meta.json (None if none); UserError for one
+    that is not there now (recorded relative to another folder, or moved)."""
+    inputs = list(read_json_or_fail(run.data_meta_path).get("sources") or []) or None
+    for name in inputs or []:
+        if not name.startswith("hf:") and not Path(name).exists():
+            raise UserError(f"the run recorded its data as {name} ({run.data_meta_path}), which is not there now; "
+                            "give the conversations with --data")
+    return inputs
+
+
 def finetune(source: str | Path, data: list[str] | None, run_dir: str | Path, config: RunConfig | None = None,
              resume: bool = False, max_iters: int | None = None, progress: bool | None = None,
              say=print) -> TrainResult:
@@ -145,7 +156,7 @@ def finetune(source: str | Path, data: list[str] | None, run_dir: str | Path, co
     warm_start = WarmStart(source)
     run = RunFolder(run_dir)
     if data is None and resume and run.data_meta_path.is_file():  # its own data, as `train --resume` has its folder
-        data = list(read_json_or_fail(run.data_meta_path).get("sources") or []) or None
+        data = _recorded_inputs(run)
     if data is None:
         data = [str(p) for p in instruction_files()]
         say(f"fine-tuning on the embedded Bangla instruction set ({len(data)} files)")
