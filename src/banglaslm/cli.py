@@ -378,10 +378,11 @@ def _done(result) -> str:
     if not last:  # resumed at its last iteration: nothing was trained or evaluated
         return (f"{result.run_dir} already finished its {result.iterations} iterations (best val "
                 f"{result.best_val_loss:.4f}); to train further, resume with a larger --max-iters")
-    clock = f" (train.time_limit_min = {result.time_limit_min:g} stopped it)" if result.time_limit_min else ""
+    clock = f" (train.time_limit_min = {result.time_limit_min:g} stopped it)" if result.time_limit_min else \
+        f" (train.early_stop_patience = {result.stopped_early} stopped it)" if result.stopped_early else ""
     session = (f" ({result.iterations - result.resumed_at:,} of them in this session's {result.seconds:.0f} s, "
                f"resumed at {result.resumed_at:,})" if result.resumed_at else f" in {result.seconds:.0f} s")
-    return (f"done: {result.iterations:,} iterations{session}{clock}; "
+    return (f"done: {result.iterations:,} iteration{'s' * (result.iterations != 1)}{session}{clock}; "
             f"last eval train {last.get('train', float('nan')):.4f} val {last.get('val', float('nan')):.4f}; "
             f"best val {result.best_val_loss:.4f}; run folder {result.run_dir}")
 

@@ -67,6 +67,12 @@ def test_default_weights_follow_the_training_tokens(data_dir, second_folder):
     assert np.allclose(mix.weights, tokens / tokens.sum())
 
 
+def test_huge_weights_are_normalized_without_overflow(data_dir, second_folder):
+    """Weights of 1e308 each summed to infinity: NaN weights, then numpy's traceback mid-run."""
+    mix = Mixture([f"{data_dir}:1e308", f"{second_folder}:1e308"])
+    assert mix.weights.tolist() == [0.5, 0.5]
+
+
 def test_training_on_a_mixture_reports_each_folder_and_refuses_other_weights(tmp_path, data_dir,
                                                                             second_folder):
     run = tmp_path / "run"

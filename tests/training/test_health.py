@@ -184,11 +184,16 @@ def events(run) -> list[dict]:
 @pytest.mark.slow
 def test_a_small_model_far_past_one_pass_overfits_and_the_early_stop_ends_it(tmp_path, capsys):
     from banglaslm.checkpoint import read_state
+    from banglaslm.cli import _done
     from banglaslm.report import write_report
 
     data = prepared(tmp_path / "data", paragraphs(12))  # about 3,700 tokens: dozens of passes
     run = tmp_path / "run"
-    result = train(data, run, build_config(overrides={**SMALL, "train.early_stop_patience": 3}), progress=False)
+    result = train(data, run, build_config(overrides={**SMALL, "train.early_stop_patience": 3,
+                                                      "train.time_limit_min": 60}), progress=False)
+    # the summary blamed the time limit, not reached, for the early stop
+    assert result.stopped_early == 3 and result.time_limit_min == 0
+    assert "(train.early_stop_patience = 3 stopped it)" in _done(result)
     found = events(run)
     assert [e["event"] for e in found] == ["overfitting"], found
     assert result.iterations < SMALL["train.max_iters"]  # stopped early

@@ -79,7 +79,8 @@ class Mixture:
                 raise UserError(f"{f.path} was tokenized with another tokenizer than {first.path}; a mixture needs one "
                                 f"tokenizer: prepare it with --tokenizer {first.path}")
         raw = [w if w is not None else f.meta["splits"]["train"]["tokens"] for f, (_, w) in zip(self.folders, parsed)]
-        self.weights = np.array(raw, dtype=np.float64) / sum(raw)
+        scaled = np.array(raw, dtype=np.float64) / max(raw)  # first: weights of 1e308 summed to infinity
+        self.weights = scaled / scaled.sum()
         self.names = _names([f.path for f in self.folders])
         self.path = " ".join(f"{f.path}:{w:.4g}" for f, w in zip(self.folders, self.weights))
         self.tokenizer_sha256, self.vocab_size, self.dtype = first.tokenizer_sha256, first.vocab_size, first.dtype

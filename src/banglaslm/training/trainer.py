@@ -91,7 +91,7 @@ class TrainResult:
     skipped_updates: int = 0
     time_limit_min: float = 0.0  # the limit, when it ended the run before train.max_iters
     resumed_at: int = 0  # the iteration this session started from (0: a new run); `seconds` are this session's
-    stopped_early: int = 0  # train.early_stop_patience, when a resumed run had stopped early already
+    stopped_early: int = 0  # train.early_stop_patience, when the run stopped early (now, or before a resume)
 
 
 @dataclass
@@ -563,7 +563,8 @@ class Trainer:
                     self._log_step(it, loss, norm, session)
                 it += 1
                 session.bar.update(1)
-        return self._result(it, start, session.last_eval, session.tokens_per_s)
+        return self._result(it, start, session.last_eval, session.tokens_per_s,
+                            it < tc.max_iters and self._stops_early())
 
     def _model_line(self) -> str:
         """What trains, where, and how: "model: 1.21M parameters (4 layers x 128 wide, block 128,
