@@ -2,6 +2,7 @@
 run and checked on resume, each folder's validation loss reported."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -67,6 +68,21 @@ def test_default_weights_follow_the_training_tokens(data_dir, second_folder):
     assert np.allclose(mix.weights, tokens / tokens.sum())
 
 
+def test_a_mixture_recorded_with_its_paths_still_resumes(data_dir, second_folder):
+    """Before 2026-12-03 a mixture's identity hashed its folders' paths as given; a run that
+    recorded it resumes on the same data."""
+    import hashlib
+
+    from banglaslm.data.folder import same_splits
+
+    mix = Mixture([f"{data_dir}:3", f"{second_folder}:1"])
+    legacy = hashlib.sha256(json.dumps(mix.meta["mixture"], sort_keys=True).encode()).hexdigest()
+    recorded = {split: {**counts, "digest": legacy} for split, counts in mix.meta["splits"].items()}
+    assert same_splits(recorded, mix.meta["splits"])
+    other = Mixture([f"{data_dir}:1", f"{second_folder}:1"])
+    assert not same_splits(recorded, other.meta["splits"]) and not same_splits(mix.meta["splits"], other.meta["splits"])
+
+
 def test_huge_weights_are_normalized_without_overflow(data_dir, second_folder):
     """Weights of 1e308 each summed to infinity: NaN weights, then numpy's traceback mid-run."""
     mix = Mixture([f"{data_dir}:1e308", f"{second_folder}:1e308"])
@@ -95,7 +111,9 @@ def test_training_on_a_mixture_reports_each_folder_and_refuses_other_weights(tmp
                          "--max-iters", "30"])
     assert code == 2 and "is not the data the run" in err and len(err.strip().splitlines()) == 1
     assert f"(it was trained on {data_dir}:0.75 {second_folder}:0.25)" in err
-    code, err = run_cli(["train", "--data", f"{data_dir}:3", f"{second_folder}:1", "--out", run, "--resume",
+    # the same folders written another way (relative, not absolute) are the same data: it was refused
+    relative = [os.path.relpath(folder) for folder in (data_dir, second_folder)]
+    code, err = run_cli(["train", "--data", f"{relative[0]}:3", f"{relative[1]}:1", "--out", run, "--resume",
                          "--max-iters", "30"])
     assert code == 0, err
 

@@ -308,10 +308,12 @@ IDENTITY_KEYS = ("tokens", "documents", "chars", "bytes", "sha256", "digest")
 
 def same_splits(recorded: dict, current: dict) -> bool:
     """Whether two meta.json "splits" describe the same data: equal in every identity key both
-    record (a folder prepared before bins had checksums compares by its counts alone)."""
+    record (a folder prepared before bins had checksums compares by its counts alone); a recorded
+    mixture digest may equal the current one's older form ("digest_alias")."""
     for split in SPLITS:
         a, b = recorded.get(split) or {}, current.get(split) or {}
         shared = [k for k in IDENTITY_KEYS if k in a and k in b]
-        if not shared or any(a[k] != b[k] for k in shared):
+        if not shared or any(a[k] != b[k] and not (k == "digest" and a[k] == b.get("digest_alias"))
+                             for k in shared):
             return False
     return True

@@ -55,6 +55,10 @@ def open_data(specs: str | Path | list) -> DataFolder | "Mixture":
     return Mixture(specs)
 
 
+def _digest(parts: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 class Mixture:
     """Several data folders with one tokenizer, offering what the trainer needs of a
     `DataFolder` (tokenizer, tokenizer_sha256, vocab_size, meta, samplers).
@@ -94,14 +98,19 @@ class Mixture:
         each folder's validation counts as `val/NAME`, and the mixture (folders, weights,
         identities) recorded. A pooled split's "chars_per_token" is weighted as windows are drawn
         (for bits per character); its chars and tokens are plain sums. Its "digest" is the
-        mixture's identity, the same for both splits."""
+        mixture's identity, the same for both splits ("digest_alias": the same, as recorded before
+        2026-12-03, with the folders' paths)."""
         parts = [{"name": n, "path": str(f.path), "weight": float(w),
                   "splits": {s: {k: f.meta["splits"][s][k] for k in IDENTITY_KEYS if k in f.meta["splits"][s]}
                              for s in SPLITS}}
                  for n, f, w in zip(self.names, self.folders, self.weights)]
-        identity = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        # The folders' data, names and weights, not their paths: "A:0.7" resumes "/data/A:0.7". A run
+        # recorded before 2026-12-03 holds the identity with the paths as given: its `alias`.
+        identity = _digest([{k: v for k, v in p.items() if k != "path"} for p in parts])
         splits = {s: {k: sum(f.meta["splits"][s].get(k, 0) for f in self.folders)
-                      for k in ("documents", "tokens", "bytes", "chars")} | {"digest": identity} for s in SPLITS}
+                      for k in ("documents", "tokens", "bytes", "chars")} | {"digest": identity,
+                                                                             "digest_alias": _digest(parts)}
+                  for s in SPLITS}
         for s in SPLITS:  # a window is drawn from a folder by weight, so its characters per token are too
             ratios = [chars_per_token(f.meta["splits"][s]) for f in self.folders]
             if None not in ratios:
