@@ -83,6 +83,14 @@ def test_a_mixture_recorded_with_its_paths_still_resumes(data_dir, second_folder
     assert not same_splits(recorded, other.meta["splits"]) and not same_splits(mix.meta["splits"], other.meta["splits"])
 
 
+def test_the_folder_a_split_is_too_short_in_is_named(data_dir, second_folder):
+    """"The val split has no stretch of one block" did not say which folder of the mixture."""
+    mix = Mixture([str(data_dir), str(second_folder)])
+    assert mix.describe().endswith("(each folder's share of the training tokens)")
+    with pytest.raises(UserError, match=rf"^{data_dir} \(of the mixture\): the (train|val) split has no stretch"):
+        mix.samplers(block_size=10**7, batch_size=2, grad_accum=1, seed=1)
+
+
 def test_huge_weights_are_normalized_without_overflow(data_dir, second_folder):
     """Weights of 1e308 each summed to infinity: NaN weights, then numpy's traceback mid-run."""
     mix = Mixture([f"{data_dir}:1e308", f"{second_folder}:1e308"])
@@ -96,6 +104,7 @@ def test_training_on_a_mixture_reports_each_folder_and_refuses_other_weights(tmp
     code, err = run_cli(["train", "--data", f"{data_dir}:3", f"{second_folder}:1", "--out", run,
                          *set_args(settings)])
     assert code == 0, err
+    assert f"note: training on a mixture: {data_dir.name} 0.75, verse 0.25\n" in err + "\n"  # said nowhere before
     meta = json.loads((run / "data_meta.json").read_text())
     assert [p["weight"] for p in meta["mixture"]] == [0.75, 0.25]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -55,6 +55,14 @@ def open_data(specs: str | Path | list) -> DataFolder | "Mixture":
     return Mixture(specs)
 
 
+def _named(folder: DataFolder, make):
+    """`make()`, with a UserError about one folder of the mixture naming it."""
+    try:
+        return make()
+    except UserError as exc:
+        raise UserError(f"{folder.path} (of the mixture): {exc}") from None
+
+
 def _digest(parts: list[dict]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -86,9 +94,16 @@ class Mixture:
         scaled = np.array(raw, dtype=np.float64) / max(raw)  # first: weights of 1e308 summed to infinity
         self.weights = scaled / scaled.sum()
         self.names = _names([f.path for f in self.folders])
+        self.by_tokens = parsed[0][1] is None  # no weights given: each folder's share of the training tokens
         self.path = " ".join(f"{f.path}:{w:.4g}" for f, w in zip(self.folders, self.weights))
         self.tokenizer_sha256, self.vocab_size, self.dtype = first.tokenizer_sha256, first.vocab_size, first.dtype
         self.meta = self._meta()
+
+    def describe(self) -> str:
+        """The folders' names and weights ("A 0.75, B 0.25"), and how the weights were chosen when
+        none were given."""
+        shares = ", ".join(f"{name} {weight:.3g}" for name, weight in zip(self.names, self.weights))
+        return shares + (" (each folder's share of the training tokens)" if self.by_tokens else "")
 
     def tokenizer(self):
         return self.folders[0].tokenizer()
@@ -125,7 +140,8 @@ class Mixture:
 
     def samplers(self, block_size: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,
                  world_size: int = 1) -> tuple["MixtureSampler", "MixtureSampler"]:
-        per_folder = [f.samplers(block_size, batch_size * world_size, grad_accum, seed) for f in self.folders]
+        per_folder = [_named(f, lambda f=f: f.samplers(block_size, batch_size * world_size, grad_accum, seed))
+                      for f in self.folders]
         train, val = (MixtureSampler([p[i] for p in per_folder], self.weights, batch_size, seed, rank, world_size)
                       for i in (0, 1))
         val.parts = {name: f.samplers(block_size, batch_size, grad_accum, seed, rank, world_size)[1]

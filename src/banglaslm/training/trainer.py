@@ -40,7 +40,7 @@ from ..config import (
 from ..data.conversations import CONVERSATIONS_FORMAT
 from ..data.folder import DataFolder, chars_per_token, same_splits
 from ..data.loader import EVAL_STREAM, IGNORE, Prefetcher
-from ..data.mixture import open_data
+from ..data.mixture import Mixture, open_data
 from ..errors import UserError, bad_param, wrong_kind
 from ..fileio import exclusive, read_json_or_fail
 from ..model import GPT
@@ -125,6 +125,8 @@ class Trainer:
         tc = config.train
         self._notes: list[str] = []  # lines to say when training starts (after every check)
         self.data = open_data(data) if isinstance(data, (str, Path, list)) else data
+        if isinstance(self.data, Mixture):  # weights chosen from token counts are not guessable
+            self._notes.append(f"note: training on a mixture: {self.data.describe()}")
         self.run, self.show_progress, self.warm_start = RunFolder(run_dir), progress, warm_start
         self.dist, device_spec = distributed.setup(tc.device)
         self.parallel = parallel.choose(tc.parallel, self.dist, self.run)
