@@ -19,7 +19,6 @@ from .config import SamplingParams
 from .errors import UserError
 from .generation.engine import Engine
 from .text import normalize
-from .tokenizer import Coverage, Tokenizer
 
 CHAT_DEFAULTS = {"top_k": 50}  # where chat differs from SamplingParams' defaults
 
@@ -203,7 +202,8 @@ def _turn(engine: Engine, chat: _Conversation, text: str, params: SamplingParams
     before the answer begins."""
     chat.history.append({"role": "user", "content": text})
     try:
-        _note_unknown(engine.tokenizer, text, write)
+        if note := engine.tokenizer.unknown_note(text, "your message"):
+            write(f"(note: {note})\n")
         context, _ = encode_chat(engine.tokenizer, chat.history, language=language)
         if len(context) > engine.block_size and not chat.told_long:
             chat.told_long = True
@@ -250,13 +250,6 @@ def _system(chat: _Conversation, arg: str, write: Callable[[str], None]) -> None
     chat.system = None if _off(arg) else arg
     chat.reset()
     write(f"(system prompt {'set' if chat.system else 'off'}; conversation cleared)\n")
-
-
-def _note_unknown(tokenizer: Tokenizer, text: str, write: Callable[[str], None]) -> None:
-    coverage = Coverage()
-    tokenizer.encode(text, coverage=coverage)
-    if note := coverage.unknown_note("your message"):
-        write(f"(note: {note})\n")
 
 
 def _command(params: SamplingParams, name: str, arg: str, write: Callable[[str], None]) -> SamplingParams:

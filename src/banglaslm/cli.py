@@ -103,6 +103,11 @@ def add_options(parser: argparse.ArgumentParser, source, skip: tuple[str, ...] =
     parser.set_defaults(param_flags=known)
 
 
+def _choices(values) -> dict[str, Any]:
+    """add_argument's choices, read in any letter case."""
+    return {"choices": list(values), "type": _any_case(values)}
+
+
 def _any_case(choices) -> Callable[[str], str]:
     """An argparse type that reads a choice written in other letter case as the choice
     (--format GGUF as gguf); other text is left for argparse to refuse."""
@@ -131,7 +136,7 @@ def _add_prepare(sub) -> None:
                    help=INPUTS_HELP)
     p.add_argument("--out", required=True, help="data folder to write")
     add_options(p, prepare)
-    p.add_argument("--clean-preset", choices=list(CLEAN_PRESETS), type=_any_case(CLEAN_PRESETS), default="web",
+    p.add_argument("--clean-preset", **_choices(CLEAN_PRESETS), default="web",
                    help=f"with --clean: {PRESET_HELP} (default: web)")
     add_options(p, CleanOptions, note="with --clean: ", presettable=True)
 
@@ -149,7 +154,7 @@ def _add_clean(sub) -> None:
                    help=INPUTS_HELP)
     p.add_argument("--out", required=True, help="folder to write")
     add_options(p, clean)
-    p.add_argument("--preset", choices=list(CLEAN_PRESETS), type=_any_case(CLEAN_PRESETS), default="web", help=f"{PRESET_HELP} (default: web)")
+    p.add_argument("--preset", **_choices(CLEAN_PRESETS), default="web", help=f"{PRESET_HELP} (default: web)")
     add_options(p, CleanOptions, presettable=True)
 
 
@@ -233,7 +238,7 @@ def _add_export(sub) -> None:
                                    "--format gguf writes one GGUF file for llama.cpp (llama / gpt2 architecture); "
                                    "--format peft writes a LoRA run's adapter for the Hugging Face model of its source.")
     e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--format", required=True, choices=("hf", "gguf", "peft"), type=_any_case(("hf", "gguf", "peft")))
+    e.add_argument("--format", required=True, **_choices(("hf", "gguf", "peft")))
     e.add_argument("--out", required=True, help="hf, peft: folder to write (must not exist or be empty); "
                                                 "gguf: the .gguf file")
     add_options(e, export_gguf, only=("which", "overwrite"), flags={"which": "checkpoint"})
@@ -461,7 +466,6 @@ def unescape(text: str) -> str:
 def cmd_generate(args) -> None:
     from .generation.engine import Engine
     from .runfolder import load_model
-    from .tokenizer import Coverage
 
     if args.stream and args.json:
         raise UserError("--stream and --json cannot be combined; --json prints one object at the end")
@@ -473,23 +477,21 @@ def cmd_generate(args) -> None:
     loaded = load_model(args.run_dir, **picked(args, load_model))
     engine = Engine(loaded.model, loaded.tokenizer)
     engine.encode_prompt(args.prompt)  # an empty prompt fails here, before any output
-    coverage = Coverage()
-    loaded.tokenizer.encode(args.prompt, coverage=coverage)
-    if note := coverage.unknown_note("the prompt"):
+    if note := loaded.tokenizer.unknown_note(args.prompt, "the prompt"):
         print(f"note: {note}", file=sys.stderr)
     if args.stream:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
-        wrote = ""
+        wrote = False
         for piece in engine.stream(args.prompt, params):
             sys.stdout.write(piece)
             sys.stdout.flush()
-            wrote += piece
+            wrote = wrote or bool(piece.strip())
         sys.stdout.write("\n")
         _note_if_nothing(wrote)
         return
     completion = engine.generate([args.prompt], params)[0][0]
-    _note_if_nothing(completion.text)
+    _note_if_nothing(bool(completion.text.strip()))
     if args.json:
         print(json.dumps({"text": completion.text, "prompt": args.prompt, "tokens": len(completion.token_ids)},
                          ensure_ascii=False))
@@ -497,9 +499,9 @@ def cmd_generate(args) -> None:
         print(args.prompt + completion.text)
 
 
-def _note_if_nothing(text: str) -> None:
-    """A note on stderr when the model wrote nothing (an output of the prompt alone looked like a fault)."""
-    if not text.strip():
+def _note_if_nothing(wrote: bool) -> None:
+    """A note on stderr when the model wrote nothing visible (the prompt alone looked like a fault)."""
+    if not wrote:
         print("note: the model wrote nothing after the prompt (it ended the text at once, or wrote only spaces); "
               "try another --seed or --temperature, or, for a chat-tuned run, banglaslm chat", file=sys.stderr)
 

@@ -402,6 +402,12 @@ class Tokenizer:
             ids.extend(byte_id[x] for x in span.encode("utf-8"))
         return ids
 
+    def unknown_note(self, text: str, what: str) -> str | None:
+        """`Coverage.unknown_note` of `text` (a prompt, a message) as this tokenizer encodes it."""
+        coverage = Coverage()
+        self.encode(text, coverage=coverage)
+        return coverage.unknown_note(what)
+
     def round_trip_note(self) -> str | None:
         """One line when this tokenizer does not give back a plain Bangla sentence it encodes (up
         to NFKC, which SentencePiece's default normalizer applies): one that drops or adds spaces

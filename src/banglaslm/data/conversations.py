@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +35,14 @@ from ..errors import UserError
 from ..text import normalize
 from ..tokenizer import Coverage, Tokenizer
 from .loader import IGNORE, BlockSampler
-from .sources import Source, input_list, iter_rows, resolve_inputs, whole_characters
+from .sources import (
+    Source,
+    input_list,
+    iter_rows,
+    note_not_read,
+    resolve_inputs,
+    whole_characters,
+)
 
 Conversation = list[dict[str, str]]
 LossOn = Literal["assistant", "all"]
@@ -203,12 +209,11 @@ def _table_sources(inputs: list[str]) -> list[Source]:
     sources = resolve_inputs(inputs)
     folders = [Path(item).resolve() for item in input_list(inputs) if Path(item).is_dir()]
     passed = [s for s in sources if s.kind == "text" and any(f in Path(s.location).resolve().parents for f in folders)]
-    if passed:
-        named = ", ".join(s.location for s in passed[:3]) + (", ..." if len(passed) > 3 else "")
-        print(f"note: {len(passed)} text file(s) in the input folder(s) are not read ({named}); conversations come "
-              "as .jsonl, .json, .csv, .tsv or .parquet rows", file=sys.stderr)
+    note_not_read([Path(s.location) for s in passed], "text file(s) in the input folder(s) are not read",
+                  "conversations come as .jsonl, .json, .csv, .tsv or .parquet rows")
     kept = [s for s in sources if s not in passed]
     if not kept:
+        named = ", ".join(s.location for s in passed[:3]) + (", ..." if len(passed) > 3 else "")
         raise UserError(f"the inputs hold text files only ({named}); conversations come as .jsonl, .json, .csv, .tsv "
                         "or .parquet rows: see README's fine-tuning section for their shapes")
     return kept

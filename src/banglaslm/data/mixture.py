@@ -55,10 +55,10 @@ def open_data(specs: str | Path | list) -> DataFolder | "Mixture":
     return Mixture(specs)
 
 
-def _named(folder: DataFolder, make):
-    """`make()`, with a UserError about one folder of the mixture naming it."""
+def _folder_samplers(folder: DataFolder, *args) -> tuple:
+    """`folder.samplers(*args)`, with a UserError about it naming the folder of the mixture."""
     try:
-        return make()
+        return folder.samplers(*args)
     except UserError as exc:
         raise UserError(f"{folder.path} (of the mixture): {exc}") from None
 
@@ -140,8 +140,7 @@ class Mixture:
 
     def samplers(self, block_size: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,
                  world_size: int = 1) -> tuple["MixtureSampler", "MixtureSampler"]:
-        per_folder = [_named(f, lambda f=f: f.samplers(block_size, batch_size * world_size, grad_accum, seed))
-                      for f in self.folders]
+        per_folder = [_folder_samplers(f, block_size, batch_size * world_size, grad_accum, seed) for f in self.folders]
         train, val = (MixtureSampler([p[i] for p in per_folder], self.weights, batch_size, seed, rank, world_size)
                       for i in (0, 1))
         val.parts = {name: f.samplers(block_size, batch_size, grad_accum, seed, rank, world_size)[1]

@@ -218,14 +218,14 @@ def _folder_files(folder: Path) -> list[Path]:
         found += [here / name for name in names]
         files += [here / name for name in names if _format(here / name) in TEXT_SUFFIXES | TABLE_SUFFIXES]
     _say_unread(folder, found)
-    _note_not_read(broken, f"broken symbolic link(s) in {folder} are not read", "point them at files that exist")
-    _note_not_read(unusual, f"pipe(s), socket(s) or device(s) in {folder} are not read", "save their text to files")
+    note_not_read(broken, f"broken symbolic link(s) in {folder} are not read", "point them at files that exist")
+    note_not_read(unusual, f"pipe(s), socket(s) or device(s) in {folder} are not read", "save their text to files")
     if linked:
         named = ", ".join(f"{p} -> {os.readlink(p)}" for p in sorted(linked)[:3]) + (", ..." if len(linked) > 3 else "")
         print(f"note: {len(linked)} linked folder(s) in {folder} are read too ({named})", file=sys.stderr)
-    _note_not_read(hidden, f"hidden file(s) or folder(s) in {folder} are not read", "pass one as an input of its own "
+    note_not_read(hidden, f"hidden file(s) or folder(s) in {folder} are not read", "pass one as an input of its own "
                    "to read it")
-    _note_not_read(passed, "file(s) added to a folder banglaslm clean wrote are not read", "only its shards are: "
+    note_not_read(passed, "file(s) added to a folder banglaslm clean wrote are not read", "only its shards are: "
                    "pass them as inputs of their own")
     return sorted(files)
 
@@ -242,7 +242,7 @@ def _refuse_tool_folder(folder: Path) -> None:
                         "give text or conversation files")
 
 
-def _note_not_read(paths: list[Path], what: str, advice: str) -> None:
+def note_not_read(paths: list[Path], what: str, advice: str) -> None:
     """One line on stderr: how many `paths`, the first three, `what` happened and `advice`."""
     if paths:
         named = ", ".join(str(p) for p in sorted(paths)[:3]) + (", ..." if len(paths) > 3 else "")

@@ -189,8 +189,8 @@ def _run_config(config: dict[str, Any], provenance: dict[str, Any]) -> RunConfig
         model_cfg.tie_embeddings = None  # the run left it to its arch, as the export says
     if model_cfg.arch == "gpt" and isinstance(saved.get("rope_theta"), (int, float)) and saved["rope_theta"] > 0:
         model_cfg.rope_theta = float(saved["rope_theta"])  # unused by "gpt"; kept for an identical config
-    saved_sections = _saved_sections(provenance)
-    run_config = RunConfig(model=model_cfg, train=saved_sections.train, finetune=saved_sections.finetune)
+    run_config = _saved_sections(provenance)
+    run_config.model = model_cfg
     validate(run_config)
     return run_config
 
