@@ -525,6 +525,17 @@ RUN_FORMAT = "banglaslm-run"
 RUN_FORMAT_VERSION = 1
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (json keeps the last of a repeated key, so an
+    edited config's first `max_iters` would be dropped without a word; TOML refuses it too)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} is given twice; keep one")
+        seen[key] = value
+    return seen
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     kind = path.suffix.lower().lstrip(".")
@@ -536,7 +547,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path}: give a .toml or .json file (the suffix says which it is)")
     try:
         text = read_text(path)
-        data = tomllib.loads(text) if kind == "toml" else json.loads(text)
+        data = tomllib.loads(text) if kind == "toml" else json.loads(text, object_pairs_hook=_unique_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid {kind.upper()}: {exc}") from None
     if not isinstance(data, dict):

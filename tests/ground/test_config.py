@@ -67,6 +67,17 @@ def test_a_config_files_suffix_says_its_format_in_any_case(tmp_path):
         build_config(file=tmp_path)
 
 
+def test_a_key_given_twice_in_a_json_config_is_refused(tmp_path):
+    """json kept the last of two `max_iters`, dropping the other without a word (TOML refuses it)."""
+    twice = tmp_path / "c.json"
+    twice.write_text('{"train": {"max_iters": 100, "learning_rate": 0.001, "max_iters": 5}}', encoding="utf-8")
+    with pytest.raises(UserError, match=r"c.json is not valid JSON: the key 'max_iters' is given twice; keep one"):
+        build_config(file=twice)
+    (tmp_path / "t.toml").write_text("[train]\nmax_iters = 100\nmax_iters = 5\n", encoding="utf-8")
+    with pytest.raises(UserError, match="not valid TOML"):
+        build_config(file=tmp_path / "t.toml")
+
+
 @pytest.mark.parametrize("key, hint, command", [
     ("train.lr", "train.learning_rate", "train"), ("train.batchsize", "train.batch_size", "train"),
     ("finetune.epoch", "finetune.epochs", "finetune"), ("wd", "weight_decay", "train"),
