@@ -286,15 +286,25 @@ def _data_section(info: dict) -> list[str]:
         L += [f"Normalization `{data.get('normalization', '?')}`; one document is a {unit} of a text file or "
               f"a row of a table; validation fraction {data.get('val_fraction', '?')}.", "",
               "| split | documents | characters | tokens | characters/token |", "|---|---:|---:|---:|---:|"]
-        for split, s in data["splits"].items():
+        for split, s in data["splits"].items():  # a mixture's pooled ratio is weighted as windows are drawn
+            ratio = s.get("chars_per_token") or s.get("chars", 0) / max(s.get("tokens", 0), 1)
             L.append(f"| {split} | {s.get('documents', 0):,} | {s.get('chars', 0):,} | {s.get('tokens', 0):,} | "
-                     f"{s.get('chars', 0) / max(s.get('tokens', 0), 1):.3f} |")
-        L.append("")
+                     f"{ratio:.3f} |")
+        L += ["", *_mixture_lines(data.get("mixture"))]
     elif info.get("imported_from"):
         L += ["Imported: what it was trained on is not recorded here.", ""]
     else:
         L += ["No data_meta.json in the run folder.", ""]
     return L
+
+
+def _mixture_lines(parts: list[dict] | None) -> list[str]:
+    """A mixture's folders and the share of training windows drawn from each."""
+    if not parts:
+        return []
+    shares = ", ".join(f"`{_cell(p['name'])}` {p['weight']:.3g}" for p in parts)
+    return [f"A mixture of {len(parts)} data folders, training windows drawn by weight: {shares}. Its train and val "
+            "rows pool the folders (characters/token weighted as windows are drawn); `val/NAME` is one folder's.", ""]
 
 
 def _conversations_lines(data: dict) -> list[str]:

@@ -15,6 +15,7 @@ from banglaslm.data.loader import BatchSampler
 from banglaslm.data.mixture import Mixture, MixtureSampler, open_data, parse_spec
 from banglaslm.data.prepare import prepare
 from banglaslm.errors import UserError
+from banglaslm.report import _data_section
 
 
 def constant_samplers(values, batch):
@@ -148,3 +149,7 @@ def test_bits_per_char_of_a_mixture_weighs_each_folder_as_its_windows_are_drawn(
     for key in ("input_bytes", "text_files"):
         assert mix.meta[key] == sum(m[key] for m in metas)
     assert mix.meta["sources"] == metas[0]["sources"] + metas[1]["sources"]
+    # the model card shows the weighted ratio (it showed the pooled sums') and names the mixture
+    card = "\n".join(_data_section({"data": mix.meta}))
+    assert f"| {mixed:.3f} |" in card and "A mixture of 2 data folders" in card
+    assert f"`{mix.names[1]}` 0.9" in card and f"| val/{mix.names[0]} |" in card
