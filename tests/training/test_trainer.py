@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,6 +132,14 @@ def test_a_resume_that_moves_the_learning_rate_says_so(trained_run, data_dir, tm
             f"from {lr_at(40, old):.3g} to {lr_at(40, new):.3g}") in err
     code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "81"])
     assert code == 0 and "schedule changed" not in err  # one step more moves the rate by less than 1% of its peak
+    # a time-limited schedule follows the share of the time used: a limit set (or raised) on resume moves it too
+    code, err = run_cli(["train", "--data", data_dir, "--out", run, "--resume", "--max-iters", "82",
+                         "--set", "train.time_limit_min=10"])
+    assert code == 0, err
+    note = re.search(r"schedule changed with train.max_iters 81 → 82, train.time_limit_min 0.0 → 10(\.0)?: at iteration 81 the rate goes "
+                     r"from (\S+) to (\S+), ", err)
+    assert note, err
+    assert float(note[2]) == pytest.approx(lr_at(81, new), rel=1e-2) and float(note[3]) > 0.9 * new.learning_rate
 
 
 def _data_of(run):

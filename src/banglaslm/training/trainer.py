@@ -247,19 +247,18 @@ class Trainer:
         self._say_schedule_change(state)
 
     def _say_schedule_change(self, state: dict) -> None:
-        """One line when a resume's train settings (a larger max_iters, say) move the learning
-        rate where the run stopped: the schedule is a function of them, so it jumps there."""
-        it, tc = int(state["iter"]), self.config.train
+        """One line when a resume's train settings (a larger max_iters or time_limit_min, say) move
+        the learning rate where the run stopped: the schedule is a function of them (of the share
+        of the time used, in a time-limited run), so it jumps there."""
+        it, tc, elapsed_s = int(state["iter"]), self.config.train, float(state.get("elapsed_s", 0.0))
         recorded = (state.get("config") or {}).get("train") or {}
-        saved = {**tc.__dict__, **{k: v for k, v in recorded.items() if k in tc.__dict__}}
-        if tc.time_limit_min or saved.get("time_limit_min"):
-            return  # a time-limited schedule follows the clock, not max_iters
-        before = lr_at(it, type(tc)(**saved))
-        after = lr_at(it, tc)
+        saved = type(tc)(**{**tc.__dict__, **{k: v for k, v in recorded.items() if k in tc.__dict__}})
+        progress = lambda cfg: elapsed_s / (cfg.time_limit_min * 60) if cfg.time_limit_min > 0 else None
+        before, after = lr_at(it, saved, progress(saved)), lr_at(it, tc, progress(tc))
         if abs(after - before) > 0.01 * tc.learning_rate:
-            changed = ", ".join(f"train.{k} {saved[k]} → {v}" for k, v in tc.__dict__.items()
-                                if k in ("max_iters", "learning_rate", "warmup_iters", "min_lr_ratio", "lr_schedule",
-                                         "decay_fraction") and saved.get(k) != v)
+            changed = ", ".join(f"train.{k} {getattr(saved, k)} → {v}" for k, v in tc.__dict__.items()
+                                if k in ("max_iters", "time_limit_min", "learning_rate", "warmup_iters", "min_lr_ratio",
+                                         "lr_schedule", "decay_fraction") and getattr(saved, k) != v)
             self._notes.append(f"note: the learning-rate schedule changed with {changed or 'the train settings'}: at "
                                f"iteration {it} the rate goes from {before:.3g} to {after:.3g}, and follows the new "
                                "schedule from there")
