@@ -723,6 +723,21 @@ def test_a_semicolon_csv_whose_first_row_ends_in_an_empty_cell_is_read_by_its_he
     assert docs([tmp_path / "semi.csv"]) == ["আমার সোনার বাংলা", "আমি তোমায় ভালোবাসি"]
 
 
+@pytest.mark.parametrize("sep, suffix", [(";", "csv"), ("\t", "csv"), ("|", "csv"), ("\t", "tsv")])
+def test_a_first_row_whose_quoted_cell_spans_lines_does_not_hide_the_separator(tmp_path, sep, suffix):
+    """A news export's first cell of paragraphs spans lines: its first line alone held fewer
+    fields than the header, so ';' and tabs were not recognized ("has no column 'News' (it has:
+    'id;News;Category')")."""
+    rows = ["id", "News", "Category"], ["1", '"প্রথম অনুচ্ছেদ।\r\n\r\nদ্বিতীয় অনুচ্ছেদ।"', "জাতীয়"], ["2", "আরেকটি খবর।", "খেলা"]
+    path = tmp_path / f"news.{suffix}"
+    path.write_bytes("\ufeff".encode() + "".join(sep.join(r) + "\r\n" for r in rows).encode())
+    assert [d.replace("\r", "") for d in docs([path], text_column="News")] == \
+        ["প্রথম অনুচ্ছেদ।\n\nদ্বিতীয় অনুচ্ছেদ।", "আরেকটি খবর।"]
+    (tmp_path / "odd.csv").write_text("id;News;Category\n1;a;b;c;d\n", encoding="utf-8")  # no row like its header
+    with pytest.raises(UserError, match=r"it has: 'id;News;Category'\); its header was read as one column"):
+        docs([tmp_path / "odd.csv"], text_column="News")
+
+
 def test_bangla_in_a_legacy_font_encoding_is_refused(tmp_path):
     """Bijoy/SutonnyMJ text is Latin-1 letters drawn as Bangla glyphs: as text, a file, a table
     or Windows-1252 bytes, it trained a model on Latin gibberish without a word."""

@@ -667,6 +667,9 @@ def _column(available: list[str], wanted: str | None, where: str) -> str:
         hint = same_but_case or difflib.get_close_matches(name, names, n=1)
         listed = ", ".join(f"'{n}'" if n else "an unnamed one" for n in names) or "none"
         advice = f"did you mean '{hint[0]}'? choose" if hint else "choose one"
+        if len(names) == 1 and any(sep in names[0] for sep in ";\t|"):  # a separator not recognized
+            advice = ("its header was read as one column, because its first row does not split by the same separator "
+                      "(';', a tab or '|') into as many fields; save the file with commas, or choose one")
         raise UserError(f"{where} has no column '{name}' (it has: {listed}); {advice} with `text_column`",
                         param="text_column")
     return name
@@ -846,12 +849,33 @@ def _reads_whole(path: str, quoting: int) -> bool:
             return False
 
 
+def _first_records(path: str, delimiter: str) -> tuple[list[str], list[str]]:
+    """The header's fields and the first row's (empty when there is none or it does not parse)."""
+    with open_text(path, newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        try:
+            return next(reader, []), next(reader, [])
+        except csv.Error:
+            return [], []
+
+
 def _sniffed_delimiter(path: str, delimiter: str) -> str:
     """`delimiter`, or ";", a tab or "|" when the header holds no comma and it and the first
     row split by one of those into the same two or more fields (empty trailing ones aside: a
-    row may end in a separator, as the reader allows)."""
+    row may end in a separator, as the reader allows). The first row is a record, not a line:
+    a news cell's quoted paragraphs span lines."""
     if delimiter != ",":
         return delimiter
+    with open_text(path, newline="") as fh:
+        header = fh.readline(1 << 16)
+    if "," in header:
+        return delimiter
+    for candidate in (";", "\t", "|"):
+        names, row = _first_records(path, candidate)
+        ends_in_separator = len(row) == len(names) + 1 and not row[-1].strip()
+        if len(names) >= 2 and (len(row) in (0, len(names)) or ends_in_separator):
+            return candidate
+    return delimiter
     with open_text(path, newline="") as fh:
         header, first = fh.readline(1 << 16), fh.readline(1 << 16)
     if "," in header:
