@@ -279,6 +279,7 @@ def test_logit_bias_is_applied(app, oai):
     ("chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ("chat/completions", {"tool_choice": "required"}, "tool_choice"),
     ("chat/completions", {"store": True}, "store"),
+    ("chat/completions", {"moderation": {}}, "moderation"),
     ("chat/completions", {"modalities": ["text", "audio"]}, "modalities"),
     ("chat/completions", {"reasoning_effort": "high"}, "reasoning_effort"),
     ("chat/completions", {"prediction": {"type": "content", "content": "x"}}, "prediction"),
@@ -306,7 +307,9 @@ def test_fields_with_no_effect_are_accepted(client):
     plain = client.post("/v1/chat/completions", json=base).json()["choices"][0]["message"]["content"]
     extra = {"user": "u1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto", "best_of": None,
              "response_format": {"type": "text"}, "tool_choice": "none", "parallel_tool_calls": False,
-             "prompt_cache_key": "k", "safety_identifier": "s", "modalities": ["text"]}
+             "prompt_cache_key": "k", "safety_identifier": "s", "modalities": ["text"],
+             # sent by openai 3.x's chat.completions.create (they were "Extra inputs are not permitted")
+             "prompt_cache_retention": "24h", "prompt_cache_options": {}, "moderation": None}
     extra.pop("best_of")
     r = client.post("/v1/chat/completions", json={**base, **extra})
     assert r.status_code == 200, r.text

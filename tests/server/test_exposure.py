@@ -223,6 +223,20 @@ def test_host_header_must_name_this_server(trained_run):
         assert get(port, "/v1/completions", host="evil.example", method="POST", body=body)[0] == 400
 
 
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 here")
+def test_serving_on_the_ipv6_wildcard_serves_ipv4_too():
+    """--host :: listened on IPv6 alone: 127.0.0.1 was refused (uvicorn's '::' is dual stack)."""
+    try:
+        [sock] = bind("::", 0)
+    except Exception as exc:  # a machine without an IPv6 stack
+        pytest.skip(f"cannot bind '::' here: {exc}")
+    with sock, socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=5):
+        pass
+    [local] = bind("::1", 0)  # an IPv6 address of its own stays IPv6 only
+    with local:
+        assert local.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+
+
 def test_host_check_rules():
     check = HostCheck(["api.example", "[2001:db8::1]"])
     lan, loopback = ("192.168.1.5", 8000), ("127.0.0.1", 8000)

@@ -164,8 +164,9 @@ def bind(host: str, port: int) -> list[socket.socket]:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart at once
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if family == socket.AF_INET6:  # '::' alone serves IPv4 too (dual stack), as uvicorn's does
+                v4_too = address[0] == "::" and not any(info[0] == socket.AF_INET for info in infos)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if v4_too else 1)
             sock.bind(address)
             sock.listen(2048)
             sockets.append(sock)

@@ -147,6 +147,9 @@ class ChatRequest(SamplingRequest):
     service_tier: str | None = None
     metadata: dict | None = None            # kept with stored answers: nothing is stored
     prompt_cache_key: str | None = None     # a cache hint: changes nothing
+    prompt_cache_retention: str | None = None  # a cache hint: changes nothing
+    prompt_cache_options: dict | None = None   # a cache hint: changes nothing
+    moderation: dict | None = None
     safety_identifier: str | None = None    # for the caller's own records: changes nothing
 
     def wanted_logprobs(self) -> int | None:
@@ -171,6 +174,7 @@ class ChatRequest(SamplingRequest):
             ("verbosity", self.verbosity not in (None, "medium"), "answers follow the model, not a verbosity"),
             ("web_search_options", self.web_search_options is not None, "web search is not supported"),
             ("store", bool(self.store), "answers are not stored"),
+            ("moderation", self.moderation is not None, "requests and answers are not moderated"),
             ("service_tier", self.service_tier not in (None, "auto", "default"), "there is one service tier"),
         ]
         out += [(name, why) for name, bad, why in rules if bad]

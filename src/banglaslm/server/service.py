@@ -465,13 +465,14 @@ async def _drain(events: asyncio.Queue, done: asyncio.Event, outcome: dict, disc
             continue
         getter = asyncio.ensure_future(events.get())
         waiter = asyncio.ensure_future(done.wait())
-        await asyncio.wait({getter, waiter}, timeout=WATCH_S, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
-            waiter.cancel()
+        try:
+            await asyncio.wait({getter, waiter}, timeout=WATCH_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the stream is closed here (the client left): no task is left pending
+            getter.cancel(), waiter.cancel()  # a task already done stays as it is
+        if getter.done() and not getter.cancelled():
             yield getter.result()
             continue
-        getter.cancel()
-        if waiter.done():
+        if waiter.done() and not waiter.cancelled():
             while not events.empty():
                 yield events.get_nowait()
             error = outcome.get("error")
