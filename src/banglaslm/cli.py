@@ -334,8 +334,10 @@ def cmd_train(args) -> None:
         init_from = source_run(args.init_from, scratch) if args.init_from else None
         # --preset / --config / --set change a saved config: the resumed run's (train() then
         # checks that only settings a resume may change were changed), or the source run's.
-        base = run.load_config() if args.resume and run.config_path.is_file() else \
-            inherited(RunFolder(init_from).load_config()) if init_from else None
+        resumed = args.resume and run.config_path.is_file()
+        base = run.load_config() if resumed else inherited(RunFolder(init_from).load_config()) if init_from else None
+        if init_from and not resumed and args.max_iters is not None:  # this run's --max-iters, not the source's,
+            base.train.max_iters = args.max_iters  # is what its warm-up is checked against
         config = build_config(args.preset, None, overrides, base=base)
         if args.resume and base is not None and args.preset:
             _check_resumed_preset(args.preset, config, build_config(None, None, overrides, base=base),
@@ -385,6 +387,10 @@ def _done(result) -> str:
                 f"{result.best_val_loss:.4f}); to train further, resume with a larger --max-iters")
     clock = f" (train.time_limit_min = {result.time_limit_min:g} stopped it)" if result.time_limit_min else \
         f" (train.early_stop_patience = {result.stopped_early} stopped it)" if result.stopped_early else ""
+    if result.warmup_iters:  # warm-up counts iterations, the decay the clock: it never decayed, nor peaked
+        clock = (f" (train.time_limit_min = {result.time_limit_min:g} stopped it inside its warm-up of "
+                 f"{result.warmup_iters:,} iterations: the learning rate never reached its peak; lower "
+                 "train.warmup_iters or raise the limit)")
     session = (f" ({result.iterations - result.resumed_at:,} of them in this session's {result.seconds:.0f} s, "
                f"resumed at {result.resumed_at:,})" if result.resumed_at else f" in {result.seconds:.0f} s")
     return (f"done: {result.iterations:,} iteration{'s' * (result.iterations != 1)}{session}{clock}; "

@@ -168,7 +168,15 @@ def test_a_warm_start_does_not_take_the_source_time_limit(data_dir, other_data, 
                                   "--set", "train.log_interval=1"]])
     out = capsys.readouterr().out
     assert code == 0
-    assert "train.time_limit_min = 0.0001 stopped it" in out, out
+    assert "train.time_limit_min = 0.0001 stopped it" in out and "warm-up" not in out, out
+    # ended inside its warm-up, the rate never reached its peak: said (it read as a normal finish)
+    code = main([str(a) for a in ["train", "--data", other_data, "--out", tmp_path / "cold", "--init-from", timed,
+                                  "--max-iters", 100000, "--set", "train.time_limit_min=0.0001",
+                                  "--set", "train.warmup_iters=50", "--set", "train.log_interval=1"]])
+    out = capsys.readouterr()
+    out = out.out + out.err
+    assert code == 0 and ("stopped it inside its warm-up of 50 iterations: the learning rate never reached its peak; "
+                          "lower train.warmup_iters or raise the limit") in out, out
     # resumed with its time used up, it names the limit to raise (it said --max-iters, which changed nothing)
     code = main([str(a) for a in ["train", "--data", other_data, "--out", tmp_path / "clock", "--resume",
                                   "--max-iters", 200000]])

@@ -92,6 +92,7 @@ class TrainResult:
     time_limit_min: float = 0.0  # the limit, when it ended the run before train.max_iters
     resumed_at: int = 0  # the iteration this session started from (0: a new run); `seconds` are this session's
     stopped_early: int = 0  # train.early_stop_patience, when the run stopped early (now, or before a resume)
+    warmup_iters: int = 0  # train.warmup_iters, when the time limit ended the run inside its warm-up
 
 
 @dataclass
@@ -581,10 +582,11 @@ class Trainer:
                 stopped_early: bool = False) -> TrainResult:
         tc = self.config.train
         seconds = 0.0 if self.clock.started is None else time.perf_counter() - self.clock.started  # None: not begun
+        clock_stopped = it < tc.max_iters and not stopped_early
         return TrainResult(self.run.path, it, self.state.best_val, last_eval, tokens_per_s, seconds,
-                           self.guard.skipped_total,
-                           tc.time_limit_min if it < tc.max_iters and not stopped_early else 0.0, start,
-                           tc.early_stop_patience if stopped_early else 0)
+                           self.guard.skipped_total, tc.time_limit_min if clock_stopped else 0.0, start,
+                           tc.early_stop_patience if stopped_early else 0,
+                           tc.warmup_iters if clock_stopped and tc.time_limit_min and it < tc.warmup_iters else 0)
 
 
 def _with_vocab(config: RunConfig, data_vocab: int) -> RunConfig:
