@@ -76,10 +76,13 @@ def test_auto_stops_when_one_row_does_not_fit(data_dir, tmp_path, monkeypatch, c
     assert code == 2 and "at 1 sequences per forward pass" in last and "model.block_size" in last, last
 
 
-@pytest.mark.parametrize("have_gib, mode, expected", [(64, "fixed", 1), (64, "auto", 1), (2.0, "auto", 4),
-                                                      (2.0, "fixed", None), (0.0001, "auto", None)])
-def test_the_estimate_plans_the_passes(monkeypatch, have_gib, mode, expected):
-    cfg = build_config("course-58m", overrides={"model.vocab_size": 32100, "train.batch_size": 32,
+@pytest.mark.parametrize("have_gib, mode, batch, expected", [
+    (64, "fixed", 32, 1), (64, "auto", 32, 1), (2.0, "auto", 32, 4), (2.0, "fixed", 32, None),
+    (0.0001, "auto", 32, None),
+    (2.0, "auto", 36, 8),  # 36 halves twice only: auto refused it ("needs about ... GiB"), as any batch not 2^k
+    (3.0, "auto", 600, 64)])
+def test_the_estimate_plans_the_passes(monkeypatch, have_gib, mode, batch, expected):
+    cfg = build_config("course-58m", overrides={"model.vocab_size": 32100, "train.batch_size": batch,
                                                 "train.micro_batch": mode})
     monkeypatch.setattr(memory, "device_memory", lambda device: int(have_gib * 2**30))
     if expected is None:

@@ -70,11 +70,11 @@ def plan_passes(cfg: RunConfig, device: torch.device, shards: int = 1) -> int:
     if have is None or need <= have:
         return 1
     t = cfg.train
-    if t.micro_batch == "auto":
+    if t.micro_batch == "auto":  # a batch that does not halve evenly ends in a smaller slice (weighted alike)
         passes = 2
-        while t.batch_size % passes == 0 and training_bytes(cfg, shards, passes) > have:
+        while passes <= t.batch_size and training_bytes(cfg, shards, passes) > have:
             passes *= 2
-        if t.batch_size % passes == 0:
+        if passes <= t.batch_size:
             return passes
     raise UserError(
         f"this config needs about {need / 2**30:,.1f} GiB to train (weights, AdamW state and the activations "

@@ -477,7 +477,7 @@ class Trainer:
         already one row, stop with what to change."""
         tc, rows = self.config.train, self.config.train.batch_size // self.passes
         gc.collect()
-        if tc.micro_batch != "auto" or rows % 2 or self.dist.enabled:
+        if tc.micro_batch != "auto" or rows < 2 or self.dist.enabled:  # odd rows: the last slice is smaller
             smaller = "lower train.batch_size and raise train.grad_accum_steps to keep the global batch"
             raise UserError(f"out of {self.device.type} memory at {rows} sequences per forward pass; " + (
                 f"under torchrun the ranks cannot halve it as they go: {smaller}" if self.dist.enabled else
