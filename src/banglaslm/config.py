@@ -172,7 +172,8 @@ class TrainConfig:
     log_interval: int = option(10, "write a metrics record every N steps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "auto",
-        "'auto': bf16 where the CPU/GPU has it, fp16 + grad scaler on GPUs without bf16, else fp32",
+        "'auto': bf16 on a GPU that has it, and on a CPU that has it for models 256 or more wide; "
+        "fp16 + grad scaler on GPUs without bf16; else fp32",
     )
     device: str = option("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
     micro_batch: Literal["fixed", "auto"] = option(
@@ -623,7 +624,7 @@ def validate(cfg: RunConfig) -> None:
         raise UserError("train.optimizer=muon orthogonalizes whole matrices, which FSDP splits across "
                         "processes; use train.parallel=ddp with it")
     if t.ema_decay and (t.parallel == "fsdp" or cfg.finetune.lora_rank):
-        raise UserError(f"train.ema_decay={t.ema_decay:g} (the tiny preset's, unless given) averages whole weights "
+        raise UserError(f"train.ema_decay={t.ema_decay:g} (given, or the tiny preset's) averages whole weights "
                         "in one process, which FSDP and LoRA do not hold; set train.ema_decay=0, or use "
                         "train.parallel=ddp or full fine-tuning")
     if t.warmup_iters > t.max_iters:

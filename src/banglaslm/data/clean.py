@@ -101,13 +101,13 @@ class CleanOptions:
     min_words: int = option(50, "fewest words a document may have (50 suits web pages; lower it for paragraphs)")
     max_words: int = option(100_000, "most words a document may have")
     min_avg_word_length: float = option(4.0, "least mean word length in characters")
-    max_avg_word_length: float = option(24.0, "largest mean word length in characters")
-    max_symbol_word_ratio: float = option(0.1, "most '#' or ellipses per word")
-    max_bullet_lines_ratio: float = option(0.9, "largest share of lines starting with a bullet")
-    max_ellipsis_lines_ratio: float = option(0.3, "largest share of lines ending with an ellipsis")
+    max_avg_word_length: float = option(24.0, "largest mean word length in characters; 0 turns the rule off")
+    max_symbol_word_ratio: float = option(0.1, "most '#' or ellipses per word; 0 turns the rule off")
+    max_bullet_lines_ratio: float = option(0.9, "largest share of lines starting with a bullet; 0 turns the rule off")
+    max_ellipsis_lines_ratio: float = option(0.3, "largest share of lines ending with an ellipsis; 0 turns the rule off")
     min_alpha_words_ratio: float = option(0.8, "least share of words with a letter in them")
     min_stop_words: int = option(2, "fewest distinct stop words (FineWeb-2's Bangla list) a document must have")
-    dup_line_frac: float = option(0.165, "largest share of lines that repeat an earlier line")
+    dup_line_frac: float = option(0.165, "largest share of lines that repeat an earlier line; 0 turns the rule off")
     top_ngrams: str = option("2:0.084,3:0.103,4:0.134",
                              "N:SHARE,...: largest share of characters in the most frequent word N-gram")
     dup_ngrams: str = option("5:0.099,6:0.083,7:0.069,8:0.058,9:0.048,10:0.04",

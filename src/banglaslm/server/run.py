@@ -52,7 +52,7 @@ def run_server(
     max_connections: Annotated[int, Opt("generating requests answered at once (one per connection; /health and "
                                         "other GETs always pass); more at the same moment are answered 503 with Retry-After, and open connections "
                                         f"beyond {OPEN_PER_REQUEST}x this are refused")] = 64,
-    device: Annotated[str, Opt("where the model runs: cpu, cuda or cuda:N")] = "cpu",
+    device: Annotated[str, Opt("where the model runs: cpu, cuda, cuda:N or auto (cuda when there is one)")] = "cpu",
     quantize: Quantize = "none", which: Which = "best",
     model_name: str | None = None, limits: ServerLimits | None = None, log_level: str = "info",
 ) -> None:
