@@ -22,7 +22,7 @@ from banglaslm.errors import UserError  # noqa: E402
 from banglaslm.interop.hf_export import check_exportable, export_hf  # noqa: E402
 from banglaslm.interop.hf_import import import_hf  # noqa: E402
 from banglaslm.model import swiglu_hidden  # noqa: E402
-from banglaslm.runfolder import load_model  # noqa: E402
+from banglaslm.runfolder import RunFolder, load_model  # noqa: E402
 from banglaslm.text import normalize  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
@@ -155,6 +155,41 @@ def test_greedy_generation_is_token_identical(arch, runs, tmp_path):
         out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20, do_sample=False)
     assert out[0, prompt.shape[1]:].tolist() == expected
 
+
+
+def test_a_padded_vocabulary_is_never_sampled(runs, tmp_path):
+    """model.vocab_size above the tokenizer's (BanglaT5's 32,100 with a smaller tokenizer): our
+    engine masks the rows no token maps to, transformers sampled them (ids it cannot decode) and
+    its greedy text differed. The export's generation config now suppresses them."""
+    from transformers import AutoModelForCausalLM
+
+    from banglaslm import SamplingParams
+    from banglaslm.generation.engine import Engine
+    from banglaslm.model import GPT
+
+    run = perturbed_copy(runs["modern"], tmp_path / "run", seed=2)
+    loaded, extra = load_model(run), 9
+    config = loaded.config
+    config.model.vocab_size += extra
+    padded = GPT(config.model)
+    state = loaded.model.state_dict()
+    for name in ("tok_emb.weight", "lm_head.weight"):  # each padded row a real one, scaled up: raw argmax picks it
+        state[name] = torch.cat([state[name], 4 * state[name][:extra]])
+    padded.load_state_dict(state)
+    RunFolder(run).write_header(config, loaded.tokenizer)
+    state = load_checkpoint(loaded.checkpoint, weights_only=True).state
+    save_checkpoint(loaded.checkpoint, padded, {**state, "config": config.to_dict()})
+    ours = load_model(run)
+    text = "আমার সোনার বাংলা"
+    [[expected]] = Engine(ours.model, ours.tokenizer).generate([text], SamplingParams(temperature=0, max_new_tokens=12))
+    prompt = torch.tensor([[ours.tokenizer.eod_id, *ours.tokenizer.encode(text)]])  # as the engine reads it
+    assert max(greedy(ours.model, prompt, 12)) >= ours.tokenizer.vocab_size  # unmasked, a padded row wins
+    hf = AutoModelForCausalLM.from_pretrained(export_hf(run, tmp_path / "hf")).eval()
+    with torch.no_grad():
+        out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False)
+        sampled = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=True)
+    assert out[0, prompt.shape[1]:].tolist()[:len(expected.token_ids)] == expected.token_ids
+    assert max(sampled[0].tolist()) < ours.tokenizer.vocab_size
 
 
 def test_prompt_from_text_continues_as_banglaslm_generate(runs, tmp_path):

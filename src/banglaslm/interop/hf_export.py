@@ -192,6 +192,8 @@ def export_hf(
                   # prompt and answer within the block: our engine slides its window past it, transformers
                   # cannot (GPT-2's position table ends there; Llama's positions beyond were never trained)
                   "max_length": cfg.block_size}
+    if cfg.vocab_size > tok.vocab_size:  # rows no token maps to (a padded vocabulary): our engine never samples
+        generation["suppress_tokens"] = list(range(tok.vocab_size, cfg.vocab_size))  # them, nor may transformers
     files = _tokenizer_files(tok, cfg.block_size)
     with staged_folder(out_dir, "HF export folder", replaceable=_is_export, overwrite=overwrite) as tmp:
         atomic_write_json(tmp / "config.json", config)
