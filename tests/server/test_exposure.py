@@ -410,3 +410,16 @@ def test_a_response_cut_at_shutdown_is_one_line_not_a_traceback():
     assert "Traceback" in bug and "RuntimeError: a real bug" in bug  # other failures keep their traceback
     _stopping_server(server_config(lambda scope, receive, send: None), lambda: None)
     assert _one_line_for_cut_responses in logging.getLogger("uvicorn.error").filters
+
+
+def test_the_log_names_the_checkpoint_served(trained_run, tmp_path):
+    """Without best.safetensors the default `best` served `latest` without a word."""
+    import shutil
+
+    from banglaslm.runfolder import load_model
+
+    assert create_app(trained_run).state.served == f"best.safetensors, iteration {load_model(trained_run).iteration}"
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "checkpoints" / "best.safetensors").unlink()
+    assert create_app(run).state.served.startswith("latest.safetensors, iteration ")

@@ -269,6 +269,7 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
 
     app = FastAPI(title="banglaslm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = service
+    app.state.served = f"{loaded.checkpoint.name}, iteration {loaded.iteration}"  # best falls back to latest
     app.add_middleware(GuardMiddleware, max_bytes=service.limits.max_body_bytes, api_key=api_key,
                        allowed_hosts=allowed_hosts)
     if max_requests is not None:  # added last, so it runs first: a refusal costs nothing else

@@ -73,7 +73,8 @@ def run_server(
         if api_key is None and not all(_is_loopback(s.getsockname()[0]) for s in sockets):
             log.warning("serving on %s without an API key: anyone who can reach this machine can use the "
                         "model (set --api-key KEY)", host)
-        log.info("serving %s on %s (OpenAI API under /v1; Ctrl-C stops)", run_dir, url(host, port))
+        log.info("serving %s (%s) on %s (OpenAI API under /v1; Ctrl-C stops)", run_dir, app.state.served,
+                 url(host, port))
         log.info("%s", threads_note())
         _stopping_server(config, app.state.service.close).run(sockets=sockets)
     finally:
