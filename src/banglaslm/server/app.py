@@ -12,6 +12,7 @@ before any route. docs/serving.md lists the fields, limits and errors.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import ipaddress
@@ -20,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -235,10 +237,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(_http_api_error(request, exc), exc.headers)  # 405's Allow
 
 
-def _answer(result):
-    """A response body as JSON, or server-sent events as a stream."""
+async def _answer(result):
+    """A response body as JSON, or server-sent events as a stream. The JSON is written in a
+    thread: an echoed prompt's logprobs run to megabytes, seconds the other streams would wait."""
     if isinstance(result, dict):
-        return result
+        return await asyncio.to_thread(lambda: JSONResponse(jsonable_encoder(result)))
     return StreamingResponse(result, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -293,11 +296,11 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
-        return _answer(await service.completions(req, request.is_disconnected))
+        return await _answer(await service.completions(req, request.is_disconnected))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
-        return _answer(await service.chat_completions(req, request.is_disconnected))
+        return await _answer(await service.chat_completions(req, request.is_disconnected))
 
     @app.head("/", response_class=HTMLResponse)
     @app.get("/", response_class=HTMLResponse)

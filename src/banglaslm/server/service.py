@@ -104,11 +104,8 @@ class OpenAIService:
         if req.stream:
             return self.stream(req, prompts, params, disconnected, deadline, chat=False, echo=echo)
         outs = await self.generate(prompts, params, disconnected, deadline) if generate else []
-        choices = []
-        for i, prompt in enumerate(prompts):
-            for j in range(params.n):
-                out = outs[i * params.n + j] if generate else Completion("", [], "length", [] if params.logprobs is not None else None)
-                choices.append(self._completion_choice(i * params.n + j, prompt, out, echo, params))
+        # in a thread: the logprobs of a long echoed prompt take seconds to lay out, the other streams go on
+        choices = await asyncio.to_thread(self._completion_choices, prompts, outs, echo, params)
         usage = self._usage(sum(p.tokens for p in prompts), sum(len(c.token_ids) for c in outs))
         return self._response("cmpl-", "text_completion", choices, usage)
 
@@ -331,6 +328,13 @@ class OpenAIService:
         if completion.logprobs is None:
             return None
         return LogprobFormat(self.engine.tokenizer, chat)(completion.logprobs)
+
+    def _completion_choices(self, prompts: list[Prompt], outs: list[Completion], echo: bool,
+                            params: SamplingParams) -> list[dict]:
+        """Each prompt's `params.n` choices, in order (with no outputs, for `max_tokens` 0)."""
+        empty = Completion("", [], "length", [] if params.logprobs is not None else None)
+        return [self._completion_choice(i * params.n + j, prompt, outs[i * params.n + j] if outs else empty, echo, params)
+                for i, prompt in enumerate(prompts) for j in range(params.n)]
 
     def _completion_choice(self, index: int, prompt: Prompt, out: Completion, echo: bool,
                            params: SamplingParams) -> dict:
