@@ -201,6 +201,16 @@ def test_bad_tables(tmp_path):
     (tmp_path / "c.csv").write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"no column 'text' \(it has: 'a', 'b'\); choose one with `text_column`"):
         docs([tmp_path / "c.csv"])
+    # JSON rows need not share keys: a later row without the column is a missing cell, as a null is
+    # (it stopped prepare: "news.jsonl:2 has no column 'News' (it has: 'Headline')"); the first row names it
+    rows = [{"News": "এক", "Headline": "১"}, {"Headline": "২"}, {"News": None}, {"News": "দুই"}]
+    (tmp_path / "news.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "news.json").write_text(json.dumps(rows), encoding="utf-8")
+    for name in ("news.jsonl", "news.json"):
+        assert [d for d in docs([tmp_path / name], text_column="News") if d] == ["এক", "দুই"]
+    (tmp_path / "late.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[1:]), encoding="utf-8")
+    with pytest.raises(UserError, match=r"late.jsonl:1 has no column 'News' \(it has: 'Headline'\)"):
+        docs([tmp_path / "late.jsonl"], text_column="News")
     # A header written by a spreadsheet: a capitalized column and an unnamed index column.
     (tmp_path / "sheet.csv").write_text(",Text\n0,ক\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"\(it has: an unnamed one, 'Text'\); did you mean 'Text'\?"):

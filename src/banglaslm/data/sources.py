@@ -364,8 +364,8 @@ def iter_records(sources: list[Source], text_column: str | None = None,
 def _records_with_fields(rows: Iterator[tuple[str, dict]], text_column: str | None) -> Iterator[tuple[str, str, dict]]:
     key: str | None = None
     for where, record in rows:
-        key = key if key in record else _column(list(record), text_column, where)
-        yield _as_text(record[key], where), where, {k: _json_safe(v) for k, v in record.items() if k != key}
+        key = key or _column(list(record), text_column, where)  # later rows may lack it (`_read_records`)
+        yield _as_text(record.get(key), where), where, {k: _json_safe(v) for k, v in record.items() if k != key}
 
 
 def _json_safe(value: object) -> object:
@@ -716,8 +716,12 @@ def iter_rows(sources: list[Source]) -> Iterator[tuple[str, dict]]:
 
 
 def _read_records(rows: Iterator[tuple[str, dict]], text_column: str | None) -> Iterator[str]:
+    """Each row's text. The first row must have the column; a later row without it is a missing
+    cell (an empty document, counted), as a null there is: rows of JSON need not share keys."""
+    key: str | None = None
     for where, record in rows:
-        yield _as_text(record[_column(list(record), text_column, where)], where)
+        key = key or _column(list(record), text_column, where)
+        yield _as_text(record.get(key), where)
 
 
 # What a JSON row looks like, for text to train on and for a conversation to fine-tune on.
