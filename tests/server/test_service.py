@@ -435,6 +435,27 @@ def test_chat_logprobs(client):
     assert_openai_error(client.post("/v1/chat/completions", json={**body, "top_logprobs": 50}), 400)
 
 
+def test_an_answer_opening_with_part_of_a_character_drops_its_space_from_the_bytes(trained_run):
+    """A first token b" \xe2\x80" (a space and part of a character) kept its space in `bytes`,
+    though the content drops the answer's leading whitespace, as it does for whole tokens."""
+    from banglaslm.generation.sampling import TokenLogprob
+    from banglaslm.runfolder import load_model
+    from banglaslm.server.events import LogprobFormat
+
+    tok = load_model(trained_run).tokenizer
+    def partial(i):
+        try:
+            tok.token_bytes(i).decode("utf-8")
+            return False
+        except UnicodeDecodeError:
+            return tok.token_bytes(i).startswith(b" ")
+    spaced = [i for i in range(tok.vocab_size) if partial(i)]
+    assert spaced, "the tokenizer has no space + part-of-a-character token"
+    [first, second] = LogprobFormat(tok, chat=True)([TokenLogprob(spaced[0], 0.5, [])] * 2)["content"]
+    assert bytes(first["bytes"]) == tok.token_bytes(spaced[0])[1:] and not first["token"].startswith("bytes:\\x20")
+    assert bytes(second["bytes"]) == tok.token_bytes(spaced[0])  # inside the answer, a space is text
+
+
 # ---- over HTTP with the openai client ------------------------------------------------------
 
 server_app: list = []  # the app behind `server_url`

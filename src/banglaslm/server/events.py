@@ -38,6 +38,7 @@ class LogprobFormat:
         try:
             token = raw.decode("utf-8")
         except UnicodeDecodeError:  # part of a character: OpenAI's notation for raw bytes
+            raw = raw.lstrip() if self._leading else raw  # b" \xe2\x80" opening an answer: its space goes too
             return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), raw
         if self._leading:  # as the answer's content (chat_template.clean_answer)
             token = clean_answer(token)
