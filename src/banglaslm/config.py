@@ -396,7 +396,9 @@ SECTIONS = {"model": ModelConfig, "train": TrainConfig, "finetune": FinetuneConf
 
 # Abbreviations users type for config keys, and the key each one means.
 KEY_ABBREVIATIONS = {"lr": "learning_rate", "wd": "weight_decay", "bs": "batch_size", "iters": "max_iters",
-                     "steps": "max_iters", "ctx": "block_size", "context": "block_size", "dtype": "precision"}
+                     "steps": "max_iters", "ctx": "block_size", "context": "block_size", "dtype": "precision",
+                     # switches of other trainers (fp16=True, amp, mixed_precision) for what one choice says here
+                     **dict.fromkeys(("fp16", "bf16", "fp32", "amp", "half", "mixed_precision"), "precision")}
 # Other projects' names for a choice (nanoGPT's dtype='float16'): named in the refusal, not taken,
 # so that a run's config.json keeps one spelling.
 CHOICE_SPELLINGS = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32"}

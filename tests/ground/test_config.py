@@ -87,6 +87,8 @@ def test_a_key_given_twice_in_a_json_config_is_refused(tmp_path):
     ("dropuot", "model.dropout", "train"), ("n_layr", "model.n_layer", "train"),
     ("train.dtype", "train.precision", "train"),  # nanoGPT's name: it was offered train.device
     ("model.dtype", "train.precision", "train"), ("model.lr", "train.learning_rate", "train"),  # not model.precision
+    ("train.fp16", "train.precision", "train"), ("amp", "precision", "train"),  # fp16 was offered beta1
+    ("train.mixed_precision", "train.precision", "train"),
 ])
 def test_an_unknown_key_suggests_the_key_and_the_help_that_lists_it(key, hint, command):
     with pytest.raises(UserError, match=rf"did you mean {hint}\?\); `banglaslm {command} --help` lists them"):
