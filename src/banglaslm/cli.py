@@ -336,8 +336,8 @@ def cmd_train(args) -> None:
         # checks that only settings a resume may change were changed), or the source run's.
         resumed = args.resume and run.config_path.is_file()
         base = run.load_config() if resumed else inherited(RunFolder(init_from).load_config()) if init_from else None
-        if init_from and not resumed and args.max_iters is not None:  # this run's --max-iters, not the source's,
-            base.train.max_iters = args.max_iters  # is what its warm-up is checked against
+        if not resumed and args.max_iters is not None:  # the warm-up is checked against this length, not the
+            overrides = {**overrides, "train.max_iters": args.max_iters}  # default's, preset's or source's
         config = build_config(args.preset, None, overrides, base=base)
         if args.resume and base is not None and args.preset:
             _check_resumed_preset(args.preset, config, build_config(None, None, overrides, base=base),

@@ -22,7 +22,13 @@ from conftest import assert_user_error, cli
 
 from banglaslm.errors import UserError
 from banglaslm.server.app import BusyGuard, HostCheck, create_app
-from banglaslm.server.run import OPEN_PER_REQUEST, bind, run_server, server_config
+from banglaslm.server.run import (
+    OPEN_PER_REQUEST,
+    bind,
+    run_server,
+    server_config,
+    trusted_hosts,
+)
 from banglaslm.tokenizer import Tokenizer
 
 
@@ -235,6 +241,11 @@ def test_serving_on_the_ipv6_wildcard_serves_ipv4_too():
     [local] = bind("::1", 0)  # an IPv6 address of its own stays IPv6 only
     with local:
         assert local.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    # an IPv4 client arrives at '::ffff:127.0.0.1': its Host header names the server as 127.0.0.1 or localhost
+    check = HostCheck(trusted_hosts("::", []))
+    for host in (b"127.0.0.1:8000", b"localhost:8000"):
+        assert check(host, ("::ffff:127.0.0.1", 8000)), host
+    assert check(b"192.0.2.7:8000", ("::ffff:192.0.2.7", 8000)) and not check(b"evil.example", ("::ffff:192.0.2.7", 8000))
 
 
 def test_host_check_rules():

@@ -177,6 +177,12 @@ def test_a_warm_start_does_not_take_the_source_time_limit(data_dir, other_data, 
     out = out.out + out.err
     assert code == 0 and ("stopped it inside its warm-up of 50 iterations: the learning rate never reached its peak; "
                           "lower train.warmup_iters or raise the limit") in out, out
+    # a new run's warm-up is checked against its --max-iters (it was against the default's or the preset's 10)
+    code = main([str(a) for a in ["train", "--data", other_data, "--out", tmp_path / "fresh", "--max-iters", 100000,
+                                  *set_args(SHORT), "--set", "train.warmup_iters=20000",
+                                  "--set", "train.time_limit_min=0.0001"]])
+    out = capsys.readouterr()
+    assert code == 0 and "inside its warm-up of 20,000 iterations" in out.out, out.err
     # resumed with its time used up, it names the limit to raise (it said --max-iters, which changed nothing)
     code = main([str(a) for a in ["train", "--data", other_data, "--out", tmp_path / "clock", "--resume",
                                   "--max-iters", 200000]])

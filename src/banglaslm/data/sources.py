@@ -874,19 +874,8 @@ def _sniffed_delimiter(path: str, delimiter: str) -> str:
         header = fh.readline(1 << 16)
     if "," in header:
         return delimiter
-    for candidate in (";", "\t", "|"):
+    for candidate in (c for c in (";", "\t", "|") if c in header):  # a row is read only for a likely one
         names, row = _first_records(path, candidate)
-        ends_in_separator = len(row) == len(names) + 1 and not row[-1].strip()
-        if len(names) >= 2 and (len(row) in (0, len(names)) or ends_in_separator):
-            return candidate
-    return delimiter
-    with open_text(path, newline="") as fh:
-        header, first = fh.readline(1 << 16), fh.readline(1 << 16)
-    if "," in header:
-        return delimiter
-    fields = lambda line, d: next(csv.reader([line], delimiter=d), [])  # noqa: E731
-    for candidate in (";", "\t", "|"):
-        names, row = fields(header, candidate), fields(first, candidate)
         ends_in_separator = len(row) == len(names) + 1 and not row[-1].strip()
         if len(names) >= 2 and (len(row) in (0, len(names)) or ends_in_separator):
             return candidate

@@ -76,6 +76,7 @@ class HostCheck:
             return self.any
         name = (found["ip6"] or found["name"]).lower().rstrip(".")
         ip, local = _ip(name), _ip(server[0]) if server else None
+        local = getattr(local, "ipv4_mapped", None) or local  # an IPv4 client of a dual-stack '::' socket
         if name in self.names or (ip is not None and (ip in self.ips or ip == local)):
             return True
         return local is not None and local.is_loopback and (name == "localhost" or (ip is not None and ip.is_loopback))
