@@ -336,8 +336,9 @@ def cmd_train(args) -> None:
         # checks that only settings a resume may change were changed), or the source run's.
         resumed = args.resume and run.config_path.is_file()
         base = run.load_config() if resumed else inherited(RunFolder(init_from).load_config()) if init_from else None
-        if not resumed and args.max_iters is not None:  # the warm-up is checked against this length, not the
-            overrides = {**overrides, "train.max_iters": args.max_iters}  # default's, preset's or source's
+        if not resumed and (args.max_iters or 0) >= 1:  # the warm-up is checked against this length, not the
+            overrides = {**overrides, "train.max_iters": args.max_iters}  # default's, preset's or source's (a bad
+            # one is named as --max-iters by train())
         config = build_config(args.preset, None, overrides, base=base)
         if args.resume and base is not None and args.preset:
             _check_resumed_preset(args.preset, config, build_config(None, None, overrides, base=base),
