@@ -426,10 +426,12 @@ def test_a_generation_past_the_time_out_is_not_retried_by_openai_clients(trained
 
 def test_a_long_scoring_answer_is_laid_out_off_the_event_loop(client, monkeypatch):
     """Laying out 8 echoed prompts' logprobs (17 MB of JSON) on the event loop froze every other
-    stream for 2 s: the choices and the JSON are now made in a thread, where no loop runs."""
+    stream for 2 s: the choices and the JSON, and a streamed answer's echoed prompt, are now made
+    in a thread, where no loop runs."""
     import asyncio
 
     from banglaslm.server import app as app_module
+    from banglaslm.server.events import LogprobFormat
     from banglaslm.server.service import OpenAIService
 
     on_loop = []
@@ -446,9 +448,13 @@ def test_a_long_scoring_answer_is_laid_out_off_the_event_loop(client, monkeypatc
 
     monkeypatch.setattr(OpenAIService, "_completion_choices", watched(OpenAIService._completion_choices))
     monkeypatch.setattr(app_module, "jsonable_encoder", watched(app_module.jsonable_encoder))
+    monkeypatch.setattr(LogprobFormat, "prompt", watched(LogprobFormat.prompt))
     r = client.post("/v1/completions", json={"model": MODEL, "prompt": ["আমার সোনার বাংলা"] * 2, "max_tokens": 0,
                                              "echo": True, "logprobs": 5})
     assert r.status_code == 200 and len(r.json()["choices"]) == 2, r.text
+    streamed = client.post("/v1/completions", json={"model": MODEL, "prompt": "আমার সোনার বাংলা", "max_tokens": 2,
+                                                    "echo": True, "logprobs": 5, "stream": True})
+    assert streamed.status_code == 200 and '"top_logprobs"' in streamed.text.split("\n\n")[0], streamed.text
     assert r.json()["choices"][0]["logprobs"]["top_logprobs"][1], r.text
     r = client.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 3,
                                                   "messages": [{"role": "user", "content": "আমি"}]})

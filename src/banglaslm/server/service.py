@@ -364,8 +364,9 @@ class OpenAIService:
         async def body():
             completion_tokens = 0
             try:
-                for chunk in chunks.echoes(prompts) if echo else ():
-                    yield sse(chunk)
+                # in a thread, as a non-streamed answer's: a long prompt's logprobs take seconds to lay out
+                for event in await asyncio.to_thread(lambda: [sse(c) for c in chunks.echoes(prompts)]) if echo else ():
+                    yield event
                 events = (self._choice_events(prompts, params, chat, disconnected, deadline) if generate
                           else _scored_only(len(prompts) * params.n))
                 async for event in events:
