@@ -45,8 +45,9 @@ def test_playground_generates_streamed_bangla_and_shows_candidates(server_url):
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
         page = browser.new_page()
-        external = []
+        external, failed = [], []
         page.on("request", lambda r: external.append(r.url) if not r.url.startswith(server_url) else None)
+        page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
         page.goto(server_url + "/")
         page.fill("#prompt", "নদীর ধারে")
         # The page's Content-Security-Policy forbids eval, so wait with locators, not JS strings.
@@ -96,6 +97,14 @@ def test_playground_generates_streamed_bangla_and_shows_candidates(server_url):
         page.locator("#stats", has_text="tokens/s").wait_for(timeout=60_000)
         page.locator("#go:enabled").wait_for(timeout=60_000)
         assert len(posts) == 1, posts
+        # A seed past 2^53 went through Number() and arrived rounded (a different seed).
+        bodies = []
+        page.on("request", lambda r: bodies.append(r.post_data) if r.method == "POST" else None)
+        page.fill("#seed", "9007199254740993")
+        page.click("#go")
+        page.locator("#go:enabled").wait_for(timeout=60_000)
+        assert '"seed":9007199254740993,' in bodies[-1], bodies[-1]
+        assert failed == []  # the page's own requests, the favicon's too, all answered
         for typo in ("abc", "12abc"):  # was sent as a random seed, and as 12
             page.fill("#seed", typo)
             page.click("#go")

@@ -332,6 +332,7 @@ def test_playground_page(client):
     for attr in ("src=", "href=", "@import", "url("):
         assert attr not in page  # everything is inline: no requests outside this server
     assert "connect-src 'self'" in r.headers["content-security-policy"]
+    assert client.get("/favicon.ico").status_code == 204  # a browser asks for it: none, and no 404 logged
 
 
 def token_bytes(token: str) -> bytes:

@@ -23,7 +23,7 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..generation.cpu_decode import CpuDecoder
@@ -302,6 +302,10 @@ def create_app(run_dir, api_key: str | None = None, model_name: str | None = Non
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
         return await _answer(await service.chat_completions(req, request.is_disconnected))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():  # the playground has none: say so without a 404 in the log and the browser's console
+        return Response(status_code=204)
 
     @app.head("/", response_class=HTMLResponse)
     @app.get("/", response_class=HTMLResponse)
