@@ -473,6 +473,7 @@ def unescape(text: str) -> str:
 def cmd_generate(args) -> None:
     from .generation.engine import Engine
     from .runfolder import load_model
+    from .text import prompt_shown
 
     if args.stream and args.json:
         raise UserError("--stream and --json cannot be combined; --json prints one object at the end")
@@ -487,7 +488,7 @@ def cmd_generate(args) -> None:
     if note := loaded.tokenizer.unknown_note(args.prompt, "the prompt"):
         print(f"note: {note}", file=sys.stderr)
     if args.stream:
-        sys.stdout.write(args.prompt)
+        sys.stdout.write(prompt_shown(args.prompt))
         sys.stdout.flush()
         wrote = False
         for piece in engine.stream(args.prompt, params):
@@ -503,7 +504,7 @@ def cmd_generate(args) -> None:
         print(json.dumps({"text": completion.text, "prompt": args.prompt, "tokens": len(completion.token_ids)},
                          ensure_ascii=False))
     else:
-        print(args.prompt + completion.text)
+        print(prompt_shown(args.prompt) + completion.text)
 
 
 def _note_if_nothing(wrote: bool) -> None:

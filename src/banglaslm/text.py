@@ -150,6 +150,13 @@ def normalize_prompt(text: str) -> str:
     return text.rstrip(" ") if text.strip() else ""
 
 
+def prompt_shown(text: str) -> str:
+    """The prompt as its writer typed it, less the trailing spaces (tabs, no-break spaces)
+    `normalize_prompt` drops: the text a continuation follows. With them, a continuation that
+    opens with its own space read as a double space."""
+    return re.sub(r"[^\S\n]+\Z", "", text)
+
+
 def normalize_fragment(text: str) -> str:
     """The normalization of a piece of text that is looked for inside normalized text (a stop
     string, say): every rule but the final strip, so "\\n" stays a line break."""

@@ -84,11 +84,15 @@ def test_library(loaded, stop_cases):
 
 
 def test_cli(trained_run, stop_cases):
+    """A prompt's trailing space, which the model never reads, was printed before a continuation
+    that opens with its own space: a double space on the screen."""
     seed, stop, typed, expected = stop_cases[0]
-    r = subprocess.run([sys.executable, "-m", "banglaslm", "generate", str(trained_run), "--prompt", PROMPT,
-                        "--temperature", "1.0", "--seed", str(seed), "--max-new-tokens", "80", "--stop", typed], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == PROMPT + expected + "\n"
+    for prompt, stream in ((PROMPT, []), (PROMPT + " ", []), (PROMPT + " \t", ["--stream"])):
+        r = subprocess.run([sys.executable, "-m", "banglaslm", "generate", str(trained_run), "--prompt", prompt,
+                            "--temperature", "1.0", "--seed", str(seed), "--max-new-tokens", "80", "--stop", typed,
+                            *stream], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == PROMPT + expected + "\n", (prompt, stream)
 
 
 def test_server(trained_run, stop_cases):
