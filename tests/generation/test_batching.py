@@ -131,3 +131,31 @@ def test_a_batch_step_is_one_kernel_call(loaded, monkeypatch):
     batch.step()
     assert calls == [len(PROMPTS)]
     assert torch.equal(batch.keys[0][len(PROMPTS):], torch.zeros_like(batch.keys[0][len(PROMPTS):]))
+
+
+def test_no_penalty_touches_the_end_of_document_token(loaded):
+    """Only a context's leading end-of-document token was spared the repetition penalty: from a
+    chat's second answer on (the first ends with one) the token that ends an answer was penalized,
+    and answers ran on. The engine and the server's batches now spare every one."""
+    from banglaslm.generation.sampling import adjust_logits
+
+    engine = Engine(loaded.model, loaded.tokenizer)
+    eod = loaded.tokenizer.eod_id
+    context = [eod, *loaded.tokenizer.encode("আমি বাংলা"), eod, *loaded.tokenizer.encode("একদিন")]  # as a chat's
+    params = SamplingParams(max_new_tokens=1, greedy=True, repetition_penalty=3.0, presence_penalty=1.0,
+                            logit_bias={eod: 4.0}, logprobs=5)
+    with torch.no_grad():
+        logits = loaded.model(torch.tensor([context]))[0][:, -1, :engine.vocab]
+    seen = torch.zeros_like(logits, dtype=torch.bool)
+    seen[0, [t for t in context if t != eod]] = True
+    want = torch.softmax(adjust_logits(logits.float(), params, seen=seen), -1)[0]
+    got = {}
+    batch = Batch(engine, capacity=2)
+    batch.add(Sequence(context, params, on_step=lambda step: got.setdefault("batch", step.logprob)))
+    while not batch.idle:
+        batch.step()
+    got["engine"] = next(engine.stream_steps(context, params)).logprob
+    for where, logprob in got.items():
+        assert eod in [c.token_id for c in logprob.candidates], where
+        for c in logprob.candidates:
+            assert c.prob == pytest.approx(float(want[c.token_id]), rel=1e-4, abs=1e-6), (where, c)

@@ -90,7 +90,8 @@ class Batch:
             params = self.engine.checked(seq.params)
             if params.n != 1:
                 raise ValueError(f"a Sequence is one sample; got n={params.n}")
-            live = _Live(seq, params, row, Sampler(params, [row], self.engine.vocab, self.engine.device),
+            live = _Live(seq, params, row, Sampler(params, [row], self.engine.vocab, self.engine.device,
+                                                   self.engine.tokenizer.eod_id),
                          track_text=bool(params.stop) or seq.on_step is not None)
             if seq.check:
                 seq.check()

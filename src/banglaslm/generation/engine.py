@@ -222,7 +222,7 @@ class Engine:
         `track_text`: feed each row's stream decoder as tokens come (streaming, stop strings)."""
         eod = self.tokenizer.eod_id
         with self._eval_mode():
-            sampler = Sampler(params, rows, self.vocab, self.device)
+            sampler = Sampler(params, rows, self.vocab, self.device, self.tokenizer.eod_id)
             # Decode steps in one C call on CPUs when the kernel can run this model exactly
             # (cpu_decode.py); None: every step through model(...).
             fused = CpuDecoder.for_model(self.model) if self.use_kernel else None

@@ -85,17 +85,20 @@ def sample_seed(seed: int, sample: int) -> int:
 class Sampler:
     """Picks the next token of every active row; keeps the per-row penalty state."""
 
-    def __init__(self, params: SamplingParams, rows: list, vocab: int, device):
+    def __init__(self, params: SamplingParams, rows: list, vocab: int, device, eod: int | None = None):
         """`rows`: the engine's rows (their `context` and `sample` number), one per batch row;
         `vocab`: the ids the tokenizer decodes, the first of the model's (an embedding padded
-        beyond them, as some imported models have, never yields an id the tokenizer lacks)."""
-        self.params, self.vocab = params, vocab
+        beyond them, as some imported models have, never yields an id the tokenizer lacks);
+        `eod`: the end-of-document token, which no penalty touches: it is no word to repeat,
+        and a chat's earlier answers each end with one (penalized, later answers ran on)."""
+        self.params, self.vocab, self.eod = params, vocab, eod
         B = len(rows)
         self.seen = self.counts = None
         if params.repetition_penalty != 1.0:
             self.seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
-            for b, row in enumerate(rows):  # the leading end-of-document marker is not text
-                self.seen[b, torch.tensor(row.context[1:], dtype=torch.long, device=device)] = True
+            for b, row in enumerate(rows):
+                self.seen[b, torch.tensor(row.context, dtype=torch.long, device=device)] = True
+            self._unsee_eod()
         if params.presence_penalty or params.frequency_penalty:
             self.counts = torch.zeros(B, vocab, device=device)
         self.generators = None
@@ -156,5 +159,12 @@ class Sampler:
         """Record the tokens just generated (ids (B,)) for the penalties."""
         if self.seen is not None:
             self.seen.scatter_(1, ids[:, None], True)
+            self._unsee_eod()
         if self.counts is not None:
             self.counts.scatter_add_(1, ids[:, None], torch.ones_like(ids[:, None], dtype=self.counts.dtype))
+            if self.eod is not None and self.eod < self.vocab:
+                self.counts[:, self.eod] = 0
+
+    def _unsee_eod(self) -> None:
+        if self.eod is not None and self.eod < self.vocab:
+            self.seen[:, self.eod] = False
