@@ -34,7 +34,7 @@ class BanglaslmLM(TemplateLM):
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 16):
         super().__init__()
-        self.loaded, self.model, self.tok = loaded, loaded.model, loaded.tokenizer
+        self.loaded, self.model, self.tok = loaded, loaded.model.eval(), loaded.tokenizer  # no dropout in scores
         self.block_size = loaded.config.model.block_size
         self.batch_size = batch_size
         self.engine = Engine(self.model, self.tok)

@@ -213,6 +213,18 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+@contextmanager
+def evaluating(model: nn.Module):
+    """Dropout off inside the block (generating, scoring); the model's mode is restored after,
+    so a caller's training loop may evaluate between its steps."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def tied_keys(cfg: ModelConfig) -> set[str]:
     """State-dict keys that name another key's tensor (a tied head): saved once, under the other."""
     return {"lm_head.weight"} if cfg.tied_head else set()

@@ -106,3 +106,17 @@ def test_text_the_tokenizer_cannot_spell_is_warned_not_trusted(tmp_path, small_b
     capsys.readouterr()
     code, err = run_cli(["eval", tmp_path / "r", "--text", tmp_path / "zh.txt", tmp_path / "bn.txt"])
     assert code == 0 and err.count("warning: ") == 1 and "zh.txt" in err and "are unknown" in err, err
+
+
+def test_scores_are_made_without_dropout_and_leave_the_models_mode(trained_run):
+    """evaluate_text scored a model left in training mode (a caller's own loop) with dropout on:
+    a different number each call."""
+    loaded = load_model(trained_run)
+    for module in loaded.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    text = "নদীর ধারে একটি ছোট গ্রাম ছিল। " * 4
+    reference = evaluate_text(loaded, text).bits_per_char
+    loaded.model.train()
+    assert [evaluate_text(loaded, text).bits_per_char for _ in range(2)] == [reference] * 2
+    assert loaded.model.training

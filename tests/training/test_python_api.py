@@ -65,14 +65,19 @@ def test_arguments_of_the_wrong_kind_are_named_with_the_fix(trained_run, data_di
     from banglaslm.config import SamplingParams
     from banglaslm.evaluation.perplexity import evaluate_file, evaluate_text
     from banglaslm.generation.engine import Engine, generate
+    from banglaslm.interop.hf_import import import_hf
     from banglaslm.runfolder import load_model
 
     loaded = load_model(trained_run)
+    held = tmp_path / "held.txt"  # a str naming it was scored as the text "/tmp/.../held.txt"
+    held.write_text("নদীর ধারে একটি ছোট গ্রাম ছিল।\n", encoding="utf-8")
     cases = [
         (lambda: generate(str(trained_run), "আমি"), f"^loaded must be a loaded model, got str .*load_model\\('{trained_run}'\\)"),
         (lambda: evaluate_file(trained_run, "x.txt"), "^loaded must be a loaded model, got PosixPath"),
         (lambda: evaluate_text(loaded, tmp_path / "a.txt"), "^text must be a str, got PosixPath.*use evaluate_file"),
         (lambda: evaluate_file(loaded, None), "^path must be a file's path"),
+        (lambda: evaluate_text(loaded, str(held)), "^text is the path of a file, .*evaluate_file\\(loaded, "),
+        (lambda: import_hf(None, tmp_path / "r3"), "^hf_dir must be a Hugging Face model folder's path"),
         (lambda: generate(loaded, ["আমি", "তুমি"]), r"^prompt must be one text.*Engine\(loaded.model"),
         (lambda: generate(loaded, "আমি".encode()), r"^prompt must be text \(str\), got bytes.*decode"),
         (lambda: generate(loaded, None), r"^prompt must be text \(str\), got NoneType"),
@@ -84,7 +89,7 @@ def test_arguments_of_the_wrong_kind_are_named_with_the_fix(trained_run, data_di
     for call, message in cases:
         with pytest.raises(UserError, match=message):
             call()
-    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
 
 
 @pytest.mark.parametrize("given, message", [

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..config import Opt, checked_arguments, show_progress
 from ..data.sources import read_whole_text
 from ..errors import UserError, bad_param, wrong_kind
+from ..model import evaluating
 from ..runfolder import LoadedModel, check_loaded
 from ..text import normalize
 from ..tokenizer import MAX_UNKNOWN_SHARE, Coverage
@@ -84,8 +85,8 @@ def _scored_windows(model, ids: list[int], stride: int, tokens_per_pass: int = T
     ids_t = torch.tensor(ids, dtype=torch.long, device=device)
     spans = _windows(len(ids), block, stride)
     per_pass = max(1, tokens_per_pass // block)
-    with tqdm(total=len(spans), unit="window", desc="scoring", leave=False,
-              disable=not progress or len(spans) < 100) as bar:
+    with evaluating(model), tqdm(total=len(spans), unit="window", desc="scoring", leave=False,
+                                 disable=not progress or len(spans) < 100) as bar:
         for i in range(0, len(spans), per_pass):
             group = spans[i:i + per_pass]
             x = torch.zeros(len(group), max(end - start for start, end, _ in group) - 1, dtype=torch.long, device=device)
@@ -131,11 +132,15 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>",
     (natural log); bits per byte / per character divide the same total by the UTF-8 bytes /
     characters of the normalized text, which makes models with different tokenizers comparable.
     UserError for empty text, a stride outside 1..block size, or an argument of the wrong kind
-    (a path belongs to `evaluate_file`)."""
+    (a path, or a str naming a file, belongs to `evaluate_file`). Dropout is off while scoring
+    and the model's mode is restored after."""
     loaded = check_loaded(loaded)
     if not isinstance(text, str):
         fix = f"to score a file use evaluate_file(loaded, {str(text)!r})" if isinstance(text, Path) else ""
         raise wrong_kind("text", text, "a str", fix)
+    if _names_a_file(text):  # scored as text it gives a number, and a meaningless one
+        raise bad_param("text", f"is the path of a file, {text!r}, not text; to score the file use "
+                                f"evaluate_file(loaded, {text!r})")
     text = normalize(text)
     if not text:
         raise UserError(f"{name} holds no text to evaluate")
@@ -155,6 +160,16 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>",
         tokens=n_tokens, chars=len(text), unknown_share=coverage.unknown_share,
         byte_fallback_share=coverage.byte_fallback_share,
     )
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether `text` is one line that names an existing file."""
+    if "\n" in text or not text.strip() or len(text) > 4096:
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long for the system, a NUL
+        return False
 
 
 def read_texts(paths: list[str | Path]) -> list[tuple[str, str]]:

@@ -15,7 +15,6 @@ import bisect
 import re
 import unicodedata
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 
@@ -23,7 +22,7 @@ import torch
 
 from ..config import ModelConfig, SamplingParams
 from ..errors import UserError, bad_param, wrong_kind
-from ..model import GPT, KVCache
+from ..model import GPT, KVCache, evaluating
 from ..runfolder import LoadedModel, check_loaded
 from ..text import check_text, normalize_fragment, normalize_prompt
 from ..tokenizer import Tokenizer
@@ -221,7 +220,7 @@ class Engine:
         """Generate into `rows`; yield (sampled ids, TokenLogprobs or None) of the active rows per step.
         `track_text`: feed each row's stream decoder as tokens come (streaming, stop strings)."""
         eod = self.tokenizer.eod_id
-        with self._eval_mode():
+        with evaluating(self.model):
             sampler = Sampler(params, rows, self.vocab, self.device, self.tokenizer.eod_id)
             # Decode steps in one C call on CPUs when the kernel can run this model exactly
             # (cpu_decode.py); None: every step through model(...).
@@ -288,15 +287,6 @@ class Engine:
             logits, _ = self.model(idx)
         return logits.float()
 
-    @contextmanager
-    def _eval_mode(self):
-        """Dropout off while generating; the model's mode is restored afterwards."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            yield
-        finally:
-            self.model.train(was_training)
 
 
 def accept_token(row: Row, token: int, logprob: TokenLogprob | None, params: SamplingParams, eod: int,

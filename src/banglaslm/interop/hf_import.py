@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from ..checkpoint import save_checkpoint
 from ..config import ModelConfig, RunConfig, validate
 from ..errors import UserError
-from ..fileio import atomic_copy, read_json_or_fail, staged_folder
+from ..fileio import as_path, atomic_copy, read_json_or_fail, staged_folder
 from ..model import GPT, swiglu_hidden, tied_keys
 from ..runfolder import RunFolder
 from ..tokenizer import Tokenizer
@@ -212,7 +212,8 @@ def _model(src: Path, cfg: ModelConfig) -> GPT:
 
 def import_hf(hf_dir: str | Path, out_run_dir: str | Path) -> Path:
     """Write a banglaslm run folder for the HF checkpoint in `hf_dir`; returns `out_run_dir`."""
-    src = Path(hf_dir)
+    src = as_path(hf_dir, "hf_dir", "a Hugging Face model folder")
+    out_run_dir = as_path(out_run_dir, "out_run_dir", "a run folder")
     if src.is_file():
         raise UserError(f"{src} is a file; import reads a Hugging Face model folder (config.json, model.safetensors, "
                         "tokenizer.json), e.g. one `export --format hf` wrote")
