@@ -112,8 +112,10 @@ def run_lm_eval(run_dir: str | Path,
         detail = " ".join(str(e).split())[:300] or type(e).__name__
         raise UserError(f"lm-eval could not run {', '.join(names)}: {type(e).__name__}: {detail}; check the "
                         "task's YAML and data (or, for a built-in task, the network)") from None
+    # how the scores were made: int8 or bf16 weights score a little differently from float32's
     results["banglaslm"] = {"run_dir": str(Path(run_dir).absolute()), "checkpoint": loaded.checkpoint.name,
-                            "iter": loaded.iteration}
+                            "iter": loaded.iteration, "quantize": quantize, "device": str(next(loaded.model.parameters()).device),
+                            "batch_size": batch_size}
     path = folder / f"results_{time.strftime('%Y-%m-%dT%H-%M-%S', time.gmtime())}.json"
     kept = {k: v for k, v in results.items() if k != "samples"}
     atomic_write_text(path, json.dumps(kept, ensure_ascii=False, indent=2, default=str) + "\n")

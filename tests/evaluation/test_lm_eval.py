@@ -227,6 +227,7 @@ def test_task_path_with_unusual_characters(tmp_path):
     ("latin1", "not UTF-8"),
     ("no_files", "no text files"),
     ("bad_name", "task name"),
+    ("builtin_name", "one of lm-eval's own tasks"),  # was accepted: perplexity filed under a benchmark's name
     ("out_is_file", "not a folder"),
 ])
 def test_write_perplexity_task_errors(tmp_path, case, expected):
@@ -250,6 +251,9 @@ def test_write_perplexity_task_errors(tmp_path, case, expected):
         texts = []
     elif case == "bad_name":
         name = "../evil"
+    elif case == "builtin_name":
+        pytest.importorskip("lm_eval")
+        name = "belebele_ben_Beng"
     elif case == "out_is_file":
         out = good
     with pytest.raises(UserError, match=expected) as info:

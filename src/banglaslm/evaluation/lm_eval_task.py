@@ -4,11 +4,13 @@
 file) and NAME.yaml (a loglikelihood_rolling task over it), so that `lm_eval --include_path
 OUT_DIR --tasks NAME` scores an HF export on exactly our text, offline; each file's bits per
 byte then equals `banglaslm eval FILE --stride BLOCK_SIZE`. Writing the task needs only the
-standard library; only running it needs lm-eval. docs/lm-eval.md has the how and why.
+standard library (and lm-eval's task index, where it is installed, to refuse a name of its
+own tasks); only running it needs lm-eval. docs/lm-eval.md has the how and why.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -93,6 +95,17 @@ def task_yaml(name: str, jsonl: Path, n_docs: int) -> str:
     ])
 
 
+@functools.lru_cache(maxsize=1)
+def _builtin_task_names() -> frozenset[str]:
+    """lm-eval's own task, group and tag names (indexing them takes seconds); none where lm-eval
+    is not installed, since no name can clash there."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        return frozenset()
+    return frozenset(TaskManager().all_tasks)
+
+
 def write_perplexity_task(texts: list[Path], out_dir: Path,
                           name: Annotated[str, Opt("task name")] = "bangla_ppl") -> Path:
     """Write OUT_DIR/NAME.jsonl and OUT_DIR/NAME.yaml (see the module docstring); returns
@@ -106,6 +119,8 @@ def write_perplexity_task(texts: list[Path], out_dir: Path,
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise UserError(f"task name {name!r} is not usable; use letters, digits, '_' or '-', starting "
                         "with a letter (e.g. bangla_ppl)")
+    if name in _builtin_task_names():  # results filed under a known benchmark's name, and shadowing it
+        raise UserError(f"task name {name!r} is one of lm-eval's own tasks; choose another (e.g. bangla_ppl)")
     if isinstance(texts, (str, Path)):  # one file given without a list
         texts = [texts]
     texts = [Path(t) for t in texts]
