@@ -220,7 +220,8 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="continue a prompt with a trained model")
     p.add_argument("run_dir", metavar="RUN_DIR")
     prompt = p.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="the text to continue")
+    prompt.add_argument("--prompt", help="the text to continue (\\n and \\t are a line break and a tab, \\\\ a "
+                                         "backslash, as in --stop)")
     prompt.add_argument("--prompt-file", metavar="FILE", help="read the text to continue from a text file")
     p.set_defaults(param_flags={"prompt": "--prompt"})
     add_options(p, SamplingParams, skip=("n", "logprobs"))
@@ -482,6 +483,8 @@ def cmd_generate(args) -> None:
     params.validate()  # fail on bad options before spending time loading the model
     if args.prompt_file is not None:
         args.prompt = read_prompt_file(args.prompt_file)
+    else:  # `--prompt "শিরোনাম: নদী\n"` reached the model as a backslash and an n
+        args.prompt = unescape(args.prompt)
     loaded = load_model(args.run_dir, **picked(args, load_model))
     engine = Engine(loaded.model, loaded.tokenizer)
     engine.encode_prompt(args.prompt)  # an empty prompt fails here, before any output

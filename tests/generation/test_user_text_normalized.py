@@ -2,6 +2,7 @@
 written with letter + nukta, or with a vowel sign in two parts, stops exactly where the
 precomposed one does, in the library, the CLI and the server."""
 
+import json
 import subprocess
 import sys
 import unicodedata
@@ -170,3 +171,14 @@ def test_a_stop_string_has_a_length_limit():
     SamplingParams(stop=["ক" * MAX_STOP_CHARS]).validate()
     with pytest.raises(UserError, match=f"^stop strings may be at most {MAX_STOP_CHARS} characters each, got one of 1,000"):
         SamplingParams(stop=["।", "ক" * 1000]).validate()
+
+
+def test_cli_prompt_reads_a_typed_line_break_as_stop_does(trained_run, loaded):
+    """`--prompt "শিরোনাম: নদী\\n"` reached the model as a backslash and an n (--stop reads them)."""
+    r = subprocess.run([sys.executable, "-m", "banglaslm", "generate", str(trained_run), "--prompt", PROMPT + "\\n",
+                        "--greedy", "--max-new-tokens", "4", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["prompt"] == PROMPT + "\n"
+    engine = Engine(loaded.model, loaded.tokenizer)
+    assert out["text"] == engine.generate([PROMPT + "\n"], SamplingParams(greedy=True, max_new_tokens=4))[0][0].text
