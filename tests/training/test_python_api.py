@@ -85,6 +85,8 @@ def test_arguments_of_the_wrong_kind_are_named_with_the_fix(trained_run, data_di
         (lambda: Engine(loaded.model, loaded.tokenizer).generate("আমি", SamplingParams()), r"^prompts must be a list.*\[prompt\]"),
         (lambda: train(data_dir, tmp_path / "r1", {"train": {"max_iters": 2}}), r"^config must be a RunConfig.*overrides="),
         (lambda: train(data_dir, tmp_path / "r2", "tiny"), r"^config must be a RunConfig.*build_config\('tiny'\)"),
+        (lambda: train(data_dir, tmp_path / "r2", max_iters=0), r"^max_iters must be at least 1, got 0$"),
+        (lambda: train(data_dir, tmp_path / "r2", max_iters=3), r"^max_iters 3 is below the warm-up's 200 steps"),
     ]
     for call, message in cases:
         with pytest.raises(UserError, match=message):

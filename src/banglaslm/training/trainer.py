@@ -608,7 +608,10 @@ def train(data_dir: str | Path | list, run_dir: str | Path, config: RunConfig | 
     With `resume` and no `config`, the run's saved config is used; a given `config` must
     equal the saved one except for the keys in RESUME_MUTABLE (e.g. max_iters, which
     stretches the LR schedule, or learning_rate after a divergence). `init_from` (a run
-    folder) starts a new run from that run's weights and model config (`warm_start`).
+    folder) starts a new run from that run's weights and model config (`warm_start`): with no
+    `config`, its whole config; a given one's model section must be the source's, so build it
+    on the source's: `build_config(base=load_model(SOURCE).config, overrides={...})` (a plain
+    `build_config()` holds the default model, refused unless the source has that shape).
     """
     if resume and init_from is not None:
         raise UserError("`resume` continues this run; `init_from` starts a new one from another run's weights: "
@@ -677,9 +680,11 @@ def settle_config(run: RunFolder, config: RunConfig | None, resume: bool, max_it
         config = warm_start.config(config)
     config = config or build_config()
     if max_iters is not None:
-        if max_iters < config.train.warmup_iters or max_iters < 1:
-            raise bad_param("max_iters", f"{max_iters} is below 1 or train.warmup_iters ({config.train.warmup_iters}); "
-                                         "give more steps, or a shorter warm-up (train.warmup_iters=N)")
+        if max_iters < 1:
+            raise bad_param("max_iters", f"must be at least 1, got {max_iters}")
+        if max_iters < config.train.warmup_iters:
+            raise bad_param("max_iters", f"{max_iters} is below the warm-up's {config.train.warmup_iters} steps "
+                                         "(train.warmup_iters); give more steps, or a shorter warm-up")
         config.train.max_iters = max_iters
     done = (read_state(run.checkpoint("latest")) or {}).get("iter", 0) if resume else 0
     if config.train.max_iters < done:  # it would end before it began, and save the shorter length as its own

@@ -67,7 +67,8 @@ class WarmStart:
         if differ:
             raise UserError(f"the model comes from {self.named}, but the settings give {', '.join(differ)}; drop "
                             "those settings (a preset sets model keys too; only the train settings and model.dropout "
-                            "may change)")
+                            "may change; in Python, build the config on the source's: build_config(base="
+                            "load_model(SOURCE).config, overrides=...))")
         given.model.vocab_size = source.model.vocab_size
         given.model.tie_embeddings = source.model.tie_embeddings  # the same head, said as the source says it
         return given
