@@ -255,7 +255,13 @@ def test_gguf_export_through_the_cli(trained_run, trained_gpt_run, tmp_path):
     assert cli_here("export", trained_run, "--format", "gguf", "--out", out, "--overwrite").returncode == 0
     # The course GPT's exact GELU is not llama.cpp's: refused unless accepted explicitly.
     g = tmp_path / "gpt.gguf"
-    assert_user_error(cli_here("export", trained_gpt_run, "--format", "gguf", "--out", g), "GELU")
+    assert_user_error(cli_here("export", trained_gpt_run, "--format", "gguf", "--out", g),
+                      "GELU (logits differ by ~1e-3, near-ties can flip); allow the approximation with --approximate-gelu")
+    from banglaslm.config import ModelConfig
+    from banglaslm.errors import UserError
+    from banglaslm.interop.gguf_export import check_gguf_exportable
+    with pytest.raises(UserError, match="allow the approximation with `approximate_gelu`, or"):  # Python's name there
+        check_gguf_exportable(ModelConfig(arch="gpt"))
     assert not g.exists()
     r = cli_here("export", trained_gpt_run, "--format", "gguf", "--out", g, "--approximate-gelu")
     assert r.returncode == 0 and "note:" in r.stderr and g.is_file()

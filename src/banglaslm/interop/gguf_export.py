@@ -178,7 +178,7 @@ def check_gguf_exportable(cfg: ModelConfig, approximate_gelu: bool = False) -> N
     if cfg.arch == "gpt" and not approximate_gelu:
         raise UserError("cannot export a 'gpt' run to GGUF exactly: llama.cpp's GPT-2 uses tanh-approximated "
                         "GELU where the model uses exact GELU (logits differ by ~1e-3, near-ties can flip); "
-                        "allow the approximation with --approximate-gelu, or export a 'modern' run")
+                        "allow the approximation with `approximate_gelu`, or export a 'modern' run")
     if cfg.block_size <= 0 or cfg.n_layer <= 0:
         raise UserError(f"cannot export: block_size ({cfg.block_size}) and n_layer ({cfg.n_layer}) must be > 0")
     # dropout only acts in training; llama.cpp has none and needs none.
