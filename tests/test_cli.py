@@ -261,7 +261,7 @@ def test_gguf_export_through_the_cli(trained_run, trained_gpt_run, tmp_path):
     from banglaslm.errors import UserError
     from banglaslm.interop.gguf_export import check_gguf_exportable
     with pytest.raises(UserError, match="allow the approximation with `approximate_gelu`, or"):  # Python's name there
-        check_gguf_exportable(ModelConfig(arch="gpt"))
+        check_gguf_exportable(ModelConfig(arch="gpt", vocab_size=100))
     assert not g.exists()
     r = cli_here("export", trained_gpt_run, "--format", "gguf", "--out", g, "--approximate-gelu")
     assert r.returncode == 0 and "note:" in r.stderr and g.is_file()
