@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import errno
 import glob
 import gzip
 import io
@@ -222,9 +223,15 @@ def swap_in(tmp: Path, out: Path) -> None:
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
-    """Copy `src` to `dst` so that `dst` is always either its old content or a full copy."""
+    """Copy `src` to `dst` so that `dst` is always either its old content or a full copy. A
+    full disk's OSError names `dst` (copyfile's names `src`, which was read well)."""
     with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+        try:
+            shutil.copyfile(src, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            raise OSError(exc.errno, exc.strerror, str(dst)) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

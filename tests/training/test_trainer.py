@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,6 +110,49 @@ def test_a_damaged_latest_checkpoint_on_resume_names_the_way_back(trained_run, d
     latest.write_bytes(good[:1000])
     best.write_bytes(good[:1000])
     one_line_error(*run_cli(resume), "train again (its best checkpoint cannot be read either)")
+
+
+def test_a_full_disk_while_saving_the_best_leaves_best_and_its_record_agreeing(data_dir, tmp_path, monkeypatch):
+    """The save wrote `latest`, recording the new best_val, then copied it to `best`: a full disk
+    there left the old `best` under the new record, and the resume, finding the run finished,
+    never wrote it (eval, generate and export then used old weights). The copy's error also
+    named `latest`, which was written well."""
+    import errno
+
+    from banglaslm import checkpoint as checkpoint_module
+    from banglaslm import fileio
+    from banglaslm.checkpoint import read_state
+    from banglaslm.training.trainer import Trainer
+
+    run = tmp_path / "run"
+    best, latest = run / "checkpoints" / "best.safetensors", run / "checkpoints" / "latest.safetensors"
+    settings = build_config(overrides={**TINY_SETTINGS, "train.max_iters": 20})
+    real_write, real_copy, real_evaluate = checkpoint_module.write_safetensors, fileio.shutil.copyfile, Trainer.evaluate
+    evaluations = []
+
+    def evaluate(self):  # the evaluation at step 20 (the third) improves on the others
+        result = real_evaluate(self)
+        evaluations.append(result)
+        return {**result, "val": self.state.best_val - 1.0} if len(evaluations) == 3 else result
+
+    def disk_full_for_the_last_best(real, target_arg):
+        def call(*args, **kwargs):
+            if Path(args[target_arg]).name == best.name and len(evaluations) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device", str(args[0]), None, str(args[1]))
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    monkeypatch.setattr(checkpoint_module, "write_safetensors", disk_full_for_the_last_best(real_write, 0))
+    monkeypatch.setattr(fileio.shutil, "copyfile", disk_full_for_the_last_best(real_copy, 1))
+    with pytest.raises(OSError) as caught:
+        train(data_dir, run, settings, progress=False)
+    assert caught.value.filename == str(best)
+    recorded, held = read_state(latest), read_state(best)
+    assert recorded["best_val"] == held["best_val"] and recorded["iter"] < 20, (recorded, held["iter"])
+    monkeypatch.undo()
+    train(data_dir, run, settings, resume=True, progress=False)
+    assert read_state(latest)["iter"] == 20 and read_state(best)["best_val"] == read_state(latest)["best_val"]
 
 
 def test_a_resume_that_moves_the_learning_rate_says_so(trained_run, data_dir, tmp_path):

@@ -19,7 +19,7 @@ from torch.distributed.tensor import DTensor
 
 from ..checkpoint import Checkpoint, load_checkpoint, rng_tensors, write_checkpoint
 from ..errors import UserError
-from ..fileio import atomic_copy, atomic_write_json, read_json_or_fail
+from ..fileio import atomic_write_json, read_json_or_fail
 from ..runfolder import RunFolder
 from . import distributed
 from .distributed import DistEnv
@@ -144,11 +144,12 @@ def save(run: RunFolder, it: int, model, optimizer, state: dict[str, Any], env: 
     distributed.barrier(env)  # every shard of this checkpoint is on disk: commit it
     latest = run.checkpoint("latest")
     if env.is_main:
+        tensors = {f"model.{k}": v for k, v in weights.items()}
+        if improved:  # before the commit: a write that fails (a full disk) leaves the last commit's best_val
+            write_checkpoint(run.checkpoint("best"), tensors, state)
         atomic_write_json(_pointer_path(run), {"format": POINTER_FORMAT, "version": 1, "folder": folder.name,
                                                "iter": it, "world_size": env.world_size})
-        write_checkpoint(latest, {f"model.{k}": v for k, v in weights.items()}, state)
-        if improved:
-            atomic_copy(latest, run.checkpoint("best"))
+        write_checkpoint(latest, tensors, state)
         for old in run.checkpoints.glob("step-*"):
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)

@@ -93,9 +93,12 @@ class Replicated:
             extra = dict(extra or {})
             if self.env.enabled:
                 extra.update({f"rng.torch.rank{r}": s for r, s in enumerate(rng_states)})
-            save_checkpoint(latest, model, state, optimizer, extra_tensors=extra)
+            # `best` first: a write that fails (a full disk) leaves `latest`, and the best_val it
+            # records, as they were, so that a resume never trusts a `best` that was not written.
+            first = self.run.checkpoint("best") if improved else latest
+            save_checkpoint(first, model, state, optimizer, extra_tensors=extra)
             if improved:
-                atomic_copy(latest, self.run.checkpoint("best"))
+                atomic_copy(first, latest)
         distributed.barrier(self.env)
         return latest
 
