@@ -80,6 +80,19 @@ def test_epochs_set_the_length(trained_run, chats, tmp_path):
     assert finetune_config(RunFolder(trained_run).load_config(), overrides={"max_iters": 7}).finetune.epochs == 0
 
 
+def test_a_runs_own_config_json_is_a_usable_config_file(trained_run, tmp_path):
+    """Every run's config.json holds finetune.lora_rank 0 (full fine-tuning): given with --config
+    it was refused as a LoRA rank below 1, which only a rank set on its own is."""
+    source = RunFolder(trained_run).load_config()
+    config = finetune_config(source, file=trained_run / "config.json")
+    assert config.finetune.lora_rank == 0 and config.train.max_iters == source.train.max_iters
+    tuned = tmp_path / "config.json"
+    tuned.write_text(json.dumps({**config.to_dict(), "finetune": {**config.to_dict()["finetune"], "lora_rank": 4}}))
+    assert finetune_config(source, file=tuned).finetune.lora_rank == 4
+    with pytest.raises(UserError, match="lora_rank must be >= 1 for LoRA, got 0"):
+        finetune_config(source, file=tuned, overrides={"finetune.lora_rank": 0})
+
+
 def test_epochs_fit_the_warm_up_and_evaluations_left_at_their_defaults_and_say_so(trained_run):
     """A warm-up or evaluation interval the user gave was lowered silently to fit the epochs'
     length (--set train.eval_interval=10 evaluated every 4 steps): given ones are kept, and the

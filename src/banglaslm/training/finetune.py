@@ -112,12 +112,16 @@ class FinetuneTrainer(Trainer):
 def finetune_config(source: RunConfig, file: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """The source run's config, then FINETUNE_TRAIN, then a config file and `overrides`. A given
     train.max_iters turns finetune.epochs off (0) and shortens a warm-up not given to fit; a
-    LoRA rank given as 0 or less is refused."""
-    given = {**(load_config_file(file) if file is not None else {}), **(overrides or {})}
-    given = {resolve_key(k): v for k, v in given.items()}
+    LoRA rank set as 0 or less in `overrides` is refused (a file's 0, as every run's config.json
+    writes a full fine-tuning, is that)."""
+    overrides = {resolve_key(k): v for k, v in (overrides or {}).items()}
+    given = {**{resolve_key(k): v for k, v in (load_config_file(file) if file is not None else {}).items()},
+             **overrides}
     rank = given.get("finetune.lora_rank")
-    if rank is not None and str(rank).strip().lstrip("+-").isdigit() and int(str(rank).strip()) <= 0:
-        raise bad_param("finetune.lora_rank", f"must be >= 1 for LoRA, got {rank} (leave it unset for full fine-tuning)")
+    set_rank = overrides.get("finetune.lora_rank")
+    if set_rank is not None and str(set_rank).strip().lstrip("+-").isdigit() and int(str(set_rank).strip()) <= 0:
+        raise bad_param("finetune.lora_rank", f"must be >= 1 for LoRA, got {set_rank} (leave it unset for full "
+                                              "fine-tuning)")
     lora_only = sorted(k for k in given if k.startswith("finetune.lora_") and k != "finetune.lora_rank")
     if lora_only and rank is None:
         raise bad_param(lora_only[0], "is a LoRA setting, but no finetune.lora_rank is set: add --set "
