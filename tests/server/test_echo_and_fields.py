@@ -291,6 +291,10 @@ def test_logit_bias_is_applied(app, oai):
     ("chat/completions", {"messages": [{"role": "user", "content": "আমি"},
                                        {"role": "tool", "content": "৪২", "tool_call_id": "c1"}]}, "messages.1"),
     ("chat/completions", {"messages": [{"role": "function", "name": "f", "content": "৪২"}]}, "messages.0"),
+    # a user or system message without its text was answered as if it were empty
+    ("chat/completions", {"messages": [{"role": "user"}]}, "messages.0.content"),
+    ("chat/completions", {"messages": [{"role": "system", "content": None}, {"role": "user", "content": "আমি"}]},
+     "messages.0.content"),
 ])
 def test_fields_we_cannot_honour_are_refused_by_name(client, path, extra, param):
     body = {"model": MODEL, "max_tokens": 3}
@@ -298,8 +302,10 @@ def test_fields_we_cannot_honour_are_refused_by_name(client, path, extra, param)
     r = client.post(f"/v1/{path}", json={**body, **extra})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param, r.text
-    if param.startswith("messages."):
+    if param.startswith("messages.") and not param.endswith(".content"):
         assert "tool calls, their results" in r.json()["error"]["message"], r.text
+    elif param.startswith("messages."):
+        assert "message needs its text" in r.json()["error"]["message"], r.text
 
 
 def test_fields_with_no_effect_are_accepted(client):

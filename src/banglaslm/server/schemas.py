@@ -264,10 +264,14 @@ def sampling_params(req: SamplingRequest, limits: ServerLimits) -> SamplingParam
 
 
 def message_text(message: ChatMessage, i: int) -> str:
-    """The text of message `i` (its text parts joined), checked to be valid Unicode."""
+    """The text of message `i` (its text parts joined), checked to be valid Unicode. Only an
+    assistant message may leave its content out (OpenAI's rule: one that called tools)."""
     param = f"messages.{i}.content"
     if message.content is None:
-        return ""
+        if message.role == "assistant":
+            return ""
+        raise APIError(400, f"{param} is missing: a {message.role} message needs its text", param=param,
+                       code="invalid_value")
     try:
         return check_text(content_text(message.content), param)
     except UserError as exc:
