@@ -68,7 +68,8 @@ def chat_segments(messages: Iterable[Mapping[str, str]], add_generation_prompt: 
         content = normalize(content)
         if role == "assistant":  # OpenAI's weight 0: an answer given as context, not to learn
             trained = message.get("weight", 1) != 0
-            segments += [(f"{labels['assistant']}:", False), (f" {content}", trained), (END, trained)]
+            answer = [(f" {content}", trained)] if content else []  # an empty one: no space (the export's too)
+            segments += [(f"{labels['assistant']}:", False), *answer, (END, trained)]
         else:
             segments.append((f"{labels[role]}: {content}\n", False))
     if add_generation_prompt:
@@ -100,12 +101,22 @@ def render_chat(messages: Iterable[Mapping[str, str]], add_generation_prompt: bo
 
 def jinja_template(language: str = "bn") -> str:
     """The template for Hugging Face's `apply_chat_template` (tokenizer_config.json's
-    "chat_template"): with the exported tokenizer it gives `encode_chat`'s ids."""
+    "chat_template"): with the exported tokenizer it gives `encode_chat`'s ids. A message's
+    content may be OpenAI's list of text parts, as `content_text` reads it; another kind of
+    part, or a role without a label ("tool"), raises, as our own template does."""
     labels = chat_labels(language)
     return ("{{ bos_token }}{% for message in messages %}"
-            "{% if message['role'] == 'assistant' %}" + labels["assistant"] + ": {{ message['content'] | trim }}"
-            "{{ eos_token }}{% elif message['role'] == 'user' %}" + labels["user"] + ": {{ message['content'] | trim }}\n"
-            "{% else %}" + labels["system"] + ": {{ message['content'] | trim }}\n{% endif %}{% endfor %}"
+            "{% if message['content'] is string %}{% set text = message['content'] %}"
+            "{% elif message['content'] is none %}{% set text = '' %}"
+            "{% elif message['content'] | rejectattr('type', 'equalto', 'text') | list | length > 0 %}"
+            "{{ raise_exception('only text content parts are supported') }}"
+            "{% else %}{% set text = message['content'] | map(attribute='text') | join('') %}{% endif %}"
+            "{% set text = text | trim %}"
+            "{% if message['role'] == 'assistant' %}" + labels["assistant"] + ":{% if text %} {{ text }}{% endif %}"
+            "{{ eos_token }}{% elif message['role'] == 'user' %}" + labels["user"] + ": {{ text }}\n"
+            "{% elif message['role'] in ['system', 'developer'] %}" + labels["system"] + ": {{ text }}\n"
+            "{% else %}{{ raise_exception('role must be system, user or assistant, got ' + message['role']) }}"
+            "{% endif %}{% endfor %}"
             "{% if add_generation_prompt %}" + labels["assistant"] + ":{% endif %}")
 
 

@@ -436,3 +436,29 @@ def test_a_folder_without_a_tokenizer_gets_advice_that_fits_what_it_holds(export
     with pytest.raises(UserError, match=r"save_pretrained\('.*'\) writes one from its vocab.json and merges.txt$"):
         import_hf(hf, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_chat_template_reads_content_parts_and_refuses_what_ours_refuses(exported, runs):
+    """The exported template pasted a list of content parts into the prompt as its Python repr
+    and rendered a "tool" message as a system turn; an empty answer was one token apart."""
+    from transformers import AutoTokenizer
+
+    from banglaslm.chat_template import content_text, encode_chat
+
+    hf, ours = AutoTokenizer.from_pretrained(exported["modern"]), load_model(runs["modern"]).tokenizer
+    parts = [{"type": "text", "text": "প্রশ্ন "}, {"type": "text", "text": "৩"}]
+    conversations = [
+        [{"role": "user", "content": parts}],
+        [{"role": "developer", "content": [{"type": "text", "text": "ভদ্র হও।"}]}, {"role": "user", "content": "ক"}],
+        [{"role": "user", "content": "ক"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "খ"}],
+        [{"role": "user", "content": "ক"}, {"role": "assistant", "content": None}, {"role": "user", "content": "খ"}],
+    ]
+    for messages in conversations:
+        plain = [{"role": "system" if m["role"] == "developer" else m["role"],
+                  "content": content_text(m["content"] or "")} for m in messages]
+        assert hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False) == \
+            encode_chat(ours, plain)[0], messages
+    for messages, why in (([{"role": "tool", "content": "৪২"}], "role must be"),
+                          ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "text content")):
+        with pytest.raises(Exception, match=why):
+            hf.apply_chat_template(messages, tokenize=False)

@@ -145,11 +145,15 @@ def save(run: RunFolder, it: int, model, optimizer, state: dict[str, Any], env: 
     latest = run.checkpoint("latest")
     if env.is_main:
         tensors = {f"model.{k}": v for k, v in weights.items()}
-        if improved:  # before the commit: a write that fails (a full disk) leaves the last commit's best_val
-            write_checkpoint(run.checkpoint("best"), tensors, state)
+        best = run.checkpoint("best")
+        best_first = improved and best.is_file()  # as Replicated.save: a failed write never leaves a record
+        if best_first:  # of weights `best` does not hold; the first `best` comes after the commit
+            write_checkpoint(best, tensors, state)
         atomic_write_json(_pointer_path(run), {"format": POINTER_FORMAT, "version": 1, "folder": folder.name,
                                                "iter": it, "world_size": env.world_size})
         write_checkpoint(latest, tensors, state)
+        if improved and not best_first:
+            write_checkpoint(best, tensors, state)
         for old in run.checkpoints.glob("step-*"):
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)

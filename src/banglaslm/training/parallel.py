@@ -93,12 +93,15 @@ class Replicated:
             extra = dict(extra or {})
             if self.env.enabled:
                 extra.update({f"rng.torch.rank{r}": s for r, s in enumerate(rng_states)})
-            # `best` first: a write that fails (a full disk) leaves `latest`, and the best_val it
-            # records, as they were, so that a resume never trusts a `best` that was not written.
-            first = self.run.checkpoint("best") if improved else latest
+            # Replacing a `best`, write it first: a write that fails (a full disk) then leaves
+            # `latest`, and the best_val it records, as they were, never recording weights that
+            # `best` does not hold. The first `best` comes after `latest` (which readers use
+            # while there is none), so that a run killed in between can be resumed.
+            best = self.run.checkpoint("best")
+            first = best if improved and best.is_file() else latest
             save_checkpoint(first, model, state, optimizer, extra_tensors=extra)
             if improved:
-                atomic_copy(first, latest)
+                atomic_copy(first, latest if first == best else best)
         distributed.barrier(self.env)
         return latest
 
