@@ -316,6 +316,27 @@ def test_lr_schedule_on_the_clock():
     assert lr_at(50, tc, progress=1.0) == lr_at(50, tc, progress=3.0) == pytest.approx(1e-4)
 
 
+def test_a_time_limited_decay_starts_at_the_peak_when_warm_up_ends():
+    """The decay's progress was the share of the whole limit, warm-up included: a cosine run
+    whose warm-up took 41% of its time dropped from the peak by a quarter in one step."""
+    from banglaslm.training.optim import Clock
+
+    tc = build_config(overrides={"train.warmup_iters": 10, "train.learning_rate": 1e-3, "train.min_lr_ratio": 0.1,
+                                 "train.lr_schedule": "cosine", "train.time_limit_min": 1}).train
+    clock = Clock(tc.time_limit_min, 0.0)
+    rates = []
+    for it, used in ((9, 0.40), (10, 0.41), (11, 0.42), (50, 0.705), (90, 1.0)):
+        clock.used = used
+        rates.append(lr_at(it, tc, clock.schedule_progress(it, tc.warmup_iters)))
+    assert rates[1] == pytest.approx(1e-3) and rates[0] < rates[1]  # warm-up ends at the peak
+    assert rates[2] == pytest.approx(1e-3, rel=1e-3)  # no drop, then a smooth decay
+    assert rates[3] == pytest.approx(1e-4 + 0.5 * 9e-4) and rates[4] == pytest.approx(1e-4)  # halfway, the floor
+    assert clock.warmup_end_s == pytest.approx(0.41 * 60)
+    resumed = Clock(tc.time_limit_min, 42.3, clock.warmup_end_s)  # a resume keeps where warm-up ended
+    resumed.used = 0.705
+    assert resumed.schedule_progress(50, tc.warmup_iters) == pytest.approx(0.5)
+
+
 def test_a_colab_fp16_run_goes_on_on_a_cpu(trained_run, data_dir, tmp_path):
     """The course trains in fp16 on a T4; on a CPU each refusal's advice led to the next (cuda →
     use cpu; fp16 → use fp32; fp32 → "resume uses the saved config"). The precision may now change

@@ -150,14 +150,33 @@ class MuonAdamW:
             offset, start = offset + count, start + len(own)
 
 
+def decay_progress(elapsed_s: float, limit_s: float, warmup_end_s: float) -> float:
+    """The share of a time-limited run's decay passed after `elapsed_s` seconds: of the time
+    between the end of warm-up and the limit."""
+    span = limit_s - warmup_end_s
+    return (elapsed_s - warmup_end_s) / span if span > 0 else 1.0
+
+
 class Clock:
     """Seconds of training in a run, earlier sessions included, and the share of
     train.time_limit_min used, which drives the LR schedule of a time-limited run."""
 
-    def __init__(self, limit_min: float, elapsed_before: float):
+    def __init__(self, limit_min: float, elapsed_before: float, warmup_end_s: float | None = None):
         self.limit_s, self.before = limit_min * 60, elapsed_before
         self.started: float | None = None
         self.used: float | None = None  # fraction of the limit used; None without one
+        self.warmup_end_s = warmup_end_s  # seconds into the run when warm-up ended (None: not yet)
+
+    def schedule_progress(self, it: int, warmup_iters: int) -> float | None:
+        """`lr_at`'s `progress` at iteration `it`: the share of the time after warm-up that has
+        passed, so that the decay starts at the peak when warm-up ends, as it does in a run of
+        max_iters (the share of the whole limit had a cosine drop 25% in one step there); None
+        without a limit. From `used`, so that every rank computes the same."""
+        if self.used is None or it < warmup_iters:
+            return self.used  # lr_at counts warm-up steps, whatever this is
+        if self.warmup_end_s is None:
+            self.warmup_end_s = self.used * self.limit_s
+        return decay_progress(self.used * self.limit_s, self.limit_s, self.warmup_end_s)
 
     def start(self) -> None:
         self.started = time.perf_counter()

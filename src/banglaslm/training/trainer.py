@@ -54,6 +54,7 @@ from .optim import (
     Clock,
     autocast_context,
     cpu_has_native_bf16,
+    decay_progress,
     lr_at,
     make_optimizer,
     resolve_precision,
@@ -102,6 +103,7 @@ class Progress:
     best_val: float = math.inf
     history: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0  # seconds of training before this session (for train.time_limit_min)
+    warmup_end_s: float | None = None  # seconds into the run when warm-up ended (a time-limited decay starts there)
 
 
 @dataclass
@@ -157,7 +159,7 @@ class Trainer:
         self.guard = UpdateGuard(tc, self.precision, self._on_disk)
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
-        self.clock = Clock(tc.time_limit_min, self.state.elapsed_s)
+        self.clock = Clock(tc.time_limit_min, self.state.elapsed_s, self.state.warmup_end_s)
         self.forward_model = self._compile(self.parallel.wrap(self.model, self.device))
         self._stop_signal: int | None = None
 
@@ -242,8 +244,11 @@ class Trainer:
         elif state.get("scaler"):  # fp16's loss scale, of no use in another precision
             self._notes.append(f"note: this run trained in fp16 and goes on in {self.precision}: the same weights and "
                                "optimizer state, without fp16's loss scale; not bit for bit what fp16 would have done")
+        warmed = int(state["iter"]) >= int(((state.get("config") or {}).get("train") or {}).get("warmup_iters", 0))
         self.state = Progress(int(state["iter"]), float(state["best_val"]), list(state["history"]),
-                              float(state.get("elapsed_s", 0.0)))
+                              float(state.get("elapsed_s", 0.0)),
+                              # a checkpoint from before it was recorded: the decay ran from the start
+                              state.get("warmup_end_s", 0.0 if warmed else None))
         self.guard.restore(state)
         self._say_schedule_change(state)
 
@@ -254,7 +259,9 @@ class Trainer:
         it, tc, elapsed_s = int(state["iter"]), self.config.train, float(state.get("elapsed_s", 0.0))
         recorded = (state.get("config") or {}).get("train") or {}
         saved = type(tc)(**{**tc.__dict__, **{k: v for k, v in recorded.items() if k in tc.__dict__}})
-        progress = lambda cfg: elapsed_s / (cfg.time_limit_min * 60) if cfg.time_limit_min > 0 else None
+        warmup_end_s = state.get("warmup_end_s") or 0.0
+        progress = lambda cfg: (decay_progress(elapsed_s, cfg.time_limit_min * 60, warmup_end_s)
+                                if cfg.time_limit_min > 0 else None)
         before, after = lr_at(it, saved, progress(saved)), lr_at(it, tc, progress(tc))
         if abs(after - before) > 0.01 * tc.learning_rate:
             changed = ", ".join(f"train.{k} {getattr(saved, k)} → {v}" for k, v in tc.__dict__.items()
@@ -270,7 +277,7 @@ class Trainer:
             "best_val": self.state.best_val, "history": self.state.history, "precision": self.precision,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "sampler": self.train_batches.state(), "world_size": self.dist.world_size,
-            **self.guard.state(), "elapsed_s": self.clock.elapsed(),
+            **self.guard.state(), "elapsed_s": self.clock.elapsed(), "warmup_end_s": self.clock.warmup_end_s,
             "data": {"path": str(self.data.path), "splits": self.data.meta["splits"]},
             "init_from": self.warm_start.provenance() if self.warm_start is not None else None,
         }
@@ -423,7 +430,7 @@ class Trainer:
         """Forward/backward over the micro-batches, then update unless the guard says skip.
         Returns (mean loss tensor, global gradient norm)."""
         tc = self.config.train
-        set_lr(self.optimizer, lr_at(it, tc, self.clock.used))
+        set_lr(self.optimizer, lr_at(it, tc, self.clock.schedule_progress(it, tc.warmup_iters)))
         accum = tc.grad_accum_steps
         batches = [prefetch.get(it, micro, (it, micro + 1) if micro + 1 < accum else (it + 1, 0))
                    for micro in range(accum)]
@@ -502,7 +509,9 @@ class Trainer:
         session.window_start, session.window_steps = time.perf_counter(), 0
         loss_value = distributed.mean(loss.item(), self.dist, self.device)
         if session.log is not None:
-            session.log.append({"iter": it, "loss": loss_value, "lr": lr_at(it, self.config.train, self.clock.used),
+            tc = self.config.train
+            lr = lr_at(it, tc, self.clock.schedule_progress(it, tc.warmup_iters))
+            session.log.append({"iter": it, "loss": loss_value, "lr": lr,
                                 "tokens_per_s": session.tokens_per_s, "grad_norm": norm,
                                 "skipped_updates": self.guard.skipped_total,
                                 "clipped_spikes": self.guard.clipped_spikes,
