@@ -409,6 +409,10 @@ def _flatten(data: dict[str, Any], where: str) -> dict[str, Any]:
     for section, values in data.items():
         if not isinstance(values, dict):
             raise UserError(f"{where}: '{section}' must be a table of keys (e.g. model / train)")
+        if section not in SECTIONS:  # checked here: an empty one has no key to be caught by
+            close = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(f"{where}: unknown section '{section}'; {hint}sections are {', '.join(SECTIONS)}")
         for key, value in values.items():
             flat[f"{section}.{key}"] = value
     return flat

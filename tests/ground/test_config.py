@@ -146,3 +146,13 @@ def test_python_numbers_of_the_natural_kind_pass():
     config = build_config()
     config.model.dropout, config.train.learning_rate, config.model.tie_embeddings = 0, 1, None  # int for a float
     validate(config)
+
+
+def test_a_misspelled_section_is_refused_even_when_empty(tmp_path):
+    """{"trian": {}} was ignored without a word (a misspelled key inside a section is caught, an
+    empty section held none): the run went on with the defaults the user meant to change."""
+    for text, fmt in (('{"model": {"n_layer": 2}, "trian": {}}', "json"), ('[model]\nn_layer = 2\n[trian]\n', "toml")):
+        path = tmp_path / f"c.{fmt}"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(UserError, match=r"c\.\w+: unknown section 'trian'; did you mean 'train'\?"):
+            build_config(file=path)
