@@ -84,7 +84,11 @@ def test_destinations_that_are_not_ours(trained_run, data_dir, small_books, tmp_
     assert [p.name for p in project.iterdir()] == ["config.json"]
     # The data folder is not a run folder either, and an input folder is not an output.
     code, err = run_cli(["train", "--data", data_dir, "--out", data_dir, *set_args(TINY_SETTINGS)])
-    one_line_error(code, err, "not a banglaslm run folder")
+    one_line_error(code, err, "is a data folder (prepare wrote it); give --out a new folder for the run")
+    code, err = run_cli(["train", "--data", trained_run, "--out", tmp_path / "r", *set_args(TINY_SETTINGS)])
+    one_line_error(code, err, "is a run folder (train wrote it), not a data folder; give --data a folder")
+    code, err = run_cli(["train", "--data", data_dir, "--out", project, *set_args(TINY_SETTINGS)])
+    one_line_error(code, err, "(an earlier run folder there would be continued with --resume)")
     books = tmp_path / "books"
     books.mkdir()
     for book in small_books[:2]:

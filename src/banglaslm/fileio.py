@@ -100,9 +100,10 @@ def check_writable(out: Path, what: str = "output") -> None:
 
 
 def check_destination(out: Path, what: str = "output", replaceable: Callable[[Path], bool] | None = None,
-                      overwrite: bool = True) -> None:
+                      overwrite: bool = True, earlier: str = "replaced") -> None:
     """UserError unless `out` is writable and new, an empty folder, or a folder `replaceable`
-    accepts (an earlier output of the same kind) while `overwrite` allows replacing one."""
+    accepts (an earlier output of the same kind) while `overwrite` allows replacing one;
+    `earlier`: what becomes of such a folder, as the refusal of another folder says."""
     check_writable(out, what)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder; choose another {what} path")
@@ -115,7 +116,7 @@ def check_destination(out: Path, what: str = "output", replaceable: Callable[[Pa
     if replaceable is None:
         raise UserError(f"{out} already exists and is not empty; choose another {what} or delete it")
     raise UserError(f"{out} is a non-empty folder that is not a banglaslm {what} (or holds other files too); "
-                    f"choose another {what}" + (f" (an earlier {what} there would be replaced)" if overwrite else ""))
+                    f"choose another {what}" + (f" (an earlier {what} there would be {earlier})" if overwrite else ""))
 
 
 def _holder(path: Path) -> str:

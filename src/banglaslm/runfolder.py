@@ -56,7 +56,11 @@ class RunFolder:
     def check_writable(self, resume: bool) -> None:
         """UserError unless training may write here: a new or empty folder, or (the same or a
         resumed) run folder; never a folder of someone else's files."""
-        check_destination(self.path, "run folder", replaceable=lambda folder: self.is_run_folder())
+        if not self.is_run_folder() and (self.path / "meta.json").is_file():
+            raise bad_param("run_dir", f"{self.path} is a data folder (prepare wrote it); give `run_dir` a new folder "
+                                       "for the run")
+        check_destination(self.path, "run folder", replaceable=lambda folder: self.is_run_folder(),
+                          earlier="continued with `resume`")
         if resume and not self.is_run_folder():
             raise UserError(f"nothing to resume: {self.path} is not a banglaslm run folder; start without `resume`")
 

@@ -134,7 +134,7 @@ def val_split_warnings(meta: dict) -> list[str]:
     fix = "split the text into more documents with `doc_split` page" if by_file \
         else other_fix
     return [f"the validation split holds {val:,} tokens ({share:.2%} of the text, `val_fraction` asked "
-            f"{asked:.0%}): {problem}; {fix}"]
+            f"{asked * 100:g}%): {problem}; {fix}"]  # :g: 0.1% stays 0.1%, not 0%
 
 
 @checked_arguments
