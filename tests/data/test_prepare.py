@@ -153,7 +153,9 @@ def test_a_split_out_of_proportion_is_warned_with_the_fix(tmp_path, small_books,
     assert "--val-fraction asked 20%" in err and "with --doc-split page" in err
     assert main(["prepare", str(src), "--out", str(tmp_path / "by_page"), *options, "--doc-split", "page"]) == 0
     assert "warning" not in capsys.readouterr().err
-    from banglaslm.data.prepare import val_split_warnings  # a share under 1% was shown as "asked 0%"
+    from banglaslm.data.prepare import val_split_warnings
+
+    # a share under 1% was shown as "asked 0%"
     small = {"val_fraction": 0.001, "doc_split": "page", "splits": {"val": {"tokens": 6200}, "train": {"tokens": 93800}}}
     assert "`val_fraction` asked 0.1%)" in val_split_warnings(small)[0]
 
