@@ -103,7 +103,9 @@ def test_adapter_of_a_run_fine_tuned_from_a_hugging_face_folder_goes_back_on_it(
     # AutoPeftModel does not load it as the base (it did, and computed something else).
     export_hf(run, hf, overwrite=True)
     _, advice = export_peft(run, tmp_path / "again")
-    assert f"(but {hf.resolve()} has changed since this run started from it" in advice
+    assert f"but {hf.resolve()} has changed since this run started from it: export the run whole" in advice
+    assert f"banglaslm export {hf.resolve()}" not in advice  # the changed source's export was advised
+    assert f"instead (banglaslm export {run} --format hf" in advice
     assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
 
 
@@ -121,9 +123,10 @@ def test_a_source_trained_further_is_named(trained_run, chats, tmp_path):
     with torch.no_grad():
         next(loaded.model.parameters()).add_(1.0)
     save_checkpoint(loaded.checkpoint, loaded.model, load_checkpoint(loaded.checkpoint, weights_only=True).state)
-    assert "has changed since this run started from it" in export_peft(run, tmp_path / "b")[1]
+    changed = export_peft(run, tmp_path / "b")[1]
+    assert "has changed since this run started from it" in changed and "--checkpoint best" not in changed
     shutil.rmtree(source)
-    assert f"(but {source.resolve()} no longer exists" in export_peft(run, tmp_path / "c")[1]
+    assert f"but {source.resolve()} no longer exists" in export_peft(run, tmp_path / "c")[1]
 
 
 def test_a_run_without_an_adapter_is_refused_and_nothing_is_written(trained_run, tmp_path):

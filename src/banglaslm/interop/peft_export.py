@@ -92,18 +92,23 @@ def _source_problem(source: dict) -> str:
     return "" if now == recorded else f"{path} has changed since this run started from it"
 
 
-def base_advice(ckpt: Checkpoint, problem: str) -> str:
-    """Where the model the adapter goes on is, in words, for the command's last line, with
-    `problem` (`_source_problem`) when it no longer holds the weights."""
+def base_advice(ckpt: Checkpoint, problem: str, run_dir: str | Path = "RUN") -> str:
+    """Where the model the adapter goes on is, in words, for the command's last line; when the
+    source no longer holds it (`problem`, from `_source_problem`), what to do instead (an export
+    of the changed source, which it used to advise, computes something else)."""
     source = ckpt.state.get("init_from") or {}
     where = str(source.get("path", "SOURCE"))
+    if problem:
+        return (f"it fits only the weights the run started from, but {problem}: export the run whole instead "
+                f"(banglaslm export {shlex.quote(str(run_dir))} --format hf: the adapter merged in, no base needed), "
+                "or put it on a Hugging Face export of those weights made before that")
     if source.get("imported"):
         advice = f"put it on the Hugging Face model it was fine-tuned from, {where}"
     else:
         advice = (f"put it on the Hugging Face export of the run it was fine-tuned from: banglaslm export "
                   f"{shlex.quote(where)} --checkpoint {Path(source.get('checkpoint', 'best')).stem} --format hf "
                   "--out BASE")
-    return advice + (f" (but {problem}, and the adapter fits only the weights the run started from)" if problem else "")
+    return advice
 
 
 def _is_peft_export(folder: Path) -> bool:
@@ -134,4 +139,4 @@ def export_peft(
     with staged_folder(out_dir, "PEFT adapter folder", replaceable=_is_peft_export, overwrite=overwrite) as tmp:
         peft_config.save_pretrained(str(tmp))  # adapter_config.json
         write_safetensors(tmp / ADAPTER_WEIGHTS, tensors, {"format": "pt"})
-    return Path(out_dir), base_advice(ckpt, problem)
+    return Path(out_dir), base_advice(ckpt, problem, run_dir)
