@@ -88,6 +88,8 @@ def test_a_bad_setting_names_the_chat_commands_not_the_parameters():
         with pytest.raises(UserError, match=f"^/{name}: "):
             _apply_command(greedy, name, value)
     assert _apply_command(_apply_command(greedy, "temp", "0.5"), "greedy", "off").temperature == 0.5
+    with pytest.raises(UserError, match=r"^/topk takes a whole number of at least 1, or off \(no top-k\); got -5$"):
+        _apply_command(SamplingParams(), "topk", "-5")  # it said "leave it out, None", the library's words
 
 
 def test_settings_commands_answer_and_reset(loaded):

@@ -63,6 +63,8 @@ def _apply_command(params: SamplingParams, name: str, arg: str) -> SamplingParam
         new = dataclasses.replace(params, temperature=number(float))
     elif name == "topk":
         new = dataclasses.replace(params, top_k=None if _off(arg) else number(int))
+        if new.top_k is not None and new.top_k < 1:  # the library's words name None, not chat's "off"
+            raise UserError(f"/topk takes a whole number of at least 1, or off (no top-k); got {arg}")
     elif name == "topp":
         new = dataclasses.replace(params, top_p=None if arg.lower() in {"off", "none"} else number(float))
     elif name == "minp":
