@@ -80,6 +80,20 @@ def test_epochs_set_the_length(trained_run, chats, tmp_path):
     assert finetune_config(RunFolder(trained_run).load_config(), overrides={"max_iters": 7}).finetune.epochs == 0
 
 
+def test_a_batch_larger_than_the_data_is_warned(trained_run, chats, tmp_path, capsys):
+    """batch_size 1000 on a few packed blocks ran minutes without finishing a step, silently."""
+    config = finetune_config(RunFolder(trained_run).load_config(), overrides={"max_iters": 1, "batch_size": 64})
+    finetune(trained_run, [str(chats)], tmp_path / "ft", config, progress=False, say=lambda line: None)
+    rows = json.loads((tmp_path / "ft" / "data_meta.json").read_text())["splits"]["train"]["blocks"]
+    assert rows < 64
+    assert (f"warning: a step takes 64 rows (train.batch_size x grad_accum_steps x processes), but the training "
+            f"conversations pack into {rows:,} blocks") in capsys.readouterr().err
+    finetune(trained_run, [str(chats)], tmp_path / "ft2", finetune_config(
+        RunFolder(trained_run).load_config(), overrides={"max_iters": 1, "batch_size": rows}),
+        progress=False, say=lambda line: None)
+    assert "warning: a step takes" not in capsys.readouterr().err
+
+
 def test_a_runs_own_config_json_is_a_usable_config_file(trained_run, tmp_path):
     """Every run's config.json holds finetune.lora_rank 0 (full fine-tuning): given with --config
     it was refused as a LoRA rank below 1, which only a rank set on its own is."""

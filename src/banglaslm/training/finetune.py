@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -179,6 +180,8 @@ def finetune(source: str | Path, data: list[str] | None, run_dir: str | Path, co
     def start() -> FinetuneTrainer:
         trainer = FinetuneTrainer(config, conversations, run.path, warm_start, resume=resume, progress=progress)
         say(conversations.summary())  # once every check has passed
+        if note := _batch_note(config, len(conversations.rows["train"][0])):
+            print(f"warning: {note}", file=sys.stderr)
         if fitted:
             say(f"finetune.epochs={config.finetune.epochs:g} makes {config.train.max_iters:,} iterations: "
                 f"{fitted} fitted to them (--set them to choose others)")
@@ -187,13 +190,29 @@ def finetune(source: str | Path, data: list[str] | None, run_dir: str | Path, co
     return in_run_folder(run, resume, start)
 
 
+def _rows_per_step(config: RunConfig) -> int:
+    tc = config.train
+    return tc.batch_size * tc.grad_accum_steps * int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's
+
+
+def _batch_note(config: RunConfig, rows: int) -> str | None:
+    """A line when one step takes more rows than the training blocks hold: each step then passes
+    over the data several times, at that many times a step's cost (batch 1000 on 11 blocks ran
+    minutes without a step done and without a word)."""
+    per_step = _rows_per_step(config)
+    if rows <= 0 or per_step <= rows:
+        return None
+    return (f"a step takes {per_step:,} rows (train.batch_size x grad_accum_steps x processes), but the training "
+            f"conversations pack into {rows:,} blocks: every step passes over them {per_step / rows:.0f} times; "
+            f"lower train.batch_size to {rows:,} or less")
+
+
 def _set_length(config: RunConfig, rows: int) -> str:
     """Set train.max_iters for finetune.epochs passes over `rows` blocks, and fit to it the
     warm-up and evaluation interval that were left at FINETUNE_TRAIN's values (values the user
     gave are kept); what was fitted, for a line of output ("" for nothing)."""
     tc = config.train
-    per_step = tc.batch_size * tc.grad_accum_steps * int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's
-    tc.max_iters = max(1, math.ceil(config.finetune.epochs * rows / per_step))
+    tc.max_iters = max(1, math.ceil(config.finetune.epochs * rows / _rows_per_step(config)))
     fits = {"warmup_iters": ("warm-up", tc.max_iters // 5), "eval_interval": ("evaluation every", max(1, tc.max_iters // 4))}
     fitted = []
     for key, (name, most) in fits.items():
