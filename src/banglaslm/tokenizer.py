@@ -198,7 +198,7 @@ class Tokenizer:
         self.kind = kind
         # Text that contains "<|endoftext|>" literally must stay text.
         self.hf.encode_special_tokens = True
-        self.eod_id = self._find_eod()
+        self.eod_id = self._find_eod()  # the end-of-document token: before every document, after every answer
         spec = json.loads(hf.to_str())
         self.byte_level = (spec.get("decoder") or {}).get("type") == "ByteLevel"
         self.special_ids = {i for i, t in hf.get_added_tokens_decoder().items() if t.special}
@@ -252,6 +252,8 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Tokenizer":
+        """From a tokenizer.json file (a run's or data folder's, or any Hugging Face `tokenizers`
+        one with an end-of-document token); UserError for a folder, a missing or invalid file."""
         path = as_path(path, "path", "a tokenizer.json")
         if path.is_dir():
             raise UserError(f"{path} is a folder; give the tokenizer file in it, e.g. {path / 'tokenizer.json'}")
@@ -300,6 +302,7 @@ class Tokenizer:
     # ---- properties --------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
+        """Ids this tokenizer writes, special tokens included (a model's embedding may hold more rows)."""
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     @cached_property
@@ -315,7 +318,9 @@ class Tokenizer:
         return self._ids(text, self.hf.encode(text, add_special_tokens=False), coverage)
 
     def encode_batch(self, texts: list[str], coverage: Coverage | None = None) -> list[list[int]]:
-        """Encode already-normalized texts in parallel (the Rust side uses every core).
+        """Encode already-normalized texts in parallel (the Rust side uses every core): unlike
+        `encode`, no normalization here (prepare's texts are normalized once, before); for a
+        user's text, `encode_batch([normalize(t) for t in texts])`.
 
         Ours are cut into pieces first (`_pieces`) and encoded ENCODE_GROUP_CHARS at a time:
         a few huge documents would leave cores idle, and the Rust side holds a few hundred

@@ -186,7 +186,9 @@ def read_texts(paths: list[str | Path]) -> list[tuple[str, str]]:
 @checked_arguments
 def evaluate_file(loaded: LoadedModel, path: str | Path, stride: Annotated[int | None, STRIDE] = None) -> EvalResult:
     """`evaluate_text` on the text of the file at `path` (UTF-8, any of the compressions and
-    encodings `prepare` reads); UserError naming the file when it is missing, not text, or empty."""
+    encodings `prepare` reads); UserError naming the file when it is missing, not text, or empty.
+    A score on text the tokenizer cannot spell is not trusted: the result's `.warnings()` says
+    so (the command line prints them; a caller should too)."""
     check_loaded(loaded)
     if not isinstance(path, (str, os.PathLike)):
         raise wrong_kind("path", path, "a file's path (str or Path)")
