@@ -416,3 +416,14 @@ def test_generate_says_when_the_model_wrote_nothing(trained_run):
     for extra in (["--json"], ["--stream"]):  # a stop string at its first character: nothing is left
         r = cli_here(*args, *extra, "--stop", text.strip()[0])
         assert r.returncode == 0 and "note: the model wrote nothing after the prompt" in r.stderr, r.stderr
+
+
+def test_max_iters_given_twice_with_different_lengths_is_refused(data_dir, trained_run, tmp_path, capsys):
+    """`--set train.max_iters=100 --max-iters 60` trained 60 without a word."""
+    from banglaslm.cli import main
+
+    for command in (["train", "--data", str(data_dir), "--preset", "tiny"], ["finetune", str(trained_run)]):
+        out = tmp_path / command[0]
+        assert main([*command, "--out", str(out), "--set", "max_iters=100", "--max-iters", "60"]) == 2
+        assert "--max-iters 60 and --set max_iters=100 both set the run's length; give one" in capsys.readouterr().err
+        assert not out.exists()

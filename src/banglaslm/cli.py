@@ -33,6 +33,7 @@ from .config import (
     inherited,
     load_config_file,
     parse_set_args,
+    resolve_key,
 )
 from .errors import UserError
 
@@ -326,6 +327,7 @@ def cmd_train(args) -> None:
     from .training.trainer import train
 
     overrides = parse_set_args(args.set)
+    _check_one_length(args, overrides)
     if given := sorted(key for key in overrides if key.startswith("finetune.")):
         raise UserError(f"{given[0]} is a setting of `banglaslm finetune`; train trains every weight on prepared text: "
                         "drop it (LoRA: banglaslm finetune RUN --data CONVERSATIONS --set finetune.lora_rank=8)")
@@ -422,6 +424,16 @@ def source_run(path: str, scratch: contextlib.ExitStack) -> str:
     return str(import_hf(path, Path(scratch.enter_context(tempfile.TemporaryDirectory())) / "run"))
 
 
+def _check_one_length(args, overrides: dict) -> None:
+    """UserError for --max-iters and --set train.max_iters saying different things (the flag won
+    without a word)."""
+    if args.max_iters is None:
+        return
+    for key, value in overrides.items():
+        if resolve_key(key) == "train.max_iters" and str(value).strip() != str(args.max_iters):
+            raise UserError(f"--max-iters {args.max_iters} and --set {key}={value} both set the run's length; give one")
+
+
 def cmd_finetune(args) -> None:
     from .runfolder import RunFolder
     from .training.finetune import finetune, finetune_config
@@ -430,6 +442,7 @@ def cmd_finetune(args) -> None:
     with contextlib.ExitStack() as scratch:
         source = source_run(args.source, scratch)
         overrides = parse_set_args(args.set)
+        _check_one_length(args, overrides)
         if args.max_iters is not None:
             overrides["train.max_iters"] = args.max_iters
         if args.resume and run.config_path.is_file():
