@@ -7,7 +7,14 @@ import subprocess
 import sys
 
 import pytest
-from conftest import assert_user_error, cli_here, one_line_error, run_cli
+from conftest import (
+    TINY_SETTINGS,
+    assert_user_error,
+    cli_here,
+    one_line_error,
+    run_cli,
+    set_args,
+)
 
 
 def test_prepare_bad_inputs(tmp_path):
@@ -418,12 +425,14 @@ def test_generate_says_when_the_model_wrote_nothing(trained_run):
         assert r.returncode == 0 and "note: the model wrote nothing after the prompt" in r.stderr, r.stderr
 
 
-def test_max_iters_given_twice_with_different_lengths_is_refused(data_dir, trained_run, tmp_path, capsys):
+def test_max_iters_given_twice_with_different_lengths_is_said(data_dir, trained_run, tmp_path, capsys):
     """`--set train.max_iters=100 --max-iters 60` trained 60 without a word."""
     from banglaslm.cli import main
 
-    for command in (["train", "--data", str(data_dir), "--preset", "tiny"], ["finetune", str(trained_run)]):
+    tiny = {k: v for k, v in TINY_SETTINGS.items() if k != "train.max_iters"}
+    for command in (["train", "--data", str(data_dir), *set_args({**tiny, "train.warmup_iters": 1})],
+                    ["finetune", str(trained_run)]):
         out = tmp_path / command[0]
-        assert main([*command, "--out", str(out), "--set", "max_iters=100", "--max-iters", "60"]) == 2
-        assert "--max-iters 60 and --set max_iters=100 both set the run's length; give one" in capsys.readouterr().err
-        assert not out.exists()
+        assert main([*command, "--out", str(out), "--set", "max_iters=100", "--max-iters", "2"]) == 0
+        assert "note: --max-iters 2 sets the run's length; --set max_iters=100 is set aside" in capsys.readouterr().err
+        assert json.loads((out / "config.json").read_text())["train"]["max_iters"] == 2

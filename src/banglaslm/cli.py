@@ -425,13 +425,14 @@ def source_run(path: str, scratch: contextlib.ExitStack) -> str:
 
 
 def _check_one_length(args, overrides: dict) -> None:
-    """UserError for --max-iters and --set train.max_iters saying different things (the flag won
-    without a word)."""
+    """A note when --max-iters and --set train.max_iters say different things: the flag wins, as
+    it did without a word."""
     if args.max_iters is None:
         return
     for key, value in overrides.items():
         if resolve_key(key) == "train.max_iters" and str(value).strip() != str(args.max_iters):
-            raise UserError(f"--max-iters {args.max_iters} and --set {key}={value} both set the run's length; give one")
+            print(f"note: --max-iters {args.max_iters} sets the run's length; --set {key}={value} is set aside",
+                  file=sys.stderr)
 
 
 def cmd_finetune(args) -> None:

@@ -390,7 +390,9 @@ FINETUNE_TRAIN: dict[str, Any] = {
 # What a run started from another's weights (train --init-from, finetune) does not take from the
 # source's config: the source's time budget and fine-tuning settings (LoRA, epochs) were that
 # run's, not the model's (`inherited` puts the finetune section back at its defaults).
-NOT_INHERITED: dict[str, Any] = {"train.time_limit_min": 0.0}
+# What a run started from another's weights does not take from it: the source's time budget and
+# its process layout (an FSDP source refused a new run on one process) belong to how it ran.
+NOT_INHERITED: dict[str, Any] = {"train.time_limit_min": 0.0, "train.parallel": "ddp"}
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "finetune": FinetuneConfig}
 
 

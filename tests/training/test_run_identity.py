@@ -162,6 +162,11 @@ def test_a_warm_start_does_not_take_the_source_time_limit(data_dir, other_data, 
     assert json.loads((new / "config.json").read_text(encoding="utf-8"))["train"]["time_limit_min"] == 0
     config = finetune_config(RunFolder(timed).load_config(), overrides={"train.max_iters": 40})
     assert config.train.time_limit_min == 0 and config.train.max_iters == 40
+    # nor its process layout: an FSDP source's train.parallel refused a new run on one process
+    from banglaslm.config import inherited
+    sharded = RunFolder(timed).load_config()
+    sharded.train.parallel = "fsdp"
+    assert inherited(sharded).train.parallel == "ddp"
     # a limit given to this run is kept, and the summary names it when it ends the run early
     code = main([str(a) for a in ["train", "--data", other_data, "--out", tmp_path / "clock", "--init-from", timed,
                                   "--max-iters", 100000, "--set", "train.time_limit_min=0.0001",
