@@ -108,9 +108,10 @@ def jinja_template(language: str = "bn") -> str:
     return ("{{ bos_token }}{% for message in messages %}"
             "{% if message['content'] is string %}{% set text = message['content'] %}"
             "{% elif message['content'] is none %}{% set text = '' %}"
-            "{% elif message['content'] | rejectattr('type', 'equalto', 'text') | list | length > 0 %}"
-            "{{ raise_exception('only text content parts are supported') }}"
-            "{% else %}{% set text = message['content'] | map(attribute='text') | join('') %}{% endif %}"
+            # a loop and a namespace, not rejectattr / map filters: what every Jinja engine has (llama.cpp's too)
+            "{% else %}{% set parts = namespace(text='') %}{% for part in message['content'] %}"
+            "{% if part['type'] != 'text' %}{{ raise_exception('only text content parts are supported') }}{% endif %}"
+            "{% set parts.text = parts.text + part['text'] %}{% endfor %}{% set text = parts.text %}{% endif %}"
             "{% set text = text | trim %}"
             "{% if message['role'] == 'assistant' %}" + labels["assistant"] + ":{% if text %} {{ text }}{% endif %}"
             "{{ eos_token }}{% elif message['role'] == 'user' %}" + labels["user"] + ": {{ text }}\n"
