@@ -151,10 +151,13 @@ def normalize_prompt(text: str) -> str:
 
 
 def prompt_shown(text: str) -> str:
-    """The prompt as its writer typed it, less the trailing spaces (tabs, no-break spaces)
-    `normalize_prompt` drops: the text a continuation follows. With them, a continuation that
-    opens with its own space read as a double space."""
-    return re.sub(r"[^\S\n]+\Z", "", text)
+    """The prompt as its writer typed it, less what `normalize_prompt` drops from its end: spaces,
+    tabs, no-break spaces and invisible characters (a line break, in any spelling, stays). With
+    them, a continuation that opens with its own space read as a double space."""
+    end = len(text)
+    while end and normalize_fragment(text[end - 1]) in ("", " "):
+        end -= 1
+    return text[:end]
 
 
 def normalize_fragment(text: str) -> str:

@@ -120,3 +120,14 @@ def test_scores_are_made_without_dropout_and_leave_the_models_mode(trained_run):
     loaded.model.train()
     assert [evaluate_text(loaded, text).bits_per_char for _ in range(2)] == [reference] * 2
     assert loaded.model.training
+
+
+def test_a_file_whose_text_names_a_file_is_scored(trained_run, tmp_path, monkeypatch):
+    """The check for a path given as text refused a file whose one line named another file."""
+    loaded = load_model(trained_run)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("notes.txt", encoding="utf-8")
+    assert evaluate_file(loaded, tmp_path / "a.txt").chars == len("notes.txt")
+    with pytest.raises(UserError, match="is the path of a file"):
+        evaluate_text(loaded, "notes.txt")

@@ -104,6 +104,10 @@ def test_playground_generates_streamed_bangla_and_shows_candidates(server_url):
         page.click("#go")
         page.locator("#go:enabled").wait_for(timeout=60_000)
         assert '"seed":9007199254740993,' in bodies[-1], bodies[-1]
+        page.fill("#seed", "007")  # written digit for digit, "seed":007 was not JSON
+        page.click("#go")
+        page.locator("#go:enabled").wait_for(timeout=60_000)
+        assert '"seed":7,' in bodies[-1] and page.inner_text("#error") == "", bodies[-1]
         assert failed == []  # the page's own requests, the favicon's too, all answered
         for typo in ("abc", "12abc"):  # was sent as a random seed, and as 12
             page.fill("#seed", typo)

@@ -99,12 +99,17 @@ def test_a_runs_own_config_json_is_a_usable_config_file(trained_run, tmp_path):
     it was refused as a LoRA rank below 1, which only a rank set on its own is."""
     source = RunFolder(trained_run).load_config()
     config = finetune_config(source, file=trained_run / "config.json")
-    assert config.finetune.lora_rank == 0 and config.train.max_iters == source.train.max_iters
+    assert config.finetune.lora_rank == 0
     tuned = tmp_path / "config.json"
     tuned.write_text(json.dumps({**config.to_dict(), "finetune": {**config.to_dict()["finetune"], "lora_rank": 4}}))
     assert finetune_config(source, file=tuned).finetune.lora_rank == 4
     with pytest.raises(UserError, match="lora_rank must be >= 1 for LoRA, got 0"):
         finetune_config(source, file=tuned, overrides={"finetune.lora_rank": 0})
+    # its LoRA keys (rank 0) did not excuse a LoRA setting given without a rank: it ran full fine-tuning
+    with pytest.raises(UserError, match="finetune.lora_alpha is a LoRA setting, but no finetune.lora_rank is set"):
+        finetune_config(source, file=trained_run / "config.json", overrides={"finetune.lora_alpha": 32})
+    # its train.max_iters (always written) no longer turns its finetune.epochs off
+    assert config.finetune.epochs == source.finetune.epochs > 0
 
 
 def test_epochs_fit_the_warm_up_and_evaluations_left_at_their_defaults_and_say_so(trained_run):

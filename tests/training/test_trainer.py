@@ -305,6 +305,16 @@ def test_time_limit_stops_the_run_and_drives_the_schedule(data_dir, tmp_path):
     state = json.loads(__import__("safetensors").safe_open(
         str(tmp_path / "run" / "checkpoints" / "latest.safetensors"), "pt").metadata()["state"])
     assert state["iter"] == result.iterations and state["elapsed_s"] >= limit_s
+    # A run past its warm-up without a limit, resumed with one: the decay goes on from where the
+    # share of the time says, not from the peak (where warm-up ended was never recorded).
+    base = {**TINY_SETTINGS, "train.max_iters": 20, "train.log_interval": 1, "train.warmup_iters": 2,
+            "train.lr_schedule": "cosine"}
+    train(data_dir, tmp_path / "later", build_config(overrides=base), progress=False)
+    timed = build_config(overrides={**base, "train.max_iters": 10**6, "train.time_limit_min": 0.04})
+    train(data_dir, tmp_path / "later", timed, resume=True, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "later" / "metrics.jsonl").read_text().splitlines()]
+    after = [r["lr"] for r in rows if "lr" in r and r["iter"] >= 20]
+    assert after and max(after) < 0.99 * peak, after[:3]
 
 
 def test_lr_schedule_on_the_clock():

@@ -101,9 +101,10 @@ def _builtin_task_names() -> frozenset[str]:
     is not installed, since no name can clash there."""
     try:
         from lm_eval.tasks import TaskManager
-    except ImportError:
+
+        return frozenset(TaskManager().all_tasks)
+    except Exception:  # noqa: BLE001 - absent or broken (a torch mismatch, say): writing the task needs none of it
         return frozenset()
-    return frozenset(TaskManager().all_tasks)
 
 
 def write_perplexity_task(texts: list[Path], out_dir: Path,
@@ -119,8 +120,6 @@ def write_perplexity_task(texts: list[Path], out_dir: Path,
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise UserError(f"task name {name!r} is not usable; use letters, digits, '_' or '-', starting "
                         "with a letter (e.g. bangla_ppl)")
-    if name in _builtin_task_names():  # results filed under a known benchmark's name, and shadowing it
-        raise UserError(f"task name {name!r} is one of lm-eval's own tasks; choose another (e.g. bangla_ppl)")
     if isinstance(texts, (str, Path)):  # one file given without a list
         texts = [texts]
     texts = [Path(t) for t in texts]
@@ -136,6 +135,9 @@ def write_perplexity_task(texts: list[Path], out_dir: Path,
             raise UserError(f"{path} holds no text after normalization; remove it from the list")
         # a file name that is not valid UTF-8 (surrogate-escaped) gets U+FFFD, not a crash
         docs.append({"text": text, "source": path.name.encode("utf-8", "replace").decode("utf-8")})
+    if name in _builtin_task_names():  # last: indexing them takes seconds. Results would be filed
+        # under a known benchmark's name, and shadow it.
+        raise UserError(f"task name {name!r} is one of lm-eval's own tasks; choose another (e.g. bangla_ppl)")
     out_dir = Path(out_dir).absolute()
     jsonl = out_dir / f"{name}.jsonl"
     yaml = out_dir / f"{name}.yaml"

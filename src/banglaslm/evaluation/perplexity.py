@@ -132,13 +132,14 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>",
     (natural log); bits per byte / per character divide the same total by the UTF-8 bytes /
     characters of the normalized text, which makes models with different tokenizers comparable.
     UserError for empty text, a stride outside 1..block size, or an argument of the wrong kind
-    (a path, or a str naming a file, belongs to `evaluate_file`). Dropout is off while scoring
+    (a path, or a str naming a file given without a `name`, belongs to `evaluate_file`). Dropout is off while scoring
     and the model's mode is restored after."""
     loaded = check_loaded(loaded)
     if not isinstance(text, str):
         fix = f"to score a file use evaluate_file(loaded, {str(text)!r})" if isinstance(text, Path) else ""
         raise wrong_kind("text", text, "a str", fix)
-    if _names_a_file(text):  # scored as text it gives a number, and a meaningless one
+    if name == "<text>" and _names_a_file(text):  # scored as text it gives a number, and a meaningless one
+        # (a text given a name is a file's content, which may well be a file name)
         raise bad_param("text", f"is the path of a file, {text!r}, not text; to score the file use "
                                 f"evaluate_file(loaded, {text!r})")
     text = normalize(text)

@@ -111,29 +111,39 @@ class FinetuneTrainer(Trainer):
 
 
 def finetune_config(source: RunConfig, file: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
-    """The source run's config, then FINETUNE_TRAIN, then a config file and `overrides`. A given
-    train.max_iters turns finetune.epochs off (0) and shortens a warm-up not given to fit; a
-    LoRA rank set as 0 or less in `overrides` is refused (a file's 0, as every run's config.json
-    writes a full fine-tuning, is that)."""
+    """The source run's config, then FINETUNE_TRAIN, then a config file and `overrides`. A
+    train.max_iters set in `overrides` (or in a file without finetune.epochs, which a run's
+    config.json always has) turns finetune.epochs off (0) and shortens a warm-up not given to
+    fit. A LoRA rank set as 0 or less in `overrides` is refused (a file's 0, as every run's
+    config.json writes a full fine-tuning, is that), and so is a LoRA setting without a rank."""
     overrides = {resolve_key(k): v for k, v in (overrides or {}).items()}
-    given = {**{resolve_key(k): v for k, v in (load_config_file(file) if file is not None else {}).items()},
-             **overrides}
-    rank = given.get("finetune.lora_rank")
+    from_file = {resolve_key(k): v for k, v in (load_config_file(file) if file is not None else {}).items()}
+    given = {**from_file, **overrides}
     set_rank = overrides.get("finetune.lora_rank")
-    if set_rank is not None and str(set_rank).strip().lstrip("+-").isdigit() and int(str(set_rank).strip()) <= 0:
+    if set_rank is not None and _whole(set_rank) is not None and _whole(set_rank) <= 0:
         raise bad_param("finetune.lora_rank", f"must be >= 1 for LoRA, got {set_rank} (leave it unset for full "
                                               "fine-tuning)")
-    lora_only = sorted(k for k in given if k.startswith("finetune.lora_") and k != "finetune.lora_rank")
-    if lora_only and rank is None:
+    rank = given.get("finetune.lora_rank")
+    lora_only = sorted(k for k in (overrides if file is not None else given)
+                       if k.startswith("finetune.lora_") and k != "finetune.lora_rank")
+    if lora_only and (rank is None or (_whole(rank) is not None and _whole(rank) <= 0)):
         raise bad_param(lora_only[0], "is a LoRA setting, but no finetune.lora_rank is set: add --set "
                                       "finetune.lora_rank=R for LoRA, or drop it for full fine-tuning")
     base = inherited(source, FINETUNE_TRAIN)  # validated below, with the user's settings
-    if "train.max_iters" in given and "train.warmup_iters" not in given and str(given["train.max_iters"]).isdigit():
+    length_given = "train.max_iters" in overrides or ("train.max_iters" in from_file
+                                                      and "finetune.epochs" not in from_file)
+    if length_given and "train.warmup_iters" not in given and str(given["train.max_iters"]).isdigit():
         given["train.warmup_iters"] = min(base.train.warmup_iters, int(given["train.max_iters"]) // 5)
     config = build_config(overrides=given, base=base)
-    if "train.max_iters" in given:
+    if length_given:
         config.finetune.epochs = 0.0
     return config
+
+
+def _whole(value) -> int | None:
+    """`value` (an int, or text from --set) as a whole number; None when it is not one."""
+    text = str(value).strip()
+    return int(text) if text.lstrip("+-").isdigit() else None
 
 
 def _recorded_inputs(run: RunFolder) -> list[str] | None:
@@ -203,8 +213,8 @@ def _batch_note(config: RunConfig, rows: int) -> str | None:
     if rows <= 0 or per_step <= rows:
         return None
     return (f"a step takes {per_step:,} rows (train.batch_size x grad_accum_steps x processes), but the training "
-            f"conversations pack into {rows:,} blocks: every step passes over them {per_step / rows:.0f} times; "
-            f"lower train.batch_size to {rows:,} or less")
+            f"conversations pack into {rows:,} blocks: every step passes over them {per_step / rows:.1f} times; "
+            f"lower train.batch_size or grad_accum_steps until their product with the processes is {rows:,} or less")
 
 
 def _set_length(config: RunConfig, rows: int) -> str:

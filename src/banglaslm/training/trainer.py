@@ -245,10 +245,11 @@ class Trainer:
             self._notes.append(f"note: this run trained in fp16 and goes on in {self.precision}: the same weights and "
                                "optimizer state, without fp16's loss scale; not bit for bit what fp16 would have done")
         warmed = int(state["iter"]) >= int(((state.get("config") or {}).get("train") or {}).get("warmup_iters", 0))
+        warmup_end_s = state.get("warmup_end_s")
+        if warmup_end_s is None and warmed:  # past warm-up without a time limit (one given now), or an older
+            warmup_end_s = 0.0               # checkpoint: the decay's share is of the whole time, as it was
         self.state = Progress(int(state["iter"]), float(state["best_val"]), list(state["history"]),
-                              float(state.get("elapsed_s", 0.0)),
-                              # a checkpoint from before it was recorded: the decay ran from the start
-                              state.get("warmup_end_s", 0.0 if warmed else None))
+                              float(state.get("elapsed_s", 0.0)), warmup_end_s)
         self.guard.restore(state)
         self._say_schedule_change(state)
 
