@@ -150,6 +150,15 @@ def normalize_prompt(text: str) -> str:
     return text.rstrip(" ") if text.strip() else ""
 
 
+def opens_a_word(prompt: str) -> bool:
+    """Whether `prompt` ends in a space after text (not after a line break): `normalize_prompt`
+    drops that space, so its writer asks for a new word, which our tokenizers write with its
+    space (" ভাত"), and the first token is kept to one that opens with a space."""
+    text = normalize_fragment(prompt)
+    kept = text.rstrip(" ")
+    return kept != text and kept.strip() != "" and not kept.endswith("\n")
+
+
 def prompt_shown(text: str) -> str:
     """The prompt as its writer typed it, less what `normalize_prompt` drops from its end: spaces,
     tabs, no-break spaces and invisible characters (a line break, in any spelling, stays). With

@@ -306,6 +306,15 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     @cached_property
+    def space_openers(self) -> list[int]:
+        """The ids whose text is a space and the start of a word (" ভাত"), or where no token is
+        (a character tokenizer) the space itself: what may come first after a prompt that ended
+        in a space (`text.opens_a_word`)."""
+        texts = [self.token_bytes(i) for i in range(self.vocab_size)]
+        words = [i for i, b in enumerate(texts) if b.startswith(b" ") and len(b) > 1 and not b[1:2].isspace()]
+        return words or [i for i, b in enumerate(texts) if b == b" "]
+
+    @cached_property
     def sha256(self) -> str:
         """Identity of the tokenizer: hash of its canonical serialization."""
         return hashlib.sha256(self.hf.to_str().encode("utf-8")).hexdigest()

@@ -8,6 +8,7 @@ from banglaslm.config import SamplingParams
 from banglaslm.generation.batching import Batch, Sequence
 from banglaslm.generation.engine import Engine
 from banglaslm.runfolder import load_model
+from banglaslm.text import opens_a_word
 
 PROMPTS = ["আমি", "একদিন সকালে নদীর ধারে", "বাংলা", "আমার সোনার বাংলা " * 3]
 
@@ -47,7 +48,8 @@ def test_each_sequence_gets_what_it_gets_alone(loaded, kernel):
             steps[i] = []
             batch.add(Sequence(engine.encode_prompt(prompt), params,
                                on_step=steps[i].append if streamed else None,
-                               on_done=lambda c, e, i=i: done.setdefault(i, (c, e))))
+                               on_done=lambda c, e, i=i: done.setdefault(i, (c, e)),
+                               opens_word=opens_a_word(prompt)))  # the last prompt ends in a space
         if not batch.idle:
             batch.step()
             assert len(batch.live) <= 4
@@ -159,3 +161,35 @@ def test_no_penalty_touches_the_end_of_document_token(loaded):
         assert eod in [c.token_id for c in logprob.candidates], where
         for c in logprob.candidates:
             assert c.prob == pytest.approx(float(want[c.token_id]), rel=1e-4, abs=1e-6), (where, c)
+
+
+def test_a_prompt_ending_in_a_space_is_answered_with_a_new_word(loaded):
+    """The prompt's trailing space is dropped before the model reads it (our tokenizers write a
+    word's space with the word), so the model often went on with the last word: "একদিন সকালে "
+    gave "একদিন সকালেির". Its first token now opens with a space, alone, in a batch and streamed;
+    a prompt without the space is continued as it was."""
+    engine = Engine(loaded.model, loaded.tokenizer)
+    tok = loaded.tokenizer
+    prompt = "একদিন সকালে "
+    plain = SamplingParams(max_new_tokens=3, greedy=True)
+    for params in (plain, SamplingParams(max_new_tokens=3, temperature=1.5, seed=4, n=4, logprobs=3)):
+        for out in engine.generate([prompt], params)[0]:
+            assert tok.token_bytes(out.token_ids[0]).startswith(b" "), out
+            if params.logprobs:
+                assert all(tok.token_bytes(c.token_id).startswith(b" ") for c in out.logprobs[0].candidates)
+    first = next(engine.stream_steps(prompt, plain)).token_id
+    got = []
+    batch = Batch(engine, capacity=2)
+    batch.add(Sequence(engine.encode_prompt(prompt), plain, on_step=got.append, opens_word=opens_a_word(prompt)))
+    while not batch.idle:
+        batch.step()
+    assert got[0].token_id == first and tok.token_bytes(first).startswith(b" ")
+    # without the space (or after a line break) nothing is constrained: the model's own choice
+    unconstrained = engine.generate([prompt.strip()], plain)[0][0].token_ids[0]
+    with torch.no_grad():
+        logits = loaded.model(torch.tensor([engine.encode_prompt(prompt.strip())]))[0][0, -1, :engine.vocab]
+    assert unconstrained == int(logits.argmax())
+    assert not opens_a_word("শিরোনাম\n ") and not opens_a_word("   ") and opens_a_word("ক\u00a0")
+    from banglaslm.tokenizer import Tokenizer
+    chars = Tokenizer.build_char("ab c")  # no token opens a word with its space: the space itself comes first
+    assert [chars.token_bytes(i) for i in chars.space_openers] == [b" "]

@@ -465,3 +465,16 @@ def test_a_long_scoring_answer_is_laid_out_off_the_event_loop(client, monkeypatc
     r = client.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 3,
                                                   "messages": [{"role": "user", "content": "আমি"}]})
     assert r.status_code == 200 and on_loop == [], (on_loop, r.text)
+
+
+def test_a_prompt_ending_in_a_space_is_answered_with_a_new_word(client):
+    """The server's batches keep the first token of such a prompt to one that opens a word, as
+    the engine does (the trailing space is never read; the model went on with the last word)."""
+    for stream in (False, True):
+        r = client.post("/v1/completions", json={"model": MODEL, "prompt": "আমার সোনার ", "max_tokens": 2,
+                                                 "temperature": 0, "stream": stream})
+        assert r.status_code == 200, r.text
+        text = r.json()["choices"][0]["text"] if not stream else "".join(
+            json.loads(line[6:])["choices"][0]["text"] for line in r.text.splitlines()
+            if line.startswith("data: {") and json.loads(line[6:])["choices"])
+        assert text[:1] == " " and text[1:2].strip(), text

@@ -35,6 +35,7 @@ class Sequence:
     # At the end: (the Completion, None), or (None, the exception that stopped it).
     on_done: Callable[[Completion | None, BaseException | None], None] | None = None
     check: Callable[[], None] | None = None         # called before each step; may raise to stop
+    opens_word: bool = False                         # the prompt ended in a space (`Row.opens_word`)
 
 
 @dataclass
@@ -84,14 +85,14 @@ class Batch:
         if self.idle:
             self._choose_path()
         block = self.model.config.block_size
-        row = Row(0, 0, list(seq.context), max(0, len(seq.context) - block), StreamDecoder(self.engine.tokenizer))
+        row = Row(0, 0, list(seq.context), max(0, len(seq.context) - block), StreamDecoder(self.engine.tokenizer),
+                  opens_word=seq.opens_word)
         live = None
         try:
             params = self.engine.checked(seq.params)
             if params.n != 1:
                 raise ValueError(f"a Sequence is one sample; got n={params.n}")
-            live = _Live(seq, params, row, Sampler(params, [row], self.engine.vocab, self.engine.device,
-                                                   self.engine.tokenizer.eod_id),
+            live = _Live(seq, params, row, self.engine.sampler(params, [row]),
                          track_text=bool(params.stop) or seq.on_step is not None)
             if seq.check:
                 seq.check()

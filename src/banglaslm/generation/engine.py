@@ -24,7 +24,7 @@ from ..config import ModelConfig, SamplingParams
 from ..errors import UserError, bad_param, wrong_kind
 from ..model import GPT, KVCache, evaluating
 from ..runfolder import LoadedModel, check_loaded
-from ..text import check_text, normalize_fragment, normalize_prompt
+from ..text import check_text, normalize_fragment, normalize_prompt, opens_a_word
 from ..tokenizer import Tokenizer
 from .cpu_decode import CpuDecoder
 from .sampling import Sampler, TokenLogprob
@@ -78,6 +78,7 @@ class Row:
     starts: list[int] = field(default_factory=list)  # where each token's text begins in decoder.text
     finish_reason: str | None = None
     stop_at: int | None = None   # where in decoder.text a stop string begins
+    opens_word: bool = False     # its prompt ended in a space: the first token opens a word (`opens_a_word`)
 
     def text_logprobs(self, params: SamplingParams) -> list[TokenLogprob] | None:
         """The logprobs of the tokens whose text is shown: a stop string's tokens were sampled,
@@ -137,7 +138,9 @@ class Engine:
         if isinstance(prompts, (str, bytes)):
             raise wrong_kind("prompts", prompts, "a list of texts", "use [prompt] for one")
         params = self.checked(params)
-        return self._generate([self.encode_prompt(p) for p in list(prompts)], params)
+        prompts = list(prompts)
+        return self._generate([self.encode_prompt(p) for p in prompts], params,
+                              [isinstance(p, str) and opens_a_word(p) for p in prompts])
 
     def generate_ids(self, contexts: list[list[int]], params: SamplingParams | None = None) -> list[list[Completion]]:
         """Like `generate`, from token ids (each context as `encode_prompt` makes it: a list,
@@ -164,10 +167,11 @@ class Engine:
                                            "were the ids made with another tokenizer?")
         return ids
 
-    def _generate(self, contexts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def _generate(self, contexts: list[list[int]], params: SamplingParams,
+                  opens: list[bool] | None = None) -> list[list[Completion]]:
         if not contexts:
             return []
-        rows = self._rows(contexts, params)
+        rows = self._rows(contexts, params, opens)
         for _ in self._run(rows, params, track_text=bool(params.stop)):
             pass
         out: list[list[Completion]] = [[] for _ in contexts]
@@ -199,9 +203,9 @@ class Engine:
         params = self.checked(params)
         if params.n != 1:
             raise bad_param("n", f"must be 1 for streaming (one sample); set n=1 (got n={params.n})")
-        context = self.encode_prompt(prompt) if isinstance(prompt, (str, bytes)) or prompt is None \
-            else self.checked_context(prompt)
-        rows = self._rows([context], params)
+        text = isinstance(prompt, (str, bytes)) or prompt is None
+        context = self.encode_prompt(prompt) if text else self.checked_context(prompt)
+        rows = self._rows([context], params, [isinstance(prompt, str) and opens_a_word(prompt)])
         row = rows[0]
         stops, start = params.stop, 0
         for ids, logprobs in self._run(rows, params, track_text=True):
@@ -210,9 +214,16 @@ class Engine:
             start = end
 
     # ---- the loop --------------------------------------------------------------------------
-    def _rows(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Row]:
-        return [Row(p, j, list(ids), max(0, len(ids) - self.block_size), StreamDecoder(self.tokenizer))
+    def _rows(self, prompt_ids: list[list[int]], params: SamplingParams, opens: list[bool] | None = None) -> list[Row]:
+        return [Row(p, j, list(ids), max(0, len(ids) - self.block_size), StreamDecoder(self.tokenizer),
+                    opens_word=bool(opens and opens[p]))
                 for p, ids in enumerate(prompt_ids) for j in range(params.n)]
+
+    def sampler(self, params: SamplingParams, rows: list[Row]) -> Sampler:
+        """The Sampler of `rows` (the end-of-document token spared the penalties; the first token
+        of a row that opens a word kept to one that does)."""
+        openers = self.tokenizer.space_openers if any(row.opens_word for row in rows) else None
+        return Sampler(params, rows, self.vocab, self.device, self.tokenizer.eod_id, openers)
 
     # As a decorator, inference_mode is on only while the generator runs, not between steps.
     @torch.inference_mode()
@@ -221,7 +232,7 @@ class Engine:
         `track_text`: feed each row's stream decoder as tokens come (streaming, stop strings)."""
         eod = self.tokenizer.eod_id
         with evaluating(self.model):
-            sampler = Sampler(params, rows, self.vocab, self.device, self.tokenizer.eod_id)
+            sampler = self.sampler(params, rows)
             # Decode steps in one C call on CPUs when the kernel can run this model exactly
             # (cpu_decode.py); None: every step through model(...).
             fused = CpuDecoder.for_model(self.model) if self.use_kernel else None

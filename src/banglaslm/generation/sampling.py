@@ -85,12 +85,14 @@ def sample_seed(seed: int, sample: int) -> int:
 class Sampler:
     """Picks the next token of every active row; keeps the per-row penalty state."""
 
-    def __init__(self, params: SamplingParams, rows: list, vocab: int, device, eod: int | None = None):
+    def __init__(self, params: SamplingParams, rows: list, vocab: int, device, eod: int | None = None,
+                 openers: list[int] | None = None):
         """`rows`: the engine's rows (their `context` and `sample` number), one per batch row;
         `vocab`: the ids the tokenizer decodes, the first of the model's (an embedding padded
         beyond them, as some imported models have, never yields an id the tokenizer lacks);
         `eod`: the end-of-document token, which no penalty touches: it is no word to repeat,
-        and a chat's earlier answers each end with one (penalized, later answers ran on)."""
+        and a chat's earlier answers each end with one (penalized, later answers ran on);
+        `openers`: the ids that open with a space (`Tokenizer.space_openers`)."""
         self.params, self.vocab, self.eod = params, vocab, eod
         B = len(rows)
         self.seen = self.counts = None
@@ -101,6 +103,14 @@ class Sampler:
             self._unsee_eod()
         if params.presence_penalty or params.frequency_penalty:
             self.counts = torch.zeros(B, vocab, device=device)
+        # The first token of a row whose prompt ended in a space (`Row.opens_word`) opens a word:
+        # every other token is masked, at the first call only.
+        self.first_mask = None
+        if openers is not None and openers and any(getattr(row, "opens_word", False) for row in rows):
+            allowed = torch.zeros(vocab, dtype=torch.bool, device=device)
+            allowed[torch.tensor([i for i in openers if i < vocab], dtype=torch.long, device=device)] = True
+            rows_on = torch.tensor([getattr(row, "opens_word", False) for row in rows], device=device)
+            self.first_mask = rows_on[:, None] & ~allowed[None, :]
         self.generators = None
         if not params.decodes_greedily:
             base = params.seed if params.seed is not None else torch.Generator().seed()
@@ -111,6 +121,8 @@ class Sampler:
                 self.generators.append(g)
 
     def select(self, keep: list[int], keep_t: torch.Tensor) -> None:
+        if self.first_mask is not None:
+            self.first_mask = self.first_mask.index_select(0, keep_t)
         if self.seen is not None:
             self.seen = self.seen.index_select(0, keep_t)
         if self.counts is not None:
@@ -122,6 +134,8 @@ class Sampler:
         """logits (B, V) → (next ids (B,) tensor, a TokenLogprob per row or None)."""
         p = self.params
         logits = logits[:, :self.vocab]
+        if self.first_mask is not None:
+            logits, self.first_mask = logits.masked_fill(self.first_mask, float("-inf")), None
         if p.decodes_greedily and not p.uses_penalties and p.logprobs is None:  # the fast path: no softmax, no copies
             if logits.device.type == "cpu":  # NumPy's argmax takes 2 us here, torch's 16 (same ties: the first)
                 return torch.from_numpy(logits.numpy().argmax(-1)), None

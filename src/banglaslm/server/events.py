@@ -100,8 +100,9 @@ class ChoiceStream:
         self.tokens, self.sent, self.shown, self.logged = 0, 0, not strip_leading, 0
         self.pending: list[tuple[int, TokenLogprob]] = []
 
-    def sequence(self, ids: list[int], params: SamplingParams) -> Sequence:
-        return Sequence(ids, params, on_step=self.on_step, on_done=self.on_done, check=self.job.check)
+    def sequence(self, ids: list[int], params: SamplingParams, opens_word: bool = False) -> Sequence:
+        return Sequence(ids, params, on_step=self.on_step, on_done=self.on_done, check=self.job.check,
+                        opens_word=opens_word)
 
     def on_step(self, step: Step) -> None:
         if step.token_id != self.eod:  # as Completion.token_ids

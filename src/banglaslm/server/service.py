@@ -31,6 +31,7 @@ from ..evaluation.perplexity import window_logprobs
 from ..generation.batching import Batch, Sequence
 from ..generation.engine import Completion, Engine
 from ..generation.sampling import sample_seed
+from ..text import opens_a_word
 from .events import ChoiceStream, LogprobFormat, sse
 from .schemas import (
     APIError,
@@ -68,6 +69,7 @@ class Prompt:
     """One prompt of a request: the context the model sees, and what `echo` returns."""
     context: list[int]              # [eod] + the prompt's ids
     text: str                       # the prompt's ids decoded: the text as the model read it (normalized)
+    opens_word: bool = False        # it ended in a space: the answer's first token opens a word
     scored: list = field(default_factory=list)  # window_logprobs of context[1:], when echoed with logprobs
 
     @property
@@ -197,7 +199,8 @@ class OpenAIService:
             context = self.engine.encode_prompt(text)
         except UserError as exc:
             raise APIError(400, str(exc), param="prompt", code="invalid_value") from None
-        return Prompt(context, self.engine.tokenizer.decode(context[1:]))  # as read: normalized
+        return Prompt(context, self.engine.tokenizer.decode(context[1:]),  # as read: normalized
+                      opens_word=opens_a_word(text))
 
     def _encode_ids(self, ids: list[int]) -> Prompt:
         vocab = self.engine.vocab
@@ -255,7 +258,8 @@ class OpenAIService:
                 if len(outs) == total:
                     job.finished = True
                     job.resolve([outs[i] for i in range(total)], None)
-            return Admit([Sequence(p.context, one, check=job.check, on_done=functools.partial(collect, i * params.n + j))
+            return Admit([Sequence(p.context, one, check=job.check, on_done=functools.partial(collect, i * params.n + j),
+                                   opens_word=p.opens_word)
                           for i, p in enumerate(prompts) for j, one in enumerate(self._samples(params))])
         return await self._until_done(Job(work, deadline), disconnected)
 
@@ -307,7 +311,8 @@ class OpenAIService:
                     job.finished = True
                     finished(None, None)
             eod = self.engine.tokenizer.eod_id
-            return Admit([ChoiceStream(i * params.n + j, eod, strip_leading, job, emit, end).sequence(p.context, one)
+            return Admit([ChoiceStream(i * params.n + j, eod, strip_leading, job, emit, end).sequence(p.context, one,
+                                                                                                    p.opens_word)
                           for i, p in enumerate(prompts) for j, one in enumerate(self._samples(params))])
 
         job = Job(work, deadline)
