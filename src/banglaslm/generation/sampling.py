@@ -93,23 +93,24 @@ class Sampler:
         `eod`: the end-of-document token, which no penalty touches: it is no word to repeat,
         and a chat's earlier answers each end with one (penalized, later answers ran on);
         `openers`: the ids that open with a space (`Tokenizer.space_openers`)."""
-        self.params, self.vocab, self.eod = params, vocab, eod
+        self.params, self.vocab = params, vocab
         B = len(rows)
         self.seen = self.counts = None
         if params.repetition_penalty != 1.0:
             self.seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
             for b, row in enumerate(rows):
                 self.seen[b, torch.tensor(row.context, dtype=torch.long, device=device)] = True
-            self._unsee_eod()
+            if eod is not None and eod < vocab:  # in a context only: a row that samples it ends there
+                self.seen[:, eod] = False
         if params.presence_penalty or params.frequency_penalty:
             self.counts = torch.zeros(B, vocab, device=device)
         # The first token of a row whose prompt ended in a space (`Row.opens_word`) opens a word:
         # every other token is masked, at the first call only.
         self.first_mask = None
-        if openers is not None and openers and any(getattr(row, "opens_word", False) for row in rows):
+        if openers and any(row.opens_word for row in rows):
             allowed = torch.zeros(vocab, dtype=torch.bool, device=device)
             allowed[torch.tensor([i for i in openers if i < vocab], dtype=torch.long, device=device)] = True
-            rows_on = torch.tensor([getattr(row, "opens_word", False) for row in rows], device=device)
+            rows_on = torch.tensor([row.opens_word for row in rows], device=device)
             self.first_mask = rows_on[:, None] & ~allowed[None, :]
         self.generators = None
         if not params.decodes_greedily:
@@ -173,12 +174,5 @@ class Sampler:
         """Record the tokens just generated (ids (B,)) for the penalties."""
         if self.seen is not None:
             self.seen.scatter_(1, ids[:, None], True)
-            self._unsee_eod()
         if self.counts is not None:
             self.counts.scatter_add_(1, ids[:, None], torch.ones_like(ids[:, None], dtype=self.counts.dtype))
-            if self.eod is not None and self.eod < self.vocab:
-                self.counts[:, self.eod] = 0
-
-    def _unsee_eod(self) -> None:
-        if self.eod is not None and self.eod < self.vocab:
-            self.seen[:, self.eod] = False

@@ -119,14 +119,15 @@ def finetune_config(source: RunConfig, file: str | Path | None = None, overrides
     overrides = {resolve_key(k): v for k, v in (overrides or {}).items()}
     from_file = {resolve_key(k): v for k, v in (load_config_file(file) if file is not None else {}).items()}
     given = {**from_file, **overrides}
-    set_rank = overrides.get("finetune.lora_rank")
-    if set_rank is not None and _whole(set_rank) is not None and _whole(set_rank) <= 0:
+    set_rank = _whole(overrides.get("finetune.lora_rank"))
+    if set_rank is not None and set_rank <= 0:
         raise bad_param("finetune.lora_rank", f"must be >= 1 for LoRA, got {set_rank} (leave it unset for full "
                                               "fine-tuning)")
     rank = given.get("finetune.lora_rank")
+    whole_rank = _whole(rank)
     lora_only = sorted(k for k in (overrides if file is not None else given)
                        if k.startswith("finetune.lora_") and k != "finetune.lora_rank")
-    if lora_only and (rank is None or (_whole(rank) is not None and _whole(rank) <= 0)):
+    if lora_only and (rank is None or (whole_rank is not None and whole_rank <= 0)):
         raise bad_param(lora_only[0], "is a LoRA setting, but no finetune.lora_rank is set: add --set "
                                       "finetune.lora_rank=R for LoRA, or drop it for full fine-tuning")
     base = inherited(source, FINETUNE_TRAIN)  # validated below, with the user's settings
