@@ -26,7 +26,7 @@ from typing import Any, Literal
 import tomllib
 
 from .errors import UserError, bad_param, shown
-from .fileio import read_text
+from .fileio import read_json_or_fail, read_text
 
 MAX_SEED = 2**63 - 1            # torch's and NumPy's generators take any seed in [0, MAX_SEED]
 MAX_LOGPROBS = 50               # alternatives reported per token, at most
@@ -532,6 +532,14 @@ def parse_set_args(pairs: list[str]) -> dict[str, str]:
 # run with another run's settings: --config runs/a/config.json).
 RUN_FORMAT = "banglaslm-run"
 RUN_FORMAT_VERSION = 1
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether `path`'s config.json says it is a banglaslm run folder."""
+    try:
+        return read_json_or_fail(Path(path) / "config.json").get("format") == RUN_FORMAT
+    except (OSError, UserError, AttributeError):
+        return False
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -22,7 +22,14 @@ from typing import Annotated
 import torch
 
 from .checkpoint import load_checkpoint, read_state, tensor_shapes
-from .config import RUN_FORMAT, RUN_FORMAT_VERSION, Opt, RunConfig, validate
+from .config import (
+    RUN_FORMAT,
+    RUN_FORMAT_VERSION,
+    Opt,
+    RunConfig,
+    is_run_folder,
+    validate,
+)
 from .errors import UserError, bad_param, wrong_kind
 from .fileio import as_path, atomic_write_json, check_destination, read_json_or_fail
 from .model import GPT, tied_keys
@@ -48,10 +55,7 @@ class RunFolder:
 
     def is_run_folder(self) -> bool:
         """Whether the folder's config.json says it is a banglaslm run folder."""
-        try:
-            return read_json_or_fail(self.config_path).get("format") == RUN_FORMAT
-        except (OSError, UserError, AttributeError):
-            return False
+        return is_run_folder(self.path)
 
     def check_writable(self, resume: bool) -> None:
         """UserError unless training may write here: a new or empty folder, or (the same or a

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import RUN_FORMAT
+from ..config import is_run_folder
 from ..errors import UserError, bad_param
 from ..fileio import as_path, atomic_write_json, read_json
 from ..text import NORMALIZATION
@@ -55,13 +55,6 @@ def split_shards(split_meta: dict) -> list[dict]:
     return [{k: split_meta[k] for k in ("file", "documents", "tokens", "bytes", "chars", "sha256") if k in split_meta}]
 
 
-def _is_run_folder(path: Path) -> bool:
-    try:
-        return read_json(path / "config.json").get("format") == RUN_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 class DataFolder:
     """A prepared data folder: meta.json checked, tokenizer and memory-mapped shards on demand."""
 
@@ -69,7 +62,7 @@ class DataFolder:
         self.path = as_path(path, "data_dir", "a data folder")
         meta_path = self.path / META
         if not meta_path.is_file():
-            if _is_run_folder(self.path):
+            if is_run_folder(self.path):
                 raise bad_param("data_dir", f"{self.path} is a run folder (train wrote it), not a data folder; give "
                                             "`data_dir` a folder `banglaslm prepare` wrote")
             raise UserError(f"{self.path} is not a prepared data folder (no meta.json); run `banglaslm prepare` first")
