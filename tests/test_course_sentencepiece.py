@@ -24,10 +24,11 @@ def unigram_32k(tmp_path_factory):
     corpus = folder / "books.txt"
     corpus.write_text("\n".join(normalize(p.read_text(encoding="utf-8")) for p in sorted(literature.glob("*.txt"))),
                       encoding="utf-8")
-    # 32,000 asked; the books support about 30,500 distinct pieces, so the limit is soft.
+    # 32,000 asked; the books support about 30,500 distinct pieces, so the limit is soft. The
+    # special pieces as T5's spiece.model (BanglaT5's) has them: <pad> 0, </s> 1, <unk> 2, no <s>.
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=32000,
                                    model_type="unigram", hard_vocab_limit=False, character_coverage=0.9999,
-                                   minloglevel=2)
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
     return folder / "spiece.model"
 
 
@@ -62,6 +63,15 @@ def test_course_58m_on_a_sentencepiece_unigram(unigram_32k, small_books, tmp_pat
     text = small_books[0].read_text(encoding="utf-8")[:3000]
     assert hf(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
     assert hf.eos_token == "</s>"
+    # SentencePiece's own <pad> is the export's padding token: a batch pads with it, not with </s>
+    # (a collator masks pad ids out of the labels, which would drop every document's end).
+    pad = ours.hf.token_to_id("<pad>")
+    assert hf.pad_token == "<pad>" and hf.pad_token_id == pad
+    batch = hf(["আমার সোনার বাংলা", "আমি"], padding=True)
+    assert batch["input_ids"][1][-1] == pad and batch["attention_mask"][1][-1] == 0
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text(encoding="utf-8"))
+    generation_config = json.loads((tmp_path / "hf" / "generation_config.json").read_text(encoding="utf-8"))
+    assert hf_config["pad_token_id"] == generation_config["pad_token_id"] == pad
     capsys.readouterr()
     # The tokenizer, which no flag helps, is named first (it asked for --approximate-gelu, then refused).
     assert main(["export", str(run), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 2

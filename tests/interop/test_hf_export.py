@@ -110,6 +110,7 @@ def test_auto_classes_and_config(arch, exported, hf_models, runs):
     assert model.config.vocab_size == cfg.vocab_size
     assert model.config.bos_token_id == model.config.eos_token_id == eod
     assert model.generation_config.eos_token_id == eod
+    assert model.config.pad_token_id is None  # ours has no padding token (training packs documents)
     assert model.config.tie_word_embeddings is (arch == "modern")
     embedding = model.get_input_embeddings().weight
     if arch == "modern":

@@ -58,11 +58,12 @@ def check_exportable(cfg: ModelConfig) -> None:
         raise UserError("cannot export: norm_eps and rope_theta must be > 0")
 
 
-def hf_config(cfg: ModelConfig, eod_id: int, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+def hf_config(cfg: ModelConfig, eod_id: int, provenance: dict[str, Any] | None = None,
+              pad_id: int | None = None) -> dict[str, Any]:
     """config.json for LlamaForCausalLM ("modern") or GPT2LMHeadModel ("gpt")."""
     check_exportable(cfg)
     common = {"vocab_size": cfg.vocab_size, "bos_token_id": eod_id, "eos_token_id": eod_id,
-              "pad_token_id": None, "initializer_range": 0.02, "use_cache": True,
+              "pad_token_id": pad_id, "initializer_range": 0.02, "use_cache": True,
               "torch_dtype": "float32", "dtype": "float32", "tie_word_embeddings": cfg.tied_head}
     if cfg.arch == "modern":
         out = {
@@ -95,8 +96,22 @@ def hf_config(cfg: ModelConfig, eod_id: int, provenance: dict[str, Any] | None =
 
 
 # ---- export ---------------------------------------------------------------------------------
+PAD_PIECES = ("<pad>", "[PAD]", "<|pad|>")  # as SentencePiece (T5's spiece.model), BERT and others name it
+
+
+def pad_id(tokenizer: Tokenizer) -> int | None:
+    """The id of the tokenizer's own padding token (a special token of a `PAD_PIECES` name), or None.
+
+    Ours has none: training packs documents and never pads. An imported SentencePiece model
+    (BanglaT5's) has `<pad>`, which transformers' batching and collators should pad with.
+    """
+    return next((i for i in sorted(tokenizer.special_ids) if tokenizer.hf.id_to_token(i) in PAD_PIECES
+                 and i != tokenizer.eod_id), None)
+
+
 def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callable[[Path], None]]:
     eod = tokenizer.hf.id_to_token(tokenizer.eod_id)
+    pad = None if pad_id(tokenizer) is None else tokenizer.hf.id_to_token(pad_id(tokenizer))
     hf = HFTokenizer.from_str(tokenizer.hf.to_str())
     # Every training document followed an end-of-document token, so `tokenizer(text)` puts one
     # first, as Llama's tokenizer puts its BOS: transformers' generate and pipelines then
@@ -109,7 +124,7 @@ def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callabl
              for t_id, t in sorted(tokenizer.hf.get_added_tokens_decoder().items())}
     tok_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": eod, "eos_token": eod, "pad_token": None,
+        "bos_token": eod, "eos_token": eod, "pad_token": pad,
         "unk_token": tokenizer.hf.id_to_token(tokenizer.unk_id) if tokenizer.unk_id is not None else None,
         "add_bos_token": True, "add_eos_token": False,
         # The chat template writes the end-of-document token as text ("{{ eos_token }}"), which
@@ -122,7 +137,8 @@ def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callabl
     return {
         "tokenizer.json": lambda p: p.write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8"),
         "tokenizer_config.json": lambda p: atomic_write_json(p, tok_config),
-        "special_tokens_map.json": lambda p: atomic_write_json(p, {"bos_token": eod, "eos_token": eod}),
+        "special_tokens_map.json": lambda p: atomic_write_json(
+            p, {"bos_token": eod, "eos_token": eod} | ({"pad_token": pad} if pad else {})),
     }
 
 
@@ -184,9 +200,11 @@ def export_hf(
                   "tokenizer_sha256": tok.sha256, "run_config": loaded.config.to_dict(),
                   # the export writes its own (a leading eod); import puts the run's back
                   "tokenizer_post_processor": json.loads(tok.hf.to_str()).get("post_processor")}
-    config = hf_config(cfg, tok.eod_id, provenance)
+    pad = pad_id(tok)
+    config = hf_config(cfg, tok.eod_id, provenance, pad)
     defaults = SamplingParams()  # the same defaults as `banglaslm generate`
-    generation = {"bos_token_id": tok.eod_id, "eos_token_id": tok.eod_id, "pad_token_id": tok.eod_id,
+    generation = {"bos_token_id": tok.eod_id, "eos_token_id": tok.eod_id,
+                  "pad_token_id": tok.eod_id if pad is None else pad,
                   "do_sample": not defaults.greedy, "temperature": defaults.temperature,
                   "top_k": defaults.top_k or 0, "top_p": defaults.top_p or 1.0,
                   # prompt and answer within the block: our engine slides its window past it, transformers
