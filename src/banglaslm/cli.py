@@ -696,7 +696,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"banglaslm {args.command}: interrupted{_unsaved_hint(args)}", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        from .training.distributed import lost_a_peer
+        if not lost_a_peer(exc):
+            raise
+        print(f"banglaslm {args.command}: error: another process of this run stopped (its own output, or "
+              f"torchrun's, says why); {_resume_hint(args)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _resume_hint(args) -> str:
+    """Where a run whose other process died goes on from."""
+    latest = os.path.join(args.out, "checkpoints", "latest.safetensors") if args.command in ("train", "finetune") \
+        else None
+    if latest is None or not os.path.isfile(latest):
+        return "nothing of it was saved yet: run the same command again"
+    return f"the same torchrun command plus --resume continues from its last checkpoint ({latest})"
 
 
 def _unsaved_hint(args) -> str:

@@ -171,6 +171,32 @@ def test_a_resume_with_another_number_of_processes_is_refused(trained_run, data_
     assert latest.read_bytes() == before
 
 
+def test_a_worker_killed_alone_leaves_the_others_one_line_and_the_run_resumes(ddp, data_dir, tmp_path):
+    """kill -9 of rank 1 only: rank 0's next collective fails (gloo: "Connection closed by peer").
+    It printed a 40-line traceback; now one line saying what happened and how to go on."""
+    run = tmp_path / "run"
+    cmd = torchrun("--standalone", "--nproc_per_node=2", *train_args(data_dir, run, batch=4))
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "latest.safetensors").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    rank1 = next(int(pid) for pid in children.read_text().split()
+                 if b"\0RANK=1\0" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes())
+    os.kill(rank1, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "banglaslm train: error: another process of this run stopped (its own output, or torchrun's, says " \
+           "why); the same torchrun command plus --resume continues from its last checkpoint" in err, err[-3000:]
+    assert "[rank0]: Traceback" not in err
+    r = subprocess.run(torchrun("--standalone", "--nproc_per_node=2", *train_args(data_dir, run, batch=4, resume=True)),
+                       env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    wa, wb = weights(ddp), weights(run)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 @pytest.mark.parametrize("when", ["joining", "training"])
 def test_workers_die_with_a_killed_launcher(ddp, data_dir, tmp_path, when):
     """torchrun starts its workers in sessions of their own: after a kill -9 of torchrun alone,
