@@ -421,3 +421,25 @@ def test_a_tokenizer_that_does_not_give_back_its_text_is_named(models, corpus, t
     prepare([str(tmp_path / "in.txt")], tmp_path / "data", tokenizer=str(tmp_path / "tokenizer.json"),
             doc_split="paragraph", allow_unknown=True, progress=False)
     assert "note: the tokenizer does not give back the text it encodes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ids, named", [({}, r"end-of-document token '</s>' \(id 2\)"),
+                                       ({"unk_id": 0, "eos_id": 1, "bos_id": -1}, r"piece '.+' \(id 2\)")])
+def test_a_t5_folder_around_a_model_of_other_ids_is_refused(ids, named, corpus, small_books, tmp_path):
+    """transformers' T5 conversion takes T5's layout (unk 2) for any spiece.model: wrapped around
+    one trained with SentencePiece's defaults (unk 0, eos 2), every unknown character was written
+    as "</s>", an end of document, in the bins; around another layout, as a piece of text."""
+    (tmp_path / "train.txt").write_text("\n".join(corpus), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "train.txt"), model_prefix=str(tmp_path / "m"), vocab_size=1500,
+                                   model_type="unigram", minloglevel=2, hard_vocab_limit=False, **ids)
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    shutil.copy(tmp_path / "m.model", folder / "spiece.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+        "extra_ids": 0}), encoding="utf-8")
+    with pytest.raises(UserError, match=r"unknown id is its " + named + r".*give the SentencePiece \.model file itself"):
+        prepare([str(small_books[0])], tmp_path / "data", tokenizer=str(folder), doc_split="paragraph",
+                progress=False)
+    assert not (tmp_path / "data").exists()
+    assert load_tokenizer(str(tmp_path / "m.model")).unk_id == 0  # the model itself: its own ids
