@@ -87,7 +87,8 @@ def check_argument_kinds(fn: Any, given: dict[str, Any]) -> None:
 
 _KIND_CHECKS = {int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
                 float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
-                bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str)}
+                bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+                Path: lambda v: isinstance(v, Path)}
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -458,7 +459,7 @@ def _full_key(name: str, fields) -> str:
     return next((k for k in keys if not k.startswith("finetune.")), keys[0])
 
 
-_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text",
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text", "Path": "a path",
              "bool | None": "true, false or auto"}
 
 

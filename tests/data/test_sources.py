@@ -208,6 +208,10 @@ def test_bad_tables(tmp_path):
     (tmp_path / "news.json").write_text(json.dumps(rows), encoding="utf-8")
     for name in ("news.jsonl", "news.json"):
         assert [d for d in docs([tmp_path / name], text_column="News") if d] == ["এক", "দুই"]
+    # json.dump of a DataFrame's records writes a missing cell as NaN: missing, as pandas' CSV's empty cell
+    (tmp_path / "nan.json").write_text(json.dumps([{"News": "এক"}, {"News": float("nan")}, {"News": "দুই"}]),
+                                       encoding="utf-8")
+    assert [d for d in docs([tmp_path / "nan.json"], text_column="News") if d] == ["এক", "দুই"]
     (tmp_path / "late.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[1:]), encoding="utf-8")
     with pytest.raises(UserError, match=r"late.jsonl:1 has no column 'News' \(it has: 'Headline'\)"):
         docs([tmp_path / "late.jsonl"], text_column="News")

@@ -1,7 +1,9 @@
 """The Python API as a notebook uses it: cells run again with the same objects, paths given as a
 string or a Path, the defaults the CLI has."""
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,7 +100,7 @@ def test_arguments_of_the_wrong_kind_are_named_with_the_fix(trained_run, data_di
     ({"vocab_size": 8000.0}, "vocab_size must be an integer, got float 8000.0"),
     ({"vocab_size": "600"}, "vocab_size must be an integer, got str '600'"),
     ({"val_fraction": "0.1"}, "val_fraction must be a number, got str '0.1'"),
-    ({"tokenizer": 5}, "tokenizer must be text, got int 5"),
+    ({"tokenizer": 5}, "tokenizer must be text or a path, got int 5"),
     ({"workers": True}, "workers must be an integer, got bool True"),
 ])
 def test_options_of_the_wrong_kind_in_python_are_named(small_books, tmp_path, given, message):
@@ -110,6 +112,14 @@ def test_options_of_the_wrong_kind_in_python_are_named(small_books, tmp_path, gi
     with pytest.raises(UserError, match="^workers must be an integer, got str '2'$"):
         clean([str(small_books[0])], tmp_path / "out", workers="2")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_given_as_a_path_is_read(data_dir, small_books, tmp_path):
+    """inputs and out_dir took a Path, tokenizer was refused one ("must be text, got PosixPath")."""
+    result = prepare([str(small_books[0])], tmp_path / "out", tokenizer=Path(data_dir) / "tokenizer.json",
+                     doc_split="page", progress=False)
+    assert result.meta["tokenizer"]["sha256"] == \
+        json.loads((Path(data_dir) / "meta.json").read_text(encoding="utf-8"))["tokenizer"]["sha256"]
 
 
 def test_numpy_numbers_work_where_python_numbers_do(trained_run, small_books, tmp_path):

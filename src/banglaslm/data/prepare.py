@@ -92,7 +92,8 @@ class PrepareResult:
             lines.append(f"note: {len(without):,} input(s) gave no text (empty, or a table without rows): "
                          f"{', '.join(without[:5])}{', ...' if len(without) > 5 else ''}")
         if self.meta.get("empty_documents"):
-            lines.append(f"skipped {self.meta['empty_documents']:,} empty document(s) (nothing left after normalization)")
+            lines.append(f"skipped {self.meta['empty_documents']:,} empty document(s) (a row without the text column, "
+                         "a null or missing cell, or nothing left after normalization)")
         tok = self.meta["tokenizer"]
         asked = self.meta.get("vocab_size_asked")
         short = f" (asked {asked:,}: the text has no more pairs of tokens seen twice to merge)" \
@@ -140,7 +141,7 @@ def val_split_warnings(meta: dict) -> list[str]:
 @checked_arguments
 def prepare(
     inputs: list[str], out_dir: str | Path,
-    tokenizer: Annotated[str, Opt(TOKENIZER_HELP)] = "bpe",
+    tokenizer: Annotated[str | Path, Opt(TOKENIZER_HELP)] = "bpe",
     vocab_size: Annotated[int, Opt("BPE vocabulary size")] = 8000,
     val_fraction: Annotated[float, Opt("share of documents held out for validation (by a seeded hash of each "
                                        "document's text)")] = 0.05,
@@ -169,6 +170,7 @@ def prepare(
     `sources`). `progress=None` shows bars only on a terminal. Raises UserError, leaving any
     earlier data folder at `out_dir` untouched, for bad options or inputs."""
     exit_if_reimported()
+    tokenizer = str(tokenizer) if isinstance(tokenizer, Path) else tokenizer
     tasks = _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens,
                            workers, tasks, task_rank)
     _check_bpe_only(tokenizer, vocab_size=vocab_size, tokenizer_sample=tokenizer_sample)

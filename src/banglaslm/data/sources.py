@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import glob
 import json
+import math
 import os
 import re
 import shlex
@@ -681,9 +682,10 @@ MISSING_CELLS = frozenset({"NaN", "nan", "NA", "N/A", "n/a", "#N/A", "<NA>", "NU
 
 
 def _as_text(value: object, where: str) -> str:
-    """A table cell's text ("" for None or a MISSING_CELLS spelling); UserError for a cell that
+    """A table cell's text ("" for None, NaN or a MISSING_CELLS spelling); UserError for a cell that
     holds no text, or holds a lone surrogate (`whole_characters`)."""
-    if value is None or (isinstance(value, str) and value.strip() in MISSING_CELLS):
+    if value is None or (isinstance(value, str) and value.strip() in MISSING_CELLS) or \
+            (isinstance(value, float) and math.isnan(value)):  # json.dump of a DataFrame's records writes NaN
         return ""
     if not isinstance(value, str):
         raise UserError(f"{where}: the text column holds {type(value).__name__}, not text; pick another with "
