@@ -113,6 +113,49 @@ def test_hf_dataset_path_on_local_files(tmp_path):
         docs([f"hf:{folder}"])
 
 
+def test_hf_splits_kinds_builders_and_damaged_files(tmp_path, monkeypatch, capsys):
+    """What `datasets` did without a word: read "train" only (a folder's test.jsonl was dropped),
+    one kind of file of a folder's two (its parquet dropped), every .json under the current
+    folder for hf:json; and a damaged file was a pyarrow traceback."""
+    split = tmp_path / "split"
+    split.mkdir()
+    for name in ("train", "test", "validation"):
+        (split / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{name} {i}"}) + "\n" for i in range(2)),
+                                             encoding="utf-8")
+    assert docs([f"hf:{split}"]) == ["train 0", "train 1"]
+    assert "reads the split 'train'; its other splits (validation, test) are not read: give each as another " \
+           f"input, hf:{split}::SPLIT" in capsys.readouterr().err
+    assert docs([f"hf:{split}::test"]) == ["test 0", "test 1"]
+    assert docs([f"hf:{split}::train+validation"]) == ["train 0", "train 1", "validation 0", "validation 1"]
+    assert "other splits (test) are not read" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"has no split 'dev' \(it has: train, validation, test\); name one as "
+                                        r"hf:.*split::SPLIT"):
+        docs([f"hf:{split}::dev"])
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "part1.jsonl").write_text('{"text": "এক"}\n', encoding="utf-8")
+    pq.write_table(pa.table({"text": ["দুই"]}), mixed / "part2.parquet")
+    with pytest.raises(UserError, match=r"holds data files of several kinds: json \(part1.jsonl\), parquet "
+                                        r"\(part2.parquet\).*give the folder without 'hf:'"):
+        docs([f"hf:{mixed}"])
+    assert sorted(docs([mixed])) == ["এক", "দুই"]
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"hf:json is `datasets`' json builder, which reads every matching file under "
+                                        r"the current folder"):
+        resolve_inputs(["hf:json"])
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "a.jsonl").write_text('{"text": "এক"}\n{"text": "দু\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"^could not read dataset '.*damaged' \(.+; 0 rows read\); check its files$"):
+        docs([f"hf:{damaged}"])
+
+
 @pytest.mark.parametrize("spec, message", [
     ("hf:{tmp}/news.csv", r"hf:.*news.csv names a file; 'hf:' is for a dataset .*: pass .*news.csv without 'hf:'"),
     ("hf:{tmp}/news.csv:cfg", r"names a file"),

@@ -1,7 +1,7 @@
 """Read raw documents from the inputs `prepare` accepts.
 
 An input is a `.txt`/`.md` file, a folder (searched recursively), a glob, a `.jsonl`, `.json`,
-`.csv`, `.tsv` or `.parquet` file, or `hf:NAME[:CONFIG]`, a dataset loaded through the
+`.csv`, `.tsv` or `.parquet` file, or `hf:NAME[:CONFIG[:SPLIT]]`, a dataset loaded through the
 `datasets` library (NAME may also be a local folder of data files). Text and table files may
 be compressed (`.gz`, `.bz2`, `.xz`, `.zst`: `news.jsonl.gz`). Everything but a `.json` file (one
 JSON value, read whole) is read lazily, one document at a time, so a corpus larger than memory
@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..errors import UserError, bad_param, shown
 from ..fileio import (
+    COMPRESSIONS,
     bom_encoding,
     compression,
     decompressing,
@@ -48,7 +49,7 @@ from .folder import is_data_folder
 TEXT_SUFFIXES = {".txt", ".md"}
 TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet"}
 INPUTS_HELP = (".txt/.md files, folders, globs, .jsonl/.json/.csv/.tsv/.parquet files (text and tables may be "
-               ".gz/.bz2/.xz/.zst), or hf:NAME[:CONFIG]")
+               ".gz/.bz2/.xz/.zst), or hf:NAME[:CONFIG[:SPLIT]]")
 # Files that hold text but not as text: what to do with each instead.
 NOT_TEXT = {
     ".pdf": "extract its text first (e.g. pdftotext FILE.pdf FILE.txt)",
@@ -120,11 +121,24 @@ def _check_hf_name(spec: str) -> None:
     if Path(name).is_file() and not name.endswith(".py"):  # a dataset script (datasets 2.x) is a dataset
         raise UserError(f"hf:{spec} names a file; 'hf:' is for a dataset (a hub name or a folder): pass {name} "
                         "without 'hf:' to read the file itself")
+    if not Path(name).exists() and name in _builders():
+        raise UserError(f"hf:{name} is `datasets`' {name} builder, which reads every matching file under the current "
+                        f"folder ({Path.cwd()}) and below; give the files themselves (without 'hf:'), or their "
+                        "folder as hf:./FOLDER")
     looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
     if looks_local and not Path(name).is_dir():
         fix = f"write {Path(name).expanduser()} (the shell does not expand ~ after 'hf:')" \
             if Path(name).expanduser().exists() else "check the path (a hub dataset is written hf:USER/NAME)"
         raise UserError(f"dataset folder not found: {name} (from hf:{spec}); {fix}")
+
+
+def _builders() -> set[str]:
+    """`datasets`' packaged builders (json, csv, parquet, text, ...), by name."""
+    try:
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+    except ImportError:  # another version: the ones a text corpus comes in
+        return {"json", "csv", "parquet", "text", "arrow", "pandas"}
+    return set(_PACKAGED_DATASETS_MODULES)
 
 
 def resolve_inputs(inputs: list[str]) -> list[Source]:
@@ -925,24 +939,70 @@ def _parquet_rows(path: str) -> Iterator[tuple[str, dict]]:
             yield f"{path} row {row}", record
 
 
+def hf_parts(spec: str) -> tuple[str, str | None, str]:
+    """`NAME[:CONFIG[:SPLIT]]` as (name, config or None, split; "train" when not given)."""
+    name, config, split = (spec.split(":", 2) + ["", ""])[:3]
+    return name, config or None, split or "train"
+
+
+# The data-file kinds `datasets` builds a folder from, by suffix (compressed ones too): it reads
+# one kind, the most common, and passes over the rest without a word.
+_HF_KINDS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
+             ".txt": "text", ".arrow": "arrow"}
+_said_splits: set[str] = set()
+
+
 def _hf_dataset(spec: str):
-    """`NAME[:CONFIG]` through `datasets`, streamed; a local folder of data files works too, and
-    one that `Dataset.save_to_disk` wrote (its "train" split, for a DatasetDict's)."""
+    """`NAME[:CONFIG[:SPLIT]]` through `datasets`, streamed (the "train" split unless SPLIT; a
+    note names the splits not read); a local folder of data files works too, and one that
+    `Dataset.save_to_disk` wrote."""
     import datasets
 
-    name, _, config = spec.partition(":")
+    name, config, split = hf_parts(spec)
     folder = Path(name)
     if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
-        return _saved_dataset(folder, spec)
+        return _saved_dataset(folder, spec, split)
+    if folder.is_dir():
+        _refuse_mixed_kinds(folder, spec)
     try:
-        return datasets.load_dataset(name, config or None, split="train", streaming=True)
+        every = datasets.load_dataset(name, config, streaming=True)
+        if split not in every and re.fullmatch(r"[\w.-]+", split):
+            raise UserError(f"dataset '{spec}' has no split '{split}' (it has: {', '.join(every)}); name one as "
+                            f"hf:{name}:{config or ''}:SPLIT")
+        dataset = every[split] if split in every else datasets.load_dataset(name, config, split=split, streaming=True)
+    except UserError:
+        raise
     except Exception as exc:  # network, missing dataset, bad config: all user-fixable
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         check = "the folder's files" if folder.is_dir() else "the name, CONFIG and your connection"
         raise UserError(f"could not load dataset '{spec}' ({first}); check {check}") from None
+    read = {part.split("[")[0].strip() for part in split.split("+")}  # "train+test", "train[:10%]"
+    _say_other_splits(spec, [s for s in every if s not in read], f"hf:{name}:{config or ''}:SPLIT")
+    return dataset
 
 
-def _saved_dataset(folder: Path, spec: str):
+def _say_other_splits(spec: str, others: list[str], how: str) -> None:
+    """A note, once, that the dataset's `others` splits are not read."""
+    if others and spec not in _said_splits:
+        _said_splits.add(spec)
+        print(f"note: hf:{spec} reads the split '{hf_parts(spec)[2]}'; its other splits ({', '.join(others)}) are "
+              f"not read: give each as another input, {how}", file=sys.stderr)
+
+
+def _refuse_mixed_kinds(folder: Path, spec: str) -> None:
+    kinds = {}
+    for path in folder.rglob("*"):
+        suffixes = [s for s in path.suffixes if s.lower() not in COMPRESSIONS]
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts) and suffixes:
+            kinds.setdefault(_HF_KINDS.get(suffixes[-1].lower()), path.name)
+    kinds.pop(None, None)
+    if len(kinds) > 1:
+        named = ", ".join(f"{kind} ({example})" for kind, example in sorted(kinds.items()))
+        raise UserError(f"hf:{spec} holds data files of several kinds: {named}; `datasets` would read only one kind "
+                        f"and pass over the rest: give the folder without 'hf:' (banglaslm reads every file in it)")
+
+
+def _saved_dataset(folder: Path, spec: str, split: str = "train"):
     """The rows of a dataset `save_to_disk` wrote into `folder` (read through memory-mapped Arrow)."""
     import datasets
 
@@ -952,9 +1012,10 @@ def _saved_dataset(folder: Path, spec: str):
         raise UserError(f"could not read the saved dataset '{spec}' ({str(exc).splitlines()[0]}); save it again "
                         "with save_to_disk") from None
     if isinstance(saved, datasets.DatasetDict):
-        if "train" not in saved:
-            raise UserError(f"{spec} holds the splits {', '.join(saved)} and no 'train'; pass hf:{folder}/SPLIT")
-        saved = saved["train"]
+        if split not in saved:
+            raise UserError(f"{spec} holds the splits {', '.join(saved)} and no '{split}'; pass hf:{folder}/SPLIT")
+        _say_other_splits(spec, [s for s in saved if s != split], f"hf:{folder}/SPLIT")
+        saved = saved[split]
     return saved
 
 
@@ -966,5 +1027,15 @@ def _read_hf(spec: str, text_column: str | None) -> Iterator[str]:
 
 
 def _hf_rows(spec: str) -> Iterator[tuple[str, dict]]:
-    for i, row in enumerate(_hf_dataset(spec), 1):
+    """The dataset's rows; an error while streaming them (a damaged file) is one line."""
+    rows, i = iter(_hf_dataset(spec)), 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # datasets' and pyarrow's errors for a file it cannot parse
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"could not read dataset '{spec}' ({first}; {i:,} rows read); check its files") from None
+        i += 1
         yield f"dataset {spec} row {i}", row
