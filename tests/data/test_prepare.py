@@ -238,3 +238,18 @@ def test_inputs_that_gave_no_text_are_named(tmp_path):
     named = sorted(p.rsplit("/", 1)[-1] for p in result.meta["inputs_without_text"])
     assert named == ["000a_header.csv", "006a_blank.jsonl", "empty.txt"]
     assert "note: 3 input(s) gave no text (empty, or a table without rows): " in result.summary()
+
+
+def test_an_option_no_input_uses_is_said_to_be_ignored(tmp_path, capsys):
+    """--doc-split page on tables (one row, one document) and --text-column on text files were
+    taken and ignored without a word; meta.json even recorded the split."""
+    write_docs(tmp_path / "src", 12)
+    rows = "".join(json.dumps({"text": f"সারি {i} " * 30}) + "\n" for i in range(12))
+    (tmp_path / "rows.jsonl").write_text(rows, encoding="utf-8")
+    prepare([str(tmp_path / "rows.jsonl")], tmp_path / "a", tokenizer="char", doc_split="page", progress=False)
+    assert "note: --doc-split page applies to .txt/.md files and every input is a table" in capsys.readouterr().err
+    prepare([str(tmp_path / "src")], tmp_path / "b", tokenizer="char", text_column="News", progress=False)
+    assert "note: --text-column News applies to tables" in capsys.readouterr().err
+    prepare([str(tmp_path / "src"), str(tmp_path / "rows.jsonl")], tmp_path / "c", tokenizer="char",
+            doc_split="page", progress=False)
+    assert "note:" not in capsys.readouterr().err  # a text file takes it

@@ -192,6 +192,7 @@ def prepare(
     out = as_path(out_dir, "out_dir", "an output folder")
     check_not_cwd(out, "data folder")
     check_apart(inputs, sources, out, "data folder")
+    _note_unused_options(sources, doc_split, text_column)
     if existing is not None and (note := existing.round_trip_note()):
         print(f"note: {note}; a tokenizer that keeps the text as it is (--tokenizer bpe, a SentencePiece model) "
               "avoids this", file=sys.stderr)
@@ -223,6 +224,17 @@ def _check_bpe_only(tokenizer: str, **given) -> None:
                 else "brings its own vocabulary"
             raise bad_param(name, f"applies to the BPE tokenizer prepare trains (--tokenizer bpe); --tokenizer "
                                   f"{tokenizer} {brings}: drop it")
+
+
+def _note_unused_options(sources: list[Source], doc_split: str, text_column: str | None) -> None:
+    """A note for an option that no input is of the kind to use: it was ignored."""
+    tables = any(source.kind != "text" for source in sources)
+    if doc_split != "file" and not any(source.kind == "text" for source in sources):
+        print(f"note: --doc-split {doc_split} applies to .txt/.md files and every input is a table (one row, one "
+              "document): ignored", file=sys.stderr)
+    if text_column is not None and not tables:
+        print(f"note: --text-column {text_column} applies to tables (.jsonl, .json, .csv, .tsv, .parquet, hf:) and "
+              "every input is a text file: ignored", file=sys.stderr)
 
 
 def _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens, workers,
