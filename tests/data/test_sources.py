@@ -291,10 +291,13 @@ def test_a_table_that_names_a_column_twice_is_refused(tmp_path):
     ('id,text\n1,সে বাড়ি যায়\n2,আমি ভাত খাই, তুমি জল খাও\n', "row 2 (ending on line 3) has 3 fields"),
     ('id,text\n1,"আমি ভাত খাই\n2,সে বাড়ি যায়\n3,তুমি\n', "unexpected end of data, in the row starting on line 2"),
     ('id,text\n1,"খাই"x,তুমি\n', "',' expected after '\"', in the row starting on line 2"),
-], ids=["unquoted comma", "unquoted comma later", "open quote", "text after a closing quote"])
+    ('id,headline,text\n1,শিরোনাম,প্রথম লাইন\nদ্বিতীয় লাইন\n2,দুই,খবর\n',
+     "row 2 (ending on line 3) has 1 field(s) but the header has 3"),
+], ids=["unquoted comma", "unquoted comma later", "open quote", "text after a closing quote", "unquoted line break"])
 def test_a_csv_row_that_would_lose_or_swallow_text_is_refused(tmp_path, table, where):
     """Text with an unquoted separator ran into a nameless column (prepare dropped it, clean
-    kept it as metadata); a quote left open swallowed the rows after it. Both are named."""
+    kept it as metadata); a quote left open swallowed the rows after it; a line break left
+    unquoted made the text's second line a row of its own, skipped as empty. All are named."""
     path = tmp_path / "r.csv"
     path.write_text(table, encoding="utf-8")
     for read in (lambda: docs([path]), lambda: list(iter_rows(resolve_inputs([str(path)])))):

@@ -805,8 +805,9 @@ def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple
     names first (even with no rows). An empty file has neither. A .csv whose header and first
     row split alike by semicolons (tabs, bars) and hold no comma is read with those, as
     spreadsheets in many locales write it. A row with more (non-empty) fields than the header,
-    or a quote left open, is a UserError (`_bad_csv`): the text would run into a nameless
-    column or the next rows."""
+    or fewer, or a quote left open, is a UserError (`_bad_csv`): the text would run into a
+    nameless column or the next rows, or (a line break left unquoted) its rest be a row of its
+    own whose text column is empty."""
     csv.field_size_limit(sys.maxsize)  # news articles easily exceed the 128 KiB default
     reader, ended = None, 0
     _check_table_start(path)
@@ -829,6 +830,10 @@ def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple
                 if any((field or "").strip() for field in extra):  # empty ones: a trailing separator
                     raise _bad_csv(path, delimiter, f"{where} has {len(reader.fieldnames) + len(extra)} fields but the "
                                                     f"header has {len(reader.fieldnames)}")
+                if None in row.values():  # fewer fields: most often the rest of a line break left unquoted
+                    have = sum(value is not None for value in row.values())
+                    raise _bad_csv(path, delimiter, f"{where} has {have} field(s) but the header has "
+                                                    f"{len(reader.fieldnames)}")
                 yield where, row
     except UnicodeDecodeError:
         raise UserError(undecodable_stream(path)) from None
