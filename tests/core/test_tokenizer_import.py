@@ -409,6 +409,13 @@ def test_a_tokenizer_that_does_not_give_back_its_text_is_named(models, corpus, t
         note = Tokenizer.from_hf(hf).round_trip_note()
         assert note.startswith("the tokenizer does not give back the text it encodes: 'আমার সোনার বাংলা, আমি তোমায় "
                                "ভালোবাসি।' decodes as '") and "bits per character will be off" in note
+    # one that cannot spell a character of the sentence (trained on text without it) was let through
+    commaless = HF(hf_models.WordPiece(unk_token="[UNK]"))
+    commaless.pre_tokenizer, commaless.decoder = pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
+    commaless.train_from_iterator([p.replace(",", "") for p in corpus],
+                                  trainers.WordPieceTrainer(vocab_size=800, special_tokens=["[SEP]", "[UNK]"]))
+    note = Tokenizer.from_hf(commaless).round_trip_note()  # the sentence less what it cannot spell
+    assert note is not None and note.startswith("the tokenizer does not give back the text it encodes: 'আমার সোনার")
     prefixed = HF(hf_models.BPE())  # GPT-2's add_prefix_space: one leading space, not a loss of the text
     prefixed.pre_tokenizer, prefixed.decoder = pre_tokenizers.ByteLevel(add_prefix_space=True), decoders.ByteLevel()
     prefixed.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=["</s>"],
