@@ -352,8 +352,9 @@ def test_completion_logprobs_plain_and_streamed(client):
     spelled = b"".join(token_bytes(t) for t in lp["tokens"]).decode("utf-8", errors="replace")
     assert spelled.startswith(choice["text"].rstrip()) or choice["text"].startswith(spelled[:len(choice["text"])])
     assert lp["text_offset"] == sorted(lp["text_offset"]) and lp["text_offset"][0] == 0
-    for chosen, top in zip(lp["token_logprobs"], lp["top_logprobs"]):
-        assert chosen <= 0 and 1 <= len(top) <= 4
+    for token, chosen, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        # the 4 most likely, and the sampled token where it is not among them (OpenAI's "up to logprobs+1")
+        assert chosen <= 0 and top[token] == chosen and len(top) in (4, 5)
         assert max(top.values()) >= chosen - 1e-6  # the best alternative is at least as likely
         assert sum(math.exp(v) for v in top.values()) <= 1 + 1e-5
     # Without logprobs the same seed gives the same text: asking changes nothing drawn.

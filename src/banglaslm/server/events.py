@@ -59,6 +59,14 @@ class LogprobFormat:
         self._leading = self._leading and not entry["bytes"]
         return entry
 
+    def _top(self, candidates: list[tuple[int, float]], token: str, logprob: float) -> dict[str, float]:
+        """Completions' top_logprobs of one position: the candidates, and the token itself when
+        it is not among them (as OpenAI's: "up to logprobs+1 elements")."""
+        top = {self._token(t)[0]: v for t, v in candidates}
+        if candidates and token not in top:
+            top[token] = logprob
+        return top
+
     def prompt(self, token_ids: list[int], scored: list[tuple[float, list]], text: str) -> dict:
         """The echoed prompt's tokens (completions' `echo`): `scored[i]` is (log-probability,
         [(id, log-probability)] most likely first) of token_ids[i] given what precedes it. The
@@ -69,7 +77,7 @@ class LogprobFormat:
             logprob, top = scored[i] if i else (None, None)
             out["tokens"].append(token)
             out["token_logprobs"].append(logprob)
-            out["top_logprobs"].append(None if top is None else {self._token(t)[0]: v for t, v in top})
+            out["top_logprobs"].append(None if top is None else self._top(top, token, logprob))
             out["text_offset"].append(self._offset)
             self._offset += len(self._chars.decode(raw))
         self._offset = len(text)
@@ -83,7 +91,8 @@ class LogprobFormat:
             token, raw = self._token(e.token_id)
             out["tokens"].append(token)
             out["token_logprobs"].append(self._log(e.prob))
-            out["top_logprobs"].append({self._token(c.token_id)[0]: self._log(c.prob) for c in e.candidates})
+            out["top_logprobs"].append(self._top([(c.token_id, self._log(c.prob)) for c in e.candidates], token,
+                                                 self._log(e.prob)))
             out["text_offset"].append(self._offset)
             self._offset += len(self._chars.decode(raw))
         return out
