@@ -174,6 +174,14 @@ def test_token_id_prompts_as_lm_eval_sends_them(app, oai):
     want = model_logprobs(app, [engine.tokenizer.eod_id, *ids])
     assert lp.token_logprobs[0] is None
     assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(lp.token_logprobs[1:-1], want[1:]))
+    # ids that begin with the end-of-document token (lm-eval's add_bos_token with the exported
+    # tokenizer, whose BOS it is): not put first again, and the client's tokens echoed, all of them
+    eod = engine.tokenizer.eod_id
+    out = oai.completions.create(model=MODEL, prompt=[[eod, *ids]], echo=True, logprobs=1, max_tokens=0)
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) + 1 and out.usage.prompt_tokens == len(ids) + 1
+    assert lp.token_logprobs[0] is None and lp.tokens[0] == ""  # a control token shows no text
+    assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(lp.token_logprobs[1:], want))
 
 
 def test_lm_evaluation_harness_scores_through_the_server(app, url, trained_run, tmp_path):

@@ -71,11 +71,17 @@ class Prompt:
     text: str                       # the prompt's ids decoded: the text as the model read it (normalized)
     opens_word: bool = False        # it ended in a space: the answer's first token opens a word
     scored: list = field(default_factory=list)  # window_logprobs of context[1:], when echoed with logprobs
+    added: int = 1                  # the leading eod is the server's (0: the client's ids began with it)
 
     @property
     def tokens(self) -> int:
-        """The prompt's tokens, as usage and the limit count them (the leading eod is not the client's)."""
-        return len(self.context) - 1
+        """The prompt's tokens, as usage and the limit count them (the client's)."""
+        return len(self.context) - self.added
+
+    def echoed(self) -> tuple[list[int], list]:
+        """The client's tokens and, for each, (log-probability, top) given what precedes it (the
+        first one's is not used: OpenAI's is null)."""
+        return self.context[self.added:], self.scored if self.added else [None, *self.scored]
 
 
 class OpenAIService:
@@ -207,7 +213,11 @@ class OpenAIService:
         if not ids or any(t < 0 or t >= vocab for t in ids):
             raise APIError(400, f"prompt: token ids must be in [0, {vocab}) and not empty", param="prompt",
                            code="invalid_value")
-        return Prompt([self.engine.tokenizer.eod_id, *ids], self.engine.tokenizer.decode(ids))
+        eod = self.engine.tokenizer.eod_id
+        # Every document starts after the end-of-document token: put first unless the client did
+        # (lm-eval's add_bos_token, with the exported tokenizer's BOS), never twice.
+        added = int(ids[0] != eod)
+        return Prompt([eod] * added + ids, self.engine.tokenizer.decode(ids), added=added)
 
     def _scoring(self, prompts: list[Prompt], params: SamplingParams) -> Iterator[None]:
         """Runs on the worker a window at a time (`Steps`), between the decode steps of other
@@ -346,7 +356,7 @@ class OpenAIService:
         text, logprobs = out.text, None
         if params.logprobs is not None:
             fmt = LogprobFormat(self.engine.tokenizer, chat=False)
-            logprobs = fmt.prompt(prompt.context[1:], prompt.scored, prompt.text) if echo else None
+            logprobs = fmt.prompt(*prompt.echoed(), prompt.text) if echo else None
             tail = fmt(out.logprobs or [])
             logprobs = tail if logprobs is None else {k: logprobs[k] + tail[k] for k in logprobs}
         if echo:
@@ -427,7 +437,7 @@ class _Chunks:
                 index = i * self.params.n + j
                 logprobs = None
                 if self.params.logprobs is not None:
-                    logprobs = self._format(index).prompt(prompt.context[1:], prompt.scored, prompt.text)
+                    logprobs = self._format(index).prompt(*prompt.echoed(), prompt.text)
                 out.append(self.chunk([{"index": index, "text": prompt.text, "logprobs": logprobs,
                                         "finish_reason": None}]))
         return out
