@@ -68,6 +68,10 @@ def test_render_chat_template():
     assert render_chat([{"role": "user", "content": "hi"}], language="en") == "User: hi\nAssistant:"
     assert "\nব্যবহারকারী:" in chat_stops() and "\nUser:" in chat_stops("en")
     assert clean_answer("  উত্তর ") == "উত্তর "
+    # the names clients and datasets use for the same roles, as the server and fine-tuning take them
+    aliased = [{"role": "developer", "content": " ভদ্র হও। "}, {"role": "human", "content": "নমস্কার"},
+               {"role": "gpt", "content": "নমস্কার!"}, {"role": "user", "content": "কেমন আছ?\nবলো"}]
+    assert render_chat(aliased, end="|") == render_chat(messages, end="|")
     with pytest.raises(UserError):
         render_chat([{"role": "robot", "content": "x"}])
     with pytest.raises(UserError):

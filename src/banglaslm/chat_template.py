@@ -61,6 +61,7 @@ def chat_segments(messages: Iterable[Mapping[str, str]], add_generation_prompt: 
     segments: list[tuple[str | None, bool]] = [(END, False)]
     for i, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         if role not in labels:
             raise UserError(f"message {i}: role must be one of {list(CHAT_ROLES)}, got {role!r}")
         if not isinstance(content, str):
