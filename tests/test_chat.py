@@ -54,9 +54,10 @@ class SpyEngine(Engine):
         super().__init__(loaded.model, loaded.tokenizer)
         self.calls = []
 
-    def stream(self, prompt, params=None):
+    def stream(self, prompt, params=None, strip_leading=False):
+        assert strip_leading  # the answer's leading whitespace is dropped: no stop string is looked for in it
         self.calls.append((prompt, params))
-        return super().stream(prompt, params)
+        return super().stream(prompt, params, strip_leading)
 
 
 def test_render_chat_template():
@@ -206,7 +207,7 @@ def test_what_a_trial_found_missing_in_the_terminal_chat(loaded):
     ended at once printed a bare label; a message whose last line ended in \\ at the end of the
     input was dropped."""
     class Silent(SpyEngine):
-        def stream(self, prompt, params=None):
+        def stream(self, prompt, params=None, strip_leading=False):
             self.calls.append((prompt, params))
             yield from ()
 

@@ -129,7 +129,7 @@ def _answer(engine: Engine, prompt: list[int], params: SamplingParams, write: Ca
     what was shown stays the answer."""
     answer = ""
     try:
-        with contextlib.closing(engine.stream(prompt, params)) as pieces:
+        with contextlib.closing(engine.stream(prompt, params, strip_leading=True)) as pieces:
             for piece in pieces:
                 if not answer:
                     piece = piece.lstrip()

@@ -477,14 +477,49 @@ def test_a_long_scoring_answer_is_laid_out_off_the_event_loop(client, monkeypatc
     assert r.status_code == 200 and on_loop == [], (on_loop, r.text)
 
 
+def _completion_text(client, **body) -> tuple[str, dict]:
+    """A completion's text, streamed or not, and the last choice object (with its logprobs)."""
+    r = client.post("/v1/completions", json={"model": MODEL, **body})
+    assert r.status_code == 200, r.text
+    if not body.get("stream"):
+        return r.json()["choices"][0]["text"], r.json()["choices"][0]
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    return "".join(c["choices"][0]["text"] for c in chunks if c["choices"]), chunks[-1]["choices"][0]
+
+
 def test_a_prompt_ending_in_a_space_is_answered_with_a_new_word(client):
     """The server's batches keep the first token of such a prompt to one that opens a word, as
-    the engine does (the trailing space is never read; the model went on with the last word)."""
+    the engine does (the trailing space is never read; the model went on with the last word).
+    The answer continues the prompt as sent, which has the space: it began with a second one
+    ("আমার সোনার " + " বাংলা"), and a stop " " matched that space and answered nothing."""
     for stream in (False, True):
-        r = client.post("/v1/completions", json={"model": MODEL, "prompt": "আমার সোনার ", "max_tokens": 2,
-                                                 "temperature": 0, "stream": stream})
+        text, _ = _completion_text(client, prompt="আমার সোনার ", max_tokens=2, temperature=0, stream=stream)
+        assert text[:1].strip(), text  # a word, after the prompt's own space
+        echoed, _ = _completion_text(client, prompt="আমার সোনার ", max_tokens=2, temperature=0, stream=stream,
+                                     echo=True)
+        assert echoed == "আমার সোনার " + text  # the echo is read without the space: the answer brings it
+        stopped, choice = _completion_text(client, prompt="আমার সোনার ", max_tokens=8, temperature=0,
+                                           stream=stream, stop=[" "], logprobs=1)
+        assert stopped.startswith(text) and " " not in stopped  # greedy: the same word, up to a space
+        if not stream:  # the tokens' texts join to the text
+            assert "".join(choice["logprobs"]["tokens"]).startswith(stopped)
+            assert choice["logprobs"]["text_offset"][0] == 0
+
+
+def test_a_stop_string_is_not_looked_for_in_the_whitespace_a_chat_answer_drops(app, client):
+    """stop [" "] matched the space after "সহকারী:" that every answer begins with: the answer was
+    empty, finish_reason stop. (A bias makes every token one word with its space: " X X X".)"""
+    tokenizer = app.state.service.engine.tokenizer
+    word = tokenizer.encode("আমি এক")[-1]
+    assert tokenizer.token_bytes(word).startswith(b" ") and len(tokenizer.token_bytes(word)) > 1
+    for stream in (False, True):
+        r = client.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": [{"role": "user", "content": "একটা গল্প বলো"}], "max_tokens": 12,
+            "logit_bias": {str(word): 100}, "stop": [" "], "stream": stream})
         assert r.status_code == 200, r.text
-        text = r.json()["choices"][0]["text"] if not stream else "".join(
-            json.loads(line[6:])["choices"][0]["text"] for line in r.text.splitlines()
-            if line.startswith("data: {") and json.loads(line[6:])["choices"])
-        assert text[:1] == " " and text[1:2].strip(), text
+        if stream:
+            chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+            answer = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        else:
+            answer = r.json()["choices"][0]["message"]["content"]
+        assert answer == tokenizer.decode([word]).strip(), answer

@@ -36,6 +36,7 @@ class Sequence:
     on_done: Callable[[Completion | None, BaseException | None], None] | None = None
     check: Callable[[], None] | None = None         # called before each step; may raise to stop
     opens_word: bool = False                         # the prompt ended in a space (`Row.opens_word`)
+    strip_leading: bool = False                      # the text's leading whitespace is not shown (`Row.strip_leading`)
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Batch:
             self._choose_path()
         block = self.model.config.block_size
         row = Row(0, 0, list(seq.context), max(0, len(seq.context) - block), StreamDecoder(self.engine.tokenizer),
-                  opens_word=seq.opens_word)
+                  opens_word=seq.opens_word, strip_leading=seq.strip_leading)
         live = None
         try:
             params = self.engine.checked(seq.params)

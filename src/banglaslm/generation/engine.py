@@ -79,6 +79,7 @@ class Row:
     finish_reason: str | None = None
     stop_at: int | None = None   # where in decoder.text a stop string begins
     opens_word: bool = False     # its prompt ended in a space: the first token opens a word (`opens_a_word`)
+    strip_leading: bool = False  # its text's leading whitespace is not shown (a chat answer's): no stop there
 
     def text_logprobs(self, params: SamplingParams) -> list[TokenLogprob] | None:
         """The logprobs of the tokens whose text is shown: a stop string's tokens were sampled,
@@ -188,16 +189,20 @@ class Engine:
             text = finished_text(self.tokenizer, row.generated)
         return Completion(text, row.generated, row.finish_reason, row.text_logprobs(params))
 
-    def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[str]:
+    def stream(self, prompt: str | list[int], params: SamplingParams | None = None,
+               strip_leading: bool = False) -> Iterator[str]:
         """The continuation of one prompt (text, or a context as `encode_prompt` or
         `chat_template.encode_chat` makes it), as pieces of text that are safe to show as they come
         (whole characters and grapheme clusters, never part of a stop string). The pieces joined
-        equal `generate([prompt], params)[0][0].text`."""
-        for step in self.stream_steps(prompt, params):
+        equal `generate([prompt], params)[0][0].text`. `strip_leading`: the caller drops the
+        text's leading whitespace (a chat answer's, `chat_template.clean_answer`), so no stop
+        string is looked for in it."""
+        for step in self.stream_steps(prompt, params, strip_leading):
             if step.text:
                 yield step.text
 
-    def stream_steps(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[Step]:
+    def stream_steps(self, prompt: str | list[int], params: SamplingParams | None = None,
+                     strip_leading: bool = False) -> Iterator[Step]:
         """Like `stream`, one `Step` per sampled token; with `params.logprobs`, each step also
         says what the model was choosing from (for a playground that shows the model's choices)."""
         params = self.checked(params)
@@ -207,6 +212,7 @@ class Engine:
         context = self.encode_prompt(prompt) if text else self.checked_context(prompt)
         rows = self._rows([context], params, [isinstance(prompt, str) and opens_a_word(prompt)])
         row = rows[0]
+        row.strip_leading = strip_leading
         stops, start = params.stop, 0
         for ids, logprobs in self._run(rows, params, track_text=True):
             end = len(row.decoder.text)
@@ -300,6 +306,9 @@ class Engine:
 
 
 
+_LEADING_SPACE = re.compile(r"\s*")  # what str.lstrip() drops, matched without copying the text
+
+
 def accept_token(row: Row, token: int, logprob: TokenLogprob | None, params: SamplingParams, eod: int,
                  track_text: bool) -> bool:
     """Record one sampled token in `row` and decide whether the row goes on: it stops at end of
@@ -318,7 +327,9 @@ def accept_token(row: Row, token: int, logprob: TokenLogprob | None, params: Sam
         row.decoder.feed(token)
         if params.stop:
             longest = _stop_shape(tuple(params.stop))[0]
-            row.stop_at = _find_stop(row.decoder.text, params.stop, before - longest + 1)
+            text = row.decoder.text
+            hidden = _LEADING_SPACE.match(text).end() if row.strip_leading else 0
+            row.stop_at = _find_stop(text, params.stop, max(before - longest + 1, hidden))
     if row.stop_at is not None:
         row.finish_reason = FINISH_STOP
     elif len(row.generated) >= params.max_new_tokens:

@@ -25,13 +25,14 @@ def sse(data: dict | str) -> str:
 class LogprobFormat:
     """OpenAI's logprobs shapes for the tokens of one choice, fed in order (streamed or not).
     Their texts join to the choice's text: an echoed prompt's first token is read as the start
-    of a text, and a chat answer's leading whitespace, which its content drops, is dropped."""
+    of a text, and leading whitespace the text drops (`strip_leading`: a chat answer's, by
+    default), is dropped."""
 
-    def __init__(self, tokenizer, chat: bool):
+    def __init__(self, tokenizer, chat: bool, strip_leading: bool | None = None):
         self.tokenizer, self.chat = tokenizer, chat
         self._chars = codecs.getincrementaldecoder("utf-8")(errors=tokenizer.decode_errors)  # as the text is
         self._offset = 0  # characters of the choice's text before the next token (text_offset)
-        self._leading = chat  # before the answer's first visible character
+        self._leading = chat if strip_leading is None else strip_leading  # before the first visible character
 
     def _token(self, token_id: int, first: bool = False) -> tuple[str, bytes]:
         raw = self.tokenizer.token_bytes(token_id, first)
@@ -111,7 +112,7 @@ class ChoiceStream:
 
     def sequence(self, ids: list[int], params: SamplingParams, opens_word: bool = False) -> Sequence:
         return Sequence(ids, params, on_step=self.on_step, on_done=self.on_done, check=self.job.check,
-                        opens_word=opens_word)
+                        opens_word=opens_word, strip_leading=not self.shown)
 
     def on_step(self, step: Step) -> None:
         if step.token_id != self.eod:  # as Completion.token_ids

@@ -72,6 +72,9 @@ class Prompt:
     opens_word: bool = False        # it ended in a space: the answer's first token opens a word
     scored: list = field(default_factory=list)  # window_logprobs of context[1:], when echoed with logprobs
     added: int = 1                  # the leading eod is the server's (0: the client's ids began with it)
+    # The answer's leading whitespace is not shown (nor a stop looked for in it): a chat answer's
+    # (`clean_answer`), and the space a prompt that ended in one, unechoed, already has.
+    strip_leading: bool = False
 
     @property
     def tokens(self) -> int:
@@ -109,6 +112,8 @@ class OpenAIService:
         params, deadline = self._params(req), self._deadline()
         echo, generate = bool(req.echo), req.max_tokens != 0
         prompts = await self._prompts(self._prompt_items(req.prompt), params, disconnected, deadline, echo)
+        for prompt in prompts:  # "একদিন সকালে " + " নদী" was a double space; an echo reads without it
+            prompt.strip_leading = prompt.opens_word and not echo
         if req.stream:
             return self.stream(req, prompts, params, disconnected, deadline, chat=False, echo=echo)
         outs = await self.generate(prompts, params, disconnected, deadline) if generate else []
@@ -195,7 +200,8 @@ class OpenAIService:
     def _encode_chat(self, chat: Chat) -> Prompt:
         self._check_length(sum(len(m["content"]) for m in chat.messages), "messages")
         try:
-            return Prompt(encode_chat(self.engine.tokenizer, chat.messages)[0], render_chat(chat.messages))
+            return Prompt(encode_chat(self.engine.tokenizer, chat.messages)[0], render_chat(chat.messages),
+                          strip_leading=True)
         except UserError as exc:
             raise APIError(400, str(exc), param="messages", code="invalid_value") from None
 
@@ -269,7 +275,7 @@ class OpenAIService:
                     job.finished = True
                     job.resolve([outs[i] for i in range(total)], None)
             return Admit([Sequence(p.context, one, check=job.check, on_done=functools.partial(collect, i * params.n + j),
-                                   opens_word=p.opens_word)
+                                   opens_word=p.opens_word, strip_leading=p.strip_leading)
                           for i, p in enumerate(prompts) for j, one in enumerate(self._samples(params))])
         return await self._until_done(Job(work, deadline), disconnected)
 
@@ -289,8 +295,8 @@ class OpenAIService:
                 job.cancel()
                 task.cancel()
 
-    async def _choice_events(self, prompts: list[Prompt], params: SamplingParams, strip_leading: bool,
-                             disconnected: Disconnected, deadline: float) -> AsyncIterator[tuple]:
+    async def _choice_events(self, prompts: list[Prompt], params: SamplingParams, disconnected: Disconnected,
+                             deadline: float) -> AsyncIterator[tuple]:
         """The events of every choice (`events.ChoiceStream`), generated side by side on the
         worker; the generation stops if the client goes away."""
         loop = asyncio.get_running_loop()
@@ -321,9 +327,8 @@ class OpenAIService:
                     job.finished = True
                     finished(None, None)
             eod = self.engine.tokenizer.eod_id
-            return Admit([ChoiceStream(i * params.n + j, eod, strip_leading, job, emit, end).sequence(p.context, one,
-                                                                                                    p.opens_word)
-                          for i, p in enumerate(prompts) for j, one in enumerate(self._samples(params))])
+            return Admit([ChoiceStream(i * params.n + j, eod, p.strip_leading, job, emit, end).sequence(
+                p.context, one, p.opens_word) for i, p in enumerate(prompts) for j, one in enumerate(self._samples(params))])
 
         job = Job(work, deadline)
         self.worker.submit(job, finished)
@@ -353,9 +358,9 @@ class OpenAIService:
 
     def _completion_choice(self, index: int, prompt: Prompt, out: Completion, echo: bool,
                            params: SamplingParams) -> dict:
-        text, logprobs = out.text, None
+        text, logprobs = clean_answer(out.text) if prompt.strip_leading else out.text, None
         if params.logprobs is not None:
-            fmt = LogprobFormat(self.engine.tokenizer, chat=False)
+            fmt = LogprobFormat(self.engine.tokenizer, chat=False, strip_leading=prompt.strip_leading)
             logprobs = fmt.prompt(*prompt.echoed(), prompt.text) if echo else None
             tail = fmt(out.logprobs or [])
             logprobs = tail if logprobs is None else {k: logprobs[k] + tail[k] for k in logprobs}
@@ -372,7 +377,7 @@ class OpenAIService:
         """Server-sent events for a streamed request, once its prompts are checked (`_prompts`);
         an error after the stream has begun is sent as an error event, and every stream ends
         with [DONE]. Every choice ends with a chunk holding its finish_reason."""
-        chunks = _Chunks(self.model_id, chat, params, self.engine.tokenizer)
+        chunks = _Chunks(self.model_id, chat, params, self.engine.tokenizer, [p.strip_leading for p in prompts])
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         generate = getattr(req, "max_tokens", None) != 0
 
@@ -382,7 +387,7 @@ class OpenAIService:
                 # in a thread, as a non-streamed answer's: a long prompt's logprobs take seconds to lay out
                 for event in await asyncio.to_thread(lambda: [sse(c) for c in chunks.echoes(prompts)]) if echo else ():
                     yield event
-                events = (self._choice_events(prompts, params, chat, disconnected, deadline) if generate
+                events = (self._choice_events(prompts, params, disconnected, deadline) if generate
                           else _scored_only(len(prompts) * params.n))
                 async for event in events:
                     if event[0] == "end":
@@ -413,8 +418,9 @@ async def _scored_only(choices: int) -> AsyncIterator[tuple]:
 class _Chunks:
     """The chunks (OpenAI's streamed objects) of one streamed response, event by event."""
 
-    def __init__(self, model_id: str, chat: bool, params: SamplingParams, tokenizer):
+    def __init__(self, model_id: str, chat: bool, params: SamplingParams, tokenizer, strips: list[bool]):
         self.model_id, self.chat, self.params = model_id, chat, params
+        self.strips = strips  # each prompt's Prompt.strip_leading
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.formats: dict[int, LogprobFormat] = {}
@@ -422,7 +428,8 @@ class _Chunks:
         self.started: set[int] = set()
 
     def _format(self, index: int) -> LogprobFormat:
-        return self.formats.setdefault(index, LogprobFormat(self.tokenizer, self.chat))
+        return self.formats.setdefault(index, LogprobFormat(self.tokenizer, self.chat,
+                                                            self.strips[index // self.params.n]))
 
     def chunk(self, choices: list, **extra) -> dict:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
