@@ -120,7 +120,7 @@ def test_failures_leave_nothing_behind(tmp_path):
     before = {p.name: p.read_bytes() for p in (tmp_path / "keep").rglob("*") if p.is_file()}
     (tmp_path / "src" / "zz.txt").write_bytes(b"\xc3\x28 bad")  # invalid UTF-8, no byte-order mark
     with pytest.raises(UserError, match="not UTF-8"):
-        prepare([str(tmp_path / "src")], tmp_path / "keep", tokenizer="char", progress=False)
+        prepare([str(tmp_path / "src")], tmp_path / "keep", tokenizer="char", progress=False, overwrite=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "keep").rglob("*") if p.is_file()} == before
 
 
@@ -253,3 +253,25 @@ def test_an_option_no_input_uses_is_said_to_be_ignored(tmp_path, capsys):
     prepare([str(tmp_path / "src"), str(tmp_path / "rows.jsonl")], tmp_path / "c", tokenizer="char",
             doc_split="page", progress=False)
     assert "note:" not in capsys.readouterr().err  # a text file takes it
+
+
+def test_a_data_folder_of_other_inputs_is_kept_unless_overwrite(tmp_path):
+    """prepare replaced a data folder without a word, even one a run was trained on: the run
+    could then never resume ("tokenized with a different tokenizer"). The same inputs and
+    options again keep it (a notebook run twice); others are refused unless `overwrite`."""
+    write_docs(tmp_path / "src", 12)
+    first = prepare([str(tmp_path / "src")], tmp_path / "data", vocab_size=300, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    again = prepare([str(tmp_path / "src")], tmp_path / "data", vocab_size=300, progress=False)
+    assert again.kept and again.meta == first.meta and again.summary().startswith(f"kept {tmp_path / 'data'}: ")
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()} == before
+    with pytest.raises(UserError, match=r"data is a data folder prepared from other inputs or options, which runs "
+                                        r"trained on it need to resume and to evaluate; choose another output "
+                                        r"folder, or add `overwrite` to replace it"):
+        prepare([str(tmp_path / "src")], tmp_path / "data", vocab_size=400, progress=False)
+    (tmp_path / "src" / "000.txt").write_text("বদলে যাওয়া লেখা " * 20, encoding="utf-8")  # an input changed
+    with pytest.raises(UserError, match="prepared from other inputs or options"):
+        prepare([str(tmp_path / "src")], tmp_path / "data", vocab_size=300, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()} == before
+    replaced = prepare([str(tmp_path / "src")], tmp_path / "data", vocab_size=400, progress=False, overwrite=True)
+    assert not replaced.kept and replaced.meta["tokenizer"]["sha256"] != first.meta["tokenizer"]["sha256"]

@@ -11,7 +11,9 @@ several machines sharing it can each run one task (`task_rank`); task 0 writes m
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import shutil
 import sys
 import time
@@ -74,6 +76,7 @@ class PrepareResult:
     task_rank: int | None = None
     waited: float = 0.0  # seconds spent waiting for the tasks of other machines
     finished_by_task0: bool = False  # task 0 wrote the meta before this task (not 0) returned
+    kept: bool = False  # the folder was already prepared from these inputs and options: nothing was done
 
     def summary(self) -> str:
         speed = f"({text_rate(self.input_bytes, self.seconds - self.waited)} of normalized text" + \
@@ -82,7 +85,8 @@ class PrepareResult:
             then = "task 0 has finished the folder" if self.finished_by_task0 else \
                 "task 0 writes meta.json once every task is done"
             return f"task {self.task_rank} of {self.out_dir} done in {self.seconds:.1f} s {speed}; {then}"
-        lines = [f"prepared {self.out_dir} in {self.seconds:.1f} s {speed}"]
+        lines = [f"kept {self.out_dir}: it is prepared from these inputs (unchanged) with these options"
+                 if self.kept else f"prepared {self.out_dir} in {self.seconds:.1f} s {speed}"]
         if self.meta.get("cleaning"):
             c = self.meta["cleaning"]
             lines.append(f"cleaned first: kept {c['kept']:,} of {c['documents']:,} documents"
@@ -164,6 +168,8 @@ def prepare(
     clean: Annotated[bool, Opt("clean the documents first, on this machine: `banglaslm clean`'s steps with its "
                                "options (report in clean_report.md)")] = False,
     clean_options: CleanOptions | None = None,
+    overwrite: Annotated[bool, Opt("replace a data folder prepared from other inputs or options (a run trained "
+                                   "on it can then no longer resume)")] = False,
     progress: bool | None = None,
 ) -> PrepareResult:
     """Prepare a data folder from `inputs` (files, folders, globs, tables or hf:NAME; see
@@ -197,11 +203,14 @@ def prepare(
         print(f"note: {note}; a tokenizer that keeps the text as it is (--tokenizer bpe, a SentencePiece model) "
               "avoids this", file=sys.stderr)
     plan = {"sources": [_identity(s) for s in sources], "tokenizer": tokenizer, "vocab_size": vocab_size,
+            "tokenizer_sha256": existing.sha256 if existing is not None else None,  # a file given may change
             "val_fraction": val_fraction, "seed": seed, "text_column": text_column, "doc_split": doc_split,
             "dtype": dtype, "tokenizer_sample": tokenizer_sample, "shard_tokens": shard_tokens, "tasks": tasks,
             "clean": asdict(clean_options) if clean_options is not None else None}
     job = _Job(out, plan, existing, show_progress(progress) and workers == 1, workers)
     start = time.perf_counter()
+    if task_rank is None and (kept := _prepared_already(out, plan, overwrite)) is not None:
+        return PrepareResult(out, kept, time.perf_counter() - start, kept["input_bytes"], kept=True)
     if task_rank is None:
         meta = job.run_all(clean_options, allow_unknown)
     else:
@@ -256,6 +265,25 @@ def _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_s
     if task_rank is not None and not 0 <= task_rank < tasks:
         raise bad_param("task_rank", f"must be in [0, {tasks - 1}] for {tasks} tasks, got {task_rank}")
     return tasks
+
+
+def plan_sha256(plan: dict) -> str:
+    """What a data folder was prepared from (inputs, as `_identity` records them, and options)."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _prepared_already(out: Path, plan: dict, overwrite: bool) -> dict | None:
+    """The meta of `out` when it is a data folder prepared by this same plan (nothing to do);
+    None when it is none (or `overwrite`). A data folder of another plan is refused: a run
+    trained on it resumes and evaluates only with it."""
+    if not is_data_folder(out) or overwrite:
+        return None
+    meta = read_json(out / "meta.json")
+    hub = any(kind == "hf" for kind, *_ in plan["sources"])  # a dataset's rows may change under its name
+    if meta.get("plan_sha256") == plan_sha256(plan) and not hub:
+        return meta
+    raise UserError(f"{out} is a data folder prepared from other inputs or options, which runs trained on it need to "
+                    "resume and to evaluate; choose another output folder, or add `overwrite` to replace it")
 
 
 def _identity(source) -> list:
@@ -475,7 +503,7 @@ class _Job:
             "vocab_size_asked": self.plan["vocab_size"] if self.plan["tokenizer"] == "bpe" else None,
             "tokenizer_sample": self.plan["tokenizer_sample"], "input_bytes": input_bytes,
             "empty_documents": empty, "cleaning": cleaning, "sources": sources, "inputs_without_text": without_text,
-            "coverage": {split: c.to_dict() for split, c in coverage.items()}})
+            "coverage": {split: c.to_dict() for split, c in coverage.items()}, "plan_sha256": plan_sha256(self.plan)})
         swap_in(self.work, self.out)
         return meta
 
