@@ -436,3 +436,17 @@ def test_max_iters_given_twice_with_different_lengths_is_said(data_dir, trained_
         assert main([*command, "--out", str(out), "--set", "max_iters=100", "--max-iters", "2"]) == 0
         assert "note: --max-iters 2 sets the run's length; --set max_iters=100 is set aside" in capsys.readouterr().err
         assert json.loads((out / "config.json").read_text())["train"]["max_iters"] == 2
+
+
+def test_an_interrupted_resume_is_told_to_run_the_same_command_again(tmp_path, monkeypatch, capsys):
+    """Ctrl-C on `train ... --resume` said "the same command plus --resume", which it had."""
+    from banglaslm import cli
+    from banglaslm.training.trainer import TrainingInterrupted
+
+    def interrupted(args):
+        raise TrainingInterrupted(7, tmp_path / "latest.safetensors")
+    monkeypatch.setitem(cli.COMMANDS, "train", interrupted)
+    for extra, advice in (([], "continue with the same command plus --resume"),
+                          (["--resume"], "run the same command again to continue")):
+        assert cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *extra]) == 130
+        assert capsys.readouterr().err.strip().endswith(advice)

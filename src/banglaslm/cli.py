@@ -690,6 +690,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"banglaslm {args.command}: error: {_os_message(exc)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
+        if args.command in ("train", "finetune"):  # flags, not Python's resume=True; "plus --resume" if it had none
+            exc = TrainingInterrupted(exc.iteration, exc.checkpoint, "run the same command again to continue"
+                                      if args.resume else "continue with the same command plus --resume")
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops alike: one line is enough
             print(f"banglaslm {args.command}: {exc}", file=sys.stderr)
         return 130

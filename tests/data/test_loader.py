@@ -41,6 +41,8 @@ def test_too_few_tokens_for_one_block():
 def test_data_folder_checks(tmp_path, data_dir):
     with pytest.raises(UserError, match="not a prepared data folder"):
         DataFolder(tmp_path)
+    with pytest.raises(UserError, match=r"^data folder not found: .*missing; check the path"):  # not "no meta.json"
+        DataFolder(tmp_path / "missing")
     folder = DataFolder(data_dir)
     assert len(folder.tokens("train")) == folder.meta["splits"]["train"]["tokens"]
     # A truncated bin is detected instead of silently training on less data.
