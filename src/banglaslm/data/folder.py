@@ -66,8 +66,8 @@ class DataFolder:
                 raise bad_param("data_dir", f"{self.path} is a run folder (train wrote it), not a data folder; give "
                                             "`data_dir` a folder `banglaslm prepare` wrote")
             if not self.path.exists():
-                raise bad_param("data_dir", f"data folder not found: {self.path}; check the path, or make it with "
-                                            "`banglaslm prepare`")
+                raise UserError(f"data folder not found: {self.path}; check the path, or make it with "
+                                "`banglaslm prepare`")
             raise UserError(f"{self.path} is not a prepared data folder (no meta.json); run `banglaslm prepare` first")
         try:
             self.meta = read_json(meta_path)
