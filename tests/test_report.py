@@ -67,10 +67,9 @@ def test_card_numbers_match_the_model_and_evaluate(report, loaded, trained_run, 
     cells = [c.strip() for c in row.strip("|").split("|")]
     expected = evaluate_file(loaded, text_file)
     loss, ppl, bpb, bpc, tokens = map(float, cells[1:6])
-    assert loss == pytest.approx(expected.loss, abs=1e-6)
-    assert ppl == pytest.approx(expected.perplexity, abs=1e-6)
-    assert bpb == pytest.approx(expected.bits_per_byte, abs=1e-6)
-    assert bpc == pytest.approx(expected.bits_per_char, abs=1e-6)
+    # as the training table writes them: 4 decimals, perplexity 2 (802.807725 was printed)
+    assert cells[1:5] == [f"{expected.loss:.4f}", f"{expected.perplexity:.2f}", f"{expected.bits_per_byte:.4f}",
+                          f"{expected.bits_per_char:.4f}"]
     assert tokens == expected.tokens
 
     info = json.loads((report / "report.json").read_text(encoding="utf-8"))
@@ -196,7 +195,7 @@ def test_an_imported_run_has_no_best_validation_loss(trained_run, tmp_path):
     out = write_report(run, [], out_dir=tmp_path / "report", **FAST)
     card = (out / "README.md").read_text(encoding="utf-8")
     # it says where it came from, and invents no training settings or advice for it
-    assert f"Imported from the Hugging Face folder `{(tmp_path / 'hf').resolve()}`" in card
+    assert "Imported from the Hugging Face folder `hf`" in card and str(tmp_path) not in card  # a card is shared
     assert "peak learning rate" not in card and "train.eval_interval" not in card
     assert "Imported: what it was trained on is not recorded here." in card
     assert json.loads((out / "report.json").read_text(encoding="utf-8"))["training"]["best_val_loss"] is None
@@ -230,7 +229,8 @@ def test_a_finetuned_run_reports_its_source_and_conversations(trained_run, tmp_p
                                         "finetune.lora_rank": 2})
     run = finetune(trained_run, [str(chats)], tmp_path / "ft", config, progress=False, say=lambda line: None).run_dir
     card = (write_report(run, [], out_dir=tmp_path / "report", **CHEAP) / "README.md").read_text(encoding="utf-8")
-    assert f"Started from the weights of `{trained_run.resolve()}`" in card and "LoRA adapters of rank 2" in card
+    assert f"Started from the weights of `{trained_run.name}`" in card and "LoRA adapters of rank 2" in card
+    assert str(trained_run.parent) not in card
     meta = json.loads((run / "data_meta.json").read_text(encoding="utf-8"))
     train = meta["splits"]["train"]
     assert f"| train | {train['conversations']:,} | {train['blocks']:,} | {train['tokens']:,} |" in card

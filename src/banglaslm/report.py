@@ -238,12 +238,17 @@ def _iterations(tr: dict) -> str:
     return f"{tr['iterations']:,} of {planned:,} planned (it stopped before its end)"
 
 
+def _shown_path(path: object) -> str:
+    """A folder's name, not its path on this machine: a model card is written to be shared."""
+    return Path(str(path)).name if path else "?"
+
+
 def _training_section(info: dict) -> list[str]:
     tr, imported, start = info["training"], info.get("imported_from"), info.get("started_from")
     if imported and not tr["iterations"]:
-        return ["## Training", "", f"Imported from the Hugging Face folder `{_cell(str(imported.get('path')))}` "
+        return ["## Training", "", f"Imported from the Hugging Face folder `{_cell(_shown_path(imported.get('path')))}` "
                 f"(`{imported.get('model_type')}`), not trained here: no training record.", ""]
-    origin = [f"Started from the weights of `{_cell(str(start.get('path')))}` (its step {start.get('iter')})"
+    origin = [f"Started from the weights of `{_cell(_shown_path(start.get('path')))}` (its step {start.get('iter')})"
               + (f", training LoRA adapters of rank {info['lora_rank']}" if info.get("lora_rank") else "") + ".", ""] \
         if start else []
     return ["## Training", "", *origin,
@@ -327,8 +332,8 @@ def _evaluation_section(info: dict) -> list[str]:
               "| file | loss | perplexity | bits per byte | bits per char | tokens | unknown tokens |",
               "|---|---:|---:|---:|---:|---:|---:|"]
         for e in info["evaluations"]:
-            L.append(f"| {_cell(Path(e['file']).name)} | {_fmt(e['loss'], '.6f')} | {_fmt(e['perplexity'], '.6f')} | "
-                     f"{_fmt(e['bits_per_byte'], '.6f')} | {_fmt(e['bits_per_char'], '.6f')} | {e['tokens']} | "
+            L.append(f"| {_cell(Path(e['file']).name)} | {_fmt(e['loss'], '.4f')} | {_fmt(e['perplexity'], '.2f')} | "
+                     f"{_fmt(e['bits_per_byte'], '.4f')} | {_fmt(e['bits_per_char'], '.4f')} | {e['tokens']} | "
                      f"{e.get('unknown_share', 0):.2%} |")
         L.append("")
     else:
