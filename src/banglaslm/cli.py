@@ -209,7 +209,8 @@ def _add_eval(sub) -> None:
 
     p = sub.add_parser("eval", help="loss, perplexity, bits per byte / per character on text files")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--text", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to score")
+    p.add_argument("--text", nargs="+", required=True, metavar="FILE",
+                   help="UTF-8 text files to score, or tables (each row of --text-column a document)")
     add_options(p, load_model, flags={"which": "checkpoint"})
     add_options(p, evaluate_file)
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
@@ -458,13 +459,13 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluation.perplexity import evaluate_file, evaluate_text, read_texts
+    from .evaluation.perplexity import evaluate_documents, read_texts
     from .runfolder import load_model
 
-    texts = read_texts(args.text)  # all checked before the model loads
+    texts = read_texts(args.text, args.text_column)  # all checked before the model loads
     loaded = load_model(args.run_dir, **picked(args, load_model))
-    for name, text in texts:
-        r = evaluate_text(loaded, text, name=name, **picked(args, evaluate_file))
+    for name, documents in texts:
+        r = evaluate_documents(loaded, documents, name, args.stride)
         if args.json:
             print(json.dumps(r.to_dict(), ensure_ascii=False))
         else:

@@ -82,9 +82,32 @@ def test_compressed_and_non_text_files(trained_run, tmp_path):
     (tmp_path / "held_out.pdf").write_bytes(b"%PDF-1.7\n")
     with pytest.raises(UserError, match="PDF file, not text: extract its text first"):
         evaluate_file(loaded, tmp_path / "held_out.pdf")
-    (tmp_path / "docs.jsonl.gz").write_bytes(gzip.compress(b'{"text": "x"}\n'))  # once scored with its braces
-    with pytest.raises(UserError, match="JSONL table, not plain text"):
-        evaluate_file(loaded, tmp_path / "docs.jsonl.gz")
+    (tmp_path / "docs.jsonl.gz").write_bytes(gzip.compress(b'{"text": "x"}\n{"text": "y"}\n'))
+    assert evaluate_file(loaded, tmp_path / "docs.jsonl.gz").chars == 2  # its rows, not its braces
+
+
+def test_a_table_is_scored_row_by_row_as_training_reads_it(trained_run, tmp_path, capsys):
+    """The course's held-out data is a news CSV: eval refused it ("write the text of its documents
+    to a .txt file first"). Each row of the text column is a document after the end-of-document
+    token, as prepare writes the validation split."""
+    import csv
+
+    from banglaslm.cli import main
+
+    loaded = load_model(trained_run)
+    rows = [("এক", "নদীর ধারে একটি ছোট গ্রাম ছিল।"), ("দুই", ""), ("তিন", "সকালে বৃষ্টি হল, বিকেলে রোদ।")]
+    with open(tmp_path / "news.csv", "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows([("Title", "News"), *rows])
+    result = evaluate_file(loaded, tmp_path / "news.csv", text_column="News")
+    eod, encode = loaded.tokenizer.eod_id, loaded.tokenizer.encode
+    ids = [eod, *encode(rows[0][1]), eod, *encode(rows[2][1])]  # the empty row is no document
+    assert result.tokens == len(ids) - 1 and result.chars == len(rows[0][1]) + len(rows[2][1])
+    assert result.loss * result.tokens == pytest.approx(brute_force_nats(loaded.model, ids), rel=1e-5)
+    with pytest.raises(UserError, match=r"news.csv has no column 'text' \(it has: 'Title', 'News'\)"):
+        evaluate_file(loaded, tmp_path / "news.csv")
+    capsys.readouterr()
+    assert main(["eval", str(trained_run), "--text", str(tmp_path / "news.csv"), "--text-column", "News", "--json"]) == 0
+    assert f'"loss": {result.loss}' in capsys.readouterr().out
 
 
 def test_text_the_tokenizer_cannot_spell_is_warned_not_trusted(tmp_path, small_books, capsys):

@@ -325,6 +325,12 @@ def _file_source(path: Path) -> Source:
     return Source(kind, str(path))
 
 
+def is_text_file(path: str | Path) -> bool:
+    """Whether `path` is read as plain text (not a table) by its name; UserError for a file that
+    is not text at all (a PDF, ...)."""
+    return _file_source(Path(path)).kind == "text"
+
+
 def _check_name_is_utf8(path: Path) -> None:
     """A file name in another encoding (Latin-1 "café" unpacked from an old zip) reaches Python
     as lone surrogates, which no UTF-8 record (meta.json, logs, reports) can hold: refused by

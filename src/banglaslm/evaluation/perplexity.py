@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import Opt, checked_arguments, show_progress
-from ..data.sources import read_whole_text
+from ..data.sources import is_text_file, iter_documents, read_whole_text, resolve_inputs
 from ..errors import UserError, bad_param, wrong_kind
 from ..model import evaluating
 from ..runfolder import LoadedModel, check_loaded
@@ -142,23 +142,31 @@ def evaluate_text(loaded: LoadedModel, text: str, name: str = "<text>",
         # (a text given a name is a file's content, which may well be a file name)
         raise bad_param("text", f"is the path of a file, {text!r}, not text; to score the file use "
                                 f"evaluate_file(loaded, {text!r})")
-    text = normalize(text)
-    if not text:
+    return evaluate_documents(loaded, [text], name, stride)
+
+
+def evaluate_documents(loaded: LoadedModel, documents: list[str], name: str, stride: int | None) -> EvalResult:
+    """`evaluate_text` of `documents` (a table's rows, say), each read after the end-of-document
+    token as the training and validation data are: one score over all of them, every token
+    after the first predicted (a later document's end-of-document token too, as in training)."""
+    documents = [doc for doc in map(normalize, documents) if doc]
+    if not documents:
         raise UserError(f"{name} holds no text to evaluate")
     block = loaded.config.model.block_size
     stride = max(1, block // 2) if stride is None else stride
     if not 0 < stride <= block:
         raise bad_param("stride", f"must be between 1 and the block size ({block}), got {stride}")
     coverage = Coverage()
-    ids = [loaded.tokenizer.eod_id] + loaded.tokenizer.encode(text, normalized=True, coverage=coverage)
+    ids = [i for doc in documents
+           for i in [loaded.tokenizer.eod_id, *loaded.tokenizer.encode(doc, normalized=True, coverage=coverage)]]
     nats = score_tokens(loaded.model, ids, stride, progress=show_progress(None))
-    n_tokens = len(ids) - 1
-    n_bytes = len(text.encode("utf-8"))
+    n_tokens = len(ids) - 1  # the first token is context only; a later document's eod is predicted, as in training
+    chars, n_bytes = sum(map(len, documents)), sum(len(doc.encode("utf-8")) for doc in documents)
     loss = nats / n_tokens
     return EvalResult(
         file=name, loss=loss, perplexity=math.exp(min(loss, 700)),
-        bits_per_byte=nats / math.log(2) / n_bytes, bits_per_char=nats / math.log(2) / len(text),
-        tokens=n_tokens, chars=len(text), unknown_share=coverage.unknown_share,
+        bits_per_byte=nats / math.log(2) / n_bytes, bits_per_char=nats / math.log(2) / chars,
+        tokens=n_tokens, chars=chars, unknown_share=coverage.unknown_share,
         byte_fallback_share=coverage.byte_fallback_share,
     )
 
@@ -173,24 +181,37 @@ def _names_a_file(text: str) -> bool:
         return False
 
 
-def read_texts(paths: list[str | Path]) -> list[tuple[str, str]]:
-    """(name, text) of every file, each read and checked (found, plain text, not empty once
-    normalized) before any is scored: a wrong last name fails at once, not after the others'
-    minutes of scoring. UserError naming the file otherwise."""
-    texts = [(str(path), read_whole_text(path)) for path in paths]
-    for name, text in texts:
-        if not normalize(text):
+def read_texts(paths: list[str | Path], text_column: str | None = None) -> list[tuple[str, list[str]]]:
+    """(name, documents) of every file, each read and checked (found, text or a table, not
+    empty once normalized) before any is scored: a wrong last name fails at once, not after the
+    others' minutes of scoring. A text file is one document; a table (.csv, .tsv, .jsonl, .json,
+    .parquet) one per row of its `text_column`, as `prepare` reads it. UserError naming the file
+    otherwise."""
+    texts = [(str(path), _documents(path, text_column)) for path in paths]
+    for name, documents in texts:
+        if not any(map(normalize, documents)):
             raise UserError(f"{name} holds no text to evaluate")
     return texts
 
 
+def _documents(path: str | Path, text_column: str | None) -> list[str]:
+    if Path(path).is_file() and not is_text_file(path):
+        return list(iter_documents(resolve_inputs([str(path)]), text_column=text_column))
+    return [read_whole_text(path)]
+
+
 @checked_arguments
-def evaluate_file(loaded: LoadedModel, path: str | Path, stride: Annotated[int | None, STRIDE] = None) -> EvalResult:
+def evaluate_file(loaded: LoadedModel, path: str | Path, stride: Annotated[int | None, STRIDE] = None,
+                  text_column: Annotated[str | None, Opt("the column holding the text in a table (.csv, .tsv, "
+                                                         ".jsonl, .json, .parquet; default 'text'): each row "
+                                                         "is a document")] = None) -> EvalResult:
     """`evaluate_text` on the text of the file at `path` (UTF-8, any of the compressions and
-    encodings `prepare` reads); UserError naming the file when it is missing, not text, or empty.
-    A score on text the tokenizer cannot spell is not trusted: the result's `.warnings()` says
-    so (the command line prints them; a caller should too)."""
+    encodings `prepare` reads), or on the rows of a table, each a document read after the
+    end-of-document token as in training; UserError naming the file when it is missing, not
+    text, or empty. A score on text the tokenizer cannot spell is not trusted: the result's
+    `.warnings()` says so (the command line prints them; a caller should too)."""
     check_loaded(loaded)
     if not isinstance(path, (str, os.PathLike)):
         raise wrong_kind("path", path, "a file's path (str or Path)")
-    return evaluate_text(loaded, read_whole_text(path), name=str(path), stride=stride)
+    [(name, documents)] = read_texts([path], text_column)
+    return evaluate_documents(loaded, documents, name, stride)
