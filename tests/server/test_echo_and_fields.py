@@ -487,11 +487,14 @@ def _completion_text(client, **body) -> tuple[str, dict]:
     return "".join(c["choices"][0]["text"] for c in chunks if c["choices"]), chunks[-1]["choices"][0]
 
 
-def test_a_prompt_ending_in_a_space_is_answered_with_a_new_word(client):
+def test_a_prompt_ending_in_a_space_is_answered_with_a_new_word(app, client):
     """The server's batches keep the first token of such a prompt to one that opens a word, as
     the engine does (the trailing space is never read; the model went on with the last word).
     The answer continues the prompt as sent, which has the space: it began with a second one
     ("আমার সোনার " + " বাংলা"), and a stop " " matched that space and answered nothing."""
+    tokenizer = app.state.service.engine.tokenizer
+    word = tokenizer.encode("আমি এক")[-1]  # " এক": a bias makes every token this word with its space
+    bare = tokenizer.decode([word]).strip()
     for stream in (False, True):
         text, _ = _completion_text(client, prompt="আমার সোনার ", max_tokens=2, temperature=0, stream=stream)
         assert text[:1].strip(), text  # a word, after the prompt's own space
@@ -501,9 +504,16 @@ def test_a_prompt_ending_in_a_space_is_answered_with_a_new_word(client):
         stopped, choice = _completion_text(client, prompt="আমার সোনার ", max_tokens=8, temperature=0,
                                            stream=stream, stop=[" "], logprobs=1)
         assert stopped.startswith(text) and " " not in stopped  # greedy: the same word, up to a space
-        if not stream:  # the tokens' texts join to the text
+        if not stream:  # the tokens' texts join to the text; only the first lost its space
             assert "".join(choice["logprobs"]["tokens"]).startswith(stopped)
             assert choice["logprobs"]["text_offset"][0] == 0
+        spaced, choice = _completion_text(client, prompt="আমার সোনার ", max_tokens=6, seed=3, stream=stream,
+                                          logprobs=2, logit_bias={str(word): 100})
+        lp = choice["logprobs"] if not stream else None
+        assert spaced == " ".join([bare] * 6), spaced
+        if lp is not None:
+            assert lp["tokens"] == [bare] + [f" {bare}"] * 5 and "".join(lp["tokens"]) == spaced
+            assert lp["text_offset"] == [0] + [len(bare) + i * (len(bare) + 1) for i in range(5)]
 
 
 def test_a_stop_string_is_not_looked_for_in_the_whitespace_a_chat_answer_drops(app, client):

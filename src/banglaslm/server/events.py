@@ -76,9 +76,10 @@ class LogprobFormat:
         for i, token_id in enumerate(token_ids):
             token, raw = self._token(token_id, first=i == 0)
             logprob, top = scored[i] if i else (None, None)
+            out["top_logprobs"].append(None if top is None else self._top(top, token, logprob))
+            self._leading = self._leading and not raw
             out["tokens"].append(token)
             out["token_logprobs"].append(logprob)
-            out["top_logprobs"].append(None if top is None else self._top(top, token, logprob))
             out["text_offset"].append(self._offset)
             self._offset += len(self._chars.decode(raw))
         self._offset = len(text)
@@ -90,10 +91,11 @@ class LogprobFormat:
         out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for e in entries:
             token, raw = self._token(e.token_id)
+            top = self._top([(c.token_id, self._log(c.prob)) for c in e.candidates], token, self._log(e.prob))
+            self._leading = self._leading and not raw  # the first visible character's token ends it
             out["tokens"].append(token)
             out["token_logprobs"].append(self._log(e.prob))
-            out["top_logprobs"].append(self._top([(c.token_id, self._log(c.prob)) for c in e.candidates], token,
-                                                 self._log(e.prob)))
+            out["top_logprobs"].append(top)
             out["text_offset"].append(self._offset)
             self._offset += len(self._chars.decode(raw))
         return out
