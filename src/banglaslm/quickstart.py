@@ -75,8 +75,10 @@ def quickstart(out: Annotated[str, Opt("folder for data/ and run/")] = "quicksta
     resume = (run_dir / "checkpoints" / "latest.safetensors").is_file()
     config = None if resume else _config(max_iters)  # checked before any work
     say(f"1/4 preparing the embedded Bangla corpus → {data_dir}")
+    # its own folder: prepared again where the embedded corpus moved (a new install) or an earlier
+    # version wrote it, to the same tokens (the corpus and the BPE training are fixed), so a run goes on
     prepared = prepare([str(corpus_dir())], data_dir, tokenizer="bpe", vocab_size=QUICKSTART_VOCAB,
-                       progress=progress)
+                       progress=progress, overwrite=True)
     say(prepared.summary())
     say(f"2/4 training the 'tiny' preset → {run_dir}  (Ctrl-C saves; rerun to continue)")
     try:

@@ -255,7 +255,7 @@ def test_an_option_no_input_uses_is_said_to_be_ignored(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().err  # a text file takes it
 
 
-def test_a_data_folder_of_other_inputs_is_kept_unless_overwrite(tmp_path):
+def test_a_data_folder_of_other_inputs_is_kept_unless_overwrite(tmp_path, monkeypatch):
     """prepare replaced a data folder without a word, even one a run was trained on: the run
     could then never resume ("tokenized with a different tokenizer"). The same inputs and
     options again keep it (a notebook run twice); others are refused unless `overwrite`."""
@@ -265,8 +265,8 @@ def test_a_data_folder_of_other_inputs_is_kept_unless_overwrite(tmp_path):
     again = prepare([str(tmp_path / "src")], tmp_path / "data", vocab_size=300, progress=False)
     assert again.kept and again.meta == first.meta and again.summary().startswith(f"kept {tmp_path / 'data'}: ")
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()} == before
-    with pytest.raises(UserError, match=r"data is a data folder prepared from other inputs or options, which runs "
-                                        r"trained on it need to resume and to evaluate; choose another output "
+    with pytest.raises(UserError, match=r"data is a data folder prepared from other inputs or options; runs "
+                                        r"trained on it need it to resume and to evaluate: choose another output "
                                         r"folder, or add `overwrite` to replace it"):
         prepare([str(tmp_path / "src")], tmp_path / "data", vocab_size=400, progress=False)
     (tmp_path / "src" / "000.txt").write_text("বদলে যাওয়া লেখা " * 20, encoding="utf-8")  # an input changed
@@ -275,3 +275,26 @@ def test_a_data_folder_of_other_inputs_is_kept_unless_overwrite(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()} == before
     replaced = prepare([str(tmp_path / "src")], tmp_path / "data", vocab_size=400, progress=False, overwrite=True)
     assert not replaced.kept and replaced.meta["tokenizer"]["sha256"] != first.meta["tokenizer"]["sha256"]
+    # however a path is spelled; and with `overwrite` the same plan is still kept
+    monkeypatch.chdir(tmp_path)
+    assert prepare(["src"], "data", vocab_size=400, progress=False, overwrite=True).kept
+    # a folder of an earlier version (no record of its plan) is refused, saying so
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text(encoding="utf-8"))
+    del meta["plan_sha256"]
+    (tmp_path / "data" / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(UserError, match="data folder of an earlier banglaslm, which did not record what it was "
+                                        "prepared from; runs trained on it need it"):
+        prepare(["src"], "data", vocab_size=400, progress=False)
+
+
+def test_a_dataset_input_is_never_taken_as_unchanged(tmp_path):
+    """hf: names a dataset whose rows may change under its name: prepared again only with overwrite."""
+    (tmp_path / "hub").mkdir()
+    rows = "".join(json.dumps({"text": f"সংবাদ {i} " * 20}) + "\n" for i in range(12))
+    (tmp_path / "hub" / "train.jsonl").write_text(rows, encoding="utf-8")
+    spec = f"hf:{tmp_path / 'hub'}"
+    prepare([spec], tmp_path / "data", tokenizer="char", progress=False)
+    with pytest.raises(UserError, match=r"prepared from a dataset \(hf:\), whose rows may have changed under its "
+                                        r"name; .* add `overwrite` to replace it"):
+        prepare([spec], tmp_path / "data", tokenizer="char", progress=False)
+    assert not prepare([spec], tmp_path / "data", tokenizer="char", progress=False, overwrite=True).kept

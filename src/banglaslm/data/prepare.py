@@ -34,10 +34,19 @@ from ..fileio import (
     read_json,
     swap_in,
 )
+from ..text import NORMALIZATION
 from ..tokenizer import MAX_UNKNOWN_SHARE, Coverage, Tokenizer, check_bpe_vocab_size
 from .clean import CleanOptions, emptied_by, loosen
 from .clean import clean as run_clean
-from .folder import ID_DTYPES, SPLITS, id_dtype, is_data_folder, split_stats, write_meta
+from .folder import (
+    DATA_FORMAT_VERSION,
+    ID_DTYPES,
+    SPLITS,
+    id_dtype,
+    is_data_folder,
+    split_stats,
+    write_meta,
+)
 from .prepare_steps import (
     EncodeShards,
     Normalize,
@@ -268,22 +277,35 @@ def _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_s
 
 
 def plan_sha256(plan: dict) -> str:
-    """What a data folder was prepared from (inputs, as `_identity` records them, and options)."""
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode("utf-8")).hexdigest()
+    """What a data folder was prepared from (inputs, as `_identity` records them, and options),
+    however its paths were spelled: files by their resolved paths, a given tokenizer by its hash."""
+    sources = [[kind, location if kind == "hf" else str(Path(location).resolve()), *rest]
+               for kind, location, *rest in plan["sources"]]
+    tokenizer = plan["tokenizer"] if plan["tokenizer_sha256"] is None else None
+    key = {**plan, "sources": sources, "tokenizer": tokenizer, "normalization": NORMALIZATION,
+           "format": DATA_FORMAT_VERSION}  # what a newer banglaslm writes differently
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _prepared_already(out: Path, plan: dict, overwrite: bool) -> dict | None:
-    """The meta of `out` when it is a data folder prepared by this same plan (nothing to do);
-    None when it is none (or `overwrite`). A data folder of another plan is refused: a run
-    trained on it resumes and evaluates only with it."""
-    if not is_data_folder(out) or overwrite:
+    """The meta of `out` when it is a data folder prepared by this same plan (nothing to do;
+    never for `hf:` inputs, whose rows may change); None when it is no data folder, or another
+    plan's and `overwrite`. Another plan's is refused otherwise: a run trained on it resumes and
+    evaluates only with it."""
+    if not is_data_folder(out):
         return None
     meta = read_json(out / "meta.json")
-    hub = any(kind == "hf" for kind, *_ in plan["sources"])  # a dataset's rows may change under its name
-    if meta.get("plan_sha256") == plan_sha256(plan) and not hub:
+    if meta.get("plan_sha256") == plan_sha256(plan) and not any(kind == "hf" for kind, *_ in plan["sources"]):
         return meta
-    raise UserError(f"{out} is a data folder prepared from other inputs or options, which runs trained on it need to "
-                    "resume and to evaluate; choose another output folder, or add `overwrite` to replace it")
+    if overwrite:
+        return None
+    if meta.get("plan_sha256") != plan_sha256(plan):
+        what = "prepared from other inputs or options" if meta.get("plan_sha256") else \
+            "of an earlier banglaslm, which did not record what it was prepared from"
+    else:
+        what = "prepared from a dataset (hf:), whose rows may have changed under its name"
+    raise UserError(f"{out} is a data folder {what}; runs trained on it need it to resume and to evaluate: choose "
+                    "another output folder, or add `overwrite` to replace it")
 
 
 def _identity(source) -> list:
