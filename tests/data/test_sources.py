@@ -143,6 +143,9 @@ def test_hf_splits_kinds_builders_and_damaged_files(tmp_path, monkeypatch, capsy
                                         r"\(part2.parquet\).*give the folder without 'hf:'"):
         docs([f"hf:{mixed}"])
     assert sorted(docs([mixed])) == ["এক", "দুই"]
+    (mixed / "part1.jsonl").unlink()  # a hub repository's clone: its metadata beside the data is no kind
+    (mixed / "dataset_infos.json").write_text("{}", encoding="utf-8")
+    assert docs([f"hf:{mixed}"]) == ["দুই"]
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"hf:json is `datasets`' json builder, which reads every matching file under "
@@ -214,6 +217,9 @@ def test_a_dataset_saved_with_save_to_disk_reads(tmp_path):
     with pytest.raises(UserError, match=r"test_only holds the splits test and no 'train'; pass hf:.*test_only/SPLIT"):
         docs([f"hf:{tmp_path / 'test_only'}"], text_column="News")
     assert docs([f"hf:{tmp_path / 'test_only' / 'test'}"], text_column="News") == ["পরীক্ষা"]
+    assert docs([f"hf:{tmp_path / 'dict'}::test"], text_column="News") == ["পরীক্ষা"]
+    with pytest.raises(UserError, match=r"save_to_disk has no configs; name a split as hf:.*dict::SPLIT"):
+        docs([f"hf:{tmp_path / 'dict'}:test"], text_column="News")  # read 'train', the config ignored
 
 
 @pytest.mark.parametrize("setup, message", [

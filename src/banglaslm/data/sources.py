@@ -960,6 +960,7 @@ def hf_parts(spec: str) -> tuple[str, str | None, str]:
 # one kind, the most common, and passes over the rest without a word.
 _HF_KINDS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
              ".txt": "text", ".arrow": "arrow"}
+_HF_METADATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json"}  # not data
 _said_splits: set[str] = set()
 
 
@@ -972,13 +973,16 @@ def _hf_dataset(spec: str):
     name, config, split = hf_parts(spec)
     folder = Path(name)
     if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
+        if config:
+            raise UserError(f"hf:{spec}: a dataset saved with save_to_disk has no configs; name a split as "
+                            f"hf:{name}::SPLIT")
         return _saved_dataset(folder, spec, split)
     if folder.is_dir():
         _refuse_mixed_kinds(folder, spec)
     try:
         every = datasets.load_dataset(name, config, streaming=True)
         if split not in every and re.fullmatch(r"[\w.-]+", split):
-            raise UserError(f"dataset '{spec}' has no split '{split}' (it has: {', '.join(every)}); name one as "
+            raise UserError(f"dataset hf:{spec} has no split '{split}' (it has: {', '.join(every)}); name one as "
                             f"hf:{name}:{config or ''}:SPLIT")
         dataset = every[split] if split in every else datasets.load_dataset(name, config, split=split, streaming=True)
     except UserError:
@@ -1004,7 +1008,8 @@ def _refuse_mixed_kinds(folder: Path, spec: str) -> None:
     kinds = {}
     for path in folder.rglob("*"):
         suffixes = [s for s in path.suffixes if s.lower() not in COMPRESSIONS]
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts) and suffixes:
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts) and suffixes \
+                and path.name not in _HF_METADATA:
             kinds.setdefault(_HF_KINDS.get(suffixes[-1].lower()), path.name)
     kinds.pop(None, None)
     if len(kinds) > 1:
