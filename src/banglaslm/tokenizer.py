@@ -205,7 +205,7 @@ class Tokenizer:
         self.special_ids.add(self.eod_id)
         self._id_to_token = [hf.id_to_token(i) for i in range(self.vocab_size)]
         self.unk_id = _unk_id(spec.get("model") or {}, hf)
-        self._check_unk(by_id=(spec.get("model") or {}).get("type") == "Unigram")
+        self._unk_by_id = (spec.get("model") or {}).get("type") == "Unigram"
         # byte-fallback pieces ("<0xE0>") and the byte each stands for
         self.byte_pieces = {i: int(t[3:5], 16) for i, t in enumerate(self._id_to_token)
                             if (spec.get("model") or {}).get("byte_fallback") and t and _BYTE_PIECE.fullmatch(t)}
@@ -222,13 +222,16 @@ class Tokenizer:
         self._shown_unk = self.unk_id if foreign and not self.byte_level else None
         self._unk_decoder: HFTokenizer | None = None
 
-    def _check_unk(self, by_id: bool) -> None:
-        """UserError when the unknown id is the end-of-document token, or (`by_id`: a unigram
-        model names it by id, not by its text) no special token. transformers' T5 conversion
-        sets unk_id 2 (T5's layout) on any spiece.model: around one trained with SentencePiece's
-        defaults that is "</s>", and every character it cannot spell ended a document; around
-        other layouts, a piece of text."""
-        if self.unk_id is None or (self.unk_id != self.eod_id and (self.unk_id in self.special_ids or not by_id)):
+    def check_unknown_id(self) -> None:
+        """UserError when the unknown id is the end-of-document token, or (a unigram model names
+        it by id, not by its text) a piece of text: no special token, nor named like one
+        ("<unk>"). transformers' T5 conversion sets unk_id 2 (T5's layout) on any spiece.model:
+        around one trained with SentencePiece's defaults that is "</s>", and every character it
+        cannot spell ended a document; around other layouts, a piece of text. Checked where data
+        is made (`prepare`), so that what was trained before still loads."""
+        unk = self.unk_id
+        if unk is None or (unk != self.eod_id and (not self._unk_by_id or unk in self.special_ids
+                                                   or _CONTROL_SPELLING.fullmatch(self.hf.id_to_token(unk) or ""))):
             return
         what = "end-of-document token" if self.unk_id == self.eod_id else "piece"
         consequence = "would end a document" if self.unk_id == self.eod_id else "would be written as that text"

@@ -450,3 +450,21 @@ def test_a_t5_folder_around_a_model_of_other_ids_is_refused(ids, named, corpus, 
                 progress=False)
     assert not (tmp_path / "data").exists()
     assert load_tokenizer(str(tmp_path / "m.model")).unk_id == 0  # the model itself: its own ids
+    from_pretrained(str(folder))  # refused to make data with, not to load: what was trained on it still loads
+
+
+def test_a_unigram_whose_unknown_piece_is_named_so_but_not_special_is_taken(corpus):
+    """`tokenizers`' own UnigramTrainer(unk_token="<unk>") puts "<unk>" in the vocabulary as a
+    plain piece: the unknown id's check must not refuse it."""
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models as hf_models
+    from tokenizers import pre_tokenizers, trainers
+
+    from banglaslm.tokenizer import Tokenizer
+
+    hf = HF(hf_models.Unigram())
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=600, unk_token="<unk>", special_tokens=["</s>"]))
+    tok = Tokenizer.from_hf(hf)
+    assert tok.hf.id_to_token(tok.unk_id) == "<unk>" and tok.unk_id not in tok.special_ids
+    tok.check_unknown_id()

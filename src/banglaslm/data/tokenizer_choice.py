@@ -19,7 +19,14 @@ SENTENCEPIECE_SUFFIXES = (".model", ".spm")
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-    """The existing tokenizer `spec` names (see TOKENIZER_HELP); a UserError when it names none."""
+    """The existing tokenizer `spec` names (see TOKENIZER_HELP), checked to make data with
+    (`Tokenizer.check_unknown_id`); a UserError when it names none."""
+    tokenizer = _named_tokenizer(spec)
+    tokenizer.check_unknown_id()
+    return tokenizer
+
+
+def _named_tokenizer(spec: str) -> Tokenizer:
     if spec.startswith("hf:"):
         return from_pretrained(spec[3:])
     path = Path(spec)
