@@ -704,8 +704,9 @@ def main(argv: list[str] | None = None) -> int:
         from .training.distributed import lost_a_peer
         if not lost_a_peer(exc):
             raise
-        print(f"banglaslm {args.command}: error: another process of this run stopped (its own output, or "
-              f"torchrun's, says why); {_resume_hint(args)}", file=sys.stderr)
+        seen = re.sub(r"^\[[^\]]*\]\s*", "", str(exc)).split(". ")[0] or type(exc).__name__  # gloo's source line off
+        print(f"banglaslm {args.command} (rank {os.environ.get('RANK', '?')}): error: another process of this run "
+              f"stopped ({seen}; its own output, or torchrun's, says why); {_resume_hint(args)}", file=sys.stderr)
         return 1
     return 0
 
@@ -715,8 +716,9 @@ def _resume_hint(args) -> str:
     latest = os.path.join(args.out, "checkpoints", "latest.safetensors") if args.command in ("train", "finetune") \
         else None
     if latest is None or not os.path.isfile(latest):
-        return "nothing of it was saved yet: run the same command again"
-    return f"the same torchrun command plus --resume continues from its last checkpoint ({latest})"
+        return "run the same command again"
+    how = "the same torchrun command" if args.resume else "the same torchrun command plus --resume"
+    return f"{how} continues from its last checkpoint ({latest})"
 
 
 def _unsaved_hint(args) -> str:
