@@ -297,13 +297,10 @@ def test_a_table_that_names_a_column_twice_is_refused(tmp_path):
     ('id,text\n1,সে বাড়ি যায়\n2,আমি ভাত খাই, তুমি জল খাও\n', "row 2 (ending on line 3) has 3 fields"),
     ('id,text\n1,"আমি ভাত খাই\n2,সে বাড়ি যায়\n3,তুমি\n', "unexpected end of data, in the row starting on line 2"),
     ('id,text\n1,"খাই"x,তুমি\n', "',' expected after '\"', in the row starting on line 2"),
-    ('id,headline,text\n1,শিরোনাম,প্রথম লাইন\nদ্বিতীয় লাইন\n2,দুই,খবর\n',
-     "row 2 (ending on line 3) has 1 field(s) but the header has 3"),
-], ids=["unquoted comma", "unquoted comma later", "open quote", "text after a closing quote", "unquoted line break"])
+], ids=["unquoted comma", "unquoted comma later", "open quote", "text after a closing quote"])
 def test_a_csv_row_that_would_lose_or_swallow_text_is_refused(tmp_path, table, where):
     """Text with an unquoted separator ran into a nameless column (prepare dropped it, clean
-    kept it as metadata); a quote left open swallowed the rows after it; a line break left
-    unquoted made the text's second line a row of its own, skipped as empty. All are named."""
+    kept it as metadata); a quote left open swallowed the rows after it. Both are named."""
     path = tmp_path / "r.csv"
     path.write_text(table, encoding="utf-8")
     for read in (lambda: docs([path]), lambda: list(iter_rows(resolve_inputs([str(path)])))):
@@ -312,9 +309,19 @@ def test_a_csv_row_that_would_lose_or_swallow_text_is_refused(tmp_path, table, w
 
 
 def test_csv_rows_that_lose_nothing_still_read(tmp_path):
-    """A trailing separator on each row (empty extra fields) loses no text; a TSV's error says TSV."""
+    """A trailing separator on each row (empty extra fields) loses no text, nor does a row that
+    leaves out empty fields after its text; a TSV's error says TSV."""
     (tmp_path / "t.csv").write_text("text,label\nএক,1,\nদুই,2, \n", encoding="utf-8")
     assert docs([tmp_path / "t.csv"]) == ["এক", "দুই"]
+    (tmp_path / "ragged.csv").write_text("text,label,source\nএক,pos\nদুই\n", encoding="utf-8")
+    assert docs([tmp_path / "ragged.csv"]) == ["এক", "দুই"]
+    # but not the text's: the second line of a line break left unquoted was a row of its own, skipped as empty
+    (tmp_path / "broken.csv").write_text("id,headline,text\n1,শিরোনাম,প্রথম লাইন\nদ্বিতীয় লাইন\n2,দুই,খবর\n",
+                                         encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape("row 2 (ending on line 3) has 1 field(s) but the header has 3, "
+                                                  "and none for 'text'; in a CSV file a field that holds ',', a "
+                                                  "quote or a line break is quoted")):
+        docs([tmp_path / "broken.csv"])
     (tmp_path / "t.tsv").write_text('text\tlabel\nএক\t1\tদুই\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"row 1 .* has 3 fields.*in a TSV file a field that holds '\\t'"):
         docs([tmp_path / "t.tsv"])

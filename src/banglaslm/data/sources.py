@@ -802,7 +802,12 @@ def _json_rows(path: str) -> Iterator[tuple[str, dict]]:
 def _read_csv(path: str, text_column: str | None, delimiter: str = ",") -> Iterator[str]:
     columns: list[str] = []
     on_header = lambda names: columns.append(_column(names, text_column, path))
+    delimiter = _sniffed_delimiter(path, delimiter)
     for where, row in _csv_rows(path, on_header, delimiter):
+        if row.get(columns[0]) is None:  # fewer fields, the text's missing: most often a line break left unquoted
+            have = sum(value is not None for value in row.values())
+            raise _bad_csv(path, delimiter, f"{where} has {have} field(s) but the header has {len(row)}, and none "
+                                            f"for '{columns[0]}'")
         yield _as_text(row.get(columns[0]), where)
 
 
@@ -811,9 +816,9 @@ def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple
     names first (even with no rows). An empty file has neither. A .csv whose header and first
     row split alike by semicolons (tabs, bars) and hold no comma is read with those, as
     spreadsheets in many locales write it. A row with more (non-empty) fields than the header,
-    or fewer, or a quote left open, is a UserError (`_bad_csv`): the text would run into a
-    nameless column or the next rows, or (a line break left unquoted) its rest be a row of its
-    own whose text column is empty."""
+    or a quote left open, is a UserError (`_bad_csv`): the text would run into a nameless column
+    or the next rows. (A row with fewer, which `_read_csv` refuses when they leave out the text,
+    is most often the rest of a line break left unquoted.)"""
     csv.field_size_limit(sys.maxsize)  # news articles easily exceed the 128 KiB default
     reader, ended = None, 0
     _check_table_start(path)
@@ -836,10 +841,6 @@ def _csv_rows(path: str, on_header=None, delimiter: str = ",") -> Iterator[tuple
                 if any((field or "").strip() for field in extra):  # empty ones: a trailing separator
                     raise _bad_csv(path, delimiter, f"{where} has {len(reader.fieldnames) + len(extra)} fields but the "
                                                     f"header has {len(reader.fieldnames)}")
-                if None in row.values():  # fewer fields: most often the rest of a line break left unquoted
-                    have = sum(value is not None for value in row.values())
-                    raise _bad_csv(path, delimiter, f"{where} has {have} field(s) but the header has "
-                                                    f"{len(reader.fieldnames)}")
                 yield where, row
     except UnicodeDecodeError:
         raise UserError(undecodable_stream(path)) from None
