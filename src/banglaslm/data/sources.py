@@ -802,7 +802,6 @@ def _json_rows(path: str) -> Iterator[tuple[str, dict]]:
 def _read_csv(path: str, text_column: str | None, delimiter: str = ",") -> Iterator[str]:
     columns: list[str] = []
     on_header = lambda names: columns.append(_column(names, text_column, path))
-    delimiter = _sniffed_delimiter(path, delimiter)
     for where, row in _csv_rows(path, on_header, delimiter):
         if row.get(columns[0]) is None:  # fewer fields, the text's missing: most often a line break left unquoted
             have = sum(value is not None for value in row.values())
