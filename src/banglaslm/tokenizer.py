@@ -445,9 +445,10 @@ class Tokenizer:
         to NFKC, which SentencePiece's default normalizer applies): one that drops or adds spaces
         (a Whitespace pre-tokenizer, WordPiece) makes generated text and bits per character wrong
         without a word. None when it does, or when the sentence holds unknown pieces (coverage is
-        checked elsewhere) after the sentence is tried without the characters it cannot spell."""
+        checked elsewhere) after the sentence is tried without the characters and words it cannot
+        spell."""
         probe = "".join(c for c in ROUND_TRIP_PROBE if c == " " or self.unk_id not in self.encode(c))
-        probe = " ".join(probe.split())
+        probe = " ".join(w for w in probe.split() if self.unk_id not in self.encode(w))  # WordPiece: whole words
         ids = self.encode(probe)
         if not probe or self.unk_id in ids:
             return None
