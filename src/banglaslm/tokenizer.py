@@ -447,8 +447,7 @@ class Tokenizer:
         without a word. None when it does, or when the sentence holds unknown pieces (coverage is
         checked elsewhere) after the sentence is tried without the characters and words it cannot
         spell."""
-        probe = "".join(c for c in ROUND_TRIP_PROBE if c == " " or self.unk_id not in self.encode(c))
-        probe = " ".join(w for w in probe.split() if self.unk_id not in self.encode(w))  # WordPiece: whole words
+        probe = " ".join(w for w in map(self._probe_word, ROUND_TRIP_PROBE.split()) if w)
         ids = self.encode(probe)
         if not probe or self.unk_id in ids:
             return None
@@ -457,6 +456,14 @@ class Tokenizer:
             return None
         return (f"the tokenizer does not give back the text it encodes: {probe!r} decodes as {back!r}, so "
                 "generated text and bits per character will be off")
+
+    def _probe_word(self, word: str) -> str:
+        """`word`, or without the characters this tokenizer reads as unknown, or "" when it still
+        reads it so (WordPiece reads a whole word as unknown, even one of known characters)."""
+        if self.unk_id not in self.encode(word):
+            return word
+        kept = "".join(c for c in word if self.unk_id not in self.encode(c))
+        return kept if kept and self.unk_id not in self.encode(kept) else ""
 
     @property
     def decode_errors(self) -> str:

@@ -416,6 +416,14 @@ def test_a_tokenizer_that_does_not_give_back_its_text_is_named(models, corpus, t
                                   trainers.WordPieceTrainer(vocab_size=800, special_tokens=["[SEP]", "[UNK]"]))
     note = Tokenizer.from_hf(commaless).round_trip_note()  # the sentence less what it cannot spell
     assert note is not None and note.startswith("the tokenizer does not give back the text it encodes: 'আমার সোনার")
+    # one whose pieces of a word are known alone but not together: WordPiece reads the word as unknown
+    words = ["[UNK]", "</s>", "আমার", "সোনার", "বাংলা", ",", "আমি", "ভালোবাসি", "।", "ত", "ো", "ম", "া", "য়"]
+    partial = HF(hf_models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    partial.pre_tokenizer, partial.decoder = pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
+    partial.add_special_tokens(["</s>", "[UNK]"])
+    note = Tokenizer.from_hf(partial).round_trip_note()
+    assert note is not None and "'আমার সোনার বাংলা, আমি ভালোবাসি।' decodes as 'আমার সোনার বাংলা, আমি ভালোবাসি ।'" \
+        in note
     prefixed = HF(hf_models.BPE())  # GPT-2's add_prefix_space: one leading space, not a loss of the text
     prefixed.pre_tokenizer, prefixed.decoder = pre_tokenizers.ByteLevel(add_prefix_space=True), decoders.ByteLevel()
     prefixed.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=["</s>"],
