@@ -275,6 +275,8 @@ def test_a_data_folder_of_other_inputs_is_kept_unless_overwrite(tmp_path, monkey
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()} == before
     replaced = prepare([str(tmp_path / "src")], tmp_path / "data", vocab_size=400, progress=False, overwrite=True)
     assert not replaced.kept and replaced.meta["tokenizer"]["sha256"] != first.meta["tokenizer"]["sha256"]
+    with pytest.raises(UserError, match="^overwrite replaces a data folder on one machine"):  # it was ignored there
+        prepare([str(tmp_path / "src")], tmp_path / "data", vocab_size=300, tasks=2, task_rank=0, overwrite=True)
     # however a path is spelled; and with `overwrite` the same plan is still kept
     monkeypatch.chdir(tmp_path)
     assert prepare(["src"], "data", vocab_size=400, progress=False, overwrite=True).kept

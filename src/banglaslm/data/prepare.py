@@ -189,6 +189,9 @@ def prepare(
     tasks = _check_options(val_fraction, seed, dtype, tokenizer, vocab_size, tokenizer_sample, shard_tokens,
                            workers, tasks, task_rank)
     _check_bpe_only(tokenizer, vocab_size=vocab_size, tokenizer_sample=tokenizer_sample)
+    if overwrite and task_rank is not None:
+        raise bad_param("overwrite", "replaces a data folder on one machine; for tasks on several machines delete "
+                                     "the folder first, then start every task")
     if clean and task_rank is not None:
         raise bad_param("clean", "runs on one machine: clean with `banglaslm clean INPUT... --out DIR` first, then "
                                  "prepare DIR on every machine")
