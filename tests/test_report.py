@@ -251,3 +251,20 @@ def test_a_finetuned_run_reports_its_source_and_conversations(trained_run, tmp_p
         assert "".join(Engine(loaded).stream(context, params)).lstrip() == sample["text"]
     card = (out / "README.md").read_text(encoding="utf-8")
     assert card.count("**Question**") == len(CHAT_PROMPTS) and "**Prompt**" not in card
+
+
+def test_a_table_is_evaluated_row_by_row_as_eval_does(trained_run, loaded, tmp_path):
+    """`report --text news.csv` was refused ("write the text of its documents to a .txt file");
+    it scores the rows of the text column as `eval --text-column` does."""
+    import csv
+
+    from banglaslm.evaluation.perplexity import evaluate_file
+
+    rows = [("এক", "নদীর ধারে একটি ছোট গ্রাম ছিল।"), ("দুই", "সকালে বৃষ্টি হল, বিকেলে রোদ।")]
+    with open(tmp_path / "news.csv", "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows([("Title", "News"), *rows])
+    report = write_report(trained_run, [tmp_path / "news.csv"], out_dir=tmp_path / "rep", text_column="News", **CHEAP)
+    card = (report / "README.md").read_text(encoding="utf-8")
+    expected = evaluate_file(loaded, tmp_path / "news.csv", text_column="News")
+    row = next(line for line in card.splitlines() if line.startswith("| news.csv |"))
+    assert [c.strip() for c in row.strip("|").split("|")][1] == f"{expected.loss:.4f}"

@@ -288,7 +288,9 @@ def _add_others(sub) -> None:
     add_options(h, run_lm_eval, flags={"which": "checkpoint"})
     r = sub.add_parser("report", help="write a model card with plots and tokenizer statistics (RUN_DIR/report/)")
     r.add_argument("run_dir", metavar="RUN_DIR")
-    r.add_argument("--text", nargs="*", default=[], metavar="FILE", help="text files to evaluate in the report")
+    r.add_argument("--text", nargs="*", default=[], metavar="FILE",
+                   help="text files to evaluate in the report, or tables (each row of --text-column a document)")
+    r.add_argument("--text-column", default=None, help="the column holding the text in tables (default 'text')")
     r.add_argument("--out", default=None, help="report folder (default RUN_DIR/report)")
     add_options(r, load_model, flags={"which": "checkpoint"}, only=("which",))
     q = sub.add_parser("quickstart", help="prepare the embedded corpus, train `tiny`, evaluate, generate")
@@ -632,7 +634,7 @@ def cmd_chat(args) -> None:
 def cmd_report(args) -> None:
     from .report import write_report
 
-    out = write_report(args.run_dir, args.text, out_dir=args.out, which=args.which)
+    out = write_report(args.run_dir, args.text, out_dir=args.out, which=args.which, text_column=args.text_column)
     print(f"wrote {out}/README.md (with plots and report.html)")
 
 

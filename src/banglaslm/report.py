@@ -21,9 +21,8 @@ from .chat_template import chat_stops, clean_answer, encode_chat
 from .checkpoint import load_checkpoint
 from .config import SamplingParams
 from .data.conversations import CONVERSATIONS_FORMAT
-from .data.sources import read_whole_text
 from .errors import UserError
-from .evaluation.perplexity import evaluate_text
+from .evaluation.perplexity import evaluate_documents, read_texts
 from .evaluation.tokenizer_study import (
     BPE_VOCAB_SIZES,
     MAX_SAMPLE_CHARS,
@@ -103,10 +102,6 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _read_texts(texts) -> list[tuple[str, str]]:
-    return [(str(t), read_whole_text(t)) for t in texts]
-
-
 def _check_out_dir(out: Path, run_dir: Path) -> None:
     """Never the run folder itself (or a folder holding it)."""
     resolved, run = out.resolve(), run_dir.resolve()
@@ -125,20 +120,21 @@ def _is_report(folder: Path) -> bool:
 def write_report(run_dir: str | Path, texts=(), out_dir: str | Path | None = None, which: Which = "best", *,
                  bpe_vocab_sizes: tuple[int, ...] = BPE_VOCAB_SIZES, max_sample_chars: int = MAX_SAMPLE_CHARS,
                  prompts: tuple[str, ...] | None = None, seeds: tuple[int, ...] = SAMPLE_SEEDS,
-                 html_page: bool = True) -> Path:
+                 html_page: bool = True, text_column: str | None = None) -> Path:
     """Write the report folder for the run in `run_dir` (replacing an earlier report) and
     return its path. Every input is checked before anything is computed or written. `prompts`:
-    SAMPLE_PROMPTS to continue, or for a fine-tuned run CHAT_PROMPTS to answer in the chat template."""
+    SAMPLE_PROMPTS to continue, or for a fine-tuned run CHAT_PROMPTS to answer in the chat template.
+    `texts`: text files, or tables whose `text_column` rows are documents (as `evaluate_file`)."""
     run = RunFolder(run_dir)
     run.require()
-    raw_texts = _read_texts(texts)
+    raw_texts = read_texts(texts, text_column)  # (name, documents): a table's rows, a text file whole
     loaded = load_model(run.path, which)
     out = Path(out_dir) if out_dir is not None else run.path / "report"
     _check_out_dir(out, run.path)
     check_destination(out, "report folder", replaceable=_is_report)
     records = read_metrics(run.metrics_path)
     info = _report_info(run, loaded, raw_texts, records, prompts, seeds)
-    docs = sample_documents(raw_texts, max_sample_chars)
+    docs = sample_documents([(name, "\n\n".join(documents)) for name, documents in raw_texts], max_sample_chars)
     tok_stats = compare_tokenizers(loaded.tokenizer, docs, bpe_vocab_sizes)
     info["tokenizer_study"] = {
         "sample": "the given text files" if raw_texts else "every 10th file of the embedded corpus",
@@ -181,7 +177,7 @@ def _report_info(run: RunFolder, loaded, raw_texts, records, prompts, seeds) -> 
     # A run with no evaluation yet stores inf as its best, an imported one the largest float (JSON has no inf).
     if summary["best_val_loss"] is None and float(state.get("best_val", math.inf)) < sys.float_info.max:
         summary["best_val_loss"] = float(state["best_val"])
-    evals = [evaluate_text(loaded, raw, name=name) for name, raw in raw_texts]
+    evals = [evaluate_documents(loaded, documents, name, None) for name, documents in raw_texts]
     chat = (data_meta or {}).get("format") == CONVERSATIONS_FORMAT
     sample = _chat_sample if chat else _sample
     samples = [{"prompt": prompt, "seed": seed, "chat": chat, **sample(loaded, prompt, seed)}
