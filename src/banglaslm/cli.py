@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
 import types
 import typing
@@ -618,7 +619,10 @@ def cmd_serve(args) -> None:
     from .server.run import run_server
 
     RunFolder(args.run_dir).require()
-    run_server(args.run_dir, **picked(args, run_server))  # it says where it serves once it has the port
+    try:
+        run_server(args.run_dir, **picked(args, run_server))  # it says where it serves once it has the port
+    finally:  # stopped: what is left is the interpreter's exit (longer on a busy machine), which a
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C pressed again cut with a traceback
 
 
 def cmd_chat(args) -> None:

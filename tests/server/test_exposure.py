@@ -390,6 +390,22 @@ def test_a_signal_stops_the_server_at_once_and_ends_every_stream(trained_run, si
         assert stream[-2]["error"]["code"] == "server_shutdown", stream[-2]
 
 
+def test_ctrl_c_pressed_on_while_the_stopped_server_exits_prints_no_traceback(trained_run):
+    """After "Finished server process" the interpreter's exit takes a while (seconds on a busy
+    machine); a Ctrl-C pressed meanwhile printed a KeyboardInterrupt traceback."""
+    server, _ = start_serve(trained_run)
+    try:
+        server.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while server.poll() is None and time.monotonic() < deadline:  # pressed on and on until it is gone
+            server.send_signal(signal.SIGINT)
+            time.sleep(0.005)
+        _, err = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert "Finished server process" in err and "Traceback" not in err, err
+
+
 def test_a_response_cut_at_shutdown_is_one_line_not_a_traceback():
     """Streams whose clients stopped reading cannot take their last events: uvicorn cuts them when
     the graceful shutdown runs out (GRACEFUL_S) and logged each as "Exception in ASGI
