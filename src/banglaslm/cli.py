@@ -267,6 +267,7 @@ def _add_serve_and_chat(sub) -> None:
 
 def _add_others(sub) -> None:
     from .evaluation.lm_eval_task import write_perplexity_task
+    from .evaluation.perplexity import evaluate_file
     from .lm_eval_run import run_lm_eval
     from .quickstart import quickstart
     from .runfolder import load_model
@@ -291,9 +292,9 @@ def _add_others(sub) -> None:
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--text", nargs="*", default=[], metavar="FILE",
                    help="text files to evaluate in the report, or tables (each row of --text-column a document)")
-    r.add_argument("--text-column", default=None, help="the column holding the text in tables (default 'text')")
     r.add_argument("--out", default=None, help="report folder (default RUN_DIR/report)")
     add_options(r, load_model, flags={"which": "checkpoint"}, only=("which",))
+    add_options(r, evaluate_file, only=("text_column",))  # as eval reads a table
     q = sub.add_parser("quickstart", help="prepare the embedded corpus, train `tiny`, evaluate, generate")
     add_options(q, quickstart)
 

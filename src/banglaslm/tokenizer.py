@@ -233,10 +233,10 @@ class Tokenizer:
         if unk is None or (unk != self.eod_id and (not self._unk_by_id or unk in self.special_ids
                                                    or _CONTROL_SPELLING.fullmatch(self.hf.id_to_token(unk) or ""))):
             return
-        what = "end-of-document token" if self.unk_id == self.eod_id else "piece"
-        consequence = "would end a document" if self.unk_id == self.eod_id else "would be written as that text"
-        raise UserError(f"the tokenizer's unknown id is its {what} {self.hf.id_to_token(self.unk_id)!r} (id "
-                        f"{self.unk_id}): every character it cannot spell {consequence}; give the SentencePiece "
+        what, consequence = ("end-of-document token", "would end a document") if unk == self.eod_id else \
+            ("piece", "would be written as that text")
+        raise UserError(f"the tokenizer's unknown id is its {what} {self.hf.id_to_token(unk)!r} (id "
+                        f"{unk}): every character it cannot spell {consequence}; give the SentencePiece "
                         ".model file itself (its ids are read as trained), or fix unk_id in tokenizer.json")
 
     # ---- construction ------------------------------------------------------------------

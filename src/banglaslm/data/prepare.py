@@ -249,11 +249,11 @@ def _check_bpe_only(tokenizer: str, **given) -> None:
 
 def _note_unused_options(sources: list[Source], doc_split: str, text_column: str | None) -> None:
     """A note for an option that no input is of the kind to use: it was ignored."""
-    tables = any(source.kind != "text" for source in sources)
-    if doc_split != "file" and not any(source.kind == "text" for source in sources):
+    texts = any(source.kind == "text" for source in sources)
+    if doc_split != "file" and not texts:
         print(f"note: --doc-split {doc_split} applies to .txt/.md files and every input is a table (one row, one "
               "document): ignored", file=sys.stderr)
-    if text_column is not None and not tables:
+    if text_column is not None and all(source.kind == "text" for source in sources):
         print(f"note: --text-column {text_column} applies to tables (.jsonl, .json, .csv, .tsv, .parquet, hf:) and "
               "every input is a text file: ignored", file=sys.stderr)
 
@@ -298,15 +298,15 @@ def _prepared_already(out: Path, plan: dict, overwrite: bool) -> dict | None:
     if not is_data_folder(out):
         return None
     meta = read_json(out / "meta.json")
-    if meta.get("plan_sha256") == plan_sha256(plan) and not any(kind == "hf" for kind, *_ in plan["sources"]):
+    recorded = meta.get("plan_sha256")
+    same = recorded == plan_sha256(plan)
+    if same and not any(kind == "hf" for kind, *_ in plan["sources"]):
         return meta
     if overwrite:
         return None
-    if meta.get("plan_sha256") != plan_sha256(plan):
-        what = "prepared from other inputs or options" if meta.get("plan_sha256") else \
-            "of an earlier banglaslm, which did not record what it was prepared from"
-    else:
-        what = "prepared from a dataset (hf:), whose rows may have changed under its name"
+    what = ("prepared from a dataset (hf:), whose rows may have changed under its name" if same else
+            "prepared from other inputs or options" if recorded else
+            "of an earlier banglaslm, which did not record what it was prepared from")
     raise UserError(f"{out} is a data folder {what}; runs trained on it need it to resume and to evaluate: choose "
                     "another output folder, or add `overwrite` to replace it")
 

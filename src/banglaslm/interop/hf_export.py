@@ -111,7 +111,8 @@ def pad_id(tokenizer: Tokenizer) -> int | None:
 
 def _tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, Callable[[Path], None]]:
     eod = tokenizer.hf.id_to_token(tokenizer.eod_id)
-    pad = None if pad_id(tokenizer) is None else tokenizer.hf.id_to_token(pad_id(tokenizer))
+    pad = pad_id(tokenizer)
+    pad = None if pad is None else tokenizer.hf.id_to_token(pad)
     hf = HFTokenizer.from_str(tokenizer.hf.to_str())
     # Every training document followed an end-of-document token, so `tokenizer(text)` puts one
     # first, as Llama's tokenizer puts its BOS: transformers' generate and pipelines then
