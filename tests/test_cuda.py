@@ -164,7 +164,7 @@ def test_the_server_answers_on_the_gpu(trained_run):
     from banglaslm.server.app import create_app
 
     with TestClient(create_app(trained_run, device="cuda")) as client:
-        r = client.post("/v1/completions", json={"model": "x", "prompt": PROMPTS[0], "max_tokens": 12,
+        r = client.post("/v1/completions", json={"model": trained_run.name, "prompt": PROMPTS[0], "max_tokens": 12,
                                                  "temperature": 0})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["text"]
