@@ -11,7 +11,7 @@ python -m pip download --quiet --dest .gpu_wheels --only-binary=:all: --no-deps 
     --python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux_2_28_x86_64 --implementation cp \
     tokenizers safetensors tqdm "transformers>=5.0" huggingface-hub regex pyyaml packaging fsspec filelock \
-    fastapi starlette uvicorn pydantic pydantic-core annotated-types typing-inspection anyio sniffio h11 \
+    fastapi opentelemetry-api starlette uvicorn pydantic pydantic-core annotated-types typing-inspection anyio sniffio h11 \
     httpx httpcore certifi idna click matplotlib contourpy cycler fonttools kiwisolver pillow pyparsing \
     python-dateutil six gguf requests urllib3 charset-normalizer pytest pluggy iniconfig \
     datatrove loguru humanize dill multiprocess xxhash
