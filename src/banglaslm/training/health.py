@@ -84,7 +84,9 @@ def leakage(history: list[dict]) -> Sign | None:
     """At WINDOW evaluations in a row (the untrained first one aside): validation loss below
     training loss by more than LEAK_MARGIN (and NOISE), or, after EPOCHS passes over the
     training split, not above it by more than GAP while the model has CAPACITY to memorize the
-    split: text the model has memorized as well as its training text. (A model with fewer
+    split and has learned something (training loss below HIGH of the first evaluation's; near
+    the untrained loss both splits sit level on any data): text the model has memorized as well
+    as its training text. (A model with fewer
     parameters than training tokens shows no gap on an honest split either: nanoGPT's 0.8M-parameter
     char model on the 2.3M-character shared books ends 0.7% *below* it after 4 passes.)"""
     if len(history) < NEEDS["leakage"]:
@@ -93,8 +95,8 @@ def leakage(history: list[dict]) -> Sign | None:
     if all(e["val"] < min(e["train"] * (1 - LEAK_MARGIN), e["train"] - NOISE) for e in w):
         how = "below training loss"
     elif all(e.get("epochs", 0) >= EPOCHS and e.get("params_per_token", CAPACITY) >= CAPACITY
-             and SOLVED < e["val"] <= e["train"] * (1 + GAP) for e in w):
-        how = f"no higher than training loss after {w[0]['epochs']:.1f} passes over the training split"
+             and e["train"] < HIGH * history[0]["train"] and SOLVED < e["val"] <= e["train"] * (1 + GAP) for e in w):
+        how = f"at most {GAP:.0%} above training loss after {w[0]['epochs']:.1f} passes over the training split"
     else:
         return None
     return Sign("leakage", w[0]["iter"],
