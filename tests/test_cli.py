@@ -423,6 +423,7 @@ def test_generate_says_when_the_model_wrote_nothing(trained_run):
     for extra in (["--json"], ["--stream"]):  # a stop string at its first character: nothing is left
         r = cli_here(*args, *extra, "--stop", text.strip()[0])
         assert r.returncode == 0 and "note: the model wrote nothing after the prompt" in r.stderr, r.stderr
+        assert "began with a --stop string" in r.stderr  # the reason it wrote nothing is named
 
 
 def test_max_iters_given_twice_with_different_lengths_is_said(data_dir, trained_run, tmp_path, capsys):

@@ -75,3 +75,27 @@ def test_the_install_cell_finds_the_repository_or_says_what_to_set(tmp_path, mon
     if not Path("/content/banglaslm/pyproject.toml").exists():
         with pytest.raises(RuntimeError, match="set BANGLASLM_SOURCE in the cell above"):
             find("")
+
+
+def test_code_shown_in_the_notebooks_text_imports_what_it_uses():
+    """A ```python block in a markdown cell is pasted into a cell as it stands: every name it uses
+    is imported or assigned in it (the course section called evaluate_file unimported)."""
+    import ast
+    import builtins
+    import re
+
+    blocks = [block for cell in json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
+              if cell["cell_type"] == "markdown"
+              for block in re.findall(r"```python\n(.*?)```", "".join(cell["source"]), re.S)]
+    assert blocks
+    for block in blocks:
+        tree = ast.parse(block)
+        bound = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+        bound |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+        used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+        assert used <= bound | set(dir(builtins)), (used - bound - set(dir(builtins)), block)
+        for node in ast.walk(tree):  # and what it imports exists
+            if isinstance(node, ast.ImportFrom):
+                module = __import__(node.module, fromlist=["_"])
+                assert all(hasattr(module, alias.name) for alias in node.names), block

@@ -518,10 +518,10 @@ def cmd_generate(args) -> None:
             sys.stdout.flush()
             wrote = wrote or bool(piece.strip())
         sys.stdout.write("\n")
-        _note_if_nothing(wrote)
+        _note_if_nothing(wrote, params.stop)
         return
     completion = engine.generate([args.prompt], params)[0][0]
-    _note_if_nothing(bool(completion.text.strip()))
+    _note_if_nothing(bool(completion.text.strip()), params.stop)
     if args.json:
         print(json.dumps({"text": completion.text, "prompt": args.prompt, "tokens": len(completion.token_ids)},
                          ensure_ascii=False))
@@ -529,10 +529,12 @@ def cmd_generate(args) -> None:
         print(prompt_shown(args.prompt) + completion.text)
 
 
-def _note_if_nothing(wrote: bool) -> None:
+def _note_if_nothing(wrote: bool, stops: list[str]) -> None:
     """A note on stderr when the model wrote nothing visible (the prompt alone looked like a fault)."""
     if not wrote:
-        print("note: the model wrote nothing after the prompt (it ended the text at once, or wrote only spaces); "
+        why = "it ended the text at once, wrote only spaces, or began with a --stop string" if stops else \
+            "it ended the text at once, or wrote only spaces"
+        print(f"note: the model wrote nothing after the prompt ({why}); "
               "try another --seed or --temperature, or, for a chat-tuned run, banglaslm chat", file=sys.stderr)
 
 
