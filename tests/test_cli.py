@@ -451,3 +451,16 @@ def test_an_interrupted_resume_is_told_to_run_the_same_command_again(tmp_path, m
                           (["--resume"], "run the same command again to continue")):
         assert cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *extra]) == 130
         assert capsys.readouterr().err.strip().endswith(advice)
+
+
+def test_several_keys_after_one_set_say_to_repeat_it(capsys, tmp_path):
+    """`--set model.n_layer=2 model.n_embd=64` printed the top-level usage and "unrecognized arguments"."""
+    from banglaslm.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "model.n_layer=2",
+              "model.n_embd=64"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert "--set takes one KEY=VALUE; repeat it for each key: --set model.n_embd=64" in err
+    assert not (tmp_path / "r").exists()

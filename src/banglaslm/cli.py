@@ -681,9 +681,22 @@ def _os_message(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}; {_OS_ADVICE.get(exc.errno, 'check the path and try again')}"
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """argparse's reading of `argv`; `--set a=1 b=2` (several keys after one --set, as other
+    tools take them) is one line saying to repeat --set, not argparse's top-level usage."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and "--set" in argv and all("=" in e and not e.startswith("-") for e in extra):
+        print(f"banglaslm {args.command}: error: --set takes one KEY=VALUE; repeat it for each key: "
+              + " ".join(f"--set {e}" for e in extra[:2]), file=sys.stderr)
+        raise SystemExit(2)
+    return parser.parse_args(argv) if extra else args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:  # building the parser imports torch: seconds in which Ctrl-C must not print a traceback
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
         from .training.trainer import TrainingInterrupted
     except KeyboardInterrupt:
         print("banglaslm: interrupted", file=sys.stderr)
