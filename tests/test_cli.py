@@ -464,3 +464,16 @@ def test_several_keys_after_one_set_say_to_repeat_it(capsys, tmp_path):
     assert exc.value.code == 2 and err.count("\n") == 1, err
     assert "--set takes one KEY=VALUE; repeat it for each key: --set model.n_embd=64" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_an_interrupted_prepare_says_a_rerun_goes_on(tmp_path):
+    """Ctrl-C during prepare printed only "interrupted", though the same command goes on from its work folder."""
+    import argparse
+
+    from banglaslm.cli import _unsaved_hint
+    from banglaslm.data.prepare import work_folder
+
+    args = argparse.Namespace(command="prepare", out=str(tmp_path / "data"))
+    assert _unsaved_hint(args) == ""  # nothing done yet: nothing to go on from
+    work_folder(tmp_path / "data").mkdir()
+    assert _unsaved_hint(args) == f"; the same command again goes on from the work done ({tmp_path / '.data.prepare'})"

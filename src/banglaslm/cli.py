@@ -749,6 +749,13 @@ def _unsaved_hint(args) -> str:
         run, how = os.path.join(args.out, "run"), "the same command again"
     elif args.command in ("train", "finetune"):
         run, how = args.out, "the same command plus --resume"
+    elif args.command == "prepare":
+        from pathlib import Path
+
+        from .data.prepare import work_folder
+
+        work = work_folder(Path(args.out))
+        return f"; the same command again goes on from the work done ({work})" if work.is_dir() else ""
     else:
         return ""
     latest = os.path.join(run, "checkpoints", "latest.safetensors")

@@ -324,6 +324,11 @@ class _OtherTaskFailed(UserError):
     """Another machine's task failed: this one stops (and does not count as failed itself)."""
 
 
+def work_folder(out: Path) -> Path:
+    """Where a prepare into `out` keeps its finished work until it completes (a rerun goes on from it)."""
+    return out.parent / f".{out.name}.prepare"
+
+
 class _FinishedByTask0(Exception):
     """Task 0 finished the folder while this task waited for the last summaries: this task is done."""
 
@@ -333,7 +338,7 @@ class _Job:
 
     def __init__(self, out: Path, plan: dict, existing: Tokenizer | None, progress: bool, workers: int):
         self.out, self.plan, self.existing, self.progress, self.workers = out, plan, existing, progress, workers
-        self.work = out.parent / f".{out.name}.prepare"
+        self.work = work_folder(out)
         self.started = time.time()  # a failure another machine reported before this is an old one
         self.waited = 0.0
         self.read_bytes = 0  # the normalized text this process read (a task's own rate)
