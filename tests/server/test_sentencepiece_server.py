@@ -103,3 +103,23 @@ def test_stream_options_need_stream(client):
     r = client.post("/v1/completions", json={"model": "sp", "prompt": "আমি", "max_tokens": 2,
                                              "stream_options": {"include_usage": True}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options"
+
+
+def test_a_prompt_ending_in_a_line_break_goes_on_with_a_new_word(sp_run, trained_run):
+    """SentencePiece's normalizer drops a final line break, so "নদী\\n" read as "নদী" and most
+    continuations were glued onto the last word ("নদীকার"); its first token now opens a word, as
+    after a final space. Our BPE writes the break, and the token after it is free."""
+    from banglaslm.config import SamplingParams
+    from banglaslm.generation.engine import Engine
+    from banglaslm.runfolder import load_model
+
+    loaded = load_model(sp_run)
+    engine = Engine(loaded.model, loaded.tokenizer)
+    assert engine.opens_word("শিরোনাম: নদী\n") and engine.opens_word("নদী ") and not engine.opens_word("নদী")
+    assert not engine.opens_word("\n")  # nothing before the break: no word to glue onto
+    openers = set(loaded.tokenizer.space_openers)
+    firsts = [engine.generate(["শিরোনাম: নদী\n"], SamplingParams(seed=seed, temperature=1.5, max_new_tokens=1))[0][0]
+              .token_ids[0] for seed in range(12)]
+    assert set(firsts) <= openers, [loaded.tokenizer.decode([t]) for t in firsts]
+    bpe = load_model(trained_run)
+    assert not Engine(bpe.model, bpe.tokenizer).opens_word("শিরোনাম: নদী\n")

@@ -78,7 +78,7 @@ class Row:
     starts: list[int] = field(default_factory=list)  # where each token's text begins in decoder.text
     finish_reason: str | None = None
     stop_at: int | None = None   # where in decoder.text a stop string begins
-    opens_word: bool = False     # its prompt ended in a space: the first token opens a word (`opens_a_word`)
+    opens_word: bool = False     # its prompt ended in a space: the first token opens a word (`Engine.opens_word`)
     strip_leading: bool = False  # its text's leading whitespace is not shown (a chat answer's): no stop there
 
     def text_logprobs(self, params: SamplingParams) -> list[TokenLogprob] | None:
@@ -120,6 +120,20 @@ class Engine:
             raise bad_param("prompt", "is empty; give some text to continue, e.g. \"আমার সোনার\"")
         return [self.tokenizer.eod_id] + self.tokenizer.encode(text, normalized=True)
 
+    def opens_word(self, prompt: str | list[int]) -> bool:
+        """Whether the continuation of `prompt` must open a word (`Row.opens_word`): a text that
+        ended in a space (`opens_a_word`), or in a line break this tokenizer cannot write (a
+        SentencePiece normalizer folds it away, and the prompt then reads as if it stopped
+        mid-word: "নদী\n" went on "নদীকার")."""
+        if not isinstance(prompt, str):
+            return False
+        if opens_a_word(prompt):
+            return True
+        text = normalize_prompt(prompt)
+        kept = text.rstrip("\n")
+        return kept != text and kept.strip() != "" and \
+            self.tokenizer.encode(text, normalized=True) == self.tokenizer.encode(kept, normalized=True)
+
     def checked(self, params: SamplingParams | None) -> SamplingParams:
         """`params` validated, with its stop strings normalized as the model's text is (a stop
         typed as letter + nukta must match the precomposed letter the model writes)."""
@@ -141,7 +155,7 @@ class Engine:
         params = self.checked(params)
         prompts = list(prompts)
         return self._generate([self.encode_prompt(p) for p in prompts], params,
-                              [isinstance(p, str) and opens_a_word(p) for p in prompts])
+                              [self.opens_word(p) for p in prompts])
 
     def generate_ids(self, contexts: list[list[int]], params: SamplingParams | None = None) -> list[list[Completion]]:
         """Like `generate`, from token ids (each context as `encode_prompt` makes it: a list,
@@ -210,7 +224,7 @@ class Engine:
             raise bad_param("n", f"must be 1 for streaming (one sample); set n=1 (got n={params.n})")
         text = isinstance(prompt, (str, bytes)) or prompt is None
         context = self.encode_prompt(prompt) if text else self.checked_context(prompt)
-        rows = self._rows([context], params, [isinstance(prompt, str) and opens_a_word(prompt)])
+        rows = self._rows([context], params, [self.opens_word(prompt)])
         row = rows[0]
         row.strip_leading = strip_leading
         stops, start = params.stop, 0

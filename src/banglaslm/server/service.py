@@ -31,7 +31,6 @@ from ..evaluation.perplexity import window_logprobs
 from ..generation.batching import Batch, Sequence
 from ..generation.engine import Completion, Engine
 from ..generation.sampling import sample_seed
-from ..text import opens_a_word
 from .events import ChoiceStream, LogprobFormat, sse
 from .schemas import (
     APIError,
@@ -212,7 +211,7 @@ class OpenAIService:
         except UserError as exc:
             raise APIError(400, str(exc), param="prompt", code="invalid_value") from None
         return Prompt(context, self.engine.tokenizer.decode(context[1:]),  # as read: normalized
-                      opens_word=opens_a_word(text))
+                      opens_word=self.engine.opens_word(text))
 
     def _encode_ids(self, ids: list[int]) -> Prompt:
         vocab = self.engine.vocab
