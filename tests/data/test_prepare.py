@@ -246,10 +246,13 @@ def test_an_option_no_input_uses_is_said_to_be_ignored(tmp_path, capsys):
     write_docs(tmp_path / "src", 12)
     rows = "".join(json.dumps({"text": f"সারি {i} " * 30}) + "\n" for i in range(12))
     (tmp_path / "rows.jsonl").write_text(rows, encoding="utf-8")
-    prepare([str(tmp_path / "rows.jsonl")], tmp_path / "a", tokenizer="char", doc_split="page", progress=False)
+    a = prepare([str(tmp_path / "rows.jsonl")], tmp_path / "a", tokenizer="char", doc_split="page", progress=False)
     assert "note: --doc-split page applies to .txt/.md files and every input is a table" in capsys.readouterr().err
-    prepare([str(tmp_path / "src")], tmp_path / "b", tokenizer="char", text_column="News", progress=False)
+    b = prepare([str(tmp_path / "src")], tmp_path / "b", tokenizer="char", text_column="News", progress=False)
     assert "note: --text-column News applies to tables" in capsys.readouterr().err
+    # meta.json says what the tokenizer and a table's text came from (a course's .model file, its column)
+    assert (a.meta["tokenizer_source"], a.meta["text_column"]) == ("char", "text")
+    assert b.meta["text_column"] is None  # no table: no column was read
     prepare([str(tmp_path / "src"), str(tmp_path / "rows.jsonl")], tmp_path / "c", tokenizer="char",
             doc_split="page", progress=False)
     assert "note:" not in capsys.readouterr().err  # a text file takes it

@@ -529,6 +529,10 @@ class _Job:
         meta = write_meta(self.work, tok, np.dtype(np_dtype).type, splits, {
             "val_fraction": self.plan["val_fraction"], "seed": self.plan["seed"], "doc_split": self.plan["doc_split"],
             "text_files": sum(kind == "text" for kind, *_ in self.plan["sources"]),  # what doc_split applies to
+            # what the tokenizer and the tables' text came from, as given (--tokenizer, --text-column)
+            "tokenizer_source": str(self.plan["tokenizer"]),
+            "text_column": (self.plan["text_column"] or DEFAULT_TEXT_COLUMN)
+            if any(kind != "text" for kind, *_ in self.plan["sources"]) else None,
             # the size a BPE trained here was asked for (a tokenizer given by path was asked nothing)
             "vocab_size_asked": self.plan["vocab_size"] if self.plan["tokenizer"] == "bpe" else None,
             "tokenizer_sample": self.plan["tokenizer_sample"], "input_bytes": input_bytes,
