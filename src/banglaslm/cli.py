@@ -509,11 +509,15 @@ def cmd_generate(args) -> None:
     engine.encode_prompt(args.prompt)  # an empty prompt fails here, before any output
     if note := loaded.tokenizer.unknown_note(args.prompt, "the prompt"):
         print(f"note: {note}", file=sys.stderr)
+    # After a line break the tokenizer cannot write (SentencePiece), the new word's own space
+    # would open the new line: it goes, as the server drops it after a final space.
+    new_line = prompt_shown(args.prompt).endswith("\n") and engine.opens_word(args.prompt)
     if args.stream:
         sys.stdout.write(prompt_shown(args.prompt))
         sys.stdout.flush()
         wrote = False
-        for piece in engine.stream(args.prompt, params):
+        for piece in engine.stream(args.prompt, params, strip_leading=new_line):
+            piece = piece.lstrip(" ") if new_line and not wrote else piece
             sys.stdout.write(piece)
             sys.stdout.flush()
             wrote = wrote or bool(piece.strip())
@@ -521,12 +525,13 @@ def cmd_generate(args) -> None:
         _note_if_nothing(wrote, params.stop)
         return
     completion = engine.generate([args.prompt], params)[0][0]
-    _note_if_nothing(bool(completion.text.strip()), params.stop)
+    text = completion.text.lstrip(" ") if new_line else completion.text
+    _note_if_nothing(bool(text.strip()), params.stop)
     if args.json:
-        print(json.dumps({"text": completion.text, "prompt": args.prompt, "tokens": len(completion.token_ids)},
+        print(json.dumps({"text": text, "prompt": args.prompt, "tokens": len(completion.token_ids)},
                          ensure_ascii=False))
     else:
-        print(prompt_shown(args.prompt) + completion.text)
+        print(prompt_shown(args.prompt) + text)
 
 
 def _note_if_nothing(wrote: bool, stops: list[str]) -> None:

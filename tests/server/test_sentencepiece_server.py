@@ -123,3 +123,16 @@ def test_a_prompt_ending_in_a_line_break_goes_on_with_a_new_word(sp_run, trained
     assert set(firsts) <= openers, [loaded.tokenizer.decode([t]) for t in firsts]
     bpe = load_model(trained_run)
     assert not Engine(bpe.model, bpe.tokenizer).opens_word("শিরোনাম: নদী\n")
+
+
+def test_generate_after_a_line_break_starts_the_line_without_a_space(sp_run, capsys):
+    """The new word's own space opened the new line: "শিরোনাম: নদী\\n জানে..." (review)."""
+    from banglaslm.cli import main
+
+    base = ["generate", str(sp_run), "--prompt", "শিরোনাম: নদী\n", "--seed", "1", "--max-new-tokens", "6"]
+    for extra in ([], ["--stream"]):
+        assert main([*base, *extra]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("শিরোনাম: নদী\n") and not out.split("\n")[1].startswith(" "), out
+    assert main([*base, "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out)["text"].startswith(" ")

@@ -125,6 +125,9 @@ def test_leakage_below_training_or_no_gap_after_passes():
     # near the untrained loss (common tokens learned, nothing memorized) no split has a gap yet
     barely = curve([8.31, 7.4, 7.2, 7.1, 7.015], [8.31, 7.45, 7.25, 7.15, 7.075], epochs_per_eval=1.0)
     assert kinds_over_time(barely) == []
+    # a fine-tune's first evaluation is of a trained model: there the gate on learning does not apply
+    warm = curve([2.0, 1.9, 1.8, 1.7, 1.65], [2.0, 1.905, 1.805, 1.705, 1.655], epochs_per_eval=1.0)
+    assert health.leakage(warm, from_scratch=False) is not None and health.leakage(warm) is None
     solved = curve([7.0, 0.5, 0.01, 0.001, 0.0005], [7.0, 0.5, 0.009, 0.0009, 0.0004], epochs_per_eval=5)
     assert health.leakage(solved) is None  # near zero both splits are solved; nothing to compare
 

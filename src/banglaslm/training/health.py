@@ -80,13 +80,13 @@ def _overfit_at(history: list[dict], best: dict) -> Sign | None:
                 "(train.early_stop_patience stops such a run)")
 
 
-def leakage(history: list[dict]) -> Sign | None:
+def leakage(history: list[dict], from_scratch: bool = True) -> Sign | None:
     """At WINDOW evaluations in a row (the untrained first one aside): validation loss below
     training loss by more than LEAK_MARGIN (and NOISE), or, after EPOCHS passes over the
     training split, not above it by more than GAP while the model has CAPACITY to memorize the
-    split and has learned something (training loss below HIGH of the first evaluation's; near
-    the untrained loss both splits sit level on any data): text the model has memorized as well
-    as its training text. (A model with fewer
+    split and, in a run from scratch, has learned something (training loss below HIGH of the
+    first, untrained evaluation's; near the untrained loss both splits sit level on any data):
+    text the model has memorized as well as its training text. (A model with fewer
     parameters than training tokens shows no gap on an honest split either: nanoGPT's 0.8M-parameter
     char model on the 2.3M-character shared books ends 0.7% *below* it after 4 passes.)"""
     if len(history) < NEEDS["leakage"]:
@@ -95,7 +95,7 @@ def leakage(history: list[dict]) -> Sign | None:
     if all(e["val"] < min(e["train"] * (1 - LEAK_MARGIN), e["train"] - NOISE) for e in w):
         how = "below training loss"
     elif all(e.get("epochs", 0) >= EPOCHS and e.get("params_per_token", CAPACITY) >= CAPACITY
-             and e["train"] < HIGH * history[0]["train"] and SOLVED < e["val"] <= e["train"] * (1 + GAP) for e in w):
+             and (not from_scratch or e["train"] < HIGH * history[0]["train"]) and SOLVED < e["val"] <= e["train"] * (1 + GAP) for e in w):
         how = f"at most {GAP:.0%} above training loss after {w[0]['epochs']:.1f} passes over the training split"
     else:
         return None
@@ -141,25 +141,27 @@ def unstable(history: list[dict]) -> Sign | None:
                 "a lower train.learning_rate or a longer train.warmup_iters")
 
 
-RULES = (overfitting, leakage, underfitting, unstable)
-
-
 def unjudged(evaluations: int) -> dict[str, int]:
     """The signs a run with this many evaluations was too short to show, each with the number of
     evaluations its rule needs."""
     return {kind: n for kind, n in NEEDS.items() if evaluations < n}
 
 
-def signs(history: list[dict]) -> list[Sign]:
-    """Every warning sign the history shows now."""
-    return [s for s in (rule(history) for rule in RULES) if s is not None]
+def signs(history: list[dict], from_scratch: bool = True) -> list[Sign]:
+    """Every warning sign the history shows now. `from_scratch`: the first evaluation is of an
+    untrained model; in a fine-tune or an --init-from run it is of a trained one, which such a run
+    improves on by little (no underfitting judged, and leakage not gated on learning)."""
+    found = [overfitting(history), leakage(history, from_scratch), unstable(history)]
+    if from_scratch:
+        found.append(underfitting(history))
+    return [s for s in found if s is not None]
 
 
-def new_signs(history: list[dict]) -> list[Sign]:
+def new_signs(history: list[dict], from_scratch: bool = True) -> list[Sign]:
     """The signs shown after the last evaluation that the one before did not show: each episode
     is reported once, when it begins."""
-    before = {s.kind for s in signs(history[:-1])}
-    return [s for s in signs(history) if s.kind not in before]
+    before = {s.kind for s in signs(history[:-1], from_scratch)}
+    return [s for s in signs(history, from_scratch) if s.kind not in before]
 
 
 def evaluations_since_best(history: list[dict]) -> int:

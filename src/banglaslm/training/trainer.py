@@ -389,9 +389,7 @@ class Trainer:
         """Report the warning signs that appeared at this evaluation (`health`); True when
         train.early_stop_patience says an overfitting run should stop here."""
         history, patience = self.state.history, self.config.train.early_stop_patience
-        for sign in health.new_signs(history):
-            if sign.kind == "underfitting" and not self._from_scratch():
-                continue  # its first evaluation was of a trained model, which a fine-tune improves on by little
+        for sign in health.new_signs(history, self._from_scratch()):
             self._say(sign.line())
             if session.log is not None:
                 session.log.append(sign.record(it))
