@@ -464,6 +464,9 @@ def test_several_keys_after_one_set_say_to_repeat_it(capsys, tmp_path):
     assert exc.value.code == 2 and err.count("\n") == 1, err
     assert "--set takes one KEY=VALUE; repeat it for each key: --set model.n_embd=64" in err
     assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit):  # finetune: argparse took the second key for its SOURCE
+        main(["finetune", "--out", str(tmp_path / "f"), "--set", "train.max_iters=1", "finetune.lora_rank=8"])
+    assert "repeat it for each key: --set finetune.lora_rank=8" in capsys.readouterr().err
 
 
 def test_an_interrupted_prepare_says_a_rerun_goes_on(tmp_path):

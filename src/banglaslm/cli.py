@@ -690,13 +690,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     """argparse's reading of `argv`; `--set a=1 b=2` (several keys after one --set, as other
     tools take them) is one line saying to repeat --set, not argparse's top-level usage."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and "--set" in argv and all("=" in e and not e.startswith("-") for e in extra):
-        print(f"banglaslm {args.command}: error: --set takes one KEY=VALUE; repeat it for each key: "
-              + " ".join(f"--set {e}" for e in extra[:2]), file=sys.stderr)
+    more = [argv[i + 2] for i in range(len(argv) - 2) if argv[i] == "--set" and CONFIG_KEY.match(argv[i + 2])]
+    if more:  # checked before argparse, which takes a KEY=VALUE for finetune's SOURCE
+        print(f"banglaslm {argv[0]}: error: --set takes one KEY=VALUE; repeat it for each key: "
+              + " ".join(f"--set {e}" for e in more[:2]), file=sys.stderr)
         raise SystemExit(2)
-    return parser.parse_args(argv) if extra else args
+    return build_parser().parse_args(argv)
+
+
+CONFIG_KEY = re.compile(r"^[a-z_]+\.[a-z_0-9]+=")  # model.n_layer=2: a config key and its value
 
 
 def main(argv: list[str] | None = None) -> int:
