@@ -169,7 +169,8 @@ def main() -> None:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"gpu": name, "peak_flops": peak, "flops_per_token": flops, "train": rows,
-                       "decode_tokens_per_s": decode, "args": vars(args)}, f, indent=2)
+                       "decode_tokens_per_s": decode, "decode_vocab": tok.vocab_size,
+                       "args": vars(args)}, f, indent=2)
 
 
 if __name__ == "__main__":
