@@ -480,3 +480,18 @@ def test_an_interrupted_prepare_says_a_rerun_goes_on(tmp_path):
     assert _unsaved_hint(args) == ""  # nothing done yet: nothing to go on from
     work_folder(tmp_path / "data").mkdir()
     assert _unsaved_hint(args) == f"; the same command again goes on from the work done ({tmp_path / '.data.prepare'})"
+
+
+def test_a_run_without_a_best_checkpoint_says_latest_was_read(trained_run, tmp_path, capsys):
+    """export and eval fell back to latest without a word, and export said "(best)"."""
+    import shutil
+
+    from banglaslm.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "checkpoints" / "best.safetensors").unlink()
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    out, err = capsys.readouterr()
+    assert f"exported {run} (latest) to" in out
+    assert "has no best checkpoint yet (no validation so far); reading latest" in err

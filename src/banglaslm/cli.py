@@ -567,6 +567,13 @@ def cmd_quickstart(args) -> None:
     quickstart(**picked(args, quickstart))
 
 
+def _read(args) -> str:
+    """Which checkpoint of args.run_dir a command read: best, or latest where there is no best."""
+    from .runfolder import RunFolder
+
+    return RunFolder(args.run_dir).checkpoint_read(args.which).stem
+
+
 def cmd_export(args) -> None:
     if args.format == "gguf":
         from .interop.gguf_export import GELU_NOTE, Q8_0_NOTE, export_gguf
@@ -576,7 +583,7 @@ def cmd_export(args) -> None:
             print(f"note: {GELU_NOTE}", file=sys.stderr)
         if args.dtype == "q8_0":
             print(f"note: {Q8_0_NOTE}", file=sys.stderr)
-        print(f"exported {args.run_dir} ({args.which}) to {out} ({args.dtype}); normalize prompts with "
+        print(f"exported {args.run_dir} ({_read(args)}) to {out} ({args.dtype}); normalize prompts with "
               f"banglaslm.text.normalize_prompt first (see docs/interop.md)")
         return
     from .interop.gguf_export import export_gguf
@@ -589,11 +596,11 @@ def cmd_export(args) -> None:
         from .interop.peft_export import export_peft
 
         out, base = export_peft(args.run_dir, args.out, **picked(args, export_peft))
-        print(f"exported the LoRA adapter of {args.run_dir} ({args.which}) to {out}; {base}, then "
+        print(f"exported the LoRA adapter of {args.run_dir} ({_read(args)}) to {out}; {base}, then "
               f"peft.PeftModel.from_pretrained(model, {str(out)!r})")
         return
     out = export_hf(args.run_dir, args.out, **picked(args, export_hf))
-    print(f"exported {args.run_dir} ({args.which}) to {out}; load it with "
+    print(f"exported {args.run_dir} ({_read(args)}) to {out}; load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
@@ -52,6 +53,12 @@ class RunFolder:
 
     def checkpoint(self, which: str) -> Path:
         return self.checkpoints / f"{which}.safetensors"
+
+    def checkpoint_read(self, which: str) -> Path:
+        """The checkpoint that commands read for `which`: best, or latest while a run has no best
+        yet (no validation so far)."""
+        path = self.checkpoint(which)
+        return self.checkpoint("latest") if which == "best" and not path.is_file() else path
 
     def is_run_folder(self) -> bool:
         """Whether the folder's config.json says it is a banglaslm run folder."""
@@ -221,9 +228,9 @@ def load_model(run_dir: str | Path, which: Which = "best",
     check_quantize(quantize, device)  # before the weights are read
     if which not in CHECKPOINTS:
         raise bad_param("which", f"must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
-    path = run.checkpoint(which)
-    if which == "best" and not path.is_file():
-        path = run.checkpoint("latest")
+    path = run.checkpoint_read(which)
+    if path.stem != which and path.is_file():
+        print(f"note: {run.path} has no best checkpoint yet (no validation so far); reading latest", file=sys.stderr)
     if not path.is_file():
         raise UserError(f"{run.path} has no checkpoint yet ({path.name}); train it first")
     config = run.load_config()
