@@ -230,7 +230,12 @@ def main() -> int:
     ap.add_argument("--show", action="store_true", help="print two f32 continuations per run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    import llama_cpp
+    try:
+        import llama_cpp
+    except ImportError:
+        print("this check runs llama.cpp through its Python binding: pip install llama-cpp-python==0.3.36 gguf",
+              file=sys.stderr)
+        return 2
 
     with tempfile.TemporaryDirectory() as t:
         tmp = args.keep or Path(t)

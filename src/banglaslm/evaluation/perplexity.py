@@ -204,7 +204,9 @@ def _documents(path: str | Path, text_column: str | None) -> list[str]:
 def evaluate_file(loaded: LoadedModel, path: str | Path, stride: Annotated[int | None, STRIDE] = None,
                   text_column: Annotated[str | None, Opt("the column holding the text in a table (.csv, .tsv, "
                                                          ".jsonl, .json, .parquet; default 'text'): each row "
-                                                         "is a document")] = None) -> EvalResult:
+                                                         "a document after an end-of-document token, scored "
+                                                         "in order as one stream, as the validation split "
+                                                         "is")] = None) -> EvalResult:
     """`evaluate_text` on the text of the file at `path` (UTF-8, any of the compressions and
     encodings `prepare` reads), or on the rows of a table, each a document read after the
     end-of-document token as in training; UserError naming the file when it is missing, not
