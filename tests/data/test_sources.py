@@ -214,12 +214,15 @@ def test_a_dataset_saved_with_save_to_disk_reads(tmp_path):
     splits.save_to_disk(str(tmp_path / "dict"))
     assert docs([f"hf:{tmp_path / 'dict'}"], text_column="News") == news["News"]
     datasets.DatasetDict({"test": splits["test"]}).save_to_disk(str(tmp_path / "test_only"))
-    with pytest.raises(UserError, match=r"test_only holds the splits test and no 'train'; pass hf:.*test_only/SPLIT"):
+    with pytest.raises(UserError, match=r"test_only holds the splits test and no 'train'; name one as hf:.*test_only::SPLIT"):
         docs([f"hf:{tmp_path / 'test_only'}"], text_column="News")
     assert docs([f"hf:{tmp_path / 'test_only' / 'test'}"], text_column="News") == ["পরীক্ষা"]
     assert docs([f"hf:{tmp_path / 'dict'}::test"], text_column="News") == ["পরীক্ষা"]
     with pytest.raises(UserError, match=r"save_to_disk has no configs; name a split as hf:.*dict::SPLIT"):
         docs([f"hf:{tmp_path / 'dict'}:test"], text_column="News")  # read 'train', the config ignored
+    # a saved Dataset has no splits: a split named for it was ignored, and every row read
+    with pytest.raises(UserError, match=r"has no splits \(save_to_disk of a Dataset\); drop '::test'"):
+        docs([f"hf:{tmp_path / 'one'}::test"], text_column="News")
 
 
 @pytest.mark.parametrize("setup, message", [

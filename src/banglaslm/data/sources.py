@@ -976,7 +976,7 @@ def _hf_dataset(spec: str):
         if config:
             raise UserError(f"hf:{spec}: a dataset saved with save_to_disk has no configs; name a split as "
                             f"hf:{name}::SPLIT")
-        return _saved_dataset(folder, spec, split)
+        return _saved_dataset(folder, spec, split, named=bool((spec.split(":", 2) + ["", ""])[2]))
     if folder.is_dir():
         _refuse_mixed_kinds(folder, spec)
     try:
@@ -1018,8 +1018,9 @@ def _refuse_mixed_kinds(folder: Path, spec: str) -> None:
                         f"and pass over the rest: give the folder without 'hf:' (banglaslm reads every file in it)")
 
 
-def _saved_dataset(folder: Path, spec: str, split: str = "train"):
-    """The rows of a dataset `save_to_disk` wrote into `folder` (read through memory-mapped Arrow)."""
+def _saved_dataset(folder: Path, spec: str, split: str = "train", named: bool = False):
+    """The rows of a dataset `save_to_disk` wrote into `folder` (read through memory-mapped Arrow);
+    `named`: the split was named in `spec` (a saved Dataset, which has none, is then refused)."""
     import datasets
 
     try:
@@ -1027,11 +1028,16 @@ def _saved_dataset(folder: Path, spec: str, split: str = "train"):
     except Exception as exc:
         raise UserError(f"could not read the saved dataset '{spec}' ({str(exc).splitlines()[0]}); save it again "
                         "with save_to_disk") from None
+    name = spec.split(":")[0]
     if isinstance(saved, datasets.DatasetDict):
         if split not in saved:
-            raise UserError(f"{spec} holds the splits {', '.join(saved)} and no '{split}'; pass hf:{folder}/SPLIT")
-        _say_other_splits(spec, [s for s in saved if s != split], f"hf:{folder}/SPLIT")
+            raise UserError(f"hf:{spec} holds the splits {', '.join(saved)} and no '{split}'; name one as "
+                            f"hf:{name}::SPLIT")
+        _say_other_splits(spec, [s for s in saved if s != split], f"hf:{name}::SPLIT")
         saved = saved[split]
+    elif named:
+        raise UserError(f"hf:{spec}: the dataset saved in {name} has no splits (save_to_disk of a Dataset); "
+                        f"drop '::{split}' and pass hf:{name}")
     return saved
 
 
