@@ -220,6 +220,9 @@ def test_a_dataset_saved_with_save_to_disk_reads(tmp_path):
     assert docs([f"hf:{tmp_path / 'dict'}::test"], text_column="News") == ["পরীক্ষা"]
     with pytest.raises(UserError, match=r"save_to_disk has no configs; name a split as hf:.*dict::SPLIT"):
         docs([f"hf:{tmp_path / 'dict'}:test"], text_column="News")  # read 'train', the config ignored
+    # given without hf:, its metadata was read as the data
+    with pytest.raises(UserError, match=r"one is a dataset saved with save_to_disk; pass it as hf:.*one$"):
+        docs([str(tmp_path / "one")], text_column="News")
     # a saved Dataset has no splits: a split named for it was ignored, and every row read
     with pytest.raises(UserError, match=r"has no splits \(save_to_disk of a Dataset\); drop '::test'"):
         docs([f"hf:{tmp_path / 'one'}::test"], text_column="News")

@@ -255,6 +255,8 @@ def _refuse_tool_folder(folder: Path) -> None:
     if (folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or any(folder.glob("*.safetensors"))):
         raise UserError(f"{folder} is a model folder (a run or a Hugging Face export), not text or conversations; "
                         "give text or conversation files")
+    if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
+        raise UserError(f"{folder} is a dataset saved with save_to_disk; pass it as hf:{folder}")
 
 
 def note_not_read(paths: list[Path], what: str, advice: str) -> None:
