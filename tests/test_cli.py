@@ -467,6 +467,11 @@ def test_several_keys_after_one_set_say_to_repeat_it(capsys, tmp_path):
     with pytest.raises(SystemExit):  # finetune: argparse took the second key for its SOURCE
         main(["finetune", "--out", str(tmp_path / "f"), "--set", "train.max_iters=1", "finetune.lora_rank=8"])
     assert "repeat it for each key: --set finetune.lora_rank=8" in capsys.readouterr().err
+    for args, key in ((["finetune", "r", "--out", "o", "--lora-rank", "4"], "finetune.lora_rank"),
+                      (["train", "--data", "d", "--out", "o", "--learning-rate=3e-4"], "train.learning_rate")):
+        with pytest.raises(SystemExit):  # a config key written as an option
+            main(args)
+        assert f"is no option; config keys go through --set: --set {key}=VALUE" in capsys.readouterr().err
 
 
 def test_an_interrupted_prepare_says_a_rerun_goes_on(tmp_path):

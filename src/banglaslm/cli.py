@@ -695,14 +695,26 @@ def _os_message(exc: OSError) -> str:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """argparse's reading of `argv`; `--set a=1 b=2` (several keys after one --set, as other
-    tools take them) is one line saying to repeat --set, not argparse's top-level usage."""
+    tools take them) and a config key written as an option (`--lora-rank 4`) are one line
+    saying how --set takes them, not argparse's top-level usage."""
     argv = sys.argv[1:] if argv is None else argv
     more = [argv[i + 2] for i in range(len(argv) - 2) if argv[i] == "--set" and CONFIG_KEY.match(argv[i + 2])]
     if more:  # checked before argparse, which takes a KEY=VALUE for finetune's SOURCE
         print(f"banglaslm {argv[0]}: error: --set takes one KEY=VALUE; repeat it for each key: "
               + " ".join(f"--set {e}" for e in more[:2]), file=sys.stderr)
         raise SystemExit(2)
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    option = next((e.split("=")[0] for e in extra if e.startswith("--")), None)
+    if option is not None and hasattr(args, "set"):  # `finetune --lora-rank 4`: a config key written as an option
+        from .config import resolve_key
+
+        with contextlib.suppress(UserError):
+            key = resolve_key(option[2:].replace("-", "_"))
+            print(f"banglaslm {args.command}: error: {option} is no option; config keys go through --set: "
+                  f"--set {key}=VALUE", file=sys.stderr)
+            raise SystemExit(2)
+    return parser.parse_args(argv) if extra else args
 
 
 CONFIG_KEY = re.compile(r"^[a-z_]+\.[a-z_0-9]+=")  # model.n_layer=2: a config key and its value
