@@ -230,6 +230,22 @@ def test_resume_without_data_continues_on_the_runs_own(trained_run, chats, tmp_p
         finetune(trained_run, None, run, resume=True, max_iters=6, progress=False, say=lambda line: None)
 
 
+def test_a_resume_on_the_embedded_set_survives_a_reinstall(trained_run, tmp_path):
+    """A fine-tune on the embedded set recorded the installed package's paths; after a reinstall
+    elsewhere its --resume said "recorded its data as ... which is not there now; give --data"."""
+    import json
+
+    run = tmp_path / "ft"
+    finetune(trained_run, None, run, config_for(trained_run, **{"train.max_iters": 2}), progress=False,
+             say=lambda line: None)
+    meta = json.loads((run / "data_meta.json").read_text(encoding="utf-8"))
+    meta["sources"] = [f"/old/venv/lib/python3.11/site-packages/banglaslm/data/instructions/{Path(p).name}"
+                       for p in meta["sources"]]
+    (run / "data_meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    result = finetune(trained_run, None, run, resume=True, max_iters=4, progress=False, say=lambda line: None)
+    assert result.iterations == 4
+
+
 def test_a_folder_holding_the_other_kind_of_run_is_named_not_offered_to_resume(trained_run, chats, data_dir, tmp_path):
     """finetune into a pretraining run's folder (and train into a fine-tune's) said "add --resume
     to continue it", and --resume then failed on something else."""

@@ -148,9 +148,14 @@ def _whole(value) -> int | None:
 
 
 def _recorded_inputs(run: RunFolder) -> list[str] | None:
-    """The inputs a fine-tuning run recorded in data_meta.json (None if none); UserError for one
-    that is not there now (recorded relative to another folder, or moved)."""
+    """The inputs a fine-tuning run recorded in data_meta.json (None if none; the embedded set as
+    this install holds it); UserError for one that is not there now (recorded relative to another
+    folder, or moved)."""
     inputs = list(read_json_or_fail(run.data_meta_path).get("sources") or []) or None
+    embedded = [str(p) for p in instruction_files()]
+    if inputs and [Path(n).name for n in inputs] == [Path(e).name for e in embedded] and \
+            all(Path(n).parent.parts[-3:] == Path(embedded[0]).parent.parts[-3:] for n in inputs):
+        return embedded  # the embedded set, recorded where an earlier install of banglaslm kept it
     for name in inputs or []:
         if not name.startswith("hf:") and not Path(name).exists():
             raise UserError(f"the run recorded its data as {name} ({run.data_meta_path}), which is not there now; "
