@@ -511,9 +511,10 @@ def cmd_generate(args) -> None:
         print(f"note: {note}", file=sys.stderr)
     # After a line break the tokenizer cannot write (SentencePiece), the new word's own space
     # would open the new line: it goes, as the server drops it after a final space.
-    new_line = prompt_shown(args.prompt).endswith("\n") and engine.opens_word(args.prompt)
+    shown = prompt_shown(args.prompt)
+    new_line = shown.endswith("\n") and engine.opens_word(args.prompt)
     if args.stream:
-        sys.stdout.write(prompt_shown(args.prompt))
+        sys.stdout.write(shown)
         sys.stdout.flush()
         wrote = False
         for piece in engine.stream(args.prompt, params, strip_leading=new_line):
@@ -531,7 +532,7 @@ def cmd_generate(args) -> None:
         print(json.dumps({"text": text, "prompt": args.prompt, "tokens": len(completion.token_ids)},
                          ensure_ascii=False))
     else:
-        print(prompt_shown(args.prompt) + text)
+        print(shown + text)
 
 
 def _note_if_nothing(wrote: bool, stops: list[str]) -> None:

@@ -952,10 +952,11 @@ def _parquet_rows(path: str) -> Iterator[tuple[str, dict]]:
             yield f"{path} row {row}", record
 
 
-def hf_parts(spec: str) -> tuple[str, str | None, str]:
-    """`NAME[:CONFIG[:SPLIT]]` as (name, config or None, split; "train" when not given)."""
+def hf_parts(spec: str, named: bool = False) -> tuple[str, str | None, str | None]:
+    """`NAME[:CONFIG[:SPLIT]]` as (name, config or None, split; "train" when not given, or None
+    where `named`, for a caller that must know whether one was)."""
     name, config, split = (spec.split(":", 2) + ["", ""])[:3]
-    return name, config or None, split or "train"
+    return name, config or None, split or (None if named else "train")
 
 
 # The data-file kinds `datasets` builds a folder from, by suffix (compressed ones too): it reads
@@ -972,13 +973,13 @@ def _hf_dataset(spec: str):
     `Dataset.save_to_disk` wrote."""
     import datasets
 
-    name, config, split = hf_parts(spec)
-    folder = Path(name)
+    name, config, named = hf_parts(spec, named=True)
+    split, folder = named or "train", Path(name)
     if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
         if config:
             raise UserError(f"hf:{spec}: a dataset saved with save_to_disk has no configs; name a split as "
                             f"hf:{name}::SPLIT")
-        return _saved_dataset(folder, spec, split, named=bool((spec.split(":", 2) + ["", ""])[2]))
+        return _saved_dataset(folder, spec, split, named=named is not None)
     if folder.is_dir():
         _refuse_mixed_kinds(folder, spec)
     try:
@@ -1030,16 +1031,15 @@ def _saved_dataset(folder: Path, spec: str, split: str = "train", named: bool = 
     except Exception as exc:
         raise UserError(f"could not read the saved dataset '{spec}' ({str(exc).splitlines()[0]}); save it again "
                         "with save_to_disk") from None
-    name = spec.split(":")[0]
     if isinstance(saved, datasets.DatasetDict):
         if split not in saved:
             raise UserError(f"hf:{spec} holds the splits {', '.join(saved)} and no '{split}'; name one as "
-                            f"hf:{name}::SPLIT")
-        _say_other_splits(spec, [s for s in saved if s != split], f"hf:{name}::SPLIT")
+                            f"hf:{folder}::SPLIT")
+        _say_other_splits(spec, [s for s in saved if s != split], f"hf:{folder}::SPLIT")
         saved = saved[split]
     elif named:
-        raise UserError(f"hf:{spec}: the dataset saved in {name} has no splits (save_to_disk of a Dataset); "
-                        f"drop '::{split}' and pass hf:{name}")
+        raise UserError(f"hf:{spec}: the dataset saved in {folder} has no splits (save_to_disk of a Dataset); "
+                        f"drop '::{split}' and pass hf:{folder}")
     return saved
 
 
